@@ -1,0 +1,193 @@
+# Building blocks shared by the dense (LGM) and recurrent (STM) kernels:
+# the dense tanh layer, the squared-error loss and the optimizer update.
+# Everything works on raw row-major pointers, trusts its caller (shapes were
+# checked in Python) and runs without the GIL, chunked as in _parallel.pxd.
+from cython cimport floating
+from cython.parallel cimport prange, parallel
+from libc.math cimport sqrt, sqrtf
+from libc.string cimport memcpy
+
+from _blas cimport gemm
+from _tanh cimport tanh_inplace
+from _parallel cimport (CHUNK_ROWS, BLOCK_ROWS, BLOCK_COLS, BLOCK_ELEMS,
+                        n_tasks, threads_for)
+
+cdef enum Optimizer:
+    SGD = 0
+    MOMENTUM = 1
+    ADAM = 2
+
+
+cdef struct OptimizerConfig:
+    int kind
+    double lr
+    double momentum       # momentum: velocity = momentum * velocity + grad
+    double beta1, beta2, eps
+    long long step        # adam: updates done so far, for the bias correction
+
+
+cdef inline void dense_forward_rows(
+        const floating *X, const floating *W, const floating *b, floating *A,
+        Py_ssize_t n_rows, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh) noexcept nogil:
+    """A = tanh(X W + b) for n_rows rows: bias first, GEMM accumulates onto it."""
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        memcpy(A + i * n_out, b, n_out * sizeof(floating))
+    gemm(False, False, <int> n_rows, <int> n_out, <int> n_in, 1, X, <int> n_in,
+         W, <int> n_out, 1, A, <int> n_out)
+    if apply_tanh:
+        tanh_inplace(A, n_rows * n_out)
+
+
+cdef inline void dense_forward(
+        const floating *X, const floating *W, const floating *b, floating *A,
+        Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh, int n_threads) noexcept nogil:
+    """A (n_samples, n_out) = tanh(X W + b), in chunks of CHUNK_ROWS samples."""
+    cdef Py_ssize_t n_chunks = n_tasks(n_samples, CHUNK_ROWS)
+    cdef int n_used = threads_for(n_threads, n_chunks, 2.0 * n_samples * n_in * n_out)
+    cdef Py_ssize_t chunk, start
+    for chunk in prange(n_chunks, num_threads=n_used, use_threads_if=n_used > 1,
+                        schedule='static'):
+        start = chunk * CHUNK_ROWS
+        dense_forward_rows(X + start * n_in, W, b, A + start * n_out,
+                           min(<Py_ssize_t> CHUNK_ROWS, n_samples - start),
+                           n_in, n_out, apply_tanh)
+
+
+cdef inline void dense_backward(
+        const floating *X, const floating *W, const floating *A,
+        const floating *dA, floating *dZ, floating *dX, floating *dW,
+        floating *db, Py_ssize_t n_samples, Py_ssize_t n_in,
+        Py_ssize_t n_out, bint apply_tanh, int n_threads) noexcept nogil:
+    """Gradients of A = tanh(X W + b) given dA = dL/dA.
+
+    dZ = dA (1 - A^2)  (dZ may be dA itself)
+    dX = dZ W^T        (skipped when dX is NULL)
+    dW = X^T dZ,  db = sum over samples of dZ
+
+    Batch chunks give dZ and dX; dW is split by blocks of its rows and db by
+    blocks of columns, each summing over the whole batch in sample order.
+    """
+    cdef Py_ssize_t n_chunks = n_tasks(n_samples, CHUNK_ROWS)
+    cdef Py_ssize_t n_row_blocks = n_tasks(n_in, BLOCK_ROWS)
+    cdef Py_ssize_t n_col_blocks = n_tasks(n_out, BLOCK_COLS)
+    cdef int n_used = threads_for(n_threads, max(n_chunks, n_row_blocks),
+                                  4.0 * n_samples * n_in * n_out)
+    cdef Py_ssize_t task, start, stop, i, j
+    with parallel(num_threads=n_used, use_threads_if=n_used > 1):
+        for task in prange(n_chunks, schedule='static'):
+            start = task * CHUNK_ROWS
+            stop = min(start + CHUNK_ROWS, n_samples)
+            if apply_tanh:
+                for i in range(start * n_out, stop * n_out):
+                    dZ[i] = dA[i] * (1 - A[i] * A[i])
+            elif dZ != dA:
+                memcpy(dZ + start * n_out, dA + start * n_out,
+                       (stop - start) * n_out * sizeof(floating))
+            if dX != NULL:
+                gemm(False, True, <int> (stop - start), <int> n_in, <int> n_out, 1,
+                     dZ + start * n_out, <int> n_out, W, <int> n_out,
+                     0, dX + start * n_in, <int> n_in)
+        for task in prange(n_row_blocks, schedule='static'):
+            start = task * BLOCK_ROWS
+            stop = min(start + BLOCK_ROWS, n_in)
+            gemm(True, False, <int> (stop - start), <int> n_out, <int> n_samples, 1,
+                 X + start, <int> n_in, dZ, <int> n_out,
+                 0, dW + start * n_out, <int> n_out)
+        for task in prange(n_col_blocks, schedule='static'):
+            start = task * BLOCK_COLS
+            stop = min(start + BLOCK_COLS, n_out)
+            column_sums(dZ, db, n_samples, n_out, start, stop)
+
+
+cdef inline void column_sums(const floating *M, floating *out, Py_ssize_t n_rows,
+                             Py_ssize_t n_cols, Py_ssize_t start,
+                             Py_ssize_t stop) noexcept nogil:
+    """out[j] = sum_i M[i, j] for start <= j < stop, rows added in order."""
+    cdef Py_ssize_t i, j
+    for j in range(start, stop):
+        out[j] = 0
+    for i in range(n_rows):
+        for j in range(start, stop):
+            out[j] += M[i * n_cols + j]
+
+
+cdef inline double squared_error(const floating *prediction, const floating *target,
+                                 floating *d_prediction, Py_ssize_t n_elements,
+                                 double grad_scale, double *partials,
+                                 int n_threads) noexcept nogil:
+    """Return sum((prediction - target)^2) and set
+    d_prediction = grad_scale * 2 (prediction - target).
+
+    partials needs n_tasks(n_elements, BLOCK_ELEMS) doubles of scratch.
+    """
+    cdef Py_ssize_t n_blocks = n_tasks(n_elements, BLOCK_ELEMS)
+    cdef int n_used = threads_for(n_threads, n_blocks, 3.0 * n_elements)
+    cdef Py_ssize_t block, i, stop
+    cdef floating diff
+    cdef floating scale = <floating> (2.0 * grad_scale)
+    cdef double block_sum, total = 0
+    for block in prange(n_blocks, num_threads=n_used, use_threads_if=n_used > 1,
+                        schedule='static'):
+        block_sum = 0
+        stop = min((block + 1) * BLOCK_ELEMS, n_elements)
+        for i in range(block * BLOCK_ELEMS, stop):
+            diff = prediction[i] - target[i]
+            d_prediction[i] = scale * diff
+            block_sum = block_sum + <double> diff * diff
+        partials[block] = block_sum
+    for block in range(n_blocks):
+        total += partials[block]
+    return total
+
+
+cdef inline floating root(floating x) noexcept nogil:
+    if floating is double:
+        return sqrt(x)
+    else:
+        return sqrtf(x)
+
+
+cdef inline void optimizer_step(floating *param, const floating *grad,
+                                floating *state1, floating *state2,
+                                Py_ssize_t n, const OptimizerConfig *config,
+                                int n_threads) noexcept nogil:
+    """One update of n parameters, element-wise:
+
+    sgd:      param -= lr grad
+    momentum: state1 = momentum state1 + grad;  param -= lr state1
+    adam:     state1 = b1 state1 + (1 - b1) grad;  state2 = b2 state2 + (1 - b2) grad^2
+              param -= lr (state1 / (1 - b1^t)) / (sqrt(state2 / (1 - b2^t)) + eps)
+    with t = config.step, counted from 1.
+    """
+    cdef Py_ssize_t n_blocks = n_tasks(n, BLOCK_ELEMS)
+    cdef int n_used = threads_for(n_threads, n_blocks, 8.0 * n)
+    cdef floating lr = <floating> config.lr
+    cdef floating mu = <floating> config.momentum
+    cdef floating b1 = <floating> config.beta1
+    cdef floating b2 = <floating> config.beta2
+    cdef floating eps = <floating> config.eps
+    cdef floating one_minus_b1 = <floating> (1.0 - config.beta1)
+    cdef floating one_minus_b2 = <floating> (1.0 - config.beta2)
+    cdef floating correction1 = <floating> (1.0 - config.beta1 ** config.step)
+    cdef floating correction2 = <floating> (1.0 - config.beta2 ** config.step)
+    cdef Py_ssize_t block, i, stop
+    cdef int kind = config.kind
+    for block in prange(n_blocks, num_threads=n_used, use_threads_if=n_used > 1,
+                        schedule='static'):
+        stop = min((block + 1) * BLOCK_ELEMS, n)
+        if kind == SGD:
+            for i in range(block * BLOCK_ELEMS, stop):
+                param[i] = param[i] - lr * grad[i]
+        elif kind == MOMENTUM:
+            for i in range(block * BLOCK_ELEMS, stop):
+                state1[i] = mu * state1[i] + grad[i]
+                param[i] = param[i] - lr * state1[i]
+        else:
+            for i in range(block * BLOCK_ELEMS, stop):
+                state1[i] = b1 * state1[i] + one_minus_b1 * grad[i]
+                state2[i] = b2 * state2[i] + one_minus_b2 * grad[i] * grad[i]
+                param[i] = param[i] - lr * (state1[i] / correction1) / (
+                    root(state2[i] / correction2) + eps)

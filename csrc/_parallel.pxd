@@ -1,0 +1,23 @@
+# The one chunked-parallel pattern. Work is cut into tasks of a fixed size
+# that depends only on the shapes, threads take whole tasks, and anything
+# summed over tasks is combined afterwards in task order: the thread count
+# decides who computes a task, never what is computed, so results are the
+# same bits for any number of threads.
+
+cdef enum:
+    CHUNK_ROWS = 64       # samples per task in batch-parallel loops
+    BLOCK_ROWS = 64       # rows of a weight gradient per task
+    BLOCK_COLS = 256      # columns per task of a column sum (bias gradients)
+    BLOCK_ELEMS = 16384   # elements per task in element-wise passes
+    MIN_PARALLEL_WORK = 65536  # below ~this many flops a fork costs more than it saves
+
+
+cdef inline Py_ssize_t n_tasks(Py_ssize_t n_items, Py_ssize_t per_task) noexcept nogil:
+    return (n_items + per_task - 1) // per_task
+
+
+cdef inline int threads_for(int n_threads, Py_ssize_t n_tasks_, double work) noexcept nogil:
+    """How many threads to use on n_tasks_ tasks totalling about `work` flops."""
+    if work < MIN_PARALLEL_WORK or n_tasks_ <= 1 or n_threads <= 1:
+        return 1
+    return <int> n_tasks_ if n_tasks_ < n_threads else n_threads

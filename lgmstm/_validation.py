@@ -1,0 +1,169 @@
+"""Checks at the Python boundary, shared by the compiled kernels, the NumPy
+reference and the models, so that both backends accept and refuse exactly
+the same input.
+
+Array arguments: float32 and float64 are kept; integer and bool arrays are
+converted to the floating dtype of the call (float64 when nothing else fixes
+it); every other dtype (complex, float16, object, strings, ...) is refused
+with a TypeError. Arrays of different floating dtypes in one call are
+refused: lgmstm never down- or up-casts a float array behind your back.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# BLAS takes 32-bit sizes; refuse anything it could not index.
+MAX_DIM = 2**31 - 1
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
+def as_array(name: str, value, ndim: int) -> np.ndarray:
+    """value as an ndarray of ndim dimensions and a real numeric dtype."""
+    if value is None:
+        raise TypeError(f"{name} must be an array, got None")
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be an array of numbers, got {_describe(value)}")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be an array of numbers: {exc}") from None
+    if not (array.dtype in FLOAT_DTYPES or array.dtype.kind in "iub"):
+        raise TypeError(
+            f"{name} must have dtype float32 or float64 (integers and bools are "
+            f"converted), got dtype {array.dtype}"
+        )
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {array.shape}")
+    if any(dim > MAX_DIM for dim in array.shape):
+        raise ValueError(f"{name} has shape {array.shape}: each dimension must be below 2**31")
+    return array
+
+
+def common_dtype(arrays: dict[str, np.ndarray], default=None) -> np.dtype:
+    """The one floating dtype of the named arrays (int/bool ones follow it)."""
+    floats = {name: a.dtype for name, a in arrays.items() if a.dtype.kind == "f"}
+    dtypes = set(floats.values())
+    if len(dtypes) > 1:
+        listing = ", ".join(f"{name} is {dtype}" for name, dtype in floats.items())
+        raise TypeError(f"mixed floating dtypes ({listing}); convert them to one dtype first")
+    if dtypes:
+        return dtypes.pop()
+    return np.dtype(default if default is not None else np.float64)
+
+
+def as_c_array(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A C-contiguous array of dtype: array itself when it already is one."""
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def check_dim(name: str, array: np.ndarray, axis: int, expected: int, meaning: str) -> None:
+    if array.shape[axis] != expected:
+        raise ValueError(
+            f"{name} must have {expected} {meaning} along axis {axis}, got shape {array.shape}"
+        )
+
+
+def check_product(name: str, *dims: int) -> None:
+    if math.prod(dims) > np.iinfo(np.intp).max // 8:
+        raise ValueError(f"{name} would have {' x '.join(map(str, dims))} elements: too large")
+
+
+def check_out(out, shape: tuple, dtype: np.dtype, inputs=()) -> tuple[np.ndarray, np.ndarray]:
+    """(buffer to compute into, array to return) for an out= argument.
+
+    out must be an ndarray of exactly `shape` and `dtype`, writable and
+    C-contiguous. When it overlaps an input, the result is computed in a
+    temporary and copied in, as NumPy does.
+    """
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {_describe(out)}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writable, got a read-only array")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    if any(np.may_share_memory(out, a) for a in inputs):
+        return np.empty(shape, dtype), out
+    return out, out
+
+
+def check_activation(activation: str) -> bool:
+    """True for "tanh", False for "linear"."""
+    if activation not in ("tanh", "linear"):
+        raise ValueError(f"activation must be 'tanh' or 'linear', got {activation!r}")
+    return activation == "tanh"
+
+
+def check_int(name: str, value, minimum: int, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {_describe(value)}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_positive_float(name: str, value, allow_zero: bool = False) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value}")
+    return value
+
+
+def check_choice(name: str, value, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def dense_forward_args(X, W, b, out):
+    """Checked (X, W, b, dtype, buffer, result) for dense_forward."""
+    X = as_array("X", X, 2)
+    W = as_array("W", W, 2)
+    b = as_array("b", b, 1)
+    dtype = common_dtype({"X": X, "W": W, "b": b})
+    check_dim("W", W, 0, X.shape[1], "rows (X's n_in)")
+    check_dim("b", b, 0, W.shape[1], "entries (W's n_out)")
+    check_product("the output", X.shape[0], W.shape[1])
+    shape = (X.shape[0], W.shape[1])
+    if out is None:
+        buffer = result = np.empty(shape, dtype)
+    else:
+        buffer, result = check_out(out, shape, dtype, (X, W, b))
+    return as_c_array(X, dtype), as_c_array(W, dtype), as_c_array(b, dtype), buffer, result
+
+
+def dense_backward_args(X, W, A, dA):
+    """Checked, C-contiguous (X, W, A, dA) for dense_backward."""
+    X = as_array("X", X, 2)
+    W = as_array("W", W, 2)
+    A = as_array("A", A, 2)
+    dA = as_array("dA", dA, 2)
+    dtype = common_dtype({"X": X, "W": W, "A": A, "dA": dA})
+    check_dim("W", W, 0, X.shape[1], "rows (X's n_in)")
+    expected = (X.shape[0], W.shape[1])
+    for name, array in (("A", A), ("dA", dA)):
+        if array.shape != expected:
+            raise ValueError(
+                f"{name} must have shape (n_samples, n_out) = {expected}, got {array.shape}"
+            )
+    check_product("X", *X.shape)
+    return tuple(as_c_array(a, dtype) for a in (X, W, A, dA))

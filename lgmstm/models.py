@@ -1,0 +1,484 @@
+"""LGM, the long-term generalization memory: a feed-forward network of tanh
+layers trained by gradient descent.
+
+Parameters live in NumPy arrays; ``backend="cython"`` runs every
+predict/gradients/fit in compiled code (fit in a few calls, each covering
+many epochs), ``backend="numpy"`` runs the same maths with
+:mod:`lgmstm.reference`.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+
+from . import _dense, reference
+from ._persist import save_arrays
+from ._threads import get_num_threads, single_threaded_blas
+from ._validation import (
+    FLOAT_DTYPES,
+    as_array,
+    check_choice,
+    check_int,
+    check_positive_float,
+)
+
+__all__ = ["LGM"]
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+BACKENDS = ("cython", "numpy")
+OUTPUTS = ("tanh", "linear")
+
+# Hyper-parameters of the optimizers (see lgmstm.reference.optimizer_step).
+MOMENTUM = 0.9
+ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+# fit() hands the compiled code blocks of epochs lasting about this long, so
+# progress, callbacks and Ctrl-C are seen between blocks.
+BLOCK_SECONDS = 0.1
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _check_seed(name, seed):
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
+    return check_int(name, seed, 0)
+
+
+def glorot_uniform(rng, n_in, n_out, dtype):
+    """Weights drawn from U(-l, l), l = sqrt(6 / (n_in + n_out))."""
+    limit = np.sqrt(6.0 / (n_in + n_out))
+    return rng.uniform(-limit, limit, size=(n_in, n_out)).astype(dtype)
+
+
+def epoch_orders(rng, n_epochs, n_samples):
+    """(n_epochs, n_samples) array: a fresh random order of the samples per epoch."""
+    order = np.broadcast_to(np.arange(n_samples, dtype=np.intp), (n_epochs, n_samples))
+    return np.ascontiguousarray(rng.permuted(order, axis=1))
+
+
+class _Progress:
+    """Prints epoch, loss and rate to stderr at most every `interval` seconds."""
+
+    def __init__(self, name, n_epochs, enabled, interval=1.0):
+        self.name, self.n_epochs, self.enabled, self.interval = name, n_epochs, enabled, interval
+        self.start = self.last = time.perf_counter()
+
+    def update(self, epochs_done, loss, final=False):
+        now = time.perf_counter()
+        if not self.enabled or (not final and now - self.last < self.interval):
+            return
+        self.last = now
+        rate = epochs_done / max(now - self.start, 1e-9)
+        print(
+            f"{self.name}: epoch {epochs_done}/{self.n_epochs}  loss {loss:.6g}  "
+            f"{rate:.4g} epochs/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run_epochs(trainer, n_epochs, *, callback, progress, order_for):
+    """Drive trainer.run over blocks of epochs; return the per-epoch losses.
+
+    order_for(n) gives the sample orders of the next n epochs (or None).
+    With a callback each block is one epoch, so returning False stops at once.
+    """
+    losses = np.empty(n_epochs)
+    done, block = 0, 1
+    while done < n_epochs:
+        count = min(block, n_epochs - done)
+        started = time.perf_counter()
+        losses[done : done + count] = trainer.run(order_for(count), count)
+        elapsed = time.perf_counter() - started
+        done += count
+        progress.update(done, losses[done - 1], final=done == n_epochs)
+        if callback is not None:
+            if callback(done - 1, float(losses[done - 1])) is False:
+                break
+        else:
+            block = int(min(max(1, count * BLOCK_SECONDS / max(elapsed, 1e-6)), 2 * count + 1))
+    return losses[:done]
+
+
+class _CompiledNetwork:
+    """Forward/gradients/training of a dense network with lgmstm._dense."""
+
+    def __init__(self, params, layer_sizes, output_tanh):
+        self.params = params
+        self.sizes = np.asarray(layer_sizes, dtype=np.intp)
+        self.output_tanh = output_tanh
+        self.pointers = _dense.PointerList(params)
+
+    def _work(self, n_samples):
+        return _dense.TASK_ROWS * max(max(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:])),
+                        n_samples * int(self.sizes.max()))
+
+    def _buffers(self, n_samples, dtype):
+        return [np.empty((n_samples, n), dtype) for n in self.sizes[1:]]
+
+    def predict(self, X):
+        activations = self._buffers(X.shape[0], X.dtype)
+        with single_threaded_blas(self._work(X.shape[0])):
+            _dense.predict(X, self.pointers, self.sizes, self.output_tanh,
+                           _dense.PointerList(activations), get_num_threads())
+        return activations[-1]
+
+    def gradients(self, X, Y):
+        grads = [np.empty_like(p) for p in self.params]
+        partials = np.empty(_dense.partials_size(Y.size))
+        with single_threaded_blas(self._work(X.shape[0])):
+            loss = _dense.gradients(
+                X, Y, self.pointers, _dense.PointerList(grads), self.sizes,
+                self.output_tanh, _dense.PointerList(self._buffers(X.shape[0], X.dtype)),
+                _dense.PointerList(self._buffers(X.shape[0], X.dtype)), partials,
+                get_num_threads())
+        return loss, grads
+
+    def trainer(self, X, Y, batch_size, optimizer, lr):
+        return _CompiledTrainer(self, X, Y, batch_size, optimizer, lr)
+
+
+class _CompiledTrainer:
+    """Every buffer one fit needs, allocated once; run() trains a block of epochs."""
+
+    def __init__(self, network, X, Y, batch_size, optimizer, lr):
+        self.network, self.X, self.Y = network, X, Y
+        self.batch_size, self.lr = batch_size, lr
+        self.optimizer = OPTIMIZERS.index(optimizer)
+        dtype = X.dtype
+        grads = [np.empty_like(p) for p in network.params]
+        n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
+        states = [[np.zeros_like(p) for p in network.params] for _ in range(n_states)]
+        states += [grads] * (2 - n_states)  # unused by the optimizer: any valid pointers
+        self.grads = _dense.PointerList(grads)
+        self.state1, self.state2 = (_dense.PointerList(s) for s in states)
+        self.activations = _dense.PointerList(network._buffers(batch_size, dtype))
+        self.deltas = _dense.PointerList(network._buffers(batch_size, dtype))
+        self.X_batch = np.empty((batch_size, X.shape[1]), dtype)
+        self.Y_batch = np.empty((batch_size, Y.shape[1]), dtype)
+        self.partials = np.empty(_dense.partials_size(batch_size * Y.shape[1]))
+        self.no_order = np.empty((0, X.shape[0]), np.intp)
+        self.step = 0
+
+    def run(self, order, n_epochs):
+        losses = np.empty(n_epochs)
+        network = self.network
+        with single_threaded_blas(network._work(self.batch_size)):
+            self.step = _dense.train(
+                self.X, self.Y, network.pointers, self.grads, self.state1, self.state2,
+                network.sizes, network.output_tanh, self.activations, self.deltas,
+                self.X_batch, self.Y_batch, self.partials,
+                self.no_order if order is None else order, self.batch_size,
+                self.optimizer, self.lr, MOMENTUM, ADAM_BETA1, ADAM_BETA2, ADAM_EPS,
+                self.step, losses, get_num_threads())
+        return losses
+
+
+class _ReferenceNetwork:
+    """The same network in plain NumPy (lgmstm.reference)."""
+
+    def __init__(self, params, layer_sizes, output_tanh):
+        self.params = params
+        self.n_layers = len(layer_sizes) - 1
+        self.output_tanh = output_tanh
+
+    def _activation(self, layer):
+        return "tanh" if self.output_tanh or layer < self.n_layers - 1 else "linear"
+
+    def _forward(self, X):
+        activations = []
+        for layer in range(self.n_layers):
+            W, b = self.params[2 * layer], self.params[2 * layer + 1]
+            X = reference.dense_forward(X, W, b, activation=self._activation(layer))
+            activations.append(X)
+        return activations
+
+    def predict(self, X):
+        return self._forward(X)[-1]
+
+    def gradients(self, X, Y):
+        activations = self._forward(X)
+        loss, delta = reference.squared_error(activations[-1], Y)
+        grads = [None] * len(self.params)
+        for layer in range(self.n_layers - 1, -1, -1):
+            layer_input = X if layer == 0 else activations[layer - 1]
+            delta, grads[2 * layer], grads[2 * layer + 1] = reference.dense_backward(
+                layer_input, self.params[2 * layer], activations[layer], delta,
+                activation=self._activation(layer), need_dX=layer > 0)
+        return loss, grads
+
+    def trainer(self, X, Y, batch_size, optimizer, lr):
+        return _ReferenceTrainer(self, X, Y, batch_size, optimizer, lr)
+
+
+class _ReferenceTrainer:
+    def __init__(self, network, X, Y, batch_size, optimizer, lr):
+        self.network, self.X, self.Y = network, X, Y
+        self.batch_size, self.optimizer, self.lr = batch_size, optimizer, lr
+        n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
+        self.states = [[np.zeros_like(p) for _ in range(n_states)] for p in network.params]
+        self.step = 0
+
+    def run(self, order, n_epochs):
+        losses = np.empty(n_epochs)
+        n_samples = self.X.shape[0]
+        for epoch in range(n_epochs):
+            sum_squares = 0.0
+            for start in range(0, n_samples, self.batch_size):
+                if order is None:
+                    X, Y = self.X[start : start + self.batch_size], self.Y[start : start + self.batch_size]
+                else:
+                    rows = order[epoch, start : start + self.batch_size]
+                    X, Y = self.X[rows], self.Y[rows]
+                loss, grads = self.network.gradients(X, Y)
+                sum_squares += loss * Y.size
+                self.step += 1
+                for param, grad, state in zip(self.network.params, grads, self.states):
+                    reference.optimizer_step(
+                        param, grad, state, optimizer=self.optimizer, lr=self.lr,
+                        momentum=MOMENTUM, beta1=ADAM_BETA1, beta2=ADAM_BETA2,
+                        eps=ADAM_EPS, step=self.step)
+            losses[epoch] = sum_squares / self.Y.size
+        return losses
+
+
+_NETWORKS = {"cython": _CompiledNetwork, "numpy": _ReferenceNetwork}
+
+
+class LGM:
+    """Long-term generalization memory: a feed-forward tanh network.
+
+    ``Y = f_L(... tanh(tanh(X W_0 + b_0) W_1 + b_1) ...)``, trained to minimise
+    the mean squared error ``mean((Y - target)**2)`` over all samples and
+    outputs.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int, length >= 2
+        ``[n_in, n_hidden_1, ..., n_out]``, each >= 1.
+    output : {"tanh", "linear"}, default "tanh"
+        Activation of the last layer: "tanh" keeps outputs in (-1, 1),
+        "linear" suits unbounded regression targets. Hidden layers are tanh.
+    dtype : float32 or float64, default float64
+        Dtype of the parameters and of every result; inputs are converted.
+    seed : int, numpy.random.Generator or None
+        Seeds the Glorot-uniform weights (biases start at zero) and the
+        default shuffling of :meth:`fit`.
+    backend : {"cython", "numpy"}, default "cython"
+        "cython" runs compiled OpenMP kernels; "numpy" runs the same maths in
+        :mod:`lgmstm.reference`.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        Copies of ``layer{l}.weight`` (n_l, n_{l+1}) and ``layer{l}.bias`` (n_{l+1},).
+    history_ : ndarray of shape (n_epochs,)
+        Per-epoch losses of the last :meth:`fit`.
+    """
+
+    kind = "LGM"
+
+    def __init__(self, layer_sizes, *, output="tanh", dtype=np.float64, seed=None,
+                 backend="cython"):
+        if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+            raise TypeError(f"layer_sizes must be a sequence of ints, got {layer_sizes!r}")
+        sizes = [check_int(f"layer_sizes[{i}]", n, 1) for i, n in enumerate(layer_sizes)]
+        if len(sizes) < 2:
+            raise ValueError(f"layer_sizes needs at least two sizes [n_in, n_out], got {sizes}")
+        self.layer_sizes = tuple(sizes)
+        self.output = check_choice("output", output, OUTPUTS)
+        self.dtype = _check_dtype(dtype)
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self._rng = np.random.default_rng(_check_seed("seed", seed))
+        self._params = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            self._params += [glorot_uniform(self._rng, n_in, n_out, self.dtype),
+                             np.zeros(n_out, self.dtype)]
+        self._lock = threading.Lock()
+        self.history_ = np.empty(0)
+        self._network = _NETWORKS[self.backend](self._params, sizes, self.output == "tanh")
+
+    # -- parameters ---------------------------------------------------------
+    def _param_names(self):
+        for layer in range(len(self.layer_sizes) - 1):
+            yield f"layer{layer}.weight"
+            yield f"layer{layer}.bias"
+
+    @property
+    def params(self):
+        """Copies of the parameters, by name."""
+        return {name: p.copy() for name, p in zip(self._param_names(), self._params)}
+
+    def __repr__(self):
+        return (f"LGM({list(self.layer_sizes)}, output={self.output!r}, "
+                f"dtype={self.dtype.name}, backend={self.backend!r})")
+
+    # -- checks ---------------------------------------------------------------
+    def _inputs(self, X):
+        X = as_array("X", X, 2)
+        if X.shape[1] != self.layer_sizes[0]:
+            raise ValueError(
+                f"X must have shape (n_samples, {self.layer_sizes[0]}), got {X.shape}")
+        return np.ascontiguousarray(X, dtype=self.dtype)
+
+    def _targets(self, Y, n_samples):
+        n_out = self.layer_sizes[-1]
+        Y = np.asarray(Y) if not isinstance(Y, np.ndarray) else Y
+        if getattr(Y, "ndim", None) == 1 and n_out == 1:
+            Y = Y.reshape(-1, 1)
+        Y = as_array("Y", Y, 2)
+        if Y.shape != (n_samples, n_out):
+            raise ValueError(f"Y must have shape (n_samples, n_out) = {(n_samples, n_out)}, "
+                             f"got {Y.shape}")
+        return np.ascontiguousarray(Y, dtype=self.dtype)
+
+    # -- use --------------------------------------------------------------------
+    def predict(self, X):
+        """Outputs of the network.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_in)
+
+        Returns
+        -------
+        Y : ndarray of shape (n_samples, n_out), the model's dtype
+        """
+        return self._network.predict(self._inputs(X))
+
+    def loss(self, X, Y):
+        """Mean squared error ``mean((predict(X) - Y)**2)`` over all elements.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_in)
+        Y : array-like of shape (n_samples, n_out); (n_samples,) when n_out == 1
+
+        Returns
+        -------
+        loss : float
+        """
+        X = self._inputs(X)
+        Y = self._targets(Y, X.shape[0])
+        diff = self._network.predict(X) - Y
+        return float(np.vdot(diff, diff)) / max(1, diff.size)
+
+    def gradients(self, X, Y):
+        """Gradient of :meth:`loss` with respect to every parameter.
+
+        Returns
+        -------
+        grads : dict of str to ndarray, keyed and shaped like :attr:`params`
+        """
+        X = self._inputs(X)
+        Y = self._targets(Y, X.shape[0])
+        _, grads = self._network.gradients(X, Y)
+        return dict(zip(self._param_names(), grads))
+
+    def fit(self, X, Y, *, epochs, lr, batch_size=None, optimizer="sgd", shuffle=True,
+            seed=None, callback=None, verbose=False):
+        """Train by gradient descent on the mean squared error.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_in), finite, n_samples >= 1
+        Y : array-like of shape (n_samples, n_out) (or (n_samples,) when n_out == 1)
+        epochs : int >= 0
+            Passes over the data.
+        lr : float > 0
+            Learning rate.
+        batch_size : int >= 1 or None, default None
+            Samples per update; None (or anything >= n_samples) is full-batch
+            gradient descent, one update per epoch.
+        optimizer : {"sgd", "momentum", "adam"}, default "sgd"
+            "sgd": ``W -= lr dW``; "momentum": heavy ball with 0.9;
+            "adam": Adam with (0.9, 0.999, 1e-8). Optimizer state starts fresh
+            at each call; the parameters carry on from where they are.
+        shuffle : bool, default True
+            Visit the samples in a new random order each epoch (only matters
+            with mini-batches).
+        seed : int, Generator or None
+            Seeds the shuffling; None draws from the model's own generator.
+        callback : callable(epoch, loss) -> bool or None, optional
+            Called after every epoch (0-based) with that epoch's loss;
+            returning False stops training.
+        verbose : bool, default False
+            Print epoch, loss and epochs/s to stderr about once a second.
+
+        Returns
+        -------
+        losses : ndarray of shape (n_epochs_run,), float64
+            Mean squared error of each epoch, each batch measured before its
+            update. Also kept as ``history_``.
+        """
+        X = self._inputs(X)
+        Y = self._targets(Y, X.shape[0])
+        n_samples = X.shape[0]
+        if n_samples == 0:
+            raise ValueError("X must hold at least one sample to fit, got shape "
+                             f"{X.shape}")
+        if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+            raise ValueError("X and Y must be finite (no NaN or inf) to fit")
+        epochs = check_int("epochs", epochs, 0)
+        lr = check_positive_float("lr", lr)
+        batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+        batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
+        optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        rng = self._rng if seed is None else np.random.default_rng(_check_seed("seed", seed))
+        shuffled = bool(shuffle) and batch_size < n_samples
+
+        def order_for(count):
+            return epoch_orders(rng, count, n_samples) if shuffled else None
+
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("this model is being trained by another thread")
+        try:
+            trainer = self._network.trainer(X, Y, batch_size, optimizer, lr)
+            progress = _Progress("LGM", epochs, bool(verbose))
+            self.history_ = run_epochs(trainer, epochs, callback=callback,
+                                       progress=progress, order_for=order_for)
+        finally:
+            self._lock.release()
+        return self.history_
+
+    # -- persistence -------------------------------------------------------------
+    def save(self, path):
+        """Write the model to ``path`` as an .npz file (no pickle), atomically."""
+        config = {"layer_sizes": np.asarray(self.layer_sizes, np.int64),
+                  "output": np.asarray(self.output)}
+        save_arrays(path, self.kind, self.dtype, config,
+                    dict(zip(self._param_names(), self._params)))
+
+    @classmethod
+    def _from_saved(cls, config, dtype, arrays, path, backend):
+        layer_sizes = [int(n) for n in config["layer_sizes"]]
+        model = cls(layer_sizes, output=str(config["output"]), dtype=dtype, backend=backend)
+        model._restore(arrays, path)
+        return model
+
+    def _restore(self, arrays, path):
+        expected = {name: p.shape for name, p in zip(self._param_names(), self._params)}
+        if set(arrays) != set(expected):
+            raise ValueError(f"{path}: parameters {sorted(arrays)} do not match the "
+                             f"architecture, which needs {sorted(expected)}")
+        for name, param in zip(self._param_names(), self._params):
+            value = arrays[name]
+            if value.shape != param.shape or value.dtype != param.dtype:
+                raise ValueError(f"{path}: {name} has shape {value.shape} and dtype "
+                                 f"{value.dtype}; the architecture needs {param.shape} "
+                                 f"{param.dtype}")
+            param[...] = value

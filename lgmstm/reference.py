@@ -1,0 +1,81 @@
+"""The maths of lgmstm in plain, vectorised NumPy.
+
+Same names, signatures and checks as :mod:`lgmstm.kernels`: this module is
+the oracle the compiled kernels are tested against, the ``backend="numpy"``
+of the models, and the baseline of the benchmarks. It is written as a good
+NumPy programmer would write it, with in-place operations where they are
+natural, and no attempt to imitate the compiled code's chunking.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import check_activation, dense_backward_args, dense_forward_args
+
+__all__ = ["dense_forward", "dense_backward", "squared_error", "optimizer_step"]
+
+
+def dense_forward(X, W, b, *, activation="tanh", out=None):
+    """``A = tanh(X @ W + b)``; see :func:`lgmstm.kernels.dense_forward`."""
+    apply_tanh = check_activation(activation)
+    X, W, b, buffer, result = dense_forward_args(X, W, b, out)
+    np.matmul(X, W, out=buffer)
+    buffer += b
+    if apply_tanh:
+        np.tanh(buffer, out=buffer)
+    if buffer is not result:
+        result[...] = buffer
+    return result
+
+
+def dense_backward(X, W, A, dA, *, activation="tanh", need_dX=True):
+    """``(dZ @ W.T, X.T @ dZ, dZ.sum(0))`` with ``dZ = dA * (1 - A**2)``;
+    see :func:`lgmstm.kernels.dense_backward`."""
+    apply_tanh = check_activation(activation)
+    X, W, A, dA = dense_backward_args(X, W, A, dA)
+    dZ = dA * (1 - A * A) if apply_tanh else dA
+    dX = dZ @ W.T if need_dX else None
+    return dX, X.T @ dZ, dZ.sum(axis=0)
+
+
+def squared_error(prediction, target):
+    """Mean squared error over all elements and its gradient.
+
+    Returns ``(loss, d_prediction)`` with ``loss = mean((prediction - target)**2)``
+    and ``d_prediction = 2 (prediction - target) / prediction.size``.
+    """
+    diff = prediction - target
+    loss = float(np.vdot(diff, diff)) / max(1, diff.size)
+    diff *= 2 / max(1, diff.size)
+    return loss, diff
+
+
+def optimizer_step(param, grad, state, *, optimizer, lr, momentum=0.9, beta1=0.9,
+                   beta2=0.999, eps=1e-8, step=1):
+    """Update ``param`` in place from ``grad``.
+
+    sgd:      param -= lr grad
+    momentum: v = momentum v + grad;  param -= lr v
+    adam:     m = b1 m + (1 - b1) grad;  v = b2 v + (1 - b2) grad**2;
+              param -= lr (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)
+
+    ``state`` is the list of the optimizer's arrays for this parameter
+    ([] for sgd, [v] for momentum, [m, v] for adam), updated in place; t = step.
+    """
+    dtype = param.dtype.type
+    if optimizer == "sgd":
+        param -= dtype(lr) * grad
+    elif optimizer == "momentum":
+        (velocity,) = state
+        velocity *= dtype(momentum)
+        velocity += grad
+        param -= dtype(lr) * velocity
+    else:
+        mean, square = state
+        mean *= dtype(beta1)
+        mean += dtype(1 - beta1) * grad
+        square *= dtype(beta2)
+        square += dtype(1 - beta2) * grad * grad
+        correction1 = dtype(1 - beta1**step)
+        correction2 = dtype(1 - beta2**step)
+        param -= dtype(lr) * (mean / correction1) / (np.sqrt(square / correction2) + dtype(eps))

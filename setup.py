@@ -1,0 +1,105 @@
+"""Build the Cython kernels, with OpenMP where the compiler has it.
+
+LGMSTM_FAIL_NO_OPENMP=1 turns a missing OpenMP into a build error (CI sets it);
+otherwise the build goes on single-threaded with a warning.
+"""
+import os
+import sys
+import tempfile
+import textwrap
+import warnings
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+MODULES = ["_openmp", "_dense"]
+
+OPENMP_FLAGS = {
+    # compiler type: (compile flags, link flags)
+    "unix": (["-fopenmp"], ["-fopenmp"]),
+    "msvc": (["/openmp"], []),
+    "mingw32": (["-fopenmp"], ["-fopenmp"]),
+}
+OPTIMIZE_FLAGS = {
+    # -fno-trapping-math lets GCC vectorise tanh's branch-free selects; the
+    # results do not change (nothing here reads floating-point exceptions).
+    "unix": ["-O3", "-fno-trapping-math"],
+    "mingw32": ["-O3", "-fno-trapping-math"],
+    "msvc": ["/O2"],
+}
+
+OPENMP_TEST = textwrap.dedent(
+    """
+    #include <omp.h>
+    int main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }
+    """
+)
+
+
+def _openmp_flags(compiler):
+    """(compile, link) flags that build and link an OpenMP program, or None."""
+    if sys.platform == "darwin":
+        # Apple clang takes OpenMP through the preprocessor, with Homebrew's libomp.
+        candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
+    else:
+        candidates = [OPENMP_FLAGS.get(compiler.compiler_type, (["-fopenmp"], ["-fopenmp"]))]
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "omp_test.c")
+        with open(source, "w") as f:
+            f.write(OPENMP_TEST)
+        for compile_flags, link_flags in candidates:
+            try:
+                objects = compiler.compile([source], output_dir=tmp, extra_postargs=compile_flags)
+                compiler.link_executable(objects, "omp_test", output_dir=tmp, extra_postargs=link_flags)
+            except Exception:
+                continue
+            return compile_flags, link_flags
+    return None
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        kind = self.compiler.compiler_type
+        flags = _openmp_flags(self.compiler)
+        if flags is None:
+            message = (
+                "lgmstm: this compiler cannot build OpenMP programs; the kernels "
+                "will run on one thread."
+            )
+            if os.environ.get("LGMSTM_FAIL_NO_OPENMP", "0") not in ("", "0"):
+                raise RuntimeError(message + " (LGMSTM_FAIL_NO_OPENMP is set)")
+            warnings.warn(message)
+            flags = ([], [])
+        for ext in self.extensions:
+            ext.extra_compile_args = OPTIMIZE_FLAGS.get(kind, []) + flags[0]
+            ext.extra_link_args = flags[1]
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        f"lgmstm.{name}",
+        [f"csrc/{name}.pyx"],
+        include_dirs=["csrc", np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+    )
+    for name in MODULES
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        include_path=["csrc"],
+        compiler_directives={
+            "language_level": 3,
+            # Shapes are checked once in Python; kernels trust their views.
+            "boundscheck": False,
+            "wraparound": False,
+            "initializedcheck": False,
+            "cdivision": True,
+        },
+    ),
+    cmdclass={"build_ext": BuildExt},
+)
