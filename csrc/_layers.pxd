@@ -47,13 +47,23 @@ cdef inline void dense_forward(
     """A (n_samples, n_out) = tanh(X W + b), in chunks of CHUNK_ROWS samples."""
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, CHUNK_ROWS)
     cdef int n_used = threads_for(n_threads, n_chunks, 2.0 * n_samples * n_in * n_out)
-    cdef Py_ssize_t chunk, start
-    for chunk in prange(n_chunks, num_threads=n_used, use_threads_if=n_used > 1,
-                        schedule='static'):
-        start = chunk * CHUNK_ROWS
-        dense_forward_rows(X + start * n_in, W, b, A + start * n_out,
-                           min(<Py_ssize_t> CHUNK_ROWS, n_samples - start),
-                           n_in, n_out, apply_tanh)
+    cdef Py_ssize_t chunk
+    if n_used == 1:
+        for chunk in range(n_chunks):
+            dense_forward_chunk(chunk, X, W, b, A, n_samples, n_in, n_out, apply_tanh)
+    else:
+        for chunk in prange(n_chunks, num_threads=n_used, schedule='static'):
+            dense_forward_chunk(chunk, X, W, b, A, n_samples, n_in, n_out, apply_tanh)
+
+
+cdef inline void dense_forward_chunk(
+        Py_ssize_t chunk, const floating *X, const floating *W, const floating *b,
+        floating *A, Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh) noexcept nogil:
+    cdef Py_ssize_t start = chunk * CHUNK_ROWS
+    dense_forward_rows(X + start * n_in, W, b, A + start * n_out,
+                       min(<Py_ssize_t> CHUNK_ROWS, n_samples - start),
+                       n_in, n_out, apply_tanh)
 
 
 cdef inline void dense_backward(
@@ -75,31 +85,59 @@ cdef inline void dense_backward(
     cdef Py_ssize_t n_col_blocks = n_tasks(n_out, BLOCK_COLS)
     cdef int n_used = threads_for(n_threads, max(n_chunks, n_row_blocks),
                                   4.0 * n_samples * n_in * n_out)
-    cdef Py_ssize_t task, start, stop, i, j
-    with parallel(num_threads=n_used, use_threads_if=n_used > 1):
-        for task in prange(n_chunks, schedule='static'):
-            start = task * CHUNK_ROWS
-            stop = min(start + CHUNK_ROWS, n_samples)
-            if apply_tanh:
-                for i in range(start * n_out, stop * n_out):
-                    dZ[i] = dA[i] * (1 - A[i] * A[i])
-            elif dZ != dA:
-                memcpy(dZ + start * n_out, dA + start * n_out,
-                       (stop - start) * n_out * sizeof(floating))
-            if dX != NULL:
-                gemm(False, True, <int> (stop - start), <int> n_in, <int> n_out, 1,
-                     dZ + start * n_out, <int> n_out, W, <int> n_out,
-                     0, dX + start * n_in, <int> n_in)
-        for task in prange(n_row_blocks, schedule='static'):
-            start = task * BLOCK_ROWS
-            stop = min(start + BLOCK_ROWS, n_in)
-            gemm(True, False, <int> (stop - start), <int> n_out, <int> n_samples, 1,
-                 X + start, <int> n_in, dZ, <int> n_out,
-                 0, dW + start * n_out, <int> n_out)
-        for task in prange(n_col_blocks, schedule='static'):
-            start = task * BLOCK_COLS
-            stop = min(start + BLOCK_COLS, n_out)
-            column_sums(dZ, db, n_samples, n_out, start, stop)
+    cdef Py_ssize_t task
+    if n_used == 1:
+        for task in range(n_chunks):
+            delta_chunk(task, W, A, dA, dZ, dX, n_samples, n_in, n_out, apply_tanh)
+        for task in range(n_row_blocks):
+            weight_grad_block(task, X, dZ, dW, n_samples, n_in, n_out)
+        for task in range(n_col_blocks):
+            bias_grad_block(task, dZ, db, n_samples, n_out)
+    else:
+        with parallel(num_threads=n_used):
+            for task in prange(n_chunks, schedule='static'):
+                delta_chunk(task, W, A, dA, dZ, dX, n_samples, n_in, n_out, apply_tanh)
+            for task in prange(n_row_blocks, schedule='static'):
+                weight_grad_block(task, X, dZ, dW, n_samples, n_in, n_out)
+            for task in prange(n_col_blocks, schedule='static'):
+                bias_grad_block(task, dZ, db, n_samples, n_out)
+
+
+cdef inline void delta_chunk(
+        Py_ssize_t chunk, const floating *W, const floating *A,
+        const floating *dA, floating *dZ, floating *dX, Py_ssize_t n_samples,
+        Py_ssize_t n_in, Py_ssize_t n_out, bint apply_tanh) noexcept nogil:
+    """dZ and dX for one chunk of samples."""
+    cdef Py_ssize_t start = chunk * CHUNK_ROWS
+    cdef Py_ssize_t stop = min(start + CHUNK_ROWS, n_samples)
+    cdef Py_ssize_t i
+    if apply_tanh:
+        for i in range(start * n_out, stop * n_out):
+            dZ[i] = dA[i] * (1 - A[i] * A[i])
+    elif dZ != dA:
+        memcpy(dZ + start * n_out, dA + start * n_out,
+               (stop - start) * n_out * sizeof(floating))
+    if dX != NULL:
+        gemm(False, True, <int> (stop - start), <int> n_in, <int> n_out, 1,
+             dZ + start * n_out, <int> n_out, W, <int> n_out,
+             0, dX + start * n_in, <int> n_in)
+
+
+cdef inline void weight_grad_block(
+        Py_ssize_t block, const floating *X, const floating *dZ, floating *dW,
+        Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """Rows [start, stop) of dW = X^T dZ, summed over the whole batch."""
+    cdef Py_ssize_t start = block * BLOCK_ROWS
+    cdef Py_ssize_t stop = min(start + BLOCK_ROWS, n_in)
+    gemm(True, False, <int> (stop - start), <int> n_out, <int> n_samples, 1,
+         X + start, <int> n_in, dZ, <int> n_out, 0, dW + start * n_out, <int> n_out)
+
+
+cdef inline void bias_grad_block(
+        Py_ssize_t block, const floating *dZ, floating *db, Py_ssize_t n_samples,
+        Py_ssize_t n_out) noexcept nogil:
+    cdef Py_ssize_t start = block * BLOCK_COLS
+    column_sums(dZ, db, n_samples, n_out, start, min(start + BLOCK_COLS, n_out))
 
 
 cdef inline void column_sums(const floating *M, floating *out, Py_ssize_t n_rows,
@@ -125,22 +163,34 @@ cdef inline double squared_error(const floating *prediction, const floating *tar
     """
     cdef Py_ssize_t n_blocks = n_tasks(n_elements, BLOCK_ELEMS)
     cdef int n_used = threads_for(n_threads, n_blocks, 3.0 * n_elements)
-    cdef Py_ssize_t block, i, stop
-    cdef floating diff
-    cdef floating scale = <floating> (2.0 * grad_scale)
-    cdef double block_sum, total = 0
-    for block in prange(n_blocks, num_threads=n_used, use_threads_if=n_used > 1,
-                        schedule='static'):
-        block_sum = 0
-        stop = min((block + 1) * BLOCK_ELEMS, n_elements)
-        for i in range(block * BLOCK_ELEMS, stop):
-            diff = prediction[i] - target[i]
-            d_prediction[i] = scale * diff
-            block_sum = block_sum + <double> diff * diff
-        partials[block] = block_sum
+    cdef Py_ssize_t block
+    cdef double total = 0
+    if n_used == 1:
+        for block in range(n_blocks):
+            partials[block] = squared_error_block(block, prediction, target,
+                                                  d_prediction, n_elements, grad_scale)
+    else:
+        for block in prange(n_blocks, num_threads=n_used, schedule='static'):
+            partials[block] = squared_error_block(block, prediction, target,
+                                                  d_prediction, n_elements, grad_scale)
     for block in range(n_blocks):
         total += partials[block]
     return total
+
+
+cdef inline double squared_error_block(
+        Py_ssize_t block, const floating *prediction, const floating *target,
+        floating *d_prediction, Py_ssize_t n_elements,
+        double grad_scale) noexcept nogil:
+    cdef floating scale = <floating> (2.0 * grad_scale)
+    cdef floating diff
+    cdef double block_sum = 0
+    cdef Py_ssize_t i
+    for i in range(block * BLOCK_ELEMS, min((block + 1) * BLOCK_ELEMS, n_elements)):
+        diff = prediction[i] - target[i]
+        d_prediction[i] = scale * diff
+        block_sum += <double> diff * diff
+    return block_sum
 
 
 cdef inline floating root(floating x) noexcept nogil:
@@ -164,30 +214,40 @@ cdef inline void optimizer_step(floating *param, const floating *grad,
     """
     cdef Py_ssize_t n_blocks = n_tasks(n, BLOCK_ELEMS)
     cdef int n_used = threads_for(n_threads, n_blocks, 8.0 * n)
+    cdef Py_ssize_t block
+    if n_used == 1:
+        for block in range(n_blocks):
+            optimizer_block(block, param, grad, state1, state2, n, config)
+    else:
+        for block in prange(n_blocks, num_threads=n_used, schedule='static'):
+            optimizer_block(block, param, grad, state1, state2, n, config)
+
+
+cdef inline void optimizer_block(
+        Py_ssize_t block, floating *param, const floating *grad, floating *state1,
+        floating *state2, Py_ssize_t n, const OptimizerConfig *config) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef Py_ssize_t start = block * BLOCK_ELEMS
+    cdef Py_ssize_t stop = min(start + BLOCK_ELEMS, n)
     cdef floating lr = <floating> config.lr
     cdef floating mu = <floating> config.momentum
     cdef floating b1 = <floating> config.beta1
     cdef floating b2 = <floating> config.beta2
-    cdef floating eps = <floating> config.eps
     cdef floating one_minus_b1 = <floating> (1.0 - config.beta1)
     cdef floating one_minus_b2 = <floating> (1.0 - config.beta2)
     cdef floating correction1 = <floating> (1.0 - config.beta1 ** config.step)
     cdef floating correction2 = <floating> (1.0 - config.beta2 ** config.step)
-    cdef Py_ssize_t block, i, stop
-    cdef int kind = config.kind
-    for block in prange(n_blocks, num_threads=n_used, use_threads_if=n_used > 1,
-                        schedule='static'):
-        stop = min((block + 1) * BLOCK_ELEMS, n)
-        if kind == SGD:
-            for i in range(block * BLOCK_ELEMS, stop):
-                param[i] = param[i] - lr * grad[i]
-        elif kind == MOMENTUM:
-            for i in range(block * BLOCK_ELEMS, stop):
-                state1[i] = mu * state1[i] + grad[i]
-                param[i] = param[i] - lr * state1[i]
-        else:
-            for i in range(block * BLOCK_ELEMS, stop):
-                state1[i] = b1 * state1[i] + one_minus_b1 * grad[i]
-                state2[i] = b2 * state2[i] + one_minus_b2 * grad[i] * grad[i]
-                param[i] = param[i] - lr * (state1[i] / correction1) / (
-                    root(state2[i] / correction2) + eps)
+    cdef floating eps = <floating> config.eps
+    if config.kind == SGD:
+        for i in range(start, stop):
+            param[i] = param[i] - lr * grad[i]
+    elif config.kind == MOMENTUM:
+        for i in range(start, stop):
+            state1[i] = mu * state1[i] + grad[i]
+            param[i] = param[i] - lr * state1[i]
+    else:
+        for i in range(start, stop):
+            state1[i] = b1 * state1[i] + one_minus_b1 * grad[i]
+            state2[i] = b2 * state2[i] + one_minus_b2 * grad[i] * grad[i]
+            param[i] = param[i] - lr * (state1[i] / correction1) / (
+                root(state2[i] / correction2) + eps)
