@@ -15,6 +15,7 @@ from libc.string cimport memcpy
 from _layers cimport (dense_forward, dense_backward, squared_error,
                       optimizer_step, OptimizerConfig)
 from _parallel cimport CHUNK_ROWS as _CHUNK_ROWS, BLOCK_ELEMS, n_tasks
+from _tanh cimport tanh_inplace
 
 # The largest GEMM a task does is this many rows high (see _parallel.pxd).
 TASK_ROWS = _CHUNK_ROWS
@@ -45,6 +46,12 @@ cdef class PointerList:
 
     def __dealloc__(self):
         free(self.data)
+
+
+def tanh(floating[::1] x):
+    """x = tanh(x) in place, with the kernels' vectorised tanh."""
+    with nogil:
+        tanh_inplace(&x[0], x.shape[0])
 
 
 def forward(const floating[:, ::1] X, const floating[:, ::1] W,
