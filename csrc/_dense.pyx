@@ -13,7 +13,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
 from _layers cimport (dense_forward, dense_backward, squared_error,
-                      optimizer_step, OptimizerConfig)
+                      optimizer_step, OptimizerConfig, SGD)
 from _parallel cimport CHUNK_ROWS as _CHUNK_ROWS, BLOCK_ELEMS, n_tasks
 from _tanh cimport tanh_inplace
 
@@ -70,7 +70,7 @@ def backward(const floating[:, ::1] X, const floating[:, ::1] W,
     """Gradients of a dense layer; dZ is scratch, dX is left alone unless need_dX."""
     with nogil:
         dense_backward(&X[0, 0], &W[0, 0], &A[0, 0], &dA[0, 0], &dZ[0, 0],
-                       &dX[0, 0] if need_dX else NULL, &dW[0, 0], &db[0],
+                       &dX[0, 0] if need_dX else NULL, &dW[0, 0], &db[0], 1, 0,
                        X.shape[0], X.shape[1], W.shape[1], apply_tanh,
                        n_threads)
 
@@ -96,16 +96,22 @@ cdef double network_gradients(const floating *X, const floating *Y,
                               void **grads, const Py_ssize_t *sizes,
                               Py_ssize_t n_layers, bint output_tanh,
                               void **activations, void **deltas,
-                              double *partials, int n_threads) noexcept nogil:
-    """Forward, loss and backward over one batch.
+                              double *partials, double sgd_lr,
+                              int n_threads) noexcept nogil:
+    """Forward, loss and backward over one batch; returns its sum of squares.
 
-    Fills grads (same layout as params) with the gradient of the mean squared
-    error over the batch and returns the batch's sum of squared errors.
+    With sgd_lr == 0, fills grads (laid out as params) with the gradient of
+    the batch's mean squared error. With sgd_lr > 0, grads is ignored and
+    each layer takes its SGD step params -= sgd_lr * grad as soon as its
+    gradient is known (its W is no longer needed by then).
     deltas[l] is scratch shaped like activations[l].
     """
     cdef Py_ssize_t n_out = sizes[n_layers]
     cdef Py_ssize_t layer
     cdef double sum_squares
+    cdef void **targets = params if sgd_lr > 0 else grads
+    cdef floating scale = <floating> -sgd_lr if sgd_lr > 0 else 1
+    cdef floating beta = 1 if sgd_lr > 0 else 0
     network_forward(X, n_samples, params, sizes, n_layers, output_tanh,
                     activations, n_threads)
     sum_squares = squared_error(
@@ -118,8 +124,8 @@ cdef double network_gradients(const floating *X, const floating *Y,
             <floating *> params[2 * layer], <floating *> activations[layer],
             <floating *> deltas[layer], <floating *> deltas[layer],
             NULL if layer == 0 else <floating *> deltas[layer - 1],
-            <floating *> grads[2 * layer], <floating *> grads[2 * layer + 1],
-            n_samples, sizes[layer], sizes[layer + 1],
+            <floating *> targets[2 * layer], <floating *> targets[2 * layer + 1],
+            scale, beta, n_samples, sizes[layer], sizes[layer + 1],
             output_tanh or layer < n_layers - 1, n_threads)
     return sum_squares
 
@@ -145,7 +151,7 @@ def gradients(const floating[:, ::1] X, const floating[:, ::1] Y,
         sum_squares = network_gradients(
             &X[0, 0], &Y[0, 0], X.shape[0], params.data, grads.data,
             &layer_sizes[0], layer_sizes.shape[0] - 1, output_tanh,
-            activations.data, deltas.data, &partials[0], n_threads)
+            activations.data, deltas.data, &partials[0], 0, n_threads)
     return sum_squares / max(1, Y.shape[0] * Y.shape[1])
 
 
@@ -205,12 +211,14 @@ def train(const floating[:, ::1] X, const floating[:, ::1] Y,
                 else:
                     X_rows = &X[start, 0]
                     Y_rows = &Y[start, 0]
+                # SGD is fused into the backward pass; the others update after it.
                 sum_squares += network_gradients(
                     X_rows, Y_rows, n_rows, params.data, grads.data,
                     &layer_sizes[0], n_layers, output_tanh, activations.data,
-                    deltas.data, &partials[0], n_threads)
+                    deltas.data, &partials[0], lr if optimizer == SGD else 0,
+                    n_threads)
                 config.step += 1
-                for param in range(2 * n_layers):
+                for param in range(2 * n_layers if optimizer != SGD else 0):
                     n_elements = layer_sizes[param // 2 + 1]
                     if param % 2 == 0:
                         n_elements *= layer_sizes[param // 2]

@@ -9,8 +9,8 @@ from libc.string cimport memcpy
 
 from _blas cimport gemm
 from _tanh cimport tanh_inplace
-from _parallel cimport (CHUNK_ROWS, BLOCK_ROWS, BLOCK_COLS, BLOCK_ELEMS,
-                        n_tasks, threads_for)
+from _parallel cimport (BLOCK_COLS, BLOCK_ELEMS, n_tasks, threads_for,
+                        gemm_task_rows)
 
 cdef enum Optimizer:
     SGD = 0
@@ -31,9 +31,10 @@ cdef inline void dense_forward_rows(
         Py_ssize_t n_rows, Py_ssize_t n_in, Py_ssize_t n_out,
         bint apply_tanh) noexcept nogil:
     """A = tanh(X W + b) for n_rows rows: bias first, GEMM accumulates onto it."""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, j
     for i in range(n_rows):
-        memcpy(A + i * n_out, b, n_out * sizeof(floating))
+        for j in range(n_out):
+            A[i * n_out + j] = b[j]
     gemm(False, False, <int> n_rows, <int> n_out, <int> n_in, 1, X, <int> n_in,
          W, <int> n_out, 1, A, <int> n_out)
     if apply_tanh:
@@ -44,72 +45,85 @@ cdef inline void dense_forward(
         const floating *X, const floating *W, const floating *b, floating *A,
         Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
         bint apply_tanh, int n_threads) noexcept nogil:
-    """A (n_samples, n_out) = tanh(X W + b), in chunks of CHUNK_ROWS samples."""
-    cdef Py_ssize_t n_chunks = n_tasks(n_samples, CHUNK_ROWS)
+    """A (n_samples, n_out) = tanh(X W + b), in chunks of samples."""
+    cdef Py_ssize_t rows = gemm_task_rows(n_out, n_in)
+    cdef Py_ssize_t n_chunks = n_tasks(n_samples, rows)
     cdef int n_used = threads_for(n_threads, n_chunks, 2.0 * n_samples * n_in * n_out)
     cdef Py_ssize_t chunk
     if n_used == 1:
         for chunk in range(n_chunks):
-            dense_forward_chunk(chunk, X, W, b, A, n_samples, n_in, n_out, apply_tanh)
+            dense_forward_chunk(chunk, rows, X, W, b, A, n_samples, n_in, n_out,
+                                apply_tanh)
     else:
         for chunk in prange(n_chunks, num_threads=n_used, schedule='static'):
-            dense_forward_chunk(chunk, X, W, b, A, n_samples, n_in, n_out, apply_tanh)
+            dense_forward_chunk(chunk, rows, X, W, b, A, n_samples, n_in, n_out,
+                                apply_tanh)
 
 
 cdef inline void dense_forward_chunk(
-        Py_ssize_t chunk, const floating *X, const floating *W, const floating *b,
-        floating *A, Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
-        bint apply_tanh) noexcept nogil:
-    cdef Py_ssize_t start = chunk * CHUNK_ROWS
+        Py_ssize_t chunk, Py_ssize_t rows, const floating *X, const floating *W,
+        const floating *b, floating *A, Py_ssize_t n_samples, Py_ssize_t n_in,
+        Py_ssize_t n_out, bint apply_tanh) noexcept nogil:
+    cdef Py_ssize_t start = chunk * rows
     dense_forward_rows(X + start * n_in, W, b, A + start * n_out,
-                       min(<Py_ssize_t> CHUNK_ROWS, n_samples - start),
-                       n_in, n_out, apply_tanh)
+                       min(rows, n_samples - start), n_in, n_out, apply_tanh)
 
 
 cdef inline void dense_backward(
         const floating *X, const floating *W, const floating *A,
         const floating *dA, floating *dZ, floating *dX, floating *dW,
-        floating *db, Py_ssize_t n_samples, Py_ssize_t n_in,
-        Py_ssize_t n_out, bint apply_tanh, int n_threads) noexcept nogil:
+        floating *db, floating grad_scale, floating grad_beta,
+        Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh, int n_threads) noexcept nogil:
     """Gradients of A = tanh(X W + b) given dA = dL/dA.
 
-    dZ = dA (1 - A^2)  (dZ may be dA itself)
-    dX = dZ W^T        (skipped when dX is NULL)
-    dW = X^T dZ,  db = sum over samples of dZ
+    dZ = dA (1 - A^2)          (dZ may be dA itself)
+    dX = dZ W^T                (skipped when dX is NULL)
+    dW = s X^T dZ + beta dW,   db = s sum_samples(dZ) + beta db
+    with s = grad_scale, beta = grad_beta: (1, 0) gives the gradients;
+    (-lr, 1) with dW = W, db = b is a fused SGD step, done after every use
+    of W (dX is finished before dW starts).
 
-    Batch chunks give dZ and dX; dW is split by blocks of its rows and db by
+    Sample chunks give dZ and dX; dW is split by blocks of its rows and db by
     blocks of columns, each summing over the whole batch in sample order.
     """
-    cdef Py_ssize_t n_chunks = n_tasks(n_samples, CHUNK_ROWS)
-    cdef Py_ssize_t n_row_blocks = n_tasks(n_in, BLOCK_ROWS)
+    cdef Py_ssize_t chunk_rows = gemm_task_rows(n_in, n_out)
+    cdef Py_ssize_t block_rows = gemm_task_rows(n_out, n_samples)
+    cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
+    cdef Py_ssize_t n_row_blocks = n_tasks(n_in, block_rows)
     cdef Py_ssize_t n_col_blocks = n_tasks(n_out, BLOCK_COLS)
     cdef int n_used = threads_for(n_threads, max(n_chunks, n_row_blocks),
                                   4.0 * n_samples * n_in * n_out)
     cdef Py_ssize_t task
     if n_used == 1:
         for task in range(n_chunks):
-            delta_chunk(task, W, A, dA, dZ, dX, n_samples, n_in, n_out, apply_tanh)
+            delta_chunk(task, chunk_rows, W, A, dA, dZ, dX, n_samples, n_in,
+                        n_out, apply_tanh)
         for task in range(n_row_blocks):
-            weight_grad_block(task, X, dZ, dW, n_samples, n_in, n_out)
+            weight_grad_block(task, block_rows, X, dZ, dW, grad_scale, grad_beta,
+                              n_samples, n_in, n_out)
         for task in range(n_col_blocks):
-            bias_grad_block(task, dZ, db, n_samples, n_out)
+            bias_grad_block(task, dZ, db, grad_scale, grad_beta, n_samples, n_out)
     else:
         with parallel(num_threads=n_used):
             for task in prange(n_chunks, schedule='static'):
-                delta_chunk(task, W, A, dA, dZ, dX, n_samples, n_in, n_out, apply_tanh)
+                delta_chunk(task, chunk_rows, W, A, dA, dZ, dX, n_samples, n_in,
+                            n_out, apply_tanh)
             for task in prange(n_row_blocks, schedule='static'):
-                weight_grad_block(task, X, dZ, dW, n_samples, n_in, n_out)
+                weight_grad_block(task, block_rows, X, dZ, dW, grad_scale,
+                                  grad_beta, n_samples, n_in, n_out)
             for task in prange(n_col_blocks, schedule='static'):
-                bias_grad_block(task, dZ, db, n_samples, n_out)
+                bias_grad_block(task, dZ, db, grad_scale, grad_beta, n_samples,
+                                n_out)
 
 
 cdef inline void delta_chunk(
-        Py_ssize_t chunk, const floating *W, const floating *A,
+        Py_ssize_t chunk, Py_ssize_t rows, const floating *W, const floating *A,
         const floating *dA, floating *dZ, floating *dX, Py_ssize_t n_samples,
         Py_ssize_t n_in, Py_ssize_t n_out, bint apply_tanh) noexcept nogil:
     """dZ and dX for one chunk of samples."""
-    cdef Py_ssize_t start = chunk * CHUNK_ROWS
-    cdef Py_ssize_t stop = min(start + CHUNK_ROWS, n_samples)
+    cdef Py_ssize_t start = chunk * rows
+    cdef Py_ssize_t stop = min(start + rows, n_samples)
     cdef Py_ssize_t i
     if apply_tanh:
         for i in range(start * n_out, stop * n_out):
@@ -124,32 +138,35 @@ cdef inline void delta_chunk(
 
 
 cdef inline void weight_grad_block(
-        Py_ssize_t block, const floating *X, const floating *dZ, floating *dW,
-        Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
-    """Rows [start, stop) of dW = X^T dZ, summed over the whole batch."""
-    cdef Py_ssize_t start = block * BLOCK_ROWS
-    cdef Py_ssize_t stop = min(start + BLOCK_ROWS, n_in)
-    gemm(True, False, <int> (stop - start), <int> n_out, <int> n_samples, 1,
-         X + start, <int> n_in, dZ, <int> n_out, 0, dW + start * n_out, <int> n_out)
+        Py_ssize_t block, Py_ssize_t rows, const floating *X, const floating *dZ,
+        floating *dW, floating scale, floating beta, Py_ssize_t n_samples,
+        Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """Rows [start, stop) of dW = scale X^T dZ + beta dW, over the whole batch."""
+    cdef Py_ssize_t start = block * rows
+    cdef Py_ssize_t stop = min(start + rows, n_in)
+    gemm(True, False, <int> (stop - start), <int> n_out, <int> n_samples, scale,
+         X + start, <int> n_in, dZ, <int> n_out, beta, dW + start * n_out,
+         <int> n_out)
 
 
 cdef inline void bias_grad_block(
-        Py_ssize_t block, const floating *dZ, floating *db, Py_ssize_t n_samples,
-        Py_ssize_t n_out) noexcept nogil:
+        Py_ssize_t block, const floating *dZ, floating *db, floating scale,
+        floating beta, Py_ssize_t n_samples, Py_ssize_t n_out) noexcept nogil:
+    """db = scale sum_samples(dZ) + beta db on one block of columns.
+
+    Rows are added in sample order, a whole row of the block at a time.
+    """
     cdef Py_ssize_t start = block * BLOCK_COLS
-    column_sums(dZ, db, n_samples, n_out, start, min(start + BLOCK_COLS, n_out))
-
-
-cdef inline void column_sums(const floating *M, floating *out, Py_ssize_t n_rows,
-                             Py_ssize_t n_cols, Py_ssize_t start,
-                             Py_ssize_t stop) noexcept nogil:
-    """out[j] = sum_i M[i, j] for start <= j < stop, rows added in order."""
+    cdef Py_ssize_t width = min(start + BLOCK_COLS, n_out) - start
+    cdef floating sums[BLOCK_COLS]
     cdef Py_ssize_t i, j
-    for j in range(start, stop):
-        out[j] = 0
-    for i in range(n_rows):
-        for j in range(start, stop):
-            out[j] += M[i * n_cols + j]
+    for j in range(width):
+        sums[j] = 0
+    for i in range(n_samples):
+        for j in range(width):
+            sums[j] += dZ[i * n_out + start + j]
+    for j in range(width):
+        db[start + j] = scale * sums[j] + (beta * db[start + j] if beta != 0 else 0)
 
 
 cdef inline double squared_error(const floating *prediction, const floating *target,

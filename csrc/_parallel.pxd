@@ -16,6 +16,20 @@ cdef inline Py_ssize_t n_tasks(Py_ssize_t n_items, Py_ssize_t per_task) noexcept
     return (n_items + per_task - 1) // per_task
 
 
+cdef inline Py_ssize_t gemm_task_rows(Py_ssize_t n_cols, Py_ssize_t n_inner) noexcept nogil:
+    """Rows per task for a row-split GEMM with n_cols outputs and n_inner terms.
+
+    BLAS repacks the shared operand for every task, which costs about 1/rows
+    of the arithmetic: big products get taller tasks (about
+    sqrt(n_cols n_inner) / 4 rows, at most 256), small ones keep CHUNK_ROWS
+    for load balance. Depends on shapes only, never on the thread count.
+    """
+    cdef Py_ssize_t rows = CHUNK_ROWS
+    while rows < 256 and 16 * rows * rows < n_cols * n_inner:
+        rows *= 2
+    return rows
+
+
 cdef inline int threads_for(int n_threads, Py_ssize_t n_tasks_, double work) noexcept nogil:
     """How many threads to use on n_tasks_ tasks totalling about `work` flops."""
     if work < MIN_PARALLEL_WORK or n_tasks_ <= 1 or n_threads <= 1:

@@ -194,14 +194,14 @@ class _ReferenceNetwork:
         self.n_layers = len(layer_sizes) - 1
         self.output_tanh = output_tanh
 
-    def _activation(self, layer):
-        return "tanh" if self.output_tanh or layer < self.n_layers - 1 else "linear"
+    def _tanh(self, layer):
+        return self.output_tanh or layer < self.n_layers - 1
 
     def _forward(self, X):
         activations = []
         for layer in range(self.n_layers):
             W, b = self.params[2 * layer], self.params[2 * layer + 1]
-            X = reference.dense_forward(X, W, b, activation=self._activation(layer))
+            X = reference.layer_forward(X, W, b, self._tanh(layer))
             activations.append(X)
         return activations
 
@@ -214,9 +214,9 @@ class _ReferenceNetwork:
         grads = [None] * len(self.params)
         for layer in range(self.n_layers - 1, -1, -1):
             layer_input = X if layer == 0 else activations[layer - 1]
-            delta, grads[2 * layer], grads[2 * layer + 1] = reference.dense_backward(
+            delta, grads[2 * layer], grads[2 * layer + 1] = reference.layer_backward(
                 layer_input, self.params[2 * layer], activations[layer], delta,
-                activation=self._activation(layer), need_dX=layer > 0)
+                self._tanh(layer), need_dX=layer > 0)
         return loss, grads
 
     def trainer(self, X, Y, batch_size, optimizer, lr):

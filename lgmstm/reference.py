@@ -19,10 +19,7 @@ def dense_forward(X, W, b, *, activation="tanh", out=None):
     """``A = tanh(X @ W + b)``; see :func:`lgmstm.kernels.dense_forward`."""
     apply_tanh = check_activation(activation)
     X, W, b, buffer, result = dense_forward_args(X, W, b, out)
-    np.matmul(X, W, out=buffer)
-    buffer += b
-    if apply_tanh:
-        np.tanh(buffer, out=buffer)
+    layer_forward(X, W, b, apply_tanh, out=buffer)
     if buffer is not result:
         result[...] = buffer
     return result
@@ -33,6 +30,18 @@ def dense_backward(X, W, A, dA, *, activation="tanh", need_dX=True):
     see :func:`lgmstm.kernels.dense_backward`."""
     apply_tanh = check_activation(activation)
     X, W, A, dA = dense_backward_args(X, W, A, dA)
+    return layer_backward(X, W, A, dA, apply_tanh, need_dX)
+
+
+# Unchecked forms of the two above, for the NumPy training loops: a NumPy
+# programmer validates once, not at every step.
+def layer_forward(X, W, b, apply_tanh, out=None):
+    Z = np.matmul(X, W, out=out)
+    Z += b
+    return np.tanh(Z, out=Z) if apply_tanh else Z
+
+
+def layer_backward(X, W, A, dA, apply_tanh, need_dX=True):
     dZ = dA * (1 - A * A) if apply_tanh else dA
     dX = dZ @ W.T if need_dX else None
     return dX, X.T @ dZ, dZ.sum(axis=0)
