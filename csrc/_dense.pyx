@@ -12,18 +12,18 @@ from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
-from _layers cimport (dense_forward, dense_backward, squared_error,
+from _layers cimport (dense_forward, dense_forward_loss, dense_backward,
                       optimizer_step, OptimizerConfig, SGD)
-from _parallel cimport CHUNK_ROWS as _CHUNK_ROWS, BLOCK_ELEMS, n_tasks
+from _parallel cimport CHUNK_ROWS as _CHUNK_ROWS, n_tasks
 from _tanh cimport tanh_inplace
 
 # The largest GEMM a task does is this many rows high (see _parallel.pxd).
 TASK_ROWS = _CHUNK_ROWS
 
 
-def partials_size(Py_ssize_t n_elements):
-    """Length of the `partials` scratch of a loss over n_elements values."""
-    return max(1, n_tasks(n_elements, BLOCK_ELEMS))
+def partials_size(Py_ssize_t n_samples):
+    """Length of the `partials` scratch of a loss over n_samples samples."""
+    return max(1, n_tasks(n_samples, _CHUNK_ROWS))
 
 cnp.import_array()
 
@@ -112,11 +112,13 @@ cdef double network_gradients(const floating *X, const floating *Y,
     cdef void **targets = params if sgd_lr > 0 else grads
     cdef floating scale = <floating> -sgd_lr if sgd_lr > 0 else 1
     cdef floating beta = 1 if sgd_lr > 0 else 0
-    network_forward(X, n_samples, params, sizes, n_layers, output_tanh,
+    network_forward(X, n_samples, params, sizes, n_layers - 1, True,
                     activations, n_threads)
-    sum_squares = squared_error(
-        <floating *> activations[n_layers - 1], Y,
-        <floating *> deltas[n_layers - 1], n_samples * n_out,
+    sum_squares = dense_forward_loss(
+        X if n_layers == 1 else <floating *> activations[n_layers - 2],
+        <floating *> params[2 * n_layers - 2], <floating *> params[2 * n_layers - 1],
+        <floating *> activations[n_layers - 1], Y, <floating *> deltas[n_layers - 1],
+        n_samples, sizes[n_layers - 1], n_out, output_tanh,
         1.0 / max(1, n_samples * n_out), partials, n_threads)
     for layer in range(n_layers - 1, -1, -1):
         dense_backward(

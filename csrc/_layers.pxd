@@ -69,6 +69,46 @@ cdef inline void dense_forward_chunk(
                        min(rows, n_samples - start), n_in, n_out, apply_tanh)
 
 
+cdef inline double dense_forward_loss(
+        const floating *X, const floating *W, const floating *b, floating *A,
+        const floating *Y, floating *dA, Py_ssize_t n_samples, Py_ssize_t n_in,
+        Py_ssize_t n_out, bint apply_tanh, double grad_scale, double *partials,
+        int n_threads) noexcept nogil:
+    """The output layer: dense_forward, then, while each chunk is in cache,
+    dA = grad_scale * 2 (A - Y). Returns sum((A - Y)^2), summed per chunk
+    and then over chunks in order. partials: one double per chunk."""
+    cdef Py_ssize_t rows = gemm_task_rows(n_out, n_in)
+    cdef Py_ssize_t n_chunks = n_tasks(n_samples, rows)
+    cdef int n_used = threads_for(n_threads, n_chunks, 2.0 * n_samples * n_in * n_out)
+    cdef Py_ssize_t chunk
+    cdef double total = 0
+    if n_used == 1:
+        for chunk in range(n_chunks):
+            partials[chunk] = dense_forward_loss_chunk(
+                chunk, rows, X, W, b, A, Y, dA, n_samples, n_in, n_out,
+                apply_tanh, grad_scale)
+    else:
+        for chunk in prange(n_chunks, num_threads=n_used, schedule='static'):
+            partials[chunk] = dense_forward_loss_chunk(
+                chunk, rows, X, W, b, A, Y, dA, n_samples, n_in, n_out,
+                apply_tanh, grad_scale)
+    for chunk in range(n_chunks):
+        total += partials[chunk]
+    return total
+
+
+cdef inline double dense_forward_loss_chunk(
+        Py_ssize_t chunk, Py_ssize_t rows, const floating *X, const floating *W,
+        const floating *b, floating *A, const floating *Y, floating *dA,
+        Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh, double grad_scale) noexcept nogil:
+    cdef Py_ssize_t start = chunk * rows
+    cdef Py_ssize_t n_rows = min(rows, n_samples - start)
+    dense_forward_chunk(chunk, rows, X, W, b, A, n_samples, n_in, n_out, apply_tanh)
+    return squared_error_rows(A + start * n_out, Y + start * n_out,
+                              dA + start * n_out, n_rows * n_out, grad_scale)
+
+
 cdef inline void dense_backward(
         const floating *X, const floating *W, const floating *A,
         const floating *dA, floating *dZ, floating *dX, floating *dW,
@@ -169,45 +209,21 @@ cdef inline void bias_grad_block(
         db[start + j] = scale * sums[j] + (beta * db[start + j] if beta != 0 else 0)
 
 
-cdef inline double squared_error(const floating *prediction, const floating *target,
-                                 floating *d_prediction, Py_ssize_t n_elements,
-                                 double grad_scale, double *partials,
-                                 int n_threads) noexcept nogil:
-    """Return sum((prediction - target)^2) and set
-    d_prediction = grad_scale * 2 (prediction - target).
-
-    partials needs n_tasks(n_elements, BLOCK_ELEMS) doubles of scratch.
-    """
-    cdef Py_ssize_t n_blocks = n_tasks(n_elements, BLOCK_ELEMS)
-    cdef int n_used = threads_for(n_threads, n_blocks, 3.0 * n_elements)
-    cdef Py_ssize_t block
-    cdef double total = 0
-    if n_used == 1:
-        for block in range(n_blocks):
-            partials[block] = squared_error_block(block, prediction, target,
-                                                  d_prediction, n_elements, grad_scale)
-    else:
-        for block in prange(n_blocks, num_threads=n_used, schedule='static'):
-            partials[block] = squared_error_block(block, prediction, target,
-                                                  d_prediction, n_elements, grad_scale)
-    for block in range(n_blocks):
-        total += partials[block]
-    return total
-
-
-cdef inline double squared_error_block(
-        Py_ssize_t block, const floating *prediction, const floating *target,
+cdef inline double squared_error_rows(
+        const floating *prediction, const floating *target,
         floating *d_prediction, Py_ssize_t n_elements,
         double grad_scale) noexcept nogil:
+    """Return sum((prediction - target)^2) over n_elements values and set
+    d_prediction = grad_scale * 2 (prediction - target)."""
     cdef floating scale = <floating> (2.0 * grad_scale)
     cdef floating diff
-    cdef double block_sum = 0
+    cdef double total = 0
     cdef Py_ssize_t i
-    for i in range(block * BLOCK_ELEMS, min((block + 1) * BLOCK_ELEMS, n_elements)):
+    for i in range(n_elements):
         diff = prediction[i] - target[i]
         d_prediction[i] = scale * diff
-        block_sum += <double> diff * diff
-    return block_sum
+        total += <double> diff * diff
+    return total
 
 
 cdef inline floating root(floating x) noexcept nogil:

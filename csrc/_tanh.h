@@ -9,9 +9,9 @@
  * y is clamped at -40 (float: -20), past which tanh rounds to 1; the clamp
  * is written so that NaN passes through it and propagates.
  *
- * The array loops are built twice, for the baseline ISA and for AVX2+FMA,
- * and the loader picks one at run time (GCC/Clang target_clones, x86-64
- * ELF only); elsewhere only the baseline version exists.
+ * The array loops are built for the baseline ISA, for AVX2+FMA and (GCC 11+)
+ * for AVX-512 (x86-64-v4); the loader picks one at run time (GCC
+ * target_clones, x86-64 ELF only); elsewhere only the baseline version exists.
  */
 #ifndef LGMSTM_TANH_H
 #define LGMSTM_TANH_H
@@ -23,7 +23,12 @@
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && defined(__ELF__) \
     && !defined(__clang__) && !defined(LGMSTM_NO_DISPATCH)
+#if __GNUC__ >= 11
+#define LGMSTM_DISPATCH \
+    __attribute__((target_clones("arch=x86-64-v4", "avx2,fma", "default")))
+#else
 #define LGMSTM_DISPATCH __attribute__((target_clones("avx2,fma", "default")))
+#endif
 #define LGMSTM_HAS_DISPATCH 1
 #else
 #define LGMSTM_DISPATCH

@@ -137,7 +137,7 @@ class _CompiledNetwork:
 
     def gradients(self, X, Y):
         grads = [np.empty_like(p) for p in self.params]
-        partials = np.empty(_dense.partials_size(Y.size))
+        partials = np.empty(_dense.partials_size(Y.shape[0]))
         with single_threaded_blas(self._work(X.shape[0])):
             loss = _dense.gradients(
                 X, Y, self.pointers, _dense.PointerList(grads), self.sizes,
@@ -168,7 +168,7 @@ class _CompiledTrainer:
         self.deltas = _dense.PointerList(network._buffers(batch_size, dtype))
         self.X_batch = np.empty((batch_size, X.shape[1]), dtype)
         self.Y_batch = np.empty((batch_size, Y.shape[1]), dtype)
-        self.partials = np.empty(_dense.partials_size(batch_size * Y.shape[1]))
+        self.partials = np.empty(_dense.partials_size(batch_size))
         self.no_order = np.empty((0, X.shape[0]), np.intp)
         self.step = 0
 
