@@ -6,6 +6,8 @@ cores, so while a kernel runs, the BLAS libraries are held at one thread.
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import threading
 from contextlib import contextmanager
 
@@ -39,9 +41,29 @@ def set_num_threads(n_threads: int) -> None:
 BLAS_THREADING_WORK = 64**3
 
 
-class _BlasGuard:
-    """Holds every BLAS library at one thread while any kernel call runs.
+def _thread_switch(controller):
+    """(get, set) callables for one BLAS library's thread count.
 
+    For a pthreads OpenBLAS these are its own C entry points, called through
+    ctypes (a fraction of a microsecond); otherwise threadpoolctl's methods.
+    """
+    if controller.internal_api == "openblas" and controller.threading_layer != "openmp":
+        library = ctypes.CDLL(controller.filepath)
+        for prefix in ("scipy_", ""):
+            for suffix in ("", "64_", "_64"):
+                get = getattr(library, f"{prefix}openblas_get_num_threads{suffix}", None)
+                set_ = getattr(library, f"{prefix}openblas_set_num_threads{suffix}", None)
+                if get is not None and set_ is not None:
+                    get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+                    return get, set_
+    return controller.get_num_threads, controller.set_num_threads
+
+
+class _BlasGuard:
+    """Holds the BLAS that the kernels call at one thread while any kernel runs.
+
+    The kernels call scipy's BLAS (scipy.linalg.cython_blas); where scipy
+    ships its own library only that one is held, else every BLAS loaded.
     Reference-counted, so concurrent calls from several Python threads
     restore the user's setting only when the last one leaves.
     """
@@ -50,32 +72,36 @@ class _BlasGuard:
         self._lock = threading.Lock()
         self._depth = 0
         self._saved = []
-        self._libraries = None
+        self._switches = None
 
-    def _blas_libraries(self):
-        if self._libraries is None:
+    def _blas_switches(self):
+        if self._switches is None:
             from threadpoolctl import ThreadpoolController
 
-            self._libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-        return self._libraries
+            controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+            scipys = [c for c in controllers
+                      if any(part.startswith("scipy") for part in
+                             os.path.normpath(os.path.dirname(c.filepath)).split(os.sep)[-2:])]
+            self._switches = [_thread_switch(c) for c in (scipys or controllers)]
+        return self._switches
 
     def __enter__(self):
         with self._lock:
             if self._depth == 0:
                 self._saved = []
-                for library in self._blas_libraries():
-                    threads = library.get_num_threads()
+                for get, set_ in self._blas_switches():
+                    threads = get()
                     if threads is not None and threads != 1:
-                        library.set_num_threads(1)
-                        self._saved.append((library, threads))
+                        set_(1)
+                        self._saved.append((set_, threads))
             self._depth += 1
 
     def __exit__(self, *exc):
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
-                for library, threads in self._saved:
-                    library.set_num_threads(threads)
+                for set_, threads in self._saved:
+                    set_(threads)
                 self._saved = []
 
 

@@ -29,32 +29,38 @@ def _describe(value) -> str:
 
 def as_array(name: str, value, ndim: int) -> np.ndarray:
     """value as an ndarray of ndim dimensions and a real numeric dtype."""
-    if value is None:
-        raise TypeError(f"{name} must be an array, got None")
-    if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be an array of numbers, got {_describe(value)}")
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise TypeError(f"{name} must be an array of numbers: {exc}") from None
-    if not (array.dtype in FLOAT_DTYPES or array.dtype.kind in "iub"):
-        raise TypeError(
-            f"{name} must have dtype float32 or float64 (integers and bools are "
-            f"converted), got dtype {array.dtype}"
-        )
+    if type(value) is np.ndarray and value.dtype.char in "fd":
+        array = value  # the common case, checked cheaply
+    else:
+        if value is None:
+            raise TypeError(f"{name} must be an array, got None")
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"{name} must be an array of numbers, got {_describe(value)}")
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name} must be an array of numbers: {exc}") from None
+        if not (array.dtype in FLOAT_DTYPES or array.dtype.kind in "iub"):
+            raise TypeError(
+                f"{name} must have dtype float32 or float64 (integers and bools are "
+                f"converted), got dtype {array.dtype}"
+            )
     if array.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {array.shape}")
-    if any(dim > MAX_DIM for dim in array.shape):
+    if array.size and max(array.shape) > MAX_DIM:
         raise ValueError(f"{name} has shape {array.shape}: each dimension must be below 2**31")
     return array
 
 
-def common_dtype(arrays: dict[str, np.ndarray], default=None) -> np.dtype:
-    """The one floating dtype of the named arrays (int/bool ones follow it)."""
-    floats = {name: a.dtype for name, a in arrays.items() if a.dtype.kind == "f"}
-    dtypes = set(floats.values())
+def common_dtype(names, arrays, default=None) -> np.dtype:
+    """The one floating dtype of the arrays (int/bool ones follow it)."""
+    first = arrays[0].dtype
+    if first.char in "fd" and all(a.dtype == first for a in arrays[1:]):
+        return first
+    floats = [(name, a.dtype) for name, a in zip(names, arrays) if a.dtype.kind == "f"]
+    dtypes = {dtype for _, dtype in floats}
     if len(dtypes) > 1:
-        listing = ", ".join(f"{name} is {dtype}" for name, dtype in floats.items())
+        listing = ", ".join(f"{name} is {dtype}" for name, dtype in floats)
         raise TypeError(f"mixed floating dtypes ({listing}); convert them to one dtype first")
     if dtypes:
         return dtypes.pop()
@@ -73,8 +79,11 @@ def check_dim(name: str, array: np.ndarray, axis: int, expected: int, meaning: s
         )
 
 
+_MAX_ELEMENTS = np.iinfo(np.intp).max // 8
+
+
 def check_product(name: str, *dims: int) -> None:
-    if math.prod(dims) > np.iinfo(np.intp).max // 8:
+    if math.prod(dims) > _MAX_ELEMENTS:
         raise ValueError(f"{name} would have {' x '.join(map(str, dims))} elements: too large")
 
 
@@ -139,7 +148,7 @@ def dense_forward_args(X, W, b, out):
     X = as_array("X", X, 2)
     W = as_array("W", W, 2)
     b = as_array("b", b, 1)
-    dtype = common_dtype({"X": X, "W": W, "b": b})
+    dtype = common_dtype(("X", "W", "b"), (X, W, b))
     check_dim("W", W, 0, X.shape[1], "rows (X's n_in)")
     check_dim("b", b, 0, W.shape[1], "entries (W's n_out)")
     check_product("the output", X.shape[0], W.shape[1])
@@ -157,7 +166,7 @@ def dense_backward_args(X, W, A, dA):
     W = as_array("W", W, 2)
     A = as_array("A", A, 2)
     dA = as_array("dA", dA, 2)
-    dtype = common_dtype({"X": X, "W": W, "A": A, "dA": dA})
+    dtype = common_dtype(("X", "W", "A", "dA"), (X, W, A, dA))
     check_dim("W", W, 0, X.shape[1], "rows (X's n_in)")
     expected = (X.shape[0], W.shape[1])
     for name, array in (("A", A), ("dA", dA)):
