@@ -139,22 +139,30 @@ cdef inline void dense_backward(
         for task in range(n_chunks):
             delta_chunk(task, chunk_rows, W, A, dA, dZ, dX, n_samples, n_in,
                         n_out, apply_tanh)
-        for task in range(n_row_blocks):
-            weight_grad_block(task, block_rows, X, dZ, dW, grad_scale, grad_beta,
-                              n_samples, n_in, n_out)
-        for task in range(n_col_blocks):
-            bias_grad_block(task, dZ, db, grad_scale, grad_beta, n_samples, n_out)
+        for task in range(n_row_blocks + n_col_blocks):
+            parameter_grad_task(task, n_row_blocks, block_rows, X, dZ, dW, db,
+                                grad_scale, grad_beta, n_samples, n_in, n_out)
     else:
         with parallel(num_threads=n_used):
             for task in prange(n_chunks, schedule='static'):
                 delta_chunk(task, chunk_rows, W, A, dA, dZ, dX, n_samples, n_in,
                             n_out, apply_tanh)
-            for task in prange(n_row_blocks, schedule='static'):
-                weight_grad_block(task, block_rows, X, dZ, dW, grad_scale,
-                                  grad_beta, n_samples, n_in, n_out)
-            for task in prange(n_col_blocks, schedule='static'):
-                bias_grad_block(task, dZ, db, grad_scale, grad_beta, n_samples,
-                                n_out)
+            for task in prange(n_row_blocks + n_col_blocks, schedule='static'):
+                parameter_grad_task(task, n_row_blocks, block_rows, X, dZ, dW, db,
+                                    grad_scale, grad_beta, n_samples, n_in, n_out)
+
+
+cdef inline void parameter_grad_task(
+        Py_ssize_t task, Py_ssize_t n_row_blocks, Py_ssize_t block_rows,
+        const floating *X, const floating *dZ, floating *dW, floating *db,
+        floating scale, floating beta, Py_ssize_t n_samples, Py_ssize_t n_in,
+        Py_ssize_t n_out) noexcept nogil:
+    """Tasks [0, n_row_blocks) are row blocks of dW, the rest column blocks of db."""
+    if task < n_row_blocks:
+        weight_grad_block(task, block_rows, X, dZ, dW, scale, beta, n_samples,
+                          n_in, n_out)
+    else:
+        bias_grad_block(task - n_row_blocks, dZ, db, scale, beta, n_samples, n_out)
 
 
 cdef inline void delta_chunk(
