@@ -8,9 +8,12 @@ many epochs), ``backend="numpy"`` runs the same maths with
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -89,27 +92,112 @@ class _Progress:
         )
 
 
+class DivergenceWarning(RuntimeWarning):
+    """Training met a non-finite loss or parameter and stopped."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped fit(); ``history`` holds the losses of the finished epochs."""
+
+    def __init__(self, history):
+        super().__init__(f"training interrupted after {len(history)} epochs")
+        self.history = history
+
+
+@contextmanager
+def _deferred_interrupt():
+    """Turn Ctrl-C during training into a flag that is checked between
+    blocks of epochs, so training stops in a consistent state.
+
+    Only in the main thread, and only when SIGINT has Python's default
+    handler (a handler of the user's is left alone).
+    """
+    interrupt = {"requested": False}
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield interrupt
+        return
+
+    def request_stop(signum, frame):
+        interrupt["requested"] = True
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _finite(trainer, losses):
+    return bool(np.isfinite(losses).all()) and all(np.isfinite(p).all() for p in trainer.params)
+
+
 def run_epochs(trainer, n_epochs, *, callback, progress, order_for):
     """Drive trainer.run over blocks of epochs; return the per-epoch losses.
 
-    order_for(n) gives the sample orders of the next n epochs (or None).
-    With a callback each block is one epoch, so returning False stops at once.
+    trainer: ``run(order, n_epochs) -> losses``, ``params`` (list of arrays),
+    ``state`` (list of every array training changes, params included) and
+    ``step`` (updates done). order_for(n) gives the sample orders of the
+    next n epochs (or None). With a callback each block is one epoch, so
+    returning False stops at once.
+
+    Ctrl-C stops training after the current block and raises
+    KeyboardInterrupt, the model holding the parameters of the last
+    finished epoch. A non-finite loss or parameter stops training with a
+    DivergenceWarning, the model holding the last finite parameters: the
+    block is replayed from a snapshot one epoch at a time up to the last
+    finite epoch (the replay takes the same steps, so it is exact).
     """
     losses = np.empty(n_epochs)
     done, block = 0, 1
-    while done < n_epochs:
-        count = min(block, n_epochs - done)
-        started = time.perf_counter()
-        losses[done : done + count] = trainer.run(order_for(count), count)
-        elapsed = time.perf_counter() - started
-        done += count
-        progress.update(done, losses[done - 1], final=done == n_epochs)
-        if callback is not None:
-            if callback(done - 1, float(losses[done - 1])) is False:
+    with _deferred_interrupt() as interrupt:
+        while done < n_epochs and not interrupt["requested"]:
+            count = min(block, n_epochs - done)
+            order = order_for(count)
+            snapshot = [a.copy() for a in trainer.state], trainer.step
+            started = time.perf_counter()
+            block_losses = trainer.run(order, count)
+            elapsed = time.perf_counter() - started
+            if not _finite(trainer, block_losses):
+                good = _replay_finite_epochs(trainer, snapshot, order, count)
+                losses[done : done + len(good)] = good
+                done += len(good)
+                warnings.warn(
+                    f"training diverged at epoch {done} (non-finite loss or parameters); "
+                    f"stopped, keeping the parameters after epoch {done - 1}. "
+                    "Try a smaller lr.", DivergenceWarning, stacklevel=3)
                 break
-        else:
-            block = int(min(max(1, count * BLOCK_SECONDS / max(elapsed, 1e-6)), 2 * count + 1))
+            losses[done : done + count] = block_losses
+            done += count
+            progress.update(done, losses[done - 1], final=done == n_epochs)
+            if callback is not None:
+                if callback(done - 1, float(losses[done - 1])) is False:
+                    break
+            else:
+                block = int(min(max(1, count * BLOCK_SECONDS / max(elapsed, 1e-6)), 2 * count + 1))
+    if interrupt["requested"]:
+        raise TrainingInterrupted(losses[:done].copy())
     return losses[:done]
+
+
+def _replay_finite_epochs(trainer, snapshot, order, count):
+    """Restore the snapshot and redo the block epoch by epoch, stopping before
+    the first epoch whose loss or resulting parameters are not finite."""
+    def restore(saved):
+        arrays, trainer.step = saved
+        for target, value in zip(trainer.state, arrays):
+            np.copyto(target, value)
+
+    restore(snapshot)
+    good = []
+    for epoch in range(count):
+        before = [a.copy() for a in trainer.state], trainer.step
+        loss = trainer.run(None if order is None else order[epoch : epoch + 1], 1)
+        if not _finite(trainer, loss):
+            restore(before)
+            break
+        good.append(loss[0])
+    return np.asarray(good)
 
 
 class _CompiledNetwork:
@@ -164,6 +252,8 @@ class _CompiledTrainer:
         states += [grads] * (2 - n_states)  # unused by the optimizer: any valid pointers
         self.grads = _dense.PointerList(grads)
         self.state1, self.state2 = (_dense.PointerList(s) for s in states)
+        self.params = network.params
+        self.state = network.params + [a for arrays in states[:n_states] for a in arrays]
         self.activations = _dense.PointerList(network._buffers(batch_size, dtype))
         self.deltas = _dense.PointerList(network._buffers(batch_size, dtype))
         self.X_batch = np.empty((batch_size, X.shape[1]), dtype)
@@ -230,8 +320,14 @@ class _ReferenceTrainer:
         n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
         self.states = [[np.zeros_like(p) for _ in range(n_states)] for p in network.params]
         self.step = 0
+        self.params = network.params
+        self.state = network.params + [a for arrays in self.states for a in arrays]
 
     def run(self, order, n_epochs):
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked after
+            return self._run(order, n_epochs)
+
+    def _run(self, order, n_epochs):
         losses = np.empty(n_epochs)
         n_samples = self.X.shape[0]
         for epoch in range(n_epochs):
@@ -422,6 +518,18 @@ class LGM:
         losses : ndarray of shape (n_epochs_run,), float64
             Mean squared error of each epoch, each batch measured before its
             update. Also kept as ``history_``.
+
+        Raises
+        ------
+        TrainingInterrupted (a KeyboardInterrupt)
+            On Ctrl-C, within about 0.1 s: the model keeps the parameters of
+            the last finished epoch and ``history_`` their losses.
+
+        Warns
+        -----
+        DivergenceWarning
+            When a loss or parameter becomes non-finite: training stops and
+            the model keeps the last finite parameters.
         """
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
@@ -451,6 +559,9 @@ class LGM:
             progress = _Progress("LGM", epochs, bool(verbose))
             self.history_ = run_epochs(trainer, epochs, callback=callback,
                                        progress=progress, order_for=order_for)
+        except TrainingInterrupted as exc:
+            self.history_ = exc.history
+            raise
         finally:
             self._lock.release()
         return self.history_
