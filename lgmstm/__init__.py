@@ -6,8 +6,16 @@
 """
 from ._persist import load
 from ._threads import get_num_threads, set_num_threads
-from .models import LGM
+from .models import LGM, DivergenceWarning, TrainingInterrupted
 
 __version__ = "0.1.0"
 
-__all__ = ["LGM", "load", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = [
+    "LGM",
+    "load",
+    "get_num_threads",
+    "set_num_threads",
+    "DivergenceWarning",
+    "TrainingInterrupted",
+    "__version__",
+]

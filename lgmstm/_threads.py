@@ -14,13 +14,33 @@ from contextlib import contextmanager
 from . import _openmp
 
 
+# libgomp's thread pool does not survive fork(): a child that enters an
+# OpenMP region its parent had used can hang. In a forked child the kernels
+# therefore run on one thread, on a code path that never enters OpenMP.
+_forked_child = False
+
+
+def _mark_forked_child():
+    global _forked_child
+    _forked_child = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_mark_forked_child)
+
+
 def get_num_threads() -> int:
     """Threads the kernels use: OpenMP's count for the calling thread.
 
     It follows OMP_NUM_THREADS (else the number of cores),
     :func:`set_num_threads` and ``threadpoolctl.threadpool_limits(n,
-    user_api="openmp")``. 1 when the build has no OpenMP.
+    user_api="openmp")``. 1 when the build has no OpenMP, and in a process
+    made by ``fork()`` (e.g. a multiprocessing pool with the "fork" start
+    method), where OpenMP cannot be used safely: use the "spawn" or
+    "forkserver" start method for multithreaded workers.
     """
+    if _forked_child:
+        return 1
     return max(1, int(_openmp.get_max_threads()))
 
 
