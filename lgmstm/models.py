@@ -200,6 +200,53 @@ def _replay_finite_epochs(trainer, snapshot, order, count):
     return np.asarray(good)
 
 
+class UseLock:
+    """Many concurrent users of a model's parameters, or one trainer.
+
+    predict/loss/gradients/save share the model; fit has it alone: it waits
+    for current users to finish, and others wait for it. A second fit from
+    another thread is refused. The training thread itself may read (e.g. a
+    callback that calls predict).
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._trainer = None
+
+    @contextmanager
+    def reading(self):
+        me = threading.get_ident()
+        with self._condition:
+            while self._trainer is not None and self._trainer != me:
+                self._condition.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def training(self):
+        me = threading.get_ident()
+        with self._condition:
+            if self._trainer is not None:
+                raise RuntimeError("this model is already being trained "
+                                   + ("(fit called from its own callback)" if self._trainer == me
+                                      else "by another thread"))
+            self._trainer = me
+            while self._readers:
+                self._condition.wait()
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._trainer = None
+                self._condition.notify_all()
+
+
 class _CompiledNetwork:
     """Forward/gradients/training of a dense network with lgmstm._dense."""
 
@@ -402,7 +449,7 @@ class LGM:
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             self._params += [glorot_uniform(self._rng, n_in, n_out, self.dtype),
                              np.zeros(n_out, self.dtype)]
-        self._lock = threading.Lock()
+        self._lock = UseLock()
         self.history_ = np.empty(0)
         self._network = _NETWORKS[self.backend](self._params, sizes, self.output == "tanh")
 
@@ -415,7 +462,23 @@ class LGM:
     @property
     def params(self):
         """Copies of the parameters, by name."""
-        return {name: p.copy() for name, p in zip(self._param_names(), self._params)}
+        with self._lock.reading():
+            return {name: p.copy() for name, p in zip(self._param_names(), self._params)}
+
+    def __getstate__(self):
+        # Plain data only: locks and compiled pointer tables are rebuilt.
+        with self._lock.reading():
+            return {"layer_sizes": self.layer_sizes, "output": self.output,
+                    "dtype": self.dtype.name, "backend": self.backend,
+                    "params": [p.copy() for p in self._params],
+                    "history_": self.history_, "rng": self._rng}
+
+    def __setstate__(self, state):
+        self.__init__(state["layer_sizes"], output=state["output"], dtype=state["dtype"],
+                      backend=state["backend"])
+        for param, value in zip(self._params, state["params"]):
+            param[...] = value
+        self.history_, self._rng = state["history_"], state["rng"]
 
     def __repr__(self):
         return (f"LGM({list(self.layer_sizes)}, output={self.output!r}, "
@@ -452,7 +515,9 @@ class LGM:
         -------
         Y : ndarray of shape (n_samples, n_out), the model's dtype
         """
-        return self._network.predict(self._inputs(X))
+        X = self._inputs(X)
+        with self._lock.reading():
+            return self._network.predict(X)
 
     def loss(self, X, Y):
         """Mean squared error ``mean((predict(X) - Y)**2)`` over all elements.
@@ -468,7 +533,8 @@ class LGM:
         """
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
-        diff = self._network.predict(X) - Y
+        with self._lock.reading():
+            diff = self._network.predict(X) - Y
         return float(np.vdot(diff, diff)) / max(1, diff.size)
 
     def gradients(self, X, Y):
@@ -480,7 +546,8 @@ class LGM:
         """
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
-        _, grads = self._network.gradients(X, Y)
+        with self._lock.reading():
+            _, grads = self._network.gradients(X, Y)
         return dict(zip(self._param_names(), grads))
 
     def fit(self, X, Y, *, epochs, lr, batch_size=None, optimizer="sgd", shuffle=True,
@@ -552,18 +619,15 @@ class LGM:
         def order_for(count):
             return epoch_orders(rng, count, n_samples) if shuffled else None
 
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeError("this model is being trained by another thread")
-        try:
+        with self._lock.training():
             trainer = self._network.trainer(X, Y, batch_size, optimizer, lr)
             progress = _Progress("LGM", epochs, bool(verbose))
-            self.history_ = run_epochs(trainer, epochs, callback=callback,
-                                       progress=progress, order_for=order_for)
-        except TrainingInterrupted as exc:
-            self.history_ = exc.history
-            raise
-        finally:
-            self._lock.release()
+            try:
+                self.history_ = run_epochs(trainer, epochs, callback=callback,
+                                           progress=progress, order_for=order_for)
+            except TrainingInterrupted as exc:
+                self.history_ = exc.history
+                raise
         return self.history_
 
     # -- persistence -------------------------------------------------------------
@@ -571,8 +635,9 @@ class LGM:
         """Write the model to ``path`` as an .npz file (no pickle), atomically."""
         config = {"layer_sizes": np.asarray(self.layer_sizes, np.int64),
                   "output": np.asarray(self.output)}
-        save_arrays(path, self.kind, self.dtype, config,
-                    dict(zip(self._param_names(), self._params)))
+        with self._lock.reading():
+            save_arrays(path, self.kind, self.dtype, config,
+                        dict(zip(self._param_names(), self._params)))
 
     @classmethod
     def _from_saved(cls, config, dtype, arrays, path, backend):
