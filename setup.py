@@ -25,8 +25,8 @@ OPENMP_FLAGS = {
 OPTIMIZE_FLAGS = {
     # -fno-trapping-math lets GCC vectorise tanh's branch-free selects; the
     # results do not change (nothing here reads floating-point exceptions).
-    "unix": ["-O3", "-fno-trapping-math"],
-    "mingw32": ["-O3", "-fno-trapping-math"],
+    "unix": ["-O3", "-fno-trapping-math", "-g0"],
+    "mingw32": ["-O3", "-fno-trapping-math", "-g0"],
     "msvc": ["/O2"],
 }
 
