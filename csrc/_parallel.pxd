@@ -21,11 +21,11 @@ cdef inline Py_ssize_t gemm_task_rows(Py_ssize_t n_cols, Py_ssize_t n_inner) noe
 
     BLAS repacks the shared operand for every task, which costs about 1/rows
     of the arithmetic: big products get taller tasks (about
-    sqrt(n_cols n_inner) / 4 rows, at most 256), small ones keep CHUNK_ROWS
+    sqrt(n_cols n_inner) / 2 rows, at most 256), small ones keep CHUNK_ROWS
     for load balance. Depends on shapes only, never on the thread count.
     """
     cdef Py_ssize_t rows = CHUNK_ROWS
-    while rows < 256 and 16 * rows * rows < n_cols * n_inner:
+    while rows < 256 and 4 * rows * rows < n_cols * n_inner:
         rows *= 2
     return rows
 
