@@ -3,7 +3,7 @@
 # Everything works on raw row-major pointers, trusts its caller (shapes were
 # checked in Python) and runs without the GIL, chunked as in _parallel.pxd.
 from cython cimport floating
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
 from libc.string cimport memcpy
 
@@ -143,13 +143,16 @@ cdef inline void dense_backward(
             parameter_grad_task(task, n_row_blocks, block_rows, X, dZ, dW, db,
                                 grad_scale, grad_beta, n_samples, n_in, n_out)
     else:
-        with parallel(num_threads=n_used):
-            for task in prange(n_chunks, schedule='static'):
-                delta_chunk(task, chunk_rows, W, A, dA, dZ, dX, n_samples, n_in,
-                            n_out, apply_tanh)
-            for task in prange(n_row_blocks + n_col_blocks, schedule='static'):
-                parameter_grad_task(task, n_row_blocks, block_rows, X, dZ, dW, db,
-                                    grad_scale, grad_beta, n_samples, n_in, n_out)
+        # Two parallel regions, not two loops in one: Cython emits loops in a
+        # parallel block as `omp for nowait`, and the parameter gradients
+        # need every chunk's dZ first. The join between regions is the barrier.
+        for task in prange(n_chunks, num_threads=n_used, schedule='static'):
+            delta_chunk(task, chunk_rows, W, A, dA, dZ, dX, n_samples, n_in,
+                        n_out, apply_tanh)
+        for task in prange(n_row_blocks + n_col_blocks, num_threads=n_used,
+                           schedule='static'):
+            parameter_grad_task(task, n_row_blocks, block_rows, X, dZ, dW, db,
+                                grad_scale, grad_beta, n_samples, n_in, n_out)
 
 
 cdef inline void parameter_grad_task(

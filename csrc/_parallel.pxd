@@ -9,7 +9,7 @@ cdef enum:
     BLOCK_ROWS = 64       # rows of a weight gradient per task
     BLOCK_COLS = 64       # columns per task of a column sum (bias gradients)
     BLOCK_ELEMS = 16384   # elements per task in element-wise passes
-    MIN_PARALLEL_WORK = 65536  # below ~this many flops a fork costs more than it saves
+    MIN_PARALLEL_WORK = 1048576  # below ~this many flops (~20 us) threads cost more than they save
 
 
 cdef inline Py_ssize_t n_tasks(Py_ssize_t n_items, Py_ssize_t per_task) noexcept nogil:
