@@ -1,0 +1,59 @@
+"""The build has OpenMP, and the package's thread count behaves."""
+import os
+import subprocess
+import sys
+
+import pytest
+from threadpoolctl import threadpool_limits
+
+import lgmstm
+from lgmstm import _openmp
+
+
+def test_build_has_openmp():
+    assert _openmp.openmp_enabled() is True
+    assert _openmp.openmp_version() >= 200805  # OpenMP 3.0 or later
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_set_then_get(threads, n):
+    with threads(n):
+        assert lgmstm.get_num_threads() == n
+
+
+def test_threads_fixture_restores_the_count(threads):
+    before = lgmstm.get_num_threads()
+    with threads(before + 2):
+        pass
+    assert lgmstm.get_num_threads() == before
+
+
+def test_follows_threadpoolctl(threads):
+    with threads(3):
+        with threadpool_limits(1, user_api="openmp"):
+            assert lgmstm.get_num_threads() == 1
+        assert lgmstm.get_num_threads() == 3
+
+
+def test_follows_omp_num_threads():
+    env = dict(os.environ, OMP_NUM_THREADS="5")
+    result = subprocess.run(
+        [sys.executable, "-c", "import lgmstm; print(lgmstm.get_num_threads())"],
+        env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "5"
+
+
+@pytest.mark.parametrize("bad, error", [
+    (0, ValueError),
+    (-1, ValueError),
+    (1.0, TypeError),
+    (2.5, TypeError),
+    ("2", TypeError),
+    (True, TypeError),
+    (None, TypeError),
+])
+def test_set_num_threads_refuses(bad, error):
+    before = lgmstm.get_num_threads()
+    with pytest.raises(error, match="n_threads"):
+        lgmstm.set_num_threads(bad)
+    assert lgmstm.get_num_threads() == before
