@@ -1,0 +1,94 @@
+"""Results are the same bits for any number of OpenMP threads.
+
+The sizes are large enough that the kernels really run in parallel: they
+fall back to one thread below ~65k flops or with a single 64-row task.
+"""
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import lgmstm
+from lgmstm import kernels
+
+N_SAMPLES, N_IN, N_OUT = 517, 130, 70
+THREAD_COUNTS = [1, 2, 3]
+
+
+def under_each_setting(threads, compute):
+    """compute() under 1, 2 and 3 threads, and under threadpoolctl's limit of 1."""
+    results = {}
+    for n in THREAD_COUNTS:
+        with threads(n):
+            assert lgmstm.get_num_threads() == n
+            results[f"{n} threads"] = compute()
+    with threads(2), threadpool_limits(1, user_api="openmp"):
+        assert lgmstm.get_num_threads() == 1
+        results["threadpool_limits(1)"] = compute()
+    return results
+
+
+def assert_all_identical(results):
+    (first_name, first), *others = results.items()
+    for name, arrays in others:
+        assert len(arrays) == len(first)
+        for index, (a, b) in enumerate(zip(arrays, first)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert np.array_equal(a, b), f"result {index}: {name} differs from {first_name}"
+
+
+@pytest.fixture
+def layer(rng, dtype):
+    X = rng.standard_normal((N_SAMPLES, N_IN)).astype(dtype)
+    W = (rng.standard_normal((N_IN, N_OUT)) / np.sqrt(N_IN)).astype(dtype)
+    b = rng.standard_normal(N_OUT).astype(dtype)
+    dA = rng.standard_normal((N_SAMPLES, N_OUT)).astype(dtype)
+    return X, W, b, dA
+
+
+@pytest.mark.parametrize("activation", ["tanh", "linear"])
+def test_dense_forward(threads, layer, activation):
+    X, W, b, _ = layer
+    assert_all_identical(under_each_setting(
+        threads, lambda: [kernels.dense_forward(X, W, b, activation=activation)]))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "linear"])
+def test_dense_backward(threads, layer, activation):
+    X, W, b, dA = layer
+    A = kernels.dense_forward(X, W, b, activation=activation)
+    assert_all_identical(under_each_setting(
+        threads, lambda: list(kernels.dense_backward(X, W, A, dA, activation=activation))))
+
+
+@pytest.fixture
+def regression(rng, dtype):
+    X = rng.standard_normal((N_SAMPLES, N_IN)).astype(dtype)
+    Y = np.tanh(X[:, :3] - X[:, 3:6]).astype(dtype)
+    return X, Y
+
+
+def make_model(dtype):
+    return lgmstm.LGM([N_IN, N_OUT, 40, 3], dtype=dtype, seed=5)
+
+
+def test_lgm_predict_loss_gradients(threads, regression, dtype):
+    X, Y = regression
+    model = make_model(dtype)
+
+    def compute():
+        loss = np.array([model.loss(X, Y)])
+        return [model.predict(X), loss, *model.gradients(X, Y).values()]
+
+    assert_all_identical(under_each_setting(threads, compute))
+
+
+def test_lgm_fit(threads, regression, dtype):
+    X, Y = regression
+
+    def compute():
+        model = make_model(dtype)
+        history = model.fit(X, Y, epochs=3, lr=1e-3, batch_size=200, optimizer="adam", seed=11)
+        assert len(history) == 3
+        return [history, *model.params.values()]
+
+    assert_all_identical(under_each_setting(threads, compute))
