@@ -42,14 +42,15 @@ def load_arrays(path):
     """(kind, dtype, config, params) from a file written by save_arrays."""
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # an .npy file gives an array
+            raise ValueError("not an .npz archive")
+        with data:
             arrays = {name: data[name] for name in data.files}
     except FileNotFoundError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise ValueError(f"{path} is not a readable lgmstm model file: {exc}") from None
-    if not isinstance(arrays, dict):
-        raise ValueError(f"{path} is not an lgmstm model file (not an .npz archive)")
     for key in ("format_version", "kind", "dtype"):
         if key not in arrays:
             raise ValueError(f"{path} is not an lgmstm model file: no '{key}' entry")
