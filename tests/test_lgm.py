@@ -168,6 +168,17 @@ def test_one_output_takes_1d_targets(rng, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_any_layout_and_integer_inputs(rng, backend):
+    model = lgmstm.LGM(SIZES, seed=0, backend=backend)
+    X = rng.integers(-3, 4, (30, 4))
+    expected = model.predict(X.astype(np.float64))
+    for view in (np.asfortranarray(X), X[::-1].copy()[::-1], np.repeat(X, 2, axis=1)[:, ::2]):
+        np.testing.assert_array_equal(model.predict(view), expected)
+    # Other float dtypes are converted to the model's (these integers are exact in float32).
+    np.testing.assert_array_equal(model.predict(X.astype(np.float32)), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend):
     model = lgmstm.LGM(SIZES, seed=0, backend=backend)
     assert model.predict(np.zeros((0, 4))).shape == (0, 2)
@@ -290,6 +301,18 @@ def test_callback_returning_none_runs_every_epoch(rng, backend):
     model = lgmstm.LGM(SIZES, seed=0, backend=backend)
     history = model.fit(X, Y, epochs=6, lr=0.1, callback=lambda e, loss: seen.append(e))
     assert len(history) == 6 and seen == list(range(6))
+
+
+def test_a_failing_callback_leaves_the_model_usable(rng):
+    X, Y = make_data(rng, 40, SIZES)
+    model = lgmstm.LGM(SIZES, seed=0)
+
+    def callback(epoch, loss):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, Y, epochs=5, lr=0.1, callback=callback)
+    assert len(model.fit(X, Y, epochs=2, lr=0.1)) == 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -486,6 +509,9 @@ SPOILED = {
     "extra layer": dict(param__layer3__weight=np.zeros((2, 2)),
                         param__layer3__bias=np.zeros(2)),
     "fewer layers": dict(config__layer_sizes=np.array([4, 6, 3])),
+    # Refused from the shapes, before allocating a model of that size.
+    "huge layer_sizes": dict(config__layer_sizes=np.array([10**6, 10**6])),
+    "huge last layer": dict(config__layer_sizes=np.array([4, 6, 3, 10**7])),
     "pickled object array": dict(param__layer0__bias=np.array([None] * 6, dtype=object)),
 }
 
