@@ -92,3 +92,26 @@ def test_lgm_fit(threads, regression, dtype):
         return [history, *model.params.values()]
 
     assert_all_identical(under_each_setting(threads, compute))
+
+
+def test_concurrent_python_threads(rng, dtype):
+    """Kernels and fits running at once in several Python threads (the GIL is
+    released) give the results they give alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(seed):
+        local = np.random.default_rng(seed)
+        X = local.standard_normal((N_SAMPLES, N_IN)).astype(dtype)
+        W = (local.standard_normal((N_IN, N_OUT)) / np.sqrt(N_IN)).astype(dtype)
+        b = local.standard_normal(N_OUT).astype(dtype)
+        A = kernels.dense_forward(X, W, b)
+        model = lgmstm.LGM([N_IN, 20, 3], dtype=dtype, seed=seed)
+        history = model.fit(X, np.tanh(X[:, :3]), epochs=2, lr=1e-3, batch_size=128, seed=seed)
+        return [A, *kernels.dense_backward(X, W, A, A), history, *model.params.values()]
+
+    seeds = list(range(6))
+    alone = [work(seed) for seed in seeds]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        together = list(pool.map(work, seeds))
+    for seed in seeds:
+        assert_all_identical({"alone": alone[seed], "concurrently": together[seed]})

@@ -57,3 +57,21 @@ def test_set_num_threads_refuses(bad, error):
     with pytest.raises(error, match="n_threads"):
         lgmstm.set_num_threads(bad)
     assert lgmstm.get_num_threads() == before
+
+
+def test_blas_thread_count_is_restored_after_a_kernel(rng):
+    """Kernels hold BLAS at one thread while they run, then give it back."""
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    from lgmstm import kernels
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    X = rng.standard_normal((300, 200))
+    W = rng.standard_normal((200, 100))
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        kernels.dense_backward(X, W, *[kernels.dense_forward(X, W, np.zeros(100))] * 2)
+        assert blas_threads() == before
