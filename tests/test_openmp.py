@@ -75,3 +75,28 @@ def test_blas_thread_count_is_restored_after_a_kernel(rng):
         before = blas_threads()
         kernels.dense_backward(X, W, *[kernels.dense_forward(X, W, np.zeros(100))] * 2)
         assert blas_threads() == before
+
+
+def test_kernels_leave_blas_control_to_other_threads(rng):
+    """After a kernel has run here, another Python thread can still limit BLAS
+    (threadpoolctl >= 3.8 lets only one thread at a time control OpenBLAS)."""
+    import threading
+
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    from lgmstm import kernels
+
+    X = rng.standard_normal((300, 200))
+    kernels.dense_forward(X, rng.standard_normal((200, 100)), np.zeros(100))
+    seen = []
+
+    def limit_in_another_thread():
+        with threadpool_limits(1, user_api="blas"):
+            seen.extend(lib["num_threads"] for lib in threadpool_info()
+                        if lib["user_api"] == "blas")
+
+    worker = threading.Thread(target=limit_in_another_thread)
+    worker.start()
+    worker.join()
+    assert seen and set(seen) == {1}
