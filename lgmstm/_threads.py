@@ -39,6 +39,22 @@ def set_num_threads(n_threads: int) -> None:
 BLAS_THREADING_WORK = 64**3
 
 
+def _set_blas_threads(library, n_threads):
+    """library.set_num_threads(n_threads), from whichever Python thread.
+
+    threadpoolctl >= 3.8 lets a single "controlling" Python thread change
+    OpenBLAS's process-wide count, keeps the first thread that sets it in
+    control, and silently ignores every other thread. The guard serialises
+    its own changes, so it hands control back at once; otherwise the first
+    thread to run a kernel would keep it and the guard would do nothing in
+    any other thread.
+    """
+    library.set_num_threads(n_threads)
+    release = getattr(type(library), "clear_controlling_thread", None)
+    if release is not None:
+        release()
+
+
 class _BlasGuard:
     """Holds every BLAS library at one thread while any kernel call runs.
 
@@ -66,7 +82,7 @@ class _BlasGuard:
                 for library in self._blas_libraries():
                     threads = library.get_num_threads()
                     if threads is not None and threads != 1:
-                        library.set_num_threads(1)
+                        _set_blas_threads(library, 1)
                         self._saved.append((library, threads))
             self._depth += 1
 
@@ -75,7 +91,7 @@ class _BlasGuard:
             self._depth -= 1
             if self._depth == 0:
                 for library, threads in self._saved:
-                    library.set_num_threads(threads)
+                    _set_blas_threads(library, threads)
                 self._saved = []
 
 
