@@ -94,6 +94,23 @@ def test_lgm_fit(threads, regression, dtype):
     assert_all_identical(under_each_setting(threads, compute))
 
 
+@pytest.mark.parametrize("shape", [(517, 130, 70), (517, 60, 60), (2000, 40, 8)], ids=str)
+def test_blas_thread_count_does_not_matter(rng, dtype, shape):
+    """OpenBLAS rounds differently with several threads; the kernels hold it
+    at one thread where it would use more, so the user's setting is moot."""
+    n_samples, n_in, n_out = shape
+    X = rng.standard_normal((n_samples, n_in)).astype(dtype)
+    W = rng.standard_normal((n_in, n_out)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    dA = rng.standard_normal((n_samples, n_out)).astype(dtype)
+    results = {}
+    for n in (1, 2, 4):
+        with threadpool_limits(n, user_api="blas"):
+            A = kernels.dense_forward(X, W, b)
+            results[f"{n} BLAS threads"] = [A, *kernels.dense_backward(X, W, A, dA)]
+    assert_all_identical(results)
+
+
 def test_concurrent_python_threads(rng, dtype):
     """Kernels and fits running at once in several Python threads (the GIL is
     released) give the results they give alone."""
