@@ -2,12 +2,14 @@
 import os
 import subprocess
 import sys
+import threading
 
+import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import lgmstm
-from lgmstm import _openmp
+from lgmstm import _openmp, kernels
 
 
 def test_build_has_openmp():
@@ -59,16 +61,12 @@ def test_set_num_threads_refuses(bad, error):
     assert lgmstm.get_num_threads() == before
 
 
+def blas_threads():
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
 def test_blas_thread_count_is_restored_after_a_kernel(rng):
     """Kernels hold BLAS at one thread while they run, then give it back."""
-    import numpy as np
-    from threadpoolctl import threadpool_info
-
-    from lgmstm import kernels
-
-    def blas_threads():
-        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-
     X = rng.standard_normal((300, 200))
     W = rng.standard_normal((200, 100))
     with threadpool_limits(2, user_api="blas"):
@@ -80,21 +78,13 @@ def test_blas_thread_count_is_restored_after_a_kernel(rng):
 def test_kernels_leave_blas_control_to_other_threads(rng):
     """After a kernel has run here, another Python thread can still limit BLAS
     (threadpoolctl >= 3.8 lets only one thread at a time control OpenBLAS)."""
-    import threading
-
-    import numpy as np
-    from threadpoolctl import threadpool_info
-
-    from lgmstm import kernels
-
     X = rng.standard_normal((300, 200))
     kernels.dense_forward(X, rng.standard_normal((200, 100)), np.zeros(100))
     seen = []
 
     def limit_in_another_thread():
         with threadpool_limits(1, user_api="blas"):
-            seen.extend(lib["num_threads"] for lib in threadpool_info()
-                        if lib["user_api"] == "blas")
+            seen.extend(blas_threads())
 
     worker = threading.Thread(target=limit_in_another_thread)
     worker.start()
