@@ -282,6 +282,24 @@ def test_shuffling_follows_the_seed(rng, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_fit_does_not_depend_on_how_epochs_are_blocked(rng, backend, optimizer):
+    """With a callback fit runs one epoch per compiled call, without one it
+    hands over growing blocks of epochs; Adam's step count and the shuffling
+    must carry over between calls either way."""
+    X, Y = make_data(rng, 50, SIZES)
+    results = []
+    for callback in (None, lambda epoch, loss: None):
+        model = lgmstm.LGM(SIZES, seed=0, backend=backend)
+        history = model.fit(X, Y, epochs=12, lr=OPTIMIZERS[optimizer], optimizer=optimizer,
+                            batch_size=16, seed=1, callback=callback)
+        results.append((history, model.params))
+    (history, params), (history_one_by_one, params_one_by_one) = results
+    np.testing.assert_array_equal(history, history_one_by_one)
+    assert_params_equal(params, params_one_by_one)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_callback_returning_false_stops(rng, backend):
     X, Y = make_data(rng, 40, SIZES)
     calls = []
