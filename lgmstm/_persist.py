@@ -8,7 +8,7 @@ target, so a crash never leaves a half-written model under that name.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 import zipfile
 
 import numpy as np
@@ -23,7 +23,10 @@ def save_arrays(path, kind, dtype, config, params):
     arrays.update({f"config.{k}": v for k, v in config.items()})
     arrays.update({f"param.{k}": v for k, v in params.items()})
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".lgmstm-", suffix=".tmp", dir=directory)
+    # Not mkstemp: its files are 0600; this one gets the umask's mode, as a
+    # plain np.savez(path) would.
+    tmp = os.path.join(directory, f".lgmstm-{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -42,14 +45,15 @@ def load_arrays(path):
     """(kind, dtype, config, params) from a file written by save_arrays."""
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # an .npy file gives an array
+            raise ValueError("not an .npz archive")
+        with data:
             arrays = {name: data[name] for name in data.files}
     except FileNotFoundError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise ValueError(f"{path} is not a readable lgmstm model file: {exc}") from None
-    if not isinstance(arrays, dict):
-        raise ValueError(f"{path} is not an lgmstm model file (not an .npz archive)")
     for key in ("format_version", "kind", "dtype"):
         if key not in arrays:
             raise ValueError(f"{path} is not an lgmstm model file: no '{key}' entry")

@@ -642,6 +642,15 @@ class LGM:
     @classmethod
     def _from_saved(cls, config, dtype, arrays, path, backend):
         layer_sizes = [int(n) for n in config["layer_sizes"]]
+        # Shapes first: a file must not make us build a model larger than it holds.
+        expected = {}
+        for layer, (n_in, n_out) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
+            expected[f"layer{layer}.weight"] = (n_in, n_out)
+            expected[f"layer{layer}.bias"] = (n_out,)
+        found = {name: value.shape for name, value in arrays.items()}
+        if found != expected:
+            raise ValueError(f"{path}: parameters of shapes {found} do not fit "
+                             f"layer_sizes {layer_sizes}")
         model = cls(layer_sizes, output=str(config["output"]), dtype=dtype, backend=backend)
         model._restore(arrays, path)
         return model

@@ -1,0 +1,92 @@
+"""The build has OpenMP, and the package's thread count behaves."""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import lgmstm
+from lgmstm import _openmp, kernels
+
+
+def test_build_has_openmp():
+    assert _openmp.openmp_enabled() is True
+    assert _openmp.openmp_version() >= 200805  # OpenMP 3.0 or later
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_set_then_get(threads, n):
+    with threads(n):
+        assert lgmstm.get_num_threads() == n
+
+
+def test_threads_fixture_restores_the_count(threads):
+    before = lgmstm.get_num_threads()
+    with threads(before + 2):
+        pass
+    assert lgmstm.get_num_threads() == before
+
+
+def test_follows_threadpoolctl(threads):
+    with threads(3):
+        with threadpool_limits(1, user_api="openmp"):
+            assert lgmstm.get_num_threads() == 1
+        assert lgmstm.get_num_threads() == 3
+
+
+def test_follows_omp_num_threads():
+    env = dict(os.environ, OMP_NUM_THREADS="5")
+    result = subprocess.run(
+        [sys.executable, "-c", "import lgmstm; print(lgmstm.get_num_threads())"],
+        env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "5"
+
+
+@pytest.mark.parametrize("bad, error", [
+    (0, ValueError),
+    (-1, ValueError),
+    (1.0, TypeError),
+    (2.5, TypeError),
+    ("2", TypeError),
+    (True, TypeError),
+    (None, TypeError),
+])
+def test_set_num_threads_refuses(bad, error):
+    before = lgmstm.get_num_threads()
+    with pytest.raises(error, match="n_threads"):
+        lgmstm.set_num_threads(bad)
+    assert lgmstm.get_num_threads() == before
+
+
+def blas_threads():
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_blas_thread_count_is_restored_after_a_kernel(rng):
+    """Kernels hold BLAS at one thread while they run, then give it back."""
+    X = rng.standard_normal((300, 200))
+    W = rng.standard_normal((200, 100))
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        kernels.dense_backward(X, W, *[kernels.dense_forward(X, W, np.zeros(100))] * 2)
+        assert blas_threads() == before
+
+
+def test_kernels_leave_blas_control_to_other_threads(rng):
+    """After a kernel has run here, another Python thread can still limit BLAS
+    (threadpoolctl >= 3.8 lets only one thread at a time control OpenBLAS)."""
+    X = rng.standard_normal((300, 200))
+    kernels.dense_forward(X, rng.standard_normal((200, 100)), np.zeros(100))
+    seen = []
+
+    def limit_in_another_thread():
+        with threadpool_limits(1, user_api="blas"):
+            seen.extend(blas_threads())
+
+    worker = threading.Thread(target=limit_in_another_thread)
+    worker.start()
+    worker.join()
+    assert seen and set(seen) == {1}
