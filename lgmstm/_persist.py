@@ -99,5 +99,8 @@ def load(path, *, backend="cython"):
         return kinds[kind]._from_saved(config, dtype, params, os.fspath(path), backend)
     except KeyError as exc:
         raise ValueError(f"{os.fspath(path)}: missing config entry {exc}") from None
-    except TypeError as exc:
-        raise ValueError(f"{os.fspath(path)}: invalid architecture: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        if not message.startswith(os.fspath(path)):
+            message = f"{os.fspath(path)}: invalid model: {message}"
+        raise ValueError(message) from None

@@ -641,7 +641,11 @@ class LGM:
 
     @classmethod
     def _from_saved(cls, config, dtype, arrays, path, backend):
-        layer_sizes = [int(n) for n in config["layer_sizes"]]
+        stored = config["layer_sizes"]
+        if stored.ndim != 1 or stored.dtype.kind not in "iu":
+            raise ValueError(f"{path}: layer_sizes must be a 1-d integer array, got "
+                             f"shape {stored.shape} dtype {stored.dtype}")
+        layer_sizes = [int(n) for n in stored]
         # Shapes first: a file must not make us build a model larger than it holds.
         expected = {}
         for layer, (n_in, n_out) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
