@@ -89,8 +89,10 @@ def load(path, *, backend="cython"):
         Anything else: not an .npz, a pickle, an unknown format version or
         kind, or parameters that do not fit the stored architecture.
     """
-    from .models import LGM
+    from ._validation import check_choice
+    from .models import BACKENDS, LGM
 
+    check_choice("backend", backend, BACKENDS)
     kinds = {"LGM": LGM}
     kind, dtype, config, params = load_arrays(path)
     if kind not in kinds:
