@@ -1,11 +1,11 @@
 """python -m lgmstm [demo|bench|info]: a demo on real data, the benchmarks, the build.
 
-Run ``python -m lgmstm --help`` (or ``python -m lgmstm COMMAND --help``).
+Run ``python -m lgmstm --help`` (or ``python -m lgmstm COMMAND --help``); the
+``lgmstm`` command that pip installs is the same program.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -193,10 +193,13 @@ def plot(rows, path):
 
 
 def command_bench(args):
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        print("lgmstm bench: --plot needs matplotlib; install it with "
-              "pip install 'lgmstm[plot]'", file=sys.stderr)
-        return 1
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("lgmstm bench: --plot needs matplotlib; install it with "
+                  "pip install 'lgmstm[plot]'", file=sys.stderr)
+            return 1
     threads = args.threads or benchmarks.default_threads()
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
     items, notes = benchmarks.plan(quick=args.quick, dtypes=dtypes, threads=threads)
@@ -266,9 +269,9 @@ def _writable_path(text):
     return text
 
 
-def build_parser():
+def build_parser(prog="python -m lgmstm"):
     parser = argparse.ArgumentParser(
-        prog="python -m lgmstm",
+        prog=prog,
         description="lgmstm: a feed-forward tanh network (LGM) and an Elman RNN (STM) "
                     "with compiled OpenMP kernels. Without a command, runs the demo.")
     parser.add_argument("--version", action="version", version=f"lgmstm {lgmstm.__version__}")
@@ -312,7 +315,9 @@ COMMANDS = {None: command_demo, "demo": command_demo, "bench": command_bench,
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """Entry point of ``python -m lgmstm`` and of the ``lgmstm`` command; returns the exit code."""
+    script = os.path.basename(sys.argv[0])
+    args = build_parser("python -m lgmstm" if script == "__main__.py" else script).parse_args(argv)
     return COMMANDS[args.command](args)
 
 
