@@ -40,7 +40,8 @@ def _compiler():
         return (sysconfig.get_config_var("CC") or "unknown",
                 f"{sysconfig.get_config_var('CFLAGS') or ''} (Python's; the build "
                 f"did not record the extension's own flags)")
-    return _build_info.COMPILER, " ".join(_build_info.COMPILE_ARGS + _build_info.LINK_ARGS)
+    return (_build_info.COMPILER, f"{' '.join(_build_info.COMPILE_ARGS)} "
+                                  f"(link: {' '.join(_build_info.LINK_ARGS)})")
 
 
 def config_info():

@@ -287,6 +287,9 @@ class Implementation:
     only_sizes: tuple = ()  # empty: every size of the case
     needs: str = ""  # an optional module it imports
 
+    def runs_at(self, size):
+        return not self.only_sizes or size.name in self.only_sizes
+
     def missing(self):
         if self.needs and importlib.util.find_spec(self.needs) is None:
             return f"{self.needs} is not installed"
@@ -405,21 +408,21 @@ def plan(*, quick=False, dtypes=("float64", "float32"), threads=None):
         if reason:
             notes.append(f"{case.name}: skipped, {reason}")
             continue
+        available = []
         for implementation in case.implementations:
             reason = implementation.missing()
             if reason:
                 notes.append(f"{case.name} {implementation.name}: skipped, {reason}")
+            else:
+                available.append(implementation)
         for size in case.sizes:
             if quick and size.name not in QUICK_SIZES:
                 continue
             for dtype in map(np.dtype, dtypes):
                 for n_threads in thread_counts if case.training else [threads]:
-                    for implementation in case.implementations:
-                        if implementation.missing() or (
-                                implementation.only_sizes
-                                and size.name not in implementation.only_sizes):
-                            continue
-                        items.append(Item(case, size, dtype, implementation, n_threads))
+                    items += [Item(case, size, dtype, implementation, n_threads)
+                              for implementation in available
+                              if implementation.runs_at(size)]
     return items, notes
 
 
