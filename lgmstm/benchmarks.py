@@ -459,14 +459,18 @@ def _seconds(run, k):
 
 
 def _iterations_for(run, target_seconds):
-    """Iterations that make one measurement of run last about target_seconds."""
-    run(1)  # warm-up: first-call allocations, thread start-up, lazy imports
+    """Iterations that make one measurement of run last about target_seconds.
+
+    Also the warm-up: the first call's allocations and lazy initialisation,
+    and whatever settles over the next few calls, are over when it returns.
+    """
+    run(1)
     k = 1
-    while True:
-        elapsed = _seconds(run, k)
-        if elapsed >= target_seconds / 4 or k >= 1_000_000:
-            return max(1, round(k * target_seconds / max(elapsed, 1e-9)))
+    while (elapsed := _seconds(run, k)) < target_seconds / 4 and k < 1_000_000:
         k *= 4
+    # Once more at about the target, now that the run is warm.
+    k = max(1, round(k * target_seconds / max(elapsed, 1e-9)))
+    return max(1, round(k * target_seconds / max(_seconds(run, k), 1e-9)))
 
 
 @dataclass
@@ -490,28 +494,20 @@ class Measurement:
 def measure(items, *, target_seconds=0.15, repeats=5, progress=None):
     """Median time per iteration of every item.
 
-    The items of one group and thread count are prepared together and
-    measured in turns (repeat 1 of each, then repeat 2, ...), so that a
-    burst of load on a shared machine hits them alike.
-    progress(done, total, label), when given, is called before each batch.
+    Each item is warmed up and measured on its own, repeat after repeat, so
+    that no item pays for the threads another left spinning (OpenMP and
+    OpenBLAS workers spin a while before they sleep).
+    progress(done, total, label), when given, is called before each item.
     """
-    batches = {}
-    for item in items:
-        batches.setdefault((item.group, item.threads), []).append(item)
-    measurements, done = [], 0
-    for (group, threads), batch in batches.items():
+    measurements = []
+    for done, item in enumerate(items):
         if progress:
-            progress(done, len(items), f"{group} on {threads} thread(s)")
-        runs = [item.prepare() for item in batch]
-        with thread_count(threads):
-            counts = [_iterations_for(run, target_seconds) for run in runs]
-            samples = [[] for _ in batch]
-            for _ in range(repeats):
-                for run, k, times in zip(runs, counts, samples):
-                    times.append(_seconds(run, k) / k)
-        for item, k, times in zip(batch, counts, samples):
-            measurements.append(Measurement(item, statistics.median(times), times, k))
-        done += len(batch)
+            progress(done, len(items), f"{item.group}: {item.name}")
+        run = item.prepare()
+        with thread_count(item.threads):
+            k = _iterations_for(run, target_seconds)
+            samples = [_seconds(run, k) / k for _ in range(repeats)]
+        measurements.append(Measurement(item, statistics.median(samples), samples, k))
     return measurements
 
 
