@@ -34,21 +34,21 @@ def _time_per_epoch(model, X, Y, **fit_args):
     return (time.perf_counter() - started) / fit_args["epochs"]
 
 
-def _compare_backends(make_model, X, Y, forecast, **fit_args):
+def _compare_backends(make_model, X, Y, held_out_error, **fit_args):
     """Train the same model with each backend; (error, seconds per epoch) by backend."""
     results = {}
     for backend in ("cython", "numpy"):
         _say(f"  training with backend={backend!r} ({fit_args['epochs']} epochs)...")
         model = make_model(backend)
         seconds = _time_per_epoch(model, X, Y, **fit_args)
-        results[backend] = (forecast(model), seconds)
+        results[backend] = (held_out_error(model), seconds)
     return results
 
 
-def _report(results, baseline, unit):
+def _report(results, baseline, baseline_name):
     (error, compiled), (reference_error, reference) = results["cython"], results["numpy"]
-    _say(f"  held-out RMSE    baseline {baseline:.4g}   model {error:.4g} {unit}"
-         f"   (NumPy backend: {reference_error:.4g})")
+    _say(f"  held-out RMSE    model {error:.4g} (NumPy backend: {reference_error:.4g})"
+         f"   baseline {baseline:.4g} ({baseline_name})")
     _say(f"  time per epoch   compiled {compiled * 1e3:.3g} ms   NumPy {reference * 1e3:.3g} ms"
          f"   speed-up {reference / compiled:.3g}x")
 
@@ -68,12 +68,12 @@ def demo_lgm(quick):
     def make_model(backend):
         return lgmstm.LGM([10, 8, 1], output="linear", seed=0, backend=backend)
 
-    def forecast(model):
+    def held_out_error(model):
         return _rmse(model.predict(X[test])[:, 0] * y_std + y_mean, y[test])
 
-    results = _compare_backends(make_model, X[train], (y[train] - y_mean) / y_std, forecast,
+    results = _compare_backends(make_model, X[train], (y[train] - y_mean) / y_std, held_out_error,
                                 epochs=30 if quick else 150, lr=0.01, batch_size=32, seed=1)
-    _report(results, _rmse(y_mean, y[test]), "(baseline: predict the training mean)")
+    _report(results, _rmse(y_mean, y[test]), "the training mean")
 
 
 # The STM demo follows the API the STM is expected to have (see
@@ -98,14 +98,14 @@ def demo_stm(quick):
     def make_model(backend):
         return lgmstm.STM([1, 16, 1], seed=0, backend=backend)
 
-    def forecast(model):
-        prediction = np.asarray(model.predict(X[is_test]))[:, -1, 0] * scale
-        return _rmse(prediction, series[-n_test:])
+    def held_out_error(model):
+        forecast = np.asarray(model.predict(X[is_test]))[:, -1, 0] * scale
+        return _rmse(forecast, series[-n_test:])
 
-    results = _compare_backends(make_model, X[~is_test], Y[~is_test], forecast,
+    results = _compare_backends(make_model, X[~is_test], Y[~is_test], held_out_error,
                                 epochs=3 if quick else 30, lr=0.01, batch_size=64, seed=1)
     _report(results, _rmse(series[-n_test - 1 : -1], series[-n_test:]),
-            "(baseline: persistence, next month = this month)")
+            "persistence: next month = this month")
 
 
 def command_demo(args):
