@@ -4,6 +4,7 @@ LGMSTM_FAIL_NO_OPENMP=1 turns a missing OpenMP into a build error (CI sets it);
 otherwise the build goes on single-threaded with a warning.
 """
 import os
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -72,10 +73,33 @@ class BuildExt(build_ext):
                 raise RuntimeError(message + " (LGMSTM_FAIL_NO_OPENMP is set)")
             warnings.warn(message)
             flags = ([], [])
+        compile_args = OPTIMIZE_FLAGS.get(kind, []) + flags[0]
         for ext in self.extensions:
-            ext.extra_compile_args = OPTIMIZE_FLAGS.get(kind, []) + flags[0]
+            ext.extra_compile_args = compile_args
             ext.extra_link_args = flags[1]
+        self._write_build_info(compile_args, flags[1])
         super().build_extensions()
+
+    def _write_build_info(self, compile_args, link_args):
+        """lgmstm/_build_info.py beside the built modules, for lgmstm.show_config()."""
+        command = getattr(self.compiler, "compiler_so", None) or [self.compiler.compiler_type]
+        try:
+            version = subprocess.run([command[0], "--version"], capture_output=True,
+                                     text=True).stdout.splitlines()[0]
+        except (OSError, IndexError):
+            version = command[0]
+        text = ('"""Written by setup.py at build time; read by lgmstm.show_config()."""\n'
+                f"COMPILER = {version!r}\n"
+                f"COMPILE_ARGS = {command[1:] + compile_args!r}\n"
+                f"LINK_ARGS = {link_args!r}\n")
+        os.makedirs(os.path.join(self.build_lib, "lgmstm"), exist_ok=True)
+        with open(os.path.join(self.build_lib, "lgmstm", "_build_info.py"), "w") as f:
+            f.write(text)
+
+    def run(self):
+        super().run()
+        if self.inplace:  # setuptools built into build_lib, then copied the modules back
+            self.copy_file(os.path.join(self.build_lib, "lgmstm", "_build_info.py"), "lgmstm")
 
 
 extensions = [

@@ -4,6 +4,19 @@
 - :mod:`lgmstm.kernels`: the compiled dense kernels;
   :mod:`lgmstm.reference`: the same maths in NumPy.
 """
+try:
+    from . import _dense, _openmp  # noqa: F401  (compiled)
+except ImportError as exc:  # pragma: no cover - depends on how it is run
+    import os as _os
+
+    raise ImportError(
+        f"lgmstm's compiled modules are missing from {_os.path.dirname(__file__)}: this "
+        "looks like the source tree, not an installed lgmstm. Run from another directory "
+        "(or `python -I -m lgmstm`), or build in place with "
+        "`python setup.py build_ext --inplace`."
+    ) from exc
+
+from ._config import show_config
 from ._persist import load
 from ._threads import get_num_threads, set_num_threads
 from .models import LGM, DivergenceWarning, TrainingInterrupted
@@ -15,6 +28,7 @@ __all__ = [
     "load",
     "get_num_threads",
     "set_num_threads",
+    "show_config",
     "DivergenceWarning",
     "TrainingInterrupted",
     "__version__",

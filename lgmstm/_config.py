@@ -1,0 +1,125 @@
+"""show_config(): what this lgmstm was built with and what it runs on."""
+from __future__ import annotations
+
+import platform
+import sys
+import sysconfig
+
+from . import _openmp
+from ._threads import get_num_threads
+
+__all__ = ["show_config"]
+
+# The _OPENMP date macro of each OpenMP specification.
+OPENMP_VERSIONS = {200505: "OpenMP 2.5", 200805: "OpenMP 3.0", 201107: "OpenMP 3.1",
+                   201307: "OpenMP 4.0", 201511: "OpenMP 4.5", 201811: "OpenMP 5.0",
+                   202011: "OpenMP 5.1", 202111: "OpenMP 5.2"}
+
+
+def _cpu_has(*flags):
+    """True/False when /proc/cpuinfo lists every flag, None where there is no /proc."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(flags) <= set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def _compiler():
+    """(compiler, flags) of the extension modules.
+
+    Read from lgmstm/_build_info.py when the build wrote one; otherwise the
+    compiler and flags Python was built with, which setuptools starts from.
+    """
+    try:
+        from . import _build_info
+    except ImportError:
+        return (sysconfig.get_config_var("CC") or "unknown",
+                f"{sysconfig.get_config_var('CFLAGS') or ''} (Python's; the build "
+                f"did not record the extension's own flags)")
+    return (_build_info.COMPILER, f"{' '.join(_build_info.COMPILE_ARGS)} "
+                                  f"(link: {' '.join(_build_info.LINK_ARGS)})")
+
+
+def config_info():
+    """Everything show_config prints, as a dict of plain values."""
+    import numpy
+    import scipy
+    from threadpoolctl import threadpool_info
+
+    from . import __version__
+
+    scipy_blas = scipy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    libraries = []
+    for library in threadpool_info():
+        entry = {key: library.get(key) for key in
+                 ("user_api", "internal_api", "version", "num_threads", "architecture",
+                  "filepath")}
+        if library["user_api"] == "blas":
+            # The kernels call BLAS through scipy.linalg.cython_blas, the
+            # NumPy reference through numpy: tell the two apart by version.
+            entry["used_by_kernels"] = library.get("version") == scipy_blas.get("version")
+        libraries.append(entry)
+    compiler, flags = _compiler()
+    return {
+        "lgmstm": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "openmp": _openmp.openmp_enabled(),
+        "openmp_version": _openmp.openmp_version(),
+        "threads": get_num_threads(),
+        "simd_dispatch": _openmp.simd_dispatch(),
+        "cpu_avx2": _cpu_has("avx2"),
+        "scipy_blas": f"{scipy_blas.get('name', 'unknown')} {scipy_blas.get('version', '')}".strip(),
+        "compiler": compiler,
+        "flags": flags,
+        "libraries": libraries,
+    }
+
+
+def show_config(file=None):
+    """Print lgmstm's version, build (OpenMP, SIMD, compiler) and runtime
+    libraries (BLAS and OpenMP, from threadpoolctl).
+
+    Parameters
+    ----------
+    file : text stream, default sys.stdout
+    """
+    info = config_info()
+    if info["openmp"]:
+        version = OPENMP_VERSIONS.get(info["openmp_version"], "")
+        openmp = (f"yes (_OPENMP {info['openmp_version']}{', ' + version if version else ''}), "
+                  f"{info['threads']} thread(s) by default")
+    else:
+        openmp = "no: the kernels run on one thread"
+    if info["simd_dispatch"]:
+        chosen = {True: "this CPU has AVX2", False: "this CPU has no AVX2",
+                  None: "this CPU's features are unknown here"}[info["cpu_avx2"]]
+        simd = f"tanh loops have AVX2 clones picked at load time ({chosen})"
+    else:
+        simd = "none: tanh loops built for the baseline ISA only"
+    lines = [
+        f"lgmstm {info['lgmstm']}",
+        f"  python    {info['python']} on {info['platform']}",
+        f"  numpy     {info['numpy']}, scipy {info['scipy']}",
+        f"  OpenMP    {openmp}",
+        f"  SIMD      {simd}",
+        f"  compiler  {info['compiler']}",
+        f"  flags     {info['flags']}",
+        f"  BLAS      kernels call scipy's ({info['scipy_blas']}) through "
+        f"scipy.linalg.cython_blas; the NumPy reference calls numpy's",
+        "  libraries loaded (threadpoolctl):",
+    ]
+    for library in info["libraries"]:
+        role = " [scipy's: the kernels' BLAS]" if library.get("used_by_kernels") else ""
+        details = ", ".join(f"{key} {library[key]}" for key in
+                            ("version", "num_threads", "architecture") if library[key])
+        lines.append(f"    {library['user_api']:6} {library['internal_api']:9} "
+                     f"{details}{role}")
+        lines.append(f"           {library['filepath']}")
+    print("\n".join(lines), file=file or sys.stdout)
