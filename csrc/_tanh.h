@@ -23,11 +23,12 @@
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && defined(__ELF__) \
     && !defined(__clang__) && !defined(LGMSTM_NO_DISPATCH)
+/* One clone per string: "avx2,fma" would make two clones, not one. */
 #if __GNUC__ >= 11
 #define LGMSTM_DISPATCH \
-    __attribute__((target_clones("arch=x86-64-v4", "avx2,fma", "default")))
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
-#define LGMSTM_DISPATCH __attribute__((target_clones("avx2,fma", "default")))
+#define LGMSTM_DISPATCH __attribute__((target_clones("arch=haswell", "default")))
 #endif
 #define LGMSTM_HAS_DISPATCH 1
 #else
