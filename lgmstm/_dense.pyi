@@ -10,6 +10,7 @@ from typing import Any, Final, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+from typing_extensions import disjoint_base
 
 _Float = TypeVar("_Float", np.float32, np.float64)
 
@@ -19,10 +20,11 @@ TASK_ROWS: Final[int]
 def partials_size(n_samples: int) -> int:
     """Length of the ``partials`` scratch of a loss over n_samples samples."""
 
+@disjoint_base
 class PointerList:
     """Data pointers of a list of C-contiguous arrays, usable without the GIL."""
 
-    def __init__(self, arrays: Iterable[NDArray[Any]]) -> None: ...
+    def __new__(cls, arrays: Iterable[NDArray[Any]]) -> PointerList: ...
     @property
     def arrays(self) -> list[NDArray[Any]]:
         """The arrays, held so that their pointers stay valid."""

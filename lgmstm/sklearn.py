@@ -257,7 +257,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
                           self.output)
         return self
 
-    def predict(self, X: ArrayLike) -> NDArray[Any]:
+    def predict(self, X: ArrayLike) -> NDArray[np.float64]:
         """Predicted targets.
 
         Parameters
