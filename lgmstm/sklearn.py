@@ -168,8 +168,8 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
 
     See Also
     --------
-    LGMClassifier : classification with the same network.
-    lgmstm.LGM : the network itself, with full control over training.
+    LGMClassifier : Classification with the same network.
+    lgmstm.LGM : The network itself, with full control over training.
 
     Examples
     --------
@@ -225,6 +225,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         Returns
         -------
         self : LGMRegressor
+            The fitted estimator.
 
         Raises
         ------
@@ -263,6 +264,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features_in_)
+            Samples, finite numbers; converted to ``dtype``.
 
         Returns
         -------
@@ -338,7 +340,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
 
     See Also
     --------
-    LGMRegressor : regression with the same network.
+    LGMRegressor : Regression with the same network.
 
     Examples
     --------
@@ -384,6 +386,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         Returns
         -------
         self : LGMClassifier
+            The fitted estimator.
 
         Raises
         ------
@@ -418,11 +421,13 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features_in_)
+            Samples, finite numbers; converted to ``dtype``.
 
         Returns
         -------
-        scores : ndarray of shape (n_samples,) for up to two classes, else (n_samples, n_classes); ``dtype``
-            For two classes, positive scores favour ``classes_[1]``.
+        scores : ndarray of shape (n_samples,) or (n_samples, n_classes), ``dtype``
+            One column per class for more than two classes, in the order of
+            ``classes_``; else 1-D, positive values favouring ``classes_[1]``.
 
         Raises
         ------
@@ -440,10 +445,12 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features_in_)
+            Samples, finite numbers; converted to ``dtype``.
 
         Returns
         -------
         y : ndarray of shape (n_samples,), dtype of ``classes_``
+            Predicted class labels.
 
         Raises
         ------
@@ -467,6 +474,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features_in_)
+            Samples, finite numbers; converted to ``dtype``.
 
         Returns
         -------
@@ -497,10 +505,19 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features_in_)
+            Samples, finite numbers; converted to ``dtype``.
 
         Returns
         -------
         log_proba : ndarray of shape (n_samples, n_classes), ``dtype``
+            Columns in the order of ``classes_``.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before ``fit``.
+        ValueError
+            X has the wrong number of features or holds NaN or inf.
         """
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))

@@ -14,8 +14,7 @@ from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import load_iris  # noqa: E402
 from sklearn.exceptions import DataConversionWarning, NotFittedError  # noqa: E402
 from sklearn.linear_model import RidgeCV  # noqa: E402
-from sklearn.model_selection import (GridSearchCV, KFold, cross_val_score,  # noqa: E402
-                                     train_test_split)
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score, train_test_split  # noqa: E402
 from sklearn.pipeline import Pipeline, make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
