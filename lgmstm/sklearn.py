@@ -30,7 +30,7 @@ except ImportError as exc:  # not installed, or older than 1.6
         "pip install 'lgmstm[sklearn]'"
     ) from exc
 
-from .models import LGM
+from .models import LGM, TrainingInterrupted
 
 __all__ = ["LGMRegressor", "LGMClassifier"]
 
@@ -78,15 +78,28 @@ class _LGMEstimator(BaseEstimator):
     n_iter_: int
     n_features_in_: int
 
+    def __sklearn_is_fitted__(self) -> bool:
+        # Fitted when fit trained a network; a fit that failed after
+        # validate_data set n_features_in_ does not count.
+        return hasattr(self, "lgm_")
+
     def _fit_network(self, X: NDArray[Any], Y: NDArray[Any], output: str) -> None:
         """Build ``lgm_`` for X (n_samples, n_features) and train it on Y (n_samples, n_out)."""
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         sizes = [X.shape[1], *_hidden_sizes(self.hidden_layer_sizes), Y.shape[1]]
-        self.lgm_ = LGM(sizes, output=output, dtype=X.dtype, seed=seed, backend=self.backend)
-        self.loss_curve_ = self.lgm_.fit(
-            X, Y, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-            optimizer=self.optimizer, shuffle=self.shuffle, verbose=self.verbose)
-        self.n_iter_ = len(self.loss_curve_)
+        network = LGM(sizes, output=output, dtype=X.dtype, seed=seed, backend=self.backend)
+        try:
+            network.fit(X, Y, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                        optimizer=self.optimizer, shuffle=self.shuffle, verbose=self.verbose)
+        except TrainingInterrupted:
+            self._keep(network)  # the epochs finished before Ctrl-C, as LGM keeps them
+            raise
+        self._keep(network)
+
+    def _keep(self, network: LGM) -> None:
+        self.lgm_ = network
+        self.loss_curve_ = network.history_
+        self.n_iter_ = len(network.history_)
 
     def _network_outputs(self, X: ArrayLike) -> NDArray[Any]:
         check_is_fitted(self)
@@ -234,12 +247,17 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             an invalid hyper-parameter value.
         TypeError
             A hyper-parameter of the wrong type (e.g. a float ``epochs``).
+        lgmstm.TrainingInterrupted
+            Ctrl-C during training: the estimator keeps the network of the
+            last finished epoch.
 
         Warns
         -----
         lgmstm.DivergenceWarning
             Training met a non-finite loss (try a smaller ``lr``).
         """
+        if hasattr(self, "lgm_"):  # a fit that fails leaves the estimator unfitted
+            del self.lgm_
         dtype = _float_dtype(self.dtype)
         X_valid, y_valid = validate_data(self, X, y, dtype=dtype, multi_output=True,
                                          y_numeric=True)
@@ -395,6 +413,9 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             continuous or multi-output y, or an invalid hyper-parameter value.
         TypeError
             A hyper-parameter of the wrong type (e.g. a float ``epochs``).
+        lgmstm.TrainingInterrupted
+            Ctrl-C during training: the estimator keeps the network of the
+            last finished epoch.
 
         Warns
         -----
@@ -403,6 +424,8 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         lgmstm.DivergenceWarning
             Training met a non-finite loss (try a smaller ``lr``).
         """
+        if hasattr(self, "lgm_"):  # a fit that fails leaves the estimator unfitted
+            del self.lgm_
         dtype = _float_dtype(self.dtype)
         X_valid, y_valid = validate_data(self, X, y, dtype=dtype)
         check_classification_targets(y_valid)

@@ -265,3 +265,30 @@ def test_import_error_names_the_extra(monkeypatch):
         warnings.simplefilter("error")
         with pytest.raises(ImportError, match=r"lgmstm\[sklearn\]"):
             importlib.import_module("lgmstm.sklearn")
+
+
+def test_interrupted_fit_keeps_finished_epochs(regression_data, monkeypatch):
+    X, y = regression_data
+    original_fit = lgmstm.LGM.fit
+
+    def interrupted_fit(self, *args, **kwargs):
+        # Two epochs run, then Ctrl-C arrives (LGM's own handling is tested with LGM).
+        kwargs["callback"] = lambda epoch, loss: epoch < 1
+        original_fit(self, *args, **kwargs)
+        raise lgmstm.TrainingInterrupted(self.history_)
+
+    monkeypatch.setattr(lgmstm.LGM, "fit", interrupted_fit)
+    model = LGMRegressor(epochs=50)
+    with pytest.raises(lgmstm.TrainingInterrupted):
+        model.fit(X, y)
+    assert model.n_iter_ == 2
+    assert model.predict(X).shape == (60,)
+
+
+def test_failed_fit_leaves_estimator_unfitted(regression_data):
+    X, y = regression_data
+    model = LGMRegressor(epochs=1).fit(X, y)
+    with pytest.raises(ValueError):
+        model.set_params(epochs=-1).fit(X[:, :2], y)
+    with pytest.raises(NotFittedError):
+        model.predict(X)
