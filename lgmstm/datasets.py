@@ -9,7 +9,7 @@ __all__ = ["load_diabetes", "load_sunspots"]
 
 
 def _read_csv(name):
-    with resources.files("lgmstm").joinpath("data", name).open("r") as f:
+    with resources.files("lgmstm").joinpath("data").joinpath(name).open("r") as f:
         header = f.readline().strip().split(",")
         values = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
     return header, values

@@ -1,0 +1,294 @@
+"""lgmstm.sklearn: scikit-learn's estimator checks, pipelines and searches on
+real data, and the behaviour the docstrings promise."""
+import doctest
+import importlib
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn", minversion="1.6")
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.datasets import load_iris  # noqa: E402
+from sklearn.exceptions import DataConversionWarning, NotFittedError  # noqa: E402
+from sklearn.linear_model import RidgeCV  # noqa: E402
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score, train_test_split  # noqa: E402
+from sklearn.pipeline import Pipeline, make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import lgmstm  # noqa: E402
+import lgmstm.sklearn  # noqa: E402
+from lgmstm.datasets import load_diabetes  # noqa: E402
+from lgmstm.sklearn import LGMClassifier, LGMRegressor  # noqa: E402
+
+
+@parametrize_with_checks([
+    LGMRegressor(),
+    LGMClassifier(),
+    LGMRegressor(hidden_layer_sizes=(5, 4), dtype=np.float32, optimizer="momentum", lr=0.01),
+    LGMClassifier(hidden_layer_sizes=(), dtype="float32", backend="numpy", epochs=100),
+])
+def test_estimator_checks(estimator, check):
+    check(estimator)
+
+
+# -- real data ------------------------------------------------------------------
+
+def test_pipeline_grid_search_regression_diabetes():
+    X, y, _ = load_diabetes()
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
+    pipeline = Pipeline([("scale", StandardScaler()), ("lgm", LGMRegressor(random_state=0))])
+    search = GridSearchCV(
+        pipeline, {"lgm__hidden_layer_sizes": [(4,), (32,)], "lgm__lr": [1e-3, 1e-2]},
+        cv=KFold(3, shuffle=True, random_state=0))
+    search.fit(X_train, y_train)
+    ridge = make_pipeline(StandardScaler(), RidgeCV()).fit(X_train, y_train)
+    assert search.cv_results_["mean_test_score"].shape == (4,)
+    assert search.best_score_ > 0.4
+    assert search.score(X_test, y_test) > ridge.score(X_test, y_test) - 0.15
+    assert search.best_estimator_["lgm"].n_features_in_ == 10
+
+
+def test_pipeline_grid_search_classification_iris():
+    X, y = load_iris(return_X_y=True)
+    pipeline = Pipeline([("scale", StandardScaler()), ("lgm", LGMClassifier(random_state=0))])
+    search = GridSearchCV(pipeline, {"lgm__hidden_layer_sizes": [(), (16,)],
+                                     "lgm__epochs": [20, 200]},
+                          cv=KFold(3, shuffle=True, random_state=0))
+    search.fit(X, y)
+    assert search.best_score_ > 0.9
+    assert list(search.best_estimator_.classes_) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("scoring, minimum", [("accuracy", 0.7), ("roc_auc", 0.8),
+                                              ("neg_log_loss", -0.6)])
+def test_binary_diabetes_scorers(scoring, minimum):
+    # Above or below the median progression: the scorers use predict,
+    # decision_function and predict_proba.
+    X, y, _ = load_diabetes()
+    labels = np.where(y > np.median(y), "high", "low")
+    model = make_pipeline(StandardScaler(), LGMClassifier(random_state=0))
+    scores = cross_val_score(model, X, labels, cv=KFold(5, shuffle=True, random_state=0),
+                             scoring=scoring)
+    assert scores.mean() > minimum
+
+
+def test_docstring_examples():
+    result = doctest.testmod(lgmstm.sklearn, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 2 and result.failed == 0
+
+
+# -- the documented behaviour ------------------------------------------------------
+
+@pytest.fixture
+def regression_data():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 3))
+    y = np.sin(X[:, 0]) + 0.5 * X[:, 1]
+    return X, y
+
+
+def test_random_state(regression_data):
+    X, y = regression_data
+    def predict(random_state):
+        return LGMRegressor(epochs=5, random_state=random_state).fit(X, y).predict(X)
+
+    np.testing.assert_array_equal(predict(3), predict(3))
+    assert not np.array_equal(predict(3), predict(4))
+    assert not np.array_equal(predict(None), predict(None))
+    shared = np.random.RandomState(0)
+    assert not np.array_equal(predict(shared), predict(shared))
+    np.testing.assert_array_equal(predict(np.random.RandomState(5)),
+                                  predict(np.random.RandomState(5)))
+
+
+def test_network_and_attributes(regression_data):
+    X, y = regression_data
+    model = LGMRegressor(hidden_layer_sizes=7, epochs=3, random_state=0).fit(X, y)
+    assert isinstance(model.lgm_, lgmstm.LGM)
+    assert model.lgm_.layer_sizes == (3, 7, 1)
+    assert model.lgm_.output == "linear"
+    assert model.n_iter_ == 3 and model.loss_curve_.shape == (3,)
+    np.testing.assert_array_equal(model.loss_curve_, model.lgm_.history_)
+    affine = LGMRegressor(hidden_layer_sizes=(), epochs=1).fit(X, y)
+    assert affine.lgm_.layer_sizes == (3, 1)
+
+
+def test_standardize_y(regression_data):
+    X, y = regression_data
+    model = LGMRegressor(epochs=20, random_state=0).fit(X, y)
+    np.testing.assert_allclose(model.y_mean_, [y.mean()])
+    np.testing.assert_allclose(model.y_scale_, [y.std()])
+    np.testing.assert_allclose(model.predict(X),
+                               model.lgm_.predict(X)[:, 0] * y.std() + y.mean())
+    # Training sees the same standardised target whatever the units.
+    rescaled = LGMRegressor(epochs=20, random_state=0).fit(X, 1000 * y - 5)
+    np.testing.assert_allclose(rescaled.predict(X), 1000 * model.predict(X) - 5,
+                               rtol=1e-6, atol=1e-6)
+    constant = LGMRegressor(random_state=0).fit(X, np.full(len(X), 4.0))
+    np.testing.assert_array_equal(constant.y_scale_, [1.0])
+    np.testing.assert_allclose(constant.predict(X), 4.0, atol=0.1)
+    raw = LGMRegressor(standardize_y=False, epochs=2).fit(X, y)
+    np.testing.assert_array_equal(raw.y_mean_, [0.0])
+    np.testing.assert_array_equal(raw.y_scale_, [1.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_regression_shapes_and_dtypes(regression_data, dtype):
+    X, y = regression_data
+    model = LGMRegressor(epochs=2, dtype=dtype, random_state=0)
+    assert model.fit(X, y).predict(X).shape == (60,)
+    assert model.lgm_.dtype == dtype
+    assert model.predict(X).dtype == np.float64
+    assert model.fit(X, y[:, None]).predict(X).shape == (60, 1)
+    Y = np.column_stack([y, -y, 2 * y])
+    assert model.fit(X, Y).predict(X).shape == (60, 3)
+    assert model.n_outputs_ == 3 and model.lgm_.layer_sizes[-1] == 3
+
+
+@pytest.fixture
+def blobs():
+    rng = np.random.default_rng(1)
+    centres = np.array([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
+    labels = rng.integers(0, 3, 150)
+    return centres[labels] + 0.5 * rng.standard_normal((150, 2)), labels
+
+
+def test_multiclass_probabilities(blobs):
+    X, labels = blobs
+    names = np.array(["ant", "bee", "cat"])[labels]
+    model = LGMClassifier(random_state=0).fit(X, names)
+    np.testing.assert_array_equal(model.classes_, ["ant", "bee", "cat"])
+    assert model.lgm_.layer_sizes == (2, 32, 3) and model.lgm_.output == "tanh"
+    scores = model.decision_function(X)
+    proba = model.predict_proba(X)
+    assert scores.shape == proba.shape == (150, 3)
+    assert np.all((-1 < scores) & (scores < 1))
+    expected = (scores + 1) / 2
+    np.testing.assert_allclose(proba, expected / expected.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(proba.sum(axis=1), 1)
+    np.testing.assert_array_equal(model.predict(X), model.classes_[proba.argmax(axis=1)])
+    np.testing.assert_allclose(model.predict_log_proba(X), np.log(proba))
+    assert model.score(X, names) > 0.95
+
+
+def test_binary_probabilities(blobs):
+    X, labels = blobs
+    keep = labels < 2
+    X, y = X[keep], np.where(labels[keep] == 1, 7, -3)
+    model = LGMClassifier(random_state=0).fit(X, y)
+    assert model.lgm_.layer_sizes == (2, 32, 1)
+    scores = model.decision_function(X)
+    proba = model.predict_proba(X)
+    assert scores.shape == (len(X),) and proba.shape == (len(X), 2)
+    np.testing.assert_allclose(proba[:, 1], (scores + 1) / 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1)
+    np.testing.assert_array_equal(model.predict(X), np.where(scores > 0, 7, -3))
+    assert model.score(X, y) > 0.95
+
+
+def test_one_class(blobs):
+    X, _ = blobs
+    model = LGMClassifier(epochs=2).fit(X, np.full(len(X), "only"))
+    assert list(model.predict(X[:4])) == ["only"] * 4
+    np.testing.assert_array_equal(model.predict_proba(X[:4]), np.ones((4, 1)))
+
+
+def test_column_vector_labels_warn(blobs):
+    X, labels = blobs
+    with pytest.warns(DataConversionWarning):
+        LGMClassifier(epochs=1).fit(X, labels[:, None])
+
+
+def test_continuous_labels_refused(regression_data):
+    X, y = regression_data
+    with pytest.raises(ValueError, match="Unknown label type"):
+        LGMClassifier(epochs=1).fit(X, y)
+
+
+def test_unfitted_and_wrong_features(regression_data):
+    X, y = regression_data
+    for model in (LGMRegressor(), LGMClassifier()):
+        with pytest.raises(NotFittedError):
+            model.predict(X)
+    model = LGMRegressor(epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match="3 features"):
+        model.predict(X[:, :2])
+
+
+@pytest.mark.parametrize("params, error, match", [
+    ({"hidden_layer_sizes": 0}, ValueError, "hidden_layer_sizes"),
+    ({"hidden_layer_sizes": (4, 2.5)}, ValueError, "hidden_layer_sizes"),
+    ({"hidden_layer_sizes": "32"}, ValueError, "hidden_layer_sizes"),
+    ({"dtype": np.float16}, ValueError, "dtype"),
+    ({"epochs": 1.5}, TypeError, "epochs"),
+    ({"epochs": -1}, ValueError, "epochs"),
+    ({"lr": 0.0}, ValueError, "lr"),
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"optimizer": "rmsprop"}, ValueError, "optimizer"),
+    ({"backend": "torch"}, ValueError, "backend"),
+    ({"output": "relu"}, ValueError, "output"),
+])
+def test_invalid_hyper_parameters_fail_in_fit(regression_data, params, error, match):
+    X, y = regression_data
+    model = LGMRegressor(**params)  # stored verbatim, not checked
+    assert model.get_params()[next(iter(params))] is next(iter(params.values()))
+    with pytest.raises(error, match=match):
+        model.fit(X, y)
+
+
+def test_divergence_warns_and_keeps_finite_parameters(regression_data):
+    X, y = regression_data
+    model = LGMRegressor(optimizer="sgd", lr=1e6, batch_size=None, epochs=50, random_state=0)
+    with pytest.warns(lgmstm.DivergenceWarning):
+        model.fit(X, y)
+    assert model.n_iter_ < 50
+    assert np.isfinite(model.predict(X)).all()
+
+
+def test_clone_of_fitted_is_unfitted(regression_data):
+    X, y = regression_data
+    fitted = LGMRegressor(epochs=1).fit(X, y)
+    with pytest.raises(NotFittedError):
+        clone(fitted).predict(X)
+
+
+def test_import_error_names_the_extra(monkeypatch):
+    # None in sys.modules makes an import fail, as if scikit-learn were absent.
+    for name in [name for name in sys.modules if name.split(".")[0] == "sklearn"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "lgmstm.sklearn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImportError, match=r"lgmstm\[sklearn\]"):
+            importlib.import_module("lgmstm.sklearn")
+
+
+def test_interrupted_fit_keeps_finished_epochs(regression_data, monkeypatch):
+    X, y = regression_data
+    original_fit = lgmstm.LGM.fit
+
+    def interrupted_fit(self, *args, **kwargs):
+        # Two epochs run, then Ctrl-C arrives (LGM's own handling is tested with LGM).
+        kwargs["callback"] = lambda epoch, loss: epoch < 1
+        original_fit(self, *args, **kwargs)
+        raise lgmstm.TrainingInterrupted(self.history_)
+
+    monkeypatch.setattr(lgmstm.LGM, "fit", interrupted_fit)
+    model = LGMRegressor(epochs=50)
+    with pytest.raises(lgmstm.TrainingInterrupted):
+        model.fit(X, y)
+    assert model.n_iter_ == 2
+    assert model.predict(X).shape == (60,)
+
+
+def test_failed_fit_leaves_estimator_unfitted(regression_data):
+    X, y = regression_data
+    model = LGMRegressor(epochs=1).fit(X, y)
+    with pytest.raises(ValueError):
+        model.set_params(epochs=-1).fit(X[:, :2], y)
+    with pytest.raises(NotFittedError):
+        model.predict(X)
