@@ -10,15 +10,19 @@ from __future__ import annotations
 import os
 import secrets
 import zipfile
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .models import LGM
 
 FORMAT_VERSION = 1
 
 
 def save_arrays(path, kind, dtype, config, params):
     path = os.fspath(path)
-    arrays = {"format_version": np.asarray(FORMAT_VERSION, np.int64),
+    arrays: dict[str, Any] = {"format_version": np.asarray(FORMAT_VERSION, np.int64),
               "kind": np.asarray(kind), "dtype": np.asarray(np.dtype(dtype).name)}
     arrays.update({f"config.{k}": v for k, v in config.items()})
     arrays.update({f"param.{k}": v for k, v in params.items()})
@@ -69,7 +73,7 @@ def load_arrays(path):
     return kind, np.dtype(dtype), config, params
 
 
-def load(path, *, backend="cython"):
+def load(path: str | os.PathLike[str], *, backend: str = "cython") -> LGM:
     """Load a model saved with ``LGM.save`` or ``STM.save``.
 
     Parameters

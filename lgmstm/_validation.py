@@ -13,7 +13,10 @@ from __future__ import annotations
 import math
 import numbers
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -143,7 +146,8 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
-def dense_forward_args(X, W, b, out):
+def dense_forward_args(X: ArrayLike, W: ArrayLike, b: ArrayLike, out: NDArray[Any] | None,
+                       ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Checked (X, W, b, dtype, buffer, result) for dense_forward."""
     X = as_array("X", X, 2)
     W = as_array("W", W, 2)
@@ -160,7 +164,8 @@ def dense_forward_args(X, W, b, out):
     return as_c_array(X, dtype), as_c_array(W, dtype), as_c_array(b, dtype), buffer, result
 
 
-def dense_backward_args(X, W, A, dA):
+def dense_backward_args(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike,
+                        ) -> tuple[NDArray[Any], ...]:
     """Checked, C-contiguous (X, W, A, dA) for dense_backward."""
     X = as_array("X", X, 2)
     W = as_array("W", W, 2)

@@ -6,7 +6,10 @@ the GIL, with OpenMP over fixed-size chunks of the batch.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _dense
 from ._threads import get_num_threads, single_threaded_blas
@@ -14,7 +17,8 @@ from ._validation import check_activation, dense_backward_args, dense_forward_ar
 
 __all__ = ["dense_forward", "dense_backward"]
 
-def dense_forward(X, W, b, *, activation="tanh", out=None):
+def dense_forward(X: ArrayLike, W: ArrayLike, b: ArrayLike, *, activation: str = "tanh",
+                  out: NDArray[Any] | None = None) -> NDArray[Any]:
     """Dense layer forward pass, ``A = tanh(X @ W + b)``.
 
     Parameters
@@ -40,7 +44,9 @@ def dense_forward(X, W, b, *, activation="tanh", out=None):
     return result
 
 
-def dense_backward(X, W, A, dA, *, activation="tanh", need_dX=True):
+def dense_backward(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike, *,
+                   activation: str = "tanh", need_dX: bool = True,
+                   ) -> tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]]:
     """Dense layer backward pass.
 
     With ``dZ = dA * (1 - A**2)`` (``dZ = dA`` for a linear layer)::

@@ -13,9 +13,13 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from os import PathLike
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _dense, reference
 from ._persist import save_arrays
@@ -397,7 +401,8 @@ class _ReferenceTrainer:
         return losses
 
 
-_NETWORKS = {"cython": _CompiledNetwork, "numpy": _ReferenceNetwork}
+_NETWORKS: dict[str, type[_CompiledNetwork] | type[_ReferenceNetwork]] = {
+    "cython": _CompiledNetwork, "numpy": _ReferenceNetwork}
 
 
 class LGM:
@@ -433,8 +438,10 @@ class LGM:
 
     kind = "LGM"
 
-    def __init__(self, layer_sizes, *, output="tanh", dtype=np.float64, seed=None,
-                 backend="cython"):
+    def __init__(self, layer_sizes: Sequence[int], *, output: str = "tanh",
+                 dtype: DTypeLike = np.float64,
+                 seed: int | np.random.Generator | None = None,
+                 backend: str = "cython") -> None:
         if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
             raise TypeError(f"layer_sizes must be a sequence of ints, got {layer_sizes!r}")
         sizes = [check_int(f"layer_sizes[{i}]", n, 1) for i, n in enumerate(layer_sizes)]
@@ -450,7 +457,7 @@ class LGM:
             self._params += [glorot_uniform(self._rng, n_in, n_out, self.dtype),
                              np.zeros(n_out, self.dtype)]
         self._lock = UseLock()
-        self.history_ = np.empty(0)
+        self.history_: NDArray[np.float64] = np.empty(0)
         self._network = _NETWORKS[self.backend](self._params, sizes, self.output == "tanh")
 
     # -- parameters ---------------------------------------------------------
@@ -460,7 +467,7 @@ class LGM:
             yield f"layer{layer}.bias"
 
     @property
-    def params(self):
+    def params(self) -> dict[str, NDArray[Any]]:
         """Copies of the parameters, by name."""
         with self._lock.reading():
             return {name: p.copy() for name, p in zip(self._param_names(), self._params)}
@@ -474,8 +481,8 @@ class LGM:
                     "history_": self.history_, "rng": self._rng}
 
     def __setstate__(self, state):
-        self.__init__(state["layer_sizes"], output=state["output"], dtype=state["dtype"],
-                      backend=state["backend"])
+        LGM.__init__(self, state["layer_sizes"], output=state["output"], dtype=state["dtype"],
+                     backend=state["backend"])
         for param, value in zip(self._params, state["params"]):
             param[...] = value
         self.history_, self._rng = state["history_"], state["rng"]
@@ -485,14 +492,14 @@ class LGM:
                 f"dtype={self.dtype.name}, backend={self.backend!r})")
 
     # -- checks ---------------------------------------------------------------
-    def _inputs(self, X):
+    def _inputs(self, X: ArrayLike) -> NDArray[Any]:
         X = as_array("X", X, 2)
         if X.shape[1] != self.layer_sizes[0]:
             raise ValueError(
                 f"X must have shape (n_samples, {self.layer_sizes[0]}), got {X.shape}")
         return np.ascontiguousarray(X, dtype=self.dtype)
 
-    def _targets(self, Y, n_samples):
+    def _targets(self, Y: ArrayLike, n_samples: int) -> NDArray[Any]:
         n_out = self.layer_sizes[-1]
         Y = np.asarray(Y) if not isinstance(Y, np.ndarray) else Y
         if getattr(Y, "ndim", None) == 1 and n_out == 1:
@@ -504,7 +511,7 @@ class LGM:
         return np.ascontiguousarray(Y, dtype=self.dtype)
 
     # -- use --------------------------------------------------------------------
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> NDArray[Any]:
         """Outputs of the network.
 
         Parameters
@@ -519,7 +526,7 @@ class LGM:
         with self._lock.reading():
             return self._network.predict(X)
 
-    def loss(self, X, Y):
+    def loss(self, X: ArrayLike, Y: ArrayLike) -> float:
         """Mean squared error ``mean((predict(X) - Y)**2)`` over all elements.
 
         Parameters
@@ -537,7 +544,7 @@ class LGM:
             diff = self._network.predict(X) - Y
         return float(np.vdot(diff, diff)) / max(1, diff.size)
 
-    def gradients(self, X, Y):
+    def gradients(self, X: ArrayLike, Y: ArrayLike) -> dict[str, NDArray[Any]]:
         """Gradient of :meth:`loss` with respect to every parameter.
 
         Returns
@@ -550,8 +557,11 @@ class LGM:
             _, grads = self._network.gradients(X, Y)
         return dict(zip(self._param_names(), grads))
 
-    def fit(self, X, Y, *, epochs, lr, batch_size=None, optimizer="sgd", shuffle=True,
-            seed=None, callback=None, verbose=False):
+    def fit(self, X: ArrayLike, Y: ArrayLike, *, epochs: int, lr: float,
+            batch_size: int | None = None, optimizer: str = "sgd", shuffle: bool = True,
+            seed: int | np.random.Generator | None = None,
+            callback: Callable[[int, float], bool | None] | None = None,
+            verbose: bool = False) -> NDArray[np.float64]:
         """Train by gradient descent on the mean squared error.
 
         Parameters
@@ -631,7 +641,7 @@ class LGM:
         return self.history_
 
     # -- persistence -------------------------------------------------------------
-    def save(self, path):
+    def save(self, path: str | PathLike[str]) -> None:
         """Write the model to ``path`` as an .npz file (no pickle), atomically."""
         config = {"layer_sizes": np.asarray(self.layer_sizes, np.int64),
                   "output": np.asarray(self.output)}

@@ -1,6 +1,11 @@
-"""Shared fixtures: a seeded generator, the per-dtype tolerances and a
-context manager that runs code under a given OpenMP thread count."""
+"""Shared fixtures: a seeded generator, the per-dtype tolerances, a
+context manager that runs code under a given OpenMP thread count, and a
+runner for Python subprocesses that import the lgmstm under test."""
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,3 +61,23 @@ def _threads(n):
 def threads():
     """`with threads(n):` runs the block with n kernel threads, then restores."""
     return _threads
+
+
+# Subprocesses run away from any source tree and with the lgmstm under test
+# first on their path, so that they import the very package this run did.
+PACKAGE_PARENT = str(Path(lgmstm.__file__).resolve().parent.parent)
+
+
+@pytest.fixture(scope="session")
+def run_python():
+    """run_python(args, cwd, extra_path=(), env=None, timeout=300) ->
+    CompletedProcess of ``python *args`` (text output captured)."""
+
+    def run(args, cwd, extra_path=(), env=None, timeout=300):
+        environ = dict(os.environ if env is None else env)
+        path = [*map(str, extra_path), PACKAGE_PARENT, environ.get("PYTHONPATH", "")]
+        environ["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
+        return subprocess.run([sys.executable, *args], cwd=cwd, env=environ,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run

@@ -1,33 +1,26 @@
 """python -m lgmstm end to end, in a subprocess, as a user would run it."""
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import lgmstm
 
-# The subprocesses run away from any source tree and with the lgmstm under
-# test first on their path, so that they import the very package this test did.
-PACKAGE_PARENT = str(Path(lgmstm.__file__).resolve().parent.parent)
 BENCH_SUITE = Path(__file__).resolve().parent.parent / "bench"
 
 
-def run(args, cwd, extra_path=(), timeout=300):
-    path = [*map(str, extra_path), PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+@pytest.fixture(scope="session")
+def lgmstm_cli(run_python):
+    """lgmstm_cli(*args, cwd, ...) runs ``python -m lgmstm *args``."""
+
+    def cli(*args, cwd, **kwargs):
+        return run_python(["-m", "lgmstm", *args], cwd, **kwargs)
+
+    return cli
 
 
-def lgmstm_cli(*args, cwd, **kwargs):
-    return run(["-m", "lgmstm", *args], cwd, **kwargs)
-
-
-def test_demo_quick(tmp_path):
+def test_demo_quick(lgmstm_cli, tmp_path):
     result = lgmstm_cli("--quick", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -43,7 +36,7 @@ def test_demo_quick(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def quick_bench(tmp_path_factory):
+def quick_bench(lgmstm_cli, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     report = folder / "bench.json"
     result = lgmstm_cli("bench", "--quick", "--dtype", "float64", "--threads", "2",
@@ -91,7 +84,7 @@ def test_bench_plot(quick_bench, tmp_path):
     assert (tmp_path / "speedups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_plot_without_matplotlib(tmp_path):
+def test_bench_plot_without_matplotlib(lgmstm_cli, tmp_path):
     hidden = tmp_path / "hide" / "matplotlib"
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text("raise ImportError('matplotlib hidden by the test')\n")
@@ -102,7 +95,7 @@ def test_bench_plot_without_matplotlib(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_info(tmp_path):
+def test_info(lgmstm_cli, tmp_path):
     result = lgmstm_cli("info", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"lgmstm {lgmstm.__version__}")
@@ -119,7 +112,7 @@ def test_info(tmp_path):
     ["bench", "--frobnicate"],
     ["frobnicate"],
 ])
-def test_bad_arguments(args, tmp_path):
+def test_bad_arguments(lgmstm_cli, args, tmp_path):
     result = lgmstm_cli(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert "usage: python -m lgmstm" in result.stderr and "error:" in result.stderr
@@ -127,16 +120,16 @@ def test_bad_arguments(args, tmp_path):
 
 
 @pytest.mark.parametrize("args", [[], ["demo"], ["bench"], ["info"]])
-def test_help(args, tmp_path):
+def test_help(lgmstm_cli, args, tmp_path):
     result = lgmstm_cli(*args, "--help", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.startswith("usage: python -m lgmstm")
 
 
 @pytest.mark.skipif(not BENCH_SUITE.is_dir(), reason="no bench/ beside tests/")
-def test_bench_suite_runs(tmp_path):
+def test_bench_suite_runs(run_python, tmp_path):
     """The pytest-benchmark suite still collects and runs the shared cases."""
-    result = run(["-m", "pytest", str(BENCH_SUITE), "--lgmstm-quick", "--benchmark-disable",
+    result = run_python(["-m", "pytest", str(BENCH_SUITE), "--lgmstm-quick", "--benchmark-disable",
                   "-q", "-p", "no:cacheprovider", "--rootdir", str(BENCH_SUITE)], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\d+ passed", result.stdout)

@@ -1,7 +1,5 @@
 """The build has OpenMP, and the package's thread count behaves."""
 import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -37,11 +35,10 @@ def test_follows_threadpoolctl(threads):
         assert lgmstm.get_num_threads() == 3
 
 
-def test_follows_omp_num_threads():
-    env = dict(os.environ, OMP_NUM_THREADS="5")
-    result = subprocess.run(
-        [sys.executable, "-c", "import lgmstm; print(lgmstm.get_num_threads())"],
-        env=env, capture_output=True, text=True, check=True)
+def test_follows_omp_num_threads(run_python, tmp_path):
+    result = run_python(["-c", "import lgmstm; print(lgmstm.get_num_threads())"],
+                        cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="5"))
+    assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "5"
 
 
