@@ -254,7 +254,7 @@ def _torch_stm(torch, size):
     """nn.RNN (tanh) followed by a tanh output layer at every step."""
     nn = torch.nn
 
-    class Network(nn.Module):
+    class Network(nn.Module):  # type: ignore[name-defined]
         def __init__(self):
             super().__init__()
             self.rnn = nn.RNN(size.n_in, size.n_hidden, nonlinearity="tanh", batch_first=True)
@@ -359,7 +359,7 @@ class Item:
     """One implementation of one case at one size, dtype and thread count."""
 
     case: Case
-    size: object
+    size: DenseSize | RecurrentSize
     dtype: np.dtype
     implementation: Implementation
     threads: int
@@ -535,7 +535,7 @@ def summarise(measurements, peaks, threads):
     time on one thread over the time on `threads`; step_over_floor is the
     compiled step's time over that of its GEMMs alone.
     """
-    groups = {}
+    groups: dict[str, dict[tuple[str, int], Measurement]] = {}
     for m in measurements:
         groups.setdefault(m.item.group, {})[(m.item.implementation.name, m.item.threads)] = m
     rows = []

@@ -657,7 +657,7 @@ class LGM:
                              f"shape {stored.shape} dtype {stored.dtype}")
         layer_sizes = [int(n) for n in stored]
         # Shapes first: a file must not make us build a model larger than it holds.
-        expected = {}
+        expected: dict[str, tuple[int, ...]] = {}
         for layer, (n_in, n_out) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
             expected[f"layer{layer}.weight"] = (n_in, n_out)
             expected[f"layer{layer}.bias"] = (n_out,)
