@@ -22,6 +22,7 @@ Unchecked: call these through lgmstm.kernels / lgmstm.STM, which validate
 shapes, dtypes and layouts once and allocate every buffer.
 """
 cimport numpy as cnp
+import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt
@@ -66,19 +67,16 @@ cdef enum:
 
 def buffer_shapes(Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_hidden,
                   Py_ssize_t n_out, bint return_sequences):
-    """[(shape, is_float)] of the STM buffers, in Buffer order.
-
-    is_float: in the model's dtype; otherwise ORDER is intp and PARTIALS float64.
-    """
+    """[(shape, dtype)] of the STM buffers, in buffer order; dtype None is the model's."""
     cdef Py_ssize_t n_outputs = n_samples * (n_steps if return_sequences else 1)
     cdef tuple outputs = (n_samples, n_out)
     if return_sequences:
         outputs = (n_samples, n_steps, n_out)
-    return [((n_samples, n_steps, n_hidden), True), ((n_samples, n_hidden), True),
-            (outputs, True), (outputs, True), ((n_samples, n_steps, n_hidden), True),
-            ((n_samples, n_hidden), True), ((n_samples, n_hidden), True),
-            ((n_samples, 2 * n_hidden), True), ((n_samples,), False),
-            ((max(1, n_tasks(n_outputs * n_out, BLOCK_ELEMS)),), False)]
+    return [((n_samples, n_steps, n_hidden), None), ((n_samples, n_hidden), None),
+            (outputs, None), (outputs, None), ((n_samples, n_steps, n_hidden), None),
+            ((n_samples, n_hidden), None), ((n_samples, n_hidden), None),
+            ((n_samples, 2 * n_hidden), None), ((n_samples,), np.intp),
+            ((max(1, n_tasks(n_outputs * n_out, BLOCK_ELEMS)),), np.float64)]
 
 
 cdef inline const void *data_or_null(object array):
@@ -601,7 +599,7 @@ cdef void scatter_rows(const char *source, const Py_ssize_t *rows, Py_ssize_t n_
 def predict(const floating[:, :, ::1] X, object h0, const Py_ssize_t[::1] lengths,
             list params, const Py_ssize_t[::1] sizes, bint output_tanh,
             bint return_sequences, list buffers, int n_threads):
-    """Fill the buffers' STATES, FINAL_STATES and OUTPUTS."""
+    """Return (outputs, final states): two of the buffers, filled."""
     cdef void *param_data[N_PARAMS]
     cdef void *buffer_data[N_BUFFERS]
     cdef const floating *h0_data = <const floating *> data_or_null(h0)
@@ -611,6 +609,7 @@ def predict(const floating[:, :, ::1] X, object h0, const Py_ssize_t[::1] length
         stm_forward(&X[0, 0, 0], h0_data, &lengths[0], X.shape[0], X.shape[1],
                     param_data, &sizes[0], output_tanh, return_sequences,
                     buffer_data, n_threads)
+    return buffers[OUTPUTS], buffers[FINAL_STATES]
 
 
 def gradients(const floating[:, :, ::1] X, const floating[::1] Y, object h0,

@@ -86,8 +86,9 @@ def load(path, *, backend="cython"):
         kind, or parameters that do not fit the stored architecture.
     """
     from .models import LGM
+    from .stm import STM
 
-    kinds = {"LGM": LGM}
+    kinds = {"LGM": LGM, "STM": STM}
     kind, dtype, config, params = load_arrays(path)
     if kind not in kinds:
         raise ValueError(f"{os.fspath(path)}: unknown model kind {kind!r}")

@@ -269,3 +269,9 @@ def rnn_backward_args(X, h0, Wx, Wh, H, dH, dh_last, lengths):
     X, h0, Wx, Wh, H, dH, dh_last = (
         None if a is None else as_c_array(a, dtype) for a in (X, h0, Wx, Wh, H, dH, dh_last))
     return X, h0, Wx, Wh, H, dH, dh_last, lengths
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {_describe(value)}")
+    return bool(value)
