@@ -37,9 +37,10 @@ from _tanh cimport tanh_inplace
 cnp.import_array()
 
 cdef enum:
-    # Rows of dWx / dWh per weight-gradient task: half of BLOCK_ROWS, so that
-    # mid-sized layers (n_in 64, n_hidden 128) still give 2 threads 6 tasks.
-    WEIGHT_BLOCK_ROWS = 32
+    # Up to this state size, h Wh is a plain loop rather than a BLAS call.
+    SMALL_HIDDEN = 16
+    # Fewest samples in a sequence chunk (see sequence_chunk_rows).
+    MIN_CHUNK_ROWS = 32
 
 # The STM's parameters, in this order (lgmstm/stm.py names them).
 cdef enum:
@@ -97,12 +98,27 @@ cdef int pointers(list arrays, void **data, Py_ssize_t count) except -1:
 cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples) noexcept nogil:
     """Samples per sequence chunk, from the batch size alone.
 
-    At least 16 rows, so that each step's h Wh is a worthwhile product, yet 4
-    chunks or more from 64 samples on, so that 2-4 threads share the time
-    loop; the batch is split into equal chunks.
+    Each step's h Wh product costs a repacking of Wh, about 1/rows of its
+    arithmetic, so chunks have MIN_CHUNK_ROWS rows or more; yet from 64
+    samples on there are 4 chunks or more, for 2-4 threads. The batch is
+    split into equal chunks.
     """
-    cdef Py_ssize_t n_chunks = min(n_tasks(n_samples, 16), max(4, n_tasks(n_samples, 64)))
+    cdef Py_ssize_t n_chunks = min(n_tasks(n_samples, MIN_CHUNK_ROWS),
+                                   max(4, n_tasks(n_samples, 64)))
     return max(1, n_tasks(n_samples, max(1, n_chunks)))
+
+
+cdef inline Py_ssize_t weight_block_rows(Py_ssize_t n_in, Py_ssize_t n_hidden) noexcept nogil:
+    """Rows of dWx and dWh per weight-gradient task, from the shapes alone.
+
+    Every task has BLAS repack all of dZ, so blocks are as tall as they can
+    be (256 rows at most) while the two weights still give 4 tasks (or the
+    blocks are down to 32 rows).
+    """
+    cdef Py_ssize_t rows = 256
+    while rows > 32 and n_tasks(n_in, rows) + n_tasks(n_hidden, rows) < 4:
+        rows //= 2
+    return rows
 
 
 cdef inline Py_ssize_t run_end(const Py_ssize_t *lengths, Py_ssize_t n_steps,
@@ -139,9 +155,32 @@ cdef inline void recurrent_product(const floating *h, const floating *Wh,
                                    floating *out, Py_ssize_t n_rows,
                                    Py_ssize_t n_hidden, bint transpose,
                                    floating beta) noexcept nogil:
-    """out (n_rows, n_hidden) = h Wh + beta out (h Wh^T when transpose)."""
-    gemm(False, transpose, <int> n_rows, <int> n_hidden, <int> n_hidden, 1, h,
-         <int> n_hidden, Wh, <int> n_hidden, beta, out, <int> n_hidden)
+    """out (n_rows, n_hidden) = h Wh + beta out (h Wh^T when transpose), beta 0 or 1.
+
+    Small states take a plain loop: a BLAS call costs more than the product.
+    """
+    cdef Py_ssize_t i, j, k
+    cdef floating value
+    cdef floating *row
+    if n_hidden > SMALL_HIDDEN:
+        gemm(False, transpose, <int> n_rows, <int> n_hidden, <int> n_hidden, 1, h,
+             <int> n_hidden, Wh, <int> n_hidden, beta, out, <int> n_hidden)
+        return
+    for i in range(n_rows):
+        row = out + i * n_hidden
+        if beta == 0:
+            for j in range(n_hidden):
+                row[j] = 0
+        for k in range(n_hidden):
+            if transpose:
+                value = 0
+                for j in range(n_hidden):
+                    value = value + h[i * n_hidden + j] * Wh[k * n_hidden + j]
+                row[k] += value
+            else:
+                value = h[i * n_hidden + k]
+                for j in range(n_hidden):
+                    row[j] += value * Wh[k * n_hidden + j]
 
 
 cdef void forward_chunk(
@@ -327,18 +366,21 @@ cdef void bias_grad_block(
         Py_ssize_t n_steps, Py_ssize_t n_hidden) noexcept nogil:
     """Columns of db = sum over valid (i, t) of dz_{i,t}, in sample then step order."""
     cdef Py_ssize_t start = block * BLOCK_COLS
-    cdef Py_ssize_t stop = min(start + BLOCK_COLS, n_hidden)
+    cdef Py_ssize_t width = min(start + BLOCK_COLS, n_hidden) - start
+    cdef floating sums[BLOCK_COLS]
     cdef Py_ssize_t i, j, t
     cdef const floating *dz
-    for j in range(start, stop):
-        db[j] = 0
+    for j in range(width):
+        sums[j] = 0
     for i in range(n_samples):
-        for j in range(start, stop):
-            db[j] += dz_first[i * n_hidden + j]
+        dz = dz_first + i * n_hidden + start
+        for j in range(width):
+            sums[j] += dz[j]
         for t in range(1, lengths[i]):
-            dz = dZ + (i * n_steps + t) * n_hidden
-            for j in range(start, stop):
-                db[j] += dz[j]
+            dz = dZ + (i * n_steps + t) * n_hidden + start
+            for j in range(width):
+                sums[j] += dz[j]
+    memcpy(db + start, sums, width * sizeof(floating))
 
 
 cdef void weight_grad_task(
@@ -351,17 +393,18 @@ cdef void weight_grad_task(
 
     dWx = sum x_t^T dz_t,  dWh = sum h_{t-1}^T dz_t,  db = sum dz_t.
     """
-    cdef Py_ssize_t x_blocks = n_tasks(n_in, WEIGHT_BLOCK_ROWS)
-    cdef Py_ssize_t h_blocks = n_tasks(n_hidden, WEIGHT_BLOCK_ROWS)
+    cdef Py_ssize_t rows = weight_block_rows(n_in, n_hidden)
+    cdef Py_ssize_t x_blocks = n_tasks(n_in, rows)
+    cdef Py_ssize_t h_blocks = n_tasks(n_hidden, rows)
     cdef Py_ssize_t start
     if task < x_blocks:
-        start = task * WEIGHT_BLOCK_ROWS
-        weight_grad_rows(start, min(start + WEIGHT_BLOCK_ROWS, n_in), X, n_in, False,
+        start = task * rows
+        weight_grad_rows(start, min(start + rows, n_in), X, n_in, False,
                          X, n_steps * n_in, dZ, dz_first, lengths, dWx, n_samples,
                          n_steps, n_hidden)
     elif task < x_blocks + h_blocks:
-        start = (task - x_blocks) * WEIGHT_BLOCK_ROWS
-        weight_grad_rows(start, min(start + WEIGHT_BLOCK_ROWS, n_hidden), H, n_hidden,
+        start = (task - x_blocks) * rows
+        weight_grad_rows(start, min(start + rows, n_hidden), H, n_hidden,
                          True, h0, n_hidden, dZ, dz_first, lengths, dWh, n_samples,
                          n_steps, n_hidden)
     else:
@@ -413,8 +456,8 @@ cdef void rnn_backward_pass(
     """
     cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
-    cdef Py_ssize_t n_weight_tasks = (n_tasks(n_in, WEIGHT_BLOCK_ROWS)
-                                      + n_tasks(n_hidden, WEIGHT_BLOCK_ROWS)
+    cdef Py_ssize_t block_rows = weight_block_rows(n_in, n_hidden)
+    cdef Py_ssize_t n_weight_tasks = (n_tasks(n_in, block_rows) + n_tasks(n_hidden, block_rows)
                                       + n_tasks(n_hidden, BLOCK_COLS))
     cdef double work = 2.0 * n_samples * n_steps * n_hidden * (
         2 * n_hidden + n_in + (n_in if dX != NULL else 0))
