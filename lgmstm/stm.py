@@ -555,10 +555,16 @@ class STM:
 
     @classmethod
     def _from_saved(cls, config, dtype, arrays, path, backend):
-        model = cls(int(config["n_in"]), int(config["n_hidden"]), int(config["n_out"]),
-                    output=str(config["output"]),
-                    return_sequences=bool(config["return_sequences"]),
-                    stateful=bool(config["stateful"]), dtype=dtype, backend=backend)
+        def value(name):
+            entry = config[name]
+            if entry.shape != ():
+                raise TypeError(f"config.{name} must hold one value, got shape {entry.shape}")
+            return entry.item()
+
+        # The constructor's checks refuse a float size or a non-bool flag.
+        model = cls(value("n_in"), value("n_hidden"), value("n_out"), output=value("output"),
+                    return_sequences=value("return_sequences"), stateful=value("stateful"),
+                    dtype=dtype, backend=backend)
         model._restore(arrays, path)
         return model
 

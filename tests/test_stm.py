@@ -326,3 +326,18 @@ def test_empty_and_zero_length_calls():
     # At length 0 the output reads the initial state.
     np.testing.assert_array_equal(last.predict(np.ones((2, 3, 2)), lengths=[0, 0]),
                                   np.tanh(np.zeros((2, 1))))
+
+
+@pytest.mark.parametrize("entry, value", [("n_hidden", np.asarray(6.0)),
+                                          ("n_out", np.asarray([3, 3])),
+                                          ("stateful", np.asarray(1)),
+                                          ("output", np.asarray("relu"))])
+def test_load_refuses_a_bad_config(tmp_path, entry, value):
+    path = tmp_path / "stm.npz"
+    STM(4, 6, 3, seed=0).save(path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays[f"config.{entry}"] = value
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=entry):
+        lgmstm.load(path)
