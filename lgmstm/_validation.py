@@ -201,13 +201,22 @@ def check_lengths(lengths, n_samples: int, n_steps: int) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.intp)
 
 
+def check_sequence_rows(X: np.ndarray, n_hidden: int) -> None:
+    """The kernels multiply all (sample, step) rows at once: BLAS must index them."""
+    n_samples, n_steps, n_in = X.shape
+    if n_samples * n_steps > MAX_DIM or n_steps * max(n_in, n_hidden) > MAX_DIM:
+        raise ValueError(f"X has shape {X.shape}: n_samples * n_steps and n_steps * "
+                         f"max(n_in, n_hidden) must be below 2**31")
+    check_product("the states", n_samples, n_steps, max(n_in, n_hidden))
+
+
 def _recurrent_shapes(X, Wx, Wh):
     """(n_samples, n_steps, n_in, n_hidden) after checking Wx and Wh against X."""
     n_samples, n_steps, n_in = X.shape
     check_dim("Wx", Wx, 0, n_in, "rows (X's n_in)")
     n_hidden = Wx.shape[1]
     check_shape("Wh", Wh, (n_hidden, n_hidden), "(n_hidden, n_hidden)")
-    check_product("the states", n_samples, n_steps, max(n_in, n_hidden))
+    check_sequence_rows(X, n_hidden)
     return n_samples, n_steps, n_in, n_hidden
 
 

@@ -22,6 +22,7 @@ from ._validation import (
     check_int,
     check_lengths,
     check_positive_float,
+    check_sequence_rows,
 )
 from .models import (
     ADAM_BETA1,
@@ -364,6 +365,7 @@ class STM:
             raise ValueError(
                 f"X must have shape (n_samples, n_steps, n_in) with n_in = {self.n_in}, "
                 f"got {X.shape}")
+        check_sequence_rows(X, max(self.n_hidden, self.n_out))
         lengths = check_lengths(lengths, X.shape[0], X.shape[1])
         return np.ascontiguousarray(X, dtype=self.dtype), lengths
 

@@ -214,3 +214,10 @@ def test_bad_backward_input(module, change, error, words):
                             args.pop("H"), args.pop("dH"), **args)
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("module", [kernels, reference])
+def test_too_many_rows_for_blas(module):
+    X = np.lib.stride_tricks.as_strided(np.zeros(1), (2**16, 2**16, 1), (0, 0, 0))
+    with pytest.raises(ValueError, match="below 2\\*\\*31"):
+        module.rnn_forward(X, None, np.zeros((1, 3)), np.zeros((3, 3)), np.zeros(3))
