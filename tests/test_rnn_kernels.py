@@ -15,8 +15,8 @@ SHAPES = {
     "odd": (7, 33, 13, 29),
     "zero steps": (4, 0, 3, 5),
     "empty batch": (0, 6, 3, 5),
-    "several chunks, small state": (130, 9, 4, 6),
-    "several chunks, BLAS state": (70, 5, 3, 40),
+    "several chunks": (130, 9, 4, 6),
+    "several chunks, wide state": (70, 5, 3, 40),
 }
 
 
@@ -119,7 +119,7 @@ def test_gradients_match_finite_differences(module, with_lengths):
         np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8, err_msg=name)
 
 
-@pytest.mark.parametrize("n_hidden", [6, 40], ids=["small state", "BLAS state"])
+@pytest.mark.parametrize("n_hidden", [6, 40], ids=["narrow state", "wide state"])
 def test_same_bits_for_any_thread_count(n_hidden):
     # 200 samples make 4 chunks of 50, so 2 and 3 threads really share the work.
     p = make_problem((200, 12, 9, n_hidden), np.float64, seed=2)
