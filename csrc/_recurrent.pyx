@@ -93,15 +93,17 @@ cdef int pointers(list arrays, void **data, Py_ssize_t count) except -1:
 
 # -- tasks ---------------------------------------------------------------------
 
-cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples) noexcept nogil:
-    """Samples per sequence chunk, from the batch size alone.
+cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples,
+                                           Py_ssize_t n_hidden) noexcept nogil:
+    """Samples per sequence chunk, from the shapes alone.
 
-    Each step's h Wh product costs a repacking of Wh, about 1/rows of its
-    arithmetic, so chunks have MIN_CHUNK_ROWS rows or more; yet from 64
-    samples on there are 4 chunks or more, for 2-4 threads. The batch is
-    split into equal chunks.
+    Each step's h Wh product repacks Wh, so chunks are tall: 32 rows or
+    more, and n_hidden / 8 (BLAS runs wide products well only from about
+    there); yet from 64 samples on there are up to 4 chunks, for 2-4
+    threads. The batch is split into equal chunks.
     """
-    cdef Py_ssize_t n_chunks = min(n_tasks(n_samples, MIN_CHUNK_ROWS),
+    cdef Py_ssize_t min_rows = max(<Py_ssize_t> MIN_CHUNK_ROWS, n_hidden // 8)
+    cdef Py_ssize_t n_chunks = min(n_tasks(n_samples, min_rows),
                                    max(4, n_tasks(n_samples, 64)))
     return max(1, n_tasks(n_samples, max(1, n_chunks)))
 
@@ -402,7 +404,7 @@ cdef void rnn_forward_pass(
 
     scratch: (n_samples, 2 n_hidden) values; order: n_samples indices.
     """
-    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples)
+    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
     cdef int n_used = threads_for(n_threads, n_chunks,
                                   2.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden))
@@ -432,7 +434,7 @@ cdef void rnn_backward_pass(
     are not computed. The sequence chunks all finish before the weight
     gradients start.
     """
-    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples)
+    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
     cdef Py_ssize_t block_rows = weight_block_rows(n_in, n_hidden)
     cdef Py_ssize_t n_weight_tasks = (n_tasks(n_in, block_rows) + n_tasks(n_hidden, block_rows)
