@@ -457,7 +457,9 @@ cdef void rnn_backward_pass(
                 backward_chunk(task, chunk_rows, Wx, Wh, H, dH, dh_last, lengths, dZ,
                                dz_first, dX, dh0, scratch, order, n_samples, n_steps,
                                n_in, n_hidden)
-            for task in prange(n_weight_tasks, schedule='static'):
+            # The tasks differ in size (db's are small): hand them out as
+            # threads free up. Who runs a task never changes its result.
+            for task in prange(n_weight_tasks, schedule='dynamic'):
                 weight_grad_task(task, X, h0, H, dZ, dz_first, lengths, dWx, dWh, db,
                                  n_samples, n_steps, n_in, n_hidden)
 
