@@ -439,20 +439,15 @@ cdef void rnn_backward_pass(
     cdef Py_ssize_t block_rows = weight_block_rows(n_in, n_hidden)
     cdef Py_ssize_t n_weight_tasks = (n_tasks(n_in, block_rows) + n_tasks(n_hidden, block_rows)
                                       + n_tasks(n_hidden, BLOCK_COLS))
-    cdef double work = 2.0 * n_samples * n_steps * n_hidden * (
-        2 * n_hidden + n_in + (n_in if dX != NULL else 0))
-    cdef int n_used = threads_for(n_threads, max(n_chunks, n_weight_tasks), work)
+    cdef double rows_work = 2.0 * n_samples * n_steps * n_hidden
+    cdef int chunk_threads = threads_for(
+        n_threads, n_chunks, rows_work * (n_hidden + (n_in if dX != NULL else 0)))
+    cdef int weight_threads = threads_for(n_threads, n_weight_tasks,
+                                          rows_work * (n_in + n_hidden))
     cdef Py_ssize_t task
-    if n_used == 1:
-        for task in range(n_chunks):
-            backward_chunk(task, chunk_rows, Wx, Wh, H, dH, dh_last, lengths, dZ,
-                           dz_first, dX, dh0, scratch, order, n_samples, n_steps,
-                           n_in, n_hidden)
-        for task in range(n_weight_tasks):
-            weight_grad_task(task, X, h0, H, dZ, dz_first, lengths, dWx, dWh, db,
-                             n_samples, n_steps, n_in, n_hidden)
-    else:
-        with parallel(num_threads=n_used):
+    if chunk_threads > 1 and weight_threads > 1:
+        # One team for both phases; prange's closing barrier separates them.
+        with parallel(num_threads=max(chunk_threads, weight_threads)):
             for task in prange(n_chunks, schedule='static'):
                 backward_chunk(task, chunk_rows, Wx, Wh, H, dH, dh_last, lengths, dZ,
                                dz_first, dX, dh0, scratch, order, n_samples, n_steps,
@@ -462,6 +457,25 @@ cdef void rnn_backward_pass(
             for task in prange(n_weight_tasks, schedule='dynamic'):
                 weight_grad_task(task, X, h0, H, dZ, dz_first, lengths, dWx, dWh, db,
                                  n_samples, n_steps, n_in, n_hidden)
+        return
+    if chunk_threads == 1:
+        for task in range(n_chunks):
+            backward_chunk(task, chunk_rows, Wx, Wh, H, dH, dh_last, lengths, dZ,
+                           dz_first, dX, dh0, scratch, order, n_samples, n_steps,
+                           n_in, n_hidden)
+    else:
+        for task in prange(n_chunks, num_threads=chunk_threads, schedule='static'):
+            backward_chunk(task, chunk_rows, Wx, Wh, H, dH, dh_last, lengths, dZ,
+                           dz_first, dX, dh0, scratch, order, n_samples, n_steps,
+                           n_in, n_hidden)
+    if weight_threads == 1:
+        for task in range(n_weight_tasks):
+            weight_grad_task(task, X, h0, H, dZ, dz_first, lengths, dWx, dWh, db,
+                             n_samples, n_steps, n_in, n_hidden)
+    else:
+        for task in prange(n_weight_tasks, num_threads=weight_threads, schedule='dynamic'):
+            weight_grad_task(task, X, h0, H, dZ, dz_first, lengths, dWx, dWh, db,
+                             n_samples, n_steps, n_in, n_hidden)
 
 
 def forward(const floating[:, :, ::1] X, object h0, const floating[:, ::1] Wx,
