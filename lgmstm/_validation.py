@@ -189,7 +189,8 @@ def check_lengths(lengths, n_samples: int, n_steps: int) -> np.ndarray:
         array = np.asarray(lengths)
     except (ValueError, TypeError) as exc:
         raise TypeError(f"lengths must be an array of integers: {exc}") from None
-    if array.dtype.kind not in "iu":
+    if array.dtype.kind not in "iu" and not (array.size == 0 and array.dtype.kind == "f"):
+        # (an empty list makes an empty float array: that one is fine)
         raise TypeError(f"lengths must be an array of integers, got dtype {array.dtype}")
     if array.shape != (n_samples,):
         raise ValueError(f"lengths must have shape (n_samples,) = ({n_samples},), "

@@ -320,6 +320,7 @@ def test_bad_input(backend, call, error, words):
 def test_empty_and_zero_length_calls():
     model = STM(2, 3, 1, seed=0)
     assert model.predict(np.zeros((0, 4, 2))).shape == (0, 4, 1)
+    assert model.predict(np.zeros((0, 4, 2)), lengths=[]).shape == (0, 4, 1)
     assert model.predict(np.zeros((3, 0, 2))).shape == (3, 0, 1)
     assert model.loss(np.zeros((2, 3, 2)), np.ones((2, 3)), lengths=[0, 0]) == 0.0
     last = STM(2, 3, 1, return_sequences=False, seed=0)
