@@ -342,3 +342,15 @@ def test_load_refuses_a_bad_config(tmp_path, entry, value):
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match=entry):
         lgmstm.load(path)
+
+
+@pytest.mark.parametrize("return_sequences", [True, False], ids=["sequences", "last"])
+def test_backends_agree_on_stateful_minibatch_training(return_sequences):
+    X, Y, lengths = sequences(return_sequences=return_sequences, seed=10)
+    compiled, numpy = twins(4, 6, 3, return_sequences=return_sequences, stateful=True)
+    for model in (compiled, numpy):
+        model.predict(X[:, :5])  # some history for every stream
+        model.fit(X, Y, epochs=3, lr=0.05, batch_size=4, optimizer="momentum",
+                  lengths=lengths, seed=2)
+    np.testing.assert_allclose(compiled.state, numpy.state, rtol=1e-11, atol=1e-13)
+    assert_params_close(compiled, numpy, 1e-11)
