@@ -15,7 +15,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ["_openmp", "_dense"]
+MODULES = ["_openmp", "_dense", "_recurrent"]
 
 OPENMP_FLAGS = {
     # compiler type: (compile flags, link flags)

@@ -220,6 +220,37 @@ cdef inline void bias_grad_block(
         db[start + j] = scale * sums[j] + (beta * db[start + j] if beta != 0 else 0)
 
 
+cdef inline double squared_error(const floating *prediction, const floating *target,
+                                 floating *d_prediction, Py_ssize_t n_elements,
+                                 double grad_scale, double *partials,
+                                 int n_threads) noexcept nogil:
+    """squared_error_rows over n_elements values, in blocks of BLOCK_ELEMS
+    summed in block order; partials: n_tasks(n_elements, BLOCK_ELEMS) doubles."""
+    cdef Py_ssize_t n_blocks = n_tasks(n_elements, BLOCK_ELEMS)
+    cdef int n_used = threads_for(n_threads, n_blocks, 3.0 * n_elements)
+    cdef Py_ssize_t block
+    cdef double total = 0
+    if n_used == 1:
+        for block in range(n_blocks):
+            partials[block] = squared_error_block(block, prediction, target,
+                                                  d_prediction, n_elements, grad_scale)
+    else:
+        for block in prange(n_blocks, num_threads=n_used, schedule='static'):
+            partials[block] = squared_error_block(block, prediction, target,
+                                                  d_prediction, n_elements, grad_scale)
+    for block in range(n_blocks):
+        total += partials[block]
+    return total
+
+
+cdef inline double squared_error_block(
+        Py_ssize_t block, const floating *prediction, const floating *target,
+        floating *d_prediction, Py_ssize_t n_elements, double grad_scale) noexcept nogil:
+    cdef Py_ssize_t start = block * BLOCK_ELEMS
+    return squared_error_rows(prediction + start, target + start, d_prediction + start,
+                              min(<Py_ssize_t> BLOCK_ELEMS, n_elements - start), grad_scale)
+
+
 cdef inline double squared_error_rows(
         const floating *prediction, const floating *target,
         floating *d_prediction, Py_ssize_t n_elements,

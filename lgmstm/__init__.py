@@ -1,11 +1,13 @@
 """lgmstm: two memories of a learning system, with compiled OpenMP kernels.
 
 - :class:`LGM`, long-term generalization memory: a feed-forward tanh network.
-- :mod:`lgmstm.kernels`: the compiled dense kernels;
+- :class:`STM`, short-term working memory: an Elman tanh RNN trained by
+  backpropagation through time.
+- :mod:`lgmstm.kernels`: the compiled dense and recurrent kernels;
   :mod:`lgmstm.reference`: the same maths in NumPy.
 """
 try:
-    from . import _dense, _openmp  # noqa: F401  (compiled)
+    from . import _dense, _openmp, _recurrent  # noqa: F401  (compiled)
 except ImportError as exc:  # pragma: no cover - depends on how it is run
     import os as _os
 
@@ -20,11 +22,13 @@ from ._config import show_config
 from ._persist import load
 from ._threads import get_num_threads, set_num_threads
 from .models import LGM, DivergenceWarning, TrainingInterrupted
+from .stm import STM
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LGM",
+    "STM",
     "load",
     "get_num_threads",
     "set_num_threads",

@@ -76,35 +76,32 @@ def demo_lgm(quick):
     _report(results, _rmse(y_mean, y[test]), "the training mean")
 
 
-# The STM demo follows the API the STM is expected to have (see
-# lgmstm/benchmarks.py): STM([n_in, n_hidden, n_out]), fit on X of shape
-# (n_samples, n_steps, n_in) with a target at every step.
-WINDOW = 24  # months the STM sees before each forecast
+WINDOW, STRIDE = 96, 12  # training windows: 8 years, one every year
 
 
 def demo_stm(quick):
-    """The STM on monthly sunspots: next month's number from the last WINDOW months."""
+    """The STM on monthly sunspots: next month's number from the whole record so far."""
     series, _ = load_sunspots()
-    n_test = len(series) // 5
-    scale = series[:-n_test].max()
-    values = series / scale
-    starts = np.arange(len(values) - WINDOW)
-    windows = np.stack([values[s : s + WINDOW + 1] for s in starts])  # inputs + next month
-    X, Y = windows[:, :-1, None], windows[:, 1:, None]
-    is_test = starts + WINDOW >= len(values) - n_test  # the window's last target is a test month
-    _say(f"STM: next month's sunspot number from the last {WINDOW} months "
-         f"({int((~is_test).sum())} windows to train, the last {n_test} months held out)")
+    split = len(series) - len(series) // 5  # the last 20% of the record is held out
+    x = series / 100.0
+    starts = np.arange(0, split - WINDOW, STRIDE)
+    X = np.stack([x[s : s + WINDOW] for s in starts])[..., None]
+    Y = np.stack([x[s + 1 : s + WINDOW + 1] for s in starts])[..., None]
+    _say(f"STM: next month's sunspot number, one month ahead ({len(starts)} windows of "
+         f"{WINDOW} months to train, the last {len(series) - split} months held out)")
 
     def make_model(backend):
-        return lgmstm.STM([1, 16, 1], seed=0, backend=backend)
+        return lgmstm.STM(1, 8, 1, output="linear", seed=0, backend=backend)
 
     def held_out_error(model):
-        forecast = np.asarray(model.predict(X[is_test]))[:, -1, 0] * scale
-        return _rmse(forecast, series[-n_test:])
+        # The working memory reads the whole record up to each forecast.
+        forecast = model.predict(x[None, :-1, None])[0, split - 1 :, 0] * 100.0
+        return _rmse(forecast, series[split:])
 
-    results = _compare_backends(make_model, X[~is_test], Y[~is_test], held_out_error,
-                                epochs=3 if quick else 30, lr=0.01, batch_size=64, seed=1)
-    _report(results, _rmse(series[-n_test - 1 : -1], series[-n_test:]),
+    results = _compare_backends(make_model, X, Y, held_out_error,
+                                epochs=15 if quick else 100, lr=0.01, batch_size=16,
+                                optimizer="adam", seed=0)
+    _report(results, _rmse(series[split - 1 : -1], series[split:]),
             "persistence: next month = this month")
 
 

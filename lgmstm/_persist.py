@@ -95,9 +95,10 @@ def load(path: str | os.PathLike[str], *, backend: str = "cython") -> LGM:
     """
     from ._validation import check_choice
     from .models import BACKENDS, LGM
+    from .stm import STM
 
     check_choice("backend", backend, BACKENDS)
-    kinds = {"LGM": LGM}
+    kinds = {"LGM": LGM, "STM": STM}
     kind, dtype, config, params = load_arrays(path)
     if kind not in kinds:
         raise ValueError(f"{os.fspath(path)}: unknown model kind {kind!r}")

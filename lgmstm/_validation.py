@@ -181,3 +181,121 @@ def dense_backward_args(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike,
             )
     check_product("X", *X.shape)
     return tuple(as_c_array(a, dtype) for a in (X, W, A, dA))
+
+
+# -- recurrent layer (rnn_forward / rnn_backward) ------------------------------
+
+def check_shape(name: str, array: np.ndarray, expected: tuple, meaning: str) -> None:
+    if array.shape != tuple(expected):
+        raise ValueError(f"{name} must have shape {meaning} = {tuple(expected)}, got {array.shape}")
+
+
+def check_lengths(lengths, n_samples: int, n_steps: int) -> np.ndarray:
+    """lengths as a C-contiguous intp array of n_samples values in [0, n_steps].
+
+    None means every sequence runs all n_steps steps.
+    """
+    if lengths is None:
+        return np.full(n_samples, n_steps, np.intp)
+    if isinstance(lengths, (str, bytes)):
+        raise TypeError(f"lengths must be an array of integers, got {_describe(lengths)}")
+    try:
+        array = np.asarray(lengths)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"lengths must be an array of integers: {exc}") from None
+    if array.dtype.kind not in "iu" and not (array.size == 0 and array.dtype.kind == "f"):
+        # (an empty list makes an empty float array: that one is fine)
+        raise TypeError(f"lengths must be an array of integers, got dtype {array.dtype}")
+    if array.shape != (n_samples,):
+        raise ValueError(f"lengths must have shape (n_samples,) = ({n_samples},), "
+                         f"got {array.shape}")
+    bad = np.flatnonzero((array < 0) | (array > n_steps))
+    if bad.size:
+        raise ValueError(f"lengths must be in [0, n_steps] = [0, {n_steps}], got "
+                         f"lengths[{bad[0]}] = {array[bad[0]]}")
+    return np.ascontiguousarray(array, dtype=np.intp)
+
+
+def check_sequence_rows(X: np.ndarray, n_hidden: int) -> None:
+    """The kernels multiply all (sample, step) rows at once: BLAS must index them."""
+    n_samples, n_steps, n_in = X.shape
+    if n_samples * n_steps > MAX_DIM or n_steps * max(n_in, n_hidden) > MAX_DIM:
+        raise ValueError(f"X has shape {X.shape}: n_samples * n_steps and n_steps * "
+                         f"max(n_in, n_hidden) must be below 2**31")
+    check_product("the states", n_samples, n_steps, max(n_in, n_hidden))
+
+
+def _recurrent_shapes(X, Wx, Wh):
+    """(n_samples, n_steps, n_in, n_hidden) after checking Wx and Wh against X."""
+    n_samples, n_steps, n_in = X.shape
+    check_dim("Wx", Wx, 0, n_in, "rows (X's n_in)")
+    n_hidden = Wx.shape[1]
+    check_shape("Wh", Wh, (n_hidden, n_hidden), "(n_hidden, n_hidden)")
+    check_sequence_rows(X, n_hidden)
+    return n_samples, n_steps, n_in, n_hidden
+
+
+def _optional(name, value, ndim):
+    return None if value is None else as_array(name, value, ndim)
+
+
+def rnn_forward_args(X, h0, Wx, Wh, b, lengths, out):
+    """Checked (X, h0, Wx, Wh, b, lengths, buffer, result) for rnn_forward.
+
+    Arrays come back C-contiguous in their common dtype; h0 stays None when
+    None; lengths is an intp array (all n_steps when None).
+    """
+    X = as_array("X", X, 3)
+    h0 = _optional("h0", h0, 2)
+    Wx = as_array("Wx", Wx, 2)
+    Wh = as_array("Wh", Wh, 2)
+    b = as_array("b", b, 1)
+    arrays = {"X": X, "Wx": Wx, "Wh": Wh, "b": b}
+    if h0 is not None:
+        arrays["h0"] = h0
+    dtype = common_dtype(tuple(arrays), tuple(arrays.values()))
+    n_samples, n_steps, _, n_hidden = _recurrent_shapes(X, Wx, Wh)
+    check_shape("b", b, (n_hidden,), "(n_hidden,)")
+    if h0 is not None:
+        check_shape("h0", h0, (n_samples, n_hidden), "(n_samples, n_hidden)")
+        h0 = as_c_array(h0, dtype)
+    lengths = check_lengths(lengths, n_samples, n_steps)
+    shape = (n_samples, n_steps, n_hidden)
+    if out is None:
+        buffer = result = np.empty(shape, dtype)
+    else:
+        buffer, result = check_out(out, shape, dtype, tuple(arrays.values()))
+    X, Wx, Wh, b = (as_c_array(a, dtype) for a in (X, Wx, Wh, b))
+    return X, h0, Wx, Wh, b, lengths, buffer, result
+
+
+def rnn_backward_args(X, h0, Wx, Wh, H, dH, dh_last, lengths):
+    """Checked, C-contiguous (X, h0, Wx, Wh, H, dH, dh_last, lengths) for
+    rnn_backward; h0 and dh_last stay None when None."""
+    X = as_array("X", X, 3)
+    h0 = _optional("h0", h0, 2)
+    Wx = as_array("Wx", Wx, 2)
+    Wh = as_array("Wh", Wh, 2)
+    H = as_array("H", H, 3)
+    dH = as_array("dH", dH, 3)
+    dh_last = _optional("dh_last", dh_last, 2)
+    arrays = {"X": X, "h0": h0, "Wx": Wx, "Wh": Wh, "H": H, "dH": dH, "dh_last": dh_last}
+    arrays = {name: a for name, a in arrays.items() if a is not None}
+    dtype = common_dtype(tuple(arrays), tuple(arrays.values()))
+    n_samples, n_steps, _, n_hidden = _recurrent_shapes(X, Wx, Wh)
+    for name in ("H", "dH"):
+        check_shape(name, arrays[name], (n_samples, n_steps, n_hidden),
+                    "(n_samples, n_steps, n_hidden)")
+    for name in ("h0", "dh_last"):
+        if name in arrays:
+            check_shape(name, arrays[name], (n_samples, n_hidden), "(n_samples, n_hidden)")
+    lengths = check_lengths(lengths, n_samples, n_steps)
+    X, h0, Wx, Wh, H, dH, dh_last = (
+        None if a is None else as_c_array(a, dtype) for a in (X, h0, Wx, Wh, H, dH, dh_last))
+    return X, h0, Wx, Wh, H, dH, dh_last, lengths
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {_describe(value)}")
+    return bool(value)

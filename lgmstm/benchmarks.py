@@ -151,9 +151,12 @@ def _model_step(model_name, backend, problem):
     """One iteration: a full-batch training step, timed as fit(epochs=k)."""
     def make(size, dtype):
         X, Y, _ = problem(size, dtype)
-        model_class = getattr(lgmstm, model_name)
-        model = model_class([size.n_in, size.n_hidden, size.n_out], dtype=dtype, seed=0,
-                            backend=backend)
+        if model_name == "LGM":
+            model = lgmstm.LGM([size.n_in, size.n_hidden, size.n_out], dtype=dtype, seed=0,
+                               backend=backend)
+        else:
+            model = lgmstm.STM(size.n_in, size.n_hidden, size.n_out, dtype=dtype, seed=0,
+                               backend=backend)
 
         def run(k):
             model.fit(X, Y, epochs=k, lr=LR)
@@ -221,9 +224,9 @@ def _torch_lgm(torch, size):
 
 # -- STM and RNN kernels ----------------------------------------------------------------
 # Assumed API (adjust here, in one place, if the STM lands with another one):
-#   kernels.rnn_forward(X, W_in, W_rec, b) -> H           X (n_samples, n_steps, n_in)
-#   kernels.rnn_backward(X, W_in, W_rec, H, dH) -> (dX, dW_in, dW_rec, db)
-#   STM([n_in, n_hidden, n_out], dtype=, seed=, backend=).fit(X, Y, epochs=, lr=)
+#   kernels.rnn_forward(X, h0, Wx, Wh, b) -> H            X (n_samples, n_steps, n_in)
+#   kernels.rnn_backward(X, h0, Wx, Wh, H, dH) -> (dX, dh0, dWx, dWh, db)
+#   STM(n_in, n_hidden, n_out, dtype=, seed=, backend=).fit(X, Y, epochs=, lr=)
 #       with Y (n_samples, n_steps, n_out): an output at every step.
 
 def _rnn_forward(module):
@@ -232,7 +235,7 @@ def _rnn_forward(module):
 
         def run(k):
             for _ in range(k):
-                module.rnn_forward(X, W_in, W_rec, b)
+                module.rnn_forward(X, None, W_in, W_rec, b)
         return run
     return make
 
@@ -240,12 +243,12 @@ def _rnn_forward(module):
 def _rnn_backward(module):
     def make(size, dtype):
         X, _, (W_in, W_rec, b) = _recurrent_problem(size, dtype)
-        H = reference.rnn_forward(X, W_in, W_rec, b)
+        H = reference.rnn_forward(X, None, W_in, W_rec, b)
         dH = np.random.default_rng(1).standard_normal(H.shape).astype(dtype)
 
         def run(k):
             for _ in range(k):
-                module.rnn_backward(X, W_in, W_rec, H, dH)
+                module.rnn_backward(X, None, W_in, W_rec, H, dH)
         return run
     return make
 

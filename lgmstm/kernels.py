@@ -86,3 +86,106 @@ def dense_backward(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike, *,
         _dense.backward(X, W, A, dA, dZ, dX, dW, db, bool(need_dX), apply_tanh,
                         get_num_threads())
     return (dX if need_dX else None), dW, db
+
+
+# -- recurrent layer -------------------------------------------------------------
+# Imported here, not at the top, so this section appends to the module alone.
+from . import _recurrent  # noqa: E402
+from ._validation import rnn_backward_args, rnn_forward_args  # noqa: E402
+
+__all__ += ["rnn_forward", "rnn_backward"]
+
+
+def _recurrent_work(n_samples, n_steps, n_in, n_hidden):
+    """Multiply-adds of the largest GEMM a task does (a weight-gradient block)."""
+    return n_samples * n_steps * max(n_in, n_hidden) * n_hidden
+
+
+def _chunk_scratch(n_samples, n_hidden, dtype):
+    return np.empty((n_samples, 2 * n_hidden), dtype), np.empty(n_samples, np.intp)
+
+
+def rnn_forward(X, h0, Wx, Wh, b, *, lengths=None, out=None):
+    """Elman tanh RNN forward pass over whole sequences.
+
+    ``h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b)`` for ``t = 0 .. lengths[i] - 1``,
+    with ``h_{-1} = h0``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_steps, n_in), float32 or float64
+        Input sequences, batch-first. Steps past a sequence's length are not read.
+    h0 : array-like of shape (n_samples, n_hidden), same dtype, or None
+        Initial states; None means zeros.
+    Wx : array-like of shape (n_in, n_hidden)
+    Wh : array-like of shape (n_hidden, n_hidden)
+    b : array-like of shape (n_hidden,)
+    lengths : array-like of int, shape (n_samples,), optional
+        Steps each sequence runs, each in [0, n_steps]; None means n_steps for
+        all. States past a sequence's length are 0 and cost nothing; its
+        final state is ``H[i, lengths[i] - 1]`` (h0 when its length is 0).
+    out : ndarray of shape (n_samples, n_steps, n_hidden), optional
+        Where to write the result: same dtype, writable, C-contiguous.
+
+    Returns
+    -------
+    H : ndarray of shape (n_samples, n_steps, n_hidden), the inputs' dtype
+        Every state.
+    """
+    X, h0, Wx, Wh, b, lengths, buffer, result = rnn_forward_args(X, h0, Wx, Wh, b, lengths, out)
+    n_samples, n_steps, n_in = X.shape
+    n_hidden = Wx.shape[1]
+    scratch, order = _chunk_scratch(n_samples, n_hidden, X.dtype)
+    with single_threaded_blas(_recurrent_work(n_samples, n_steps, n_in, n_hidden)):
+        _recurrent.forward(X, h0, Wx, Wh, b, lengths, buffer, scratch, order,
+                           get_num_threads())
+    if buffer is not result:
+        result[...] = buffer
+    return result
+
+
+def rnn_backward(X, h0, Wx, Wh, H, dH, *, dh_last=None, lengths=None):
+    """Backpropagation through time for :func:`rnn_forward`.
+
+    With ``dz_t = (dH_t + dz_{t+1} @ Wh.T) * (1 - h_t**2)``, run from each
+    sequence's last valid step (where ``dh_last`` joins) down to step 0::
+
+        dX_t = dz_t @ Wx.T,  dh0 = dz_0 @ Wh.T,
+        dWx = sum_t x_t.T @ dz_t,  dWh = sum_t h_{t-1}.T @ dz_t,  db = sum_t dz_t
+
+    Parameters
+    ----------
+    X, h0, Wx, Wh, lengths : as given to :func:`rnn_forward`
+    H : array-like of shape (n_samples, n_steps, n_hidden)
+        The states, ``rnn_forward(X, h0, Wx, Wh, b, lengths=lengths)``.
+    dH : array-like of shape (n_samples, n_steps, n_hidden)
+        Gradient of the loss with respect to H; ignored past each length.
+    dh_last : array-like of shape (n_samples, n_hidden), optional
+        Extra gradient on each sequence's final state (from a later chunk of
+        the stream, in truncated BPTT); None means zeros.
+
+    Returns
+    -------
+    dX : ndarray of shape (n_samples, n_steps, n_in), 0 past each length
+    dh0 : ndarray of shape (n_samples, n_hidden)
+    dWx : ndarray of shape (n_in, n_hidden)
+    dWh : ndarray of shape (n_hidden, n_hidden)
+    db : ndarray of shape (n_hidden,)
+    """
+    X, h0, Wx, Wh, H, dH, dh_last, lengths = rnn_backward_args(
+        X, h0, Wx, Wh, H, dH, dh_last, lengths)
+    n_samples, n_steps, n_in = X.shape
+    n_hidden = Wx.shape[1]
+    dtype = X.dtype
+    dX = np.empty_like(X)
+    dh0 = np.empty((n_samples, n_hidden), dtype)
+    dWx = np.empty_like(Wx)
+    dWh = np.empty_like(Wh)
+    db = np.empty(n_hidden, dtype)
+    dZ = np.empty_like(H)
+    dz_first = np.empty((n_samples, n_hidden), dtype)
+    scratch, order = _chunk_scratch(n_samples, n_hidden, dtype)
+    with single_threaded_blas(_recurrent_work(n_samples, n_steps, n_in, n_hidden)):
+        _recurrent.backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, dZ, dz_first, dX,
+                            dh0, dWx, dWh, db, scratch, order, get_num_threads())
+    return dX, dh0, dWx, dWh, db

@@ -88,3 +88,82 @@ def optimizer_step(param, grad, state, *, optimizer, lr, momentum=0.9, beta1=0.9
         correction1 = dtype(1 - beta1**step)
         correction2 = dtype(1 - beta2**step)
         param -= dtype(lr) * (mean / correction1) / (np.sqrt(square / correction2) + dtype(eps))
+
+
+# -- recurrent layer -------------------------------------------------------------
+# Imported here, not at the top, so this section appends to the module alone.
+from ._validation import rnn_backward_args, rnn_forward_args  # noqa: E402
+
+__all__ += ["rnn_forward", "rnn_backward"]
+
+
+def rnn_forward(X, h0, Wx, Wh, b, *, lengths=None, out=None):
+    """``h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b)``; see :func:`lgmstm.kernels.rnn_forward`."""
+    X, h0, Wx, Wh, b, lengths, buffer, result = rnn_forward_args(X, h0, Wx, Wh, b, lengths, out)
+    recurrent_forward(X, h0, Wx, Wh, b, lengths, buffer)
+    if buffer is not result:
+        result[...] = buffer
+    return result
+
+
+def rnn_backward(X, h0, Wx, Wh, H, dH, *, dh_last=None, lengths=None):
+    """Backpropagation through time; see :func:`lgmstm.kernels.rnn_backward`."""
+    X, h0, Wx, Wh, H, dH, dh_last, lengths = rnn_backward_args(
+        X, h0, Wx, Wh, H, dH, dh_last, lengths)
+    return recurrent_backward(X, h0, Wx, Wh, H, dH, dh_last, lengths)
+
+
+# Unchecked forms of the two above, for the STM's NumPy training loop.
+def recurrent_forward(X, h0, Wx, Wh, b, lengths, H):
+    """Fill H (n_samples, n_steps, n_hidden); lengths is an intp array."""
+    n_samples, n_steps, _ = X.shape
+    np.matmul(X, Wx, out=H)  # the input projection of every step at once
+    H += b
+    h = np.zeros((n_samples, Wx.shape[1]), H.dtype) if h0 is None else h0
+    for t in range(n_steps):
+        z = H[:, t]
+        z += h @ Wh
+        h = np.tanh(z, out=z)
+    # Steps past a sequence's end only feed later padded steps: compute, then zero.
+    H[np.arange(n_steps) >= lengths[:, None]] = 0
+    return H
+
+
+def final_states(H, h0, lengths):
+    """(n_samples, n_hidden): each sequence's state at its last valid step (h0 at length 0)."""
+    n_samples, _, n_hidden = H.shape
+    last = H[np.arange(n_samples), np.maximum(lengths - 1, 0)] if H.shape[1] else \
+        np.zeros((n_samples, n_hidden), H.dtype)
+    start = np.zeros_like(last) if h0 is None else h0
+    return np.where((lengths > 0)[:, None], last, start)
+
+
+def recurrent_backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, need_dX=True):
+    """(dX, dh0, dWx, dWh, db); dH may be None (no loss on the states themselves)."""
+    n_samples, n_steps, n_in = X.shape
+    n_hidden = Wh.shape[0]
+    dtype = H.dtype
+    valid = np.arange(n_steps) < lengths[:, None]
+    dZ = np.zeros((n_samples, n_steps, n_hidden), dtype)
+    carry = np.zeros((n_samples, n_hidden), dtype)
+    for t in range(n_steps - 1, -1, -1):
+        grad = carry if dH is None else dH[:, t] + carry
+        if dh_last is not None:
+            grad = grad + dh_last * (lengths == t + 1)[:, None]
+        dz = dZ[:, t]
+        np.multiply(grad, 1 - H[:, t] * H[:, t], out=dz)
+        dz *= valid[:, t, None]
+        carry = dz @ Wh.T
+    dh0 = carry
+    if dh_last is not None:
+        dh0 = dh0 + dh_last * (lengths == 0)[:, None]
+    # the state each step started from: h0, then the states before it
+    previous = np.concatenate(
+        [np.zeros((n_samples, 1, n_hidden), dtype) if h0 is None else h0[:, None], H[:, :-1]],
+        axis=1)[:, :n_steps]
+    dZ_rows = dZ.reshape(-1, n_hidden)
+    dWx = X.reshape(-1, n_in).T @ dZ_rows
+    dWh = previous.reshape(-1, n_hidden).T @ dZ_rows
+    db = dZ_rows.sum(axis=0)
+    dX = dZ @ Wx.T if need_dX else None
+    return dX, dh0, dWx, dWh, db

@@ -1,0 +1,775 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled Elman RNN kernels (forward pass and backpropagation through time)
+and the STM's predict, gradients and training loop.
+
+    h_t = tanh(x_t Wx + h_{t-1} Wh + b),   t = 0 .. lengths[i] - 1,   h_{-1} = h0
+
+Arrays are batch-first and row-major: X (n_samples, n_steps, n_in), states
+H (n_samples, n_steps, n_hidden). Sample i runs lengths[i] steps; its later
+states are 0, take no gradient and cost nothing; X there is never read.
+
+Work is cut into two kinds of task of fixed size (see _parallel.pxd):
+- sequence chunks: a few samples that one thread carries through every step,
+  with no barrier between steps. The chunk's input projection X Wx + b is
+  one GEMM over its valid rows; the time loop then adds h_{t-1} Wh step by
+  step. Backward, the reverse time loop gives dz_t = dL/d(pre-activation),
+  then one dX GEMM.
+- weight-gradient blocks: rows of dWx and dWh, columns of db, each summed
+  over every valid (sample, step) of the batch in one fixed order.
+Neither depends on the thread count, so neither do the results.
+
+Unchecked: call these through lgmstm.kernels / lgmstm.STM, which validate
+shapes, dtypes and layouts once and allocate every buffer.
+"""
+cimport numpy as cnp
+import numpy as np
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+from libc.string cimport memcpy, memset
+
+from _blas cimport gemm
+from _layers cimport (dense_forward_rows, dense_forward, dense_backward,
+                      squared_error, optimizer_step, OptimizerConfig)
+from _parallel cimport BLOCK_COLS, BLOCK_ELEMS, n_tasks, threads_for
+from _tanh cimport tanh_inplace
+
+cnp.import_array()
+
+cdef enum:
+    # Fewest samples in a sequence chunk (see sequence_chunk_rows).
+    MIN_CHUNK_ROWS = 32
+
+# The STM's parameters, in this order (lgmstm/stm.py names them).
+cdef enum:
+    INPUT_WEIGHT = 0       # Wx (n_in, n_hidden)
+    RECURRENT_WEIGHT = 1   # Wh (n_hidden, n_hidden)
+    BIAS = 2               # b (n_hidden,)
+    READOUT_WEIGHT = 3     # (n_hidden, n_out)
+    READOUT_BIAS = 4       # (n_out,)
+    N_PARAMS = 5
+
+# The STM's buffers for a batch of n samples, in this order (see buffer_shapes).
+cdef enum:
+    STATES = 0             # H (n, n_steps, n_hidden)
+    FINAL_STATES = 1       # each sequence's last valid state (n, n_hidden)
+    OUTPUTS = 2            # (n, n_steps, n_out), or (n, n_out) for the last step only
+    OUTPUT_GRADS = 3       # dL/d outputs, then the readout's dZ in place
+    STATE_GRADS = 4        # dL/dH from the readout, then dz in place
+    FINAL_GRADS = 5        # dL/d final states (last-step readout)
+    FIRST_STEP_GRADS = 6   # dz of step 0, kept apart (see weight_grad_rows)
+    SCRATCH = 7            # per-chunk rows for the time loops (n, 2 n_hidden)
+    ORDER = 8              # per-chunk sample order, longest first (n,), intp
+    PARTIALS = 9           # loss partial sums, float64
+    N_BUFFERS = 10
+
+
+def buffer_shapes(Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_hidden,
+                  Py_ssize_t n_out, bint return_sequences):
+    """[(shape, dtype)] of the STM buffers, in buffer order; dtype None is the model's."""
+    cdef Py_ssize_t n_outputs = n_samples * (n_steps if return_sequences else 1)
+    cdef tuple outputs = (n_samples, n_out)
+    if return_sequences:
+        outputs = (n_samples, n_steps, n_out)
+    return [((n_samples, n_steps, n_hidden), None), ((n_samples, n_hidden), None),
+            (outputs, None), (outputs, None), ((n_samples, n_steps, n_hidden), None),
+            ((n_samples, n_hidden), None), ((n_samples, n_hidden), None),
+            ((n_samples, 2 * n_hidden), None), ((n_samples,), np.intp),
+            ((max(1, n_tasks(n_outputs * n_out, BLOCK_ELEMS)),), np.float64)]
+
+
+cdef inline const void *data_or_null(object array):
+    return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray> array)
+
+
+cdef int pointers(list arrays, void **data, Py_ssize_t count) except -1:
+    """data[i] = arrays[i]'s data; the caller keeps the arrays alive."""
+    if len(arrays) != count:
+        raise ValueError(f"expected {count} arrays, got {len(arrays)}")
+    for i in range(count):
+        data[i] = cnp.PyArray_DATA(<cnp.ndarray> arrays[i])
+    return 0
+
+
+# -- tasks ---------------------------------------------------------------------
+
+cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples,
+                                           Py_ssize_t n_hidden) noexcept nogil:
+    """Samples per sequence chunk, from the shapes alone.
+
+    Each step's h Wh product repacks Wh, so chunks are tall: 32 rows or
+    more, and n_hidden / 8 (BLAS runs wide products well only from about
+    there); yet from 64 samples on there are up to 4 chunks, for 2-4
+    threads. The batch is split into equal chunks.
+    """
+    cdef Py_ssize_t min_rows = max(<Py_ssize_t> MIN_CHUNK_ROWS, n_hidden // 8)
+    cdef Py_ssize_t n_chunks = min(n_tasks(n_samples, min_rows),
+                                   max(4, n_tasks(n_samples, 64)))
+    return max(1, n_tasks(n_samples, max(1, n_chunks)))
+
+
+cdef inline Py_ssize_t weight_block_rows(Py_ssize_t n_in, Py_ssize_t n_hidden) noexcept nogil:
+    """Rows of dWx and dWh per weight-gradient task, from the shapes alone.
+
+    Every task has BLAS repack all of dZ, so blocks are as tall as they can
+    be (256 rows at most) while the two weights still give 4 tasks (or the
+    blocks are down to 32 rows).
+    """
+    cdef Py_ssize_t rows = 256
+    while rows > 32 and n_tasks(n_in, rows) + n_tasks(n_hidden, rows) < 4:
+        rows //= 2
+    return rows
+
+
+cdef inline Py_ssize_t run_end(const Py_ssize_t *lengths, Py_ssize_t n_steps,
+                               Py_ssize_t first, Py_ssize_t stop) noexcept nogil:
+    """Last sample of the run of contiguous valid rows that starts at `first`.
+
+    Valid rows are contiguous across samples that run every step, so a run
+    is full-length samples followed by one (maybe) shorter; its rows are
+    (last - first) * n_steps + lengths[last] from row first * n_steps.
+    """
+    cdef Py_ssize_t last = first
+    while last < stop - 1 and lengths[last] == n_steps:
+        last += 1
+    return last
+
+
+cdef inline void sort_by_length(const Py_ssize_t *lengths, Py_ssize_t start,
+                                Py_ssize_t stop, Py_ssize_t *order) noexcept nogil:
+    """order[:stop - start] = samples start..stop-1, longest first, ties in order.
+
+    Then the samples still running at any step are a prefix of order.
+    """
+    cdef Py_ssize_t k, m, sample
+    for k in range(stop - start):
+        sample = start + k
+        m = k
+        while m > 0 and lengths[order[m - 1]] < lengths[sample]:
+            order[m] = order[m - 1]
+            m -= 1
+        order[m] = sample
+
+
+cdef inline void recurrent_product(const floating *h, const floating *Wh,
+                                   floating *out, Py_ssize_t n_rows,
+                                   Py_ssize_t n_hidden, bint transpose,
+                                   floating beta) noexcept nogil:
+    """out (n_rows, n_hidden) = h Wh + beta out (h Wh^T when transpose).
+
+    Always BLAS: a plain loop measured slower even for 5-unit states.
+    """
+    gemm(False, transpose, <int> n_rows, <int> n_hidden, <int> n_hidden, 1, h,
+         <int> n_hidden, Wh, <int> n_hidden, beta, out, <int> n_hidden)
+
+
+cdef void forward_chunk(
+        Py_ssize_t chunk, Py_ssize_t chunk_rows, const floating *X,
+        const floating *h0, const floating *Wx, const floating *Wh,
+        const floating *b, const Py_ssize_t *lengths, floating *H,
+        floating *h_last, floating *scratch, Py_ssize_t *order,
+        Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
+        Py_ssize_t n_hidden) noexcept nogil:
+    """States of one chunk of samples; h_last (if not NULL) gets their final states."""
+    cdef Py_ssize_t start = chunk * chunk_rows
+    cdef Py_ssize_t stop = min(start + chunk_rows, n_samples)
+    cdef Py_ssize_t nh = n_hidden
+    cdef size_t row_bytes = nh * sizeof(floating)
+    # The running states of the chunk's active samples, in `order`, and the
+    # next ones being computed: swapped after every step.
+    cdef floating *state = scratch + start * 2 * nh
+    cdef floating *product = state + (stop - start) * nh
+    cdef floating *swap
+    cdef Py_ssize_t first, last, i, k, t
+    cdef Py_ssize_t n_active = stop - start
+    first = start
+    while first < stop:
+        last = run_end(lengths, n_steps, first, stop)
+        dense_forward_rows(X + first * n_steps * n_in, Wx, b, H + first * n_steps * nh,
+                           (last - first) * n_steps + lengths[last], n_in, nh, False)
+        first = last + 1
+    order += start
+    sort_by_length(lengths, start, stop, order)
+    for k in range(stop - start):
+        if h0 == NULL:
+            memset(state + k * nh, 0, row_bytes)
+        else:
+            memcpy(state + k * nh, h0 + order[k] * nh, row_bytes)
+    for t in range(n_steps):
+        while n_active > 0 and lengths[order[n_active - 1]] <= t:
+            n_active -= 1
+        if n_active == 0:
+            break
+        for k in range(n_active):
+            memcpy(product + k * nh, H + (order[k] * n_steps + t) * nh, row_bytes)
+        recurrent_product(state, Wh, product, n_active, nh, False, 1)
+        tanh_inplace(product, n_active * nh)
+        for k in range(n_active):
+            memcpy(H + (order[k] * n_steps + t) * nh, product + k * nh, row_bytes)
+        swap = state
+        state = product
+        product = swap
+    for i in range(start, stop):
+        memset(H + (i * n_steps + lengths[i]) * nh, 0, (n_steps - lengths[i]) * row_bytes)
+        if h_last == NULL:
+            continue
+        if lengths[i] > 0:
+            memcpy(h_last + i * nh, H + (i * n_steps + lengths[i] - 1) * nh, row_bytes)
+        elif h0 != NULL:
+            memcpy(h_last + i * nh, h0 + i * nh, row_bytes)
+        else:
+            memset(h_last + i * nh, 0, row_bytes)
+
+
+cdef void backward_chunk(
+        Py_ssize_t chunk, Py_ssize_t chunk_rows, const floating *Wx,
+        const floating *Wh, const floating *H, const floating *dH,
+        const floating *dh_last, const Py_ssize_t *lengths, floating *dZ,
+        floating *dz_first, floating *dX, floating *dh0, floating *scratch,
+        Py_ssize_t *order, Py_ssize_t n_samples, Py_ssize_t n_steps,
+        Py_ssize_t n_in, Py_ssize_t n_hidden) noexcept nogil:
+    """Reverse time loop of one chunk of samples:
+
+        dz_t = (dH_t + dz_{t+1} Wh^T) (1 - h_t^2),   dh0 = dz_0 Wh^T
+
+    starting at each sequence's last valid step, where dh_last joins (at
+    length 0 it passes straight to dh0). dH and dh_last may be NULL (zero),
+    dX and dh0 NULL (not wanted). dZ may be dH itself: each element is read
+    before it is written. Then dX = dZ Wx^T, and step 0's dz moves from dZ
+    to dz_first (see weight_grad_rows).
+    """
+    cdef Py_ssize_t start = chunk * chunk_rows
+    cdef Py_ssize_t stop = min(start + chunk_rows, n_samples)
+    cdef Py_ssize_t nh = n_hidden
+    cdef size_t row_bytes = nh * sizeof(floating)
+    cdef floating *carry = scratch + start * 2 * nh   # dL/dh_t from step t + 1
+    cdef floating *dz = carry + (stop - start) * nh
+    cdef Py_ssize_t first, last, i, j, k, t, row
+    cdef Py_ssize_t n_active = 0
+    cdef floating value
+    order += start
+    sort_by_length(lengths, start, stop, order)
+    for t in range(n_steps - 1, -1, -1):
+        while n_active < stop - start and lengths[order[n_active]] > t:
+            if dh_last == NULL:
+                memset(carry + n_active * nh, 0, row_bytes)
+            else:
+                memcpy(carry + n_active * nh, dh_last + order[n_active] * nh, row_bytes)
+            n_active += 1
+        if n_active == 0:
+            continue
+        for k in range(n_active):
+            row = (order[k] * n_steps + t) * nh
+            for j in range(nh):
+                value = carry[k * nh + j]
+                if dH != NULL:
+                    value = value + dH[row + j]
+                value = value * (1 - H[row + j] * H[row + j])
+                dz[k * nh + j] = value
+                dZ[row + j] = value
+        if t > 0 or dh0 != NULL:
+            recurrent_product(dz, Wh, carry, n_active, nh, True, 0)
+    if dh0 != NULL:
+        for k in range(stop - start):
+            i = order[k]
+            if k < n_active:
+                memcpy(dh0 + i * nh, carry + k * nh, row_bytes)
+            elif dh_last != NULL:
+                memcpy(dh0 + i * nh, dh_last + i * nh, row_bytes)
+            else:
+                memset(dh0 + i * nh, 0, row_bytes)
+    if dX != NULL:
+        first = start
+        while first < stop:
+            last = run_end(lengths, n_steps, first, stop)
+            gemm(False, True, <int> ((last - first) * n_steps + lengths[last]),
+                 <int> n_in, <int> nh, 1, dZ + first * n_steps * nh, <int> nh,
+                 Wx, <int> nh, 0, dX + first * n_steps * n_in, <int> n_in)
+            first = last + 1
+        for i in range(start, stop):
+            memset(dX + (i * n_steps + lengths[i]) * n_in, 0,
+                   (n_steps - lengths[i]) * n_in * sizeof(floating))
+    for i in range(start, stop):
+        if lengths[i] > 0:
+            memcpy(dz_first + i * nh, dZ + i * n_steps * nh, row_bytes)
+            memset(dZ + i * n_steps * nh, 0, row_bytes)
+        else:
+            memset(dz_first + i * nh, 0, row_bytes)
+
+
+cdef void weight_grad_rows(
+        Py_ssize_t start, Py_ssize_t stop, const floating *inputs,
+        Py_ssize_t width, bint shifted, const floating *first_inputs,
+        Py_ssize_t first_stride, const floating *dZ, const floating *dz_first,
+        const Py_ssize_t *lengths, floating *dW, Py_ssize_t n_samples,
+        Py_ssize_t n_steps, Py_ssize_t n_hidden) noexcept nogil:
+    """Rows [start, stop) of dW = sum over valid (i, t) of in_{i,t}^T dz_{i,t}.
+
+    Step 0: in_{i,0} is row i of first_inputs (rows first_stride apart; NULL
+    means zero), paired with dz_first. Steps t >= 1: in_{i,t} is row
+    i * n_steps + t of inputs (width columns), or row i * n_steps + t - 1 when
+    shifted, i.e. the previous state when inputs is H. Either way, one GEMM
+    per run of contiguous valid rows pairs whole blocks of inputs and dZ; the
+    pairs a run has at step 0 meet dZ's step-0 rows, which are 0.
+    """
+    cdef floating *C = dW + start * n_hidden
+    cdef Py_ssize_t first, last, row, n_rows, i
+    for i in range((stop - start) * n_hidden):
+        C[i] = 0
+    first = 0
+    while first_inputs != NULL and first < n_samples:
+        if lengths[first] == 0:
+            first += 1
+            continue
+        last = first
+        while last < n_samples - 1 and lengths[last + 1] > 0:
+            last += 1
+        gemm(True, False, <int> (stop - start), <int> n_hidden, <int> (last - first + 1),
+             1, first_inputs + first * first_stride + start, <int> first_stride,
+             dz_first + first * n_hidden, <int> n_hidden, 1, C, <int> n_hidden)
+        first = last + 1
+    first = 0
+    while first < n_samples:
+        last = run_end(lengths, n_steps, first, n_samples)
+        row = first * n_steps
+        n_rows = (last - first) * n_steps + lengths[last] - shifted
+        if n_rows > 0:
+            gemm(True, False, <int> (stop - start), <int> n_hidden, <int> n_rows, 1,
+                 inputs + row * width + start, <int> width,
+                 dZ + (row + shifted) * n_hidden, <int> n_hidden, 1, C, <int> n_hidden)
+        first = last + 1
+
+
+cdef void bias_grad_block(
+        Py_ssize_t block, const floating *dZ, const floating *dz_first,
+        const Py_ssize_t *lengths, floating *db, Py_ssize_t n_samples,
+        Py_ssize_t n_steps, Py_ssize_t n_hidden) noexcept nogil:
+    """Columns of db = sum over valid (i, t) of dz_{i,t}, in sample then step order."""
+    cdef Py_ssize_t start = block * BLOCK_COLS
+    cdef Py_ssize_t width = min(start + BLOCK_COLS, n_hidden) - start
+    cdef floating sums[BLOCK_COLS]
+    cdef Py_ssize_t i, j, t
+    cdef const floating *dz
+    for j in range(width):
+        sums[j] = 0
+    for i in range(n_samples):
+        dz = dz_first + i * n_hidden + start
+        for j in range(width):
+            sums[j] += dz[j]
+        for t in range(1, lengths[i]):
+            dz = dZ + (i * n_steps + t) * n_hidden + start
+            for j in range(width):
+                sums[j] += dz[j]
+    memcpy(db + start, sums, width * sizeof(floating))
+
+
+cdef void weight_grad_task(
+        Py_ssize_t task, const floating *X, const floating *h0,
+        const floating *H, const floating *dZ, const floating *dz_first,
+        const Py_ssize_t *lengths, floating *dWx, floating *dWh, floating *db,
+        Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
+        Py_ssize_t n_hidden) noexcept nogil:
+    """Task `task` of: the row blocks of dWx, then those of dWh, then db's column blocks.
+
+    dWx = sum x_t^T dz_t,  dWh = sum h_{t-1}^T dz_t,  db = sum dz_t.
+    """
+    cdef Py_ssize_t rows = weight_block_rows(n_in, n_hidden)
+    cdef Py_ssize_t x_blocks = n_tasks(n_in, rows)
+    cdef Py_ssize_t h_blocks = n_tasks(n_hidden, rows)
+    cdef Py_ssize_t start
+    if task < x_blocks:
+        start = task * rows
+        weight_grad_rows(start, min(start + rows, n_in), X, n_in, False,
+                         X, n_steps * n_in, dZ, dz_first, lengths, dWx, n_samples,
+                         n_steps, n_hidden)
+    elif task < x_blocks + h_blocks:
+        start = (task - x_blocks) * rows
+        weight_grad_rows(start, min(start + rows, n_hidden), H, n_hidden,
+                         True, h0, n_hidden, dZ, dz_first, lengths, dWh, n_samples,
+                         n_steps, n_hidden)
+    else:
+        bias_grad_block(task - x_blocks - h_blocks, dZ, dz_first, lengths, db,
+                        n_samples, n_steps, n_hidden)
+
+
+# -- whole passes ----------------------------------------------------------------
+
+cdef void rnn_forward_pass(
+        const floating *X, const floating *h0, const floating *Wx,
+        const floating *Wh, const floating *b, const Py_ssize_t *lengths,
+        floating *H, floating *h_last, floating *scratch, Py_ssize_t *order,
+        Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
+        Py_ssize_t n_hidden, int n_threads) noexcept nogil:
+    """H (and h_last unless NULL) for the whole batch; h0 NULL means zeros.
+
+    scratch: (n_samples, 2 n_hidden) values; order: n_samples indices.
+    """
+    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
+    cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
+    cdef int n_used = threads_for(n_threads, n_chunks,
+                                  2.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden))
+    cdef Py_ssize_t chunk
+    if n_used == 1:
+        for chunk in range(n_chunks):
+            forward_chunk(chunk, chunk_rows, X, h0, Wx, Wh, b, lengths, H, h_last,
+                          scratch, order, n_samples, n_steps, n_in, n_hidden)
+    else:
+        for chunk in prange(n_chunks, num_threads=n_used, schedule='static'):
+            forward_chunk(chunk, chunk_rows, X, h0, Wx, Wh, b, lengths, H, h_last,
+                          scratch, order, n_samples, n_steps, n_in, n_hidden)
+
+
+cdef void rnn_backward_pass(
+        const floating *X, const floating *h0, const floating *Wx,
+        const floating *Wh, const floating *H, const floating *dH,
+        const floating *dh_last, const Py_ssize_t *lengths, floating *dZ,
+        floating *dz_first, floating *dX, floating *dh0, floating *dWx,
+        floating *dWh, floating *db, floating *scratch, Py_ssize_t *order,
+        Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
+        Py_ssize_t n_hidden, int n_threads) noexcept nogil:
+    """Every gradient of the batch, given dH = dL/dH and dh_last.
+
+    dZ: (n_samples, n_steps, n_hidden) scratch, may be dH; dz_first:
+    (n_samples, n_hidden) scratch. NULL dH / dh_last are zeros; NULL dX / dh0
+    are not computed. The sequence chunks all finish before the weight
+    gradients start.
+    """
+    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
+    cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
+    cdef Py_ssize_t block_rows = weight_block_rows(n_in, n_hidden)
+    cdef Py_ssize_t n_weight_tasks = (n_tasks(n_in, block_rows) + n_tasks(n_hidden, block_rows)
+                                      + n_tasks(n_hidden, BLOCK_COLS))
+    cdef double rows_work = 2.0 * n_samples * n_steps * n_hidden
+    cdef int chunk_threads = threads_for(
+        n_threads, n_chunks, rows_work * (n_hidden + (n_in if dX != NULL else 0)))
+    cdef int weight_threads = threads_for(n_threads, n_weight_tasks,
+                                          rows_work * (n_in + n_hidden))
+    cdef Py_ssize_t task
+    # Two parallel regions, never two loops in one: Cython makes loops in a
+    # parallel block `omp for nowait`, and the weight gradients need every
+    # chunk's dz. The join between the regions is the barrier.
+    if chunk_threads == 1:
+        for task in range(n_chunks):
+            backward_chunk(task, chunk_rows, Wx, Wh, H, dH, dh_last, lengths, dZ,
+                           dz_first, dX, dh0, scratch, order, n_samples, n_steps,
+                           n_in, n_hidden)
+    else:
+        for task in prange(n_chunks, num_threads=chunk_threads, schedule='static'):
+            backward_chunk(task, chunk_rows, Wx, Wh, H, dH, dh_last, lengths, dZ,
+                           dz_first, dX, dh0, scratch, order, n_samples, n_steps,
+                           n_in, n_hidden)
+    if weight_threads == 1:
+        for task in range(n_weight_tasks):
+            weight_grad_task(task, X, h0, H, dZ, dz_first, lengths, dWx, dWh, db,
+                             n_samples, n_steps, n_in, n_hidden)
+    else:
+        for task in prange(n_weight_tasks, num_threads=weight_threads, schedule='dynamic'):
+            weight_grad_task(task, X, h0, H, dZ, dz_first, lengths, dWx, dWh, db,
+                             n_samples, n_steps, n_in, n_hidden)
+
+
+def forward(const floating[:, :, ::1] X, object h0, const floating[:, ::1] Wx,
+            const floating[:, ::1] Wh, const floating[::1] b,
+            const Py_ssize_t[::1] lengths, floating[:, :, ::1] H,
+            floating[:, ::1] scratch, Py_ssize_t[::1] order, int n_threads):
+    """Fill H; h0 is an array shaped like H[:, 0] or None (zeros)."""
+    cdef const floating *h0_data = <const floating *> data_or_null(h0)
+    with nogil:
+        rnn_forward_pass(&X[0, 0, 0], h0_data, &Wx[0, 0], &Wh[0, 0], &b[0],
+                         &lengths[0], &H[0, 0, 0], NULL, &scratch[0, 0], &order[0],
+                         X.shape[0], X.shape[1], X.shape[2], Wx.shape[1], n_threads)
+
+
+def backward(const floating[:, :, ::1] X, object h0, const floating[:, ::1] Wx,
+             const floating[:, ::1] Wh, const floating[:, :, ::1] H,
+             const floating[:, :, ::1] dH, object dh_last,
+             const Py_ssize_t[::1] lengths, floating[:, :, ::1] dZ,
+             floating[:, ::1] dz_first, floating[:, :, ::1] dX,
+             floating[:, ::1] dh0, floating[:, ::1] dWx, floating[:, ::1] dWh,
+             floating[::1] db, floating[:, ::1] scratch, Py_ssize_t[::1] order,
+             int n_threads):
+    """Fill dX, dh0, dWx, dWh, db; dZ and dz_first are scratch."""
+    cdef const floating *h0_data = <const floating *> data_or_null(h0)
+    cdef const floating *dh_last_data = <const floating *> data_or_null(dh_last)
+    with nogil:
+        rnn_backward_pass(&X[0, 0, 0], h0_data, &Wx[0, 0], &Wh[0, 0], &H[0, 0, 0],
+                          &dH[0, 0, 0], dh_last_data, &lengths[0], &dZ[0, 0, 0],
+                          &dz_first[0, 0], &dX[0, 0, 0], &dh0[0, 0], &dWx[0, 0],
+                          &dWh[0, 0], &db[0], &scratch[0, 0], &order[0], X.shape[0],
+                          X.shape[1], X.shape[2], Wx.shape[1], n_threads)
+
+
+# -- the STM: readout, loss, training ----------------------------------------------
+
+cdef void stm_forward(const floating *X, const floating *h0,
+                      const Py_ssize_t *lengths, Py_ssize_t n_samples,
+                      Py_ssize_t n_steps, void **params, const Py_ssize_t *sizes,
+                      bint output_tanh, bint return_sequences, void **buffers,
+                      int n_threads) noexcept nogil:
+    """Fill STATES, FINAL_STATES and OUTPUTS; outputs of padded steps are 0."""
+    cdef Py_ssize_t n_hidden = sizes[1], n_out = sizes[2]
+    cdef floating *outputs = <floating *> buffers[OUTPUTS]
+    cdef Py_ssize_t i
+    rnn_forward_pass(X, h0, <floating *> params[INPUT_WEIGHT],
+                     <floating *> params[RECURRENT_WEIGHT], <floating *> params[BIAS],
+                     lengths, <floating *> buffers[STATES],
+                     <floating *> buffers[FINAL_STATES], <floating *> buffers[SCRATCH],
+                     <Py_ssize_t *> buffers[ORDER], n_samples, n_steps, sizes[0],
+                     n_hidden, n_threads)
+    dense_forward(<floating *> buffers[STATES if return_sequences else FINAL_STATES],
+                  <floating *> params[READOUT_WEIGHT], <floating *> params[READOUT_BIAS],
+                  outputs, n_samples * (n_steps if return_sequences else 1), n_hidden,
+                  n_out, output_tanh, n_threads)
+    if return_sequences:
+        for i in range(n_samples):
+            memset(outputs + (i * n_steps + lengths[i]) * n_out, 0,
+                   (n_steps - lengths[i]) * n_out * sizeof(floating))
+
+
+cdef inline Py_ssize_t n_valid_outputs(const Py_ssize_t *lengths, Py_ssize_t n_samples,
+                                       bint return_sequences) noexcept nogil:
+    """Outputs (rows) that take a loss: every valid step, or one per sequence."""
+    cdef Py_ssize_t i, total = 0
+    if not return_sequences:
+        return n_samples
+    for i in range(n_samples):
+        total += lengths[i]
+    return total
+
+
+cdef double stm_gradients(const floating *X, const floating *Y, const floating *h0,
+                          const Py_ssize_t *lengths, Py_ssize_t n_samples,
+                          Py_ssize_t n_steps, void **params, void **grads,
+                          const Py_ssize_t *sizes, bint output_tanh,
+                          bint return_sequences, void **buffers,
+                          int n_threads) noexcept nogil:
+    """Forward, loss and backward over one batch; returns its sum of squares.
+
+    Fills grads (laid out as params) with the gradient of the mean squared
+    error over the valid outputs. Y's padded steps must be 0, like the
+    outputs there, so that they add nothing.
+    """
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t n_rows = n_samples * (n_steps if return_sequences else 1)
+    cdef double sum_squares
+    stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
+                return_sequences, buffers, n_threads)
+    sum_squares = squared_error(
+        <floating *> buffers[OUTPUTS], Y, <floating *> buffers[OUTPUT_GRADS],
+        n_rows * n_out,
+        1.0 / max(1, n_valid_outputs(lengths, n_samples, return_sequences) * n_out),
+        <double *> buffers[PARTIALS], n_threads)
+    # The readout's input gradient is dL/dH (all steps) or dL/d final states.
+    dense_backward(<floating *> buffers[STATES if return_sequences else FINAL_STATES],
+                   <floating *> params[READOUT_WEIGHT], <floating *> buffers[OUTPUTS],
+                   <floating *> buffers[OUTPUT_GRADS], <floating *> buffers[OUTPUT_GRADS],
+                   <floating *> buffers[STATE_GRADS if return_sequences else FINAL_GRADS],
+                   <floating *> grads[READOUT_WEIGHT], <floating *> grads[READOUT_BIAS],
+                   1, 0, n_rows, n_hidden, n_out, output_tanh, n_threads)
+    rnn_backward_pass(
+        X, h0, <floating *> params[INPUT_WEIGHT], <floating *> params[RECURRENT_WEIGHT],
+        <floating *> buffers[STATES],
+        <floating *> buffers[STATE_GRADS] if return_sequences else NULL,
+        NULL if return_sequences else <floating *> buffers[FINAL_GRADS],
+        lengths, <floating *> buffers[STATE_GRADS], <floating *> buffers[FIRST_STEP_GRADS],
+        NULL, NULL, <floating *> grads[INPUT_WEIGHT],
+        <floating *> grads[RECURRENT_WEIGHT], <floating *> grads[BIAS],
+        <floating *> buffers[SCRATCH], <Py_ssize_t *> buffers[ORDER], n_samples,
+        n_steps, n_in, n_hidden, n_threads)
+    return sum_squares
+
+
+cdef inline void param_counts(const Py_ssize_t *sizes, Py_ssize_t *counts) noexcept nogil:
+    counts[INPUT_WEIGHT] = sizes[0] * sizes[1]
+    counts[RECURRENT_WEIGHT] = sizes[1] * sizes[1]
+    counts[BIAS] = sizes[1]
+    counts[READOUT_WEIGHT] = sizes[1] * sizes[2]
+    counts[READOUT_BIAS] = sizes[2]
+
+
+cdef void clip_gradients(floating **grads, const Py_ssize_t *counts,
+                         double clip_norm) noexcept nogil:
+    """Scale every gradient by clip_norm / norm when their global norm exceeds it.
+
+    The norm adds per-parameter sums of squares, each in element order.
+    """
+    cdef double total = 0, norm
+    cdef floating scale
+    cdef floating *grad
+    cdef Py_ssize_t param, i
+    for param in range(N_PARAMS):
+        grad = grads[param]
+        for i in range(counts[param]):
+            total += <double> grad[i] * grad[i]
+    norm = sqrt(total)
+    if not norm > clip_norm:
+        return
+    scale = <floating> (clip_norm / norm)
+    for param in range(N_PARAMS):
+        grad = grads[param]
+        for i in range(counts[param]):
+            grad[i] *= scale
+
+
+cdef void gather_rows(const char *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
+                      size_t row_bytes, char *dest) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        memcpy(dest + i * row_bytes, source + rows[i] * row_bytes, row_bytes)
+
+
+cdef void scatter_rows(const char *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
+                       size_t row_bytes, char *dest) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        memcpy(dest + rows[i] * row_bytes, source + i * row_bytes, row_bytes)
+
+
+def predict(const floating[:, :, ::1] X, object h0, const Py_ssize_t[::1] lengths,
+            list params, const Py_ssize_t[::1] sizes, bint output_tanh,
+            bint return_sequences, list buffers, int n_threads):
+    """Return (outputs, final states): two of the buffers, filled."""
+    cdef void *param_data[N_PARAMS]
+    cdef void *buffer_data[N_BUFFERS]
+    cdef const floating *h0_data = <const floating *> data_or_null(h0)
+    pointers(params, param_data, N_PARAMS)
+    pointers(buffers, buffer_data, N_BUFFERS)
+    with nogil:
+        stm_forward(&X[0, 0, 0], h0_data, &lengths[0], X.shape[0], X.shape[1],
+                    param_data, &sizes[0], output_tanh, return_sequences,
+                    buffer_data, n_threads)
+    return buffers[OUTPUTS], buffers[FINAL_STATES]
+
+
+def gradients(const floating[:, :, ::1] X, const floating[::1] Y, object h0,
+              const Py_ssize_t[::1] lengths, list params, list grads,
+              const Py_ssize_t[::1] sizes, bint output_tanh,
+              bint return_sequences, list buffers, int n_threads):
+    """Fill grads; return the mean squared error over the valid outputs.
+
+    Y is the targets, flattened, with 0 at padded steps.
+    """
+    cdef void *param_data[N_PARAMS]
+    cdef void *grad_data[N_PARAMS]
+    cdef void *buffer_data[N_BUFFERS]
+    cdef const floating *h0_data = <const floating *> data_or_null(h0)
+    cdef double sum_squares
+    cdef Py_ssize_t n_valid
+    pointers(params, param_data, N_PARAMS)
+    pointers(grads, grad_data, N_PARAMS)
+    pointers(buffers, buffer_data, N_BUFFERS)
+    with nogil:
+        sum_squares = stm_gradients(&X[0, 0, 0], &Y[0], h0_data, &lengths[0],
+                                    X.shape[0], X.shape[1], param_data, grad_data,
+                                    &sizes[0], output_tanh, return_sequences,
+                                    buffer_data, n_threads)
+        n_valid = n_valid_outputs(&lengths[0], X.shape[0], return_sequences)
+    return sum_squares / max(1, n_valid * sizes[2])
+
+
+def train(const floating[:, :, ::1] X, const floating[::1] Y,
+          const Py_ssize_t[::1] lengths, object initial_states,
+          object final_states, list params, list grads, list state1,
+          list state2, const Py_ssize_t[::1] sizes, bint output_tanh,
+          bint return_sequences, list buffers, floating[:, :, ::1] X_batch,
+          floating[::1] Y_batch, Py_ssize_t[::1] lengths_batch,
+          floating[:, ::1] h0_batch, const Py_ssize_t[:, ::1] order,
+          Py_ssize_t batch_size, int optimizer, double lr, double momentum,
+          double beta1, double beta2, double eps, double clip_norm,
+          long long step, double[::1] epoch_losses, int n_threads):
+    """Train for epoch_losses.shape[0] epochs of mini-batch updates.
+
+    Y holds the targets flattened (0 at padded steps). order[e] is the
+    sample order of epoch e; with no rows, samples are taken in their
+    natural order. Every batch starts from initial_states' rows (None:
+    zeros); when final_states is an array, each batch's final states are
+    written to its rows. clip_norm > 0 clips the global gradient norm.
+    Sets epoch_losses[e] to the mean squared error over the valid outputs
+    of epoch e (each batch measured before its update) and returns the
+    number of updates done, counting the `step` done before.
+    """
+    cdef Py_ssize_t n_samples = X.shape[0], n_steps = X.shape[1]
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t targets_per_sample = (n_steps if return_sequences else 1) * n_out
+    cdef Py_ssize_t n_epochs = epoch_losses.shape[0]
+    cdef bint shuffled = order.shape[0] > 0
+    cdef const floating *h0_all = <const floating *> data_or_null(initial_states)
+    cdef floating *final_all = <floating *> data_or_null(final_states)
+    cdef size_t state_bytes = n_hidden * sizeof(floating)
+    cdef void *param_data[N_PARAMS]
+    cdef void *grad_data[N_PARAMS]
+    cdef void *state1_data[N_PARAMS]
+    cdef void *state2_data[N_PARAMS]
+    cdef void *buffer_data[N_BUFFERS]
+    cdef Py_ssize_t counts[N_PARAMS]
+    cdef Py_ssize_t epoch, batch, start, n_rows, param, n_valid
+    cdef const Py_ssize_t *rows
+    cdef const floating *X_rows
+    cdef const floating *Y_rows
+    cdef const floating *h0_rows
+    cdef const Py_ssize_t *length_rows
+    cdef double sum_squares
+    cdef OptimizerConfig config
+    pointers(params, param_data, N_PARAMS)
+    pointers(grads, grad_data, N_PARAMS)
+    pointers(state1, state1_data, N_PARAMS)
+    pointers(state2, state2_data, N_PARAMS)
+    pointers(buffers, buffer_data, N_BUFFERS)
+    param_counts(&sizes[0], counts)
+    config.kind = optimizer
+    config.lr = lr
+    config.momentum = momentum
+    config.beta1 = beta1
+    config.beta2 = beta2
+    config.eps = eps
+    config.step = step
+    with nogil:
+        n_valid = n_valid_outputs(&lengths[0], n_samples, return_sequences)
+        for epoch in range(n_epochs):
+            sum_squares = 0
+            for batch in range(n_tasks(n_samples, batch_size)):
+                start = batch * batch_size
+                n_rows = min(batch_size, n_samples - start)
+                X_rows = &X[start, 0, 0]
+                Y_rows = &Y[start * targets_per_sample]
+                length_rows = &lengths[start]
+                h0_rows = h0_all
+                if h0_all != NULL:
+                    h0_rows = h0_all + start * n_hidden
+                if shuffled:
+                    rows = &order[epoch, start]
+                    gather_rows(<const char *> &X[0, 0, 0], rows, n_rows,
+                                n_steps * n_in * sizeof(floating), <char *> &X_batch[0, 0, 0])
+                    gather_rows(<const char *> &Y[0], rows, n_rows,
+                                targets_per_sample * sizeof(floating), <char *> &Y_batch[0])
+                    gather_rows(<const char *> &lengths[0], rows, n_rows,
+                                sizeof(Py_ssize_t), <char *> &lengths_batch[0])
+                    X_rows = &X_batch[0, 0, 0]
+                    Y_rows = &Y_batch[0]
+                    length_rows = &lengths_batch[0]
+                    if h0_all != NULL:
+                        gather_rows(<const char *> h0_all, rows, n_rows, state_bytes,
+                                    <char *> &h0_batch[0, 0])
+                        h0_rows = &h0_batch[0, 0]
+                sum_squares += stm_gradients(
+                    X_rows, Y_rows, h0_rows, length_rows, n_rows, n_steps, param_data,
+                    grad_data, &sizes[0], output_tanh, return_sequences, buffer_data,
+                    n_threads)
+                if final_all != NULL:
+                    if shuffled:
+                        scatter_rows(<const char *> buffer_data[FINAL_STATES], rows,
+                                     n_rows, state_bytes, <char *> final_all)
+                    else:
+                        memcpy(final_all + start * n_hidden, buffer_data[FINAL_STATES],
+                               n_rows * state_bytes)
+                if clip_norm > 0:
+                    clip_gradients(<floating **> grad_data, counts, clip_norm)
+                config.step += 1
+                for param in range(N_PARAMS):
+                    optimizer_step(<floating *> param_data[param],
+                                   <floating *> grad_data[param],
+                                   <floating *> state1_data[param],
+                                   <floating *> state2_data[param],
+                                   counts[param], &config, n_threads)
+            epoch_losses[epoch] = sum_squares / max(1, n_valid * n_out)
+    return config.step

@@ -1,0 +1,584 @@
+"""STM, the short-term working memory: an Elman tanh RNN with a dense
+readout, trained by backpropagation through time.
+
+Parameters live in NumPy arrays; ``backend="cython"`` runs every
+predict/gradients/fit in compiled code (:mod:`lgmstm._recurrent`, fit in a
+few calls, each covering many epochs), ``backend="numpy"`` runs the same
+maths with :mod:`lgmstm.reference`.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from . import _recurrent, reference
+from ._persist import save_arrays
+from ._threads import get_num_threads, single_threaded_blas
+from ._validation import (
+    as_array,
+    check_bool,
+    check_choice,
+    check_int,
+    check_lengths,
+    check_positive_float,
+    check_sequence_rows,
+)
+from .models import (
+    ADAM_BETA1,
+    ADAM_BETA2,
+    ADAM_EPS,
+    BACKENDS,
+    LGM,
+    MOMENTUM,
+    OPTIMIZERS,
+    OUTPUTS,
+    _check_dtype,
+    _check_seed,
+    _Progress,
+    epoch_orders,
+    glorot_uniform,
+    run_epochs,
+)
+
+__all__ = ["STM"]
+
+# The parameters, in the order the compiled code takes them.
+PARAM_NAMES = ("input_weight", "recurrent_weight", "bias", "readout.weight", "readout.bias")
+
+
+def orthogonal(rng, n, dtype):
+    """A random orthogonal (n, n) matrix, uniformly distributed (Haar).
+
+    Q of the QR factorisation of a Gaussian matrix, each column's sign set by
+    R's diagonal so that the distribution does not depend on QR's sign choices.
+    """
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return (q * np.where(np.diag(r) < 0, -1.0, 1.0)).astype(dtype)
+
+
+def _valid_steps(lengths, n_steps):
+    """(n_samples, n_steps) bool: which steps each sequence runs."""
+    return np.arange(n_steps) < lengths[:, None]
+
+
+class _CompiledRecurrent:
+    """Forward/gradients/training of the STM with lgmstm._recurrent."""
+
+    def __init__(self, params, sizes, output_tanh, return_sequences):
+        self.params = params
+        self.sizes = np.asarray(sizes, dtype=np.intp)
+        self.output_tanh, self.return_sequences = output_tanh, return_sequences
+
+    def _work(self, n_samples, n_steps):
+        n_in, n_hidden, n_out = (int(n) for n in self.sizes)
+        return n_samples * max(n_steps, 1) * n_hidden * max(n_in, n_hidden, n_out)
+
+    def _buffers(self, n_samples, n_steps, dtype):
+        shapes = _recurrent.buffer_shapes(n_samples, n_steps, int(self.sizes[1]),
+                                          int(self.sizes[2]), self.return_sequences)
+        return [np.empty(shape, dtype if kind is None else kind) for shape, kind in shapes]
+
+    def predict(self, X, h0, lengths):
+        buffers = self._buffers(X.shape[0], X.shape[1], X.dtype)
+        with single_threaded_blas(self._work(X.shape[0], X.shape[1])):
+            return _recurrent.predict(X, h0, lengths, self.params, self.sizes,
+                                      self.output_tanh, self.return_sequences, buffers,
+                                      get_num_threads())
+
+    def gradients(self, X, Y, h0, lengths):
+        grads = [np.empty_like(p) for p in self.params]
+        with single_threaded_blas(self._work(X.shape[0], X.shape[1])):
+            loss = _recurrent.gradients(
+                X, Y.reshape(-1), h0, lengths, self.params, grads, self.sizes,
+                self.output_tanh, self.return_sequences,
+                self._buffers(X.shape[0], X.shape[1], X.dtype), get_num_threads())
+        return loss, grads
+
+    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
+        return _CompiledTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm)
+
+
+class _CompiledTrainer:
+    """Every buffer one fit needs, allocated once; run() trains a block of epochs.
+
+    final_states: each sequence's final state, from the latest epoch.
+    """
+
+    def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
+        self.network, self.X, self.Y, self.lengths, self.h0 = network, X, Y.reshape(-1), lengths, h0
+        self.batch_size, self.lr, self.clip_norm = batch_size, lr, clip_norm or 0.0
+        self.optimizer = OPTIMIZERS.index(optimizer)
+        n_samples, n_steps, n_in = X.shape
+        n_hidden = int(network.sizes[1])
+        dtype = X.dtype
+        self.grads = [np.empty_like(p) for p in network.params]
+        n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
+        states = [[np.zeros_like(p) for p in network.params] for _ in range(n_states)]
+        states += [self.grads] * (2 - n_states)  # unused by the optimizer: any valid pointers
+        self.state1, self.state2 = states
+        self.buffers = network._buffers(batch_size, n_steps, dtype)
+        self.X_batch = np.empty((batch_size, n_steps, n_in), dtype)
+        self.Y_batch = np.empty(batch_size * (self.Y.size // max(1, n_samples)), dtype)
+        self.lengths_batch = np.empty(batch_size, np.intp)
+        self.h0_batch = np.empty((batch_size if h0 is not None else 0, n_hidden), dtype)
+        self.final_states = np.zeros((n_samples, n_hidden), dtype)
+        self.no_order = np.empty((0, n_samples), np.intp)
+        self.step = 0
+        self.params = network.params
+        self.state = (network.params + [a for arrays in states[:n_states] for a in arrays]
+                      + [self.final_states])
+
+    def run(self, order, n_epochs):
+        losses = np.empty(n_epochs)
+        network = self.network
+        with single_threaded_blas(network._work(self.batch_size, self.X.shape[1])):
+            self.step = _recurrent.train(
+                self.X, self.Y, self.lengths, self.h0, self.final_states, network.params,
+                self.grads, self.state1, self.state2, network.sizes, network.output_tanh,
+                network.return_sequences, self.buffers, self.X_batch, self.Y_batch,
+                self.lengths_batch, self.h0_batch,
+                self.no_order if order is None else order, self.batch_size,
+                self.optimizer, self.lr, MOMENTUM, ADAM_BETA1, ADAM_BETA2, ADAM_EPS,
+                self.clip_norm, self.step, losses, get_num_threads())
+        return losses
+
+
+class _ReferenceRecurrent:
+    """The same model in plain NumPy (lgmstm.reference)."""
+
+    def __init__(self, params, sizes, output_tanh, return_sequences):
+        self.params = params
+        self.n_hidden, self.n_out = sizes[1], sizes[2]
+        self.output_tanh = output_tanh
+        self.return_sequences = return_sequences
+
+    def _forward(self, X, h0, lengths):
+        input_weight, recurrent_weight, bias, readout_weight, readout_bias = self.params
+        n_samples, n_steps, _ = X.shape
+        H = np.empty((n_samples, n_steps, self.n_hidden), X.dtype)
+        reference.recurrent_forward(X, h0, input_weight, recurrent_weight, bias, lengths, H)
+        final = reference.final_states(H, h0, lengths)
+        readout_input = H.reshape(-1, self.n_hidden) if self.return_sequences else final
+        outputs = reference.layer_forward(readout_input, readout_weight, readout_bias,
+                                          self.output_tanh)
+        if self.return_sequences:
+            outputs = outputs.reshape(n_samples, n_steps, self.n_out)
+            outputs[~_valid_steps(lengths, n_steps)] = 0
+        return H, final, readout_input, outputs
+
+    def predict(self, X, h0, lengths):
+        _, final, _, outputs = self._forward(X, h0, lengths)
+        return outputs, final
+
+    def gradients(self, X, Y, h0, lengths):
+        loss, grads, _ = self.step_gradients(X, Y, h0, lengths)
+        return loss, grads
+
+    def step_gradients(self, X, Y, h0, lengths):
+        """(loss, grads, final states) of one batch."""
+        input_weight, recurrent_weight, _, readout_weight, _ = self.params
+        H, final, readout_input, outputs = self._forward(X, h0, lengths)
+        n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
+        # squared_error averages over every output; padded ones are 0 - 0.
+        loss, d_outputs = reference.squared_error(outputs, Y)
+        rescale = outputs.size / max(1, n_valid * self.n_out)
+        d_outputs *= rescale
+        d_readout_input, d_readout_weight, d_readout_bias = reference.layer_backward(
+            readout_input, readout_weight, outputs.reshape(-1, self.n_out),
+            d_outputs.reshape(-1, self.n_out), self.output_tanh)
+        if self.return_sequences:
+            dH, dh_last = d_readout_input.reshape(H.shape), None
+        else:
+            dH, dh_last = None, d_readout_input
+        _, _, d_input_weight, d_recurrent_weight, d_bias = reference.recurrent_backward(
+            X, h0, input_weight, recurrent_weight, H, dH, dh_last, lengths, need_dX=False)
+        grads = [d_input_weight, d_recurrent_weight, d_bias, d_readout_weight, d_readout_bias]
+        return loss * rescale, grads, final
+
+    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
+        return _ReferenceTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm)
+
+
+class _ReferenceTrainer:
+    def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
+        self.network, self.X, self.Y, self.lengths, self.h0 = network, X, Y, lengths, h0
+        self.batch_size, self.optimizer, self.lr, self.clip_norm = batch_size, optimizer, lr, clip_norm
+        n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
+        self.states = [[np.zeros_like(p) for _ in range(n_states)] for p in network.params]
+        self.final_states = np.zeros((X.shape[0], network.n_hidden), X.dtype)
+        self.n_valid = int(lengths.sum()) if network.return_sequences else X.shape[0]
+        self.step = 0
+        self.params = network.params
+        self.state = (network.params + [a for arrays in self.states for a in arrays]
+                      + [self.final_states])
+
+    def run(self, order, n_epochs):
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked after
+            return self._run(order, n_epochs)
+
+    def _run(self, order, n_epochs):
+        losses = np.empty(n_epochs)
+        n_samples = self.X.shape[0]
+        for epoch in range(n_epochs):
+            sum_squares = 0.0
+            for start in range(0, n_samples, self.batch_size):
+                if order is None:
+                    rows = slice(start, start + self.batch_size)
+                else:
+                    rows = order[epoch, start : start + self.batch_size]
+                h0 = None if self.h0 is None else self.h0[rows]
+                lengths = self.lengths[rows]
+                loss, grads, self.final_states[rows] = self.network.step_gradients(
+                    self.X[rows], self.Y[rows], h0, lengths)
+                n_valid = int(lengths.sum()) if self.network.return_sequences else len(lengths)
+                sum_squares += loss * n_valid * self.network.n_out
+                if self.clip_norm is not None:
+                    norm = np.sqrt(sum(float(np.vdot(g, g)) for g in grads))
+                    if norm > self.clip_norm:
+                        for grad in grads:
+                            grad *= grad.dtype.type(self.clip_norm / norm)
+                self.step += 1
+                for param, grad, state in zip(self.network.params, grads, self.states):
+                    reference.optimizer_step(
+                        param, grad, state, optimizer=self.optimizer, lr=self.lr,
+                        momentum=MOMENTUM, beta1=ADAM_BETA1, beta2=ADAM_BETA2,
+                        eps=ADAM_EPS, step=self.step)
+            losses[epoch] = sum_squares / max(1, self.n_valid * self.network.n_out)
+        return losses
+
+
+_NETWORKS = {"cython": _CompiledRecurrent, "numpy": _ReferenceRecurrent}
+
+
+class STM:
+    """Short-term working memory: an Elman tanh RNN with a dense readout.
+
+    For each sequence, from the initial state ``h_{-1}``::
+
+        h_t = tanh(x_t Wx + h_{t-1} Wh + b)        (the working memory)
+        y_t = f(h_t W_out + b_out)                  (the readout, f tanh or identity)
+
+    with a readout on every step (``return_sequences=True``) or only on each
+    sequence's final state (``False``). Trained by backpropagation through
+    time to minimise the mean squared error over the valid outputs (see
+    :meth:`loss`).
+
+    Sequences of different lengths share a batch padded to ``n_steps`` with
+    ``lengths``: sequence i stops after ``lengths[i]`` steps; its outputs past
+    that are 0, its padded targets are ignored and its final state is the one
+    at its last valid step (the initial state at length 0).
+
+    Working memory: by default every call starts from a zero state. With
+    ``stateful=True``, the final states of one :meth:`predict` or :meth:`fit`
+    call are the initial states of the next, sequence i continuing stream i,
+    so that one long stream can be fed in chunks and trained by truncated
+    BPTT (gradients stop at chunk boundaries). :meth:`reset_state` clears
+    it; :attr:`state` shows it.
+
+    Initialisation, chosen to keep the recurrence stable at the start:
+    ``Wh`` is a random orthogonal matrix (QR of a Gaussian): all its singular
+    values are 1, so the linearised recurrence neither blows up nor shrinks
+    a state, and gradients through many steps neither explode nor vanish
+    before ``tanh' <= 1`` damps them. ``Wx`` and the readout weights are
+    Glorot-uniform, ``U(-l, l)`` with ``l = sqrt(6 / (fan_in + fan_out))``,
+    which keeps activations and gradients of similar size across the
+    layer. Biases start at zero.
+
+    Parameters
+    ----------
+    n_in, n_hidden, n_out : int >= 1
+        Input features, state size and outputs per step.
+    output : {"tanh", "linear"}, default "tanh"
+        The readout's activation: "tanh" keeps outputs in (-1, 1), "linear"
+        suits unbounded regression targets.
+    return_sequences : bool, default True
+        True: an output on every step, Y of shape (n_samples, n_steps, n_out).
+        False: one output per sequence, from its final state, Y of shape
+        (n_samples, n_out).
+    stateful : bool, default False
+        Carry the final states from call to call (see above).
+    dtype : float32 or float64, default float64
+        Dtype of the parameters, the state and every result; inputs are converted.
+    seed : int, numpy.random.Generator or None
+        Seeds the initial weights and the default shuffling of :meth:`fit`.
+    backend : {"cython", "numpy"}, default "cython"
+        "cython" runs compiled OpenMP kernels; "numpy" runs the same maths in
+        :mod:`lgmstm.reference`.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        Copies of ``input_weight`` (n_in, n_hidden), ``recurrent_weight``
+        (n_hidden, n_hidden), ``bias`` (n_hidden,), ``readout.weight``
+        (n_hidden, n_out) and ``readout.bias`` (n_out,).
+    state : ndarray of shape (n_streams, n_hidden) or None
+        A copy of the working memory (stateful models); None when empty.
+    history_ : ndarray of shape (n_epochs,)
+        Per-epoch losses of the last :meth:`fit`.
+    """
+
+    kind = "STM"
+
+    def __init__(self, n_in, n_hidden, n_out, *, output="tanh", return_sequences=True,
+                 stateful=False, dtype=np.float64, seed=None, backend="cython"):
+        self.n_in = check_int("n_in", n_in, 1)
+        self.n_hidden = check_int("n_hidden", n_hidden, 1)
+        self.n_out = check_int("n_out", n_out, 1)
+        self.output = check_choice("output", output, OUTPUTS)
+        self.return_sequences = check_bool("return_sequences", return_sequences)
+        self.stateful = check_bool("stateful", stateful)
+        self.dtype = _check_dtype(dtype)
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self._rng = np.random.default_rng(_check_seed("seed", seed))
+        self._params = [
+            glorot_uniform(self._rng, self.n_in, self.n_hidden, self.dtype),
+            orthogonal(self._rng, self.n_hidden, self.dtype),
+            np.zeros(self.n_hidden, self.dtype),
+            glorot_uniform(self._rng, self.n_hidden, self.n_out, self.dtype),
+            np.zeros(self.n_out, self.dtype),
+        ]
+        self._state = None
+        self._lock = threading.Lock()
+        self.history_ = np.empty(0)
+        self._network = _NETWORKS[self.backend](
+            self._params, (self.n_in, self.n_hidden, self.n_out), self.output == "tanh",
+            self.return_sequences)
+
+    # -- parameters and state ----------------------------------------------------
+    def _param_names(self):
+        return iter(PARAM_NAMES)
+
+    @property
+    def params(self):
+        """Copies of the parameters, by name."""
+        return {name: p.copy() for name, p in zip(PARAM_NAMES, self._params)}
+
+    @property
+    def state(self):
+        """A copy of the working memory, (n_streams, n_hidden); None when empty."""
+        return None if self._state is None else self._state.copy()
+
+    def reset_state(self):
+        """Forget the working memory: the next call starts from zero states."""
+        self._state = None
+
+    def __repr__(self):
+        return (f"STM({self.n_in}, {self.n_hidden}, {self.n_out}, output={self.output!r}, "
+                f"return_sequences={self.return_sequences}, stateful={self.stateful}, "
+                f"dtype={self.dtype.name}, backend={self.backend!r})")
+
+    # -- checks ---------------------------------------------------------------
+    def _inputs(self, X, lengths):
+        X = as_array("X", X, 3)
+        if X.shape[2] != self.n_in:
+            raise ValueError(
+                f"X must have shape (n_samples, n_steps, n_in) with n_in = {self.n_in}, "
+                f"got {X.shape}")
+        check_sequence_rows(X, max(self.n_hidden, self.n_out))
+        lengths = check_lengths(lengths, X.shape[0], X.shape[1])
+        return np.ascontiguousarray(X, dtype=self.dtype), lengths
+
+    def _targets(self, Y, X, lengths):
+        n_samples, n_steps, _ = X.shape
+        if self.return_sequences:
+            shape, meaning = (n_samples, n_steps, self.n_out), "(n_samples, n_steps, n_out)"
+        else:
+            shape, meaning = (n_samples, self.n_out), "(n_samples, n_out)"
+        Y = np.asarray(Y) if not isinstance(Y, np.ndarray) and Y is not None else Y
+        if self.n_out == 1 and getattr(Y, "ndim", None) == len(shape) - 1:
+            Y = Y[..., None]
+        Y = as_array("Y", Y, len(shape))
+        if Y.shape != shape:
+            raise ValueError(f"Y must have shape {meaning} = {shape}, got {Y.shape}")
+        Y = np.ascontiguousarray(Y, dtype=self.dtype)
+        if self.return_sequences and (lengths < n_steps).any():
+            # Padded targets take no loss: set them to the padded outputs, 0.
+            Y = np.where(_valid_steps(lengths, n_steps)[..., None], Y, 0).astype(self.dtype)
+        return Y
+
+    def _initial_state(self, n_samples):
+        if not self.stateful or self._state is None:
+            return None
+        if self._state.shape[0] != n_samples:
+            raise ValueError(
+                f"this stateful STM holds the state of {self._state.shape[0]} streams, "
+                f"but X has {n_samples} sequences: call reset_state() to start new streams")
+        return self._state
+
+    # -- use --------------------------------------------------------------------
+    def predict(self, X, *, lengths=None):
+        """Outputs of the model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_steps, n_in)
+        lengths : array-like of int, shape (n_samples,), optional
+            Steps each sequence runs, in [0, n_steps]; None means all n_steps.
+
+        Returns
+        -------
+        Y : ndarray of the model's dtype
+            (n_samples, n_steps, n_out) with ``return_sequences`` (0 past
+            each length), else (n_samples, n_out).
+
+        A stateful model starts from :attr:`state` and keeps the final states.
+        """
+        X, lengths = self._inputs(X, lengths)
+        outputs, final = self._network.predict(X, self._initial_state(X.shape[0]), lengths)
+        if self.stateful:
+            self._state = final
+        return outputs
+
+    def loss(self, X, Y, *, lengths=None):
+        """Mean squared error over the valid outputs.
+
+        ``sum((predict(X) - Y)**2) / (n_valid * n_out)``, where the sum runs
+        over valid outputs only: with ``return_sequences``, the steps
+        ``t < lengths[i]`` of each sequence (n_valid = sum(lengths)); else
+        one output per sequence (n_valid = n_samples). 0 when nothing is valid.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_steps, n_in)
+        Y : array-like shaped like :meth:`predict`'s result; the last axis
+            may be left out when n_out == 1. Padded steps are ignored.
+        lengths : array-like of int, shape (n_samples,), optional
+
+        Returns
+        -------
+        loss : float
+
+        A stateful model starts from :attr:`state`, and leaves it as it is.
+        """
+        X, lengths = self._inputs(X, lengths)
+        Y = self._targets(Y, X, lengths)
+        outputs, _ = self._network.predict(X, self._initial_state(X.shape[0]), lengths)
+        n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
+        diff = outputs - Y
+        return float(np.vdot(diff, diff)) / max(1, n_valid * self.n_out)
+
+    def gradients(self, X, Y, *, lengths=None):
+        """Gradient of :meth:`loss` with respect to every parameter.
+
+        Returns
+        -------
+        grads : dict of str to ndarray, keyed and shaped like :attr:`params`
+        """
+        X, lengths = self._inputs(X, lengths)
+        Y = self._targets(Y, X, lengths)
+        _, grads = self._network.gradients(X, Y, self._initial_state(X.shape[0]), lengths)
+        return dict(zip(PARAM_NAMES, grads))
+
+    def fit(self, X, Y, *, epochs, lr, batch_size=None, optimizer="sgd", clip_norm=None,
+            shuffle=True, seed=None, callback=None, verbose=False, lengths=None):
+        """Train by backpropagation through time on the mean squared error.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_steps, n_in), finite, n_samples >= 1
+        Y : array-like shaped like :meth:`predict`'s result, finite
+        epochs : int >= 0
+            Passes over the data.
+        lr : float > 0
+            Learning rate.
+        batch_size : int >= 1 or None, default None
+            Sequences per update; None (or anything >= n_samples) is one
+            update per epoch on the whole batch.
+        optimizer : {"sgd", "momentum", "adam"}, default "sgd"
+            As for :meth:`lgmstm.LGM.fit`; the state starts fresh each call.
+        clip_norm : float > 0 or None, default None
+            When the global norm of the gradient (all parameters together)
+            exceeds clip_norm, scale the gradient down to that norm before
+            the update.
+        shuffle : bool, default True
+            Visit the sequences in a new random order each epoch (only matters
+            with mini-batches).
+        seed : int, Generator or None
+            Seeds the shuffling; None draws from the model's own generator.
+        callback : callable(epoch, loss) -> bool or None, optional
+            Called after every epoch (0-based) with that epoch's loss;
+            returning False stops training.
+        verbose : bool, default False
+            Print epoch, loss and epochs/s to stderr about once a second.
+        lengths : array-like of int, shape (n_samples,), optional
+            Steps each sequence runs, in [0, n_steps]; None means all n_steps.
+
+        Returns
+        -------
+        losses : ndarray of shape (n_epochs_run,), float64
+            The loss (see :meth:`loss`) of each epoch, each batch measured
+            before its update. Also kept as ``history_``.
+
+        A stateful model starts every epoch from :attr:`state` (gradients do
+        not flow into it: truncated BPTT) and afterwards holds the final
+        states of the last epoch's forward passes.
+        """
+        X, lengths = self._inputs(X, lengths)
+        Y = self._targets(Y, X, lengths)
+        n_samples = X.shape[0]
+        if n_samples == 0:
+            raise ValueError(f"X must hold at least one sequence to fit, got shape {X.shape}")
+        if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+            raise ValueError("X and Y must be finite (no NaN or inf) to fit")
+        epochs = check_int("epochs", epochs, 0)
+        lr = check_positive_float("lr", lr)
+        batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+        batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
+        optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+        if clip_norm is not None:
+            clip_norm = check_positive_float("clip_norm", clip_norm)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        rng = self._rng if seed is None else np.random.default_rng(_check_seed("seed", seed))
+        shuffled = bool(shuffle) and batch_size < n_samples
+
+        def order_for(count):
+            return epoch_orders(rng, count, n_samples) if shuffled else None
+
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("this model is being trained by another thread")
+        try:
+            trainer = self._network.trainer(X, Y, lengths, self._initial_state(n_samples),
+                                            batch_size, optimizer, lr, clip_norm)
+            progress = _Progress("STM", epochs, bool(verbose))
+            self.history_ = run_epochs(trainer, epochs, callback=callback,
+                                       progress=progress, order_for=order_for)
+            if self.stateful and len(self.history_):
+                self._state = trainer.final_states
+        finally:
+            self._lock.release()
+        return self.history_
+
+    # -- persistence -------------------------------------------------------------
+    def save(self, path):
+        """Write the model to ``path`` as an .npz file (no pickle), atomically.
+
+        The architecture and parameters are saved; the working memory is not
+        (a loaded model starts from zero states).
+        """
+        config = {"n_in": np.asarray(self.n_in, np.int64),
+                  "n_hidden": np.asarray(self.n_hidden, np.int64),
+                  "n_out": np.asarray(self.n_out, np.int64),
+                  "output": np.asarray(self.output),
+                  "return_sequences": np.asarray(self.return_sequences),
+                  "stateful": np.asarray(self.stateful)}
+        save_arrays(path, self.kind, self.dtype, config, dict(zip(PARAM_NAMES, self._params)))
+
+    @classmethod
+    def _from_saved(cls, config, dtype, arrays, path, backend):
+        def value(name):
+            entry = config[name]
+            if entry.shape != ():
+                raise TypeError(f"config.{name} must hold one value, got shape {entry.shape}")
+            return entry.item()
+
+        # The constructor's checks refuse a float size or a non-bool flag.
+        model = cls(value("n_in"), value("n_hidden"), value("n_out"), output=value("output"),
+                    return_sequences=value("return_sequences"), stateful=value("stateful"),
+                    dtype=dtype, backend=backend)
+        model._restore(arrays, path)
+        return model
+
+    # Same checks as LGM: names, shapes and dtypes must match the architecture.
+    _restore = LGM._restore
