@@ -98,7 +98,7 @@ def load(path: str | os.PathLike[str], *, backend: str = "cython") -> LGM:
     from .stm import STM
 
     check_choice("backend", backend, BACKENDS)
-    kinds = {"LGM": LGM, "STM": STM}
+    kinds: dict[str, type[LGM] | type[STM]] = {"LGM": LGM, "STM": STM}
     kind, dtype, config, params = load_arrays(path)
     if kind not in kinds:
         raise ValueError(f"{os.fspath(path)}: unknown model kind {kind!r}")

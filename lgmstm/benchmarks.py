@@ -151,6 +151,7 @@ def _model_step(model_name, backend, problem):
     """One iteration: a full-batch training step, timed as fit(epochs=k)."""
     def make(size, dtype):
         X, Y, _ = problem(size, dtype)
+        model: lgmstm.LGM | lgmstm.STM
         if model_name == "LGM":
             model = lgmstm.LGM([size.n_in, size.n_hidden, size.n_out], dtype=dtype, seed=0,
                                backend=backend)

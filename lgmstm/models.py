@@ -204,6 +204,21 @@ def _replay_finite_epochs(trainer, snapshot, order, count):
     return np.asarray(good)
 
 
+def restore_params(params, arrays, path):
+    """Copy saved arrays into a model's parameters (dicts by name), refusing
+    any name, shape or dtype that does not match the architecture."""
+    if set(arrays) != set(params):
+        raise ValueError(f"{path}: parameters {sorted(arrays)} do not match the "
+                         f"architecture, which needs {sorted(params)}")
+    for name, param in params.items():
+        value = arrays[name]
+        if value.shape != param.shape or value.dtype != param.dtype:
+            raise ValueError(f"{path}: {name} has shape {value.shape} and dtype "
+                             f"{value.dtype}; the architecture needs {param.shape} "
+                             f"{param.dtype}")
+        param[...] = value
+
+
 class UseLock:
     """Many concurrent users of a model's parameters, or one trainer.
 
@@ -670,14 +685,4 @@ class LGM:
         return model
 
     def _restore(self, arrays, path):
-        expected = {name: p.shape for name, p in zip(self._param_names(), self._params)}
-        if set(arrays) != set(expected):
-            raise ValueError(f"{path}: parameters {sorted(arrays)} do not match the "
-                             f"architecture, which needs {sorted(expected)}")
-        for name, param in zip(self._param_names(), self._params):
-            value = arrays[name]
-            if value.shape != param.shape or value.dtype != param.dtype:
-                raise ValueError(f"{path}: {name} has shape {value.shape} and dtype "
-                                 f"{value.dtype}; the architecture needs {param.shape} "
-                                 f"{param.dtype}")
-            param[...] = value
+        restore_params(dict(zip(self._param_names(), self._params)), arrays, path)

@@ -29,7 +29,7 @@ from .models import (
     ADAM_BETA2,
     ADAM_EPS,
     BACKENDS,
-    LGM,
+    restore_params,
     MOMENTUM,
     OPTIMIZERS,
     OUTPUTS,
@@ -248,7 +248,8 @@ class _ReferenceTrainer:
         return losses
 
 
-_NETWORKS = {"cython": _CompiledRecurrent, "numpy": _ReferenceRecurrent}
+_NETWORKS: dict[str, type[_CompiledRecurrent] | type[_ReferenceRecurrent]] = {
+    "cython": _CompiledRecurrent, "numpy": _ReferenceRecurrent}
 
 
 class STM:
@@ -381,6 +382,7 @@ class STM:
 
     def _targets(self, Y, X, lengths):
         n_samples, n_steps, _ = X.shape
+        shape: tuple[int, ...]
         if self.return_sequences:
             shape, meaning = (n_samples, n_steps, self.n_out), "(n_samples, n_steps, n_out)"
         else:
@@ -580,5 +582,5 @@ class STM:
         model._restore(arrays, path)
         return model
 
-    # Same checks as LGM: names, shapes and dtypes must match the architecture.
-    _restore = LGM._restore
+    def _restore(self, arrays, path):
+        restore_params(dict(zip(self._param_names(), self._params)), arrays, path)
