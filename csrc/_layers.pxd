@@ -124,23 +124,23 @@ cdef inline void dense_backward(
     (-lr, 1) with dW = W, db = b is a fused SGD step, done after every use
     of W (dX is finished before dW starts).
 
-    Sample chunks give dZ and dX; dW is split by blocks of its rows and db by
+    Sample chunks give dZ and dX; dW is split into square tiles and db into
     blocks of columns, each summing over the whole batch in sample order.
     """
     cdef Py_ssize_t chunk_rows = gemm_task_rows(n_in, n_out)
-    cdef Py_ssize_t block_rows = gemm_task_rows(n_out, n_samples)
+    cdef Py_ssize_t side = weight_tile_side(n_in, n_out)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
-    cdef Py_ssize_t n_row_blocks = n_tasks(n_in, block_rows)
+    cdef Py_ssize_t n_tiles = n_tasks(n_in, side) * n_tasks(n_out, side)
     cdef Py_ssize_t n_col_blocks = n_tasks(n_out, BLOCK_COLS)
-    cdef int n_used = threads_for(n_threads, max(n_chunks, n_row_blocks),
+    cdef int n_used = threads_for(n_threads, max(n_chunks, n_tiles),
                                   4.0 * n_samples * n_in * n_out)
     cdef Py_ssize_t task
     if n_used == 1:
         for task in range(n_chunks):
             delta_chunk(task, chunk_rows, W, A, dA, dZ, dX, n_samples, n_in,
                         n_out, apply_tanh)
-        for task in range(n_row_blocks + n_col_blocks):
-            parameter_grad_task(task, n_row_blocks, block_rows, X, dZ, dW, db,
+        for task in range(n_tiles + n_col_blocks):
+            parameter_grad_task(task, n_tiles, side, X, dZ, dW, db,
                                 grad_scale, grad_beta, n_samples, n_in, n_out)
     else:
         # Two parallel regions, not two loops in one: Cython emits loops in a
@@ -149,23 +149,22 @@ cdef inline void dense_backward(
         for task in prange(n_chunks, num_threads=n_used, schedule='static'):
             delta_chunk(task, chunk_rows, W, A, dA, dZ, dX, n_samples, n_in,
                         n_out, apply_tanh)
-        for task in prange(n_row_blocks + n_col_blocks, num_threads=n_used,
+        for task in prange(n_tiles + n_col_blocks, num_threads=n_used,
                            schedule='static'):
-            parameter_grad_task(task, n_row_blocks, block_rows, X, dZ, dW, db,
+            parameter_grad_task(task, n_tiles, side, X, dZ, dW, db,
                                 grad_scale, grad_beta, n_samples, n_in, n_out)
 
 
 cdef inline void parameter_grad_task(
-        Py_ssize_t task, Py_ssize_t n_row_blocks, Py_ssize_t block_rows,
+        Py_ssize_t task, Py_ssize_t n_tiles, Py_ssize_t side,
         const floating *X, const floating *dZ, floating *dW, floating *db,
         floating scale, floating beta, Py_ssize_t n_samples, Py_ssize_t n_in,
         Py_ssize_t n_out) noexcept nogil:
-    """Tasks [0, n_row_blocks) are row blocks of dW, the rest column blocks of db."""
-    if task < n_row_blocks:
-        weight_grad_block(task, block_rows, X, dZ, dW, scale, beta, n_samples,
-                          n_in, n_out)
+    """Tasks [0, n_tiles) are tiles of dW, the rest column blocks of db."""
+    if task < n_tiles:
+        weight_grad_tile(task, side, X, dZ, dW, scale, beta, n_samples, n_in, n_out)
     else:
-        bias_grad_block(task - n_row_blocks, dZ, db, scale, beta, n_samples, n_out)
+        bias_grad_block(task - n_tiles, dZ, db, scale, beta, n_samples, n_out)
 
 
 cdef inline void delta_chunk(
@@ -188,16 +187,27 @@ cdef inline void delta_chunk(
              0, dX + start * n_in, <int> n_in)
 
 
-cdef inline void weight_grad_block(
-        Py_ssize_t block, Py_ssize_t rows, const floating *X, const floating *dZ,
+cdef inline Py_ssize_t weight_tile_side(Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """Side of the square tiles dW is cut into, from the shapes alone: 64,
+    doubled (up to 256) while that still leaves more than 32 tiles. Each
+    tile's GEMM repacks its strips of X and dZ, about 1/side of its work."""
+    cdef Py_ssize_t side = 64
+    while side < 256 and n_tasks(n_in, side) * n_tasks(n_out, side) > 32:
+        side *= 2
+    return side
+
+
+cdef inline void weight_grad_tile(
+        Py_ssize_t tile, Py_ssize_t side, const floating *X, const floating *dZ,
         floating *dW, floating scale, floating beta, Py_ssize_t n_samples,
         Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
-    """Rows [start, stop) of dW = scale X^T dZ + beta dW, over the whole batch."""
-    cdef Py_ssize_t start = block * rows
-    cdef Py_ssize_t stop = min(start + rows, n_in)
-    gemm(True, False, <int> (stop - start), <int> n_out, <int> n_samples, scale,
-         X + start, <int> n_in, dZ, <int> n_out, beta, dW + start * n_out,
-         <int> n_out)
+    """One tile of dW = scale X^T dZ + beta dW, summed over the whole batch."""
+    cdef Py_ssize_t n_col_tiles = n_tasks(n_out, side)
+    cdef Py_ssize_t row = (tile // n_col_tiles) * side
+    cdef Py_ssize_t col = (tile % n_col_tiles) * side
+    gemm(True, False, <int> min(side, n_in - row), <int> min(side, n_out - col),
+         <int> n_samples, scale, X + row, <int> n_in, dZ + col, <int> n_out, beta,
+         dW + row * n_out + col, <int> n_out)
 
 
 cdef inline void bias_grad_block(

@@ -6,7 +6,6 @@
 
 cdef enum:
     CHUNK_ROWS = 64       # samples per task in batch-parallel loops
-    BLOCK_ROWS = 64       # rows of a weight gradient per task
     BLOCK_COLS = 64       # columns per task of a column sum (bias gradients)
     BLOCK_ELEMS = 16384   # elements per task in element-wise passes
     MIN_PARALLEL_WORK = 1048576  # below ~this many flops (~20 us) threads cost more than they save
