@@ -5,37 +5,37 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-Float = NDArray[np.floating[Any]]
-Index = NDArray[np.intp]
+_Float = NDArray[np.floating[Any]]
+_Index = NDArray[np.intp]
 
 def buffer_shapes(
     n_samples: int, n_steps: int, n_hidden: int, n_out: int, return_sequences: bool
 ) -> list[tuple[tuple[int, ...], type | None]]: ...
 def forward(
-    X: Float, h0: Float | None, Wx: Float, Wh: Float, b: Float, lengths: Index,
-    H: Float, scratch: Float, order: Index, n_threads: int,
+    X: _Float, h0: _Float | None, Wx: _Float, Wh: _Float, b: _Float, lengths: _Index,
+    H: _Float, scratch: _Float, order: _Index, n_threads: int,
 ) -> None: ...
 def backward(
-    X: Float, h0: Float | None, Wx: Float, Wh: Float, H: Float, dH: Float,
-    dh_last: Float | None, lengths: Index, dZ: Float, dz_first: Float, dX: Float,
-    dh0: Float, dWx: Float, dWh: Float, db: Float, scratch: Float, order: Index,
+    X: _Float, h0: _Float | None, Wx: _Float, Wh: _Float, H: _Float, dH: _Float,
+    dh_last: _Float | None, lengths: _Index, dZ: _Float, dz_first: _Float, dX: _Float,
+    dh0: _Float, dWx: _Float, dWh: _Float, db: _Float, scratch: _Float, order: _Index,
     n_threads: int,
 ) -> None: ...
 def predict(
-    X: Float, h0: Float | None, lengths: Index, params: list[Float], sizes: Index,
+    X: _Float, h0: _Float | None, lengths: _Index, params: list[_Float], sizes: _Index,
     output_tanh: bool, return_sequences: bool, buffers: list[np.ndarray], n_threads: int,
-) -> tuple[Float, Float]: ...
+) -> tuple[_Float, _Float]: ...
 def gradients(
-    X: Float, Y: Float, h0: Float | None, lengths: Index, params: list[Float],
-    grads: list[Float], sizes: Index, output_tanh: bool, return_sequences: bool,
+    X: _Float, Y: _Float, h0: _Float | None, lengths: _Index, params: list[_Float],
+    grads: list[_Float], sizes: _Index, output_tanh: bool, return_sequences: bool,
     buffers: list[np.ndarray], n_threads: int,
 ) -> float: ...
 def train(
-    X: Float, Y: Float, lengths: Index, initial_states: Float | None,
-    final_states: Float | None, params: list[Float], grads: list[Float],
-    state1: list[Float], state2: list[Float], sizes: Index, output_tanh: bool,
-    return_sequences: bool, buffers: list[np.ndarray], X_batch: Float, Y_batch: Float,
-    lengths_batch: Index, h0_batch: Float, order: Index, batch_size: int, optimizer: int,
+    X: _Float, Y: _Float, lengths: _Index, initial_states: _Float | None,
+    final_states: _Float | None, params: list[_Float], grads: list[_Float],
+    state1: list[_Float], state2: list[_Float], sizes: _Index, output_tanh: bool,
+    return_sequences: bool, buffers: list[np.ndarray], X_batch: _Float, Y_batch: _Float,
+    lengths_batch: _Index, h0_batch: _Float, order: _Index, batch_size: int, optimizer: int,
     lr: float, momentum: float, beta1: float, beta2: float, eps: float, clip_norm: float,
     step: int, epoch_losses: NDArray[np.float64], n_threads: int,
 ) -> int: ...
