@@ -10,7 +10,7 @@ import pytest
 mypy_api = pytest.importorskip("mypy.api")
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "tests" / "typed_usage.py"
+EXAMPLE = Path(__file__).resolve().parent / "typed_usage.py"
 
 
 # The mypy runs check the package's source and its pyproject settings: they
