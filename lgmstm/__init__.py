@@ -5,6 +5,9 @@
   backpropagation through time.
 - :mod:`lgmstm.kernels`: the compiled dense and recurrent kernels;
   :mod:`lgmstm.reference`: the same maths in NumPy.
+- :mod:`lgmstm.datasets`: the bundled real data (diabetes, monthly sunspots).
+- :mod:`lgmstm.sklearn`: scikit-learn estimators (needs scikit-learn).
+- :func:`set_num_threads`, :func:`show_config`, :func:`load`.
 """
 try:
     from . import _dense, _openmp, _recurrent  # noqa: F401  (compiled)

@@ -38,6 +38,10 @@ def get_num_threads() -> int:
     made by ``fork()`` (e.g. a multiprocessing pool with the "fork" start
     method), where OpenMP cannot be used safely: use the "spawn" or
     "forkserver" start method for multithreaded workers.
+
+    Returns
+    -------
+    n_threads : int >= 1
     """
     if _forked_child:
         return 1
@@ -47,9 +51,19 @@ def get_num_threads() -> int:
 def set_num_threads(n_threads: int) -> None:
     """Set the threads the kernels use (OpenMP's count, for the calling thread).
 
+    Results do not depend on it: only who computes each fixed-size chunk.
+
     Parameters
     ----------
     n_threads : int >= 1
+        OpenMP threads for the kernels called from this Python thread.
+
+    Raises
+    ------
+    TypeError
+        n_threads is not an integer.
+    ValueError
+        n_threads < 1.
     """
     from ._validation import check_int
 

@@ -1,4 +1,4 @@
-"""Compiled dense kernels with the checked API of :mod:`lgmstm.reference`.
+"""Compiled dense and recurrent kernels with the checked API of :mod:`lgmstm.reference`.
 
 Each function validates its arguments once, makes C-contiguous views or
 copies, allocates the results and makes one compiled call that runs without
@@ -34,6 +34,17 @@ def dense_forward(X: ArrayLike, W: ArrayLike, b: ArrayLike, *, activation: str =
     Returns
     -------
     A : ndarray of shape (n_samples, n_out), the inputs' dtype
+        The layer's output (``out`` itself when given).
+
+    Raises
+    ------
+    TypeError
+        An argument is not a real array, float32 and float64 are mixed, or
+        out is not an ndarray of the inputs' dtype.
+    ValueError
+        Wrong number of dimensions, shapes that do not fit (the message shows
+        expected vs actual), an unknown activation, or an out that has the
+        wrong shape, is read-only or not C-contiguous.
     """
     apply_tanh = check_activation(activation)
     X, W, b, buffer, result = dense_forward_args(X, W, b, out)
@@ -57,10 +68,10 @@ def dense_backward(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike, *,
     ----------
     X : array-like of shape (n_samples, n_in), float32 or float64
         The layer's input.
-    W : array-like of shape (n_in, n_out)
-    A : array-like of shape (n_samples, n_out)
+    W : array-like of shape (n_in, n_out), same dtype
+    A : array-like of shape (n_samples, n_out), same dtype
         The layer's output, ``dense_forward(X, W, b)``.
-    dA : array-like of shape (n_samples, n_out)
+    dA : array-like of shape (n_samples, n_out), same dtype
         Gradient of the loss with respect to A.
     activation : {"tanh", "linear"}, default "tanh"
     need_dX : bool, default True
@@ -69,8 +80,19 @@ def dense_backward(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike, *,
     Returns
     -------
     dX : ndarray of shape (n_samples, n_in), or None
+        Gradient with respect to X (None when need_dX is False).
     dW : ndarray of shape (n_in, n_out)
+        Gradient with respect to W, summed over the samples.
     db : ndarray of shape (n_out,)
+        Gradient with respect to b, summed over the samples.
+
+    Raises
+    ------
+    TypeError
+        An argument is not a real array, or float32 and float64 are mixed.
+    ValueError
+        Wrong number of dimensions, shapes that do not fit (the message shows
+        expected vs actual) or an unknown activation.
     """
     apply_tanh = check_activation(activation)
     X, W, A, dA = dense_backward_args(X, W, A, dA)

@@ -101,7 +101,14 @@ class DivergenceWarning(RuntimeWarning):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped fit(); ``history`` holds the losses of the finished epochs."""
+    """Ctrl-C stopped fit(); the model holds its last finished epoch.
+
+    Parameters
+    ----------
+    history : ndarray of shape (n_epochs_done,)
+        The losses of the finished epochs, also stored as the attribute
+        ``history`` (and as the model's ``history_``).
+    """
 
     def __init__(self, history):
         super().__init__(f"training interrupted after {len(history)} epochs")
@@ -445,10 +452,25 @@ class LGM:
 
     Attributes
     ----------
+    layer_sizes : tuple of int
+    output : str
+    dtype : numpy.dtype
+    backend : str
+        The constructor's arguments, as checked.
+    kind : str
+        "LGM", as written in saved files.
     params : dict of str to ndarray
         Copies of ``layer{l}.weight`` (n_l, n_{l+1}) and ``layer{l}.bias`` (n_{l+1},).
     history_ : ndarray of shape (n_epochs,)
         Per-epoch losses of the last :meth:`fit`.
+
+    Raises
+    ------
+    TypeError
+        layer_sizes is not a sequence of ints, dtype not float32/float64, or
+        seed not an int, Generator or None.
+    ValueError
+        Fewer than two layer sizes, a size < 1, or an unknown output or backend.
     """
 
     kind = "LGM"
@@ -532,10 +554,21 @@ class LGM:
         Parameters
         ----------
         X : array-like of shape (n_samples, n_in)
+            Real numbers; integers and bools are converted, and every input
+            takes the model's dtype. Other dtypes are refused.
 
         Returns
         -------
         Y : ndarray of shape (n_samples, n_out), the model's dtype
+            The last layer's outputs, in (-1, 1) for ``output="tanh"``.
+
+        Raises
+        ------
+        TypeError
+            X is not an array of real numbers.
+        ValueError
+            X has the wrong number of dimensions or a shape that does not
+            fit the architecture (the message shows expected vs actual).
         """
         X = self._inputs(X)
         with self._lock.reading():
@@ -547,11 +580,23 @@ class LGM:
         Parameters
         ----------
         X : array-like of shape (n_samples, n_in)
-        Y : array-like of shape (n_samples, n_out); (n_samples,) when n_out == 1
+            Real numbers; integers and bools are converted, and every input
+            takes the model's dtype. Other dtypes are refused.
+        Y : array-like of shape (n_samples, n_out), or (n_samples,) when n_out == 1
+            Targets, converted like X.
 
         Returns
         -------
         loss : float
+            The mean over samples and outputs.
+
+        Raises
+        ------
+        TypeError
+            X or Y is not an array of real numbers.
+        ValueError
+            X or Y has the wrong number of dimensions or a shape that does not
+            fit the architecture (the message shows expected vs actual).
         """
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
@@ -562,9 +607,27 @@ class LGM:
     def gradients(self, X: ArrayLike, Y: ArrayLike) -> dict[str, NDArray[Any]]:
         """Gradient of :meth:`loss` with respect to every parameter.
 
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_in)
+            Real numbers; integers and bools are converted, and every input
+            takes the model's dtype. Other dtypes are refused.
+        Y : array-like of shape (n_samples, n_out), or (n_samples,) when n_out == 1
+            Targets, converted like X.
+
         Returns
         -------
-        grads : dict of str to ndarray, keyed and shaped like :attr:`params`
+        grads : dict of str to ndarray
+            ``d loss / d param``, keyed and shaped like :attr:`params`, the
+            model's dtype.
+
+        Raises
+        ------
+        TypeError
+            X or Y is not an array of real numbers.
+        ValueError
+            X or Y has the wrong number of dimensions or a shape that does not
+            fit the architecture (the message shows expected vs actual).
         """
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
@@ -613,6 +676,15 @@ class LGM:
 
         Raises
         ------
+        TypeError
+            epochs or batch_size is not an integer, lr not a real number,
+            callback not callable, or X/Y not arrays of real numbers.
+        ValueError
+            X or Y empty, non-finite or of the wrong shape; epochs < 0;
+            lr not finite and > 0; batch_size < 1; an unknown optimizer.
+        RuntimeError
+            Another thread is training this model (or fit was called from
+            its own callback).
         TrainingInterrupted (a KeyboardInterrupt)
             On Ctrl-C, within about 0.1 s: the model keeps the parameters of
             the last finished epoch and ``history_`` their losses.
@@ -657,7 +729,26 @@ class LGM:
 
     # -- persistence -------------------------------------------------------------
     def save(self, path: str | PathLike[str]) -> None:
-        """Write the model to ``path`` as an .npz file (no pickle), atomically."""
+        """Write the model to ``path`` as an .npz file (no pickle), atomically.
+
+        The file holds the format version, kind, dtype, architecture and
+        parameters as plain arrays; it is written to a temporary file beside
+        ``path`` and renamed over it, so ``path`` never holds half a model.
+        Read it back with :func:`lgmstm.load`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write, exactly as named (no suffix is added).
+
+        Raises
+        ------
+        TypeError
+            path is not a str, bytes or os.PathLike.
+        OSError
+            The file cannot be written; an existing file at ``path`` is
+            left as it was.
+        """
         config = {"layer_sizes": np.asarray(self.layer_sizes, np.int64),
                   "output": np.asarray(self.output)}
         with self._lock.reading():

@@ -16,7 +16,12 @@ __all__ = ["dense_forward", "dense_backward", "squared_error", "optimizer_step"]
 
 
 def dense_forward(X, W, b, *, activation="tanh", out=None):
-    """``A = tanh(X @ W + b)``; see :func:`lgmstm.kernels.dense_forward`."""
+    """``A = tanh(X @ W + b)`` in NumPy.
+
+    Same parameters, results, checks and errors as
+    :func:`lgmstm.kernels.dense_forward`: X (n_samples, n_in), W (n_in,
+    n_out), b (n_out,), float32 or float64; returns A (n_samples, n_out).
+    """
     apply_tanh = check_activation(activation)
     X, W, b, buffer, result = dense_forward_args(X, W, b, out)
     layer_forward(X, W, b, apply_tanh, out=buffer)
@@ -26,8 +31,11 @@ def dense_forward(X, W, b, *, activation="tanh", out=None):
 
 
 def dense_backward(X, W, A, dA, *, activation="tanh", need_dX=True):
-    """``(dZ @ W.T, X.T @ dZ, dZ.sum(0))`` with ``dZ = dA * (1 - A**2)``;
-    see :func:`lgmstm.kernels.dense_backward`."""
+    """``(dZ @ W.T, X.T @ dZ, dZ.sum(0))`` with ``dZ = dA * (1 - A**2)``, in NumPy.
+
+    Same parameters, results, checks and errors as
+    :func:`lgmstm.kernels.dense_backward`; returns (dX or None, dW, db).
+    """
     apply_tanh = check_activation(activation)
     X, W, A, dA = dense_backward_args(X, W, A, dA)
     return layer_backward(X, W, A, dA, apply_tanh, need_dX)
@@ -36,12 +44,15 @@ def dense_backward(X, W, A, dA, *, activation="tanh", need_dX=True):
 # Unchecked forms of the two above, for the NumPy training loops: a NumPy
 # programmer validates once, not at every step.
 def layer_forward(X, W, b, apply_tanh, out=None):
+    """:func:`dense_forward` without checks: C-contiguous arrays of one dtype,
+    shapes that fit, apply_tanh a bool."""
     Z = np.matmul(X, W, out=out)
     Z += b
     return np.tanh(Z, out=Z) if apply_tanh else Z
 
 
 def layer_backward(X, W, A, dA, apply_tanh, need_dX=True):
+    """:func:`dense_backward` without checks (see :func:`layer_forward`)."""
     dZ = dA * (1 - A * A) if apply_tanh else dA
     dX = dZ @ W.T if need_dX else None
     return dX, X.T @ dZ, dZ.sum(axis=0)
@@ -72,6 +83,8 @@ def optimizer_step(param, grad, state, *, optimizer, lr, momentum=0.9, beta1=0.9
     ([] for sgd, [v] for momentum, [m, v] for adam), updated in place; t = step.
     """
     dtype = param.dtype.type
+    if optimizer not in ("sgd", "momentum", "adam"):
+        raise ValueError(f"optimizer must be 'sgd', 'momentum' or 'adam', got {optimizer!r}")
     if optimizer == "sgd":
         param -= dtype(lr) * grad
     elif optimizer == "momentum":

@@ -8,7 +8,6 @@ maths with :mod:`lgmstm.reference`.
 """
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 
@@ -29,15 +28,17 @@ from .models import (
     ADAM_BETA2,
     ADAM_EPS,
     BACKENDS,
-    restore_params,
     MOMENTUM,
     OPTIMIZERS,
     OUTPUTS,
+    TrainingInterrupted,
+    UseLock,
     _check_dtype,
     _check_seed,
     _Progress,
     epoch_orders,
     glorot_uniform,
+    restore_params,
     run_epochs,
 )
 
@@ -176,7 +177,16 @@ class _ReferenceRecurrent:
         return loss, grads
 
     def step_gradients(self, X, Y, h0, lengths):
-        """(loss, grads, final states) of one batch."""
+        """(loss, grads, final states) of one batch.
+
+        Raises
+        ------
+        TypeError
+            X is not an array of real numbers.
+        ValueError
+            X or lengths has the wrong shape or range, or (stateful) X holds
+            a different number of streams than the state.
+        """
         input_weight, recurrent_weight, _, readout_weight, _ = self.params
         H, final, readout_input, outputs = self._forward(X, h0, lengths)
         n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
@@ -340,7 +350,7 @@ class STM:
             np.zeros(self.n_out, self.dtype),
         ]
         self._state = None
-        self._lock = threading.Lock()
+        self._lock = UseLock()
         self.history_ = np.empty(0)
         self._network = _NETWORKS[self.backend](
             self._params, (self.n_in, self.n_hidden, self.n_out), self.output == "tanh",
@@ -353,7 +363,8 @@ class STM:
     @property
     def params(self):
         """Copies of the parameters, by name."""
-        return {name: p.copy() for name, p in zip(PARAM_NAMES, self._params)}
+        with self._lock.reading():
+            return {name: p.copy() for name, p in zip(PARAM_NAMES, self._params)}
 
     @property
     def state(self):
@@ -427,7 +438,8 @@ class STM:
         A stateful model starts from :attr:`state` and keeps the final states.
         """
         X, lengths = self._inputs(X, lengths)
-        outputs, final = self._network.predict(X, self._initial_state(X.shape[0]), lengths)
+        with self._lock.reading():
+            outputs, final = self._network.predict(X, self._initial_state(X.shape[0]), lengths)
         if self.stateful:
             self._state = final
         return outputs
@@ -452,10 +464,18 @@ class STM:
         loss : float
 
         A stateful model starts from :attr:`state`, and leaves it as it is.
+
+        Raises
+        ------
+        TypeError
+            X or Y is not an array of real numbers.
+        ValueError
+            X, Y or lengths has the wrong shape or range.
         """
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
-        outputs, _ = self._network.predict(X, self._initial_state(X.shape[0]), lengths)
+        with self._lock.reading():
+            outputs, _ = self._network.predict(X, self._initial_state(X.shape[0]), lengths)
         n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
         diff = outputs - Y
         return float(np.vdot(diff, diff)) / max(1, n_valid * self.n_out)
@@ -469,7 +489,8 @@ class STM:
         """
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
-        _, grads = self._network.gradients(X, Y, self._initial_state(X.shape[0]), lengths)
+        with self._lock.reading():
+            _, grads = self._network.gradients(X, Y, self._initial_state(X.shape[0]), lengths)
         return dict(zip(PARAM_NAMES, grads))
 
     def fit(self, X, Y, *, epochs, lr, batch_size=None, optimizer="sgd", clip_norm=None,
@@ -515,6 +536,25 @@ class STM:
         A stateful model starts every epoch from :attr:`state` (gradients do
         not flow into it: truncated BPTT) and afterwards holds the final
         states of the last epoch's forward passes.
+
+        Raises
+        ------
+        TypeError
+            A hyper-parameter of the wrong type, a non-callable callback, or
+            X/Y not arrays of real numbers.
+        ValueError
+            Empty, non-finite or misshapen data or lengths; epochs < 0; lr or
+            clip_norm not finite and > 0; batch_size < 1; an unknown optimizer.
+        RuntimeError
+            Another thread is training this model.
+        TrainingInterrupted (a KeyboardInterrupt)
+            On Ctrl-C, within about 0.1 s; the model keeps its last finished epoch.
+
+        Warns
+        -----
+        DivergenceWarning
+            A non-finite loss or parameter: training stops and the model keeps
+            the last finite parameters.
         """
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
@@ -538,18 +578,19 @@ class STM:
         def order_for(count):
             return epoch_orders(rng, count, n_samples) if shuffled else None
 
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeError("this model is being trained by another thread")
-        try:
+        with self._lock.training():
             trainer = self._network.trainer(X, Y, lengths, self._initial_state(n_samples),
                                             batch_size, optimizer, lr, clip_norm)
             progress = _Progress("STM", epochs, bool(verbose))
-            self.history_ = run_epochs(trainer, epochs, callback=callback,
-                                       progress=progress, order_for=order_for)
-            if self.stateful and len(self.history_):
-                self._state = trainer.final_states
-        finally:
-            self._lock.release()
+            try:
+                self.history_ = run_epochs(trainer, epochs, callback=callback,
+                                           progress=progress, order_for=order_for)
+            except TrainingInterrupted as exc:
+                self.history_ = exc.history
+                raise
+            finally:
+                if self.stateful and len(self.history_):
+                    self._state = trainer.final_states
         return self.history_
 
     # -- persistence -------------------------------------------------------------
@@ -558,6 +599,13 @@ class STM:
 
         The architecture and parameters are saved; the working memory is not
         (a loaded model starts from zero states).
+
+        Raises
+        ------
+        TypeError
+            path is not a str, bytes or os.PathLike.
+        OSError
+            The file cannot be written; an existing file is left as it was.
         """
         config = {"n_in": np.asarray(self.n_in, np.int64),
                   "n_hidden": np.asarray(self.n_hidden, np.int64),
@@ -565,7 +613,9 @@ class STM:
                   "output": np.asarray(self.output),
                   "return_sequences": np.asarray(self.return_sequences),
                   "stateful": np.asarray(self.stateful)}
-        save_arrays(path, self.kind, self.dtype, config, dict(zip(PARAM_NAMES, self._params)))
+        with self._lock.reading():
+            save_arrays(path, self.kind, self.dtype, config,
+                        dict(zip(PARAM_NAMES, self._params)))
 
     @classmethod
     def _from_saved(cls, config, dtype, arrays, path, backend):
