@@ -28,6 +28,17 @@ def _cpu_has(*flags):
     return None
 
 
+def _tanh_clone():
+    """The tanh clone the loader picks on this CPU (GCC's x86-64 levels), or
+    None where the CPU's features cannot be read."""
+    if _cpu_has("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"):
+        return "x86-64-v4 (AVX-512)"
+    has_v3 = _cpu_has("avx2", "fma", "bmi1", "bmi2", "movbe")
+    if has_v3 is None:
+        return None
+    return "x86-64-v3 (AVX2+FMA)" if has_v3 else "baseline"
+
+
 def _compiler():
     """(compiler, flags) of the extension modules.
 
@@ -74,7 +85,7 @@ def config_info():
         "openmp_version": _openmp.openmp_version(),
         "threads": get_num_threads(),
         "simd_dispatch": _openmp.simd_dispatch(),
-        "cpu_avx2": _cpu_has("avx2"),
+        "simd_clone": _tanh_clone(),
         "scipy_blas": f"{scipy_blas.get('name', 'unknown')} {scipy_blas.get('version', '')}".strip(),
         "compiler": compiler,
         "flags": flags,
@@ -98,9 +109,9 @@ def show_config(file=None):
     else:
         openmp = "no: the kernels run on one thread"
     if info["simd_dispatch"]:
-        chosen = {True: "this CPU has AVX2", False: "this CPU has no AVX2",
-                  None: "this CPU's features are unknown here"}[info["cpu_avx2"]]
-        simd = f"tanh loops have AVX2 clones picked at load time ({chosen})"
+        chosen = info["simd_clone"] or "unknown here"
+        simd = ("tanh loops built for baseline, x86-64-v3 and x86-64-v4, one picked at "
+                f"load time (this CPU: {chosen})")
     else:
         simd = "none: tanh loops built for the baseline ISA only"
     lines = [
