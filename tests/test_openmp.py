@@ -1,6 +1,7 @@
 """The build has OpenMP, and the package's thread count behaves."""
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +88,33 @@ def test_kernels_leave_blas_control_to_other_threads(rng):
     worker.start()
     worker.join()
     assert seen and set(seen) == {1}
+
+
+def test_blas_is_single_threaded_while_openmp_runs(rng, threads):
+    """No oversubscription: while a fit runs on 2 OpenMP threads, the BLAS its
+    chunks call (scipy's) is held at one thread, so 2 OpenMP threads never
+    start 2 x n BLAS threads; afterwards the user's setting is back."""
+    X = rng.standard_normal((512, 256))
+    Y = rng.uniform(-0.5, 0.5, (512, 64))
+    model = lgmstm.LGM([256, 256, 64], seed=0)
+
+    def kernels_blas():
+        # scipy's own OpenBLAS: in scipy.libs (Linux wheels) or scipy/.dylibs
+        def scipys(path):
+            return "scipy.libs" in path.parts or "scipy" in path.parts
+
+        return [lib["num_threads"] for lib in threadpool_info()
+                if lib["user_api"] == "blas" and scipys(Path(lib["filepath"]))]
+
+    if not kernels_blas():
+        pytest.skip("scipy's BLAS is not a separate library threadpoolctl can see here")
+    seen = set()
+    with threads(2), threadpool_limits(2, user_api="blas"):
+        fit = threading.Thread(target=model.fit, args=(X, Y),
+                               kwargs=dict(epochs=40, lr=1e-3))
+        fit.start()
+        while fit.is_alive():
+            seen.update(kernels_blas())
+        fit.join()
+        assert kernels_blas() == [2]
+    assert 1 in seen
