@@ -2,7 +2,8 @@
 
     python bench/scaling.py [--max-threads N] [--repeats R]
 
-Batch-parallel cases, big enough to give every thread several chunks. Each
+The medium training steps of the benchmark grid, and batch-parallel cases
+big enough to give every thread several chunks. Each
 line: the case, threads, median seconds per training step, speed-up over one
 thread, parallel efficiency. Run it on an otherwise idle machine; unset
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE where they are set.
@@ -16,20 +17,26 @@ import numpy as np
 import lgmstm
 
 
-def lgm_case(dtype):
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((4096, 256)).astype(dtype)
-    Y = rng.uniform(-0.5, 0.5, (4096, 64)).astype(dtype)
-    model = lgmstm.LGM([256, 256, 64], dtype=dtype, seed=0)
-    return "LGM 4096 x 256->256->64", lambda epochs: model.fit(X, Y, epochs=epochs, lr=1e-3)
+def lgm_case(n_samples):
+    def make(dtype):
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((n_samples, 256)).astype(dtype)
+        Y = rng.uniform(-0.5, 0.5, (n_samples, 64)).astype(dtype)
+        model = lgmstm.LGM([256, 256, 64], dtype=dtype, seed=0)
+        return (f"LGM {n_samples} x 256->256->64",
+                lambda epochs: model.fit(X, Y, epochs=epochs, lr=1e-3))
+    return make
 
 
-def stm_case(dtype):
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((1024, 50, 64)).astype(dtype)
-    Y = rng.uniform(-0.5, 0.5, (1024, 50, 16)).astype(dtype)
-    model = lgmstm.STM(64, 128, 16, dtype=dtype, seed=0)
-    return "STM 1024 x 50 steps x 64->128->16", lambda epochs: model.fit(X, Y, epochs=epochs, lr=1e-3)
+def stm_case(n_samples, n_steps):
+    def make(dtype):
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((n_samples, n_steps, 64)).astype(dtype)
+        Y = rng.uniform(-0.5, 0.5, (n_samples, n_steps, 16)).astype(dtype)
+        model = lgmstm.STM(64, 128, 16, dtype=dtype, seed=0)
+        return (f"STM {n_samples} x {n_steps} steps x 64->128->16",
+                lambda epochs: model.fit(X, Y, epochs=epochs, lr=1e-3))
+    return make
 
 
 def seconds_per_step(train, repeats):
@@ -52,9 +59,8 @@ def main():
         counts.append(counts[-1] * 2)
     if counts[-1] != args.max_threads:
         counts.append(args.max_threads)
-    cases = [lgm_case]
-    if hasattr(lgmstm, "STM"):
-        cases.append(stm_case)
+    # The benchmark grid's medium sizes, then batch-parallel ones for many threads.
+    cases = [lgm_case(256), stm_case(64, 100), lgm_case(4096), stm_case(1024, 50)]
     print(f"lgmstm {lgmstm.__version__}, {os.cpu_count()} cores")
     for make in cases:
         for dtype in (np.float64, np.float32):
