@@ -111,7 +111,7 @@ def check_out(out, shape: tuple, dtype: np.dtype, inputs=()) -> tuple[np.ndarray
 
 def check_activation(activation: str) -> bool:
     """True for "tanh", False for "linear"."""
-    if activation not in ("tanh", "linear"):
+    if not isinstance(activation, str) or activation not in ("tanh", "linear"):
         raise ValueError(f"activation must be 'tanh' or 'linear', got {activation!r}")
     return activation == "tanh"
 
