@@ -55,9 +55,11 @@ def as_array(name: str, value, ndim: int) -> np.ndarray:
 def common_dtype(names, arrays, default=None) -> np.dtype:
     """The one floating dtype of the arrays (int/bool ones follow it)."""
     first = arrays[0].dtype
-    if first.char in "fd" and all(a.dtype == first for a in arrays[1:]):
+    if first in FLOAT_DTYPES and all(a.dtype == first for a in arrays[1:]):
         return first
-    floats = [(name, a.dtype) for name, a in zip(names, arrays) if a.dtype.kind == "f"]
+    # Byte order is storage, not type: a big-endian float64 array is float64.
+    floats = [(name, a.dtype.newbyteorder("="))
+              for name, a in zip(names, arrays) if a.dtype.kind == "f"]
     dtypes = {dtype for _, dtype in floats}
     if len(dtypes) > 1:
         listing = ", ".join(f"{name} is {dtype}" for name, dtype in floats)
