@@ -153,6 +153,8 @@ def dense_forward_args(X, W, b, out):
     dtype = common_dtype(("X", "W", "b"), (X, W, b))
     check_dim("W", W, 0, X.shape[1], "rows (X's n_in)")
     check_dim("b", b, 0, W.shape[1], "entries (W's n_out)")
+    check_product("X", *X.shape)
+    check_product("W", *W.shape)
     check_product("the output", X.shape[0], W.shape[1])
     shape = (X.shape[0], W.shape[1])
     if out is None:
@@ -177,4 +179,6 @@ def dense_backward_args(X, W, A, dA):
                 f"{name} must have shape (n_samples, n_out) = {expected}, got {array.shape}"
             )
     check_product("X", *X.shape)
+    check_product("W", *W.shape)
+    check_product("A", *A.shape)
     return tuple(as_c_array(a, dtype) for a in (X, W, A, dA))
