@@ -132,7 +132,10 @@ def check_int(name: str, value, minimum: int, allow_none: bool = False):
 def check_positive_float(name: str, value, allow_zero: bool = False) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {_describe(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int or Fraction past the float range
+        value = math.inf if value > 0 else -math.inf
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value}")
