@@ -70,8 +70,13 @@ def common_dtype(names, arrays, default=None) -> np.dtype:
 
 
 def as_c_array(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A C-contiguous array of dtype: array itself when it already is one."""
-    return np.ascontiguousarray(array, dtype=dtype)
+    """An aligned C-contiguous array of dtype: array itself when it already is one.
+
+    Compiled code reads `double *`: a view at an odd byte offset (from a
+    buffer or a structured array) would be undefined behaviour there.
+    """
+    array = np.ascontiguousarray(array, dtype=dtype)
+    return array if array.flags.aligned else array.copy()
 
 
 def check_dim(name: str, array: np.ndarray, axis: int, expected: int, meaning: str) -> None:
@@ -93,8 +98,8 @@ def check_out(out, shape: tuple, dtype: np.dtype, inputs=()) -> tuple[np.ndarray
     """(buffer to compute into, array to return) for an out= argument.
 
     out must be an ndarray of exactly `shape` and `dtype`, writable and
-    C-contiguous. When it overlaps an input, the result is computed in a
-    temporary and copied in, as NumPy does.
+    C-contiguous. When it overlaps an input or is not aligned, the result is
+    computed in a temporary and copied in, as NumPy does.
     """
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {_describe(out)}")
@@ -106,7 +111,7 @@ def check_out(out, shape: tuple, dtype: np.dtype, inputs=()) -> tuple[np.ndarray
         raise ValueError("out must be writable, got a read-only array")
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
-    if any(np.may_share_memory(out, a) for a in inputs):
+    if not out.flags.aligned or any(np.may_share_memory(out, a) for a in inputs):
         return np.empty(shape, dtype), out
     return out, out
 
