@@ -16,8 +16,17 @@ import numpy as np
 FORMAT_VERSION = 1
 
 
+def checked_path(path) -> str:
+    """path (str, bytes or os.PathLike) as a str."""
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError("path must be a str, bytes or os.PathLike object, got "
+                        f"{type(path).__name__}") from None
+
+
 def save_arrays(path, kind, dtype, config, params):
-    path = os.fspath(path)
+    path = checked_path(path)
     arrays = {"format_version": np.asarray(FORMAT_VERSION, np.int64),
               "kind": np.asarray(kind), "dtype": np.asarray(np.dtype(dtype).name)}
     arrays.update({f"config.{k}": v for k, v in config.items()})
@@ -40,7 +49,7 @@ def save_arrays(path, kind, dtype, config, params):
 
 def load_arrays(path):
     """(kind, dtype, config, params) from a file written by save_arrays."""
-    path = os.fspath(path)
+    path = checked_path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
@@ -88,12 +97,13 @@ def load(path, *, backend="cython"):
     from .models import LGM
 
     kinds = {"LGM": LGM}
+    path = checked_path(path)
     kind, dtype, config, params = load_arrays(path)
     if kind not in kinds:
-        raise ValueError(f"{os.fspath(path)}: unknown model kind {kind!r}")
+        raise ValueError(f"{path}: unknown model kind {kind!r}")
     try:
-        return kinds[kind]._from_saved(config, dtype, params, os.fspath(path), backend)
+        return kinds[kind]._from_saved(config, dtype, params, path, backend)
     except KeyError as exc:
-        raise ValueError(f"{os.fspath(path)}: missing config entry {exc}") from None
-    except TypeError as exc:
-        raise ValueError(f"{os.fspath(path)}: invalid architecture: {exc}") from None
+        raise ValueError(f"{path}: missing config entry {exc}") from None
+    except (TypeError, OverflowError) as exc:
+        raise ValueError(f"{path}: invalid architecture: {exc}") from None
