@@ -7,11 +7,14 @@ target, so a crash never leaves a half-written model under that name.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
+from numpy.lib import format as npy
 
 FORMAT_VERSION = 1
 
@@ -51,14 +54,14 @@ def load_arrays(path):
     """(kind, dtype, config, params) from a file written by save_arrays."""
     path = checked_path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+        with zipfile.ZipFile(path) as archive:
+            arrays = {info.filename[:-len(".npy")]: _read_member(archive, info)
+                      for info in archive.infolist()}
     except FileNotFoundError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError, RuntimeError) as exc:  # the last two: zip features
         raise ValueError(f"{path} is not a readable lgmstm model file: {exc}") from None
-    if not isinstance(arrays, dict):
-        raise ValueError(f"{path} is not an lgmstm model file (not an .npz archive)")
     for key in ("format_version", "kind", "dtype"):
         if key not in arrays:
             raise ValueError(f"{path} is not an lgmstm model file: no '{key}' entry")
@@ -72,6 +75,29 @@ def load_arrays(path):
     config = {k[len("config."):]: v for k, v in arrays.items() if k.startswith("config.")}
     params = {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
     return kind, np.dtype(dtype), config, params
+
+
+_HEADER_READERS = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+
+
+def _read_member(archive, info):
+    """One .npy entry of the archive, its header checked before any data is
+    read: object arrays would be unpickled, and a header declaring more data
+    than the entry holds would allocate that much before failing."""
+    if not info.filename.endswith(".npy"):
+        raise ValueError(f"unexpected entry {info.filename!r}")
+    with archive.open(info) as f:
+        version = npy.read_magic(f)
+        if version not in _HEADER_READERS:
+            raise ValueError(f"{info.filename}: unsupported .npy version {version}")
+        shape, _, dtype = _HEADER_READERS[version](f)
+        if dtype.hasobject:
+            raise ValueError(f"{info.filename} holds Python objects (pickled data), "
+                             "which lgmstm never loads")
+        if math.prod(shape) * dtype.itemsize != info.file_size - f.tell():
+            raise ValueError(f"{info.filename}: the header does not match the data")
+    with archive.open(info) as f:
+        return npy.read_array(f, allow_pickle=False)
 
 
 def load(path, *, backend="cython"):
