@@ -2,6 +2,9 @@
 
 LGMSTM_FAIL_NO_OPENMP=1 turns a missing OpenMP into a build error (CI sets it);
 otherwise the build goes on single-threaded with a warning.
+
+LGMSTM_DEBUG=1 builds for AddressSanitizer (see .ci/sanitize): Cython's
+bounds, wraparound and initialisation checks on, -O1 -g -fsanitize=address.
 """
 import os
 import sys
@@ -29,6 +32,9 @@ OPTIMIZE_FLAGS = {
     "mingw32": ["-O3", "-fno-trapping-math"],
     "msvc": ["/O2"],
 }
+
+DEBUG = os.environ.get("LGMSTM_DEBUG", "0") not in ("", "0")
+DEBUG_FLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"]
 
 OPENMP_TEST = textwrap.dedent(
     """
@@ -73,8 +79,8 @@ class BuildExt(build_ext):
             warnings.warn(message)
             flags = ([], [])
         for ext in self.extensions:
-            ext.extra_compile_args = OPTIMIZE_FLAGS.get(kind, []) + flags[0]
-            ext.extra_link_args = flags[1]
+            ext.extra_compile_args = (DEBUG_FLAGS if DEBUG else OPTIMIZE_FLAGS.get(kind, [])) + flags[0]
+            ext.extra_link_args = flags[1] + (DEBUG_FLAGS if DEBUG else [])
         super().build_extensions()
 
 
@@ -99,6 +105,8 @@ setup(
             "wraparound": False,
             "initializedcheck": False,
             "cdivision": True,
+            **({"boundscheck": True, "wraparound": True, "initializedcheck": True}
+               if DEBUG else {}),
         },
     ),
     cmdclass={"build_ext": BuildExt},
