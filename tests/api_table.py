@@ -49,6 +49,7 @@ class Kernel:
     arrays: dict  # positional array arguments -> symbolic shape
     results: tuple  # symbolic shape of each result (one for a single array)
     keywords: dict = field(default_factory=dict)  # keyword -> a valid value
+    choices: dict = field(default_factory=dict)  # keyword -> valid values, or makers (dims, rng, dtype) -> value
     bad_keywords: dict = field(default_factory=dict)  # keyword -> [(id, value or dims -> value, bug)]
     nullable: tuple = ()  # positional arrays that may be None
     out: bool = False  # takes out=, shaped like the (single) result
@@ -90,11 +91,12 @@ _flag_junk = [
 
 KERNELS = [
     Kernel("dense_forward", {"X": "ni", "W": "io", "b": "o"}, ("no",),
-           keywords={"activation": "tanh"},
+           keywords={"activation": "tanh"}, choices={"activation": ("tanh", "linear")},
            bad_keywords={"activation": _activation_junk}, out=True),
     Kernel("dense_backward", {"X": "ni", "W": "io", "A": "no", "dA": "no"},
            ("ni", "io", "o"),
            keywords={"activation": "tanh", "need_dX": True},
+           choices={"activation": ("tanh", "linear"), "need_dX": (True, False)},
            bad_keywords={"activation": _activation_junk, "need_dX": _flag_junk}),
 ]
 
@@ -107,13 +109,16 @@ if HAS_STM:  # the Elman RNN kernels (see lgmstm/_validation.rnn_*_args)
         ("2-d", lambda d: np.ones((d["n"], 1), int), None),
         ("object", lambda d: np.full(d["n"], 1, object), None),
     ]
+    _lengths = (None, lambda d, rng, dtype: rng.integers(0, d["t"] + 1, d["n"]))
     KERNELS += [
         Kernel("rnn_forward", {"X": "nti", "h0": "nh", "Wx": "ih", "Wh": "hh", "b": "h"},
-               ("nth",), keywords={"lengths": None},
+               ("nth",), keywords={"lengths": None}, choices={"lengths": _lengths},
                bad_keywords={"lengths": _lengths_junk}, nullable=("h0",), out=True),
         Kernel("rnn_backward", {"X": "nti", "h0": "nh", "Wx": "ih", "Wh": "hh", "H": "nth",
                                 "dH": "nth"},
                ("nti", "nh", "ih", "hh", "h"), keywords={"lengths": None, "dh_last": None},
+               choices={"lengths": _lengths, "dh_last": (None, lambda d, rng, dtype: rng.uniform(
+                   -1, 1, (d["n"], d["h"])).astype(dtype))},
                bad_keywords={"lengths": _lengths_junk}, nullable=("h0",)),
     ]
 

@@ -68,10 +68,12 @@ def kernel_inputs(draw, kernel):
     values = {name: rng.uniform(-1, 1, shape(symbols, dims)).astype(dtype)
               for name, symbols in kernel.arrays.items()}
     layouts = {name: draw(st.sampled_from(LAYOUTS)) for name in values}
-    arrays = {name: with_layout(v, layouts[name]) for name, v in values.items()}
-    keywords = {"activation": draw(st.sampled_from(["tanh", "linear"]))}
-    if "need_dX" in kernel.keywords:
-        keywords["need_dX"] = draw(st.booleans())
+    arrays = {name: None if name in kernel.nullable and draw(st.booleans())
+              else with_layout(v, layouts[name]) for name, v in values.items()}
+    keywords = {}
+    for keyword, options in kernel.choices.items():
+        value = draw(st.sampled_from(options))
+        keywords[keyword] = value(dims, rng, dtype) if callable(value) else value
     if kernel.out and draw(st.booleans()):
         out_shape = shape(kernel.results[0], dims)
         # stale NaNs must all be overwritten
@@ -82,7 +84,8 @@ def kernel_inputs(draw, kernel):
 
 def _kernel_equals_reference(kernel, case):
     dims, arrays, keywords, n_threads = case
-    plain = {name: np.array(a, dtype=a.dtype.newbyteorder("=")) for name, a in arrays.items()}
+    plain = {name: None if a is None else np.array(a, dtype=a.dtype.newbyteorder("="))
+             for name, a in arrays.items()}
     expected = as_tuple(call(BACKENDS["reference"], kernel, plain,
                              **{k: v for k, v in keywords.items() if k != "out"}))
     saved = lgmstm.get_num_threads()
@@ -102,7 +105,8 @@ def _kernel_equals_reference(kernel, case):
     finally:
         lgmstm.set_num_threads(saved)
     for name, a in arrays.items():  # inputs are read only
-        np.testing.assert_array_equal(a, plain[name], err_msg=name)
+        if a is not None:
+            np.testing.assert_array_equal(a, plain[name], err_msg=name)
 
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=str)
