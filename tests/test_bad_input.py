@@ -108,7 +108,7 @@ def kernel_array_cases(kernel):
         def build(valid, dtype, dims=dims):
             return {name: zero_stride(s, dims) for name, s in arrays.items()}, {}
         yield Case(f"overflow-{''.join(pair)}", build, (ValueError,),
-                   tuple(arrays) + ("output", "out"), huge=True)
+                   tuple(arrays) + ("out", "output", "states"), huge=True)  # or the result
 
 
 def kernel_keyword_cases(kernel):
