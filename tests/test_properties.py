@@ -296,3 +296,17 @@ def test_load_junk_is_refused(model, tmp_path_factory):
         finally:
             os.unlink(bad)
     check()
+
+
+@pytest.mark.parametrize("model", MODELS, ids=str)
+def test_save_junk_path_is_refused(model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    instance = model.make(seed=1)
+
+    @settings(max_examples=60, **SETTINGS)
+    @given(JUNK.filter(lambda v: not isinstance(v, (str, bytes))))
+    def check(path):
+        with pytest.raises(TypeError, match="path"):
+            instance.save(path)
+    check()
+    assert os.listdir(tmp_path) == []
