@@ -560,7 +560,7 @@ THREADS_TOO_MANY = ("_threads.py set_num_threads: values above 2**31 - 1 overflo
     (True, TypeError), (np.float64(2), TypeError),
     pytest.param(2**31, ValueError, marks=_bug(THREADS_TOO_MANY)),
     pytest.param(2**70, ValueError, marks=_bug(THREADS_TOO_MANY)),
-], ids=repr)
+], ids=lambda v: v.__name__ if isinstance(v, type) else repr(v))
 def test_set_num_threads_refuses(value, error):
     saved = lgmstm.get_num_threads()
     try:
