@@ -173,10 +173,7 @@ def check_refused(kernel, case, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kernel, case", KERNEL_CASES)
 def test_kernel_refuses_bad_array(kernel, case, dtype):
-    if case.huge:
-        with limited_address_space():
-            check_refused(kernel, case, dtype)
-    else:
+    with limited_address_space(case.huge):
         check_refused(kernel, case, dtype)
 
 
@@ -335,7 +332,8 @@ CONSTRUCTOR_CASES = [
 
 @pytest.mark.parametrize("model, args, keywords, name", CONSTRUCTOR_CASES)
 def test_constructor_refuses(model, args, keywords, name):
-    with limited_address_space():
+    huge = any(isinstance(a, int) and a >= HUGE for a in np.ravel(np.array(args, dtype=object)))
+    with limited_address_space(huge):
         _refused_everywhere(lambda backend: model.make(*args, backend=backend, **keywords)
                             if "backend" not in keywords else model.make(*args, **keywords),
                             (name,))
@@ -479,8 +477,7 @@ def test_fit_refuses_bad_hyperparameters(model, keywords, name):
             instance.fit(X, Y, **arguments)
         finally:
             _assert_unchanged(instance, before)
-    with limited_address_space():
-        _refused_everywhere(run, (name,))
+    _refused_everywhere(run, (name,))
 
 
 @pytest.mark.parametrize("model", MODELS, ids=str)
