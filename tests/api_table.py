@@ -34,7 +34,6 @@ TOLERANCES = {
 }
 
 HAS_STM = hasattr(lgmstm, "STM")
-needs_stm = pytest.mark.skipif(not HAS_STM, reason="lgmstm.STM has not landed yet")
 
 # Under AddressSanitizer the address space cannot be limited, so the cases
 # that would allocate terabytes if validation let them through are skipped.
@@ -53,7 +52,6 @@ class Kernel:
     bad_keywords: dict = field(default_factory=dict)  # keyword -> [(id, value or dims -> value, bug)]
     nullable: tuple = ()  # positional arrays that may be None
     out: bool = False  # takes out=, shaped like the (single) result
-    needs: tuple = ()  # marks when the row needs something (STM)
 
     def __str__(self):
         return self.name

@@ -14,7 +14,6 @@ import gc
 import numpy as np
 import pytest
 
-import lgmstm
 from api_table import (BACKENDS, DIMS, KERNELS, MODELS, UNDER_ASAN, call, make_arrays,
                        model_data, rss_bytes)
 
