@@ -2,6 +2,9 @@
 
 LGMSTM_FAIL_NO_OPENMP=1 turns a missing OpenMP into a build error (CI sets it);
 otherwise the build goes on single-threaded with a warning.
+
+LGMSTM_DEBUG=1 builds for AddressSanitizer (see .ci/sanitize): Cython's
+bounds, wraparound and initialisation checks on, -O1 -g -fsanitize=address.
 """
 import os
 import subprocess
@@ -30,6 +33,9 @@ OPTIMIZE_FLAGS = {
     "mingw32": ["-O3", "-fno-trapping-math", "-g0"],
     "msvc": ["/O2"],
 }
+
+DEBUG = os.environ.get("LGMSTM_DEBUG", "0") not in ("", "0")
+DEBUG_FLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"]
 
 OPENMP_TEST = textwrap.dedent(
     """
@@ -73,11 +79,12 @@ class BuildExt(build_ext):
                 raise RuntimeError(message + " (LGMSTM_FAIL_NO_OPENMP is set)")
             warnings.warn(message)
             flags = ([], [])
-        compile_args = OPTIMIZE_FLAGS.get(kind, []) + flags[0]
+        compile_args = (DEBUG_FLAGS if DEBUG else OPTIMIZE_FLAGS.get(kind, [])) + flags[0]
+        link_args = flags[1] + (DEBUG_FLAGS if DEBUG else [])
         for ext in self.extensions:
             ext.extra_compile_args = compile_args
-            ext.extra_link_args = flags[1]
-        self._write_build_info(compile_args, flags[1])
+            ext.extra_link_args = link_args
+        self._write_build_info(compile_args, link_args)
         super().build_extensions()
 
     def _write_build_info(self, compile_args, link_args):
@@ -123,6 +130,8 @@ setup(
             "wraparound": False,
             "initializedcheck": False,
             "cdivision": True,
+            **({"boundscheck": True, "wraparound": True, "initializedcheck": True}
+               if DEBUG else {}),
         },
     ),
     cmdclass={"build_ext": BuildExt},

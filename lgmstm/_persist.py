@@ -7,23 +7,37 @@ target, so a crash never leaves a half-written model under that name.
 """
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import zipfile
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.lib import format as npy
 
 if TYPE_CHECKING:
     from .models import LGM
+    from .stm import STM
 
 FORMAT_VERSION = 1
 
 
+def checked_path(path) -> str:
+    """path (str, bytes or os.PathLike) as a str."""
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError("path must be a str, bytes or os.PathLike object, got "
+                        f"{type(path).__name__}") from None
+
+
 def save_arrays(path, kind, dtype, config, params):
-    path = os.fspath(path)
+    path = checked_path(path)
     arrays: dict[str, Any] = {"format_version": np.asarray(FORMAT_VERSION, np.int64),
-              "kind": np.asarray(kind), "dtype": np.asarray(np.dtype(dtype).name)}
+                              "kind": np.asarray(kind),
+                              "dtype": np.asarray(np.dtype(dtype).name)}
     arrays.update({f"config.{k}": v for k, v in config.items()})
     arrays.update({f"param.{k}": v for k, v in params.items()})
     directory = os.path.dirname(os.path.abspath(path))
@@ -47,16 +61,15 @@ def save_arrays(path, kind, dtype, config, params):
 
 def load_arrays(path):
     """(kind, dtype, config, params) from a file written by save_arrays."""
-    path = os.fspath(path)
+    path = checked_path(path)
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):  # an .npy file gives an array
-            raise ValueError("not an .npz archive")
-        with data:
-            arrays = {name: data[name] for name in data.files}
+        with zipfile.ZipFile(path) as archive:
+            arrays = {info.filename[:-len(".npy")]: _read_member(archive, info)
+                      for info in archive.infolist()}
     except FileNotFoundError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError, RuntimeError) as exc:  # the last two: zip features
         raise ValueError(f"{path} is not a readable lgmstm model file: {exc}") from None
     for key in ("format_version", "kind", "dtype"):
         if key not in arrays:
@@ -73,7 +86,30 @@ def load_arrays(path):
     return kind, np.dtype(dtype), config, params
 
 
-def load(path: str | os.PathLike[str], *, backend: str = "cython") -> LGM:
+_HEADER_READERS = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+
+
+def _read_member(archive, info):
+    """One .npy entry of the archive, its header checked before any data is
+    read: object arrays would be unpickled, and a header declaring more data
+    than the entry holds would allocate that much before failing."""
+    if not info.filename.endswith(".npy"):
+        raise ValueError(f"unexpected entry {info.filename!r}")
+    with archive.open(info) as f:
+        version = npy.read_magic(f)
+        if version not in _HEADER_READERS:
+            raise ValueError(f"{info.filename}: unsupported .npy version {version}")
+        shape, _, dtype = _HEADER_READERS[version](f)
+        if dtype.hasobject:
+            raise ValueError(f"{info.filename} holds Python objects (pickled data), "
+                             "which lgmstm never loads")
+        if math.prod(shape) * dtype.itemsize != info.file_size - f.tell():
+            raise ValueError(f"{info.filename}: the header does not match the data")
+    with archive.open(info) as f:
+        return npy.read_array(f, allow_pickle=False)
+
+
+def load(path: str | os.PathLike[str], *, backend: str = "cython") -> LGM | STM:
     """Load a model saved with ``LGM.save`` or ``STM.save``.
 
     Parameters
@@ -99,15 +135,16 @@ def load(path: str | os.PathLike[str], *, backend: str = "cython") -> LGM:
 
     check_choice("backend", backend, BACKENDS)
     kinds: dict[str, type[LGM] | type[STM]] = {"LGM": LGM, "STM": STM}
+    path = checked_path(path)
     kind, dtype, config, params = load_arrays(path)
     if kind not in kinds:
-        raise ValueError(f"{os.fspath(path)}: unknown model kind {kind!r}")
+        raise ValueError(f"{path}: unknown model kind {kind!r}")
     try:
-        return kinds[kind]._from_saved(config, dtype, params, os.fspath(path), backend)
+        return kinds[kind]._from_saved(config, dtype, params, path, backend)
     except KeyError as exc:
-        raise ValueError(f"{os.fspath(path)}: missing config entry {exc}") from None
-    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: missing config entry {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
         message = str(exc)
-        if not message.startswith(os.fspath(path)):
-            message = f"{os.fspath(path)}: invalid model: {message}"
+        if not message.startswith(path):
+            message = f"{path}: invalid model: {message}"
         raise ValueError(message) from None

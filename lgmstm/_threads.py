@@ -65,9 +65,9 @@ def set_num_threads(n_threads: int) -> None:
     ValueError
         n_threads < 1.
     """
-    from ._validation import check_int
+    from ._validation import MAX_DIM, check_int
 
-    _openmp.set_num_threads(check_int("n_threads", n_threads, 1))
+    _openmp.set_num_threads(check_int("n_threads", n_threads, 1, maximum=MAX_DIM))
 
 
 # OpenBLAS threads a GEMM only above about 64**3 multiply-adds; smaller

@@ -30,8 +30,9 @@ def _describe(value) -> str:
     return f"{type(value).__name__} {value!r}"[:120]
 
 
-def as_array(name: str, value, ndim: int) -> np.ndarray:
-    """value as an ndarray of ndim dimensions and a real numeric dtype."""
+def as_array(name: str, value, ndim: int | tuple[int, ...]) -> np.ndarray:
+    """value as an ndarray of ndim dimensions (one of them, for a tuple) and
+    a real numeric dtype."""
     if type(value) is np.ndarray and value.dtype.char in "fd":
         array = value  # the common case, checked cheaply
     else:
@@ -48,8 +49,9 @@ def as_array(name: str, value, ndim: int) -> np.ndarray:
                 f"{name} must have dtype float32 or float64 (integers and bools are "
                 f"converted), got dtype {array.dtype}"
             )
-    if array.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {array.shape}")
+    if array.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
+        dims = " or ".join(map(str, ndim)) if isinstance(ndim, tuple) else ndim
+        raise ValueError(f"{name} must be {dims}-dimensional, got shape {array.shape}")
     if array.size and max(array.shape) > MAX_DIM:
         raise ValueError(f"{name} has shape {array.shape}: each dimension must be below 2**31")
     return array
@@ -58,9 +60,11 @@ def as_array(name: str, value, ndim: int) -> np.ndarray:
 def common_dtype(names, arrays, default=None) -> np.dtype:
     """The one floating dtype of the arrays (int/bool ones follow it)."""
     first = arrays[0].dtype
-    if first.char in "fd" and all(a.dtype == first for a in arrays[1:]):
+    if first in FLOAT_DTYPES and all(a.dtype == first for a in arrays[1:]):
         return first
-    floats = [(name, a.dtype) for name, a in zip(names, arrays) if a.dtype.kind == "f"]
+    # Byte order is storage, not type: a big-endian float64 array is float64.
+    floats = [(name, a.dtype.newbyteorder("="))
+              for name, a in zip(names, arrays) if a.dtype.kind == "f"]
     dtypes = {dtype for _, dtype in floats}
     if len(dtypes) > 1:
         listing = ", ".join(f"{name} is {dtype}" for name, dtype in floats)
@@ -71,8 +75,13 @@ def common_dtype(names, arrays, default=None) -> np.dtype:
 
 
 def as_c_array(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A C-contiguous array of dtype: array itself when it already is one."""
-    return np.ascontiguousarray(array, dtype=dtype)
+    """An aligned C-contiguous array of dtype: array itself when it already is one.
+
+    Compiled code reads `double *`: a view at an odd byte offset (from a
+    buffer or a structured array) would be undefined behaviour there.
+    """
+    array = np.ascontiguousarray(array, dtype=dtype)
+    return array if array.flags.aligned else array.copy()
 
 
 def check_dim(name: str, array: np.ndarray, axis: int, expected: int, meaning: str) -> None:
@@ -94,8 +103,8 @@ def check_out(out, shape: tuple, dtype: np.dtype, inputs=()) -> tuple[np.ndarray
     """(buffer to compute into, array to return) for an out= argument.
 
     out must be an ndarray of exactly `shape` and `dtype`, writable and
-    C-contiguous. When it overlaps an input, the result is computed in a
-    temporary and copied in, as NumPy does.
+    C-contiguous. When it overlaps an input or is not aligned, the result is
+    computed in a temporary and copied in, as NumPy does.
     """
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {_describe(out)}")
@@ -107,19 +116,20 @@ def check_out(out, shape: tuple, dtype: np.dtype, inputs=()) -> tuple[np.ndarray
         raise ValueError("out must be writable, got a read-only array")
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
-    if any(np.may_share_memory(out, a) for a in inputs):
+    if not out.flags.aligned or any(np.may_share_memory(out, a) for a in inputs):
         return np.empty(shape, dtype), out
     return out, out
 
 
 def check_activation(activation: str) -> bool:
     """True for "tanh", False for "linear"."""
-    if activation not in ("tanh", "linear"):
+    if not isinstance(activation, str) or activation not in ("tanh", "linear"):
         raise ValueError(f"activation must be 'tanh' or 'linear', got {activation!r}")
     return activation == "tanh"
 
 
-def check_int(name: str, value, minimum: int, allow_none: bool = False):
+def check_int(name: str, value, minimum: int, allow_none: bool = False,
+              maximum: int | None = None):
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
@@ -127,13 +137,18 @@ def check_int(name: str, value, minimum: int, allow_none: bool = False):
     value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
 def check_positive_float(name: str, value, allow_zero: bool = False) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {_describe(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int or Fraction past the float range
+        value = math.inf if value > 0 else -math.inf
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value}")
@@ -155,6 +170,8 @@ def dense_forward_args(X: ArrayLike, W: ArrayLike, b: ArrayLike, out: NDArray[An
     dtype = common_dtype(("X", "W", "b"), (X, W, b))
     check_dim("W", W, 0, X.shape[1], "rows (X's n_in)")
     check_dim("b", b, 0, W.shape[1], "entries (W's n_out)")
+    check_product("X", *X.shape)
+    check_product("W", *W.shape)
     check_product("the output", X.shape[0], W.shape[1])
     shape = (X.shape[0], W.shape[1])
     if out is None:
@@ -180,6 +197,8 @@ def dense_backward_args(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike,
                 f"{name} must have shape (n_samples, n_out) = {expected}, got {array.shape}"
             )
     check_product("X", *X.shape)
+    check_product("W", *W.shape)
+    check_product("A", *A.shape)
     return tuple(as_c_array(a, dtype) for a in (X, W, A, dA))
 
 
@@ -231,6 +250,8 @@ def _recurrent_shapes(X, Wx, Wh):
     check_dim("Wx", Wx, 0, n_in, "rows (X's n_in)")
     n_hidden = Wx.shape[1]
     check_shape("Wh", Wh, (n_hidden, n_hidden), "(n_hidden, n_hidden)")
+    check_product("Wx", *Wx.shape)
+    check_product("Wh", *Wh.shape)
     check_sequence_rows(X, n_hidden)
     return n_samples, n_steps, n_in, n_hidden
 

@@ -11,11 +11,19 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _dense
+from . import _dense, _recurrent
 from ._threads import get_num_threads, single_threaded_blas
-from ._validation import check_activation, dense_backward_args, dense_forward_args
+from ._validation import (
+    check_activation,
+    check_bool,
+    dense_backward_args,
+    dense_forward_args,
+    rnn_backward_args,
+    rnn_forward_args,
+)
 
-__all__ = ["dense_forward", "dense_backward"]
+__all__ = ["dense_forward", "dense_backward", "rnn_forward", "rnn_backward"]
+
 
 def dense_forward(X: ArrayLike, W: ArrayLike, b: ArrayLike, *, activation: str = "tanh",
                   out: NDArray[Any] | None = None) -> NDArray[Any]:
@@ -95,6 +103,7 @@ def dense_backward(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike, *,
         expected vs actual) or an unknown activation.
     """
     apply_tanh = check_activation(activation)
+    need_dX = check_bool("need_dX", need_dX)
     X, W, A, dA = dense_backward_args(X, W, A, dA)
     n_samples, n_in = X.shape
     n_out = W.shape[1]
@@ -105,17 +114,12 @@ def dense_backward(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike, *,
     db = np.empty(n_out, dtype)
     work = _dense.TASK_ROWS * max(n_in * n_out, n_out * n_samples)
     with single_threaded_blas(work):
-        _dense.backward(X, W, A, dA, dZ, dX, dW, db, bool(need_dX), apply_tanh,
+        _dense.backward(X, W, A, dA, dZ, dX, dW, db, need_dX, apply_tanh,
                         get_num_threads())
     return (dX if need_dX else None), dW, db
 
 
 # -- recurrent layer -------------------------------------------------------------
-# Imported here, not at the top, so this section appends to the module alone.
-from . import _recurrent  # noqa: E402
-from ._validation import rnn_backward_args, rnn_forward_args  # noqa: E402
-
-__all__ += ["rnn_forward", "rnn_backward"]
 
 
 def _recurrent_work(n_samples, n_steps, n_in, n_hidden):

@@ -26,10 +26,13 @@ from ._persist import save_arrays
 from ._threads import get_num_threads, single_threaded_blas
 from ._validation import (
     FLOAT_DTYPES,
+    MAX_DIM,
     as_array,
+    check_bool,
     check_choice,
     check_int,
     check_positive_float,
+    check_product,
 )
 
 __all__ = ["LGM"]
@@ -159,7 +162,7 @@ def run_epochs(trainer, n_epochs, *, callback, progress, order_for):
     block is replayed from a snapshot one epoch at a time up to the last
     finite epoch (the replay takes the same steps, so it is exact).
     """
-    losses = np.empty(n_epochs)
+    blocks = []  # per-block losses: nothing is allocated for epochs not run
     done, block = 0, 1
     with _deferred_interrupt() as interrupt:
         while done < n_epochs and not interrupt["requested"]:
@@ -171,24 +174,26 @@ def run_epochs(trainer, n_epochs, *, callback, progress, order_for):
             elapsed = time.perf_counter() - started
             if not _finite(trainer, block_losses):
                 good = _replay_finite_epochs(trainer, snapshot, order, count)
-                losses[done : done + len(good)] = good
+                blocks.append(good)
                 done += len(good)
                 warnings.warn(
                     f"training diverged at epoch {done} (non-finite loss or parameters); "
                     f"stopped, keeping the parameters after epoch {done - 1}. "
                     "Try a smaller lr.", DivergenceWarning, stacklevel=3)
                 break
-            losses[done : done + count] = block_losses
+            blocks.append(block_losses)
             done += count
-            progress.update(done, losses[done - 1], final=done == n_epochs)
+            last = float(block_losses[-1])
+            progress.update(done, last, final=done == n_epochs)
             if callback is not None:
-                if callback(done - 1, float(losses[done - 1])) is False:
+                if callback(done - 1, last) is False:
                     break
             else:
                 block = int(min(max(1, count * BLOCK_SECONDS / max(elapsed, 1e-6)), 2 * count + 1))
+    losses = np.concatenate(blocks) if blocks else np.empty(0)
     if interrupt["requested"]:
-        raise TrainingInterrupted(losses[:done].copy())
-    return losses[:done]
+        raise TrainingInterrupted(losses)
+    return losses
 
 
 def _replay_finite_epochs(trainer, snapshot, order, count):
@@ -481,9 +486,12 @@ class LGM:
                  backend: str = "cython") -> None:
         if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
             raise TypeError(f"layer_sizes must be a sequence of ints, got {layer_sizes!r}")
-        sizes = [check_int(f"layer_sizes[{i}]", n, 1) for i, n in enumerate(layer_sizes)]
+        sizes = [check_int(f"layer_sizes[{i}]", n, 1, maximum=MAX_DIM)
+                 for i, n in enumerate(layer_sizes)]
         if len(sizes) < 2:
             raise ValueError(f"layer_sizes needs at least two sizes [n_in, n_out], got {sizes}")
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            check_product("layer_sizes: a weight", n_in, n_out)
         self.layer_sizes = tuple(sizes)
         self.output = check_choice("output", output, OUTPUTS)
         self.dtype = _check_dtype(dtype)
@@ -538,10 +546,9 @@ class LGM:
 
     def _targets(self, Y: ArrayLike, n_samples: int) -> NDArray[Any]:
         n_out = self.layer_sizes[-1]
-        Y = np.asarray(Y) if not isinstance(Y, np.ndarray) else Y
-        if getattr(Y, "ndim", None) == 1 and n_out == 1:
+        Y = as_array("Y", Y, (1, 2) if n_out == 1 else 2)
+        if Y.ndim == 1:
             Y = Y.reshape(-1, 1)
-        Y = as_array("Y", Y, 2)
         if Y.shape != (n_samples, n_out):
             raise ValueError(f"Y must have shape (n_samples, n_out) = {(n_samples, n_out)}, "
                              f"got {Y.shape}")
@@ -703,7 +710,7 @@ class LGM:
                              f"{X.shape}")
         if not (np.isfinite(X).all() and np.isfinite(Y).all()):
             raise ValueError("X and Y must be finite (no NaN or inf) to fit")
-        epochs = check_int("epochs", epochs, 0)
+        epochs = check_int("epochs", epochs, 0, maximum=MAX_DIM)
         lr = check_positive_float("lr", lr)
         batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
         batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
@@ -711,14 +718,15 @@ class LGM:
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         rng = self._rng if seed is None else np.random.default_rng(_check_seed("seed", seed))
-        shuffled = bool(shuffle) and batch_size < n_samples
+        shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples
+        verbose = check_bool("verbose", verbose)
 
         def order_for(count):
             return epoch_orders(rng, count, n_samples) if shuffled else None
 
         with self._lock.training():
             trainer = self._network.trainer(X, Y, batch_size, optimizer, lr)
-            progress = _Progress("LGM", epochs, bool(verbose))
+            progress = _Progress("LGM", epochs, verbose)
             try:
                 self.history_ = run_epochs(trainer, epochs, callback=callback,
                                            progress=progress, order_for=order_for)

@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import check_activation, dense_backward_args, dense_forward_args
+from ._validation import (
+    check_activation,
+    check_bool,
+    dense_backward_args,
+    dense_forward_args,
+    rnn_backward_args,
+    rnn_forward_args,
+)
 
-__all__ = ["dense_forward", "dense_backward", "squared_error", "optimizer_step"]
+# The oracle's API, name for name the kernels' (lgmstm.kernels.__all__). The
+# unchecked helpers below serve the models' NumPy backend and are not part of it.
+__all__ = ["dense_forward", "dense_backward", "rnn_forward", "rnn_backward"]
 
 
 def dense_forward(X, W, b, *, activation="tanh", out=None):
@@ -37,6 +46,7 @@ def dense_backward(X, W, A, dA, *, activation="tanh", need_dX=True):
     :func:`lgmstm.kernels.dense_backward`; returns (dX or None, dW, db).
     """
     apply_tanh = check_activation(activation)
+    need_dX = check_bool("need_dX", need_dX)
     X, W, A, dA = dense_backward_args(X, W, A, dA)
     return layer_backward(X, W, A, dA, apply_tanh, need_dX)
 
@@ -104,10 +114,6 @@ def optimizer_step(param, grad, state, *, optimizer, lr, momentum=0.9, beta1=0.9
 
 
 # -- recurrent layer -------------------------------------------------------------
-# Imported here, not at the top, so this section appends to the module alone.
-from ._validation import rnn_backward_args, rnn_forward_args  # noqa: E402
-
-__all__ += ["rnn_forward", "rnn_backward"]
 
 
 def rnn_forward(X, h0, Wx, Wh, b, *, lengths=None, out=None):
@@ -174,9 +180,10 @@ def recurrent_backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, need_dX=True):
     previous = np.concatenate(
         [np.zeros((n_samples, 1, n_hidden), dtype) if h0 is None else h0[:, None], H[:, :-1]],
         axis=1)[:, :n_steps]
-    dZ_rows = dZ.reshape(-1, n_hidden)
-    dWx = X.reshape(-1, n_in).T @ dZ_rows
-    dWh = previous.reshape(-1, n_hidden).T @ dZ_rows
+    n_rows = n_samples * n_steps  # explicit: -1 cannot be inferred when a size is 0
+    dZ_rows = dZ.reshape(n_rows, n_hidden)
+    dWx = X.reshape(n_rows, n_in).T @ dZ_rows
+    dWh = previous.reshape(n_rows, n_hidden).T @ dZ_rows
     db = dZ_rows.sum(axis=0)
     dX = dZ @ Wx.T if need_dX else None
     return dX, dh0, dWx, dWh, db

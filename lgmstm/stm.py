@@ -15,12 +15,14 @@ from . import _recurrent, reference
 from ._persist import save_arrays
 from ._threads import get_num_threads, single_threaded_blas
 from ._validation import (
+    MAX_DIM,
     as_array,
     check_bool,
     check_choice,
     check_int,
     check_lengths,
     check_positive_float,
+    check_product,
     check_sequence_rows,
 )
 from .models import (
@@ -333,9 +335,13 @@ class STM:
 
     def __init__(self, n_in, n_hidden, n_out, *, output="tanh", return_sequences=True,
                  stateful=False, dtype=np.float64, seed=None, backend="cython"):
-        self.n_in = check_int("n_in", n_in, 1)
-        self.n_hidden = check_int("n_hidden", n_hidden, 1)
-        self.n_out = check_int("n_out", n_out, 1)
+        self.n_in = check_int("n_in", n_in, 1, maximum=MAX_DIM)
+        self.n_hidden = check_int("n_hidden", n_hidden, 1, maximum=MAX_DIM)
+        self.n_out = check_int("n_out", n_out, 1, maximum=MAX_DIM)
+        for name, rows, cols in (("n_in x n_hidden", self.n_in, self.n_hidden),
+                                 ("n_hidden x n_hidden", self.n_hidden, self.n_hidden),
+                                 ("n_hidden x n_out", self.n_hidden, self.n_out)):
+            check_product(f"a weight of {name}", rows, cols)
         self.output = check_choice("output", output, OUTPUTS)
         self.return_sequences = check_bool("return_sequences", return_sequences)
         self.stateful = check_bool("stateful", stateful)
@@ -398,10 +404,9 @@ class STM:
             shape, meaning = (n_samples, n_steps, self.n_out), "(n_samples, n_steps, n_out)"
         else:
             shape, meaning = (n_samples, self.n_out), "(n_samples, n_out)"
-        Y = np.asarray(Y) if not isinstance(Y, np.ndarray) and Y is not None else Y
-        if self.n_out == 1 and getattr(Y, "ndim", None) == len(shape) - 1:
+        Y = as_array("Y", Y, (len(shape) - 1, len(shape)) if self.n_out == 1 else len(shape))
+        if Y.ndim == len(shape) - 1:
             Y = Y[..., None]
-        Y = as_array("Y", Y, len(shape))
         if Y.shape != shape:
             raise ValueError(f"Y must have shape {meaning} = {shape}, got {Y.shape}")
         Y = np.ascontiguousarray(Y, dtype=self.dtype)
@@ -563,7 +568,7 @@ class STM:
             raise ValueError(f"X must hold at least one sequence to fit, got shape {X.shape}")
         if not (np.isfinite(X).all() and np.isfinite(Y).all()):
             raise ValueError("X and Y must be finite (no NaN or inf) to fit")
-        epochs = check_int("epochs", epochs, 0)
+        epochs = check_int("epochs", epochs, 0, maximum=MAX_DIM)
         lr = check_positive_float("lr", lr)
         batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
         batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
@@ -573,7 +578,8 @@ class STM:
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         rng = self._rng if seed is None else np.random.default_rng(_check_seed("seed", seed))
-        shuffled = bool(shuffle) and batch_size < n_samples
+        shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples
+        verbose = check_bool("verbose", verbose)
 
         def order_for(count):
             return epoch_orders(rng, count, n_samples) if shuffled else None
@@ -581,7 +587,7 @@ class STM:
         with self._lock.training():
             trainer = self._network.trainer(X, Y, lengths, self._initial_state(n_samples),
                                             batch_size, optimizer, lr, clip_norm)
-            progress = _Progress("STM", epochs, bool(verbose))
+            progress = _Progress("STM", epochs, verbose)
             try:
                 self.history_ = run_epochs(trainer, epochs, callback=callback,
                                            progress=progress, order_for=order_for)

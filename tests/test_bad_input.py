@@ -1,0 +1,555 @@
+"""Every public function refuses bad input at the boundary.
+
+Bad types, dimensions, shapes, dtypes, hyper-parameters and out= arrays
+raise ValueError or TypeError whose message names the argument; the
+compiled kernels and the NumPy reference raise the same type for the same
+input; sizes past what BLAS can index are refused before anything is
+allocated; refused calls leave models untouched. Empty batches work.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import lgmstm
+from api_table import (BACKENDS, DIMS, DTYPES, HUGE, KERNELS, MODEL_BACKENDS, MODELS,
+                       assert_close, as_tuple, call, limited_address_space, make_arrays,
+                       model_data, shape, zero_stride)
+
+REFUSED = (ValueError, TypeError)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    build: object  # (valid arrays by name, dtype) -> (arrays by name, keywords)
+    expected: tuple  # exception types allowed
+    names: tuple  # the message must name one of these
+    bug: str | None = None
+    huge: bool = False  # would allocate gigabytes if let through
+
+
+def _replace(name, value):
+    def build(arrays, dtype):
+        return dict(arrays, **{name: value(arrays[name], dtype) if callable(value) else value}), {}
+    return build
+
+
+def _ragged(array):
+    return [[1.0, 2.0], [1.0]] if array.ndim > 1 else [1.0, [2.0, 3.0]]
+
+
+TYPE_JUNK = {
+    "None": lambda a, dtype: None,
+    "str": "abc",
+    "bytes": b"abc",
+    "dict": {"a": 1},
+    "object": lambda a, dtype: a.astype(object),
+    "complex": lambda a, dtype: a.astype(np.complex128),
+    "strings": lambda a, dtype: a.astype(str),
+    "datetime": lambda a, dtype: np.zeros(a.shape, "M8[s]"),
+    "timedelta": lambda a, dtype: np.zeros(a.shape, "m8[s]"),
+    "float16": lambda a, dtype: a.astype(np.float16),
+    "longdouble": lambda a, dtype: a.astype(np.longdouble),
+    "structured": lambda a, dtype: np.zeros(a.shape, [("x", dtype)]),
+    "ragged": lambda a, dtype: _ragged(a),
+}
+NDIM_JUNK = {
+    "0-d": lambda a, dtype: dtype.type(1),
+    "extra-dim": lambda a, dtype: a[..., None],
+    "missing-dim": lambda a, dtype: a[0],
+}
+
+
+def _other(dtype):
+    return np.dtype(np.float32 if dtype == np.float64 else np.float64)
+
+
+def kernel_array_cases(kernel):
+    arrays = kernel.arrays
+    for name, symbols in arrays.items():
+        for label, value in TYPE_JUNK.items():
+            if label == "None" and name in kernel.nullable:
+                continue
+            yield Case(f"{name}-{label}", _replace(name, value), (TypeError,), (name,))
+        for label, value in NDIM_JUNK.items():
+            if label == "missing-dim" and len(symbols) == 1:
+                continue  # the same as 0-d
+            yield Case(f"{name}-{label}", _replace(name, value), (ValueError,), (name,))
+        for axis, symbol in enumerate(symbols):
+            sharing = tuple(other for other, s in arrays.items() if symbol in s)
+            if len(sharing) == 1 and symbols.count(symbol) == 1:
+                continue  # a free dimension: any size is right
+
+            def grow(a, dtype, axis=axis):
+                bigger = list(a.shape)
+                bigger[axis] += 1
+                return np.zeros(bigger, dtype)
+            yield Case(f"{name}-axis{axis}-mismatch", _replace(name, grow), (ValueError,),
+                       sharing)
+        yield Case(f"{name}-mixed-dtype", _replace(name, lambda a, dtype: a.astype(_other(dtype))),
+                   (TypeError,), (name,))
+
+        def too_long(a, dtype):
+            return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), (2**31,) + a.shape[1:],
+                                                   (0,) * a.ndim, writeable=False)
+        yield Case(f"{name}-dim-2**31", _replace(name, too_long), (ValueError,), (name,),
+                   huge=True)
+    # Dimensions that BLAS can index but whose products overflow: every
+    # array is one zero-stride element, only the checks stand between the
+    # call and a multi-exabyte allocation.
+    pairs = {tuple(s[:2]) for s in list(arrays.values()) + list(kernel.results) if len(s) >= 2}
+    for pair in sorted(pairs):
+        dims = {s: (HUGE if s in pair else 1) for s in DIMS}
+
+        def build(valid, dtype, dims=dims):
+            return {name: zero_stride(s, dims) for name, s in arrays.items()}, {}
+        yield Case(f"overflow-{''.join(pair)}", build, (ValueError,),
+                   tuple(arrays) + ("out", "output", "states"), huge=True)  # or the result
+
+
+def kernel_keyword_cases(kernel):
+    for keyword, junk in kernel.bad_keywords.items():
+        for label, value, bug in junk:
+            def build(arrays, dtype, keyword=keyword, value=value):
+                return arrays, {keyword: value(DIMS) if callable(value) else value}
+            yield Case(f"{keyword}-{label}", build, REFUSED, (keyword,), bug=bug)
+    if not kernel.out:
+        return
+    result = shape(kernel.results[0], DIMS)
+    bigger = (result[0] + 1,) + result[1:]
+    outs = {
+        "list": (lambda dtype: np.zeros(result).tolist(), TypeError),
+        "shape": (lambda dtype: np.empty(bigger, dtype), ValueError),
+        "dtype": (lambda dtype: np.empty(result, _other(dtype)), TypeError),
+        "int": (lambda dtype: np.empty(result, np.int64), TypeError),
+        "bigendian": (lambda dtype: np.empty(result, dtype.newbyteorder()), TypeError),
+        "readonly": (lambda dtype: np.lib.stride_tricks.as_strided(
+            np.empty(result, dtype), writeable=False), ValueError),
+        "fortran": (lambda dtype: np.empty(result, dtype, order="F"), ValueError),
+        "strided": (lambda dtype: np.empty(result[:-1] + (2 * result[-1],), dtype)[..., ::2],
+                    ValueError),
+    }
+    for label, (make, error) in outs.items():
+        def build(arrays, dtype, make=make):
+            return arrays, {"out": make(dtype)}
+        yield Case(f"out-{label}", build, (error,), ("out",))
+
+
+def _params(kernel, cases):
+    for case in cases:
+        marks = [pytest.mark.xfail(strict=True, reason=case.bug)] if case.bug else []
+        yield pytest.param(kernel, case, id=f"{kernel}-{case.id}", marks=marks)
+
+
+KERNEL_CASES = [p for k in KERNELS for p in _params(k, kernel_array_cases(k))]
+KEYWORD_CASES = [p for k in KERNELS for p in _params(k, kernel_keyword_cases(k))]
+
+
+def _outcome(module, kernel, case, dtype):
+    valid = make_arrays(kernel, DIMS, dtype, np.random.default_rng(1))
+    arrays, keywords = case.build(valid, dtype)
+    try:
+        call(module, kernel, arrays, **keywords)
+    except Exception as exc:  # noqa: BLE001 - the type is what is tested
+        return exc
+    return None
+
+
+def check_refused(kernel, case, dtype):
+    outcomes = {name: _outcome(module, kernel, case, dtype) for name, module in BACKENDS.items()}
+    for backend, exc in outcomes.items():
+        assert exc is not None, f"{backend}.{kernel.name} accepted {case.id}"
+        assert isinstance(exc, case.expected), f"{backend}: {type(exc).__name__}: {exc}"
+        assert any(name in str(exc) for name in case.names), \
+            f"{backend}: message does not name {case.names}: {exc}"
+    kinds = {type(exc) for exc in outcomes.values()}
+    assert len(kinds) == 1, f"kernels and reference disagree: {outcomes}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kernel, case", KERNEL_CASES)
+def test_kernel_refuses_bad_array(kernel, case, dtype):
+    with limited_address_space(case.huge):
+        check_refused(kernel, case, dtype)
+
+
+@pytest.mark.parametrize("kernel, case", KEYWORD_CASES)
+def test_kernel_refuses_bad_keyword(kernel, case):
+    check_refused(kernel, case, np.dtype(np.float64))
+
+
+# -- unusual but valid input: both backends accept it and agree ----------------
+
+def _fortran(arrays, dtype):
+    return {k: np.asfortranarray(a) for k, a in arrays.items()}, {}
+
+
+def _bigendian(arrays, dtype):
+    return {k: a.astype(a.dtype.newbyteorder()) for k, a in arrays.items()}, {}
+
+
+def _one_bigendian(arrays, dtype):
+    first = next(iter(arrays))
+    return dict(arrays, **{first: arrays[first].astype(dtype.newbyteorder())}), {}
+
+
+def _misaligned(arrays, dtype):
+    def shift(a):
+        raw = np.zeros(a.nbytes + 1, np.uint8)
+        view = raw[1:].view(a.dtype).reshape(a.shape)
+        view[...] = a
+        assert not view.flags.aligned
+        return view
+    return {k: shift(a) for k, a in arrays.items()}, {}
+
+
+def _readonly(arrays, dtype):
+    for a in arrays.values():
+        a.flags.writeable = False
+    return arrays, {}
+
+
+def _broadcast(arrays, dtype):
+    return {k: np.broadcast_to(a[(slice(0, 1),) * a.ndim], a.shape) for k, a in arrays.items()}, {}
+
+
+def _lists(arrays, dtype):
+    return {k: a.tolist() for k, a in arrays.items()}, {}
+
+
+VALID_VARIANTS = {"fortran": _fortran, "bigendian": _bigendian, "one-bigendian": _one_bigendian,
+                  "misaligned": _misaligned, "readonly": _readonly, "broadcast": _broadcast,
+                  "lists": _lists}
+
+
+@pytest.mark.parametrize("variant", VALID_VARIANTS)
+@pytest.mark.parametrize("kernel", KERNELS, ids=str)
+def test_kernel_accepts_unusual_layouts(kernel, variant):
+    dtype = np.dtype(np.float64)
+    for module in BACKENDS.values():
+        arrays, keywords = VALID_VARIANTS[variant](
+            make_arrays(kernel, DIMS, dtype, np.random.default_rng(2)), dtype)
+        plain = {k: np.array(a, dtype) for k, a in arrays.items()}
+        expected = as_tuple(call(BACKENDS["reference"], kernel, plain))
+        for got, want in zip(as_tuple(call(module, kernel, arrays, **keywords)), expected):
+            assert_close(got, want, module.__name__)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kernel", KERNELS, ids=str)
+def test_kernel_converts_int_and_bool_arrays(kernel, dtype):
+    valid = make_arrays(kernel, DIMS, dtype, np.random.default_rng(3))
+    first = next(iter(valid))
+    for converted in (np.round(valid[first] * 3).astype(np.int32), valid[first] > 0):
+        arrays = dict(valid, **{first: converted})
+        expected = as_tuple(call(BACKENDS["reference"], kernel,
+                                 dict(valid, **{first: converted.astype(dtype)})))
+        for module in BACKENDS.values():
+            for got, want in zip(as_tuple(call(module, kernel, arrays)), expected):
+                assert_close(got, want)
+
+
+@pytest.mark.parametrize("kernel", [k for k in KERNELS if k.out], ids=str)
+def test_out_may_alias_an_input(kernel):
+    dims = dict(DIMS)
+    out_symbols = kernel.results[0]
+    for module in BACKENDS.values():
+        valid = make_arrays(kernel, dims, np.dtype(np.float64), np.random.default_rng(4))
+        expected = call(module, kernel, valid)
+        for name, symbols in kernel.arrays.items():
+            if shape(symbols, dims) == shape(out_symbols, dims):
+                arrays = {k: a.copy() for k, a in valid.items()}
+                result = call(module, kernel, arrays, out=arrays[name])
+                assert result is arrays[name]
+                assert_close(result, expected)
+
+
+@pytest.mark.parametrize("kernel", [k for k in KERNELS if k.out], ids=str)
+def test_out_misaligned_gets_the_result(kernel):
+    dtype = np.dtype(np.float64)
+    valid = make_arrays(kernel, DIMS, dtype, np.random.default_rng(5))
+    expected = call(BACKENDS["reference"], kernel, valid)
+    for module in BACKENDS.values():
+        raw = np.zeros(expected.nbytes + 1, np.uint8)
+        out = raw[1:].view(dtype).reshape(expected.shape)
+        assert call(module, kernel, valid, out=out) is out
+        assert_close(out, expected)
+
+
+@pytest.mark.parametrize("kernel, empty", [
+    pytest.param(k, s, id=f"{k}-{s}=0")
+    for k in KERNELS for s in sorted({s for v in k.arrays.values() for s in v})])
+def test_kernel_empty_dimensions(kernel, empty):
+    """0 samples (or 0 features) give correctly shaped, matching results."""
+    dims = dict(DIMS, **{empty: 0})
+    for dtype in DTYPES:
+        arrays = make_arrays(kernel, dims, dtype, np.random.default_rng(6))
+        expected = as_tuple(call(BACKENDS["reference"], kernel, arrays))
+        got = as_tuple(call(BACKENDS["kernels"], kernel, arrays))
+        assert [r.shape for r in got] == [shape(s, dims) for s in kernel.results]
+        for g, e in zip(got, expected):
+            assert_close(g, e)
+
+
+# -- models --------------------------------------------------------------------
+
+def _snapshot(model):
+    return {k: v.copy() for k, v in model.params.items()}, model.history_.copy()
+
+
+def _assert_unchanged(model, snapshot):
+    params, history = snapshot
+    for name, value in model.params.items():
+        np.testing.assert_array_equal(value, params[name], err_msg=name)
+    np.testing.assert_array_equal(model.history_, history)
+
+
+def _refused_everywhere(run, names, expected=REFUSED):
+    """run(backend) must raise the same refused type on every backend."""
+    kinds = set()
+    for backend in MODEL_BACKENDS:
+        with pytest.raises(expected) as info:
+            run(backend)
+        assert any(name in str(info.value) for name in names), \
+            f"{backend}: message does not name {names}: {info.value}"
+        kinds.add(info.type)
+    assert len(kinds) == 1, f"the backends disagree: {kinds}"
+
+
+def _bug(bug):
+    return [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
+
+
+CONSTRUCTOR_CASES = [
+    pytest.param(model, args, keywords, name, id=f"{model}-{label}", marks=_bug(bug))
+    for model in MODELS for label, args, keywords, name, bug in model.bad_constructor
+]
+
+
+@pytest.mark.parametrize("model, args, keywords, name", CONSTRUCTOR_CASES)
+def test_constructor_refuses(model, args, keywords, name):
+    huge = any(isinstance(a, int) and a >= HUGE for a in np.ravel(np.array(args, dtype=object)))
+    with limited_address_space(huge):
+        _refused_everywhere(lambda backend: model.make(*args, backend=backend, **keywords)
+                            if "backend" not in keywords else model.make(*args, **keywords),
+                            (name,))
+
+
+
+# (id, value maker(X or Y, model), expected type, bug)
+DATA_JUNK = [
+    ("None", lambda a: None, TypeError, None),
+    ("str", lambda a: "abc", TypeError, None),
+    ("object", lambda a: a.astype(object), TypeError, None),
+    ("complex", lambda a: a.astype(complex), TypeError, None),
+    ("strings", lambda a: a.astype(str), TypeError, None),
+    ("datetime", lambda a: np.zeros(a.shape, "M8[s]"), TypeError, None),
+    ("float16", lambda a: a.astype(np.float16), TypeError, None),
+    ("0-d", lambda a: 1.0, ValueError, None),
+    ("extra-dim", lambda a: a[..., None], ValueError, None),
+    ("missing-dim", lambda a: a[..., 0], ValueError, None),
+    ("features", lambda a: np.zeros(a.shape[:-1] + (a.shape[-1] + 1,)), ValueError, None),
+    ("samples", lambda a: a[1:], ValueError, None),
+]
+RAGGED = ("ragged", lambda a: [[1.0, 2.0], [1.0]], TypeError, None)
+
+METHODS = {  # method -> how it is called on (model, X, Y)
+    "predict": lambda m, X, Y: m.predict(X),
+    "loss": lambda m, X, Y: m.loss(X, Y),
+    "gradients": lambda m, X, Y: m.gradients(X, Y),
+    "fit": lambda m, X, Y: m.fit(X, Y, epochs=1, lr=0.1),
+}
+
+
+def _data_cases():
+    for model in MODELS:
+        for method in METHODS:
+            for label, make, error, bug in DATA_JUNK + [RAGGED]:
+                if label == "samples":
+                    continue  # X sets n_samples
+                yield pytest.param(model, method, "X", make, error,
+                                   id=f"{model}-{method}-X-{label}", marks=_bug(bug))
+            if method == "predict":
+                continue
+            for label, make, error, bug in DATA_JUNK + [RAGGED]:
+                yield pytest.param(model, method, "Y", make, error,
+                                   id=f"{model}-{method}-Y-{label}", marks=_bug(bug))
+
+
+@pytest.mark.parametrize("model, method, argument, make, error", list(_data_cases()))
+def test_methods_refuse_bad_data(model, method, argument, make, error):
+    X, Y = model_data(model, DIMS["n"])
+    data = {"X": X, "Y": Y}
+    data[argument] = make(data[argument])
+    kinds = set()
+    for backend in MODEL_BACKENDS:
+        instance = model.make(seed=0, backend=backend)
+        before = _snapshot(instance)
+        with pytest.raises(error) as info:
+            METHODS[method](instance, data["X"], data["Y"])
+        assert argument in str(info.value), f"{backend}: {info.value}"
+        _assert_unchanged(instance, before)
+        kinds.add(info.type)
+    assert len(kinds) == 1
+
+
+NONFINITE = {
+    "X-nan": ("X", np.nan), "X-inf": ("X", np.inf), "Y-nan": ("Y", np.nan), "Y--inf": ("Y", -np.inf),
+}
+
+
+@pytest.mark.parametrize("case", NONFINITE)
+@pytest.mark.parametrize("model", MODELS, ids=str)
+def test_fit_refuses_nonfinite_data(model, case):
+    argument, value = NONFINITE[case]
+
+    def run(backend):
+        X, Y = model_data(model, DIMS["n"])
+        {"X": X, "Y": Y}[argument].flat[3] = value
+        instance = model.make(seed=0, backend=backend)
+        before = _snapshot(instance)
+        try:
+            instance.fit(X, Y, epochs=2, lr=0.1)
+        finally:
+            _assert_unchanged(instance, before)
+    _refused_everywhere(run, (argument,), ValueError)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=str)
+def test_fit_refuses_zero_samples(model):
+    X, Y = model_data(model, 0)
+    _refused_everywhere(lambda backend: model.make(backend=backend).fit(X, Y, epochs=1, lr=0.1),
+                        ("X",), ValueError)
+
+
+
+FIT_HYPER = [
+    ("epochs", -1, None), ("epochs", 1.5, None), ("epochs", True, None), ("epochs", None, None),
+    ("epochs", "3", None), ("epochs", 2**70, None),
+    ("lr", 0, None), ("lr", -0.1, None), ("lr", float("nan"), None), ("lr", float("inf"), None),
+    ("lr", "0.1", None), ("lr", None, None), ("lr", True, None), ("lr", 1j, None),
+    ("lr", 10**400, None), ("lr", np.array([0.1, 0.2]), None),
+    ("batch_size", 0, None), ("batch_size", -1, None), ("batch_size", 1.5, None),
+    ("batch_size", True, None), ("batch_size", "2", None),
+    ("optimizer", "adagrad", None), ("optimizer", None, None), ("optimizer", 1, None),
+    ("optimizer", "SGD", None), ("optimizer", ["sgd"], None),
+    ("seed", -1, None), ("seed", "1", None), ("seed", 1.5, None),
+    ("callback", 1, None), ("callback", "print", None),
+    ("shuffle", np.array([1, 2]), None), ("verbose", np.array([1, 2]), None),
+]
+
+
+def _fit_cases():
+    for model in MODELS:
+        extra = [(label.split("-")[0], keywords, name, bug)
+                 for label, keywords, name, bug in model.bad_fit]
+        cases = [(name, {name: value}, name, bug) for name, value, bug in FIT_HYPER] + extra
+        for name, keywords, named, bug in cases:
+            value = next(iter(keywords.values()))
+            yield pytest.param(model, keywords, named,
+                               id=f"{model}-{name}-{value!r}"[:60], marks=_bug(bug))
+
+
+@pytest.mark.parametrize("model, keywords, name", list(_fit_cases()))
+def test_fit_refuses_bad_hyperparameters(model, keywords, name):
+    X, Y = model_data(model, DIMS["n"])
+    arguments = dict({"epochs": 2, "lr": 0.1, "batch_size": 2}, **keywords)
+
+    def run(backend):
+        instance = model.make(seed=0, backend=backend)
+        before = _snapshot(instance)
+        try:
+            instance.fit(X, Y, **arguments)
+        finally:
+            _assert_unchanged(instance, before)
+    _refused_everywhere(run, (name,))
+
+
+@pytest.mark.parametrize("model", MODELS, ids=str)
+def test_model_empty_batch(model):
+    X, Y = model_data(model, 0)
+    results = []
+    for backend in MODEL_BACKENDS:
+        instance = model.make(seed=0, backend=backend)
+        prediction = instance.predict(X)
+        assert prediction.shape == shape(model.Y, dict(DIMS, n=0))
+        loss = instance.loss(X, Y)
+        grads = instance.gradients(X, Y)
+        assert {k: g.shape for k, g in grads.items()} == \
+            {k: p.shape for k, p in instance.params.items()}
+        results.append((loss, grads))
+    (loss_c, grads_c), (loss_n, grads_n) = results
+    assert loss_c == loss_n
+    for name in grads_c:
+        assert_close(grads_c[name], grads_n[name])
+
+
+# -- save, load and the thread count ----------------------------------------------
+
+PATH_JUNK = {"None": None, "int": 1, "float": 1.5, "object": object(), "list": ["a.npz"]}
+
+
+@pytest.mark.parametrize("value", PATH_JUNK)
+@pytest.mark.parametrize("model", MODELS, ids=str)
+def test_save_refuses_bad_path(model, value, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match="path"):
+        model.make().save(PATH_JUNK[value])
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("model", MODELS, ids=str)
+def test_save_filesystem_errors_leave_nothing(model, tmp_path):
+    instance = model.make()
+    (tmp_path / "directory").mkdir()
+    with pytest.raises(IsADirectoryError):
+        instance.save(tmp_path / "directory")
+    with pytest.raises(FileNotFoundError):
+        instance.save(tmp_path / "missing" / "model.npz")
+    assert sorted(os.listdir(tmp_path)) == ["directory"]
+    assert os.listdir(tmp_path / "directory") == []
+
+
+@pytest.mark.parametrize("model", MODELS, ids=str)
+def test_save_accepts_bytes_and_pathlike(model, tmp_path):
+    instance = model.make(seed=3)
+    for path in (tmp_path / "a.npz", os.fsencode(tmp_path / "b.npz"), str(tmp_path / "c")):
+        instance.save(path)
+        loaded = lgmstm.load(path)
+        for name, value in instance.params.items():
+            np.testing.assert_array_equal(loaded.params[name], value)
+
+
+@pytest.mark.parametrize("value", PATH_JUNK)
+def test_load_refuses_bad_path(value):
+    with pytest.raises(TypeError, match="path"):
+        lgmstm.load(PATH_JUNK[value])
+
+
+@pytest.mark.parametrize("backend", ["torch", None, 1])
+def test_load_refuses_bad_backend(backend, tmp_path):
+    MODELS[0].make().save(tmp_path / "m.npz")
+    with pytest.raises(REFUSED, match="backend"):
+        lgmstm.load(tmp_path / "m.npz", backend=backend)
+
+
+
+
+@pytest.mark.parametrize("value, error", [
+    (0, ValueError), (-1, ValueError), (1.5, TypeError), ("2", TypeError), (None, TypeError),
+    (True, TypeError), (np.float64(2), TypeError),
+    pytest.param(2**31, ValueError),
+    pytest.param(2**70, ValueError),
+], ids=lambda v: v.__name__ if isinstance(v, type) else repr(v))
+def test_set_num_threads_refuses(value, error):
+    saved = lgmstm.get_num_threads()
+    try:
+        with pytest.raises(error, match="n_threads"):
+            lgmstm.set_num_threads(value)
+        assert lgmstm.get_num_threads() == saved
+    finally:
+        lgmstm.set_num_threads(saved)
