@@ -167,9 +167,12 @@ def test_killed_mid_save_keeps_old_file(model, tmp_path):
         model = [m for m in api_table.MODELS if m.name == {model.name!r}][0]
         model.make(seed=4).save({str(target)!r})
     """)
+    # The lgmstm under test first, and api_table beside this file.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(__file__)] + sys.path))
-    child = subprocess.Popen([sys.executable, "-c", script], env=env)
+        [os.path.dirname(__file__), os.path.dirname(os.path.dirname(lgmstm.__file__))]
+        + sys.path))
+    # cwd away from any source tree: `python -c` puts the cwd first on its path
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
         while not started.exists():
