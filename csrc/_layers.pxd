@@ -149,8 +149,10 @@ cdef inline void dense_backward(
         for task in prange(n_chunks, num_threads=n_used, schedule='static'):
             delta_chunk(task, chunk_rows, W, A, dA, dZ, dX, n_samples, n_in,
                         n_out, apply_tanh)
+        # Tiles and bias blocks differ in size: hand them out as threads free
+        # up (tiles first). Who runs a task never changes its result.
         for task in prange(n_tiles + n_col_blocks, num_threads=n_used,
-                           schedule='static'):
+                           schedule='dynamic'):
             parameter_grad_task(task, n_tiles, side, X, dZ, dW, db,
                                 grad_scale, grad_beta, n_samples, n_in, n_out)
 

@@ -495,18 +495,24 @@ class Measurement:
         }
 
 
+# Long enough for the previous item's idle OpenMP and BLAS workers to sleep.
+SETTLE_SECONDS = 0.3
+
+
 def measure(items, *, target_seconds=0.15, repeats=5, progress=None):
     """Median time per iteration of every item.
 
-    Each item is warmed up and measured on its own, repeat after repeat, so
-    that no item pays for the threads another left spinning (OpenMP and
-    OpenBLAS workers spin a while before they sleep).
+    Each item is warmed up and measured on its own, repeat after repeat, and
+    starts after a pause, so that no item pays for the threads another left
+    spinning: OpenMP and OpenBLAS workers spin a while (OpenBLAS about 0.1 s)
+    before they sleep, and on 2 cores a spinning worker takes half the machine.
     progress(done, total, label), when given, is called before each item.
     """
     measurements = []
     for done, item in enumerate(items):
         if progress:
             progress(done, len(items), f"{item.group}: {item.name}")
+        time.sleep(SETTLE_SECONDS)
         run = item.prepare()
         with thread_count(item.threads):
             k = _iterations_for(run, target_seconds)
