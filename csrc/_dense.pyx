@@ -13,7 +13,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 
 from _layers cimport (dense_forward, dense_forward_loss, dense_backward,
-                      optimizer_step, OptimizerConfig, SGD)
+                      optimizer_step, optimizer_config, OptimizerConfig, SGD)
 from _parallel cimport CHUNK_ROWS as _CHUNK_ROWS, n_tasks
 from _tanh cimport tanh_inplace
 
@@ -191,14 +191,7 @@ def train(const floating[:, ::1] X, const floating[:, ::1] Y,
     cdef const floating *X_rows
     cdef const floating *Y_rows
     cdef double sum_squares
-    cdef OptimizerConfig config
-    config.kind = optimizer
-    config.lr = lr
-    config.momentum = momentum
-    config.beta1 = beta1
-    config.beta2 = beta2
-    config.eps = eps
-    config.step = step
+    cdef OptimizerConfig config = optimizer_config(optimizer, lr, momentum, beta1, beta2, eps, step)
     with nogil:
         for epoch in range(n_epochs):
             sum_squares = 0

@@ -26,6 +26,20 @@ cdef struct OptimizerConfig:
     long long step        # adam: updates done so far, for the bias correction
 
 
+cdef inline OptimizerConfig optimizer_config(
+        int kind, double lr, double momentum, double beta1, double beta2, double eps,
+        long long step) noexcept nogil:
+    cdef OptimizerConfig config
+    config.kind = kind
+    config.lr = lr
+    config.momentum = momentum
+    config.beta1 = beta1
+    config.beta2 = beta2
+    config.eps = eps
+    config.step = step
+    return config
+
+
 cdef inline void dense_forward_rows(
         const floating *X, const floating *W, const floating *b, floating *A,
         Py_ssize_t n_rows, Py_ssize_t n_in, Py_ssize_t n_out,

@@ -30,7 +30,7 @@ from libc.string cimport memcpy, memset
 
 from _blas cimport gemm
 from _layers cimport (dense_forward_rows, dense_forward, dense_backward,
-                      squared_error, optimizer_step, OptimizerConfig)
+                      squared_error, optimizer_step, optimizer_config, OptimizerConfig)
 from _parallel cimport BLOCK_COLS, BLOCK_ELEMS, n_tasks, threads_for
 from _tanh cimport tanh_inplace
 
@@ -716,13 +716,7 @@ def train(const floating[:, :, ::1] X, const floating[::1] Y,
     pointers(state2, state2_data, N_PARAMS)
     pointers(buffers, buffer_data, N_BUFFERS)
     param_counts(&sizes[0], counts)
-    config.kind = optimizer
-    config.lr = lr
-    config.momentum = momentum
-    config.beta1 = beta1
-    config.beta2 = beta2
-    config.eps = eps
-    config.step = step
+    config = optimizer_config(optimizer, lr, momentum, beta1, beta2, eps, step)
     with nogil:
         n_valid = n_valid_outputs(&lengths[0], n_samples, return_sequences)
         for epoch in range(n_epochs):

@@ -170,7 +170,8 @@ def run_epochs(trainer, n_epochs, *, callback, progress, order_for):
             order = order_for(count)
             snapshot = [a.copy() for a in trainer.state], trainer.step
             started = time.perf_counter()
-            block_losses = trainer.run(order, count)
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked next
+                block_losses = trainer.run(order, count)
             elapsed = time.perf_counter() - started
             if not _finite(trainer, block_losses):
                 good = _replay_finite_epochs(trainer, snapshot, order, count)
@@ -208,7 +209,8 @@ def _replay_finite_epochs(trainer, snapshot, order, count):
     good = []
     for epoch in range(count):
         before = [a.copy() for a in trainer.state], trainer.step
-        loss = trainer.run(None if order is None else order[epoch : epoch + 1], 1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss = trainer.run(None if order is None else order[epoch : epoch + 1], 1)
         if not _finite(trainer, loss):
             restore(before)
             break
@@ -402,10 +404,6 @@ class _ReferenceTrainer:
         self.state = network.params + [a for arrays in self.states for a in arrays]
 
     def run(self, order, n_epochs):
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked after
-            return self._run(order, n_epochs)
-
-    def _run(self, order, n_epochs):
         losses = np.empty(n_epochs)
         n_samples = self.X.shape[0]
         for epoch in range(n_epochs):

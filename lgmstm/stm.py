@@ -226,10 +226,6 @@ class _ReferenceTrainer:
                       + [self.final_states])
 
     def run(self, order, n_epochs):
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked after
-            return self._run(order, n_epochs)
-
-    def _run(self, order, n_epochs):
         losses = np.empty(n_epochs)
         n_samples = self.X.shape[0]
         for epoch in range(n_epochs):
