@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from os import PathLike
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -231,6 +231,63 @@ def restore_params(params, arrays, path):
                              f"{value.dtype}; the architecture needs {param.shape} "
                              f"{param.dtype}")
         param[...] = value
+
+
+class FitPlan(NamedTuple):
+    """fit's checked hyper-parameters."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    optimizer: str
+    verbose: bool
+    order_for: Callable[[int], np.ndarray | None]
+
+
+def plan_fit(rng, n_samples, *, epochs, lr, batch_size, optimizer, shuffle, seed,
+             callback, verbose) -> FitPlan:
+    """Check fit's hyper-parameters, the same way for LGM and STM.
+
+    rng is the model's generator, used for shuffling unless seed is given;
+    batch_size None (or above n_samples) means full batch.
+    """
+    epochs = check_int("epochs", epochs, 0, maximum=MAX_DIM)
+    lr = check_positive_float("lr", lr)
+    batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+    batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
+    if seed is not None:
+        rng = np.random.default_rng(_check_seed("seed", seed))
+    shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples
+    verbose = check_bool("verbose", verbose)
+
+    def order_for(count):
+        return epoch_orders(rng, count, n_samples) if shuffled else None
+
+    return FitPlan(epochs, lr, batch_size, optimizer, verbose, order_for)
+
+
+def train_model(model, plan, make_trainer, callback, finish=None):
+    """fit's loop, with the model held for training (see UseLock).
+
+    Sets model.history_, also when Ctrl-C stops training (then re-raises
+    TrainingInterrupted); finish(trainer), when given, runs at the end either way.
+    """
+    with model._lock.training():
+        trainer = make_trainer()
+        try:
+            model.history_ = run_epochs(trainer, plan.epochs, callback=callback,
+                                        progress=_Progress(model.kind, plan.epochs, plan.verbose),
+                                        order_for=plan.order_for)
+        except TrainingInterrupted as exc:
+            model.history_ = exc.history
+            raise
+        finally:
+            if finish is not None:
+                finish(trainer)
+    return model.history_
 
 
 class UseLock:
@@ -708,30 +765,12 @@ class LGM:
                              f"{X.shape}")
         if not (np.isfinite(X).all() and np.isfinite(Y).all()):
             raise ValueError("X and Y must be finite (no NaN or inf) to fit")
-        epochs = check_int("epochs", epochs, 0, maximum=MAX_DIM)
-        lr = check_positive_float("lr", lr)
-        batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
-        batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
-        optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable, got {callback!r}")
-        rng = self._rng if seed is None else np.random.default_rng(_check_seed("seed", seed))
-        shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples
-        verbose = check_bool("verbose", verbose)
-
-        def order_for(count):
-            return epoch_orders(rng, count, n_samples) if shuffled else None
-
-        with self._lock.training():
-            trainer = self._network.trainer(X, Y, batch_size, optimizer, lr)
-            progress = _Progress("LGM", epochs, verbose)
-            try:
-                self.history_ = run_epochs(trainer, epochs, callback=callback,
-                                           progress=progress, order_for=order_for)
-            except TrainingInterrupted as exc:
-                self.history_ = exc.history
-                raise
-        return self.history_
+        plan = plan_fit(self._rng, n_samples, epochs=epochs, lr=lr, batch_size=batch_size,
+                        optimizer=optimizer, shuffle=shuffle, seed=seed, callback=callback,
+                        verbose=verbose)
+        return train_model(
+            self, plan, lambda: self._network.trainer(X, Y, plan.batch_size, plan.optimizer,
+                                                      plan.lr), callback)
 
     # -- persistence -------------------------------------------------------------
     def save(self, path: str | PathLike[str]) -> None:

@@ -33,15 +33,13 @@ from .models import (
     MOMENTUM,
     OPTIMIZERS,
     OUTPUTS,
-    TrainingInterrupted,
     UseLock,
     _check_dtype,
     _check_seed,
-    _Progress,
-    epoch_orders,
     glorot_uniform,
+    plan_fit,
     restore_params,
-    run_epochs,
+    train_model,
 )
 
 __all__ = ["STM"]
@@ -564,36 +562,21 @@ class STM:
             raise ValueError(f"X must hold at least one sequence to fit, got shape {X.shape}")
         if not (np.isfinite(X).all() and np.isfinite(Y).all()):
             raise ValueError("X and Y must be finite (no NaN or inf) to fit")
-        epochs = check_int("epochs", epochs, 0, maximum=MAX_DIM)
-        lr = check_positive_float("lr", lr)
-        batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
-        batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
-        optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
         if clip_norm is not None:
             clip_norm = check_positive_float("clip_norm", clip_norm)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable, got {callback!r}")
-        rng = self._rng if seed is None else np.random.default_rng(_check_seed("seed", seed))
-        shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples
-        verbose = check_bool("verbose", verbose)
+        plan = plan_fit(self._rng, n_samples, epochs=epochs, lr=lr, batch_size=batch_size,
+                        optimizer=optimizer, shuffle=shuffle, seed=seed, callback=callback,
+                        verbose=verbose)
 
-        def order_for(count):
-            return epoch_orders(rng, count, n_samples) if shuffled else None
+        def keep_final_states(trainer):
+            if self.stateful and len(self.history_):
+                self._state = trainer.final_states
 
-        with self._lock.training():
-            trainer = self._network.trainer(X, Y, lengths, self._initial_state(n_samples),
-                                            batch_size, optimizer, lr, clip_norm)
-            progress = _Progress("STM", epochs, verbose)
-            try:
-                self.history_ = run_epochs(trainer, epochs, callback=callback,
-                                           progress=progress, order_for=order_for)
-            except TrainingInterrupted as exc:
-                self.history_ = exc.history
-                raise
-            finally:
-                if self.stateful and len(self.history_):
-                    self._state = trainer.final_states
-        return self.history_
+        return train_model(
+            self, plan,
+            lambda: self._network.trainer(X, Y, lengths, self._initial_state(n_samples),
+                                          plan.batch_size, plan.optimizer, plan.lr, clip_norm),
+            callback, finish=keep_final_states)
 
     # -- persistence -------------------------------------------------------------
     def save(self, path):
