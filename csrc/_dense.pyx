@@ -10,10 +10,10 @@ parameters in one list [W_0, b_0, W_1, b_1, ...]; W_l is (sizes[l], sizes[l+1]).
 cimport numpy as cnp
 from cython cimport floating
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy
 
 from _layers cimport (dense_forward, dense_forward_loss, dense_backward,
-                      optimizer_step, optimizer_config, OptimizerConfig, SGD)
+                      optimizer_step, optimizer_config, OptimizerConfig, SGD,
+                      gather_rows)
 from _parallel cimport CHUNK_ROWS as _CHUNK_ROWS, n_tasks
 from _tanh cimport tanh_inplace
 
@@ -157,15 +157,6 @@ def gradients(const floating[:, ::1] X, const floating[:, ::1] Y,
     return sum_squares / max(1, Y.shape[0] * Y.shape[1])
 
 
-cdef void gather_rows(const floating *source, const Py_ssize_t *rows,
-                      Py_ssize_t n_rows, Py_ssize_t n_cols,
-                      floating *dest) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n_rows):
-        memcpy(dest + i * n_cols, source + rows[i] * n_cols,
-               n_cols * sizeof(floating))
-
-
 def train(const floating[:, ::1] X, const floating[:, ::1] Y,
           PointerList params, PointerList grads, PointerList state1,
           PointerList state2, const Py_ssize_t[::1] layer_sizes,
@@ -199,8 +190,10 @@ def train(const floating[:, ::1] X, const floating[:, ::1] Y,
                 start = batch * batch_size
                 n_rows = min(batch_size, n_samples - start)
                 if shuffled:
-                    gather_rows(&X[0, 0], &order[epoch, start], n_rows, n_in, &X_batch[0, 0])
-                    gather_rows(&Y[0, 0], &order[epoch, start], n_rows, n_out, &Y_batch[0, 0])
+                    gather_rows(<const char *> &X[0, 0], &order[epoch, start], n_rows,
+                                n_in * sizeof(floating), <char *> &X_batch[0, 0])
+                    gather_rows(<const char *> &Y[0, 0], &order[epoch, start], n_rows,
+                                n_out * sizeof(floating), <char *> &Y_batch[0, 0])
                     X_rows = &X_batch[0, 0]
                     Y_rows = &Y_batch[0, 0]
                 else:

@@ -26,6 +26,15 @@ cdef struct OptimizerConfig:
     long long step        # adam: updates done so far, for the bias correction
 
 
+cdef inline void gather_rows(const char *source, const Py_ssize_t *rows,
+                             Py_ssize_t n_rows, size_t row_bytes,
+                             char *dest) noexcept nogil:
+    """dest[i] = source[rows[i]] for rows of row_bytes bytes (a mini-batch)."""
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        memcpy(dest + i * row_bytes, source + rows[i] * row_bytes, row_bytes)
+
+
 cdef inline OptimizerConfig optimizer_config(
         int kind, double lr, double momentum, double beta1, double beta2, double eps,
         long long step) noexcept nogil:

@@ -30,7 +30,8 @@ from libc.string cimport memcpy, memset
 
 from _blas cimport gemm
 from _layers cimport (dense_forward_rows, dense_forward, dense_backward,
-                      squared_error, optimizer_step, optimizer_config, OptimizerConfig)
+                      squared_error, optimizer_step, optimizer_config, OptimizerConfig,
+                      gather_rows)
 from _parallel cimport BLOCK_COLS, BLOCK_ELEMS, n_tasks, threads_for
 from _tanh cimport tanh_inplace
 
@@ -609,13 +610,6 @@ cdef void clip_gradients(floating **grads, const Py_ssize_t *counts,
         grad = grads[param]
         for i in range(counts[param]):
             grad[i] *= scale
-
-
-cdef void gather_rows(const char *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
-                      size_t row_bytes, char *dest) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n_rows):
-        memcpy(dest + i * row_bytes, source + rows[i] * row_bytes, row_bytes)
 
 
 cdef void scatter_rows(const char *source, const Py_ssize_t *rows, Py_ssize_t n_rows,

@@ -1,5 +1,6 @@
 """LGM, the long-term generalization memory: a feed-forward network of tanh
-layers trained by gradient descent.
+layers trained by gradient descent; and the training machinery it shares
+with lgmstm.stm.STM (plan_fit, train_model, run_epochs, UseLock).
 
 Parameters live in NumPy arrays; ``backend="cython"`` runs every
 predict/gradients/fit in compiled code (fit in a few calls, each covering
