@@ -1,0 +1,132 @@
+# Small networks without BLAS: the feature-major layout of _panel.h.
+#
+# A batch of n samples is held transposed, one row per unit (feature) and
+# one column per sample, rows `width` = padded_width(n) long; a sequence
+# batch has one block of width columns per step (column t * width + i is
+# sample i at step t). Columns past n in a block are padding: inputs and
+# targets are 0 there and so are all gradients, so sums over every column
+# are sums over the samples.
+from cython cimport floating
+
+cdef extern from "_panel.h" nogil:
+    enum: LGMSTM_PANEL
+    void lgmstm_panel_product_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                const double *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
+                                const double *B, Py_ssize_t ldb, const double *bias,
+                                int accumulate, int apply_tanh, const double *D,
+                                Py_ssize_t ldd, double *C, Py_ssize_t ldc)
+    void lgmstm_panel_product_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
+                                const float *B, Py_ssize_t ldb, const float *bias,
+                                int accumulate, int apply_tanh, const float *D,
+                                Py_ssize_t ldd, float *C, Py_ssize_t ldc)
+    void lgmstm_row_dots_d(Py_ssize_t m_x, Py_ssize_t m_y, Py_ssize_t n,
+                           const double *X, Py_ssize_t ldx, const double *Y,
+                           Py_ssize_t ldy, double scale, double beta, double *out,
+                           Py_ssize_t ld_out)
+    void lgmstm_row_dots_f(Py_ssize_t m_x, Py_ssize_t m_y, Py_ssize_t n,
+                           const float *X, Py_ssize_t ldx, const float *Y,
+                           Py_ssize_t ldy, float scale, float beta, float *out,
+                           Py_ssize_t ld_out)
+    void lgmstm_row_sums_d(Py_ssize_t m_y, Py_ssize_t n, const double *Y,
+                           Py_ssize_t ldy, double scale, double beta, double *out)
+    void lgmstm_row_sums_f(Py_ssize_t m_y, Py_ssize_t n, const float *Y,
+                           Py_ssize_t ldy, float scale, float beta, float *out)
+
+
+cdef inline Py_ssize_t padded_width(Py_ssize_t n_samples) noexcept nogil:
+    """Columns a block of n_samples samples takes: a whole number of panels."""
+    return max(1, (n_samples + LGMSTM_PANEL - 1) // LGMSTM_PANEL) * LGMSTM_PANEL
+
+
+cdef inline void panel_product(
+        Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *A, Py_ssize_t a_rs,
+        Py_ssize_t a_cs, const floating *B, Py_ssize_t ldb, const floating *bias,
+        bint accumulate, bint apply_tanh, const floating *D, Py_ssize_t ldd,
+        floating *C, Py_ssize_t ldc) noexcept nogil:
+    """C (m, n) = f(init + A B): see _panel.h. A[i, j] is A[i a_rs + j a_cs]."""
+    if floating is double:
+        lgmstm_panel_product_d(m, n, k, A, a_rs, a_cs, B, ldb, bias, accumulate,
+                               apply_tanh, D, ldd, C, ldc)
+    else:
+        lgmstm_panel_product_f(m, n, k, A, a_rs, a_cs, B, ldb, bias, accumulate,
+                               apply_tanh, D, ldd, C, ldc)
+
+
+cdef inline void row_dots(Py_ssize_t m_x, Py_ssize_t m_y, Py_ssize_t n,
+                          const floating *X, Py_ssize_t ldx, const floating *Y,
+                          Py_ssize_t ldy, floating scale, floating beta,
+                          floating *out, Py_ssize_t ld_out) noexcept nogil:
+    """out (m_x, m_y) = scale X Y^T + beta out, summed over n columns."""
+    if floating is double:
+        lgmstm_row_dots_d(m_x, m_y, n, X, ldx, Y, ldy, scale, beta, out, ld_out)
+    else:
+        lgmstm_row_dots_f(m_x, m_y, n, X, ldx, Y, ldy, scale, beta, out, ld_out)
+
+
+cdef inline void row_sums(Py_ssize_t m_y, Py_ssize_t n, const floating *Y,
+                          Py_ssize_t ldy, floating scale, floating beta,
+                          floating *out) noexcept nogil:
+    """out (m_y,) = scale (sum of each row of Y over n columns) + beta out."""
+    if floating is double:
+        lgmstm_row_sums_d(m_y, n, Y, ldy, scale, beta, out)
+    else:
+        lgmstm_row_sums_f(m_y, n, Y, ldy, scale, beta, out)
+
+
+cdef inline void gather_columns(
+        const floating *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
+        Py_ssize_t n_blocks, Py_ssize_t n_features, floating *dest,
+        Py_ssize_t width) noexcept nogil:
+    """Transpose a batch into the panel layout, padding included.
+
+    source: row-major samples of n_blocks * n_features values each (block b
+    holds step b's features); the batch is its rows `rows[i]`, or its first
+    n_rows rows when rows is NULL. dest (n_features, n_blocks * width):
+    dest[f, b * width + i] = sample i's feature f of block b, and 0 for
+    i >= n_rows.
+    """
+    cdef Py_ssize_t ld = n_blocks * width
+    cdef Py_ssize_t i, block, f, row
+    cdef const floating *sample
+    for i in range(n_rows):
+        row = rows[i] if rows != NULL else i
+        sample = source + row * n_blocks * n_features
+        for block in range(n_blocks):
+            for f in range(n_features):
+                dest[f * ld + block * width + i] = sample[block * n_features + f]
+    for f in range(n_features):
+        for block in range(n_blocks):
+            for i in range(n_rows, width):
+                dest[f * ld + block * width + i] = 0
+
+
+cdef inline double panel_loss(const floating *outputs, const floating *targets,
+                              floating *d_outputs, Py_ssize_t n_units,
+                              Py_ssize_t n_rows, Py_ssize_t n_blocks,
+                              Py_ssize_t width, double grad_scale,
+                              bint apply_tanh) noexcept nogil:
+    """Squared error of panel-layout outputs against targets (same layout).
+
+    Returns sum((outputs - targets)^2) over the n_rows real columns of each
+    block and sets d_outputs = grad_scale * 2 (outputs - targets), times
+    (1 - outputs^2) when apply_tanh (the output layer's dZ); 0 in padding.
+    """
+    cdef floating scale = <floating> (2.0 * grad_scale)
+    cdef Py_ssize_t ld = n_blocks * width
+    cdef Py_ssize_t unit, block, i, at
+    cdef floating diff
+    cdef double total = 0
+    for unit in range(n_units):
+        for block in range(n_blocks):
+            at = unit * ld + block * width
+            for i in range(n_rows):
+                diff = outputs[at + i] - targets[at + i]
+                total += <double> diff * diff
+                diff = scale * diff
+                if apply_tanh:
+                    diff = diff * (1 - outputs[at + i] * outputs[at + i])
+                d_outputs[at + i] = diff
+            for i in range(n_rows, width):
+                d_outputs[at + i] = 0
+    return total
