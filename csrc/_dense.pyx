@@ -169,7 +169,7 @@ cdef double panel_network_gradients(
     for layer in range(n_layers):
         panel_product(sizes[layer + 1], width, sizes[layer], <floating *> params[2 * layer],
                       1, sizes[layer + 1], layer_input, width,
-                      <floating *> params[2 * layer + 1], False, False, NULL, 0,
+                      <floating *> params[2 * layer + 1], False, NULL, 0,
                       activations[layer], width)
         if output_tanh or layer < n_layers - 1:
             tanh_inplace(activations[layer], sizes[layer + 1] * width)
@@ -184,7 +184,7 @@ cdef double panel_network_gradients(
         if layer > 0:
             # dZ below = (W dZ) (1 - A^2): hidden layers are tanh.
             panel_product(n_in, width, n_out, W, n_out, 1, deltas[layer], width, NULL,
-                          False, False, layer_input, width, deltas[layer - 1], width)
+                          False, layer_input, width, deltas[layer - 1], width)
         row_dots(n_in, n_out, width, layer_input, width, deltas[layer], width, scale,
                  beta, <floating *> targets[2 * layer], n_out)
         row_sums(n_out, width, deltas[layer], width, scale, beta,

@@ -7,7 +7,7 @@
  * layer has; BLAS, handed the same products as 2-5 column matrices, spends
  * more time on call and packing overhead than on arithmetic.
  *
- *   panel_product  C = f(init + A B)   A small (m, k), B and C (., n) panels
+ *   panel_product  C = (init + A B) [* tanh']   A small (m, k), B, C (., n) panels
  *   row_dots       out = scale X Y^T + beta out       (weight gradients)
  *   row_sums       out = scale Y 1 + beta out         (bias gradients)
  *
@@ -20,7 +20,7 @@
 
 #include <stddef.h>
 #include <string.h>
-#include "_tanh.h"
+#include "_tanh.h"  /* LGMSTM_DISPATCH */
 
 /* Columns per panel: a multiple of every vector width (16 floats = 512 bits). */
 #define LGMSTM_PANEL 16
@@ -43,11 +43,11 @@ typedef float lgmstm_vector_f __attribute__((vector_size(LGMSTM_VECTOR_BYTES)));
  * panel_product: for i < m and s < n (n a multiple of LGMSTM_PANEL),
  *   z = init + sum_k A[i a_rs + k a_cs] B[k ldb + s]
  *   init = C[i ldc + s] when accumulate, else bias[i] (0 when bias is NULL)
- *   C[i ldc + s] = tanh(z) when apply_tanh, else z;
- *   then, when D is not NULL, times (1 - D[i ldd + s]^2) (tanh's derivative).
+ *   C[i ldc + s] = z, times (1 - D[i ldd + s]^2) (tanh's derivative at the
+ *   output D) when D is not NULL.
  * The strides a_rs, a_cs read A or its transpose in place.
  */
-#define LGMSTM_PANEL_BLOCK(T, V, TANH, R)                                           \
+#define LGMSTM_PANEL_BLOCK(T, V, R)                                           \
     do {                                                                            \
         enum { NV = LGMSTM_PANEL_VECS(T), NL = LGMSTM_LANES(T) };                   \
         V acc[R][NV], b_part;                                                       \
@@ -76,29 +76,27 @@ typedef float lgmstm_vector_f __attribute__((vector_size(LGMSTM_VECTOR_BYTES)));
                 }                                                                   \
                 memcpy(c_row + u * NL, &acc[r][u], sizeof(V));                      \
             }                                                                       \
-            if (apply_tanh)                                                         \
-                for (int v = 0; v < LGMSTM_PANEL; ++v) c_row[v] = TANH(c_row[v]);   \
         }                                                                           \
     } while (0)
 
-#define LGMSTM_DEFINE_PANEL_PRODUCT(NAME, T, V, TANH)                               \
+#define LGMSTM_DEFINE_PANEL_PRODUCT(NAME, T, V)                               \
     LGMSTM_DISPATCH                                                                 \
     static void NAME(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,                         \
                      const T *A, ptrdiff_t a_rs, ptrdiff_t a_cs,                    \
                      const T *B, ptrdiff_t ldb, const T *bias, int accumulate,      \
-                     int apply_tanh, const T *D, ptrdiff_t ldd,                     \
+                     const T *D, ptrdiff_t ldd,                                     \
                      T *C, ptrdiff_t ldc)                                           \
     {                                                                               \
         for (ptrdiff_t s0 = 0; s0 < n; s0 += LGMSTM_PANEL) {                        \
             ptrdiff_t i = 0;                                                        \
             for (; i + LGMSTM_PANEL_ROWS <= m; i += LGMSTM_PANEL_ROWS)        \
-                LGMSTM_PANEL_BLOCK(T, V, TANH, LGMSTM_PANEL_ROWS);              \
+                LGMSTM_PANEL_BLOCK(T, V, LGMSTM_PANEL_ROWS);              \
             if (i + 2 <= m) {                                                       \
-                LGMSTM_PANEL_BLOCK(T, V, TANH, 2);                                  \
+                LGMSTM_PANEL_BLOCK(T, V, 2);                                  \
                 i += 2;                                                             \
             }                                                                       \
             if (i < m)                                                              \
-                LGMSTM_PANEL_BLOCK(T, V, TANH, 1);                                  \
+                LGMSTM_PANEL_BLOCK(T, V, 1);                                  \
         }                                                                           \
     }
 
@@ -180,8 +178,8 @@ typedef float lgmstm_vector_f __attribute__((vector_size(LGMSTM_VECTOR_BYTES)));
         }                                                                           \
     }
 
-LGMSTM_DEFINE_PANEL_PRODUCT(lgmstm_panel_product_d, double, lgmstm_vector_d, lgmstm_tanh_d)
-LGMSTM_DEFINE_PANEL_PRODUCT(lgmstm_panel_product_f, float, lgmstm_vector_f, lgmstm_tanh_f)
+LGMSTM_DEFINE_PANEL_PRODUCT(lgmstm_panel_product_d, double, lgmstm_vector_d)
+LGMSTM_DEFINE_PANEL_PRODUCT(lgmstm_panel_product_f, float, lgmstm_vector_f)
 LGMSTM_DEFINE_ROW_DOTS(lgmstm_row_dots_d, double, lgmstm_vector_d)
 LGMSTM_DEFINE_ROW_DOTS(lgmstm_row_dots_f, float, lgmstm_vector_f)
 LGMSTM_DEFINE_ROW_SUMS(lgmstm_row_sums_d, double, lgmstm_vector_d)

@@ -13,12 +13,12 @@ cdef extern from "_panel.h" nogil:
     void lgmstm_panel_product_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                 const double *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
                                 const double *B, Py_ssize_t ldb, const double *bias,
-                                int accumulate, int apply_tanh, const double *D,
+                                int accumulate, const double *D,
                                 Py_ssize_t ldd, double *C, Py_ssize_t ldc)
     void lgmstm_panel_product_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                 const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
                                 const float *B, Py_ssize_t ldb, const float *bias,
-                                int accumulate, int apply_tanh, const float *D,
+                                int accumulate, const float *D,
                                 Py_ssize_t ldd, float *C, Py_ssize_t ldc)
     void lgmstm_row_dots_d(Py_ssize_t m_x, Py_ssize_t m_y, Py_ssize_t n,
                            const double *X, Py_ssize_t ldx, const double *Y,
@@ -42,15 +42,16 @@ cdef inline Py_ssize_t padded_width(Py_ssize_t n_samples) noexcept nogil:
 cdef inline void panel_product(
         Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating *A, Py_ssize_t a_rs,
         Py_ssize_t a_cs, const floating *B, Py_ssize_t ldb, const floating *bias,
-        bint accumulate, bint apply_tanh, const floating *D, Py_ssize_t ldd,
-        floating *C, Py_ssize_t ldc) noexcept nogil:
-    """C (m, n) = f(init + A B): see _panel.h. A[i, j] is A[i a_rs + j a_cs]."""
+        bint accumulate, const floating *D, Py_ssize_t ldd, floating *C,
+        Py_ssize_t ldc) noexcept nogil:
+    """C (m, n) = (init + A B), times 1 - D^2 unless D is NULL; init is C when
+    accumulate, else bias (NULL: 0). A[i, j] is A[i a_rs + j a_cs]. See _panel.h."""
     if floating is double:
         lgmstm_panel_product_d(m, n, k, A, a_rs, a_cs, B, ldb, bias, accumulate,
-                               apply_tanh, D, ldd, C, ldc)
+                               D, ldd, C, ldc)
     else:
         lgmstm_panel_product_f(m, n, k, A, a_rs, a_cs, B, ldb, bias, accumulate,
-                               apply_tanh, D, ldd, C, ldc)
+                               D, ldd, C, ldc)
 
 
 cdef inline void row_dots(Py_ssize_t m_x, Py_ssize_t m_y, Py_ssize_t n,

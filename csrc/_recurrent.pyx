@@ -33,7 +33,10 @@ from _layers cimport (dense_forward_rows, dense_forward, dense_backward,
                       squared_error, optimizer_step, optimizer_config, OptimizerConfig,
                       gather_rows)
 from _parallel cimport BLOCK_COLS, BLOCK_ELEMS, n_tasks, threads_for
-from _tanh cimport tanh_inplace
+from _tanh cimport tanh_inplace, tanh_rows
+from _panel cimport (panel_product, row_dots, row_sums, gather_columns, panel_loss,
+                     padded_width)
+from libc.stdlib cimport malloc, free
 
 cnp.import_array()
 
@@ -580,6 +583,110 @@ cdef double stm_gradients(const floating *X, const floating *Y, const floating *
     return sum_squares
 
 
+# -- the STM in the panel layout (small networks, see _panel.pxd) -------------------
+
+cdef enum:
+    # Largest batch, in forward flops, trained in the panel layout: past it
+    # BLAS on sequence chunks, shared among threads, wins.
+    PANEL_MAX_WORK = 8388608
+
+
+cdef inline bint use_panels(Py_ssize_t n_rows, Py_ssize_t n_steps,
+                            const Py_ssize_t *sizes) noexcept nogil:
+    """Whether batches of n_rows sequences train in the panel layout; from
+    the shapes alone (batches of sequences of unequal length never do)."""
+    return (2.0 * n_rows * n_steps * sizes[1] * (sizes[0] + sizes[1] + sizes[2])
+            < PANEL_MAX_WORK)
+
+
+cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
+                                 Py_ssize_t n_steps) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        if lengths[i] != n_steps:
+            return False
+    return True
+
+
+cdef struct PanelBuffers:
+    # A batch of n_rows sequences in the panel layout, width = padded_width(n_rows)
+    # columns per step; "cols" is n_steps * width.
+    void *inputs          # X (n_in, cols)
+    void *targets         # Y (n_out, cols), or (n_out, width) for the last step only
+    void *states          # h0 then h_0..h_{T-1}: (n_hidden, (n_steps + 1) * width)
+    void *outputs         # readout, shaped like targets
+    void *output_grads    # dL/d readout pre-activation, shaped like targets
+    void *state_grads     # dz_t, dL/d state pre-activation (n_hidden, cols)
+
+
+cdef double panel_stm_gradients(
+        const floating *h0, Py_ssize_t n_rows, Py_ssize_t n_steps, Py_ssize_t width,
+        void **params, void **grads, const Py_ssize_t *sizes, bint output_tanh,
+        bint return_sequences, PanelBuffers *panels,
+        floating *final_states) noexcept nogil:
+    """stm_gradients in the panel layout, serial, for full-length sequences.
+
+    panels.inputs and panels.targets hold the batch; h0 is (n_rows, n_hidden)
+    row-major or NULL (zeros). Fills grads and final_states (n_rows, n_hidden)
+    and returns the sum of squares.
+    """
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t cols = n_steps * width, ld_states = cols + width
+    cdef Py_ssize_t n_read = cols if return_sequences else width
+    cdef const floating *Wx = <floating *> params[INPUT_WEIGHT]
+    cdef const floating *Wh = <floating *> params[RECURRENT_WEIGHT]
+    cdef const floating *W_out = <floating *> params[READOUT_WEIGHT]
+    cdef const floating *X = <floating *> panels.inputs
+    cdef floating *H = <floating *> panels.states
+    cdef floating *outputs = <floating *> panels.outputs
+    cdef floating *d_outputs = <floating *> panels.output_grads
+    cdef floating *dZ = <floating *> panels.state_grads
+    # The states the readout reads: every step's, or the last step's.
+    cdef floating *read_states = H + (width if return_sequences else cols)
+    cdef Py_ssize_t step, i, j
+    cdef double sum_squares
+    for j in range(n_hidden):
+        for i in range(width):
+            H[j * ld_states + i] = h0[i * n_hidden + j] if h0 != NULL and i < n_rows else 0
+    # Forward: every step's input projection in one product, then the time loop.
+    panel_product(n_hidden, cols, n_in, Wx, 1, n_hidden, X, cols,
+                  <floating *> params[BIAS], False, NULL, 0, H + width, ld_states)
+    for step in range(n_steps):
+        panel_product(n_hidden, width, n_hidden, Wh, 1, n_hidden, H + step * width,
+                      ld_states, NULL, True, NULL, 0, H + (step + 1) * width, ld_states)
+        tanh_rows(H + (step + 1) * width, n_hidden, width, ld_states)
+    panel_product(n_out, n_read, n_hidden, W_out, 1, n_out, read_states, ld_states,
+                  <floating *> params[READOUT_BIAS], False, NULL, 0, outputs, n_read)
+    if output_tanh:
+        tanh_inplace(outputs, n_out * n_read)
+    sum_squares = panel_loss(outputs, <floating *> panels.targets, d_outputs, n_out,
+                             n_rows, n_steps if return_sequences else 1, width,
+                             1.0 / max(1, n_rows * (n_steps if return_sequences else 1)
+                                       * n_out), output_tanh)
+    # Backward: the readout, then dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2).
+    row_dots(n_hidden, n_out, n_read, read_states, ld_states, d_outputs, n_read, 1, 0,
+             <floating *> grads[READOUT_WEIGHT], n_out)
+    row_sums(n_out, n_read, d_outputs, n_read, 1, 0, <floating *> grads[READOUT_BIAS])
+    panel_product(n_hidden, n_read, n_out, W_out, n_out, 1, d_outputs, n_read, NULL,
+                  False, NULL, 0, dZ + (0 if return_sequences else cols - width), cols)
+    for step in range(n_steps - 1, -1, -1):
+        # The last step has no dz_{t+1}: k = 0 leaves its dL/dh_t times tanh'.
+        panel_product(n_hidden, width, 0 if step == n_steps - 1 else n_hidden, Wh,
+                      n_hidden, 1, dZ + (step + 1) * width if step < n_steps - 1 else dZ,
+                      cols, NULL,
+                      return_sequences or step == n_steps - 1, H + (step + 1) * width,
+                      ld_states, dZ + step * width, cols)
+    row_dots(n_in, n_hidden, cols, X, cols, dZ, cols, 1, 0,
+             <floating *> grads[INPUT_WEIGHT], n_hidden)
+    row_dots(n_hidden, n_hidden, cols, H, ld_states, dZ, cols, 1, 0,
+             <floating *> grads[RECURRENT_WEIGHT], n_hidden)
+    row_sums(n_hidden, cols, dZ, cols, 1, 0, <floating *> grads[BIAS])
+    for i in range(n_rows):
+        for j in range(n_hidden):
+            final_states[i * n_hidden + j] = H[j * ld_states + cols + i]
+    return sum_squares
+
+
 cdef inline void param_counts(const Py_ssize_t *sizes, Py_ssize_t *counts) noexcept nogil:
     counts[INPUT_WEIGHT] = sizes[0] * sizes[1]
     counts[RECURRENT_WEIGHT] = sizes[1] * sizes[1]
@@ -681,29 +788,28 @@ def train(const floating[:, :, ::1] X, const floating[::1] Y,
     Sets epoch_losses[e] to the mean squared error over the valid outputs
     of epoch e (each batch measured before its update) and returns the
     number of updates done, counting the `step` done before.
+
+    Small networks train batches of full-length sequences in the panel
+    layout, in workspaces allocated here (once per call).
     """
     cdef Py_ssize_t n_samples = X.shape[0], n_steps = X.shape[1]
     cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
-    cdef Py_ssize_t targets_per_sample = (n_steps if return_sequences else 1) * n_out
-    cdef Py_ssize_t n_epochs = epoch_losses.shape[0]
-    cdef bint shuffled = order.shape[0] > 0
     cdef const floating *h0_all = <const floating *> data_or_null(initial_states)
     cdef floating *final_all = <floating *> data_or_null(final_states)
-    cdef size_t state_bytes = n_hidden * sizeof(floating)
     cdef void *param_data[N_PARAMS]
     cdef void *grad_data[N_PARAMS]
     cdef void *state1_data[N_PARAMS]
     cdef void *state2_data[N_PARAMS]
     cdef void *buffer_data[N_BUFFERS]
     cdef Py_ssize_t counts[N_PARAMS]
-    cdef Py_ssize_t epoch, batch, start, n_rows, param, n_valid
-    cdef const Py_ssize_t *rows
-    cdef const floating *X_rows
-    cdef const floating *Y_rows
-    cdef const floating *h0_rows
-    cdef const Py_ssize_t *length_rows
-    cdef double sum_squares
     cdef OptimizerConfig config
+    cdef Py_ssize_t max_rows = min(batch_size, n_samples)
+    cdef bint panels = use_panels(max_rows, n_steps, &sizes[0])
+    cdef Py_ssize_t width = padded_width(max_rows)
+    cdef Py_ssize_t cols = n_steps * width
+    cdef Py_ssize_t n_read = cols if return_sequences else width
+    cdef PanelBuffers panel_buffers
+    cdef floating *panel_memory = NULL
     pointers(params, param_data, N_PARAMS)
     pointers(grads, grad_data, N_PARAMS)
     pointers(state1, state1_data, N_PARAMS)
@@ -711,53 +817,116 @@ def train(const floating[:, :, ::1] X, const floating[::1] Y,
     pointers(buffers, buffer_data, N_BUFFERS)
     param_counts(&sizes[0], counts)
     config = optimizer_config(optimizer, lr, momentum, beta1, beta2, eps, step)
-    with nogil:
-        n_valid = n_valid_outputs(&lengths[0], n_samples, return_sequences)
-        for epoch in range(n_epochs):
-            sum_squares = 0
-            for batch in range(n_tasks(n_samples, batch_size)):
-                start = batch * batch_size
-                n_rows = min(batch_size, n_samples - start)
-                X_rows = &X[start, 0, 0]
-                Y_rows = &Y[start * targets_per_sample]
-                length_rows = &lengths[start]
-                h0_rows = h0_all
+    if panels:
+        panel_memory = <floating *> malloc(
+            (n_in * cols + 3 * n_out * n_read + n_hidden * (2 * cols + width))
+            * sizeof(floating))
+        if panel_memory == NULL:
+            raise MemoryError()
+        panel_buffers.inputs = panel_memory
+        panel_buffers.targets = panel_memory + n_in * cols
+        panel_buffers.outputs = <floating *> panel_buffers.targets + n_out * n_read
+        panel_buffers.output_grads = <floating *> panel_buffers.outputs + n_out * n_read
+        panel_buffers.states = <floating *> panel_buffers.output_grads + n_out * n_read
+        panel_buffers.state_grads = <floating *> panel_buffers.states + n_hidden * (cols + width)
+    try:
+        with nogil:
+            train_epochs(X, Y, lengths, h0_all, final_all, param_data, grad_data,
+                         state1_data, state2_data, counts, &sizes[0], output_tanh,
+                         return_sequences, buffer_data, X_batch, Y_batch, lengths_batch,
+                         h0_batch, order, batch_size, clip_norm, &config, panels,
+                         width, &panel_buffers, epoch_losses, n_threads)
+    finally:
+        free(panel_memory)
+    return config.step
+
+
+cdef void train_epochs(
+        const floating[:, :, ::1] X, const floating[::1] Y,
+        const Py_ssize_t[::1] lengths, const floating *h0_all, floating *final_all,
+        void **param_data, void **grad_data, void **state1_data, void **state2_data,
+        const Py_ssize_t *counts, const Py_ssize_t *sizes, bint output_tanh,
+        bint return_sequences, void **buffer_data, floating[:, :, ::1] X_batch,
+        floating[::1] Y_batch, Py_ssize_t[::1] lengths_batch,
+        floating[:, ::1] h0_batch, const Py_ssize_t[:, ::1] order,
+        Py_ssize_t batch_size, double clip_norm, OptimizerConfig *config,
+        bint panels, Py_ssize_t width, PanelBuffers *panel_buffers,
+        double[::1] epoch_losses, int n_threads) noexcept nogil:
+    """train's loop; see train."""
+    cdef Py_ssize_t n_samples = X.shape[0], n_steps = X.shape[1]
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t targets_per_sample = (n_steps if return_sequences else 1) * n_out
+    cdef Py_ssize_t n_epochs = epoch_losses.shape[0]
+    cdef bint shuffled = order.shape[0] > 0
+    cdef size_t state_bytes = n_hidden * sizeof(floating)
+    cdef Py_ssize_t epoch, batch, start, n_rows, param, n_valid
+    cdef const Py_ssize_t *rows
+    cdef const floating *X_rows
+    cdef const floating *Y_rows
+    cdef const floating *h0_rows
+    cdef const Py_ssize_t *length_rows
+    cdef double sum_squares
+    # One unshuffled batch is the same every epoch: transpose it once.
+    cdef bint gather_each_batch = shuffled or n_tasks(n_samples, batch_size) > 1
+    cdef bint gathered = False
+    n_valid = n_valid_outputs(&lengths[0], n_samples, return_sequences)
+    for epoch in range(n_epochs):
+        sum_squares = 0
+        for batch in range(n_tasks(n_samples, batch_size)):
+            start = batch * batch_size
+            n_rows = min(batch_size, n_samples - start)
+            X_rows = &X[start, 0, 0]
+            Y_rows = &Y[start * targets_per_sample]
+            length_rows = &lengths[start]
+            h0_rows = h0_all
+            if h0_all != NULL:
+                h0_rows = h0_all + start * n_hidden
+            if shuffled:
+                rows = &order[epoch, start]
+                gather_rows(<const char *> &X[0, 0, 0], rows, n_rows,
+                            n_steps * n_in * sizeof(floating), <char *> &X_batch[0, 0, 0])
+                gather_rows(<const char *> &Y[0], rows, n_rows,
+                            targets_per_sample * sizeof(floating), <char *> &Y_batch[0])
+                gather_rows(<const char *> &lengths[0], rows, n_rows,
+                            sizeof(Py_ssize_t), <char *> &lengths_batch[0])
+                X_rows = &X_batch[0, 0, 0]
+                Y_rows = &Y_batch[0]
+                length_rows = &lengths_batch[0]
                 if h0_all != NULL:
-                    h0_rows = h0_all + start * n_hidden
-                if shuffled:
-                    rows = &order[epoch, start]
-                    gather_rows(<const char *> &X[0, 0, 0], rows, n_rows,
-                                n_steps * n_in * sizeof(floating), <char *> &X_batch[0, 0, 0])
-                    gather_rows(<const char *> &Y[0], rows, n_rows,
-                                targets_per_sample * sizeof(floating), <char *> &Y_batch[0])
-                    gather_rows(<const char *> &lengths[0], rows, n_rows,
-                                sizeof(Py_ssize_t), <char *> &lengths_batch[0])
-                    X_rows = &X_batch[0, 0, 0]
-                    Y_rows = &Y_batch[0]
-                    length_rows = &lengths_batch[0]
-                    if h0_all != NULL:
-                        gather_rows(<const char *> h0_all, rows, n_rows, state_bytes,
-                                    <char *> &h0_batch[0, 0])
-                        h0_rows = &h0_batch[0, 0]
+                    gather_rows(<const char *> h0_all, rows, n_rows, state_bytes,
+                                <char *> &h0_batch[0, 0])
+                    h0_rows = &h0_batch[0, 0]
+            if panels and all_full_length(length_rows, n_rows, n_steps):
+                if gather_each_batch or not gathered:
+                    gather_columns(X_rows, NULL, n_rows, n_steps, n_in,
+                                   <floating *> panel_buffers.inputs, width)
+                    gather_columns(Y_rows, NULL, n_rows,
+                                   n_steps if return_sequences else 1, n_out,
+                                   <floating *> panel_buffers.targets, width)
+                    gathered = True
+                sum_squares += panel_stm_gradients(
+                    h0_rows, n_rows, n_steps, width, param_data, grad_data, sizes,
+                    output_tanh, return_sequences, panel_buffers,
+                    <floating *> buffer_data[FINAL_STATES])
+            else:
                 sum_squares += stm_gradients(
                     X_rows, Y_rows, h0_rows, length_rows, n_rows, n_steps, param_data,
-                    grad_data, &sizes[0], output_tanh, return_sequences, buffer_data,
+                    grad_data, sizes, output_tanh, return_sequences, buffer_data,
                     n_threads)
-                if final_all != NULL:
-                    if shuffled:
-                        scatter_rows(<const char *> buffer_data[FINAL_STATES], rows,
-                                     n_rows, state_bytes, <char *> final_all)
-                    else:
-                        memcpy(final_all + start * n_hidden, buffer_data[FINAL_STATES],
-                               n_rows * state_bytes)
-                if clip_norm > 0:
-                    clip_gradients(<floating **> grad_data, counts, clip_norm)
-                config.step += 1
-                for param in range(N_PARAMS):
-                    optimizer_step(<floating *> param_data[param],
-                                   <floating *> grad_data[param],
-                                   <floating *> state1_data[param],
-                                   <floating *> state2_data[param],
-                                   counts[param], &config, n_threads)
-            epoch_losses[epoch] = sum_squares / max(1, n_valid * n_out)
-    return config.step
+            if final_all != NULL:
+                if shuffled:
+                    scatter_rows(<const char *> buffer_data[FINAL_STATES], rows,
+                                 n_rows, state_bytes, <char *> final_all)
+                else:
+                    memcpy(final_all + start * n_hidden, buffer_data[FINAL_STATES],
+                           n_rows * state_bytes)
+            if clip_norm > 0:
+                clip_gradients(<floating **> grad_data, counts, clip_norm)
+            config.step += 1
+            for param in range(N_PARAMS):
+                optimizer_step(<floating *> param_data[param],
+                               <floating *> grad_data[param],
+                               <floating *> state1_data[param],
+                               <floating *> state2_data[param],
+                               counts[param], config, n_threads)
+        epoch_losses[epoch] = sum_squares / max(1, n_valid * n_out)

@@ -4,6 +4,8 @@ cdef extern from "_tanh.h" nogil:
     int LGMSTM_HAS_DISPATCH
     void lgmstm_tanh_inplace_d(double *x, Py_ssize_t n)
     void lgmstm_tanh_inplace_f(float *x, Py_ssize_t n)
+    void lgmstm_tanh_rows_d(double *x, Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t ld)
+    void lgmstm_tanh_rows_f(float *x, Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t ld)
 
 
 cdef inline void tanh_inplace(floating *x, Py_ssize_t n) noexcept nogil:
@@ -12,3 +14,12 @@ cdef inline void tanh_inplace(floating *x, Py_ssize_t n) noexcept nogil:
         lgmstm_tanh_inplace_d(x, n)
     else:
         lgmstm_tanh_inplace_f(x, n)
+
+
+cdef inline void tanh_rows(floating *x, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                           Py_ssize_t ld) noexcept nogil:
+    """tanh_inplace on n_rows rows of n_cols values, rows ld apart."""
+    if floating is double:
+        lgmstm_tanh_rows_d(x, n_rows, n_cols, ld)
+    else:
+        lgmstm_tanh_rows_f(x, n_rows, n_cols, ld)
