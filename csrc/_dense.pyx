@@ -243,7 +243,7 @@ def train(const floating[:, ::1] X, const floating[:, ::1] Y,
     cdef Py_ssize_t n_batches = n_tasks(n_samples, batch_size)
     cdef bint shuffled = order.shape[0] > 0
     cdef bint panels = use_panels(min(batch_size, n_samples), &layer_sizes[0], n_layers)
-    cdef Py_ssize_t width = padded_width(min(batch_size, n_samples))
+    cdef Py_ssize_t width = padded_width(min(batch_size, n_samples), sizeof(floating))
     cdef floating **panel_rows = NULL
     cdef floating *Xt = NULL
     cdef floating *Yt = NULL
@@ -291,7 +291,7 @@ cdef void train_epochs(
     """train's loop; see train."""
     cdef Py_ssize_t n_samples = X.shape[0], n_in = X.shape[1], n_out = Y.shape[1]
     cdef Py_ssize_t epoch, batch, start, n_rows, param, n_elements
-    cdef const Py_ssize_t *rows
+    cdef const Py_ssize_t *rows = NULL
     cdef const floating *X_rows
     cdef const floating *Y_rows
     cdef double sum_squares

@@ -2,7 +2,8 @@
  *
  * Small networks run in a feature-major layout: an activation matrix is
  * stored transposed, one row per unit and one column per sample, with the
- * columns padded to a multiple of LGMSTM_PANEL. Every product then runs
+ * columns padded to whole panels of 64 bytes (8 doubles, 16 floats: one
+ * AVX-512 register). Every product then runs
  * along the samples, in vectors as long as the batch, however few units a
  * layer has; BLAS, handed the same products as 2-5 column matrices, spends
  * more time on call and packing overhead than on arithmetic.
@@ -11,45 +12,46 @@
  *   row_dots       out = scale X Y^T + beta out       (weight gradients)
  *   row_sums       out = scale Y 1 + beta out         (bias gradients)
  *
- * Sums over samples run in one fixed order (lanes of a panel, then the
- * lanes in order), so results never depend on who calls or when. Built, as
- * tanh, for the baseline ISA, AVX2+FMA and AVX-512 (see _tanh.h).
+ * Sums over samples run in one fixed order (vector lanes along the panels,
+ * then the lanes in order), so results never depend on who calls or when.
+ *
+ * Accumulators are GCC/Clang generic vectors, kept in registers. Their
+ * width is the target's: a generic vector wider than the hardware's is
+ * split badly, so target_clones (one source, several ISAs) cannot serve.
+ * On x86-64 with GCC each kernel is built three times, for AVX-512 (64-byte
+ * vectors), AVX2+FMA (32) and the baseline (16), and a dispatcher picks one
+ * by the CPU's features; elsewhere there is one 16-byte build (NEON,
+ * SSE2), and without vector extensions (MSVC) a scalar one.
  */
 #ifndef LGMSTM_PANEL_H
 #define LGMSTM_PANEL_H
 
 #include <stddef.h>
 #include <string.h>
-#include "_tanh.h"  /* LGMSTM_DISPATCH */
 
-/* Columns per panel: a multiple of every vector width (16 floats = 512 bits). */
-#define LGMSTM_PANEL 16
+/* Bytes of a panel row: a multiple of every vector width. */
+#define LGMSTM_PANEL_BYTES 64
+#define LGMSTM_PANEL(T) (LGMSTM_PANEL_BYTES / (ptrdiff_t)sizeof(T))
 
-/* Accumulators are GCC/Clang generic vectors of 32 bytes, which every
- * clone keeps in registers (one ymm, or two xmm in the baseline build);
- * wider generic vectors are split badly where the target lacks them. A
- * panel row is LGMSTM_PANEL_VECS(T) of them; memcpy does the unaligned
- * loads and stores. */
-#define LGMSTM_VECTOR_BYTES 32
-#define LGMSTM_PANEL_VECS(T) (LGMSTM_PANEL * (int)sizeof(T) / LGMSTM_VECTOR_BYTES)
-#define LGMSTM_LANES(T) (LGMSTM_VECTOR_BYTES / (int)sizeof(T))
-typedef double lgmstm_vector_d __attribute__((vector_size(LGMSTM_VECTOR_BYTES)));
-typedef float lgmstm_vector_f __attribute__((vector_size(LGMSTM_VECTOR_BYTES)));
-/* Rows of C per pass over a panel of B: 16 (double) or 8 (float) accumulators,
- * which AVX-512's 32 registers hold (AVX2 spills a few for double). */
-#define LGMSTM_PANEL_ROWS 4
+#if defined(__GNUC__)
+#define LGMSTM_SPLAT(V, x) ((V){0} + (x))
+#define LGMSTM_LANE(x, v) ((x)[v])
+#else
+#define LGMSTM_SPLAT(V, x) (x)
+#define LGMSTM_LANE(x, v) (x)
+#endif
 
 /*
- * panel_product: for i < m and s < n (n a multiple of LGMSTM_PANEL),
+ * panel_product: for i < m and s < n (n a multiple of LGMSTM_PANEL(T)),
  *   z = init + sum_k A[i a_rs + k a_cs] B[k ldb + s]
  *   init = C[i ldc + s] when accumulate, else bias[i] (0 when bias is NULL)
  *   C[i ldc + s] = z, times (1 - D[i ldd + s]^2) (tanh's derivative at the
  *   output D) when D is not NULL.
  * The strides a_rs, a_cs read A or its transpose in place.
  */
-#define LGMSTM_PANEL_BLOCK(T, V, R)                                           \
+#define LGMSTM_PANEL_BLOCK(T, V, R, NV)                                             \
     do {                                                                            \
-        enum { NV = LGMSTM_PANEL_VECS(T), NL = LGMSTM_LANES(T) };                   \
+        enum { NL = sizeof(V) / sizeof(T) };                                        \
         V acc[R][NV], b_part;                                                       \
         for (int r = 0; r < R; ++r) {                                               \
             if (accumulate)                                                         \
@@ -57,7 +59,7 @@ typedef float lgmstm_vector_f __attribute__((vector_size(LGMSTM_VECTOR_BYTES)));
                     memcpy(&acc[r][u], C + (i + r) * ldc + s0 + u * NL, sizeof(V)); \
             else                                                                    \
                 for (int u = 0; u < NV; ++u)                                        \
-                    acc[r][u] = (V){0} + (bias ? bias[i + r] : (T)0);               \
+                    acc[r][u] = LGMSTM_SPLAT(V, bias ? bias[i + r] : (T)0);         \
         }                                                                           \
         for (ptrdiff_t kk = 0; kk < k; ++kk) {                                      \
             for (int u = 0; u < NV; ++u) {                                          \
@@ -79,40 +81,53 @@ typedef float lgmstm_vector_f __attribute__((vector_size(LGMSTM_VECTOR_BYTES)));
         }                                                                           \
     } while (0)
 
-#define LGMSTM_DEFINE_PANEL_PRODUCT(NAME, T, V)                               \
-    LGMSTM_DISPATCH                                                                 \
-    static void NAME(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,                         \
-                     const T *A, ptrdiff_t a_rs, ptrdiff_t a_cs,                    \
-                     const T *B, ptrdiff_t ldb, const T *bias, int accumulate,      \
-                     const T *D, ptrdiff_t ldd,                                     \
-                     T *C, ptrdiff_t ldc)                                           \
-    {                                                                               \
-        for (ptrdiff_t s0 = 0; s0 < n; s0 += LGMSTM_PANEL) {                        \
-            ptrdiff_t i = 0;                                                        \
-            for (; i + LGMSTM_PANEL_ROWS <= m; i += LGMSTM_PANEL_ROWS)        \
-                LGMSTM_PANEL_BLOCK(T, V, LGMSTM_PANEL_ROWS);              \
-            if (i + 2 <= m) {                                                       \
-                LGMSTM_PANEL_BLOCK(T, V, 2);                                  \
-                i += 2;                                                             \
-            }                                                                       \
-            if (i < m)                                                              \
-                LGMSTM_PANEL_BLOCK(T, V, 1);                                  \
+/* Every row of C over NV vectors of columns from s0: blocks of rows that
+ * keep 8 accumulators (at least one row), then 4, 2 and 1 rows. */
+#define LGMSTM_PANEL_COLUMNS(T, V, NV)                                              \
+    do {                                                                            \
+        enum { ROWS = NV >= 8 ? 1 : 8 / NV };                                       \
+        ptrdiff_t i = 0;                                                            \
+        for (; i + ROWS <= m; i += ROWS) LGMSTM_PANEL_BLOCK(T, V, ROWS, NV);        \
+        if (ROWS > 4 && i + 4 <= m) {                                               \
+            LGMSTM_PANEL_BLOCK(T, V, 4, NV);                                        \
+            i += 4;                                                                 \
         }                                                                           \
+        if (ROWS > 2 && i + 2 <= m) {                                               \
+            LGMSTM_PANEL_BLOCK(T, V, 2, NV);                                        \
+            i += 2;                                                                 \
+        }                                                                           \
+        if (i < m) LGMSTM_PANEL_BLOCK(T, V, 1, NV);                                 \
+    } while (0)
+
+/* Columns two panels at a time (fewer loads of A per product), then one. */
+#define LGMSTM_DEFINE_PANEL_PRODUCT(NAME, T, V, TARGET)                             \
+    TARGET static void NAME(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,                  \
+                            const T *A, ptrdiff_t a_rs, ptrdiff_t a_cs,             \
+                            const T *B, ptrdiff_t ldb, const T *bias,               \
+                            int accumulate, const T *D, ptrdiff_t ldd,              \
+                            T *C, ptrdiff_t ldc)                                    \
+    {                                                                               \
+        enum { PANEL_VECS = LGMSTM_PANEL_BYTES / sizeof(V) };                       \
+        ptrdiff_t s0 = 0;                                                           \
+        for (; s0 + 2 * LGMSTM_PANEL(T) <= n; s0 += 2 * LGMSTM_PANEL(T))            \
+            LGMSTM_PANEL_COLUMNS(T, V, 2 * PANEL_VECS);                             \
+        if (s0 < n)                                                                 \
+            LGMSTM_PANEL_COLUMNS(T, V, PANEL_VECS);                                 \
     }
 
 /*
  * row_dots: for p < m_x, q < m_y,
  *   out[p ld_out + q] = scale sum_{s < n} X[p ldx + s] Y[q ldy + s] + beta out[...]
- * (beta 0: out is not read). n is a multiple of LGMSTM_PANEL; each vector
+ * (beta 0: out is not read). n is a multiple of LGMSTM_PANEL(T); each vector
  * lane sums its columns in order, then the lanes are added in order.
  */
 #define LGMSTM_DOTS_BLOCK(T, V, RX, RY)                                             \
     do {                                                                            \
-        enum { NV = LGMSTM_PANEL_VECS(T), NL = LGMSTM_LANES(T) };                   \
+        enum { NL = sizeof(V) / sizeof(T), NV = LGMSTM_PANEL_BYTES / sizeof(V) };                   \
         V acc[RX][RY], x_part[RX], y_part;                                          \
         for (int r = 0; r < RX; ++r)                                                \
-            for (int c = 0; c < RY; ++c) acc[r][c] = (V){0};                        \
-        for (ptrdiff_t s0 = 0; s0 < n; s0 += LGMSTM_PANEL) {                        \
+            for (int c = 0; c < RY; ++c) acc[r][c] = LGMSTM_SPLAT(V, (T)0);                        \
+        for (ptrdiff_t s0 = 0; s0 < n; s0 += LGMSTM_PANEL(T)) {                        \
             for (int u = 0; u < NV; ++u) {                                          \
                 for (int r = 0; r < RX; ++r)                                        \
                     memcpy(&x_part[r], X + (p + r) * ldx + s0 + u * NL, sizeof(V)); \
@@ -125,7 +140,7 @@ typedef float lgmstm_vector_f __attribute__((vector_size(LGMSTM_VECTOR_BYTES)));
         for (int r = 0; r < RX; ++r)                                                \
             for (int c = 0; c < RY; ++c) {                                          \
                 T total = 0;                                                        \
-                for (int v = 0; v < NL; ++v) total += acc[r][c][v];                 \
+                for (int v = 0; v < NL; ++v) total += LGMSTM_LANE(acc[r][c], v);                 \
                 T *o = out + (p + r) * ld_out + q + c;                              \
                 *o = scale * total + (beta != 0 ? beta * *o : (T)0);                \
             }                                                                       \
@@ -143,9 +158,8 @@ typedef float lgmstm_vector_f __attribute__((vector_size(LGMSTM_VECTOR_BYTES)));
         if (q < m_y) LGMSTM_DOTS_BLOCK(T, V, RX, 1);                                \
     } while (0)
 
-#define LGMSTM_DEFINE_ROW_DOTS(NAME, T, V)                                          \
-    LGMSTM_DISPATCH                                                                 \
-    static void NAME(ptrdiff_t m_x, ptrdiff_t m_y, ptrdiff_t n,                     \
+#define LGMSTM_DEFINE_ROW_DOTS(NAME, T, V, TARGET)                                  \
+    TARGET static void NAME(ptrdiff_t m_x, ptrdiff_t m_y, ptrdiff_t n,                     \
                      const T *X, ptrdiff_t ldx, const T *Y, ptrdiff_t ldy,          \
                      T scale, T beta, T *out, ptrdiff_t ld_out)                     \
     {                                                                               \
@@ -159,30 +173,112 @@ typedef float lgmstm_vector_f __attribute__((vector_size(LGMSTM_VECTOR_BYTES)));
     }
 
 /* row_sums: out[q] = scale sum_{s < n} Y[q ldy + s] + beta out[q], as row_dots. */
-#define LGMSTM_DEFINE_ROW_SUMS(NAME, T, V)                                          \
-    LGMSTM_DISPATCH                                                                 \
-    static void NAME(ptrdiff_t m_y, ptrdiff_t n, const T *Y, ptrdiff_t ldy,         \
+#define LGMSTM_DEFINE_ROW_SUMS(NAME, T, V, TARGET)                                  \
+    TARGET static void NAME(ptrdiff_t m_y, ptrdiff_t n, const T *Y, ptrdiff_t ldy,         \
                      T scale, T beta, T *out)                                       \
     {                                                                               \
-        enum { NV = LGMSTM_PANEL_VECS(T), NL = LGMSTM_LANES(T) };                   \
+        enum { NL = sizeof(V) / sizeof(T), NV = LGMSTM_PANEL_BYTES / sizeof(V) };                   \
         for (ptrdiff_t q = 0; q < m_y; ++q) {                                       \
-            V acc = {0}, y_part;                                                    \
-            for (ptrdiff_t s0 = 0; s0 < n; s0 += LGMSTM_PANEL)                      \
+            V acc = LGMSTM_SPLAT(V, (T)0), y_part;                                                    \
+            for (ptrdiff_t s0 = 0; s0 < n; s0 += LGMSTM_PANEL(T))                      \
                 for (int u = 0; u < NV; ++u) {                                      \
                     memcpy(&y_part, Y + q * ldy + s0 + u * NL, sizeof y_part);      \
                     acc += y_part;                                                  \
                 }                                                                   \
             T total = 0;                                                            \
-            for (int v = 0; v < LGMSTM_LANES(T); ++v) total += acc[v];              \
+            for (int v = 0; v < NL; ++v) total += LGMSTM_LANE(acc, v);              \
             out[q] = scale * total + (beta != 0 ? beta * out[q] : (T)0);            \
         }                                                                           \
     }
 
-LGMSTM_DEFINE_PANEL_PRODUCT(lgmstm_panel_product_d, double, lgmstm_vector_d)
-LGMSTM_DEFINE_PANEL_PRODUCT(lgmstm_panel_product_f, float, lgmstm_vector_f)
-LGMSTM_DEFINE_ROW_DOTS(lgmstm_row_dots_d, double, lgmstm_vector_d)
-LGMSTM_DEFINE_ROW_DOTS(lgmstm_row_dots_f, float, lgmstm_vector_f)
-LGMSTM_DEFINE_ROW_SUMS(lgmstm_row_sums_d, double, lgmstm_vector_d)
-LGMSTM_DEFINE_ROW_SUMS(lgmstm_row_sums_f, float, lgmstm_vector_f)
+/* Each kernel for one vector type V of T: NAME##SUFFIX. */
+#define LGMSTM_DEFINE_KERNELS(SUFFIX, T, V, TARGET)                                 \
+    LGMSTM_DEFINE_PANEL_PRODUCT(lgmstm_panel_product##SUFFIX, T, V, TARGET)         \
+    LGMSTM_DEFINE_ROW_DOTS(lgmstm_row_dots##SUFFIX, T, V, TARGET)                   \
+    LGMSTM_DEFINE_ROW_SUMS(lgmstm_row_sums##SUFFIX, T, V, TARGET)
+
+#define LGMSTM_PANEL_PRODUCT_ARGS(T)                                                \
+    (ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, ptrdiff_t a_rs,             \
+     ptrdiff_t a_cs, const T *B, ptrdiff_t ldb, const T *bias, int accumulate,      \
+     const T *D, ptrdiff_t ldd, T *C, ptrdiff_t ldc)
+#define LGMSTM_PANEL_PRODUCT_CALL (m, n, k, A, a_rs, a_cs, B, ldb, bias, accumulate, D, ldd, C, ldc)
+#define LGMSTM_ROW_DOTS_ARGS(T)                                                     \
+    (ptrdiff_t m_x, ptrdiff_t m_y, ptrdiff_t n, const T *X, ptrdiff_t ldx,          \
+     const T *Y, ptrdiff_t ldy, T scale, T beta, T *out, ptrdiff_t ld_out)
+#define LGMSTM_ROW_DOTS_CALL (m_x, m_y, n, X, ldx, Y, ldy, scale, beta, out, ld_out)
+#define LGMSTM_ROW_SUMS_ARGS(T)                                                     \
+    (ptrdiff_t m_y, ptrdiff_t n, const T *Y, ptrdiff_t ldy, T scale, T beta, T *out)
+#define LGMSTM_ROW_SUMS_CALL (m_y, n, Y, ldy, scale, beta, out)
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) \
+    && !defined(LGMSTM_NO_DISPATCH)
+
+typedef double lgmstm_d64 __attribute__((vector_size(64)));
+typedef double lgmstm_d32 __attribute__((vector_size(32)));
+typedef double lgmstm_d16 __attribute__((vector_size(16)));
+typedef float lgmstm_f64 __attribute__((vector_size(64)));
+typedef float lgmstm_f32 __attribute__((vector_size(32)));
+typedef float lgmstm_f16 __attribute__((vector_size(16)));
+#define LGMSTM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+#define LGMSTM_TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+LGMSTM_DEFINE_KERNELS(_d_avx512, double, lgmstm_d64, LGMSTM_TARGET_AVX512)
+LGMSTM_DEFINE_KERNELS(_d_avx2, double, lgmstm_d32, LGMSTM_TARGET_AVX2)
+LGMSTM_DEFINE_KERNELS(_d_base, double, lgmstm_d16, )
+LGMSTM_DEFINE_KERNELS(_f_avx512, float, lgmstm_f64, LGMSTM_TARGET_AVX512)
+LGMSTM_DEFINE_KERNELS(_f_avx2, float, lgmstm_f32, LGMSTM_TARGET_AVX2)
+LGMSTM_DEFINE_KERNELS(_f_base, float, lgmstm_f16, )
+
+/* 2: AVX-512 (F, BW, DQ, VL), 1: AVX2 and FMA, 0: neither. Computed once;
+ * threads racing on the first call all store the same value. */
+static int lgmstm_panel_level(void)
+{
+    static int level = -1;
+    if (level < 0) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+                && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+            level = 2;
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            level = 1;
+        else
+            level = 0;
+    }
+    return level;
+}
+
+#define LGMSTM_DEFINE_DISPATCH(NAME, ARGS, CALL)                                    \
+    static void NAME ARGS                                                           \
+    {                                                                               \
+        switch (lgmstm_panel_level()) {                                             \
+        case 2: NAME##_avx512 CALL; break;                                          \
+        case 1: NAME##_avx2 CALL; break;                                            \
+        default: NAME##_base CALL;                                                  \
+        }                                                                           \
+    }
+#define LGMSTM_PANEL_HAS_DISPATCH 1
+
+#else
+
+#if defined(__GNUC__)
+typedef double lgmstm_d16 __attribute__((vector_size(16)));
+typedef float lgmstm_f16 __attribute__((vector_size(16)));
+LGMSTM_DEFINE_KERNELS(_d_base, double, lgmstm_d16, )
+LGMSTM_DEFINE_KERNELS(_f_base, float, lgmstm_f16, )
+#else
+LGMSTM_DEFINE_KERNELS(_d_base, double, double, )
+LGMSTM_DEFINE_KERNELS(_f_base, float, float, )
+#endif
+#define LGMSTM_DEFINE_DISPATCH(NAME, ARGS, CALL) static void NAME ARGS { NAME##_base CALL; }
+#define LGMSTM_PANEL_HAS_DISPATCH 0
+
+#endif
+
+LGMSTM_DEFINE_DISPATCH(lgmstm_panel_product_d, LGMSTM_PANEL_PRODUCT_ARGS(double), LGMSTM_PANEL_PRODUCT_CALL)
+LGMSTM_DEFINE_DISPATCH(lgmstm_panel_product_f, LGMSTM_PANEL_PRODUCT_ARGS(float), LGMSTM_PANEL_PRODUCT_CALL)
+LGMSTM_DEFINE_DISPATCH(lgmstm_row_dots_d, LGMSTM_ROW_DOTS_ARGS(double), LGMSTM_ROW_DOTS_CALL)
+LGMSTM_DEFINE_DISPATCH(lgmstm_row_dots_f, LGMSTM_ROW_DOTS_ARGS(float), LGMSTM_ROW_DOTS_CALL)
+LGMSTM_DEFINE_DISPATCH(lgmstm_row_sums_d, LGMSTM_ROW_SUMS_ARGS(double), LGMSTM_ROW_SUMS_CALL)
+LGMSTM_DEFINE_DISPATCH(lgmstm_row_sums_f, LGMSTM_ROW_SUMS_ARGS(float), LGMSTM_ROW_SUMS_CALL)
 
 #endif

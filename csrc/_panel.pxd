@@ -1,7 +1,7 @@
 # Small networks without BLAS: the feature-major layout of _panel.h.
 #
 # A batch of n samples is held transposed, one row per unit (feature) and
-# one column per sample, rows `width` = padded_width(n) long; a sequence
+# one column per sample, rows `width` = padded_width(n, itemsize) long; a sequence
 # batch has one block of width columns per step (column t * width + i is
 # sample i at step t). Columns past n in a block are padding: inputs and
 # targets are 0 there and so are all gradients, so sums over every column
@@ -9,7 +9,7 @@
 from cython cimport floating
 
 cdef extern from "_panel.h" nogil:
-    enum: LGMSTM_PANEL
+    enum: LGMSTM_PANEL_BYTES
     void lgmstm_panel_product_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                                 const double *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
                                 const double *B, Py_ssize_t ldb, const double *bias,
@@ -34,9 +34,10 @@ cdef extern from "_panel.h" nogil:
                            Py_ssize_t ldy, float scale, float beta, float *out)
 
 
-cdef inline Py_ssize_t padded_width(Py_ssize_t n_samples) noexcept nogil:
-    """Columns a block of n_samples samples takes: a whole number of panels."""
-    return max(1, (n_samples + LGMSTM_PANEL - 1) // LGMSTM_PANEL) * LGMSTM_PANEL
+cdef inline Py_ssize_t padded_width(Py_ssize_t n_samples, size_t itemsize) noexcept nogil:
+    """Columns a block of n_samples samples takes: whole panels (LGMSTM_PANEL_BYTES)."""
+    cdef Py_ssize_t panel = LGMSTM_PANEL_BYTES // itemsize
+    return max(1, (n_samples + panel - 1) // panel) * panel
 
 
 cdef inline void panel_product(

@@ -609,7 +609,7 @@ cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
 
 
 cdef struct PanelBuffers:
-    # A batch of n_rows sequences in the panel layout, width = padded_width(n_rows)
+    # A batch of n_rows sequences in the panel layout, width = padded_width(n_rows, itemsize)
     # columns per step; "cols" is n_steps * width.
     void *inputs          # X (n_in, cols)
     void *targets         # Y (n_out, cols), or (n_out, width) for the last step only
@@ -805,7 +805,7 @@ def train(const floating[:, :, ::1] X, const floating[::1] Y,
     cdef OptimizerConfig config
     cdef Py_ssize_t max_rows = min(batch_size, n_samples)
     cdef bint panels = use_panels(max_rows, n_steps, &sizes[0])
-    cdef Py_ssize_t width = padded_width(max_rows)
+    cdef Py_ssize_t width = padded_width(max_rows, sizeof(floating))
     cdef Py_ssize_t cols = n_steps * width
     cdef Py_ssize_t n_read = cols if return_sequences else width
     cdef PanelBuffers panel_buffers
@@ -860,7 +860,7 @@ cdef void train_epochs(
     cdef bint shuffled = order.shape[0] > 0
     cdef size_t state_bytes = n_hidden * sizeof(floating)
     cdef Py_ssize_t epoch, batch, start, n_rows, param, n_valid
-    cdef const Py_ssize_t *rows
+    cdef const Py_ssize_t *rows = NULL
     cdef const floating *X_rows
     cdef const floating *Y_rows
     cdef const floating *h0_rows
