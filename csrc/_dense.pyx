@@ -175,7 +175,8 @@ cdef double panel_network_gradients(
             tanh_inplace(activations[layer], sizes[layer + 1] * width)
         layer_input = activations[layer]
     sum_squares = panel_loss(activations[n_layers - 1], Yt, deltas[n_layers - 1], n_out,
-                             n_rows, 1, width, 1.0 / max(1, n_rows * n_out), output_tanh)
+                             1, width, n_rows, width, 1.0 / max(1, n_rows * n_out),
+                             output_tanh)
     for layer in range(n_layers - 1, -1, -1):
         n_in = sizes[layer]
         n_out = sizes[layer + 1]
@@ -303,8 +304,8 @@ cdef void train_epochs(
     # One unshuffled batch is the same every epoch: transpose it once.
     cdef bint gather_each_batch = shuffled or n_batches > 1
     if panels and not gather_each_batch:
-        gather_columns(&X[0, 0], NULL, n_samples, 1, n_in, Xt, width)
-        gather_columns(&Y[0, 0], NULL, n_samples, 1, n_out, Yt, width)
+        gather_columns(&X[0, 0], NULL, n_samples, 1, n_in, Xt, width, 1)
+        gather_columns(&Y[0, 0], NULL, n_samples, 1, n_out, Yt, width, 1)
     for epoch in range(epoch_losses.shape[0]):
         sum_squares = 0
         for batch in range(n_batches):
@@ -314,9 +315,9 @@ cdef void train_epochs(
             if panels:
                 if gather_each_batch:
                     gather_columns(&X[0, 0] if shuffled else &X[start, 0], rows,
-                                   n_rows, 1, n_in, Xt, width)
+                                   n_rows, 1, n_in, Xt, width, 1)
                     gather_columns(&Y[0, 0] if shuffled else &Y[start, 0], rows,
-                                   n_rows, 1, n_out, Yt, width)
+                                   n_rows, 1, n_out, Yt, width, 1)
                 sum_squares += panel_network_gradients(
                     Xt, Yt, n_rows, width, params, targets, sizes, n_layers,
                     output_tanh, panel_activations, panel_deltas, scale, beta)

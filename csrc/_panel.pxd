@@ -1,11 +1,14 @@
 # Small networks without BLAS: the feature-major layout of _panel.h.
 #
-# A batch of n samples is held transposed, one row per unit (feature) and
-# one column per sample, rows `width` = padded_width(n, itemsize) long; a sequence
-# batch has one block of width columns per step (column t * width + i is
-# sample i at step t). Columns past n in a block are padding: inputs and
-# targets are 0 there and so are all gradients, so sums over every column
-# are sums over the samples.
+# A batch is held transposed, one row per unit (feature) and one column per
+# sample. Its samples are cut into groups of task_width columns (whole
+# panels of LGMSTM_PANEL_BYTES; the last group is padded), and each group
+# takes n_blocks * task_width consecutive columns of every row: block b
+# (a sequence's step b; a dense batch has one block) of sample i is column
+#     (i // task_width) * n_blocks * task_width + b * task_width + i % task_width
+# so a task that owns a group finds all of its columns in one run. Padding
+# columns hold 0 in inputs and targets, and so do all gradients there: sums
+# over every column are sums over the samples.
 from cython cimport floating
 
 cdef extern from "_panel.h" nogil:
@@ -79,56 +82,60 @@ cdef inline void row_sums(Py_ssize_t m_y, Py_ssize_t n, const floating *Y,
 cdef inline void gather_columns(
         const floating *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
         Py_ssize_t n_blocks, Py_ssize_t n_features, floating *dest,
-        Py_ssize_t width) noexcept nogil:
+        Py_ssize_t task_width, Py_ssize_t n_groups) noexcept nogil:
     """Transpose a batch into the panel layout, padding included.
 
     source: row-major samples of n_blocks * n_features values each (block b
     holds step b's features); the batch is its rows `rows[i]`, or its first
-    n_rows rows when rows is NULL. dest (n_features, n_blocks * width):
-    dest[f, b * width + i] = sample i's feature f of block b, and 0 for
-    i >= n_rows.
+    n_rows rows when rows is NULL. dest: (n_features, n_groups * n_blocks *
+    task_width), sample i's feature f of block b at the column above, and 0
+    for i >= n_rows.
     """
-    cdef Py_ssize_t ld = n_blocks * width
-    cdef Py_ssize_t i, block, f, row
+    cdef Py_ssize_t group_cols = n_blocks * task_width
+    cdef Py_ssize_t ld = n_groups * group_cols
+    cdef Py_ssize_t i, block, f, row, column
     cdef const floating *sample
-    for i in range(n_rows):
-        row = rows[i] if rows != NULL else i
-        sample = source + row * n_blocks * n_features
-        for block in range(n_blocks):
-            for f in range(n_features):
-                dest[f * ld + block * width + i] = sample[block * n_features + f]
-    for f in range(n_features):
-        for block in range(n_blocks):
-            for i in range(n_rows, width):
-                dest[f * ld + block * width + i] = 0
+    for i in range(n_groups * task_width):
+        column = (i // task_width) * group_cols + i % task_width
+        if i < n_rows:
+            row = rows[i] if rows != NULL else i
+            sample = source + row * n_blocks * n_features
+            for block in range(n_blocks):
+                for f in range(n_features):
+                    dest[f * ld + column + block * task_width] = sample[block * n_features + f]
+        else:
+            for block in range(n_blocks):
+                for f in range(n_features):
+                    dest[f * ld + column + block * task_width] = 0
 
 
 cdef inline double panel_loss(const floating *outputs, const floating *targets,
                               floating *d_outputs, Py_ssize_t n_units,
-                              Py_ssize_t n_rows, Py_ssize_t n_blocks,
-                              Py_ssize_t width, double grad_scale,
+                              Py_ssize_t n_blocks, Py_ssize_t block_cols,
+                              Py_ssize_t n_valid, Py_ssize_t ld, double grad_scale,
                               bint apply_tanh) noexcept nogil:
     """Squared error of panel-layout outputs against targets (same layout).
 
-    Returns sum((outputs - targets)^2) over the n_rows real columns of each
-    block and sets d_outputs = grad_scale * 2 (outputs - targets), times
-    (1 - outputs^2) when apply_tanh (the output layer's dZ); 0 in padding.
+    Over n_units rows (ld apart) of n_blocks blocks of block_cols columns,
+    the first n_valid of each block samples and the rest padding: returns
+    sum((outputs - targets)^2) over the samples, and sets d_outputs =
+    grad_scale * 2 (outputs - targets), times (1 - outputs^2) when
+    apply_tanh (the output layer's dZ); 0 in padding.
     """
     cdef floating scale = <floating> (2.0 * grad_scale)
-    cdef Py_ssize_t ld = n_blocks * width
     cdef Py_ssize_t unit, block, i, at
     cdef floating diff
     cdef double total = 0
     for unit in range(n_units):
         for block in range(n_blocks):
-            at = unit * ld + block * width
-            for i in range(n_rows):
+            at = unit * ld + block * block_cols
+            for i in range(n_valid):
                 diff = outputs[at + i] - targets[at + i]
                 total += <double> diff * diff
                 diff = scale * diff
                 if apply_tanh:
                     diff = diff * (1 - outputs[at + i] * outputs[at + i])
                 d_outputs[at + i] = diff
-            for i in range(n_rows, width):
+            for i in range(n_valid, block_cols):
                 d_outputs[at + i] = 0
     return total

@@ -32,7 +32,7 @@ from _blas cimport gemm
 from _layers cimport (dense_forward_rows, dense_forward, dense_backward,
                       squared_error, optimizer_step, optimizer_config, OptimizerConfig,
                       gather_rows)
-from _parallel cimport BLOCK_COLS, BLOCK_ELEMS, n_tasks, threads_for
+from _parallel cimport BLOCK_COLS, BLOCK_ELEMS, MIN_PARALLEL_WORK, n_tasks, threads_for
 from _tanh cimport tanh_inplace, tanh_rows
 from _panel cimport (panel_product, row_dots, row_sums, gather_columns, panel_loss,
                      padded_width)
@@ -589,14 +589,69 @@ cdef enum:
     # Largest batch, in forward flops, trained in the panel layout: past it
     # BLAS on sequence chunks, shared among threads, wins.
     PANEL_MAX_WORK = 8388608
+    # Rows of a weight gradient per task of the panel path.
+    PANEL_WEIGHT_ROWS = 8
+
+
+cdef struct PanelLayout:
+    # Sequences in groups of task_width columns (see _panel.pxd), each
+    # group carried through every step by one task.
+    Py_ssize_t n_steps, task_width, n_groups
+    Py_ssize_t cols           # inputs and dz: n_groups * n_steps * task_width
+    Py_ssize_t state_cols     # states, h0 first in each group: n_groups * (n_steps + 1) * task_width
+    Py_ssize_t read_cols      # outputs: cols, or n_groups * task_width for the last step only
+    bint return_sequences
+
+
+cdef struct PanelBuffers:
+    void *inputs          # X (n_in, cols)
+    void *targets         # Y (n_out, read_cols)
+    void *states          # (n_hidden, state_cols): per group h0, then h_0..h_{T-1}
+    void *outputs         # readout (n_out, read_cols)
+    void *output_grads    # dL/d readout pre-activation (n_out, read_cols)
+    void *state_grads     # dz_t = dL/d state pre-activation (n_hidden, cols)
+
+
+cdef inline double stm_work(Py_ssize_t n_rows, Py_ssize_t n_steps,
+                            const Py_ssize_t *sizes) noexcept nogil:
+    """Forward flops of a batch."""
+    return 2.0 * n_rows * n_steps * sizes[1] * (sizes[0] + sizes[1] + sizes[2])
+
+
+cdef inline PanelLayout panel_layout(Py_ssize_t n_rows, Py_ssize_t n_steps,
+                                     const Py_ssize_t *sizes, size_t itemsize,
+                                     bint return_sequences) noexcept nogil:
+    """The layout of batches of up to n_rows sequences, from the shapes alone.
+
+    One group while the batch is too small to share out; otherwise 4 or 2
+    groups of equal width, so that 2 or 4 threads get equal shares.
+    """
+    cdef PanelLayout layout
+    cdef Py_ssize_t panel = padded_width(1, itemsize)
+    cdef Py_ssize_t n_panels = n_tasks(n_rows, panel)
+    cdef Py_ssize_t groups = 1, per_group, candidate
+    if stm_work(n_rows, n_steps, sizes) >= MIN_PARALLEL_WORK:
+        candidate = 4
+        while candidate >= 2 and groups == 1:
+            if n_tasks(n_panels, n_tasks(n_panels, candidate)) == candidate:
+                groups = candidate
+            candidate //= 2
+    per_group = max(1, n_tasks(n_panels, groups))
+    layout.n_steps = n_steps
+    layout.task_width = per_group * panel
+    layout.n_groups = max(1, n_tasks(n_panels, per_group))
+    layout.cols = layout.n_groups * n_steps * layout.task_width
+    layout.state_cols = layout.n_groups * (n_steps + 1) * layout.task_width
+    layout.read_cols = layout.cols if return_sequences else layout.n_groups * layout.task_width
+    layout.return_sequences = return_sequences
+    return layout
 
 
 cdef inline bint use_panels(Py_ssize_t n_rows, Py_ssize_t n_steps,
                             const Py_ssize_t *sizes) noexcept nogil:
     """Whether batches of n_rows sequences train in the panel layout; from
     the shapes alone (batches of sequences of unequal length never do)."""
-    return (2.0 * n_rows * n_steps * sizes[1] * (sizes[0] + sizes[1] + sizes[2])
-            < PANEL_MAX_WORK)
+    return stm_work(n_rows, n_steps, sizes) < PANEL_MAX_WORK
 
 
 cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
@@ -608,82 +663,158 @@ cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
     return True
 
 
-cdef struct PanelBuffers:
-    # A batch of n_rows sequences in the panel layout, width = padded_width(n_rows, itemsize)
-    # columns per step; "cols" is n_steps * width.
-    void *inputs          # X (n_in, cols)
-    void *targets         # Y (n_out, cols), or (n_out, width) for the last step only
-    void *states          # h0 then h_0..h_{T-1}: (n_hidden, (n_steps + 1) * width)
-    void *outputs         # readout, shaped like targets
-    void *output_grads    # dL/d readout pre-activation, shaped like targets
-    void *state_grads     # dz_t, dL/d state pre-activation (n_hidden, cols)
+cdef void panel_sequence_task(
+        Py_ssize_t group, const PanelLayout *layout, Py_ssize_t n_rows,
+        void **params, const Py_ssize_t *sizes, bint output_tanh, double grad_scale,
+        PanelBuffers *panels, const floating *h0, floating *final_states,
+        double *partials) noexcept nogil:
+    """Forward, loss and the backward time loop of one group of sequences.
 
-
-cdef double panel_stm_gradients(
-        const floating *h0, Py_ssize_t n_rows, Py_ssize_t n_steps, Py_ssize_t width,
-        void **params, void **grads, const Py_ssize_t *sizes, bint output_tanh,
-        bint return_sequences, PanelBuffers *panels,
-        floating *final_states) noexcept nogil:
-    """stm_gradients in the panel layout, serial, for full-length sequences.
-
-    panels.inputs and panels.targets hold the batch; h0 is (n_rows, n_hidden)
-    row-major or NULL (zeros). Fills grads and final_states (n_rows, n_hidden)
-    and returns the sum of squares.
+    Sets the group's states, outputs, output gradients and dz, its loss
+    partial sum and its samples' final states. h0: (n_rows, n_hidden)
+    row-major or NULL (zeros); final_states: (n_rows, n_hidden).
     """
     cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
-    cdef Py_ssize_t cols = n_steps * width, ld_states = cols + width
-    cdef Py_ssize_t n_read = cols if return_sequences else width
-    cdef const floating *Wx = <floating *> params[INPUT_WEIGHT]
+    cdef Py_ssize_t n_steps = layout.n_steps, width = layout.task_width
+    cdef Py_ssize_t first = group * width
+    cdef Py_ssize_t n_valid = min(width, max(0, n_rows - first))
+    cdef Py_ssize_t cols = layout.cols, ld_states = layout.state_cols
+    cdef Py_ssize_t ld_read = layout.read_cols
+    cdef bint every_step = layout.return_sequences
+    cdef Py_ssize_t n_read = n_steps * width if every_step else width
     cdef const floating *Wh = <floating *> params[RECURRENT_WEIGHT]
     cdef const floating *W_out = <floating *> params[READOUT_WEIGHT]
-    cdef const floating *X = <floating *> panels.inputs
-    cdef floating *H = <floating *> panels.states
-    cdef floating *outputs = <floating *> panels.outputs
-    cdef floating *d_outputs = <floating *> panels.output_grads
-    cdef floating *dZ = <floating *> panels.state_grads
+    cdef const floating *X = <floating *> panels.inputs + group * n_steps * width
+    cdef floating *H = <floating *> panels.states + group * (n_steps + 1) * width
+    cdef floating *dZ = <floating *> panels.state_grads + group * n_steps * width
+    cdef Py_ssize_t read_at = group * n_read
+    cdef floating *outputs = <floating *> panels.outputs + read_at
+    cdef floating *d_outputs = <floating *> panels.output_grads + read_at
     # The states the readout reads: every step's, or the last step's.
-    cdef floating *read_states = H + (width if return_sequences else cols)
+    cdef floating *read_states = H + (width if every_step else n_steps * width)
     cdef Py_ssize_t step, i, j
-    cdef double sum_squares
     for j in range(n_hidden):
         for i in range(width):
-            H[j * ld_states + i] = h0[i * n_hidden + j] if h0 != NULL and i < n_rows else 0
+            H[j * ld_states + i] = (h0[(first + i) * n_hidden + j]
+                                    if h0 != NULL and i < n_valid else 0)
     # Forward: every step's input projection in one product, then the time loop.
-    panel_product(n_hidden, cols, n_in, Wx, 1, n_hidden, X, cols,
-                  <floating *> params[BIAS], False, NULL, 0, H + width, ld_states)
+    panel_product(n_hidden, n_steps * width, n_in, <floating *> params[INPUT_WEIGHT],
+                  1, n_hidden, X, cols, <floating *> params[BIAS], False, NULL, 0,
+                  H + width, ld_states)
     for step in range(n_steps):
         panel_product(n_hidden, width, n_hidden, Wh, 1, n_hidden, H + step * width,
                       ld_states, NULL, True, NULL, 0, H + (step + 1) * width, ld_states)
         tanh_rows(H + (step + 1) * width, n_hidden, width, ld_states)
     panel_product(n_out, n_read, n_hidden, W_out, 1, n_out, read_states, ld_states,
-                  <floating *> params[READOUT_BIAS], False, NULL, 0, outputs, n_read)
+                  <floating *> params[READOUT_BIAS], False, NULL, 0, outputs, ld_read)
     if output_tanh:
-        tanh_inplace(outputs, n_out * n_read)
-    sum_squares = panel_loss(outputs, <floating *> panels.targets, d_outputs, n_out,
-                             n_rows, n_steps if return_sequences else 1, width,
-                             1.0 / max(1, n_rows * (n_steps if return_sequences else 1)
-                                       * n_out), output_tanh)
-    # Backward: the readout, then dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2).
-    row_dots(n_hidden, n_out, n_read, read_states, ld_states, d_outputs, n_read, 1, 0,
-             <floating *> grads[READOUT_WEIGHT], n_out)
-    row_sums(n_out, n_read, d_outputs, n_read, 1, 0, <floating *> grads[READOUT_BIAS])
-    panel_product(n_hidden, n_read, n_out, W_out, n_out, 1, d_outputs, n_read, NULL,
-                  False, NULL, 0, dZ + (0 if return_sequences else cols - width), cols)
+        tanh_rows(outputs, n_out, n_read, ld_read)
+    partials[group] = panel_loss(outputs, <floating *> panels.targets + read_at, d_outputs,
+                                 n_out, n_read // width, width, n_valid, ld_read,
+                                 grad_scale, output_tanh)
+    # Backward: dL/dh from the readout, then dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2).
+    panel_product(n_hidden, n_read, n_out, W_out, n_out, 1, d_outputs, ld_read, NULL,
+                  False, NULL, 0, dZ + (0 if every_step else (n_steps - 1) * width), cols)
     for step in range(n_steps - 1, -1, -1):
         # The last step has no dz_{t+1}: k = 0 leaves its dL/dh_t times tanh'.
         panel_product(n_hidden, width, 0 if step == n_steps - 1 else n_hidden, Wh,
                       n_hidden, 1, dZ + (step + 1) * width if step < n_steps - 1 else dZ,
-                      cols, NULL,
-                      return_sequences or step == n_steps - 1, H + (step + 1) * width,
-                      ld_states, dZ + step * width, cols)
-    row_dots(n_in, n_hidden, cols, X, cols, dZ, cols, 1, 0,
-             <floating *> grads[INPUT_WEIGHT], n_hidden)
-    row_dots(n_hidden, n_hidden, cols, H, ld_states, dZ, cols, 1, 0,
-             <floating *> grads[RECURRENT_WEIGHT], n_hidden)
-    row_sums(n_hidden, cols, dZ, cols, 1, 0, <floating *> grads[BIAS])
-    for i in range(n_rows):
+                      cols, NULL, every_step or step == n_steps - 1,
+                      H + (step + 1) * width, ld_states, dZ + step * width, cols)
+    for i in range(n_valid):
         for j in range(n_hidden):
-            final_states[i * n_hidden + j] = H[j * ld_states + cols + i]
+            final_states[(first + i) * n_hidden + j] = H[j * ld_states + n_steps * width + i]
+
+
+cdef void panel_weight_task(Py_ssize_t task, const PanelLayout *layout, void **grads,
+                            const Py_ssize_t *sizes, PanelBuffers *panels,
+                            const floating *X) noexcept nogil:
+    """One block of PANEL_WEIGHT_ROWS rows of dWx, dWh or dW_out, or (the
+    last task) both biases, each summed over the whole batch in one order.
+    X is panels.inputs."""
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t n_steps = layout.n_steps, width = layout.task_width
+    cdef Py_ssize_t cols = layout.cols, ld_states = layout.state_cols
+    cdef Py_ssize_t ld_read = layout.read_cols
+    cdef Py_ssize_t n_read = ld_read // layout.n_groups
+    cdef Py_ssize_t x_blocks = n_tasks(n_in, PANEL_WEIGHT_ROWS)
+    cdef Py_ssize_t h_blocks = n_tasks(n_hidden, PANEL_WEIGHT_ROWS)
+    cdef const floating *H = <floating *> panels.states
+    cdef const floating *d_outputs = <floating *> panels.output_grads
+    cdef const floating *dZ = <floating *> panels.state_grads
+    cdef Py_ssize_t read_offset = width if layout.return_sequences else n_steps * width
+    cdef Py_ssize_t row, n_block_rows, group
+    cdef const floating *states
+    if task < x_blocks:
+        row = task * PANEL_WEIGHT_ROWS
+        row_dots(min(<Py_ssize_t> PANEL_WEIGHT_ROWS, n_in - row), n_hidden, cols,
+                 X + row * cols, cols, dZ, cols, 1, 0,
+                 <floating *> grads[INPUT_WEIGHT] + row * n_hidden, n_hidden)
+    elif task < x_blocks + 2 * h_blocks:
+        # dWh pairs h_{t-1} with dz_t, dW_out the states read with the output
+        # gradients: per group, as the groups' states have h0 among them.
+        row = ((task - x_blocks) % h_blocks) * PANEL_WEIGHT_ROWS
+        n_block_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, n_hidden - row)
+        for group in range(layout.n_groups):
+            states = H + row * ld_states + group * (n_steps + 1) * width
+            if task < x_blocks + h_blocks:
+                row_dots(n_block_rows, n_hidden, n_steps * width, states, ld_states,
+                         dZ + group * n_steps * width, cols, 1, group > 0,
+                         <floating *> grads[RECURRENT_WEIGHT] + row * n_hidden, n_hidden)
+            else:
+                row_dots(n_block_rows, n_out, n_read, states + read_offset, ld_states,
+                         d_outputs + group * n_read, ld_read, 1, group > 0,
+                         <floating *> grads[READOUT_WEIGHT] + row * n_out, n_out)
+    else:
+        row_sums(n_hidden, cols, dZ, cols, 1, 0, <floating *> grads[BIAS])
+        row_sums(n_out, ld_read, d_outputs, ld_read, 1, 0, <floating *> grads[READOUT_BIAS])
+
+
+cdef double panel_stm_gradients(
+        const floating *h0, Py_ssize_t n_rows, const PanelLayout *layout,
+        void **params, void **grads, const Py_ssize_t *sizes, bint output_tanh,
+        PanelBuffers *panels, floating *final_states, int n_threads) noexcept nogil:
+    """stm_gradients in the panel layout, for full-length sequences.
+
+    panels.inputs and panels.targets hold the batch (gather_columns); h0 is
+    (n_rows, n_hidden) row-major or NULL (zeros). Fills grads and
+    final_states (n_rows, n_hidden) and returns the sum of squares.
+
+    Sequence tasks (a group of samples through every step) come first, then
+    weight tasks (blocks of gradient rows, each summed over the whole batch):
+    neither depends on the thread count.
+    """
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t n_steps = layout.n_steps
+    cdef double work = stm_work(n_rows, n_steps, sizes)
+    cdef Py_ssize_t n_weight_tasks = (n_tasks(n_in, PANEL_WEIGHT_ROWS)
+                                      + 2 * n_tasks(n_hidden, PANEL_WEIGHT_ROWS) + 1)
+    cdef int sequence_threads = threads_for(n_threads, layout.n_groups, 2 * work)
+    cdef int weight_threads = threads_for(n_threads, n_weight_tasks, work)
+    cdef double grad_scale = 1.0 / max(1, n_rows * (n_steps if layout.return_sequences
+                                                    else 1) * n_out)
+    cdef double partials[4]
+    cdef double sum_squares = 0
+    cdef Py_ssize_t task
+    if sequence_threads == 1:
+        for task in range(layout.n_groups):
+            panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh,
+                                grad_scale, panels, h0, final_states, partials)
+    else:
+        for task in prange(layout.n_groups, num_threads=sequence_threads,
+                           schedule='static'):
+            panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh,
+                                grad_scale, panels, h0, final_states, partials)
+    if weight_threads == 1:
+        for task in range(n_weight_tasks):
+            panel_weight_task(task, layout, grads, sizes, panels,
+                              <const floating *> panels.inputs)
+    else:
+        for task in prange(n_weight_tasks, num_threads=weight_threads, schedule='dynamic'):
+            panel_weight_task(task, layout, grads, sizes, panels,
+                              <const floating *> panels.inputs)
+    for task in range(layout.n_groups):
+        sum_squares += partials[task]
     return sum_squares
 
 
@@ -805,9 +936,8 @@ def train(const floating[:, :, ::1] X, const floating[::1] Y,
     cdef OptimizerConfig config
     cdef Py_ssize_t max_rows = min(batch_size, n_samples)
     cdef bint panels = use_panels(max_rows, n_steps, &sizes[0])
-    cdef Py_ssize_t width = padded_width(max_rows, sizeof(floating))
-    cdef Py_ssize_t cols = n_steps * width
-    cdef Py_ssize_t n_read = cols if return_sequences else width
+    cdef PanelLayout layout = panel_layout(max_rows, n_steps, &sizes[0], sizeof(floating),
+                                           return_sequences)
     cdef PanelBuffers panel_buffers
     cdef floating *panel_memory = NULL
     pointers(params, param_data, N_PARAMS)
@@ -819,23 +949,24 @@ def train(const floating[:, :, ::1] X, const floating[::1] Y,
     config = optimizer_config(optimizer, lr, momentum, beta1, beta2, eps, step)
     if panels:
         panel_memory = <floating *> malloc(
-            (n_in * cols + 3 * n_out * n_read + n_hidden * (2 * cols + width))
-            * sizeof(floating))
+            (n_in * layout.cols + 3 * n_out * layout.read_cols
+             + n_hidden * (layout.cols + layout.state_cols)) * sizeof(floating))
         if panel_memory == NULL:
             raise MemoryError()
         panel_buffers.inputs = panel_memory
-        panel_buffers.targets = panel_memory + n_in * cols
-        panel_buffers.outputs = <floating *> panel_buffers.targets + n_out * n_read
-        panel_buffers.output_grads = <floating *> panel_buffers.outputs + n_out * n_read
-        panel_buffers.states = <floating *> panel_buffers.output_grads + n_out * n_read
-        panel_buffers.state_grads = <floating *> panel_buffers.states + n_hidden * (cols + width)
+        panel_buffers.targets = panel_memory + n_in * layout.cols
+        panel_buffers.outputs = <floating *> panel_buffers.targets + n_out * layout.read_cols
+        panel_buffers.output_grads = <floating *> panel_buffers.outputs + n_out * layout.read_cols
+        panel_buffers.states = <floating *> panel_buffers.output_grads + n_out * layout.read_cols
+        panel_buffers.state_grads = (<floating *> panel_buffers.states
+                                     + n_hidden * layout.state_cols)
     try:
         with nogil:
             train_epochs(X, Y, lengths, h0_all, final_all, param_data, grad_data,
                          state1_data, state2_data, counts, &sizes[0], output_tanh,
                          return_sequences, buffer_data, X_batch, Y_batch, lengths_batch,
                          h0_batch, order, batch_size, clip_norm, &config, panels,
-                         width, &panel_buffers, epoch_losses, n_threads)
+                         &layout, &panel_buffers, epoch_losses, n_threads)
     finally:
         free(panel_memory)
     return config.step
@@ -850,7 +981,7 @@ cdef void train_epochs(
         floating[::1] Y_batch, Py_ssize_t[::1] lengths_batch,
         floating[:, ::1] h0_batch, const Py_ssize_t[:, ::1] order,
         Py_ssize_t batch_size, double clip_norm, OptimizerConfig *config,
-        bint panels, Py_ssize_t width, PanelBuffers *panel_buffers,
+        bint panels, const PanelLayout *layout, PanelBuffers *panel_buffers,
         double[::1] epoch_losses, int n_threads) noexcept nogil:
     """train's loop; see train."""
     cdef Py_ssize_t n_samples = X.shape[0], n_steps = X.shape[1]
@@ -899,15 +1030,16 @@ cdef void train_epochs(
             if panels and all_full_length(length_rows, n_rows, n_steps):
                 if gather_each_batch or not gathered:
                     gather_columns(X_rows, NULL, n_rows, n_steps, n_in,
-                                   <floating *> panel_buffers.inputs, width)
+                                   <floating *> panel_buffers.inputs, layout.task_width,
+                                   layout.n_groups)
                     gather_columns(Y_rows, NULL, n_rows,
                                    n_steps if return_sequences else 1, n_out,
-                                   <floating *> panel_buffers.targets, width)
+                                   <floating *> panel_buffers.targets, layout.task_width,
+                                   layout.n_groups)
                     gathered = True
                 sum_squares += panel_stm_gradients(
-                    h0_rows, n_rows, n_steps, width, param_data, grad_data, sizes,
-                    output_tanh, return_sequences, panel_buffers,
-                    <floating *> buffer_data[FINAL_STATES])
+                    h0_rows, n_rows, layout, param_data, grad_data, sizes, output_tanh,
+                    panel_buffers, <floating *> buffer_data[FINAL_STATES], n_threads)
             else:
                 sum_squares += stm_gradients(
                     X_rows, Y_rows, h0_rows, length_rows, n_rows, n_steps, param_data,
