@@ -14,10 +14,11 @@ from libc.stdlib cimport malloc, free
 from _layers cimport (dense_forward, dense_forward_loss, dense_backward,
                       optimizer_step, optimizer_config, OptimizerConfig, SGD,
                       gather_rows)
-from _parallel cimport CHUNK_ROWS as _CHUNK_ROWS, MIN_PARALLEL_WORK, n_tasks
-from _tanh cimport tanh_inplace
+from cython.parallel cimport prange
+from _parallel cimport CHUNK_ROWS as _CHUNK_ROWS, n_tasks, threads_for
+from _tanh cimport tanh_inplace, tanh_rows
 from _panel cimport (panel_product, row_dots, row_sums, gather_columns, panel_loss,
-                     padded_width)
+                     padded_width, group_panels, PANEL_MAX_WORK)
 
 # The largest GEMM a task does is this many rows high (see _parallel.pxd).
 TASK_ROWS = _CHUNK_ROWS
@@ -134,62 +135,124 @@ cdef double network_gradients(const floating *X, const floating *Y,
     return sum_squares
 
 
-cdef inline bint use_panels(Py_ssize_t n_rows, const Py_ssize_t *sizes,
-                            Py_ssize_t n_layers) noexcept nogil:
-    """Whether batches of n_rows train in the panel layout (see _panel.pxd).
+cdef enum:
+    # Rows of a weight gradient per task of the panel path.
+    PANEL_WEIGHT_ROWS = 8
 
-    Yes while a batch is too small to share out among threads: there BLAS
-    runs tiny products at a few GFLOP/s, the panel kernels at 15-60.
-    Depends on the shapes only.
-    """
+
+cdef inline double step_work(Py_ssize_t n_rows, const Py_ssize_t *sizes,
+                             Py_ssize_t n_layers) noexcept nogil:
+    """Flops of a training step on n_rows samples: 2 per weight and sample
+    forward, 4 backward."""
     cdef double work = 0
     cdef Py_ssize_t layer
     for layer in range(n_layers):
-        work += 2.0 * n_rows * sizes[layer] * sizes[layer + 1]
-    return work < MIN_PARALLEL_WORK
+        work += 6.0 * n_rows * sizes[layer] * sizes[layer + 1]
+    return work
+
+
+cdef void panel_sample_task(
+        Py_ssize_t group, Py_ssize_t group_width, Py_ssize_t width, Py_ssize_t n_rows,
+        const floating *Xt, const floating *Yt, void **params, const Py_ssize_t *sizes,
+        Py_ssize_t n_layers, bint output_tanh, floating **activations,
+        floating **deltas, double *partials) noexcept nogil:
+    """Forward, loss and every layer's dZ for one group of samples (columns
+    [group * group_width, + group_width) of the panel layout)."""
+    cdef Py_ssize_t first = group * group_width
+    cdef Py_ssize_t n_valid = min(group_width, max(0, n_rows - first))
+    cdef Py_ssize_t n_out = sizes[n_layers]
+    cdef const floating *layer_input = Xt + first
+    cdef Py_ssize_t layer
+    for layer in range(n_layers):
+        panel_product(sizes[layer + 1], group_width, sizes[layer],
+                      <floating *> params[2 * layer], 1, sizes[layer + 1], layer_input,
+                      width, <floating *> params[2 * layer + 1], False, NULL, 0,
+                      activations[layer] + first, width)
+        if output_tanh or layer < n_layers - 1:
+            tanh_rows(activations[layer] + first, sizes[layer + 1], group_width, width)
+        layer_input = activations[layer] + first
+    partials[group] = panel_loss(activations[n_layers - 1] + first, Yt + first,
+                                 deltas[n_layers - 1] + first, n_out, 1, group_width,
+                                 n_valid, width, 1.0 / max(1, n_rows * n_out), output_tanh)
+    # dZ below = (W dZ) (1 - A^2): hidden layers are tanh.
+    for layer in range(n_layers - 1, 0, -1):
+        panel_product(sizes[layer], group_width, sizes[layer + 1],
+                      <floating *> params[2 * layer], sizes[layer + 1], 1,
+                      deltas[layer] + first, width, NULL, False,
+                      activations[layer - 1] + first, width, deltas[layer - 1] + first,
+                      width)
+
+
+cdef void panel_weight_task(
+        Py_ssize_t task, Py_ssize_t width, const floating *Xt, void **targets,
+        const Py_ssize_t *sizes, Py_ssize_t n_layers, floating **activations,
+        floating **deltas, floating scale, floating beta) noexcept nogil:
+    """targets = scale * gradient + beta * targets on one block of
+    PANEL_WEIGHT_ROWS rows of a layer's W, or (the last task) every bias;
+    each summed over the whole batch in column order."""
+    cdef Py_ssize_t layer, blocks, row
+    cdef const floating *layer_input
+    for layer in range(n_layers):
+        blocks = n_tasks(sizes[layer], PANEL_WEIGHT_ROWS)
+        if task < blocks:
+            row = task * PANEL_WEIGHT_ROWS
+            layer_input = Xt if layer == 0 else activations[layer - 1]
+            row_dots(min(<Py_ssize_t> PANEL_WEIGHT_ROWS, sizes[layer] - row),
+                     sizes[layer + 1], width, layer_input + row * width, width,
+                     deltas[layer], width, scale, beta,
+                     <floating *> targets[2 * layer] + row * sizes[layer + 1],
+                     sizes[layer + 1])
+            return
+        task -= blocks
+    for layer in range(n_layers):
+        row_sums(sizes[layer + 1], width, deltas[layer], width, scale, beta,
+                 <floating *> targets[2 * layer + 1])
 
 
 cdef double panel_network_gradients(
         const floating *Xt, const floating *Yt, Py_ssize_t n_rows,
-        Py_ssize_t width, void **params, void **targets, const Py_ssize_t *sizes,
-        Py_ssize_t n_layers, bint output_tanh, floating **activations,
-        floating **deltas, floating scale, floating beta) noexcept nogil:
-    """network_gradients in the panel layout, serial; returns the sum of squares.
+        Py_ssize_t group_width, Py_ssize_t n_groups, void **params, void **targets,
+        const Py_ssize_t *sizes, Py_ssize_t n_layers, bint output_tanh,
+        floating **activations, floating **deltas, floating scale, floating beta,
+        int n_threads) noexcept nogil:
+    """network_gradients in the panel layout; returns the sum of squares.
 
-    Xt (n_in, width) and Yt (n_out, width) hold a batch of n_rows samples;
-    activations[l] and deltas[l] are (sizes[l + 1], width). Each layer sets
-    targets = scale * gradient + beta * targets: (1, 0) with targets =
-    grads gives the gradients, (-lr, 1) with targets = params an SGD step,
-    taken once the layer's W has given the gradient below it.
+    Xt (n_in, width) and Yt (n_out, width) hold a batch of n_rows samples,
+    width = n_groups * group_width; activations[l] and deltas[l] are
+    (sizes[l + 1], width). Sample tasks (a group through every layer) come
+    first, then weight tasks, which set targets = scale * gradient + beta *
+    targets: (1, 0) with targets = grads gives the gradients, (-lr, 1) with
+    targets = params an SGD step (every W has been used by then).
     """
-    cdef const floating *layer_input = Xt
-    cdef const floating *W
-    cdef Py_ssize_t layer, n_in, n_out = sizes[n_layers]
-    cdef double sum_squares
-    for layer in range(n_layers):
-        panel_product(sizes[layer + 1], width, sizes[layer], <floating *> params[2 * layer],
-                      1, sizes[layer + 1], layer_input, width,
-                      <floating *> params[2 * layer + 1], False, NULL, 0,
-                      activations[layer], width)
-        if output_tanh or layer < n_layers - 1:
-            tanh_inplace(activations[layer], sizes[layer + 1] * width)
-        layer_input = activations[layer]
-    sum_squares = panel_loss(activations[n_layers - 1], Yt, deltas[n_layers - 1], n_out,
-                             1, width, n_rows, width, 1.0 / max(1, n_rows * n_out),
-                             output_tanh)
-    for layer in range(n_layers - 1, -1, -1):
-        n_in = sizes[layer]
-        n_out = sizes[layer + 1]
-        W = <floating *> params[2 * layer]
-        layer_input = Xt if layer == 0 else activations[layer - 1]
-        if layer > 0:
-            # dZ below = (W dZ) (1 - A^2): hidden layers are tanh.
-            panel_product(n_in, width, n_out, W, n_out, 1, deltas[layer], width, NULL,
-                          False, layer_input, width, deltas[layer - 1], width)
-        row_dots(n_in, n_out, width, layer_input, width, deltas[layer], width, scale,
-                 beta, <floating *> targets[2 * layer], n_out)
-        row_sums(n_out, width, deltas[layer], width, scale, beta,
-                 <floating *> targets[2 * layer + 1])
+    cdef Py_ssize_t width = n_groups * group_width
+    cdef double work = step_work(n_rows, sizes, n_layers)
+    cdef Py_ssize_t n_weight_tasks = 1
+    cdef double partials[4]
+    cdef double sum_squares = 0
+    cdef Py_ssize_t task
+    cdef int sample_threads = threads_for(n_threads, n_groups, work)
+    cdef int weight_threads
+    for task in range(n_layers):
+        n_weight_tasks += n_tasks(sizes[task], PANEL_WEIGHT_ROWS)
+    weight_threads = threads_for(n_threads, n_weight_tasks, work)
+    if sample_threads == 1:
+        for task in range(n_groups):
+            panel_sample_task(task, group_width, width, n_rows, Xt, Yt, params, sizes,
+                              n_layers, output_tanh, activations, deltas, partials)
+    else:
+        for task in prange(n_groups, num_threads=sample_threads, schedule='static'):
+            panel_sample_task(task, group_width, width, n_rows, Xt, Yt, params, sizes,
+                              n_layers, output_tanh, activations, deltas, partials)
+    if weight_threads == 1:
+        for task in range(n_weight_tasks):
+            panel_weight_task(task, width, Xt, targets, sizes, n_layers, activations,
+                              deltas, scale, beta)
+    else:
+        for task in prange(n_weight_tasks, num_threads=weight_threads, schedule='dynamic'):
+            panel_weight_task(task, width, Xt, targets, sizes, n_layers, activations,
+                              deltas, scale, beta)
+    for task in range(n_groups):
+        sum_squares += partials[task]
     return sum_squares
 
 
@@ -243,8 +306,13 @@ def train(const floating[:, ::1] X, const floating[:, ::1] Y,
     cdef Py_ssize_t n_epochs = epoch_losses.shape[0]
     cdef Py_ssize_t n_batches = n_tasks(n_samples, batch_size)
     cdef bint shuffled = order.shape[0] > 0
-    cdef bint panels = use_panels(min(batch_size, n_samples), &layer_sizes[0], n_layers)
-    cdef Py_ssize_t width = padded_width(min(batch_size, n_samples), sizeof(floating))
+    cdef Py_ssize_t max_rows = min(batch_size, n_samples)
+    cdef double work = step_work(max_rows, &layer_sizes[0], n_layers)
+    cdef bint panels = work < PANEL_MAX_WORK
+    cdef Py_ssize_t panel = padded_width(1, sizeof(floating))
+    cdef Py_ssize_t group_width = panel * group_panels(n_tasks(max_rows, panel), work)
+    cdef Py_ssize_t n_groups = n_tasks(max_rows, group_width)
+    cdef Py_ssize_t width = n_groups * group_width
     cdef floating **panel_rows = NULL
     cdef floating *Xt = NULL
     cdef floating *Yt = NULL
@@ -271,8 +339,8 @@ def train(const floating[:, ::1] X, const floating[:, ::1] Y,
                          &layer_sizes[0], n_layers, output_tanh, activations.data,
                          deltas.data, &X_batch[0, 0], &Y_batch[0, 0], &partials[0],
                          order, batch_size, n_batches, shuffled, &config, panels,
-                         width, Xt, Yt, panel_rows, panel_rows + n_layers,
-                         epoch_losses, n_threads)
+                         group_width, n_groups, Xt, Yt, panel_rows,
+                         panel_rows + n_layers, epoch_losses, n_threads)
     finally:
         free(panel_rows)
         free(Xt)
@@ -285,8 +353,8 @@ cdef void train_epochs(
         Py_ssize_t n_layers, bint output_tanh, void **activations, void **deltas,
         floating *X_batch, floating *Y_batch, double *partials,
         const Py_ssize_t[:, ::1] order, Py_ssize_t batch_size, Py_ssize_t n_batches,
-        bint shuffled, OptimizerConfig *config, bint panels, Py_ssize_t width,
-        floating *Xt, floating *Yt, floating **panel_activations,
+        bint shuffled, OptimizerConfig *config, bint panels, Py_ssize_t group_width,
+        Py_ssize_t n_groups, floating *Xt, floating *Yt, floating **panel_activations,
         floating **panel_deltas, double[::1] epoch_losses,
         int n_threads) noexcept nogil:
     """train's loop; see train."""
@@ -304,8 +372,8 @@ cdef void train_epochs(
     # One unshuffled batch is the same every epoch: transpose it once.
     cdef bint gather_each_batch = shuffled or n_batches > 1
     if panels and not gather_each_batch:
-        gather_columns(&X[0, 0], NULL, n_samples, 1, n_in, Xt, width, 1)
-        gather_columns(&Y[0, 0], NULL, n_samples, 1, n_out, Yt, width, 1)
+        gather_columns(&X[0, 0], NULL, n_samples, 1, n_in, Xt, group_width, n_groups)
+        gather_columns(&Y[0, 0], NULL, n_samples, 1, n_out, Yt, group_width, n_groups)
     for epoch in range(epoch_losses.shape[0]):
         sum_squares = 0
         for batch in range(n_batches):
@@ -315,12 +383,13 @@ cdef void train_epochs(
             if panels:
                 if gather_each_batch:
                     gather_columns(&X[0, 0] if shuffled else &X[start, 0], rows,
-                                   n_rows, 1, n_in, Xt, width, 1)
+                                   n_rows, 1, n_in, Xt, group_width, n_groups)
                     gather_columns(&Y[0, 0] if shuffled else &Y[start, 0], rows,
-                                   n_rows, 1, n_out, Yt, width, 1)
+                                   n_rows, 1, n_out, Yt, group_width, n_groups)
                 sum_squares += panel_network_gradients(
-                    Xt, Yt, n_rows, width, params, targets, sizes, n_layers,
-                    output_tanh, panel_activations, panel_deltas, scale, beta)
+                    Xt, Yt, n_rows, group_width, n_groups, params, targets, sizes,
+                    n_layers, output_tanh, panel_activations, panel_deltas, scale, beta,
+                    n_threads)
             else:
                 if shuffled:
                     gather_rows(<const char *> &X[0, 0], rows, n_rows,

@@ -35,11 +35,20 @@
 
 #if defined(__GNUC__)
 #define LGMSTM_SPLAT(V, x) ((V){0} + (x))
-#define LGMSTM_LANE(x, v) ((x)[v])
 #else
 #define LGMSTM_SPLAT(V, x) (x)
-#define LGMSTM_LANE(x, v) (x)
 #endif
+
+/* result = the sum of the lanes of vector x, halving: lanes v and v + w are
+ * added for w = NL/2, NL/4, ..., 1, a fixed order whose wide steps vectorise. */
+#define LGMSTM_LANE_SUM(T, V, x, result)                                            \
+    do {                                                                            \
+        T lanes_[sizeof(V) / sizeof(T)];                                            \
+        memcpy(lanes_, &(x), sizeof(V));                                            \
+        for (int w_ = (int)(sizeof(V) / sizeof(T)) / 2; w_ >= 1; w_ /= 2)          \
+            for (int v_ = 0; v_ < w_; ++v_) lanes_[v_] += lanes_[v_ + w_];          \
+        (result) = lanes_[0];                                                       \
+    } while (0)
 
 /*
  * panel_product: for i < m and s < n (n a multiple of LGMSTM_PANEL(T)),
@@ -139,8 +148,8 @@
         }                                                                           \
         for (int r = 0; r < RX; ++r)                                                \
             for (int c = 0; c < RY; ++c) {                                          \
-                T total = 0;                                                        \
-                for (int v = 0; v < NL; ++v) total += LGMSTM_LANE(acc[r][c], v);                 \
+                T total;                                                             \
+                LGMSTM_LANE_SUM(T, V, acc[r][c], total);                    \
                 T *o = out + (p + r) * ld_out + q + c;                              \
                 *o = scale * total + (beta != 0 ? beta * *o : (T)0);                \
             }                                                                       \
@@ -185,8 +194,8 @@
                     memcpy(&y_part, Y + q * ldy + s0 + u * NL, sizeof y_part);      \
                     acc += y_part;                                                  \
                 }                                                                   \
-            T total = 0;                                                            \
-            for (int v = 0; v < NL; ++v) total += LGMSTM_LANE(acc, v);              \
+            T total;                                                                 \
+            LGMSTM_LANE_SUM(T, V, acc, total);                              \
             out[q] = scale * total + (beta != 0 ? beta * out[q] : (T)0);            \
         }                                                                           \
     }

@@ -11,6 +11,8 @@
 # over every column are sums over the samples.
 from cython cimport floating
 
+from _parallel cimport MIN_PARALLEL_WORK, n_tasks
+
 cdef extern from "_panel.h" nogil:
     enum: LGMSTM_PANEL_BYTES
     void lgmstm_panel_product_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -77,6 +79,27 @@ cdef inline void row_sums(Py_ssize_t m_y, Py_ssize_t n, const floating *Y,
         lgmstm_row_sums_d(m_y, n, Y, ldy, scale, beta, out)
     else:
         lgmstm_row_sums_f(m_y, n, Y, ldy, scale, beta, out)
+
+
+cdef enum:
+    # Largest training step, in flops, that runs in the panel layout: past
+    # it BLAS's products are big enough to run near its peak.
+    PANEL_MAX_WORK = 33554432
+
+
+cdef inline Py_ssize_t group_panels(Py_ssize_t n_panels, double step_work) noexcept nogil:
+    """Panels per sample group (one parallel task each) for a batch of
+    n_panels panels whose training step costs step_work flops.
+
+    One group while the step is too small to share out among threads;
+    otherwise 4 groups of equal width when the panels divide evenly, else 2
+    (at most one panel of padding more). From the shapes alone, never the
+    thread count.
+    """
+    cdef Py_ssize_t groups = 1
+    if step_work >= MIN_PARALLEL_WORK and n_panels >= 2:
+        groups = 4 if n_panels % 4 == 0 else 2
+    return max(1, n_tasks(n_panels, groups))
 
 
 cdef inline void gather_columns(

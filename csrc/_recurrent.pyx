@@ -35,7 +35,7 @@ from _layers cimport (dense_forward_rows, dense_forward, dense_backward,
 from _parallel cimport BLOCK_COLS, BLOCK_ELEMS, MIN_PARALLEL_WORK, n_tasks, threads_for
 from _tanh cimport tanh_inplace, tanh_rows
 from _panel cimport (panel_product, row_dots, row_sums, gather_columns, panel_loss,
-                     padded_width)
+                     padded_width, group_panels, PANEL_MAX_WORK)
 from libc.stdlib cimport malloc, free
 
 cnp.import_array()
@@ -586,9 +586,6 @@ cdef double stm_gradients(const floating *X, const floating *Y, const floating *
 # -- the STM in the panel layout (small networks, see _panel.pxd) -------------------
 
 cdef enum:
-    # Largest batch, in forward flops, trained in the panel layout: past it
-    # BLAS on sequence chunks, shared among threads, wins.
-    PANEL_MAX_WORK = 8388608
     # Rows of a weight gradient per task of the panel path.
     PANEL_WEIGHT_ROWS = 8
 
@@ -612,10 +609,12 @@ cdef struct PanelBuffers:
     void *state_grads     # dz_t = dL/d state pre-activation (n_hidden, cols)
 
 
-cdef inline double stm_work(Py_ssize_t n_rows, Py_ssize_t n_steps,
-                            const Py_ssize_t *sizes) noexcept nogil:
-    """Forward flops of a batch."""
-    return 2.0 * n_rows * n_steps * sizes[1] * (sizes[0] + sizes[1] + sizes[2])
+cdef inline double step_work(Py_ssize_t n_rows, Py_ssize_t n_steps,
+                             const Py_ssize_t *sizes) noexcept nogil:
+    """About the cost of a training step on a batch, in flops: four forward
+    passes (the backward pass does twice the products, and tanh costs more
+    than its count of flops)."""
+    return 8.0 * n_rows * n_steps * sizes[1] * (sizes[0] + sizes[1] + sizes[2])
 
 
 cdef inline PanelLayout panel_layout(Py_ssize_t n_rows, Py_ssize_t n_steps,
@@ -623,20 +622,12 @@ cdef inline PanelLayout panel_layout(Py_ssize_t n_rows, Py_ssize_t n_steps,
                                      bint return_sequences) noexcept nogil:
     """The layout of batches of up to n_rows sequences, from the shapes alone.
 
-    One group while the batch is too small to share out; otherwise 4 or 2
-    groups of equal width, so that 2 or 4 threads get equal shares.
+    Groups as group_panels says (_panel.pxd).
     """
     cdef PanelLayout layout
     cdef Py_ssize_t panel = padded_width(1, itemsize)
     cdef Py_ssize_t n_panels = n_tasks(n_rows, panel)
-    cdef Py_ssize_t groups = 1, per_group, candidate
-    if stm_work(n_rows, n_steps, sizes) >= MIN_PARALLEL_WORK:
-        candidate = 4
-        while candidate >= 2 and groups == 1:
-            if n_tasks(n_panels, n_tasks(n_panels, candidate)) == candidate:
-                groups = candidate
-            candidate //= 2
-    per_group = max(1, n_tasks(n_panels, groups))
+    cdef Py_ssize_t per_group = group_panels(n_panels, step_work(n_rows, n_steps, sizes))
     layout.n_steps = n_steps
     layout.task_width = per_group * panel
     layout.n_groups = max(1, n_tasks(n_panels, per_group))
@@ -651,7 +642,7 @@ cdef inline bint use_panels(Py_ssize_t n_rows, Py_ssize_t n_steps,
                             const Py_ssize_t *sizes) noexcept nogil:
     """Whether batches of n_rows sequences train in the panel layout; from
     the shapes alone (batches of sequences of unequal length never do)."""
-    return stm_work(n_rows, n_steps, sizes) < PANEL_MAX_WORK
+    return step_work(n_rows, n_steps, sizes) < PANEL_MAX_WORK
 
 
 cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
@@ -786,10 +777,10 @@ cdef double panel_stm_gradients(
     """
     cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
     cdef Py_ssize_t n_steps = layout.n_steps
-    cdef double work = stm_work(n_rows, n_steps, sizes)
+    cdef double work = step_work(n_rows, n_steps, sizes)
     cdef Py_ssize_t n_weight_tasks = (n_tasks(n_in, PANEL_WEIGHT_ROWS)
                                       + 2 * n_tasks(n_hidden, PANEL_WEIGHT_ROWS) + 1)
-    cdef int sequence_threads = threads_for(n_threads, layout.n_groups, 2 * work)
+    cdef int sequence_threads = threads_for(n_threads, layout.n_groups, work)
     cdef int weight_threads = threads_for(n_threads, n_weight_tasks, work)
     cdef double grad_scale = 1.0 / max(1, n_rows * (n_steps if layout.return_sequences
                                                     else 1) * n_out)
