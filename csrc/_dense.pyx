@@ -151,6 +151,29 @@ cdef inline double step_work(Py_ssize_t n_rows, const Py_ssize_t *sizes,
     return work
 
 
+cdef inline bint panel_plan(Py_ssize_t n_rows, const Py_ssize_t *sizes,
+                            Py_ssize_t n_layers, size_t itemsize,
+                            Py_ssize_t *group_width, Py_ssize_t *n_groups) noexcept nogil:
+    """Whether batches of up to n_rows samples train in the panel layout,
+    and its sample groups (see _panel.pxd); from the shapes alone."""
+    cdef double work = step_work(n_rows, sizes, n_layers)
+    cdef Py_ssize_t panel = padded_width(1, itemsize)
+    group_width[0] = panel * group_panels(n_tasks(n_rows, panel), work)
+    n_groups[0] = max(1, n_tasks(n_rows, group_width[0]))
+    return work < PANEL_MAX_WORK
+
+
+def training_layout(Py_ssize_t n_rows, const Py_ssize_t[::1] layer_sizes,
+                    Py_ssize_t itemsize):
+    """(n_groups, group_width) of the panel layout batches of n_rows train
+    in, or None when they train row-major with BLAS. For the tests."""
+    cdef Py_ssize_t group_width, n_groups
+    if panel_plan(n_rows, &layer_sizes[0], layer_sizes.shape[0] - 1, itemsize,
+                  &group_width, &n_groups):
+        return n_groups, group_width
+    return None
+
+
 cdef void panel_sample_task(
         Py_ssize_t group, Py_ssize_t group_width, Py_ssize_t width, Py_ssize_t n_rows,
         const floating *Xt, const floating *Yt, void **params, const Py_ssize_t *sizes,
@@ -306,12 +329,9 @@ def train(const floating[:, ::1] X, const floating[:, ::1] Y,
     cdef Py_ssize_t n_epochs = epoch_losses.shape[0]
     cdef Py_ssize_t n_batches = n_tasks(n_samples, batch_size)
     cdef bint shuffled = order.shape[0] > 0
-    cdef Py_ssize_t max_rows = min(batch_size, n_samples)
-    cdef double work = step_work(max_rows, &layer_sizes[0], n_layers)
-    cdef bint panels = work < PANEL_MAX_WORK
-    cdef Py_ssize_t panel = padded_width(1, sizeof(floating))
-    cdef Py_ssize_t group_width = panel * group_panels(n_tasks(max_rows, panel), work)
-    cdef Py_ssize_t n_groups = n_tasks(max_rows, group_width)
+    cdef Py_ssize_t group_width, n_groups
+    cdef bint panels = panel_plan(min(batch_size, n_samples), &layer_sizes[0], n_layers,
+                                  sizeof(floating), &group_width, &n_groups)
     cdef Py_ssize_t width = n_groups * group_width
     cdef floating **panel_rows = NULL
     cdef floating *Xt = NULL

@@ -645,6 +645,18 @@ cdef inline bint use_panels(Py_ssize_t n_rows, Py_ssize_t n_steps,
     return step_work(n_rows, n_steps, sizes) < PANEL_MAX_WORK
 
 
+def training_layout(Py_ssize_t n_rows, Py_ssize_t n_steps, const Py_ssize_t[::1] sizes,
+                    Py_ssize_t itemsize, bint return_sequences):
+    """(n_groups, group_width) of the panel layout batches of n_rows
+    full-length sequences train in, or None when they train row-major with
+    BLAS. For the tests."""
+    cdef PanelLayout layout
+    if not use_panels(n_rows, n_steps, &sizes[0]):
+        return None
+    layout = panel_layout(n_rows, n_steps, &sizes[0], itemsize, return_sequences)
+    return layout.n_groups, layout.task_width
+
+
 cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
                                  Py_ssize_t n_steps) noexcept nogil:
     cdef Py_ssize_t i
