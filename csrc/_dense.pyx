@@ -18,7 +18,8 @@ from cython.parallel cimport prange
 from _parallel cimport CHUNK_ROWS as _CHUNK_ROWS, n_tasks, threads_for
 from _tanh cimport tanh_inplace, tanh_rows
 from _panel cimport (panel_product, row_dots, row_sums, gather_columns, panel_loss,
-                     padded_width, group_panels, PANEL_MAX_WORK)
+                     padded_width, group_panels, sample_major_gradient, transpose_columns,
+                     weight_gradient, apply_gradient, panel_calloc, PANEL_MAX_WORK)
 
 # The largest GEMM a task does is this many rows high (see _parallel.pxd).
 TASK_ROWS = _CHUNK_ROWS
@@ -178,10 +179,10 @@ cdef void panel_sample_task(
         Py_ssize_t group, Py_ssize_t group_width, Py_ssize_t width, Py_ssize_t n_rows,
         const floating *Xt, const floating *Yt, void **params, const Py_ssize_t *sizes,
         Py_ssize_t n_layers, bint output_tanh, floating **activations,
-        floating **deltas, double *partials) noexcept nogil:
-    """Forward, loss and every layer's dZ for one group of samples (columns
-    [group * group_width, + group_width) of the panel layout)."""
-    cdef Py_ssize_t first = group * group_width
+        floating **deltas, floating **deltas_t, double *partials) noexcept nogil:
+    """Forward, loss and every layer's dZ (and its sample-major copy) for one
+    group of samples (columns [group * group_width, + group_width))."""
+    cdef Py_ssize_t first = group * group_width, padded
     cdef Py_ssize_t n_valid = min(group_width, max(0, n_rows - first))
     cdef Py_ssize_t n_out = sizes[n_layers]
     cdef const floating *layer_input = Xt + first
@@ -204,27 +205,43 @@ cdef void panel_sample_task(
                       deltas[layer] + first, width, NULL, False,
                       activations[layer - 1] + first, width, deltas[layer - 1] + first,
                       width)
+    for layer in range(n_layers):
+        if sample_major_gradient(sizes[layer + 1], sizeof(floating)):
+            padded = padded_width(sizes[layer + 1], sizeof(floating))
+            transpose_columns(deltas[layer] + first, sizes[layer + 1], group_width,
+                              width, deltas_t[layer] + first * padded, padded)
 
 
 cdef void panel_weight_task(
         Py_ssize_t task, Py_ssize_t width, const floating *Xt, void **targets,
         const Py_ssize_t *sizes, Py_ssize_t n_layers, floating **activations,
-        floating **deltas, floating scale, floating beta) noexcept nogil:
+        floating **deltas, floating **deltas_t, floating **products, floating scale,
+        floating beta) noexcept nogil:
     """targets = scale * gradient + beta * targets on one block of
     PANEL_WEIGHT_ROWS rows of a layer's W, or (the last task) every bias;
-    each summed over the whole batch in column order."""
-    cdef Py_ssize_t layer, blocks, row
+    each summed over the whole batch in column order. products[l] is
+    scratch (sizes[l], padded sizes[l + 1])."""
+    cdef Py_ssize_t layer, blocks, row, n_rows, padded
     cdef const floating *layer_input
     for layer in range(n_layers):
         blocks = n_tasks(sizes[layer], PANEL_WEIGHT_ROWS)
         if task < blocks:
             row = task * PANEL_WEIGHT_ROWS
+            n_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, sizes[layer] - row)
+            padded = padded_width(sizes[layer + 1], sizeof(floating))
             layer_input = Xt if layer == 0 else activations[layer - 1]
-            row_dots(min(<Py_ssize_t> PANEL_WEIGHT_ROWS, sizes[layer] - row),
-                     sizes[layer + 1], width, layer_input + row * width, width,
-                     deltas[layer], width, scale, beta,
-                     <floating *> targets[2 * layer] + row * sizes[layer + 1],
-                     sizes[layer + 1])
+            if sample_major_gradient(sizes[layer + 1], sizeof(floating)):
+                weight_gradient(n_rows, sizes[layer + 1], width, layer_input + row * width,
+                                width, deltas_t[layer], padded, False,
+                                products[layer] + row * padded)
+                apply_gradient(products[layer] + row * padded, padded, n_rows,
+                               sizes[layer + 1], scale, beta,
+                               <floating *> targets[2 * layer] + row * sizes[layer + 1])
+            else:
+                row_dots(n_rows, sizes[layer + 1], width, layer_input + row * width, width,
+                         deltas[layer], width, scale, beta,
+                         <floating *> targets[2 * layer] + row * sizes[layer + 1],
+                         sizes[layer + 1])
             return
         task -= blocks
     for layer in range(n_layers):
@@ -236,13 +253,14 @@ cdef double panel_network_gradients(
         const floating *Xt, const floating *Yt, Py_ssize_t n_rows,
         Py_ssize_t group_width, Py_ssize_t n_groups, void **params, void **targets,
         const Py_ssize_t *sizes, Py_ssize_t n_layers, bint output_tanh,
-        floating **activations, floating **deltas, floating scale, floating beta,
-        int n_threads) noexcept nogil:
+        floating **activations, floating **deltas, floating **deltas_t,
+        floating **products, floating scale, floating beta, int n_threads) noexcept nogil:
     """network_gradients in the panel layout; returns the sum of squares.
 
     Xt (n_in, width) and Yt (n_out, width) hold a batch of n_rows samples,
     width = n_groups * group_width; activations[l] and deltas[l] are
-    (sizes[l + 1], width). Sample tasks (a group through every layer) come
+    (sizes[l + 1], width), deltas_t[l] (width, padded sizes[l + 1]) and
+    products[l] (sizes[l], padded sizes[l + 1]). Sample tasks (a group through every layer) come
     first, then weight tasks, which set targets = scale * gradient + beta *
     targets: (1, 0) with targets = grads gives the gradients, (-lr, 1) with
     targets = params an SGD step (every W has been used by then).
@@ -261,19 +279,21 @@ cdef double panel_network_gradients(
     if sample_threads == 1:
         for task in range(n_groups):
             panel_sample_task(task, group_width, width, n_rows, Xt, Yt, params, sizes,
-                              n_layers, output_tanh, activations, deltas, partials)
+                              n_layers, output_tanh, activations, deltas, deltas_t,
+                              partials)
     else:
         for task in prange(n_groups, num_threads=sample_threads, schedule='static'):
             panel_sample_task(task, group_width, width, n_rows, Xt, Yt, params, sizes,
-                              n_layers, output_tanh, activations, deltas, partials)
+                              n_layers, output_tanh, activations, deltas, deltas_t,
+                              partials)
     if weight_threads == 1:
         for task in range(n_weight_tasks):
             panel_weight_task(task, width, Xt, targets, sizes, n_layers, activations,
-                              deltas, scale, beta)
+                              deltas, deltas_t, products, scale, beta)
     else:
         for task in prange(n_weight_tasks, num_threads=weight_threads, schedule='dynamic'):
             panel_weight_task(task, width, Xt, targets, sizes, n_layers, activations,
-                              deltas, scale, beta)
+                              deltas, deltas_t, products, scale, beta)
     for task in range(n_groups):
         sum_squares += partials[task]
     return sum_squares
@@ -336,34 +356,44 @@ def train(const floating[:, ::1] X, const floating[:, ::1] Y,
     cdef floating **panel_rows = NULL
     cdef floating *Xt = NULL
     cdef floating *Yt = NULL
-    cdef Py_ssize_t n_values, layer
+    cdef Py_ssize_t n_values, layer, padded
+    cdef void *panel_memory = NULL
+    cdef floating *next_rows
     cdef OptimizerConfig config = optimizer_config(optimizer, lr, momentum, beta1, beta2, eps, step)
     if panels:
-        # Xt, Yt, then each layer's activations and deltas, in one block.
-        n_values = n_in + n_out
+        # Xt, Yt, then each layer's activations, deltas, sample-major deltas
+        # and weight-gradient products, in one zeroed block.
+        n_values = (n_in + n_out) * width
         for layer in range(n_layers):
-            n_values += 2 * layer_sizes[layer + 1]
-        panel_rows = <floating **> malloc(2 * n_layers * sizeof(floating *))
-        Xt = <floating *> malloc(n_values * width * sizeof(floating))
+            padded = padded_width(layer_sizes[layer + 1], sizeof(floating))
+            n_values += 2 * layer_sizes[layer + 1] * width + (width + layer_sizes[layer]) * padded
+        panel_rows = <floating **> malloc(4 * n_layers * sizeof(floating *))
+        Xt = <floating *> panel_calloc(n_values * sizeof(floating), &panel_memory)
         if panel_rows == NULL or Xt == NULL:
             free(panel_rows)
-            free(Xt)
+            free(panel_memory)
             raise MemoryError()
         Yt = Xt + n_in * width
-        panel_rows[0] = Yt + n_out * width
-        for layer in range(1, 2 * n_layers):
-            panel_rows[layer] = panel_rows[layer - 1] + layer_sizes[(layer - 1) % n_layers + 1] * width
+        next_rows = Yt + n_out * width
+        for layer in range(n_layers):
+            padded = padded_width(layer_sizes[layer + 1], sizeof(floating))
+            panel_rows[layer] = next_rows
+            panel_rows[n_layers + layer] = panel_rows[layer] + layer_sizes[layer + 1] * width
+            panel_rows[2 * n_layers + layer] = (panel_rows[n_layers + layer]
+                                                + layer_sizes[layer + 1] * width)
+            panel_rows[3 * n_layers + layer] = panel_rows[2 * n_layers + layer] + width * padded
+            next_rows = panel_rows[3 * n_layers + layer] + layer_sizes[layer] * padded
     try:
         with nogil:
             train_epochs(X, Y, params.data, grads.data, state1.data, state2.data,
                          &layer_sizes[0], n_layers, output_tanh, activations.data,
                          deltas.data, &X_batch[0, 0], &Y_batch[0, 0], &partials[0],
                          order, batch_size, n_batches, shuffled, &config, panels,
-                         group_width, n_groups, Xt, Yt, panel_rows,
-                         panel_rows + n_layers, epoch_losses, n_threads)
+                         group_width, n_groups, Xt, Yt, panel_rows, epoch_losses,
+                         n_threads)
     finally:
         free(panel_rows)
-        free(Xt)
+        free(panel_memory)
     return config.step
 
 
@@ -374,10 +404,10 @@ cdef void train_epochs(
         floating *X_batch, floating *Y_batch, double *partials,
         const Py_ssize_t[:, ::1] order, Py_ssize_t batch_size, Py_ssize_t n_batches,
         bint shuffled, OptimizerConfig *config, bint panels, Py_ssize_t group_width,
-        Py_ssize_t n_groups, floating *Xt, floating *Yt, floating **panel_activations,
-        floating **panel_deltas, double[::1] epoch_losses,
-        int n_threads) noexcept nogil:
-    """train's loop; see train."""
+        Py_ssize_t n_groups, floating *Xt, floating *Yt, floating **panel_rows,
+        double[::1] epoch_losses, int n_threads) noexcept nogil:
+    """train's loop; see train. panel_rows: the panel path's activations,
+    deltas, sample-major deltas and products, n_layers of each."""
     cdef Py_ssize_t n_samples = X.shape[0], n_in = X.shape[1], n_out = Y.shape[1]
     cdef Py_ssize_t epoch, batch, start, n_rows, param, n_elements
     cdef const Py_ssize_t *rows = NULL
@@ -408,7 +438,8 @@ cdef void train_epochs(
                                    n_rows, 1, n_out, Yt, group_width, n_groups)
                 sum_squares += panel_network_gradients(
                     Xt, Yt, n_rows, group_width, n_groups, params, targets, sizes,
-                    n_layers, output_tanh, panel_activations, panel_deltas, scale, beta,
+                    n_layers, output_tanh, panel_rows, panel_rows + n_layers,
+                    panel_rows + 2 * n_layers, panel_rows + 3 * n_layers, scale, beta,
                     n_threads)
             else:
                 if shuffled:

@@ -11,6 +11,9 @@
 # over every column are sums over the samples.
 from cython cimport floating
 
+from libc.stdint cimport uintptr_t
+from libc.stdlib cimport calloc
+
 from _parallel cimport MIN_PARALLEL_WORK, n_tasks
 
 cdef extern from "_panel.h" nogil:
@@ -87,6 +90,20 @@ cdef enum:
     PANEL_MAX_WORK = 33554432
 
 
+cdef inline void *panel_calloc(size_t n_bytes, void **allocated) noexcept nogil:
+    """n_bytes of zeroed memory starting on a panel boundary (NULL when out
+    of memory); free(allocated[0]) releases it. Panel rows are whole panels,
+    so every row of the layout starts aligned and no vector load straddles
+    two cache lines."""
+    cdef uintptr_t start
+    allocated[0] = calloc(n_bytes + LGMSTM_PANEL_BYTES, 1)
+    if allocated[0] == NULL:
+        return NULL
+    start = <uintptr_t> allocated[0]
+    start = (start + LGMSTM_PANEL_BYTES - 1) // LGMSTM_PANEL_BYTES * LGMSTM_PANEL_BYTES
+    return <void *> start
+
+
 cdef inline Py_ssize_t group_panels(Py_ssize_t n_panels, double step_work) noexcept nogil:
     """Panels per sample group (one parallel task each) for a batch of
     n_panels panels whose training step costs step_work flops.
@@ -100,6 +117,49 @@ cdef inline Py_ssize_t group_panels(Py_ssize_t n_panels, double step_work) noexc
     if step_work >= MIN_PARALLEL_WORK and n_panels >= 2:
         groups = 4 if n_panels % 4 == 0 else 2
     return max(1, n_tasks(n_panels, groups))
+
+
+cdef inline void transpose_columns(const floating *source, Py_ssize_t n_units,
+                                   Py_ssize_t n_cols, Py_ssize_t ld_source,
+                                   floating *dest, Py_ssize_t ld_dest) noexcept nogil:
+    """dest[c, u] = source[u, c] for u < n_units, c < n_cols: panel-layout
+    rows into sample-major rows, the B of a weight gradient's panel_product."""
+    cdef Py_ssize_t u, c
+    for c in range(n_cols):
+        for u in range(n_units):
+            dest[c * ld_dest + u] = source[u * ld_source + c]
+
+
+cdef inline bint sample_major_gradient(Py_ssize_t n_out, size_t itemsize) noexcept nogil:
+    """Whether a weight gradient with n_out columns is a panel_product over
+    sample-major deltas (weight_gradient) rather than row_dots: once n_out
+    fills a panel, so that few of its lanes are padding; row_dots pays a
+    sum across vector lanes for every weight instead."""
+    return 2 * n_out >= padded_width(1, itemsize)
+
+
+cdef inline void weight_gradient(
+        Py_ssize_t n_rows, Py_ssize_t n_out, Py_ssize_t n_cols, const floating *inputs,
+        Py_ssize_t ld_inputs, const floating *deltas_t, Py_ssize_t ld_deltas_t,
+        bint accumulate, floating *product) noexcept nogil:
+    """product (n_rows, ld_deltas_t) (+)= inputs deltas_t over n_cols columns:
+    rows of a weight gradient, inputs (n_rows, n_cols) in the panel layout and
+    deltas_t (n_cols, ld_deltas_t) sample-major, ld_deltas_t >= n_out a whole
+    number of panels. Along the output units, the sums need no reduction
+    across vector lanes; each is added in column order."""
+    panel_product(n_rows, ld_deltas_t, n_cols, inputs, ld_inputs, 1, deltas_t,
+                  ld_deltas_t, NULL, accumulate, NULL, 0, product, ld_deltas_t)
+
+
+cdef inline void apply_gradient(const floating *product, Py_ssize_t ld_product,
+                                Py_ssize_t n_rows, Py_ssize_t n_out, floating scale,
+                                floating beta, floating *target) noexcept nogil:
+    """target (n_rows, n_out) = scale product + beta target (beta 0: not read)."""
+    cdef Py_ssize_t i, j
+    for i in range(n_rows):
+        for j in range(n_out):
+            target[i * n_out + j] = scale * product[i * ld_product + j] + (
+                beta * target[i * n_out + j] if beta != 0 else 0)
 
 
 cdef inline void gather_columns(

@@ -35,7 +35,7 @@ from _layers cimport (dense_forward_rows, dense_forward, dense_backward,
 from _parallel cimport BLOCK_COLS, BLOCK_ELEMS, MIN_PARALLEL_WORK, n_tasks, threads_for
 from _tanh cimport tanh_inplace, tanh_rows
 from _panel cimport (panel_product, row_dots, row_sums, gather_columns, panel_loss,
-                     padded_width, group_panels, PANEL_MAX_WORK)
+                     padded_width, group_panels, panel_calloc, PANEL_MAX_WORK)
 from libc.stdlib cimport malloc, free
 
 cnp.import_array()
@@ -942,7 +942,8 @@ def train(const floating[:, :, ::1] X, const floating[::1] Y,
     cdef PanelLayout layout = panel_layout(max_rows, n_steps, &sizes[0], sizeof(floating),
                                            return_sequences)
     cdef PanelBuffers panel_buffers
-    cdef floating *panel_memory = NULL
+    cdef void *panel_memory = NULL
+    cdef floating *panel_start
     pointers(params, param_data, N_PARAMS)
     pointers(grads, grad_data, N_PARAMS)
     pointers(state1, state1_data, N_PARAMS)
@@ -951,13 +952,14 @@ def train(const floating[:, :, ::1] X, const floating[::1] Y,
     param_counts(&sizes[0], counts)
     config = optimizer_config(optimizer, lr, momentum, beta1, beta2, eps, step)
     if panels:
-        panel_memory = <floating *> malloc(
+        panel_start = <floating *> panel_calloc(
             (n_in * layout.cols + 3 * n_out * layout.read_cols
-             + n_hidden * (layout.cols + layout.state_cols)) * sizeof(floating))
-        if panel_memory == NULL:
+             + n_hidden * (layout.cols + layout.state_cols)) * sizeof(floating),
+            &panel_memory)
+        if panel_start == NULL:
             raise MemoryError()
-        panel_buffers.inputs = panel_memory
-        panel_buffers.targets = panel_memory + n_in * layout.cols
+        panel_buffers.inputs = panel_start
+        panel_buffers.targets = panel_start + n_in * layout.cols
         panel_buffers.outputs = <floating *> panel_buffers.targets + n_out * layout.read_cols
         panel_buffers.output_grads = <floating *> panel_buffers.outputs + n_out * layout.read_cols
         panel_buffers.states = <floating *> panel_buffers.output_grads + n_out * layout.read_cols
