@@ -17,9 +17,10 @@ from _layers cimport (dense_forward, dense_forward_loss, dense_backward,
 from cython.parallel cimport prange
 from _parallel cimport CHUNK_ROWS as _CHUNK_ROWS, n_tasks, threads_for
 from _tanh cimport tanh_inplace, tanh_rows
-from _panel cimport (panel_product, row_dots, row_sums, gather_columns, panel_loss,
-                     padded_width, group_panels, sample_major_gradient, transpose_columns,
-                     weight_gradient, apply_gradient, panel_calloc, PANEL_MAX_WORK)
+from _panel cimport (panel_product, row_sums, gather_columns, panel_loss, padded_width,
+                     group_panels, sample_major_gradient, transpose_columns,
+                     add_weight_gradient, finish_weight_gradient, panel_calloc,
+                     PANEL_MAX_WORK)
 
 # The largest GEMM a task does is this many rows high (see _parallel.pxd).
 TASK_ROWS = _CHUNK_ROWS
@@ -223,6 +224,7 @@ cdef void panel_weight_task(
     scratch (sizes[l], padded sizes[l + 1])."""
     cdef Py_ssize_t layer, blocks, row, n_rows, padded
     cdef const floating *layer_input
+    cdef floating *target
     for layer in range(n_layers):
         blocks = n_tasks(sizes[layer], PANEL_WEIGHT_ROWS)
         if task < blocks:
@@ -230,18 +232,12 @@ cdef void panel_weight_task(
             n_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, sizes[layer] - row)
             padded = padded_width(sizes[layer + 1], sizeof(floating))
             layer_input = Xt if layer == 0 else activations[layer - 1]
-            if sample_major_gradient(sizes[layer + 1], sizeof(floating)):
-                weight_gradient(n_rows, sizes[layer + 1], width, layer_input + row * width,
-                                width, deltas_t[layer], padded, False,
-                                products[layer] + row * padded)
-                apply_gradient(products[layer] + row * padded, padded, n_rows,
-                               sizes[layer + 1], scale, beta,
-                               <floating *> targets[2 * layer] + row * sizes[layer + 1])
-            else:
-                row_dots(n_rows, sizes[layer + 1], width, layer_input + row * width, width,
-                         deltas[layer], width, scale, beta,
-                         <floating *> targets[2 * layer] + row * sizes[layer + 1],
-                         sizes[layer + 1])
+            target = <floating *> targets[2 * layer] + row * sizes[layer + 1]
+            add_weight_gradient(n_rows, sizes[layer + 1], width, layer_input + row * width,
+                                width, deltas[layer], width, deltas_t[layer], True, scale,
+                                beta, products[layer] + row * padded, target)
+            finish_weight_gradient(n_rows, sizes[layer + 1], products[layer] + row * padded,
+                                   scale, beta, target)
             return
         task -= blocks
     for layer in range(n_layers):

@@ -132,33 +132,47 @@ cdef inline void transpose_columns(const floating *source, Py_ssize_t n_units,
 
 cdef inline bint sample_major_gradient(Py_ssize_t n_out, size_t itemsize) noexcept nogil:
     """Whether a weight gradient with n_out columns is a panel_product over
-    sample-major deltas (weight_gradient) rather than row_dots: once n_out
-    fills a panel, so that few of its lanes are padding; row_dots pays a
-    sum across vector lanes for every weight instead."""
+    sample-major deltas (add_weight_gradient) rather than row_dots: once n_out
+    fills half a panel, so that at most half its lanes are padding; row_dots
+    pays a sum across vector lanes for every weight instead."""
     return 2 * n_out >= padded_width(1, itemsize)
 
 
-cdef inline void weight_gradient(
+cdef inline void add_weight_gradient(
         Py_ssize_t n_rows, Py_ssize_t n_out, Py_ssize_t n_cols, const floating *inputs,
-        Py_ssize_t ld_inputs, const floating *deltas_t, Py_ssize_t ld_deltas_t,
-        bint accumulate, floating *product) noexcept nogil:
-    """product (n_rows, ld_deltas_t) (+)= inputs deltas_t over n_cols columns:
-    rows of a weight gradient, inputs (n_rows, n_cols) in the panel layout and
-    deltas_t (n_cols, ld_deltas_t) sample-major, ld_deltas_t >= n_out a whole
-    number of panels. Along the output units, the sums need no reduction
-    across vector lanes; each is added in column order."""
-    panel_product(n_rows, ld_deltas_t, n_cols, inputs, ld_inputs, 1, deltas_t,
-                  ld_deltas_t, NULL, accumulate, NULL, 0, product, ld_deltas_t)
+        Py_ssize_t ld_inputs, const floating *deltas, Py_ssize_t ld_deltas,
+        const floating *deltas_t, bint first, floating scale, floating beta,
+        floating *product, floating *target) noexcept nogil:
+    """One part of target (n_rows, n_out) = scale inputs deltas^T + beta target:
+    the sum over n_cols columns of inputs (n_rows, ld_inputs) and deltas
+    (n_out, ld_deltas), both in the panel layout; `first` for the first part.
+
+    Sample-major gradients (see sample_major_gradient) accumulate the parts
+    in product (n_rows, padded n_out), over deltas_t, the deltas' columns as
+    rows of padded n_out values, and finish_weight_gradient applies them;
+    the others go to target with row_dots.
+    """
+    cdef Py_ssize_t padded = padded_width(n_out, sizeof(floating))
+    if sample_major_gradient(n_out, sizeof(floating)):
+        panel_product(n_rows, padded, n_cols, inputs, ld_inputs, 1, deltas_t, padded, NULL,
+                      not first, NULL, 0, product, padded)
+    else:
+        row_dots(n_rows, n_out, n_cols, inputs, ld_inputs, deltas, ld_deltas, scale,
+                 beta if first else 1, target, n_out)
 
 
-cdef inline void apply_gradient(const floating *product, Py_ssize_t ld_product,
-                                Py_ssize_t n_rows, Py_ssize_t n_out, floating scale,
-                                floating beta, floating *target) noexcept nogil:
-    """target (n_rows, n_out) = scale product + beta target (beta 0: not read)."""
+cdef inline void finish_weight_gradient(
+        Py_ssize_t n_rows, Py_ssize_t n_out, const floating *product, floating scale,
+        floating beta, floating *target) noexcept nogil:
+    """target = scale product + beta target after the last add_weight_gradient
+    of a sample-major gradient (beta 0: target is not read)."""
+    cdef Py_ssize_t padded = padded_width(n_out, sizeof(floating))
     cdef Py_ssize_t i, j
+    if not sample_major_gradient(n_out, sizeof(floating)):
+        return
     for i in range(n_rows):
         for j in range(n_out):
-            target[i * n_out + j] = scale * product[i * ld_product + j] + (
+            target[i * n_out + j] = scale * product[i * padded + j] + (
                 beta * target[i * n_out + j] if beta != 0 else 0)
 
 

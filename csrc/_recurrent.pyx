@@ -34,8 +34,10 @@ from _layers cimport (dense_forward_rows, dense_forward, dense_backward,
                       gather_rows)
 from _parallel cimport BLOCK_COLS, BLOCK_ELEMS, MIN_PARALLEL_WORK, n_tasks, threads_for
 from _tanh cimport tanh_inplace, tanh_rows
-from _panel cimport (panel_product, row_dots, row_sums, gather_columns, panel_loss,
-                     padded_width, group_panels, panel_calloc, PANEL_MAX_WORK)
+from _panel cimport (panel_product, row_sums, gather_columns, panel_loss, padded_width,
+                     group_panels, sample_major_gradient, transpose_columns,
+                     add_weight_gradient, finish_weight_gradient, panel_calloc,
+                     PANEL_MAX_WORK)
 from libc.stdlib cimport malloc, free
 
 cnp.import_array()
@@ -607,6 +609,13 @@ cdef struct PanelBuffers:
     void *outputs         # readout (n_out, read_cols)
     void *output_grads    # dL/d readout pre-activation (n_out, read_cols)
     void *state_grads     # dz_t = dL/d state pre-activation (n_hidden, cols)
+    # Sample-major copies for the weight gradients (add_weight_gradient), and
+    # their products: padded widths hp = padded n_hidden, op = padded n_out.
+    void *state_grads_t   # (cols, hp)
+    void *output_grads_t  # (read_cols, op)
+    void *input_product   # (n_in, hp)
+    void *state_product   # (n_hidden, hp)
+    void *readout_product # (n_hidden, op)
 
 
 cdef inline double step_work(Py_ssize_t n_rows, Py_ssize_t n_steps,
@@ -695,7 +704,7 @@ cdef void panel_sequence_task(
     cdef floating *d_outputs = <floating *> panels.output_grads + read_at
     # The states the readout reads: every step's, or the last step's.
     cdef floating *read_states = H + (width if every_step else n_steps * width)
-    cdef Py_ssize_t step, i, j
+    cdef Py_ssize_t step, i, j, padded
     for j in range(n_hidden):
         for i in range(width):
             H[j * ld_states + i] = (h0[(first + i) * n_hidden + j]
@@ -727,6 +736,15 @@ cdef void panel_sequence_task(
     for i in range(n_valid):
         for j in range(n_hidden):
             final_states[(first + i) * n_hidden + j] = H[j * ld_states + n_steps * width + i]
+    if sample_major_gradient(n_hidden, sizeof(floating)):
+        padded = padded_width(n_hidden, sizeof(floating))
+        transpose_columns(dZ, n_hidden, n_steps * width, cols,
+                          <floating *> panels.state_grads_t + group * n_steps * width * padded,
+                          padded)
+    if sample_major_gradient(n_out, sizeof(floating)):
+        padded = padded_width(n_out, sizeof(floating))
+        transpose_columns(d_outputs, n_out, n_read, ld_read,
+                          <floating *> panels.output_grads_t + read_at * padded, padded)
 
 
 cdef void panel_weight_task(Py_ssize_t task, const PanelLayout *layout, void **grads,
@@ -746,28 +764,48 @@ cdef void panel_weight_task(Py_ssize_t task, const PanelLayout *layout, void **g
     cdef const floating *d_outputs = <floating *> panels.output_grads
     cdef const floating *dZ = <floating *> panels.state_grads
     cdef Py_ssize_t read_offset = width if layout.return_sequences else n_steps * width
-    cdef Py_ssize_t row, n_block_rows, group
+    cdef Py_ssize_t row, n_block_rows, group, padded
     cdef const floating *states
+    cdef floating *target
+    cdef floating *product
     if task < x_blocks:
         row = task * PANEL_WEIGHT_ROWS
-        row_dots(min(<Py_ssize_t> PANEL_WEIGHT_ROWS, n_in - row), n_hidden, cols,
-                 X + row * cols, cols, dZ, cols, 1, 0,
-                 <floating *> grads[INPUT_WEIGHT] + row * n_hidden, n_hidden)
+        n_block_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, n_in - row)
+        target = <floating *> grads[INPUT_WEIGHT] + row * n_hidden
+        product = (<floating *> panels.input_product
+                   + row * padded_width(n_hidden, sizeof(floating)))
+        add_weight_gradient(n_block_rows, n_hidden, cols, X + row * cols, cols, dZ, cols,
+                            <floating *> panels.state_grads_t, True, 1, 0, product, target)
+        finish_weight_gradient(n_block_rows, n_hidden, product, 1, 0, target)
     elif task < x_blocks + 2 * h_blocks:
         # dWh pairs h_{t-1} with dz_t, dW_out the states read with the output
         # gradients: per group, as the groups' states have h0 among them.
         row = ((task - x_blocks) % h_blocks) * PANEL_WEIGHT_ROWS
         n_block_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, n_hidden - row)
-        for group in range(layout.n_groups):
-            states = H + row * ld_states + group * (n_steps + 1) * width
-            if task < x_blocks + h_blocks:
-                row_dots(n_block_rows, n_hidden, n_steps * width, states, ld_states,
-                         dZ + group * n_steps * width, cols, 1, group > 0,
-                         <floating *> grads[RECURRENT_WEIGHT] + row * n_hidden, n_hidden)
-            else:
-                row_dots(n_block_rows, n_out, n_read, states + read_offset, ld_states,
-                         d_outputs + group * n_read, ld_read, 1, group > 0,
-                         <floating *> grads[READOUT_WEIGHT] + row * n_out, n_out)
+        if task < x_blocks + h_blocks:
+            padded = padded_width(n_hidden, sizeof(floating))
+            target = <floating *> grads[RECURRENT_WEIGHT] + row * n_hidden
+            product = <floating *> panels.state_product + row * padded
+            for group in range(layout.n_groups):
+                states = H + row * ld_states + group * (n_steps + 1) * width
+                add_weight_gradient(
+                    n_block_rows, n_hidden, n_steps * width, states, ld_states,
+                    dZ + group * n_steps * width, cols,
+                    <floating *> panels.state_grads_t + group * n_steps * width * padded,
+                    group == 0, 1, 0, product, target)
+            finish_weight_gradient(n_block_rows, n_hidden, product, 1, 0, target)
+        else:
+            padded = padded_width(n_out, sizeof(floating))
+            target = <floating *> grads[READOUT_WEIGHT] + row * n_out
+            product = <floating *> panels.readout_product + row * padded
+            for group in range(layout.n_groups):
+                states = H + row * ld_states + group * (n_steps + 1) * width
+                add_weight_gradient(
+                    n_block_rows, n_out, n_read, states + read_offset, ld_states,
+                    d_outputs + group * n_read, ld_read,
+                    <floating *> panels.output_grads_t + group * n_read * padded,
+                    group == 0, 1, 0, product, target)
+            finish_weight_gradient(n_block_rows, n_out, product, 1, 0, target)
     else:
         row_sums(n_hidden, cols, dZ, cols, 1, 0, <floating *> grads[BIAS])
         row_sums(n_out, ld_read, d_outputs, ld_read, 1, 0, <floating *> grads[READOUT_BIAS])
@@ -944,6 +982,7 @@ def train(const floating[:, :, ::1] X, const floating[::1] Y,
     cdef PanelBuffers panel_buffers
     cdef void *panel_memory = NULL
     cdef floating *panel_start
+    cdef Py_ssize_t hidden_padded, out_padded
     pointers(params, param_data, N_PARAMS)
     pointers(grads, grad_data, N_PARAMS)
     pointers(state1, state1_data, N_PARAMS)
@@ -952,10 +991,14 @@ def train(const floating[:, :, ::1] X, const floating[::1] Y,
     param_counts(&sizes[0], counts)
     config = optimizer_config(optimizer, lr, momentum, beta1, beta2, eps, step)
     if panels:
+        hidden_padded = padded_width(n_hidden, sizeof(floating))
+        out_padded = padded_width(n_out, sizeof(floating))
         panel_start = <floating *> panel_calloc(
             (n_in * layout.cols + 3 * n_out * layout.read_cols
-             + n_hidden * (layout.cols + layout.state_cols)) * sizeof(floating),
-            &panel_memory)
+             + n_hidden * (layout.cols + layout.state_cols)
+             + layout.cols * hidden_padded + layout.read_cols * out_padded
+             + (n_in + n_hidden) * hidden_padded + n_hidden * out_padded)
+            * sizeof(floating), &panel_memory)
         if panel_start == NULL:
             raise MemoryError()
         panel_buffers.inputs = panel_start
@@ -965,6 +1008,16 @@ def train(const floating[:, :, ::1] X, const floating[::1] Y,
         panel_buffers.states = <floating *> panel_buffers.output_grads + n_out * layout.read_cols
         panel_buffers.state_grads = (<floating *> panel_buffers.states
                                      + n_hidden * layout.state_cols)
+        panel_buffers.state_grads_t = (<floating *> panel_buffers.state_grads
+                                       + n_hidden * layout.cols)
+        panel_buffers.output_grads_t = (<floating *> panel_buffers.state_grads_t
+                                        + layout.cols * hidden_padded)
+        panel_buffers.input_product = (<floating *> panel_buffers.output_grads_t
+                                       + layout.read_cols * out_padded)
+        panel_buffers.state_product = (<floating *> panel_buffers.input_product
+                                       + n_in * hidden_padded)
+        panel_buffers.readout_product = (<floating *> panel_buffers.state_product
+                                         + n_hidden * hidden_padded)
     try:
         with nogil:
             train_epochs(X, Y, lengths, h0_all, final_all, param_data, grad_data,
