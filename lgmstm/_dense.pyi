@@ -57,6 +57,11 @@ def backward(
 ) -> None:
     """Gradients of a dense layer."""
 
+def training_layout(
+    n_rows: int, layer_sizes: NDArray[np.intp], itemsize: int
+) -> tuple[int, int] | None:
+    """(n_groups, group_width) of the panel layout, or None (row-major BLAS)."""
+
 def predict(
     X: NDArray[_Float],  # IN (n_samples, sizes[0])
     params: PointerList,  # IN [W_0, b_0, W_1, b_1, ...]

@@ -21,6 +21,9 @@ def backward(
     dh0: _Float, dWx: _Float, dWh: _Float, db: _Float, scratch: _Float, order: _Index,
     n_threads: int,
 ) -> None: ...
+def training_layout(
+    n_rows: int, n_steps: int, sizes: _Index, itemsize: int, return_sequences: bool
+) -> tuple[int, int] | None: ...
 def predict(
     X: _Float, h0: _Float | None, lengths: _Index, params: list[_Float], sizes: _Index,
     output_tanh: bool, return_sequences: bool, buffers: list[np.ndarray], n_threads: int,
