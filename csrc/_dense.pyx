@@ -6,6 +6,13 @@ shapes, dtypes and layouts once and allocate every buffer.
 
 A network of n_layers layers has layer_sizes [n_in, n_1, ..., n_out] and its
 parameters in one list [W_0, b_0, W_1, b_1, ...]; W_l is (sizes[l], sizes[l+1]).
+
+Training takes one of two layouts, chosen from the shapes (panel_plan):
+- row-major, with BLAS (network_gradients): batches whose products are big
+  enough for BLAS to run near its peak;
+- the panel layout of _panel.pxd (panel_network_gradients): small networks,
+  whose products BLAS runs at a few GFLOP/s. Groups of samples go through
+  every layer in parallel tasks, then blocks of weight-gradient rows.
 """
 cimport numpy as cnp
 from cython cimport floating

@@ -18,6 +18,11 @@ Work is cut into two kinds of task of fixed size (see _parallel.pxd):
   over every valid (sample, step) of the batch in one fixed order.
 Neither depends on the thread count, so neither do the results.
 
+STM training runs small networks' batches of full-length sequences in the
+panel layout of _panel.pxd instead (panel_stm_gradients): groups of samples
+carried through every step, then blocks of weight-gradient rows, with the
+panel kernels in place of BLAS.
+
 Unchecked: call these through lgmstm.kernels / lgmstm.STM, which validate
 shapes, dtypes and layouts once and allocate every buffer.
 """
