@@ -3,17 +3,17 @@
  * Small networks run in a feature-major layout: an activation matrix is
  * stored transposed, one row per unit and one column per sample, with the
  * columns padded to whole panels of 64 bytes (8 doubles, 16 floats: one
- * AVX-512 register). Every product then runs
- * along the samples, in vectors as long as the batch, however few units a
- * layer has; BLAS, handed the same products as 2-5 column matrices, spends
- * more time on call and packing overhead than on arithmetic.
+ * AVX-512 register). Every product then runs along the samples, in vectors
+ * as long as the batch, however few units a layer has; BLAS, handed the
+ * same products as 2-5 column matrices, spends more time on call and
+ * packing overhead than on arithmetic.
  *
- *   panel_product  C = (init + A B) [* tanh']   A small (m, k), B, C (., n) panels
- *   row_dots       out = scale X Y^T + beta out       (weight gradients)
- *   row_sums       out = scale Y 1 + beta out         (bias gradients)
+ *   panel_product  C = (init + A B) [* tanh']   A small (m, k); B, C panel rows
+ *   row_dots       out = scale X Y^T + beta out  (narrow weight gradients)
+ *   row_sums       out = scale Y 1 + beta out    (bias gradients)
  *
- * Sums over samples run in one fixed order (vector lanes along the panels,
- * then the lanes in order), so results never depend on who calls or when.
+ * Every sum runs in one fixed order (along k; or per vector lane along the
+ * panels, then the lanes halving), so results never depend on who calls.
  *
  * Accumulators are GCC/Clang generic vectors, kept in registers. Their
  * width is the target's: a generic vector wider than the hardware's is
