@@ -189,6 +189,13 @@ def plot(rows, path):
     figure.savefig(path, dpi=120)
 
 
+def _selection(text):
+    try:
+        return benchmarks.parse_selection(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def command_bench(args):
     if args.plot:
         try:
@@ -199,7 +206,8 @@ def command_bench(args):
             return 1
     threads = args.threads or benchmarks.default_threads()
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
-    items, notes = benchmarks.plan(quick=args.quick, dtypes=dtypes, threads=threads)
+    items, notes = benchmarks.plan(quick=args.quick, dtypes=dtypes, threads=threads,
+                                   only=args.only or ())
 
     def progress(done, total, label):
         print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
@@ -297,6 +305,9 @@ def build_parser(prog="python -m lgmstm"):
     bench.add_argument("--threads", type=_positive_int, metavar="N",
                        help="threads to run on, and to scale to from 1 "
                             "(default: the cores available)")
+    bench.add_argument("--only", type=_selection, action="append", metavar="CASE[:SIZE]",
+                       help="run only this case (e.g. stm_step) or case and size "
+                            "(e.g. stm_step:odd); may be repeated")
     bench.add_argument("--json", type=_writable_path, metavar="PATH",
                        help="also write the results as JSON to PATH")
     bench.add_argument("--plot", type=_writable_path, metavar="PATH",

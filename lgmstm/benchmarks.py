@@ -35,8 +35,8 @@ from . import kernels, reference
 from ._threads import get_num_threads, set_num_threads
 from .models import glorot_uniform
 
-__all__ = ["DENSE_SIZES", "RECURRENT_SIZES", "CASES", "plan", "measure", "gemm_peak",
-           "memory_check", "summarise", "thread_count", "default_threads"]
+__all__ = ["DENSE_SIZES", "RECURRENT_SIZES", "CASES", "parse_selection", "plan", "measure",
+           "gemm_peak", "memory_check", "summarise", "thread_count", "default_threads"]
 
 # Learning rate of every timed fit: small enough that no size diverges.
 LR = 0.01
@@ -393,11 +393,29 @@ def default_threads():
     return os.cpu_count() or 1
 
 
-def plan(*, quick=False, dtypes=("float64", "float32"), threads=None):
+def parse_selection(text):
+    """"CASE" or "CASE:SIZE" (e.g. "stm_step:odd") as (case, size or None).
+
+    Raises ValueError naming the known cases or sizes when there is no such one.
+    """
+    case_name, _, size_name = text.partition(":")
+    cases = {case.name: case for case in CASES}
+    if case_name not in cases:
+        raise ValueError(f"no benchmark case {case_name!r}; the cases are "
+                         f"{', '.join(cases)}")
+    sizes = [size.name for size in cases[case_name].sizes]
+    if size_name and size_name not in sizes:
+        raise ValueError(f"{case_name} has no size {size_name!r}; its sizes are "
+                         f"{', '.join(sizes)}")
+    return case_name, size_name or None
+
+
+def plan(*, quick=False, dtypes=("float64", "float32"), threads=None, only=()):
     """The items to run, and notes on what is skipped and why.
 
     Every item runs at `threads` (default: all cores); the training steps
-    also at one thread, for the scaling.
+    also at one thread, for the scaling. `only`: (case, size or None) pairs
+    from parse_selection; when given, just those.
 
     Returns
     -------
@@ -421,6 +439,9 @@ def plan(*, quick=False, dtypes=("float64", "float32"), threads=None):
                 available.append(implementation)
         for size in case.sizes:
             if quick and size.name not in QUICK_SIZES:
+                continue
+            if only and not any(case.name == name and size_name in (None, size.name)
+                                for name, size_name in only):
                 continue
             for dtype in map(np.dtype, dtypes):
                 for n_threads in thread_counts if case.training else [threads]:

@@ -76,6 +76,27 @@ def test_bench_quick_table(quick_bench):
     assert "[0/" in result.stderr  # progress
 
 
+def test_bench_only_runs_the_selection(lgmstm_cli, tmp_path):
+    report = tmp_path / "only.json"
+    result = lgmstm_cli("bench", "--quick", "--dtype", "float32", "--threads", "1",
+                        "--only", "stm_step:seed", "--only", "dense_forward",
+                        "--json", str(report), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(report.read_text())["rows"]
+    assert {(row["case"], row["size"], row["dtype"]) for row in rows} == {
+        ("stm_step", "seed", "float32"), ("dense_forward", "seed", "float32")}
+
+
+@pytest.mark.parametrize("selection, message", [
+    ("no_such_case", "the cases are dense_forward"),
+    ("stm_step:huge", "its sizes are seed, small, odd, medium, large"),
+])
+def test_bench_only_refuses_unknown_names(lgmstm_cli, tmp_path, selection, message):
+    result = lgmstm_cli("bench", "--only", selection, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and selection.split(":")[-1] in result.stderr
+
+
 def test_bench_plot(quick_bench, tmp_path):
     pytest.importorskip("matplotlib")
     from lgmstm.__main__ import plot
