@@ -278,7 +278,8 @@ cdef double panel_network_gradients(
     cdef int weight_threads
     for task in range(n_layers):
         n_weight_tasks += n_tasks(sizes[task], PANEL_WEIGHT_ROWS)
-    weight_threads = threads_for(n_threads, n_weight_tasks, work)
+    # The weight gradients are a third of the step's work.
+    weight_threads = threads_for(n_threads, n_weight_tasks, work / 3)
     if sample_threads == 1:
         for task in range(n_groups):
             panel_sample_task(task, group_width, width, n_rows, Xt, Yt, params, sizes,
