@@ -29,43 +29,11 @@
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LGMSTM_DISPATCH __attribute__((target_clones("arch=haswell", "default")))
-/* In place over n_rows rows of n_cols values, rows ld apart: one call, so
- * that the rows' independent work overlaps however short they are. */
-LGMSTM_DISPATCH
-static void lgmstm_tanh_rows_d(double *x, ptrdiff_t n_rows, ptrdiff_t n_cols, ptrdiff_t ld)
-{
-    for (ptrdiff_t r = 0; r < n_rows; ++r)
-        for (ptrdiff_t i = 0; i < n_cols; ++i) x[r * ld + i] = lgmstm_tanh_d(x[r * ld + i]);
-}
-
-LGMSTM_DISPATCH
-static void lgmstm_tanh_rows_f(float *x, ptrdiff_t n_rows, ptrdiff_t n_cols, ptrdiff_t ld)
-{
-    for (ptrdiff_t r = 0; r < n_rows; ++r)
-        for (ptrdiff_t i = 0; i < n_cols; ++i) x[r * ld + i] = lgmstm_tanh_f(x[r * ld + i]);
-}
-
 #endif
 #define LGMSTM_HAS_DISPATCH 1
 #else
 #define LGMSTM_DISPATCH
 #define LGMSTM_HAS_DISPATCH 0
-/* In place over n_rows rows of n_cols values, rows ld apart: one call, so
- * that the rows' independent work overlaps however short they are. */
-LGMSTM_DISPATCH
-static void lgmstm_tanh_rows_d(double *x, ptrdiff_t n_rows, ptrdiff_t n_cols, ptrdiff_t ld)
-{
-    for (ptrdiff_t r = 0; r < n_rows; ++r)
-        for (ptrdiff_t i = 0; i < n_cols; ++i) x[r * ld + i] = lgmstm_tanh_d(x[r * ld + i]);
-}
-
-LGMSTM_DISPATCH
-static void lgmstm_tanh_rows_f(float *x, ptrdiff_t n_rows, ptrdiff_t n_cols, ptrdiff_t ld)
-{
-    for (ptrdiff_t r = 0; r < n_rows; ++r)
-        for (ptrdiff_t i = 0; i < n_cols; ++i) x[r * ld + i] = lgmstm_tanh_f(x[r * ld + i]);
-}
-
 #endif
 
 static inline double lgmstm_tanh_d(double x)

@@ -1,0 +1,95 @@
+"""The C kernels' portable builds: the code paths that only other platforms
+compile (no target_clones and no per-ISA panel kernels: clang, aarch64,
+LGMSTM_NO_DISPATCH) and the per-ISA kernels that only some CPUs run, built
+here with the system C compiler and checked against NumPy.
+
+Each build runs a small C driver that prints the panel kernels' and tanh's
+results on fixed inputs.
+"""
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+COMPILER = shutil.which("cc") or shutil.which("gcc")
+
+pytestmark = pytest.mark.skipif(
+    COMPILER is None or not (CSRC / "_panel.h").is_file(),
+    reason="needs a C compiler and the csrc/ headers beside tests/")
+
+M, K, N = 13, 29, 48  # N: a whole number of 64-byte panels for both dtypes
+
+DRIVER = r"""
+#include <stdio.h>
+#include <math.h>
+#include "_panel.h"
+#include "_tanh.h"
+
+#define RUN(T, SUF, TANH_ROWS)                                                     \
+    do {                                                                        \
+        static T A[M * K], B[K * N], C[M * N], D[M * N], O[K * M], S[K], H[M * N]; \
+        for (int i = 0; i < M * K; i++) A[i] = (T)sin(i * 0.37);                \
+        for (int i = 0; i < K * N; i++) B[i] = (T)cos(i * 0.11);                \
+        for (int i = 0; i < M * N; i++) D[i] = (T)(0.3 * sin(i));               \
+        for (int i = 0; i < M * N; i++) H[i] = (T)(4.0 * sin(i * 0.7));         \
+        lgmstm_panel_product_##SUF(M, N, K, A, K, 1, B, N, NULL, 0, D, N, C, N); \
+        lgmstm_row_dots_##SUF(K, M, N, B, N, C, N, (T)2, (T)0, O, M);            \
+        lgmstm_row_sums_##SUF(K, N, B, N, (T)1, (T)0, S);                         \
+        TANH_ROWS(H, M, N - 5, N);                                              \
+        for (int i = 0; i < M * N; i++) printf("%.17g\n", (double)C[i]);        \
+        for (int i = 0; i < K * M; i++) printf("%.17g\n", (double)O[i]);        \
+        for (int i = 0; i < K; i++) printf("%.17g\n", (double)S[i]);            \
+        for (int i = 0; i < M * N; i++) printf("%.17g\n", (double)H[i]);        \
+    } while (0)
+
+int main(void)
+{
+    RUN(double, d, lgmstm_tanh_rows_d);
+    RUN(float, f, lgmstm_tanh_rows_f);
+    return 0;
+}
+"""
+
+
+def expected(dtype):
+    """The driver's results computed with NumPy, in float64."""
+    i = np.arange
+    A = np.sin(i(M * K) * 0.37).astype(dtype).astype(float).reshape(M, K)
+    B = np.cos(i(K * N) * 0.11).astype(dtype).astype(float).reshape(K, N)
+    D = (0.3 * np.sin(i(M * N))).astype(dtype).astype(float).reshape(M, N)
+    H = (4.0 * np.sin(i(M * N) * 0.7)).astype(dtype).astype(float).reshape(M, N)
+    C = (A @ B) * (1 - D**2)
+    O = 2 * B @ C.T
+    S = B.sum(axis=1)
+    H[:, : N - 5] = np.tanh(H[:, : N - 5])
+    return [C.ravel(), O.ravel(), S, H.ravel()]
+
+
+@pytest.mark.parametrize("flags", [
+    [],
+    ["-DLGMSTM_NO_DISPATCH"],
+    ["-DLGMSTM_NO_DISPATCH", "-march=native"],
+], ids=["dispatch", "portable", "portable-native"])
+def test_kernels_build_and_agree_with_numpy(tmp_path, flags):
+    source = tmp_path / "driver.c"
+    source.write_text(f"#define M {M}\n#define K {K}\n#define N {N}\n" + DRIVER)
+    program = tmp_path / "driver"
+    build = subprocess.run(
+        [COMPILER, "-O2", "-std=c99", "-fno-trapping-math", "-Wall", "-Werror",
+         "-Wno-unknown-pragmas", "-Wno-unused-function", *flags, f"-I{CSRC}", str(source), "-o", str(program), "-lm"],
+        capture_output=True, text=True)
+    if build.returncode != 0 and "-march=native" in flags and "march" in build.stderr:
+        pytest.skip("the compiler has no -march=native")
+    assert build.returncode == 0, build.stderr
+    values = np.array(subprocess.run([str(program)], capture_output=True, text=True,
+                                     check=True).stdout.split(), dtype=float)
+    sizes = [M * N, K * M, K, M * N]
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-5)):
+        for got_size, want in zip(sizes, expected(dtype)):
+            got, values = values[:got_size], values[got_size:]
+            scale = max(1.0, np.abs(want).max())
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+    assert values.size == 0
