@@ -33,7 +33,15 @@
 #define LGMSTM_PANEL_BYTES 64
 #define LGMSTM_PANEL(T) (LGMSTM_PANEL_BYTES / (ptrdiff_t)sizeof(T))
 
-#if defined(__GNUC__)
+/* GCC/Clang vector extensions; LGMSTM_NO_VECTORS builds the scalar code
+ * that compilers without them (MSVC) get, for the tests. */
+#if defined(__GNUC__) && !defined(LGMSTM_NO_VECTORS)
+#define LGMSTM_VECTORS 1
+#else
+#define LGMSTM_VECTORS 0
+#endif
+
+#if LGMSTM_VECTORS
 #define LGMSTM_SPLAT(V, x) ((V){0} + (x))
 #else
 #define LGMSTM_SPLAT(V, x) (x)
@@ -219,7 +227,7 @@
     (ptrdiff_t m_y, ptrdiff_t n, const T *Y, ptrdiff_t ldy, T scale, T beta, T *out)
 #define LGMSTM_ROW_SUMS_CALL (m_y, n, Y, ldy, scale, beta, out)
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) \
+#if LGMSTM_VECTORS && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) \
     && !defined(LGMSTM_NO_DISPATCH)
 
 typedef double lgmstm_d64 __attribute__((vector_size(64)));
@@ -269,7 +277,7 @@ static int lgmstm_panel_level(void)
 
 #else
 
-#if defined(__GNUC__)
+#if LGMSTM_VECTORS
 typedef double lgmstm_d16 __attribute__((vector_size(16)));
 typedef float lgmstm_f16 __attribute__((vector_size(16)));
 LGMSTM_DEFINE_KERNELS(_d_base, double, lgmstm_d16, )

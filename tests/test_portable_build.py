@@ -1,7 +1,8 @@
 """The C kernels' portable builds: the code paths that only other platforms
 compile (no target_clones and no per-ISA panel kernels: clang, aarch64,
-LGMSTM_NO_DISPATCH) and the per-ISA kernels that only some CPUs run, built
-here with the system C compiler and checked against NumPy.
+LGMSTM_NO_DISPATCH; no vector extensions: MSVC, LGMSTM_NO_VECTORS) and the
+per-ISA kernels that only some CPUs run, built here with the system C
+compiler and checked against NumPy.
 
 Each build runs a small C driver that prints the panel kernels' and tanh's
 results on fixed inputs.
@@ -72,7 +73,8 @@ def expected(dtype):
     [],
     ["-DLGMSTM_NO_DISPATCH"],
     ["-DLGMSTM_NO_DISPATCH", "-march=native"],
-], ids=["dispatch", "portable", "portable-native"])
+    ["-DLGMSTM_NO_DISPATCH", "-DLGMSTM_NO_VECTORS"],
+], ids=["dispatch", "portable", "portable-native", "scalar"])
 def test_kernels_build_and_agree_with_numpy(tmp_path, flags):
     source = tmp_path / "driver.c"
     source.write_text(f"#define M {M}\n#define K {K}\n#define N {N}\n" + DRIVER)
