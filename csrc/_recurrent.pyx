@@ -655,8 +655,9 @@ cdef inline PanelLayout panel_layout(Py_ssize_t n_rows, Py_ssize_t n_steps,
 cdef inline bint use_panels(Py_ssize_t n_rows, Py_ssize_t n_steps,
                             const Py_ssize_t *sizes) noexcept nogil:
     """Whether batches of n_rows sequences train in the panel layout; from
-    the shapes alone (batches of sequences of unequal length never do)."""
-    return step_work(n_rows, n_steps, sizes) < PANEL_MAX_WORK
+    the shapes alone (batches of sequences of unequal length never do, nor
+    sequences of no steps)."""
+    return n_steps > 0 and step_work(n_rows, n_steps, sizes) < PANEL_MAX_WORK
 
 
 def training_layout(Py_ssize_t n_rows, Py_ssize_t n_steps, const Py_ssize_t[::1] sizes,

@@ -172,6 +172,19 @@ def test_stm_fit_with_unequal_lengths_matches_numpy(rng, dtype, assert_close):
     assert_fits_agree(results, dtype, assert_close)
 
 
+@pytest.mark.parametrize("return_sequences", [True, False], ids=["sequences", "last-step"])
+def test_stm_fit_with_zero_steps_matches_numpy(rng, dtype, return_sequences, assert_close):
+    """No steps: the readout sees h0 (zeros) alone; no panel layout."""
+    assert recurrent_layout(5, 0, [3, 4, 2], dtype, return_sequences) is None
+    X = rng.standard_normal((5, 0, 3)).astype(dtype)
+    Y = np.zeros((5, 0, 2), dtype) if return_sequences else np.full((5, 2), 0.5, dtype)
+    results = fit_both(
+        lambda backend: lgmstm.STM(3, 4, 2, return_sequences=return_sequences, dtype=dtype,
+                                   seed=4, backend=backend),
+        X, Y, epochs=3, lr=0.1)
+    assert_fits_agree(results, dtype, assert_close)
+
+
 @pytest.mark.parametrize("case", ["seed", "two-groups", "four-groups"])
 def test_lgm_panel_fit_same_bits_for_any_thread_count(threads, rng, dtype, case):
     n_samples, sizes = DENSE_CASES[case]
