@@ -377,7 +377,8 @@ class _CompiledNetwork:
 
 
 class _CompiledTrainer:
-    """Every buffer one fit needs, allocated once; run() trains a block of epochs."""
+    """Every buffer one fit needs, allocated once; run() trains a block of epochs
+    (small networks' panel workspace is allocated by the compiled call, once a block)."""
 
     def __init__(self, network, X, Y, batch_size, optimizer, lr):
         self.network, self.X, self.Y = network, X, Y

@@ -101,7 +101,8 @@ class _CompiledRecurrent:
 
 
 class _CompiledTrainer:
-    """Every buffer one fit needs, allocated once; run() trains a block of epochs.
+    """Every buffer one fit needs, allocated once; run() trains a block of epochs
+    (small networks' panel workspace is allocated by the compiled call, once a block).
 
     final_states: each sequence's final state, from the latest epoch.
     """
