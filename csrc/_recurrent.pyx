@@ -602,7 +602,8 @@ cdef struct PanelLayout:
     # group carried through every step by one task.
     Py_ssize_t n_steps, task_width, n_groups
     Py_ssize_t cols           # inputs and dz: n_groups * n_steps * task_width
-    Py_ssize_t state_cols     # states, h0 first in each group: n_groups * (n_steps + 1) * task_width
+    Py_ssize_t state_cols     # states, h0 first in each group:
+                              #   n_groups * (n_steps + 1) * task_width
     Py_ssize_t read_cols      # outputs: cols, or n_groups * task_width for the last step only
     bint return_sequences
 
@@ -753,6 +754,26 @@ cdef void panel_sequence_task(
                           <floating *> panels.output_grads_t + read_at * padded, padded)
 
 
+cdef inline void grouped_weight_gradient(
+        const PanelLayout *layout, Py_ssize_t n_rows, Py_ssize_t n_out, Py_ssize_t n_cols,
+        const floating *states, const floating *deltas, Py_ssize_t ld_deltas,
+        const floating *deltas_t, floating *product, floating *target) noexcept nogil:
+    """target (n_rows, n_out) = the sum over groups of a group's states times
+    its deltas^T, n_cols columns each: states (rows ld state_cols, a group
+    every (n_steps + 1) * task_width columns, as each begins with its h0),
+    deltas (rows ld_deltas, a group every n_cols columns) and deltas_t their
+    sample-major copy (see add_weight_gradient)."""
+    cdef Py_ssize_t padded = padded_width(n_out, sizeof(floating))
+    cdef Py_ssize_t group
+    for group in range(layout.n_groups):
+        add_weight_gradient(n_rows, n_out, n_cols,
+                            states + group * (layout.n_steps + 1) * layout.task_width,
+                            layout.state_cols, deltas + group * n_cols, ld_deltas,
+                            deltas_t + group * n_cols * padded, group == 0, 1, 0, product,
+                            target)
+    finish_weight_gradient(n_rows, n_out, product, 1, 0, target)
+
+
 cdef void panel_weight_task(Py_ssize_t task, const PanelLayout *layout, void **grads,
                             const Py_ssize_t *sizes, PanelBuffers *panels,
                             const floating *X) noexcept nogil:
@@ -770,7 +791,7 @@ cdef void panel_weight_task(Py_ssize_t task, const PanelLayout *layout, void **g
     cdef const floating *d_outputs = <floating *> panels.output_grads
     cdef const floating *dZ = <floating *> panels.state_grads
     cdef Py_ssize_t read_offset = width if layout.return_sequences else n_steps * width
-    cdef Py_ssize_t row, n_block_rows, group, padded
+    cdef Py_ssize_t row, n_block_rows
     cdef const floating *states
     cdef floating *target
     cdef floating *product
@@ -788,30 +809,19 @@ cdef void panel_weight_task(Py_ssize_t task, const PanelLayout *layout, void **g
         # gradients: per group, as the groups' states have h0 among them.
         row = ((task - x_blocks) % h_blocks) * PANEL_WEIGHT_ROWS
         n_block_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, n_hidden - row)
+        states = H + row * ld_states
         if task < x_blocks + h_blocks:
-            padded = padded_width(n_hidden, sizeof(floating))
-            target = <floating *> grads[RECURRENT_WEIGHT] + row * n_hidden
-            product = <floating *> panels.state_product + row * padded
-            for group in range(layout.n_groups):
-                states = H + row * ld_states + group * (n_steps + 1) * width
-                add_weight_gradient(
-                    n_block_rows, n_hidden, n_steps * width, states, ld_states,
-                    dZ + group * n_steps * width, cols,
-                    <floating *> panels.state_grads_t + group * n_steps * width * padded,
-                    group == 0, 1, 0, product, target)
-            finish_weight_gradient(n_block_rows, n_hidden, product, 1, 0, target)
+            grouped_weight_gradient(
+                layout, n_block_rows, n_hidden, n_steps * width, states, dZ, cols,
+                <floating *> panels.state_grads_t,
+                <floating *> panels.state_product + row * padded_width(n_hidden, sizeof(floating)),
+                <floating *> grads[RECURRENT_WEIGHT] + row * n_hidden)
         else:
-            padded = padded_width(n_out, sizeof(floating))
-            target = <floating *> grads[READOUT_WEIGHT] + row * n_out
-            product = <floating *> panels.readout_product + row * padded
-            for group in range(layout.n_groups):
-                states = H + row * ld_states + group * (n_steps + 1) * width
-                add_weight_gradient(
-                    n_block_rows, n_out, n_read, states + read_offset, ld_states,
-                    d_outputs + group * n_read, ld_read,
-                    <floating *> panels.output_grads_t + group * n_read * padded,
-                    group == 0, 1, 0, product, target)
-            finish_weight_gradient(n_block_rows, n_out, product, 1, 0, target)
+            grouped_weight_gradient(
+                layout, n_block_rows, n_out, n_read, states + read_offset, d_outputs, ld_read,
+                <floating *> panels.output_grads_t,
+                <floating *> panels.readout_product + row * padded_width(n_out, sizeof(floating)),
+                <floating *> grads[READOUT_WEIGHT] + row * n_out)
     else:
         row_sums(n_hidden, cols, dZ, cols, 1, 0, <floating *> grads[BIAS])
         row_sums(n_out, ld_read, d_outputs, ld_read, 1, 0, <floating *> grads[READOUT_BIAS])
