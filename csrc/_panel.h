@@ -102,7 +102,7 @@
  * keep 8 accumulators (at least one row), then 4, 2 and 1 rows. */
 #define LGMSTM_PANEL_COLUMNS(T, V, NV)                                              \
     do {                                                                            \
-        enum { ROWS = NV >= 8 ? 1 : 8 / NV };                                       \
+        enum { ROWS = (NV) >= 8 ? 1 : 8 / (NV) };                                   \
         ptrdiff_t i = 0;                                                            \
         for (; i + ROWS <= m; i += ROWS) LGMSTM_PANEL_BLOCK(T, V, ROWS, NV);        \
         if (ROWS > 4 && i + 4 <= m) {                                               \
@@ -247,10 +247,14 @@ LGMSTM_DEFINE_KERNELS(_f_avx2, float, lgmstm_f32, LGMSTM_TARGET_AVX2)
 LGMSTM_DEFINE_KERNELS(_f_base, float, lgmstm_f16, )
 
 /* 2: AVX-512 (F, BW, DQ, VL), 1: AVX2 and FMA, 0: neither. Computed once;
- * threads racing on the first call all store the same value. */
+ * threads racing on the first call all store the same value (atomically). */
 static int lgmstm_panel_level(void)
 {
-    static int level = -1;
+#ifdef LGMSTM_PANEL_LEVEL  /* the tests build each level this way */
+    return LGMSTM_PANEL_LEVEL;
+#endif
+    static int cached = -1;
+    int level = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (level < 0) {
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
@@ -260,6 +264,7 @@ static int lgmstm_panel_level(void)
             level = 1;
         else
             level = 0;
+        __atomic_store_n(&cached, level, __ATOMIC_RELAXED);
     }
     return level;
 }

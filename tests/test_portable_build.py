@@ -2,7 +2,8 @@
 compile (no target_clones and no per-ISA panel kernels: clang, aarch64,
 LGMSTM_NO_DISPATCH; no vector extensions: MSVC, LGMSTM_NO_VECTORS) and the
 per-ISA kernels that only some CPUs run, built here with the system C
-compiler and checked against NumPy.
+compiler and checked against NumPy; LGMSTM_PANEL_LEVEL picks one ISA's
+panel kernels, whatever the dispatcher would.
 
 Each build runs a small C driver that prints the panel kernels' and tanh's
 results on fixed inputs.
@@ -69,12 +70,28 @@ def expected(dtype):
     return [C.ravel(), O.ravel(), S, H.ravel()]
 
 
+def cpu_has(*flags):
+    """Whether this x86 Linux CPU reports every one of these /proc/cpuinfo flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    reported = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                     if line.startswith("flags")), [])
+    return all(flag in reported for flag in flags)
+
+
 @pytest.mark.parametrize("flags", [
     [],
+    pytest.param(["-DLGMSTM_PANEL_LEVEL=2"], marks=pytest.mark.skipif(
+        not cpu_has("avx512f", "avx512bw", "avx512dq", "avx512vl"), reason="no AVX-512")),
+    pytest.param(["-DLGMSTM_PANEL_LEVEL=1"], marks=pytest.mark.skipif(
+        not cpu_has("avx2", "fma"), reason="no AVX2 and FMA")),
+    ["-DLGMSTM_PANEL_LEVEL=0"],
     ["-DLGMSTM_NO_DISPATCH"],
     ["-DLGMSTM_NO_DISPATCH", "-march=native"],
     ["-DLGMSTM_NO_DISPATCH", "-DLGMSTM_NO_VECTORS"],
-], ids=["dispatch", "portable", "portable-native", "scalar"])
+], ids=["dispatch", "avx512", "avx2", "baseline", "portable", "portable-native", "scalar"])
 def test_kernels_build_and_agree_with_numpy(tmp_path, flags):
     source = tmp_path / "driver.c"
     source.write_text(f"#define M {M}\n#define K {K}\n#define N {N}\n" + DRIVER)
