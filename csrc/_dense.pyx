@@ -27,7 +27,7 @@ from _tanh cimport tanh_inplace, tanh_rows
 from _panel cimport (panel_product, row_sums, gather_columns, panel_loss, padded_width,
                      group_panels, sample_major_gradient, transpose_columns,
                      add_weight_gradient, finish_weight_gradient, panel_calloc,
-                     PANEL_MAX_WORK)
+                     PANEL_MAX_WORK, MAX_PANEL_GROUPS)
 
 # The largest GEMM a task does is this many rows high (see _parallel.pxd).
 TASK_ROWS = _CHUNK_ROWS
@@ -271,7 +271,7 @@ cdef double panel_network_gradients(
     cdef Py_ssize_t width = n_groups * group_width
     cdef double work = step_work(n_rows, sizes, n_layers)
     cdef Py_ssize_t n_weight_tasks = 1
-    cdef double partials[4]
+    cdef double partials[MAX_PANEL_GROUPS]
     cdef double sum_squares = 0
     cdef Py_ssize_t task
     cdef int sample_threads = threads_for(n_threads, n_groups, work)

@@ -88,6 +88,8 @@ cdef enum:
     # Largest training step, in flops, that runs in the panel layout: past
     # it BLAS's products are big enough to run near its peak.
     PANEL_MAX_WORK = 33554432
+    # Most sample groups a batch is cut into (group_panels).
+    MAX_PANEL_GROUPS = 4
 
 
 cdef inline void *panel_calloc(size_t n_bytes, void **allocated) noexcept nogil:
@@ -109,13 +111,13 @@ cdef inline Py_ssize_t group_panels(Py_ssize_t n_panels, double step_work) noexc
     n_panels panels whose training step costs step_work flops.
 
     One group while the step is too small to share out among threads;
-    otherwise 4 groups of equal width when the panels divide evenly, else 2
-    (at most one panel of padding more). From the shapes alone, never the
-    thread count.
+    otherwise MAX_PANEL_GROUPS groups of equal width when the panels divide
+    evenly, else 2 (at most one panel of padding more). From the shapes
+    alone, never the thread count.
     """
     cdef Py_ssize_t groups = 1
     if step_work >= MIN_PARALLEL_WORK and n_panels >= 2:
-        groups = 4 if n_panels % 4 == 0 else 2
+        groups = MAX_PANEL_GROUPS if n_panels % MAX_PANEL_GROUPS == 0 else 2
     return max(1, n_tasks(n_panels, groups))
 
 

@@ -37,13 +37,13 @@ from _blas cimport gemm
 from _layers cimport (dense_forward_rows, dense_forward, dense_backward,
                       squared_error, optimizer_step, optimizer_config, OptimizerConfig,
                       gather_rows)
-from _parallel cimport BLOCK_COLS, BLOCK_ELEMS, MIN_PARALLEL_WORK, n_tasks, threads_for
+from _parallel cimport BLOCK_COLS, BLOCK_ELEMS, n_tasks, threads_for
 from _tanh cimport tanh_inplace, tanh_rows
 from _panel cimport (panel_product, row_sums, gather_columns, panel_loss, padded_width,
                      group_panels, sample_major_gradient, transpose_columns,
                      add_weight_gradient, finish_weight_gradient, panel_calloc,
-                     PANEL_MAX_WORK)
-from libc.stdlib cimport malloc, free
+                     PANEL_MAX_WORK, MAX_PANEL_GROUPS)
+from libc.stdlib cimport free
 
 cnp.import_array()
 
@@ -850,7 +850,7 @@ cdef double panel_stm_gradients(
     cdef int weight_threads = threads_for(n_threads, n_weight_tasks, work)
     cdef double grad_scale = 1.0 / max(1, n_rows * (n_steps if layout.return_sequences
                                                     else 1) * n_out)
-    cdef double partials[4]
+    cdef double partials[MAX_PANEL_GROUPS]
     cdef double sum_squares = 0
     cdef Py_ssize_t task
     if sequence_threads == 1:
@@ -1074,6 +1074,7 @@ cdef void train_epochs(
     # One unshuffled batch is the same every epoch: transpose it once.
     cdef bint gather_each_batch = shuffled or n_tasks(n_samples, batch_size) > 1
     cdef bint gathered = False
+    cdef bint panel_batch
     n_valid = n_valid_outputs(&lengths[0], n_samples, return_sequences)
     for epoch in range(n_epochs):
         sum_squares = 0
@@ -1088,25 +1089,30 @@ cdef void train_epochs(
                 h0_rows = h0_all + start * n_hidden
             if shuffled:
                 rows = &order[epoch, start]
-                gather_rows(<const char *> &X[0, 0, 0], rows, n_rows,
-                            n_steps * n_in * sizeof(floating), <char *> &X_batch[0, 0, 0])
-                gather_rows(<const char *> &Y[0], rows, n_rows,
-                            targets_per_sample * sizeof(floating), <char *> &Y_batch[0])
                 gather_rows(<const char *> &lengths[0], rows, n_rows,
                             sizeof(Py_ssize_t), <char *> &lengths_batch[0])
-                X_rows = &X_batch[0, 0, 0]
-                Y_rows = &Y_batch[0]
                 length_rows = &lengths_batch[0]
                 if h0_all != NULL:
                     gather_rows(<const char *> h0_all, rows, n_rows, state_bytes,
                                 <char *> &h0_batch[0, 0])
                     h0_rows = &h0_batch[0, 0]
-            if panels and all_full_length(length_rows, n_rows, n_steps):
+            panel_batch = panels and all_full_length(length_rows, n_rows, n_steps)
+            if shuffled and not panel_batch:
+                gather_rows(<const char *> &X[0, 0, 0], rows, n_rows,
+                            n_steps * n_in * sizeof(floating), <char *> &X_batch[0, 0, 0])
+                gather_rows(<const char *> &Y[0], rows, n_rows,
+                            targets_per_sample * sizeof(floating), <char *> &Y_batch[0])
+                X_rows = &X_batch[0, 0, 0]
+                Y_rows = &Y_batch[0]
+            if panel_batch:
+                # Shuffled rows go straight from X and Y into the panel layout.
                 if gather_each_batch or not gathered:
-                    gather_columns(X_rows, NULL, n_rows, n_steps, n_in,
+                    gather_columns(&X[0, 0, 0] if shuffled else X_rows,
+                                   rows if shuffled else NULL, n_rows, n_steps, n_in,
                                    <floating *> panel_buffers.inputs, layout.task_width,
                                    layout.n_groups)
-                    gather_columns(Y_rows, NULL, n_rows,
+                    gather_columns(&Y[0] if shuffled else Y_rows,
+                                   rows if shuffled else NULL, n_rows,
                                    n_steps if return_sequences else 1, n_out,
                                    <floating *> panel_buffers.targets, layout.task_width,
                                    layout.n_groups)
