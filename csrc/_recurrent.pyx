@@ -50,6 +50,8 @@ cnp.import_array()
 cdef enum:
     # Fewest samples in a sequence chunk (see sequence_chunk_rows).
     MIN_CHUNK_ROWS = 32
+    # Most sample groups the weight gradients are split into (see weight_groups).
+    MAX_WEIGHT_GROUPS = 4
 
 # The STM's parameters, in this order (lgmstm/stm.py names them).
 cdef enum:
@@ -69,14 +71,14 @@ cdef enum:
     STATE_GRADS = 4        # dL/dH from the readout, then dz in place
     FINAL_GRADS = 5        # dL/d final states (last-step readout)
     FIRST_STEP_GRADS = 6   # dz of step 0, kept apart (see weight_grad_rows)
-    SCRATCH = 7            # per-chunk rows for the time loops (n, 2 n_hidden)
+    SCRATCH = 7            # time-loop rows, Wh^T, weight partials (scratch_size)
     ORDER = 8              # per-chunk sample order, longest first (n,), intp
     PARTIALS = 9           # loss partial sums, float64
     N_BUFFERS = 10
 
 
-def buffer_shapes(Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_hidden,
-                  Py_ssize_t n_out, bint return_sequences):
+def buffer_shapes(Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
+                  Py_ssize_t n_hidden, Py_ssize_t n_out, bint return_sequences):
     """[(shape, dtype)] of the STM buffers, in buffer order; dtype None is the model's."""
     cdef Py_ssize_t n_outputs = n_samples * (n_steps if return_sequences else 1)
     cdef tuple outputs = (n_samples, n_out)
@@ -85,7 +87,7 @@ def buffer_shapes(Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_hidden,
     return [((n_samples, n_steps, n_hidden), None), ((n_samples, n_hidden), None),
             (outputs, None), (outputs, None), ((n_samples, n_steps, n_hidden), None),
             ((n_samples, n_hidden), None), ((n_samples, n_hidden), None),
-            ((n_samples, 2 * n_hidden), None), ((n_samples,), np.intp),
+            ((scratch_size(n_samples, n_in, n_hidden),), None), ((n_samples,), np.intp),
             ((max(1, n_tasks(n_outputs * n_out, BLOCK_ELEMS)),), np.float64)]
 
 
@@ -119,17 +121,36 @@ cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples,
     return max(1, n_tasks(n_samples, max(1, n_chunks)))
 
 
-cdef inline Py_ssize_t weight_block_rows(Py_ssize_t n_in, Py_ssize_t n_hidden) noexcept nogil:
+cdef inline Py_ssize_t weight_groups(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
+    """Sample groups whose weight gradients are summed apart, then added in
+    group order: one per sequence chunk, at most MAX_WEIGHT_GROUPS (and at
+    least 1). Splitting the sum over samples keeps each task's GEMM square
+    enough for BLAS (tall row blocks, a shorter inner dimension) and gives
+    the threads several tasks. From the shapes alone.
+    """
+    cdef Py_ssize_t n_chunks = n_tasks(n_samples, sequence_chunk_rows(n_samples, n_hidden))
+    return max(1, min(n_chunks, <Py_ssize_t> MAX_WEIGHT_GROUPS))
+
+
+cdef inline Py_ssize_t weight_block_rows(Py_ssize_t n_in, Py_ssize_t n_hidden,
+                                         Py_ssize_t n_groups) noexcept nogil:
     """Rows of dWx and dWh per weight-gradient task, from the shapes alone.
 
-    Every task has BLAS repack all of dZ, so blocks are as tall as they can
-    be (256 rows at most) while the two weights still give 4 tasks (or the
-    blocks are down to 32 rows).
+    Every task has BLAS repack its group's dZ, so blocks are as tall as they
+    can be (256 rows at most) while groups times blocks still make 4 tasks
+    (or the blocks are down to 32 rows).
     """
     cdef Py_ssize_t rows = 256
-    while rows > 32 and n_tasks(n_in, rows) + n_tasks(n_hidden, rows) < 4:
+    while rows > 32 and n_groups * (n_tasks(n_in, rows) + n_tasks(n_hidden, rows)) < 4:
         rows //= 2
     return rows
+
+
+def scratch_size(Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_hidden):
+    """Values of scratch the time loops need: two state rows per sample, Wh^T,
+    and the weight-gradient partials of every sample group but the first."""
+    return (n_samples * 2 * n_hidden + n_hidden * n_hidden
+            + (weight_groups(n_samples, n_hidden) - 1) * (n_in + n_hidden) * n_hidden)
 
 
 cdef inline Py_ssize_t run_end(const Py_ssize_t *lengths, Py_ssize_t n_steps,
@@ -168,10 +189,22 @@ cdef inline void recurrent_product(const floating *h, const floating *Wh,
                                    floating beta) noexcept nogil:
     """out (n_rows, n_hidden) = h Wh + beta out (h Wh^T when transpose).
 
-    Always BLAS: a plain loop measured slower even for 5-unit states.
+    Always BLAS: a plain loop measured slower even for 5-unit states. The
+    backward pass passes a transposed copy of Wh instead of transpose=True:
+    OpenBLAS runs these short products 10-35% slower with a transposed B.
     """
     gemm(False, transpose, <int> n_rows, <int> n_hidden, <int> n_hidden, 1, h,
          <int> n_hidden, Wh, <int> n_hidden, beta, out, <int> n_hidden)
+
+
+cdef inline bint in_order(const Py_ssize_t *order, Py_ssize_t start,
+                          Py_ssize_t stop) noexcept nogil:
+    """Whether order (from sort_by_length) leaves samples start..stop-1 in place."""
+    cdef Py_ssize_t k
+    for k in range(stop - start):
+        if order[k] != start + k:
+            return False
+    return True
 
 
 cdef void forward_chunk(
@@ -186,13 +219,7 @@ cdef void forward_chunk(
     cdef Py_ssize_t stop = min(start + chunk_rows, n_samples)
     cdef Py_ssize_t nh = n_hidden
     cdef size_t row_bytes = nh * sizeof(floating)
-    # The running states of the chunk's active samples, in `order`, and the
-    # next ones being computed: swapped after every step.
-    cdef floating *state = scratch + start * 2 * nh
-    cdef floating *product = state + (stop - start) * nh
-    cdef floating *swap
-    cdef Py_ssize_t first, last, i, k, t
-    cdef Py_ssize_t n_active = stop - start
+    cdef Py_ssize_t first, last, i
     first = start
     while first < stop:
         last = run_end(lengths, n_steps, first, stop)
@@ -201,25 +228,11 @@ cdef void forward_chunk(
         first = last + 1
     order += start
     sort_by_length(lengths, start, stop, order)
-    for k in range(stop - start):
-        if h0 == NULL:
-            memset(state + k * nh, 0, row_bytes)
-        else:
-            memcpy(state + k * nh, h0 + order[k] * nh, row_bytes)
-    for t in range(n_steps):
-        while n_active > 0 and lengths[order[n_active - 1]] <= t:
-            n_active -= 1
-        if n_active == 0:
-            break
-        for k in range(n_active):
-            memcpy(product + k * nh, H + (order[k] * n_steps + t) * nh, row_bytes)
-        recurrent_product(state, Wh, product, n_active, nh, False, 1)
-        tanh_inplace(product, n_active * nh)
-        for k in range(n_active):
-            memcpy(H + (order[k] * n_steps + t) * nh, product + k * nh, row_bytes)
-        swap = state
-        state = product
-        product = swap
+    if in_order(order, start, stop):
+        forward_steps_in_place(start, stop, h0, Wh, lengths, H, n_steps, nh)
+    else:
+        forward_steps_gathered(start, stop, h0, Wh, lengths, H, scratch + start * 2 * nh,
+                               order, n_steps, nh)
     for i in range(start, stop):
         memset(H + (i * n_steps + lengths[i]) * nh, 0, (n_steps - lengths[i]) * row_bytes)
         if h_last == NULL:
@@ -232,9 +245,67 @@ cdef void forward_chunk(
             memset(h_last + i * nh, 0, row_bytes)
 
 
+cdef void forward_steps_in_place(
+        Py_ssize_t start, Py_ssize_t stop, const floating *h0, const floating *Wh,
+        const Py_ssize_t *lengths, floating *H, Py_ssize_t n_steps,
+        Py_ssize_t nh) noexcept nogil:
+    """The time loop of samples start..stop-1, longest first: the samples
+    still running at step t are a prefix, rows n_steps * nh apart in H, and
+    h_{t-1} Wh is added to H's step-t rows in place (no copies)."""
+    cdef Py_ssize_t n_active = stop - start, t
+    cdef int ld = <int> (n_steps * nh)
+    cdef floating *step_rows
+    for t in range(n_steps):
+        while n_active > 0 and lengths[start + n_active - 1] <= t:
+            n_active -= 1
+        if n_active == 0:
+            return
+        step_rows = H + (start * n_steps + t) * nh
+        if t > 0:
+            gemm(False, False, <int> n_active, <int> nh, <int> nh, 1, step_rows - nh, ld,
+                 Wh, <int> nh, 1, step_rows, ld)
+        elif h0 != NULL:
+            gemm(False, False, <int> n_active, <int> nh, <int> nh, 1, h0 + start * nh,
+                 <int> nh, Wh, <int> nh, 1, step_rows, ld)
+        tanh_rows(step_rows, n_active, nh, ld)
+
+
+cdef void forward_steps_gathered(
+        Py_ssize_t start, Py_ssize_t stop, const floating *h0, const floating *Wh,
+        const Py_ssize_t *lengths, floating *H, floating *scratch,
+        const Py_ssize_t *order, Py_ssize_t n_steps, Py_ssize_t nh) noexcept nogil:
+    """The time loop of samples start..stop-1 in any order: the running states
+    of the active samples (a prefix of order) are gathered into scratch
+    ((stop - start) rows, and as many for the next states, swapped every step)."""
+    cdef size_t row_bytes = nh * sizeof(floating)
+    cdef floating *state = scratch
+    cdef floating *product = state + (stop - start) * nh
+    cdef floating *swap
+    cdef Py_ssize_t n_active = stop - start, k, t
+    for k in range(stop - start):
+        if h0 == NULL:
+            memset(state + k * nh, 0, row_bytes)
+        else:
+            memcpy(state + k * nh, h0 + order[k] * nh, row_bytes)
+    for t in range(n_steps):
+        while n_active > 0 and lengths[order[n_active - 1]] <= t:
+            n_active -= 1
+        if n_active == 0:
+            return
+        for k in range(n_active):
+            memcpy(product + k * nh, H + (order[k] * n_steps + t) * nh, row_bytes)
+        recurrent_product(state, Wh, product, n_active, nh, False, 1)
+        tanh_inplace(product, n_active * nh)
+        for k in range(n_active):
+            memcpy(H + (order[k] * n_steps + t) * nh, product + k * nh, row_bytes)
+        swap = state
+        state = product
+        product = swap
+
+
 cdef void backward_chunk(
         Py_ssize_t chunk, Py_ssize_t chunk_rows, const floating *Wx,
-        const floating *Wh, const floating *H, const floating *dH,
+        const floating *Wh_t, const floating *H, const floating *dH,
         const floating *dh_last, const Py_ssize_t *lengths, floating *dZ,
         floating *dz_first, floating *dX, floating *dh0, floating *scratch,
         Py_ssize_t *order, Py_ssize_t n_samples, Py_ssize_t n_steps,
@@ -243,7 +314,7 @@ cdef void backward_chunk(
 
         dz_t = (dH_t + dz_{t+1} Wh^T) (1 - h_t^2),   dh0 = dz_0 Wh^T
 
-    starting at each sequence's last valid step, where dh_last joins (at
+    (Wh_t is Wh^T, row-major) starting at each sequence's last valid step, where dh_last joins (at
     length 0 it passes straight to dh0). dH and dh_last may be NULL (zero),
     dX and dh0 NULL (not wanted). dZ may be dH itself: each element is read
     before it is written. Then dX = dZ Wx^T, and step 0's dz moves from dZ
@@ -279,7 +350,7 @@ cdef void backward_chunk(
                 dz[k * nh + j] = value
                 dZ[row + j] = value
         if t > 0 or dh0 != NULL:
-            recurrent_product(dz, Wh, carry, n_active, nh, True, 0)
+            recurrent_product(dz, Wh_t, carry, n_active, nh, False, 0)
     if dh0 != NULL:
         for k in range(stop - start):
             i = order[k]
@@ -309,12 +380,13 @@ cdef void backward_chunk(
 
 
 cdef void weight_grad_rows(
-        Py_ssize_t start, Py_ssize_t stop, const floating *inputs,
-        Py_ssize_t width, bint shifted, const floating *first_inputs,
-        Py_ssize_t first_stride, const floating *dZ, const floating *dz_first,
-        const Py_ssize_t *lengths, floating *dW, Py_ssize_t n_samples,
-        Py_ssize_t n_steps, Py_ssize_t n_hidden) noexcept nogil:
-    """Rows [start, stop) of dW = sum over valid (i, t) of in_{i,t}^T dz_{i,t}.
+        Py_ssize_t start, Py_ssize_t stop, Py_ssize_t sample_start,
+        Py_ssize_t sample_stop, const floating *inputs, Py_ssize_t width,
+        bint shifted, const floating *first_inputs, Py_ssize_t first_stride,
+        const floating *dZ, const floating *dz_first, const Py_ssize_t *lengths,
+        floating *dW, Py_ssize_t n_steps, Py_ssize_t n_hidden) noexcept nogil:
+    """Rows [start, stop) of dW = sum over valid (i, t) of in_{i,t}^T dz_{i,t},
+    for the samples i in [sample_start, sample_stop).
 
     Step 0: in_{i,0} is row i of first_inputs (rows first_stride apart; NULL
     means zero), paired with dz_first. Steps t >= 1: in_{i,t} is row
@@ -327,21 +399,21 @@ cdef void weight_grad_rows(
     cdef Py_ssize_t first, last, row, n_rows, i
     for i in range((stop - start) * n_hidden):
         C[i] = 0
-    first = 0
-    while first_inputs != NULL and first < n_samples:
+    first = sample_start
+    while first_inputs != NULL and first < sample_stop:
         if lengths[first] == 0:
             first += 1
             continue
         last = first
-        while last < n_samples - 1 and lengths[last + 1] > 0:
+        while last < sample_stop - 1 and lengths[last + 1] > 0:
             last += 1
         gemm(True, False, <int> (stop - start), <int> n_hidden, <int> (last - first + 1),
              1, first_inputs + first * first_stride + start, <int> first_stride,
              dz_first + first * n_hidden, <int> n_hidden, 1, C, <int> n_hidden)
         first = last + 1
-    first = 0
-    while first < n_samples:
-        last = run_end(lengths, n_steps, first, n_samples)
+    first = sample_start
+    while first < sample_stop:
+        last = run_end(lengths, n_steps, first, sample_stop)
         row = first * n_steps
         n_rows = (last - first) * n_steps + lengths[last] - shifted
         if n_rows > 0:
@@ -375,32 +447,100 @@ cdef void bias_grad_block(
 
 
 cdef void weight_grad_task(
-        Py_ssize_t task, const floating *X, const floating *h0,
-        const floating *H, const floating *dZ, const floating *dz_first,
-        const Py_ssize_t *lengths, floating *dWx, floating *dWh, floating *db,
-        Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
-        Py_ssize_t n_hidden) noexcept nogil:
-    """Task `task` of: the row blocks of dWx, then those of dWh, then db's column blocks.
+        Py_ssize_t task, Py_ssize_t n_groups, Py_ssize_t rows, const floating *X,
+        const floating *h0, const floating *H, const floating *dZ,
+        const floating *dz_first, const Py_ssize_t *lengths, floating *dWx,
+        floating *dWh, floating *db, floating *partials, Py_ssize_t n_samples,
+        Py_ssize_t n_steps, Py_ssize_t n_in, Py_ssize_t n_hidden) noexcept nogil:
+    """Task `task` of the weight gradients:
 
-    dWx = sum x_t^T dz_t,  dWh = sum h_{t-1}^T dz_t,  db = sum dz_t.
+        dWx = sum x_t^T dz_t,  dWh = sum h_{t-1}^T dz_t,  db = sum dz_t.
+
+    The first n_groups * (row blocks of dWx and dWh) tasks are one block of
+    rows of one weight, summed over one sample group: group 0 into dWx and
+    dWh, group g > 0 into partials + (g - 1) (n_in + n_hidden) n_hidden
+    (its dWx, then its dWh), which add_weight_partials adds on. Blocks of the
+    larger weight come first, all groups of a block together. The rest are
+    column blocks of db, each summed over every sample.
     """
-    cdef Py_ssize_t rows = weight_block_rows(n_in, n_hidden)
     cdef Py_ssize_t x_blocks = n_tasks(n_in, rows)
     cdef Py_ssize_t h_blocks = n_tasks(n_hidden, rows)
+    cdef Py_ssize_t n_weight_tasks = n_groups * (x_blocks + h_blocks)
+    cdef Py_ssize_t group = task % n_groups
+    cdef Py_ssize_t block = task // n_groups
+    cdef Py_ssize_t sample_start = group * n_samples // n_groups
+    cdef Py_ssize_t sample_stop = (group + 1) * n_samples // n_groups
+    cdef floating *group_dWx = dWx
+    cdef floating *group_dWh = dWh
+    cdef bint hidden_block
     cdef Py_ssize_t start
-    if task < x_blocks:
-        start = task * rows
-        weight_grad_rows(start, min(start + rows, n_in), X, n_in, False,
-                         X, n_steps * n_in, dZ, dz_first, lengths, dWx, n_samples,
-                         n_steps, n_hidden)
-    elif task < x_blocks + h_blocks:
-        start = (task - x_blocks) * rows
-        weight_grad_rows(start, min(start + rows, n_hidden), H, n_hidden,
-                         True, h0, n_hidden, dZ, dz_first, lengths, dWh, n_samples,
-                         n_steps, n_hidden)
+    if task >= n_weight_tasks:
+        bias_grad_block(task - n_weight_tasks, dZ, dz_first, lengths, db, n_samples,
+                        n_steps, n_hidden)
+        return
+    if group > 0:
+        group_dWx = partials + (group - 1) * (n_in + n_hidden) * n_hidden
+        group_dWh = group_dWx + n_in * n_hidden
+    if n_hidden >= n_in:
+        hidden_block = block < h_blocks
+        start = (block if hidden_block else block - h_blocks) * rows
     else:
-        bias_grad_block(task - x_blocks - h_blocks, dZ, dz_first, lengths, db,
-                        n_samples, n_steps, n_hidden)
+        hidden_block = block >= x_blocks
+        start = (block - x_blocks if hidden_block else block) * rows
+    if hidden_block:
+        weight_grad_rows(start, min(start + rows, n_hidden), sample_start, sample_stop,
+                         H, n_hidden, True, h0, n_hidden, dZ, dz_first, lengths,
+                         group_dWh, n_steps, n_hidden)
+    else:
+        weight_grad_rows(start, min(start + rows, n_in), sample_start, sample_stop,
+                         X, n_in, False, X, n_steps * n_in, dZ, dz_first, lengths,
+                         group_dWx, n_steps, n_hidden)
+
+
+cdef void add_weight_partials(floating *dWx, floating *dWh, const floating *partials,
+                              Py_ssize_t n_groups, Py_ssize_t n_in, Py_ssize_t n_hidden,
+                              int n_threads) noexcept nogil:
+    """dW += the partials of groups 1 .. n_groups - 1, in group order, for
+    dWx and dWh seen as one run of (n_in + n_hidden) n_hidden values."""
+    cdef Py_ssize_t n_values = (n_in + n_hidden) * n_hidden
+    cdef Py_ssize_t n_blocks = n_tasks(n_values, BLOCK_ELEMS)
+    cdef int n_used = threads_for(n_threads, n_blocks, 1.0 * n_values * (n_groups - 1))
+    cdef Py_ssize_t block
+    if n_used == 1:
+        for block in range(n_blocks):
+            add_partials_block(block, dWx, dWh, partials, n_groups, n_in, n_hidden)
+    else:
+        for block in prange(n_blocks, num_threads=n_used, schedule='static'):
+            add_partials_block(block, dWx, dWh, partials, n_groups, n_in, n_hidden)
+
+
+cdef inline void add_partials_block(Py_ssize_t block, floating *dWx, floating *dWh,
+                                    const floating *partials, Py_ssize_t n_groups,
+                                    Py_ssize_t n_in, Py_ssize_t n_hidden) noexcept nogil:
+    cdef Py_ssize_t n_x = n_in * n_hidden
+    cdef Py_ssize_t n_values = n_x + n_hidden * n_hidden
+    cdef Py_ssize_t start = block * BLOCK_ELEMS
+    cdef Py_ssize_t stop = min(start + BLOCK_ELEMS, n_values)
+    cdef Py_ssize_t split = min(max(start, n_x), stop)
+    cdef Py_ssize_t group, i
+    cdef const floating *partial
+    for group in range(1, n_groups):
+        partial = partials + (group - 1) * n_values
+        for i in range(start, split):
+            dWx[i] += partial[i]
+        for i in range(split, stop):
+            dWh[i - n_x] += partial[i]
+
+
+cdef inline void transpose_square(const floating *A, floating *A_t,
+                                  Py_ssize_t n) noexcept nogil:
+    """A_t = A^T for an n x n row-major A, in 32 x 32 tiles."""
+    cdef Py_ssize_t i0, j0, i, j
+    for i0 in range(0, n, 32):
+        for j0 in range(0, n, 32):
+            for i in range(i0, min(i0 + 32, n)):
+                for j in range(j0, min(j0 + 32, n)):
+                    A_t[j * n + i] = A[i * n + j]
 
 
 # -- whole passes ----------------------------------------------------------------
@@ -413,7 +553,8 @@ cdef void rnn_forward_pass(
         Py_ssize_t n_hidden, int n_threads) noexcept nogil:
     """H (and h_last unless NULL) for the whole batch; h0 NULL means zeros.
 
-    scratch: (n_samples, 2 n_hidden) values; order: n_samples indices.
+    scratch: scratch_size values (only the state rows are used); order:
+    n_samples indices.
     """
     cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
@@ -441,53 +582,60 @@ cdef void rnn_backward_pass(
     """Every gradient of the batch, given dH = dL/dH and dh_last.
 
     dZ: (n_samples, n_steps, n_hidden) scratch, may be dH; dz_first:
-    (n_samples, n_hidden) scratch. NULL dH / dh_last are zeros; NULL dX / dh0
-    are not computed. The sequence chunks all finish before the weight
-    gradients start.
+    (n_samples, n_hidden) scratch; scratch: scratch_size values. NULL dH /
+    dh_last are zeros; NULL dX / dh0 are not computed. The sequence chunks
+    all finish before the weight gradients start.
     """
     cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
-    cdef Py_ssize_t block_rows = weight_block_rows(n_in, n_hidden)
-    cdef Py_ssize_t n_weight_tasks = (n_tasks(n_in, block_rows) + n_tasks(n_hidden, block_rows)
-                                      + n_tasks(n_hidden, BLOCK_COLS))
+    cdef Py_ssize_t n_groups = weight_groups(n_samples, n_hidden)
+    cdef Py_ssize_t block_rows = weight_block_rows(n_in, n_hidden, n_groups)
+    cdef Py_ssize_t n_weight_tasks = (
+        n_groups * (n_tasks(n_in, block_rows) + n_tasks(n_hidden, block_rows))
+        + n_tasks(n_hidden, BLOCK_COLS))
     cdef double rows_work = 2.0 * n_samples * n_steps * n_hidden
     cdef int chunk_threads = threads_for(
         n_threads, n_chunks, rows_work * (n_hidden + (n_in if dX != NULL else 0)))
     cdef int weight_threads = threads_for(n_threads, n_weight_tasks,
                                           rows_work * (n_in + n_hidden))
+    cdef floating *Wh_t = scratch + n_samples * 2 * n_hidden
+    cdef floating *partials = Wh_t + n_hidden * n_hidden
     cdef Py_ssize_t task
+    transpose_square(Wh, Wh_t, n_hidden)
     # Two parallel regions, never two loops in one: Cython makes loops in a
     # parallel block `omp for nowait`, and the weight gradients need every
     # chunk's dz. The join between the regions is the barrier.
     if chunk_threads == 1:
         for task in range(n_chunks):
-            backward_chunk(task, chunk_rows, Wx, Wh, H, dH, dh_last, lengths, dZ,
+            backward_chunk(task, chunk_rows, Wx, Wh_t, H, dH, dh_last, lengths, dZ,
                            dz_first, dX, dh0, scratch, order, n_samples, n_steps,
                            n_in, n_hidden)
     else:
         for task in prange(n_chunks, num_threads=chunk_threads, schedule='static'):
-            backward_chunk(task, chunk_rows, Wx, Wh, H, dH, dh_last, lengths, dZ,
+            backward_chunk(task, chunk_rows, Wx, Wh_t, H, dH, dh_last, lengths, dZ,
                            dz_first, dX, dh0, scratch, order, n_samples, n_steps,
                            n_in, n_hidden)
     if weight_threads == 1:
         for task in range(n_weight_tasks):
-            weight_grad_task(task, X, h0, H, dZ, dz_first, lengths, dWx, dWh, db,
-                             n_samples, n_steps, n_in, n_hidden)
+            weight_grad_task(task, n_groups, block_rows, X, h0, H, dZ, dz_first, lengths,
+                             dWx, dWh, db, partials, n_samples, n_steps, n_in, n_hidden)
     else:
         for task in prange(n_weight_tasks, num_threads=weight_threads, schedule='dynamic'):
-            weight_grad_task(task, X, h0, H, dZ, dz_first, lengths, dWx, dWh, db,
-                             n_samples, n_steps, n_in, n_hidden)
+            weight_grad_task(task, n_groups, block_rows, X, h0, H, dZ, dz_first, lengths,
+                             dWx, dWh, db, partials, n_samples, n_steps, n_in, n_hidden)
+    if n_groups > 1:
+        add_weight_partials(dWx, dWh, partials, n_groups, n_in, n_hidden, n_threads)
 
 
 def forward(const floating[:, :, ::1] X, object h0, const floating[:, ::1] Wx,
             const floating[:, ::1] Wh, const floating[::1] b,
             const Py_ssize_t[::1] lengths, floating[:, :, ::1] H,
-            floating[:, ::1] scratch, Py_ssize_t[::1] order, int n_threads):
+            floating[::1] scratch, Py_ssize_t[::1] order, int n_threads):
     """Fill H; h0 is an array shaped like H[:, 0] or None (zeros)."""
     cdef const floating *h0_data = <const floating *> data_or_null(h0)
     with nogil:
         rnn_forward_pass(&X[0, 0, 0], h0_data, &Wx[0, 0], &Wh[0, 0], &b[0],
-                         &lengths[0], &H[0, 0, 0], NULL, &scratch[0, 0], &order[0],
+                         &lengths[0], &H[0, 0, 0], NULL, &scratch[0], &order[0],
                          X.shape[0], X.shape[1], X.shape[2], Wx.shape[1], n_threads)
 
 
@@ -497,7 +645,7 @@ def backward(const floating[:, :, ::1] X, object h0, const floating[:, ::1] Wx,
              const Py_ssize_t[::1] lengths, floating[:, :, ::1] dZ,
              floating[:, ::1] dz_first, floating[:, :, ::1] dX,
              floating[:, ::1] dh0, floating[:, ::1] dWx, floating[:, ::1] dWh,
-             floating[::1] db, floating[:, ::1] scratch, Py_ssize_t[::1] order,
+             floating[::1] db, floating[::1] scratch, Py_ssize_t[::1] order,
              int n_threads):
     """Fill dX, dh0, dWx, dWh, db; dZ and dz_first are scratch."""
     cdef const floating *h0_data = <const floating *> data_or_null(h0)
@@ -506,7 +654,7 @@ def backward(const floating[:, :, ::1] X, object h0, const floating[:, ::1] Wx,
         rnn_backward_pass(&X[0, 0, 0], h0_data, &Wx[0, 0], &Wh[0, 0], &H[0, 0, 0],
                           &dH[0, 0, 0], dh_last_data, &lengths[0], &dZ[0, 0, 0],
                           &dz_first[0, 0], &dX[0, 0, 0], &dh0[0, 0], &dWx[0, 0],
-                          &dWh[0, 0], &db[0], &scratch[0, 0], &order[0], X.shape[0],
+                          &dWh[0, 0], &db[0], &scratch[0], &order[0], X.shape[0],
                           X.shape[1], X.shape[2], Wx.shape[1], n_threads)
 
 

@@ -9,8 +9,10 @@ _Float = NDArray[np.floating[Any]]
 _Index = NDArray[np.intp]
 
 def buffer_shapes(
-    n_samples: int, n_steps: int, n_hidden: int, n_out: int, return_sequences: bool
+    n_samples: int, n_steps: int, n_in: int, n_hidden: int, n_out: int,
+    return_sequences: bool,
 ) -> list[tuple[tuple[int, ...], type | None]]: ...
+def scratch_size(n_samples: int, n_in: int, n_hidden: int) -> int: ...
 def forward(
     X: _Float, h0: _Float | None, Wx: _Float, Wh: _Float, b: _Float, lengths: _Index,
     H: _Float, scratch: _Float, order: _Index, n_threads: int,

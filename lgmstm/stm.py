@@ -76,8 +76,9 @@ class _CompiledRecurrent:
         return n_samples * max(n_steps, 1) * n_hidden * max(n_in, n_hidden, n_out)
 
     def _buffers(self, n_samples, n_steps, dtype):
-        shapes = _recurrent.buffer_shapes(n_samples, n_steps, int(self.sizes[1]),
-                                          int(self.sizes[2]), self.return_sequences)
+        n_in, n_hidden, n_out = (int(n) for n in self.sizes)
+        shapes = _recurrent.buffer_shapes(n_samples, n_steps, n_in, n_hidden, n_out,
+                                          self.return_sequences)
         return [np.empty(shape, dtype if kind is None else kind) for shape, kind in shapes]
 
     def predict(self, X, h0, lengths):
