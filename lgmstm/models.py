@@ -338,6 +338,33 @@ class UseLock:
                 self._condition.notify_all()
 
 
+class TrainingWorkspace:
+    """The scratch arrays of a compiled network's latest fit, kept for its next.
+
+    A fresh workspace is paid for again at every fit: the kernel zeroes each
+    page on first touch, about 5% of an epoch of the large benchmark STM
+    (tens of MB), and so of every fit(epochs=1) in a loop (partial_fit).
+    Only fit uses it, and a model runs one fit at a time (its lock), so one
+    workspace per network is safe; it holds the arrays until the next fit
+    with other shapes or dtype, or release().
+    """
+
+    def __init__(self):
+        self._key = None
+        self._arrays = None
+
+    def get(self, key, make):
+        """The arrays made for key, from make() when the last fit's key differs."""
+        if self._key != key:
+            self.release()
+            self._arrays = make()
+            self._key = key
+        return self._arrays
+
+    def release(self):
+        self._key = self._arrays = None
+
+
 class _CompiledNetwork:
     """Forward/gradients/training of a dense network with lgmstm._dense."""
 
@@ -346,6 +373,7 @@ class _CompiledNetwork:
         self.sizes = np.asarray(layer_sizes, dtype=np.intp)
         self.output_tanh = output_tanh
         self.pointers = _dense.PointerList(params)
+        self.workspace = TrainingWorkspace()
 
     def _work(self, n_samples):
         return _dense.TASK_ROWS * max(max(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:])),
@@ -377,27 +405,35 @@ class _CompiledNetwork:
 
 
 class _CompiledTrainer:
-    """Every buffer one fit needs, allocated once; run() trains a block of epochs
-    (small networks' panel workspace is allocated by the compiled call, once a block)."""
+    """Every buffer one fit needs, allocated once (the scratch ones are the
+    network's TrainingWorkspace, kept for its next fit); run() trains a block
+    of epochs (small networks' panel workspace is allocated by the compiled
+    call, once a block)."""
 
     def __init__(self, network, X, Y, batch_size, optimizer, lr):
         self.network, self.X, self.Y = network, X, Y
         self.batch_size, self.lr = batch_size, lr
         self.optimizer = OPTIMIZERS.index(optimizer)
         dtype = X.dtype
-        grads = [np.empty_like(p) for p in network.params]
+
+        def make_workspace():
+            return ([np.empty_like(p) for p in network.params],
+                    network._buffers(batch_size, dtype), network._buffers(batch_size, dtype),
+                    np.empty((batch_size, X.shape[1]), dtype),
+                    np.empty((batch_size, Y.shape[1]), dtype),
+                    np.empty(_dense.partials_size(batch_size)))
+
+        grads, activations, deltas, self.X_batch, self.Y_batch, self.partials = (
+            network.workspace.get((batch_size, X.shape[1], Y.shape[1], dtype), make_workspace))
         n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
         states = [[np.zeros_like(p) for p in network.params] for _ in range(n_states)]
+        self.params = network.params
+        self.state = network.params + [a for arrays in states for a in arrays]
         states += [grads] * (2 - n_states)  # unused by the optimizer: any valid pointers
         self.grads = _dense.PointerList(grads)
         self.state1, self.state2 = (_dense.PointerList(s) for s in states)
-        self.params = network.params
-        self.state = network.params + [a for arrays in states[:n_states] for a in arrays]
-        self.activations = _dense.PointerList(network._buffers(batch_size, dtype))
-        self.deltas = _dense.PointerList(network._buffers(batch_size, dtype))
-        self.X_batch = np.empty((batch_size, X.shape[1]), dtype)
-        self.Y_batch = np.empty((batch_size, Y.shape[1]), dtype)
-        self.partials = np.empty(_dense.partials_size(batch_size))
+        self.activations = _dense.PointerList(activations)
+        self.deltas = _dense.PointerList(deltas)
         self.no_order = np.empty((0, X.shape[0]), np.intp)
         self.step = 0
 

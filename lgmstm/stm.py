@@ -33,6 +33,7 @@ from .models import (
     MOMENTUM,
     OPTIMIZERS,
     OUTPUTS,
+    TrainingWorkspace,
     UseLock,
     _check_dtype,
     _check_seed,
@@ -70,6 +71,7 @@ class _CompiledRecurrent:
         self.params = params
         self.sizes = np.asarray(sizes, dtype=np.intp)
         self.output_tanh, self.return_sequences = output_tanh, return_sequences
+        self.workspace = TrainingWorkspace()
 
     def _work(self, n_samples, n_steps):
         n_in, n_hidden, n_out = (int(n) for n in self.sizes)
@@ -102,8 +104,10 @@ class _CompiledRecurrent:
 
 
 class _CompiledTrainer:
-    """Every buffer one fit needs, allocated once; run() trains a block of epochs
-    (small networks' panel workspace is allocated by the compiled call, once a block).
+    """Every buffer one fit needs, allocated once (the scratch ones are the
+    network's TrainingWorkspace, kept for its next fit); run() trains a block
+    of epochs (small networks' panel workspace is allocated by the compiled
+    call, once a block).
 
     final_states: each sequence's final state, from the latest epoch.
     """
@@ -115,16 +119,22 @@ class _CompiledTrainer:
         n_samples, n_steps, n_in = X.shape
         n_hidden = int(network.sizes[1])
         dtype = X.dtype
-        self.grads = [np.empty_like(p) for p in network.params]
+        targets_per_sample = self.Y.size // max(1, n_samples)
+
+        def make_workspace():
+            return ([np.empty_like(p) for p in network.params],
+                    network._buffers(batch_size, n_steps, dtype),
+                    np.empty((batch_size, n_steps, n_in), dtype),
+                    np.empty(batch_size * targets_per_sample, dtype),
+                    np.empty(batch_size, np.intp), np.empty((batch_size, n_hidden), dtype))
+
+        (self.grads, self.buffers, self.X_batch, self.Y_batch, self.lengths_batch,
+         self.h0_batch) = network.workspace.get(
+            (batch_size, n_steps, targets_per_sample, dtype), make_workspace)
         n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
         states = [[np.zeros_like(p) for p in network.params] for _ in range(n_states)]
         states += [self.grads] * (2 - n_states)  # unused by the optimizer: any valid pointers
         self.state1, self.state2 = states
-        self.buffers = network._buffers(batch_size, n_steps, dtype)
-        self.X_batch = np.empty((batch_size, n_steps, n_in), dtype)
-        self.Y_batch = np.empty(batch_size * (self.Y.size // max(1, n_samples)), dtype)
-        self.lengths_batch = np.empty(batch_size, np.intp)
-        self.h0_batch = np.empty((batch_size if h0 is not None else 0, n_hidden), dtype)
         self.final_states = np.zeros((n_samples, n_hidden), dtype)
         self.no_order = np.empty((0, n_samples), np.intp)
         self.step = 0
