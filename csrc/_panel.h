@@ -293,6 +293,7 @@ LGMSTM_DEFINE_KERNELS(_f_base, float, float, )
 #endif
 #define LGMSTM_DEFINE_DISPATCH(NAME, ARGS, CALL) static void NAME ARGS { NAME##_base CALL; }
 #define LGMSTM_PANEL_HAS_DISPATCH 0
+static int lgmstm_panel_level(void) { return 0; }
 
 #endif
 
@@ -302,5 +303,67 @@ LGMSTM_DEFINE_DISPATCH(lgmstm_row_dots_d, LGMSTM_ROW_DOTS_ARGS(double), LGMSTM_R
 LGMSTM_DEFINE_DISPATCH(lgmstm_row_dots_f, LGMSTM_ROW_DOTS_ARGS(float), LGMSTM_ROW_DOTS_CALL)
 LGMSTM_DEFINE_DISPATCH(lgmstm_row_sums_d, LGMSTM_ROW_SUMS_ARGS(double), LGMSTM_ROW_SUMS_CALL)
 LGMSTM_DEFINE_DISPATCH(lgmstm_row_sums_f, LGMSTM_ROW_SUMS_ARGS(float), LGMSTM_ROW_SUMS_CALL)
+
+/*
+ * Packed products: C (m, n) = A B (+ C when accumulate), all row-major, with
+ * B (k, n) packed once into column panels, for a B that many products share
+ * (the recurrent weight, at every time step). BLAS repacks B at every call;
+ * the panels are packed once per pass.
+ *
+ * pack_panels: packed = B, or B^T when transpose (B stored (n, k)), as
+ * panels of 2 P columns (P = LGMSTM_PANEL(T)) and a last one of P, each
+ * k rows of its width, one after another; columns past n are 0. It takes
+ * k * round_up(n, P) values.
+ *
+ * packed_product: panel_product on each panel. A last panel that runs past
+ * n goes through scratch (m * 2 P values), so that C's columns past n are
+ * never written. Each element sums along k in order, like panel_product.
+ */
+#define LGMSTM_DEFINE_PACKED(SUFFIX, T)                                             \
+    static void lgmstm_pack_panels##SUFFIX(const T *B, ptrdiff_t ldb, int transpose, \
+                                           ptrdiff_t k, ptrdiff_t n, T *packed)    \
+    {                                                                               \
+        const ptrdiff_t P = LGMSTM_PANEL(T);                                        \
+        const ptrdiff_t n_padded = (n + P - 1) / P * P;                             \
+        for (ptrdiff_t s0 = 0; s0 < n_padded;) {                                    \
+            ptrdiff_t width = n_padded - s0 >= 2 * P ? 2 * P : P;                   \
+            T *panel = packed + s0 * k;                                             \
+            for (ptrdiff_t kk = 0; kk < k; ++kk)                                    \
+                for (ptrdiff_t j = 0; j < width; ++j)                               \
+                    panel[kk * width + j] = s0 + j >= n ? (T)0                      \
+                        : transpose ? B[(s0 + j) * ldb + kk] : B[kk * ldb + s0 + j]; \
+            s0 += width;                                                            \
+        }                                                                           \
+    }                                                                               \
+    static void lgmstm_packed_product##SUFFIX(                                      \
+            ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, ptrdiff_t lda,       \
+            const T *packed, int accumulate, T *C, ptrdiff_t ldc, T *scratch)       \
+    {                                                                               \
+        const ptrdiff_t P = LGMSTM_PANEL(T);                                        \
+        const ptrdiff_t n_padded = (n + P - 1) / P * P;                             \
+        for (ptrdiff_t s0 = 0; s0 < n_padded;) {                                    \
+            ptrdiff_t width = n_padded - s0 >= 2 * P ? 2 * P : P;                   \
+            if (s0 + width <= n) {                                                  \
+                lgmstm_panel_product##SUFFIX(m, width, k, A, lda, 1, packed + s0 * k, \
+                                             width, NULL, accumulate, NULL, 0,      \
+                                             C + s0, ldc);                          \
+            } else {                                                                \
+                for (ptrdiff_t i = 0; i < m; ++i)                                   \
+                    for (ptrdiff_t j = 0; j < width; ++j)                           \
+                        scratch[i * width + j] = accumulate && s0 + j < n           \
+                            ? C[i * ldc + s0 + j] : (T)0;                           \
+                lgmstm_panel_product##SUFFIX(m, width, k, A, lda, 1, packed + s0 * k, \
+                                             width, NULL, accumulate, NULL, 0,      \
+                                             scratch, width);                       \
+                for (ptrdiff_t i = 0; i < m; ++i)                                   \
+                    memcpy(C + i * ldc + s0, scratch + i * width,                   \
+                           (size_t)(n - s0) * sizeof(T));                           \
+            }                                                                       \
+            s0 += width;                                                            \
+        }                                                                           \
+    }
+
+LGMSTM_DEFINE_PACKED(_d, double)
+LGMSTM_DEFINE_PACKED(_f, float)
 
 #endif

@@ -42,7 +42,9 @@ from _tanh cimport tanh_inplace, tanh_rows
 from _panel cimport (panel_product, row_sums, gather_columns, panel_loss, padded_width,
                      group_panels, sample_major_gradient, transpose_columns,
                      add_weight_gradient, finish_weight_gradient, panel_calloc,
-                     PANEL_MAX_WORK, MAX_PANEL_GROUPS)
+                     PANEL_MAX_WORK, MAX_PANEL_GROUPS, PACKED_SCRATCH_PER_ROW,
+                     packed_size, use_packed_product, pack_panels, packed_product,
+                     lgmstm_panel_level)
 from libc.stdlib cimport free
 
 cnp.import_array()
@@ -146,10 +148,30 @@ cdef inline Py_ssize_t weight_block_rows(Py_ssize_t n_in, Py_ssize_t n_hidden,
     return rows
 
 
+# The time loops' scratch, in values of the dtype and in this order: two
+# state rows per sample, Wh^T, Wh or Wh^T in packed panels, rows for
+# packed_product (per sample), and the weight-gradient partials of every
+# sample group but the first.
+cdef inline Py_ssize_t transposed_offset(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
+    return n_samples * 2 * n_hidden
+
+
+cdef inline Py_ssize_t packed_offset(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
+    return transposed_offset(n_samples, n_hidden) + n_hidden * n_hidden
+
+
+cdef inline Py_ssize_t product_rows_offset(Py_ssize_t n_samples,
+                                           Py_ssize_t n_hidden) noexcept nogil:
+    return packed_offset(n_samples, n_hidden) + packed_size(n_hidden, n_hidden)
+
+
+cdef inline Py_ssize_t partials_offset(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
+    return product_rows_offset(n_samples, n_hidden) + n_samples * PACKED_SCRATCH_PER_ROW
+
+
 def scratch_size(Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_hidden):
-    """Values of scratch the time loops need: two state rows per sample, Wh^T,
-    and the weight-gradient partials of every sample group but the first."""
-    return (n_samples * 2 * n_hidden + n_hidden * n_hidden
+    """Values of scratch the time loops need (see above)."""
+    return (partials_offset(n_samples, n_hidden)
             + (weight_groups(n_samples, n_hidden) - 1) * (n_in + n_hidden) * n_hidden)
 
 
@@ -183,18 +205,52 @@ cdef inline void sort_by_length(const Py_ssize_t *lengths, Py_ssize_t start,
         order[m] = sample
 
 
-cdef inline void recurrent_product(const floating *h, const floating *Wh,
-                                   floating *out, Py_ssize_t n_rows,
-                                   Py_ssize_t n_hidden, bint transpose,
-                                   floating beta) noexcept nogil:
-    """out (n_rows, n_hidden) = h Wh + beta out (h Wh^T when transpose).
+cdef inline void recurrent_product(const floating *h, Py_ssize_t ld_h,
+                                   const floating *W, const floating *packed,
+                                   floating *out, Py_ssize_t ld_out, Py_ssize_t n_rows,
+                                   Py_ssize_t n_hidden, bint accumulate,
+                                   floating *product_rows) noexcept nogil:
+    """out (n_rows, n_hidden) = h W (+ out when accumulate), rows ld_h and
+    ld_out apart; W is Wh or Wh^T, row-major.
 
-    Always BLAS: a plain loop measured slower even for 5-unit states. The
-    backward pass passes a transposed copy of Wh instead of transpose=True:
+    With packed (W in panels, see use_packed_product) the panel kernel
+    computes it (product_rows: its scratch, n_rows * PACKED_SCRATCH_PER_ROW
+    values), else BLAS, for any size: a plain loop measured slower even for
+    5-unit states. The backward pass hands BLAS Wh^T, not transpose=True:
     OpenBLAS runs these short products 10-35% slower with a transposed B.
     """
-    gemm(False, transpose, <int> n_rows, <int> n_hidden, <int> n_hidden, 1, h,
-         <int> n_hidden, Wh, <int> n_hidden, beta, out, <int> n_hidden)
+    if packed != NULL:
+        packed_product(n_rows, n_hidden, n_hidden, h, ld_h, packed, accumulate, out,
+                       ld_out, product_rows)
+    else:
+        gemm(False, False, <int> n_rows, <int> n_hidden, <int> n_hidden, 1, h, <int> ld_h,
+             W, <int> n_hidden, 1 if accumulate else 0, out, <int> ld_out)
+
+
+def recurrent_product_kind(Py_ssize_t n_hidden):
+    """"packed" or "blas": how the time loops multiply by Wh (a test hook)."""
+    return "packed" if use_packed_product(n_hidden) else "blas"
+
+
+def panel_kernel_build():
+    """The build of the panel kernels (_panel.h) this CPU runs: "avx512",
+    "avx2" or "baseline" (the only one without run-time dispatch)."""
+    return ("baseline", "avx2", "avx512")[lgmstm_panel_level()]
+
+
+cdef inline const floating *prepare_recurrent_weight(
+        const floating *Wh, bint transpose, floating *scratch, Py_ssize_t n_samples,
+        Py_ssize_t n_hidden) noexcept nogil:
+    """Write Wh (or Wh^T when transpose) in the form recurrent_product takes
+    to scratch; return the packed panels, or NULL when BLAS will multiply
+    (then Wh^T is at transposed_offset)."""
+    cdef floating *packed = scratch + packed_offset(n_samples, n_hidden)
+    if use_packed_product(n_hidden):
+        pack_panels(Wh, n_hidden, transpose, n_hidden, n_hidden, packed)
+        return packed
+    if transpose:
+        transpose_square(Wh, scratch + transposed_offset(n_samples, n_hidden), n_hidden)
+    return NULL
 
 
 cdef inline bint in_order(const Py_ssize_t *order, Py_ssize_t start,
@@ -211,15 +267,17 @@ cdef void forward_chunk(
         Py_ssize_t chunk, Py_ssize_t chunk_rows, const floating *X,
         const floating *h0, const floating *Wx, const floating *Wh,
         const floating *b, const Py_ssize_t *lengths, floating *H,
-        floating *h_last, floating *scratch, Py_ssize_t *order,
-        Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
+        floating *h_last, const floating *packed, floating *scratch,
+        Py_ssize_t *order, Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
         Py_ssize_t n_hidden) noexcept nogil:
-    """States of one chunk of samples; h_last (if not NULL) gets their final states."""
+    """States of one chunk of samples; h_last (if not NULL) gets their final states.
+    packed: see prepare_recurrent_weight."""
     cdef Py_ssize_t start = chunk * chunk_rows
     cdef Py_ssize_t stop = min(start + chunk_rows, n_samples)
     cdef Py_ssize_t nh = n_hidden
     cdef size_t row_bytes = nh * sizeof(floating)
     cdef Py_ssize_t first, last, i
+    cdef floating *product_rows
     first = start
     while first < stop:
         last = run_end(lengths, n_steps, first, stop)
@@ -228,11 +286,13 @@ cdef void forward_chunk(
         first = last + 1
     order += start
     sort_by_length(lengths, start, stop, order)
+    product_rows = scratch + product_rows_offset(n_samples, nh) + start * PACKED_SCRATCH_PER_ROW
     if in_order(order, start, stop):
-        forward_steps_in_place(start, stop, h0, Wh, lengths, H, n_steps, nh)
+        forward_steps_in_place(start, stop, h0, Wh, packed, lengths, H, product_rows,
+                               n_steps, nh)
     else:
-        forward_steps_gathered(start, stop, h0, Wh, lengths, H, scratch + start * 2 * nh,
-                               order, n_steps, nh)
+        forward_steps_gathered(start, stop, h0, Wh, packed, lengths, H,
+                               scratch + start * 2 * nh, product_rows, order, n_steps, nh)
     for i in range(start, stop):
         memset(H + (i * n_steps + lengths[i]) * nh, 0, (n_steps - lengths[i]) * row_bytes)
         if h_last == NULL:
@@ -247,13 +307,13 @@ cdef void forward_chunk(
 
 cdef void forward_steps_in_place(
         Py_ssize_t start, Py_ssize_t stop, const floating *h0, const floating *Wh,
-        const Py_ssize_t *lengths, floating *H, Py_ssize_t n_steps,
-        Py_ssize_t nh) noexcept nogil:
+        const floating *packed, const Py_ssize_t *lengths, floating *H,
+        floating *product_rows, Py_ssize_t n_steps, Py_ssize_t nh) noexcept nogil:
     """The time loop of samples start..stop-1, longest first: the samples
     still running at step t are a prefix, rows n_steps * nh apart in H, and
     h_{t-1} Wh is added to H's step-t rows in place (no copies)."""
     cdef Py_ssize_t n_active = stop - start, t
-    cdef int ld = <int> (n_steps * nh)
+    cdef Py_ssize_t ld = n_steps * nh
     cdef floating *step_rows
     for t in range(n_steps):
         while n_active > 0 and lengths[start + n_active - 1] <= t:
@@ -262,18 +322,19 @@ cdef void forward_steps_in_place(
             return
         step_rows = H + (start * n_steps + t) * nh
         if t > 0:
-            gemm(False, False, <int> n_active, <int> nh, <int> nh, 1, step_rows - nh, ld,
-                 Wh, <int> nh, 1, step_rows, ld)
+            recurrent_product(step_rows - nh, ld, Wh, packed, step_rows, ld, n_active, nh,
+                              True, product_rows)
         elif h0 != NULL:
-            gemm(False, False, <int> n_active, <int> nh, <int> nh, 1, h0 + start * nh,
-                 <int> nh, Wh, <int> nh, 1, step_rows, ld)
+            recurrent_product(h0 + start * nh, nh, Wh, packed, step_rows, ld, n_active, nh,
+                              True, product_rows)
         tanh_rows(step_rows, n_active, nh, ld)
 
 
 cdef void forward_steps_gathered(
         Py_ssize_t start, Py_ssize_t stop, const floating *h0, const floating *Wh,
-        const Py_ssize_t *lengths, floating *H, floating *scratch,
-        const Py_ssize_t *order, Py_ssize_t n_steps, Py_ssize_t nh) noexcept nogil:
+        const floating *packed, const Py_ssize_t *lengths, floating *H,
+        floating *scratch, floating *product_rows, const Py_ssize_t *order,
+        Py_ssize_t n_steps, Py_ssize_t nh) noexcept nogil:
     """The time loop of samples start..stop-1 in any order: the running states
     of the active samples (a prefix of order) are gathered into scratch
     ((stop - start) rows, and as many for the next states, swapped every step)."""
@@ -294,7 +355,8 @@ cdef void forward_steps_gathered(
             return
         for k in range(n_active):
             memcpy(product + k * nh, H + (order[k] * n_steps + t) * nh, row_bytes)
-        recurrent_product(state, Wh, product, n_active, nh, False, 1)
+        recurrent_product(state, nh, Wh, packed, product, nh, n_active, nh, True,
+                          product_rows)
         tanh_inplace(product, n_active * nh)
         for k in range(n_active):
             memcpy(H + (order[k] * n_steps + t) * nh, product + k * nh, row_bytes)
@@ -305,8 +367,8 @@ cdef void forward_steps_gathered(
 
 cdef void backward_chunk(
         Py_ssize_t chunk, Py_ssize_t chunk_rows, const floating *Wx,
-        const floating *Wh_t, const floating *H, const floating *dH,
-        const floating *dh_last, const Py_ssize_t *lengths, floating *dZ,
+        const floating *Wh_t, const floating *packed, const floating *H,
+        const floating *dH, const floating *dh_last, const Py_ssize_t *lengths, floating *dZ,
         floating *dz_first, floating *dX, floating *dh0, floating *scratch,
         Py_ssize_t *order, Py_ssize_t n_samples, Py_ssize_t n_steps,
         Py_ssize_t n_in, Py_ssize_t n_hidden) noexcept nogil:
@@ -314,8 +376,9 @@ cdef void backward_chunk(
 
         dz_t = (dH_t + dz_{t+1} Wh^T) (1 - h_t^2),   dh0 = dz_0 Wh^T
 
-    (Wh_t is Wh^T, row-major) starting at each sequence's last valid step, where dh_last joins (at
-    length 0 it passes straight to dh0). dH and dh_last may be NULL (zero),
+    starting at each sequence's last valid step, where dh_last joins (at
+    length 0 it passes straight to dh0). Wh_t is Wh^T, row-major, for BLAS,
+    unless packed holds it in panels (see prepare_recurrent_weight). dH and dh_last may be NULL (zero),
     dX and dh0 NULL (not wanted). dZ may be dH itself: each element is read
     before it is written. Then dX = dZ Wx^T, and step 0's dz moves from dZ
     to dz_first (see weight_grad_rows).
@@ -326,6 +389,8 @@ cdef void backward_chunk(
     cdef size_t row_bytes = nh * sizeof(floating)
     cdef floating *carry = scratch + start * 2 * nh   # dL/dh_t from step t + 1
     cdef floating *dz = carry + (stop - start) * nh
+    cdef floating *product_rows = (scratch + product_rows_offset(n_samples, nh)
+                                   + start * PACKED_SCRATCH_PER_ROW)
     cdef Py_ssize_t first, last, i, j, k, t, row
     cdef Py_ssize_t n_active = 0
     cdef floating value
@@ -350,7 +415,8 @@ cdef void backward_chunk(
                 dz[k * nh + j] = value
                 dZ[row + j] = value
         if t > 0 or dh0 != NULL:
-            recurrent_product(dz, Wh_t, carry, n_active, nh, False, 0)
+            recurrent_product(dz, nh, Wh_t, packed, carry, nh, n_active, nh, False,
+                              product_rows)
     if dh0 != NULL:
         for k in range(stop - start):
             i = order[k]
@@ -553,22 +619,23 @@ cdef void rnn_forward_pass(
         Py_ssize_t n_hidden, int n_threads) noexcept nogil:
     """H (and h_last unless NULL) for the whole batch; h0 NULL means zeros.
 
-    scratch: scratch_size values (only the state rows are used); order:
-    n_samples indices.
+    scratch: scratch_size values; order: n_samples indices.
     """
     cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
     cdef int n_used = threads_for(n_threads, n_chunks,
                                   2.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden))
+    cdef const floating *packed = prepare_recurrent_weight(Wh, False, scratch, n_samples,
+                                                           n_hidden)
     cdef Py_ssize_t chunk
     if n_used == 1:
         for chunk in range(n_chunks):
             forward_chunk(chunk, chunk_rows, X, h0, Wx, Wh, b, lengths, H, h_last,
-                          scratch, order, n_samples, n_steps, n_in, n_hidden)
+                          packed, scratch, order, n_samples, n_steps, n_in, n_hidden)
     else:
         for chunk in prange(n_chunks, num_threads=n_used, schedule='static'):
             forward_chunk(chunk, chunk_rows, X, h0, Wx, Wh, b, lengths, H, h_last,
-                          scratch, order, n_samples, n_steps, n_in, n_hidden)
+                          packed, scratch, order, n_samples, n_steps, n_in, n_hidden)
 
 
 cdef void rnn_backward_pass(
@@ -598,21 +665,22 @@ cdef void rnn_backward_pass(
         n_threads, n_chunks, rows_work * (n_hidden + (n_in if dX != NULL else 0)))
     cdef int weight_threads = threads_for(n_threads, n_weight_tasks,
                                           rows_work * (n_in + n_hidden))
-    cdef floating *Wh_t = scratch + n_samples * 2 * n_hidden
-    cdef floating *partials = Wh_t + n_hidden * n_hidden
+    cdef const floating *Wh_t = scratch + transposed_offset(n_samples, n_hidden)
+    cdef floating *partials = scratch + partials_offset(n_samples, n_hidden)
+    cdef const floating *packed = prepare_recurrent_weight(Wh, True, scratch, n_samples,
+                                                           n_hidden)
     cdef Py_ssize_t task
-    transpose_square(Wh, Wh_t, n_hidden)
     # Two parallel regions, never two loops in one: Cython makes loops in a
     # parallel block `omp for nowait`, and the weight gradients need every
     # chunk's dz. The join between the regions is the barrier.
     if chunk_threads == 1:
         for task in range(n_chunks):
-            backward_chunk(task, chunk_rows, Wx, Wh_t, H, dH, dh_last, lengths, dZ,
+            backward_chunk(task, chunk_rows, Wx, Wh_t, packed, H, dH, dh_last, lengths, dZ,
                            dz_first, dX, dh0, scratch, order, n_samples, n_steps,
                            n_in, n_hidden)
     else:
         for task in prange(n_chunks, num_threads=chunk_threads, schedule='static'):
-            backward_chunk(task, chunk_rows, Wx, Wh_t, H, dH, dh_last, lengths, dZ,
+            backward_chunk(task, chunk_rows, Wx, Wh_t, packed, H, dH, dh_last, lengths, dZ,
                            dz_first, dX, dh0, scratch, order, n_samples, n_steps,
                            n_in, n_hidden)
     if weight_threads == 1:

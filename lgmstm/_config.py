@@ -61,7 +61,7 @@ def config_info():
     import scipy
     from threadpoolctl import threadpool_info
 
-    from . import __version__
+    from . import __version__, _recurrent
 
     scipy_blas = scipy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     libraries = []
@@ -86,6 +86,7 @@ def config_info():
         "threads": get_num_threads(),
         "simd_dispatch": _openmp.simd_dispatch(),
         "simd_clone": _tanh_clone(),
+        "panel_kernels": _recurrent.panel_kernel_build(),
         "scipy_blas": f"{scipy_blas.get('name', 'unknown')} {scipy_blas.get('version', '')}".strip(),
         "compiler": compiler,
         "flags": flags,
@@ -120,6 +121,8 @@ def show_config(file=None):
         f"  numpy     {info['numpy']}, scipy {info['scipy']}",
         f"  OpenMP    {openmp}",
         f"  SIMD      {simd}",
+        f"  panels    small-network and recurrent-weight kernels: the "
+        f"{info['panel_kernels']} build",
         f"  compiler  {info['compiler']}",
         f"  flags     {info['flags']}",
         f"  BLAS      kernels call scipy's ({info['scipy_blas']}) through "

@@ -17,6 +17,10 @@ SHAPES = {
     "empty batch": (0, 6, 3, 5),
     "several chunks": (130, 9, 4, 6),
     "several chunks, wide state": (70, 5, 3, 40),
+    # 128-512 units multiply by Wh in packed panels on AVX-512 machines
+    # (_panel.pxd, use_packed_product); 131 leaves a ragged last panel.
+    "packed panels": (9, 6, 5, 128),
+    "packed panels, ragged": (70, 4, 3, 131),
 }
 
 
@@ -123,7 +127,18 @@ def test_gradients_match_finite_differences(module, with_lengths):
         np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8, err_msg=name)
 
 
-@pytest.mark.parametrize("n_hidden", [6, 40], ids=["narrow state", "wide state"])
+def test_packed_panels_are_used_where_expected():
+    from lgmstm import _recurrent
+    # Only the AVX-512 build of the panel kernel beats BLAS at these sizes.
+    expected = "packed" if _recurrent.panel_kernel_build() == "avx512" else "blas"
+    for n_hidden in (128, 131, 136, 512):
+        assert _recurrent.recurrent_product_kind(n_hidden) == expected
+    for n_hidden in (1, 64, 127, 513, 1024):
+        assert _recurrent.recurrent_product_kind(n_hidden) == "blas"
+
+
+@pytest.mark.parametrize("n_hidden", [6, 40, 136],
+                         ids=["narrow state", "wide state", "packed panels"])
 def test_same_bits_for_any_thread_count(n_hidden):
     # 200 samples make 4 chunks of 50, so 2 and 3 threads really share the work.
     p = make_problem((200, 12, 9, n_hidden), np.float64, seed=2)
