@@ -387,6 +387,24 @@ class STM:
         """Forget the working memory: the next call starts from zero states."""
         self._state = None
 
+    def __getstate__(self):
+        # Plain data only (as LGM's): the lock and the compiled network are rebuilt.
+        with self._lock.reading():
+            return {"sizes": (self.n_in, self.n_hidden, self.n_out), "output": self.output,
+                    "return_sequences": self.return_sequences, "stateful": self.stateful,
+                    "dtype": self.dtype.name, "backend": self.backend,
+                    "params": [p.copy() for p in self._params],
+                    "state": None if self._state is None else self._state.copy(),
+                    "history_": self.history_, "rng": self._rng}
+
+    def __setstate__(self, state):
+        STM.__init__(self, *state["sizes"], output=state["output"],
+                     return_sequences=state["return_sequences"], stateful=state["stateful"],
+                     dtype=state["dtype"], backend=state["backend"])
+        for param, value in zip(self._params, state["params"]):
+            param[...] = value
+        self._state, self.history_, self._rng = state["state"], state["history_"], state["rng"]
+
     def __repr__(self):
         return (f"STM({self.n_in}, {self.n_hidden}, {self.n_out}, output={self.output!r}, "
                 f"return_sequences={self.return_sequences}, stateful={self.stateful}, "

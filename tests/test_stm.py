@@ -355,3 +355,28 @@ def test_backends_agree_on_stateful_minibatch_training(return_sequences):
                   lengths=lengths, seed=2)
     np.testing.assert_allclose(compiled.state, numpy.state, rtol=1e-11, atol=1e-13)
     assert_params_close(compiled, numpy, 1e-11)
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+@pytest.mark.parametrize("copier", ["pickle", "deepcopy"])
+def test_pickle_and_deepcopy_keep_everything(backend, copier):
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((6, 7, 3))
+    Y = rng.uniform(-0.5, 0.5, (6, 7, 2))
+    model = lgmstm.STM(3, 8, 2, stateful=True, dtype=np.float32, seed=2, backend=backend)
+    model.fit(X, Y, epochs=3, lr=0.05, seed=1)
+    twin = pickle.loads(pickle.dumps(model)) if copier == "pickle" else copy.deepcopy(model)
+    assert repr(twin) == repr(model)
+    for name, value in model.params.items():
+        np.testing.assert_array_equal(twin.params[name], value, err_msg=name)
+    np.testing.assert_array_equal(twin.state, model.state)
+    np.testing.assert_array_equal(twin.history_, model.history_)
+    # Same state, parameters and generator: the two go on identically.
+    np.testing.assert_array_equal(twin.predict(X), model.predict(X))
+    np.testing.assert_array_equal(twin.fit(X, Y, epochs=2, lr=0.05),
+                                  model.fit(X, Y, epochs=2, lr=0.05))
+    twin.reset_state()
+    assert model.state is not None  # the copy shares nothing
