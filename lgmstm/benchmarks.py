@@ -520,25 +520,52 @@ class Measurement:
 SETTLE_SECONDS = 0.3
 
 
-def measure(items, *, target_seconds=0.15, repeats=5, progress=None):
-    """Median time per iteration of every item.
+def _rivals(items):
+    """Runs of consecutive items that are the same work on the same threads
+    (one case, size, dtype and thread count), in order."""
+    runs = []
+    for item in items:
+        if runs and (runs[-1][0].group, runs[-1][0].threads) == (item.group, item.threads):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
 
-    Each item is warmed up and measured on its own, repeat after repeat, and
-    starts after a pause, so that no item pays for the threads another left
-    spinning: OpenMP and OpenBLAS workers spin a while (OpenBLAS about 0.1 s)
-    before they sleep, and on 2 cores a spinning worker takes half the machine.
-    progress(done, total, label), when given, is called before each item.
+
+def measure(items, *, target_seconds=0.15, repeats=5, progress=None):
+    """Median time per iteration of every item, in the items' order.
+
+    Rivals (the implementations of one case, size, dtype and thread count)
+    take turns: each is warmed up, then repeat by repeat each is timed once,
+    so that a slow spell of a shared machine (here the second core is now
+    and then busy elsewhere for seconds) falls on all of them alike, not on
+    whichever happened to run through it. Every timing starts after a pause,
+    so that none pays for the threads another left spinning: OpenMP and
+    OpenBLAS workers spin a while (OpenBLAS about 0.1 s) before they sleep,
+    and on 2 cores a spinning worker takes half the machine.
+    progress(done, total, label), when given, is called before each item's
+    warm-up.
     """
     measurements = []
-    for done, item in enumerate(items):
-        if progress:
-            progress(done, len(items), f"{item.group}: {item.name}")
-        time.sleep(SETTLE_SECONDS)
-        run = item.prepare()
-        with thread_count(item.threads):
-            k = _iterations_for(run, target_seconds)
-            samples = [_seconds(run, k) / k for _ in range(repeats)]
-        measurements.append(Measurement(item, statistics.median(samples), samples, k))
+    done = 0
+    for rivals in _rivals(items):
+        prepared = []
+        for item in rivals:
+            if progress:
+                progress(done, len(items), f"{item.group}: {item.name}")
+            done += 1
+            time.sleep(SETTLE_SECONDS)
+            run = item.prepare()
+            with thread_count(item.threads):
+                prepared.append((item, run, _iterations_for(run, target_seconds)))
+        samples: list[list[float]] = [[] for _ in prepared]
+        for _ in range(repeats):
+            for (item, run, k), taken in zip(prepared, samples):
+                time.sleep(SETTLE_SECONDS)
+                with thread_count(item.threads):
+                    taken.append(_seconds(run, k) / k)
+        measurements += [Measurement(item, statistics.median(taken), taken, k)
+                         for (item, _, k), taken in zip(prepared, samples)]
     return measurements
 
 
