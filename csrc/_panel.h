@@ -316,9 +316,12 @@ LGMSTM_DEFINE_DISPATCH(lgmstm_row_sums_f, LGMSTM_ROW_SUMS_ARGS(float), LGMSTM_RO
  * k * round_up(n, P) values.
  *
  * packed_product: panel_product on each panel. A last panel that runs past
- * n goes through scratch (m * 2 P values), so that C's columns past n are
- * never written. Each element sums along k in order, like panel_product.
+ * n goes through scratch (m * 2 P values, at most
+ * LGMSTM_PACKED_SCRATCH_PER_ROW per row for either type), so that C's
+ * columns past n are never written. Each element sums along k in order,
+ * like panel_product.
  */
+#define LGMSTM_PACKED_SCRATCH_PER_ROW (2 * LGMSTM_PANEL_BYTES / (ptrdiff_t)sizeof(float))
 #define LGMSTM_DEFINE_PACKED(SUFFIX, T)                                             \
     static void lgmstm_pack_panels##SUFFIX(const T *B, ptrdiff_t ldb, int transpose, \
                                            ptrdiff_t k, ptrdiff_t n, T *packed)    \

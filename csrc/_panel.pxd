@@ -255,10 +255,10 @@ cdef inline double panel_loss(const floating *outputs, const floating *targets,
 
 # -- packed products (the recurrent weight of the BLAS path) --------------------------
 
-cdef enum:
+cdef extern from "_panel.h" nogil:
     # Values of packed_product's scratch per row of its product: 2 panels of
-    # floats (2 * LGMSTM_PANEL_BYTES / 4), more than 2 panels of doubles.
-    PACKED_SCRATCH_PER_ROW = 32
+    # floats, more than 2 panels of doubles.
+    enum: PACKED_SCRATCH_PER_ROW "LGMSTM_PACKED_SCRATCH_PER_ROW"
 
 
 cdef inline Py_ssize_t packed_size(Py_ssize_t k, Py_ssize_t n) noexcept nogil:

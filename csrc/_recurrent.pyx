@@ -14,9 +14,12 @@ Work is cut into two kinds of task of fixed size (see _parallel.pxd):
   one GEMM over its valid rows; the time loop then adds h_{t-1} Wh step by
   step. Backward, the reverse time loop gives dz_t = dL/d(pre-activation),
   then one dX GEMM.
-- weight-gradient blocks: rows of dWx and dWh, columns of db, each summed
-  over every valid (sample, step) of the batch in one fixed order.
-Neither depends on the thread count, so neither do the results.
+- weight-gradient blocks: rows of dWx or dWh summed over the valid
+  (sample, step) pairs of one group of samples, the groups then added in
+  order; columns of db, each summed over the whole batch in one fixed order.
+Neither depends on the thread count, so neither do the results. The time
+loops multiply by Wh with BLAS, or with the panel kernel on Wh packed once
+per pass (see recurrent_product).
 
 STM training runs small networks' batches of full-length sequences in the
 panel layout of _panel.pxd instead (panel_stm_gradients): groups of samples
@@ -31,6 +34,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy, memset
 
 from _blas cimport gemm
@@ -44,7 +48,7 @@ from _panel cimport (panel_product, row_sums, gather_columns, panel_loss, padded
                      add_weight_gradient, finish_weight_gradient, panel_calloc,
                      PANEL_MAX_WORK, MAX_PANEL_GROUPS, PACKED_SCRATCH_PER_ROW,
                      packed_size, use_packed_product, pack_panels, packed_product,
-                     lgmstm_panel_level)
+                     lgmstm_panel_level, LGMSTM_PANEL_BYTES)
 from libc.stdlib cimport free
 
 cnp.import_array()
@@ -52,8 +56,11 @@ cnp.import_array()
 cdef enum:
     # Fewest samples in a sequence chunk (see sequence_chunk_rows).
     MIN_CHUNK_ROWS = 32
-    # Most sample groups the weight gradients are split into (see weight_groups).
+    # Most sample groups the weight gradients are split into, and most values
+    # their partial sums may take (see weight_groups): 4 Mi values, 32 MiB of
+    # float64, about the weights of a 1024-unit network.
     MAX_WEIGHT_GROUPS = 4
+    PARTIALS_BUDGET = 4194304
 
 # The STM's parameters, in this order (lgmstm/stm.py names them).
 cdef enum:
@@ -73,15 +80,17 @@ cdef enum:
     STATE_GRADS = 4        # dL/dH from the readout, then dz in place
     FINAL_GRADS = 5        # dL/d final states (last-step readout)
     FIRST_STEP_GRADS = 6   # dz of step 0, kept apart (see weight_grad_rows)
-    SCRATCH = 7            # time-loop rows, Wh^T, weight partials (scratch_size)
+    SCRATCH = 7            # the time loops' scratch (see scratch_size)
     ORDER = 8              # per-chunk sample order, longest first (n,), intp
     PARTIALS = 9           # loss partial sums, float64
     N_BUFFERS = 10
 
 
 def buffer_shapes(Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
-                  Py_ssize_t n_hidden, Py_ssize_t n_out, bint return_sequences):
-    """[(shape, dtype)] of the STM buffers, in buffer order; dtype None is the model's."""
+                  Py_ssize_t n_hidden, Py_ssize_t n_out, bint return_sequences,
+                  bint backward=True):
+    """[(shape, dtype)] of the STM buffers, in buffer order; dtype None is the
+    model's. backward=False: enough for predict only."""
     cdef Py_ssize_t n_outputs = n_samples * (n_steps if return_sequences else 1)
     cdef tuple outputs = (n_samples, n_out)
     if return_sequences:
@@ -89,7 +98,7 @@ def buffer_shapes(Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
     return [((n_samples, n_steps, n_hidden), None), ((n_samples, n_hidden), None),
             (outputs, None), (outputs, None), ((n_samples, n_steps, n_hidden), None),
             ((n_samples, n_hidden), None), ((n_samples, n_hidden), None),
-            ((scratch_size(n_samples, n_in, n_hidden),), None), ((n_samples,), np.intp),
+            ((scratch_size(n_samples, n_in, n_hidden, backward),), None), ((n_samples,), np.intp),
             ((max(1, n_tasks(n_outputs * n_out, BLOCK_ELEMS)),), np.float64)]
 
 
@@ -112,10 +121,11 @@ cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples,
                                            Py_ssize_t n_hidden) noexcept nogil:
     """Samples per sequence chunk, from the shapes alone.
 
-    Each step's h Wh product repacks Wh, so chunks are tall: 32 rows or
-    more, and n_hidden / 8 (BLAS runs wide products well only from about
-    there); yet from 64 samples on there are up to 4 chunks, for 2-4
-    threads. The batch is split into equal chunks.
+    A step's h Wh product costs a call (and, with BLAS, repacking Wh)
+    whatever its rows, so chunks are tall: 32 rows or more, and
+    n_hidden / 8 (BLAS runs wide products well only from about there); yet
+    from 64 samples on there are up to 4 chunks, for 2-4 threads. The batch
+    is split into equal chunks.
     """
     cdef Py_ssize_t min_rows = max(<Py_ssize_t> MIN_CHUNK_ROWS, n_hidden // 8)
     cdef Py_ssize_t n_chunks = min(n_tasks(n_samples, min_rows),
@@ -123,15 +133,18 @@ cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples,
     return max(1, n_tasks(n_samples, max(1, n_chunks)))
 
 
-cdef inline Py_ssize_t weight_groups(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
+cdef inline Py_ssize_t weight_groups(Py_ssize_t n_samples, Py_ssize_t n_in,
+                                     Py_ssize_t n_hidden) noexcept nogil:
     """Sample groups whose weight gradients are summed apart, then added in
-    group order: one per sequence chunk, at most MAX_WEIGHT_GROUPS (and at
-    least 1). Splitting the sum over samples keeps each task's GEMM square
-    enough for BLAS (tall row blocks, a shorter inner dimension) and gives
-    the threads several tasks. From the shapes alone.
+    group order: one per sequence chunk, at most MAX_WEIGHT_GROUPS, and no
+    more than keep the partial sums of groups 1.. within PARTIALS_BUDGET
+    values (at least 1 group). Splitting the sum over samples keeps each
+    task's GEMM square enough for BLAS (tall row blocks, a shorter inner
+    dimension) and gives the threads several tasks. From the shapes alone.
     """
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, sequence_chunk_rows(n_samples, n_hidden))
-    return max(1, min(n_chunks, <Py_ssize_t> MAX_WEIGHT_GROUPS))
+    cdef Py_ssize_t affordable = 1 + PARTIALS_BUDGET // max(1, (n_in + n_hidden) * n_hidden)
+    return max(1, min(n_chunks, <Py_ssize_t> MAX_WEIGHT_GROUPS, affordable))
 
 
 cdef inline Py_ssize_t weight_block_rows(Py_ssize_t n_in, Py_ssize_t n_hidden,
@@ -148,31 +161,40 @@ cdef inline Py_ssize_t weight_block_rows(Py_ssize_t n_in, Py_ssize_t n_hidden,
     return rows
 
 
-# The time loops' scratch, in values of the dtype and in this order: two
-# state rows per sample, Wh^T, Wh or Wh^T in packed panels, rows for
-# packed_product (per sample), and the weight-gradient partials of every
-# sample group but the first.
-cdef inline Py_ssize_t transposed_offset(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
+# The time loops' scratch, in values of the dtype, in this order:
+# - two state rows per sample (the gathered time loop, the backward carry);
+# - PACKED_SCRATCH_PER_ROW per sample, for packed_product's ragged panels;
+# - the recurrent weight as recurrent_product takes it: packed panels
+#   (packed_size, plus one panel of slack to start them on a 64-byte
+#   boundary), or for BLAS's backward pass Wh^T (nothing forward);
+# - backward only, the weight-gradient partials of sample groups 1.. .
+# Each region is there only when the pass uses it, so that forward-only
+# calls and large states pay for no more than they touch.
+cdef inline Py_ssize_t product_rows_offset(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
     return n_samples * 2 * n_hidden
 
 
-cdef inline Py_ssize_t packed_offset(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
-    return transposed_offset(n_samples, n_hidden) + n_hidden * n_hidden
-
-
-cdef inline Py_ssize_t product_rows_offset(Py_ssize_t n_samples,
-                                           Py_ssize_t n_hidden) noexcept nogil:
-    return packed_offset(n_samples, n_hidden) + packed_size(n_hidden, n_hidden)
-
-
-cdef inline Py_ssize_t partials_offset(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
+cdef inline Py_ssize_t weight_offset(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
     return product_rows_offset(n_samples, n_hidden) + n_samples * PACKED_SCRATCH_PER_ROW
 
 
-def scratch_size(Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_hidden):
-    """Values of scratch the time loops need (see above)."""
+cdef inline Py_ssize_t weight_size(Py_ssize_t n_hidden, bint backward) noexcept nogil:
+    if use_packed_product(n_hidden):
+        return packed_size(n_hidden, n_hidden) + LGMSTM_PANEL_BYTES // 4
+    return n_hidden * n_hidden if backward else 0
+
+
+cdef inline Py_ssize_t partials_offset(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
+    return weight_offset(n_samples, n_hidden) + weight_size(n_hidden, True)
+
+
+def scratch_size(Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_hidden, bint backward):
+    """Values of scratch the forward pass, or also the backward pass, needs
+    (see above)."""
+    if not backward:
+        return weight_offset(n_samples, n_hidden) + weight_size(n_hidden, False)
     return (partials_offset(n_samples, n_hidden)
-            + (weight_groups(n_samples, n_hidden) - 1) * (n_in + n_hidden) * n_hidden)
+            + (weight_groups(n_samples, n_in, n_hidden) - 1) * (n_in + n_hidden) * n_hidden)
 
 
 cdef inline Py_ssize_t run_end(const Py_ssize_t *lengths, Py_ssize_t n_steps,
@@ -234,7 +256,7 @@ def recurrent_product_kind(Py_ssize_t n_hidden):
 
 def panel_kernel_build():
     """The build of the panel kernels (_panel.h) this CPU runs: "avx512",
-    "avx2" or "baseline" (the only one without run-time dispatch)."""
+    "avx2" or "baseline" (also what builds without run-time dispatch run)."""
     return ("baseline", "avx2", "avx512")[lgmstm_panel_level()]
 
 
@@ -242,14 +264,16 @@ cdef inline const floating *prepare_recurrent_weight(
         const floating *Wh, bint transpose, floating *scratch, Py_ssize_t n_samples,
         Py_ssize_t n_hidden) noexcept nogil:
     """Write Wh (or Wh^T when transpose) in the form recurrent_product takes
-    to scratch; return the packed panels, or NULL when BLAS will multiply
-    (then Wh^T is at transposed_offset)."""
-    cdef floating *packed = scratch + packed_offset(n_samples, n_hidden)
+    to scratch; return the packed panels (64-byte aligned), or NULL when
+    BLAS will multiply (then Wh^T, when transpose, is at weight_offset)."""
+    cdef floating *region = scratch + weight_offset(n_samples, n_hidden)
+    cdef floating *packed
     if use_packed_product(n_hidden):
+        packed = <floating *> ((<uintptr_t> region + 63) & ~(<uintptr_t> 63))
         pack_panels(Wh, n_hidden, transpose, n_hidden, n_hidden, packed)
         return packed
     if transpose:
-        transpose_square(Wh, scratch + transposed_offset(n_samples, n_hidden), n_hidden)
+        transpose_square(Wh, region, n_hidden)
     return NULL
 
 
@@ -355,8 +379,9 @@ cdef void forward_steps_gathered(
             return
         for k in range(n_active):
             memcpy(product + k * nh, H + (order[k] * n_steps + t) * nh, row_bytes)
-        recurrent_product(state, nh, Wh, packed, product, nh, n_active, nh, True,
-                          product_rows)
+        if t > 0 or h0 != NULL:  # the zero state adds nothing (as in place)
+            recurrent_product(state, nh, Wh, packed, product, nh, n_active, nh, True,
+                              product_rows)
         tanh_inplace(product, n_active * nh)
         for k in range(n_active):
             memcpy(H + (order[k] * n_steps + t) * nh, product + k * nh, row_bytes)
@@ -619,7 +644,7 @@ cdef void rnn_forward_pass(
         Py_ssize_t n_hidden, int n_threads) noexcept nogil:
     """H (and h_last unless NULL) for the whole batch; h0 NULL means zeros.
 
-    scratch: scratch_size values; order: n_samples indices.
+    scratch: scratch_size(..., backward=False) values; order: n_samples indices.
     """
     cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
@@ -649,13 +674,14 @@ cdef void rnn_backward_pass(
     """Every gradient of the batch, given dH = dL/dH and dh_last.
 
     dZ: (n_samples, n_steps, n_hidden) scratch, may be dH; dz_first:
-    (n_samples, n_hidden) scratch; scratch: scratch_size values. NULL dH /
+    (n_samples, n_hidden) scratch; scratch: scratch_size(..., backward=True)
+    values. NULL dH /
     dh_last are zeros; NULL dX / dh0 are not computed. The sequence chunks
     all finish before the weight gradients start.
     """
     cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
-    cdef Py_ssize_t n_groups = weight_groups(n_samples, n_hidden)
+    cdef Py_ssize_t n_groups = weight_groups(n_samples, n_in, n_hidden)
     cdef Py_ssize_t block_rows = weight_block_rows(n_in, n_hidden, n_groups)
     cdef Py_ssize_t n_weight_tasks = (
         n_groups * (n_tasks(n_in, block_rows) + n_tasks(n_hidden, block_rows))
@@ -665,7 +691,7 @@ cdef void rnn_backward_pass(
         n_threads, n_chunks, rows_work * (n_hidden + (n_in if dX != NULL else 0)))
     cdef int weight_threads = threads_for(n_threads, n_weight_tasks,
                                           rows_work * (n_in + n_hidden))
-    cdef const floating *Wh_t = scratch + transposed_offset(n_samples, n_hidden)
+    cdef const floating *Wh_t = scratch + weight_offset(n_samples, n_hidden)
     cdef floating *partials = scratch + partials_offset(n_samples, n_hidden)
     cdef const floating *packed = prepare_recurrent_weight(Wh, True, scratch, n_samples,
                                                            n_hidden)

@@ -110,10 +110,7 @@ def command_demo(args):
     _say(f"lgmstm {lgmstm.__version__} demo: each model trained with the compiled "
          f"backend ({lgmstm.get_num_threads()} threads) and with the NumPy reference")
     demo_lgm(args.quick)
-    if hasattr(lgmstm, "STM"):
-        demo_stm(args.quick)
-    else:
-        _say("STM: not in this build yet; its demo will run here once it is")
+    demo_stm(args.quick)
     _say(f"done in {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -523,7 +523,7 @@ SETTLE_SECONDS = 0.3
 def _rivals(items):
     """Runs of consecutive items that are the same work on the same threads
     (one case, size, dtype and thread count), in order."""
-    runs = []
+    runs: list[list[Item]] = []
     for item in items:
         if runs and (runs[-1][0].group, runs[-1][0].threads) == (item.group, item.threads):
             runs[-1].append(item)

@@ -127,8 +127,8 @@ def _recurrent_work(n_samples, n_steps, n_in, n_hidden):
     return n_samples * n_steps * max(n_in, n_hidden) * n_hidden
 
 
-def _chunk_scratch(n_samples, n_in, n_hidden, dtype):
-    return (np.empty(_recurrent.scratch_size(n_samples, n_in, n_hidden), dtype),
+def _chunk_scratch(n_samples, n_in, n_hidden, dtype, backward):
+    return (np.empty(_recurrent.scratch_size(n_samples, n_in, n_hidden, backward), dtype),
             np.empty(n_samples, np.intp))
 
 
@@ -162,7 +162,7 @@ def rnn_forward(X, h0, Wx, Wh, b, *, lengths=None, out=None):
     X, h0, Wx, Wh, b, lengths, buffer, result = rnn_forward_args(X, h0, Wx, Wh, b, lengths, out)
     n_samples, n_steps, n_in = X.shape
     n_hidden = Wx.shape[1]
-    scratch, order = _chunk_scratch(n_samples, n_in, n_hidden, X.dtype)
+    scratch, order = _chunk_scratch(n_samples, n_in, n_hidden, X.dtype, False)
     with single_threaded_blas(_recurrent_work(n_samples, n_steps, n_in, n_hidden)):
         _recurrent.forward(X, h0, Wx, Wh, b, lengths, buffer, scratch, order,
                            get_num_threads())
@@ -211,7 +211,7 @@ def rnn_backward(X, h0, Wx, Wh, H, dH, *, dh_last=None, lengths=None):
     db = np.empty(n_hidden, dtype)
     dZ = np.empty_like(H)
     dz_first = np.empty((n_samples, n_hidden), dtype)
-    scratch, order = _chunk_scratch(n_samples, n_in, n_hidden, dtype)
+    scratch, order = _chunk_scratch(n_samples, n_in, n_hidden, dtype, True)
     with single_threaded_blas(_recurrent_work(n_samples, n_steps, n_in, n_hidden)):
         _recurrent.backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, dZ, dz_first, dX,
                             dh0, dWx, dWh, db, scratch, order, get_num_threads())

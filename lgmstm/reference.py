@@ -135,13 +135,14 @@ def rnn_backward(X, h0, Wx, Wh, H, dH, *, dh_last=None, lengths=None):
 # Unchecked forms of the two above, for the STM's NumPy training loop.
 def recurrent_forward(X, h0, Wx, Wh, b, lengths, H):
     """Fill H (n_samples, n_steps, n_hidden); lengths is an intp array."""
-    n_samples, n_steps, _ = X.shape
+    n_steps = X.shape[1]
     np.matmul(X, Wx, out=H)  # the input projection of every step at once
     H += b
-    h = np.zeros((n_samples, Wx.shape[1]), H.dtype) if h0 is None else h0
+    h = h0  # None: the zero state, which adds nothing (0 @ Wh, even with inf in Wh)
     for t in range(n_steps):
         z = H[:, t]
-        z += h @ Wh
+        if h is not None:
+            z += h @ Wh
         h = np.tanh(z, out=z)
     # Steps past a sequence's end only feed later padded steps: compute, then zero.
     H[np.arange(n_steps) >= lengths[:, None]] = 0

@@ -77,14 +77,14 @@ class _CompiledRecurrent:
         n_in, n_hidden, n_out = (int(n) for n in self.sizes)
         return n_samples * max(n_steps, 1) * n_hidden * max(n_in, n_hidden, n_out)
 
-    def _buffers(self, n_samples, n_steps, dtype):
+    def _buffers(self, n_samples, n_steps, dtype, backward=True):
         n_in, n_hidden, n_out = (int(n) for n in self.sizes)
         shapes = _recurrent.buffer_shapes(n_samples, n_steps, n_in, n_hidden, n_out,
-                                          self.return_sequences)
+                                          self.return_sequences, backward)
         return [np.empty(shape, dtype if kind is None else kind) for shape, kind in shapes]
 
     def predict(self, X, h0, lengths):
-        buffers = self._buffers(X.shape[0], X.shape[1], X.dtype)
+        buffers = self._buffers(X.shape[0], X.shape[1], X.dtype, backward=False)
         with single_threaded_blas(self._work(X.shape[0], X.shape[1])):
             return _recurrent.predict(X, h0, lengths, self.params, self.sizes,
                                       self.output_tanh, self.return_sequences, buffers,

@@ -5,8 +5,8 @@ per-ISA kernels that only some CPUs run, built here with the system C
 compiler and checked against NumPy; LGMSTM_PANEL_LEVEL picks one ISA's
 panel kernels, whatever the dispatcher would.
 
-Each build runs a small C driver that prints the panel kernels' and tanh's
-results on fixed inputs.
+Each build runs a small C driver that prints the panel kernels' (packed
+products included) and tanh's results on fixed inputs.
 """
 import shutil
 import subprocess
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs a C compiler and the csrc/ headers beside tests/")
 
 M, K, N = 13, 29, 48  # N: a whole number of 64-byte panels for both dtypes
+NP, LD = N - 7, N + 3  # packed products: NP columns (ragged), rows LD apart
 
 DRIVER = r"""
 #include <stdio.h>
@@ -33,6 +34,7 @@ DRIVER = r"""
 #define RUN(T, SUF, TANH_ROWS)                                                     \
     do {                                                                        \
         static T A[M * K], B[K * N], C[M * N], D[M * N], O[K * M], S[K], H[M * N]; \
+        static T P[K * N], Q[K * N], Bt[N * K], E[M * LD], F[M * LD], W[M * 32]; \
         for (int i = 0; i < M * K; i++) A[i] = (T)sin(i * 0.37);                \
         for (int i = 0; i < K * N; i++) B[i] = (T)cos(i * 0.11);                \
         for (int i = 0; i < M * N; i++) D[i] = (T)(0.3 * sin(i));               \
@@ -41,10 +43,21 @@ DRIVER = r"""
         lgmstm_row_dots_##SUF(K, M, N, B, N, C, N, (T)2, (T)0, O, M);            \
         lgmstm_row_sums_##SUF(K, N, B, N, (T)1, (T)0, S);                         \
         TANH_ROWS(H, M, N - 5, N);                                              \
+        /* Packed products of B's first NP columns (a ragged last panel), from \
+           B and from B^T, into E (accumulating) and F, rows LD apart. */      \
+        for (int i = 0; i < M * LD; i++) E[i] = F[i] = (T)(0.5 * cos(i * 0.3)); \
+        for (int j = 0; j < NP; j++)                                            \
+            for (int k = 0; k < K; k++) Bt[j * K + k] = B[k * N + j];           \
+        lgmstm_pack_panels_##SUF(B, N, 0, K, NP, P);                            \
+        lgmstm_packed_product_##SUF(M, NP, K, A, K, P, 1, E, LD, W);            \
+        lgmstm_pack_panels_##SUF(Bt, K, 1, K, NP, Q);                           \
+        lgmstm_packed_product_##SUF(M, NP, K, A, K, Q, 0, F, LD, W);            \
         for (int i = 0; i < M * N; i++) printf("%.17g\n", (double)C[i]);        \
         for (int i = 0; i < K * M; i++) printf("%.17g\n", (double)O[i]);        \
         for (int i = 0; i < K; i++) printf("%.17g\n", (double)S[i]);            \
         for (int i = 0; i < M * N; i++) printf("%.17g\n", (double)H[i]);        \
+        for (int i = 0; i < M * LD; i++) printf("%.17g\n", (double)E[i]);       \
+        for (int i = 0; i < M * LD; i++) printf("%.17g\n", (double)F[i]);       \
     } while (0)
 
 int main(void)
@@ -67,7 +80,11 @@ def expected(dtype):
     O = 2 * B @ C.T
     S = B.sum(axis=1)
     H[:, : N - 5] = np.tanh(H[:, : N - 5])
-    return [C.ravel(), O.ravel(), S, H.ravel()]
+    E = (0.5 * np.cos(i(M * LD) * 0.3)).astype(dtype).astype(float).reshape(M, LD)
+    F = E.copy()  # its columns past NP must stay as they were, like E's
+    E[:, :NP] += A @ B[:, :NP]
+    F[:, :NP] = A @ B[:, :NP]
+    return [C.ravel(), O.ravel(), S, H.ravel(), E.ravel(), F.ravel()]
 
 
 def cpu_has(*flags):
@@ -94,7 +111,8 @@ def cpu_has(*flags):
 ], ids=["dispatch", "avx512", "avx2", "baseline", "portable", "portable-native", "scalar"])
 def test_kernels_build_and_agree_with_numpy(tmp_path, flags):
     source = tmp_path / "driver.c"
-    source.write_text(f"#define M {M}\n#define K {K}\n#define N {N}\n" + DRIVER)
+    source.write_text(f"#define M {M}\n#define K {K}\n#define N {N}\n#define NP {NP}\n"
+                      f"#define LD {LD}\n" + DRIVER)
     program = tmp_path / "driver"
     build = subprocess.run(
         [COMPILER, "-O2", "-std=c99", "-fno-trapping-math", "-Wall", "-Werror",
@@ -105,7 +123,7 @@ def test_kernels_build_and_agree_with_numpy(tmp_path, flags):
     assert build.returncode == 0, build.stderr
     values = np.array(subprocess.run([str(program)], capture_output=True, text=True,
                                      check=True).stdout.split(), dtype=float)
-    sizes = [M * N, K * M, K, M * N]
+    sizes = [M * N, K * M, K, M * N, M * LD, M * LD]
     for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-5)):
         for got_size, want in zip(sizes, expected(dtype)):
             got, values = values[:got_size], values[got_size:]

@@ -240,3 +240,32 @@ def test_too_many_rows_for_blas(module):
     X = np.lib.stride_tricks.as_strided(np.zeros(1), (2**16, 2**16, 1), (0, 0, 0))
     with pytest.raises(ValueError, match="below 2\\*\\*31"):
         module.rnn_forward(X, None, np.zeros((1, 3)), np.zeros((3, 3)), np.zeros(3))
+
+
+@pytest.mark.parametrize("module", [kernels, reference], ids=["kernels", "reference"])
+def test_zero_initial_state_adds_nothing_even_with_infinite_weights(module):
+    # h0=None is the zero state: no 0 @ Wh term, so an infinite recurrent
+    # weight first shows at step 1, whichever way a chunk is ordered
+    # (sorted lengths run in place, others gathered).
+    X = np.ones((2, 3, 2))
+    Wx, b = np.full((2, 4), 0.1), np.zeros(4)
+    Wh = np.eye(4)
+    Wh[0, 1] = np.inf
+    expected_step0 = np.tanh(X[:, 0] @ Wx + b)
+    for lengths in ([3, 2], [2, 3]):
+        H = module.rnn_forward(X, None, Wx, Wh, b, lengths=np.array(lengths))
+        np.testing.assert_allclose(H[:, 0], expected_step0, rtol=1e-15)
+
+
+def test_scratch_holds_only_what_a_pass_uses():
+    from lgmstm import _recurrent
+    n_samples, n_in, n_hidden = 2048, 4096, 4096
+    rows = n_samples * (2 * n_hidden + 32)
+    # Forward, BLAS (over 512 units): the state rows and nothing else.
+    assert _recurrent.scratch_size(n_samples, n_in, n_hidden, False) == rows
+    # Backward: Wh^T and partial sums within PARTIALS_BUDGET (4 Mi values;
+    # these weights are 8 times that, so there is one group and none).
+    assert _recurrent.scratch_size(n_samples, n_in, n_hidden, True) == rows + n_hidden**2
+    # The benchmark's large STM: 4 groups' worth would fit, its 2 chunks make 2.
+    assert (_recurrent.scratch_size(128, 256, 512, True)
+            - _recurrent.scratch_size(128, 256, 512, False)) >= (256 + 512) * 512
