@@ -273,7 +273,7 @@ cdef inline const floating *prepare_recurrent_weight(
         pack_panels(Wh, n_hidden, transpose, n_hidden, n_hidden, packed)
         return packed
     if transpose:
-        transpose_square(Wh, region, n_hidden)
+        transpose_columns(Wh, n_hidden, n_hidden, n_hidden, region, n_hidden)
     return NULL
 
 
@@ -403,8 +403,8 @@ cdef void backward_chunk(
 
     starting at each sequence's last valid step, where dh_last joins (at
     length 0 it passes straight to dh0). Wh_t is Wh^T, row-major, for BLAS,
-    unless packed holds it in panels (see prepare_recurrent_weight). dH and dh_last may be NULL (zero),
-    dX and dh0 NULL (not wanted). dZ may be dH itself: each element is read
+    unless packed holds it in panels (see prepare_recurrent_weight). dH and
+    dh_last may be NULL (zero), dX and dh0 NULL (not wanted). dZ may be dH itself: each element is read
     before it is written. Then dX = dZ Wx^T, and step 0's dz moves from dZ
     to dz_first (see weight_grad_rows).
     """
@@ -622,16 +622,6 @@ cdef inline void add_partials_block(Py_ssize_t block, floating *dWx, floating *d
         for i in range(split, stop):
             dWh[i - n_x] += partial[i]
 
-
-cdef inline void transpose_square(const floating *A, floating *A_t,
-                                  Py_ssize_t n) noexcept nogil:
-    """A_t = A^T for an n x n row-major A, in 32 x 32 tiles."""
-    cdef Py_ssize_t i0, j0, i, j
-    for i0 in range(0, n, 32):
-        for j0 in range(0, n, 32):
-            for i in range(i0, min(i0 + 32, n)):
-                for j in range(j0, min(j0 + 32, n)):
-                    A_t[j * n + i] = A[i * n + j]
 
 
 # -- whole passes ----------------------------------------------------------------

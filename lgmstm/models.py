@@ -423,8 +423,9 @@ class _CompiledTrainer:
                     np.empty((batch_size, Y.shape[1]), dtype),
                     np.empty(_dense.partials_size(batch_size)))
 
+        # The model fixes X's and Y's widths: batch size and dtype are the key.
         grads, activations, deltas, self.X_batch, self.Y_batch, self.partials = (
-            network.workspace.get((batch_size, X.shape[1], Y.shape[1], dtype), make_workspace))
+            network.workspace.get((batch_size, dtype), make_workspace))
         n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
         states = [[np.zeros_like(p) for p in network.params] for _ in range(n_states)]
         self.params = network.params

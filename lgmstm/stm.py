@@ -128,9 +128,9 @@ class _CompiledTrainer:
                     np.empty(batch_size * targets_per_sample, dtype),
                     np.empty(batch_size, np.intp), np.empty((batch_size, n_hidden), dtype))
 
+        # The model fixes everything else (targets_per_sample follows from n_steps).
         (self.grads, self.buffers, self.X_batch, self.Y_batch, self.lengths_batch,
-         self.h0_batch) = network.workspace.get(
-            (batch_size, n_steps, targets_per_sample, dtype), make_workspace)
+         self.h0_batch) = network.workspace.get((batch_size, n_steps, dtype), make_workspace)
         n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
         states = [[np.zeros_like(p) for p in network.params] for _ in range(n_states)]
         states += [self.grads] * (2 - n_states)  # unused by the optimizer: any valid pointers
