@@ -30,21 +30,11 @@ except ImportError as exc:  # not installed, or older than 1.6
         "pip install 'lgmstm[sklearn]'"
     ) from exc
 
-from .models import LGM, TrainingInterrupted
+from ._training import TrainingInterrupted
+from ._validation import check_float_dtype
+from .lgm import LGM
 
 __all__ = ["LGMRegressor", "LGMClassifier"]
-
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _float_dtype(dtype: DTypeLike) -> np.dtype[Any]:
-    try:
-        checked = np.dtype(dtype)
-    except TypeError:
-        checked = None
-    if checked not in _FLOAT_DTYPES:
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    return checked
 
 
 def _hidden_sizes(sizes: int | Sequence[int]) -> list[int]:
@@ -258,7 +248,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         """
         if hasattr(self, "lgm_"):  # a fit that fails leaves the estimator unfitted
             del self.lgm_
-        dtype = _float_dtype(self.dtype)
+        dtype = check_float_dtype(self.dtype, error=ValueError)
         X_valid, y_valid = validate_data(self, X, y, dtype=dtype, multi_output=True,
                                          y_numeric=True)
         Y = np.asarray(y_valid, dtype=np.float64)
@@ -426,7 +416,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         """
         if hasattr(self, "lgm_"):  # a fit that fails leaves the estimator unfitted
             del self.lgm_
-        dtype = _float_dtype(self.dtype)
+        dtype = check_float_dtype(self.dtype, error=ValueError)
         X_valid, y_valid = validate_data(self, X, y, dtype=dtype)
         check_classification_targets(y_valid)
         self.classes_, labels = np.unique(y_valid, return_inverse=True)
