@@ -91,8 +91,8 @@ def train(
     Y: NDArray[_Float],  # IN (n_samples, sizes[-1])
     params: PointerList,  # IN/OUT
     grads: PointerList,  # scratch
-    state1: PointerList,  # IN/OUT optimizer state (any valid pointers for sgd)
-    state2: PointerList,  # IN/OUT optimizer state (adam)
+    state1: PointerList,  # IN/OUT the optimizer's first moments (any valid pointers for sgd)
+    state2: PointerList,  # IN/OUT its second moments (adam)
     layer_sizes: NDArray[np.intp],
     output_tanh: bool,
     activations: PointerList,  # scratch, batch_size rows
@@ -102,7 +102,7 @@ def train(
     partials: NDArray[np.float64],  # scratch (partials_size(batch_size),)
     order: NDArray[np.intp],  # IN (n_epochs, n_samples), or (0, n_samples) unshuffled
     batch_size: int,
-    optimizer: int,  # index into lgmstm.models.OPTIMIZERS
+    optimizer: int,  # lgmstm._training.OPTIMIZERS[name].code
     lr: float,
     momentum: float,
     beta1: float,
