@@ -25,10 +25,9 @@ from ._config import show_config
 from ._load import load
 from ._threads import get_num_threads, set_num_threads
 from ._training import DivergenceWarning, TrainingInterrupted
+from ._version import __version__
 from .lgm import LGM
 from .stm import STM
-
-__version__ = "0.1.0"
 
 __all__ = [
     "LGM",

@@ -1,5 +1,6 @@
-"""One version: written once, as lgmstm.__version__, and read from there by
-the build (pyproject.toml's dynamic version) and by the installed metadata."""
+"""One version: written once, in lgmstm/_version.py, and read from there by
+lgmstm.__version__, the build (pyproject.toml's dynamic version) and so the
+installed metadata."""
 import ast
 import importlib.metadata
 from pathlib import Path
@@ -23,14 +24,15 @@ def test_pyproject_has_no_version_of_its_own():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert "version" not in config["project"]
     assert "version" in config["project"]["dynamic"]
-    assert config["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lgmstm.__version__"}
+    assert config["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "lgmstm._version.__version__"}
 
 
 @needs_source
 def test_the_version_is_a_literal_the_build_reads_without_importing():
     # setuptools reads `attr` statically when the module assigns a literal at
     # its top level; lgmstm itself cannot be imported before it is built.
-    tree = ast.parse((ROOT / "lgmstm" / "__init__.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "lgmstm" / "_version.py").read_text(encoding="utf-8"))
     values = [node.value for node in tree.body if isinstance(node, ast.Assign)
               and any(isinstance(t, ast.Name) and t.id == "__version__" for t in node.targets)]
     assert len(values) == 1
