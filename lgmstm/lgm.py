@@ -102,9 +102,8 @@ class _CompiledTrainer(CompiledTrainer):
         with single_threaded_blas(network._work(self.batch_size)):
             self.step = _dense.train(
                 self.X, self.Y, network.pointers, self.grads, self.first_moments,
-                self.second_moments,
-                network.sizes, network.output_tanh, self.activations, self.deltas,
-                self.X_batch, self.Y_batch, self.partials,
+                self.second_moments, network.sizes, network.output_tanh, self.activations,
+                self.deltas, self.X_batch, self.Y_batch, self.partials,
                 self.no_order if order is None else order, self.batch_size,
                 self.optimizer, self.lr, MOMENTUM, ADAM_BETA1, ADAM_BETA2, ADAM_EPS,
                 self.step, losses, get_num_threads())
