@@ -5,15 +5,18 @@
 - fit is refused on a model another thread is fitting; predict, loss,
   gradients, params and save wait for a fit and never see a half-trained
   model.
-- The kernels release the GIL: two Python threads really run in parallel.
+- The kernels, fit and predict release the GIL while the compiled code runs,
+  so two Python threads can really run in parallel.
 - After the parent ran the OpenMP kernels on 2 threads, a "fork"
   multiprocessing pool uses lgmstm without hanging and gets the same bits.
 """
 from __future__ import annotations
 
-import hashlib
+import linecache
 import multiprocessing
 import os
+import re
+import sys
 import threading
 import time
 import warnings
@@ -22,8 +25,8 @@ import numpy as np
 import pytest
 
 import lgmstm
-from api_table import (BACKENDS, DIMS, KERNELS, MODEL_BACKENDS, MODELS, as_tuple, call,
-                       make_arrays, model_data)
+from api_table import (BACKENDS, DIMS, HAS_STM, KERNELS, MODEL_BACKENDS, MODELS, as_tuple,
+                       call, make_arrays, model_data)
 
 CASES = [pytest.param(m, b, id=f"{m}-{b}") for m in MODELS for b in MODEL_BACKENDS]
 N_THREADS = 8
@@ -84,15 +87,16 @@ def test_predict_from_many_threads_is_bit_identical(model, backend):
                 np.testing.assert_array_equal(grad, alone[2][name])
 
 
-def _start_fit(instance, X, Y, **keywords):
-    """fit in a thread; (thread, started event, stop event, outcome dict).
+def _start_fit(instance, X, Y, watch=(), **keywords):
+    """fit in a thread; (thread, stop event, outcome dict).
 
-    The callback sets `started` after the first epoch and ends training
-    once `stop` is set.
+    The callback ends training once `stop` is set; after each epoch, while
+    fit still holds the model, it notes len(watch) in outcome["watched"].
     """
-    started, stop, outcome = threading.Event(), threading.Event(), {}
+    started, stop, outcome = threading.Event(), threading.Event(), {"watched": []}
 
     def callback(epoch, loss):
+        outcome["watched"].append(len(watch))
         started.set()
         time.sleep(0.002)
         return not stop.is_set()
@@ -102,7 +106,6 @@ def _start_fit(instance, X, Y, **keywords):
             outcome["losses"] = instance.fit(X, Y, callback=callback, **keywords)
         except BaseException as exc:  # noqa: BLE001
             outcome["error"] = exc
-        outcome["ended"] = time.perf_counter()
     thread = threading.Thread(target=body)
     thread.start()
     assert started.wait(30), "fit did not start"
@@ -144,8 +147,8 @@ def test_readers_wait_for_fit_and_see_whole_models(model, backend, tmp_path):
     X, Y = model_data(model, 200)
     instance = model.make(seed=0, backend=backend)
     before = instance.predict(X), instance.params
-    thread, stop, outcome = _start_fit(instance, X, Y, epochs=10**5, lr=0.05)
     seen = []
+    thread, stop, outcome = _start_fit(instance, X, Y, watch=seen, epochs=10**5, lr=0.05)
 
     def read(i):
         kind = i % 4
@@ -158,7 +161,7 @@ def test_readers_wait_for_fit_and_see_whole_models(model, backend, tmp_path):
         else:
             instance.save(tmp_path / f"m{i}.npz")
             result = lgmstm.load(tmp_path / f"m{i}.npz").params
-        seen.append((kind, result, time.perf_counter()))
+        seen.append((kind, result))
     readers = [threading.Thread(target=read, args=(i,)) for i in range(8)]
     for reader in readers:
         reader.start()
@@ -173,8 +176,9 @@ def test_readers_wait_for_fit_and_see_whole_models(model, backend, tmp_path):
     after = instance.predict(X), instance.params, instance.loss(X, Y)
     assert not np.array_equal(after[0], before[0])
     assert len(seen) == 8
-    for kind, result, returned in seen:
-        assert returned >= outcome["ended"] - 0.05
+    # no reader had returned at any epoch's end, the last one included
+    assert set(outcome["watched"]) == {0}
+    for kind, result in seen:
         if kind == 0:
             np.testing.assert_array_equal(result, after[0])
         elif kind == 2:
@@ -217,101 +221,175 @@ def test_hammering_readers_see_only_whole_models(model, backend):
 
 
 # -- the GIL -------------------------------------------------------------------------
+#
+# A worker thread makes long calls of the compiled code; this thread samples the
+# worker's innermost Python frame (sys._current_frames), sleeping between samples.
+# The compiled code makes no Python frame, so during a call the worker's
+# innermost frame is the lgmstm line calling it, parked on that one instruction.
+#
+# With the GIL released, this thread takes sample after sample while the worker
+# stays parked there and computes: tens in a row over a call of 0.2 s. With the
+# GIL held, this thread gets the GIL only once the call has returned and the
+# worker stops at a switch point; then the worker, parked at the same instruction,
+# only waits (for the GIL, or for a core on a busy machine) until it moves on. So
+# a sample counts only if the worker's CPU clock moved since the previous one:
+# held, the GIL allows one counted sample per call, however slow or busy the
+# machine. The tests count samples; they time nothing.
+
+PACKAGE = os.path.dirname(os.path.abspath(lgmstm.__file__)) + os.sep
+COMPILED_CALL = re.compile(r"_(dense|recurrent)\.\w+\(")  # lgmstm._dense.train(...
+PARKED_SAMPLES = 10  # counted in a row at one call: the GIL was free while it ran
+SAMPLE_PAUSE = 0.001  # s between samples (sleeping hands the GIL to a waiting worker)
+# CPU seconds a worker may use between samples without computing: a thread
+# waiting for the GIL wakes every 5 ms (sys.getswitchinterval()) for microseconds
+WAITING_CPU = 50e-6
+
+
+def _compiled_call(code, instruction):
+    """The compiled function an lgmstm line calls ("_dense.train"), if the
+    instruction (an f_lasti) is on such a line, else None. A frame in a call
+    reports the line where the call starts, `x = _dense.train(` (3.10 to 3.13)."""
+    if not os.path.abspath(code.co_filename).startswith(PACKAGE):
+        return None
+    line = next((line for start, end, line in code.co_lines() if start <= instruction < end),
+                None)
+    match = line and COMPILED_CALL.search(linecache.getline(code.co_filename, line))
+    return match.group(0)[:-1] if match else None
+
+
+def _cpu_clock():
+    """A reader of the calling thread's CPU time that works from any thread,
+    or None where there is none (then every sample counts)."""
+    try:
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        time.clock_gettime(clock)
+    except (AttributeError, OSError):
+        return None
+    return lambda: time.clock_gettime(clock)
+
+
+def _longest_stay_in_compiled_code(work):
+    """Run work() in a thread (its kernels on one OpenMP thread); sample it.
+
+    Returns (most samples counted in a row at one call of the compiled code,
+    the function it called, samples of the worker at any such call).
+    A stay is a run of consecutive samples showing the same frame object at
+    the same instruction; a new call of the compiled code comes from a new
+    frame (lgmstm calls it once per function call), so two calls are never
+    one stay. A stay's first sample counts, and each next one during which
+    the worker used CPU time.
+    """
+    outcome, started = {}, threading.Event()
+
+    def body():
+        try:
+            outcome["cpu"] = _cpu_clock()
+            started.set()
+            lgmstm.set_num_threads(1)  # a core left for the sampler, one long call
+            work()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+        finally:
+            started.set()
+
+    def cpu_time():
+        try:
+            return outcome["cpu"]() if outcome.get("cpu") else None
+        except OSError:  # the worker has ended
+            return None
+
+    worker = threading.Thread(target=body)
+    worker.start()
+    started.wait()
+    longest, where, at_calls = 0, "", 0
+    held, count, cpu = None, 0, None  # the (frame, instruction) of the stay, its count
+    try:
+        while worker.is_alive():
+            frame = sys._current_frames().get(worker.ident)
+            # f_lasti read once: the worker may move on while this thread reads
+            instruction = frame.f_lasti if frame is not None else -1
+            called = frame is not None and _compiled_call(frame.f_code, instruction)
+            last_cpu, cpu = cpu, cpu_time()
+            if called:
+                at_calls += 1
+                if held is not None and held[0] is frame and held[1] == instruction:
+                    if cpu is None or last_cpu is None or cpu - last_cpu > WAITING_CPU:
+                        count += 1
+                else:
+                    held, count = (frame, instruction), 1  # holding it keeps it unique
+                if count > longest:
+                    longest, where = count, called
+            else:
+                held, count = None, 0
+            frame = None
+            time.sleep(SAMPLE_PAUSE)
+    finally:
+        worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return longest, where, at_calls
+
+
+def _assert_gil_released(work, what):
+    longest, where, at_calls = _longest_stay_in_compiled_code(work)
+    assert at_calls, f"{what}: never caught in the compiled code (no lgmstm line matched " \
+        f"{COMPILED_CALL.pattern!r}: was it renamed?)"
+    print(f"\n{what}: parked at {where} for {longest} counted samples in a row")
+    assert longest >= PARKED_SAMPLES, \
+        f"{what}: at most {longest} counted samples in a row found the worker computing in " \
+        f"{where}: the compiled code held the GIL while it ran"
+
+
+# calls of about 0.2 s here (on one thread): tens of samples even where a
+# sleep lasts 15 ms (Windows on Python < 3.11)
+KERNEL_DIMS = {"dense_forward": dict(n=10000, i=512, o=512),
+               "dense_backward": dict(n=6000, i=384, o=384),
+               "rnn_forward": dict(n=3000, t=20, i=64, h=128),
+               "rnn_backward": dict(n=2000, t=20, i=64, h=128)}
+
 
 @pytest.mark.parametrize("kernel", KERNELS, ids=str)
 def test_kernel_calls_release_the_gil(kernel):
-    """Another Python thread runs in the middle of one long kernel call.
-
-    Holding the GIL, the call would let the other thread run only before it
-    enters compiled code; this holds even on one core or a busy machine.
-    """
-    dims = dict(DIMS, n=6000, i=400, o=400, t=20, h=200)
+    dims = dict(DIMS, **KERNEL_DIMS.get(kernel.name, dict(n=2000, i=128, o=128, t=20, h=128)))
     arrays = make_arrays(kernel, dims, np.dtype(np.float64), np.random.default_rng(0))
-    call_span, ticks, done = {}, [], threading.Event()
-
-    def tick():
-        while not done.is_set():
-            ticks.append(time.perf_counter())
-            time.sleep(0.001)  # waking up needs the GIL too
-
-    ticker = threading.Thread(target=tick)
-    saved = lgmstm.get_num_threads()
-    lgmstm.set_num_threads(1)  # a long call, and a core left for the ticker
-    ticker.start()
-    try:
-        time.sleep(0.01)
-        call_span["start"] = time.perf_counter()
-        call(BACKENDS["kernels"], kernel, arrays)
-        call_span["end"] = time.perf_counter()
-    finally:
-        done.set()
-        ticker.join()
-        lgmstm.set_num_threads(saved)
-    start, end = call_span["start"], call_span["end"]
-    assert end - start > 0.02, "make the call longer"
-    middle = [t for t in ticks if start + 0.3 * (end - start) < t < start + 0.7 * (end - start)]
-    assert middle, f"no Python ran during the {end - start:.3f} s call"
-    print(f"\n{kernel}: {len(middle)} ticks in the middle 40% of a {end - start:.3f} s call")
+    _assert_gil_released(lambda: call(BACKENDS["kernels"], kernel, arrays), kernel.name)
 
 
-def _usable_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+# fit: epochs of about 0.2 s, so that each call of the compiled code (a block of
+# epochs, at least one) lasts that long
 
-
-def _times(work, n):
-    def body(i):
-        lgmstm.set_num_threads(1)
-        work()
-    started = time.perf_counter()
-    run_in_threads(n, body)
-    return time.perf_counter() - started
-
-
-def _gil_free_baseline():
-    data = bytes(40 * 2**20)
-    return lambda: [hashlib.sha256(data).digest() for _ in range(2)]
-
-
-def _dense_forward_work():
+def _lgm(n):
     rng = np.random.default_rng(0)
-    X, W, b = rng.standard_normal((2000, 256)), rng.standard_normal((256, 256)), np.zeros(256)
-    return lambda: [lgmstm.kernels.dense_forward(X, W, b) for _ in range(15)]
+    X, Y = rng.uniform(-1, 1, (n, 64)), rng.uniform(-0.8, 0.8, (n, 4))
+    return lgmstm.LGM([64, 256, 256, 4], seed=0), X, Y
 
 
-def _fit_work():
-    # compute-bound (GEMMs on cached activations): a memory-bound fit would
-    # not speed up on 2 cores that share the memory bus, GIL or no GIL
+def _stm(n):
     rng = np.random.default_rng(0)
-    X, Y = rng.uniform(-1, 1, (512, 64)), rng.uniform(-0.8, 0.8, (512, 4))
-
-    def work():
-        lgmstm.LGM([64, 256, 256, 4], seed=0).fit(X, Y, epochs=25, lr=0.01)
-    return work
+    X, Y = rng.uniform(-1, 1, (n, 20, 16)), rng.uniform(-0.8, 0.8, (n, 20, 4))
+    return lgmstm.STM(16, 64, 4, seed=0), X, Y
 
 
-@pytest.mark.skipif(_usable_cores() < 2, reason="needs 2 cores")
-@pytest.mark.parametrize("make_work", [_dense_forward_work, _fit_work],
-                         ids=["dense_forward", "LGM.fit"])
-def test_two_threads_run_in_parallel(make_work):
-    """Twice the work in 2 Python threads takes clearly less than twice the
-    time of 1 thread (each kernel on one OpenMP thread).
+def _fit(make, n):
+    model, X, Y = make(n)
+    return lambda: model.fit(X, Y, epochs=2, lr=0.01)
 
-    The cores here are shared: each round also times a GIL-free baseline
-    (hashlib), and the test is skipped when even that never ran in
-    parallel. Best of 5 rounds.
-    """
-    work, baseline = make_work(), _gil_free_baseline()
-    _times(work, 2)
-    base_ratios, ratios = [], []
-    for _ in range(5):
-        base_ratios.append(_times(baseline, 2) / _times(baseline, 1))
-        ratios.append(_times(work, 2) / _times(work, 1))
-    if min(base_ratios) > 1.4:
-        pytest.skip(f"the machine is busy: even hashlib took {min(base_ratios):.2f}x the "
-                    "time for twice the work in 2 threads")
-    assert min(ratios) < 1.6, \
-        f"twice the work in 2 threads took {min(ratios):.2f}x the time " \
-        f"(hashlib {min(base_ratios):.2f}x)"
+
+def _predict(make, n):
+    model, X, _ = make(n)
+    return lambda: model.predict(X)
+
+
+MODEL_WORK = {"LGM.fit": lambda: _fit(_lgm, 6000), "LGM.predict": lambda: _predict(_lgm, 20000)}
+if HAS_STM:
+    MODEL_WORK.update({"STM.fit": lambda: _fit(_stm, 3000),
+                       "STM.predict": lambda: _predict(_stm, 12000)})
+
+
+@pytest.mark.parametrize("what", MODEL_WORK)
+def test_training_and_prediction_release_the_gil(what):
+    """So two Python threads can train or predict in parallel."""
+    _assert_gil_released(MODEL_WORK[what](), what)
 
 
 # -- fork ------------------------------------------------------------------------------
