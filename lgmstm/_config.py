@@ -61,7 +61,7 @@ def config_info():
     import scipy
     from threadpoolctl import threadpool_info
 
-    from . import __version__, _recurrent
+    from . import __version__
 
     scipy_blas = scipy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     libraries = []
@@ -86,7 +86,7 @@ def config_info():
         "threads": get_num_threads(),
         "simd_dispatch": _openmp.simd_dispatch(),
         "simd_clone": _tanh_clone(),
-        "panel_kernels": _recurrent.panel_kernel_build(),
+        "panel_kernels": _openmp.panel_kernel_build(),
         "scipy_blas": f"{scipy_blas.get('name', 'unknown')} {scipy_blas.get('version', '')}".strip(),
         "compiler": compiler,
         "flags": flags,

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _dense, reference
+from . import _dense, _lgm, _train, reference
 from ._persist import save_arrays
 from ._threads import get_num_threads, single_threaded_blas
 from ._validation import (
@@ -372,7 +372,7 @@ class _CompiledNetwork:
         self.params = params
         self.sizes = np.asarray(layer_sizes, dtype=np.intp)
         self.output_tanh = output_tanh
-        self.pointers = _dense.PointerList(params)
+        self.program = _lgm.Network(params, self.sizes, output_tanh)
         self.workspace = TrainingWorkspace()
 
     def _work(self, n_samples):
@@ -385,19 +385,16 @@ class _CompiledNetwork:
     def predict(self, X):
         activations = self._buffers(X.shape[0], X.dtype)
         with single_threaded_blas(self._work(X.shape[0])):
-            _dense.predict(X, self.pointers, self.sizes, self.output_tanh,
-                           _dense.PointerList(activations), get_num_threads())
+            self.program.predict(X, activations, get_num_threads())
         return activations[-1]
 
     def gradients(self, X, Y):
         grads = [np.empty_like(p) for p in self.params]
         partials = np.empty(_dense.partials_size(Y.shape[0]))
         with single_threaded_blas(self._work(X.shape[0])):
-            loss = _dense.gradients(
-                X, Y, self.pointers, _dense.PointerList(grads), self.sizes,
-                self.output_tanh, _dense.PointerList(self._buffers(X.shape[0], X.dtype)),
-                _dense.PointerList(self._buffers(X.shape[0], X.dtype)), partials,
-                get_num_threads())
+            loss = self.program.gradients(
+                X, Y, grads, self._buffers(X.shape[0], X.dtype),
+                self._buffers(X.shape[0], X.dtype), partials, get_num_threads())
         return loss, grads
 
     def trainer(self, X, Y, batch_size, optimizer, lr):
@@ -431,24 +428,27 @@ class _CompiledTrainer:
         self.params = network.params
         self.state = network.params + [a for arrays in states for a in arrays]
         states += [grads] * (2 - n_states)  # unused by the optimizer: any valid pointers
-        self.grads = _dense.PointerList(grads)
-        self.state1, self.state2 = (_dense.PointerList(s) for s in states)
-        self.activations = _dense.PointerList(activations)
-        self.deltas = _dense.PointerList(deltas)
+        self.run_data = _train.TrainingRun(
+            X=X, Y=Y, grads=grads, first_moments=states[0], second_moments=states[1],
+            workspace=[self.X_batch, self.Y_batch, self.partials, *activations, *deltas],
+            batch_size=batch_size, optimizer=self.optimizer, lr=lr, momentum=MOMENTUM,
+            beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS)
         self.no_order = np.empty((0, X.shape[0]), np.intp)
-        self.step = 0
+
+    @property
+    def step(self):
+        return self.run_data.step
+
+    @step.setter
+    def step(self, value):
+        self.run_data.step = value
 
     def run(self, order, n_epochs):
         losses = np.empty(n_epochs)
         network = self.network
         with single_threaded_blas(network._work(self.batch_size)):
-            self.step = _dense.train(
-                self.X, self.Y, network.pointers, self.grads, self.state1, self.state2,
-                network.sizes, network.output_tanh, self.activations, self.deltas,
-                self.X_batch, self.Y_batch, self.partials,
-                self.no_order if order is None else order, self.batch_size,
-                self.optimizer, self.lr, MOMENTUM, ADAM_BETA1, ADAM_BETA2, ADAM_EPS,
-                self.step, losses, get_num_threads())
+            network.program.train(self.run_data, self.no_order if order is None else order,
+                                  losses, get_num_threads())
         return losses
 
 

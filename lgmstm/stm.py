@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _recurrent, reference
+from . import _stm, _train, reference
 from ._persist import save_arrays
 from ._threads import get_num_threads, single_threaded_blas
 from ._validation import (
@@ -71,6 +71,7 @@ class _CompiledRecurrent:
         self.params = params
         self.sizes = np.asarray(sizes, dtype=np.intp)
         self.output_tanh, self.return_sequences = output_tanh, return_sequences
+        self.program = _stm.Network(params, self.sizes, output_tanh, return_sequences)
         self.workspace = TrainingWorkspace()
 
     def _work(self, n_samples, n_steps):
@@ -79,23 +80,20 @@ class _CompiledRecurrent:
 
     def _buffers(self, n_samples, n_steps, dtype, backward=True):
         n_in, n_hidden, n_out = (int(n) for n in self.sizes)
-        shapes = _recurrent.buffer_shapes(n_samples, n_steps, n_in, n_hidden, n_out,
+        shapes = _stm.buffer_shapes(n_samples, n_steps, n_in, n_hidden, n_out,
                                           self.return_sequences, backward)
         return [np.empty(shape, dtype if kind is None else kind) for shape, kind in shapes]
 
     def predict(self, X, h0, lengths):
         buffers = self._buffers(X.shape[0], X.shape[1], X.dtype, backward=False)
         with single_threaded_blas(self._work(X.shape[0], X.shape[1])):
-            return _recurrent.predict(X, h0, lengths, self.params, self.sizes,
-                                      self.output_tanh, self.return_sequences, buffers,
-                                      get_num_threads())
+            return self.program.predict(X, h0, lengths, buffers, get_num_threads())
 
     def gradients(self, X, Y, h0, lengths):
         grads = [np.empty_like(p) for p in self.params]
         with single_threaded_blas(self._work(X.shape[0], X.shape[1])):
-            loss = _recurrent.gradients(
-                X, Y.reshape(-1), h0, lengths, self.params, grads, self.sizes,
-                self.output_tanh, self.return_sequences,
+            loss = self.program.gradients(
+                X, Y.reshape(-1), h0, lengths, grads,
                 self._buffers(X.shape[0], X.shape[1], X.dtype), get_num_threads())
         return loss, grads
 
@@ -134,26 +132,34 @@ class _CompiledTrainer:
         n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
         states = [[np.zeros_like(p) for p in network.params] for _ in range(n_states)]
         states += [self.grads] * (2 - n_states)  # unused by the optimizer: any valid pointers
-        self.state1, self.state2 = states
         self.final_states = np.zeros((n_samples, n_hidden), dtype)
+        self.run_data = _train.TrainingRun(
+            X=X, Y=self.Y, lengths=lengths, initial_states=h0,
+            final_states=self.final_states, grads=self.grads, first_moments=states[0],
+            second_moments=states[1],
+            workspace=[*self.buffers, self.X_batch, self.Y_batch, self.lengths_batch,
+                       self.h0_batch],
+            batch_size=batch_size, optimizer=self.optimizer, lr=lr, momentum=MOMENTUM,
+            beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, clip_norm=self.clip_norm)
         self.no_order = np.empty((0, n_samples), np.intp)
-        self.step = 0
         self.params = network.params
         self.state = (network.params + [a for arrays in states[:n_states] for a in arrays]
                       + [self.final_states])
+
+    @property
+    def step(self):
+        return self.run_data.step
+
+    @step.setter
+    def step(self, value):
+        self.run_data.step = value
 
     def run(self, order, n_epochs):
         losses = np.empty(n_epochs)
         network = self.network
         with single_threaded_blas(network._work(self.batch_size, self.X.shape[1])):
-            self.step = _recurrent.train(
-                self.X, self.Y, self.lengths, self.h0, self.final_states, network.params,
-                self.grads, self.state1, self.state2, network.sizes, network.output_tanh,
-                network.return_sequences, self.buffers, self.X_batch, self.Y_batch,
-                self.lengths_batch, self.h0_batch,
-                self.no_order if order is None else order, self.batch_size,
-                self.optimizer, self.lr, MOMENTUM, ADAM_BETA1, ADAM_BETA2, ADAM_EPS,
-                self.clip_norm, self.step, losses, get_num_threads())
+            network.program.train(self.run_data, self.no_order if order is None else order,
+                                  losses, get_num_threads())
         return losses
 
 

@@ -32,7 +32,7 @@ from lgmstm._loss cimport panel_squared_error
 from lgmstm._rows cimport gather_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, Parameters, PointerTable, TrainingPlan,
-                            TrainingRun, parameters_of, run_epochs)
+                            TrainingRun, plan_of, parameters_of, run_epochs)
 
 cnp.import_array()
 
@@ -332,9 +332,9 @@ cdef struct Batches:
     const void *Y
     void **workspace        # see Network.train
     double *partials
-    # The panel layout (panels), its groups, Xt, Yt and per layer its
+    # The panel layout (in_panel_layout), its groups, Xt, Yt and per layer its
     # activations, deltas, sample-major deltas and products (panel_rows).
-    bint panels, gather_each_batch, gathered
+    bint in_panel_layout, gather_each_batch, gathered
     Py_ssize_t group_width, n_groups
     void *Xt
     void *Yt
@@ -353,7 +353,7 @@ cdef double lgm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
     cdef const floating *Y_rows
     cdef floating scale = <floating> -batches.sgd_lr if batches.sgd_lr > 0 else 1
     cdef floating beta = 1 if batches.sgd_lr > 0 else 0
-    if batches.panels:
+    if batches.in_panel_layout:
         # One unshuffled batch is the same every epoch: transposed once.
         if batches.gather_each_batch or not batches.gathered:
             gather_columns(X if rows != NULL else X + start * n_in, rows, n_rows, 1, n_in,
@@ -412,15 +412,8 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef floating *next_rows
     cdef Optimizer *optimizer = &run.optimizer
     cdef bint sgd = optimizer.kind == SGD and run.clip_norm == 0
-    plan.n_epochs = epoch_losses.shape[0]
-    plan.n_samples = n_samples
-    plan.batch_size = run.batch_size
-    plan.order = &order[0, 0] if order.shape[0] > 0 else NULL
-    plan.clip_norm = run.clip_norm
     # SGD is fused into the backward pass; the others update after it.
-    plan.step_updates = sgd
-    plan.loss_denominator = n_samples * n_out
-    plan.epoch_losses = &epoch_losses[0] if plan.n_epochs > 0 else NULL
+    plan = plan_of(run, order, epoch_losses, n_samples, n_samples * n_out, sgd)
     batches.params = network.params.data
     batches.targets = network.params.data if sgd else run.grads.data
     batches.sizes = sizes
@@ -432,13 +425,13 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.Y = &Y[0, 0]
     batches.workspace = run.workspace.data
     batches.partials = <double *> run.workspace.data[2]
-    batches.panels = panel_plan(min(run.batch_size, n_samples), sizes, n_layers,
+    batches.in_panel_layout = panel_plan(min(run.batch_size, n_samples), sizes, n_layers,
                                 sizeof(floating), &batches.group_width, &batches.n_groups)
     batches.gather_each_batch = plan.order != NULL or n_tasks(n_samples, run.batch_size) > 1
     batches.gathered = False
     batches.Xt = batches.Yt = NULL
     batches.panel_rows = NULL
-    if batches.panels:
+    if batches.in_panel_layout:
         # Xt, Yt, then each layer's activations, deltas, sample-major deltas
         # and weight-gradient products, in one zeroed block.
         width = batches.n_groups * batches.group_width

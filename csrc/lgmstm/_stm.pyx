@@ -35,7 +35,7 @@ from lgmstm._rnn cimport rnn_backward_pass, rnn_forward_pass, rnn_scratch_size
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, Parameters, PointerTable, TrainingPlan,
-                            TrainingRun, data_or_null, parameters_of, run_epochs)
+                            TrainingRun, plan_of, data_or_null, parameters_of, run_epochs)
 
 cnp.import_array()
 
@@ -334,7 +334,7 @@ cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
 cdef void panel_sequence_task(
         Py_ssize_t group, const PanelLayout *layout, Py_ssize_t n_rows,
         void **params, const Py_ssize_t *sizes, bint output_tanh, double grad_scale,
-        PanelBuffers *panels, const floating *h0, floating *final_states,
+        PanelBuffers *panel_buffers, const floating *h0, floating *final_states,
         double *partials) noexcept nogil:
     """Forward, loss and the backward time loop of one group of sequences.
 
@@ -352,12 +352,12 @@ cdef void panel_sequence_task(
     cdef Py_ssize_t n_read = n_steps * width if every_step else width
     cdef const floating *Wh = <floating *> params[RECURRENT_WEIGHT]
     cdef const floating *W_out = <floating *> params[READOUT_WEIGHT]
-    cdef const floating *X = <floating *> panels.inputs + group * n_steps * width
-    cdef floating *H = <floating *> panels.states + group * (n_steps + 1) * width
-    cdef floating *dZ = <floating *> panels.state_grads + group * n_steps * width
+    cdef const floating *X = <floating *> panel_buffers.inputs + group * n_steps * width
+    cdef floating *H = <floating *> panel_buffers.states + group * (n_steps + 1) * width
+    cdef floating *dZ = <floating *> panel_buffers.state_grads + group * n_steps * width
     cdef Py_ssize_t read_at = group * n_read
-    cdef floating *outputs = <floating *> panels.outputs + read_at
-    cdef floating *d_outputs = <floating *> panels.output_grads + read_at
+    cdef floating *outputs = <floating *> panel_buffers.outputs + read_at
+    cdef floating *d_outputs = <floating *> panel_buffers.output_grads + read_at
     # The states the readout reads: every step's, or the last step's.
     cdef floating *read_states = H + (width if every_step else n_steps * width)
     cdef Py_ssize_t step, i, j, padded
@@ -377,7 +377,7 @@ cdef void panel_sequence_task(
                   <floating *> params[READOUT_BIAS], False, NULL, 0, outputs, ld_read)
     if output_tanh:
         tanh_rows(outputs, n_out, n_read, ld_read)
-    partials[group] = panel_squared_error(outputs, <floating *> panels.targets + read_at, d_outputs,
+    partials[group] = panel_squared_error(outputs, <floating *> panel_buffers.targets + read_at, d_outputs,
                                  n_out, n_read // width, width, n_valid, ld_read,
                                  grad_scale, output_tanh)
     # Backward: dL/dh from the readout, then dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2).
@@ -395,12 +395,12 @@ cdef void panel_sequence_task(
     if sample_major_gradient(n_hidden, sizeof(floating)):
         padded = padded_width(n_hidden, sizeof(floating))
         transpose_columns(dZ, n_hidden, n_steps * width, cols,
-                          <floating *> panels.state_grads_t + group * n_steps * width * padded,
+                          <floating *> panel_buffers.state_grads_t + group * n_steps * width * padded,
                           padded)
     if sample_major_gradient(n_out, sizeof(floating)):
         padded = padded_width(n_out, sizeof(floating))
         transpose_columns(d_outputs, n_out, n_read, ld_read,
-                          <floating *> panels.output_grads_t + read_at * padded, padded)
+                          <floating *> panel_buffers.output_grads_t + read_at * padded, padded)
 
 
 cdef inline void grouped_weight_gradient(
@@ -425,11 +425,11 @@ cdef inline void grouped_weight_gradient(
 
 cdef void panel_weight_task(floating *dtype, Py_ssize_t task, const PanelLayout *layout,
                             void **grads, const Py_ssize_t *sizes,
-                            PanelBuffers *panels) noexcept nogil:
+                            PanelBuffers *panel_buffers) noexcept nogil:
     """One block of PANEL_WEIGHT_ROWS rows of dWx, dWh or dW_out, or (the
     last task) both biases, each summed over the whole batch in one order.
     dtype only picks the fused specialisation."""
-    cdef const floating *X = <floating *> panels.inputs
+    cdef const floating *X = <floating *> panel_buffers.inputs
     cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
     cdef Py_ssize_t n_steps = layout.n_steps, width = layout.task_width
     cdef Py_ssize_t cols = layout.cols, ld_states = layout.state_cols
@@ -437,9 +437,9 @@ cdef void panel_weight_task(floating *dtype, Py_ssize_t task, const PanelLayout 
     cdef Py_ssize_t n_read = ld_read // layout.n_groups
     cdef Py_ssize_t x_blocks = n_tasks(n_in, PANEL_WEIGHT_ROWS)
     cdef Py_ssize_t h_blocks = n_tasks(n_hidden, PANEL_WEIGHT_ROWS)
-    cdef const floating *H = <floating *> panels.states
-    cdef const floating *d_outputs = <floating *> panels.output_grads
-    cdef const floating *dZ = <floating *> panels.state_grads
+    cdef const floating *H = <floating *> panel_buffers.states
+    cdef const floating *d_outputs = <floating *> panel_buffers.output_grads
+    cdef const floating *dZ = <floating *> panel_buffers.state_grads
     cdef Py_ssize_t read_offset = width if layout.return_sequences else n_steps * width
     cdef Py_ssize_t row, n_block_rows
     cdef const floating *states
@@ -449,10 +449,10 @@ cdef void panel_weight_task(floating *dtype, Py_ssize_t task, const PanelLayout 
         row = task * PANEL_WEIGHT_ROWS
         n_block_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, n_in - row)
         target = <floating *> grads[INPUT_WEIGHT] + row * n_hidden
-        product = (<floating *> panels.input_product
+        product = (<floating *> panel_buffers.input_product
                    + row * padded_width(n_hidden, sizeof(floating)))
         add_weight_gradient(n_block_rows, n_hidden, cols, X + row * cols, cols, dZ, cols,
-                            <floating *> panels.state_grads_t, True, 1, 0, product, target)
+                            <floating *> panel_buffers.state_grads_t, True, 1, 0, product, target)
         finish_weight_gradient(n_block_rows, n_hidden, product, 1, 0, target)
     elif task < x_blocks + 2 * h_blocks:
         # dWh pairs h_{t-1} with dz_t, dW_out the states read with the output
@@ -463,14 +463,14 @@ cdef void panel_weight_task(floating *dtype, Py_ssize_t task, const PanelLayout 
         if task < x_blocks + h_blocks:
             grouped_weight_gradient(
                 layout, n_block_rows, n_hidden, n_steps * width, states, dZ, cols,
-                <floating *> panels.state_grads_t,
-                <floating *> panels.state_product + row * padded_width(n_hidden, sizeof(floating)),
+                <floating *> panel_buffers.state_grads_t,
+                <floating *> panel_buffers.state_product + row * padded_width(n_hidden, sizeof(floating)),
                 <floating *> grads[RECURRENT_WEIGHT] + row * n_hidden)
         else:
             grouped_weight_gradient(
                 layout, n_block_rows, n_out, n_read, states + read_offset, d_outputs, ld_read,
-                <floating *> panels.output_grads_t,
-                <floating *> panels.readout_product + row * padded_width(n_out, sizeof(floating)),
+                <floating *> panel_buffers.output_grads_t,
+                <floating *> panel_buffers.readout_product + row * padded_width(n_out, sizeof(floating)),
                 <floating *> grads[READOUT_WEIGHT] + row * n_out)
     else:
         row_sums(n_hidden, cols, dZ, cols, 1, 0, <floating *> grads[BIAS])
@@ -480,10 +480,10 @@ cdef void panel_weight_task(floating *dtype, Py_ssize_t task, const PanelLayout 
 cdef double panel_stm_gradients(
         const floating *h0, Py_ssize_t n_rows, const PanelLayout *layout,
         void **params, void **grads, const Py_ssize_t *sizes, bint output_tanh,
-        PanelBuffers *panels, floating *final_states, int n_threads) noexcept nogil:
+        PanelBuffers *panel_buffers, floating *final_states, int n_threads) noexcept nogil:
     """stm_gradients in the panel layout, for full-length sequences.
 
-    panels.inputs and panels.targets hold the batch (gather_columns); h0 is
+    panel_buffers.inputs and panel_buffers.targets hold the batch (gather_columns); h0 is
     (n_rows, n_hidden) row-major or NULL (zeros). Fills grads and
     final_states (n_rows, n_hidden) and returns the sum of squares.
 
@@ -506,18 +506,18 @@ cdef double panel_stm_gradients(
     if sequence_threads == 1:
         for task in range(layout.n_groups):
             panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh,
-                                grad_scale, panels, h0, final_states, partials)
+                                grad_scale, panel_buffers, h0, final_states, partials)
     else:
         for task in prange(layout.n_groups, num_threads=sequence_threads,
                            schedule='static'):
             panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh,
-                                grad_scale, panels, h0, final_states, partials)
+                                grad_scale, panel_buffers, h0, final_states, partials)
     if weight_threads == 1:
         for task in range(n_weight_tasks):
-            panel_weight_task(<floating *> NULL, task, layout, grads, sizes, panels)
+            panel_weight_task(<floating *> NULL, task, layout, grads, sizes, panel_buffers)
     else:
         for task in prange(n_weight_tasks, num_threads=weight_threads, schedule='dynamic'):
-            panel_weight_task(<floating *> NULL, task, layout, grads, sizes, panels)
+            panel_weight_task(<floating *> NULL, task, layout, grads, sizes, panel_buffers)
     for task in range(layout.n_groups):
         sum_squares += partials[task]
     return sum_squares
@@ -554,7 +554,7 @@ cdef struct Batches:
     void **workspace        # see Network.train
     # The panel layout: whether batches of full-length sequences take it,
     # its layout and buffers, and whether the batch must be gathered anew.
-    bint panels, gather_each_batch, gathered
+    bint in_panel_layout, gather_each_batch, gathered
     PanelLayout layout
     PanelBuffers panel_buffers
 
@@ -589,7 +589,7 @@ cdef double stm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
             gather_rows(<const char *> h0_all, rows, n_rows, state_bytes,
                         <char *> workspace[H0_BATCH])
             h0_rows = <floating *> workspace[H0_BATCH]
-    panel_batch = batches.panels and all_full_length(length_rows, n_rows, n_steps)
+    panel_batch = batches.in_panel_layout and all_full_length(length_rows, n_rows, n_steps)
     if shuffled and not panel_batch:
         gather_rows(<const char *> X, rows, n_rows, n_steps * n_in * sizeof(floating),
                     <char *> workspace[X_BATCH])
@@ -661,15 +661,9 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef Py_ssize_t hidden_padded, out_padded
     if run.workspace.count != N_BUFFERS + 4:
         raise ValueError(f"expected {N_BUFFERS + 4} workspace arrays, got {run.workspace.count}")
-    plan.n_epochs = epoch_losses.shape[0]
-    plan.n_samples = n_samples
-    plan.batch_size = run.batch_size
-    plan.order = &order[0, 0] if order.shape[0] > 0 else NULL
-    plan.clip_norm = run.clip_norm
-    plan.step_updates = False
-    plan.loss_denominator = max(1, n_valid_outputs(&lengths[0], n_samples,
-                                                   network.return_sequences) * n_out)
-    plan.epoch_losses = &epoch_losses[0] if plan.n_epochs > 0 else NULL
+    plan = plan_of(run, order, epoch_losses, n_samples,
+                   max(1, n_valid_outputs(&lengths[0], n_samples,
+                                          network.return_sequences) * n_out), False)
     batches.params = network.params.data
     batches.grads = run.grads.data
     batches.sizes = sizes
@@ -682,12 +676,12 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.h0_all = data_or_null(run.initial_states)
     batches.final_all = data_or_null(run.final_states)
     batches.workspace = run.workspace.data
-    batches.panels = use_panels(max_rows, n_steps, sizes)
+    batches.in_panel_layout = use_panels(max_rows, n_steps, sizes)
     batches.layout = panel_layout(max_rows, n_steps, sizes, sizeof(floating),
                                   network.return_sequences)
     batches.gather_each_batch = plan.order != NULL or n_tasks(n_samples, run.batch_size) > 1
     batches.gathered = False
-    if batches.panels:
+    if batches.in_panel_layout:
         hidden_padded = padded_width(n_hidden, sizeof(floating))
         out_padded = padded_width(n_out, sizeof(floating))
         panel_start = <floating *> panel_calloc(

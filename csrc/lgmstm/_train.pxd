@@ -50,6 +50,9 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
                      const TrainingPlan *plan, Optimizer *optimizer,
                      int n_threads) noexcept nogil
 
+cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t[:, ::1] order,
+                          double[::1] epoch_losses, Py_ssize_t n_samples,
+                          double loss_denominator, bint step_updates)
 cdef void *data_or_null(object array)
 cdef Parameters parameters_of(PointerTable values, TrainingRun run, const Py_ssize_t *counts,
                               size_t itemsize)

@@ -99,6 +99,23 @@ cdef Parameters parameters_of(PointerTable values, TrainingRun run, const Py_ssi
     return parameters
 
 
+cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t[:, ::1] order,
+                          double[::1] epoch_losses, Py_ssize_t n_samples,
+                          double loss_denominator, bint step_updates):
+    """The plan of a program's train call: order (n_epochs or 0, n_samples),
+    epoch_losses (n_epochs,)."""
+    cdef TrainingPlan plan
+    plan.n_epochs = epoch_losses.shape[0]
+    plan.n_samples = n_samples
+    plan.batch_size = run.batch_size
+    plan.order = &order[0, 0] if order.shape[0] > 0 else NULL
+    plan.clip_norm = run.clip_norm
+    plan.step_updates = step_updates
+    plan.loss_denominator = loss_denominator
+    plan.epoch_losses = &epoch_losses[0] if plan.n_epochs > 0 else NULL
+    return plan
+
+
 cdef void update(const Parameters *parameters, const Optimizer *optimizer,
                  int n_threads) noexcept nogil:
     cdef Py_ssize_t param
