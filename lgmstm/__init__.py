@@ -22,12 +22,12 @@ except ImportError as exc:  # pragma: no cover - depends on how it is run
     ) from exc
 
 from ._config import show_config
-from ._persist import load
+from ._load import load
 from ._threads import get_num_threads, set_num_threads
-from .models import LGM, DivergenceWarning, TrainingInterrupted
+from ._training import DivergenceWarning, TrainingInterrupted
+from ._version import __version__
+from .lgm import LGM
 from .stm import STM
-
-__version__ = "0.1.0"
 
 __all__ = [
     "LGM",

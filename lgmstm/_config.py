@@ -7,6 +7,7 @@ import sysconfig
 
 from . import _openmp
 from ._threads import get_num_threads
+from ._version import __version__
 
 __all__ = ["show_config"]
 
@@ -60,8 +61,6 @@ def config_info():
     import numpy
     import scipy
     from threadpoolctl import threadpool_info
-
-    from . import __version__
 
     scipy_blas = scipy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     libraries = []

@@ -1,4 +1,5 @@
-"""Saving and loading models as .npz files: plain arrays, no pickle.
+"""The model file format: .npz files of plain arrays, no pickle (the models
+are made from them by lgmstm._load).
 
 A file holds ``format_version``, ``kind`` ("LGM" or "STM"), ``dtype``, the
 architecture under ``config.*`` and the parameters under ``param.*``.
@@ -12,14 +13,12 @@ import os
 import secrets
 import zipfile
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.lib import format as npy
 
-if TYPE_CHECKING:
-    from .models import LGM
-    from .stm import STM
+from ._validation import check_float_dtype
 
 FORMAT_VERSION = 1
 
@@ -78,12 +77,11 @@ def load_arrays(path):
     if version.shape != () or version.dtype.kind != "i" or int(version) != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported format_version {version!r}, "
                          f"this lgmstm reads version {FORMAT_VERSION}")
-    kind, dtype = str(arrays["kind"]), str(arrays["dtype"])
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"{path}: dtype must be float32 or float64, got {dtype!r}")
+    kind = str(arrays["kind"])
+    dtype = check_float_dtype(str(arrays["dtype"]), error=ValueError, where=f"{path}: ")
     config = {k[len("config."):]: v for k, v in arrays.items() if k.startswith("config.")}
     params = {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
-    return kind, np.dtype(dtype), config, params
+    return kind, dtype, config, params
 
 
 _HEADER_READERS = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
@@ -107,44 +105,3 @@ def _read_member(archive, info):
             raise ValueError(f"{info.filename}: the header does not match the data")
     with archive.open(info) as f:
         return npy.read_array(f, allow_pickle=False)
-
-
-def load(path: str | os.PathLike[str], *, backend: str = "cython") -> LGM | STM:
-    """Load a model saved with ``LGM.save`` or ``STM.save``.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    backend : {"cython", "numpy"}, default "cython"
-
-    Returns
-    -------
-    LGM or STM
-
-    Raises
-    ------
-    FileNotFoundError
-        No such file.
-    ValueError
-        Anything else: not an .npz, a pickle, an unknown format version or
-        kind, or parameters that do not fit the stored architecture.
-    """
-    from ._validation import check_choice
-    from .models import BACKENDS, LGM
-    from .stm import STM
-
-    check_choice("backend", backend, BACKENDS)
-    kinds: dict[str, type[LGM] | type[STM]] = {"LGM": LGM, "STM": STM}
-    path = checked_path(path)
-    kind, dtype, config, params = load_arrays(path)
-    if kind not in kinds:
-        raise ValueError(f"{path}: unknown model kind {kind!r}")
-    try:
-        return kinds[kind]._from_saved(config, dtype, params, path, backend)
-    except KeyError as exc:
-        raise ValueError(f"{path}: missing config entry {exc}") from None
-    except (TypeError, ValueError, OverflowError) as exc:
-        message = str(exc)
-        if not message.startswith(path):
-            message = f"{path}: invalid model: {message}"
-        raise ValueError(message) from None

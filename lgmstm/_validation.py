@@ -30,6 +30,34 @@ def _describe(value) -> str:
     return f"{type(value).__name__} {value!r}"[:120]
 
 
+def _as_ndarray(name: str, value, elements: str) -> np.ndarray:
+    """np.asarray(value), refusing strings and what NumPy cannot make an array
+    of with a TypeError that says the array should hold `elements`."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be an array of {elements}, got {_describe(value)}")
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be an array of {elements}: {exc}") from None
+
+
+def check_float_dtype(dtype, *, error: type[Exception] = TypeError, where: str = "") -> np.dtype:
+    """dtype as numpy's float32 or float64 dtype.
+
+    Anything else, or anything NumPy cannot read as a dtype, raises `error`
+    ("{where}dtype must be float32 or float64, got ..."): the models raise a
+    TypeError, the scikit-learn estimators a ValueError (their convention for
+    a bad hyper-parameter), the file reader a ValueError that names the file.
+    """
+    try:
+        checked = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise error(f"{where}dtype must be float32 or float64, got {dtype!r}") from None
+    if checked not in FLOAT_DTYPES:
+        raise error(f"{where}dtype must be float32 or float64, got {checked}")
+    return checked
+
+
 def as_array(name: str, value, ndim: int | tuple[int, ...]) -> np.ndarray:
     """value as an ndarray of ndim dimensions (one of them, for a tuple) and
     a real numeric dtype."""
@@ -38,12 +66,7 @@ def as_array(name: str, value, ndim: int | tuple[int, ...]) -> np.ndarray:
     else:
         if value is None:
             raise TypeError(f"{name} must be an array, got None")
-        if isinstance(value, (str, bytes)):
-            raise TypeError(f"{name} must be an array of numbers, got {_describe(value)}")
-        try:
-            array = np.asarray(value)
-        except (ValueError, TypeError) as exc:
-            raise TypeError(f"{name} must be an array of numbers: {exc}") from None
+        array = _as_ndarray(name, value, "numbers")
         if not (array.dtype in FLOAT_DTYPES or array.dtype.kind in "iub"):
             raise TypeError(
                 f"{name} must have dtype float32 or float64 (integers and bools are "
@@ -102,10 +125,14 @@ def check_product(name: str, *dims: int) -> None:
 def check_out(out, shape: tuple, dtype: np.dtype, inputs=()) -> tuple[np.ndarray, np.ndarray]:
     """(buffer to compute into, array to return) for an out= argument.
 
-    out must be an ndarray of exactly `shape` and `dtype`, writable and
-    C-contiguous. When it overlaps an input or is not aligned, the result is
-    computed in a temporary and copied in, as NumPy does.
+    None gives one new array, both buffer and result. Otherwise out must be an
+    ndarray of exactly `shape` and `dtype`, writable and C-contiguous. When it
+    overlaps an input or is not aligned, the result is computed in a
+    temporary and copied in (see :func:`filled_out`), as NumPy does.
     """
+    if out is None:
+        buffer = np.empty(shape, dtype)
+        return buffer, buffer
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {_describe(out)}")
     if out.shape != tuple(shape):
@@ -119,6 +146,13 @@ def check_out(out, shape: tuple, dtype: np.dtype, inputs=()) -> tuple[np.ndarray
     if not out.flags.aligned or any(np.may_share_memory(out, a) for a in inputs):
         return np.empty(shape, dtype), out
     return out, out
+
+
+def filled_out(buffer: np.ndarray, result: np.ndarray) -> np.ndarray:
+    """result, holding what was computed into buffer (check_out's pair)."""
+    if buffer is not result:
+        result[...] = buffer
+    return result
 
 
 def check_activation(activation: str) -> bool:
@@ -142,6 +176,13 @@ def check_int(name: str, value, minimum: int, allow_none: bool = False,
     return value
 
 
+def check_seed(name: str, seed):
+    """seed for numpy.random.default_rng: None, a Generator, or an int >= 0."""
+    if seed is None or isinstance(seed, np.random.Generator):
+        return seed
+    return check_int(name, seed, 0)
+
+
 def check_positive_float(name: str, value, allow_zero: bool = False) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {_describe(value)}")
@@ -161,9 +202,13 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
-def dense_forward_args(X: ArrayLike, W: ArrayLike, b: ArrayLike, out: NDArray[Any] | None,
-                       ) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
-    """Checked (X, W, b, dtype, buffer, result) for dense_forward."""
+def dense_forward_args(X: ArrayLike, W: ArrayLike, b: ArrayLike, activation: str,
+                       out: NDArray[Any] | None,
+                       ) -> tuple[bool, NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any],
+                                  NDArray[Any]]:
+    """Checked (apply_tanh, X, W, b, buffer, result) for dense_forward
+    (buffer and result: see check_out)."""
+    apply_tanh = check_activation(activation)
     X = as_array("X", X, 2)
     W = as_array("W", W, 2)
     b = as_array("b", b, 1)
@@ -173,17 +218,19 @@ def dense_forward_args(X: ArrayLike, W: ArrayLike, b: ArrayLike, out: NDArray[An
     check_product("X", *X.shape)
     check_product("W", *W.shape)
     check_product("the output", X.shape[0], W.shape[1])
-    shape = (X.shape[0], W.shape[1])
-    if out is None:
-        buffer = result = np.empty(shape, dtype)
-    else:
-        buffer, result = check_out(out, shape, dtype, (X, W, b))
-    return as_c_array(X, dtype), as_c_array(W, dtype), as_c_array(b, dtype), buffer, result
+    buffer, result = check_out(out, (X.shape[0], W.shape[1]), dtype, (X, W, b))
+    return (apply_tanh, as_c_array(X, dtype), as_c_array(W, dtype), as_c_array(b, dtype),
+            buffer, result)
 
 
 def dense_backward_args(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike,
-                        ) -> tuple[NDArray[Any], ...]:
-    """Checked, C-contiguous (X, W, A, dA) for dense_backward."""
+                        activation: str, need_dX: bool,
+                        ) -> tuple[bool, bool, NDArray[Any], NDArray[Any], NDArray[Any],
+                                   NDArray[Any]]:
+    """Checked (apply_tanh, need_dX, X, W, A, dA) for dense_backward, the
+    arrays C-contiguous."""
+    apply_tanh = check_activation(activation)
+    need_dX = check_bool("need_dX", need_dX)
     X = as_array("X", X, 2)
     W = as_array("W", W, 2)
     A = as_array("A", A, 2)
@@ -199,7 +246,8 @@ def dense_backward_args(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike,
     check_product("X", *X.shape)
     check_product("W", *W.shape)
     check_product("A", *A.shape)
-    return tuple(as_c_array(a, dtype) for a in (X, W, A, dA))
+    X, W, A, dA = (as_c_array(a, dtype) for a in (X, W, A, dA))
+    return apply_tanh, need_dX, X, W, A, dA
 
 
 # -- recurrent layer (rnn_forward / rnn_backward) ------------------------------
@@ -216,12 +264,7 @@ def check_lengths(lengths, n_samples: int, n_steps: int) -> np.ndarray:
     """
     if lengths is None:
         return np.full(n_samples, n_steps, np.intp)
-    if isinstance(lengths, (str, bytes)):
-        raise TypeError(f"lengths must be an array of integers, got {_describe(lengths)}")
-    try:
-        array = np.asarray(lengths)
-    except (ValueError, TypeError) as exc:
-        raise TypeError(f"lengths must be an array of integers: {exc}") from None
+    array = _as_ndarray("lengths", lengths, "integers")
     if array.dtype.kind not in "iu" and not (array.size == 0 and array.dtype.kind == "f"):
         # (an empty list makes an empty float array: that one is fine)
         raise TypeError(f"lengths must be an array of integers, got dtype {array.dtype}")
@@ -281,11 +324,8 @@ def rnn_forward_args(X, h0, Wx, Wh, b, lengths, out):
         check_shape("h0", h0, (n_samples, n_hidden), "(n_samples, n_hidden)")
         h0 = as_c_array(h0, dtype)
     lengths = check_lengths(lengths, n_samples, n_steps)
-    shape = (n_samples, n_steps, n_hidden)
-    if out is None:
-        buffer = result = np.empty(shape, dtype)
-    else:
-        buffer, result = check_out(out, shape, dtype, tuple(arrays.values()))
+    buffer, result = check_out(out, (n_samples, n_steps, n_hidden), dtype,
+                               tuple(arrays.values()))
     X, Wx, Wh, b = (as_c_array(a, dtype) for a in (X, Wx, Wh, b))
     return X, h0, Wx, Wh, b, lengths, buffer, result
 

@@ -33,7 +33,7 @@ import lgmstm
 
 from . import kernels, reference
 from ._threads import get_num_threads, set_num_threads
-from .models import glorot_uniform
+from ._base import glorot_uniform
 
 __all__ = ["DENSE_SIZES", "RECURRENT_SIZES", "CASES", "parse_selection", "plan", "measure",
            "gemm_peak", "memory_check", "summarise", "thread_count", "default_threads"]

@@ -14,10 +14,9 @@ from numpy.typing import ArrayLike, NDArray
 from . import _dense, _rnn
 from ._threads import get_num_threads, single_threaded_blas
 from ._validation import (
-    check_activation,
-    check_bool,
     dense_backward_args,
     dense_forward_args,
+    filled_out,
     rnn_backward_args,
     rnn_forward_args,
 )
@@ -54,13 +53,10 @@ def dense_forward(X: ArrayLike, W: ArrayLike, b: ArrayLike, *, activation: str =
         expected vs actual), an unknown activation, or an out that has the
         wrong shape, is read-only or not C-contiguous.
     """
-    apply_tanh = check_activation(activation)
-    X, W, b, buffer, result = dense_forward_args(X, W, b, out)
+    apply_tanh, X, W, b, buffer, result = dense_forward_args(X, W, b, activation, out)
     with single_threaded_blas(_dense.TASK_ROWS * W.shape[0] * W.shape[1]):
         _dense.forward(X, W, b, buffer, apply_tanh, get_num_threads())
-    if buffer is not result:
-        result[...] = buffer
-    return result
+    return filled_out(buffer, result)
 
 
 def dense_backward(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike, *,
@@ -102,9 +98,7 @@ def dense_backward(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike, *,
         Wrong number of dimensions, shapes that do not fit (the message shows
         expected vs actual) or an unknown activation.
     """
-    apply_tanh = check_activation(activation)
-    need_dX = check_bool("need_dX", need_dX)
-    X, W, A, dA = dense_backward_args(X, W, A, dA)
+    apply_tanh, need_dX, X, W, A, dA = dense_backward_args(X, W, A, dA, activation, need_dX)
     n_samples, n_in = X.shape
     n_out = W.shape[1]
     dtype = X.dtype
@@ -166,9 +160,7 @@ def rnn_forward(X, h0, Wx, Wh, b, *, lengths=None, out=None):
     with single_threaded_blas(_rnn_work(n_samples, n_steps, n_in, n_hidden)):
         _rnn.forward(X, h0, Wx, Wh, b, lengths, buffer, scratch, order,
                            get_num_threads())
-    if buffer is not result:
-        result[...] = buffer
-    return result
+    return filled_out(buffer, result)
 
 
 def rnn_backward(X, h0, Wx, Wh, H, dH, *, dh_last=None, lengths=None):

@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from ._validation import (
-    check_activation,
-    check_bool,
     dense_backward_args,
     dense_forward_args,
+    filled_out,
     rnn_backward_args,
     rnn_forward_args,
 )
@@ -31,12 +30,9 @@ def dense_forward(X, W, b, *, activation="tanh", out=None):
     :func:`lgmstm.kernels.dense_forward`: X (n_samples, n_in), W (n_in,
     n_out), b (n_out,), float32 or float64; returns A (n_samples, n_out).
     """
-    apply_tanh = check_activation(activation)
-    X, W, b, buffer, result = dense_forward_args(X, W, b, out)
+    apply_tanh, X, W, b, buffer, result = dense_forward_args(X, W, b, activation, out)
     layer_forward(X, W, b, apply_tanh, out=buffer)
-    if buffer is not result:
-        result[...] = buffer
-    return result
+    return filled_out(buffer, result)
 
 
 def dense_backward(X, W, A, dA, *, activation="tanh", need_dX=True):
@@ -45,9 +41,7 @@ def dense_backward(X, W, A, dA, *, activation="tanh", need_dX=True):
     Same parameters, results, checks and errors as
     :func:`lgmstm.kernels.dense_backward`; returns (dX or None, dW, db).
     """
-    apply_tanh = check_activation(activation)
-    need_dX = check_bool("need_dX", need_dX)
-    X, W, A, dA = dense_backward_args(X, W, A, dA)
+    apply_tanh, need_dX, X, W, A, dA = dense_backward_args(X, W, A, dA, activation, need_dX)
     return layer_backward(X, W, A, dA, apply_tanh, need_dX)
 
 
@@ -80,8 +74,7 @@ def squared_error(prediction, target):
     return loss, diff
 
 
-def optimizer_step(param, grad, state, *, optimizer, lr, momentum=0.9, beta1=0.9,
-                   beta2=0.999, eps=1e-8, step=1):
+def optimizer_step(param, grad, moments, *, optimizer, lr, momentum, beta1, beta2, eps, step):
     """Update ``param`` in place from ``grad``.
 
     sgd:      param -= lr grad
@@ -89,21 +82,20 @@ def optimizer_step(param, grad, state, *, optimizer, lr, momentum=0.9, beta1=0.9
     adam:     m = b1 m + (1 - b1) grad;  v = b2 v + (1 - b2) grad**2;
               param -= lr (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)
 
-    ``state`` is the list of the optimizer's arrays for this parameter
+    ``moments`` is the list of the optimizer's arrays for this parameter
     ([] for sgd, [v] for momentum, [m, v] for adam), updated in place; t = step.
+    The models' values of the hyper-parameters are lgmstm._training's.
     """
     dtype = param.dtype.type
-    if optimizer not in ("sgd", "momentum", "adam"):
-        raise ValueError(f"optimizer must be 'sgd', 'momentum' or 'adam', got {optimizer!r}")
     if optimizer == "sgd":
         param -= dtype(lr) * grad
     elif optimizer == "momentum":
-        (velocity,) = state
+        (velocity,) = moments
         velocity *= dtype(momentum)
         velocity += grad
         param -= dtype(lr) * velocity
-    else:
-        mean, square = state
+    elif optimizer == "adam":
+        mean, square = moments
         mean *= dtype(beta1)
         mean += dtype(1 - beta1) * grad
         square *= dtype(beta2)
@@ -111,6 +103,8 @@ def optimizer_step(param, grad, state, *, optimizer, lr, momentum=0.9, beta1=0.9
         correction1 = dtype(1 - beta1**step)
         correction2 = dtype(1 - beta2**step)
         param -= dtype(lr) * (mean / correction1) / (np.sqrt(square / correction2) + dtype(eps))
+    else:
+        raise ValueError(f"optimizer must be 'sgd', 'momentum' or 'adam', got {optimizer!r}")
 
 
 # -- recurrent layer -------------------------------------------------------------
@@ -120,9 +114,7 @@ def rnn_forward(X, h0, Wx, Wh, b, *, lengths=None, out=None):
     """``h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b)``; see :func:`lgmstm.kernels.rnn_forward`."""
     X, h0, Wx, Wh, b, lengths, buffer, result = rnn_forward_args(X, h0, Wx, Wh, b, lengths, out)
     recurrent_forward(X, h0, Wx, Wh, b, lengths, buffer)
-    if buffer is not result:
-        result[...] = buffer
-    return result
+    return filled_out(buffer, result)
 
 
 def rnn_backward(X, h0, Wx, Wh, H, dH, *, dh_last=None, lengths=None):

@@ -30,21 +30,11 @@ except ImportError as exc:  # not installed, or older than 1.6
         "pip install 'lgmstm[sklearn]'"
     ) from exc
 
-from .models import LGM, TrainingInterrupted
+from ._training import TrainingInterrupted
+from ._validation import check_float_dtype
+from .lgm import LGM
 
 __all__ = ["LGMRegressor", "LGMClassifier"]
-
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _float_dtype(dtype: DTypeLike) -> np.dtype[Any]:
-    try:
-        checked = np.dtype(dtype)
-    except TypeError:
-        checked = None
-    if checked not in _FLOAT_DTYPES:
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    return checked
 
 
 def _hidden_sizes(sizes: int | Sequence[int]) -> list[int]:
@@ -77,6 +67,21 @@ class _LGMEstimator(BaseEstimator):
     loss_curve_: NDArray[np.float64]
     n_iter_: int
     n_features_in_: int
+
+    def _set_hyper_parameters(self, arguments: dict[str, Any]) -> None:
+        """Store the constructor's arguments (its locals()) as they are, each
+        as the attribute of its name, where scikit-learn's get_params reads
+        them; no checks (fit makes them)."""
+        for name, value in arguments.items():
+            if name != "self":
+                setattr(self, name, value)
+
+    def _start_fit(self) -> np.dtype[Any]:
+        """Forget the last fit, so that a fit that fails leaves the estimator
+        unfitted; the checked dtype."""
+        if hasattr(self, "lgm_"):
+            del self.lgm_
+        return check_float_dtype(self.dtype, error=ValueError)
 
     def __sklearn_is_fitted__(self) -> bool:
         # Fitted when fit trained a network; a fit that failed after
@@ -196,6 +201,8 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
     True
     """
 
+    output: str
+    standardize_y: bool
     n_outputs_: int
     y_mean_: NDArray[np.float64]
     y_scale_: NDArray[np.float64]
@@ -207,18 +214,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
                  shuffle: bool = True, dtype: DTypeLike = np.float64,
                  random_state: int | np.random.RandomState | None = None,
                  backend: str = "cython", verbose: bool = False) -> None:
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.output = output
-        self.standardize_y = standardize_y
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.optimizer = optimizer
-        self.shuffle = shuffle
-        self.dtype = dtype
-        self.random_state = random_state
-        self.backend = backend
-        self.verbose = verbose
+        self._set_hyper_parameters(locals())
 
     def __sklearn_tags__(self) -> Tags:
         tags = super().__sklearn_tags__()
@@ -256,9 +252,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         lgmstm.DivergenceWarning
             Training met a non-finite loss (try a smaller ``lr``).
         """
-        if hasattr(self, "lgm_"):  # a fit that fails leaves the estimator unfitted
-            del self.lgm_
-        dtype = _float_dtype(self.dtype)
+        dtype = self._start_fit()
         X_valid, y_valid = validate_data(self, X, y, dtype=dtype, multi_output=True,
                                          y_numeric=True)
         Y = np.asarray(y_valid, dtype=np.float64)
@@ -380,16 +374,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
                  dtype: DTypeLike = np.float64,
                  random_state: int | np.random.RandomState | None = None,
                  backend: str = "cython", verbose: bool = False) -> None:
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.optimizer = optimizer
-        self.shuffle = shuffle
-        self.dtype = dtype
-        self.random_state = random_state
-        self.backend = backend
-        self.verbose = verbose
+        self._set_hyper_parameters(locals())
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> LGMClassifier:
         """Train a new network on (X, y).
@@ -424,9 +409,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         lgmstm.DivergenceWarning
             Training met a non-finite loss (try a smaller ``lr``).
         """
-        if hasattr(self, "lgm_"):  # a fit that fails leaves the estimator unfitted
-            del self.lgm_
-        dtype = _float_dtype(self.dtype)
+        dtype = self._start_fit()
         X_valid, y_valid = validate_data(self, X, y, dtype=dtype)
         check_classification_targets(y_valid)
         self.classes_, labels = np.unique(y_valid, return_inverse=True)

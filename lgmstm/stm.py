@@ -2,18 +2,28 @@
 readout, trained by backpropagation through time.
 
 Parameters live in NumPy arrays; ``backend="cython"`` runs every
-predict/gradients/fit in compiled code (:mod:`lgmstm._recurrent`, fit in a
+predict/gradients/fit in compiled code (:mod:`lgmstm._stm`, fit in a
 few calls, each covering many epochs), ``backend="numpy"`` runs the same
 maths with :mod:`lgmstm.reference`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _stm, _train, reference
-from ._persist import save_arrays
+from . import _stm, reference
+from ._base import OUTPUTS, Model, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
+from ._training import (
+    CompiledTrainer,
+    ReferenceTrainer,
+    TrainingWorkspace,
+    plan_fit,
+    train_model,
+)
 from ._validation import (
     MAX_DIM,
     as_array,
@@ -21,26 +31,8 @@ from ._validation import (
     check_choice,
     check_int,
     check_lengths,
-    check_positive_float,
     check_product,
     check_sequence_rows,
-)
-from .models import (
-    ADAM_BETA1,
-    ADAM_BETA2,
-    ADAM_EPS,
-    BACKENDS,
-    MOMENTUM,
-    OPTIMIZERS,
-    OUTPUTS,
-    TrainingWorkspace,
-    UseLock,
-    _check_dtype,
-    _check_seed,
-    glorot_uniform,
-    plan_fit,
-    restore_params,
-    train_model,
 )
 
 __all__ = ["STM"]
@@ -65,12 +57,12 @@ def _valid_steps(lengths, n_steps):
 
 
 class _CompiledRecurrent:
-    """Forward/gradients/training of the STM with lgmstm._recurrent."""
+    """Forward/gradients/training of the STM with lgmstm._stm."""
 
     def __init__(self, params, sizes, output_tanh, return_sequences):
         self.params = params
         self.sizes = np.asarray(sizes, dtype=np.intp)
-        self.output_tanh, self.return_sequences = output_tanh, return_sequences
+        self.return_sequences = return_sequences
         self.program = _stm.Network(params, self.sizes, output_tanh, return_sequences)
         self.workspace = TrainingWorkspace()
 
@@ -81,7 +73,7 @@ class _CompiledRecurrent:
     def _buffers(self, n_samples, n_steps, dtype, backward=True):
         n_in, n_hidden, n_out = (int(n) for n in self.sizes)
         shapes = _stm.buffer_shapes(n_samples, n_steps, n_in, n_hidden, n_out,
-                                          self.return_sequences, backward)
+                                    self.return_sequences, backward)
         return [np.empty(shape, dtype if kind is None else kind) for shape, kind in shapes]
 
     def predict(self, X, h0, lengths):
@@ -98,69 +90,25 @@ class _CompiledRecurrent:
         return loss, grads
 
     def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
-        return _CompiledTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm)
-
-
-class _CompiledTrainer:
-    """Every buffer one fit needs, allocated once (the scratch ones are the
-    network's TrainingWorkspace, kept for its next fit); run() trains a block
-    of epochs (small networks' panel workspace is allocated by the compiled
-    call, once a block).
-
-    final_states: each sequence's final state, from the latest epoch.
-    """
-
-    def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
-        self.network, self.X, self.Y, self.lengths, self.h0 = network, X, Y.reshape(-1), lengths, h0
-        self.batch_size, self.lr, self.clip_norm = batch_size, lr, clip_norm or 0.0
-        self.optimizer = OPTIMIZERS.index(optimizer)
         n_samples, n_steps, n_in = X.shape
-        n_hidden = int(network.sizes[1])
+        n_hidden = int(self.sizes[1])
+        Y = Y.reshape(-1)
         dtype = X.dtype
-        targets_per_sample = self.Y.size // max(1, n_samples)
+        targets_per_sample = Y.size // max(1, n_samples)
 
         def make_workspace():
-            return ([np.empty_like(p) for p in network.params],
-                    network._buffers(batch_size, n_steps, dtype),
-                    np.empty((batch_size, n_steps, n_in), dtype),
-                    np.empty(batch_size * targets_per_sample, dtype),
-                    np.empty(batch_size, np.intp), np.empty((batch_size, n_hidden), dtype))
+            return ([np.empty_like(p) for p in self.params],
+                    [*self._buffers(batch_size, n_steps, dtype),
+                     np.empty((batch_size, n_steps, n_in), dtype),
+                     np.empty(batch_size * targets_per_sample, dtype),
+                     np.empty(batch_size, np.intp), np.empty((batch_size, n_hidden), dtype)])
 
         # The model fixes everything else (targets_per_sample follows from n_steps).
-        (self.grads, self.buffers, self.X_batch, self.Y_batch, self.lengths_batch,
-         self.h0_batch) = network.workspace.get((batch_size, n_steps, dtype), make_workspace)
-        n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
-        states = [[np.zeros_like(p) for p in network.params] for _ in range(n_states)]
-        states += [self.grads] * (2 - n_states)  # unused by the optimizer: any valid pointers
-        self.final_states = np.zeros((n_samples, n_hidden), dtype)
-        self.run_data = _train.TrainingRun(
-            X=X, Y=self.Y, lengths=lengths, initial_states=h0,
-            final_states=self.final_states, grads=self.grads, first_moments=states[0],
-            second_moments=states[1],
-            workspace=[*self.buffers, self.X_batch, self.Y_batch, self.lengths_batch,
-                       self.h0_batch],
-            batch_size=batch_size, optimizer=self.optimizer, lr=lr, momentum=MOMENTUM,
-            beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, clip_norm=self.clip_norm)
-        self.no_order = np.empty((0, n_samples), np.intp)
-        self.params = network.params
-        self.state = (network.params + [a for arrays in states[:n_states] for a in arrays]
-                      + [self.final_states])
-
-    @property
-    def step(self):
-        return self.run_data.step
-
-    @step.setter
-    def step(self, value):
-        self.run_data.step = value
-
-    def run(self, order, n_epochs):
-        losses = np.empty(n_epochs)
-        network = self.network
-        with single_threaded_blas(network._work(self.batch_size, self.X.shape[1])):
-            network.program.train(self.run_data, self.no_order if order is None else order,
-                                  losses, get_num_threads())
-        return losses
+        grads, workspace = self.workspace.get((batch_size, n_steps, dtype), make_workspace)
+        return CompiledTrainer(
+            self, X, Y, batch_size, optimizer, lr, grads=grads, workspace=workspace,
+            blas_work=self._work(batch_size, n_steps), clip_norm=clip_norm, lengths=lengths,
+            initial_states=h0, final_states=np.zeros((n_samples, n_hidden), dtype))
 
 
 class _ReferenceRecurrent:
@@ -197,13 +145,10 @@ class _ReferenceRecurrent:
     def step_gradients(self, X, Y, h0, lengths):
         """(loss, grads, final states) of one batch.
 
-        Raises
-        ------
-        TypeError
-            X is not an array of real numbers.
-        ValueError
-            X or lengths has the wrong shape or range, or (stateful) X holds
-            a different number of streams than the state.
+        Unchecked, like the lgmstm.reference helpers it calls: X and Y are
+        C-contiguous arrays of the model's dtype and shapes, h0 None or
+        (n_samples, n_hidden), lengths an intp array in [0, n_steps] (the
+        STM's methods check them, once).
         """
         input_weight, recurrent_weight, _, readout_weight, _ = self.params
         H, final, readout_input, outputs = self._forward(X, h0, lengths)
@@ -228,55 +173,31 @@ class _ReferenceRecurrent:
         return _ReferenceTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm)
 
 
-class _ReferenceTrainer:
-    def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
-        self.network, self.X, self.Y, self.lengths, self.h0 = network, X, Y, lengths, h0
-        self.batch_size, self.optimizer, self.lr, self.clip_norm = batch_size, optimizer, lr, clip_norm
-        n_states = {"sgd": 0, "momentum": 1, "adam": 2}[optimizer]
-        self.states = [[np.zeros_like(p) for _ in range(n_states)] for p in network.params]
-        self.final_states = np.zeros((X.shape[0], network.n_hidden), X.dtype)
-        self.n_valid = int(lengths.sum()) if network.return_sequences else X.shape[0]
-        self.step = 0
-        self.params = network.params
-        self.state = (network.params + [a for arrays in self.states for a in arrays]
-                      + [self.final_states])
+class _ReferenceTrainer(ReferenceTrainer):
+    """ReferenceTrainer on the STM's batches; final_states: each sequence's
+    final state, from the latest epoch."""
 
-    def run(self, order, n_epochs):
-        losses = np.empty(n_epochs)
-        n_samples = self.X.shape[0]
-        for epoch in range(n_epochs):
-            sum_squares = 0.0
-            for start in range(0, n_samples, self.batch_size):
-                if order is None:
-                    rows = slice(start, start + self.batch_size)
-                else:
-                    rows = order[epoch, start : start + self.batch_size]
-                h0 = None if self.h0 is None else self.h0[rows]
-                lengths = self.lengths[rows]
-                loss, grads, self.final_states[rows] = self.network.step_gradients(
-                    self.X[rows], self.Y[rows], h0, lengths)
-                n_valid = int(lengths.sum()) if self.network.return_sequences else len(lengths)
-                sum_squares += loss * n_valid * self.network.n_out
-                if self.clip_norm is not None:
-                    norm = np.sqrt(sum(float(np.vdot(g, g)) for g in grads))
-                    if norm > self.clip_norm:
-                        for grad in grads:
-                            grad *= grad.dtype.type(self.clip_norm / norm)
-                self.step += 1
-                for param, grad, state in zip(self.network.params, grads, self.states):
-                    reference.optimizer_step(
-                        param, grad, state, optimizer=self.optimizer, lr=self.lr,
-                        momentum=MOMENTUM, beta1=ADAM_BETA1, beta2=ADAM_BETA2,
-                        eps=ADAM_EPS, step=self.step)
-            losses[epoch] = sum_squares / max(1, self.n_valid * self.network.n_out)
-        return losses
+    def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
+        final_states = np.zeros((X.shape[0], network.n_hidden), X.dtype)
+        n_valid = int(lengths.sum()) if network.return_sequences else X.shape[0]
+
+        def batch(rows):
+            batch_lengths = lengths[rows]
+            loss, grads, final_states[rows] = network.step_gradients(
+                X[rows], Y[rows], None if h0 is None else h0[rows], batch_lengths)
+            n_batch = int(batch_lengths.sum()) if network.return_sequences else len(batch_lengths)
+            return loss * n_batch * network.n_out, grads
+
+        super().__init__(network.params, batch, X.shape[0], n_valid * network.n_out, batch_size,
+                         optimizer, lr, clip_norm, carried=[final_states])
+        self.final_states = final_states
 
 
 _NETWORKS: dict[str, type[_CompiledRecurrent] | type[_ReferenceRecurrent]] = {
     "cython": _CompiledRecurrent, "numpy": _ReferenceRecurrent}
 
 
-class STM:
+class STM(Model):
     """Short-term working memory: an Elman tanh RNN with a dense readout.
 
     For each sequence, from the initial state ``h_{-1}``::
@@ -345,8 +266,11 @@ class STM:
 
     kind = "STM"
 
-    def __init__(self, n_in, n_hidden, n_out, *, output="tanh", return_sequences=True,
-                 stateful=False, dtype=np.float64, seed=None, backend="cython"):
+    def __init__(self, n_in: int, n_hidden: int, n_out: int, *, output: str = "tanh",
+                 return_sequences: bool = True, stateful: bool = False,
+                 dtype: DTypeLike = np.float64,
+                 seed: int | np.random.Generator | None = None,
+                 backend: str = "cython") -> None:
         self.n_in = check_int("n_in", n_in, 1, maximum=MAX_DIM)
         self.n_hidden = check_int("n_hidden", n_hidden, 1, maximum=MAX_DIM)
         self.n_out = check_int("n_out", n_out, 1, maximum=MAX_DIM)
@@ -357,9 +281,7 @@ class STM:
         self.output = check_choice("output", output, OUTPUTS)
         self.return_sequences = check_bool("return_sequences", return_sequences)
         self.stateful = check_bool("stateful", stateful)
-        self.dtype = _check_dtype(dtype)
-        self.backend = check_choice("backend", backend, BACKENDS)
-        self._rng = np.random.default_rng(_check_seed("seed", seed))
+        self._set_up(dtype, seed, backend)
         self._params = [
             glorot_uniform(self._rng, self.n_in, self.n_hidden, self.dtype),
             orthogonal(self._rng, self.n_hidden, self.dtype),
@@ -367,57 +289,57 @@ class STM:
             glorot_uniform(self._rng, self.n_hidden, self.n_out, self.dtype),
             np.zeros(self.n_out, self.dtype),
         ]
-        self._state = None
-        self._lock = UseLock()
-        self.history_ = np.empty(0)
+        self._state: NDArray[Any] | None = None
         self._network = _NETWORKS[self.backend](
             self._params, (self.n_in, self.n_hidden, self.n_out), self.output == "tanh",
             self.return_sequences)
 
-    # -- parameters and state ----------------------------------------------------
-    def _param_names(self):
+    # -- what Model needs ---------------------------------------------------------
+    def _param_names(self) -> Iterator[str]:
         return iter(PARAM_NAMES)
 
-    @property
-    def params(self):
-        """Copies of the parameters, by name."""
-        with self._lock.reading():
-            return {name: p.copy() for name, p in zip(PARAM_NAMES, self._params)}
+    def _arguments(self) -> dict[str, Any]:
+        return {"sizes": (self.n_in, self.n_hidden, self.n_out), "output": self.output,
+                "return_sequences": self.return_sequences, "stateful": self.stateful}
 
+    def _construct(self, arguments: dict[str, Any], dtype: str, backend: str) -> None:
+        STM.__init__(self, *arguments["sizes"], output=arguments["output"],
+                     return_sequences=arguments["return_sequences"],
+                     stateful=arguments["stateful"], dtype=dtype, backend=backend)
+
+    def _config(self) -> dict[str, NDArray[Any]]:
+        return {"n_in": np.asarray(self.n_in, np.int64),
+                "n_hidden": np.asarray(self.n_hidden, np.int64),
+                "n_out": np.asarray(self.n_out, np.int64),
+                "output": np.asarray(self.output),
+                "return_sequences": np.asarray(self.return_sequences),
+                "stateful": np.asarray(self.stateful)}
+
+    def _memory(self) -> dict[str, Any]:
+        return {"state": None if self._state is None else self._state.copy()}
+
+    def __setstate__(self, pickled: dict[str, Any]) -> None:
+        super().__setstate__(pickled)
+        self._state = pickled["state"]
+
+    # -- the working memory -------------------------------------------------------
     @property
-    def state(self):
+    def state(self) -> NDArray[Any] | None:
         """A copy of the working memory, (n_streams, n_hidden); None when empty."""
         return None if self._state is None else self._state.copy()
 
-    def reset_state(self):
+    def reset_state(self) -> None:
         """Forget the working memory: the next call starts from zero states."""
         self._state = None
 
-    def __getstate__(self):
-        # Plain data only (as LGM's): the lock and the compiled network are rebuilt.
-        with self._lock.reading():
-            return {"sizes": (self.n_in, self.n_hidden, self.n_out), "output": self.output,
-                    "return_sequences": self.return_sequences, "stateful": self.stateful,
-                    "dtype": self.dtype.name, "backend": self.backend,
-                    "params": [p.copy() for p in self._params],
-                    "state": None if self._state is None else self._state.copy(),
-                    "history_": self.history_, "rng": self._rng}
-
-    def __setstate__(self, state):
-        STM.__init__(self, *state["sizes"], output=state["output"],
-                     return_sequences=state["return_sequences"], stateful=state["stateful"],
-                     dtype=state["dtype"], backend=state["backend"])
-        for param, value in zip(self._params, state["params"]):
-            param[...] = value
-        self._state, self.history_, self._rng = state["state"], state["history_"], state["rng"]
-
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"STM({self.n_in}, {self.n_hidden}, {self.n_out}, output={self.output!r}, "
                 f"return_sequences={self.return_sequences}, stateful={self.stateful}, "
                 f"dtype={self.dtype.name}, backend={self.backend!r})")
 
     # -- checks ---------------------------------------------------------------
-    def _inputs(self, X, lengths):
+    def _inputs(self, X: ArrayLike, lengths: ArrayLike | None,
+                ) -> tuple[NDArray[Any], NDArray[np.intp]]:
         X = as_array("X", X, 3)
         if X.shape[2] != self.n_in:
             raise ValueError(
@@ -427,7 +349,8 @@ class STM:
         lengths = check_lengths(lengths, X.shape[0], X.shape[1])
         return np.ascontiguousarray(X, dtype=self.dtype), lengths
 
-    def _targets(self, Y, X, lengths):
+    def _targets(self, Y: ArrayLike, X: NDArray[Any], lengths: NDArray[np.intp],
+                 ) -> NDArray[Any]:
         n_samples, n_steps, _ = X.shape
         shape: tuple[int, ...]
         if self.return_sequences:
@@ -445,7 +368,7 @@ class STM:
             Y = np.where(_valid_steps(lengths, n_steps)[..., None], Y, 0).astype(self.dtype)
         return Y
 
-    def _initial_state(self, n_samples):
+    def _initial_state(self, n_samples: int) -> NDArray[Any] | None:
         if not self.stateful or self._state is None:
             return None
         if self._state.shape[0] != n_samples:
@@ -455,7 +378,7 @@ class STM:
         return self._state
 
     # -- use --------------------------------------------------------------------
-    def predict(self, X, *, lengths=None):
+    def predict(self, X: ArrayLike, *, lengths: ArrayLike | None = None) -> NDArray[Any]:
         """Outputs of the model.
 
         Parameters
@@ -471,6 +394,14 @@ class STM:
             each length), else (n_samples, n_out).
 
         A stateful model starts from :attr:`state` and keeps the final states.
+
+        Raises
+        ------
+        TypeError
+            X is not an array of real numbers, or lengths not integers.
+        ValueError
+            X or lengths has the wrong shape or range, or (stateful) X holds
+            a different number of sequences than the state has streams.
         """
         X, lengths = self._inputs(X, lengths)
         with self._lock.reading():
@@ -479,7 +410,7 @@ class STM:
             self._state = final
         return outputs
 
-    def loss(self, X, Y, *, lengths=None):
+    def loss(self, X: ArrayLike, Y: ArrayLike, *, lengths: ArrayLike | None = None) -> float:
         """Mean squared error over the valid outputs.
 
         ``sum((predict(X) - Y)**2) / (n_valid * n_out)``, where the sum runs
@@ -515,21 +446,42 @@ class STM:
         diff = outputs - Y
         return float(np.vdot(diff, diff)) / max(1, n_valid * self.n_out)
 
-    def gradients(self, X, Y, *, lengths=None):
+    def gradients(self, X: ArrayLike, Y: ArrayLike, *, lengths: ArrayLike | None = None,
+                  ) -> dict[str, NDArray[Any]]:
         """Gradient of :meth:`loss` with respect to every parameter.
+
+        Parameters
+        ----------
+        X, Y, lengths : as for :meth:`loss`
 
         Returns
         -------
-        grads : dict of str to ndarray, keyed and shaped like :attr:`params`
+        grads : dict of str to ndarray
+            ``d loss / d param``, keyed and shaped like :attr:`params`, the
+            model's dtype.
+
+        A stateful model starts from :attr:`state` (the gradients do not flow
+        into it), and leaves it as it is.
+
+        Raises
+        ------
+        TypeError
+            X or Y is not an array of real numbers.
+        ValueError
+            X, Y or lengths has the wrong shape or range.
         """
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
         with self._lock.reading():
             _, grads = self._network.gradients(X, Y, self._initial_state(X.shape[0]), lengths)
-        return dict(zip(PARAM_NAMES, grads))
+        return self._named(grads)
 
-    def fit(self, X, Y, *, epochs, lr, batch_size=None, optimizer="sgd", clip_norm=None,
-            shuffle=True, seed=None, callback=None, verbose=False, lengths=None):
+    def fit(self, X: ArrayLike, Y: ArrayLike, *, epochs: int, lr: float,
+            batch_size: int | None = None, optimizer: str = "sgd",
+            clip_norm: float | None = None, shuffle: bool = True,
+            seed: int | np.random.Generator | None = None,
+            callback: Callable[[int, float], bool | None] | None = None,
+            verbose: bool = False, lengths: ArrayLike | None = None) -> NDArray[np.float64]:
         """Train by backpropagation through time on the mean squared error.
 
         Parameters
@@ -544,7 +496,7 @@ class STM:
             Sequences per update; None (or anything >= n_samples) is one
             update per epoch on the whole batch.
         optimizer : {"sgd", "momentum", "adam"}, default "sgd"
-            As for :meth:`lgmstm.LGM.fit`; the state starts fresh each call.
+            As for :meth:`lgmstm.LGM.fit`; the moments start from zero each call.
         clip_norm : float > 0 or None, default None
             When the global norm of the gradient (all parameters together)
             exceeds clip_norm, scale the gradient down to that norm before
@@ -593,51 +545,22 @@ class STM:
         """
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
-        n_samples = X.shape[0]
-        if n_samples == 0:
-            raise ValueError(f"X must hold at least one sequence to fit, got shape {X.shape}")
-        if not (np.isfinite(X).all() and np.isfinite(Y).all()):
-            raise ValueError("X and Y must be finite (no NaN or inf) to fit")
-        if clip_norm is not None:
-            clip_norm = check_positive_float("clip_norm", clip_norm)
-        plan = plan_fit(self._rng, n_samples, epochs=epochs, lr=lr, batch_size=batch_size,
-                        optimizer=optimizer, shuffle=shuffle, seed=seed, callback=callback,
-                        verbose=verbose)
+        plan = plan_fit(self._rng, X, Y, sample="sequence", epochs=epochs, lr=lr,
+                        batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
+                        shuffle=shuffle, seed=seed, callback=callback, verbose=verbose)
 
-        def keep_final_states(trainer):
+        def keep_final_states(trainer: CompiledTrainer | _ReferenceTrainer) -> None:
             if self.stateful and len(self.history_):
                 self._state = trainer.final_states
 
         return train_model(
             self, plan,
-            lambda: self._network.trainer(X, Y, lengths, self._initial_state(n_samples),
-                                          plan.batch_size, plan.optimizer, plan.lr, clip_norm),
+            lambda: self._network.trainer(X, Y, lengths, self._initial_state(X.shape[0]),
+                                          plan.batch_size, plan.optimizer, plan.lr,
+                                          plan.clip_norm),
             callback, finish=keep_final_states)
 
     # -- persistence -------------------------------------------------------------
-    def save(self, path):
-        """Write the model to ``path`` as an .npz file (no pickle), atomically.
-
-        The architecture and parameters are saved; the working memory is not
-        (a loaded model starts from zero states).
-
-        Raises
-        ------
-        TypeError
-            path is not a str, bytes or os.PathLike.
-        OSError
-            The file cannot be written; an existing file is left as it was.
-        """
-        config = {"n_in": np.asarray(self.n_in, np.int64),
-                  "n_hidden": np.asarray(self.n_hidden, np.int64),
-                  "n_out": np.asarray(self.n_out, np.int64),
-                  "output": np.asarray(self.output),
-                  "return_sequences": np.asarray(self.return_sequences),
-                  "stateful": np.asarray(self.stateful)}
-        with self._lock.reading():
-            save_arrays(path, self.kind, self.dtype, config,
-                        dict(zip(PARAM_NAMES, self._params)))
-
     @classmethod
     def _from_saved(cls, config, dtype, arrays, path, backend):
         def value(name):
@@ -652,6 +575,3 @@ class STM:
                     dtype=dtype, backend=backend)
         model._restore(arrays, path)
         return model
-
-    def _restore(self, arrays, path):
-        restore_params(dict(zip(self._param_names(), self._params)), arrays, path)

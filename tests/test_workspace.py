@@ -1,5 +1,5 @@
 """A compiled model keeps its latest fit's scratch arrays for the next fit
-(models.TrainingWorkspace): reusing them must never change a result."""
+(_training.TrainingWorkspace): reusing them must never change a result."""
 import numpy as np
 import pytest
 

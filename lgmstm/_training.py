@@ -1,0 +1,477 @@
+"""Training, the same for LGM and STM: fit's checked plan, the loop over
+blocks of epochs (progress, callback, Ctrl-C, divergence), the lock that
+gives fit a model to itself, the optimizers, the compiled trainers' common
+part and the NumPy backends' training loop.
+
+A trainer (:class:`Trainer`) is what a model's backend makes for one fit:
+``run(order, n_epochs)`` trains a block of epochs and returns their losses.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _train, reference
+from ._threads import get_num_threads, single_threaded_blas
+from ._validation import (
+    MAX_DIM,
+    check_bool,
+    check_choice,
+    check_int,
+    check_positive_float,
+    check_seed,
+)
+
+
+class Optimizer(NamedTuple):
+    """An optimizer as the compiled training functions take it."""
+
+    code: int  # their `optimizer` argument
+    n_moments: int  # arrays it keeps per parameter between steps
+
+
+# The optimizers fit offers (see lgmstm.reference.optimizer_step for the maths).
+OPTIMIZERS: dict[str, Optimizer] = {
+    "sgd": Optimizer(code=0, n_moments=0),
+    "momentum": Optimizer(code=1, n_moments=1),  # the velocity
+    "adam": Optimizer(code=2, n_moments=2),  # the means of the gradient and of its square
+}
+
+# Their hyper-parameters.
+MOMENTUM = 0.9
+ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+# fit() hands the compiled code blocks of epochs lasting about this long, so
+# progress, callbacks and Ctrl-C are seen between blocks.
+BLOCK_SECONDS = 0.1
+
+
+def zero_moments(optimizer: str, params: Sequence[NDArray[Any]]) -> list[list[NDArray[Any]]]:
+    """The optimizer's moments at the start of a fit: for each moment it keeps
+    (none for sgd), one array of zeros per parameter."""
+    return [[np.zeros_like(p) for p in params] for _ in range(OPTIMIZERS[optimizer].n_moments)]
+
+
+def epoch_orders(rng, n_epochs, n_samples):
+    """(n_epochs, n_samples) array: a fresh random order of the samples per epoch."""
+    order = np.broadcast_to(np.arange(n_samples, dtype=np.intp), (n_epochs, n_samples))
+    return np.ascontiguousarray(rng.permuted(order, axis=1))
+
+
+class DivergenceWarning(RuntimeWarning):
+    """Training met a non-finite loss or parameter and stopped."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped fit(); the model holds its last finished epoch.
+
+    Parameters
+    ----------
+    history : ndarray of shape (n_epochs_done,)
+        The losses of the finished epochs, also stored as the attribute
+        ``history`` (and as the model's ``history_``).
+    """
+
+    def __init__(self, history):
+        super().__init__(f"training interrupted after {len(history)} epochs")
+        self.history = history
+
+
+# -- the plan ------------------------------------------------------------------
+
+
+class FitPlan(NamedTuple):
+    """fit's checked hyper-parameters."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    optimizer: str
+    clip_norm: float | None
+    verbose: bool
+    order_for: Callable[[int], np.ndarray | None]
+
+
+def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm, shuffle,
+             seed, callback, verbose) -> FitPlan:
+    """Check fit's data and hyper-parameters, the same way for LGM and STM.
+
+    X and Y are the model's checked arrays, samples along the first axis;
+    `sample` names one ("sample", "sequence") in the message for an empty X.
+    rng is the model's generator, used for shuffling unless seed is given;
+    batch_size None (or above n_samples) means full batch; clip_norm None
+    means no clipping.
+    """
+    n_samples = X.shape[0]
+    if n_samples == 0:
+        raise ValueError(f"X must hold at least one {sample} to fit, got shape {X.shape}")
+    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+        raise ValueError("X and Y must be finite (no NaN or inf) to fit")
+    if clip_norm is not None:
+        clip_norm = check_positive_float("clip_norm", clip_norm)
+    epochs = check_int("epochs", epochs, 0, maximum=MAX_DIM)
+    lr = check_positive_float("lr", lr)
+    batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+    batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
+    if seed is not None:
+        rng = np.random.default_rng(check_seed("seed", seed))
+    shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples
+    verbose = check_bool("verbose", verbose)
+
+    def order_for(count):
+        return epoch_orders(rng, count, n_samples) if shuffled else None
+
+    return FitPlan(epochs, lr, batch_size, optimizer, clip_norm, verbose, order_for)
+
+
+# -- the loop ------------------------------------------------------------------
+
+
+class Trainer(Protocol):
+    """What a model's backend makes for one fit."""
+
+    params: list[NDArray[Any]]  # the model's parameters, trained in place
+    trained_arrays: list[NDArray[Any]]  # every array training changes, params included
+    step: int  # updates done
+
+    def run(self, order: NDArray[np.intp] | None, n_epochs: int) -> NDArray[np.float64]:
+        """Train n_epochs epochs (in the sample orders given, one row an epoch,
+        or in sample order for None); their losses."""
+        ...
+
+
+def train_model(model, plan: FitPlan, make_trainer: Callable[[], Trainer], callback,
+                finish: Callable[[Any], None] | None = None) -> NDArray[np.float64]:
+    """fit's loop, with the model held for training (see UseLock).
+
+    Sets model.history_, also when Ctrl-C stops training (then re-raises
+    TrainingInterrupted); finish(trainer), when given, runs at the end either way.
+    """
+    with model._lock.training():
+        trainer = make_trainer()
+        try:
+            model.history_ = run_epochs(trainer, plan.epochs, callback=callback,
+                                        progress=_Progress(model.kind, plan.epochs, plan.verbose),
+                                        order_for=plan.order_for)
+        except TrainingInterrupted as exc:
+            model.history_ = exc.history
+            raise
+        finally:
+            if finish is not None:
+                finish(trainer)
+    return model.history_
+
+
+def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for):
+    """Drive trainer.run over blocks of epochs; return the per-epoch losses.
+
+    order_for(n) gives the sample orders of the next n epochs (or None).
+    With a callback each block is one epoch, so returning False stops at once.
+
+    Ctrl-C stops training after the current block and raises
+    KeyboardInterrupt, the model holding the parameters of the last
+    finished epoch. A non-finite loss or parameter stops training with a
+    DivergenceWarning, the model holding the last finite parameters: the
+    block is replayed from a snapshot one epoch at a time up to the last
+    finite epoch (the replay takes the same steps, so it is exact).
+    """
+    blocks = []  # per-block losses: nothing is allocated for epochs not run
+    done, block = 0, 1
+    with _deferred_interrupt() as interrupt:
+        while done < n_epochs and not interrupt["requested"]:
+            count = min(block, n_epochs - done)
+            order = order_for(count)
+            snapshot = [a.copy() for a in trainer.trained_arrays], trainer.step
+            started = time.perf_counter()
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked next
+                block_losses = trainer.run(order, count)
+            elapsed = time.perf_counter() - started
+            if not _finite(trainer, block_losses):
+                good = _replay_finite_epochs(trainer, snapshot, order, count)
+                blocks.append(good)
+                done += len(good)
+                warnings.warn(
+                    f"training diverged at epoch {done} (non-finite loss or parameters); "
+                    f"stopped, keeping the parameters after epoch {done - 1}. "
+                    "Try a smaller lr.", DivergenceWarning, stacklevel=3)
+                break
+            blocks.append(block_losses)
+            done += count
+            last = float(block_losses[-1])
+            progress.update(done, last, final=done == n_epochs)
+            if callback is not None:
+                if callback(done - 1, last) is False:
+                    break
+            else:
+                block = int(min(max(1, count * BLOCK_SECONDS / max(elapsed, 1e-6)), 2 * count + 1))
+    losses = np.concatenate(blocks) if blocks else np.empty(0)
+    if interrupt["requested"]:
+        raise TrainingInterrupted(losses)
+    return losses
+
+
+def _finite(trainer, losses):
+    return bool(np.isfinite(losses).all()) and all(np.isfinite(p).all() for p in trainer.params)
+
+
+def _replay_finite_epochs(trainer, snapshot, order, count):
+    """Restore the snapshot and redo the block epoch by epoch, stopping before
+    the first epoch whose loss or resulting parameters are not finite."""
+    def restore(saved):
+        arrays, trainer.step = saved
+        for target, value in zip(trainer.trained_arrays, arrays):
+            np.copyto(target, value)
+
+    restore(snapshot)
+    good = []
+    for epoch in range(count):
+        before = [a.copy() for a in trainer.trained_arrays], trainer.step
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss = trainer.run(None if order is None else order[epoch : epoch + 1], 1)
+        if not _finite(trainer, loss):
+            restore(before)
+            break
+        good.append(loss[0])
+    return np.asarray(good)
+
+
+class _Progress:
+    """Prints epoch, loss and rate to stderr at most every `interval` seconds."""
+
+    def __init__(self, name, n_epochs, enabled, interval=1.0):
+        self.name, self.n_epochs, self.enabled, self.interval = name, n_epochs, enabled, interval
+        self.start = self.last = time.perf_counter()
+
+    def update(self, epochs_done, loss, final=False):
+        now = time.perf_counter()
+        if not self.enabled or (not final and now - self.last < self.interval):
+            return
+        self.last = now
+        rate = epochs_done / max(now - self.start, 1e-9)
+        print(
+            f"{self.name}: epoch {epochs_done}/{self.n_epochs}  loss {loss:.6g}  "
+            f"{rate:.4g} epochs/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+@contextmanager
+def _deferred_interrupt() -> Iterator[dict[str, bool]]:
+    """Turn Ctrl-C during training into a flag that is checked between
+    blocks of epochs, so that training stops between whole epochs.
+
+    Only in the main thread, and only when SIGINT has Python's default
+    handler (a handler of the user's is left alone).
+    """
+    interrupt = {"requested": False}
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield interrupt
+        return
+
+    def request_stop(signum, frame):
+        interrupt["requested"] = True
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# -- the model's lock --------------------------------------------------------
+
+
+class UseLock:
+    """Many concurrent users of a model's parameters, or one trainer.
+
+    predict/loss/gradients/save share the model; fit has it alone: it waits
+    for current users to finish, and others wait for it. A second fit from
+    another thread is refused. The training thread itself may read (e.g. a
+    callback that calls predict).
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._trainer = None
+
+    @contextmanager
+    def reading(self):
+        me = threading.get_ident()
+        with self._condition:
+            while self._trainer is not None and self._trainer != me:
+                self._condition.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def training(self):
+        me = threading.get_ident()
+        with self._condition:
+            if self._trainer is not None:
+                raise RuntimeError("this model is already being trained "
+                                   + ("(fit called from its own callback)" if self._trainer == me
+                                      else "by another thread"))
+            self._trainer = me
+            while self._readers:
+                self._condition.wait()
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._trainer = None
+                self._condition.notify_all()
+
+
+# -- the trainers ----------------------------------------------------------------
+
+
+class TrainingWorkspace:
+    """The scratch arrays of a compiled network's latest fit, kept for its next.
+
+    A fresh workspace is paid for again at every fit: the kernel zeroes each
+    page on first touch, about 5% of an epoch of the large benchmark STM
+    (tens of MB), and so of every fit(epochs=1) in a loop (partial_fit).
+    Only fit uses it, and a model runs one fit at a time (its lock), so one
+    workspace per network is safe; it holds the arrays until the next fit
+    with other shapes or dtype, or release().
+    """
+
+    def __init__(self):
+        self._key = None
+        self._arrays = None
+
+    def get(self, key, make):
+        """The arrays made for key, from make() when the last fit's key differs."""
+        if self._key != key:
+            self.release()
+            self._arrays = make()
+            self._key = key
+        return self._arrays
+
+    def release(self):
+        self._key = self._arrays = None
+
+
+class CompiledTrainer:
+    """One fit of a compiled network: every array it needs, allocated once
+    (the scratch ones are the network's TrainingWorkspace, kept for its
+    next fit), in a TrainingRun that the network's program
+    (``network.program.train``, lgmstm._lgm or lgmstm._stm) trains a block
+    of epochs of in one call (small networks' panel workspace is allocated
+    by that call, once a block).
+
+    grads and workspace: the program's scratch (workspace in the order its
+    train documents); blas_work: the flops that decide BLAS's threads (see
+    single_threaded_blas); lengths, initial_states, final_states: the
+    STM's. final_states, when given, holds each sequence's final state
+    from the latest epoch.
+    """
+
+    def __init__(self, network, X, Y, batch_size: int, optimizer: str, lr: float, *,
+                 grads: list[NDArray[Any]], workspace: list[NDArray[Any]], blas_work: int,
+                 clip_norm: float | None = None, lengths: NDArray[np.intp] | None = None,
+                 initial_states: NDArray[Any] | None = None,
+                 final_states: NDArray[Any] | None = None) -> None:
+        self.network = network
+        self.params: list[NDArray[Any]] = network.params
+        moments = zero_moments(optimizer, network.params)
+        self.trained_arrays = network.params + [a for arrays in moments for a in arrays]
+        if final_states is not None:
+            self.trained_arrays.append(final_states)
+        self.final_states = final_states
+        # The moments the optimizer does not keep: any valid arrays (unread).
+        first_moments, second_moments = moments + [grads] * (2 - len(moments))
+        self.blas_work = blas_work
+        self.no_order = np.empty((0, X.shape[0]), np.intp)
+        self.run_data = _train.TrainingRun(
+            X=X, Y=Y, grads=grads, first_moments=first_moments,
+            second_moments=second_moments, workspace=workspace, batch_size=batch_size,
+            optimizer=OPTIMIZERS[optimizer].code, lr=lr, momentum=MOMENTUM,
+            beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, clip_norm=clip_norm or 0.0,
+            lengths=lengths, initial_states=initial_states, final_states=final_states)
+
+    @property
+    def step(self) -> int:
+        """Updates done so far (adam's bias correction counts them)."""
+        return self.run_data.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.run_data.step = value
+
+    def run(self, order: NDArray[np.intp] | None, n_epochs: int) -> NDArray[np.float64]:
+        losses = np.empty(n_epochs)
+        with single_threaded_blas(self.blas_work):
+            self.network.program.train(self.run_data, self.no_order if order is None else order,
+                                       losses, get_num_threads())
+        return losses
+
+
+class ReferenceTrainer:
+    """The NumPy backends' training loop (lgmstm.reference): epochs of
+    mini-batch steps, optional gradient clipping, then the optimizer.
+
+    The model's backend gives ``batch(rows)``: rows (a slice or an index
+    array) selects the samples of one step; it returns the batch's loss
+    times the number of targets it averages over, and the gradients (one
+    array per parameter, which the loop may scale in place). An epoch's loss
+    is the sum of these over the epoch divided by n_targets, the targets of
+    all the samples. ``carried``: arrays the batches update besides the
+    parameters and moments (the snapshots of run_epochs restore them).
+    """
+
+    def __init__(self, params, batch: Callable[[Any], tuple[float, list[NDArray[Any]]]],
+                 n_samples, n_targets, batch_size, optimizer, lr, clip_norm=None, carried=()):
+        self.params, self.batch = params, batch
+        self.n_samples, self.n_targets = n_samples, n_targets
+        self.batch_size, self.optimizer, self.lr, self.clip_norm = (
+            batch_size, optimizer, lr, clip_norm)
+        moments = zero_moments(optimizer, params)
+        self.moments = [[arrays[i] for arrays in moments] for i in range(len(params))]
+        self.step = 0
+        self.trained_arrays = params + [a for arrays in moments for a in arrays] + list(carried)
+
+    def run(self, order, n_epochs):
+        losses = np.empty(n_epochs)
+        for epoch in range(n_epochs):
+            sum_squares = 0.0
+            for start in range(0, self.n_samples, self.batch_size):
+                if order is None:
+                    rows = slice(start, start + self.batch_size)
+                else:
+                    rows = order[epoch, start : start + self.batch_size]
+                squares, grads = self.batch(rows)
+                sum_squares += squares
+                if self.clip_norm is not None:
+                    norm = np.sqrt(sum(float(np.vdot(g, g)) for g in grads))
+                    if norm > self.clip_norm:
+                        for grad in grads:
+                            grad *= grad.dtype.type(self.clip_norm / norm)
+                self.step += 1
+                for param, grad, moments in zip(self.params, grads, self.moments):
+                    reference.optimizer_step(
+                        param, grad, moments, optimizer=self.optimizer, lr=self.lr,
+                        momentum=MOMENTUM, beta1=ADAM_BETA1, beta2=ADAM_BETA2,
+                        eps=ADAM_EPS, step=self.step)
+            losses[epoch] = sum_squares / max(1, self.n_targets)
+        return losses

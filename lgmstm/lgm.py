@@ -1,0 +1,410 @@
+"""LGM, the long-term generalization memory: a feed-forward network of tanh
+layers trained by gradient descent.
+
+Parameters live in NumPy arrays; ``backend="cython"`` runs every
+predict/gradients/fit in compiled code (fit in a few calls, each covering
+many epochs), ``backend="numpy"`` runs the same maths with
+:mod:`lgmstm.reference`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+from . import _dense, _lgm, reference
+from ._base import OUTPUTS, Model, glorot_uniform
+from ._threads import get_num_threads, single_threaded_blas
+from ._training import (
+    CompiledTrainer,
+    ReferenceTrainer,
+    TrainingWorkspace,
+    plan_fit,
+    train_model,
+)
+from ._validation import MAX_DIM, as_array, check_choice, check_int, check_product
+
+__all__ = ["LGM"]
+
+
+class _CompiledNetwork:
+    """Forward/gradients/training of a dense network with lgmstm._lgm."""
+
+    def __init__(self, params, layer_sizes, output_tanh):
+        self.params = params
+        self.sizes = np.asarray(layer_sizes, dtype=np.intp)
+        self.program = _lgm.Network(params, self.sizes, output_tanh)
+        self.workspace = TrainingWorkspace()
+
+    def _work(self, n_samples):
+        return _dense.TASK_ROWS * max(max(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:])),
+                        n_samples * int(self.sizes.max()))
+
+    def _buffers(self, n_samples, dtype):
+        return [np.empty((n_samples, n), dtype) for n in self.sizes[1:]]
+
+    def predict(self, X):
+        activations = self._buffers(X.shape[0], X.dtype)
+        with single_threaded_blas(self._work(X.shape[0])):
+            self.program.predict(X, activations, get_num_threads())
+        return activations[-1]
+
+    def gradients(self, X, Y):
+        grads = [np.empty_like(p) for p in self.params]
+        partials = np.empty(_dense.partials_size(Y.shape[0]))
+        with single_threaded_blas(self._work(X.shape[0])):
+            loss = self.program.gradients(
+                X, Y, grads, self._buffers(X.shape[0], X.dtype),
+                self._buffers(X.shape[0], X.dtype), partials, get_num_threads())
+        return loss, grads
+
+    def trainer(self, X, Y, batch_size, optimizer, lr):
+        dtype = X.dtype
+
+        def make_workspace():
+            return ([np.empty_like(p) for p in self.params],
+                    [np.empty((batch_size, X.shape[1]), dtype),
+                     np.empty((batch_size, Y.shape[1]), dtype),
+                     np.empty(_dense.partials_size(batch_size)),
+                     *self._buffers(batch_size, dtype), *self._buffers(batch_size, dtype)])
+
+        # The model fixes X's and Y's widths: batch size and dtype are the key.
+        grads, workspace = self.workspace.get((batch_size, dtype), make_workspace)
+        return CompiledTrainer(self, X, Y, batch_size, optimizer, lr, grads=grads,
+                               workspace=workspace, blas_work=self._work(batch_size))
+
+
+class _ReferenceNetwork:
+    """The same network in plain NumPy (lgmstm.reference)."""
+
+    def __init__(self, params, layer_sizes, output_tanh):
+        self.params = params
+        self.n_layers = len(layer_sizes) - 1
+        self.output_tanh = output_tanh
+
+    def _tanh(self, layer):
+        return self.output_tanh or layer < self.n_layers - 1
+
+    def _forward(self, X):
+        activations = []
+        for layer in range(self.n_layers):
+            W, b = self.params[2 * layer], self.params[2 * layer + 1]
+            X = reference.layer_forward(X, W, b, self._tanh(layer))
+            activations.append(X)
+        return activations
+
+    def predict(self, X):
+        return self._forward(X)[-1]
+
+    def gradients(self, X, Y):
+        activations = self._forward(X)
+        loss, delta = reference.squared_error(activations[-1], Y)
+        grads = [None] * len(self.params)
+        for layer in range(self.n_layers - 1, -1, -1):
+            layer_input = X if layer == 0 else activations[layer - 1]
+            delta, grads[2 * layer], grads[2 * layer + 1] = reference.layer_backward(
+                layer_input, self.params[2 * layer], activations[layer], delta,
+                self._tanh(layer), need_dX=layer > 0)
+        return loss, grads
+
+    def trainer(self, X, Y, batch_size, optimizer, lr):
+        def batch(rows):
+            Y_batch = Y[rows]
+            loss, grads = self.gradients(X[rows], Y_batch)
+            return loss * Y_batch.size, grads
+
+        return ReferenceTrainer(self.params, batch, X.shape[0], Y.size, batch_size, optimizer, lr)
+
+
+_NETWORKS: dict[str, type[_CompiledNetwork] | type[_ReferenceNetwork]] = {
+    "cython": _CompiledNetwork, "numpy": _ReferenceNetwork}
+
+
+class LGM(Model):
+    """Long-term generalization memory: a feed-forward tanh network.
+
+    ``Y = f_L(... tanh(tanh(X W_0 + b_0) W_1 + b_1) ...)``, trained to minimise
+    the mean squared error ``mean((Y - target)**2)`` over all samples and
+    outputs.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int, length >= 2
+        ``[n_in, n_hidden_1, ..., n_out]``, each >= 1.
+    output : {"tanh", "linear"}, default "tanh"
+        Activation of the last layer: "tanh" keeps outputs in (-1, 1),
+        "linear" suits unbounded regression targets. Hidden layers are tanh.
+    dtype : float32 or float64, default float64
+        Dtype of the parameters and of every result; inputs are converted.
+    seed : int, numpy.random.Generator or None
+        Seeds the Glorot-uniform weights (biases start at zero) and the
+        default shuffling of :meth:`fit`.
+    backend : {"cython", "numpy"}, default "cython"
+        "cython" runs compiled OpenMP kernels; "numpy" runs the same maths in
+        :mod:`lgmstm.reference`.
+
+    Attributes
+    ----------
+    layer_sizes : tuple of int
+    output : str
+    dtype : numpy.dtype
+    backend : str
+        The constructor's arguments, as checked.
+    kind : str
+        "LGM", as written in saved files.
+    params : dict of str to ndarray
+        Copies of ``layer{l}.weight`` (n_l, n_{l+1}) and ``layer{l}.bias`` (n_{l+1},).
+    history_ : ndarray of shape (n_epochs,)
+        Per-epoch losses of the last :meth:`fit`.
+
+    Raises
+    ------
+    TypeError
+        layer_sizes is not a sequence of ints, dtype not float32/float64, or
+        seed not an int, Generator or None.
+    ValueError
+        Fewer than two layer sizes, a size < 1, or an unknown output or backend.
+    """
+
+    kind = "LGM"
+
+    def __init__(self, layer_sizes: Sequence[int], *, output: str = "tanh",
+                 dtype: DTypeLike = np.float64,
+                 seed: int | np.random.Generator | None = None,
+                 backend: str = "cython") -> None:
+        if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+            raise TypeError(f"layer_sizes must be a sequence of ints, got {layer_sizes!r}")
+        sizes = [check_int(f"layer_sizes[{i}]", n, 1, maximum=MAX_DIM)
+                 for i, n in enumerate(layer_sizes)]
+        if len(sizes) < 2:
+            raise ValueError(f"layer_sizes needs at least two sizes [n_in, n_out], got {sizes}")
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            check_product("layer_sizes: a weight", n_in, n_out)
+        self.layer_sizes = tuple(sizes)
+        self.output = check_choice("output", output, OUTPUTS)
+        self._set_up(dtype, seed, backend)
+        self._params = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            self._params += [glorot_uniform(self._rng, n_in, n_out, self.dtype),
+                             np.zeros(n_out, self.dtype)]
+        self._network = _NETWORKS[self.backend](self._params, sizes, self.output == "tanh")
+
+    # -- what Model needs ---------------------------------------------------------
+    def _param_names(self) -> Iterator[str]:
+        for layer in range(len(self.layer_sizes) - 1):
+            yield f"layer{layer}.weight"
+            yield f"layer{layer}.bias"
+
+    def _arguments(self) -> dict[str, Any]:
+        return {"layer_sizes": self.layer_sizes, "output": self.output}
+
+    def _construct(self, arguments: dict[str, Any], dtype: str, backend: str) -> None:
+        LGM.__init__(self, arguments["layer_sizes"], output=arguments["output"], dtype=dtype,
+                     backend=backend)
+
+    def _config(self) -> dict[str, NDArray[Any]]:
+        return {"layer_sizes": np.asarray(self.layer_sizes, np.int64),
+                "output": np.asarray(self.output)}
+
+    def __repr__(self):
+        return (f"LGM({list(self.layer_sizes)}, output={self.output!r}, "
+                f"dtype={self.dtype.name}, backend={self.backend!r})")
+
+    # -- checks ---------------------------------------------------------------
+    def _inputs(self, X: ArrayLike) -> NDArray[Any]:
+        X = as_array("X", X, 2)
+        if X.shape[1] != self.layer_sizes[0]:
+            raise ValueError(
+                f"X must have shape (n_samples, {self.layer_sizes[0]}), got {X.shape}")
+        return np.ascontiguousarray(X, dtype=self.dtype)
+
+    def _targets(self, Y: ArrayLike, n_samples: int) -> NDArray[Any]:
+        n_out = self.layer_sizes[-1]
+        Y = as_array("Y", Y, (1, 2) if n_out == 1 else 2)
+        if Y.ndim == 1:
+            Y = Y.reshape(-1, 1)
+        if Y.shape != (n_samples, n_out):
+            raise ValueError(f"Y must have shape (n_samples, n_out) = {(n_samples, n_out)}, "
+                             f"got {Y.shape}")
+        return np.ascontiguousarray(Y, dtype=self.dtype)
+
+    # -- use --------------------------------------------------------------------
+    def predict(self, X: ArrayLike) -> NDArray[Any]:
+        """Outputs of the network.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_in)
+            Real numbers; integers and bools are converted, and every input
+            takes the model's dtype. Other dtypes are refused.
+
+        Returns
+        -------
+        Y : ndarray of shape (n_samples, n_out), the model's dtype
+            The last layer's outputs, in (-1, 1) for ``output="tanh"``.
+
+        Raises
+        ------
+        TypeError
+            X is not an array of real numbers.
+        ValueError
+            X has the wrong number of dimensions or a shape that does not
+            fit the architecture (the message shows expected vs actual).
+        """
+        X = self._inputs(X)
+        with self._lock.reading():
+            return self._network.predict(X)
+
+    def loss(self, X: ArrayLike, Y: ArrayLike) -> float:
+        """Mean squared error ``mean((predict(X) - Y)**2)`` over all elements.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_in)
+            Real numbers; integers and bools are converted, and every input
+            takes the model's dtype. Other dtypes are refused.
+        Y : array-like of shape (n_samples, n_out), or (n_samples,) when n_out == 1
+            Targets, converted like X.
+
+        Returns
+        -------
+        loss : float
+            The mean over samples and outputs.
+
+        Raises
+        ------
+        TypeError
+            X or Y is not an array of real numbers.
+        ValueError
+            X or Y has the wrong number of dimensions or a shape that does not
+            fit the architecture (the message shows expected vs actual).
+        """
+        X = self._inputs(X)
+        Y = self._targets(Y, X.shape[0])
+        with self._lock.reading():
+            diff = self._network.predict(X) - Y
+        return float(np.vdot(diff, diff)) / max(1, diff.size)
+
+    def gradients(self, X: ArrayLike, Y: ArrayLike) -> dict[str, NDArray[Any]]:
+        """Gradient of :meth:`loss` with respect to every parameter.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_in)
+            Real numbers; integers and bools are converted, and every input
+            takes the model's dtype. Other dtypes are refused.
+        Y : array-like of shape (n_samples, n_out), or (n_samples,) when n_out == 1
+            Targets, converted like X.
+
+        Returns
+        -------
+        grads : dict of str to ndarray
+            ``d loss / d param``, keyed and shaped like :attr:`params`, the
+            model's dtype.
+
+        Raises
+        ------
+        TypeError
+            X or Y is not an array of real numbers.
+        ValueError
+            X or Y has the wrong number of dimensions or a shape that does not
+            fit the architecture (the message shows expected vs actual).
+        """
+        X = self._inputs(X)
+        Y = self._targets(Y, X.shape[0])
+        with self._lock.reading():
+            _, grads = self._network.gradients(X, Y)
+        return self._named(grads)
+
+    def fit(self, X: ArrayLike, Y: ArrayLike, *, epochs: int, lr: float,
+            batch_size: int | None = None, optimizer: str = "sgd", shuffle: bool = True,
+            seed: int | np.random.Generator | None = None,
+            callback: Callable[[int, float], bool | None] | None = None,
+            verbose: bool = False) -> NDArray[np.float64]:
+        """Train by gradient descent on the mean squared error.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_in), finite, n_samples >= 1
+        Y : array-like of shape (n_samples, n_out) (or (n_samples,) when n_out == 1)
+        epochs : int >= 0
+            Passes over the data.
+        lr : float > 0
+            Learning rate.
+        batch_size : int >= 1 or None, default None
+            Samples per update; None (or anything >= n_samples) is full-batch
+            gradient descent, one update per epoch.
+        optimizer : {"sgd", "momentum", "adam"}, default "sgd"
+            "sgd": ``W -= lr dW``; "momentum": heavy ball with 0.9;
+            "adam": Adam with (0.9, 0.999, 1e-8). The optimizer's moments
+            (velocity, Adam's means) start from zero at each call; the
+            parameters carry on from where they are.
+        shuffle : bool, default True
+            Visit the samples in a new random order each epoch (only matters
+            with mini-batches).
+        seed : int, Generator or None
+            Seeds the shuffling; None draws from the model's own generator.
+        callback : callable(epoch, loss) -> bool or None, optional
+            Called after every epoch (0-based) with that epoch's loss;
+            returning False stops training.
+        verbose : bool, default False
+            Print epoch, loss and epochs/s to stderr about once a second.
+
+        Returns
+        -------
+        losses : ndarray of shape (n_epochs_run,), float64
+            Mean squared error of each epoch, each batch measured before its
+            update. Also kept as ``history_``.
+
+        Raises
+        ------
+        TypeError
+            epochs or batch_size is not an integer, lr not a real number,
+            callback not callable, or X/Y not arrays of real numbers.
+        ValueError
+            X or Y empty, non-finite or of the wrong shape; epochs < 0;
+            lr not finite and > 0; batch_size < 1; an unknown optimizer.
+        RuntimeError
+            Another thread is training this model (or fit was called from
+            its own callback).
+        TrainingInterrupted (a KeyboardInterrupt)
+            On Ctrl-C, within about 0.1 s: the model keeps the parameters of
+            the last finished epoch and ``history_`` their losses.
+
+        Warns
+        -----
+        DivergenceWarning
+            When a loss or parameter becomes non-finite: training stops and
+            the model keeps the last finite parameters.
+        """
+        X = self._inputs(X)
+        Y = self._targets(Y, X.shape[0])
+        plan = plan_fit(self._rng, X, Y, sample="sample", epochs=epochs, lr=lr,
+                        batch_size=batch_size, optimizer=optimizer, clip_norm=None,
+                        shuffle=shuffle, seed=seed, callback=callback, verbose=verbose)
+        return train_model(
+            self, plan, lambda: self._network.trainer(X, Y, plan.batch_size, plan.optimizer,
+                                                      plan.lr), callback)
+
+    # -- persistence -------------------------------------------------------------
+    @classmethod
+    def _from_saved(cls, config, dtype, arrays, path, backend):
+        stored = config["layer_sizes"]
+        if stored.ndim != 1 or stored.dtype.kind not in "iu":
+            raise ValueError(f"{path}: layer_sizes must be a 1-d integer array, got "
+                             f"shape {stored.shape} dtype {stored.dtype}")
+        layer_sizes = [int(n) for n in stored]
+        # Shapes first: a file must not make us build a model larger than it holds.
+        expected: dict[str, tuple[int, ...]] = {}
+        for layer, (n_in, n_out) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
+            expected[f"layer{layer}.weight"] = (n_in, n_out)
+            expected[f"layer{layer}.bias"] = (n_out,)
+        found = {name: value.shape for name, value in arrays.items()}
+        if found != expected:
+            raise ValueError(f"{path}: parameters of shapes {found} do not fit "
+                             f"layer_sizes {layer_sizes}")
+        model = cls(layer_sizes, output=str(config["output"]), dtype=dtype, backend=backend)
+        model._restore(arrays, path)
+        return model
