@@ -18,7 +18,10 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ["_openmp", "_dense", "_recurrent"]
+# The compiled modules, in csrc/lgmstm/ (see docs/architecture.md): the
+# building blocks that share cdef functions through their .pxd files, the two
+# model programs, and the build facts.
+MODULES = ["_openmp", "_train", "_dense", "_rnn", "_lgm", "_stm"]
 
 OPENMP_FLAGS = {
     # compiler type: (compile flags, link flags)
@@ -67,6 +70,12 @@ def _openmp_flags(compiler):
 
 
 class BuildExt(build_ext):
+    def finalize_options(self):
+        super().finalize_options()
+        # The modules compile independently: one per core.
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
+
     def build_extensions(self):
         kind = self.compiler.compiler_type
         flags = _openmp_flags(self.compiler)
@@ -112,8 +121,8 @@ class BuildExt(build_ext):
 extensions = [
     Extension(
         f"lgmstm.{name}",
-        [f"csrc/{name}.pyx"],
-        include_dirs=["csrc", np.get_include()],
+        [f"csrc/lgmstm/{name}.pyx"],
+        include_dirs=["csrc/lgmstm", np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
     for name in MODULES
@@ -123,6 +132,7 @@ setup(
     ext_modules=cythonize(
         extensions,
         include_path=["csrc"],
+        nthreads=os.cpu_count() or 1,
         compiler_directives={
             "language_level": 3,
             # Shapes are checked once in Python; kernels trust their views.

@@ -10,7 +10,7 @@
 - :func:`set_num_threads`, :func:`show_config`, :func:`load`.
 """
 try:
-    from . import _dense, _openmp, _recurrent  # noqa: F401  (compiled)
+    from . import _lgm, _openmp, _stm  # noqa: F401  (compiled)
 except ImportError as exc:  # pragma: no cover - depends on how it is run
     import os as _os
 

@@ -62,8 +62,6 @@ def config_info():
     import scipy
     from threadpoolctl import threadpool_info
 
-    from . import _recurrent
-
     scipy_blas = scipy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     libraries = []
     for library in threadpool_info():
@@ -87,7 +85,7 @@ def config_info():
         "threads": get_num_threads(),
         "simd_dispatch": _openmp.simd_dispatch(),
         "simd_clone": _tanh_clone(),
-        "panel_kernels": _recurrent.panel_kernel_build(),
+        "panel_kernels": _openmp.panel_kernel_build(),
         "scipy_blas": f"{scipy_blas.get('name', 'unknown')} {scipy_blas.get('version', '')}".strip(),
         "compiler": compiler,
         "flags": flags,

@@ -20,7 +20,8 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from . import reference
+from . import _train, reference
+from ._threads import get_num_threads, single_threaded_blas
 from ._validation import (
     MAX_DIM,
     check_bool,
@@ -372,31 +373,58 @@ class TrainingWorkspace:
 
 
 class CompiledTrainer:
-    """Every buffer one fit needs, allocated once (the scratch ones are the
-    network's TrainingWorkspace, kept for its next fit); run() trains a block
-    of epochs in one compiled call (small networks' panel workspace is
-    allocated by that call, once a block).
+    """One fit of a compiled network: every array it needs, allocated once
+    (the scratch ones are the network's TrainingWorkspace, kept for its
+    next fit), in a TrainingRun that the network's program
+    (``network.program.train``, lgmstm._lgm or lgmstm._stm) trains a block
+    of epochs of in one call (small networks' panel workspace is allocated
+    by that call, once a block).
 
-    This base holds what the models' compiled trainers share: the
-    optimizer's code and moments, the step count and the arrays training
-    changes; each model's subclass adds its buffers and run().
+    grads and workspace: the program's scratch (workspace in the order its
+    train documents); blas_work: the flops that decide BLAS's threads (see
+    single_threaded_blas); lengths, initial_states, final_states: the
+    STM's. final_states, when given, holds each sequence's final state
+    from the latest epoch.
     """
 
-    def __init__(self, network, n_samples, batch_size, optimizer, lr):
+    def __init__(self, network, X, Y, batch_size: int, optimizer: str, lr: float, *,
+                 grads: list[NDArray[Any]], workspace: list[NDArray[Any]], blas_work: int,
+                 clip_norm: float | None = None, lengths: NDArray[np.intp] | None = None,
+                 initial_states: NDArray[Any] | None = None,
+                 final_states: NDArray[Any] | None = None) -> None:
         self.network = network
-        self.batch_size, self.lr = batch_size, lr
-        self.optimizer = OPTIMIZERS[optimizer].code
-        self.moments = zero_moments(optimizer, network.params)
-        self.no_order = np.empty((0, n_samples), np.intp)
-        self.step = 0
         self.params: list[NDArray[Any]] = network.params
-        self.trained_arrays = network.params + [a for arrays in self.moments for a in arrays]
+        moments = zero_moments(optimizer, network.params)
+        self.trained_arrays = network.params + [a for arrays in moments for a in arrays]
+        if final_states is not None:
+            self.trained_arrays.append(final_states)
+        self.final_states = final_states
+        # The moments the optimizer does not keep: any valid arrays (unread).
+        first_moments, second_moments = moments + [grads] * (2 - len(moments))
+        self.blas_work = blas_work
+        self.no_order = np.empty((0, X.shape[0]), np.intp)
+        self.run_data = _train.TrainingRun(
+            X=X, Y=Y, grads=grads, first_moments=first_moments,
+            second_moments=second_moments, workspace=workspace, batch_size=batch_size,
+            optimizer=OPTIMIZERS[optimizer].code, lr=lr, momentum=MOMENTUM,
+            beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, clip_norm=clip_norm or 0.0,
+            lengths=lengths, initial_states=initial_states, final_states=final_states)
 
-    def moment_arguments(self, spare):
-        """The compiled training functions' two moment arguments: the
-        optimizer's moments, then spare (any valid arrays, which the
-        optimizer does not read) in place of those it does not keep."""
-        return self.moments + [spare] * (2 - len(self.moments))
+    @property
+    def step(self) -> int:
+        """Updates done so far (adam's bias correction counts them)."""
+        return self.run_data.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.run_data.step = value
+
+    def run(self, order: NDArray[np.intp] | None, n_epochs: int) -> NDArray[np.float64]:
+        losses = np.empty(n_epochs)
+        with single_threaded_blas(self.blas_work):
+            self.network.program.train(self.run_data, self.no_order if order is None else order,
+                                       losses, get_num_threads())
+        return losses
 
 
 class ReferenceTrainer:

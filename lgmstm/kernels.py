@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _dense, _recurrent
+from . import _dense, _rnn
 from ._threads import get_num_threads, single_threaded_blas
 from ._validation import (
     dense_backward_args,
@@ -116,13 +116,13 @@ def dense_backward(X: ArrayLike, W: ArrayLike, A: ArrayLike, dA: ArrayLike, *,
 # -- recurrent layer -------------------------------------------------------------
 
 
-def _recurrent_work(n_samples, n_steps, n_in, n_hidden):
+def _rnn_work(n_samples, n_steps, n_in, n_hidden):
     """Multiply-adds of the largest GEMM a task does (a weight-gradient block)."""
     return n_samples * n_steps * max(n_in, n_hidden) * n_hidden
 
 
 def _chunk_scratch(n_samples, n_in, n_hidden, dtype, backward):
-    return (np.empty(_recurrent.scratch_size(n_samples, n_in, n_hidden, backward), dtype),
+    return (np.empty(_rnn.scratch_size(n_samples, n_in, n_hidden, backward), dtype),
             np.empty(n_samples, np.intp))
 
 
@@ -157,8 +157,8 @@ def rnn_forward(X, h0, Wx, Wh, b, *, lengths=None, out=None):
     n_samples, n_steps, n_in = X.shape
     n_hidden = Wx.shape[1]
     scratch, order = _chunk_scratch(n_samples, n_in, n_hidden, X.dtype, False)
-    with single_threaded_blas(_recurrent_work(n_samples, n_steps, n_in, n_hidden)):
-        _recurrent.forward(X, h0, Wx, Wh, b, lengths, buffer, scratch, order,
+    with single_threaded_blas(_rnn_work(n_samples, n_steps, n_in, n_hidden)):
+        _rnn.forward(X, h0, Wx, Wh, b, lengths, buffer, scratch, order,
                            get_num_threads())
     return filled_out(buffer, result)
 
@@ -204,7 +204,7 @@ def rnn_backward(X, h0, Wx, Wh, H, dH, *, dh_last=None, lengths=None):
     dZ = np.empty_like(H)
     dz_first = np.empty((n_samples, n_hidden), dtype)
     scratch, order = _chunk_scratch(n_samples, n_in, n_hidden, dtype, True)
-    with single_threaded_blas(_recurrent_work(n_samples, n_steps, n_in, n_hidden)):
-        _recurrent.backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, dZ, dz_first, dX,
+    with single_threaded_blas(_rnn_work(n_samples, n_steps, n_in, n_hidden)):
+        _rnn.backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, dZ, dz_first, dX,
                             dh0, dWx, dWh, db, scratch, order, get_num_threads())
     return dX, dh0, dWx, dWh, db

@@ -14,14 +14,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _dense, reference
+from . import _dense, _lgm, reference
 from ._base import OUTPUTS, Model, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
-    ADAM_BETA1,
-    ADAM_BETA2,
-    ADAM_EPS,
-    MOMENTUM,
     CompiledTrainer,
     ReferenceTrainer,
     TrainingWorkspace,
@@ -34,13 +30,12 @@ __all__ = ["LGM"]
 
 
 class _CompiledNetwork:
-    """Forward/gradients/training of a dense network with lgmstm._dense."""
+    """Forward/gradients/training of a dense network with lgmstm._lgm."""
 
     def __init__(self, params, layer_sizes, output_tanh):
         self.params = params
         self.sizes = np.asarray(layer_sizes, dtype=np.intp)
-        self.output_tanh = output_tanh
-        self.pointers = _dense.PointerList(params)
+        self.program = _lgm.Network(params, self.sizes, output_tanh)
         self.workspace = TrainingWorkspace()
 
     def _work(self, n_samples):
@@ -53,61 +48,32 @@ class _CompiledNetwork:
     def predict(self, X):
         activations = self._buffers(X.shape[0], X.dtype)
         with single_threaded_blas(self._work(X.shape[0])):
-            _dense.predict(X, self.pointers, self.sizes, self.output_tanh,
-                           _dense.PointerList(activations), get_num_threads())
+            self.program.predict(X, activations, get_num_threads())
         return activations[-1]
 
     def gradients(self, X, Y):
         grads = [np.empty_like(p) for p in self.params]
         partials = np.empty(_dense.partials_size(Y.shape[0]))
         with single_threaded_blas(self._work(X.shape[0])):
-            loss = _dense.gradients(
-                X, Y, self.pointers, _dense.PointerList(grads), self.sizes,
-                self.output_tanh, _dense.PointerList(self._buffers(X.shape[0], X.dtype)),
-                _dense.PointerList(self._buffers(X.shape[0], X.dtype)), partials,
-                get_num_threads())
+            loss = self.program.gradients(
+                X, Y, grads, self._buffers(X.shape[0], X.dtype),
+                self._buffers(X.shape[0], X.dtype), partials, get_num_threads())
         return loss, grads
 
     def trainer(self, X, Y, batch_size, optimizer, lr):
-        return _CompiledTrainer(self, X, Y, batch_size, optimizer, lr)
-
-
-class _CompiledTrainer(CompiledTrainer):
-    """The LGM's CompiledTrainer: lgmstm._dense.train."""
-
-    def __init__(self, network, X, Y, batch_size, optimizer, lr):
-        super().__init__(network, X.shape[0], batch_size, optimizer, lr)
-        self.X, self.Y = X, Y
         dtype = X.dtype
 
         def make_workspace():
-            return ([np.empty_like(p) for p in network.params],
-                    network._buffers(batch_size, dtype), network._buffers(batch_size, dtype),
-                    np.empty((batch_size, X.shape[1]), dtype),
-                    np.empty((batch_size, Y.shape[1]), dtype),
-                    np.empty(_dense.partials_size(batch_size)))
+            return ([np.empty_like(p) for p in self.params],
+                    [np.empty((batch_size, X.shape[1]), dtype),
+                     np.empty((batch_size, Y.shape[1]), dtype),
+                     np.empty(_dense.partials_size(batch_size)),
+                     *self._buffers(batch_size, dtype), *self._buffers(batch_size, dtype)])
 
         # The model fixes X's and Y's widths: batch size and dtype are the key.
-        grads, activations, deltas, self.X_batch, self.Y_batch, self.partials = (
-            network.workspace.get((batch_size, dtype), make_workspace))
-        self.grads = _dense.PointerList(grads)
-        self.first_moments, self.second_moments = (
-            _dense.PointerList(m) for m in self.moment_arguments(grads))
-        self.activations = _dense.PointerList(activations)
-        self.deltas = _dense.PointerList(deltas)
-
-    def run(self, order, n_epochs):
-        losses = np.empty(n_epochs)
-        network = self.network
-        with single_threaded_blas(network._work(self.batch_size)):
-            self.step = _dense.train(
-                self.X, self.Y, network.pointers, self.grads, self.first_moments,
-                self.second_moments, network.sizes, network.output_tanh, self.activations,
-                self.deltas, self.X_batch, self.Y_batch, self.partials,
-                self.no_order if order is None else order, self.batch_size,
-                self.optimizer, self.lr, MOMENTUM, ADAM_BETA1, ADAM_BETA2, ADAM_EPS,
-                self.step, losses, get_num_threads())
-        return losses
+        grads, workspace = self.workspace.get((batch_size, dtype), make_workspace)
+        return CompiledTrainer(self, X, Y, batch_size, optimizer, lr, grads=grads,
+                               workspace=workspace, blas_work=self._work(batch_size))
 
 
 class _ReferenceNetwork:

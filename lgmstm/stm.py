@@ -2,7 +2,7 @@
 readout, trained by backpropagation through time.
 
 Parameters live in NumPy arrays; ``backend="cython"`` runs every
-predict/gradients/fit in compiled code (:mod:`lgmstm._recurrent`, fit in a
+predict/gradients/fit in compiled code (:mod:`lgmstm._stm`, fit in a
 few calls, each covering many epochs), ``backend="numpy"`` runs the same
 maths with :mod:`lgmstm.reference`.
 """
@@ -14,14 +14,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from . import _recurrent, reference
+from . import _stm, reference
 from ._base import OUTPUTS, Model, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
-    ADAM_BETA1,
-    ADAM_BETA2,
-    ADAM_EPS,
-    MOMENTUM,
     CompiledTrainer,
     ReferenceTrainer,
     TrainingWorkspace,
@@ -61,12 +57,13 @@ def _valid_steps(lengths, n_steps):
 
 
 class _CompiledRecurrent:
-    """Forward/gradients/training of the STM with lgmstm._recurrent."""
+    """Forward/gradients/training of the STM with lgmstm._stm."""
 
     def __init__(self, params, sizes, output_tanh, return_sequences):
         self.params = params
         self.sizes = np.asarray(sizes, dtype=np.intp)
-        self.output_tanh, self.return_sequences = output_tanh, return_sequences
+        self.return_sequences = return_sequences
+        self.program = _stm.Network(params, self.sizes, output_tanh, return_sequences)
         self.workspace = TrainingWorkspace()
 
     def _work(self, n_samples, n_steps):
@@ -75,72 +72,43 @@ class _CompiledRecurrent:
 
     def _buffers(self, n_samples, n_steps, dtype, backward=True):
         n_in, n_hidden, n_out = (int(n) for n in self.sizes)
-        shapes = _recurrent.buffer_shapes(n_samples, n_steps, n_in, n_hidden, n_out,
-                                          self.return_sequences, backward)
+        shapes = _stm.buffer_shapes(n_samples, n_steps, n_in, n_hidden, n_out,
+                                    self.return_sequences, backward)
         return [np.empty(shape, dtype if kind is None else kind) for shape, kind in shapes]
 
     def predict(self, X, h0, lengths):
         buffers = self._buffers(X.shape[0], X.shape[1], X.dtype, backward=False)
         with single_threaded_blas(self._work(X.shape[0], X.shape[1])):
-            return _recurrent.predict(X, h0, lengths, self.params, self.sizes,
-                                      self.output_tanh, self.return_sequences, buffers,
-                                      get_num_threads())
+            return self.program.predict(X, h0, lengths, buffers, get_num_threads())
 
     def gradients(self, X, Y, h0, lengths):
         grads = [np.empty_like(p) for p in self.params]
         with single_threaded_blas(self._work(X.shape[0], X.shape[1])):
-            loss = _recurrent.gradients(
-                X, Y.reshape(-1), h0, lengths, self.params, grads, self.sizes,
-                self.output_tanh, self.return_sequences,
+            loss = self.program.gradients(
+                X, Y.reshape(-1), h0, lengths, grads,
                 self._buffers(X.shape[0], X.shape[1], X.dtype), get_num_threads())
         return loss, grads
 
     def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
-        return _CompiledTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm)
-
-
-class _CompiledTrainer(CompiledTrainer):
-    """The STM's CompiledTrainer: lgmstm._recurrent.train.
-
-    final_states: each sequence's final state, from the latest epoch.
-    """
-
-    def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
-        super().__init__(network, X.shape[0], batch_size, optimizer, lr)
-        self.X, self.Y, self.lengths, self.h0 = X, Y.reshape(-1), lengths, h0
-        self.clip_norm = clip_norm or 0.0
         n_samples, n_steps, n_in = X.shape
-        n_hidden = int(network.sizes[1])
+        n_hidden = int(self.sizes[1])
+        Y = Y.reshape(-1)
         dtype = X.dtype
-        targets_per_sample = self.Y.size // max(1, n_samples)
+        targets_per_sample = Y.size // max(1, n_samples)
 
         def make_workspace():
-            return ([np.empty_like(p) for p in network.params],
-                    network._buffers(batch_size, n_steps, dtype),
-                    np.empty((batch_size, n_steps, n_in), dtype),
-                    np.empty(batch_size * targets_per_sample, dtype),
-                    np.empty(batch_size, np.intp), np.empty((batch_size, n_hidden), dtype))
+            return ([np.empty_like(p) for p in self.params],
+                    [*self._buffers(batch_size, n_steps, dtype),
+                     np.empty((batch_size, n_steps, n_in), dtype),
+                     np.empty(batch_size * targets_per_sample, dtype),
+                     np.empty(batch_size, np.intp), np.empty((batch_size, n_hidden), dtype)])
 
         # The model fixes everything else (targets_per_sample follows from n_steps).
-        (self.grads, self.buffers, self.X_batch, self.Y_batch, self.lengths_batch,
-         self.h0_batch) = network.workspace.get((batch_size, n_steps, dtype), make_workspace)
-        self.first_moments, self.second_moments = self.moment_arguments(self.grads)
-        self.final_states = np.zeros((n_samples, n_hidden), dtype)
-        self.trained_arrays.append(self.final_states)
-
-    def run(self, order, n_epochs):
-        losses = np.empty(n_epochs)
-        network = self.network
-        with single_threaded_blas(network._work(self.batch_size, self.X.shape[1])):
-            self.step = _recurrent.train(
-                self.X, self.Y, self.lengths, self.h0, self.final_states, network.params,
-                self.grads, self.first_moments, self.second_moments, network.sizes,
-                network.output_tanh, network.return_sequences, self.buffers, self.X_batch,
-                self.Y_batch, self.lengths_batch, self.h0_batch,
-                self.no_order if order is None else order, self.batch_size,
-                self.optimizer, self.lr, MOMENTUM, ADAM_BETA1, ADAM_BETA2, ADAM_EPS,
-                self.clip_norm, self.step, losses, get_num_threads())
-        return losses
+        grads, workspace = self.workspace.get((batch_size, n_steps, dtype), make_workspace)
+        return CompiledTrainer(
+            self, X, Y, batch_size, optimizer, lr, grads=grads, workspace=workspace,
+            blas_work=self._work(batch_size, n_steps), clip_norm=clip_norm, lengths=lengths,
+            initial_states=h0, final_states=np.zeros((n_samples, n_hidden), dtype))
 
 
 class _ReferenceRecurrent:
@@ -581,7 +549,7 @@ class STM(Model):
                         batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
                         shuffle=shuffle, seed=seed, callback=callback, verbose=verbose)
 
-        def keep_final_states(trainer: _CompiledTrainer | _ReferenceTrainer) -> None:
+        def keep_final_states(trainer: CompiledTrainer | _ReferenceTrainer) -> None:
             if self.stateful and len(self.history_):
                 self._state = trainer.final_states
 

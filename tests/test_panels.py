@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lgmstm
-from lgmstm import _dense, _recurrent
+from lgmstm import _lgm, _stm
 
 OPTIMIZERS = {"sgd": 0.05, "momentum": 0.02, "adam": 0.01}
 
@@ -42,11 +42,11 @@ RECURRENT_CASES = {
 
 
 def dense_layout(n_rows, sizes, dtype):
-    return _dense.training_layout(n_rows, np.array(sizes, np.intp), np.dtype(dtype).itemsize)
+    return _lgm._training_layout(n_rows, np.array(sizes, np.intp), np.dtype(dtype).itemsize)
 
 
 def recurrent_layout(n_rows, n_steps, sizes, dtype, return_sequences=True):
-    return _recurrent.training_layout(n_rows, n_steps, np.array(sizes, np.intp),
+    return _stm._training_layout(n_rows, n_steps, np.array(sizes, np.intp),
                                       np.dtype(dtype).itemsize, return_sequences)
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+CSRC = Path(__file__).resolve().parent.parent / "csrc" / "lgmstm"
 COMPILER = shutil.which("cc") or shutil.which("gcc")
 
 pytestmark = pytest.mark.skipif(
     COMPILER is None or not (CSRC / "_panel.h").is_file(),
-    reason="needs a C compiler and the csrc/ headers beside tests/")
+    reason="needs a C compiler and the csrc/lgmstm/ headers beside tests/")
 
 M, K, N = 13, 29, 48  # N: a whole number of 64-byte panels for both dtypes
 NP, LD = N - 7, N + 3  # packed products: NP columns (ragged), rows LD apart

@@ -128,13 +128,13 @@ def test_gradients_match_finite_differences(module, with_lengths):
 
 
 def test_packed_panels_are_used_where_expected():
-    from lgmstm import _recurrent
+    from lgmstm import _openmp, _rnn
     # Only the AVX-512 build of the panel kernel beats BLAS at these sizes.
-    expected = "packed" if _recurrent.panel_kernel_build() == "avx512" else "blas"
+    expected = "packed" if _openmp.panel_kernel_build() == "avx512" else "blas"
     for n_hidden in (128, 131, 136, 512):
-        assert _recurrent.recurrent_product_kind(n_hidden) == expected
+        assert _rnn._recurrent_product_kind(n_hidden) == expected
     for n_hidden in (1, 64, 127, 513, 1024):
-        assert _recurrent.recurrent_product_kind(n_hidden) == "blas"
+        assert _rnn._recurrent_product_kind(n_hidden) == "blas"
 
 
 @pytest.mark.parametrize("n_hidden", [6, 40, 136],
@@ -258,14 +258,14 @@ def test_zero_initial_state_adds_nothing_even_with_infinite_weights(module):
 
 
 def test_scratch_holds_only_what_a_pass_uses():
-    from lgmstm import _recurrent
+    from lgmstm import _openmp, _rnn
     n_samples, n_in, n_hidden = 2048, 4096, 4096
     rows = n_samples * (2 * n_hidden + 32)
     # Forward, BLAS (over 512 units): the state rows and nothing else.
-    assert _recurrent.scratch_size(n_samples, n_in, n_hidden, False) == rows
+    assert _rnn.scratch_size(n_samples, n_in, n_hidden, False) == rows
     # Backward: Wh^T and partial sums within PARTIALS_BUDGET (4 Mi values;
     # these weights are 8 times that, so there is one group and none).
-    assert _recurrent.scratch_size(n_samples, n_in, n_hidden, True) == rows + n_hidden**2
+    assert _rnn.scratch_size(n_samples, n_in, n_hidden, True) == rows + n_hidden**2
     # The benchmark's large STM: 4 groups' worth would fit, its 2 chunks make 2.
-    assert (_recurrent.scratch_size(128, 256, 512, True)
-            - _recurrent.scratch_size(128, 256, 512, False)) >= (256 + 512) * 512
+    assert (_rnn.scratch_size(128, 256, 512, True)
+            - _rnn.scratch_size(128, 256, 512, False)) >= (256 + 512) * 512

@@ -34,7 +34,7 @@ def build_info() -> str:
 
 def vectorised_tanh(values: NDArray[np.float32]) -> NDArray[np.float32]:
     out = values.copy()
-    _dense.tanh(out)  # the kernels' tanh; same dtype in and out
+    _dense._tanh(out)  # the kernels' tanh; same dtype in and out
     return out
 
 

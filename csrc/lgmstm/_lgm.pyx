@@ -1,8 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Compiled dense tanh layers, whole-network passes and the LGM training loop.
-
-Unchecked: call these through lgmstm.kernels / lgmstm.LGM, which validate
-shapes, dtypes and layouts once and allocate every buffer.
+"""The LGM program: a network of dense tanh layers (_dense) with the
+squared-error loss (_loss), trained by the driver of _train.
 
 A network of n_layers layers has layer_sizes [n_in, n_1, ..., n_out] and its
 parameters in one list [W_0, b_0, W_1, b_1, ...]; W_l is (sizes[l], sizes[l+1]).
@@ -13,78 +11,101 @@ Training takes one of two layouts, chosen from the shapes (panel_plan):
 - the panel layout of _panel.pxd (panel_network_gradients): small networks,
   whose products BLAS runs at a few GFLOP/s. Groups of samples go through
   every layer in parallel tasks, then blocks of weight-gradient rows.
+
+Unchecked: call it through lgmstm.LGM, which validates shapes, dtypes and
+layouts once and allocates every buffer.
 """
 cimport numpy as cnp
+import numpy as np
 from cython cimport floating
-from libc.stdlib cimport malloc, free
-
-from _layers cimport (dense_forward, dense_forward_loss, dense_backward,
-                      optimizer_step, optimizer_config, OptimizerConfig, SGD,
-                      gather_rows)
 from cython.parallel cimport prange
-from _parallel cimport CHUNK_ROWS as _CHUNK_ROWS, n_tasks, threads_for
-from _tanh cimport tanh_inplace, tanh_rows
-from _panel cimport (panel_product, row_sums, gather_columns, panel_loss, padded_width,
-                     group_panels, sample_major_gradient, transpose_columns,
-                     add_weight_gradient, finish_weight_gradient, panel_calloc,
-                     PANEL_MAX_WORK, MAX_PANEL_GROUPS)
+from libc.stdlib cimport free, malloc
 
-# The largest GEMM a task does is this many rows high (see _parallel.pxd).
-TASK_ROWS = _CHUNK_ROWS
-
-
-def partials_size(Py_ssize_t n_samples):
-    """Length of the `partials` scratch of a loss over n_samples samples."""
-    return max(1, n_tasks(n_samples, _CHUNK_ROWS))
+from lgmstm._dense cimport dense_backward, dense_forward, dense_forward_loss
+from lgmstm._optim cimport SGD, Optimizer
+from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
+                            add_weight_gradient, finish_weight_gradient, gather_columns,
+                            group_panels, padded_width, panel_calloc, panel_product,
+                            row_sums, sample_major_gradient, transpose_columns)
+from lgmstm._parallel cimport n_tasks, threads_for
+from lgmstm._loss cimport panel_squared_error
+from lgmstm._rows cimport gather_rows
+from lgmstm._tanh cimport tanh_rows
+from lgmstm._train cimport (BatchStep, Parameters, PointerTable, TrainingPlan,
+                            TrainingRun, plan_of, parameters_of, run_epochs)
 
 cnp.import_array()
 
 
-cdef class PointerList:
-    """Data pointers of a list of C-contiguous arrays, usable without the GIL.
+cdef class Network:
+    """A network's parameters and architecture, as the compiled passes take
+    them; built once per model.
 
-    Holds a reference to every array, so the pointers stay valid.
+    params: [W_0, b_0, W_1, b_1, ...], C-contiguous, one dtype; layer_sizes:
+    intp array [n_in, n_1, ..., n_out]; output_tanh: the last layer's
+    activation (hidden layers are tanh).
     """
-    cdef void **data
-    cdef readonly list arrays
+    cdef readonly PointerTable params
+    cdef readonly object layer_sizes
+    cdef readonly bint output_tanh
+    cdef const Py_ssize_t *sizes
+    cdef Py_ssize_t n_layers
+    cdef object counts    # values per parameter, intp
 
-    def __cinit__(self, arrays):
-        self.arrays = list(arrays)
-        self.data = <void **> malloc(max(1, len(self.arrays)) * sizeof(void *))
-        if self.data == NULL:
-            raise MemoryError()
-        for i, array in enumerate(self.arrays):
-            self.data[i] = cnp.PyArray_DATA(<cnp.ndarray> array)
+    def __cinit__(self, list params, layer_sizes, bint output_tanh):
+        cdef const Py_ssize_t[::1] sizes = layer_sizes
+        self.params = PointerTable(params)
+        self.layer_sizes = layer_sizes
+        self.sizes = &sizes[0]
+        self.n_layers = sizes.shape[0] - 1
+        self.output_tanh = output_tanh
+        self.counts = np.array([p.size for p in params], dtype=np.intp)
 
-    def __dealloc__(self):
-        free(self.data)
+    def predict(self, const floating[:, ::1] X, list activations, int n_threads):
+        """Fill activations (OUT: one (n_samples, sizes[l + 1]) array per
+        layer); the last one is the prediction."""
+        cdef PointerTable outputs = PointerTable(activations)
+        with nogil:
+            network_forward(&X[0, 0], X.shape[0], self.params.data, self.sizes,
+                            self.n_layers, self.output_tanh, outputs.data, n_threads)
 
+    def gradients(self, const floating[:, ::1] X, const floating[:, ::1] Y, list grads,
+                  list activations, list deltas, double[::1] partials, int n_threads):
+        """Fill grads (OUT, laid out as params) with the gradient of the mean
+        squared error, and return it; activations and deltas are scratch
+        shaped as predict's, partials partials_size(n_samples) doubles."""
+        cdef PointerTable grad_table = PointerTable(grads)
+        cdef PointerTable activation_table = PointerTable(activations)
+        cdef PointerTable delta_table = PointerTable(deltas)
+        cdef double sum_squares
+        with nogil:
+            sum_squares = network_gradients(
+                &X[0, 0], &Y[0, 0], X.shape[0], self.params.data, grad_table.data,
+                self.sizes, self.n_layers, self.output_tanh, activation_table.data,
+                delta_table.data, &partials[0], 0, n_threads)
+        return sum_squares / max(1, Y.shape[0] * Y.shape[1])
 
-def tanh(floating[::1] x):
-    """x = tanh(x) in place, with the kernels' vectorised tanh."""
-    with nogil:
-        tanh_inplace(&x[0], x.shape[0])
+    def train(self, TrainingRun run, const Py_ssize_t[:, ::1] order,
+              double[::1] epoch_losses, int n_threads):
+        """Train for epoch_losses.shape[0] epochs of mini-batch updates.
 
+        run: the data (X, Y) and the training arrays; its workspace is
+        [X_batch (batch_size, n_in), Y_batch (batch_size, n_out), partials
+        (partials_size(batch_size),) float64, activations and deltas (one
+        (batch_size, sizes[l + 1]) array per layer each)]. order[e] is the
+        sample order of epoch e; with no rows, samples are taken in their
+        natural order. Sets epoch_losses[e] (OUT) to the mean squared error
+        over epoch e, each batch measured before its update; returns the
+        updates done so far (run.step).
 
-def forward(const floating[:, ::1] X, const floating[:, ::1] W,
-            const floating[::1] b, floating[:, ::1] out,
-            bint apply_tanh, int n_threads):
-    """out = tanh(X W + b) (or X W + b)."""
-    with nogil:
-        dense_forward(&X[0, 0], &W[0, 0], &b[0], &out[0, 0], X.shape[0],
-                      X.shape[1], W.shape[1], apply_tanh, n_threads)
-
-
-def backward(const floating[:, ::1] X, const floating[:, ::1] W,
-             const floating[:, ::1] A, const floating[:, ::1] dA,
-             floating[:, ::1] dZ, floating[:, ::1] dX, floating[:, ::1] dW,
-             floating[::1] db, bint need_dX, bint apply_tanh, int n_threads):
-    """Gradients of a dense layer; dZ is scratch, dX is left alone unless need_dX."""
-    with nogil:
-        dense_backward(&X[0, 0], &W[0, 0], &A[0, 0], &dA[0, 0], &dZ[0, 0],
-                       &dX[0, 0] if need_dX else NULL, &dW[0, 0], &db[0], 1, 0,
-                       X.shape[0], X.shape[1], W.shape[1], apply_tanh,
-                       n_threads)
+        Small networks train in the panel layout, in workspaces allocated
+        here (once per call); the others in the row-major workspace.
+        """
+        if run.X.dtype == np.float64:
+            train_network(<double *> NULL, self, run, order, epoch_losses, n_threads)
+        else:
+            train_network(<float *> NULL, self, run, order, epoch_losses, n_threads)
+        return run.step
 
 
 cdef void network_forward(const floating *X, Py_ssize_t n_samples,
@@ -144,12 +165,8 @@ cdef double network_gradients(const floating *X, const floating *Y,
     return sum_squares
 
 
-cdef enum:
-    # Rows of a weight gradient per task of the panel path.
-    PANEL_WEIGHT_ROWS = 8
 
-
-cdef inline double step_work(Py_ssize_t n_rows, const Py_ssize_t *sizes,
+cdef inline double step_flops(Py_ssize_t n_rows, const Py_ssize_t *sizes,
                              Py_ssize_t n_layers) noexcept nogil:
     """Flops of a training step on n_rows samples: 2 per weight and sample
     forward, 4 backward."""
@@ -165,14 +182,14 @@ cdef inline bint panel_plan(Py_ssize_t n_rows, const Py_ssize_t *sizes,
                             Py_ssize_t *group_width, Py_ssize_t *n_groups) noexcept nogil:
     """Whether batches of up to n_rows samples train in the panel layout,
     and its sample groups (see _panel.pxd); from the shapes alone."""
-    cdef double work = step_work(n_rows, sizes, n_layers)
+    cdef double work = step_flops(n_rows, sizes, n_layers)
     cdef Py_ssize_t panel = padded_width(1, itemsize)
     group_width[0] = panel * group_panels(n_tasks(n_rows, panel), work)
     n_groups[0] = max(1, n_tasks(n_rows, group_width[0]))
     return work < PANEL_MAX_WORK
 
 
-def training_layout(Py_ssize_t n_rows, const Py_ssize_t[::1] layer_sizes,
+def _training_layout(Py_ssize_t n_rows, const Py_ssize_t[::1] layer_sizes,
                     Py_ssize_t itemsize):
     """(n_groups, group_width) of the panel layout batches of n_rows train
     in, or None when they train row-major with BLAS. For the tests."""
@@ -203,7 +220,7 @@ cdef void panel_sample_task(
         if output_tanh or layer < n_layers - 1:
             tanh_rows(activations[layer] + first, sizes[layer + 1], group_width, width)
         layer_input = activations[layer] + first
-    partials[group] = panel_loss(activations[n_layers - 1] + first, Yt + first,
+    partials[group] = panel_squared_error(activations[n_layers - 1] + first, Yt + first,
                                  deltas[n_layers - 1] + first, n_out, 1, group_width,
                                  n_valid, width, 1.0 / max(1, n_rows * n_out), output_tanh)
     # dZ below = (W dZ) (1 - A^2): hidden layers are tanh.
@@ -269,7 +286,7 @@ cdef double panel_network_gradients(
     targets = params an SGD step (every W has been used by then).
     """
     cdef Py_ssize_t width = n_groups * group_width
-    cdef double work = step_work(n_rows, sizes, n_layers)
+    cdef double work = step_flops(n_rows, sizes, n_layers)
     cdef Py_ssize_t n_weight_tasks = 1
     cdef double partials[MAX_PANEL_GROUPS]
     cdef double sum_squares = 0
@@ -303,168 +320,148 @@ cdef double panel_network_gradients(
     return sum_squares
 
 
-def predict(const floating[:, ::1] X, PointerList params,
-            const Py_ssize_t[::1] layer_sizes, bint output_tanh,
-            PointerList activations, int n_threads):
-    """Fill activations (one (n_samples, sizes[l+1]) array per layer)."""
-    with nogil:
-        network_forward(&X[0, 0], X.shape[0], params.data, &layer_sizes[0],
-                        layer_sizes.shape[0] - 1, output_tanh,
-                        activations.data, n_threads)
+cdef struct Batches:
+    # What lgm_batch needs: the network, the data and the workspace.
+    void **params
+    void **targets          # where the backward pass writes: grads, or params (fused SGD)
+    const Py_ssize_t *sizes
+    Py_ssize_t n_layers, n_in, n_out
+    bint output_tanh
+    double sgd_lr           # > 0: SGD fused into the backward pass
+    const void *X
+    const void *Y
+    void **workspace        # see Network.train
+    double *partials
+    # The panel layout (in_panel_layout), its groups, Xt, Yt and per layer its
+    # activations, deltas, sample-major deltas and products (panel_rows).
+    bint in_panel_layout, gather_each_batch, gathered
+    Py_ssize_t group_width, n_groups
+    void *Xt
+    void *Yt
+    void **panel_rows
 
 
-def gradients(const floating[:, ::1] X, const floating[:, ::1] Y,
-              PointerList params, PointerList grads,
-              const Py_ssize_t[::1] layer_sizes, bint output_tanh,
-              PointerList activations, PointerList deltas,
-              double[::1] partials, int n_threads):
-    """Fill grads with the loss gradient; return the mean squared error."""
-    cdef double sum_squares
-    with nogil:
-        sum_squares = network_gradients(
-            &X[0, 0], &Y[0, 0], X.shape[0], params.data, grads.data,
-            &layer_sizes[0], layer_sizes.shape[0] - 1, output_tanh,
-            activations.data, deltas.data, &partials[0], 0, n_threads)
-    return sum_squares / max(1, Y.shape[0] * Y.shape[1])
+cdef double lgm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ssize_t n_rows,
+                      const Py_ssize_t *rows, int n_threads) noexcept nogil:
+    """One batch of the LGM (see BatchStep in _train.pxd); dtype only picks
+    the fused specialisation."""
+    cdef const floating *X = <const floating *> batches.X
+    cdef const floating *Y = <const floating *> batches.Y
+    cdef Py_ssize_t n_in = batches.n_in, n_out = batches.n_out, n_layers = batches.n_layers
+    cdef floating **panel_rows = <floating **> batches.panel_rows
+    cdef const floating *X_rows
+    cdef const floating *Y_rows
+    cdef floating scale = <floating> -batches.sgd_lr if batches.sgd_lr > 0 else 1
+    cdef floating beta = 1 if batches.sgd_lr > 0 else 0
+    if batches.in_panel_layout:
+        # One unshuffled batch is the same every epoch: transposed once.
+        if batches.gather_each_batch or not batches.gathered:
+            gather_columns(X if rows != NULL else X + start * n_in, rows, n_rows, 1, n_in,
+                           <floating *> batches.Xt, batches.group_width, batches.n_groups)
+            gather_columns(Y if rows != NULL else Y + start * n_out, rows, n_rows, 1, n_out,
+                           <floating *> batches.Yt, batches.group_width, batches.n_groups)
+            batches.gathered = True
+        return panel_network_gradients(
+            <floating *> batches.Xt, <floating *> batches.Yt, n_rows, batches.group_width,
+            batches.n_groups, batches.params, batches.targets, batches.sizes, n_layers,
+            batches.output_tanh, panel_rows, panel_rows + n_layers,
+            panel_rows + 2 * n_layers, panel_rows + 3 * n_layers, scale, beta, n_threads)
+    if rows != NULL:
+        gather_rows(<const char *> X, rows, n_rows, n_in * sizeof(floating),
+                    <char *> batches.workspace[0])
+        gather_rows(<const char *> Y, rows, n_rows, n_out * sizeof(floating),
+                    <char *> batches.workspace[1])
+        X_rows = <floating *> batches.workspace[0]
+        Y_rows = <floating *> batches.workspace[1]
+    else:
+        X_rows = X + start * n_in
+        Y_rows = Y + start * n_out
+    return network_gradients(
+        X_rows, Y_rows, n_rows, batches.params, batches.targets, batches.sizes, n_layers,
+        batches.output_tanh, batches.workspace + 3, batches.workspace + 3 + n_layers,
+        batches.partials, batches.sgd_lr, n_threads)
 
 
-def train(const floating[:, ::1] X, const floating[:, ::1] Y,
-          PointerList params, PointerList grads, PointerList state1,
-          PointerList state2, const Py_ssize_t[::1] layer_sizes,
-          bint output_tanh, PointerList activations, PointerList deltas,
-          floating[:, ::1] X_batch, floating[:, ::1] Y_batch,
-          double[::1] partials, const Py_ssize_t[:, ::1] order,
-          Py_ssize_t batch_size, int optimizer, double lr, double momentum,
-          double beta1, double beta2, double eps, long long step,
-          double[::1] epoch_losses, int n_threads):
-    """Train for epoch_losses.shape[0] epochs of mini-batch updates.
+cdef double lgm_batch_f(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
+                        const Py_ssize_t *rows, int n_threads) noexcept nogil:
+    return lgm_batch(<float *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
 
-    order[e] is the sample order of epoch e; with no rows, samples are taken
-    in their natural order. Sets epoch_losses[e] to the mean squared error
-    over epoch e (each batch measured before its update) and returns the
-    number of updates done, counting the `step` done before.
 
-    Small networks train in the panel layout, in workspaces allocated here
-    (once per call); the others in the row-major buffers passed in.
-    """
-    cdef Py_ssize_t n_samples = X.shape[0]
-    cdef Py_ssize_t n_in = X.shape[1], n_out = Y.shape[1]
-    cdef Py_ssize_t n_layers = layer_sizes.shape[0] - 1
-    cdef Py_ssize_t n_epochs = epoch_losses.shape[0]
-    cdef Py_ssize_t n_batches = n_tasks(n_samples, batch_size)
-    cdef bint shuffled = order.shape[0] > 0
-    cdef Py_ssize_t group_width, n_groups
-    cdef bint panels = panel_plan(min(batch_size, n_samples), &layer_sizes[0], n_layers,
-                                  sizeof(floating), &group_width, &n_groups)
-    cdef Py_ssize_t width = n_groups * group_width
-    cdef floating **panel_rows = NULL
-    cdef floating *Xt = NULL
-    cdef floating *Yt = NULL
-    cdef Py_ssize_t n_values, layer, padded
+cdef double lgm_batch_d(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
+                        const Py_ssize_t *rows, int n_threads) noexcept nogil:
+    return lgm_batch(<double *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
+
+
+cdef void train_network(floating *dtype, Network network, TrainingRun run,
+                        const Py_ssize_t[:, ::1] order, double[::1] epoch_losses,
+                        int n_threads) except *:
+    """Network.train for one dtype: the plan, the panel workspace, the driver."""
+    cdef const floating[:, ::1] X = run.X
+    cdef const floating[:, ::1] Y = run.Y
+    cdef const Py_ssize_t *sizes = network.sizes
+    cdef Py_ssize_t n_layers = network.n_layers
+    cdef Py_ssize_t n_samples = X.shape[0], n_in = X.shape[1], n_out = Y.shape[1]
+    cdef const Py_ssize_t[::1] counts = network.counts
+    cdef Parameters parameters = parameters_of(network.params, run, &counts[0],
+                                               sizeof(floating))
+    cdef TrainingPlan plan
+    cdef Batches batches
+    cdef Py_ssize_t width, n_values, layer, padded
     cdef void *panel_memory = NULL
+    cdef floating **panel_rows = NULL
     cdef floating *next_rows
-    cdef OptimizerConfig config = optimizer_config(optimizer, lr, momentum, beta1, beta2, eps, step)
-    if panels:
+    cdef Optimizer *optimizer = &run.optimizer
+    cdef bint sgd = optimizer.kind == SGD and run.clip_norm == 0
+    # SGD is fused into the backward pass; the others update after it.
+    plan = plan_of(run, order, epoch_losses, n_samples, n_samples * n_out, sgd)
+    batches.params = network.params.data
+    batches.targets = network.params.data if sgd else run.grads.data
+    batches.sizes = sizes
+    batches.n_layers = n_layers
+    batches.n_in, batches.n_out = n_in, n_out
+    batches.output_tanh = network.output_tanh
+    batches.sgd_lr = optimizer.lr if sgd else 0
+    batches.X = &X[0, 0]
+    batches.Y = &Y[0, 0]
+    batches.workspace = run.workspace.data
+    batches.partials = <double *> run.workspace.data[2]
+    batches.in_panel_layout = panel_plan(min(run.batch_size, n_samples), sizes, n_layers,
+                                sizeof(floating), &batches.group_width, &batches.n_groups)
+    batches.gather_each_batch = plan.order != NULL or n_tasks(n_samples, run.batch_size) > 1
+    batches.gathered = False
+    batches.Xt = batches.Yt = NULL
+    batches.panel_rows = NULL
+    if batches.in_panel_layout:
         # Xt, Yt, then each layer's activations, deltas, sample-major deltas
         # and weight-gradient products, in one zeroed block.
+        width = batches.n_groups * batches.group_width
         n_values = (n_in + n_out) * width
         for layer in range(n_layers):
-            padded = padded_width(layer_sizes[layer + 1], sizeof(floating))
-            n_values += 2 * layer_sizes[layer + 1] * width + (width + layer_sizes[layer]) * padded
+            padded = padded_width(sizes[layer + 1], sizeof(floating))
+            n_values += 2 * sizes[layer + 1] * width + (width + sizes[layer]) * padded
         panel_rows = <floating **> malloc(4 * n_layers * sizeof(floating *))
-        Xt = <floating *> panel_calloc(n_values * sizeof(floating), &panel_memory)
-        if panel_rows == NULL or Xt == NULL:
+        batches.Xt = panel_calloc(n_values * sizeof(floating), &panel_memory)
+        if panel_rows == NULL or batches.Xt == NULL:
             free(panel_rows)
             free(panel_memory)
             raise MemoryError()
-        Yt = Xt + n_in * width
-        next_rows = Yt + n_out * width
+        batches.Yt = <floating *> batches.Xt + n_in * width
+        next_rows = <floating *> batches.Yt + n_out * width
         for layer in range(n_layers):
-            padded = padded_width(layer_sizes[layer + 1], sizeof(floating))
+            padded = padded_width(sizes[layer + 1], sizeof(floating))
             panel_rows[layer] = next_rows
-            panel_rows[n_layers + layer] = panel_rows[layer] + layer_sizes[layer + 1] * width
+            panel_rows[n_layers + layer] = panel_rows[layer] + sizes[layer + 1] * width
             panel_rows[2 * n_layers + layer] = (panel_rows[n_layers + layer]
-                                                + layer_sizes[layer + 1] * width)
+                                                + sizes[layer + 1] * width)
             panel_rows[3 * n_layers + layer] = panel_rows[2 * n_layers + layer] + width * padded
-            next_rows = panel_rows[3 * n_layers + layer] + layer_sizes[layer] * padded
+            next_rows = panel_rows[3 * n_layers + layer] + sizes[layer] * padded
+        batches.panel_rows = <void **> panel_rows
     try:
         with nogil:
-            train_epochs(X, Y, params.data, grads.data, state1.data, state2.data,
-                         &layer_sizes[0], n_layers, output_tanh, activations.data,
-                         deltas.data, &X_batch[0, 0], &Y_batch[0, 0], &partials[0],
-                         order, batch_size, n_batches, shuffled, &config, panels,
-                         group_width, n_groups, Xt, Yt, panel_rows, epoch_losses,
-                         n_threads)
+            run_epochs(<BatchStep> (lgm_batch_d if floating is double else lgm_batch_f),
+                       &batches, &parameters, &plan, optimizer, n_threads)
     finally:
         free(panel_rows)
         free(panel_memory)
-    return config.step
 
 
-cdef void train_epochs(
-        const floating[:, ::1] X, const floating[:, ::1] Y, void **params,
-        void **grads, void **state1, void **state2, const Py_ssize_t *sizes,
-        Py_ssize_t n_layers, bint output_tanh, void **activations, void **deltas,
-        floating *X_batch, floating *Y_batch, double *partials,
-        const Py_ssize_t[:, ::1] order, Py_ssize_t batch_size, Py_ssize_t n_batches,
-        bint shuffled, OptimizerConfig *config, bint panels, Py_ssize_t group_width,
-        Py_ssize_t n_groups, floating *Xt, floating *Yt, floating **panel_rows,
-        double[::1] epoch_losses, int n_threads) noexcept nogil:
-    """train's loop; see train. panel_rows: the panel path's activations,
-    deltas, sample-major deltas and products, n_layers of each."""
-    cdef Py_ssize_t n_samples = X.shape[0], n_in = X.shape[1], n_out = Y.shape[1]
-    cdef Py_ssize_t epoch, batch, start, n_rows, param, n_elements
-    cdef const Py_ssize_t *rows = NULL
-    cdef const floating *X_rows
-    cdef const floating *Y_rows
-    cdef double sum_squares
-    cdef bint sgd = config.kind == SGD
-    # SGD is fused into the backward pass; the others update after it.
-    cdef void **targets = params if sgd else grads
-    cdef floating scale = <floating> -config.lr if sgd else 1
-    cdef floating beta = 1 if sgd else 0
-    # One unshuffled batch is the same every epoch: transpose it once.
-    cdef bint gather_each_batch = shuffled or n_batches > 1
-    if panels and not gather_each_batch:
-        gather_columns(&X[0, 0], NULL, n_samples, 1, n_in, Xt, group_width, n_groups)
-        gather_columns(&Y[0, 0], NULL, n_samples, 1, n_out, Yt, group_width, n_groups)
-    for epoch in range(epoch_losses.shape[0]):
-        sum_squares = 0
-        for batch in range(n_batches):
-            start = batch * batch_size
-            n_rows = min(batch_size, n_samples - start)
-            rows = &order[epoch, start] if shuffled else NULL
-            if panels:
-                if gather_each_batch:
-                    gather_columns(&X[0, 0] if shuffled else &X[start, 0], rows,
-                                   n_rows, 1, n_in, Xt, group_width, n_groups)
-                    gather_columns(&Y[0, 0] if shuffled else &Y[start, 0], rows,
-                                   n_rows, 1, n_out, Yt, group_width, n_groups)
-                sum_squares += panel_network_gradients(
-                    Xt, Yt, n_rows, group_width, n_groups, params, targets, sizes,
-                    n_layers, output_tanh, panel_rows, panel_rows + n_layers,
-                    panel_rows + 2 * n_layers, panel_rows + 3 * n_layers, scale, beta,
-                    n_threads)
-            else:
-                if shuffled:
-                    gather_rows(<const char *> &X[0, 0], rows, n_rows,
-                                n_in * sizeof(floating), <char *> X_batch)
-                    gather_rows(<const char *> &Y[0, 0], rows, n_rows,
-                                n_out * sizeof(floating), <char *> Y_batch)
-                    X_rows = X_batch
-                    Y_rows = Y_batch
-                else:
-                    X_rows = &X[start, 0]
-                    Y_rows = &Y[start, 0]
-                sum_squares += network_gradients(
-                    X_rows, Y_rows, n_rows, params, grads, sizes, n_layers, output_tanh,
-                    activations, deltas, partials, config.lr if sgd else 0, n_threads)
-            config.step += 1
-            for param in range(2 * n_layers if not sgd else 0):
-                n_elements = sizes[param // 2 + 1]
-                if param % 2 == 0:
-                    n_elements *= sizes[param // 2]
-                optimizer_step(<floating *> params[param], <floating *> grads[param],
-                               <floating *> state1[param], <floating *> state2[param],
-                               n_elements, config, n_threads)
-        epoch_losses[epoch] = sum_squares / (n_samples * n_out)

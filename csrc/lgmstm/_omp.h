@@ -8,13 +8,11 @@
 #define LGMSTM_OPENMP_ENABLED 1
 static inline int lgmstm_omp_max_threads(void) { return omp_get_max_threads(); }
 static inline void lgmstm_omp_set_threads(int n) { omp_set_num_threads(n); }
-static inline int lgmstm_omp_in_parallel(void) { return omp_in_parallel(); }
 static inline int lgmstm_omp_version(void) { return _OPENMP; }
 #else
 #define LGMSTM_OPENMP_ENABLED 0
 static inline int lgmstm_omp_max_threads(void) { return 1; }
 static inline void lgmstm_omp_set_threads(int n) { (void)n; }
-static inline int lgmstm_omp_in_parallel(void) { return 0; }
 static inline int lgmstm_omp_version(void) { return 0; }
 #endif
 

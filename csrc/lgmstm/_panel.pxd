@@ -14,7 +14,7 @@ from cython cimport floating
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc
 
-from _parallel cimport MIN_PARALLEL_WORK, n_tasks
+from lgmstm._parallel cimport MIN_PARALLEL_WORK, n_tasks
 
 cdef extern from "_panel.h" nogil:
     enum: LGMSTM_PANEL_BYTES
@@ -103,6 +103,8 @@ cdef enum:
     PANEL_MAX_WORK = 33554432
     # Most sample groups a batch is cut into (group_panels).
     MAX_PANEL_GROUPS = 4
+    # Rows of a weight gradient per task of a panel-layout training step.
+    PANEL_WEIGHT_ROWS = 8
 
 
 cdef inline void *panel_calloc(size_t n_bytes, void **allocated) noexcept nogil:
@@ -219,38 +221,6 @@ cdef inline void gather_columns(
             for block in range(n_blocks):
                 for f in range(n_features):
                     dest[f * ld + column + block * task_width] = 0
-
-
-cdef inline double panel_loss(const floating *outputs, const floating *targets,
-                              floating *d_outputs, Py_ssize_t n_units,
-                              Py_ssize_t n_blocks, Py_ssize_t block_cols,
-                              Py_ssize_t n_valid, Py_ssize_t ld, double grad_scale,
-                              bint apply_tanh) noexcept nogil:
-    """Squared error of panel-layout outputs against targets (same layout).
-
-    Over n_units rows (ld apart) of n_blocks blocks of block_cols columns,
-    the first n_valid of each block samples and the rest padding: returns
-    sum((outputs - targets)^2) over the samples, and sets d_outputs =
-    grad_scale * 2 (outputs - targets), times (1 - outputs^2) when
-    apply_tanh (the output layer's dZ); 0 in padding.
-    """
-    cdef floating scale = <floating> (2.0 * grad_scale)
-    cdef Py_ssize_t unit, block, i, at
-    cdef floating diff
-    cdef double total = 0
-    for unit in range(n_units):
-        for block in range(n_blocks):
-            at = unit * ld + block * block_cols
-            for i in range(n_valid):
-                diff = outputs[at + i] - targets[at + i]
-                total += <double> diff * diff
-                diff = scale * diff
-                if apply_tanh:
-                    diff = diff * (1 - outputs[at + i] * outputs[at + i])
-                d_outputs[at + i] = diff
-            for i in range(n_valid, block_cols):
-                d_outputs[at + i] = 0
-    return total
 
 
 # -- packed products (the recurrent weight of the BLAS path) --------------------------

@@ -1,55 +1,58 @@
-# Building blocks shared by the dense (LGM) and recurrent (STM) kernels:
-# the dense tanh layer, the squared-error loss and the optimizer update.
-# Everything works on raw row-major pointers, trusts its caller (shapes were
-# checked in Python) and runs without the GIL, chunked as in _parallel.pxd.
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The dense tanh layer: A = tanh(X W + b) and its gradients, and the
+kernel entry points lgmstm.kernels calls once it has checked the shapes.
+
+The passes (declared in _dense.pxd, shared with the model programs) work on
+raw row-major pointers, trust their caller (shapes were checked in Python)
+and run without the GIL, in fixed tasks as _parallel.pxd describes.
+"""
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt, sqrtf
 from libc.string cimport memcpy
 
-from _blas cimport gemm
-from _tanh cimport tanh_inplace
-from _parallel cimport (BLOCK_COLS, BLOCK_ELEMS, n_tasks, threads_for,
-                        gemm_task_rows)
+from lgmstm._blas cimport gemm
+from lgmstm._loss cimport squared_error_rows
+from lgmstm._parallel cimport (BLOCK_COLS, CHUNK_ROWS, gemm_task_rows, n_tasks,
+                               threads_for)
+from lgmstm._tanh cimport tanh_inplace
 
-cdef enum Optimizer:
-    SGD = 0
-    MOMENTUM = 1
-    ADAM = 2
-
-
-cdef struct OptimizerConfig:
-    int kind
-    double lr
-    double momentum       # momentum: velocity = momentum * velocity + grad
-    double beta1, beta2, eps
-    long long step        # adam: updates done so far, for the bias correction
+# The largest GEMM a task does is this many rows high (see _parallel.pxd).
+TASK_ROWS = CHUNK_ROWS
 
 
-cdef inline void gather_rows(const char *source, const Py_ssize_t *rows,
-                             Py_ssize_t n_rows, size_t row_bytes,
-                             char *dest) noexcept nogil:
-    """dest[i] = source[rows[i]] for rows of row_bytes bytes (a mini-batch)."""
-    cdef Py_ssize_t i
-    for i in range(n_rows):
-        memcpy(dest + i * row_bytes, source + rows[i] * row_bytes, row_bytes)
+def partials_size(Py_ssize_t n_samples):
+    """Length of the `partials` scratch of a loss over n_samples samples."""
+    return max(1, n_tasks(n_samples, CHUNK_ROWS))
 
 
-cdef inline OptimizerConfig optimizer_config(
-        int kind, double lr, double momentum, double beta1, double beta2, double eps,
-        long long step) noexcept nogil:
-    cdef OptimizerConfig config
-    config.kind = kind
-    config.lr = lr
-    config.momentum = momentum
-    config.beta1 = beta1
-    config.beta2 = beta2
-    config.eps = eps
-    config.step = step
-    return config
+def _tanh(floating[::1] x):
+    """x = tanh(x) in place, with the kernels' vectorised tanh (a test hook)."""
+    with nogil:
+        tanh_inplace(&x[0], x.shape[0])
 
 
-cdef inline void dense_forward_rows(
+def forward(const floating[:, ::1] X, const floating[:, ::1] W,
+            const floating[::1] b, floating[:, ::1] out,
+            bint apply_tanh, int n_threads):
+    """out = tanh(X W + b) (or X W + b)."""
+    with nogil:
+        dense_forward(&X[0, 0], &W[0, 0], &b[0], &out[0, 0], X.shape[0],
+                      X.shape[1], W.shape[1], apply_tanh, n_threads)
+
+
+def backward(const floating[:, ::1] X, const floating[:, ::1] W,
+             const floating[:, ::1] A, const floating[:, ::1] dA,
+             floating[:, ::1] dZ, floating[:, ::1] dX, floating[:, ::1] dW,
+             floating[::1] db, bint need_dX, bint apply_tanh, int n_threads):
+    """Gradients of a dense layer; dZ is scratch, dX is left alone unless need_dX."""
+    with nogil:
+        dense_backward(&X[0, 0], &W[0, 0], &A[0, 0], &dA[0, 0], &dZ[0, 0],
+                       &dX[0, 0] if need_dX else NULL, &dW[0, 0], &db[0], 1, 0,
+                       X.shape[0], X.shape[1], W.shape[1], apply_tanh,
+                       n_threads)
+
+
+cdef void dense_forward_rows(
         const floating *X, const floating *W, const floating *b, floating *A,
         Py_ssize_t n_rows, Py_ssize_t n_in, Py_ssize_t n_out,
         bint apply_tanh) noexcept nogil:
@@ -64,7 +67,7 @@ cdef inline void dense_forward_rows(
         tanh_inplace(A, n_rows * n_out)
 
 
-cdef inline void dense_forward(
+cdef void dense_forward(
         const floating *X, const floating *W, const floating *b, floating *A,
         Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
         bint apply_tanh, int n_threads) noexcept nogil:
@@ -92,7 +95,7 @@ cdef inline void dense_forward_chunk(
                        min(rows, n_samples - start), n_in, n_out, apply_tanh)
 
 
-cdef inline double dense_forward_loss(
+cdef double dense_forward_loss(
         const floating *X, const floating *W, const floating *b, floating *A,
         const floating *Y, floating *dA, Py_ssize_t n_samples, Py_ssize_t n_in,
         Py_ssize_t n_out, bint apply_tanh, double grad_scale, double *partials,
@@ -132,7 +135,7 @@ cdef inline double dense_forward_loss_chunk(
                               dA + start * n_out, n_rows * n_out, grad_scale)
 
 
-cdef inline void dense_backward(
+cdef void dense_backward(
         const floating *X, const floating *W, const floating *A,
         const floating *dA, floating *dZ, floating *dX, floating *dW,
         floating *db, floating grad_scale, floating grad_beta,
@@ -255,109 +258,3 @@ cdef inline void bias_grad_block(
         db[start + j] = scale * sums[j] + (beta * db[start + j] if beta != 0 else 0)
 
 
-cdef inline double squared_error(const floating *prediction, const floating *target,
-                                 floating *d_prediction, Py_ssize_t n_elements,
-                                 double grad_scale, double *partials,
-                                 int n_threads) noexcept nogil:
-    """squared_error_rows over n_elements values, in blocks of BLOCK_ELEMS
-    summed in block order; partials: n_tasks(n_elements, BLOCK_ELEMS) doubles."""
-    cdef Py_ssize_t n_blocks = n_tasks(n_elements, BLOCK_ELEMS)
-    cdef int n_used = threads_for(n_threads, n_blocks, 3.0 * n_elements)
-    cdef Py_ssize_t block
-    cdef double total = 0
-    if n_used == 1:
-        for block in range(n_blocks):
-            partials[block] = squared_error_block(block, prediction, target,
-                                                  d_prediction, n_elements, grad_scale)
-    else:
-        for block in prange(n_blocks, num_threads=n_used, schedule='static'):
-            partials[block] = squared_error_block(block, prediction, target,
-                                                  d_prediction, n_elements, grad_scale)
-    for block in range(n_blocks):
-        total += partials[block]
-    return total
-
-
-cdef inline double squared_error_block(
-        Py_ssize_t block, const floating *prediction, const floating *target,
-        floating *d_prediction, Py_ssize_t n_elements, double grad_scale) noexcept nogil:
-    cdef Py_ssize_t start = block * BLOCK_ELEMS
-    return squared_error_rows(prediction + start, target + start, d_prediction + start,
-                              min(<Py_ssize_t> BLOCK_ELEMS, n_elements - start), grad_scale)
-
-
-cdef inline double squared_error_rows(
-        const floating *prediction, const floating *target,
-        floating *d_prediction, Py_ssize_t n_elements,
-        double grad_scale) noexcept nogil:
-    """Return sum((prediction - target)^2) over n_elements values and set
-    d_prediction = grad_scale * 2 (prediction - target)."""
-    cdef floating scale = <floating> (2.0 * grad_scale)
-    cdef floating diff
-    cdef double total = 0
-    cdef Py_ssize_t i
-    for i in range(n_elements):
-        diff = prediction[i] - target[i]
-        d_prediction[i] = scale * diff
-        total += <double> diff * diff
-    return total
-
-
-cdef inline floating root(floating x) noexcept nogil:
-    if floating is double:
-        return sqrt(x)
-    else:
-        return sqrtf(x)
-
-
-cdef inline void optimizer_step(floating *param, const floating *grad,
-                                floating *state1, floating *state2,
-                                Py_ssize_t n, const OptimizerConfig *config,
-                                int n_threads) noexcept nogil:
-    """One update of n parameters, element-wise:
-
-    sgd:      param -= lr grad
-    momentum: state1 = momentum state1 + grad;  param -= lr state1
-    adam:     state1 = b1 state1 + (1 - b1) grad;  state2 = b2 state2 + (1 - b2) grad^2
-              param -= lr (state1 / (1 - b1^t)) / (sqrt(state2 / (1 - b2^t)) + eps)
-    with t = config.step, counted from 1.
-    """
-    cdef Py_ssize_t n_blocks = n_tasks(n, BLOCK_ELEMS)
-    cdef int n_used = threads_for(n_threads, n_blocks, 8.0 * n)
-    cdef Py_ssize_t block
-    if n_used == 1:
-        for block in range(n_blocks):
-            optimizer_block(block, param, grad, state1, state2, n, config)
-    else:
-        for block in prange(n_blocks, num_threads=n_used, schedule='static'):
-            optimizer_block(block, param, grad, state1, state2, n, config)
-
-
-cdef inline void optimizer_block(
-        Py_ssize_t block, floating *param, const floating *grad, floating *state1,
-        floating *state2, Py_ssize_t n, const OptimizerConfig *config) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef Py_ssize_t start = block * BLOCK_ELEMS
-    cdef Py_ssize_t stop = min(start + BLOCK_ELEMS, n)
-    cdef floating lr = <floating> config.lr
-    cdef floating mu = <floating> config.momentum
-    cdef floating b1 = <floating> config.beta1
-    cdef floating b2 = <floating> config.beta2
-    cdef floating one_minus_b1 = <floating> (1.0 - config.beta1)
-    cdef floating one_minus_b2 = <floating> (1.0 - config.beta2)
-    cdef floating correction1 = <floating> (1.0 - config.beta1 ** config.step)
-    cdef floating correction2 = <floating> (1.0 - config.beta2 ** config.step)
-    cdef floating eps = <floating> config.eps
-    if config.kind == SGD:
-        for i in range(start, stop):
-            param[i] = param[i] - lr * grad[i]
-    elif config.kind == MOMENTUM:
-        for i in range(start, stop):
-            state1[i] = mu * state1[i] + grad[i]
-            param[i] = param[i] - lr * state1[i]
-    else:
-        for i in range(start, stop):
-            state1[i] = b1 * state1[i] + one_minus_b1 * grad[i]
-            state2[i] = b2 * state2[i] + one_minus_b2 * grad[i] * grad[i]
-            param[i] = param[i] - lr * (state1[i] / correction1) / (
-                root(state2[i] / correction2) + eps)

@@ -1,0 +1,39 @@
+# The dense tanh layer's passes, shared with the model programs (_lgm,
+# _stm); implemented in _dense.pyx. Row-major pointers, shapes trusted.
+from cython cimport floating
+
+
+cdef void dense_forward_rows(
+        const floating *X,    # IN (n_rows, n_in)
+        const floating *W,    # IN (n_in, n_out)
+        const floating *b,    # IN (n_out,)
+        floating *A,          # OUT (n_rows, n_out)
+        Py_ssize_t n_rows, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh) noexcept nogil
+
+cdef void dense_forward(
+        const floating *X, const floating *W, const floating *b,
+        floating *A,          # OUT (n_samples, n_out)
+        Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh, int n_threads) noexcept nogil
+
+cdef double dense_forward_loss(
+        const floating *X, const floating *W, const floating *b,
+        floating *A,          # OUT (n_samples, n_out)
+        const floating *Y,    # IN (n_samples, n_out), the targets
+        floating *dA,         # OUT (n_samples, n_out)
+        Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh, double grad_scale,
+        double *partials,     # scratch: one per chunk
+        int n_threads) noexcept nogil
+
+cdef void dense_backward(
+        const floating *X, const floating *W, const floating *A,
+        const floating *dA,   # IN (n_samples, n_out)
+        floating *dZ,         # OUT (n_samples, n_out), may be dA
+        floating *dX,         # OUT (n_samples, n_in), or NULL
+        floating *dW,         # INOUT (n_in, n_out)
+        floating *db,         # INOUT (n_out,)
+        floating grad_scale, floating grad_beta,
+        Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh, int n_threads) noexcept nogil

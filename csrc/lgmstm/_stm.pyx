@@ -1,0 +1,717 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The STM program: an Elman recurrent layer (_rnn) with a dense readout
+(_dense) and the squared-error loss (_loss), trained by the driver of
+_train.
+
+    h_t = tanh(x_t Wx + h_{t-1} Wh + b),   y_t = f(h_t W_out + b_out)
+
+with a readout on every step or on each sequence's final state only.
+Sample i runs lengths[i] steps; its outputs past them are 0 and take no loss.
+
+Training runs small networks' batches of full-length sequences in the panel
+layout of _panel.pxd (panel_stm_gradients): groups of samples carried
+through every step, then blocks of weight-gradient rows, with the panel
+kernels in place of BLAS. Other batches take the row-major passes.
+
+Unchecked: call it through lgmstm.STM, which validates shapes, dtypes and
+layouts once and allocates every buffer.
+"""
+cimport numpy as cnp
+import numpy as np
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdlib cimport free
+from libc.string cimport memcpy, memset
+
+from lgmstm._dense cimport dense_backward, dense_forward
+from lgmstm._loss cimport panel_squared_error, squared_error
+from lgmstm._optim cimport Optimizer
+from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
+                            add_weight_gradient, finish_weight_gradient, gather_columns,
+                            group_panels, padded_width, panel_calloc, panel_product,
+                            row_sums, sample_major_gradient, transpose_columns)
+from lgmstm._parallel cimport BLOCK_ELEMS, n_tasks, threads_for
+from lgmstm._rnn cimport rnn_backward_pass, rnn_forward_pass, rnn_scratch_size
+from lgmstm._rows cimport gather_rows, scatter_rows
+from lgmstm._tanh cimport tanh_rows
+from lgmstm._train cimport (BatchStep, Parameters, PointerTable, TrainingPlan,
+                            TrainingRun, plan_of, data_or_null, parameters_of, run_epochs)
+
+cnp.import_array()
+
+# The STM's parameters, in this order (lgmstm/stm.py names them).
+cdef enum:
+    INPUT_WEIGHT = 0       # Wx (n_in, n_hidden)
+    RECURRENT_WEIGHT = 1   # Wh (n_hidden, n_hidden)
+    BIAS = 2               # b (n_hidden,)
+    READOUT_WEIGHT = 3     # (n_hidden, n_out)
+    READOUT_BIAS = 4       # (n_out,)
+    N_PARAMS = 5
+
+# The STM's buffers for a batch of n samples, in this order (see buffer_shapes).
+cdef enum:
+    STATES = 0             # H (n, n_steps, n_hidden)
+    FINAL_STATES = 1       # each sequence's last valid state (n, n_hidden)
+    OUTPUTS = 2            # (n, n_steps, n_out), or (n, n_out) for the last step only
+    OUTPUT_GRADS = 3       # dL/d outputs, then the readout's dZ in place
+    STATE_GRADS = 4        # dL/dH from the readout, then dz in place
+    FINAL_GRADS = 5        # dL/d final states (last-step readout)
+    FIRST_STEP_GRADS = 6   # dz of step 0, kept apart (see weight_grad_rows)
+    SCRATCH = 7            # the time loops' scratch (see scratch_size)
+    ORDER = 8              # per-chunk sample order, longest first (n,), intp
+    PARTIALS = 9           # loss partial sums, float64
+    N_BUFFERS = 10
+
+
+cdef class Network:
+    """The STM's parameters and architecture, as the compiled passes take
+    them; built once per model.
+
+    params: [Wx, Wh, b, W_out, b_out] (see the enum above), C-contiguous,
+    one dtype; sizes: intp array [n_in, n_hidden, n_out].
+    """
+    cdef readonly PointerTable params
+    cdef readonly object layer_sizes
+    cdef readonly bint output_tanh, return_sequences
+    cdef const Py_ssize_t *sizes
+    cdef Py_ssize_t counts[N_PARAMS]
+
+    def __cinit__(self, list params, sizes, bint output_tanh, bint return_sequences):
+        cdef const Py_ssize_t[::1] size_view = sizes
+        if len(params) != N_PARAMS:
+            raise ValueError(f"expected {N_PARAMS} parameters, got {len(params)}")
+        self.params = PointerTable(params)
+        self.layer_sizes = sizes
+        self.sizes = &size_view[0]
+        self.output_tanh, self.return_sequences = output_tanh, return_sequences
+        param_counts(self.sizes, self.counts)
+
+    def predict(self, const floating[:, :, ::1] X, object h0,
+                const Py_ssize_t[::1] lengths, list buffers, int n_threads):
+        """Return (outputs, final states): two of the buffers (see
+        buffer_shapes, backward=False), filled. h0: (n_samples, n_hidden)
+        or None (zeros)."""
+        cdef PointerTable buffer_table = _buffer_table(buffers)
+        cdef const floating *h0_data = <const floating *> data_or_null(h0)
+        with nogil:
+            stm_forward(&X[0, 0, 0], h0_data, &lengths[0], X.shape[0], X.shape[1],
+                        self.params.data, self.sizes, self.output_tanh,
+                        self.return_sequences, buffer_table.data, n_threads)
+        return buffers[OUTPUTS], buffers[FINAL_STATES]
+
+    def gradients(self, const floating[:, :, ::1] X, const floating[::1] Y, object h0,
+                  const Py_ssize_t[::1] lengths, list grads, list buffers, int n_threads):
+        """Fill grads (OUT, laid out as params); return the mean squared
+        error over the valid outputs. Y: the targets, flattened, 0 at padded
+        steps."""
+        cdef PointerTable grad_table = PointerTable(grads)
+        cdef PointerTable buffer_table = _buffer_table(buffers)
+        cdef const floating *h0_data = <const floating *> data_or_null(h0)
+        cdef double sum_squares
+        cdef Py_ssize_t n_valid
+        with nogil:
+            sum_squares = stm_gradients(&X[0, 0, 0], &Y[0], h0_data, &lengths[0],
+                                        X.shape[0], X.shape[1], self.params.data,
+                                        grad_table.data, self.sizes, self.output_tanh,
+                                        self.return_sequences, buffer_table.data, n_threads)
+            n_valid = n_valid_outputs(&lengths[0], X.shape[0], self.return_sequences)
+        return sum_squares / max(1, n_valid * self.sizes[2])
+
+    def train(self, TrainingRun run, const Py_ssize_t[:, ::1] order,
+              double[::1] epoch_losses, int n_threads):
+        """Train for epoch_losses.shape[0] epochs of mini-batch updates.
+
+        run: X (n_samples, n_steps, n_in), Y the targets flattened (0 at
+        padded steps), lengths, initial_states (every batch starts from its
+        rows; None: zeros), final_states (OUT: each batch's final states
+        written to its rows; or None), clip_norm (> 0 clips the global
+        gradient norm); its workspace is the buffers of buffer_shapes for
+        batch_size samples, then X_batch (batch_size, n_steps, n_in),
+        Y_batch (batch_size * targets per sample,), lengths_batch
+        (batch_size,) intp and h0_batch (batch_size, n_hidden). order[e] is
+        the sample order of epoch e; with no rows, samples are taken in
+        their natural order. Sets epoch_losses[e] (OUT) to the mean squared
+        error over the valid outputs of epoch e, each batch measured before
+        its update; returns the updates done so far (run.step).
+
+        Small networks train batches of full-length sequences in the panel
+        layout, in workspaces allocated here (once per call).
+        """
+        if run.X.dtype == np.float64:
+            train_network(<double *> NULL, self, run, order, epoch_losses, n_threads)
+        else:
+            train_network(<float *> NULL, self, run, order, epoch_losses, n_threads)
+        return run.step
+
+
+cdef PointerTable _buffer_table(list buffers):
+    if len(buffers) != N_BUFFERS:
+        raise ValueError(f"expected {N_BUFFERS} buffers, got {len(buffers)}")
+    return PointerTable(buffers)
+
+
+def buffer_shapes(Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
+                  Py_ssize_t n_hidden, Py_ssize_t n_out, bint return_sequences,
+                  bint backward=True):
+    """[(shape, dtype)] of the STM buffers, in buffer order; dtype None is the
+    model's. backward=False: enough for predict only."""
+    cdef Py_ssize_t n_outputs = n_samples * (n_steps if return_sequences else 1)
+    cdef tuple outputs = (n_samples, n_out)
+    if return_sequences:
+        outputs = (n_samples, n_steps, n_out)
+    return [((n_samples, n_steps, n_hidden), None), ((n_samples, n_hidden), None),
+            (outputs, None), (outputs, None), ((n_samples, n_steps, n_hidden), None),
+            ((n_samples, n_hidden), None), ((n_samples, n_hidden), None),
+            ((rnn_scratch_size(n_samples, n_in, n_hidden, backward),), None), ((n_samples,), np.intp),
+            ((max(1, n_tasks(n_outputs * n_out, BLOCK_ELEMS)),), np.float64)]
+
+
+cdef void stm_forward(const floating *X, const floating *h0,
+                      const Py_ssize_t *lengths, Py_ssize_t n_samples,
+                      Py_ssize_t n_steps, void **params, const Py_ssize_t *sizes,
+                      bint output_tanh, bint return_sequences, void **buffers,
+                      int n_threads) noexcept nogil:
+    """Fill STATES, FINAL_STATES and OUTPUTS; outputs of padded steps are 0."""
+    cdef Py_ssize_t n_hidden = sizes[1], n_out = sizes[2]
+    cdef floating *outputs = <floating *> buffers[OUTPUTS]
+    cdef Py_ssize_t i
+    rnn_forward_pass(X, h0, <floating *> params[INPUT_WEIGHT],
+                     <floating *> params[RECURRENT_WEIGHT], <floating *> params[BIAS],
+                     lengths, <floating *> buffers[STATES],
+                     <floating *> buffers[FINAL_STATES], <floating *> buffers[SCRATCH],
+                     <Py_ssize_t *> buffers[ORDER], n_samples, n_steps, sizes[0],
+                     n_hidden, n_threads)
+    dense_forward(<floating *> buffers[STATES if return_sequences else FINAL_STATES],
+                  <floating *> params[READOUT_WEIGHT], <floating *> params[READOUT_BIAS],
+                  outputs, n_samples * (n_steps if return_sequences else 1), n_hidden,
+                  n_out, output_tanh, n_threads)
+    if return_sequences:
+        for i in range(n_samples):
+            memset(outputs + (i * n_steps + lengths[i]) * n_out, 0,
+                   (n_steps - lengths[i]) * n_out * sizeof(floating))
+
+
+cdef inline Py_ssize_t n_valid_outputs(const Py_ssize_t *lengths, Py_ssize_t n_samples,
+                                       bint return_sequences) noexcept nogil:
+    """Outputs (rows) that take a loss: every valid step, or one per sequence."""
+    cdef Py_ssize_t i, total = 0
+    if not return_sequences:
+        return n_samples
+    for i in range(n_samples):
+        total += lengths[i]
+    return total
+
+
+cdef double stm_gradients(const floating *X, const floating *Y, const floating *h0,
+                          const Py_ssize_t *lengths, Py_ssize_t n_samples,
+                          Py_ssize_t n_steps, void **params, void **grads,
+                          const Py_ssize_t *sizes, bint output_tanh,
+                          bint return_sequences, void **buffers,
+                          int n_threads) noexcept nogil:
+    """Forward, loss and backward over one batch; returns its sum of squares.
+
+    Fills grads (laid out as params) with the gradient of the mean squared
+    error over the valid outputs. Y's padded steps must be 0, like the
+    outputs there, so that they add nothing.
+    """
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t n_rows = n_samples * (n_steps if return_sequences else 1)
+    cdef double sum_squares
+    stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
+                return_sequences, buffers, n_threads)
+    sum_squares = squared_error(
+        <floating *> buffers[OUTPUTS], Y, <floating *> buffers[OUTPUT_GRADS],
+        n_rows * n_out,
+        1.0 / max(1, n_valid_outputs(lengths, n_samples, return_sequences) * n_out),
+        <double *> buffers[PARTIALS], n_threads)
+    # The readout's input gradient is dL/dH (all steps) or dL/d final states.
+    dense_backward(<floating *> buffers[STATES if return_sequences else FINAL_STATES],
+                   <floating *> params[READOUT_WEIGHT], <floating *> buffers[OUTPUTS],
+                   <floating *> buffers[OUTPUT_GRADS], <floating *> buffers[OUTPUT_GRADS],
+                   <floating *> buffers[STATE_GRADS if return_sequences else FINAL_GRADS],
+                   <floating *> grads[READOUT_WEIGHT], <floating *> grads[READOUT_BIAS],
+                   1, 0, n_rows, n_hidden, n_out, output_tanh, n_threads)
+    rnn_backward_pass(
+        X, h0, <floating *> params[INPUT_WEIGHT], <floating *> params[RECURRENT_WEIGHT],
+        <floating *> buffers[STATES],
+        <floating *> buffers[STATE_GRADS] if return_sequences else NULL,
+        NULL if return_sequences else <floating *> buffers[FINAL_GRADS],
+        lengths, <floating *> buffers[STATE_GRADS], <floating *> buffers[FIRST_STEP_GRADS],
+        NULL, NULL, <floating *> grads[INPUT_WEIGHT],
+        <floating *> grads[RECURRENT_WEIGHT], <floating *> grads[BIAS],
+        <floating *> buffers[SCRATCH], <Py_ssize_t *> buffers[ORDER], n_samples,
+        n_steps, n_in, n_hidden, n_threads)
+    return sum_squares
+
+
+# -- the STM in the panel layout (small networks, see _panel.pxd) -------------------
+
+cdef struct PanelLayout:
+    # Sequences in groups of task_width columns (see _panel.pxd), each
+    # group carried through every step by one task.
+    Py_ssize_t n_steps, task_width, n_groups
+    Py_ssize_t cols           # inputs and dz: n_groups * n_steps * task_width
+    Py_ssize_t state_cols     # states, h0 first in each group:
+                              #   n_groups * (n_steps + 1) * task_width
+    Py_ssize_t read_cols      # outputs: cols, or n_groups * task_width for the last step only
+    bint return_sequences
+
+
+cdef struct PanelBuffers:
+    void *inputs          # X (n_in, cols)
+    void *targets         # Y (n_out, read_cols)
+    void *states          # (n_hidden, state_cols): per group h0, then h_0..h_{T-1}
+    void *outputs         # readout (n_out, read_cols)
+    void *output_grads    # dL/d readout pre-activation (n_out, read_cols)
+    void *state_grads     # dz_t = dL/d state pre-activation (n_hidden, cols)
+    # Sample-major copies for the weight gradients (add_weight_gradient), and
+    # their products: padded widths hp = padded n_hidden, op = padded n_out.
+    void *state_grads_t   # (cols, hp)
+    void *output_grads_t  # (read_cols, op)
+    void *input_product   # (n_in, hp)
+    void *state_product   # (n_hidden, hp)
+    void *readout_product # (n_hidden, op)
+
+
+cdef inline double step_cost(Py_ssize_t n_rows, Py_ssize_t n_steps,
+                             const Py_ssize_t *sizes) noexcept nogil:
+    """About the cost of a training step on a batch, in flops: four forward
+    passes (the backward pass does twice the products, and tanh costs more
+    than its count of flops)."""
+    return 8.0 * n_rows * n_steps * sizes[1] * (sizes[0] + sizes[1] + sizes[2])
+
+
+cdef inline PanelLayout panel_layout(Py_ssize_t n_rows, Py_ssize_t n_steps,
+                                     const Py_ssize_t *sizes, size_t itemsize,
+                                     bint return_sequences) noexcept nogil:
+    """The layout of batches of up to n_rows sequences, from the shapes alone.
+
+    Groups as group_panels says (_panel.pxd).
+    """
+    cdef PanelLayout layout
+    cdef Py_ssize_t panel = padded_width(1, itemsize)
+    cdef Py_ssize_t n_panels = n_tasks(n_rows, panel)
+    cdef Py_ssize_t per_group = group_panels(n_panels, step_cost(n_rows, n_steps, sizes))
+    layout.n_steps = n_steps
+    layout.task_width = per_group * panel
+    layout.n_groups = max(1, n_tasks(n_panels, per_group))
+    layout.cols = layout.n_groups * n_steps * layout.task_width
+    layout.state_cols = layout.n_groups * (n_steps + 1) * layout.task_width
+    layout.read_cols = layout.cols if return_sequences else layout.n_groups * layout.task_width
+    layout.return_sequences = return_sequences
+    return layout
+
+
+cdef inline bint use_panels(Py_ssize_t n_rows, Py_ssize_t n_steps,
+                            const Py_ssize_t *sizes) noexcept nogil:
+    """Whether batches of n_rows sequences train in the panel layout; from
+    the shapes alone (batches of sequences of unequal length never do, nor
+    sequences of no steps)."""
+    return n_steps > 0 and step_cost(n_rows, n_steps, sizes) < PANEL_MAX_WORK
+
+
+def _training_layout(Py_ssize_t n_rows, Py_ssize_t n_steps, const Py_ssize_t[::1] sizes,
+                    Py_ssize_t itemsize, bint return_sequences):
+    """(n_groups, group_width) of the panel layout batches of n_rows
+    full-length sequences train in, or None when they train row-major with
+    BLAS. For the tests."""
+    cdef PanelLayout layout
+    if not use_panels(n_rows, n_steps, &sizes[0]):
+        return None
+    layout = panel_layout(n_rows, n_steps, &sizes[0], itemsize, return_sequences)
+    return layout.n_groups, layout.task_width
+
+
+cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
+                                 Py_ssize_t n_steps) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        if lengths[i] != n_steps:
+            return False
+    return True
+
+
+cdef void panel_sequence_task(
+        Py_ssize_t group, const PanelLayout *layout, Py_ssize_t n_rows,
+        void **params, const Py_ssize_t *sizes, bint output_tanh, double grad_scale,
+        PanelBuffers *panel_buffers, const floating *h0, floating *final_states,
+        double *partials) noexcept nogil:
+    """Forward, loss and the backward time loop of one group of sequences.
+
+    Sets the group's states, outputs, output gradients and dz, its loss
+    partial sum and its samples' final states. h0: (n_rows, n_hidden)
+    row-major or NULL (zeros); final_states: (n_rows, n_hidden).
+    """
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t n_steps = layout.n_steps, width = layout.task_width
+    cdef Py_ssize_t first = group * width
+    cdef Py_ssize_t n_valid = min(width, max(0, n_rows - first))
+    cdef Py_ssize_t cols = layout.cols, ld_states = layout.state_cols
+    cdef Py_ssize_t ld_read = layout.read_cols
+    cdef bint every_step = layout.return_sequences
+    cdef Py_ssize_t n_read = n_steps * width if every_step else width
+    cdef const floating *Wh = <floating *> params[RECURRENT_WEIGHT]
+    cdef const floating *W_out = <floating *> params[READOUT_WEIGHT]
+    cdef const floating *X = <floating *> panel_buffers.inputs + group * n_steps * width
+    cdef floating *H = <floating *> panel_buffers.states + group * (n_steps + 1) * width
+    cdef floating *dZ = <floating *> panel_buffers.state_grads + group * n_steps * width
+    cdef Py_ssize_t read_at = group * n_read
+    cdef floating *outputs = <floating *> panel_buffers.outputs + read_at
+    cdef floating *d_outputs = <floating *> panel_buffers.output_grads + read_at
+    # The states the readout reads: every step's, or the last step's.
+    cdef floating *read_states = H + (width if every_step else n_steps * width)
+    cdef Py_ssize_t step, i, j, padded
+    for j in range(n_hidden):
+        for i in range(width):
+            H[j * ld_states + i] = (h0[(first + i) * n_hidden + j]
+                                    if h0 != NULL and i < n_valid else 0)
+    # Forward: every step's input projection in one product, then the time loop.
+    panel_product(n_hidden, n_steps * width, n_in, <floating *> params[INPUT_WEIGHT],
+                  1, n_hidden, X, cols, <floating *> params[BIAS], False, NULL, 0,
+                  H + width, ld_states)
+    for step in range(n_steps):
+        panel_product(n_hidden, width, n_hidden, Wh, 1, n_hidden, H + step * width,
+                      ld_states, NULL, True, NULL, 0, H + (step + 1) * width, ld_states)
+        tanh_rows(H + (step + 1) * width, n_hidden, width, ld_states)
+    panel_product(n_out, n_read, n_hidden, W_out, 1, n_out, read_states, ld_states,
+                  <floating *> params[READOUT_BIAS], False, NULL, 0, outputs, ld_read)
+    if output_tanh:
+        tanh_rows(outputs, n_out, n_read, ld_read)
+    partials[group] = panel_squared_error(outputs, <floating *> panel_buffers.targets + read_at, d_outputs,
+                                 n_out, n_read // width, width, n_valid, ld_read,
+                                 grad_scale, output_tanh)
+    # Backward: dL/dh from the readout, then dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2).
+    panel_product(n_hidden, n_read, n_out, W_out, n_out, 1, d_outputs, ld_read, NULL,
+                  False, NULL, 0, dZ + (0 if every_step else (n_steps - 1) * width), cols)
+    for step in range(n_steps - 1, -1, -1):
+        # The last step has no dz_{t+1}: k = 0 leaves its dL/dh_t times tanh'.
+        panel_product(n_hidden, width, 0 if step == n_steps - 1 else n_hidden, Wh,
+                      n_hidden, 1, dZ + (step + 1) * width if step < n_steps - 1 else dZ,
+                      cols, NULL, every_step or step == n_steps - 1,
+                      H + (step + 1) * width, ld_states, dZ + step * width, cols)
+    for i in range(n_valid):
+        for j in range(n_hidden):
+            final_states[(first + i) * n_hidden + j] = H[j * ld_states + n_steps * width + i]
+    if sample_major_gradient(n_hidden, sizeof(floating)):
+        padded = padded_width(n_hidden, sizeof(floating))
+        transpose_columns(dZ, n_hidden, n_steps * width, cols,
+                          <floating *> panel_buffers.state_grads_t + group * n_steps * width * padded,
+                          padded)
+    if sample_major_gradient(n_out, sizeof(floating)):
+        padded = padded_width(n_out, sizeof(floating))
+        transpose_columns(d_outputs, n_out, n_read, ld_read,
+                          <floating *> panel_buffers.output_grads_t + read_at * padded, padded)
+
+
+cdef inline void grouped_weight_gradient(
+        const PanelLayout *layout, Py_ssize_t n_rows, Py_ssize_t n_out, Py_ssize_t n_cols,
+        const floating *states, const floating *deltas, Py_ssize_t ld_deltas,
+        const floating *deltas_t, floating *product, floating *target) noexcept nogil:
+    """target (n_rows, n_out) = the sum over groups of a group's states times
+    its deltas^T, n_cols columns each: states (rows ld state_cols, a group
+    every (n_steps + 1) * task_width columns, as each begins with its h0),
+    deltas (rows ld_deltas, a group every n_cols columns) and deltas_t their
+    sample-major copy (see add_weight_gradient)."""
+    cdef Py_ssize_t padded = padded_width(n_out, sizeof(floating))
+    cdef Py_ssize_t group
+    for group in range(layout.n_groups):
+        add_weight_gradient(n_rows, n_out, n_cols,
+                            states + group * (layout.n_steps + 1) * layout.task_width,
+                            layout.state_cols, deltas + group * n_cols, ld_deltas,
+                            deltas_t + group * n_cols * padded, group == 0, 1, 0, product,
+                            target)
+    finish_weight_gradient(n_rows, n_out, product, 1, 0, target)
+
+
+cdef void panel_weight_task(floating *dtype, Py_ssize_t task, const PanelLayout *layout,
+                            void **grads, const Py_ssize_t *sizes,
+                            PanelBuffers *panel_buffers) noexcept nogil:
+    """One block of PANEL_WEIGHT_ROWS rows of dWx, dWh or dW_out, or (the
+    last task) both biases, each summed over the whole batch in one order.
+    dtype only picks the fused specialisation."""
+    cdef const floating *X = <floating *> panel_buffers.inputs
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t n_steps = layout.n_steps, width = layout.task_width
+    cdef Py_ssize_t cols = layout.cols, ld_states = layout.state_cols
+    cdef Py_ssize_t ld_read = layout.read_cols
+    cdef Py_ssize_t n_read = ld_read // layout.n_groups
+    cdef Py_ssize_t x_blocks = n_tasks(n_in, PANEL_WEIGHT_ROWS)
+    cdef Py_ssize_t h_blocks = n_tasks(n_hidden, PANEL_WEIGHT_ROWS)
+    cdef const floating *H = <floating *> panel_buffers.states
+    cdef const floating *d_outputs = <floating *> panel_buffers.output_grads
+    cdef const floating *dZ = <floating *> panel_buffers.state_grads
+    cdef Py_ssize_t read_offset = width if layout.return_sequences else n_steps * width
+    cdef Py_ssize_t row, n_block_rows
+    cdef const floating *states
+    cdef floating *target
+    cdef floating *product
+    if task < x_blocks:
+        row = task * PANEL_WEIGHT_ROWS
+        n_block_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, n_in - row)
+        target = <floating *> grads[INPUT_WEIGHT] + row * n_hidden
+        product = (<floating *> panel_buffers.input_product
+                   + row * padded_width(n_hidden, sizeof(floating)))
+        add_weight_gradient(n_block_rows, n_hidden, cols, X + row * cols, cols, dZ, cols,
+                            <floating *> panel_buffers.state_grads_t, True, 1, 0, product, target)
+        finish_weight_gradient(n_block_rows, n_hidden, product, 1, 0, target)
+    elif task < x_blocks + 2 * h_blocks:
+        # dWh pairs h_{t-1} with dz_t, dW_out the states read with the output
+        # gradients: per group, as the groups' states have h0 among them.
+        row = ((task - x_blocks) % h_blocks) * PANEL_WEIGHT_ROWS
+        n_block_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, n_hidden - row)
+        states = H + row * ld_states
+        if task < x_blocks + h_blocks:
+            grouped_weight_gradient(
+                layout, n_block_rows, n_hidden, n_steps * width, states, dZ, cols,
+                <floating *> panel_buffers.state_grads_t,
+                <floating *> panel_buffers.state_product + row * padded_width(n_hidden, sizeof(floating)),
+                <floating *> grads[RECURRENT_WEIGHT] + row * n_hidden)
+        else:
+            grouped_weight_gradient(
+                layout, n_block_rows, n_out, n_read, states + read_offset, d_outputs, ld_read,
+                <floating *> panel_buffers.output_grads_t,
+                <floating *> panel_buffers.readout_product + row * padded_width(n_out, sizeof(floating)),
+                <floating *> grads[READOUT_WEIGHT] + row * n_out)
+    else:
+        row_sums(n_hidden, cols, dZ, cols, 1, 0, <floating *> grads[BIAS])
+        row_sums(n_out, ld_read, d_outputs, ld_read, 1, 0, <floating *> grads[READOUT_BIAS])
+
+
+cdef double panel_stm_gradients(
+        const floating *h0, Py_ssize_t n_rows, const PanelLayout *layout,
+        void **params, void **grads, const Py_ssize_t *sizes, bint output_tanh,
+        PanelBuffers *panel_buffers, floating *final_states, int n_threads) noexcept nogil:
+    """stm_gradients in the panel layout, for full-length sequences.
+
+    panel_buffers.inputs and panel_buffers.targets hold the batch (gather_columns); h0 is
+    (n_rows, n_hidden) row-major or NULL (zeros). Fills grads and
+    final_states (n_rows, n_hidden) and returns the sum of squares.
+
+    Sequence tasks (a group of samples through every step) come first, then
+    weight tasks (blocks of gradient rows, each summed over the whole batch):
+    neither depends on the thread count.
+    """
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t n_steps = layout.n_steps
+    cdef double work = step_cost(n_rows, n_steps, sizes)
+    cdef Py_ssize_t n_weight_tasks = (n_tasks(n_in, PANEL_WEIGHT_ROWS)
+                                      + 2 * n_tasks(n_hidden, PANEL_WEIGHT_ROWS) + 1)
+    cdef int sequence_threads = threads_for(n_threads, layout.n_groups, work)
+    cdef int weight_threads = threads_for(n_threads, n_weight_tasks, work)
+    cdef double grad_scale = 1.0 / max(1, n_rows * (n_steps if layout.return_sequences
+                                                    else 1) * n_out)
+    cdef double partials[MAX_PANEL_GROUPS]
+    cdef double sum_squares = 0
+    cdef Py_ssize_t task
+    if sequence_threads == 1:
+        for task in range(layout.n_groups):
+            panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh,
+                                grad_scale, panel_buffers, h0, final_states, partials)
+    else:
+        for task in prange(layout.n_groups, num_threads=sequence_threads,
+                           schedule='static'):
+            panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh,
+                                grad_scale, panel_buffers, h0, final_states, partials)
+    if weight_threads == 1:
+        for task in range(n_weight_tasks):
+            panel_weight_task(<floating *> NULL, task, layout, grads, sizes, panel_buffers)
+    else:
+        for task in prange(n_weight_tasks, num_threads=weight_threads, schedule='dynamic'):
+            panel_weight_task(<floating *> NULL, task, layout, grads, sizes, panel_buffers)
+    for task in range(layout.n_groups):
+        sum_squares += partials[task]
+    return sum_squares
+
+
+cdef inline void param_counts(const Py_ssize_t *sizes, Py_ssize_t *counts) noexcept nogil:
+    counts[INPUT_WEIGHT] = sizes[0] * sizes[1]
+    counts[RECURRENT_WEIGHT] = sizes[1] * sizes[1]
+    counts[BIAS] = sizes[1]
+    counts[READOUT_WEIGHT] = sizes[1] * sizes[2]
+    counts[READOUT_BIAS] = sizes[2]
+
+
+cdef enum:
+    # Where the training batch's arrays follow the buffers in run.workspace.
+    X_BATCH = N_BUFFERS
+    Y_BATCH = N_BUFFERS + 1
+    LENGTHS_BATCH = N_BUFFERS + 2
+    H0_BATCH = N_BUFFERS + 3
+
+
+cdef struct Batches:
+    # What stm_batch needs: the network, the data and the workspace.
+    void **params
+    void **grads
+    const Py_ssize_t *sizes
+    bint output_tanh, return_sequences
+    Py_ssize_t n_steps
+    const void *X
+    const void *Y
+    const Py_ssize_t *lengths
+    const void *h0_all      # every sequence's initial state, or NULL (zeros)
+    void *final_all         # every sequence's final state (OUT), or NULL
+    void **workspace        # see Network.train
+    # The panel layout: whether batches of full-length sequences take it,
+    # its layout and buffers, and whether the batch must be gathered anew.
+    bint in_panel_layout, gather_each_batch, gathered
+    PanelLayout layout
+    PanelBuffers panel_buffers
+
+
+cdef double stm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ssize_t n_rows,
+                      const Py_ssize_t *rows, int n_threads) noexcept nogil:
+    """One batch of the STM (see BatchStep in _train.pxd); dtype only picks
+    the fused specialisation."""
+    cdef Py_ssize_t n_in = batches.sizes[0], n_hidden = batches.sizes[1]
+    cdef Py_ssize_t n_out = batches.sizes[2], n_steps = batches.n_steps
+    cdef Py_ssize_t targets_per_sample = (n_steps if batches.return_sequences else 1) * n_out
+    cdef size_t state_bytes = n_hidden * sizeof(floating)
+    cdef void **workspace = batches.workspace
+    cdef const floating *X = <const floating *> batches.X
+    cdef const floating *Y = <const floating *> batches.Y
+    cdef const floating *h0_all = <const floating *> batches.h0_all
+    cdef floating *final_all = <floating *> batches.final_all
+    cdef const floating *X_rows = X + start * n_steps * n_in
+    cdef const floating *Y_rows = Y + start * targets_per_sample
+    cdef const Py_ssize_t *length_rows = batches.lengths + start
+    cdef const floating *h0_rows = h0_all
+    cdef bint shuffled = rows != NULL
+    cdef bint panel_batch
+    cdef double sum_squares
+    if h0_all != NULL:
+        h0_rows = h0_all + start * n_hidden
+    if shuffled:
+        gather_rows(<const char *> batches.lengths, rows, n_rows, sizeof(Py_ssize_t),
+                    <char *> workspace[LENGTHS_BATCH])
+        length_rows = <Py_ssize_t *> workspace[LENGTHS_BATCH]
+        if h0_all != NULL:
+            gather_rows(<const char *> h0_all, rows, n_rows, state_bytes,
+                        <char *> workspace[H0_BATCH])
+            h0_rows = <floating *> workspace[H0_BATCH]
+    panel_batch = batches.in_panel_layout and all_full_length(length_rows, n_rows, n_steps)
+    if shuffled and not panel_batch:
+        gather_rows(<const char *> X, rows, n_rows, n_steps * n_in * sizeof(floating),
+                    <char *> workspace[X_BATCH])
+        gather_rows(<const char *> Y, rows, n_rows, targets_per_sample * sizeof(floating),
+                    <char *> workspace[Y_BATCH])
+        X_rows = <floating *> workspace[X_BATCH]
+        Y_rows = <floating *> workspace[Y_BATCH]
+    if panel_batch:
+        # Shuffled rows go straight from X and Y into the panel layout; one
+        # unshuffled batch is the same every epoch: transposed once.
+        if batches.gather_each_batch or not batches.gathered:
+            gather_columns(X if shuffled else X_rows, rows, n_rows, n_steps, n_in,
+                           <floating *> batches.panel_buffers.inputs,
+                           batches.layout.task_width, batches.layout.n_groups)
+            gather_columns(Y if shuffled else Y_rows, rows, n_rows,
+                           n_steps if batches.return_sequences else 1, n_out,
+                           <floating *> batches.panel_buffers.targets,
+                           batches.layout.task_width, batches.layout.n_groups)
+            batches.gathered = True
+        sum_squares = panel_stm_gradients(
+            h0_rows, n_rows, &batches.layout, batches.params, batches.grads, batches.sizes,
+            batches.output_tanh, &batches.panel_buffers,
+            <floating *> workspace[FINAL_STATES], n_threads)
+    else:
+        sum_squares = stm_gradients(
+            X_rows, Y_rows, h0_rows, length_rows, n_rows, n_steps, batches.params,
+            batches.grads, batches.sizes, batches.output_tanh, batches.return_sequences,
+            workspace, n_threads)
+    if final_all != NULL:
+        if shuffled:
+            scatter_rows(<const char *> workspace[FINAL_STATES], rows, n_rows, state_bytes,
+                         <char *> final_all)
+        else:
+            memcpy(final_all + start * n_hidden, workspace[FINAL_STATES],
+                   n_rows * state_bytes)
+    return sum_squares
+
+
+cdef double stm_batch_f(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
+                        const Py_ssize_t *rows, int n_threads) noexcept nogil:
+    return stm_batch(<float *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
+
+
+cdef double stm_batch_d(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
+                        const Py_ssize_t *rows, int n_threads) noexcept nogil:
+    return stm_batch(<double *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
+
+
+cdef void train_network(floating *dtype, Network network, TrainingRun run,
+                        const Py_ssize_t[:, ::1] order, double[::1] epoch_losses,
+                        int n_threads) except *:
+    """Network.train for one dtype: the plan, the panel workspace, the driver."""
+    cdef const floating[:, :, ::1] X = run.X
+    cdef const floating[::1] Y = run.Y
+    cdef const Py_ssize_t[::1] lengths = run.lengths
+    cdef const Py_ssize_t *sizes = network.sizes
+    cdef Py_ssize_t n_samples = X.shape[0], n_steps = X.shape[1]
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t max_rows = min(run.batch_size, n_samples)
+    cdef Parameters parameters = parameters_of(network.params, run, network.counts,
+                                               sizeof(floating))
+    cdef Optimizer *optimizer = &run.optimizer
+    cdef TrainingPlan plan
+    cdef Batches batches
+    cdef PanelLayout *layout = &batches.layout
+    cdef PanelBuffers *panel_buffers = &batches.panel_buffers
+    cdef void *panel_memory = NULL
+    cdef floating *panel_start
+    cdef Py_ssize_t hidden_padded, out_padded
+    if run.workspace.count != N_BUFFERS + 4:
+        raise ValueError(f"expected {N_BUFFERS + 4} workspace arrays, got {run.workspace.count}")
+    plan = plan_of(run, order, epoch_losses, n_samples,
+                   max(1, n_valid_outputs(&lengths[0], n_samples,
+                                          network.return_sequences) * n_out), False)
+    batches.params = network.params.data
+    batches.grads = run.grads.data
+    batches.sizes = sizes
+    batches.output_tanh, batches.return_sequences = (network.output_tanh,
+                                                     network.return_sequences)
+    batches.n_steps = n_steps
+    batches.X = &X[0, 0, 0]
+    batches.Y = &Y[0]
+    batches.lengths = &lengths[0]
+    batches.h0_all = data_or_null(run.initial_states)
+    batches.final_all = data_or_null(run.final_states)
+    batches.workspace = run.workspace.data
+    batches.in_panel_layout = use_panels(max_rows, n_steps, sizes)
+    batches.layout = panel_layout(max_rows, n_steps, sizes, sizeof(floating),
+                                  network.return_sequences)
+    batches.gather_each_batch = plan.order != NULL or n_tasks(n_samples, run.batch_size) > 1
+    batches.gathered = False
+    if batches.in_panel_layout:
+        hidden_padded = padded_width(n_hidden, sizeof(floating))
+        out_padded = padded_width(n_out, sizeof(floating))
+        panel_start = <floating *> panel_calloc(
+            (n_in * layout.cols + 3 * n_out * layout.read_cols
+             + n_hidden * (layout.cols + layout.state_cols)
+             + layout.cols * hidden_padded + layout.read_cols * out_padded
+             + (n_in + n_hidden) * hidden_padded + n_hidden * out_padded)
+            * sizeof(floating), &panel_memory)
+        if panel_start == NULL:
+            raise MemoryError()
+        panel_buffers.inputs = panel_start
+        panel_buffers.targets = panel_start + n_in * layout.cols
+        panel_buffers.outputs = <floating *> panel_buffers.targets + n_out * layout.read_cols
+        panel_buffers.output_grads = <floating *> panel_buffers.outputs + n_out * layout.read_cols
+        panel_buffers.states = <floating *> panel_buffers.output_grads + n_out * layout.read_cols
+        panel_buffers.state_grads = (<floating *> panel_buffers.states
+                                     + n_hidden * layout.state_cols)
+        panel_buffers.state_grads_t = (<floating *> panel_buffers.state_grads
+                                       + n_hidden * layout.cols)
+        panel_buffers.output_grads_t = (<floating *> panel_buffers.state_grads_t
+                                        + layout.cols * hidden_padded)
+        panel_buffers.input_product = (<floating *> panel_buffers.output_grads_t
+                                       + layout.read_cols * out_padded)
+        panel_buffers.state_product = (<floating *> panel_buffers.input_product
+                                       + n_in * hidden_padded)
+        panel_buffers.readout_product = (<floating *> panel_buffers.state_product
+                                         + n_hidden * hidden_padded)
+    try:
+        with nogil:
+            run_epochs(<BatchStep> (stm_batch_d if floating is double else stm_batch_f),
+                       &batches, &parameters, &plan, optimizer, n_threads)
+    finally:
+        free(panel_memory)

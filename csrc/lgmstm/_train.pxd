@@ -1,0 +1,58 @@
+# The one training driver, for either model program: epochs of mini-batches,
+# each batch's gradients from the program (a BatchStep), then clipping and
+# the optimizer over every parameter. Implemented in _train.pyx.
+from lgmstm._optim cimport Optimizer
+
+
+cdef class PointerTable:
+    """Data pointers of a list of C-contiguous arrays, usable without the GIL."""
+    cdef void **data
+    cdef readonly list arrays
+    cdef readonly Py_ssize_t count
+
+
+cdef class TrainingRun:
+    """The data, the training arrays and the plan of one fit (see _train.pyx)."""
+    cdef readonly object X, Y, lengths, initial_states, final_states
+    cdef readonly PointerTable grads, first_moments, second_moments, workspace
+    cdef readonly Py_ssize_t batch_size
+    cdef readonly double clip_norm
+    cdef Optimizer optimizer
+
+
+cdef struct Parameters:
+    void **values            # INOUT the parameters
+    void **grads             # scratch: the batch's gradients, laid out as values
+    void **first_moments     # INOUT (momentum, adam), or any valid pointers
+    void **second_moments    # INOUT (adam), or any valid pointers
+    const Py_ssize_t *counts # values per parameter
+    Py_ssize_t n_params
+    size_t itemsize          # 4 (float32) or 8 (float64)
+
+
+cdef struct TrainingPlan:
+    Py_ssize_t n_epochs, n_samples, batch_size
+    const Py_ssize_t *order  # IN (n_epochs, n_samples): each epoch's sample order, or NULL
+    double clip_norm         # > 0: clip the global gradient norm to it
+    bint step_updates        # the BatchStep applies plain SGD itself (grads unused)
+    double loss_denominator  # an epoch's loss is its summed loss over this
+    double *epoch_losses     # OUT (n_epochs,)
+
+
+# One batch: samples start .. start + n_rows - 1, or rows[0 .. n_rows - 1]
+# when rows is not NULL. Fills the program's gradients (or, step_updates,
+# updates the parameters) and returns the batch's summed loss.
+ctypedef double (*BatchStep)(void *program, Py_ssize_t start, Py_ssize_t n_rows,
+                             const Py_ssize_t *rows, int n_threads) noexcept nogil
+
+
+cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters,
+                     const TrainingPlan *plan, Optimizer *optimizer,
+                     int n_threads) noexcept nogil
+
+cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t[:, ::1] order,
+                          double[::1] epoch_losses, Py_ssize_t n_samples,
+                          double loss_denominator, bint step_updates)
+cdef void *data_or_null(object array)
+cdef Parameters parameters_of(PointerTable values, TrainingRun run, const Py_ssize_t *counts,
+                              size_t itemsize)

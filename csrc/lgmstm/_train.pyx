@@ -1,0 +1,164 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The training driver both model programs (_lgm, _stm) run, and the typed
+objects their entry points take: PointerTable (arrays as pointers the
+nogil code can use) and TrainingRun (the data and plan of one fit).
+
+    for each epoch, for each mini-batch (in the epoch's order):
+        loss += step(batch)                 the program: forward, loss, backward
+        clip the gradients' global norm     when clip_norm > 0
+        optimizer.step += 1; update every parameter with its moments
+    epoch_losses[epoch] = loss / loss_denominator
+"""
+cimport numpy as cnp
+from libc.stdlib cimport free, malloc
+
+from lgmstm._optim cimport Optimizer, clip_gradients, optimizer_step
+
+cnp.import_array()
+
+
+cdef class PointerTable:
+    """Data pointers of a list of C-contiguous arrays, usable without the GIL.
+
+    Holds a reference to every array, so the pointers stay valid.
+    """
+
+    def __cinit__(self, arrays):
+        self.arrays = list(arrays)
+        self.count = len(self.arrays)
+        self.data = <void **> malloc(max(1, self.count) * sizeof(void *))
+        if self.data == NULL:
+            raise MemoryError()
+        for i, array in enumerate(self.arrays):
+            self.data[i] = cnp.PyArray_DATA(<cnp.ndarray> array)
+
+    def __dealloc__(self):
+        free(self.data)
+
+
+cdef class TrainingRun:
+    """The data, training arrays and plan of one fit, built once per fit.
+
+    X, Y: IN, the training set, C-contiguous in the model's dtype (Y as the
+    program takes it). lengths, initial_states: IN, or None (all steps,
+    zero states); final_states: OUT, or None. grads: scratch laid out as
+    the parameters; first_moments, second_moments: INOUT optimizer
+    moments (any valid arrays where the optimizer has none); workspace:
+    the program's scratch arrays, in the order the program documents.
+    optimizer: the code of lgmstm._training's optimizer table; step: the
+    updates done so far, which training advances.
+    """
+
+    def __cinit__(self, *, X, Y, grads, first_moments, second_moments, workspace,
+                  Py_ssize_t batch_size, int optimizer, double lr, double momentum,
+                  double beta1, double beta2, double eps, double clip_norm=0,
+                  long long step=0, lengths=None, initial_states=None,
+                  final_states=None):
+        self.X, self.Y = X, Y
+        self.lengths, self.initial_states, self.final_states = (
+            lengths, initial_states, final_states)
+        self.grads = PointerTable(grads)
+        self.first_moments = PointerTable(first_moments)
+        self.second_moments = PointerTable(second_moments)
+        self.workspace = PointerTable(workspace)
+        self.batch_size = batch_size
+        self.clip_norm = clip_norm
+        self.optimizer.kind = optimizer
+        self.optimizer.lr = lr
+        self.optimizer.momentum = momentum
+        self.optimizer.beta1 = beta1
+        self.optimizer.beta2 = beta2
+        self.optimizer.eps = eps
+        self.optimizer.step = step
+
+    @property
+    def step(self):
+        """Updates done so far (adam's bias correction counts them)."""
+        return self.optimizer.step
+
+    @step.setter
+    def step(self, long long value):
+        self.optimizer.step = value
+
+
+cdef void *data_or_null(object array):
+    return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray> array)
+
+
+cdef Parameters parameters_of(PointerTable values, TrainingRun run, const Py_ssize_t *counts,
+                              size_t itemsize):
+    """The Parameters of a network's values and a run's training arrays."""
+    cdef Parameters parameters
+    parameters.values = values.data
+    parameters.grads = run.grads.data
+    parameters.first_moments = run.first_moments.data
+    parameters.second_moments = run.second_moments.data
+    parameters.counts = counts
+    parameters.n_params = values.count
+    parameters.itemsize = itemsize
+    return parameters
+
+
+cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t[:, ::1] order,
+                          double[::1] epoch_losses, Py_ssize_t n_samples,
+                          double loss_denominator, bint step_updates):
+    """The plan of a program's train call: order (n_epochs or 0, n_samples),
+    epoch_losses (n_epochs,)."""
+    cdef TrainingPlan plan
+    plan.n_epochs = epoch_losses.shape[0]
+    plan.n_samples = n_samples
+    plan.batch_size = run.batch_size
+    plan.order = &order[0, 0] if order.shape[0] > 0 else NULL
+    plan.clip_norm = run.clip_norm
+    plan.step_updates = step_updates
+    plan.loss_denominator = loss_denominator
+    plan.epoch_losses = &epoch_losses[0] if plan.n_epochs > 0 else NULL
+    return plan
+
+
+cdef void update(const Parameters *parameters, const Optimizer *optimizer,
+                 int n_threads) noexcept nogil:
+    cdef Py_ssize_t param
+    for param in range(parameters.n_params):
+        if parameters.itemsize == sizeof(double):
+            optimizer_step(<double *> parameters.values[param],
+                           <double *> parameters.grads[param],
+                           <double *> parameters.first_moments[param],
+                           <double *> parameters.second_moments[param],
+                           parameters.counts[param], optimizer, n_threads)
+        else:
+            optimizer_step(<float *> parameters.values[param],
+                           <float *> parameters.grads[param],
+                           <float *> parameters.first_moments[param],
+                           <float *> parameters.second_moments[param],
+                           parameters.counts[param], optimizer, n_threads)
+
+
+cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters,
+                     const TrainingPlan *plan, Optimizer *optimizer,
+                     int n_threads) noexcept nogil:
+    """plan.n_epochs epochs of mini-batches; advances optimizer.step."""
+    cdef Py_ssize_t n_batches = (plan.n_samples + plan.batch_size - 1) // plan.batch_size
+    cdef Py_ssize_t epoch, batch, start, n_rows
+    cdef const Py_ssize_t *rows
+    cdef double summed_loss
+    for epoch in range(plan.n_epochs):
+        summed_loss = 0
+        for batch in range(n_batches):
+            start = batch * plan.batch_size
+            n_rows = min(plan.batch_size, plan.n_samples - start)
+            rows = NULL
+            if plan.order != NULL:
+                rows = plan.order + epoch * plan.n_samples + start
+            summed_loss += step(program, start, n_rows, rows, n_threads)
+            if plan.clip_norm > 0:
+                if parameters.itemsize == sizeof(double):
+                    clip_gradients(<double **> parameters.grads, parameters.counts,
+                                   parameters.n_params, plan.clip_norm)
+                else:
+                    clip_gradients(<float **> parameters.grads, parameters.counts,
+                                   parameters.n_params, plan.clip_norm)
+            optimizer.step += 1
+            if not plan.step_updates:
+                update(parameters, optimizer, n_threads)
+        plan.epoch_losses[epoch] = summed_loss / plan.loss_denominator

@@ -1,0 +1,55 @@
+"""Type stubs for the compiled module lgmstm._lgm (csrc/lgmstm/_lgm.pyx): the
+LGM program. Unchecked: use lgmstm.LGM."""
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from typing_extensions import disjoint_base
+
+from ._train import PointerTable, TrainingRun
+
+_Float = NDArray[np.floating[Any]]
+
+@disjoint_base
+class Network:
+    """A network's parameters and architecture, built once per model."""
+
+    def __new__(
+        cls, params: list[_Float], layer_sizes: NDArray[np.intp], output_tanh: bool
+    ) -> Network: ...
+    @property
+    def params(self) -> PointerTable: ...
+    @property
+    def layer_sizes(self) -> NDArray[np.intp]: ...
+    @property
+    def output_tanh(self) -> bool: ...
+    def predict(
+        self,
+        X: _Float,  # IN (n_samples, n_in)
+        activations: list[_Float],  # OUT one (n_samples, sizes[l + 1]) per layer
+        n_threads: int,
+    ) -> None: ...
+    def gradients(
+        self,
+        X: _Float,  # IN (n_samples, n_in)
+        Y: _Float,  # IN (n_samples, n_out)
+        grads: list[_Float],  # OUT, laid out as params
+        activations: list[_Float],  # scratch
+        deltas: list[_Float],  # scratch
+        partials: NDArray[np.float64],  # scratch (partials_size(n_samples),)
+        n_threads: int,
+    ) -> float:
+        """Fill grads; return the mean squared error."""
+    def train(
+        self,
+        run: TrainingRun,
+        order: NDArray[np.intp],  # IN (n_epochs, n_samples), or (0, n_samples) in order
+        epoch_losses: NDArray[np.float64],  # OUT (n_epochs,)
+        n_threads: int,
+    ) -> int:
+        """Train for ``epoch_losses.shape[0]`` epochs; return the updates done so far."""
+
+def _training_layout(
+    n_rows: int, layer_sizes: NDArray[np.intp], itemsize: int
+) -> tuple[int, int] | None:
+    """(n_groups, group_width) of the panel layout, or None (row-major BLAS)."""

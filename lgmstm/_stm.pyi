@@ -1,0 +1,56 @@
+"""Type stubs for the compiled module lgmstm._stm (csrc/lgmstm/_stm.pyx): the
+STM program. Unchecked: use lgmstm.STM."""
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from typing_extensions import disjoint_base
+
+from ._train import PointerTable, TrainingRun
+
+_Float = NDArray[np.floating[Any]]
+_Index = NDArray[np.intp]
+
+@disjoint_base
+class Network:
+    """The STM's parameters and architecture, built once per model."""
+
+    def __new__(
+        cls, params: list[_Float], sizes: _Index, output_tanh: bool, return_sequences: bool
+    ) -> Network: ...
+    @property
+    def params(self) -> PointerTable: ...
+    @property
+    def layer_sizes(self) -> _Index: ...
+    @property
+    def output_tanh(self) -> bool: ...
+    @property
+    def return_sequences(self) -> bool: ...
+    def predict(
+        self, X: _Float, h0: _Float | None, lengths: _Index, buffers: list[NDArray[Any]],
+        n_threads: int,
+    ) -> tuple[_Float, _Float]:
+        """(outputs, final states): two of the buffers, filled."""
+    def gradients(
+        self, X: _Float, Y: _Float, h0: _Float | None, lengths: _Index,
+        grads: list[_Float],  # OUT
+        buffers: list[NDArray[Any]],  # scratch
+        n_threads: int,
+    ) -> float:
+        """Fill grads; return the mean squared error over the valid outputs."""
+    def train(
+        self,
+        run: TrainingRun,
+        order: _Index,  # IN (n_epochs, n_samples), or (0, n_samples) in order
+        epoch_losses: NDArray[np.float64],  # OUT (n_epochs,)
+        n_threads: int,
+    ) -> int:
+        """Train for ``epoch_losses.shape[0]`` epochs; return the updates done so far."""
+
+def buffer_shapes(
+    n_samples: int, n_steps: int, n_in: int, n_hidden: int, n_out: int,
+    return_sequences: bool, backward: bool = ...,
+) -> list[tuple[tuple[int, ...], type | None]]: ...
+def _training_layout(
+    n_rows: int, n_steps: int, sizes: _Index, itemsize: int, return_sequences: bool
+) -> tuple[int, int] | None: ...
