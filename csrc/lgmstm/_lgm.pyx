@@ -322,6 +322,7 @@ cdef double panel_network_gradients(
 
 cdef struct Batches:
     # What lgm_batch needs: the network, the data and the workspace.
+    size_t itemsize         # of the dtype: 4 or 8
     void **params
     void **targets          # where the backward pass writes: grads, or params (fused SGD)
     const Py_ssize_t *sizes
@@ -382,14 +383,12 @@ cdef double lgm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
         batches.partials, batches.sgd_lr, n_threads)
 
 
-cdef double lgm_batch_f(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
-                        const Py_ssize_t *rows, int n_threads) noexcept nogil:
+cdef double lgm_batch_step(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
+                           const Py_ssize_t *rows, int n_threads) noexcept nogil:
+    """The BatchStep: lgm_batch in the batch's dtype."""
+    if (<Batches *> batches).itemsize == sizeof(double):
+        return lgm_batch(<double *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
     return lgm_batch(<float *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
-
-
-cdef double lgm_batch_d(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
-                        const Py_ssize_t *rows, int n_threads) noexcept nogil:
-    return lgm_batch(<double *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
 
 
 cdef void train_network(floating *dtype, Network network, TrainingRun run,
@@ -414,6 +413,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef bint sgd = optimizer.kind == SGD and run.clip_norm == 0
     # SGD is fused into the backward pass; the others update after it.
     plan = plan_of(run, order, epoch_losses, n_samples, n_samples * n_out, sgd)
+    batches.itemsize = sizeof(floating)
     batches.params = network.params.data
     batches.targets = network.params.data if sgd else run.grads.data
     batches.sizes = sizes
@@ -458,8 +458,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
         batches.panel_rows = <void **> panel_rows
     try:
         with nogil:
-            run_epochs(<BatchStep> (lgm_batch_d if floating is double else lgm_batch_f),
-                       &batches, &parameters, &plan, optimizer, n_threads)
+            run_epochs(lgm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
     finally:
         free(panel_rows)
         free(panel_memory)

@@ -541,6 +541,7 @@ cdef enum:
 
 cdef struct Batches:
     # What stm_batch needs: the network, the data and the workspace.
+    size_t itemsize         # of the dtype: 4 or 8
     void **params
     void **grads
     const Py_ssize_t *sizes
@@ -628,14 +629,12 @@ cdef double stm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
     return sum_squares
 
 
-cdef double stm_batch_f(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
-                        const Py_ssize_t *rows, int n_threads) noexcept nogil:
+cdef double stm_batch_step(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
+                           const Py_ssize_t *rows, int n_threads) noexcept nogil:
+    """The BatchStep: stm_batch in the batch's dtype."""
+    if (<Batches *> batches).itemsize == sizeof(double):
+        return stm_batch(<double *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
     return stm_batch(<float *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
-
-
-cdef double stm_batch_d(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
-                        const Py_ssize_t *rows, int n_threads) noexcept nogil:
-    return stm_batch(<double *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
 
 
 cdef void train_network(floating *dtype, Network network, TrainingRun run,
@@ -664,6 +663,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     plan = plan_of(run, order, epoch_losses, n_samples,
                    max(1, n_valid_outputs(&lengths[0], n_samples,
                                           network.return_sequences) * n_out), False)
+    batches.itemsize = sizeof(floating)
     batches.params = network.params.data
     batches.grads = run.grads.data
     batches.sizes = sizes
@@ -711,7 +711,6 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
                                          + n_hidden * hidden_padded)
     try:
         with nogil:
-            run_epochs(<BatchStep> (stm_batch_d if floating is double else stm_batch_f),
-                       &batches, &parameters, &plan, optimizer, n_threads)
+            run_epochs(stm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
     finally:
         free(panel_memory)
