@@ -1,9 +1,9 @@
-"""Training in the panel layout (small networks: csrc/_panel.h) against the
+"""Training in the panel layout (small networks: csrc/lgmstm/_panel.h) against the
 NumPy backend, and the same bits for any thread count.
 
 The shapes are picked to land on every path the compiled fit can take:
 panels in one group (serial), panels in 2 or 4 groups (parallel sample
-tasks), and row-major BLAS; `training_layout` says which, and the first
+tasks), and row-major BLAS; `_training_layout` says which, and the first
 tests check that the grid really covers them all.
 """
 import numpy as np
