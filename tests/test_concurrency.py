@@ -12,6 +12,11 @@
 """
 from __future__ import annotations
 
+import builtins
+import functools
+import importlib.machinery
+import inspect
+import itertools
 import linecache
 import multiprocessing
 import os
@@ -237,24 +242,64 @@ def test_hammering_readers_see_only_whole_models(model, backend):
 # machine. The tests count samples; they time nothing.
 
 PACKAGE = os.path.dirname(os.path.abspath(lgmstm.__file__)) + os.sep
-COMPILED_CALL = re.compile(r"_(dense|recurrent)\.\w+\(")  # lgmstm._dense.train(...
 PARKED_SAMPLES = 10  # counted in a row at one call: the GIL was free while it ran
 SAMPLE_PAUSE = 0.001  # s between samples (sleeping hands the GIL to a waiting worker)
 # CPU seconds a worker may use between samples without computing: a thread
 # waiting for the GIL wakes every 5 ms (sys.getswitchinterval()) for microseconds
 WAITING_CPU = 50e-6
+DOTTED_CALL = re.compile(r"([A-Za-z_]\w*(?:\s*\.\s*[A-Za-z_]\w*)*)\s*\(")
 
 
-def _compiled_call(code, instruction):
-    """The compiled function an lgmstm line calls ("_dense.train"), if the
-    instruction (an f_lasti) is on such a line, else None. A frame in a call
-    reports the line where the call starts, `x = _dense.train(` (3.10 to 3.13)."""
-    if not os.path.abspath(code.co_filename).startswith(PACKAGE):
+@functools.lru_cache(maxsize=None)
+def _callee_at(code, instruction):
+    """The dotted name an lgmstm function calls at an instruction (an f_lasti):
+    "_dense.forward", "self.network.program.train"; None if there is none."""
+    if instruction < 0 or not os.path.abspath(code.co_filename).startswith(PACKAGE):
         return None
-    line = next((line for start, end, line in code.co_lines() if start <= instruction < end),
-                None)
-    match = line and COMPILED_CALL.search(linecache.getline(code.co_filename, line))
-    return match.group(0)[:-1] if match else None
+    if hasattr(code, "co_positions"):  # 3.11+: the very expression at the instruction
+        line, end_line, column, end_column = next(
+            itertools.islice(code.co_positions(), instruction // 2, None))
+        if None in (line, end_line, column, end_column):
+            return None
+        lines = [linecache.getline(code.co_filename, n) for n in range(line, end_line + 1)]
+        lines[-1] = lines[-1][:end_column]
+        lines[0] = lines[0][column:]
+        match = DOTTED_CALL.match("".join(lines))
+    else:  # 3.10: the first call on the line, where a call in progress is reported
+        line = next((line for start, end, line in code.co_lines()
+                     if start <= instruction < end), None)
+        match = line and DOTTED_CALL.search(linecache.getline(code.co_filename, line))
+    return re.sub(r"\s", "", match.group(1)) if match else None
+
+
+def _compiled(function):
+    """'module.name' if the function is one of an lgmstm extension module (or
+    a method of one of its classes), else None."""
+    name = getattr(function, "__module__", None)
+    if not isinstance(name, str) or not name.startswith(f"{lgmstm.__name__}."):
+        return None
+    path = getattr(sys.modules.get(name), "__file__", None) or ""
+    if not path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+        return None
+    return f"{name}.{getattr(function, '__qualname__', '?')}"
+
+
+def _compiled_call(frame, instruction):
+    """The compiled lgmstm function the frame calls at the instruction
+    ('lgmstm._lgm.Network.train'), or None. Looks the callee's dotted name up
+    in the frame without running any code of the worker's (getattr_static)."""
+    dotted = _callee_at(frame.f_code, instruction)
+    if dotted is None:
+        return None
+    head, *attributes = dotted.split(".")
+    namespaces = (frame.f_locals, frame.f_globals, builtins.__dict__)
+    obj = next((namespace[head] for namespace in namespaces if head in namespace), None)
+    try:
+        for attribute in attributes:
+            obj = inspect.getattr_static(obj, attribute)
+    except AttributeError:
+        return None
+    return _compiled(obj)
 
 
 def _cpu_clock():
@@ -308,19 +353,18 @@ def _longest_stay_in_compiled_code(work):
             frame = sys._current_frames().get(worker.ident)
             # f_lasti read once: the worker may move on while this thread reads
             instruction = frame.f_lasti if frame is not None else -1
-            called = frame is not None and _compiled_call(frame.f_code, instruction)
             last_cpu, cpu = cpu, cpu_time()
-            if called:
-                at_calls += 1
-                if held is not None and held[0] is frame and held[1] == instruction:
-                    if cpu is None or last_cpu is None or cpu - last_cpu > WAITING_CPU:
-                        count += 1
-                else:
-                    held, count = (frame, instruction), 1  # holding it keeps it unique
-                if count > longest:
-                    longest, where = count, called
+            if held is not None and held[0] is frame and held[1] == instruction:
+                if cpu is None or last_cpu is None or cpu - last_cpu > WAITING_CPU:
+                    count += 1
             else:
-                held, count = None, 0
+                called = frame is not None and _compiled_call(frame, instruction)
+                # holding the frame keeps it unique
+                held, count = ((frame, instruction, called), 1) if called else (None, 0)
+            if held is not None:
+                at_calls += 1
+                if count > longest:
+                    longest, where = count, held[2]
             frame = None
             time.sleep(SAMPLE_PAUSE)
     finally:
@@ -332,8 +376,7 @@ def _longest_stay_in_compiled_code(work):
 
 def _assert_gil_released(work, what):
     longest, where, at_calls = _longest_stay_in_compiled_code(work)
-    assert at_calls, f"{what}: never caught in the compiled code (no lgmstm line matched " \
-        f"{COMPILED_CALL.pattern!r}: was it renamed?)"
+    assert at_calls, f"{what}: never caught calling a compiled module of lgmstm"
     print(f"\n{what}: parked at {where} for {longest} counted samples in a row")
     assert longest >= PARKED_SAMPLES, \
         f"{what}: at most {longest} counted samples in a row found the worker computing in " \
