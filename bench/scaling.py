@@ -2,8 +2,9 @@
 
     python bench/scaling.py [--max-threads N] [--repeats R]
 
-The medium training steps of the benchmark grid, and batch-parallel cases
-big enough to give every thread several chunks. Each
+The lgm_step and stm_step of lgmstm.benchmarks at its SCALING_SIZES: the
+medium sizes of the benchmark grid, and batch-parallel ones big enough to
+give every thread several chunks. Each
 line: the case, threads, median seconds per training step, speed-up over one
 thread, parallel efficiency. Run it on an otherwise idle machine; unset
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE where they are set.
@@ -15,28 +16,20 @@ import time
 import numpy as np
 
 import lgmstm
+from lgmstm import benchmarks
 
 
-def lgm_case(n_samples):
-    def make(dtype):
-        rng = np.random.default_rng(0)
-        X = rng.standard_normal((n_samples, 256)).astype(dtype)
-        Y = rng.uniform(-0.5, 0.5, (n_samples, 64)).astype(dtype)
-        model = lgmstm.LGM([256, 256, 64], dtype=dtype, seed=0)
-        return (f"LGM {n_samples} x 256->256->64",
-                lambda epochs: model.fit(X, Y, epochs=epochs, lr=1e-3))
-    return make
-
-
-def stm_case(n_samples, n_steps):
-    def make(dtype):
-        rng = np.random.default_rng(0)
-        X = rng.standard_normal((n_samples, n_steps, 64)).astype(dtype)
-        Y = rng.uniform(-0.5, 0.5, (n_samples, n_steps, 16)).astype(dtype)
-        model = lgmstm.STM(64, 128, 16, dtype=dtype, seed=0)
-        return (f"STM {n_samples} x {n_steps} steps x 64->128->16",
-                lambda epochs: model.fit(X, Y, epochs=epochs, lr=1e-3))
-    return make
+def compiled_step(size, dtype):
+    """(label, train(epochs)): the benchmark's compiled training step (lgm_step
+    or stm_step, implementation "lgmstm") at that size and dtype."""
+    dense = isinstance(size, benchmarks.DenseSize)
+    case = next(case for case in benchmarks.CASES
+                if case.name == ("lgm_step" if dense else "stm_step"))
+    implementation = next(i for i in case.implementations if i.name == "lgmstm")
+    network = f"{size.n_in}->{size.n_hidden}->{size.n_out}"
+    label = (f"LGM {size.n_samples} x {network}" if dense
+             else f"STM {size.n_samples} x {size.n_steps} steps x {network}")
+    return label, implementation.make(size, np.dtype(dtype))
 
 
 def seconds_per_step(train, repeats):
@@ -59,12 +52,10 @@ def main():
         counts.append(counts[-1] * 2)
     if counts[-1] != args.max_threads:
         counts.append(args.max_threads)
-    # The benchmark grid's medium sizes, then batch-parallel ones for many threads.
-    cases = [lgm_case(256), stm_case(64, 100), lgm_case(4096), stm_case(1024, 50)]
     print(f"lgmstm {lgmstm.__version__}, {os.cpu_count()} cores")
-    for make in cases:
+    for size in benchmarks.SCALING_SIZES:
         for dtype in (np.float64, np.float32):
-            name, train = make(dtype)
+            name, train = compiled_step(size, dtype)
             base = None
             for threads in counts:
                 lgmstm.set_num_threads(threads)

@@ -10,9 +10,9 @@ A training step is one full-batch epoch. The compiled and NumPy models are
 timed as ``fit(X, Y, epochs=k)`` over k, so the time per step includes
 nothing that a long fit does not also pay per step.
 
-The STM cases are written against the API the STM is expected to have (see
-the functions under "STM") and are skipped with a note while
-``lgmstm.STM`` or ``lgmstm.kernels.rnn_forward`` do not exist.
+``bench/scaling.py`` times the compiled training steps on 1, 2, 4, ... threads
+at :data:`SCALING_SIZES`: the grid's medium sizes and the same networks on
+batches big enough to give every thread several chunks.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -35,8 +35,9 @@ from . import kernels, reference
 from ._threads import get_num_threads, set_num_threads
 from ._base import glorot_uniform
 
-__all__ = ["DENSE_SIZES", "RECURRENT_SIZES", "CASES", "parse_selection", "plan", "measure",
-           "gemm_peak", "memory_check", "summarise", "thread_count", "default_threads"]
+__all__ = ["DENSE_SIZES", "RECURRENT_SIZES", "SCALING_SIZES", "CASES", "parse_selection",
+           "plan", "measure", "gemm_peak", "memory_check", "summarise", "thread_count",
+           "default_threads"]
 
 # Learning rate of every timed fit: small enough that no size diverges.
 LR = 0.01
@@ -87,6 +88,21 @@ RECURRENT_SIZES = (
 )
 # --quick runs only these sizes.
 QUICK_SIZES = ("seed",)
+
+
+def _size_named(sizes, name):
+    """The size of that name in DENSE_SIZES or RECURRENT_SIZES."""
+    return next(size for size in sizes if size.name == name)
+
+
+# bench/scaling.py's sizes: the medium steps, then the same networks on batches
+# big enough to give every thread several chunks
+SCALING_SIZES = (
+    _size_named(DENSE_SIZES, "medium"),
+    _size_named(RECURRENT_SIZES, "medium"),
+    replace(_size_named(DENSE_SIZES, "medium"), name="batch", n_samples=4096),
+    replace(_size_named(RECURRENT_SIZES, "medium"), name="batch", n_steps=50, n_samples=1024),
+)
 
 
 # -- data -------------------------------------------------------------------------
@@ -224,13 +240,9 @@ def _torch_lgm(torch, size):
 
 
 # -- STM and RNN kernels ----------------------------------------------------------------
-# Assumed API (adjust here, in one place, if the STM lands with another one):
-#   kernels.rnn_forward(X, h0, Wx, Wh, b) -> H            X (n_samples, n_steps, n_in)
-#   kernels.rnn_backward(X, h0, Wx, Wh, H, dH) -> (dX, dh0, dWx, dWh, db)
-#   STM(n_in, n_hidden, n_out, dtype=, seed=, backend=).fit(X, Y, epochs=, lr=)
-#       with Y (n_samples, n_steps, n_out): an output at every step.
 
 def _rnn_forward(module):
+    """One iteration: the RNN layer's forward pass over all steps, one call."""
     def make(size, dtype):
         X, _, (W_in, W_rec, b) = _recurrent_problem(size, dtype)
 
@@ -242,6 +254,7 @@ def _rnn_forward(module):
 
 
 def _rnn_backward(module):
+    """One iteration: the RNN layer's backward pass over all steps, one call."""
     def make(size, dtype):
         X, _, (W_in, W_rec, b) = _recurrent_problem(size, dtype)
         H = reference.rnn_forward(X, None, W_in, W_rec, b)
@@ -270,18 +283,6 @@ def _torch_stm(torch, size):
     return Network()
 
 
-def _missing_rnn_kernels():
-    if not (hasattr(kernels, "rnn_forward") and hasattr(reference, "rnn_forward")):
-        return "lgmstm.kernels.rnn_forward does not exist yet (the STM has not landed)"
-    return None
-
-
-def _missing_stm():
-    if not hasattr(lgmstm, "STM"):
-        return "lgmstm.STM does not exist yet (the STM has not landed)"
-    return None
-
-
 # -- the cases ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -308,7 +309,6 @@ class Case:
     flops: Callable
     implementations: tuple
     training: bool  # also timed on one thread, for the 1 -> N scaling
-    missing: Callable = lambda: None
 
 
 def _dense_step_flops(s):
@@ -344,17 +344,17 @@ CASES = (
          lambda s: 2 * s.n_steps * s.n_samples * (s.n_in + s.n_hidden) * s.n_hidden,
          (Implementation("lgmstm", _rnn_forward(kernels)),
           Implementation("numpy", _rnn_forward(reference))),
-         training=False, missing=_missing_rnn_kernels),
+         training=False),
     Case("rnn_backward", RECURRENT_SIZES,
          lambda s: 4 * s.n_steps * s.n_samples * (s.n_in + s.n_hidden) * s.n_hidden,
          (Implementation("lgmstm", _rnn_backward(kernels)),
           Implementation("numpy", _rnn_backward(reference))),
-         training=False, missing=_missing_rnn_kernels),
+         training=False),
     Case("stm_step", RECURRENT_SIZES, _stm_step_flops,
          (Implementation("lgmstm", _model_step("STM", "cython", _recurrent_problem)),
           Implementation("numpy", _model_step("STM", "numpy", _recurrent_problem)),
           Implementation("torch", _torch_step(_torch_stm, _recurrent_problem), needs="torch")),
-         training=True, missing=_missing_stm),
+         training=True),
 )
 
 
@@ -426,10 +426,6 @@ def plan(*, quick=False, dtypes=("float64", "float32"), threads=None, only=()):
     thread_counts = sorted({1, threads}, reverse=True)
     items, notes = [], []
     for case in CASES:
-        reason = case.missing()
-        if reason:
-            notes.append(f"{case.name}: skipped, {reason}")
-            continue
         available = []
         for implementation in case.implementations:
             reason = implementation.missing()
@@ -635,7 +631,7 @@ def _memory_child(size_name, epochs):
     """Run in a fresh process: print the memory one fit of `epochs` epochs takes."""
     import tracemalloc
 
-    size = next(s for s in DENSE_SIZES if s.name == size_name)
+    size = _size_named(DENSE_SIZES, size_name)
     X, Y, _ = _dense_problem(size, np.float64)
     model = lgmstm.LGM([size.n_in, size.n_hidden, size.n_out], seed=0)
     try:
