@@ -6,7 +6,7 @@ import numpy as np
 from numpy.typing import NDArray
 from typing_extensions import disjoint_base
 
-from ._train import PointerTable, TrainingRun
+from ._train import PointerTable, TrainingRun, UseLock
 
 _Float = NDArray[np.floating[Any]]
 
@@ -15,8 +15,13 @@ class Network:
     """A network's parameters and architecture, built once per model."""
 
     def __new__(
-        cls, params: list[_Float], layer_sizes: NDArray[np.intp], output_tanh: bool
+        cls, params: list[_Float], layer_sizes: NDArray[np.intp], output_tanh: bool,
+        lock: UseLock,
     ) -> Network: ...
+    def predict_ready(self, X: object) -> _Float | None:
+        """The outputs for X when it is an ndarray of the parameters' dtype and
+        shape, C-contiguous, the call is small and no other thread trains;
+        else None (the caller takes its checked path)."""
     @property
     def params(self) -> PointerTable: ...
     @property

@@ -9,9 +9,9 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from contextlib import contextmanager
+from contextlib import nullcontext
 
-from . import _openmp
+from . import _openmp, _train
 
 
 # libgomp's thread pool does not survive fork(): a child that enters an
@@ -23,6 +23,7 @@ _forked_child = False
 def _mark_forked_child():
     global _forked_child
     _forked_child = True
+    _train._mark_forked_child()  # the compiled fast paths' own flag
 
 
 if hasattr(os, "register_at_fork"):
@@ -72,7 +73,7 @@ def set_num_threads(n_threads: int) -> None:
 
 # OpenBLAS threads a GEMM only above about 64**3 multiply-adds; smaller
 # calls never need the guard, and skipping it keeps small kernels cheap.
-BLAS_THREADING_WORK = 64**3
+BLAS_THREADING_WORK = _train.BLAS_THREADING_WORK
 
 
 def _thread_switch(controller):
@@ -142,11 +143,9 @@ class _BlasGuard:
 _blas_guard = _BlasGuard()
 
 
-@contextmanager
-def _no_guard():
-    yield
+_no_guard = nullcontext()
 
 
 def single_threaded_blas(work: float):
     """Context for a kernel call whose largest GEMM does about `work` multiply-adds."""
-    return _blas_guard if work >= BLAS_THREADING_WORK else _no_guard()
+    return _blas_guard if work >= BLAS_THREADING_WORK else _no_guard

@@ -1,11 +1,45 @@
 """Type stubs for the compiled module lgmstm._train (csrc/lgmstm/_train.pyx):
 the typed objects the model programs' entry points take."""
 from collections.abc import Iterable
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
 from typing_extensions import disjoint_base
+
+BLAS_THREADING_WORK: Final[int]
+"""Multiply-adds from which OpenBLAS may thread a GEMM."""
+
+def _mark_forked_child() -> None:
+    """The kernels run on one thread from now on (called in a forked child)."""
+
+@disjoint_base
+class UseLock:
+    """Many concurrent readers of a model's parameters, or one trainer."""
+
+    def __new__(cls) -> UseLock: ...
+    @property
+    def readers(self) -> int: ...
+    @property
+    def trainer(self) -> int:
+        """The training thread's ident, 0 when none."""
+    def reading(self) -> AbstractContextManager[None]:
+        """Read the model (waits while another thread trains)."""
+    def training(self) -> AbstractContextManager[None]:
+        """Train the model alone (RuntimeError if it is already being trained)."""
+
+@disjoint_base
+class _Reading:
+    def __new__(cls, lock: UseLock) -> _Reading: ...
+    def __enter__(self) -> None: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+@disjoint_base
+class _Training:
+    def __new__(cls, lock: UseLock) -> _Training: ...
+    def __enter__(self) -> None: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 @disjoint_base
 class PointerTable:

@@ -295,51 +295,9 @@ def _deferred_interrupt() -> Iterator[dict[str, bool]]:
 # -- the model's lock --------------------------------------------------------
 
 
-class UseLock:
-    """Many concurrent users of a model's parameters, or one trainer.
-
-    predict/loss/gradients/save share the model; fit has it alone: it waits
-    for current users to finish, and others wait for it. A second fit from
-    another thread is refused. The training thread itself may read (e.g. a
-    callback that calls predict).
-    """
-
-    def __init__(self):
-        self._condition = threading.Condition()
-        self._readers = 0
-        self._trainer = None
-
-    @contextmanager
-    def reading(self):
-        me = threading.get_ident()
-        with self._condition:
-            while self._trainer is not None and self._trainer != me:
-                self._condition.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._readers -= 1
-                self._condition.notify_all()
-
-    @contextmanager
-    def training(self):
-        me = threading.get_ident()
-        with self._condition:
-            if self._trainer is not None:
-                raise RuntimeError("this model is already being trained "
-                                   + ("(fit called from its own callback)" if self._trainer == me
-                                      else "by another thread"))
-            self._trainer = me
-            while self._readers:
-                self._condition.wait()
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._trainer = None
-                self._condition.notify_all()
+# The model lock: readers in parallel, one trainer (compiled, so that the
+# fast paths of predict take it in nanoseconds).
+UseLock = _train.UseLock
 
 
 # -- the trainers ----------------------------------------------------------------

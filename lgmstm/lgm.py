@@ -32,10 +32,12 @@ __all__ = ["LGM"]
 class _CompiledNetwork:
     """Forward/gradients/training of a dense network with lgmstm._lgm."""
 
-    def __init__(self, params, layer_sizes, output_tanh):
+    def __init__(self, params, layer_sizes, output_tanh, lock):
         self.params = params
         self.sizes = np.asarray(layer_sizes, dtype=np.intp)
-        self.program = _lgm.Network(params, self.sizes, output_tanh)
+        self.program = _lgm.Network(params, self.sizes, output_tanh, lock)
+        # predict's fast path: the outputs, or None for the checked path.
+        self.predict_ready = self.program.predict_ready
         self.workspace = TrainingWorkspace()
 
     def _work(self, n_samples):
@@ -79,10 +81,14 @@ class _CompiledNetwork:
 class _ReferenceNetwork:
     """The same network in plain NumPy (lgmstm.reference)."""
 
-    def __init__(self, params, layer_sizes, output_tanh):
+    def __init__(self, params, layer_sizes, output_tanh, lock):
         self.params = params
         self.n_layers = len(layer_sizes) - 1
         self.output_tanh = output_tanh
+
+    @staticmethod
+    def predict_ready(X):
+        return None  # no fast path: every call is checked
 
     def _tanh(self, layer):
         return self.output_tanh or layer < self.n_layers - 1
@@ -189,7 +195,8 @@ class LGM(Model):
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             self._params += [glorot_uniform(self._rng, n_in, n_out, self.dtype),
                              np.zeros(n_out, self.dtype)]
-        self._network = _NETWORKS[self.backend](self._params, sizes, self.output == "tanh")
+        self._network = _NETWORKS[self.backend](self._params, sizes, self.output == "tanh",
+                                                self._lock)
 
     # -- what Model needs ---------------------------------------------------------
     def _param_names(self) -> Iterator[str]:
@@ -253,6 +260,9 @@ class LGM(Model):
             X has the wrong number of dimensions or a shape that does not
             fit the architecture (the message shows expected vs actual).
         """
+        outputs = self._network.predict_ready(X)  # X as the kernels take it: no checks
+        if outputs is not None:
+            return outputs
         X = self._inputs(X)
         with self._lock.reading():
             return self._network.predict(X)

@@ -27,14 +27,19 @@ from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
                             group_panels, padded_width, panel_calloc, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport n_tasks, threads_for
+from lgmstm._parallel cimport BLAS_THREADING_WORK, CHUNK_ROWS, n_tasks, threads_for
 from lgmstm._loss cimport panel_squared_error
 from lgmstm._rows cimport gather_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, Parameters, PointerTable, TrainingPlan,
-                            TrainingRun, plan_of, parameters_of, run_epochs)
+                            TrainingRun, UseLock, kernel_threads, plan_of, parameters_of, run_epochs)
 
 cnp.import_array()
+
+
+cdef enum:
+    # Layers the fast path of predict keeps its pointers for on the stack.
+    MAX_FAST_LAYERS = 16
 
 
 cdef class Network:
@@ -43,23 +48,83 @@ cdef class Network:
 
     params: [W_0, b_0, W_1, b_1, ...], C-contiguous, one dtype; layer_sizes:
     intp array [n_in, n_1, ..., n_out]; output_tanh: the last layer's
-    activation (hidden layers are tanh).
+    activation (hidden layers are tanh); lock: the model's UseLock.
     """
     cdef readonly PointerTable params
     cdef readonly object layer_sizes
     cdef readonly bint output_tanh
+    cdef UseLock lock
     cdef const Py_ssize_t *sizes
     cdef Py_ssize_t n_layers
     cdef object counts    # values per parameter, intp
+    cdef int type_num     # the parameters' dtype
+    cdef Py_ssize_t largest_weight, widest_layer
 
-    def __cinit__(self, list params, layer_sizes, bint output_tanh):
+    def __cinit__(self, list params, layer_sizes, bint output_tanh, UseLock lock):
         cdef const Py_ssize_t[::1] sizes = layer_sizes
+        cdef Py_ssize_t layer
         self.params = PointerTable(params)
         self.layer_sizes = layer_sizes
         self.sizes = &sizes[0]
         self.n_layers = sizes.shape[0] - 1
         self.output_tanh = output_tanh
+        self.lock = lock
         self.counts = np.array([p.size for p in params], dtype=np.intp)
+        self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])
+        self.largest_weight = self.widest_layer = 0
+        for layer in range(self.n_layers + 1):
+            self.widest_layer = max(self.widest_layer, sizes[layer])
+            if layer < self.n_layers:
+                self.largest_weight = max(self.largest_weight, sizes[layer] * sizes[layer + 1])
+
+    def predict_ready(self, X):
+        """The outputs for X, or None when the caller must take its checked path.
+
+        The fast path of LGM.predict: X must already be an ndarray of the
+        parameters' dtype, of shape (n_samples >= 1, n_in), C-contiguous and
+        aligned; the call small enough that BLAS never threads (then no
+        guard is needed); and no other thread training the model. Checked
+        here, in a few nanoseconds; anything else returns None.
+        """
+        cdef cnp.ndarray array
+        cdef cnp.npy_intp dims[2]
+        cdef void *outputs[MAX_FAST_LAYERS]
+        cdef list activations
+        cdef Py_ssize_t layer, n_samples
+        cdef int n_threads
+        if type(X) is not np.ndarray or self.n_layers > MAX_FAST_LAYERS:
+            return None
+        array = <cnp.ndarray> X
+        if (cnp.PyArray_NDIM(array) != 2 or cnp.PyArray_TYPE(array) != self.type_num
+                or not cnp.PyArray_ISCARRAY_RO(array)
+                or cnp.PyArray_DIMS(array)[1] != self.sizes[0]):
+            return None
+        n_samples = cnp.PyArray_DIMS(array)[0]
+        if (n_samples == 0 or CHUNK_ROWS * max(self.largest_weight, n_samples * self.widest_layer)
+                >= BLAS_THREADING_WORK):
+            return None
+        if not self.lock.try_read():
+            return None
+        try:
+            activations = []
+            dims[0] = n_samples
+            for layer in range(self.n_layers):
+                dims[1] = self.sizes[layer + 1]
+                activations.append(cnp.PyArray_EMPTY(2, dims, self.type_num, 0))
+                outputs[layer] = cnp.PyArray_DATA(<cnp.ndarray> activations[layer])
+            n_threads = kernel_threads()
+            with nogil:
+                if self.type_num == cnp.NPY_DOUBLE:
+                    network_forward(<double *> cnp.PyArray_DATA(array), n_samples,
+                                    self.params.data, self.sizes, self.n_layers,
+                                    self.output_tanh, outputs, n_threads)
+                else:
+                    network_forward(<float *> cnp.PyArray_DATA(array), n_samples,
+                                    self.params.data, self.sizes, self.n_layers,
+                                    self.output_tanh, outputs, n_threads)
+        finally:
+            self.lock.end_read()
+        return activations[self.n_layers - 1]
 
     def predict(self, const floating[:, ::1] X, list activations, int n_threads):
         """Fill activations (OUT: one (n_samples, sizes[l + 1]) array per

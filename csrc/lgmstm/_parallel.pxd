@@ -9,6 +9,9 @@ cdef enum:
     BLOCK_COLS = 64       # columns per task of a column sum (bias gradients)
     BLOCK_ELEMS = 16384   # elements per task in element-wise passes
     MIN_PARALLEL_WORK = 1048576  # below ~this many flops (~20 us) threads cost more than they save
+    # OpenBLAS threads a GEMM only above about 64**3 multiply-adds: smaller
+    # calls need no guard keeping BLAS single-threaded (lgmstm._threads).
+    BLAS_THREADING_WORK = 262144
 
 
 cdef inline Py_ssize_t n_tasks(Py_ssize_t n_items, Py_ssize_t per_task) noexcept nogil:

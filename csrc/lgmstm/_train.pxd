@@ -11,6 +11,17 @@ cdef class PointerTable:
     cdef readonly Py_ssize_t count
 
 
+cdef class UseLock:
+    """Many concurrent readers of a model's parameters, or one trainer (see _train.pyx)."""
+    cdef readonly Py_ssize_t readers
+    cdef readonly unsigned long trainer   # the training thread's ident, 0: none
+    cdef Py_ssize_t trainers_waiting
+    cdef object condition
+    cdef object reading_context, training_context
+    cdef bint try_read(self) except -1
+    cdef int end_read(self) except -1
+
+
 cdef class TrainingRun:
     """The data, the training arrays and the plan of one fit (see _train.pyx)."""
     cdef readonly object X, Y, lengths, initial_states, final_states
@@ -54,5 +65,6 @@ cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t[:, ::1] order,
                           double[::1] epoch_losses, Py_ssize_t n_samples,
                           double loss_denominator, bint step_updates)
 cdef void *data_or_null(object array)
+cdef int kernel_threads() noexcept nogil
 cdef Parameters parameters_of(PointerTable values, TrainingRun run, const Py_ssize_t *counts,
                               size_t itemsize)

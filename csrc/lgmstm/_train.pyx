@@ -10,11 +10,130 @@ nogil code can use) and TrainingRun (the data and plan of one fit).
     epoch_losses[epoch] = loss / loss_denominator
 """
 cimport numpy as cnp
+from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdlib cimport free, malloc
 
+from lgmstm._omp cimport lgmstm_omp_max_threads
 from lgmstm._optim cimport Optimizer, clip_gradients, optimizer_step
+from lgmstm._parallel cimport BLAS_THREADING_WORK as _BLAS_THREADING_WORK
+
+import threading
 
 cnp.import_array()
+
+BLAS_THREADING_WORK = _BLAS_THREADING_WORK
+
+# libgomp's thread pool does not survive fork(): in a forked child the
+# kernels run on one thread (lgmstm._threads marks the child).
+cdef bint forked_child = False
+
+
+def _mark_forked_child():
+    global forked_child
+    forked_child = True
+
+
+cdef int kernel_threads() noexcept nogil:
+    """Threads the kernels use: OpenMP's count for the calling thread, 1 in
+    a forked child (see lgmstm._threads.get_num_threads)."""
+    if forked_child:
+        return 1
+    return max(1, lgmstm_omp_max_threads())
+
+
+cdef class UseLock:
+    """Many concurrent readers of a model's parameters, or one trainer.
+
+    predict/loss/gradients/save read the model; fit has it alone: it waits
+    for the current readers to finish, and new readers wait for it. A second
+    fit from another thread is refused. The training thread itself may read
+    (a callback that calls predict).
+
+    The fast paths of compiled code take and leave a read with try_read and
+    end_read, a few nanoseconds: they run with the GIL held, which makes
+    each of them atomic with respect to every other Python thread. Waiting
+    (for a trainer to finish, or a trainer for the readers) goes through a
+    threading.Condition; a reader leaving wakes a waiting trainer through it.
+    """
+
+    def __cinit__(self):
+        self.condition = threading.Condition()
+        self.reading_context = _Reading(self)
+        self.training_context = _Training(self)
+
+    cdef bint try_read(self) except -1:
+        """Start a read unless another thread is training (then False)."""
+        if self.trainer == 0 or self.trainer == PyThread_get_thread_ident():
+            self.readers += 1
+            return True
+        return False
+
+    cdef int end_read(self) except -1:
+        self.readers -= 1
+        if self.readers == 0 and self.trainers_waiting:
+            with self.condition:
+                self.condition.notify_all()
+        return 0
+
+    def reading(self):
+        """Context manager: read the model (waits while another thread trains)."""
+        return self.reading_context
+
+    def training(self):
+        """Context manager: train the model alone (RuntimeError if it is
+        already being trained)."""
+        return self.training_context
+
+
+cdef class _Reading:
+    cdef UseLock lock
+
+    def __cinit__(self, UseLock lock):
+        self.lock = lock
+
+    def __enter__(self):
+        cdef UseLock lock = self.lock
+        if lock.try_read():
+            return
+        with lock.condition:
+            while not lock.try_read():
+                lock.condition.wait()
+
+    def __exit__(self, *exc):
+        self.lock.end_read()
+
+
+cdef class _Training:
+    cdef UseLock lock
+
+    def __cinit__(self, UseLock lock):
+        self.lock = lock
+
+    def __enter__(self):
+        cdef UseLock lock = self.lock
+        cdef unsigned long me = PyThread_get_thread_ident()
+        with lock.condition:
+            if lock.trainer != 0:
+                raise RuntimeError("this model is already being trained "
+                                   + ("(fit called from its own callback)" if lock.trainer == me
+                                      else "by another thread"))
+            lock.trainer = me
+            lock.trainers_waiting += 1
+            try:
+                while lock.readers:
+                    lock.condition.wait()
+            except BaseException:  # e.g. Ctrl-C while waiting: no trainer after all
+                lock.trainer = 0
+                lock.condition.notify_all()
+                raise
+            finally:
+                lock.trainers_waiting -= 1
+
+    def __exit__(self, *exc):
+        cdef UseLock lock = self.lock
+        with lock.condition:
+            lock.trainer = 0
+            lock.condition.notify_all()
 
 
 cdef class PointerTable:
