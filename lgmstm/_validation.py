@@ -265,17 +265,67 @@ def check_lengths(lengths, n_samples: int, n_steps: int) -> np.ndarray:
     if lengths is None:
         return np.full(n_samples, n_steps, np.intp)
     array = _as_ndarray("lengths", lengths, "integers")
-    if array.dtype.kind not in "iu" and not (array.size == 0 and array.dtype.kind == "f"):
-        # (an empty list makes an empty float array: that one is fine)
-        raise TypeError(f"lengths must be an array of integers, got dtype {array.dtype}")
+    _check_integers("lengths", array, "an array of integers")
     if array.shape != (n_samples,):
         raise ValueError(f"lengths must have shape (n_samples,) = ({n_samples},), "
                          f"got {array.shape}")
-    bad = np.flatnonzero((array < 0) | (array > n_steps))
-    if bad.size:
-        raise ValueError(f"lengths must be in [0, n_steps] = [0, {n_steps}], got "
-                         f"lengths[{bad[0]}] = {array[bad[0]]}")
+    _check_within("lengths", array, (array < 0) | (array > n_steps),
+                  f"[0, n_steps] = [0, {n_steps}]")
     return np.ascontiguousarray(array, dtype=np.intp)
+
+
+def _check_integers(name: str, array: np.ndarray, meaning: str) -> None:
+    """A TypeError unless array holds integers (an empty list makes an empty
+    float array: that one is fine)."""
+    if array.dtype.kind not in "iu" and not (array.size == 0 and array.dtype.kind == "f"):
+        raise TypeError(f"{name} must be {meaning}, got dtype {array.dtype}")
+
+
+def _check_within(name: str, array: np.ndarray, outside: np.ndarray, interval: str) -> None:
+    """A ValueError naming the first entry of the 1-d array that is outside."""
+    bad = np.flatnonzero(outside)
+    if bad.size:
+        raise ValueError(f"{name} must be in {interval}, got {name}[{bad[0]}] = {array[bad[0]]}")
+
+
+def check_streams(streams, n_streams: int | None) -> np.ndarray:
+    """streams, stream indices or a boolean mask, as a sorted intp array of
+    indices in [0, n_streams) (repeats are fine).
+
+    n_streams None (no working memory held): the type and shape are checked,
+    the range cannot be.
+    """
+    array = _as_ndarray("streams", streams, "stream indices or booleans")
+    if array.ndim != 1:
+        raise ValueError(f"streams must be a 1-dimensional sequence of stream indices or a "
+                         f"boolean mask (one stream: streams=[i]), got shape {array.shape}")
+    if array.dtype.kind == "b":
+        if n_streams is not None and array.shape != (n_streams,):
+            raise ValueError(f"streams, a boolean mask, must have one entry per stream, shape "
+                             f"(n_streams,) = ({n_streams},), got {array.shape}")
+        return np.flatnonzero(array)
+    _check_integers("streams", array, "stream indices (integers) or a boolean mask")
+    if n_streams is not None:
+        _check_within("streams", array, (array < 0) | (array >= n_streams),
+                      f"[0, n_streams) = [0, {n_streams})")
+    return np.unique(array.astype(np.intp))
+
+
+def check_state(name: str, state, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    """state, a working memory of `shape` (n_samples, n_hidden), as an aligned
+    C-contiguous array of the model's dtype.
+
+    Integers, bools and nested lists are converted; a float ndarray of the
+    other float dtype is refused (it holds another model's memory, and
+    float64 to float32 would round it behind your back).
+    """
+    array = as_array(name, state, 2)
+    if isinstance(state, np.ndarray) and array.dtype.kind == "f" \
+            and array.dtype.newbyteorder("=") != dtype:
+        raise TypeError(f"{name} must have the model's dtype {dtype}, got {array.dtype}: "
+                        f"convert it with .astype(np.{dtype})")
+    check_shape(name, array, shape, "(n_samples, n_hidden)")
+    return as_c_array(array, dtype)
 
 
 def check_sequence_rows(X: np.ndarray, n_hidden: int) -> None:

@@ -126,16 +126,22 @@ def rnn_backward(X, h0, Wx, Wh, H, dH, *, dh_last=None, lengths=None):
 
 # Unchecked forms of the two above, for the STM's NumPy training loop.
 def recurrent_forward(X, h0, Wx, Wh, b, lengths, H):
-    """Fill H (n_samples, n_steps, n_hidden); lengths is an intp array."""
+    """Fill H (n_samples, n_steps, n_hidden); lengths is an intp array.
+
+    Step by step on contiguous (n_samples, .) rows: BLAS's bits depend on a
+    product's shape and strides, so a step computed here is the same bits
+    whatever n_steps and t are (one call per step, as STM.step makes, gives
+    the bits of one call on the whole sequence).
+    """
     n_steps = X.shape[1]
-    np.matmul(X, Wx, out=H)  # the input projection of every step at once
-    H += b
     h = h0  # None: the zero state, which adds nothing (0 @ Wh, even with inf in Wh)
     for t in range(n_steps):
-        z = H[:, t]
+        z = np.ascontiguousarray(X[:, t]) @ Wx
+        z += b
         if h is not None:
             z += h @ Wh
         h = np.tanh(z, out=z)
+        H[:, t] = h
     # Steps past a sequence's end only feed later padded steps: compute, then zero.
     H[np.arange(n_steps) >= lengths[:, None]] = 0
     return H

@@ -9,7 +9,7 @@ maths with :mod:`lgmstm.reference`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -33,6 +33,8 @@ from ._validation import (
     check_lengths,
     check_product,
     check_sequence_rows,
+    check_state,
+    check_streams,
 )
 
 __all__ = ["STM"]
@@ -126,13 +128,17 @@ class _ReferenceRecurrent:
         H = np.empty((n_samples, n_steps, self.n_hidden), X.dtype)
         reference.recurrent_forward(X, h0, input_weight, recurrent_weight, bias, lengths, H)
         final = reference.final_states(H, h0, lengths)
-        readout_input = H.reshape(-1, self.n_hidden) if self.return_sequences else final
-        outputs = reference.layer_forward(readout_input, readout_weight, readout_bias,
-                                          self.output_tanh)
-        if self.return_sequences:
-            outputs = outputs.reshape(n_samples, n_steps, self.n_out)
-            outputs[~_valid_steps(lengths, n_steps)] = 0
-        return H, final, readout_input, outputs
+        if not self.return_sequences:
+            return H, final, final, reference.layer_forward(
+                final, readout_weight, readout_bias, self.output_tanh)
+        # Step by step, as the recurrence (see reference.recurrent_forward).
+        outputs = np.empty((n_samples, n_steps, self.n_out), X.dtype)
+        for t in range(n_steps):
+            outputs[:, t] = reference.layer_forward(np.ascontiguousarray(H[:, t]),
+                                                    readout_weight, readout_bias,
+                                                    self.output_tanh)
+        outputs[~_valid_steps(lengths, n_steps)] = 0
+        return H, final, H.reshape(-1, self.n_hidden), outputs
 
     def predict(self, X, h0, lengths):
         _, final, _, outputs = self._forward(X, h0, lengths)
@@ -215,12 +221,16 @@ class STM(Model):
     that are 0, its padded targets are ignored and its final state is the one
     at its last valid step (the initial state at length 0).
 
-    Working memory: by default every call starts from a zero state. With
-    ``stateful=True``, the final states of one :meth:`predict` or :meth:`fit`
-    call are the initial states of the next, sequence i continuing stream i,
-    so that one long stream can be fed in chunks and trained by truncated
-    BPTT (gradients stop at chunk boundaries). :meth:`reset_state` clears
-    it; :attr:`state` shows it.
+    Working memory: by default every call starts from a zero state, or from
+    the ``initial_state`` given to :meth:`predict` (which also hands back the
+    final states with ``return_state=True``). With ``stateful=True``, the
+    final states of one :meth:`predict` or :meth:`fit` call are the initial
+    states of the next, sequence i continuing stream i, so that one long
+    stream can be fed in chunks and trained by truncated BPTT (gradients stop
+    at chunk boundaries). :meth:`step` feeds live streams one step at a time,
+    on any STM: it always starts from the held state and keeps the next one.
+    :meth:`reset_state` clears it, for every stream or for some; :attr:`state`
+    shows it.
 
     Initialisation, chosen to keep the recurrence stable at the start:
     ``Wh`` is a random orthogonal matrix (QR of a Gaussian): all its singular
@@ -259,7 +269,8 @@ class STM(Model):
         (n_hidden, n_hidden), ``bias`` (n_hidden,), ``readout.weight``
         (n_hidden, n_out) and ``readout.bias`` (n_out,).
     state : ndarray of shape (n_streams, n_hidden) or None
-        A copy of the working memory (stateful models); None when empty.
+        A copy of the working memory (kept by :meth:`step`, and by stateful
+        models); None when empty.
     history_ : ndarray of shape (n_epochs,)
         Per-epoch losses of the last :meth:`fit`.
     """
@@ -328,9 +339,39 @@ class STM(Model):
         """A copy of the working memory, (n_streams, n_hidden); None when empty."""
         return None if self._state is None else self._state.copy()
 
-    def reset_state(self) -> None:
-        """Forget the working memory: the next call starts from zero states."""
-        self._state = None
+    def reset_state(self, streams: ArrayLike | None = None) -> None:
+        """Forget the working memory of every stream, or of some.
+
+        Parameters
+        ----------
+        streams : array-like of int, or of bool with shape (n_streams,), optional
+            None (default): every stream; the state becomes empty, and the next
+            call starts from zero states with any number of streams.
+            Otherwise the streams to start afresh (when attention moves on in
+            them), as indices in [0, n_streams) (repeats are fine) or as a
+            boolean mask: their rows of :attr:`state` become zero, the other
+            streams keep their memory. When the state is already empty every
+            stream is fresh and this does nothing (the type of ``streams`` is
+            still checked; its range cannot be).
+
+        Raises
+        ------
+        TypeError
+            streams holds neither integers nor booleans.
+        ValueError
+            streams is not 1-dimensional, an index is outside [0, n_streams),
+            or a mask's length is not n_streams.
+        """
+        if streams is None:
+            self._state = None
+            return
+        held = self._state
+        rows = check_streams(streams, None if held is None else held.shape[0])
+        if held is not None and rows.size:
+            # Copy, then swap: a step in another thread may be reading the old one.
+            fresh = held.copy()
+            fresh[rows] = 0
+            self._state = fresh
 
     def __repr__(self) -> str:
         return (f"STM({self.n_in}, {self.n_hidden}, {self.n_out}, output={self.output!r}, "
@@ -338,13 +379,18 @@ class STM(Model):
                 f"dtype={self.dtype.name}, backend={self.backend!r})")
 
     # -- checks ---------------------------------------------------------------
+    def _features(self, name: str, value: ArrayLike, ndim: int, meaning: str,
+                  ) -> NDArray[Any]:
+        """value as an ndim array whose shape is meaning, "(..., n_in)"; unconverted."""
+        array = as_array(name, value, ndim)
+        if array.shape[-1] != self.n_in:
+            raise ValueError(
+                f"{name} must have shape {meaning} with n_in = {self.n_in}, got {array.shape}")
+        return array
+
     def _inputs(self, X: ArrayLike, lengths: ArrayLike | None,
                 ) -> tuple[NDArray[Any], NDArray[np.intp]]:
-        X = as_array("X", X, 3)
-        if X.shape[2] != self.n_in:
-            raise ValueError(
-                f"X must have shape (n_samples, n_steps, n_in) with n_in = {self.n_in}, "
-                f"got {X.shape}")
+        X = self._features("X", X, 3, "(n_samples, n_steps, n_in)")
         check_sequence_rows(X, max(self.n_hidden, self.n_out))
         lengths = check_lengths(lengths, X.shape[0], X.shape[1])
         return np.ascontiguousarray(X, dtype=self.dtype), lengths
@@ -368,47 +414,138 @@ class STM(Model):
             Y = np.where(_valid_steps(lengths, n_steps)[..., None], Y, 0).astype(self.dtype)
         return Y
 
-    def _initial_state(self, n_samples: int) -> NDArray[Any] | None:
-        if not self.stateful or self._state is None:
-            return None
-        if self._state.shape[0] != n_samples:
+    def _held_state(self, n_streams: int, given: str) -> NDArray[Any] | None:
+        """The working memory for a call on n_streams streams (None when
+        empty); given says what the call holds, for the error."""
+        if self._state is not None and self._state.shape[0] != n_streams:
             raise ValueError(
-                f"this stateful STM holds the state of {self._state.shape[0]} streams, "
-                f"but X has {n_samples} sequences: call reset_state() to start new streams")
+                f"this STM holds the working memory of {self._state.shape[0]} streams, but "
+                f"{given}: call reset_state() to start new streams")
         return self._state
 
+    def _initial_state(self, n_samples: int) -> NDArray[Any] | None:
+        if not self.stateful:
+            return None
+        return self._held_state(n_samples, f"X has {n_samples} sequences")
+
     # -- use --------------------------------------------------------------------
-    def predict(self, X: ArrayLike, *, lengths: ArrayLike | None = None) -> NDArray[Any]:
-        """Outputs of the model.
+    @overload
+    def predict(self, X: ArrayLike, *, lengths: ArrayLike | None = ...,
+                initial_state: ArrayLike | None = ...,
+                return_state: Literal[False] = ...) -> NDArray[Any]: ...
+    @overload
+    def predict(self, X: ArrayLike, *, lengths: ArrayLike | None = ...,
+                initial_state: ArrayLike | None = ...,
+                return_state: Literal[True]) -> tuple[NDArray[Any], NDArray[Any]]: ...
+    @overload
+    def predict(self, X: ArrayLike, *, lengths: ArrayLike | None = ...,
+                initial_state: ArrayLike | None = ..., return_state: bool = ...,
+                ) -> NDArray[Any] | tuple[NDArray[Any], NDArray[Any]]: ...
+
+    def predict(self, X: ArrayLike, *, lengths: ArrayLike | None = None,
+                initial_state: ArrayLike | None = None, return_state: bool = False,
+                ) -> NDArray[Any] | tuple[NDArray[Any], NDArray[Any]]:
+        """Outputs of the model (and, on request, each sequence's final state).
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_steps, n_in)
         lengths : array-like of int, shape (n_samples,), optional
             Steps each sequence runs, in [0, n_steps]; None means all n_steps.
+        initial_state : array-like of shape (n_samples, n_hidden), optional
+            The working memory each sequence starts from, e.g. a
+            ``final_state`` of an earlier call; None: zeros (a stateful
+            model: :attr:`state`). The model's dtype; integers and nested
+            lists are converted, a float array of the other dtype is refused.
+            On a stateful model it replaces :attr:`state` for this call, for
+            any n_samples, and the final states are kept as usual.
+        return_state : bool, default False
+            Also return the final states.
 
         Returns
         -------
         Y : ndarray of the model's dtype
             (n_samples, n_steps, n_out) with ``return_sequences`` (0 past
             each length), else (n_samples, n_out).
+        final_state : ndarray of shape (n_samples, n_hidden), the model's dtype
+            Only with ``return_state``: each sequence's state after its last
+            valid step (its initial state at length 0); the initial state
+            that continues it.
 
-        A stateful model starts from :attr:`state` and keeps the final states.
+        A stateful model starts from :attr:`state` (unless initial_state is
+        given) and keeps the final states.
 
         Raises
         ------
         TypeError
-            X is not an array of real numbers, or lengths not integers.
+            X or initial_state is not an array of real numbers (initial_state
+            of the other float dtype), lengths not integers, or return_state
+            not a bool.
         ValueError
-            X or lengths has the wrong shape or range, or (stateful) X holds
-            a different number of sequences than the state has streams.
+            X, lengths or initial_state has the wrong shape or range, or
+            (stateful, no initial_state) X holds a different number of
+            sequences than the state has streams.
         """
         X, lengths = self._inputs(X, lengths)
+        return_state = check_bool("return_state", return_state)
+        if initial_state is not None:
+            initial_state = check_state("initial_state", initial_state,
+                                        (X.shape[0], self.n_hidden), self.dtype)
         with self._lock.reading():
-            outputs, final = self._network.predict(X, self._initial_state(X.shape[0]), lengths)
+            h0 = self._initial_state(X.shape[0]) if initial_state is None else initial_state
+            outputs, final = self._network.predict(X, h0, lengths)
         if self.stateful:
             self._state = final
+        if return_state:
+            # A copy of a kept state: changing one must not change the other.
+            return outputs, final.copy() if self.stateful else final
         return outputs
+
+    def step(self, x: ArrayLike) -> NDArray[Any]:
+        """Feed live streams one step: the outputs, and the working memory moves on.
+
+        For each stream i, from its held state ``h`` (zeros when
+        :attr:`state` is empty)::
+
+            h <- tanh(x[i] Wx + h Wh + b),    y[i] = f(h W_out + b_out)
+
+        (also with ``return_sequences=False``: the readout of this step). The
+        working memory is the same bits as that of :meth:`predict` over the
+        whole sequence, and so are the outputs, but for a known bug: with
+        ``return_sequences=True`` the compiled backend reads all steps out in
+        one BLAS product, whose rounding can depend on its number of rows
+        (a last-bit difference). Works on any STM, stateful or not: it reads
+        :attr:`state` and keeps the new one (:meth:`predict` of a stateful
+        model continues from it, and :meth:`reset_state` restarts some
+        streams or all). Steps of one model from several threads at once
+        race for the one working memory.
+
+        Parameters
+        ----------
+        x : array-like of shape (n_streams, n_in)
+            This step's input of every stream; converted as predict converts X.
+
+        Returns
+        -------
+        y : ndarray of shape (n_streams, n_out), the model's dtype
+
+        Raises
+        ------
+        TypeError
+            x is not an array of real numbers.
+        ValueError
+            x has the wrong shape, or its n_streams differs from that of the
+            held state (call reset_state() to start new streams).
+        """
+        x = self._features("x", x, 2, "(n_streams, n_in)")
+        n_streams = x.shape[0]
+        X = np.ascontiguousarray(x, dtype=self.dtype).reshape(n_streams, 1, self.n_in)
+        check_sequence_rows(X, max(self.n_hidden, self.n_out))
+        with self._lock.reading():
+            outputs, self._state = self._network.predict(
+                X, self._held_state(n_streams, f"x has {n_streams} streams"),
+                np.ones(n_streams, np.intp))
+        return outputs.reshape(n_streams, self.n_out)
 
     def loss(self, X: ArrayLike, Y: ArrayLike, *, lengths: ArrayLike | None = None) -> float:
         """Mean squared error over the valid outputs.

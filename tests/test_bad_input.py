@@ -488,6 +488,105 @@ def test_model_empty_batch(model):
         assert_close(grads_c[name], grads_n[name])
 
 
+# -- the STM's working memory: step, initial_state, return_state, reset_state -------
+
+def _streaming_stm(backend, dtype=np.float64):
+    """A stateful STM of the table's sizes holding the memory of n streams."""
+    model = lgmstm.STM(DIMS["i"], DIMS["h"], DIMS["o"], stateful=True, dtype=dtype, seed=0,
+                       backend=backend)
+    model.step(np.ones((DIMS["n"], DIMS["i"])))
+    return model
+
+
+def _refused_keeping_state(call, names, expected, dtype=np.float64):
+    """call(model) is refused alike on both backends and leaves the memory."""
+    def run(backend):
+        model = _streaming_stm(backend, dtype)
+        held = model.state
+        try:
+            call(model)
+        finally:
+            np.testing.assert_array_equal(model.state, held, strict=True)
+    _refused_everywhere(run, names, expected)
+
+
+@pytest.mark.parametrize("make, error", [pytest.param(make, error, id=label)
+                                         for label, make, error, _ in DATA_JUNK + [RAGGED]])
+def test_step_refuses_bad_x(make, error):
+    x = np.zeros((DIMS["n"], DIMS["i"]))
+    # "samples": another number of streams than the memory holds.
+    _refused_keeping_state(lambda model: model.step(make(x)), ("x must", "x has"), error)
+
+
+def _other_float(a):
+    return a.astype(np.float32 if a.dtype == np.float64 else np.float64)
+
+
+INITIAL_STATE_JUNK = {
+    "str": ("abc", TypeError),
+    "object": (lambda a: a.astype(object), TypeError),
+    "complex": (lambda a: a.astype(complex), TypeError),
+    "strings": (lambda a: a.astype(str), TypeError),
+    "float16": (lambda a: a.astype(np.float16), TypeError),
+    "other-float": (_other_float, TypeError),
+    "ragged": (lambda a: [[1.0, 2.0], [1.0]], TypeError),
+    "0-d": (1.0, ValueError),
+    "1-d": (lambda a: a[0], ValueError),
+    "3-d": (lambda a: a[None], ValueError),
+    "samples": (lambda a: a[1:], ValueError),
+    "hidden": (lambda a: np.zeros((a.shape[0], a.shape[1] + 1), a.dtype), ValueError),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("label", INITIAL_STATE_JUNK)
+def test_predict_refuses_bad_initial_state(label, dtype):
+    make, error = INITIAL_STATE_JUNK[label]
+    X = np.zeros((DIMS["n"], DIMS["t"], DIMS["i"]))
+    state = np.zeros((DIMS["n"], DIMS["h"]), dtype)
+    value = make(state) if callable(make) else make
+    _refused_keeping_state(lambda model: model.predict(X, initial_state=value),
+                           ("initial_state",), error, dtype)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, np.array([True, False])], ids=repr)
+def test_predict_refuses_bad_return_state(value):
+    X = np.zeros((DIMS["n"], DIMS["t"], DIMS["i"]))
+    _refused_keeping_state(lambda model: model.predict(X, return_state=value),
+                           ("return_state",), TypeError)
+
+
+STREAMS_JUNK = {  # for a memory of DIMS["n"] = 5 streams
+    "past-the-end": ([0, 5], ValueError),
+    "negative": ([-1], ValueError),
+    "huge-uint": (np.array([2**64 - 1], np.uint64), ValueError),
+    "mask-short": (np.ones(4, bool), ValueError),
+    "mask-2-d": (np.ones((5, 1), bool), ValueError),
+    "scalar": (1, ValueError),
+    "2-d": ([[1]], ValueError),
+    "floats": ([1.5], TypeError),
+    "whole-floats": (np.array([1.0, 2.0]), TypeError),
+    "strings": (["1"], TypeError),
+    "str": ("1", TypeError),
+    "objects": (np.array([1, None], dtype=object), TypeError),
+    "complex": ([1j], TypeError),
+    "ragged": ([1, [2, 3]], TypeError),
+}
+
+
+@pytest.mark.parametrize("label", STREAMS_JUNK)
+def test_reset_state_refuses_bad_streams(label):
+    streams, error = STREAMS_JUNK[label]
+    _refused_keeping_state(lambda model: model.reset_state(streams=streams), ("streams",), error)
+    if label not in ("past-the-end", "negative", "huge-uint", "mask-short"):
+        # With nothing held, the range cannot be checked, the rest can.
+        for backend in MODEL_BACKENDS:
+            model = lgmstm.STM(DIMS["i"], DIMS["h"], DIMS["o"], backend=backend)
+            with pytest.raises(error, match="streams"):
+                model.reset_state(streams=streams)
+            assert model.state is None
+
+
 # -- save, load and the thread count ----------------------------------------------
 
 PATH_JUNK = {"None": None, "int": 1, "float": 1.5, "object": object(), "list": ["a.npz"]}

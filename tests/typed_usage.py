@@ -62,12 +62,26 @@ def sklearn_estimators(X: NDArray[np.float64], y: NDArray[np.float64]) -> tuple[
     return float(regressor.score(X, y)), float(classifier.score(X, y > 0))
 
 
+def live_streams() -> NDArray[Any]:
+    model = lgmstm.STM(2, 8, 1, seed=0)
+    X = np.zeros((3, 5, 2))
+    assert_type(model.predict(X), NDArray[Any])
+    outputs, final = model.predict(X[:, :2], return_state=True)
+    assert_type(final, NDArray[Any])
+    model.predict(X[:, 2:], initial_state=final)
+    y = model.step(X[:, 0])
+    assert_type(y, NDArray[Any])
+    model.reset_state(streams=[1])
+    return y
+
+
 def main() -> None:
     print(build_info())
     print(vectorised_tanh(np.linspace(-3, 3, 5, dtype=np.float32)))
     X, y = standardised_diabetes()
     print(f"LGM loss {train_lgm(X, y):.3f}")
     print("R^2 {:.3f}, accuracy {:.3f}".format(*sklearn_estimators(X, y)))
+    print(f"STM step outputs {live_streams().shape}")
 
 
 if __name__ == "__main__":

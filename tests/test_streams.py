@@ -1,0 +1,227 @@
+"""The STM fed from live streams: step, predict's initial_state and
+return_state, reset_state(streams=...). Every comparison is of bits
+(assert_array_equal, strict: same shape, dtype and values), on both
+backends, both dtypes, with and without a readout on every step, for a
+narrow and a wide network."""
+import pickle
+
+import numpy as np
+import pytest
+
+from lgmstm import STM
+
+SIZES = {"narrow": (3, 7, 2), "wide": (2, 32, 1)}  # (n_in, n_hidden, n_out)
+
+# A known bug, not a licence: see known_readout_bug.
+READOUT_BUG = (
+    "compiled readout with return_sequences: one BLAS gemm over all n_samples * n_steps "
+    "rows (_stm.stm_forward -> _dense.dense_forward), and OpenBLAS's bits for a row depend "
+    "on the row count of the product (SkylakeX, n_hidden >= 16), so the outputs of a step "
+    "or of a chunk may differ in the last bit from those of one call on the whole "
+    "sequence; the working memory does not")
+
+
+def assert_bits(actual, expected):
+    np.testing.assert_array_equal(actual, expected, strict=True)
+
+
+@pytest.fixture(params=["cython", "numpy"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(params=[True, False], ids=["sequences", "last"])
+def return_sequences(request):
+    return request.param
+
+
+@pytest.fixture(params=SIZES)
+def sizes(request):
+    return SIZES[request.param]
+
+
+@pytest.fixture
+def make(backend, dtype, return_sequences, sizes):
+    """make(**keywords): the test's STM (seeded, so that two are the same model)."""
+    def build(**keywords):
+        return STM(*sizes, return_sequences=return_sequences, dtype=dtype, seed=1,
+                   backend=backend, **keywords)
+    return build
+
+
+@pytest.fixture
+def X(dtype, sizes):
+    """5 streams of 11 steps, in the model's dtype."""
+    return np.random.default_rng(7).standard_normal((5, 11, sizes[0])).astype(dtype)
+
+
+@pytest.fixture
+def known_readout_bug(request, backend, return_sequences, sizes):
+    """Marks a test that compares outputs over different numbers of steps
+    as failing where READOUT_BUG bites (not strict: other BLAS builds may
+    not round that way)."""
+    if backend == "cython" and return_sequences and sizes[1] >= 16:
+        request.applymarker(pytest.mark.xfail(reason=READOUT_BUG, strict=False))
+
+
+def outputs_up_to(model, X, t):
+    """What step t of a stream outputs, by predict over steps 0..t."""
+    outputs = model.predict(X[:, :t + 1])
+    return outputs[:, t] if model.return_sequences else outputs
+
+
+def test_step_keeps_the_memory_predict_ends_with(make, X, dtype):
+    model = make()
+    for t in range(X.shape[1]):
+        model.step(X[:, t])
+        _, final = model.predict(X[:, :t + 1], return_state=True)
+        assert_bits(model.state, final)
+    assert model.state.dtype == dtype
+
+
+def test_step_equals_predict(make, X, dtype, known_readout_bug):
+    model = make()
+    assert model.state is None
+    steps = []
+    for t in range(X.shape[1]):
+        y = model.step(X[:, t])
+        assert y.shape == (X.shape[0], model.n_out) and y.dtype == dtype
+        steps.append(y)
+        assert_bits(y, outputs_up_to(model, X, t))
+    outputs, final = model.predict(X, return_state=True)
+    if model.return_sequences:
+        assert_bits(np.stack(steps, axis=1), outputs)
+    else:
+        assert_bits(steps[-1], outputs)
+    assert_bits(model.state, final)
+    # A non-stateful model's predict starts from zeros, whatever step holds.
+    assert_bits(model.predict(X), outputs)
+
+
+def test_step_converts_its_input(make, X):
+    model, twin = make(), make()
+    model.step(X[:, 0].astype(np.float64 if X.dtype == np.float32 else np.float32))
+    twin.step(X[:, 0])
+    assert model.state.dtype == twin.state.dtype
+    lists, array = make(), make()
+    assert_bits(lists.step((X[:, 0] > 0).astype(int).tolist()), array.step(X[:, 0] > 0))
+    assert_bits(lists.state, array.state)
+
+
+def test_initial_state_and_return_state_compose(make, X, dtype, known_readout_bug):
+    model = make()
+    whole, final = model.predict(X, return_state=True)
+    assert final.shape == (X.shape[0], model.n_hidden) and final.dtype == dtype
+    first, middle = model.predict(X[:, :4], return_state=True)
+    second, end = model.predict(X[:, 4:], initial_state=middle, return_state=True)
+    assert_bits(np.concatenate([first, second], axis=1) if model.return_sequences else second,
+                whole)
+    assert_bits(end, final)
+    # Steps, then predict from the state they reached.
+    for t in range(4):
+        model.step(X[:, t])
+    assert_bits(model.state, middle)
+    assert_bits(model.predict(X[:, 4:], initial_state=model.state), second)
+    # A zero initial state is no initial state; integers and lists are converted.
+    zeros = np.zeros((X.shape[0], model.n_hidden), int)
+    assert_bits(model.predict(X, initial_state=zeros), whole)
+    assert_bits(model.predict(X, initial_state=zeros.tolist()), whole)
+
+
+def test_final_state_of_a_padded_sequence(make, X):
+    model = make()
+    lengths = np.array([11, 0, 3, 7, 1])
+    _, final = model.predict(X, lengths=lengths, return_state=True)
+    start = np.random.default_rng(8).uniform(-1, 1, (5, model.n_hidden)).astype(X.dtype)
+    _, started = model.predict(X, lengths=lengths, initial_state=start, return_state=True)
+    for i, length in enumerate(lengths):
+        if length:
+            _, unpadded = model.predict(X[:, :length], initial_state=start, return_state=True)
+            assert_bits(started[i], unpadded[i])
+    assert_bits(started[1], start[1])  # length 0: the initial state
+    assert not final[1].any()
+
+
+def test_step_refuses_another_number_of_streams(make, X):
+    model = make()
+    model.step(X[:, 0])
+    held = model.state
+    with pytest.raises(ValueError, match=r"5 streams.*x has 3 streams.*reset_state\(\)"):
+        model.step(X[:3, 0])
+    assert_bits(model.state, held)
+    model.reset_state()
+    assert model.step(X[:3, 0]).shape == (3, model.n_out)
+
+
+@pytest.mark.parametrize("streams", [[2], [2, 2], np.array([False, False, True, False, False])],
+                         ids=["index", "repeated", "mask"])
+def test_reset_some_streams(make, X, streams):
+    model, never_reset, fresh = make(), make(), make()  # fresh starts at step 4
+    for t in range(4):
+        model.step(X[:, t])
+        never_reset.step(X[:, t])
+    kept = model.state
+    model.reset_state(streams=streams)
+    state = model.state
+    assert not state[2].any()
+    assert_bits(np.delete(state, 2, axis=0), np.delete(kept, 2, axis=0))
+    others = [0, 1, 3, 4]
+    for t in range(4, 8):
+        y = model.step(X[:, t])
+        assert_bits(y[others], never_reset.step(X[:, t])[others])
+        # Stream 2 starts afresh, as a new stream would.
+        assert_bits(y[2], fresh.step(X[:, t])[2])
+    assert_bits(model.state[others], never_reset.state[others])
+
+
+def test_reset_streams_edge_cases(make, X):
+    model = make()
+    # Nothing held: every stream is fresh already.
+    model.reset_state(streams=[4, 9])
+    assert model.state is None
+    model.step(X[:, 0])
+    kept = model.state
+    model.reset_state(streams=[])
+    model.reset_state(streams=np.zeros(5, bool))
+    assert_bits(model.state, kept)
+    model.reset_state(streams=np.arange(5))
+    assert_bits(model.state, np.zeros_like(kept))
+    model.reset_state(streams=None)
+    assert model.state is None
+
+
+def test_stateful_predict_then_step_continue_one_memory(make, X, known_readout_bug):
+    whole = make().predict(X)
+    model = make(stateful=True)
+    first = model.predict(X[:, :4])
+    steps = [model.step(X[:, t]) for t in range(4, 8)]
+    last = model.predict(X[:, 8:])  # and predict continues what step left
+    if model.return_sequences:
+        assert_bits(np.concatenate([first, np.stack(steps, axis=1), last], axis=1), whole)
+    else:
+        for t, y in zip(range(4, 8), steps):
+            assert_bits(y, outputs_up_to(make(), X, t))
+        assert_bits(last, whole)
+    # The memory travels with the model.
+    copy = pickle.loads(pickle.dumps(model))
+    assert_bits(copy.step(X[:, 0]), model.step(X[:, 0]))
+
+
+def test_initial_state_on_a_stateful_model(make, X):
+    """initial_state replaces the held state for the call (any number of
+    streams) and the final states are kept, as a copy of what is returned."""
+    model, plain = make(stateful=True), make()
+    model.predict(X[:2])
+    start = np.random.default_rng(9).uniform(-1, 1, (5, model.n_hidden)).astype(X.dtype)
+    outputs, final = model.predict(X, initial_state=start, return_state=True)
+    expected, expected_final = plain.predict(X, initial_state=start, return_state=True)
+    assert_bits(outputs, expected)
+    assert_bits(final, expected_final)
+    assert_bits(model.state, final)
+    final[...] = 0
+    model.reset_state(streams=[0])
+    assert_bits(model.state[1:], expected_final[1:])
+    assert not final.any()
+    # The next call continues from it.
+    held = model.state
+    assert_bits(model.predict(X[:, :2]), plain.predict(X[:, :2], initial_state=held))
