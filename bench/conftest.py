@@ -2,9 +2,13 @@
 
     pytest bench --benchmark-only --benchmark-group-by=group
     pytest bench --lgmstm-quick ...   # only the sizes of `python -m lgmstm bench --quick`
+    pytest bench -k door ...          # only the door: one call from Python (issue 12)
 
 Each group is one case at one size and dtype; its benchmarks are the
 implementations (lgmstm, numpy, torch, gemm_floor) and thread counts, side by side.
+A door group is one call from Python, its benchmarks lgmstm and its peers
+(numpy, torch, sklearn, steady); the target is in each benchmark's extra_info,
+and ``lgmstm bench --only door`` says whether it is met.
 """
 import pytest
 

@@ -150,11 +150,36 @@ def format_table(rows, threads):
             "" if floor is None else f"step = {floor:.2f}x its GEMMs "
                                      f"({_format_seconds(seconds['gemm_floor'])})",
         ])
+    return _aligned(columns, lines)
+
+
+def _aligned(columns, lines):
+    """The header and the lines (lists of strings) as left-aligned columns."""
     widths = [max(len(c), *(len(line[i]) for line in lines)) if lines else len(c)
               for i, c in enumerate(columns)]
     text = [" ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     text += [" ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]
     return "\n".join(text)
+
+
+def format_door_table(rows):
+    """The door rows (benchmarks.door_summary): a line per row and thread count."""
+    columns = ["row", "threads", *benchmarks.DOOR_PEERS, "lgmstm/peer", "target", "met",
+               "call"]
+    lines = []
+    for row in rows:
+        seconds = row["seconds"]
+        if row["skipped"]:
+            verdict = f"skipped: {row['skipped']}"
+        else:
+            verdict = {True: "met", False: "MISSED", None: "-"}[row["met"]]
+        lines.append([
+            row["row"], "-" if row["threads"] is None else str(row["threads"]),
+            *(_format_seconds(seconds.get(peer)) for peer in benchmarks.DOOR_PEERS),
+            "-" if row["ratio"] is None else f"{row['ratio']:.3g} {row['versus']}",
+            "-" if row["target"] is None else row["target"]["text"], verdict, row["call"],
+        ])
+    return _aligned(columns, lines)
 
 
 def plot(rows, path):
@@ -215,13 +240,20 @@ def command_bench(args):
     measurements = benchmarks.measure(items, target_seconds=0.02 if args.quick else 0.15,
                                       repeats=3 if args.quick else 5, progress=progress)
     rows = benchmarks.summarise(measurements, peaks, threads)
+    door = benchmarks.door_summary(measurements, only=args.only or (), dtypes=dtypes)
     print("checking memory: a fit of 20 and of 500 epochs...", file=sys.stderr, flush=True)
     memory = benchmarks.memory_check("seed" if args.quick else "medium")
 
     print(f"lgmstm {lgmstm.__version__} benchmarks, median time per iteration on {threads} "
           f"thread(s); x peer = peer time / lgmstm time")
     print("GEMM peak (scipy BLAS): " + ", ".join(f"{d} {p:.3g} GFLOP/s" for d, p in peaks.items()))
-    print(format_table(rows, threads))
+    if rows or not door:
+        print(format_table(rows, threads))
+    if door:
+        print("door (issue 12): median time of one call from Python (steady: of one epoch "
+              "inside a long fit); lgmstm/peer = lgmstm's time / that peer's; target: "
+              "the issue's, met or MISSED on each thread count")
+        print(format_door_table(door))
     for note in notes:
         print(f"note: {note}")
     fits = ", ".join(
@@ -237,7 +269,7 @@ def command_bench(args):
 
         with open(args.json, "w") as f:
             json.dump({"config": config_info(), "threads": threads, "quick": args.quick,
-                       "gemm_peak_gflops": peaks, "rows": rows,
+                       "gemm_peak_gflops": peaks, "rows": rows, "door": door,
                        "measurements": [m.to_dict() for m in measurements],
                        "memory": memory, "notes": notes}, f, indent=1)
         print(f"wrote {args.json}")
@@ -294,17 +326,21 @@ def build_parser(prog="python -m lgmstm"):
         description="Time every benchmark case (dense and RNN kernels, training steps) of "
                     "lgmstm, the NumPy reference and PyTorch when it is installed; report "
                     "speed-ups, GFLOP/s against this machine's GEMM peak, thread scaling "
-                    "and a memory check.")
+                    "and a memory check. The door case times one call from Python "
+                    "(predict of one sample, STM.step, fit(epochs=1), partial_fit, the "
+                    "scikit-learn estimators) against hand NumPy, PyTorch and "
+                    "scikit-learn, and says whether each meets its target (issue 12).")
     bench.add_argument("--quick", action="store_true", default=argparse.SUPPRESS,
-                       help="smallest sizes and short measurements: done in seconds")
+                       help="smallest sizes (and every door row) and short "
+                            "measurements: done in about a minute")
     bench.add_argument("--dtype", choices=("float32", "float64", "both"), default="both",
                        help="dtype(s) to run (default: both)")
     bench.add_argument("--threads", type=_positive_int, metavar="N",
                        help="threads to run on, and to scale to from 1 "
                             "(default: the cores available)")
     bench.add_argument("--only", type=_selection, action="append", metavar="CASE[:SIZE]",
-                       help="run only this case (e.g. stm_step) or case and size "
-                            "(e.g. stm_step:odd); may be repeated")
+                       help="run only this case (e.g. stm_step, door) or case and size "
+                            "(e.g. stm_step:odd, door:stm_step_1); may be repeated")
     bench.add_argument("--json", type=_writable_path, metavar="PATH",
                        help="also write the results as JSON to PATH")
     bench.add_argument("--plot", type=_writable_path, metavar="PATH",

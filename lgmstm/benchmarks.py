@@ -10,6 +10,13 @@ A training step is one full-batch epoch. The compiled and NumPy models are
 timed as ``fit(X, Y, epochs=k)`` over k, so the time per step includes
 nothing that a long fit does not also pay per step.
 
+The ``door`` case is of another kind: the cost of one call from Python
+(issue 12). Its "sizes" are rows, one call each (``LGM.predict`` of one
+sample, ``STM.step``, ``fit(epochs=1)``, the scikit-learn estimators...),
+timed against its peers (a hand NumPy call, PyTorch, scikit-learn, the same
+epoch inside a long fit) and held to the issue's target; :func:`door_summary`
+says which targets are met. Rows whose API this lgmstm lacks are skipped.
+
 ``bench/scaling.py`` times the compiled training steps on 1, 2, 4, ... threads
 at :data:`SCALING_SIZES`: the grid's medium sizes and the same networks on
 batches big enough to give every thread several chunks.
@@ -35,16 +42,22 @@ from . import kernels, reference
 from ._threads import get_num_threads, set_num_threads
 from ._base import glorot_uniform
 
-__all__ = ["DENSE_SIZES", "RECURRENT_SIZES", "SCALING_SIZES", "CASES", "parse_selection",
-           "plan", "measure", "gemm_peak", "memory_check", "summarise", "thread_count",
-           "default_threads"]
+__all__ = ["DENSE_SIZES", "RECURRENT_SIZES", "SCALING_SIZES", "DOOR_ROWS", "CASES",
+           "parse_selection", "plan", "measure", "gemm_peak", "memory_check", "summarise",
+           "door_summary", "thread_count", "default_threads"]
 
 # Learning rate of every timed fit: small enough that no size diverges.
 LR = 0.01
 
 
+class _Size:
+    def missing(self):
+        """Why this size cannot run here (None: it can)."""
+        return None
+
+
 @dataclass(frozen=True)
-class DenseSize:
+class DenseSize(_Size):
     """A network n_in -> n_hidden -> n_out on a batch of n_samples."""
 
     name: str
@@ -58,7 +71,7 @@ class DenseSize:
 
 
 @dataclass(frozen=True)
-class RecurrentSize:
+class RecurrentSize(_Size):
     """An RNN n_in -> n_hidden -> n_out over n_steps on a batch of n_samples."""
 
     name: str
@@ -163,17 +176,20 @@ def _dense_backward(module):
     return make
 
 
-def _model_step(model_name, backend, problem):
+def _model(size, dtype, backend="cython", **options):
+    """A seeded LGM (a DenseSize) or STM (a RecurrentSize) of that size."""
+    if isinstance(size, DenseSize):
+        return lgmstm.LGM([size.n_in, size.n_hidden, size.n_out], dtype=dtype, seed=0,
+                          backend=backend, **options)
+    return lgmstm.STM(size.n_in, size.n_hidden, size.n_out, dtype=dtype, seed=0,
+                      backend=backend, **options)
+
+
+def _model_step(backend, problem):
     """One iteration: a full-batch training step, timed as fit(epochs=k)."""
     def make(size, dtype):
         X, Y, _ = problem(size, dtype)
-        model: lgmstm.LGM | lgmstm.STM
-        if model_name == "LGM":
-            model = lgmstm.LGM([size.n_in, size.n_hidden, size.n_out], dtype=dtype, seed=0,
-                               backend=backend)
-        else:
-            model = lgmstm.STM(size.n_in, size.n_hidden, size.n_out, dtype=dtype, seed=0,
-                               backend=backend)
+        model = _model(size, dtype, backend)
 
         def run(k):
             model.fit(X, Y, epochs=k, lr=LR)
@@ -219,8 +235,7 @@ def _torch_step(build, problem):
         import torch
 
         X, Y, _ = problem(size, dtype)
-        torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
-        network = build(torch, size).to(torch_dtype)
+        network = build(torch, size).to(_torch_dtype(torch, dtype))
         optimizer = torch.optim.SGD(network.parameters(), lr=LR)
         inputs, targets = torch.from_numpy(X), torch.from_numpy(Y)
 
@@ -231,6 +246,10 @@ def _torch_step(build, problem):
                 optimizer.step()
         return run
     return make
+
+
+def _torch_dtype(torch, dtype):
+    return torch.float64 if dtype == np.float64 else torch.float32
 
 
 def _torch_lgm(torch, size):
@@ -283,6 +302,298 @@ def _torch_stm(torch, size):
     return Network()
 
 
+# -- the door: the cost of one call from Python (issue 12) -------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    """Issue 12's bound on one lgmstm call: at most `seconds`, and at most
+    `factor` times the time of the row's `versus` peer plus `slack` seconds
+    (each where given)."""
+
+    seconds: float | None = None
+    factor: float | None = None
+    slack: float = 0.0
+
+    def met(self, ours, versus):
+        """Whether lgmstm's time `ours` meets it, the peer taking `versus`."""
+        return ((self.seconds is None or ours <= self.seconds)
+                and (self.factor is None or ours <= self.factor * versus + self.slack))
+
+    def describe(self, versus):
+        parts = [] if self.seconds is None else [f"<= {self.seconds * 1e6:g} us"]
+        if self.factor is not None:
+            slack = f" + {self.slack * 1e6:g} us" if self.slack else ""
+            parts.append(f"<= {self.factor:g}x {versus}{slack}")
+        return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class DoorRow:
+    """One call from Python, timed against its peers and held to its target.
+
+    peers: (name, make) pairs, make(dtype) -> run(k) doing k calls (for
+    "steady", k epochs of one fit); versus: the peer that the ratio (lgmstm's
+    time over the peer's) and the target compare with; needs: the lgmstm
+    APIs the row calls, as "STM.step" or "sklearn.LGMRegressor.partial_fit"
+    (under lgmstm), checked with hasattr when the benchmark is planned; module:
+    a package it needs; steady_epochs: the epochs of the issue's long fit,
+    which the pytest-benchmark suite times as one call of the steady peer.
+    """
+
+    name: str
+    call: str
+    peers: tuple
+    versus: str | None = None
+    target: Target | None = None
+    needs: tuple = ()
+    module: str = ""
+    steady_epochs: int = 0
+
+    def describe(self):
+        return self.call
+
+    def missing(self):
+        if self.module and importlib.util.find_spec(self.module) is None:
+            return f"{self.module} is not installed"
+        for api in self.needs:
+            owner_path, _, attribute = api.rpartition(".")
+            owner = lgmstm
+            for part in owner_path.split("."):
+                owner = (getattr(owner, part) if hasattr(owner, part)
+                         else importlib.import_module(f"{owner.__name__}.{part}"))
+            if not hasattr(owner, attribute):
+                return f"{owner_path} has no {attribute}"
+        return None
+
+
+_LGM_SEED = _size_named(DENSE_SIZES, "seed")  # 100 samples, 10 -> 5 -> 2
+_STM_SEED = _size_named(RECURRENT_SIZES, "seed")  # 100 sequences of 20 steps, 10 -> 5 -> 2
+
+
+def _calls(call):
+    """run(k): k calls of call()."""
+    def run(k):
+        for _ in range(k):
+            call()
+    return run
+
+
+def _sample(size, n_samples, dtype):
+    """The first n_samples inputs of a seed problem, C-contiguous (for an STM
+    one step of each sequence, (n_samples, n_in))."""
+    if isinstance(size, DenseSize):
+        return np.ascontiguousarray(_dense_problem(size, dtype)[0][:n_samples])
+    return np.ascontiguousarray(_recurrent_problem(size, dtype)[0][:n_samples, 0])
+
+
+def _seed_call(size, method, n_samples=0, **options):
+    """make(dtype): calls of model.method on a seed LGM or STM (made with
+    options): on n_samples inputs (predict, step), or on the whole seed
+    problem (fit(epochs=1), partial_fit)."""
+    def make(dtype):
+        model = _model(size, dtype, **options)
+        function = getattr(model, method)
+        if n_samples:
+            x = _sample(size, n_samples, dtype)
+            # predict of a stateful STM: one step of each stream, (n, 1, n_in)
+            x = x[:, None] if method == "predict" and isinstance(size, RecurrentSize) else x
+            return _calls(lambda: function(x))
+        X, Y, _ = (_dense_problem if isinstance(size, DenseSize) else _recurrent_problem)(
+            size, dtype)
+        epochs = {"epochs": 1} if method == "fit" else {}
+        return _calls(lambda: function(X, Y, lr=LR, **epochs))
+    return make
+
+
+def _steady(size, problem):
+    """make(dtype): the same epoch inside one long fit (k epochs; the timer picks
+    k, thousands for the LGM, hundreds for the STM)."""
+    return lambda dtype: _model_step("cython", problem)(size, dtype)
+
+
+def _numpy_lgm_predict(n_samples):
+    """make(dtype): the seed LGM's forward pass by hand, np.tanh(np.tanh(x@W1+b1)@W2+b2)."""
+    def make(dtype):
+        _, _, (W0, b0, W1, b1) = _dense_problem(_LGM_SEED, dtype)
+        x = _sample(_LGM_SEED, n_samples, dtype)
+        return _calls(lambda: np.tanh(np.tanh(x @ W0 + b0) @ W1 + b1))
+    return make
+
+
+def _numpy_lgm_step(dtype):
+    """run(k): k full-batch SGD steps of the seed LGM by hand (forward, the mean
+    squared error's gradient, backward, update), in place."""
+    X, Y, params = _dense_problem(_LGM_SEED, dtype)
+    W0, b0, W1, b1 = params
+    scale = 2 / Y.size
+
+    def step():
+        A0 = np.tanh(X @ W0 + b0)
+        A1 = np.tanh(A0 @ W1 + b1)
+        dZ1 = (A1 - Y) * scale * (1 - A1 * A1)
+        dZ0 = (dZ1 @ W1.T) * (1 - A0 * A0)
+        gradients = (X.T @ dZ0, dZ0.sum(axis=0), A0.T @ dZ1, dZ1.sum(axis=0))
+        for param, gradient in zip(params, gradients):
+            param -= LR * gradient
+    return _calls(step)
+
+
+def _numpy_stm_step(n_streams):
+    """make(dtype): one step of the seed STM by hand on n_streams streams,
+    h = np.tanh(x@Wx + h@Wh + b), then the readout np.tanh(h@W_out + b_out)."""
+    def make(dtype):
+        x = _sample(_STM_SEED, n_streams, dtype)
+        _, _, (Wx, Wh, b) = _recurrent_problem(_STM_SEED, dtype)
+        rng = np.random.default_rng(1)
+        W_out = glorot_uniform(rng, _STM_SEED.n_hidden, _STM_SEED.n_out, dtype)
+        b_out = np.zeros(_STM_SEED.n_out, dtype)
+        h = np.zeros((n_streams, _STM_SEED.n_hidden), dtype)
+
+        def step():
+            nonlocal h
+            h = np.tanh(x @ Wx + h @ Wh + b)
+            return np.tanh(h @ W_out + b_out)
+        return _calls(step)
+    return make
+
+
+def _torch_call(size, n_samples, recurrent=""):
+    """make(dtype): a call of the same network in PyTorch, NumPy in and out,
+    under torch.no_grad(): the seed LGM as nn.Sequential, or one step of the
+    seed STM as nn.RNN ("sequence": x of shape (n, 1, n_in)) or nn.RNNCell
+    ("cell") followed by Linear and tanh, the hidden state carried."""
+    def make(dtype):
+        import torch
+
+        nn, torch_dtype = torch.nn, _torch_dtype(torch, dtype)
+        x = _sample(size, n_samples, dtype)
+        if not recurrent:
+            network = _torch_lgm(torch, size).to(torch_dtype)
+
+            def call():
+                with torch.no_grad():
+                    return network(torch.from_numpy(x)).numpy()
+            return _calls(call)
+        cell = (nn.RNN(size.n_in, size.n_hidden, batch_first=True) if recurrent == "sequence"
+                else nn.RNNCell(size.n_in, size.n_hidden)).to(torch_dtype)
+        readout = nn.Linear(size.n_hidden, size.n_out).to(torch_dtype)
+        x = x[:, None] if recurrent == "sequence" else x
+        h = torch.zeros((1, n_samples, size.n_hidden) if recurrent == "sequence"
+                        else (n_samples, size.n_hidden), dtype=torch_dtype)
+
+        def step():
+            nonlocal h
+            with torch.no_grad():
+                outputs = cell(torch.from_numpy(x), h)
+                outputs, h = outputs if recurrent == "sequence" else (outputs, outputs)
+                return torch.tanh(readout(outputs)).numpy()
+        return _calls(step)
+    return make
+
+
+def _regressor(kind, dtype):
+    """The seed-size regressor (10 features -> 5 tanh units -> 1 linear output),
+    plain SGD at LR on whole batches of 100: lgmstm's LGMRegressor or
+    scikit-learn's MLPRegressor (momentum and L2 penalty off, as the LGM's
+    "sgd" has neither)."""
+    if kind == "lgmstm":
+        from .sklearn import LGMRegressor
+
+        return LGMRegressor(hidden_layer_sizes=(5,), optimizer="sgd", lr=LR, batch_size=None,
+                            epochs=1, dtype=dtype, random_state=0)
+    from sklearn.neural_network import MLPRegressor
+
+    return MLPRegressor(hidden_layer_sizes=(5,), activation="tanh", solver="sgd",
+                        learning_rate_init=LR, momentum=0.0, alpha=0.0, batch_size=100,
+                        max_iter=1, random_state=0)
+
+
+def _regressor_call(kind, method):
+    """make(dtype): calls of the regressor's partial_fit on the 100-sample seed
+    problem (its first output), or of predict on 1 sample after one fit."""
+    def make(dtype):
+        import warnings
+
+        X, Y, _ = _dense_problem(_LGM_SEED, dtype)
+        y = np.ascontiguousarray(Y[:, 0])
+        model = _regressor(kind, dtype)
+        if method == "partial_fit":
+            return _calls(lambda: model.partial_fit(X, y))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLPRegressor: not converged in 1 epoch
+            model.fit(X, y)
+        x = np.ascontiguousarray(X[:1])
+        return _calls(lambda: model.predict(x))
+    return make
+
+
+_ONE_STEP = Target(seconds=8e-6)  # LGM fit(epochs=1) / partial_fit, 100 samples
+_STEADY_PLUS = Target(factor=1.25, slack=5e-6)  # STM: 1.25x its steady epoch + 5 us
+
+# One row per line of issue 12's table, then the new calls; peers in the
+# order lgmstm, numpy, torch, sklearn, steady.
+DOOR_ROWS = (
+    DoorRow("lgm_predict_1", "LGM([10,5,2]).predict(x), 1 sample",
+            (("lgmstm", _seed_call(_LGM_SEED, "predict", 1)), ("numpy", _numpy_lgm_predict(1)),
+             ("torch", _torch_call(_LGM_SEED, 1))),
+            versus="numpy", target=Target(seconds=2e-6, factor=0.6)),
+    DoorRow("lgm_predict_100", "LGM([10,5,2]).predict(X), 100 samples",
+            (("lgmstm", _seed_call(_LGM_SEED, "predict", 100)),
+             ("numpy", _numpy_lgm_predict(100))),
+            versus="numpy"),
+    DoorRow("lgm_fit_1", "LGM.fit(X, Y, epochs=1), 100 samples (numpy: one hand step)",
+            (("lgmstm", _seed_call(_LGM_SEED, "fit")), ("numpy", _numpy_lgm_step),
+             ("steady", _steady(_LGM_SEED, _dense_problem))),
+            versus="steady", target=_ONE_STEP, steady_epochs=2000),
+    DoorRow("lgm_fit_steady", "the same epoch inside one long LGM.fit (issue: epochs=2000)",
+            (("lgmstm", _steady(_LGM_SEED, _dense_problem)), ("numpy", _numpy_lgm_step)),
+            versus="numpy", steady_epochs=2000),
+    DoorRow("stm_predict_1", "stateful STM(10,5,2).predict(X), X of shape (1, 1, 10)",
+            (("lgmstm", _seed_call(_STM_SEED, "predict", 1, stateful=True)),
+             ("numpy", _numpy_stm_step(1)), ("torch", _torch_call(_STM_SEED, 1, "sequence"))),
+            versus="torch"),
+    DoorRow("stm_fit_1", "STM.fit(X, Y, epochs=1), T=20, B=100",
+            (("lgmstm", _seed_call(_STM_SEED, "fit")),
+             ("steady", _steady(_STM_SEED, _recurrent_problem))),
+            versus="steady", target=_STEADY_PLUS, steady_epochs=300),
+    DoorRow("stm_fit_steady", "the same epoch inside one long STM.fit (issue: epochs=300)",
+            (("lgmstm", _steady(_STM_SEED, _recurrent_problem)),),
+            steady_epochs=300),
+    DoorRow("stm_step_1", "STM(10,5,2).step(x), 1 stream",
+            (("lgmstm", _seed_call(_STM_SEED, "step", 1)), ("numpy", _numpy_stm_step(1)),
+             ("torch", _torch_call(_STM_SEED, 1, "cell"))),
+            versus="numpy", target=Target(seconds=2e-6), needs=("STM.step",)),
+    DoorRow("stm_step_64", "STM(10,5,2).step(x), 64 streams",
+            (("lgmstm", _seed_call(_STM_SEED, "step", 64)), ("numpy", _numpy_stm_step(64)),
+             ("torch", _torch_call(_STM_SEED, 64, "cell"))),
+            versus="numpy", target=Target(seconds=4e-6), needs=("STM.step",)),
+    DoorRow("lgm_partial_fit", "LGM.partial_fit(X, Y), one batch of 100 samples",
+            (("lgmstm", _seed_call(_LGM_SEED, "partial_fit")), ("numpy", _numpy_lgm_step),
+             ("steady", _steady(_LGM_SEED, _dense_problem))),
+            versus="steady", target=_ONE_STEP, needs=("LGM.partial_fit",), steady_epochs=2000),
+    DoorRow("stm_partial_fit", "STM.partial_fit(X, Y), one batch, T=20, B=100",
+            (("lgmstm", _seed_call(_STM_SEED, "partial_fit")),
+             ("steady", _steady(_STM_SEED, _recurrent_problem))),
+            versus="steady", target=_STEADY_PLUS, needs=("STM.partial_fit",), steady_epochs=300),
+    DoorRow("sk_partial_fit", "LGMRegressor.partial_fit vs MLPRegressor.partial_fit, "
+                              "100 samples, 10->5->1, sgd",
+            (("lgmstm", _regressor_call("lgmstm", "partial_fit")),
+             ("sklearn", _regressor_call("sklearn", "partial_fit"))),
+            versus="sklearn", target=Target(factor=1 / 8),
+            needs=("sklearn.LGMRegressor.partial_fit",), module="sklearn"),
+    DoorRow("sk_predict_1", "LGMRegressor.predict vs MLPRegressor.predict, 1 sample",
+            (("lgmstm", _regressor_call("lgmstm", "predict")),
+             ("sklearn", _regressor_call("sklearn", "predict"))),
+            versus="sklearn", target=Target(factor=1 / 4), module="sklearn"),
+)
+DOOR_PEERS = ("lgmstm", "numpy", "torch", "sklearn", "steady")
+# The pause before each timing of a door item (SETTLE_SECONDS elsewhere): a
+# door call is too small to wake any worker thread (lgmstm does not fork
+# under about a megaflop, BLAS threads no product this small, torch no op
+# under its grain size), so there is nothing to wait out but OpenMP's short spin.
+DOOR_SETTLE_SECONDS = 0.02
+
+
 # -- the cases ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -301,14 +612,34 @@ class Implementation:
         return None
 
 
+# A pytest-benchmark call of a case with flops does about this many flops of
+# iterations, so that a fit's set-up stays small beside its steps; the same
+# for every implementation of a group, so that it compares like with like.
+FLOPS_PER_CALL = 1e7
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
     sizes: tuple
-    # Floating-point operations of one iteration's GEMMs (2 per multiply-add).
-    flops: Callable
+    # Floating-point operations of one iteration's GEMMs (2 per multiply-add);
+    # None: the case times calls, not flops (the door).
+    flops: Callable | None
     implementations: tuple
     training: bool  # also timed on one thread, for the 1 -> N scaling
+    quick_sizes: tuple | None = QUICK_SIZES  # the sizes --quick runs; None: all
+    dtypes: tuple = ()  # the dtypes it runs in; empty: any
+    settle: float | None = None  # the pause before each timing; None: SETTLE_SECONDS
+    # (size, implementation name) -> iterations of one pytest-benchmark call;
+    # None: about FLOPS_PER_CALL flops
+    iterations: Callable | None = None
+    size_word: str = "size"  # what its sizes are called, for messages
+
+    def iterations_per_call(self, size, implementation):
+        if self.iterations is not None:
+            return self.iterations(size, implementation)
+        assert self.flops is not None
+        return max(1, round(FLOPS_PER_CALL / self.flops(size)))
 
 
 def _dense_step_flops(s):
@@ -323,6 +654,21 @@ def _stm_step_flops(s):
     return 2 * s.n_steps * s.n_samples * (2 * s.n_in * h + 3 * h * h + 3 * h * s.n_out)
 
 
+def _door_peer(name):
+    """The door's implementation `name`: that peer of each row that has it."""
+    def make(row, dtype):
+        return dict(row.peers)[name](dtype)
+    return Implementation(name, make, needs="torch" if name == "torch" else "",
+                          only_sizes=tuple(row.name for row in DOOR_ROWS
+                                           if name in dict(row.peers)))
+
+
+DOOR = Case("door", DOOR_ROWS, None, tuple(map(_door_peer, DOOR_PEERS)), training=True,
+            quick_sizes=None, dtypes=("float64",), settle=DOOR_SETTLE_SECONDS,
+            iterations=lambda row, peer: row.steady_epochs if peer == "steady" else 1,
+            size_word="row")
+
+
 CASES = (
     Case("dense_forward", DENSE_SIZES,
          lambda s: 2 * s.n_samples * (s.n_in * s.n_hidden + s.n_hidden * s.n_out),
@@ -335,8 +681,8 @@ CASES = (
           Implementation("numpy", _dense_backward(reference))),
          training=False),
     Case("lgm_step", DENSE_SIZES, _dense_step_flops,
-         (Implementation("lgmstm", _model_step("LGM", "cython", _dense_problem)),
-          Implementation("numpy", _model_step("LGM", "numpy", _dense_problem)),
+         (Implementation("lgmstm", _model_step("cython", _dense_problem)),
+          Implementation("numpy", _model_step("numpy", _dense_problem)),
           Implementation("torch", _torch_step(_torch_lgm, _dense_problem), needs="torch"),
           Implementation("gemm_floor", _gemm_floor, only_sizes=("large",))),
          training=True),
@@ -351,11 +697,13 @@ CASES = (
           Implementation("numpy", _rnn_backward(reference))),
          training=False),
     Case("stm_step", RECURRENT_SIZES, _stm_step_flops,
-         (Implementation("lgmstm", _model_step("STM", "cython", _recurrent_problem)),
-          Implementation("numpy", _model_step("STM", "numpy", _recurrent_problem)),
+         (Implementation("lgmstm", _model_step("cython", _recurrent_problem)),
+          Implementation("numpy", _model_step("numpy", _recurrent_problem)),
           Implementation("torch", _torch_step(_torch_stm, _recurrent_problem), needs="torch")),
          training=True),
+    DOOR,
 )
+
 
 
 @dataclass(frozen=True)
@@ -363,7 +711,7 @@ class Item:
     """One implementation of one case at one size, dtype and thread count."""
 
     case: Case
-    size: DenseSize | RecurrentSize
+    size: DenseSize | RecurrentSize | DoorRow
     dtype: np.dtype
     implementation: Implementation
     threads: int
@@ -379,7 +727,13 @@ class Item:
 
     @property
     def flops(self):
-        return self.case.flops(self.size)
+        """Flops of one iteration; None for the door."""
+        return None if self.case.flops is None else self.case.flops(self.size)
+
+    @property
+    def iterations_per_call(self):
+        """Iterations of one pytest-benchmark call."""
+        return self.case.iterations_per_call(self.size, self.implementation.name)
 
     def prepare(self):
         """Build the data and return run(k), which does k iterations."""
@@ -394,7 +748,8 @@ def default_threads():
 
 
 def parse_selection(text):
-    """"CASE" or "CASE:SIZE" (e.g. "stm_step:odd") as (case, size or None).
+    """"CASE" or "CASE:SIZE" (e.g. "stm_step:odd", "door:stm_step_1") as
+    (case, size or None).
 
     Raises ValueError naming the known cases or sizes when there is no such one.
     """
@@ -405,17 +760,26 @@ def parse_selection(text):
                          f"{', '.join(cases)}")
     sizes = [size.name for size in cases[case_name].sizes]
     if size_name and size_name not in sizes:
-        raise ValueError(f"{case_name} has no size {size_name!r}; its sizes are "
+        word = cases[case_name].size_word
+        raise ValueError(f"{case_name} has no {word} {size_name!r}; its {word}s are "
                          f"{', '.join(sizes)}")
     return case_name, size_name or None
+
+
+def _selected(case, size, only):
+    """Whether `only` (see plan) selects that size of that case."""
+    return not only or any(case.name == name and size_name in (None, size.name)
+                           for name, size_name in only)
 
 
 def plan(*, quick=False, dtypes=("float64", "float32"), threads=None, only=()):
     """The items to run, and notes on what is skipped and why.
 
     Every item runs at `threads` (default: all cores); the training steps
-    also at one thread, for the scaling. `only`: (case, size or None) pairs
-    from parse_selection; when given, just those.
+    and the door also at one thread, for the scaling. `only`: (case, size or
+    None) pairs from parse_selection; when given, just those. A door row whose
+    lgmstm API is missing is skipped with a note, and so is the door when no
+    dtype of `dtypes` is one it runs in (float64).
 
     Returns
     -------
@@ -433,13 +797,20 @@ def plan(*, quick=False, dtypes=("float64", "float32"), threads=None, only=()):
                 notes.append(f"{case.name} {implementation.name}: skipped, {reason}")
             else:
                 available.append(implementation)
+        case_dtypes = [dtype for dtype in map(np.dtype, dtypes)
+                       if not case.dtypes or dtype.name in case.dtypes]
         for size in case.sizes:
-            if quick and size.name not in QUICK_SIZES:
+            if quick and case.quick_sizes is not None and size.name not in case.quick_sizes:
                 continue
-            if only and not any(case.name == name and size_name in (None, size.name)
-                                for name, size_name in only):
+            if not _selected(case, size, only):
                 continue
-            for dtype in map(np.dtype, dtypes):
+            if not case_dtypes:
+                notes.append(f"{case.name}: skipped, it runs in {', '.join(case.dtypes)} only")
+                break
+            if reason := size.missing():
+                notes.append(f"{case.name} {size.name}: skipped, {reason}")
+                continue
+            for dtype in case_dtypes:
                 for n_threads in thread_counts if case.training else [threads]:
                     items += [Item(case, size, dtype, implementation, n_threads)
                               for implementation in available
@@ -508,12 +879,19 @@ class Measurement:
             "dtype": item.dtype.name, "implementation": item.implementation.name,
             "threads": item.threads, "seconds": self.seconds, "samples": self.samples,
             "iterations_per_sample": self.iterations, "flops": item.flops,
-            "gflops": item.flops / self.seconds / 1e9,
+            "gflops": None if item.flops is None else item.flops / self.seconds / 1e9,
         }
 
 
 # Long enough for the previous item's idle OpenMP and BLAS workers to sleep.
 SETTLE_SECONDS = 0.3
+
+
+def _pause(previous, item):
+    """Sleep before timing item: the longer of its case's settle and that of
+    previous, the item timed last (None: none)."""
+    time.sleep(max(SETTLE_SECONDS if one.case.settle is None else one.case.settle
+                   for one in (previous or item, item)))
 
 
 def _rivals(items):
@@ -538,26 +916,29 @@ def measure(items, *, target_seconds=0.15, repeats=5, progress=None):
     whichever happened to run through it. Every timing starts after a pause,
     so that none pays for the threads another left spinning: OpenMP and
     OpenBLAS workers spin a while (OpenBLAS about 0.1 s) before they sleep,
-    and on 2 cores a spinning worker takes half the machine.
+    and on 2 cores a spinning worker takes half the machine (the door's calls
+    wake no worker: a short pause, DOOR_SETTLE_SECONDS, between them).
     progress(done, total, label), when given, is called before each item's
     warm-up.
     """
     measurements = []
     done = 0
+    previous = None
     for rivals in _rivals(items):
         prepared = []
         for item in rivals:
             if progress:
                 progress(done, len(items), f"{item.group}: {item.name}")
             done += 1
-            time.sleep(SETTLE_SECONDS)
+            _pause(previous, item)
+            previous = item
             run = item.prepare()
             with thread_count(item.threads):
                 prepared.append((item, run, _iterations_for(run, target_seconds)))
         samples: list[list[float]] = [[] for _ in prepared]
         for _ in range(repeats):
             for (item, run, k), taken in zip(prepared, samples):
-                time.sleep(SETTLE_SECONDS)
+                _pause(item, item)
                 with thread_count(item.threads):
                     taken.append(_seconds(run, k) / k)
         measurements += [Measurement(item, statistics.median(taken), taken, k)
@@ -587,10 +968,13 @@ def summarise(measurements, peaks, threads):
     peaks maps a dtype name to the GEMM peak in GFLOP/s (see gemm_peak).
     Speed-ups are other / lgmstm (above 1: lgmstm is faster); scaling is the
     time on one thread over the time on `threads`; step_over_floor is the
-    compiled step's time over that of its GEMMs alone.
+    compiled step's time over that of its GEMMs alone. The door's
+    measurements are left to door_summary.
     """
     groups: dict[str, dict[tuple[str, int], Measurement]] = {}
     for m in measurements:
+        if m.item.case is DOOR:
+            continue
         groups.setdefault(m.item.group, {})[(m.item.implementation.name, m.item.threads)] = m
     rows = []
     for timings in groups.values():
@@ -613,6 +997,50 @@ def summarise(measurements, peaks, threads):
             row["scaling"] = {name: timings[(name, 1)].seconds / t for name, t in seconds.items()
                               if (name, 1) in timings}
         rows.append(row)
+    return rows
+
+
+def door_summary(measurements, *, only=(), dtypes=("float64",)):
+    """One row per door row and thread count (fewer threads first), in the
+    rows' order, each with its target and whether lgmstm meets it.
+
+    A row: "row", "call", "threads", "seconds" (peer name -> median seconds
+    of one call; "steady": of one epoch of a long fit), "versus" (the peer
+    compared with), "ratio" (lgmstm's time over that peer's; None without
+    one), "target" (None, or its "text" and bounds: "seconds", "factor",
+    "slack"), "met" (a bool; None without a target) and "skipped" (None, or
+    why the row did not run). Rows selected by `only` (see plan) whose
+    lgmstm API is missing come as skipped rows, when the door ran in one
+    of `dtypes`.
+    """
+    timings: dict[str, dict[int, dict[str, float]]] = {}
+    for m in measurements:
+        if m.item.case is DOOR:
+            by_threads = timings.setdefault(m.item.size.name, {})
+            by_threads.setdefault(m.item.threads, {})[m.item.implementation.name] = m.seconds
+    runs = not DOOR.dtypes or any(np.dtype(dtype).name in DOOR.dtypes for dtype in dtypes)
+    rows = []
+    for row in DOOR_ROWS:
+        if not (runs and _selected(DOOR, row, only)):
+            continue
+        target = row.target and {"text": row.target.describe(row.versus),
+                                 "seconds": row.target.seconds, "factor": row.target.factor,
+                                 "slack": row.target.slack}
+        common = {"row": row.name, "call": row.call, "versus": row.versus, "target": target}
+        reason = row.missing()
+        if reason:
+            rows.append({**common, "threads": None, "seconds": {}, "ratio": None, "met": None,
+                         "skipped": reason})
+            continue
+        for n_threads, seconds in sorted(timings.get(row.name, {}).items()):
+            ours, versus = seconds.get("lgmstm"), seconds.get(row.versus or "")
+            rows.append({
+                **common, "threads": n_threads, "seconds": seconds,
+                "ratio": ours / versus if ours and versus else None,
+                "met": (None if row.target is None or ours is None
+                        or (row.target.factor is not None and versus is None)
+                        else bool(row.target.met(ours, versus))),
+                "skipped": None})
     return rows
 
 
