@@ -1,6 +1,7 @@
 """What LGM and STM share besides training (lgmstm._training): the choices
 of their constructors, Glorot initialisation, and the base class that keeps
-the parameters by name, pickles the model as plain data and saves it.
+the parameters by name and the optimizer's state between calls, pickles the
+model as plain data and saves it.
 """
 from __future__ import annotations
 
@@ -11,12 +12,34 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ._persist import save_arrays
-from ._training import UseLock
+from ._persist import read_text_array, save_arrays, text_array
+from ._training import OptimizerState, UseLock
 from ._validation import check_choice, check_float_dtype, check_seed
 
 BACKENDS = ("cython", "numpy")
 OUTPUTS = ("tanh", "linear")
+
+
+# The bit generators whose state a saved file may name (numpy.random's).
+BIT_GENERATORS: dict[str, type[np.random.BitGenerator]] = {
+    generator.__name__: generator
+    for generator in (np.random.PCG64, np.random.PCG64DXSM, np.random.MT19937,
+                      np.random.Philox, np.random.SFC64)}
+
+
+def generator_from_state(state: Any) -> np.random.Generator:
+    """A Generator in the state ``bit_generator.state`` gave (as JSON
+    data); ValueError when it is not the state of a known bit generator."""
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    if not isinstance(name, str) or name not in BIT_GENERATORS:
+        raise ValueError(f"the generator's state must name one of {sorted(BIT_GENERATORS)}, "
+                         f"got {state!r}"[:200])
+    bit_generator = BIT_GENERATORS[name]()
+    try:
+        bit_generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise ValueError(f"invalid {name} state: {exc!r}"[:200]) from None
+    return np.random.Generator(bit_generator)
 
 
 def glorot_uniform(rng, n_in, n_out, dtype):
@@ -40,6 +63,7 @@ class Model:
     _params: list[NDArray[Any]]
     _rng: np.random.Generator
     _lock: UseLock
+    _optimizer_state: OptimizerState | None  # see reset_optimizer
 
     def _set_up(self, dtype: DTypeLike, seed: int | np.random.Generator | None,
                 backend: str) -> None:
@@ -49,6 +73,7 @@ class Model:
         self._rng = np.random.default_rng(check_seed("seed", seed))
         self._lock = UseLock()
         self.history_ = np.empty(0)
+        self._optimizer_state = None
 
     # -- hooks ---------------------------------------------------------------------
     def _param_names(self) -> Iterable[str]:
@@ -68,8 +93,13 @@ class Model:
         raise NotImplementedError
 
     def _memory(self) -> dict[str, Any]:
-        """What the model remembers between calls, as pickled (copies)."""
+        """What the model remembers between calls, as pickled (copies); the
+        arrays among them (None: nothing) are saved too, as ``memory.{name}``."""
         return {}
+
+    def _recall(self, memory: dict[str, NDArray[Any]], path: str) -> None:
+        """Take back, checked, what a saved file holds of _memory() (popping
+        each entry from memory; what is left is refused)."""
 
     # -- parameters ---------------------------------------------------------------
     def _named(self, arrays: Iterable[NDArray[Any]]) -> dict[str, NDArray[Any]]:
@@ -97,28 +127,74 @@ class Model:
                                  f"{param.dtype}")
             param[...] = value
 
+    # -- the optimizer's state ----------------------------------------------------
+    def reset_optimizer(self) -> None:
+        """Forget the optimizer's state: the next warm call starts it afresh.
+
+        The model keeps, between calls, the state that its latest training
+        left in the optimizer: the moments (momentum's velocity, Adam's
+        means of the gradient and of its square; one array per parameter)
+        and the count of updates done (Adam's bias correction). A call
+        goes on from it (``partial_fit``, ``fit(warm_start=True)``) when it
+        was made by the optimizer the call names with the same settings
+        (momentum 0.9; Adam's 0.9, 0.999, 1e-8). It starts over, from zero
+        moments and step 0, when:
+
+        - ``fit`` is called without ``warm_start=True``;
+        - the call names another optimizer (or a state saved with other
+          settings is loaded);
+        - ``reset_optimizer()`` was called;
+        - the model is new, or was loaded from a file or pickle that holds
+          none (format_version 1 files and older pickles have none).
+
+        Anything else carries on with it: a new lr (a schedule), batch size,
+        clip_norm, shuffle or seed, other data. The state a call leaves is
+        kept, also after Ctrl-C or a divergence (then, that of the last
+        finished or finite epoch). ``save`` and pickling keep it, with the
+        model's generator (the default shuffling), so that training resumes
+        exactly after :func:`lgmstm.load`.
+
+        Waits for a fit in another thread to finish; called from a fit's
+        callback, the fit goes on with its moments and the model holds none
+        afterwards.
+        """
+        with self._lock.reading():
+            self._optimizer_state = None
+
     # -- pickling: plain data only (the lock and compiled networks are rebuilt) -----
     def __getstate__(self) -> dict[str, Any]:
         with self._lock.reading():
+            state = self._optimizer_state
+            optimizer = None if state is None else {
+                **state.header(), "moments": [[a.copy() for a in arrays]
+                                              for arrays in state.moments]}
             return {**self._arguments(), "dtype": self.dtype.name, "backend": self.backend,
                     "params": [p.copy() for p in self._params], **self._memory(),
-                    "history_": self.history_, "rng": self._rng}
+                    "history_": self.history_, "rng": self._rng, "optimizer": optimizer}
 
     def __setstate__(self, pickled: dict[str, Any]) -> None:
         self._construct(pickled, pickled["dtype"], pickled["backend"])
         for param, value in zip(self._params, pickled["params"]):
             param[...] = value
         self.history_, self._rng = pickled["history_"], pickled["rng"]
+        optimizer = pickled.get("optimizer")  # pickles before it have none
+        if optimizer is not None:
+            header = {key: optimizer[key] for key in ("name", "settings", "step")}
+            self._optimizer_state = OptimizerState.restored(header, optimizer["moments"],
+                                                            self._params)
 
     # -- persistence -------------------------------------------------------------
     def save(self, path: str | PathLike[str]) -> None:
         """Write the model to ``path`` as an .npz file (no pickle), atomically.
 
         The file holds the format version, kind, dtype, architecture and
-        parameters as plain arrays; it is written to a temporary file beside
-        ``path`` and renamed over it, so ``path`` never holds half a model.
-        An STM's working memory is not saved (a loaded model starts from
-        zero states). Read it back with :func:`lgmstm.load`.
+        parameters as plain arrays, and what training needs to go on
+        exactly where it stopped: the optimizer's state (see
+        :meth:`reset_optimizer`), the state of the model's random generator
+        (the default shuffling of ``fit``) and an STM's working memory. It
+        is written to a temporary file beside ``path`` and renamed over it,
+        so ``path`` never holds half a model. Read it back with
+        :func:`lgmstm.load`.
 
         Parameters
         ----------
@@ -135,4 +211,39 @@ class Model:
         """
         config = self._config()
         with self._lock.reading():
-            save_arrays(path, self.kind, self.dtype, config, self._named(self._params))
+            save_arrays(path, self.kind, self.dtype, config, self._named(self._params),
+                        self._saved_memory())
+
+    def _saved_memory(self) -> dict[str, NDArray[Any]]:
+        """The ``memory.*`` entries of a saved file (lgmstm._persist): the
+        generator's state and the optimizer's header as JSON text, the
+        moments as ``optimizer.moment{k}.{parameter}``, and _memory()'s arrays."""
+        memory = {"generator": text_array(self._rng.bit_generator.state)}
+        state = self._optimizer_state
+        if state is not None:
+            memory["optimizer"] = text_array(state.header())
+            for k, arrays in enumerate(state.moments):
+                memory.update({f"optimizer.moment{k}.{name}": array
+                               for name, array in self._named(arrays).items()})
+        memory.update({name: value for name, value in self._memory().items()
+                       if value is not None})
+        return memory
+
+    def _restore_memory(self, memory: dict[str, NDArray[Any]], path: str) -> None:
+        """Take back what _saved_memory() wrote, refusing anything else."""
+        memory = dict(memory)
+        if "generator" in memory:
+            self._rng = generator_from_state(read_text_array(memory.pop("generator"),
+                                                             "memory.generator"))
+        if "optimizer" in memory:
+            header = read_text_array(memory.pop("optimizer"), "memory.optimizer")
+            moments: list[list[Any]] = []  # None where an entry is missing
+            while any(key.startswith(f"optimizer.moment{len(moments)}.") for key in memory):
+                prefix = f"optimizer.moment{len(moments)}."
+                moments.append([memory.pop(prefix + name, None)
+                                for name in self._param_names()])
+            self._optimizer_state = OptimizerState.restored(header, moments, self._params)
+        self._recall(memory, path)
+        if memory:
+            raise ValueError(f"{path}: unexpected entries "
+                             f"{sorted('memory.' + key for key in memory)}")

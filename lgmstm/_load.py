@@ -23,6 +23,11 @@ def load(path: str | os.PathLike[str], *, backend: str = "cython") -> LGM | STM:
     Returns
     -------
     LGM or STM
+        With what the file holds of the model's memory (format_version 2):
+        its optimizer state, generator and (STM) working memory, so that
+        training goes on as if it had not stopped. A format_version 1 file
+        holds none: the model starts with a fresh optimizer state and an
+        unseeded generator.
 
     Raises
     ------
@@ -34,11 +39,13 @@ def load(path: str | os.PathLike[str], *, backend: str = "cython") -> LGM | STM:
     """
     check_choice("backend", backend, BACKENDS)
     path = checked_path(path)
-    kind, dtype, config, params = load_arrays(path)
+    kind, dtype, config, params, memory = load_arrays(path)
     if kind not in _KINDS:
         raise ValueError(f"{path}: unknown model kind {kind!r}")
     try:
-        return _KINDS[kind]._from_saved(config, dtype, params, path, backend)
+        model = _KINDS[kind]._from_saved(config, dtype, params, path, backend)
+        model._restore_memory(memory, path)
+        return model
     except KeyError as exc:
         raise ValueError(f"{path}: missing config entry {exc}") from None
     except (TypeError, ValueError, OverflowError) as exc:

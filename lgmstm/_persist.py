@@ -3,11 +3,17 @@ are made from them by lgmstm._load).
 
 A file holds ``format_version``, ``kind`` ("LGM" or "STM"), ``dtype``, the
 architecture under ``config.*`` and the parameters under ``param.*``.
-Writing goes to a temporary file beside the target, then renames it over the
-target, so a crash never leaves a half-written model under that name.
+Version 2 adds what the model remembers for training to go on exactly, under
+``memory.*`` (lgmstm._base.Model._saved_memory: the generator's state and
+the optimizer's header as JSON text in string arrays, the optimizer's
+moments, an STM's working memory); version 1 files, which have none, are
+read as before. Writing goes to a temporary file beside the target, then
+renames it over the target, so a crash never leaves a half-written model
+under that name.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -20,7 +26,8 @@ from numpy.lib import format as npy
 
 from ._validation import check_float_dtype
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def checked_path(path) -> str:
@@ -32,13 +39,33 @@ def checked_path(path) -> str:
                         f"{type(path).__name__}") from None
 
 
-def save_arrays(path, kind, dtype, config, params):
+def text_array(value: Any) -> np.ndarray:
+    """value (JSON-able; NumPy arrays in it become lists) as JSON text in a
+    0-d string array: how a file holds structured data without pickle."""
+    return np.asarray(json.dumps(value, default=lambda item: item.tolist()))
+
+
+def read_text_array(array: np.ndarray, name: str) -> Any:
+    """The value text_array(value) holds; ValueError naming the entry when
+    the array holds no JSON text."""
+    if array.shape != () or array.dtype.kind != "U":
+        raise ValueError(f"{name} must be JSON text, got an array of shape {array.shape} "
+                         f"and dtype {array.dtype}")
+    try:
+        return json.loads(str(array))
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{name} is not valid JSON text: {exc}") from None
+
+
+def save_arrays(path, kind, dtype, config, params, memory):
+    """Write the file; memory: the ``memory.*`` entries, by name after the dot."""
     path = checked_path(path)
     arrays: dict[str, Any] = {"format_version": np.asarray(FORMAT_VERSION, np.int64),
                               "kind": np.asarray(kind),
                               "dtype": np.asarray(np.dtype(dtype).name)}
     arrays.update({f"config.{k}": v for k, v in config.items()})
     arrays.update({f"param.{k}": v for k, v in params.items()})
+    arrays.update({f"memory.{k}": v for k, v in memory.items()})
     directory = os.path.dirname(os.path.abspath(path))
     # Not mkstemp: its files are 0600; this one gets the umask's mode, as a
     # plain np.savez(path) would.
@@ -59,7 +86,8 @@ def save_arrays(path, kind, dtype, config, params):
 
 
 def load_arrays(path):
-    """(kind, dtype, config, params) from a file written by save_arrays."""
+    """(kind, dtype, config, params, memory) from a file written by
+    save_arrays (memory is empty for a version 1 file)."""
     path = checked_path(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -74,14 +102,17 @@ def load_arrays(path):
         if key not in arrays:
             raise ValueError(f"{path} is not an lgmstm model file: no '{key}' entry")
     version = arrays["format_version"]
-    if version.shape != () or version.dtype.kind != "i" or int(version) != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported format_version {version!r}, "
-                         f"this lgmstm reads version {FORMAT_VERSION}")
+    if version.shape != () or version.dtype.kind != "i" or int(version) not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: unsupported format_version {version!r}, this lgmstm "
+                         f"reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     kind = str(arrays["kind"])
     dtype = check_float_dtype(str(arrays["dtype"]), error=ValueError, where=f"{path}: ")
     config = {k[len("config."):]: v for k, v in arrays.items() if k.startswith("config.")}
     params = {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
-    return kind, dtype, config, params
+    memory = {k[len("memory."):]: v for k, v in arrays.items() if k.startswith("memory.")}
+    if memory and int(version) == 1:
+        raise ValueError(f"{path}: a format_version 1 file holds no memory.* entries")
+    return kind, dtype, config, params, memory
 
 
 _HEADER_READERS = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}

@@ -6,7 +6,7 @@ import numpy as np
 from numpy.typing import NDArray
 from typing_extensions import disjoint_base
 
-from ._train import PointerTable, TrainingRun
+from ._train import PointerTable, TrainingRun, UseLock
 
 _Float = NDArray[np.floating[Any]]
 _Index = NDArray[np.intp]
@@ -16,8 +16,13 @@ class Network:
     """The STM's parameters and architecture, built once per model."""
 
     def __new__(
-        cls, params: list[_Float], sizes: _Index, output_tanh: bool, return_sequences: bool
+        cls, params: list[_Float], sizes: _Index, output_tanh: bool, return_sequences: bool,
+        lock: UseLock,
     ) -> Network: ...
+    def step_ready(self, x: object, state: object) -> tuple[_Float, _Float] | None:
+        """(outputs, new state) of one step when x and state are ndarrays of the
+        parameters' dtype and shape, C-contiguous, the call is small and no
+        other thread trains; else None (the caller takes its checked path)."""
     @property
     def params(self) -> PointerTable: ...
     @property

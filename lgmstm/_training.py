@@ -37,18 +37,21 @@ class Optimizer(NamedTuple):
 
     code: int  # their `optimizer` argument
     n_moments: int  # arrays it keeps per parameter between steps
+    settings: dict[str, float]  # the hyper-parameters its moments depend on
 
+
+# The optimizers' hyper-parameters (lr aside).
+MOMENTUM = 0.9
+ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 # The optimizers fit offers (see lgmstm.reference.optimizer_step for the maths).
 OPTIMIZERS: dict[str, Optimizer] = {
-    "sgd": Optimizer(code=0, n_moments=0),
-    "momentum": Optimizer(code=1, n_moments=1),  # the velocity
-    "adam": Optimizer(code=2, n_moments=2),  # the means of the gradient and of its square
+    "sgd": Optimizer(code=0, n_moments=0, settings={}),
+    "momentum": Optimizer(code=1, n_moments=1,  # the velocity
+                          settings={"momentum": MOMENTUM}),
+    "adam": Optimizer(code=2, n_moments=2,  # the means of the gradient and of its square
+                      settings={"beta1": ADAM_BETA1, "beta2": ADAM_BETA2, "eps": ADAM_EPS}),
 }
-
-# Their hyper-parameters.
-MOMENTUM = 0.9
-ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 # fit() hands the compiled code blocks of epochs lasting about this long, so
 # progress, callbacks and Ctrl-C are seen between blocks.
@@ -59,6 +62,75 @@ def zero_moments(optimizer: str, params: Sequence[NDArray[Any]]) -> list[list[ND
     """The optimizer's moments at the start of a fit: for each moment it keeps
     (none for sgd), one array of zeros per parameter."""
     return [[np.zeros_like(p) for p in params] for _ in range(OPTIMIZERS[optimizer].n_moments)]
+
+
+class OptimizerState:
+    """What an optimizer carries from one update to the next: for each moment
+    it keeps (none for sgd), one array per parameter, in the order of the
+    model's parameters; the updates done so far, ``step`` (Adam's bias
+    correction counts them); and the name and settings (OPTIMIZERS) they
+    were made with. A model keeps the state of its latest training between
+    calls (``Model._optimizer_state``, None before any); a trainer updates
+    its arrays in place and train_model writes its step back.
+    """
+
+    def __init__(self, name: str, moments: list[list[NDArray[Any]]], step: int = 0,
+                 settings: dict[str, float] | None = None) -> None:
+        self.name = name
+        self.moments = moments
+        self.step = step
+        self.settings = dict(OPTIMIZERS[name].settings if settings is None else settings)
+
+    @classmethod
+    def fresh(cls, name: str, params: Sequence[NDArray[Any]]) -> OptimizerState:
+        """Zero moments and no step done: the state at the start of a fit."""
+        return cls(name, zero_moments(name, params))
+
+    def continued_by(self, name: str) -> bool:
+        """Whether the optimizer `name`, with this version's settings, may go
+        on from this state (the same name, the same settings)."""
+        return self.name == name and self.settings == OPTIMIZERS[name].settings
+
+    def header(self) -> dict[str, Any]:
+        """Everything but the moments, as plain JSON-able data."""
+        return {"name": self.name, "settings": dict(self.settings), "step": self.step}
+
+    @classmethod
+    def restored(cls, header: Any, moments: Any, params: Sequence[NDArray[Any]],
+                 ) -> OptimizerState:
+        """A state from a saved header and moments (one sequence of arrays
+        per moment, one array per parameter), copied into fresh arrays laid
+        out like params; ValueError (TypeError for a wrong type) on anything
+        that does not fit."""
+        if not isinstance(header, dict) or set(header) != {"name", "settings", "step"}:
+            raise ValueError(f"the optimizer state must hold name, settings and step, "
+                             f"got {header!r}"[:200])
+        name, settings, step = header["name"], header["settings"], header["step"]
+        if not isinstance(name, str) or name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {name!r} in the optimizer state")
+        if not isinstance(settings, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in settings.items()):
+            raise ValueError(f"the optimizer's settings must map names to numbers, "
+                             f"got {settings!r}"[:200])
+        step = check_int("the optimizer state's step", step, 0)
+        state = cls.fresh(name, params)
+        if len(moments) != len(state.moments):
+            raise ValueError(f"{name} keeps {len(state.moments)} moments, the optimizer "
+                             f"state holds {len(moments)}")
+        for k, (target, values) in enumerate(zip(state.moments, moments)):
+            if len(values) != len(target):
+                raise ValueError(f"moment {k} of the optimizer state holds {len(values)} "
+                                 f"arrays, the model has {len(target)} parameters")
+            for i, (array, value) in enumerate(zip(target, values)):
+                if not isinstance(value, np.ndarray) or value.shape != array.shape \
+                        or value.dtype != array.dtype:
+                    raise ValueError(
+                        f"moment {k} of parameter {i} must be an array of shape "
+                        f"{array.shape} and dtype {array.dtype}, got {value!r}"[:200])
+                array[...] = value
+        state.step, state.settings = step, {k: float(v) for k, v in settings.items()}
+        return state
 
 
 def epoch_orders(rng, n_epochs, n_samples):
@@ -98,18 +170,20 @@ class FitPlan(NamedTuple):
     optimizer: str
     clip_norm: float | None
     verbose: bool
+    warm_start: bool
     order_for: Callable[[int], np.ndarray | None]
 
 
 def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm, shuffle,
-             seed, callback, verbose) -> FitPlan:
+             seed, callback, verbose, warm_start) -> FitPlan:
     """Check fit's data and hyper-parameters, the same way for LGM and STM.
 
     X and Y are the model's checked arrays, samples along the first axis;
     `sample` names one ("sample", "sequence") in the message for an empty X.
     rng is the model's generator, used for shuffling unless seed is given;
     batch_size None (or above n_samples) means full batch; clip_norm None
-    means no clipping.
+    means no clipping; warm_start: go on from the model's optimizer state
+    (see train_model).
     """
     n_samples = X.shape[0]
     if n_samples == 0:
@@ -129,11 +203,12 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
         rng = np.random.default_rng(check_seed("seed", seed))
     shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples
     verbose = check_bool("verbose", verbose)
+    warm_start = check_bool("warm_start", warm_start)
 
     def order_for(count):
         return epoch_orders(rng, count, n_samples) if shuffled else None
 
-    return FitPlan(epochs, lr, batch_size, optimizer, clip_norm, verbose, order_for)
+    return FitPlan(epochs, lr, batch_size, optimizer, clip_norm, verbose, warm_start, order_for)
 
 
 # -- the loop ------------------------------------------------------------------
@@ -152,15 +227,28 @@ class Trainer(Protocol):
         ...
 
 
-def train_model(model, plan: FitPlan, make_trainer: Callable[[], Trainer], callback,
-                finish: Callable[[Any], None] | None = None) -> NDArray[np.float64]:
+def train_model(model, plan: FitPlan, make_trainer: Callable[[OptimizerState], Trainer],
+                callback, finish: Callable[[Any], None] | None = None) -> NDArray[np.float64]:
     """fit's loop, with the model held for training (see UseLock).
+
+    make_trainer(state) makes the trainer that continues the optimizer state
+    given. That is the model's own (``model._optimizer_state``) when
+    plan.warm_start and it was made by plan.optimizer with this version's
+    settings; otherwise a fresh one (zero moments, step 0), which becomes
+    the model's once make_trainer succeeds (a call refused there leaves the
+    model as it was). The trainer updates the state's moments in place and
+    its step is written back at the end, so the model holds the state of
+    its last finished epoch also after Ctrl-C or a divergence.
 
     Sets model.history_, also when Ctrl-C stops training (then re-raises
     TrainingInterrupted); finish(trainer), when given, runs at the end either way.
     """
     with model._lock.training():
-        trainer = make_trainer()
+        state = model._optimizer_state
+        if not (plan.warm_start and state is not None and state.continued_by(plan.optimizer)):
+            state = OptimizerState.fresh(plan.optimizer, model._params)
+        trainer = make_trainer(state)
+        model._optimizer_state = state
         try:
             model.history_ = run_epochs(trainer, plan.epochs, callback=callback,
                                         progress=_Progress(model.kind, plan.epochs, plan.verbose),
@@ -169,6 +257,7 @@ def train_model(model, plan: FitPlan, make_trainer: Callable[[], Trainer], callb
             model.history_ = exc.history
             raise
         finally:
+            state.step = trainer.step
             if finish is not None:
                 finish(trainer)
     return model.history_
@@ -345,14 +434,14 @@ class CompiledTrainer:
     from the latest epoch.
     """
 
-    def __init__(self, network, X, Y, batch_size: int, optimizer: str, lr: float, *,
-                 grads: list[NDArray[Any]], workspace: list[NDArray[Any]], blas_work: int,
+    def __init__(self, network, X, Y, batch_size: int, optimizer: OptimizerState, lr: float,
+                 *, grads: list[NDArray[Any]], workspace: list[NDArray[Any]], blas_work: int,
                  clip_norm: float | None = None, lengths: NDArray[np.intp] | None = None,
                  initial_states: NDArray[Any] | None = None,
                  final_states: NDArray[Any] | None = None) -> None:
         self.network = network
         self.params: list[NDArray[Any]] = network.params
-        moments = zero_moments(optimizer, network.params)
+        moments = optimizer.moments  # trained in place
         self.trained_arrays = network.params + [a for arrays in moments for a in arrays]
         if final_states is not None:
             self.trained_arrays.append(final_states)
@@ -364,9 +453,9 @@ class CompiledTrainer:
         self.run_data = _train.TrainingRun(
             X=X, Y=Y, grads=grads, first_moments=first_moments,
             second_moments=second_moments, workspace=workspace, batch_size=batch_size,
-            optimizer=OPTIMIZERS[optimizer].code, lr=lr, momentum=MOMENTUM,
+            optimizer=OPTIMIZERS[optimizer.name].code, lr=lr, momentum=MOMENTUM,
             beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, clip_norm=clip_norm or 0.0,
-            lengths=lengths, initial_states=initial_states, final_states=final_states)
+            step=optimizer.step, lengths=lengths, initial_states=initial_states, final_states=final_states)
 
     @property
     def step(self) -> int:
@@ -394,19 +483,21 @@ class ReferenceTrainer:
     times the number of targets it averages over, and the gradients (one
     array per parameter, which the loop may scale in place). An epoch's loss
     is the sum of these over the epoch divided by n_targets, the targets of
-    all the samples. ``carried``: arrays the batches update besides the
+    all the samples. ``optimizer``: the state it continues, its moments
+    updated in place. ``carried``: arrays the batches update besides the
     parameters and moments (the snapshots of run_epochs restore them).
     """
 
     def __init__(self, params, batch: Callable[[Any], tuple[float, list[NDArray[Any]]]],
-                 n_samples, n_targets, batch_size, optimizer, lr, clip_norm=None, carried=()):
+                 n_samples, n_targets, batch_size, optimizer: OptimizerState, lr,
+                 clip_norm=None, carried=()):
         self.params, self.batch = params, batch
         self.n_samples, self.n_targets = n_samples, n_targets
         self.batch_size, self.optimizer, self.lr, self.clip_norm = (
-            batch_size, optimizer, lr, clip_norm)
-        moments = zero_moments(optimizer, params)
+            batch_size, optimizer.name, lr, clip_norm)
+        moments = optimizer.moments
         self.moments = [[arrays[i] for arrays in moments] for i in range(len(params))]
-        self.step = 0
+        self.step = optimizer.step
         self.trained_arrays = params + [a for arrays in moments for a in arrays] + list(carried)
 
     def run(self, order, n_epochs):

@@ -63,6 +63,7 @@ class _CompiledNetwork:
         return loss, grads
 
     def trainer(self, X, Y, batch_size, optimizer, lr):
+        """A CompiledTrainer continuing the OptimizerState `optimizer`."""
         dtype = X.dtype
 
         def make_workspace():
@@ -163,7 +164,7 @@ class LGM(Model):
     params : dict of str to ndarray
         Copies of ``layer{l}.weight`` (n_l, n_{l+1}) and ``layer{l}.bias`` (n_{l+1},).
     history_ : ndarray of shape (n_epochs,)
-        Per-epoch losses of the last :meth:`fit`.
+        Per-epoch losses of the last :meth:`fit` (one for :meth:`partial_fit`).
 
     Raises
     ------
@@ -332,7 +333,7 @@ class LGM(Model):
             batch_size: int | None = None, optimizer: str = "sgd", shuffle: bool = True,
             seed: int | np.random.Generator | None = None,
             callback: Callable[[int, float], bool | None] | None = None,
-            verbose: bool = False) -> NDArray[np.float64]:
+            verbose: bool = False, warm_start: bool = False) -> NDArray[np.float64]:
         """Train by gradient descent on the mean squared error.
 
         Parameters
@@ -348,9 +349,9 @@ class LGM(Model):
             gradient descent, one update per epoch.
         optimizer : {"sgd", "momentum", "adam"}, default "sgd"
             "sgd": ``W -= lr dW``; "momentum": heavy ball with 0.9;
-            "adam": Adam with (0.9, 0.999, 1e-8). The optimizer's moments
-            (velocity, Adam's means) start from zero at each call; the
-            parameters carry on from where they are.
+            "adam": Adam with (0.9, 0.999, 1e-8). The parameters carry on
+            from where they are; the optimizer's moments (velocity, Adam's
+            means) and its step count start from zero unless ``warm_start``.
         shuffle : bool, default True
             Visit the samples in a new random order each epoch (only matters
             with mini-batches).
@@ -361,6 +362,13 @@ class LGM(Model):
             returning False stops training.
         verbose : bool, default False
             Print epoch, loss and epochs/s to stderr about once a second.
+        warm_start : bool, default False
+            Go on with the optimizer state the model kept from its last
+            training (moments and step count), as :meth:`partial_fit`
+            does, when it was made by the same optimizer with the same
+            settings; else, and by default, start it afresh. Either way
+            the model keeps the state this call leaves, for the next warm
+            call (see :meth:`reset_optimizer` for the rules).
 
         Returns
         -------
@@ -372,7 +380,8 @@ class LGM(Model):
         ------
         TypeError
             epochs or batch_size is not an integer, lr not a real number,
-            callback not callable, or X/Y not arrays of real numbers.
+            callback not callable, shuffle, verbose or warm_start not a
+            bool, or X/Y not arrays of real numbers.
         ValueError
             X or Y empty, non-finite or of the wrong shape; epochs < 0;
             lr not finite and > 0; batch_size < 1; an unknown optimizer.
@@ -393,10 +402,53 @@ class LGM(Model):
         Y = self._targets(Y, X.shape[0])
         plan = plan_fit(self._rng, X, Y, sample="sample", epochs=epochs, lr=lr,
                         batch_size=batch_size, optimizer=optimizer, clip_norm=None,
-                        shuffle=shuffle, seed=seed, callback=callback, verbose=verbose)
+                        shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,
+                        warm_start=warm_start)
         return train_model(
-            self, plan, lambda: self._network.trainer(X, Y, plan.batch_size, plan.optimizer,
-                                                      plan.lr), callback)
+            self, plan, lambda state: self._network.trainer(X, Y, plan.batch_size, state,
+                                                            plan.lr), callback)
+
+    def partial_fit(self, X: ArrayLike, Y: ArrayLike, *, lr: float,
+                    batch_size: int | None = None, optimizer: str = "sgd",
+                    shuffle: bool = True, seed: int | np.random.Generator | None = None,
+                    ) -> LGM:
+        """Train one epoch on (X, Y), going on with the optimizer state.
+
+        ``fit(X, Y, epochs=1, warm_start=True, ...)``: one pass over the
+        data; the optimizer's moments and step count go on from those the
+        model kept from its last training (when made by the same optimizer;
+        see :meth:`reset_optimizer`). From a new model (or after
+        ``reset_optimizer()``), N calls on the same data give exactly the
+        bits of one ``fit(epochs=N)`` with the same arguments (with
+        ``shuffle`` the orders come from the model's generator either way).
+        For data that arrives in pieces, or a loop that does something
+        between epochs.
+
+        Parameters
+        ----------
+        X, Y, lr, batch_size, optimizer, shuffle, seed
+            As for :meth:`fit`. A seed seeds this call's shuffling only:
+            the same seed at every call visits the samples in the same order.
+
+        Returns
+        -------
+        self : LGM
+            As scikit-learn's ``partial_fit`` does; the epoch's loss is
+            ``history_[0]`` (``history_`` is empty when the epoch diverged).
+
+        Raises
+        ------
+        As :meth:`fit`.
+
+        Warns
+        -----
+        DivergenceWarning
+            As :meth:`fit`: the model keeps the parameters it had and the
+            optimizer state the epoch started from.
+        """
+        self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                 shuffle=shuffle, seed=seed, warm_start=True)
+        return self
 
     # -- persistence -------------------------------------------------------------
     @classmethod

@@ -61,11 +61,13 @@ def _valid_steps(lengths, n_steps):
 class _CompiledRecurrent:
     """Forward/gradients/training of the STM with lgmstm._stm."""
 
-    def __init__(self, params, sizes, output_tanh, return_sequences):
+    def __init__(self, params, sizes, output_tanh, return_sequences, lock):
         self.params = params
         self.sizes = np.asarray(sizes, dtype=np.intp)
         self.return_sequences = return_sequences
-        self.program = _stm.Network(params, self.sizes, output_tanh, return_sequences)
+        self.program = _stm.Network(params, self.sizes, output_tanh, return_sequences, lock)
+        # step's fast path: (outputs, new state), or None for the checked path.
+        self.step_ready = self.program.step_ready
         self.workspace = TrainingWorkspace()
 
     def _work(self, n_samples, n_steps):
@@ -116,11 +118,15 @@ class _CompiledRecurrent:
 class _ReferenceRecurrent:
     """The same model in plain NumPy (lgmstm.reference)."""
 
-    def __init__(self, params, sizes, output_tanh, return_sequences):
+    def __init__(self, params, sizes, output_tanh, return_sequences, lock):
         self.params = params
         self.n_hidden, self.n_out = sizes[1], sizes[2]
         self.output_tanh = output_tanh
         self.return_sequences = return_sequences
+
+    @staticmethod
+    def step_ready(x, state):
+        return None  # no fast path: every step is checked
 
     def _forward(self, X, h0, lengths):
         input_weight, recurrent_weight, bias, readout_weight, readout_bias = self.params
@@ -272,7 +278,7 @@ class STM(Model):
         A copy of the working memory (kept by :meth:`step`, and by stateful
         models); None when empty.
     history_ : ndarray of shape (n_epochs,)
-        Per-epoch losses of the last :meth:`fit`.
+        Per-epoch losses of the last :meth:`fit` (one for :meth:`partial_fit`).
     """
 
     kind = "STM"
@@ -328,6 +334,18 @@ class STM(Model):
 
     def _memory(self) -> dict[str, Any]:
         return {"state": None if self._state is None else self._state.copy()}
+
+    def _recall(self, memory: dict[str, NDArray[Any]], path: str) -> None:
+        if "state" not in memory:
+            return
+        state = memory.pop("state")
+        if state.ndim != 2 or state.shape[1] != self.n_hidden or state.dtype != self.dtype:
+            raise ValueError(f"{path}: memory.state must have shape (n_streams, "
+                             f"{self.n_hidden}) and dtype {self.dtype}, got shape "
+                             f"{state.shape} and dtype {state.dtype}")
+        if not np.isfinite(state).all():
+            raise ValueError(f"{path}: memory.state must be finite")
+        self._state = np.ascontiguousarray(state)
 
     def __setstate__(self, pickled: dict[str, Any]) -> None:
         super().__setstate__(pickled)
@@ -537,6 +555,10 @@ class STM(Model):
             x has the wrong shape, or its n_streams differs from that of the
             held state (call reset_state() to start new streams).
         """
+        ready = self._network.step_ready(x, self._state)  # x as the kernels take it
+        if ready is not None:
+            outputs, self._state = ready
+            return outputs
         x = self._features("x", x, 2, "(n_streams, n_in)")
         n_streams = x.shape[0]
         X = np.ascontiguousarray(x, dtype=self.dtype).reshape(n_streams, 1, self.n_in)
@@ -618,7 +640,8 @@ class STM(Model):
             clip_norm: float | None = None, shuffle: bool = True,
             seed: int | np.random.Generator | None = None,
             callback: Callable[[int, float], bool | None] | None = None,
-            verbose: bool = False, lengths: ArrayLike | None = None) -> NDArray[np.float64]:
+            verbose: bool = False, lengths: ArrayLike | None = None,
+            warm_start: bool = False) -> NDArray[np.float64]:
         """Train by backpropagation through time on the mean squared error.
 
         Parameters
@@ -633,7 +656,8 @@ class STM(Model):
             Sequences per update; None (or anything >= n_samples) is one
             update per epoch on the whole batch.
         optimizer : {"sgd", "momentum", "adam"}, default "sgd"
-            As for :meth:`lgmstm.LGM.fit`; the moments start from zero each call.
+            As for :meth:`lgmstm.LGM.fit`; the moments and step count start
+            from zero unless ``warm_start``.
         clip_norm : float > 0 or None, default None
             When the global norm of the gradient (all parameters together)
             exceeds clip_norm, scale the gradient down to that norm before
@@ -650,6 +674,10 @@ class STM(Model):
             Print epoch, loss and epochs/s to stderr about once a second.
         lengths : array-like of int, shape (n_samples,), optional
             Steps each sequence runs, in [0, n_steps]; None means all n_steps.
+        warm_start : bool, default False
+            Go on with the optimizer state the model kept from its last
+            training, as :meth:`partial_fit` does (see
+            :meth:`reset_optimizer` for the rules); by default start it afresh.
 
         Returns
         -------
@@ -684,7 +712,8 @@ class STM(Model):
         Y = self._targets(Y, X, lengths)
         plan = plan_fit(self._rng, X, Y, sample="sequence", epochs=epochs, lr=lr,
                         batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
-                        shuffle=shuffle, seed=seed, callback=callback, verbose=verbose)
+                        shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,
+                        warm_start=warm_start)
 
         def keep_final_states(trainer: CompiledTrainer | _ReferenceTrainer) -> None:
             if self.stateful and len(self.history_):
@@ -692,10 +721,36 @@ class STM(Model):
 
         return train_model(
             self, plan,
-            lambda: self._network.trainer(X, Y, lengths, self._initial_state(X.shape[0]),
-                                          plan.batch_size, plan.optimizer, plan.lr,
-                                          plan.clip_norm),
+            lambda state: self._network.trainer(X, Y, lengths, self._initial_state(X.shape[0]),
+                                                plan.batch_size, state, plan.lr,
+                                                plan.clip_norm),
             callback, finish=keep_final_states)
+
+    def partial_fit(self, X: ArrayLike, Y: ArrayLike, *, lr: float,
+                    batch_size: int | None = None, optimizer: str = "sgd",
+                    clip_norm: float | None = None, shuffle: bool = True,
+                    seed: int | np.random.Generator | None = None,
+                    lengths: ArrayLike | None = None) -> STM:
+        """Train one epoch on (X, Y), going on with the optimizer state.
+
+        ``fit(X, Y, epochs=1, warm_start=True, ...)``: one pass over the
+        sequences; the optimizer's moments and step count go on from those
+        the model kept from its last training (see :meth:`reset_optimizer`).
+        From a new model, N calls on the same data give exactly the bits of
+        one ``fit(epochs=N)``, except for a stateful model: there each call
+        starts from the working memory the previous one left (as N calls of
+        ``fit(epochs=1)`` do), where one fit starts every epoch from the
+        same :attr:`state`.
+
+        Takes the arguments of :meth:`fit` but epochs, callback, verbose
+        and warm_start, and returns self, raises and warns as
+        :meth:`lgmstm.LGM.partial_fit` does (a diverged epoch leaves the
+        working memory too).
+        """
+        self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                 clip_norm=clip_norm, shuffle=shuffle, seed=seed, lengths=lengths,
+                 warm_start=True)
+        return self
 
     # -- persistence -------------------------------------------------------------
     @classmethod

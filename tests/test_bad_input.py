@@ -362,6 +362,7 @@ METHODS = {  # method -> how it is called on (model, X, Y)
     "loss": lambda m, X, Y: m.loss(X, Y),
     "gradients": lambda m, X, Y: m.gradients(X, Y),
     "fit": lambda m, X, Y: m.fit(X, Y, epochs=1, lr=0.1),
+    "partial_fit": lambda m, X, Y: m.partial_fit(X, Y, lr=0.1),
 }
 
 
@@ -440,6 +441,8 @@ FIT_HYPER = [
     ("seed", -1, None), ("seed", "1", None), ("seed", 1.5, None),
     ("callback", 1, None), ("callback", "print", None),
     ("shuffle", np.array([1, 2]), None), ("verbose", np.array([1, 2]), None),
+    ("warm_start", "yes", None), ("warm_start", None, None), ("warm_start", 1, None),
+    ("warm_start", np.array([True]), None),
 ]
 
 
@@ -652,3 +655,39 @@ def test_set_num_threads_refuses(value, error):
         assert lgmstm.get_num_threads() == saved
     finally:
         lgmstm.set_num_threads(saved)
+
+
+# -- partial_fit and warm_start --------------------------------------------------------
+
+PARTIAL_FIT_ARGUMENTS = ("lr", "batch_size", "optimizer", "shuffle", "seed", "clip_norm")
+
+
+def _partial_fit_cases():
+    for case in _fit_cases():
+        model, keywords, name = case.values
+        if set(keywords) <= set(PARTIAL_FIT_ARGUMENTS):
+            yield pytest.param(model, keywords, name, id=case.id, marks=case.marks)
+
+
+def _refusal(call):
+    with pytest.raises(REFUSED) as info:
+        call()
+    return info.type, str(info.value)
+
+
+@pytest.mark.parametrize("model, keywords, name", list(_partial_fit_cases()))
+def test_partial_fit_refuses_what_fit_refuses(model, keywords, name):
+    # The same error, message and all, and nothing changes: not the optimizer state either.
+    X, Y = model_data(model, DIMS["n"])
+    arguments = dict({"lr": 0.1, "batch_size": 2}, **keywords)
+    for backend in MODEL_BACKENDS:
+        instance = model.make(seed=0, backend=backend)
+        instance.partial_fit(X, Y, lr=0.1, optimizer="momentum")
+        before, state = _snapshot(instance), instance.__getstate__()["optimizer"]
+        expected = _refusal(lambda: instance.fit(X, Y, epochs=1, **arguments))
+        assert _refusal(lambda: instance.partial_fit(X, Y, **arguments)) == expected
+        assert name in expected[1]
+        _assert_unchanged(instance, before)
+        after = instance.__getstate__()["optimizer"]
+        assert after["step"] == state["step"] == 1
+        np.testing.assert_array_equal(after["moments"][0][0], state["moments"][0][0])

@@ -510,7 +510,7 @@ def changed(arrays, **changes):
 
 
 SPOILED = {
-    "format_version 2": dict(format_version=np.int64(2)),
+    "format_version 3": dict(format_version=np.int64(3)),
     "format_version 1.0": dict(format_version=np.float64(1.0)),
     "format_version '1'": dict(format_version=np.asarray("1")),
     "format_version [1]": dict(format_version=np.array([1])),

@@ -285,7 +285,7 @@ def _lgm_arrays(**changes):
 
 
 CRAFTED = {
-    "format_version-2": _lgm_arrays(format_version=np.asarray(2)),
+    "format_version-3": _lgm_arrays(format_version=np.asarray(3)),
     "format_version-0": _lgm_arrays(format_version=np.asarray(0)),
     "format_version-float": _lgm_arrays(format_version=np.asarray(1.0)),
     "format_version-str": _lgm_arrays(format_version=np.asarray("1")),

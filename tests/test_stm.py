@@ -219,13 +219,15 @@ def test_save_and_load(tmp_path, return_sequences):
     model.fit(X, model.predict(X) * 0.5, epochs=2, lr=0.1)
     path = tmp_path / "stm.npz"
     model.save(path)
+    saved_state = model.state
     for backend in ("cython", "numpy"):
         loaded = lgmstm.load(path, backend=backend)
         assert isinstance(loaded, STM) and repr(loaded) == repr(model).replace(
             "'cython'", repr(backend))
-        assert loaded.state is None
+        np.testing.assert_array_equal(loaded.state, saved_state, strict=True)
         for name, value in model.params.items():
             np.testing.assert_array_equal(loaded.params[name], value)
+        loaded.reset_state()
         model.reset_state()
         np.testing.assert_allclose(loaded.predict(X, lengths=lengths),
                                    model.predict(X, lengths=lengths), rtol=1e-5, atol=1e-6)

@@ -30,12 +30,12 @@ from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
                             group_panels, padded_width, panel_calloc, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport BLOCK_ELEMS, n_tasks, threads_for
+from lgmstm._parallel cimport BLAS_THREADING_WORK, BLOCK_ELEMS, n_tasks, threads_for
 from lgmstm._rnn cimport rnn_backward_pass, rnn_forward_pass, rnn_scratch_size
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, Parameters, PointerTable, TrainingPlan,
-                            TrainingRun, plan_of, data_or_null, parameters_of, run_epochs)
+                            TrainingRun, UseLock, kernel_threads, plan_of, data_or_null, parameters_of, run_epochs)
 
 cnp.import_array()
 
@@ -68,15 +68,25 @@ cdef class Network:
     them; built once per model.
 
     params: [Wx, Wh, b, W_out, b_out] (see the enum above), C-contiguous,
-    one dtype; sizes: intp array [n_in, n_hidden, n_out].
+    one dtype; sizes: intp array [n_in, n_hidden, n_out]; lock: the
+    model's UseLock.
     """
     cdef readonly PointerTable params
     cdef readonly object layer_sizes
     cdef readonly bint output_tanh, return_sequences
+    cdef UseLock lock
     cdef const Py_ssize_t *sizes
     cdef Py_ssize_t counts[N_PARAMS]
+    cdef int type_num
+    # step_ready's scratch for its latest number of streams (states, the
+    # time loop's scratch, the sample order, the lengths: all ones), and
+    # whether a step is using it (a second thread's step allocates its own).
+    cdef list step_scratch
+    cdef Py_ssize_t step_streams
+    cdef bint stepping
 
-    def __cinit__(self, list params, sizes, bint output_tanh, bint return_sequences):
+    def __cinit__(self, list params, sizes, bint output_tanh, bint return_sequences,
+                  UseLock lock):
         cdef const Py_ssize_t[::1] size_view = sizes
         if len(params) != N_PARAMS:
             raise ValueError(f"expected {N_PARAMS} parameters, got {len(params)}")
@@ -84,7 +94,98 @@ cdef class Network:
         self.layer_sizes = sizes
         self.sizes = &size_view[0]
         self.output_tanh, self.return_sequences = output_tanh, return_sequences
+        self.lock = lock
+        self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])
         param_counts(self.sizes, self.counts)
+        self.step_streams = -1
+
+    cdef list _step_scratch(self, Py_ssize_t n_streams):
+        cdef cnp.npy_intp dims[3]
+        cdef list scratch
+        if self.stepping or n_streams != self.step_streams:
+            dims[0], dims[1], dims[2] = n_streams, 1, self.sizes[1]
+            scratch = [cnp.PyArray_EMPTY(3, dims, self.type_num, 0)]
+            dims[0] = rnn_scratch_size(n_streams, self.sizes[0], self.sizes[1], False)
+            scratch.append(cnp.PyArray_EMPTY(1, dims, self.type_num, 0))
+            dims[0] = n_streams
+            scratch.append(cnp.PyArray_EMPTY(1, dims, cnp.NPY_INTP, 0))
+            scratch.append(np.ones(n_streams, np.intp))
+            if self.stepping:
+                return scratch
+            self.step_scratch, self.step_streams = scratch, n_streams
+        return self.step_scratch
+
+    def step_ready(self, x, state):
+        """(outputs, new state) of one step, or None when the caller must take
+        its checked path.
+
+        The fast path of STM.step: x must already be an ndarray of the
+        parameters' dtype, of shape (n_streams >= 1, n_in), C-contiguous and
+        aligned, and state None (zeros) or the held state (n_streams,
+        n_hidden) of that dtype; the call small enough that BLAS never
+        threads; and no other thread training the model. The same passes as
+        predict over one step, so the same bits.
+        """
+        cdef cnp.ndarray array
+        cdef cnp.npy_intp dims[2]
+        cdef void *buffers[N_BUFFERS]
+        cdef Py_ssize_t n_streams, n_in = self.sizes[0], n_hidden = self.sizes[1]
+        cdef Py_ssize_t n_out = self.sizes[2]
+        cdef const void *h0 = NULL
+        cdef const Py_ssize_t *lengths
+        cdef object outputs, final_states
+        cdef list scratch = None
+        cdef int n_threads, buffer
+        if type(x) is not np.ndarray:
+            return None
+        array = <cnp.ndarray> x
+        if (cnp.PyArray_NDIM(array) != 2 or cnp.PyArray_TYPE(array) != self.type_num
+                or not cnp.PyArray_ISCARRAY_RO(array) or cnp.PyArray_DIMS(array)[1] != n_in):
+            return None
+        n_streams = cnp.PyArray_DIMS(array)[0]
+        if (n_streams == 0 or n_streams * n_hidden * max(n_in, n_hidden, n_out)
+                >= BLAS_THREADING_WORK):
+            return None
+        if state is not None:
+            if (type(state) is not np.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> state) != 2
+                    or cnp.PyArray_TYPE(<cnp.ndarray> state) != self.type_num
+                    or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray> state)
+                    or cnp.PyArray_DIMS(<cnp.ndarray> state)[0] != n_streams
+                    or cnp.PyArray_DIMS(<cnp.ndarray> state)[1] != n_hidden):
+                return None
+            h0 = cnp.PyArray_DATA(<cnp.ndarray> state)
+        if not self.lock.try_read():
+            return None
+        try:
+            scratch = self._step_scratch(n_streams)
+            dims[0], dims[1] = n_streams, n_out
+            outputs = cnp.PyArray_EMPTY(2, dims, self.type_num, 0)
+            dims[1] = n_hidden
+            final_states = cnp.PyArray_EMPTY(2, dims, self.type_num, 0)
+            for buffer in range(N_BUFFERS):
+                buffers[buffer] = NULL   # predict reads only the ones set below
+            buffers[STATES] = cnp.PyArray_DATA(<cnp.ndarray> scratch[0])
+            buffers[SCRATCH] = cnp.PyArray_DATA(<cnp.ndarray> scratch[1])
+            buffers[ORDER] = cnp.PyArray_DATA(<cnp.ndarray> scratch[2])
+            buffers[FINAL_STATES] = cnp.PyArray_DATA(<cnp.ndarray> final_states)
+            buffers[OUTPUTS] = cnp.PyArray_DATA(<cnp.ndarray> outputs)
+            lengths = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> scratch[3])
+            n_threads = kernel_threads()
+            self.stepping = scratch is self.step_scratch
+            with nogil:
+                if self.type_num == cnp.NPY_DOUBLE:
+                    stm_forward(<double *> cnp.PyArray_DATA(array), <const double *> h0,
+                                lengths, n_streams, 1, self.params.data, self.sizes,
+                                self.output_tanh, self.return_sequences, buffers, n_threads)
+                else:
+                    stm_forward(<float *> cnp.PyArray_DATA(array), <const float *> h0,
+                                lengths, n_streams, 1, self.params.data, self.sizes,
+                                self.output_tanh, self.return_sequences, buffers, n_threads)
+        finally:
+            if scratch is not None and scratch is self.step_scratch:
+                self.stepping = False
+            self.lock.end_read()
+        return outputs, final_states
 
     def predict(self, const floating[:, :, ::1] X, object h0,
                 const Py_ssize_t[::1] lengths, list buffers, int n_threads):
