@@ -1,11 +1,14 @@
 """python -m lgmstm end to end, in a subprocess, as a user would run it."""
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import lgmstm
+from lgmstm import benchmarks
+from lgmstm.__main__ import format_door_table
 
 BENCH_SUITE = Path(__file__).resolve().parent.parent / "bench"
 
@@ -35,14 +38,19 @@ def test_demo_quick(lgmstm_cli, tmp_path):
     assert "LGM: epoch 30/30" in result.stderr  # progress while it trains
 
 
-@pytest.fixture(scope="module")
-def quick_bench(lgmstm_cli, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bench")
+def _bench(lgmstm_cli, folder, *args):
+    """Run ``python -m lgmstm bench --quick *args --json`` in folder, which must
+    succeed: (the finished process, the JSON report)."""
     report = folder / "bench.json"
-    result = lgmstm_cli("bench", "--quick", "--dtype", "float64", "--threads", "2",
-                        "--json", str(report), cwd=folder)
+    result = lgmstm_cli("bench", "--quick", *args, "--json", str(report), cwd=folder)
     assert result.returncode == 0, result.stderr
     return result, json.loads(report.read_text())
+
+
+@pytest.fixture(scope="module")
+def quick_bench(lgmstm_cli, tmp_path_factory):
+    return _bench(lgmstm_cli, tmp_path_factory.mktemp("bench"), "--dtype", "float64",
+                  "--threads", "2")
 
 
 def test_bench_quick_json(quick_bench):
@@ -64,6 +72,8 @@ def test_bench_quick_json(quick_bench):
     assert [fit["epochs"] for fit in report["memory"]["fits"]] == [20, 500]
     assert report["memory"]["ok"] is True
     assert report["config"]["lgmstm"] == lgmstm.__version__
+    # --quick runs every door row too (checked in detail below)
+    assert {row["row"] for row in report["door"]} == DOOR_ROW_NAMES
 
 
 def test_bench_quick_table(quick_bench):
@@ -77,24 +87,154 @@ def test_bench_quick_table(quick_bench):
 
 
 def test_bench_only_runs_the_selection(lgmstm_cli, tmp_path):
-    report = tmp_path / "only.json"
-    result = lgmstm_cli("bench", "--quick", "--dtype", "float32", "--threads", "1",
-                        "--only", "stm_step:seed", "--only", "dense_forward",
-                        "--json", str(report), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    rows = json.loads(report.read_text())["rows"]
+    _, report = _bench(lgmstm_cli, tmp_path, "--dtype", "float32", "--threads", "1",
+                       "--only", "stm_step:seed", "--only", "dense_forward")
+    rows = report["rows"]
     assert {(row["case"], row["size"], row["dtype"]) for row in rows} == {
         ("stm_step", "seed", "float32"), ("dense_forward", "seed", "float32")}
+
+
+def test_bench_only_one_door_row(lgmstm_cli, tmp_path):
+    _, report = _bench(lgmstm_cli, tmp_path, "--dtype", "float64", "--threads", "1",
+                       "--only", "door:lgm_predict_1")
+    assert report["rows"] == []
+    assert [(row["row"], row["threads"]) for row in report["door"]] == [("lgm_predict_1", 1)]
+    assert {m["case"] for m in report["measurements"]} == {"door"}
+
+
+def test_bench_door_runs_in_float64_only(lgmstm_cli, tmp_path):
+    _, report = _bench(lgmstm_cli, tmp_path, "--dtype", "float32", "--threads", "1",
+                       "--only", "door:lgm_predict_1")
+    assert report["door"] == [] and report["measurements"] == []
+    assert "door: skipped, it runs in float64 only" in report["notes"]
 
 
 @pytest.mark.parametrize("selection, message", [
     ("no_such_case", "the cases are dense_forward"),
     ("stm_step:huge", "its sizes are seed, small, odd, medium, large"),
+    ("door:no_such_row", "door has no row 'no_such_row'; its rows are lgm_predict_1, "),
 ])
 def test_bench_only_refuses_unknown_names(lgmstm_cli, tmp_path, selection, message):
     result = lgmstm_cli("bench", "--only", selection, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and selection.split(":")[-1] in result.stderr
+
+
+# The door's rows and the targets of issue 12 that they carry: (seconds,
+# factor, versus, slack): lgmstm's call takes at most `seconds` and at most
+# `factor` x the `versus` peer's time + `slack`.
+DOOR_TARGETS = {
+    "lgm_predict_1": (2e-6, 0.6, "numpy", 0.0),
+    "lgm_predict_100": None,
+    "lgm_fit_1": (8e-6, None, "steady", 0.0),
+    "lgm_fit_steady": None,
+    "stm_predict_1": None,
+    "stm_fit_1": (None, 1.25, "steady", 5e-6),
+    "stm_fit_steady": None,
+    "stm_step_1": (2e-6, None, "numpy", 0.0),
+    "stm_step_64": (4e-6, None, "numpy", 0.0),
+    "lgm_partial_fit": (8e-6, None, "steady", 0.0),
+    "stm_partial_fit": (None, 1.25, "steady", 5e-6),
+    "sk_partial_fit": (None, 1 / 8, "sklearn", 0.0),
+    "sk_predict_1": (None, 1 / 4, "sklearn", 0.0),
+}
+DOOR_ROW_NAMES = set(DOOR_TARGETS)
+
+
+@pytest.fixture(scope="module")
+def door_bench(lgmstm_cli, tmp_path_factory):
+    return _bench(lgmstm_cli, tmp_path_factory.mktemp("door"), "--only", "door",
+                  "--threads", "2")
+
+
+def test_bench_door_json(door_bench):
+    """Structure only: which targets are met depends on the machine."""
+    _, report = door_bench
+    assert report["rows"] == [] and {m["case"] for m in report["measurements"]} == {"door"}
+    rows = report["door"]
+    assert [row["row"] for row in rows] == sorted(
+        (row["row"] for row in rows), key=list(DOOR_TARGETS).index)  # the rows' order
+    assert {row["row"] for row in rows} == DOOR_ROW_NAMES
+    for row in rows:
+        assert row["call"]
+        target = DOOR_TARGETS[row["row"]]
+        if target is None:
+            assert row["target"] is None
+        else:
+            seconds, factor, versus, slack = target
+            assert row["versus"] == versus
+            assert row["target"]["text"]
+            assert (row["target"]["seconds"], row["target"]["factor"],
+                    row["target"]["slack"]) == pytest.approx((seconds, factor, slack))
+    for name in DOOR_ROW_NAMES:
+        ran = [row for row in rows if row["row"] == name]
+        if ran[0]["skipped"]:  # an API this lgmstm lacks
+            assert len(ran) == 1 and ran[0]["threads"] is None and ran[0]["met"] is None
+            assert isinstance(ran[0]["skipped"], str)
+            continue
+        assert [row["threads"] for row in ran] == [1, 2]
+        for row in ran:
+            assert row["skipped"] is None
+            times = row["seconds"]
+            ours = times["lgmstm"]
+            assert ours > 0 and all(t > 0 for t in times.values())
+            assert set(times) <= set(benchmarks.DOOR_PEERS)
+            if row["versus"] in times:
+                assert row["ratio"] == pytest.approx(ours / times[row["versus"]])
+            if row["target"] is None:
+                assert row["met"] is None
+                continue
+            assert isinstance(row["met"], bool)
+            bound = row["target"]
+            assert row["met"] == (
+                (bound["seconds"] is None or ours <= bound["seconds"])
+                and (bound["factor"] is None
+                     or ours <= bound["factor"] * times[row["versus"]] + bound["slack"]))
+    steady = {row["row"] for row in rows if "steady" in row["seconds"]}
+    assert steady <= {"lgm_fit_1", "lgm_partial_fit", "stm_fit_1", "stm_partial_fit"}
+
+
+def test_bench_door_table(door_bench):
+    result, report = door_bench
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("row "))
+    assert header.split() == ["row", "threads", *benchmarks.DOOR_PEERS, "lgmstm/peer",
+                              "target", "met", "call"]
+    assert not any(line.startswith("case ") for line in lines)  # no other case ran
+    body = lines[lines.index(header) + 1:]
+    for row in report["door"]:
+        line = next(line for line in body if line.split()[:2] == [
+            row["row"], "-" if row["threads"] is None else str(row["threads"])])
+        if row["skipped"]:
+            assert f"skipped: {row['skipped']}" in line
+        else:
+            verdict = {True: " met ", False: " MISSED ", None: " - "}[row["met"]]
+            assert verdict in line and row["call"] in line
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"needs": ("STM.no_such_call",)}, "STM has no no_such_call"),
+    ({"needs": ("sklearn.LGMRegressor.no_such_call",)},
+     "sklearn.LGMRegressor has no no_such_call"),
+    ({"module": "no_such_package"}, "no_such_package is not installed"),
+])
+def test_door_skips_a_row_it_cannot_call(monkeypatch, change, reason):
+    """A row whose lgmstm API is missing (before it lands) is planned as a
+    note and reported as skipped, with its reason."""
+    if "sklearn" in str(change):
+        pytest.importorskip("sklearn")
+    row = replace(benchmarks.DOOR_ROWS[0], **change)
+    door = replace(benchmarks.DOOR, sizes=(row,))
+    monkeypatch.setattr(benchmarks, "CASES", (door,))
+    monkeypatch.setattr(benchmarks, "DOOR", door)
+    monkeypatch.setattr(benchmarks, "DOOR_ROWS", (row,))
+    items, notes = benchmarks.plan(quick=True, dtypes=("float64",), threads=1)
+    assert items == []
+    assert f"door {row.name}: skipped, {reason}" in notes
+    [skipped] = benchmarks.door_summary([])
+    assert skipped["skipped"] == reason and skipped["met"] is None
+    assert skipped["target"]["seconds"] == 2e-6  # still carried
+    assert f"skipped: {reason}" in format_door_table([skipped])
 
 
 def test_bench_plot(quick_bench, tmp_path):
