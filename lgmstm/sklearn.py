@@ -2,9 +2,10 @@
 
 :class:`LGMRegressor` and :class:`LGMClassifier` follow scikit-learn's
 estimator conventions (``get_params``/``set_params``, ``fit``/``predict``,
-``score``, ``n_features_in_``, pickling), so they work in
-:class:`~sklearn.pipeline.Pipeline`, :class:`~sklearn.model_selection.GridSearchCV`
-and the rest of scikit-learn. They need scikit-learn >= 1.6, installed with
+``partial_fit`` and ``warm_start``, ``score``, ``n_features_in_``, pickling),
+so they work in :class:`~sklearn.pipeline.Pipeline`,
+:class:`~sklearn.model_selection.GridSearchCV` and the rest of scikit-learn.
+They need scikit-learn >= 1.6, installed with
 ``pip install "lgmstm[sklearn]"``.
 
 Inputs are not scaled: put a :class:`~sklearn.preprocessing.StandardScaler`
@@ -22,7 +23,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.utils import Tags, check_random_state
-    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.multiclass import check_classification_targets, unique_labels
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as exc:  # not installed, or older than 1.6
     raise ImportError(
@@ -63,6 +64,7 @@ class _LGMEstimator(BaseEstimator):
     random_state: int | np.random.RandomState | None
     backend: str
     verbose: bool
+    warm_start: bool
     lgm_: LGM
     loss_curve_: NDArray[np.float64]
     n_iter_: int
@@ -76,35 +78,57 @@ class _LGMEstimator(BaseEstimator):
             if name != "self":
                 setattr(self, name, value)
 
-    def _start_fit(self) -> np.dtype[Any]:
-        """Forget the last fit, so that a fit that fails leaves the estimator
-        unfitted; the checked dtype."""
+    def _start_fit(self, keep: bool) -> np.dtype[Any]:
+        """The dtype of this fit: the network's when it goes on with ``lgm_``
+        (keep: a warm start or partial_fit, on a fitted estimator), else the
+        checked ``dtype``, after forgetting the last fit, so that a fit that
+        fails leaves the estimator unfitted."""
+        if keep:
+            return self.lgm_.dtype
         if hasattr(self, "lgm_"):
             del self.lgm_
         return check_float_dtype(self.dtype, error=ValueError)
+
+    def _goes_on(self, warm: bool) -> bool:
+        """Whether this fit continues ``lgm_``: warm (warm_start, partial_fit)
+        and fitted; the check of the warm_start hyper-parameter."""
+        if not isinstance(warm, (bool, np.bool_)):
+            raise ValueError(f"warm_start must be a bool, got {warm!r}")
+        return bool(warm) and self.__sklearn_is_fitted__()
 
     def __sklearn_is_fitted__(self) -> bool:
         # Fitted when fit trained a network; a fit that failed after
         # validate_data set n_features_in_ does not count.
         return hasattr(self, "lgm_")
 
-    def _fit_network(self, X: NDArray[Any], Y: NDArray[Any], output: str) -> None:
-        """Build ``lgm_`` for X (n_samples, n_features) and train it on Y (n_samples, n_out)."""
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        sizes = [X.shape[1], *_hidden_sizes(self.hidden_layer_sizes), Y.shape[1]]
-        network = LGM(sizes, output=output, dtype=X.dtype, seed=seed, backend=self.backend)
+    def _fit_network(self, X: NDArray[Any], Y: NDArray[Any], output: str, keep: bool,
+                     epochs: int) -> None:
+        """Train ``lgm_`` for epochs on X (n_samples, n_features) and Y
+        (n_samples, n_out): the one there with its optimizer state when keep
+        (loss_curve_ and n_iter_ go on), else a new one."""
+        if keep:
+            network = self.lgm_
+        else:
+            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+            sizes = [X.shape[1], *_hidden_sizes(self.hidden_layer_sizes), Y.shape[1]]
+            network = LGM(sizes, output=output, dtype=X.dtype, seed=seed, backend=self.backend)
         try:
-            network.fit(X, Y, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                        optimizer=self.optimizer, shuffle=self.shuffle, verbose=self.verbose)
+            network.fit(X, Y, epochs=epochs, lr=self.lr, batch_size=self.batch_size,
+                        optimizer=self.optimizer, shuffle=self.shuffle, verbose=self.verbose,
+                        warm_start=keep)
         except TrainingInterrupted:
-            self._keep(network)  # the epochs finished before Ctrl-C, as LGM keeps them
+            self._keep(network, keep)  # the epochs finished before Ctrl-C, as LGM keeps them
             raise
-        self._keep(network)
+        self._keep(network, keep)
 
-    def _keep(self, network: LGM) -> None:
+    def _keep(self, network: LGM, keep: bool) -> None:
+        if keep:
+            self.loss_curve_ = np.concatenate([self.loss_curve_, network.history_])
+            self.n_iter_ += len(network.history_)
+        else:
+            self.loss_curve_ = network.history_
+            self.n_iter_ = len(network.history_)
         self.lgm_ = network
-        self.loss_curve_ = network.history_
-        self.n_iter_ = len(network.history_)
 
     def _network_outputs(self, X: ArrayLike) -> NDArray[Any]:
         check_is_fitted(self)
@@ -159,6 +183,12 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         "cython" runs the compiled kernels, "numpy" the NumPy reference.
     verbose : bool, default False
         Print epoch, loss and epochs/s to stderr during ``fit``.
+    warm_start : bool, default False
+        When fitted, ``fit`` trains the network it has for ``epochs`` more,
+        going on with its optimizer state, target scaling, ``loss_curve_``
+        and ``n_iter_``, instead of a new network (as scikit-learn's
+        ``MLPRegressor`` does); X must have the same features, y the same
+        outputs.
 
     Attributes
     ----------
@@ -167,15 +197,19 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         ``[n_features_in_, *hidden_layer_sizes, n_outputs_]``.
     loss_curve_ : ndarray of shape (n_iter_,), float64
         Mean squared error of each epoch, in standardised target units when
-        ``standardize_y``.
+        ``standardize_y``; of every epoch since the network was made, with
+        ``warm_start`` and :meth:`partial_fit`.
     n_iter_ : int
         Epochs run: ``epochs``, or fewer if training diverged (a
         :class:`lgmstm.DivergenceWarning` says so; the network keeps the
-        last finite parameters).
+        last finite parameters); with ``warm_start`` and :meth:`partial_fit`,
+        since the network was made.
     n_outputs_ : int
         Number of outputs of the target.
     y_mean_ : ndarray of shape (n_outputs_,), float64
-        Mean of each training output (zeros without ``standardize_y``).
+        Mean of each training output (zeros without ``standardize_y``); from
+        the first call's y, when the network was made (a warm ``fit`` or
+        :meth:`partial_fit` keeps it).
     y_scale_ : ndarray of shape (n_outputs_,), float64
         Standard deviation of each training output, 1 where it is 0 (ones
         without ``standardize_y``).
@@ -213,7 +247,8 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
                  lr: float = 0.001, batch_size: int | None = 32, optimizer: str = "adam",
                  shuffle: bool = True, dtype: DTypeLike = np.float64,
                  random_state: int | np.random.RandomState | None = None,
-                 backend: str = "cython", verbose: bool = False) -> None:
+                 backend: str = "cython", verbose: bool = False,
+                 warm_start: bool = False) -> None:
         self._set_hyper_parameters(locals())
 
     def __sklearn_tags__(self) -> Tags:
@@ -222,7 +257,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         return tags
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> LGMRegressor:
-        """Train a new network on (X, y).
+        """Train a new network on (X, y) (with ``warm_start``, the one there).
 
         Parameters
         ----------
@@ -252,22 +287,61 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         lgmstm.DivergenceWarning
             Training met a non-finite loss (try a smaller ``lr``).
         """
-        dtype = self._start_fit()
+        return self._train(X, y, self._goes_on(self.warm_start), self.epochs)
+
+    def partial_fit(self, X: ArrayLike, y: ArrayLike) -> LGMRegressor:
+        """Train one epoch on (X, y), going on from the last call.
+
+        As scikit-learn's ``MLPRegressor.partial_fit``: the first call on an
+        unfitted estimator makes the network (and, with ``standardize_y``,
+        the target's scaling, from this y); every call, later ones too,
+        trains it one epoch with the estimator's hyper-parameters (``epochs``
+        aside), going on with its optimizer state (see
+        :meth:`lgmstm.LGM.partial_fit`), and adds to ``loss_curve_`` and
+        ``n_iter_``. After ``fit``, it goes on from that fit.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Finite numbers; the features of the first call.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Finite numbers; the outputs of the first call.
+
+        Returns
+        -------
+        self : LGMRegressor
+
+        Raises
+        ------
+        ValueError
+            As :meth:`fit`, and X or y does not match what the network was
+            made for.
+        """
+        return self._train(X, y, self.__sklearn_is_fitted__(), 1)
+
+    def _train(self, X: ArrayLike, y: ArrayLike, keep: bool, epochs: int) -> LGMRegressor:
+        """fit and partial_fit: keep goes on with the fitted network."""
+        dtype = self._start_fit(keep)
         X_valid, y_valid = validate_data(self, X, y, dtype=dtype, multi_output=True,
-                                         y_numeric=True)
+                                         y_numeric=True, reset=not keep)
         Y = np.asarray(y_valid, dtype=np.float64)
-        self._y_1d = Y.ndim == 1
         Y = Y.reshape(len(Y), -1)
-        self.n_outputs_ = Y.shape[1]
-        if self.standardize_y:
-            self.y_mean_ = Y.mean(axis=0)
-            std = Y.std(axis=0)
-            self.y_scale_ = np.where(std > 0, std, 1.0)
+        if keep:
+            if Y.shape[1] != self.n_outputs_:
+                raise ValueError(f"y has {Y.shape[1]} outputs, but this {type(self).__name__}"
+                                 f" was fitted with {self.n_outputs_} outputs")
         else:
-            self.y_mean_ = np.zeros(self.n_outputs_)
-            self.y_scale_ = np.ones(self.n_outputs_)
+            self._y_1d = np.ndim(y_valid) == 1
+            self.n_outputs_ = Y.shape[1]
+            if self.standardize_y:
+                self.y_mean_ = Y.mean(axis=0)
+                std = Y.std(axis=0)
+                self.y_scale_ = np.where(std > 0, std, 1.0)
+            else:
+                self.y_mean_ = np.zeros(self.n_outputs_)
+                self.y_scale_ = np.ones(self.n_outputs_)
         self._fit_network(X_valid, ((Y - self.y_mean_) / self.y_scale_).astype(dtype),
-                          self.output)
+                          self.output, keep, epochs)
         return self
 
     def predict(self, X: ArrayLike) -> NDArray[np.float64]:
@@ -332,19 +406,27 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         "cython" runs the compiled kernels, "numpy" the NumPy reference.
     verbose : bool, default False
         Print epoch, loss and epochs/s to stderr during ``fit``.
+    warm_start : bool, default False
+        When fitted, ``fit`` trains the network it has for ``epochs`` more,
+        going on with its optimizer state, ``loss_curve_`` and ``n_iter_``,
+        instead of a new network (as scikit-learn's ``MLPClassifier``
+        does); y must hold the same classes.
 
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-        The class labels, sorted.
+        The class labels, sorted (those of ``classes`` with :meth:`partial_fit`).
     lgm_ : lgmstm.LGM
         The trained network, of layer sizes
         ``[n_features_in_, *hidden_layer_sizes, n_outputs]`` with
         ``n_outputs = 1`` for up to two classes, else ``n_classes``.
     loss_curve_ : ndarray of shape (n_iter_,), float64
-        Mean squared error of each epoch against the +-1 targets.
+        Mean squared error of each epoch against the +-1 targets; of every
+        epoch since the network was made, with ``warm_start`` and
+        :meth:`partial_fit`.
     n_iter_ : int
-        Epochs run: ``epochs``, or fewer if training diverged.
+        Epochs run: ``epochs``, or fewer if training diverged; with
+        ``warm_start`` and :meth:`partial_fit`, since the network was made.
     n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,), object
@@ -373,11 +455,12 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
                  optimizer: str = "adam", shuffle: bool = True,
                  dtype: DTypeLike = np.float64,
                  random_state: int | np.random.RandomState | None = None,
-                 backend: str = "cython", verbose: bool = False) -> None:
+                 backend: str = "cython", verbose: bool = False,
+                 warm_start: bool = False) -> None:
         self._set_hyper_parameters(locals())
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> LGMClassifier:
-        """Train a new network on (X, y).
+        """Train a new network on (X, y) (with ``warm_start``, the one there).
 
         Parameters
         ----------
@@ -395,7 +478,8 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         ------
         ValueError
             Empty, non-finite or non-numeric X, inconsistent lengths,
-            continuous or multi-output y, or an invalid hyper-parameter value.
+            continuous or multi-output y, an invalid hyper-parameter value,
+            or (``warm_start``, fitted) classes other than ``classes_``.
         TypeError
             A hyper-parameter of the wrong type (e.g. a float ``epochs``).
         lgmstm.TrainingInterrupted
@@ -409,17 +493,80 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         lgmstm.DivergenceWarning
             Training met a non-finite loss (try a smaller ``lr``).
         """
-        dtype = self._start_fit()
-        X_valid, y_valid = validate_data(self, X, y, dtype=dtype)
+        keep = self._goes_on(self.warm_start)
+        dtype = self._start_fit(keep)
+        X_valid, y_valid = validate_data(self, X, y, dtype=dtype, reset=not keep)
         check_classification_targets(y_valid)
-        self.classes_, labels = np.unique(y_valid, return_inverse=True)
+        classes = np.unique(y_valid)
+        if keep and not np.array_equal(classes, self.classes_):
+            raise ValueError(f"warm_start can only be used where y has the same classes as "
+                             f"in the previous call to fit: previously {self.classes_}, "
+                             f"y has {classes}")
+        self.classes_ = classes
+        self._fit_labels(X_valid, y_valid, keep, self.epochs)
+        return self
+
+    def partial_fit(self, X: ArrayLike, y: ArrayLike,
+                    classes: ArrayLike | None = None) -> LGMClassifier:
+        """Train one epoch on (X, y), going on from the last call.
+
+        As scikit-learn's ``MLPClassifier.partial_fit``: the first call on an
+        unfitted estimator needs every class there will be in ``classes``
+        (y may hold only some of them) and makes the network; every call,
+        later ones too, trains it one epoch with the estimator's
+        hyper-parameters (``epochs`` aside), going on with its optimizer
+        state (see :meth:`lgmstm.LGM.partial_fit`), and adds to
+        ``loss_curve_`` and ``n_iter_``. After ``fit``, it goes on from that
+        fit, with its classes.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Finite numbers; the features of the first call.
+        y : array-like of shape (n_samples,)
+            Class labels, each one of ``classes_``.
+        classes : array-like of shape (n_classes,), optional
+            Every class label: needed on the first call; later, when given,
+            it must be the same classes.
+
+        Returns
+        -------
+        self : LGMClassifier
+
+        Raises
+        ------
+        ValueError
+            As :meth:`fit`; classes missing on the first call or different
+            from ``classes_`` later; y holds a label not in ``classes_``; X
+            has other features than the first call's.
+        """
+        keep = self.__sklearn_is_fitted__()
+        if classes is None and not keep:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        labels = None if classes is None else unique_labels(classes)
+        if keep and labels is not None and not np.array_equal(labels, self.classes_):
+            raise ValueError(f"classes={labels} is not the same as on the last call "
+                             f"to partial_fit or fit, was: {self.classes_}")
+        dtype = self._start_fit(keep)
+        X_valid, y_valid = validate_data(self, X, y, dtype=dtype, reset=not keep)
+        check_classification_targets(y_valid)
+        if labels is not None:
+            self.classes_ = labels
+        unknown = np.setdiff1d(y_valid, self.classes_)
+        if unknown.size:
+            raise ValueError(f"y has classes not in classes_ {self.classes_}: {unknown}")
+        self._fit_labels(X_valid, y_valid, keep, 1)
+        return self
+
+    def _fit_labels(self, X: NDArray[Any], y: NDArray[Any], keep: bool, epochs: int) -> None:
+        """Train on the +-1 targets of the labels y, each one of classes_."""
+        labels = np.searchsorted(self.classes_, y)
         if len(self.classes_) <= 2:
             Y = np.where(labels == 1, 1.0, -1.0)[:, None]
         else:
             Y = np.full((len(labels), len(self.classes_)), -1.0)
             Y[np.arange(len(labels)), labels] = 1.0
-        self._fit_network(X_valid, Y.astype(dtype), "tanh")
-        return self
+        self._fit_network(X, Y.astype(X.dtype), "tanh", keep, epochs)
 
     def decision_function(self, X: ArrayLike) -> NDArray[Any]:
         """The network's tanh outputs, in (-1, 1).

@@ -657,7 +657,7 @@ def test_set_num_threads_refuses(value, error):
         lgmstm.set_num_threads(saved)
 
 
-# -- partial_fit and warm_start --------------------------------------------------------
+# -- partial_fit, warm_start and the estimators' partial_fit ---------------------------
 
 PARTIAL_FIT_ARGUMENTS = ("lr", "batch_size", "optimizer", "shuffle", "seed", "clip_norm")
 
@@ -691,3 +691,51 @@ def test_partial_fit_refuses_what_fit_refuses(model, keywords, name):
         after = instance.__getstate__()["optimizer"]
         assert after["step"] == state["step"] == 1
         np.testing.assert_array_equal(after["moments"][0][0], state["moments"][0][0])
+
+
+def _estimator_data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((20, 3)), np.arange(20) % 3
+
+
+def test_classifier_partial_fit_needs_classes_first():
+    sklearn_module = pytest.importorskip("lgmstm.sklearn")
+    X, y = _estimator_data()
+    model = sklearn_module.LGMClassifier()
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        model.partial_fit(X, y)
+    with pytest.raises(ValueError, match="y has classes not in classes_"):
+        model.partial_fit(X, y, classes=[0, 1])
+    model.partial_fit(X, y, classes=[0, 1, 2])
+    with pytest.raises(ValueError, match="is not the same as on the last call"):
+        model.partial_fit(X, y, classes=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match="y has classes not in classes_"):
+        model.partial_fit(X, y + 1)
+    with pytest.raises(ValueError, match="3 features"):
+        model.partial_fit(X[:, :2], y)
+    assert model.n_iter_ == 1
+
+
+def test_warm_start_must_be_a_bool():
+    sklearn_module = pytest.importorskip("lgmstm.sklearn")
+    X, y = _estimator_data()
+    for Estimator in (sklearn_module.LGMRegressor, sklearn_module.LGMClassifier):
+        model = Estimator(epochs=1).fit(X, y)
+        for value in ("yes", 1, None):
+            with pytest.raises(ValueError, match="warm_start must be a bool"):
+                model.set_params(warm_start=value).fit(X, y)
+
+
+def test_warm_start_needs_the_same_classes_and_outputs():
+    sklearn_module = pytest.importorskip("lgmstm.sklearn")
+    X, y = _estimator_data()
+    classifier = sklearn_module.LGMClassifier(epochs=1, warm_start=True).fit(X, y)
+    with pytest.raises(ValueError, match="same classes"):
+        classifier.fit(X, y % 2)
+    regressor = sklearn_module.LGMRegressor(epochs=1, warm_start=True).fit(X, y)
+    for call in (regressor.fit, regressor.partial_fit):
+        with pytest.raises(ValueError, match="1 outputs"):
+            call(X, np.column_stack([y, y]))
+        with pytest.raises(ValueError, match="3 features"):
+            call(X[:, :2], y)
+    assert classifier.n_iter_ == regressor.n_iter_ == 1

@@ -427,3 +427,85 @@ def test_load_refuses_spoiled_memory(case, tmp_path):
     np.savez(tmp_path / "bad.npz", **{k: v for k, v in arrays.items() if v is not None})
     with pytest.raises(ValueError, match="bad.npz"):
         lgmstm.load(tmp_path / "bad.npz")
+
+
+# -- the scikit-learn estimators ---------------------------------------------------------
+
+
+sklearn = pytest.importorskip("sklearn", minversion="1.6")
+from lgmstm.sklearn import LGMClassifier, LGMRegressor  # noqa: E402
+
+
+def _assert_same_estimator(actual, expected):
+    assert_same_training(actual.lgm_, expected.lgm_)
+    np.testing.assert_array_equal(actual.loss_curve_, expected.loss_curve_, strict=True)
+    assert actual.n_iter_ == expected.n_iter_
+
+
+@pytest.fixture
+def regression():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 3))
+    return X, np.sin(X[:, 0]) + 0.5 * X[:, 1]
+
+
+def test_regressor_partial_fit_n_times_is_fit(regression):
+    X, y = regression
+    whole = LGMRegressor(hidden_layer_sizes=5, epochs=4, batch_size=16, random_state=0)
+    whole.fit(X, y)
+    pieces = LGMRegressor(hidden_layer_sizes=5, batch_size=16, random_state=0)
+    for n in range(1, 5):
+        assert pieces.partial_fit(X, y) is pieces
+        assert pieces.n_iter_ == n and pieces.loss_curve_.shape == (n,)
+    _assert_same_estimator(pieces, whole)
+    np.testing.assert_array_equal(pieces.predict(X), whole.predict(X), strict=True)
+    np.testing.assert_array_equal(pieces.y_mean_, whole.y_mean_, strict=True)
+
+
+def test_regressor_keeps_the_first_calls_scaling(regression):
+    X, y = regression
+    model = LGMRegressor(epochs=1, random_state=0).partial_fit(X[:20], y[:20])
+    mean, scale = model.y_mean_.copy(), model.y_scale_.copy()
+    model.partial_fit(X[20:], 10 * y[20:])
+    np.testing.assert_array_equal(model.y_mean_, mean, strict=True)
+    np.testing.assert_array_equal(model.y_scale_, scale, strict=True)
+    assert model.n_iter_ == 2
+
+
+def test_classifier_partial_fit_n_times_is_fit():
+    X, y = sklearn.datasets.load_iris(return_X_y=True)
+    labels = np.array(["setosa", "versicolor", "virginica"])[y]
+    whole = LGMClassifier(hidden_layer_sizes=4, epochs=3, random_state=0).fit(X, labels)
+    pieces = LGMClassifier(hidden_layer_sizes=4, random_state=0)
+    pieces.partial_fit(X, labels, classes=["virginica", "setosa", "versicolor"])
+    pieces.partial_fit(X, labels)
+    pieces.partial_fit(X, labels, classes=["setosa", "versicolor", "virginica"])
+    _assert_same_estimator(pieces, whole)
+    np.testing.assert_array_equal(pieces.classes_, whole.classes_, strict=True)
+
+
+def test_classifier_first_batch_may_lack_classes():
+    X, y = sklearn.datasets.load_iris(return_X_y=True)
+    model = LGMClassifier(hidden_layer_sizes=4, random_state=0)
+    model.partial_fit(X[y < 2], y[y < 2], classes=[0, 1, 2])
+    assert model.lgm_.layer_sizes == (4, 4, 3)
+    model.partial_fit(X, y)
+    assert model.predict_proba(X).shape == (150, 3)
+
+
+@pytest.mark.parametrize("Estimator", [LGMRegressor, LGMClassifier])
+def test_warm_start_fit_goes_on(Estimator, regression):
+    X, y = regression
+    if Estimator is LGMClassifier:
+        y = y > 0
+    straight = Estimator(epochs=5, random_state=0).fit(X, y)
+    warm = Estimator(epochs=3, random_state=0).fit(X, y)
+    network = warm.lgm_
+    warm.set_params(warm_start=True, epochs=2).fit(X, y)
+    assert warm.lgm_ is network
+    _assert_same_estimator(warm, straight)
+    warm.partial_fit(X, y)  # partial_fit goes on from a fit
+    assert warm.n_iter_ == 6
+    cold = Estimator(epochs=3, random_state=0).fit(X, y)
+    cold.fit(X, y)  # warm_start=False: a new network, a fresh optimizer
+    assert cold.n_iter_ == 3 and cold.lgm_ is not network
