@@ -309,7 +309,7 @@ class STM(Model):
         self._state: NDArray[Any] | None = None
         self._network = _NETWORKS[self.backend](
             self._params, (self.n_in, self.n_hidden, self.n_out), self.output == "tanh",
-            self.return_sequences)
+            self.return_sequences, self._lock)
 
     # -- what Model needs ---------------------------------------------------------
     def _param_names(self) -> Iterator[str]:
