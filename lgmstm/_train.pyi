@@ -11,6 +11,9 @@ from typing_extensions import disjoint_base
 BLAS_THREADING_WORK: Final[int]
 """Multiply-adds from which OpenBLAS may thread a GEMM."""
 
+def all_finite(arrays: Iterable[NDArray[Any]]) -> bool:
+    """Whether every value of these arrays is finite (no NaN or inf)."""
+
 def _mark_forked_child() -> None:
     """The kernels run on one thread from now on (called in a forked child)."""
 

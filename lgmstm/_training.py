@@ -8,13 +8,13 @@ A trainer (:class:`Trainer`) is what a model's backend makes for one fit:
 """
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal without its enum wrappers
 import signal
 import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -188,7 +188,7 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
     n_samples = X.shape[0]
     if n_samples == 0:
         raise ValueError(f"X must hold at least one {sample} to fit, got shape {X.shape}")
-    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+    if not _train.all_finite((X, Y)):
         raise ValueError("X and Y must be finite (no NaN or inf) to fit")
     if clip_norm is not None:
         clip_norm = check_positive_float("clip_norm", clip_norm)
@@ -279,13 +279,12 @@ def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for):
     blocks = []  # per-block losses: nothing is allocated for epochs not run
     done, block = 0, 1
     with _deferred_interrupt() as interrupt:
-        while done < n_epochs and not interrupt["requested"]:
+        while done < n_epochs and not interrupt.requested:
             count = min(block, n_epochs - done)
             order = order_for(count)
             snapshot = [a.copy() for a in trainer.trained_arrays], trainer.step
             started = time.perf_counter()
-            with np.errstate(over="ignore", invalid="ignore"):  # divergence is checked next
-                block_losses = trainer.run(order, count)
+            block_losses = trainer.run(order, count)  # divergence is checked next
             elapsed = time.perf_counter() - started
             if not _finite(trainer, block_losses):
                 good = _replay_finite_epochs(trainer, snapshot, order, count)
@@ -306,13 +305,13 @@ def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for):
             else:
                 block = int(min(max(1, count * BLOCK_SECONDS / max(elapsed, 1e-6)), 2 * count + 1))
     losses = np.concatenate(blocks) if blocks else np.empty(0)
-    if interrupt["requested"]:
+    if interrupt.requested:
         raise TrainingInterrupted(losses)
     return losses
 
 
 def _finite(trainer, losses):
-    return bool(np.isfinite(losses).all()) and all(np.isfinite(p).all() for p in trainer.params)
+    return _train.all_finite((losses, *trainer.params))
 
 
 def _replay_finite_epochs(trainer, snapshot, order, count):
@@ -327,8 +326,7 @@ def _replay_finite_epochs(trainer, snapshot, order, count):
     good = []
     for epoch in range(count):
         before = [a.copy() for a in trainer.trained_arrays], trainer.step
-        with np.errstate(over="ignore", invalid="ignore"):
-            loss = trainer.run(None if order is None else order[epoch : epoch + 1], 1)
+        loss = trainer.run(None if order is None else order[epoch : epoch + 1], 1)
         if not _finite(trainer, loss):
             restore(before)
             break
@@ -357,28 +355,36 @@ class _Progress:
         )
 
 
-@contextmanager
-def _deferred_interrupt() -> Iterator[dict[str, bool]]:
+class _deferred_interrupt:
     """Turn Ctrl-C during training into a flag that is checked between
     blocks of epochs, so that training stops between whole epochs.
 
     Only in the main thread, and only when SIGINT has Python's default
-    handler (a handler of the user's is left alone).
+    handler (a handler of the user's is left alone). Through _signal, the C
+    module under signal: the enum conversions of signal.signal cost more
+    than a short fit.
     """
-    interrupt = {"requested": False}
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield interrupt
-        return
 
-    def request_stop(signum, frame):
-        interrupt["requested"] = True
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: Any = None
 
-    previous = signal.signal(signal.SIGINT, request_stop)
-    try:
-        yield interrupt
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    def _request_stop(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self) -> _deferred_interrupt:
+        if (threading.get_ident() == _MAIN_THREAD.ident
+                and _signal.getsignal(_SIGINT) is _signal.default_int_handler):
+            self.previous = _signal.signal(_SIGINT, self._request_stop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            _signal.signal(_SIGINT, self.previous)
+
+
+_MAIN_THREAD = threading.main_thread()
+_SIGINT = int(signal.SIGINT)
 
 
 # -- the model's lock --------------------------------------------------------
@@ -501,6 +507,11 @@ class ReferenceTrainer:
         self.trained_arrays = params + [a for arrays in moments for a in arrays] + list(carried)
 
     def run(self, order, n_epochs):
+        # Overflow warnings would repeat what run_epochs' divergence check says.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._run(order, n_epochs)
+
+    def _run(self, order, n_epochs):
         losses = np.empty(n_epochs)
         for epoch in range(n_epochs):
             sum_squares = 0.0

@@ -11,6 +11,7 @@ nogil code can use) and TrainingRun (the data and plan of one fit).
 """
 cimport numpy as cnp
 from cpython.pythread cimport PyThread_get_thread_ident
+from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
 
 from lgmstm._omp cimport lgmstm_omp_max_threads
@@ -18,6 +19,8 @@ from lgmstm._optim cimport Optimizer, clip_gradients, optimizer_step
 from lgmstm._parallel cimport BLAS_THREADING_WORK as _BLAS_THREADING_WORK
 
 import threading
+
+import numpy as np
 
 cnp.import_array()
 
@@ -39,6 +42,44 @@ cdef int kernel_threads() noexcept nogil:
     if forked_child:
         return 1
     return max(1, lgmstm_omp_max_threads())
+
+
+def all_finite(arrays):
+    """Whether every value of these arrays is finite (no NaN or inf).
+
+    C-contiguous float32/float64 arrays are scanned here, stopping at the
+    first non-finite value; any other array goes to np.isfinite.
+    """
+    cdef cnp.ndarray array
+    cdef Py_ssize_t i, n
+    cdef const double *doubles
+    cdef const float *floats
+    cdef bint finite = True
+    for item in arrays:
+        if (type(item) is not np.ndarray
+                or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray> item)
+                or cnp.PyArray_TYPE(<cnp.ndarray> item) not in (cnp.NPY_DOUBLE, cnp.NPY_FLOAT)):
+            if not np.isfinite(item).all():
+                return False
+            continue
+        array = <cnp.ndarray> item
+        n = cnp.PyArray_SIZE(array)
+        with nogil:
+            if cnp.PyArray_TYPE(array) == cnp.NPY_DOUBLE:
+                doubles = <const double *> cnp.PyArray_DATA(array)
+                for i in range(n):
+                    if not isfinite(doubles[i]):
+                        finite = False
+                        break
+            else:
+                floats = <const float *> cnp.PyArray_DATA(array)
+                for i in range(n):
+                    if not isfinite(floats[i]):
+                        finite = False
+                        break
+        if not finite:
+            return False
+    return True
 
 
 cdef class UseLock:
