@@ -31,6 +31,7 @@ except ImportError as exc:  # not installed, or older than 1.6
         "pip install 'lgmstm[sklearn]'"
     ) from exc
 
+from ._train import all_finite
 from ._training import TrainingInterrupted
 from ._validation import check_float_dtype
 from .lgm import LGM
@@ -131,6 +132,16 @@ class _LGMEstimator(BaseEstimator):
         self.lgm_ = network
 
     def _network_outputs(self, X: ArrayLike) -> NDArray[Any]:
+        lgm = getattr(self, "lgm_", None)
+        # What validate_data would accept unchanged skips its cost: a finite,
+        # C-ordered ndarray of the network's dtype and width, on an estimator
+        # fitted without feature names (those checks must then run).
+        if (lgm is not None and type(X) is np.ndarray and X.dtype == lgm.dtype
+                and X.ndim == 2 and X.shape[0] > 0 and X.shape[1] == self.n_features_in_
+                and X.flags.c_contiguous and not hasattr(self, "feature_names_in_")
+                and all_finite((X,))):
+            fast: NDArray[Any] = lgm.predict(X)
+            return fast
         check_is_fitted(self)
         X_valid = validate_data(self, X, reset=False, dtype=self.lgm_.dtype)
         outputs: NDArray[Any] = self.lgm_.predict(X_valid)
