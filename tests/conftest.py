@@ -12,6 +12,31 @@ import pytest
 
 import lgmstm
 
+def _strict_array_equal_before_numpy_1_24():
+    """numpy.testing.assert_array_equal's strict=True (also the same shape
+    and dtype, no broadcasting) came with numpy 1.24; the suite asserts bits
+    with it and also runs against the oldest numpy lgmstm supports (1.23.5),
+    so there it is added with the same meaning."""
+    import inspect
+
+    original = np.testing.assert_array_equal
+    if "strict" in inspect.signature(original).parameters:
+        return
+
+    def assert_array_equal(x, y, err_msg="", verbose=True, *, strict=False):
+        if strict:
+            actual, desired = np.asanyarray(x), np.asanyarray(y)
+            if actual.shape != desired.shape or actual.dtype != desired.dtype:
+                raise AssertionError(
+                    f"Arrays are not equal (strict): shapes {actual.shape}, {desired.shape}, "
+                    f"dtypes {actual.dtype}, {desired.dtype}\n{err_msg}")
+        original(x, y, err_msg=err_msg, verbose=verbose)
+
+    np.testing.assert_array_equal = assert_array_equal
+
+
+_strict_array_equal_before_numpy_1_24()
+
 # Compiled vs NumPy results differ only in summation order. atol is relative
 # to the largest magnitude of the expected array (see `assert_close`), so one
 # table serves outputs of size 1 and weight gradients summed over 500 rows.

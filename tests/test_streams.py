@@ -64,6 +64,26 @@ def known_readout_bug(request, backend, return_sequences, sizes):
         request.applymarker(pytest.mark.xfail(reason=READOUT_BUG, strict=False))
 
 
+# The same bug in the input projection x Wx + b, one gemm per run of valid
+# rows: on older OpenBLAS builds (scipy 1.10's) a final state after padded
+# steps differs in the last bit from that of the unpadded sequence.
+PROJECTION_BUG = (
+    "compiled input projection x Wx + b: one BLAS gemm per run of valid rows "
+    "(_rnn.forward_chunk -> _dense.dense_forward_rows), and older OpenBLAS builds "
+    "(scipy 1.10's) round a row differently by the row count of the product, so the "
+    "final state after padded steps may differ in the last bit from that of the "
+    "unpadded sequence")
+
+
+@pytest.fixture
+def known_projection_bug(request, backend, sizes):
+    """Marks a test that compares states over runs of different numbers of
+    rows as failing where PROJECTION_BUG bites (not strict: this machine's
+    scipy-openblas 0.3.30 rounds these rows alike)."""
+    if backend == "cython" and sizes[1] >= 16:
+        request.applymarker(pytest.mark.xfail(reason=PROJECTION_BUG, strict=False))
+
+
 def outputs_up_to(model, X, t):
     """What step t of a stream outputs, by predict over steps 0..t."""
     outputs = model.predict(X[:, :t + 1])
@@ -128,7 +148,7 @@ def test_initial_state_and_return_state_compose(make, X, dtype, known_readout_bu
     assert_bits(model.predict(X, initial_state=zeros.tolist()), whole)
 
 
-def test_final_state_of_a_padded_sequence(make, X):
+def test_final_state_of_a_padded_sequence(make, X, known_projection_bug):
     model = make()
     lengths = np.array([11, 0, 3, 7, 1])
     _, final = model.predict(X, lengths=lengths, return_state=True)
