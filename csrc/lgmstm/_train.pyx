@@ -126,12 +126,15 @@ cdef class UseLock:
         return self.training_context
 
 
-cdef class _Reading:
+cdef class _LockContext:
+    """A context manager over one UseLock (the lock's reading() or training())."""
     cdef UseLock lock
 
     def __cinit__(self, UseLock lock):
         self.lock = lock
 
+
+cdef class _Reading(_LockContext):
     def __enter__(self):
         cdef UseLock lock = self.lock
         if lock.try_read():
@@ -144,12 +147,7 @@ cdef class _Reading:
         self.lock.end_read()
 
 
-cdef class _Training:
-    cdef UseLock lock
-
-    def __cinit__(self, UseLock lock):
-        self.lock = lock
-
+cdef class _Training(_LockContext):
     def __enter__(self):
         cdef UseLock lock = self.lock
         cdef unsigned long me = PyThread_get_thread_ident()
