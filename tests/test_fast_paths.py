@@ -1,0 +1,87 @@
+"""The fast paths of one call from Python (LGM.predict, STM.step, the
+estimators' predict) give the same bits as the converting, checked path
+that every other input takes: lists, other dtypes, Fortran order, strided
+views. The fast path only skips conversions and checks that would change
+nothing."""
+import threading
+
+import numpy as np
+import pytest
+
+import lgmstm
+
+
+def converted_forms(x, dtype):
+    """x in forms that must take the checked path, each equal in value."""
+    forms = {"list": x.tolist(), "fortran": np.asfortranarray(x),
+             "strided": np.repeat(x, 2, axis=1)[:, ::2]}
+    if dtype == np.float32:  # float32 -> float64 keeps the values exactly
+        forms["other dtype"] = x.astype(np.float64)
+    return forms
+
+
+@pytest.mark.parametrize("n_samples", [1, 7, 100])
+def test_lgm_predict_fast_and_checked_paths_agree(dtype, n_samples, assert_close):
+    model = lgmstm.LGM([10, 5, 2], dtype=dtype, seed=3)
+    x = np.random.default_rng(1).standard_normal((n_samples, 10)).astype(dtype)
+    fast = model.predict(x)
+    assert fast.dtype == dtype and fast.flags.c_contiguous
+    for name, form in converted_forms(x, dtype).items():
+        np.testing.assert_array_equal(model.predict(form), fast, err_msg=name, strict=True)
+    # The NumPy backend has no fast path; the compiled one agrees with it.
+    reference = lgmstm.LGM([10, 5, 2], dtype=dtype, seed=3, backend="numpy").predict(x)
+    assert_close(fast, reference)
+
+
+@pytest.mark.parametrize("n_streams", [1, 64])
+def test_stm_step_fast_and_checked_paths_agree(dtype, n_streams):
+    rng = np.random.default_rng(2)
+    xs = rng.standard_normal((6, n_streams, 4)).astype(dtype)
+    fast_model = lgmstm.STM(4, 6, 3, dtype=dtype, seed=4)
+    checked_model = lgmstm.STM(4, 6, 3, dtype=dtype, seed=4)
+    for x in xs:
+        fast = fast_model.step(x)
+        checked = checked_model.step(x.tolist())
+        np.testing.assert_array_equal(fast, checked, strict=True)
+        np.testing.assert_array_equal(fast_model.state, checked_model.state, strict=True)
+
+
+def test_estimator_predict_fast_and_checked_paths_agree():
+    pytest.importorskip("sklearn", minversion="1.6")
+    from lgmstm.sklearn import LGMRegressor
+
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((60, 4)), rng.standard_normal(60)
+    estimator = LGMRegressor(hidden_layer_sizes=(5,), epochs=5, random_state=0).fit(X, y)
+    fast = estimator.predict(X[:3])
+    for name, form in converted_forms(X[:3], np.float64).items():
+        np.testing.assert_array_equal(estimator.predict(form), fast, err_msg=name, strict=True)
+    bad = X[:3].copy()
+    bad[1, 2] = np.nan  # a NaN takes the checked path, which refuses it
+    with pytest.raises(ValueError, match="NaN"):
+        estimator.predict(bad)
+
+
+def test_a_training_thread_sends_readers_to_the_checked_path():
+    # While another thread trains, the fast path must not read the
+    # parameters: it returns None and the caller waits on the lock.
+    model = lgmstm.LGM([10, 5, 2], seed=3)
+    x = np.ones((1, 10))
+    assert model._network.predict_ready(x) is not None
+    started, release = threading.Event(), threading.Event()
+
+    def callback(epoch, loss):
+        started.set()
+        release.wait(10)
+        return False
+
+    trainer = threading.Thread(target=lambda: model.fit(np.ones((4, 10)), np.zeros((4, 2)),
+                                                        epochs=5, lr=0.1, callback=callback))
+    trainer.start()
+    try:
+        assert started.wait(10)
+        assert model._network.predict_ready(x) is None
+    finally:
+        release.set()
+        trainer.join()
+    assert model._network.predict_ready(x) is not None
