@@ -18,6 +18,8 @@ class Network:
         cls, params: list[_Float], layer_sizes: NDArray[np.intp], output_tanh: bool,
         lock: UseLock,
     ) -> Network: ...
+    def blas_work(self, n_samples: int) -> int:
+        """Multiply-adds of a pass's largest GEMM task: whether BLAS may thread."""
     def predict_ready(self, X: object) -> _Float | None:
         """The outputs for X when it is an ndarray of the parameters' dtype and
         shape, C-contiguous, the call is small and no other thread trains;

@@ -19,6 +19,8 @@ class Network:
         cls, params: list[_Float], sizes: _Index, output_tanh: bool, return_sequences: bool,
         lock: UseLock,
     ) -> Network: ...
+    def blas_work(self, n_samples: int, n_steps: int) -> int:
+        """Multiply-adds of a pass over the sequences: whether BLAS may thread."""
     def step_ready(self, x: object, state: object) -> tuple[_Float, _Float] | None:
         """(outputs, new state) of one step when x and state are ndarrays of the
         parameters' dtype and shape, C-contiguous, the call is small and no

@@ -40,23 +40,19 @@ class _CompiledNetwork:
         self.predict_ready = self.program.predict_ready
         self.workspace = TrainingWorkspace()
 
-    def _work(self, n_samples):
-        return _dense.TASK_ROWS * max(max(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:])),
-                        n_samples * int(self.sizes.max()))
-
     def _buffers(self, n_samples, dtype):
         return [np.empty((n_samples, n), dtype) for n in self.sizes[1:]]
 
     def predict(self, X):
         activations = self._buffers(X.shape[0], X.dtype)
-        with single_threaded_blas(self._work(X.shape[0])):
+        with single_threaded_blas(self.program.blas_work(X.shape[0])):
             self.program.predict(X, activations, get_num_threads())
         return activations[-1]
 
     def gradients(self, X, Y):
         grads = [np.empty_like(p) for p in self.params]
         partials = np.empty(_dense.partials_size(Y.shape[0]))
-        with single_threaded_blas(self._work(X.shape[0])):
+        with single_threaded_blas(self.program.blas_work(X.shape[0])):
             loss = self.program.gradients(
                 X, Y, grads, self._buffers(X.shape[0], X.dtype),
                 self._buffers(X.shape[0], X.dtype), partials, get_num_threads())
@@ -76,7 +72,8 @@ class _CompiledNetwork:
         # The model fixes X's and Y's widths: batch size and dtype are the key.
         grads, workspace = self.workspace.get((batch_size, dtype), make_workspace)
         return CompiledTrainer(self, X, Y, batch_size, optimizer, lr, grads=grads,
-                               workspace=workspace, blas_work=self._work(batch_size))
+                               workspace=workspace,
+                               blas_work=self.program.blas_work(batch_size))
 
 
 class _ReferenceNetwork:

@@ -70,10 +70,6 @@ class _CompiledRecurrent:
         self.step_ready = self.program.step_ready
         self.workspace = TrainingWorkspace()
 
-    def _work(self, n_samples, n_steps):
-        n_in, n_hidden, n_out = (int(n) for n in self.sizes)
-        return n_samples * max(n_steps, 1) * n_hidden * max(n_in, n_hidden, n_out)
-
     def _buffers(self, n_samples, n_steps, dtype, backward=True):
         n_in, n_hidden, n_out = (int(n) for n in self.sizes)
         shapes = _stm.buffer_shapes(n_samples, n_steps, n_in, n_hidden, n_out,
@@ -82,12 +78,12 @@ class _CompiledRecurrent:
 
     def predict(self, X, h0, lengths):
         buffers = self._buffers(X.shape[0], X.shape[1], X.dtype, backward=False)
-        with single_threaded_blas(self._work(X.shape[0], X.shape[1])):
+        with single_threaded_blas(self.program.blas_work(X.shape[0], X.shape[1])):
             return self.program.predict(X, h0, lengths, buffers, get_num_threads())
 
     def gradients(self, X, Y, h0, lengths):
         grads = [np.empty_like(p) for p in self.params]
-        with single_threaded_blas(self._work(X.shape[0], X.shape[1])):
+        with single_threaded_blas(self.program.blas_work(X.shape[0], X.shape[1])):
             loss = self.program.gradients(
                 X, Y.reshape(-1), h0, lengths, grads,
                 self._buffers(X.shape[0], X.shape[1], X.dtype), get_num_threads())
@@ -111,8 +107,9 @@ class _CompiledRecurrent:
         grads, workspace = self.workspace.get((batch_size, n_steps, dtype), make_workspace)
         return CompiledTrainer(
             self, X, Y, batch_size, optimizer, lr, grads=grads, workspace=workspace,
-            blas_work=self._work(batch_size, n_steps), clip_norm=clip_norm, lengths=lengths,
-            initial_states=h0, final_states=np.zeros((n_samples, n_hidden), dtype))
+            blas_work=self.program.blas_work(batch_size, n_steps), clip_norm=clip_norm,
+            lengths=lengths, initial_states=h0,
+            final_states=np.zeros((n_samples, n_hidden), dtype))
 
 
 class _ReferenceRecurrent:

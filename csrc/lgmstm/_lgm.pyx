@@ -32,7 +32,7 @@ from lgmstm._loss cimport panel_squared_error
 from lgmstm._rows cimport gather_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, Parameters, PointerTable, TrainingPlan,
-                            TrainingRun, UseLock, kernel_threads, plan_of, parameters_of, run_epochs)
+                            TrainingRun, UseLock, is_ready_matrix, kernel_threads, plan_of, parameters_of, run_epochs)
 
 cnp.import_array()
 
@@ -77,6 +77,11 @@ cdef class Network:
             if layer < self.n_layers:
                 self.largest_weight = max(self.largest_weight, sizes[layer] * sizes[layer + 1])
 
+    cpdef Py_ssize_t blas_work(self, Py_ssize_t n_samples):
+        """Multiply-adds of the largest GEMM a task of a pass on n_samples
+        samples does: what decides whether BLAS may thread (single_threaded_blas)."""
+        return CHUNK_ROWS * max(self.largest_weight, n_samples * self.widest_layer)
+
     def predict_ready(self, X):
         """The outputs for X, or None when the caller must take its checked path.
 
@@ -92,16 +97,12 @@ cdef class Network:
         cdef list activations
         cdef Py_ssize_t layer, n_samples
         cdef int n_threads
-        if type(X) is not np.ndarray or self.n_layers > MAX_FAST_LAYERS:
+        if (self.n_layers > MAX_FAST_LAYERS
+                or not is_ready_matrix(X, self.type_num, -1, self.sizes[0])):
             return None
         array = <cnp.ndarray> X
-        if (cnp.PyArray_NDIM(array) != 2 or cnp.PyArray_TYPE(array) != self.type_num
-                or not cnp.PyArray_ISCARRAY_RO(array)
-                or cnp.PyArray_DIMS(array)[1] != self.sizes[0]):
-            return None
         n_samples = cnp.PyArray_DIMS(array)[0]
-        if (n_samples == 0 or CHUNK_ROWS * max(self.largest_weight, n_samples * self.widest_layer)
-                >= BLAS_THREADING_WORK):
+        if self.blas_work(n_samples) >= BLAS_THREADING_WORK:
             return None
         if not self.lock.try_read():
             return None

@@ -35,7 +35,7 @@ from lgmstm._rnn cimport rnn_backward_pass, rnn_forward_pass, rnn_scratch_size
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, Parameters, PointerTable, TrainingPlan,
-                            TrainingRun, UseLock, kernel_threads, plan_of, data_or_null, parameters_of, run_epochs)
+                            TrainingRun, UseLock, is_ready_matrix, kernel_threads, plan_of, data_or_null, parameters_of, run_epochs)
 
 cnp.import_array()
 
@@ -115,6 +115,12 @@ cdef class Network:
             self.step_scratch, self.step_streams = scratch, n_streams
         return self.step_scratch
 
+    cpdef Py_ssize_t blas_work(self, Py_ssize_t n_samples, Py_ssize_t n_steps):
+        """Multiply-adds that decide whether BLAS may thread in a pass over
+        n_samples sequences of n_steps (single_threaded_blas)."""
+        return (n_samples * max(n_steps, 1) * self.sizes[1]
+                * max(self.sizes[0], self.sizes[1], self.sizes[2]))
+
     def step_ready(self, x, state):
         """(outputs, new state) of one step, or None when the caller must take
         its checked path.
@@ -136,22 +142,14 @@ cdef class Network:
         cdef object outputs, final_states
         cdef list scratch = None
         cdef int n_threads, buffer
-        if type(x) is not np.ndarray:
+        if not is_ready_matrix(x, self.type_num, -1, n_in):
             return None
         array = <cnp.ndarray> x
-        if (cnp.PyArray_NDIM(array) != 2 or cnp.PyArray_TYPE(array) != self.type_num
-                or not cnp.PyArray_ISCARRAY_RO(array) or cnp.PyArray_DIMS(array)[1] != n_in):
-            return None
         n_streams = cnp.PyArray_DIMS(array)[0]
-        if (n_streams == 0 or n_streams * n_hidden * max(n_in, n_hidden, n_out)
-                >= BLAS_THREADING_WORK):
+        if self.blas_work(n_streams, 1) >= BLAS_THREADING_WORK:
             return None
         if state is not None:
-            if (type(state) is not np.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> state) != 2
-                    or cnp.PyArray_TYPE(<cnp.ndarray> state) != self.type_num
-                    or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray> state)
-                    or cnp.PyArray_DIMS(<cnp.ndarray> state)[0] != n_streams
-                    or cnp.PyArray_DIMS(<cnp.ndarray> state)[1] != n_hidden):
+            if not is_ready_matrix(state, self.type_num, n_streams, n_hidden):
                 return None
             h0 = cnp.PyArray_DATA(<cnp.ndarray> state)
         if not self.lock.try_read():

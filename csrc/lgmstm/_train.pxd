@@ -64,6 +64,8 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
 cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t[:, ::1] order,
                           double[::1] epoch_losses, Py_ssize_t n_samples,
                           double loss_denominator, bint step_updates)
+cdef bint is_ready_matrix(object array, int type_num, Py_ssize_t n_rows,
+                          Py_ssize_t n_cols) except -1
 cdef void *data_or_null(object array)
 cdef int kernel_threads() noexcept nogil
 cdef Parameters parameters_of(PointerTable values, TrainingRun run, const Py_ssize_t *counts,

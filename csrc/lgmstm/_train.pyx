@@ -239,6 +239,23 @@ cdef class TrainingRun:
         self.optimizer.step = value
 
 
+cdef bint is_ready_matrix(object array, int type_num, Py_ssize_t n_rows,
+                          Py_ssize_t n_cols) except -1:
+    """Whether array is what the kernels take as it is: an ndarray (not a
+    subclass) of type_num, 2-D with n_cols columns and n_rows rows (any
+    number >= 1 for n_rows < 0), C-contiguous and aligned. The fast paths'
+    one check; anything else takes the caller's checked path."""
+    if type(array) is not np.ndarray:
+        return False
+    cdef cnp.ndarray matrix = <cnp.ndarray> array
+    if (cnp.PyArray_NDIM(matrix) != 2 or cnp.PyArray_TYPE(matrix) != type_num
+            or not cnp.PyArray_ISCARRAY_RO(matrix) or cnp.PyArray_DIMS(matrix)[1] != n_cols):
+        return False
+    if n_rows < 0:
+        return cnp.PyArray_DIMS(matrix)[0] >= 1
+    return cnp.PyArray_DIMS(matrix)[0] == n_rows
+
+
 cdef void *data_or_null(object array):
     return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray> array)
 
