@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import warnings
 from contextlib import nullcontext
 
 from . import _openmp, _train
@@ -28,6 +29,34 @@ def _mark_forked_child():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_mark_forked_child)
+
+
+class OversubscriptionWarning(RuntimeWarning):
+    """More kernel threads were asked for than this process has cores.
+
+    The threads would take turns on the cores, each waiting at every
+    barrier for one that is not running: the kernels run slower than on
+    one thread per core. A RuntimeWarning.
+    """
+
+
+def available_cores() -> int:
+    """The cores this process may run on: the size of its CPU affinity mask
+    where the system has one (``os.sched_getaffinity``: Linux), else
+    ``os.cpu_count()``. A CPU quota (a container's ``--cpus``) is not seen."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _warn_if_oversubscribed(n_threads, asked_by, fix, stacklevel):
+    cores = available_cores()
+    if n_threads > cores:
+        warnings.warn(
+            f"{asked_by}: {n_threads} threads asked for, but this process has {cores} "
+            f"core{'s' if cores != 1 else ''} available; more threads than cores take turns "
+            f"on them and make the kernels slower. {fix.format(cores=cores)}",
+            OversubscriptionWarning, stacklevel=stacklevel + 1)
 
 
 def get_num_threads() -> int:
@@ -53,11 +82,18 @@ def set_num_threads(n_threads: int) -> None:
     """Set the threads the kernels use (OpenMP's count, for the calling thread).
 
     Results do not depend on it: only who computes each fixed-size chunk.
+    More threads than the cores available to the process
+    (:func:`available_cores`) are set as asked, with an
+    :class:`OversubscriptionWarning`: they would share the cores and make
+    the kernels slower. ``OMP_NUM_THREADS`` above the cores gets the same
+    warning once, when lgmstm is imported; ``threadpoolctl.threadpool_limits(n,
+    user_api="openmp")`` sets OpenMP's count directly and is not checked.
 
     Parameters
     ----------
     n_threads : int >= 1
-        OpenMP threads for the kernels called from this Python thread.
+        OpenMP threads for the kernels called from this Python thread; at
+        most the cores available, for speed.
 
     Raises
     ------
@@ -65,10 +101,24 @@ def set_num_threads(n_threads: int) -> None:
         n_threads is not an integer.
     ValueError
         n_threads < 1.
+
+    Warns
+    -----
+    OversubscriptionWarning
+        n_threads is more than the cores available to this process.
     """
     from ._validation import MAX_DIM, check_int
 
-    _openmp.set_num_threads(check_int("n_threads", n_threads, 1, maximum=MAX_DIM))
+    n_threads = check_int("n_threads", n_threads, 1, maximum=MAX_DIM)
+    _warn_if_oversubscribed(n_threads, f"set_num_threads({n_threads})",
+                            "Use set_num_threads({cores}) or fewer.", stacklevel=2)
+    _openmp.set_num_threads(n_threads)
+
+
+if "OMP_NUM_THREADS" in os.environ and not _forked_child:
+    # OpenMP read it when the kernels were loaded; the count it gave is checked once.
+    _warn_if_oversubscribed(get_num_threads(), f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}",
+                            "Set OMP_NUM_THREADS to {cores} or fewer.", stacklevel=1)
 
 
 # OpenBLAS threads a GEMM only above about 64**3 multiply-adds; smaller

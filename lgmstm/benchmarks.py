@@ -39,7 +39,7 @@ import numpy as np
 import lgmstm
 
 from . import kernels, reference
-from ._threads import get_num_threads, set_num_threads
+from ._threads import available_cores, get_num_threads, set_num_threads
 from ._base import glorot_uniform
 
 __all__ = ["DENSE_SIZES", "RECURRENT_SIZES", "SCALING_SIZES", "DOOR_ROWS", "CASES",
@@ -741,10 +741,8 @@ class Item:
 
 
 def default_threads():
-    """The cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """The cores this process may run on (lgmstm._threads.available_cores)."""
+    return available_cores()
 
 
 def parse_selection(text):
