@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ._persist import read_text_array, save_arrays, text_array
+from ._persist import read_sized, read_text_array, save_arrays, text_array
 from ._training import OptimizerState, UseLock
 from ._validation import check_choice, check_float_dtype, check_seed
 
@@ -112,20 +112,18 @@ class Model:
         with self._lock.reading():
             return self._named(p.copy() for p in self._params)
 
-    def _restore(self, arrays: dict[str, NDArray[Any]], path: str) -> None:
-        """Copy a saved file's arrays into the parameters, refusing any name,
-        shape or dtype that does not match the architecture."""
+    def _restore(self, arrays: dict[str, Any], path: str) -> None:
+        """Copy a saved file's arrays (ndarrays, or lgmstm._persist.StoredArray
+        entries, read only once their header fits) into the parameters,
+        refusing any name, shape or dtype that does not match the
+        architecture, and NaN or inf."""
         params = self._named(self._params)
         if set(arrays) != set(params):
             raise ValueError(f"{path}: parameters {sorted(arrays)} do not match the "
                              f"architecture, which needs {sorted(params)}")
         for name, param in params.items():
-            value = arrays[name]
-            if value.shape != param.shape or value.dtype != param.dtype:
-                raise ValueError(f"{path}: {name} has shape {value.shape} and dtype "
-                                 f"{value.dtype}; the architecture needs {param.shape} "
-                                 f"{param.dtype}")
-            param[...] = value
+            param[...] = read_sized(arrays[name], f"{path}: parameter {name}", param.shape,
+                                    param.dtype, finite=True)
 
     # -- the optimizer's state ----------------------------------------------------
     def reset_optimizer(self) -> None:
@@ -191,10 +189,10 @@ class Model:
         parameters as plain arrays, and what training needs to go on
         exactly where it stopped: the optimizer's state (see
         :meth:`reset_optimizer`), the state of the model's random generator
-        (the default shuffling of ``fit``) and an STM's working memory. It
-        is written to a temporary file beside ``path`` and renamed over it,
-        so ``path`` never holds half a model. Read it back with
-        :func:`lgmstm.load`.
+        (the default shuffling of ``fit``) and an STM's working memory, and
+        ``history_``. It is written to a temporary file beside ``path`` and
+        renamed over it, so ``path`` never holds half a model. Read it back
+        with :func:`lgmstm.load`.
 
         Parameters
         ----------
@@ -206,13 +204,13 @@ class Model:
         TypeError
             path is not a str, bytes or os.PathLike.
         OSError
-            The file cannot be written; an existing file at ``path`` is
-            left as it was.
+            The file cannot be written (the error names ``path``); an
+            existing file at ``path`` is left as it was.
         """
         config = self._config()
         with self._lock.reading():
             save_arrays(path, self.kind, self.dtype, config, self._named(self._params),
-                        self._saved_memory())
+                        self._saved_memory(), history=self.history_)
 
     def _saved_memory(self) -> dict[str, NDArray[Any]]:
         """The ``memory.*`` entries of a saved file (lgmstm._persist): the
@@ -229,9 +227,23 @@ class Model:
                        if value is not None})
         return memory
 
-    def _restore_memory(self, memory: dict[str, NDArray[Any]], path: str) -> None:
-        """Take back what _saved_memory() wrote, refusing anything else."""
+    def _restore_memory(self, memory: dict[str, Any], path: str) -> None:
+        """Take back what _saved_memory() wrote, refusing anything else.
+
+        memory: ndarrays, or lgmstm._persist.StoredArray entries, none of
+        which is read before its name is known and, for the moments, its
+        shape and dtype are those of its parameter."""
+        from ._training import OPTIMIZERS
+
         memory = dict(memory)
+        params = self._named(self._params)
+        expected = {"generator", "optimizer", *self._memory()}
+        if "optimizer" in memory:
+            expected.update(f"optimizer.moment{k}.{name}" for name in params
+                            for k in range(max(o.n_moments for o in OPTIMIZERS.values())))
+        if set(memory) - expected:
+            raise ValueError(f"{path}: unexpected entries "
+                             f"{sorted('memory.' + key for key in set(memory) - expected)}")
         if "generator" in memory:
             self._rng = generator_from_state(read_text_array(memory.pop("generator"),
                                                              "memory.generator"))
@@ -240,9 +252,14 @@ class Model:
             moments: list[list[Any]] = []  # None where an entry is missing
             while any(key.startswith(f"optimizer.moment{len(moments)}.") for key in memory):
                 prefix = f"optimizer.moment{len(moments)}."
-                moments.append([memory.pop(prefix + name, None)
-                                for name in self._param_names()])
+                moments.append([
+                    None if prefix + name not in memory else
+                    read_sized(memory.pop(prefix + name), f"{path}: memory.{prefix}{name}",
+                               param.shape, param.dtype)
+                    for name, param in params.items()])
             self._optimizer_state = OptimizerState.restored(header, moments, self._params)
+        # What is left is the subclass's _memory(), of sizes lgmstm._persist bounds.
+        memory = {key: np.asarray(value) for key, value in memory.items()}
         self._recall(memory, path)
         if memory:
             raise ValueError(f"{path}: unexpected entries "

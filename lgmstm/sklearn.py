@@ -147,6 +147,70 @@ class _LGMEstimator(BaseEstimator):
         outputs: NDArray[Any] = self.lgm_.predict(X_valid)
         return outputs
 
+    # -- files: the estimator's save and load (lgmstm._load writes and reads them) ------
+    def save(self, path: Any) -> None:
+        """Write the fitted estimator to ``path`` as an .npz file (no pickle), atomically.
+
+        The file holds the hyper-parameters, the fitted attributes
+        (``classes_``, ``loss_curve_``, ``n_features_in_``, ...) and the
+        network ``lgm_`` as :meth:`lgmstm.LGM.save` writes it, with its
+        optimizer state and generator, so that :meth:`partial_fit` and a
+        ``warm_start`` fit go on after :meth:`load` (or
+        :func:`lgmstm.load`) exactly as they would have here.
+        Hyper-parameters must be None, numbers, text, tuples or lists of
+        them, NumPy dtypes and scalar types, or a RandomState.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write, exactly as named (no suffix is added).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before ``fit``.
+        TypeError
+            path is not a str, bytes or os.PathLike, or a hyper-parameter
+            or attribute cannot be written without pickle.
+        OSError
+            The file cannot be written (the error names ``path``); an
+            existing file at ``path`` is left as it was.
+        """
+        from ._load import save_estimator
+
+        check_is_fitted(self)
+        save_estimator(self, path)
+
+    @classmethod
+    def load(cls, path: Any, *, backend: str | None = None) -> LGMRegressor | LGMClassifier:
+        """The estimator :meth:`save` wrote to ``path``, fitted as it was saved.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        backend : {"cython", "numpy"} or None, default None
+            The backend of the network ``lgm_``; None: the saved one. (The
+            ``backend`` hyper-parameter, for later fits, stays as saved.)
+
+        Returns
+        -------
+        estimator : this class
+            With the saved hyper-parameters, fitted attributes and network
+            (its optimizer state too).
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file.
+        ValueError
+            The file holds another kind of model (:func:`lgmstm.load` reads
+            any kind), or anything :func:`lgmstm.load` refuses.
+        """
+        from ._load import load_file
+
+        estimator: LGMRegressor | LGMClassifier = load_file(path, backend, (cls.__name__,))
+        return estimator
+
 
 class LGMRegressor(RegressorMixin, _LGMEstimator):
     """Regression with a feed-forward tanh network, :class:`lgmstm.LGM`.
