@@ -21,6 +21,10 @@ except ImportError as exc:  # pragma: no cover - depends on how it is run
         "`python setup.py build_ext --inplace`."
     ) from exc
 
+# The public submodules, so that `import lgmstm; lgmstm.kernels` works (cheap: the
+# compiled modules are loaded above anyway). lgmstm.sklearn needs scikit-learn and
+# is imported on its own.
+from . import datasets, kernels, reference
 from ._config import show_config
 from ._load import load
 from ._threads import get_num_threads, set_num_threads

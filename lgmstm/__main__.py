@@ -6,10 +6,12 @@ Run ``python -m lgmstm --help`` (or ``python -m lgmstm COMMAND --help``); the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,29 +26,50 @@ def _say(message):
     print(message, flush=True)
 
 
+class _Indented:
+    """A text stream that writes every line to `stream` behind `indent`: the
+    models' progress lines (printed to stderr by fit) lined up under the demo's."""
+
+    def __init__(self, stream, indent):
+        self.stream, self.indent, self.at_line_start = stream, indent, True
+
+    def write(self, text):
+        for line in text.splitlines(keepends=True):
+            if self.at_line_start:
+                self.stream.write(self.indent)
+            self.stream.write(line)
+            self.at_line_start = line.endswith("\n")
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
 def _rmse(prediction, target):
     return float(np.sqrt(np.mean((np.asarray(prediction) - target) ** 2)))
 
 
 def _time_per_epoch(model, X, Y, **fit_args):
     started = time.perf_counter()
-    model.fit(X, Y, verbose=True, **fit_args)
+    with contextlib.redirect_stderr(_Indented(sys.stderr, "    ")):
+        model.fit(X, Y, verbose=True, **fit_args)
     return (time.perf_counter() - started) / fit_args["epochs"]
 
 
 def _compare_backends(make_model, X, Y, held_out_error, **fit_args):
-    """Train the same model with each backend; (error, seconds per epoch) by backend."""
+    """Train the same model with each backend: (model, error, seconds per epoch)
+    by backend."""
     results = {}
     for backend in ("cython", "numpy"):
         _say(f"  training with backend={backend!r} ({fit_args['epochs']} epochs)...")
         model = make_model(backend)
         seconds = _time_per_epoch(model, X, Y, **fit_args)
-        results[backend] = (held_out_error(model), seconds)
+        results[backend] = (model, held_out_error(model), seconds)
     return results
 
 
 def _report(results, baseline, baseline_name):
-    (error, compiled), (reference_error, reference) = results["cython"], results["numpy"]
+    (_, error, compiled), (_, reference_error, reference) = results["cython"], results["numpy"]
     _say(f"  held-out RMSE    model {error:.4g} (NumPy backend: {reference_error:.4g})"
          f"   baseline {baseline:.4g} ({baseline_name})")
     _say(f"  time per epoch   compiled {compiled * 1e3:.3g} ms   NumPy {reference * 1e3:.3g} ms"
@@ -54,7 +77,8 @@ def _report(results, baseline, baseline_name):
 
 
 def demo_lgm(quick):
-    """The LGM on the diabetes data: disease progression from ten baseline variables."""
+    """The LGM on the diabetes data: disease progression from ten baseline
+    variables. Returns the model trained with the compiled backend."""
     X, y, _ = load_diabetes()
     order = np.random.default_rng(0).permutation(len(y))
     n_test = len(y) // 5
@@ -74,14 +98,27 @@ def demo_lgm(quick):
     results = _compare_backends(make_model, X[train], (y[train] - y_mean) / y_std, held_out_error,
                                 epochs=30 if quick else 150, lr=0.01, batch_size=32, seed=1)
     _report(results, _rmse(y_mean, y[test]), "the training mean")
+    return results["cython"][0]
+
+
+class HeldOut(NamedTuple):
+    """The demo STM's held-out months, for the plot."""
+
+    years: np.ndarray  # the middle of each month, in years
+    record: np.ndarray
+    forecast: np.ndarray
+    persistence: np.ndarray
 
 
 WINDOW, STRIDE = 96, 12  # training windows: 8 years, one every year
 
 
 def demo_stm(quick):
-    """The STM on monthly sunspots: next month's number from the whole record so far."""
-    series, _ = load_sunspots()
+    """The STM on monthly sunspots: next month's number from the whole record
+    so far. Returns the model trained with the compiled backend and the
+    held-out months: their dates (in years), the record, the model's forecast
+    and the persistence forecast."""
+    series, dates = load_sunspots()
     split = len(series) - len(series) // 5  # the last 20% of the record is held out
     x = series / 100.0
     starts = np.arange(0, split - WINDOW, STRIDE)
@@ -93,24 +130,79 @@ def demo_stm(quick):
     def make_model(backend):
         return lgmstm.STM(1, 8, 1, output="linear", seed=0, backend=backend)
 
-    def held_out_error(model):
+    def forecast(model):
         # The working memory reads the whole record up to each forecast.
-        forecast = model.predict(x[None, :-1, None])[0, split - 1 :, 0] * 100.0
-        return _rmse(forecast, series[split:])
+        return model.predict(x[None, :-1, None])[0, split - 1 :, 0] * 100.0
+
+    def held_out_error(model):
+        return _rmse(forecast(model), series[split:])
 
     results = _compare_backends(make_model, X, Y, held_out_error,
                                 epochs=15 if quick else 100, lr=0.01, batch_size=16,
                                 optimizer="adam", seed=0)
-    _report(results, _rmse(series[split - 1 : -1], series[split:]),
-            "persistence: next month = this month")
+    persistence = series[split - 1 : -1]
+    _report(results, _rmse(persistence, series[split:]), "persistence: next month = this month")
+    model = results["cython"][0]
+    years = dates[split:, 0] + (dates[split:, 1] - 0.5) / 12
+    return model, HeldOut(years, series[split:], forecast(model), persistence)
+
+
+def plot_demo(lgm, stm, held_out, path, zoom_years=6):
+    """The demo's picture at `path` (PNG): the STM's held-out sunspot forecast
+    against the record and the persistence forecast (all held-out months, and
+    the last `zoom_years` closer), and both models' training loss per epoch
+    (their history_)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    figure = Figure(figsize=(12, 3.4), layout="constrained")
+    whole, zoom, loss = figure.subplots(1, 3, width_ratios=(2, 1.2, 1))
+    recent = held_out.years >= held_out.years[-1] - zoom_years
+    lines = [(held_out.record, "record", dict(color="0.6", linewidth=2.4)),
+             (held_out.persistence, "persistence", dict(color="C2", linewidth=0.9,
+                                                        linestyle="--")),
+             (held_out.forecast, "STM", dict(color="C1", linewidth=1.1))]
+    for values, name, style in lines:
+        label = name if name == "record" else \
+            f"{name} (RMSE {_rmse(values, held_out.record):.3g})"
+        whole.plot(held_out.years, values, label=label, **style)
+        zoom.plot(held_out.years[recent], values[recent], **style)
+    whole.set(title="held-out sunspots, one month ahead", xlabel="year",
+              ylabel="monthly mean sunspot number")
+    whole.legend(fontsize="small")
+    zoom.set(title=f"the last {zoom_years} years", xlabel="year")
+    for model, name in ((lgm, "LGM, diabetes"), (stm, "STM, sunspots")):
+        loss.plot(np.arange(1, len(model.history_) + 1), model.history_, label=name)
+    loss.set(title="training loss (history_)", xlabel="epoch", ylabel="mean squared error",
+             yscale="log")
+    loss.yaxis.set_minor_formatter(NullFormatter())
+    loss.legend(fontsize="small")
+    figure.savefig(path, dpi=80)
+
+
+def _matplotlib_missing(command):
+    """True (after saying so on stderr) when --plot cannot work here."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"lgmstm {command}: --plot needs matplotlib; install it with "
+              "pip install 'lgmstm[plot]'", file=sys.stderr)
+        return True
+    return False
 
 
 def command_demo(args):
+    path = getattr(args, "plot", None)
+    if path and _matplotlib_missing("demo"):
+        return 1
     started = time.perf_counter()
     _say(f"lgmstm {lgmstm.__version__} demo: each model trained with the compiled "
          f"backend ({lgmstm.get_num_threads()} threads) and with the NumPy reference")
-    demo_lgm(args.quick)
-    demo_stm(args.quick)
+    lgm = demo_lgm(args.quick)
+    stm, held_out = demo_stm(args.quick)
+    if path:
+        plot_demo(lgm, stm, held_out, path)
+        _say(f"wrote {path}")
     _say(f"done in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -219,13 +311,8 @@ def _selection(text):
 
 
 def command_bench(args):
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            print("lgmstm bench: --plot needs matplotlib; install it with "
-                  "pip install 'lgmstm[plot]'", file=sys.stderr)
-            return 1
+    if args.plot and _matplotlib_missing("bench"):
+        return 1
     threads = args.threads or benchmarks.default_threads()
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
     items, notes = benchmarks.plan(quick=args.quick, dtypes=dtypes, threads=threads,
@@ -303,6 +390,16 @@ def _writable_path(text):
     return text
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser. It names itself in the parsed arguments, so that an
+    argument the command does not know is reported with this command's usage
+    (argparse leaves unknown arguments of a command to the top-level parser)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_defaults(command_parser=self)
+
+
 def build_parser(prog="python -m lgmstm"):
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -311,7 +408,9 @@ def build_parser(prog="python -m lgmstm"):
     parser.add_argument("--version", action="version", version=f"lgmstm {lgmstm.__version__}")
     parser.add_argument("--quick", action="store_true",
                         help="for the demo: a few epochs only, done in seconds")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(command_parser=parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     parser_class=_CommandParser)
     demo = commands.add_parser(
         "demo",
         help="train on the bundled real data with both backends (the default)",
@@ -321,6 +420,9 @@ def build_parser(prog="python -m lgmstm"):
     # SUPPRESS: a --quick given before the command is not reset by the command's default.
     demo.add_argument("--quick", action="store_true", default=argparse.SUPPRESS,
                       help="a few epochs only: done in seconds")
+    demo.add_argument("--plot", type=_writable_path, metavar="PATH",
+                      help="also draw the held-out sunspot forecasts and both models' "
+                           "training loss to a PNG at PATH (needs lgmstm[plot])")
     bench = commands.add_parser(
         "bench", help="time the kernels and models against NumPy and PyTorch",
         description="Time every benchmark case (dense and RNN kernels, training steps) of "
@@ -358,7 +460,10 @@ COMMANDS = {None: command_demo, "demo": command_demo, "bench": command_bench,
 def main(argv=None):
     """Entry point of ``python -m lgmstm`` and of the ``lgmstm`` command; returns the exit code."""
     script = os.path.basename(sys.argv[0])
-    args = build_parser("python -m lgmstm" if script == "__main__.py" else script).parse_args(argv)
+    parser = build_parser("python -m lgmstm" if script == "__main__.py" else script)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return COMMANDS[args.command](args)
 
 
