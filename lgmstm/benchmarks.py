@@ -44,7 +44,8 @@ from ._base import glorot_uniform
 
 __all__ = ["DENSE_SIZES", "RECURRENT_SIZES", "SCALING_SIZES", "DOOR_ROWS", "CASES",
            "parse_selection", "plan", "measure", "gemm_peak", "memory_check", "summarise",
-           "door_summary", "thread_count", "default_threads"]
+           "format_peak_share", "peak_notes", "door_summary", "thread_count",
+           "default_threads"]
 
 # Learning rate of every timed fit: small enough that no size diverges.
 LR = 0.01
@@ -777,7 +778,9 @@ def plan(*, quick=False, dtypes=("float64", "float32"), threads=None, only=()):
     and the door also at one thread, for the scaling. `only`: (case, size or
     None) pairs from parse_selection; when given, just those. A door row whose
     lgmstm API is missing is skipped with a note, and so is the door when no
-    dtype of `dtypes` is one it runs in (float64).
+    dtype of `dtypes` is one it runs in (float64). The notes speak only of
+    what was selected: an implementation that cannot run (torch not
+    installed) is noted for the cases and sizes where it would have run.
 
     Returns
     -------
@@ -788,23 +791,26 @@ def plan(*, quick=False, dtypes=("float64", "float32"), threads=None, only=()):
     thread_counts = sorted({1, threads}, reverse=True)
     items, notes = [], []
     for case in CASES:
+        sizes = [size for size in case.sizes
+                 if (not quick or case.quick_sizes is None or size.name in case.quick_sizes)
+                 and _selected(case, size, only)]
+        if not sizes:
+            continue  # not selected: nothing to say about it
+        case_dtypes = [dtype for dtype in map(np.dtype, dtypes)
+                       if not case.dtypes or dtype.name in case.dtypes]
+        if not case_dtypes:
+            notes.append(f"{case.name}: skipped, it runs in {', '.join(case.dtypes)} only")
+            continue
         available = []
         for implementation in case.implementations:
+            if not any(implementation.runs_at(size) for size in sizes):
+                continue
             reason = implementation.missing()
             if reason:
                 notes.append(f"{case.name} {implementation.name}: skipped, {reason}")
             else:
                 available.append(implementation)
-        case_dtypes = [dtype for dtype in map(np.dtype, dtypes)
-                       if not case.dtypes or dtype.name in case.dtypes]
-        for size in case.sizes:
-            if quick and case.quick_sizes is not None and size.name not in case.quick_sizes:
-                continue
-            if not _selected(case, size, only):
-                continue
-            if not case_dtypes:
-                notes.append(f"{case.name}: skipped, it runs in {', '.join(case.dtypes)} only")
-                break
+        for size in sizes:
             if reason := size.missing():
                 notes.append(f"{case.name} {size.name}: skipped, {reason}")
                 continue
@@ -883,13 +889,26 @@ class Measurement:
 
 # Long enough for the previous item's idle OpenMP and BLAS workers to sleep.
 SETTLE_SECONDS = 0.3
+# An iteration of fewer flops than this wakes no worker that spins long, as a
+# door call does not (DOOR_SETTLE_SECONDS): OpenBLAS threads no GEMM under
+# 64**3 multiply-adds, torch no op under 32768 elements, and the OpenMP
+# workers that a seed STM step wakes spin for about 4 ms here (process CPU
+# time during a sleep after the step). The seed sizes, all that --quick runs
+# outside the door, are below it.
+SMALL_WORK_FLOPS = 2**20
+
+
+def _settle(item):
+    """The pause before each timing of item (see measure)."""
+    if item.case.settle is not None:
+        return item.case.settle
+    return DOOR_SETTLE_SECONDS if item.flops < SMALL_WORK_FLOPS else SETTLE_SECONDS
 
 
 def _pause(previous, item):
-    """Sleep before timing item: the longer of its case's settle and that of
+    """Sleep before timing item: the longer of its settle and that of
     previous, the item timed last (None: none)."""
-    time.sleep(max(SETTLE_SECONDS if one.case.settle is None else one.case.settle
-                   for one in (previous or item, item)))
+    time.sleep(max(_settle(one) for one in (previous or item, item)))
 
 
 def _rivals(items):
@@ -915,7 +934,8 @@ def measure(items, *, target_seconds=0.15, repeats=5, progress=None):
     so that none pays for the threads another left spinning: OpenMP and
     OpenBLAS workers spin a while (OpenBLAS about 0.1 s) before they sleep,
     and on 2 cores a spinning worker takes half the machine (the door's calls
-    wake no worker: a short pause, DOOR_SETTLE_SECONDS, between them).
+    and iterations under SMALL_WORK_FLOPS wake no worker: a short pause,
+    DOOR_SETTLE_SECONDS, between them).
     progress(done, total, label), when given, is called before each item's
     warm-up.
     """
@@ -944,8 +964,21 @@ def measure(items, *, target_seconds=0.15, repeats=5, progress=None):
     return measurements
 
 
-def gemm_peak(dtype, threads, n=2048, repeats=3):
-    """GFLOP/s of an n x n x n GEMM with scipy's BLAS on `threads` threads (best of repeats)."""
+def gemm_peak(dtype, threads, n=2048, repeats=5, warm_up_seconds=0.2):
+    """This machine's GEMM peak in GFLOP/s: an n x n x n GEMM with scipy's BLAS,
+    the best of many timings.
+
+    The GEMM first runs for warm_up_seconds (at least once) on `threads`
+    threads, so that BLAS's threads are awake, the pages touched and the
+    clock up. Then, repeats times, it is timed once on `threads` threads and
+    (threads > 1) once on one thread. The fastest timing counts: a machine
+    busy elsewhere only makes a timing slower. One thread's timings count
+    too, since the peak on several threads is at least that on one, and a
+    threaded GEMM with a core busy elsewhere can run far slower than one
+    thread (on this project's 2-core machine under load, n=256: 1 GFLOP/s
+    on 2 threads, 35 on one). A figure still too low shows as a "% peak"
+    over 100 (see peak_notes).
+    """
     from scipy.linalg import blas
 
     dtype = np.dtype(dtype)
@@ -953,11 +986,49 @@ def gemm_peak(dtype, threads, n=2048, repeats=3):
     rng = np.random.default_rng(0)
     a = np.asfortranarray(rng.standard_normal((n, n)), dtype)
     c = np.zeros((n, n), dtype, order="F")
-    with thread_count(threads):
+
+    def run(_):
         gemm(1.0, a, a, c=c, overwrite_c=True)
-        best = min(_seconds(lambda _: gemm(1.0, a, a, c=c, overwrite_c=True), 1)
-                   for _ in range(repeats))
+
+    with thread_count(threads):
+        started = time.perf_counter()
+        run(1)
+        while time.perf_counter() - started < warm_up_seconds:
+            run(1)
+    best = float("inf")
+    for _ in range(repeats):
+        for n_threads in sorted({threads, 1}, reverse=True):
+            with thread_count(n_threads):
+                best = min(best, _seconds(run, 1))
     return 2 * n**3 / best / 1e9
+
+
+def format_peak_share(share):
+    """A row's "% peak" column: the percentage of the GEMM peak, marked "!"
+    above 100, where the peak was measured too low (see peak_notes); "-"
+    for None."""
+    if share is None:
+        return "-"
+    percent = 100 * share
+    text = f"{percent:.2g}" if percent < 99.5 else f"{percent:.0f}"
+    return text + ("!" if share > 1 else "")
+
+
+def peak_notes(rows, peaks):
+    """Notes on the rows (of summarise) above 100% of their dtype's GEMM peak:
+    no case outruns the GEMM, so the peak was measured while the machine was
+    busy, and that dtype's "% peak" figures mean nothing."""
+    notes = []
+    for dtype, peak in peaks.items():
+        over = [f"{row['case']} {row['size']}" for row in rows
+                if row["dtype"] == dtype and row["peak_share"] is not None
+                and row["peak_share"] > 1]
+        if over:
+            notes.append(f"% peak over 100 (marked !) in {dtype} ({', '.join(over)}): the "
+                         f"GEMM peak, {peak:.3g} GFLOP/s, was measured too low (the machine "
+                         f"was busy?), so the {dtype} % peak figures are not meaningful; "
+                         f"rerun on an idle machine")
+    return notes
 
 
 def summarise(measurements, peaks, threads):
@@ -1085,7 +1156,8 @@ RSS_TOLERANCE = 2 * 1024 * 1024
 
 
 def memory_check(size_name="medium", epochs=(20, 500)):
-    """Peak memory of an LGM fit of a few and of many epochs, each in a fresh process.
+    """Peak memory of an LGM fit of a few and of many epochs, each in a fresh
+    process (the processes run at the same time: each measures only itself).
 
     Returns a dict with one entry per fit (tracemalloc's peak of the NumPy
     allocations, and the peak resident set's growth over the fit, which also
@@ -1094,13 +1166,18 @@ def memory_check(size_name="medium", epochs=(20, 500)):
     TRACED_TOLERANCE and RSS_TOLERANCE.
     """
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(lgmstm.__file__)))
-    runs = []
+    children = []
     for n_epochs in epochs:
         code = (f"from lgmstm.benchmarks import _memory_child; "
                 f"_memory_child({size_name!r}, {int(n_epochs)})")
         # cwd is the folder that holds this lgmstm, so the child imports the same one.
-        output = subprocess.run([sys.executable, "-c", code], cwd=package_parent,
-                                capture_output=True, text=True, check=True).stdout
+        children.append(subprocess.Popen([sys.executable, "-c", code], cwd=package_parent,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True))
+    runs = []
+    for child, (output, errors) in zip(children, [child.communicate() for child in children]):
+        if child.returncode:
+            raise subprocess.CalledProcessError(child.returncode, child.args, output, errors)
         runs.append(json.loads(output.strip().splitlines()[-1]))
     short, long = runs[0], runs[-1]
     ok = long["traced_peak_bytes"] <= short["traced_peak_bytes"] + TRACED_TOLERANCE
