@@ -108,8 +108,8 @@ def read_sized(entry: Any, what: str, shape: tuple[int, ...], dtype: np.dtype[An
     if finite:
         bad = np.count_nonzero(~np.isfinite(array))
         if bad:
-            raise ValueError(f"{what} holds NaN or inf ({bad} of its {array.size} values); "
-                             "a model's parameters must be finite")
+            raise ValueError(f"{what} holds NaN or inf ({bad} of its {array.size} values), "
+                             "where lgmstm saves only finite numbers")
     return array
 
 
