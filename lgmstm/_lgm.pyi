@@ -6,12 +6,12 @@ import numpy as np
 from numpy.typing import NDArray
 from typing_extensions import disjoint_base
 
-from ._train import PointerTable, TrainingRun, UseLock
+from ._train import Program, TrainingRun, UseLock
 
 _Float = NDArray[np.floating[Any]]
 
 @disjoint_base
-class Network:
+class Network(Program):
     """A network's parameters and architecture, built once per model."""
 
     def __new__(
@@ -24,8 +24,6 @@ class Network:
         """The outputs for X when it is an ndarray of the parameters' dtype and
         shape, C-contiguous, the call is small and no other thread trains;
         else None (the caller takes its checked path)."""
-    @property
-    def params(self) -> PointerTable: ...
     @property
     def layer_sizes(self) -> NDArray[np.intp]: ...
     @property

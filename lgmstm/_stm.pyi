@@ -6,13 +6,13 @@ import numpy as np
 from numpy.typing import NDArray
 from typing_extensions import disjoint_base
 
-from ._train import PointerTable, TrainingRun, UseLock
+from ._train import Program, TrainingRun, UseLock
 
 _Float = NDArray[np.floating[Any]]
 _Index = NDArray[np.intp]
 
 @disjoint_base
-class Network:
+class Network(Program):
     """The STM's parameters and architecture, built once per model."""
 
     def __new__(
@@ -25,8 +25,6 @@ class Network:
         """(outputs, new state) of one step when x and state are ndarrays of the
         parameters' dtype and shape, C-contiguous, the call is small and no
         other thread trains; else None (the caller takes its checked path)."""
-    @property
-    def params(self) -> PointerTable: ...
     @property
     def layer_sizes(self) -> _Index: ...
     @property

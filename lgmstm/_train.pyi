@@ -1,6 +1,6 @@
 """Type stubs for the compiled module lgmstm._train (csrc/lgmstm/_train.pyx):
 the typed objects the model programs' entry points take."""
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
@@ -10,6 +10,12 @@ from typing_extensions import disjoint_base
 
 BLAS_THREADING_WORK: Final[int]
 """Multiply-adds from which OpenBLAS may thread a GEMM."""
+
+OPTIMIZER_CODES: Final[dict[str, int]]
+"""The optimizers by name, as the compiled code numbers them."""
+
+SHORT_FIT_WORK: Final[int]
+"""The most multiply-adds an epoch of a short fit (one compiled call) may take."""
 
 def all_finite(arrays: Iterable[NDArray[Any]]) -> bool:
     """Whether every value of these arrays is finite (no NaN or inf)."""
@@ -103,3 +109,34 @@ class TrainingRun:
         """Updates done so far."""
     @step.setter
     def step(self, value: int) -> None: ...
+
+@disjoint_base
+class KeptMemory:
+    """Zeroed scratch memory a program keeps from one training call to the
+    next with the same layout."""
+
+@disjoint_base
+class Program:
+    """What the model programs share: parameters, lock, kept panel
+    workspace, and the short fit of partial_fit and fit(epochs=1)."""
+
+    run_factory: Callable[..., tuple[TrainingRun, Any]]
+    """(X, Y, h0, batch_size, state or None, optimizer) -> (run, state)."""
+    @property
+    def params(self) -> PointerTable: ...
+    def fit_ready(
+        self,
+        model: Any,  # its _optimizer_state is read and set
+        X: object,
+        Y: object,
+        h0: NDArray[np.floating[Any]] | None,  # IN (STM)
+        final_states: NDArray[np.floating[Any]] | None,  # OUT (STM)
+        lr: object,
+        batch_size: object,
+        optimizer: object,
+        clip_norm: object,
+        shuffle: object,
+        warm_start: object,
+    ) -> NDArray[np.float64] | None:
+        """The losses of one epoch of training, or None when the caller must
+        take its checked path."""

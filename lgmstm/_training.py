@@ -46,10 +46,11 @@ ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 # The optimizers fit offers (see lgmstm.reference.optimizer_step for the maths).
 OPTIMIZERS: dict[str, Optimizer] = {
-    "sgd": Optimizer(code=0, n_moments=0, settings={}),
-    "momentum": Optimizer(code=1, n_moments=1,  # the velocity
+    "sgd": Optimizer(code=_train.OPTIMIZER_CODES["sgd"], n_moments=0, settings={}),
+    "momentum": Optimizer(code=_train.OPTIMIZER_CODES["momentum"], n_moments=1,  # the velocity
                           settings={"momentum": MOMENTUM}),
-    "adam": Optimizer(code=2, n_moments=2,  # the means of the gradient and of its square
+    "adam": Optimizer(code=_train.OPTIMIZER_CODES["adam"],
+                      n_moments=2,  # the means of the gradient and of its square
                       settings={"beta1": ADAM_BETA1, "beta2": ADAM_BETA2, "eps": ADAM_EPS}),
 }
 

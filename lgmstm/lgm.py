@@ -19,6 +19,7 @@ from ._base import OUTPUTS, Model, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
     CompiledTrainer,
+    OptimizerState,
     ReferenceTrainer,
     TrainingWorkspace,
     plan_fit,
@@ -36,8 +37,11 @@ class _CompiledNetwork:
         self.params = params
         self.sizes = np.asarray(layer_sizes, dtype=np.intp)
         self.program = _lgm.Network(params, self.sizes, output_tanh, lock)
-        # predict's fast path: the outputs, or None for the checked path.
+        # The fast paths of predict and of short fits: a result, or None for
+        # the checked path.
         self.predict_ready = self.program.predict_ready
+        self.fit_ready = self.program.fit_ready
+        self.program.run_factory = self._short_run
         self.workspace = TrainingWorkspace()
 
     def _buffers(self, n_samples, dtype):
@@ -75,6 +79,13 @@ class _CompiledNetwork:
                                workspace=workspace,
                                blas_work=self.program.blas_work(batch_size))
 
+    def _short_run(self, X, Y, h0, batch_size, state, optimizer):
+        """The TrainingRun the short fit keeps (see _train.Program.fit_ready),
+        and the state it continues (a fresh one for None)."""
+        if state is None:
+            state = OptimizerState.fresh(optimizer, self.params)
+        return self.trainer(X, Y, batch_size, state, 1.0).run_data, state
+
 
 class _ReferenceNetwork:
     """The same network in plain NumPy (lgmstm.reference)."""
@@ -87,6 +98,10 @@ class _ReferenceNetwork:
     @staticmethod
     def predict_ready(X):
         return None  # no fast path: every call is checked
+
+    @staticmethod
+    def fit_ready(*arguments):
+        return None
 
     def _tanh(self, layer):
         return self.output_tanh or layer < self.n_layers - 1
@@ -395,6 +410,13 @@ class LGM(Model):
             When a loss or parameter becomes non-finite: training stops and
             the model keeps the last finite parameters.
         """
+        if epochs == 1 and callback is None and verbose is False and seed is None:
+            # The short fit: data and arguments as the kernels take them.
+            losses = self._network.fit_ready(self, X, Y, None, None, lr, batch_size,
+                                             optimizer, None, shuffle, warm_start)
+            if losses is not None:
+                self.history_ = losses
+                return losses
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
         plan = plan_fit(self._rng, X, Y, sample="sample", epochs=epochs, lr=lr,
@@ -443,6 +465,12 @@ class LGM(Model):
             As :meth:`fit`: the model keeps the parameters it had and the
             optimizer state the epoch started from.
         """
+        if seed is None:
+            losses = self._network.fit_ready(self, X, Y, None, None, lr, batch_size,
+                                             optimizer, None, shuffle, True)
+            if losses is not None:
+                self.history_ = losses
+                return self
         self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
                  shuffle=shuffle, seed=seed, warm_start=True)
         return self

@@ -131,16 +131,20 @@ class _LGMEstimator(BaseEstimator):
             self.n_iter_ = len(network.history_)
         self.lgm_ = network
 
-    def _network_outputs(self, X: ArrayLike) -> NDArray[Any]:
+    def _ready_features(self, X: Any) -> bool:
+        """Whether validate_data would take X unchanged, so that its cost can
+        be skipped: a finite, C-ordered ndarray of the network's dtype and
+        width, on an estimator fitted without feature names (those checks
+        must then run)."""
         lgm = getattr(self, "lgm_", None)
-        # What validate_data would accept unchanged skips its cost: a finite,
-        # C-ordered ndarray of the network's dtype and width, on an estimator
-        # fitted without feature names (those checks must then run).
-        if (lgm is not None and type(X) is np.ndarray and X.dtype == lgm.dtype
+        return (lgm is not None and type(X) is np.ndarray and X.dtype == lgm.dtype
                 and X.ndim == 2 and X.shape[0] > 0 and X.shape[1] == self.n_features_in_
                 and X.flags.c_contiguous and not hasattr(self, "feature_names_in_")
-                and all_finite((X,))):
-            fast: NDArray[Any] = lgm.predict(X)
+                and all_finite((X,)))
+
+    def _network_outputs(self, X: ArrayLike) -> NDArray[Any]:
+        if self._ready_features(X):
+            fast: NDArray[Any] = self.lgm_.predict(X)
             return fast
         check_is_fitted(self)
         X_valid = validate_data(self, X, reset=False, dtype=self.lgm_.dtype)
@@ -397,8 +401,13 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
     def _train(self, X: ArrayLike, y: ArrayLike, keep: bool, epochs: int) -> LGMRegressor:
         """fit and partial_fit: keep goes on with the fitted network."""
         dtype = self._start_fit(keep)
-        X_valid, y_valid = validate_data(self, X, y, dtype=dtype, multi_output=True,
-                                         y_numeric=True, reset=not keep)
+        X_valid: NDArray[Any]
+        if keep and self._ready_targets(X, y):
+            # What validate_data would take unchanged skips its cost.
+            X_valid, y_valid = np.asarray(X), y
+        else:
+            X_valid, y_valid = validate_data(self, X, y, dtype=dtype, multi_output=True,
+                                             y_numeric=True, reset=not keep)
         Y = np.asarray(y_valid, dtype=np.float64)
         Y = Y.reshape(len(Y), -1)
         if keep:
@@ -418,6 +427,16 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         self._fit_network(X_valid, ((Y - self.y_mean_) / self.y_scale_).astype(dtype),
                           self.output, keep, epochs)
         return self
+
+    def _ready_targets(self, X: Any, y: Any) -> bool:
+        """Whether validate_data would take X and y of a fitted estimator
+        unchanged (see _ready_features): y a finite float ndarray of one
+        value per sample, with the fitted number of outputs."""
+        return (self._ready_features(X) and type(y) is np.ndarray and y.dtype.kind == "f"
+                and y.shape[0] == X.shape[0]
+                and (y.ndim == 1 and self.n_outputs_ == 1
+                     or y.ndim == 2 and y.shape[1] == self.n_outputs_)
+                and all_finite((y,)))
 
     def predict(self, X: ArrayLike) -> NDArray[np.float64]:
         """Predicted targets.

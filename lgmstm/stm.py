@@ -19,6 +19,7 @@ from ._base import OUTPUTS, Model, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
     CompiledTrainer,
+    OptimizerState,
     ReferenceTrainer,
     TrainingWorkspace,
     plan_fit,
@@ -66,8 +67,11 @@ class _CompiledRecurrent:
         self.sizes = np.asarray(sizes, dtype=np.intp)
         self.return_sequences = return_sequences
         self.program = _stm.Network(params, self.sizes, output_tanh, return_sequences, lock)
-        # step's fast path: (outputs, new state), or None for the checked path.
+        # The fast paths of step and of short fits: a result, or None for
+        # the checked path.
         self.step_ready = self.program.step_ready
+        self.fit_ready = self.program.fit_ready
+        self.program.run_factory = self._short_run
         self.workspace = TrainingWorkspace()
 
     def _buffers(self, n_samples, n_steps, dtype, backward=True):
@@ -111,6 +115,15 @@ class _CompiledRecurrent:
             lengths=lengths, initial_states=h0,
             final_states=np.zeros((n_samples, n_hidden), dtype))
 
+    def _short_run(self, X, Y, h0, batch_size, state, optimizer):
+        """The TrainingRun the short fit keeps (see _train.Program.fit_ready),
+        for sequences of X's full length, and the state it continues (a
+        fresh one for None)."""
+        if state is None:
+            state = OptimizerState.fresh(optimizer, self.params)
+        lengths = np.full(X.shape[0], X.shape[1], np.intp)
+        return self.trainer(X, Y, lengths, h0, batch_size, state, 1.0, None).run_data, state
+
 
 class _ReferenceRecurrent:
     """The same model in plain NumPy (lgmstm.reference)."""
@@ -124,6 +137,10 @@ class _ReferenceRecurrent:
     @staticmethod
     def step_ready(x, state):
         return None  # no fast path: every step is checked
+
+    @staticmethod
+    def fit_ready(*arguments):
+        return None
 
     def _forward(self, X, h0, lengths):
         input_weight, recurrent_weight, bias, readout_weight, readout_bias = self.params
@@ -705,6 +722,12 @@ class STM(Model):
             A non-finite loss or parameter: training stops and the model keeps
             the last finite parameters.
         """
+        if epochs == 1 and callback is None and verbose is False and seed is None \
+                and lengths is None:
+            losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
+                                     warm_start)
+            if losses is not None:
+                return losses
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
         plan = plan_fit(self._rng, X, Y, sample="sequence", epochs=epochs, lr=lr,
@@ -744,10 +767,31 @@ class STM(Model):
         :meth:`lgmstm.LGM.partial_fit` does (a diverged epoch leaves the
         working memory too).
         """
+        if seed is None and lengths is None and self._short_fit(
+                X, Y, lr, batch_size, optimizer, clip_norm, shuffle, True) is not None:
+            return self
         self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
                  clip_norm=clip_norm, shuffle=shuffle, seed=seed, lengths=lengths,
                  warm_start=True)
         return self
+
+    def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start):
+        """One epoch on the short fit's path (see _train.Program.fit_ready):
+        its losses (also history_; a stateful model keeps the final
+        states), or None for the checked path."""
+        final = None
+        if self.stateful:
+            if type(X) is not np.ndarray or X.ndim != 3:
+                return None
+            final = np.empty((X.shape[0], self.n_hidden), self.dtype)
+        losses = self._network.fit_ready(
+            self, X, Y, self._state if self.stateful else None, final, lr, batch_size,
+            optimizer, clip_norm, shuffle, warm_start)
+        if losses is not None:
+            self.history_ = losses
+            if self.stateful:
+                self._state = final
+        return losses
 
     # -- persistence -------------------------------------------------------------
     @classmethod

@@ -25,14 +25,16 @@ from lgmstm._dense cimport dense_backward, dense_forward, dense_forward_loss
 from lgmstm._optim cimport SGD, Optimizer
 from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
-                            group_panels, padded_width, panel_calloc, panel_product,
+                            group_panels, padded_width, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport BLAS_THREADING_WORK, CHUNK_ROWS, n_tasks, threads_for
+from lgmstm._parallel cimport (BLAS_THREADING_WORK, CHUNK_ROWS, SHORT_FIT_WORK, n_tasks,
+                               threads_for)
 from lgmstm._loss cimport panel_squared_error
 from lgmstm._rows cimport gather_rows
 from lgmstm._tanh cimport tanh_rows
-from lgmstm._train cimport (BatchStep, Parameters, PointerTable, TrainingPlan,
-                            TrainingRun, UseLock, is_ready_matrix, kernel_threads, plan_of, parameters_of, run_epochs)
+from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
+                            TrainingPlan, TrainingRun, UseLock, is_ready_matrix,
+                            kernel_threads, parameters_of, plan_of, run_epochs)
 
 cnp.import_array()
 
@@ -42,7 +44,7 @@ cdef enum:
     MAX_FAST_LAYERS = 16
 
 
-cdef class Network:
+cdef class Network(Program):
     """A network's parameters and architecture, as the compiled passes take
     them; built once per model.
 
@@ -50,15 +52,13 @@ cdef class Network:
     intp array [n_in, n_1, ..., n_out]; output_tanh: the last layer's
     activation (hidden layers are tanh); lock: the model's UseLock.
     """
-    cdef readonly PointerTable params
     cdef readonly object layer_sizes
     cdef readonly bint output_tanh
-    cdef UseLock lock
     cdef const Py_ssize_t *sizes
     cdef Py_ssize_t n_layers
     cdef object counts    # values per parameter, intp
-    cdef int type_num     # the parameters' dtype
     cdef Py_ssize_t largest_weight, widest_layer
+    cdef Py_ssize_t weights   # multiply-adds per sample of a forward pass
 
     def __cinit__(self, list params, layer_sizes, bint output_tanh, UseLock lock):
         cdef const Py_ssize_t[::1] sizes = layer_sizes
@@ -69,13 +69,15 @@ cdef class Network:
         self.n_layers = sizes.shape[0] - 1
         self.output_tanh = output_tanh
         self.lock = lock
+        self.panel_memory = KeptMemory()
         self.counts = np.array([p.size for p in params], dtype=np.intp)
         self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])
-        self.largest_weight = self.widest_layer = 0
+        self.largest_weight = self.widest_layer = self.weights = 0
         for layer in range(self.n_layers + 1):
             self.widest_layer = max(self.widest_layer, sizes[layer])
             if layer < self.n_layers:
                 self.largest_weight = max(self.largest_weight, sizes[layer] * sizes[layer + 1])
+                self.weights += sizes[layer] * sizes[layer + 1]
 
     cpdef Py_ssize_t blas_work(self, Py_ssize_t n_samples):
         """Multiply-adds of the largest GEMM a task of a pass on n_samples
@@ -164,14 +166,34 @@ cdef class Network:
         over epoch e, each batch measured before its update; returns the
         updates done so far (run.step).
 
-        Small networks train in the panel layout, in workspaces allocated
-        here (once per call); the others in the row-major workspace.
+        Small networks train in the panel layout, in a workspace the
+        network keeps from one call to the next (KeptMemory); the others in
+        the row-major workspace.
         """
-        if run.X.dtype == np.float64:
-            train_network(<double *> NULL, self, run, order, epoch_losses, n_threads)
-        else:
-            train_network(<float *> NULL, self, run, order, epoch_losses, n_threads)
+        if epoch_losses.shape[0] > 0:
+            self.train_run(run, &order[0, 0] if order.shape[0] > 0 else NULL,
+                           &epoch_losses[0], epoch_losses.shape[0], n_threads)
         return run.step
+
+    cdef int train_run(self, TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
+                       Py_ssize_t n_epochs, int n_threads) except -1:
+        if self.type_num == cnp.NPY_DOUBLE:
+            train_network(<double *> NULL, self, run, order, epoch_losses, n_epochs, n_threads)
+        else:
+            train_network(<float *> NULL, self, run, order, epoch_losses, n_epochs, n_threads)
+        return 0
+
+    cdef Py_ssize_t ready_steps(self, object X, object Y, object h0,
+                                Py_ssize_t batch_size) except -2:
+        cdef Py_ssize_t n_samples
+        if (h0 is not None or not is_ready_matrix(X, self.type_num, -1, self.sizes[0])):
+            return -1
+        n_samples = cnp.PyArray_DIMS(<cnp.ndarray> X)[0]
+        if (not is_ready_matrix(Y, self.type_num, n_samples, self.sizes[self.n_layers])
+                or self.blas_work(batch_size) >= BLAS_THREADING_WORK
+                or 3.0 * n_samples * self.weights > SHORT_FIT_WORK):
+            return -1
+        return 0
 
 
 cdef void network_forward(const floating *X, Py_ssize_t n_samples,
@@ -458,27 +480,25 @@ cdef double lgm_batch_step(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
 
 
 cdef void train_network(floating *dtype, Network network, TrainingRun run,
-                        const Py_ssize_t[:, ::1] order, double[::1] epoch_losses,
+                        const Py_ssize_t *order, double *epoch_losses, Py_ssize_t n_epochs,
                         int n_threads) except *:
-    """Network.train for one dtype: the plan, the panel workspace, the driver."""
-    cdef const floating[:, ::1] X = run.X
-    cdef const floating[:, ::1] Y = run.Y
+    """Network.train_run for one dtype: the plan, the panel workspace, the driver."""
     cdef const Py_ssize_t *sizes = network.sizes
     cdef Py_ssize_t n_layers = network.n_layers
-    cdef Py_ssize_t n_samples = X.shape[0], n_in = X.shape[1], n_out = Y.shape[1]
+    cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
+    cdef Py_ssize_t n_in = sizes[0], n_out = sizes[n_layers]
     cdef const Py_ssize_t[::1] counts = network.counts
     cdef Parameters parameters = parameters_of(network.params, run, &counts[0],
                                                sizeof(floating))
     cdef TrainingPlan plan
     cdef Batches batches
     cdef Py_ssize_t width, n_values, layer, padded
-    cdef void *panel_memory = NULL
     cdef floating **panel_rows = NULL
     cdef floating *next_rows
     cdef Optimizer *optimizer = &run.optimizer
     cdef bint sgd = optimizer.kind == SGD and run.clip_norm == 0
     # SGD is fused into the backward pass; the others update after it.
-    plan = plan_of(run, order, epoch_losses, n_samples, n_samples * n_out, sgd)
+    plan = plan_of(run, order, epoch_losses, n_epochs, n_samples, n_samples * n_out, sgd)
     batches.itemsize = sizeof(floating)
     batches.params = network.params.data
     batches.targets = network.params.data if sgd else run.grads.data
@@ -487,8 +507,8 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.n_in, batches.n_out = n_in, n_out
     batches.output_tanh = network.output_tanh
     batches.sgd_lr = optimizer.lr if sgd else 0
-    batches.X = &X[0, 0]
-    batches.Y = &Y[0, 0]
+    batches.X = cnp.PyArray_DATA(<cnp.ndarray> run.X)
+    batches.Y = cnp.PyArray_DATA(<cnp.ndarray> run.Y)
     batches.workspace = run.workspace.data
     batches.partials = <double *> run.workspace.data[2]
     batches.in_panel_layout = panel_plan(min(run.batch_size, n_samples), sizes, n_layers,
@@ -505,11 +525,10 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
         for layer in range(n_layers):
             padded = padded_width(sizes[layer + 1], sizeof(floating))
             n_values += 2 * sizes[layer + 1] * width + (width + sizes[layer]) * padded
+        batches.Xt = network.panel_memory.get(n_values * sizeof(floating),
+                                              (batches.group_width, batches.n_groups))
         panel_rows = <floating **> malloc(4 * n_layers * sizeof(floating *))
-        batches.Xt = panel_calloc(n_values * sizeof(floating), &panel_memory)
-        if panel_rows == NULL or batches.Xt == NULL:
-            free(panel_rows)
-            free(panel_memory)
+        if panel_rows == NULL:
             raise MemoryError()
         batches.Yt = <floating *> batches.Xt + n_in * width
         next_rows = <floating *> batches.Yt + n_out * width
@@ -527,6 +546,5 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
             run_epochs(lgm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
     finally:
         free(panel_rows)
-        free(panel_memory)
 
 

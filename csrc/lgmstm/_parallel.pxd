@@ -12,6 +12,9 @@ cdef enum:
     # OpenBLAS threads a GEMM only above about 64**3 multiply-adds: smaller
     # calls need no guard keeping BLAS single-threaded (lgmstm._threads).
     BLAS_THREADING_WORK = 262144
+    # The most multiply-adds an epoch of a short fit may take (a few ms): a
+    # short fit is one compiled call, which Ctrl-C interrupts only after it.
+    SHORT_FIT_WORK = 16777216
 
 
 cdef inline Py_ssize_t n_tasks(Py_ssize_t n_items, Py_ssize_t per_task) noexcept nogil:

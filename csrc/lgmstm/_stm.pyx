@@ -20,7 +20,6 @@ cimport numpy as cnp
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from lgmstm._dense cimport dense_backward, dense_forward
@@ -28,14 +27,17 @@ from lgmstm._loss cimport panel_squared_error, squared_error
 from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
-                            group_panels, padded_width, panel_calloc, panel_product,
+                            group_panels, padded_width, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport BLAS_THREADING_WORK, BLOCK_ELEMS, n_tasks, threads_for
+from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, SHORT_FIT_WORK, n_tasks,
+                               threads_for)
 from lgmstm._rnn cimport rnn_backward_pass, rnn_forward_pass, rnn_scratch_size
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
-from lgmstm._train cimport (BatchStep, Parameters, PointerTable, TrainingPlan,
-                            TrainingRun, UseLock, is_ready_matrix, kernel_threads, plan_of, data_or_null, parameters_of, run_epochs)
+from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
+                            TrainingPlan, TrainingRun, UseLock, data_or_null,
+                            is_ready_matrix, kernel_threads, parameters_of, plan_of,
+                            run_epochs)
 
 cnp.import_array()
 
@@ -63,7 +65,7 @@ cdef enum:
     N_BUFFERS = 10
 
 
-cdef class Network:
+cdef class Network(Program):
     """The STM's parameters and architecture, as the compiled passes take
     them; built once per model.
 
@@ -71,13 +73,10 @@ cdef class Network:
     one dtype; sizes: intp array [n_in, n_hidden, n_out]; lock: the
     model's UseLock.
     """
-    cdef readonly PointerTable params
     cdef readonly object layer_sizes
     cdef readonly bint output_tanh, return_sequences
-    cdef UseLock lock
     cdef const Py_ssize_t *sizes
     cdef Py_ssize_t counts[N_PARAMS]
-    cdef int type_num
     # step_ready's scratch for its latest number of streams (states, the
     # time loop's scratch, the sample order, the lengths: all ones), and
     # whether a step is using it (a second thread's step allocates its own).
@@ -95,6 +94,7 @@ cdef class Network:
         self.sizes = &size_view[0]
         self.output_tanh, self.return_sequences = output_tanh, return_sequences
         self.lock = lock
+        self.panel_memory = KeptMemory()
         self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])
         param_counts(self.sizes, self.counts)
         self.step_streams = -1
@@ -234,13 +234,51 @@ cdef class Network:
         its update; returns the updates done so far (run.step).
 
         Small networks train batches of full-length sequences in the panel
-        layout, in workspaces allocated here (once per call).
+        layout, in a workspace the network keeps from one call to the next
+        (KeptMemory).
         """
-        if run.X.dtype == np.float64:
-            train_network(<double *> NULL, self, run, order, epoch_losses, n_threads)
-        else:
-            train_network(<float *> NULL, self, run, order, epoch_losses, n_threads)
+        if epoch_losses.shape[0] > 0:
+            self.train_run(run, &order[0, 0] if order.shape[0] > 0 else NULL,
+                           &epoch_losses[0], epoch_losses.shape[0], n_threads)
         return run.step
+
+    cdef int train_run(self, TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
+                       Py_ssize_t n_epochs, int n_threads) except -1:
+        if self.type_num == cnp.NPY_DOUBLE:
+            train_network(<double *> NULL, self, run, order, epoch_losses, n_epochs, n_threads)
+        else:
+            train_network(<float *> NULL, self, run, order, epoch_losses, n_epochs, n_threads)
+        return 0
+
+    cdef Py_ssize_t ready_steps(self, object X, object Y, object h0,
+                                Py_ssize_t batch_size) except -2:
+        cdef cnp.ndarray inputs, targets
+        cdef Py_ssize_t n_samples, n_steps
+        cdef Py_ssize_t n_in = self.sizes[0], n_hidden = self.sizes[1], n_out = self.sizes[2]
+        if type(X) is not np.ndarray or type(Y) is not np.ndarray:
+            return -1
+        inputs, targets = <cnp.ndarray> X, <cnp.ndarray> Y
+        if (cnp.PyArray_NDIM(inputs) != 3 or cnp.PyArray_TYPE(inputs) != self.type_num
+                or not cnp.PyArray_ISCARRAY_RO(inputs) or cnp.PyArray_DIMS(inputs)[2] != n_in
+                or cnp.PyArray_TYPE(targets) != self.type_num
+                or not cnp.PyArray_ISCARRAY_RO(targets)):
+            return -1
+        n_samples, n_steps = cnp.PyArray_DIMS(inputs)[0], cnp.PyArray_DIMS(inputs)[1]
+        if self.return_sequences:
+            if (cnp.PyArray_NDIM(targets) != 3 or cnp.PyArray_DIMS(targets)[0] != n_samples
+                    or cnp.PyArray_DIMS(targets)[1] != n_steps
+                    or cnp.PyArray_DIMS(targets)[2] != n_out):
+                return -1
+        elif (cnp.PyArray_NDIM(targets) != 2 or cnp.PyArray_DIMS(targets)[0] != n_samples
+                or cnp.PyArray_DIMS(targets)[1] != n_out):
+            return -1
+        if h0 is not None and not is_ready_matrix(h0, self.type_num, n_samples, n_hidden):
+            return -1
+        if (n_steps < 1 or self.blas_work(batch_size, n_steps) >= BLAS_THREADING_WORK
+                or 3.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden + n_out)
+                > SHORT_FIT_WORK):
+            return -1
+        return n_steps
 
 
 cdef PointerTable _buffer_table(list buffers):
@@ -737,14 +775,14 @@ cdef double stm_batch_step(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
 
 
 cdef void train_network(floating *dtype, Network network, TrainingRun run,
-                        const Py_ssize_t[:, ::1] order, double[::1] epoch_losses,
+                        const Py_ssize_t *order, double *epoch_losses, Py_ssize_t n_epochs,
                         int n_threads) except *:
-    """Network.train for one dtype: the plan, the panel workspace, the driver."""
-    cdef const floating[:, :, ::1] X = run.X
-    cdef const floating[::1] Y = run.Y
-    cdef const Py_ssize_t[::1] lengths = run.lengths
+    """Network.train_run for one dtype: the plan, the panel workspace, the driver."""
+    cdef const Py_ssize_t *lengths = <const Py_ssize_t *> cnp.PyArray_DATA(
+        <cnp.ndarray> run.lengths)
     cdef const Py_ssize_t *sizes = network.sizes
-    cdef Py_ssize_t n_samples = X.shape[0], n_steps = X.shape[1]
+    cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
+    cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[1]
     cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
     cdef Py_ssize_t max_rows = min(run.batch_size, n_samples)
     cdef Parameters parameters = parameters_of(network.params, run, network.counts,
@@ -754,13 +792,12 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef Batches batches
     cdef PanelLayout *layout = &batches.layout
     cdef PanelBuffers *panel_buffers = &batches.panel_buffers
-    cdef void *panel_memory = NULL
     cdef floating *panel_start
     cdef Py_ssize_t hidden_padded, out_padded
     if run.workspace.count != N_BUFFERS + 4:
         raise ValueError(f"expected {N_BUFFERS + 4} workspace arrays, got {run.workspace.count}")
-    plan = plan_of(run, order, epoch_losses, n_samples,
-                   max(1, n_valid_outputs(&lengths[0], n_samples,
+    plan = plan_of(run, order, epoch_losses, n_epochs, n_samples,
+                   max(1, n_valid_outputs(lengths, n_samples,
                                           network.return_sequences) * n_out), False)
     batches.itemsize = sizeof(floating)
     batches.params = network.params.data
@@ -769,9 +806,9 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.output_tanh, batches.return_sequences = (network.output_tanh,
                                                      network.return_sequences)
     batches.n_steps = n_steps
-    batches.X = &X[0, 0, 0]
-    batches.Y = &Y[0]
-    batches.lengths = &lengths[0]
+    batches.X = cnp.PyArray_DATA(<cnp.ndarray> run.X)
+    batches.Y = cnp.PyArray_DATA(<cnp.ndarray> run.Y)
+    batches.lengths = lengths
     batches.h0_all = data_or_null(run.initial_states)
     batches.final_all = data_or_null(run.final_states)
     batches.workspace = run.workspace.data
@@ -783,14 +820,12 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     if batches.in_panel_layout:
         hidden_padded = padded_width(n_hidden, sizeof(floating))
         out_padded = padded_width(n_out, sizeof(floating))
-        panel_start = <floating *> panel_calloc(
+        panel_start = <floating *> network.panel_memory.get(
             (n_in * layout.cols + 3 * n_out * layout.read_cols
              + n_hidden * (layout.cols + layout.state_cols)
              + layout.cols * hidden_padded + layout.read_cols * out_padded
              + (n_in + n_hidden) * hidden_padded + n_hidden * out_padded)
-            * sizeof(floating), &panel_memory)
-        if panel_start == NULL:
-            raise MemoryError()
+            * sizeof(floating), (n_steps, layout.task_width, layout.n_groups))
         panel_buffers.inputs = panel_start
         panel_buffers.targets = panel_start + n_in * layout.cols
         panel_buffers.outputs = <floating *> panel_buffers.targets + n_out * layout.read_cols
@@ -808,8 +843,5 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
                                        + n_in * hidden_padded)
         panel_buffers.readout_product = (<floating *> panel_buffers.state_product
                                          + n_hidden * hidden_padded)
-    try:
-        with nogil:
-            run_epochs(stm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
-    finally:
-        free(panel_memory)
+    with nogil:
+        run_epochs(stm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)

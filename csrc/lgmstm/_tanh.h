@@ -122,6 +122,10 @@ static void lgmstm_tanh_inplace_f(float *x, ptrdiff_t n)
 LGMSTM_DISPATCH
 static void lgmstm_tanh_rows_d(double *x, ptrdiff_t n_rows, ptrdiff_t n_cols, ptrdiff_t ld)
 {
+    if (ld == n_cols) {  /* rows back to back: one long row vectorises better */
+        n_cols *= n_rows;
+        n_rows = 1;
+    }
     for (ptrdiff_t r = 0; r < n_rows; ++r)
         for (ptrdiff_t i = 0; i < n_cols; ++i) x[r * ld + i] = lgmstm_tanh_d(x[r * ld + i]);
 }
@@ -129,6 +133,10 @@ static void lgmstm_tanh_rows_d(double *x, ptrdiff_t n_rows, ptrdiff_t n_cols, pt
 LGMSTM_DISPATCH
 static void lgmstm_tanh_rows_f(float *x, ptrdiff_t n_rows, ptrdiff_t n_cols, ptrdiff_t ld)
 {
+    if (ld == n_cols) {  /* rows back to back: one long row vectorises better */
+        n_cols *= n_rows;
+        n_rows = 1;
+    }
     for (ptrdiff_t r = 0; r < n_rows; ++r)
         for (ptrdiff_t i = 0; i < n_cols; ++i) x[r * ld + i] = lgmstm_tanh_f(x[r * ld + i]);
 }

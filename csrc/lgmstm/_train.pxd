@@ -15,11 +15,13 @@ cdef class UseLock:
     """Many concurrent readers of a model's parameters, or one trainer (see _train.pyx)."""
     cdef readonly Py_ssize_t readers
     cdef readonly unsigned long trainer   # the training thread's ident, 0: none
-    cdef Py_ssize_t trainers_waiting
+    cdef Py_ssize_t trainers_waiting, readers_waiting
     cdef object condition
     cdef object reading_context, training_context
     cdef bint try_read(self) except -1
     cdef int end_read(self) except -1
+    cdef bint try_train(self) except -1
+    cdef int end_train(self) except -1
 
 
 cdef class TrainingRun:
@@ -61,12 +63,43 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
                      const TrainingPlan *plan, Optimizer *optimizer,
                      int n_threads) noexcept nogil
 
-cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t[:, ::1] order,
-                          double[::1] epoch_losses, Py_ssize_t n_samples,
-                          double loss_denominator, bint step_updates)
+cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
+                          Py_ssize_t n_epochs, Py_ssize_t n_samples,
+                          double loss_denominator, bint step_updates) noexcept
 cdef bint is_ready_matrix(object array, int type_num, Py_ssize_t n_rows,
                           Py_ssize_t n_cols) except -1
 cdef void *data_or_null(object array)
 cdef int kernel_threads() noexcept nogil
 cdef Parameters parameters_of(PointerTable values, TrainingRun run, const Py_ssize_t *counts,
                               size_t itemsize)
+
+
+cdef class KeptMemory:
+    """Zeroed scratch memory a program keeps from one training call to the
+    next with the same layout (see _train.pyx)."""
+    cdef void *allocated
+    cdef void *start
+    cdef size_t n_bytes
+    cdef object layout
+    cdef void *get(self, size_t n_bytes, object layout) except NULL
+
+
+cdef class Program:
+    """What the model programs (_lgm.Network, _stm.Network) share: the
+    parameters, the model's lock, and the short fit (see _train.pyx)."""
+    cdef readonly PointerTable params
+    cdef UseLock lock
+    cdef int type_num                  # the parameters' dtype
+    cdef KeptMemory panel_memory       # the panel layout's workspace
+    # The short fit's kept run and what it was made for.
+    cdef public object run_factory
+    cdef TrainingRun short_run
+    cdef object short_state
+    cdef object short_optimizer
+    cdef Py_ssize_t short_samples, short_steps, short_batch
+    cdef PointerTable trained, saved  # params and moments, and a copy of them
+
+    cdef Py_ssize_t ready_steps(self, object X, object Y, object h0,
+                                Py_ssize_t batch_size) except -2
+    cdef int train_run(self, TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
+                       Py_ssize_t n_epochs, int n_threads) except -1

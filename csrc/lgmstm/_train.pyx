@@ -9,14 +9,19 @@ nogil code can use) and TrainingRun (the data and plan of one fit).
         optimizer.step += 1; update every parameter with its moments
     epoch_losses[epoch] = loss / loss_denominator
 """
+cimport cython
 cimport numpy as cnp
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcpy, memset
 
 from lgmstm._omp cimport lgmstm_omp_max_threads
-from lgmstm._optim cimport Optimizer, clip_gradients, optimizer_step
+from lgmstm._optim cimport ADAM, MOMENTUM, SGD, Optimizer, clip_gradients, optimizer_step
+from lgmstm._panel cimport panel_calloc
 from lgmstm._parallel cimport BLAS_THREADING_WORK as _BLAS_THREADING_WORK
+from lgmstm._parallel cimport SHORT_FIT_WORK as _SHORT_FIT_WORK
 
 import threading
 
@@ -25,6 +30,12 @@ import numpy as np
 cnp.import_array()
 
 BLAS_THREADING_WORK = _BLAS_THREADING_WORK
+
+# The optimizers by name, as the compiled code numbers them (lgmstm._training
+# describes them).
+OPTIMIZER_CODES = {"sgd": SGD, "momentum": MOMENTUM, "adam": ADAM}
+
+SHORT_FIT_WORK = _SHORT_FIT_WORK
 
 # libgomp's thread pool does not survive fork(): in a forked child the
 # kernels run on one thread (lgmstm._threads marks the child).
@@ -44,40 +55,44 @@ cdef int kernel_threads() noexcept nogil:
     return max(1, lgmstm_omp_max_threads())
 
 
+cdef bint array_finite(cnp.ndarray array) noexcept:
+    """Whether every value of a C-contiguous float32/float64 array is finite.
+
+    A value is not finite when its exponent bits are all ones: an integer
+    test without branches, which the compiler vectorises (isfinite in a
+    loop that stops at the first failure is scalar)."""
+    cdef Py_ssize_t i, n = cnp.PyArray_SIZE(array)
+    cdef const uint64_t *doubles
+    cdef const uint32_t *floats
+    cdef uint64_t bad = 0
+    # The exponent bits of IEEE doubles and floats: all set for inf and NaN.
+    cdef uint64_t DOUBLE_EXPONENT = 0x7FF0000000000000ULL
+    cdef uint32_t FLOAT_EXPONENT = 0x7F800000U
+    with nogil:
+        if cnp.PyArray_TYPE(array) == cnp.NPY_DOUBLE:
+            doubles = <const uint64_t *> cnp.PyArray_DATA(array)
+            for i in range(n):
+                bad |= (doubles[i] & DOUBLE_EXPONENT) == DOUBLE_EXPONENT
+        else:
+            floats = <const uint32_t *> cnp.PyArray_DATA(array)
+            for i in range(n):
+                bad |= (floats[i] & FLOAT_EXPONENT) == FLOAT_EXPONENT
+    return bad == 0
+
+
 def all_finite(arrays):
     """Whether every value of these arrays is finite (no NaN or inf).
 
     C-contiguous float32/float64 arrays are scanned here, stopping at the
     first non-finite value; any other array goes to np.isfinite.
     """
-    cdef cnp.ndarray array
-    cdef Py_ssize_t i, n
-    cdef const double *doubles
-    cdef const float *floats
-    cdef bint finite = True
     for item in arrays:
         if (type(item) is not np.ndarray
                 or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray> item)
                 or cnp.PyArray_TYPE(<cnp.ndarray> item) not in (cnp.NPY_DOUBLE, cnp.NPY_FLOAT)):
             if not np.isfinite(item).all():
                 return False
-            continue
-        array = <cnp.ndarray> item
-        n = cnp.PyArray_SIZE(array)
-        with nogil:
-            if cnp.PyArray_TYPE(array) == cnp.NPY_DOUBLE:
-                doubles = <const double *> cnp.PyArray_DATA(array)
-                for i in range(n):
-                    if not isfinite(doubles[i]):
-                        finite = False
-                        break
-            else:
-                floats = <const float *> cnp.PyArray_DATA(array)
-                for i in range(n):
-                    if not isfinite(floats[i]):
-                        finite = False
-                        break
-        if not finite:
+        elif not array_finite(<cnp.ndarray> item):
             return False
     return True
 
@@ -91,8 +106,9 @@ cdef class UseLock:
     (a callback that calls predict).
 
     The fast paths of compiled code take and leave a read with try_read and
-    end_read, a few nanoseconds: they run with the GIL held, which makes
-    each of them atomic with respect to every other Python thread. Waiting
+    end_read, and the short fit trains with try_train and end_train, a few
+    nanoseconds: they run with the GIL held, which makes each of them
+    atomic with respect to every other Python thread. Waiting
     (for a trainer to finish, or a trainer for the readers) goes through a
     threading.Condition; a reader leaving wakes a waiting trainer through it.
     """
@@ -112,6 +128,21 @@ cdef class UseLock:
     cdef int end_read(self) except -1:
         self.readers -= 1
         if self.readers == 0 and self.trainers_waiting:
+            with self.condition:
+                self.condition.notify_all()
+        return 0
+
+    cdef bint try_train(self) except -1:
+        """Start training unless the model is in use (then False): the short
+        fit's way in, which never waits (the checked path waits or refuses)."""
+        if self.trainer == 0 and self.readers == 0:
+            self.trainer = PyThread_get_thread_ident()
+            return True
+        return False
+
+    cdef int end_train(self) except -1:
+        self.trainer = 0
+        if self.readers_waiting or self.trainers_waiting:
             with self.condition:
                 self.condition.notify_all()
         return 0
@@ -140,8 +171,12 @@ cdef class _Reading(_LockContext):
         if lock.try_read():
             return
         with lock.condition:
-            while not lock.try_read():
-                lock.condition.wait()
+            lock.readers_waiting += 1
+            try:
+                while not lock.try_read():
+                    lock.condition.wait()
+            finally:
+                lock.readers_waiting -= 1
 
     def __exit__(self, *exc):
         self.lock.end_read()
@@ -274,20 +309,20 @@ cdef Parameters parameters_of(PointerTable values, TrainingRun run, const Py_ssi
     return parameters
 
 
-cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t[:, ::1] order,
-                          double[::1] epoch_losses, Py_ssize_t n_samples,
-                          double loss_denominator, bint step_updates):
-    """The plan of a program's train call: order (n_epochs or 0, n_samples),
-    epoch_losses (n_epochs,)."""
+cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
+                          Py_ssize_t n_epochs, Py_ssize_t n_samples,
+                          double loss_denominator, bint step_updates) noexcept:
+    """The plan of a program's train call: order (n_epochs, n_samples) or
+    NULL, epoch_losses (n_epochs,)."""
     cdef TrainingPlan plan
-    plan.n_epochs = epoch_losses.shape[0]
+    plan.n_epochs = n_epochs
     plan.n_samples = n_samples
     plan.batch_size = run.batch_size
-    plan.order = &order[0, 0] if order.shape[0] > 0 else NULL
+    plan.order = order
     plan.clip_norm = run.clip_norm
     plan.step_updates = step_updates
     plan.loss_denominator = loss_denominator
-    plan.epoch_losses = &epoch_losses[0] if plan.n_epochs > 0 else NULL
+    plan.epoch_losses = epoch_losses
     return plan
 
 
@@ -337,3 +372,170 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
             if not plan.step_updates:
                 update(parameters, optimizer, n_threads)
         plan.epoch_losses[epoch] = summed_loss / plan.loss_denominator
+
+
+@cython.auto_pickle(False)
+cdef class KeptMemory:
+    """Zeroed scratch memory that a program keeps from one training call to
+    the next, for as long as the calls have the same layout.
+
+    A fresh block costs its page faults and zeroing at every call (the
+    STM's panel workspace is hundreds of KB, more than a short epoch's
+    arithmetic). A block kept with the same layout is as the last call
+    left it, as it is from one epoch to the next within a call.
+    """
+
+    def __dealloc__(self):
+        free(self.allocated)
+
+    cdef void *get(self, size_t n_bytes, object layout) except NULL:
+        """n_bytes starting on a panel boundary (see panel_calloc), zeroed
+        when layout (any comparable value fixing where everything lies)
+        differs from the last call's."""
+        if self.start == NULL or n_bytes != self.n_bytes or layout != self.layout:
+            free(self.allocated)
+            self.allocated = self.start = NULL
+            self.layout = None
+            self.start = panel_calloc(n_bytes, &self.allocated)
+            if self.start == NULL:
+                raise MemoryError()
+            self.n_bytes, self.layout = n_bytes, layout
+        return self.start
+
+
+cdef size_t array_bytes(object array) noexcept:
+    return <size_t> cnp.PyArray_NBYTES(<cnp.ndarray> array)
+
+
+@cython.auto_pickle(False)
+cdef class Program:
+    """What the model programs (_lgm.Network, _stm.Network) share: their
+    parameters and the model's lock (set by the subclass), the kept panel
+    workspace, and the short fit.
+
+    A subclass implements ready_steps (whether data can take the short
+    fit) and train_run (epochs of training on a TrainingRun).
+    """
+
+    cdef Py_ssize_t ready_steps(self, object X, object Y, object h0,
+                                Py_ssize_t batch_size) except -2:
+        """n_steps of X (0 for the LGM) when X, Y and h0 are what the
+        kernels take as they are, batches of up to batch_size samples never
+        thread BLAS and an epoch is short (SHORT_FIT_WORK); else -1."""
+        return -1
+
+    cdef int train_run(self, TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
+                       Py_ssize_t n_epochs, int n_threads) except -1:
+        """n_epochs epochs on run (order: (n_epochs, n_samples) or NULL, in
+        sample order); the losses to epoch_losses (OUT)."""
+        raise NotImplementedError
+
+    def fit_ready(self, model, X, Y, h0, final_states, lr, batch_size, optimizer,
+                  clip_norm, shuffle, warm_start):
+        """The losses (shape (1,)) of one epoch of training on (X, Y), or
+        None when the caller must take its checked path: the short fit of
+        partial_fit and fit(epochs=1).
+
+        Taken when the data are what the kernels take as they are (see
+        ready_steps; h0: the initial states, or None), every
+        hyper-parameter is of a type the checked path takes unchanged, the
+        batches need no sample order (one batch, or shuffle False), and
+        the model is not in use. The optimizer state is the model's
+        (``model._optimizer_state``), with the rules of
+        lgmstm._training.train_model; the TrainingRun for it is made once
+        by ``run_factory(X, Y, h0, batch_size, state or None for a fresh
+        one, optimizer)`` -> (run, state) and kept for the next calls with
+        the same shapes and state. A non-finite loss or parameter restores
+        the parameters and optimizer state and returns None: the checked
+        path then trains the epoch again and warns. final_states: None, or
+        an array (n_samples, n_hidden) of the model's dtype, C-contiguous,
+        that the STM's epoch writes each sequence's final state to (OUT).
+        """
+        cdef cnp.ndarray array
+        cdef cnp.npy_intp dims[2]
+        cdef Py_ssize_t n_samples, n_steps, batch, limit, i
+        cdef double rate, clip = 0
+        cdef double loss = 0
+        cdef TrainingRun run
+        cdef object state, losses
+        cdef bint hit, trained = False
+        if (type(X) is not np.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> X) < 1
+                or not isinstance(lr, float) or type(optimizer) is not str
+                or (shuffle is not True and shuffle is not False)
+                or (warm_start is not True and warm_start is not False)):
+            return None
+        rate = lr
+        if not (rate > 0 and isfinite(rate)):
+            return None
+        if clip_norm is not None:
+            if not isinstance(clip_norm, float):
+                return None
+            clip = clip_norm
+            if not (clip > 0 and isfinite(clip)):
+                return None
+        n_samples = cnp.PyArray_DIMS(<cnp.ndarray> X)[0]
+        if batch_size is None or (type(batch_size) is int and batch_size >= n_samples):
+            batch = n_samples
+        elif type(batch_size) is int and batch_size >= 1:
+            batch = batch_size
+        else:
+            return None
+        if n_samples < 1 or (shuffle and batch < n_samples) or optimizer not in OPTIMIZER_CODES:
+            return None
+        n_steps = self.ready_steps(X, Y, h0, batch)
+        if n_steps < 0 or not array_finite(<cnp.ndarray> X) or not array_finite(<cnp.ndarray> Y):
+            return None
+        if h0 is not None and not array_finite(<cnp.ndarray> h0):
+            return None
+        if not self.lock.try_train():
+            return None
+        try:
+            state = model._optimizer_state
+            hit = (state is not None and state is self.short_state
+                   and optimizer == self.short_optimizer and n_samples == self.short_samples
+                   and n_steps == self.short_steps and batch == self.short_batch)
+            if hit and not warm_start:
+                # A fresh state, made in place: zero moments, no step done.
+                for i in range(self.params.count, self.trained.count):
+                    memset(self.trained.data[i], 0, array_bytes(self.trained.arrays[i]))
+                state.step = 0
+            elif not hit:
+                if not (warm_start and state is not None and state.continued_by(optimizer)):
+                    state = None
+                run, state = self.run_factory(X, Y, h0, batch, state, optimizer)
+                self.short_run, self.short_state = run, state
+                self.short_optimizer = optimizer
+                self.short_samples, self.short_steps, self.short_batch = n_samples, n_steps, batch
+                self.trained = PointerTable(
+                    self.params.arrays + [a for arrays in state.moments for a in arrays])
+                self.saved = PointerTable([a.copy() for a in self.trained.arrays])
+                model._optimizer_state = state
+            run = self.short_run
+            run.X, run.Y, run.initial_states, run.final_states = X, Y, h0, final_states
+            run.clip_norm = clip
+            run.optimizer.lr = rate
+            run.optimizer.step = state.step
+            for i in range(self.trained.count):
+                memcpy(self.saved.data[i], self.trained.data[i],
+                       array_bytes(self.trained.arrays[i]))
+            self.train_run(run, NULL, &loss, 1, kernel_threads())
+            trained = isfinite(loss)
+            for i in range(self.params.count):
+                if not trained:
+                    break
+                trained = array_finite(<cnp.ndarray> self.params.arrays[i])
+            if not trained:
+                for i in range(self.trained.count):
+                    memcpy(self.trained.data[i], self.saved.data[i],
+                           array_bytes(self.trained.arrays[i]))
+                return None
+            state.step = run.optimizer.step
+        finally:
+            run = self.short_run
+            if run is not None:  # the caller's arrays are not kept
+                run.X = run.Y = run.initial_states = run.final_states = None
+            self.lock.end_train()
+        dims[0] = 1
+        losses = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
+        (<double *> cnp.PyArray_DATA(<cnp.ndarray> losses))[0] = loss
+        return losses
