@@ -964,20 +964,21 @@ def measure(items, *, target_seconds=0.15, repeats=5, progress=None):
     return measurements
 
 
-def gemm_peak(dtype, threads, n=2048, repeats=5, warm_up_seconds=0.2):
+def gemm_peak(dtype, threads, n=2048, repeats=5, warm_up_seconds=0.2, seconds=0.3):
     """This machine's GEMM peak in GFLOP/s: an n x n x n GEMM with scipy's BLAS,
     the best of many timings.
 
     The GEMM first runs for warm_up_seconds (at least once) on `threads`
     threads, so that BLAS's threads are awake, the pages touched and the
-    clock up. Then, repeats times, it is timed once on `threads` threads and
-    (threads > 1) once on one thread. The fastest timing counts: a machine
-    busy elsewhere only makes a timing slower. One thread's timings count
-    too, since the peak on several threads is at least that on one, and a
-    threaded GEMM with a core busy elsewhere can run far slower than one
-    thread (on this project's 2-core machine under load, n=256: 1 GFLOP/s
-    on 2 threads, 35 on one). A figure still too low shows as a "% peak"
-    over 100 (see peak_notes).
+    clock up. Then it is timed once on `threads` threads and (threads > 1)
+    once on one thread, repeats times and for at least `seconds` in all.
+    The fastest timing counts: a machine busy elsewhere only makes a timing
+    slower, and the more timings, the likelier a quiet one. One thread's
+    timings count too, since the peak on several threads is at least that
+    on one, and a threaded GEMM with a core busy elsewhere can run far
+    slower than one thread (on this project's 2-core machine under load,
+    n=256: 1 GFLOP/s on 2 threads, 35 on one). A figure still too low shows
+    as a "% peak" over 100 (see format_peak_share, peak_notes).
     """
     from scipy.linalg import blas
 
@@ -996,10 +997,12 @@ def gemm_peak(dtype, threads, n=2048, repeats=5, warm_up_seconds=0.2):
         while time.perf_counter() - started < warm_up_seconds:
             run(1)
     best = float("inf")
-    for _ in range(repeats):
+    started, done = time.perf_counter(), 0
+    while done < repeats or time.perf_counter() - started < seconds:
         for n_threads in sorted({threads, 1}, reverse=True):
             with thread_count(n_threads):
                 best = min(best, _seconds(run, 1))
+        done += 1
     return 2 * n**3 / best / 1e9
 
 

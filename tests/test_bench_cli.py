@@ -149,7 +149,8 @@ def test_gemm_peak_warms_up_then_keeps_the_best_of_both_thread_counts(monkeypatc
     monkeypatch.setattr(benchmarks, "thread_count", thread_count)
     monkeypatch.setattr(benchmarks, "_seconds", seconds)
     n = 16
-    peak = benchmarks.gemm_peak("float64", 2, n=n, repeats=3, warm_up_seconds=0.0)
+    peak = benchmarks.gemm_peak("float64", 2, n=n, repeats=3, warm_up_seconds=0.0,
+                                seconds=0.0)
     assert peak == pytest.approx(2 * n**3 / 2.0 / 1e9)
     assert counts[0] == 2  # the warm-up, on the bench's threads
     assert timed == [2, 1, 2, 1, 2, 1]
@@ -164,35 +165,35 @@ def test_gemm_peak_on_one_thread_times_one_thread_only(monkeypatch):
         yield
 
     monkeypatch.setattr(benchmarks, "thread_count", thread_count)
-    assert benchmarks.gemm_peak("float32", 1, n=16, repeats=4, warm_up_seconds=0.0) > 0
+    assert benchmarks.gemm_peak("float32", 1, n=16, repeats=4, warm_up_seconds=0.0,
+                                seconds=0.0) > 0
     assert set(counts) == {1} and len(counts) == 1 + 4
 
 
 # -- "% peak" above 100 is flagged -------------------------------------------------------
 
-def _rows(peak_gflops):
-    """summarise's rows for a seed LGM step of 1 ms on 1 thread, against a fake peak."""
+def _rows(peak_over_reached):
+    """summarise's rows for a seed LGM step timed at 1 ms on 1 thread, and the
+    fake peaks: peak_over_reached times the GFLOP/s that step reached."""
     item = _item("lgm_step", "seed")
+    peaks = {"float64": peak_over_reached * item.flops / 1e-3 / 1e9}
     measurement = benchmarks.Measurement(item, 1e-3, [1e-3] * 3, 1)
-    return benchmarks.summarise([measurement], {"float64": peak_gflops}, 1), item.flops / 1e-3 / 1e9
+    return benchmarks.summarise([measurement], peaks, 1), peaks
 
 
 def test_a_share_above_the_peak_is_marked_and_explained():
-    reached = _rows(1.0)[1]  # GFLOP/s of the fake measurement
-    [row], _ = _rows(reached / 1.5)
+    [row], peaks = _rows(1 / 1.5)
     assert row["peak_share"] == pytest.approx(1.5)
     assert benchmarks.format_peak_share(row["peak_share"]) == "150!"
-    peaks = {"float64": reached / 1.5}
     [note] = benchmarks.peak_notes([row], peaks)
     assert "% peak over 100 (marked !) in float64 (lgm_step seed)" in note
-    assert f"{reached / 1.5:.3g} GFLOP/s, was measured too low" in note
+    assert f"{peaks['float64']:.3g} GFLOP/s, was measured too low" in note
 
 
 def test_a_share_within_the_peak_is_plain():
-    reached = _rows(1.0)[1]
-    [row], _ = _rows(reached * 2)
+    [row], peaks = _rows(2.0)
     assert benchmarks.format_peak_share(row["peak_share"]) == "50"
-    assert benchmarks.peak_notes([row], {"float64": reached * 2}) == []
+    assert benchmarks.peak_notes([row], peaks) == []
 
 
 @pytest.mark.parametrize("share, text", [
@@ -216,7 +217,6 @@ def test_peak_notes_name_each_dtype_over_its_own_peak():
 def test_the_table_marks_a_share_above_the_peak():
     from lgmstm.__main__ import format_table
 
-    reached = _rows(1.0)[1]
-    rows, _ = _rows(reached / 1.5)
+    rows, _ = _rows(1 / 1.5)
     line = format_table(rows, 1).splitlines()[1].split()
     assert "150!" in line
