@@ -153,7 +153,6 @@ def plot_demo(lgm, stm, held_out, path, zoom_years=6):
     the last `zoom_years` closer), and both models' training loss per epoch
     (their history_)."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
 
     figure = Figure(figsize=(12, 3.4), layout="constrained")
     whole, zoom, loss = figure.subplots(1, 3, width_ratios=(2, 1.2, 1))
@@ -175,7 +174,6 @@ def plot_demo(lgm, stm, held_out, path, zoom_years=6):
         loss.plot(np.arange(1, len(model.history_) + 1), model.history_, label=name)
     loss.set(title="training loss (history_)", xlabel="epoch", ylabel="mean squared error",
              yscale="log")
-    loss.yaxis.set_minor_formatter(NullFormatter())
     loss.legend(fontsize="small")
     figure.savefig(path, dpi=80)
 
