@@ -25,6 +25,12 @@ class Network(Program):
         """(outputs, new state) of one step when x and state are ndarrays of the
         parameters' dtype and shape, C-contiguous, the call is small and no
         other thread trains; else None (the caller takes its checked path)."""
+    def predict_ready(self, X: object, initial_state: object,
+                      ) -> tuple[_Float, _Float] | None:
+        """(outputs, final states) of predict without lengths when X and
+        initial_state are ndarrays of the parameters' dtype and shape,
+        C-contiguous, the call is small and no other thread trains; else
+        None (the caller takes its checked path)."""
     @property
     def layer_sizes(self) -> _Index: ...
     @property

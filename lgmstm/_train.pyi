@@ -17,6 +17,10 @@ OPTIMIZER_CODES: Final[dict[str, int]]
 SHORT_FIT_WORK: Final[int]
 """The most multiply-adds an epoch of a short fit (one compiled call) may take."""
 
+def epoch_orders(rng: np.random.Generator, n_epochs: int, n_samples: int,
+                 ) -> NDArray[np.intp]:
+    """(n_epochs, n_samples): a fresh random order of the samples per epoch."""
+
 def all_finite(arrays: Iterable[NDArray[Any]]) -> bool:
     """Whether every value of these arrays is finite (no NaN or inf)."""
 

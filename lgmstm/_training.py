@@ -134,12 +134,6 @@ class OptimizerState:
         return state
 
 
-def epoch_orders(rng, n_epochs, n_samples):
-    """(n_epochs, n_samples) array: a fresh random order of the samples per epoch."""
-    order = np.broadcast_to(np.arange(n_samples, dtype=np.intp), (n_epochs, n_samples))
-    return np.ascontiguousarray(rng.permuted(order, axis=1))
-
-
 class DivergenceWarning(RuntimeWarning):
     """Training met a non-finite loss or parameter and stopped."""
 
@@ -207,7 +201,7 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
     warm_start = check_bool("warm_start", warm_start)
 
     def order_for(count):
-        return epoch_orders(rng, count, n_samples) if shuffled else None
+        return _train.epoch_orders(rng, count, n_samples) if shuffled else None
 
     return FitPlan(epochs, lr, batch_size, optimizer, clip_norm, verbose, warm_start, order_for)
 

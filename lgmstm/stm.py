@@ -67,9 +67,10 @@ class _CompiledRecurrent:
         self.sizes = np.asarray(sizes, dtype=np.intp)
         self.return_sequences = return_sequences
         self.program = _stm.Network(params, self.sizes, output_tanh, return_sequences, lock)
-        # The fast paths of step and of short fits: a result, or None for
-        # the checked path.
+        # The fast paths of step, predict and short fits: a result, or None
+        # for the checked path.
         self.step_ready = self.program.step_ready
+        self.predict_ready = self.program.predict_ready
         self.fit_ready = self.program.fit_ready
         self.program.run_factory = self._short_run
         self.workspace = TrainingWorkspace()
@@ -137,6 +138,10 @@ class _ReferenceRecurrent:
     @staticmethod
     def step_ready(x, state):
         return None  # no fast path: every step is checked
+
+    @staticmethod
+    def predict_ready(X, initial_state):
+        return None
 
     @staticmethod
     def fit_ready(*arguments):
@@ -518,6 +523,17 @@ class STM(Model):
             (stateful, no initial_state) X holds a different number of
             sequences than the state has streams.
         """
+        if lengths is None and (return_state is False or return_state is True):
+            # X and initial_state as the kernels take them: no checks.
+            ready = self._network.predict_ready(
+                X, self._state if initial_state is None and self.stateful else initial_state)
+            if ready is not None:
+                outputs, final = ready
+                if self.stateful:
+                    self._state = final
+                if return_state:
+                    return outputs, final.copy() if self.stateful else final
+                return outputs
         X, lengths = self._inputs(X, lengths)
         return_state = check_bool("return_state", return_state)
         if initial_state is not None:
@@ -802,6 +818,16 @@ class STM(Model):
                 raise TypeError(f"config.{name} must hold one value, got shape {entry.shape}")
             return entry.item()
 
+        # Shapes first: a file must not make us build a model larger than it holds.
+        sizes = [value(name) for name in ("n_in", "n_hidden", "n_out")]
+        if all(isinstance(n, int) and not isinstance(n, bool) for n in sizes):
+            n_in, n_hidden, n_out = sizes
+            expected = dict(zip(PARAM_NAMES, [(n_in, n_hidden), (n_hidden, n_hidden),
+                                              (n_hidden,), (n_hidden, n_out), (n_out,)]))
+            found = {name: array.shape for name, array in arrays.items()}
+            if found != expected:
+                raise ValueError(f"{path}: parameters of shapes {found} do not fit "
+                                 f"n_in={n_in}, n_hidden={n_hidden}, n_out={n_out}")
         # The constructor's checks refuse a float size or a non-bool flag.
         model = cls(value("n_in"), value("n_hidden"), value("n_out"), output=value("output"),
                     return_sequences=value("return_sequences"), stateful=value("stateful"),

@@ -46,6 +46,42 @@ def test_stm_step_fast_and_checked_paths_agree(dtype, n_streams):
         np.testing.assert_array_equal(fast_model.state, checked_model.state, strict=True)
 
 
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("n_samples", [1, 9])
+def test_stm_predict_fast_and_checked_paths_agree(dtype, return_sequences, n_samples):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((n_samples, 5, 4)).astype(dtype)
+    h0 = rng.uniform(-0.5, 0.5, (n_samples, 6)).astype(dtype)
+    model = lgmstm.STM(4, 6, 3, return_sequences=return_sequences, dtype=dtype, seed=4)
+    fast = model.predict(X)
+    fast_from_h0, fast_final = model.predict(X, initial_state=h0, return_state=True)
+    for name, form in {"list": X.tolist(), "fortran": np.asfortranarray(X),
+                       "strided": np.repeat(X, 2, axis=2)[:, :, ::2]}.items():
+        np.testing.assert_array_equal(model.predict(form), fast, err_msg=name, strict=True)
+        outputs, final = model.predict(form, initial_state=h0.tolist(), return_state=True)
+        np.testing.assert_array_equal(outputs, fast_from_h0, err_msg=name, strict=True)
+        np.testing.assert_array_equal(final, fast_final, err_msg=name, strict=True)
+    # lengths always take the checked path, and full lengths change nothing.
+    np.testing.assert_array_equal(model.predict(X, lengths=[5] * n_samples), fast, strict=True)
+
+
+def test_stateful_stm_predict_fast_and_checked_paths_agree(dtype):
+    rng = np.random.default_rng(4)
+    chunks = rng.standard_normal((3, 2, 4, 4)).astype(dtype)
+    fast_model = lgmstm.STM(4, 6, 3, stateful=True, dtype=dtype, seed=4)
+    checked_model = lgmstm.STM(4, 6, 3, stateful=True, dtype=dtype, seed=4)
+    for X in chunks:
+        np.testing.assert_array_equal(fast_model.predict(X), checked_model.predict(X.tolist()),
+                                      strict=True)
+        np.testing.assert_array_equal(fast_model.state, checked_model.state, strict=True)
+    # The held state's number of streams is checked on either path.
+    with pytest.raises(ValueError, match="reset_state"):
+        fast_model.predict(chunks[0][:1].copy())
+    _, final = fast_model.predict(chunks[0], return_state=True)
+    final[...] = 7  # a copy: the kept state does not change
+    assert not (fast_model.state == 7).any()
+
+
 def test_estimator_predict_fast_and_checked_paths_agree():
     pytest.importorskip("sklearn", minversion="1.6")
     from lgmstm.sklearn import LGMRegressor

@@ -490,3 +490,24 @@ def test_unknown_top_level_entries_are_skipped_unread(bomb, monkeypatch, tmp_pat
         tracemalloc.stop()
     assert peak < 4 * 2**20
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X), strict=True)
+
+
+@pytest.mark.parametrize("n_hidden", [10**6, 30000])
+def test_an_stm_config_larger_than_its_parameters_is_refused_before_building(n_hidden,
+                                                                            tmp_path):
+    """config.n_hidden that the stored parameters do not have is refused
+    from the shapes, before the model (n_hidden**2 values, an orthogonal
+    initialisation) is built."""
+    path = tmp_path / "stm.npz"
+    lgmstm.STM(3, 4, 2, seed=0).save(path)
+    arrays = arrays_of(path)
+    arrays["config.n_hidden"] = np.asarray(n_hidden, np.int64)
+    rewrite(path, arrays)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="do not fit"):
+            lgmstm.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20  # measured: under 0.1 MB

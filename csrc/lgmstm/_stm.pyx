@@ -77,12 +77,12 @@ cdef class Network(Program):
     cdef readonly bint output_tanh, return_sequences
     cdef const Py_ssize_t *sizes
     cdef Py_ssize_t counts[N_PARAMS]
-    # step_ready's scratch for its latest number of streams (states, the
-    # time loop's scratch, the sample order, the lengths: all ones), and
-    # whether a step is using it (a second thread's step allocates its own).
-    cdef list step_scratch
-    cdef Py_ssize_t step_streams
-    cdef bint stepping
+    # The fast paths' scratch for their latest shape (states, the time
+    # loop's scratch, the sample order, the lengths: all n_steps), and
+    # whether a call is using it (a second thread's call allocates its own).
+    cdef list ready_scratch
+    cdef Py_ssize_t ready_samples, ready_steps_
+    cdef bint in_use
 
     def __cinit__(self, list params, sizes, bint output_tanh, bint return_sequences,
                   UseLock lock):
@@ -97,23 +97,24 @@ cdef class Network(Program):
         self.panel_memory = KeptMemory()
         self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])
         param_counts(self.sizes, self.counts)
-        self.step_streams = -1
+        self.ready_samples = -1
 
-    cdef list _step_scratch(self, Py_ssize_t n_streams):
+    cdef list _ready_scratch(self, Py_ssize_t n_samples, Py_ssize_t n_steps):
         cdef cnp.npy_intp dims[3]
         cdef list scratch
-        if self.stepping or n_streams != self.step_streams:
-            dims[0], dims[1], dims[2] = n_streams, 1, self.sizes[1]
+        if self.in_use or n_samples != self.ready_samples or n_steps != self.ready_steps_:
+            dims[0], dims[1], dims[2] = n_samples, n_steps, self.sizes[1]
             scratch = [cnp.PyArray_EMPTY(3, dims, self.type_num, 0)]
-            dims[0] = rnn_scratch_size(n_streams, self.sizes[0], self.sizes[1], False)
+            dims[0] = rnn_scratch_size(n_samples, self.sizes[0], self.sizes[1], False)
             scratch.append(cnp.PyArray_EMPTY(1, dims, self.type_num, 0))
-            dims[0] = n_streams
+            dims[0] = n_samples
             scratch.append(cnp.PyArray_EMPTY(1, dims, cnp.NPY_INTP, 0))
-            scratch.append(np.ones(n_streams, np.intp))
-            if self.stepping:
+            scratch.append(np.full(n_samples, n_steps, np.intp))
+            if self.in_use:
                 return scratch
-            self.step_scratch, self.step_streams = scratch, n_streams
-        return self.step_scratch
+            self.ready_scratch = scratch
+            self.ready_samples, self.ready_steps_ = n_samples, n_steps
+        return self.ready_scratch
 
     cpdef Py_ssize_t blas_work(self, Py_ssize_t n_samples, Py_ssize_t n_steps):
         """Multiply-adds that decide whether BLAS may thread in a pass over
@@ -132,33 +133,63 @@ cdef class Network(Program):
         threads; and no other thread training the model. The same passes as
         predict over one step, so the same bits.
         """
+        if not is_ready_matrix(x, self.type_num, -1, self.sizes[0]):
+            return None
+        return self._forward_ready(<cnp.ndarray> x, cnp.PyArray_DIMS(<cnp.ndarray> x)[0], 1,
+                                   state, True)
+
+    def predict_ready(self, X, initial_state):
+        """(outputs, final states) of predict on X from initial_state, or None
+        when the caller must take its checked path.
+
+        The fast path of STM.predict without lengths: X must already be an
+        ndarray of the parameters' dtype, of shape (n_samples >= 1, n_steps
+        >= 1, n_in), C-contiguous and aligned, initial_state None (zeros) or
+        (n_samples, n_hidden) of that dtype; the call small enough that
+        BLAS never threads; and no other thread training the model.
+        """
         cdef cnp.ndarray array
-        cdef cnp.npy_intp dims[2]
+        if type(X) is not np.ndarray:
+            return None
+        array = <cnp.ndarray> X
+        if (cnp.PyArray_NDIM(array) != 3 or cnp.PyArray_TYPE(array) != self.type_num
+                or not cnp.PyArray_ISCARRAY_RO(array)
+                or cnp.PyArray_DIMS(array)[2] != self.sizes[0]
+                or cnp.PyArray_DIMS(array)[0] < 1 or cnp.PyArray_DIMS(array)[1] < 1):
+            return None
+        return self._forward_ready(array, cnp.PyArray_DIMS(array)[0],
+                                   cnp.PyArray_DIMS(array)[1], initial_state, False)
+
+    cdef object _forward_ready(self, cnp.ndarray array, Py_ssize_t n_samples,
+                               Py_ssize_t n_steps, object state, bint one_step):
+        """step_ready and predict_ready past the check of X (array): the
+        outputs ((n_samples, n_out) for one_step) and final states, or None."""
+        cdef cnp.npy_intp dims[3]
         cdef void *buffers[N_BUFFERS]
-        cdef Py_ssize_t n_streams, n_in = self.sizes[0], n_hidden = self.sizes[1]
-        cdef Py_ssize_t n_out = self.sizes[2]
+        cdef Py_ssize_t n_hidden = self.sizes[1], n_out = self.sizes[2]
         cdef const void *h0 = NULL
         cdef const Py_ssize_t *lengths
         cdef object outputs, final_states
         cdef list scratch = None
         cdef int n_threads, buffer
-        if not is_ready_matrix(x, self.type_num, -1, n_in):
-            return None
-        array = <cnp.ndarray> x
-        n_streams = cnp.PyArray_DIMS(array)[0]
-        if self.blas_work(n_streams, 1) >= BLAS_THREADING_WORK:
+        if self.blas_work(n_samples, n_steps) >= BLAS_THREADING_WORK:
             return None
         if state is not None:
-            if not is_ready_matrix(state, self.type_num, n_streams, n_hidden):
+            if not is_ready_matrix(state, self.type_num, n_samples, n_hidden):
                 return None
             h0 = cnp.PyArray_DATA(<cnp.ndarray> state)
         if not self.lock.try_read():
             return None
         try:
-            scratch = self._step_scratch(n_streams)
-            dims[0], dims[1] = n_streams, n_out
-            outputs = cnp.PyArray_EMPTY(2, dims, self.type_num, 0)
-            dims[1] = n_hidden
+            scratch = self._ready_scratch(n_samples, n_steps)
+            # One step's outputs are (n_samples, n_out) either way.
+            if self.return_sequences and not one_step:
+                dims[0], dims[1], dims[2] = n_samples, n_steps, n_out
+                outputs = cnp.PyArray_EMPTY(3, dims, self.type_num, 0)
+            else:
+                dims[0], dims[1] = n_samples, n_out
+                outputs = cnp.PyArray_EMPTY(2, dims, self.type_num, 0)
+            dims[0], dims[1] = n_samples, n_hidden
             final_states = cnp.PyArray_EMPTY(2, dims, self.type_num, 0)
             for buffer in range(N_BUFFERS):
                 buffers[buffer] = NULL   # predict reads only the ones set below
@@ -169,19 +200,19 @@ cdef class Network(Program):
             buffers[OUTPUTS] = cnp.PyArray_DATA(<cnp.ndarray> outputs)
             lengths = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> scratch[3])
             n_threads = kernel_threads()
-            self.stepping = scratch is self.step_scratch
+            self.in_use = scratch is self.ready_scratch
             with nogil:
                 if self.type_num == cnp.NPY_DOUBLE:
                     stm_forward(<double *> cnp.PyArray_DATA(array), <const double *> h0,
-                                lengths, n_streams, 1, self.params.data, self.sizes,
+                                lengths, n_samples, n_steps, self.params.data, self.sizes,
                                 self.output_tanh, self.return_sequences, buffers, n_threads)
                 else:
                     stm_forward(<float *> cnp.PyArray_DATA(array), <const float *> h0,
-                                lengths, n_streams, 1, self.params.data, self.sizes,
+                                lengths, n_samples, n_steps, self.params.data, self.sizes,
                                 self.output_tanh, self.return_sequences, buffers, n_threads)
         finally:
-            if scratch is not None and scratch is self.step_scratch:
-                self.stepping = False
+            if scratch is not None and scratch is self.ready_scratch:
+                self.in_use = False
             self.lock.end_read()
         return outputs, final_states
 

@@ -55,6 +55,13 @@ cdef int kernel_threads() noexcept nogil:
     return max(1, lgmstm_omp_max_threads())
 
 
+def epoch_orders(rng, Py_ssize_t n_epochs, Py_ssize_t n_samples):
+    """(n_epochs, n_samples) intp array, C-ordered: a fresh random order of
+    the samples per epoch, drawn from the Generator rng."""
+    order = np.broadcast_to(np.arange(n_samples, dtype=np.intp), (n_epochs, n_samples))
+    return np.ascontiguousarray(rng.permuted(order, axis=1))
+
+
 cdef bint array_finite(cnp.ndarray array) noexcept:
     """Whether every value of a C-contiguous float32/float64 array is finite.
 
@@ -438,9 +445,9 @@ cdef class Program:
 
         Taken when the data are what the kernels take as they are (see
         ready_steps; h0: the initial states, or None), every
-        hyper-parameter is of a type the checked path takes unchanged, the
-        batches need no sample order (one batch, or shuffle False), and
-        the model is not in use. The optimizer state is the model's
+        hyper-parameter is of a type the checked path takes unchanged, and
+        the model is not in use. Shuffled mini-batches take their order
+        from ``model._rng`` as the checked path does. The optimizer state is the model's
         (``model._optimizer_state``), with the rules of
         lgmstm._training.train_model; the TrainingRun for it is made once
         by ``run_factory(X, Y, h0, batch_size, state or None for a fresh
@@ -457,7 +464,8 @@ cdef class Program:
         cdef double rate, clip = 0
         cdef double loss = 0
         cdef TrainingRun run
-        cdef object state, losses
+        cdef object state, losses, order = None
+        cdef const Py_ssize_t *rows = NULL
         cdef bint hit, trained = False
         if (type(X) is not np.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> X) < 1
                 or not isinstance(lr, float) or type(optimizer) is not str
@@ -480,7 +488,7 @@ cdef class Program:
             batch = batch_size
         else:
             return None
-        if n_samples < 1 or (shuffle and batch < n_samples) or optimizer not in OPTIMIZER_CODES:
+        if n_samples < 1 or optimizer not in OPTIMIZER_CODES:
             return None
         n_steps = self.ready_steps(X, Y, h0, batch)
         if n_steps < 0 or not array_finite(<cnp.ndarray> X) or not array_finite(<cnp.ndarray> Y):
@@ -518,7 +526,11 @@ cdef class Program:
             for i in range(self.trained.count):
                 memcpy(self.saved.data[i], self.trained.data[i],
                        array_bytes(self.trained.arrays[i]))
-            self.train_run(run, NULL, &loss, 1, kernel_threads())
+            if shuffle and batch < n_samples:
+                # Drawn from the model's generator as the checked path draws it.
+                order = epoch_orders(model._rng, 1, n_samples)
+                rows = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> order)
+            self.train_run(run, rows, &loss, 1, kernel_threads())
             trained = isfinite(loss)
             for i in range(self.params.count):
                 if not trained:
