@@ -15,12 +15,35 @@ from lgmstm import _lgm, _stm
 OPTIMIZERS = {"sgd": 0.05, "momentum": 0.02, "adam": 0.01}
 
 
-def skip_adam_in_float32(optimizer, dtype):
-    """Adam's first steps are about +-lr whatever a gradient's size, so a
-    gradient that is 0 up to rounding can step either way: compared with the
-    NumPy backend only in float64, where such gradients are rarer."""
-    if optimizer == "adam" and dtype == np.float32:
-        pytest.skip("adam amplifies rounding in float32 (see skip_adam_in_float32)")
+# Adam's first steps are about +-lr whatever a gradient's size, so a
+# gradient that is 0 up to rounding can step either way, and the rounding of
+# the compiled sums (another order than NumPy's) grows into the parameters:
+# in float64 to ~1e-10, in float32 to ~1e-5 (as the kernels' own tolerance).
+ADAM_TOLERANCES = {
+    np.dtype(np.float32): dict(rtol=1e-5, atol=1e-5),
+    np.dtype(np.float64): dict(rtol=1e-8, atol=1e-10),
+}
+# On the row-major BLAS path in float32 ("blas" cases) sgemm sums a weight
+# gradient over hundreds of products in its own blocked order, so a few
+# gradients that are 0 up to rounding step differently: measured here, 6 of
+# 20480 LGM weights off by up to 1.3e-4 and 2 of 16384 STM weights by up to
+# 5.7e-5 after 6 and 4 steps of lr 0.01. A tenth of one step still tells a
+# wrong update from rounding.
+ADAM_BLAS_FLOAT32_TOLERANCE = dict(rtol=1e-5, atol=1e-3)
+
+
+def adam_tolerance(dtype, case):
+    if dtype == np.float32 and case == "blas":
+        return ADAM_BLAS_FLOAT32_TOLERANCE
+    return ADAM_TOLERANCES[np.dtype(dtype)]
+
+
+def assert_histories_agree(history, numpy_history, dtype):
+    """Losses agree to rounding; the small atol is for a loss near 0, whose
+    rounding is that of the residuals it squares, not a fraction of itself."""
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(history, numpy_history, rtol=200 * eps, atol=20 * eps)
+
 
 # (n_samples, layer sizes); batch sizes below cut some into ragged mini-batches.
 DENSE_CASES = {
@@ -95,16 +118,15 @@ def fit_both(make_model, X, Y, **fit_args):
     return results
 
 
-def assert_fits_agree(results, dtype, assert_close, optimizer="sgd"):
+def assert_fits_agree(results, dtype, assert_close, optimizer="sgd", case=None):
     (history, params), (numpy_history, numpy_params) = results
     assert history.dtype == np.float64 and np.all(np.isfinite(history))
-    np.testing.assert_allclose(history, numpy_history, rtol=200 * np.finfo(dtype).eps)
+    assert_histories_agree(history, numpy_history, dtype)
     for name, value in params.items():
         assert value.dtype == dtype
         if optimizer == "adam":
-            # Adam divides by sqrt(v): rounding in small gradients grows to ~1e-10.
-            np.testing.assert_allclose(value, numpy_params[name], rtol=1e-8, atol=1e-10,
-                                       err_msg=name)
+            np.testing.assert_allclose(value, numpy_params[name],
+                                       **adam_tolerance(dtype, case), err_msg=name)
         else:
             assert_close(value, numpy_params[name], err_msg=name)
 
@@ -114,14 +136,13 @@ def assert_fits_agree(results, dtype, assert_close, optimizer="sgd"):
 @pytest.mark.parametrize("batch_size", [None, 48], ids=["full-batch", "mini-batch"])
 @pytest.mark.parametrize("output", ["tanh", "linear"])
 def test_lgm_fit_matches_numpy(rng, dtype, case, optimizer, batch_size, output, assert_close):
-    skip_adam_in_float32(optimizer, dtype)
     n_samples, sizes = DENSE_CASES[case]
     X, Y = make_dense_data(rng, n_samples, sizes, dtype)
     results = fit_both(
         lambda backend: lgmstm.LGM(sizes, dtype=dtype, output=output, seed=4, backend=backend),
         X, Y, epochs=6, lr=OPTIMIZERS[optimizer], optimizer=optimizer,
         batch_size=batch_size, seed=2)
-    assert_fits_agree(results, dtype, assert_close, optimizer)
+    assert_fits_agree(results, dtype, assert_close, optimizer, case)
 
 
 @pytest.mark.parametrize("case", RECURRENT_CASES)
@@ -130,7 +151,6 @@ def test_lgm_fit_matches_numpy(rng, dtype, case, optimizer, batch_size, output, 
 @pytest.mark.parametrize("return_sequences", [True, False], ids=["sequences", "last-step"])
 def test_stm_fit_matches_numpy(rng, dtype, case, optimizer, batch_size, return_sequences,
                                assert_close):
-    skip_adam_in_float32(optimizer, dtype)
     n_samples, n_steps, n_in, n_hidden, n_out = RECURRENT_CASES[case]
     X, Y = make_recurrent_data(rng, n_samples, n_steps, n_in, n_out, dtype)
     if not return_sequences:
@@ -140,7 +160,7 @@ def test_stm_fit_matches_numpy(rng, dtype, case, optimizer, batch_size, return_s
                                    dtype=dtype, seed=4, backend=backend),
         X, Y, epochs=4, lr=OPTIMIZERS[optimizer], optimizer=optimizer,
         batch_size=batch_size, seed=2, clip_norm=5.0)
-    assert_fits_agree(results, dtype, assert_close, optimizer)
+    assert_fits_agree(results, dtype, assert_close, optimizer, case)
 
 
 @pytest.mark.parametrize("case", ["seed", "odd"])
@@ -153,7 +173,7 @@ def test_stateful_stm_fit_matches_numpy(rng, dtype, case, assert_close):
     for half in (slice(0, n_steps), slice(n_steps, None)):
         histories = [model.fit(X[:, half], Y[:, half], epochs=2, lr=0.05, shuffle=False)
                      for model in models]
-        np.testing.assert_allclose(histories[0], histories[1], rtol=200 * np.finfo(dtype).eps)
+        assert_histories_agree(histories[0], histories[1], dtype)
     assert_close(models[0].state, models[1].state)
     for name, value in models[0].params.items():
         assert_close(value, models[1].params[name], err_msg=name)
