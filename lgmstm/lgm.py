@@ -410,7 +410,8 @@ class LGM(Model):
             When a loss or parameter becomes non-finite: training stops and
             the model keeps the last finite parameters.
         """
-        if epochs == 1 and callback is None and verbose is False and seed is None:
+        if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
+                and seed is None:
             # The short fit: data and arguments as the kernels take them.
             losses = self._network.fit_ready(self, X, Y, None, None, lr, batch_size,
                                              optimizer, None, shuffle, warm_start)

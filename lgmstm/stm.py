@@ -738,8 +738,8 @@ class STM(Model):
             A non-finite loss or parameter: training stops and the model keeps
             the last finite parameters.
         """
-        if epochs == 1 and callback is None and verbose is False and seed is None \
-                and lengths is None:
+        if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
+                and seed is None and lengths is None:
             losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
                                      warm_start)
             if losses is not None:

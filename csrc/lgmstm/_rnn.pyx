@@ -37,8 +37,11 @@ from lgmstm._tanh cimport tanh_inplace, tanh_rows
 from lgmstm._train cimport data_or_null
 
 cdef enum:
-    # Fewest samples in a sequence chunk (see sequence_chunk_rows).
+    # Fewest samples in a sequence chunk (see sequence_chunk_rows): of the
+    # backward pass (its chunks are the weight gradients' sample groups too),
+    # and of the forward pass.
     MIN_CHUNK_ROWS = 32
+    MIN_FORWARD_CHUNK_ROWS = 64
     # Most sample groups the weight gradients are split into, and most values
     # their partial sums may take (see weight_groups): 4 Mi values, 32 MiB of
     # float64, about the weights of a 1024-unit network.
@@ -46,17 +49,19 @@ cdef enum:
     PARTIALS_BUDGET = 4194304
 
 
-cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples,
-                                           Py_ssize_t n_hidden) noexcept nogil:
+cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples, Py_ssize_t n_hidden,
+                                           Py_ssize_t fewest) noexcept nogil:
     """Samples per sequence chunk, from the shapes alone.
 
     A step's h Wh product costs a call (and, with BLAS, repacking Wh)
-    whatever its rows, so chunks are tall: 32 rows or more, and
-    n_hidden / 8 (BLAS runs wide products well only from about there); yet
-    from 64 samples on there are up to 4 chunks, for 2-4 threads. The batch
-    is split into equal chunks.
+    whatever its rows, so chunks are tall: `fewest` rows or more
+    (MIN_CHUNK_ROWS backward; MIN_FORWARD_CHUNK_ROWS forward, where a step
+    of 64 live streams is then one chunk, not two of 32), and n_hidden / 8
+    (BLAS runs wide products well only from about there); and up to 4
+    chunks, for 2-4 threads, from 4 * fewest samples on (more, of 64
+    samples, past 256). The batch is split into equal chunks.
     """
-    cdef Py_ssize_t min_rows = max(<Py_ssize_t> MIN_CHUNK_ROWS, n_hidden // 8)
+    cdef Py_ssize_t min_rows = max(fewest, n_hidden // 8)
     cdef Py_ssize_t n_chunks = min(n_tasks(n_samples, min_rows),
                                    max(4, n_tasks(n_samples, 64)))
     return max(1, n_tasks(n_samples, max(1, n_chunks)))
@@ -71,7 +76,8 @@ cdef inline Py_ssize_t weight_groups(Py_ssize_t n_samples, Py_ssize_t n_in,
     task's GEMM square enough for BLAS (tall row blocks, a shorter inner
     dimension) and gives the threads several tasks. From the shapes alone.
     """
-    cdef Py_ssize_t n_chunks = n_tasks(n_samples, sequence_chunk_rows(n_samples, n_hidden))
+    cdef Py_ssize_t n_chunks = n_tasks(n_samples, sequence_chunk_rows(n_samples, n_hidden,
+                                                                 MIN_CHUNK_ROWS))
     cdef Py_ssize_t affordable = 1 + PARTIALS_BUDGET // max(1, (n_in + n_hidden) * n_hidden)
     return max(1, min(n_chunks, <Py_ssize_t> MAX_WEIGHT_GROUPS, affordable))
 
@@ -565,7 +571,8 @@ cdef void rnn_forward_pass(
 
     scratch: scratch_size(..., backward=False) values; order: n_samples indices.
     """
-    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
+    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden,
+                                                     MIN_FORWARD_CHUNK_ROWS)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
     cdef int n_used = threads_for(n_threads, n_chunks,
                                   2.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden))
@@ -598,7 +605,7 @@ cdef void rnn_backward_pass(
     dh_last are zeros; NULL dX / dh0 are not computed. The sequence chunks
     all finish before the weight gradients start.
     """
-    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
+    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden, MIN_CHUNK_ROWS)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
     cdef Py_ssize_t n_groups = weight_groups(n_samples, n_in, n_hidden)
     cdef Py_ssize_t block_rows = weight_block_rows(n_in, n_hidden, n_groups)
