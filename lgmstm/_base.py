@@ -1,23 +1,40 @@
 """What LGM and STM share besides training (lgmstm._training): the choices
 of their constructors, Glorot initialisation, and the base class that keeps
 the parameters by name and the optimizer's state between calls, pickles the
-model as plain data and saves it.
+model as plain data and saves it; and the one reader of saved files
+(read_model_file), for lgmstm.load and the estimators' load alike.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from os import PathLike
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ._persist import read_sized, read_text_array, save_arrays, text_array
+from ._persist import (
+    ModelFile,
+    checked_path,
+    open_model_file,
+    read_sized,
+    read_text_array,
+    save_arrays,
+    text_array,
+)
 from ._training import OptimizerState, UseLock
 from ._validation import check_choice, check_float_dtype, check_seed
 
 BACKENDS = ("cython", "numpy")
 OUTPUTS = ("tanh", "linear")
+
+# The kinds a saved file may hold (read_model_file): the models', and the
+# estimators' of lgmstm.sklearn.
+MODEL_KINDS = ("LGM", "STM")
+ESTIMATOR_KINDS = ("LGMRegressor", "LGMClassifier")
+
+_Model = TypeVar("_Model", bound="Model")
+_Read = TypeVar("_Read")
 
 
 # The bit generators whose state a saved file may name (numpy.random's).
@@ -100,6 +117,13 @@ class Model:
     def _recall(self, memory: dict[str, NDArray[Any]], path: str) -> None:
         """Take back, checked, what a saved file holds of _memory() (popping
         each entry from memory; what is left is refused)."""
+
+    @classmethod
+    def _from_saved(cls, config: dict[str, NDArray[Any]], dtype: np.dtype[Any],
+                    arrays: dict[str, Any], path: str, backend: str) -> Any:
+        """The model a saved file's config and parameters (``param.*``, read
+        only once their shapes fit config) describe, of this class."""
+        raise NotImplementedError
 
     # -- parameters ---------------------------------------------------------------
     def _named(self, arrays: Iterable[NDArray[Any]]) -> dict[str, NDArray[Any]]:
@@ -212,6 +236,16 @@ class Model:
             save_arrays(path, self.kind, self.dtype, config, self._named(self._params),
                         self._saved_memory(), history=self.history_)
 
+    @classmethod
+    def _from_file(cls: type[_Model], stored: ModelFile, backend: str) -> _Model:
+        """The model an open file of this kind holds (read_model_file), with
+        its memory and history_."""
+        model: _Model = cls._from_saved(stored.config, stored.dtype, stored.params,
+                                        stored.path, backend)
+        model._restore_memory(stored.memory, stored.path)
+        model.history_ = stored.history()
+        return model
+
     def _saved_memory(self) -> dict[str, NDArray[Any]]:
         """The ``memory.*`` entries of a saved file (lgmstm._persist): the
         generator's state and the optimizer's header as JSON text, the
@@ -264,3 +298,28 @@ class Model:
         if memory:
             raise ValueError(f"{path}: unexpected entries "
                              f"{sorted('memory.' + key for key in memory)}")
+
+
+def read_model_file(path: str | PathLike[str], kinds: tuple[str, ...],
+                    read: Callable[[ModelFile], _Read]) -> _Read:
+    """read(the file at path, open), refusing a file of a kind not in kinds
+    (lgmstm.load takes any kind, LGMRegressor.load its own), with its errors
+    as ValueErrors that name path: the one reader of lgmstm.load and the
+    estimators' load."""
+    path = checked_path(path)
+    with open_model_file(path) as stored:
+        if stored.kind not in (*MODEL_KINDS, *ESTIMATOR_KINDS):
+            raise ValueError(f"{path}: unknown model kind {stored.kind!r}; this lgmstm "
+                             f"reads {', '.join((*MODEL_KINDS, *ESTIMATOR_KINDS))}")
+        if stored.kind not in kinds:
+            raise ValueError(f"{path} holds an {stored.kind}, not an {' or '.join(kinds)} "
+                             "(lgmstm.load reads any kind)")
+        try:
+            return read(stored)
+        except KeyError as exc:
+            raise ValueError(f"{path}: missing config entry {exc}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            message = str(exc)
+            if not message.startswith(path):
+                message = f"{path}: invalid model: {message}"
+            raise ValueError(message) from None

@@ -31,12 +31,18 @@ except ImportError as exc:  # not installed, or older than 1.6
         "pip install 'lgmstm[sklearn]'"
     ) from exc
 
+from ._base import BACKENDS, BIT_GENERATORS, ESTIMATOR_KINDS, read_model_file
+from ._persist import ModelFile, read_sized, read_text_array, save_arrays, text_array
 from ._train import all_finite
 from ._training import TrainingInterrupted
-from ._validation import check_float_dtype
+from ._validation import check_choice, check_float_dtype
 from .lgm import LGM
 
 __all__ = ["LGMRegressor", "LGMClassifier"]
+
+# The estimator's file (see _LGMEstimator.save)
+_ESTIMATOR_HEADER = {"hyper_parameters", "attributes", "object_arrays", "network_backend"}
+_ATTRIBUTE = "attribute."
 
 
 def _hidden_sizes(sizes: int | Sequence[int]) -> list[int]:
@@ -151,7 +157,17 @@ class _LGMEstimator(BaseEstimator):
         outputs: NDArray[Any] = self.lgm_.predict(X_valid)
         return outputs
 
-    # -- files: the estimator's save and load (lgmstm._load writes and reads them) ------
+    # -- files: the estimator's save and load ---------------------------------------------
+    # An estimator's file (lgmstm._persist's format) is its network's file
+    # (``config.*``, ``param.*``, ``memory.*``, ``history``) under the
+    # estimator's kind, with ``estimator.header``, JSON text: the
+    # hyper-parameters (get_params), the fitted attributes that are not
+    # arrays, which arrays were object arrays, and the backend of the
+    # network; and each fitted array attribute as
+    # ``estimator.attribute.{name}``. Values that JSON cannot hold exactly
+    # (tuples, NumPy dtypes and scalars, a RandomState) are written as
+    # one-key objects, {"$tuple": [...]} and the like, and only those are
+    # read. lgmstm.load reads it with _from_file too.
     def save(self, path: Any) -> None:
         """Write the fitted estimator to ``path`` as an .npz file (no pickle), atomically.
 
@@ -180,10 +196,30 @@ class _LGMEstimator(BaseEstimator):
             The file cannot be written (the error names ``path``); an
             existing file at ``path`` is left as it was.
         """
-        from ._load import save_estimator
-
         check_is_fitted(self)
-        save_estimator(self, path)
+        kind = next(c.__name__ for c in type(self).__mro__ if c.__name__ in ESTIMATOR_KINDS)
+        network = self.lgm_
+        hyper_parameters = self.get_params(deep=False)
+        attributes, arrays, object_arrays = {}, {}, []
+        for name, value in vars(self).items():
+            if name in hyper_parameters or name == "lgm_":
+                continue
+            if isinstance(value, np.ndarray):
+                if value.dtype.hasobject:
+                    value = _without_objects(name, value)
+                    object_arrays.append(name)
+                arrays[_ATTRIBUTE + name] = value
+            else:
+                attributes[name] = _to_json(value, f"attribute {name}")
+        header = {"hyper_parameters": {name: _to_json(value, f"hyper-parameter {name}")
+                                       for name, value in hyper_parameters.items()},
+                  "attributes": attributes, "object_arrays": object_arrays,
+                  "network_backend": network.backend}
+        config = network._config()
+        with network._lock.reading():
+            save_arrays(path, kind, network.dtype, config, network._named(network._params),
+                        network._saved_memory(), history=network.history_,
+                        estimator={"header": text_array(header), **arrays})
 
     @classmethod
     def load(cls, path: Any, *, backend: str | None = None) -> LGMRegressor | LGMClassifier:
@@ -210,9 +246,51 @@ class _LGMEstimator(BaseEstimator):
             The file holds another kind of model (:func:`lgmstm.load` reads
             any kind), or anything :func:`lgmstm.load` refuses.
         """
-        from ._load import load_file
+        if backend is not None:
+            check_choice("backend", backend, BACKENDS)
+        estimator: LGMRegressor | LGMClassifier = read_model_file(
+            path, (cls.__name__,), lambda stored: cls._from_file(stored, backend))
+        return estimator
 
-        estimator: LGMRegressor | LGMClassifier = load_file(path, backend, (cls.__name__,))
+    @classmethod
+    def _from_file(cls, stored: ModelFile, backend: str | None) -> Any:
+        """The estimator an open file of this class's kind holds
+        (lgmstm._base.read_model_file); backend None: the saved network's."""
+        entries = dict(stored.estimator)
+        if "header" not in entries:
+            raise ValueError(f"{stored.path}: an {stored.kind} file needs an estimator.header "
+                             "entry")
+        header = read_text_array(entries.pop("header"), "estimator.header")
+        if not isinstance(header, dict) or set(header) != _ESTIMATOR_HEADER:
+            raise ValueError(f"estimator.header must hold {sorted(_ESTIMATOR_HEADER)}, got "
+                             f"{header!r}"[:300])
+        known = set(cls._get_param_names())
+        hyper_parameters = _mapping(header["hyper_parameters"], "hyper_parameters")
+        if set(hyper_parameters) - known:
+            raise ValueError(f"{stored.kind} has no hyper-parameters "
+                             f"{sorted(set(hyper_parameters) - known)}")
+        estimator = cls(**{name: _from_json(value, f"hyper-parameter {name}")
+                           for name, value in hyper_parameters.items()})
+        network_backend = check_choice("the network's backend",
+                                       backend or header["network_backend"], BACKENDS)
+        network = LGM._from_file(stored, network_backend)
+        n_features, n_outputs = network.layer_sizes[0], network.layer_sizes[-1]
+        for name, value in _mapping(header["attributes"], "attributes").items():
+            setattr(estimator, _attribute_name(estimator, name),
+                    _from_json(value, f"attribute {name}"))
+        object_arrays = header["object_arrays"]
+        if not isinstance(object_arrays, list) or not all(isinstance(n, str)
+                                                          for n in object_arrays):
+            raise ValueError(f"estimator.header's object_arrays must be a list of names, got "
+                             f"{object_arrays!r}"[:200])
+        for key, entry in entries.items():
+            if not key.startswith(_ATTRIBUTE):
+                raise ValueError(f"unexpected entry estimator.{key}")
+            name = _attribute_name(estimator, key[len(_ATTRIBUTE):])
+            array = _attribute_array(name, entry, n_features, n_outputs)
+            setattr(estimator, name, array.astype(object) if name in object_arrays else array)
+        estimator.lgm_ = network
+        _check_fitted(estimator, stored.kind, n_features, n_outputs)
         return estimator
 
 
@@ -768,3 +846,125 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         """
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
+
+
+# -- the estimator's file: its checks and its JSON (see _LGMEstimator.save) ------------
+def _attribute_name(estimator: Any, name: str) -> str:
+    """name, when it can be a fitted attribute of estimator: not one of its
+    hyper-parameters, methods or properties, nor lgm_."""
+    if (not name.isidentifier() or name == "lgm_" or hasattr(type(estimator), name)
+            or name in estimator.get_params(deep=False)):
+        raise ValueError(f"{name!r} cannot be a fitted attribute of an "
+                         f"{type(estimator).__name__}"[:200])
+    return name
+
+
+def _attribute_array(name: str, entry: Any, n_features: int, n_outputs: int) -> np.ndarray:
+    """A fitted array attribute, its shape checked against the network before
+    its data is read where the network fixes it."""
+    what = f"estimator.{_ATTRIBUTE}{name}"
+    if name in ("y_mean_", "y_scale_"):
+        return read_sized(entry, what, (n_outputs,), np.dtype(np.float64), finite=True)
+    if entry.dtype.kind not in "biufUS":
+        raise ValueError(f"{what} has dtype {entry.dtype}; lgmstm writes numbers or text")
+    if name == "feature_names_in_" and entry.shape != (n_features,):
+        raise ValueError(f"{what} has shape {entry.shape}; the network has {n_features} "
+                         "features")
+    if name == "classes_" and (entry.ndim != 1 or not 0 < entry.shape[0] <= max(2, n_outputs)
+                               or (n_outputs > 1 and entry.shape[0] != n_outputs)):
+        raise ValueError(f"{what} has shape {entry.shape}; the network has {n_outputs} "
+                         "outputs (one for up to two classes, else one per class)")
+    if name == "loss_curve_" and (entry.ndim != 1 or entry.dtype != np.float64):
+        raise ValueError(f"{what} must be a 1-d float64 array, got shape {entry.shape} and "
+                         f"dtype {entry.dtype}")
+    return np.asarray(entry)
+
+
+def _check_fitted(estimator: Any, kind: str, n_features: int, n_outputs: int) -> None:
+    """The fitted attributes predict reads are there and fit the network."""
+    needed = {"n_features_in_", "n_iter_", "loss_curve_",
+              *(("classes_",) if kind == "LGMClassifier" else
+                ("n_outputs_", "y_mean_", "y_scale_", "_y_1d"))}
+    missing = sorted(name for name in needed if not hasattr(estimator, name))
+    if missing:
+        raise ValueError(f"the {kind} misses the fitted attributes {missing}")
+    for name, value in (("n_features_in_", n_features), ("n_outputs_", n_outputs)):
+        if name in needed and (type(getattr(estimator, name)) is not int
+                               or getattr(estimator, name) != value):
+            raise ValueError(f"{name} must be {value}, the network's, got "
+                             f"{getattr(estimator, name)!r}")
+
+
+def _without_objects(name: str, array: np.ndarray) -> np.ndarray:
+    """An object array (labels, feature names) as an array of numbers or
+    text that gives back the same values, of the same types, via
+    astype(object); ValueError when there is none."""
+    plain = np.asarray(array.tolist())
+    back = plain.astype(object)
+    if (plain.dtype.kind not in "biufU" or plain.shape != array.shape
+            or not all(type(a) is type(b) and a == b
+                       for a, b in zip(back.ravel(), array.ravel()))):
+        raise ValueError(f"{name} holds {array.dtype} values that a file cannot hold "
+                         "exactly without pickle (one type of number, or text, can be saved)")
+    return plain
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"estimator.header's {name} must be an object, got {value!r}"[:200])
+    return value
+
+
+def _to_json(value: Any, name: str) -> Any:
+    """value as JSON data that _from_json turns back into the same value."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, (tuple, list)) and type(value) in (tuple, list):
+        return {f"${type(value).__name__}": [_to_json(item, name) for item in value]}
+    if isinstance(value, np.dtype):
+        return {"$dtype": value.str}
+    if isinstance(value, type) and issubclass(value, np.generic):
+        return {"$scalar_type": np.dtype(value).str}
+    if isinstance(value, np.generic) and value.dtype.kind in "biufU":
+        return {"$scalar": value.dtype.str, "value": value.item()}
+    if type(value) is np.random.RandomState:
+        return {"$RandomState": value.get_state(legacy=False)}
+    raise TypeError(f"{name} = {value!r} cannot be saved without pickle"[:300])
+
+
+def _from_json(data: Any, name: str) -> Any:
+    """The value _to_json wrote as data; ValueError for anything else."""
+    if data is None or type(data) in (bool, int, float, str):
+        return data
+    if isinstance(data, dict) and len(data) in (1, 2):
+        tag = next(iter(data))
+        body = data[tag]
+        try:
+            if tag in ("$tuple", "$list") and isinstance(body, list) and len(data) == 1:
+                items = [_from_json(item, name) for item in body]
+                return tuple(items) if tag == "$tuple" else items
+            if tag == "$dtype" and isinstance(body, str) and len(data) == 1:
+                return np.dtype(body)
+            if tag == "$scalar_type" and isinstance(body, str) and len(data) == 1:
+                return np.dtype(body).type
+            if tag == "$scalar" and isinstance(body, str) and set(data) == {tag, "value"}:
+                dtype = np.dtype(body)
+                if dtype.kind in "biufU" and type(data["value"]) in (bool, int, float, str):
+                    return dtype.type(data["value"])
+            if tag == "$RandomState" and isinstance(body, dict) and len(data) == 1:
+                return _random_state(body)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"{name}: {data!r}: {exc}"[:300]) from None
+    raise ValueError(f"{name} holds {data!r}, which lgmstm does not write"[:300])
+
+
+def _random_state(state: dict[str, Any]) -> np.random.RandomState:
+    name = state.get("bit_generator")
+    if not isinstance(name, str) or name not in BIT_GENERATORS:
+        raise ValueError(f"a RandomState's state must name one of {sorted(BIT_GENERATORS)}")
+    random_state = np.random.RandomState(BIT_GENERATORS[name]())
+    try:
+        random_state.set_state(state)
+    except (KeyError, IndexError) as exc:
+        raise ValueError(f"invalid RandomState state: {exc!r}") from None
+    return random_state
