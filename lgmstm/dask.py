@@ -1,0 +1,575 @@
+"""lgmstm on Dask: many models, predictions over arrays larger than memory,
+and training on a stream of blocks, on a laptop or a cluster.
+
+- :func:`predict`: a lazy ``dask.array`` of a model's outputs over a
+  ``dask.array`` of inputs chunked along samples.
+- :func:`fit_many`: train independent models in parallel on a
+  ``distributed`` cluster; each comes back with the bits of a local ``fit``.
+- :func:`partial_fit_dask`: stream the blocks of dask arrays through
+  ``partial_fit``, in order, one block (and the next one, prefetched) in
+  memory at a time.
+
+Inside a Dask worker, lgmstm's tasks take the worker's thread slots, shared
+among the tasks running there (see :func:`task_threads`), never all the
+machine's cores. Needs ``pip install "lgmstm[dask]"`` (dask[array] and
+distributed). See docs/dask.md.
+"""
+from __future__ import annotations
+
+import inspect
+import pickle
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence, Union
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ._threads import get_num_threads, set_num_threads
+from ._validation import check_bool, check_int
+from .lgm import LGM
+from .stm import STM
+
+try:
+    import dask
+    import dask.array as da
+    import distributed
+    from dask.base import tokenize
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError(
+        f"lgmstm.dask needs dask[array] and distributed ({exc}): "
+        'install them with `pip install "lgmstm[dask]"`') from exc
+
+__all__ = ["predict", "fit_many", "partial_fit_dask", "task_threads"]
+
+Model = Union[LGM, STM]
+
+
+# -- threads inside a task ------------------------------------------------------------
+def task_threads(threads: int | None = None) -> int:
+    """The OpenMP threads an lgmstm task takes where it runs.
+
+    In a ``distributed`` worker: ``threads`` when given, else the worker's
+    thread slots (``distributed.get_worker().state.nthreads``) divided
+    among the tasks executing on it at the moment (at least 1): all of them
+    for a task running alone, one each when every slot is busy; on the
+    recommended shape, processes of one thread each, always 1. Elsewhere:
+    ``threads`` when given; else, in a thread other than the main one (the
+    local threaded scheduler runs one task per core), 1; else the calling
+    thread's :func:`lgmstm.get_num_threads`.
+
+    Results do not depend on it (lgmstm's kernels give the same bits for
+    any thread count), only the time.
+    """
+    if threads is not None:
+        return check_int("threads", threads, 1)
+    try:
+        worker = distributed.get_worker()
+    except ValueError:  # not in a worker
+        if threading.current_thread() is threading.main_thread():
+            return get_num_threads()
+        return 1
+    slots = int(worker.state.nthreads)
+    return max(1, slots // max(1, int(worker.state.executing_count)))
+
+
+@contextmanager
+def _running_on(threads: int | None) -> Iterator[None]:
+    """Sets this thread's OpenMP count for a task, and gives back the one it
+    found: a worker's threads run other libraries' tasks too."""
+    before = get_num_threads()
+    wanted = task_threads(threads)
+    if wanted != before:
+        set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if wanted != before:
+            set_num_threads(before)
+
+
+# -- checks, all before anything is submitted -----------------------------------------
+def _describe(value: Any) -> str:
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _check_model(name: str, model: Any) -> Model:
+    if not isinstance(model, (LGM, STM)):
+        raise TypeError(f"{name} must be an lgmstm.LGM or lgmstm.STM, got {_describe(model)}")
+    return model
+
+
+def _n_in(model: Model) -> int:
+    return model.layer_sizes[0] if isinstance(model, LGM) else model.n_in
+
+
+def _input_ndim(model: Model) -> tuple[int, str]:
+    if isinstance(model, LGM):
+        return 2, "(n_samples, n_in)"
+    return 3, "(n_samples, n_steps, n_in)"
+
+
+def _check_dask_array(name: str, value: Any, ndim: int | tuple[int, ...], meaning: str,
+                      ) -> da.Array:
+    """value as a dask array of ndim dimensions, chunked along samples only."""
+    if not isinstance(value, da.Array):
+        raise TypeError(
+            f"{name} must be a dask.array.Array of shape {meaning}, got {_describe(value)}: "
+            f"wrap it with dask.array.from_array({name}, chunks={{0: rows_per_block}})")
+    dims = (ndim,) if isinstance(ndim, int) else ndim
+    if value.ndim not in dims:
+        raise ValueError(f"{name} must have shape {meaning}, got a {value.ndim}-D dask array "
+                         f"of shape {value.shape}")
+    if any(np.isnan(size) for size in value.chunks[0]):
+        raise ValueError(f"{name} has chunks of unknown size along samples (axis 0): call "
+                         f"{name}.compute_chunk_sizes() first")
+    for axis in range(1, value.ndim):
+        if len(value.chunks[axis]) != 1:
+            what = "features" if axis == value.ndim - 1 else "steps"
+            raise ValueError(
+                f"{name} must be chunked along samples (axis 0) only, but it is split along "
+                f"{what} (axis {axis}: chunks {value.chunks[axis]}): rechunk it with "
+                f"{name}.rechunk({{{axis}: -1}})")
+    return value
+
+
+def _check_same_rows(name: str, value: da.Array, X: da.Array) -> None:
+    if value.chunks[0] != X.chunks[0]:
+        raise ValueError(
+            f"{name} and X must be chunked alike along samples (axis 0): X has chunks "
+            f"{X.chunks[0]}, {name} has {value.chunks[0]}; rechunk {name} with "
+            f"{name}.rechunk({{0: X.chunks[0]}})")
+
+
+def _check_inputs(model: Model, X: Any, lengths: Any) -> tuple[da.Array, da.Array | None]:
+    ndim, meaning = _input_ndim(model)
+    X = _check_dask_array("X", X, ndim, meaning)
+    if X.shape[-1] != _n_in(model):
+        raise ValueError(f"X must have shape {meaning} with n_in = {_n_in(model)}, "
+                         f"got {X.shape}")
+    if lengths is None:
+        return X, None
+    if isinstance(model, LGM):
+        raise TypeError("lengths is for an STM's sequences; this model is an LGM")
+    if not isinstance(lengths, da.Array):
+        raise TypeError(f"lengths must be a dask.array.Array of shape (n_samples,) chunked "
+                        f"as X's samples, got {_describe(lengths)}: wrap it with "
+                        f"dask.array.from_array(lengths, chunks=(X.chunks[0],))")
+    if lengths.ndim != 1:
+        raise ValueError(f"lengths must have shape (n_samples,), got {lengths.shape}")
+    _check_same_rows("lengths", lengths, X)
+    return X, lengths
+
+
+def _check_targets(model: Model, Y: Any, X: da.Array) -> da.Array:
+    if isinstance(model, LGM):
+        dims, meaning = (1, 2), "(n_samples, n_out)"
+    elif model.return_sequences:
+        dims, meaning = (2, 3), "(n_samples, n_steps, n_out)"
+    else:
+        dims, meaning = (1, 2), "(n_samples, n_out)"
+    Y = _check_dask_array("Y", Y, dims, meaning)
+    _check_same_rows("Y", Y, X)
+    return Y
+
+
+def _check_arguments(method: Callable[..., Any], where: str, arguments: dict[str, Any]) -> None:
+    """arguments bind to method (a model's fit or partial_fit) after X and Y."""
+    try:
+        inspect.signature(method).bind(None, None, None, **arguments)
+    except TypeError as exc:
+        raise TypeError(f"{where}: {exc}") from None
+
+
+def _client(client: Any, where: str) -> distributed.Client:
+    if client is not None:
+        if not isinstance(client, distributed.Client):
+            raise TypeError(f"client must be a distributed.Client or None, got "
+                            f"{_describe(client)}")
+        return client
+    try:
+        return distributed.default_client()
+    except ValueError:
+        raise ValueError(
+            f"{where} needs a distributed client and none was found: make one first "
+            "(distributed.Client() on this machine, Client('tcp://scheduler:8786') on a "
+            "cluster) or pass client=") from None
+
+
+def _snapshot(model: Model) -> bytes:
+    """The model's bits now (parameters, optimizer state, generator): what
+    travels to the workers, so that later changes to it do not."""
+    return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# -- predict ------------------------------------------------------------------------------
+def _predict_block(X: NDArray[Any], *rest: Any, out_shape: tuple[int, ...],
+                   threads: int | None) -> NDArray[Any]:
+    *lengths, model = rest
+    if X.shape[0] == 0:
+        return np.empty((0,) + out_shape, model.dtype)
+    with _running_on(threads):
+        if lengths:
+            return model.predict(X, lengths=lengths[0])
+        return model.predict(X)
+
+
+def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
+            threads: int | None = None) -> da.Array:
+    """The model's outputs over a dask array, lazily.
+
+    Parameters
+    ----------
+    model : LGM or STM
+        Not a stateful STM (its working memory would run from block to
+        block in no defined order). A copy of the model as it is now goes
+        into the graph once; each worker receives it once, whatever the
+        number of blocks, and later changes to ``model`` do not reach it.
+    X : dask.array.Array
+        (n_samples, n_in) for an LGM, (n_samples, n_steps, n_in) for an
+        STM, chunked along samples only.
+    lengths : dask.array.Array of int, shape (n_samples,), optional
+        An STM's sequence lengths, chunked as X's samples.
+    threads : int >= 1, optional
+        OpenMP threads per block; by default the worker's share
+        (:func:`task_threads`).
+
+    Returns
+    -------
+    dask.array.Array of the model's dtype
+        Shaped and chunked along samples as ``model.predict`` would return
+        over the whole of X: block i is ``model.predict`` of block i of X,
+        bit for bit. Where the kernels give each sample the same bits in a
+        batch of any size (see docs/dask.md, Limits), it equals
+        ``model.predict(X.compute())`` bit for bit.
+
+    Raises
+    ------
+    TypeError
+        model is not an LGM or STM; X or lengths is not a dask array;
+        lengths given to an LGM.
+    ValueError
+        A stateful STM; X of the wrong number of dimensions or features;
+        X split along steps or features; chunks of unknown size; lengths
+        chunked otherwise than X. All before any task is made.
+    """
+    model = _check_model("model", model)
+    if isinstance(model, STM) and model.stateful:
+        raise ValueError(
+            "predict over a dask array needs a model without working memory: this STM is "
+            "stateful, and its state would pass from block to block in no defined order. "
+            "Use an STM(..., stateful=False) with the same parameters, or model.predict "
+            "on each block in order")
+    X, lengths = _check_inputs(model, X, lengths)
+    if threads is not None:
+        check_int("threads", threads, 1)
+    blob = _snapshot(model)
+    token = tokenize(blob, X.name, None if lengths is None else lengths.name, threads)
+    copy = dask.delayed(pickle.loads(blob), name=f"lgmstm-model-{token}", pure=True)
+    if isinstance(model, LGM):
+        out_index, out_shape = "ij", (model.layer_sizes[-1],)
+        adjust = {"j": model.layer_sizes[-1]}
+        X_index = "ij"
+    else:
+        X_index = "ijk"
+        if model.return_sequences:
+            out_index, out_shape = "ijk", (X.shape[1], model.n_out)
+        else:
+            out_index, out_shape = "ik", (model.n_out,)
+        adjust = {"k": model.n_out}
+    arrays: list[Any] = [X, X_index]
+    if lengths is not None:
+        arrays += [lengths, "i"]
+    return da.blockwise(
+        _predict_block, out_index, *arrays, copy, None,
+        out_shape=out_shape, threads=threads, adjust_chunks=adjust, dtype=model.dtype,
+        concatenate=True, name=f"lgmstm-predict-{token}",
+        meta=np.empty((0,) * len(out_index), model.dtype))
+
+
+# -- fit_many -----------------------------------------------------------------------------
+def _pair(X: Any, Y: Any) -> tuple[Any, Any]:
+    return X, Y
+
+
+def _fit_one(blob: bytes, data: Any, arguments: dict[str, Any], threads: int | None,
+             ) -> Model:
+    model = pickle.loads(blob)
+    try:
+        X, Y = data
+    except (TypeError, ValueError):
+        raise TypeError(f"a dataset of fit_many must be an (X, Y) pair, got "
+                        f"{_describe(data)}") from None
+    with _running_on(threads):
+        model.fit(X, Y, **arguments)
+    return model
+
+
+def _check_dataset(i: int, model: Model, data: Any) -> tuple[Any, Any] | distributed.Future:
+    if isinstance(data, distributed.Future):
+        return data
+    if isinstance(data, (str, bytes)) or not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"datasets[{i}] must be an (X, Y) pair (arrays or futures) or a "
+                        f"future of one, got {_describe(data)}")
+    X, Y = data
+    for name, value in (("X", X), ("Y", Y)):
+        if isinstance(value, da.Array):
+            raise TypeError(
+                f"datasets[{i}]: {name} is a dask array; fit_many trains on data in memory: "
+                f"pass {name}.compute() or a future of it (client.compute({name})), or "
+                "stream it with partial_fit_dask")
+    ndim, meaning = _input_ndim(model)
+    X_shape, Y_shape = getattr(X, "shape", None), getattr(Y, "shape", None)
+    if X_shape is not None:
+        if len(X_shape) != ndim or X_shape[-1] != _n_in(model):
+            raise ValueError(f"datasets[{i}]: X must have shape {meaning} with n_in = "
+                             f"{_n_in(model)} for models[{i}], got {tuple(X_shape)}")
+        if Y_shape is not None and len(Y_shape) >= 1 and Y_shape[0] != X_shape[0]:
+            raise ValueError(f"datasets[{i}]: X has {X_shape[0]} samples but Y has "
+                             f"{Y_shape[0]}")
+    return X, Y
+
+
+def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = None,
+             threads: int | None = None, verbose: bool = False,
+             progress: Callable[[int, int], Any] | None = None,
+             **fit_kwargs: Any) -> list[Model]:
+    """Train independent models in parallel on a Dask cluster.
+
+    ``fit_many(models, datasets, epochs=100, lr=0.01)`` runs
+    ``models[i].fit(X_i, Y_i, epochs=100, lr=0.01)`` for every i, as tasks
+    on the cluster, and returns the fitted models in order. Each is the
+    model you passed, as it was at the call (its parameters, optimizer
+    state and generator), trained on a worker: the same bits as that
+    ``fit`` run here. The models passed in are not changed.
+
+    A worker that dies loses no model: the scheduler runs its tasks again
+    elsewhere, from the same copies, to the same bits.
+
+    Parameters
+    ----------
+    models : sequence of LGM or STM
+    datasets : sequence of (X, Y) pairs, or futures of pairs
+        One per model. X and Y are arrays in memory or futures of them (or
+        the whole pair a future); not dask arrays (see
+        :func:`partial_fit_dask`). Arrays go to the scheduler once per
+        distinct pair (a pair object shared by many models travels once)
+        and stay there, so that a lost worker's data can be sent again;
+        for data of more than a few hundred MB per pair, pass futures of
+        tasks that load it (``client.submit(load, path)``), which can run
+        again too.
+    client : distributed.Client, optional
+        Default: the current client (``distributed.default_client()``).
+    threads : int >= 1, optional
+        OpenMP threads per model; by default the worker's share
+        (:func:`task_threads`).
+    verbose : bool, default False
+        Print the count of models fitted to stderr as they finish.
+    progress : callable(n_done, n_total), optional
+        Called here as each model finishes (e.g. a tqdm bar's update).
+    **fit_kwargs
+        Passed to every ``fit``: epochs and lr at least.
+
+    Returns
+    -------
+    list of LGM or STM
+        The fitted models, in the order of ``models``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Before any task is submitted: models not LGMs/STMs, datasets not
+        pairs (or a dask array in one), a count, shape or sample mismatch
+        between a model and its data, fit_kwargs that fit does not take
+        (or without epochs/lr), no client. Errors of a ``fit`` on a worker
+        (e.g. NaN in data that was a future) are raised here when it
+        fails, and the other models' tasks are cancelled.
+    """
+    if isinstance(models, (str, bytes)) or not isinstance(models, Sequence):
+        raise TypeError(f"models must be a sequence of LGM/STM models, got {_describe(models)}")
+    if isinstance(datasets, (str, bytes)) or not isinstance(datasets, Sequence):
+        raise TypeError(f"datasets must be a sequence of (X, Y) pairs, got "
+                        f"{_describe(datasets)}")
+    models = [_check_model(f"models[{i}]", model) for i, model in enumerate(models)]
+    if len(datasets) != len(models):
+        raise ValueError(f"datasets must hold one (X, Y) pair per model: {len(models)} "
+                         f"models, {len(datasets)} datasets")
+    checked = [_check_dataset(i, model, data)
+               for i, (model, data) in enumerate(zip(models, datasets))]
+    for kind in {type(model) for model in models}:
+        _check_arguments(kind.fit, f"fit_many's fit_kwargs for {kind.__name__}.fit",
+                         fit_kwargs)
+    if threads is not None:
+        check_int("threads", threads, 1)
+    verbose = check_bool("verbose", verbose)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable or None, got {_describe(progress)}")
+    client = _client(client, "fit_many")
+    if not models:
+        return []
+
+    run = uuid.uuid4().hex
+    shared: dict[Any, distributed.Future] = {}
+    futures = []
+    try:
+        for i, (model, data) in enumerate(zip(models, checked)):
+            if isinstance(data, distributed.Future):
+                data_future = data
+            else:
+                same = (id(datasets[i]), id(data[0]), id(data[1]))
+                if same not in shared:
+                    # A task that holds the pair: the scheduler can run it again
+                    # when the worker that kept its result is lost.
+                    shared[same] = client.submit(_pair, *data, key=f"lgmstm-data-{run}-{i}",
+                                                 pure=False)
+                data_future = shared[same]
+            futures.append(client.submit(_fit_one, _snapshot(model), data_future, fit_kwargs,
+                                         threads, key=f"lgmstm-fit-{run}-{i}", pure=False))
+        shared.clear()
+        started = time.perf_counter()
+        for n_done, _ in enumerate(distributed.as_completed(futures), start=1):
+            if verbose:
+                print(f"\rfit_many: {n_done}/{len(futures)} models fitted, "
+                      f"{time.perf_counter() - started:.1f} s", end="", file=sys.stderr,
+                      flush=True)
+            if progress is not None:
+                progress(n_done, len(futures))
+        if verbose:
+            print(file=sys.stderr)
+        return list(client.gather(futures))
+    except BaseException:
+        client.cancel(futures + list(shared.values()))
+        raise
+
+
+# -- partial_fit_dask ---------------------------------------------------------------------
+def _partial_fit_block(blob: bytes, X: NDArray[Any], Y: NDArray[Any], lengths: Any,
+                       arguments: dict[str, Any], threads: int | None,
+                       ) -> tuple[bytes, float]:
+    model = pickle.loads(blob)
+    with _running_on(threads):
+        if lengths is not None:
+            model.partial_fit(X, Y, lengths=lengths, **arguments)
+        else:
+            model.partial_fit(X, Y, **arguments)
+    loss = float(model.history_[0]) if len(model.history_) else float("nan")
+    return _snapshot(model), loss
+
+
+def partial_fit_dask(model: Model, X: da.Array, Y: da.Array, *, epochs: int,
+                     lengths: da.Array | None = None, client: Any = None,
+                     threads: int | None = None, verbose: bool = False,
+                     **partial_fit_kwargs: Any) -> Model:
+    """Stream the blocks of dask arrays through ``partial_fit``, in order.
+
+    For each epoch, for each block i along samples (empty blocks skipped)::
+
+        model.partial_fit(X.blocks[i], Y.blocks[i], **partial_fit_kwargs)
+
+    so the result has the bits of that loop run here on the blocks in
+    memory. With a distributed client, each ``partial_fit`` runs on a
+    worker: the block is computed there (the next one meanwhile), the model
+    (small) goes there and comes back; at most two blocks of X and Y are in
+    the cluster's memory at a time, so the data may be many times larger
+    than a worker's memory. A worker that dies mid-block costs that block's
+    work only: the scheduler runs it again elsewhere, to the same bits.
+    Without a client, the loop runs here, one block computed at a time by
+    dask's current scheduler.
+
+    Parameters
+    ----------
+    model : LGM or STM
+        Not changed: the trained copy is returned.
+    X, Y : dask.array.Array
+        Chunked along samples only, and alike.
+    epochs : int >= 0
+        Passes over the blocks.
+    lengths : dask.array.Array of int, shape (n_samples,), optional
+        An STM's sequence lengths, chunked as X's samples.
+    client : distributed.Client, optional
+        Default: the current client if there is one, else none (the loop
+        runs here).
+    threads : int >= 1, optional
+        OpenMP threads for each partial_fit; by default the worker's share
+        (:func:`task_threads`).
+    verbose : bool, default False
+        Print each epoch's mean block loss to stderr.
+    **partial_fit_kwargs
+        Passed to every ``partial_fit``: lr at least; batch_size,
+        optimizer, shuffle, seed, clip_norm (STM).
+
+    Returns
+    -------
+    LGM or STM
+        The trained model; ``history_`` holds the last block's loss.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Before any task: model not an LGM/STM; X, Y or lengths not dask
+        arrays, of the wrong shape, split along steps or features, or
+        chunked differently along samples; epochs not an integer >= 0;
+        arguments partial_fit does not take.
+    """
+    model = _check_model("model", model)
+    X, lengths = _check_inputs(model, X, lengths)
+    Y = _check_targets(model, Y, X)
+    if Y.shape[0] != X.shape[0]:  # pragma: no cover - the chunks were compared
+        raise ValueError(f"X has {X.shape[0]} samples but Y has {Y.shape[0]}")
+    epochs = check_int("epochs", epochs, 0)
+    _check_arguments(type(model).partial_fit, f"partial_fit_dask: arguments of "
+                     f"{type(model).__name__}.partial_fit", partial_fit_kwargs)
+    if threads is not None:
+        check_int("threads", threads, 1)
+    verbose = check_bool("verbose", verbose)
+    if client is None:
+        try:
+            client = distributed.default_client()
+        except ValueError:
+            client = None
+    else:
+        client = _client(client, "partial_fit_dask")
+
+    blocks = [i for i, rows in enumerate(X.chunks[0]) if rows > 0]
+    steps = [(epoch, i) for epoch in range(epochs) for i in blocks]
+
+    def pieces(i: int) -> list[Any]:
+        return [X.blocks[i], Y.blocks[i], None if lengths is None else lengths.blocks[i]]
+
+    blob = _snapshot(model)
+    losses: list[float] = []
+    if client is None:
+        for epoch, i in steps:
+            X_block, Y_block, lengths_block = dask.compute(*pieces(i))
+            blob, loss = _partial_fit_block(blob, X_block, Y_block, lengths_block,
+                                            partial_fit_kwargs, threads)
+            losses.append(loss)
+            _report(verbose, epoch, i, blocks, losses)
+        return pickle.loads(blob)
+
+    def compute(step: int) -> list[Any]:
+        return [None if piece is None else client.compute(piece)
+                for piece in pieces(steps[step][1])]
+
+    upcoming = compute(0) if steps else []
+    for k, (epoch, i) in enumerate(steps):
+        current, upcoming = upcoming, (compute(k + 1) if k + 1 < len(steps) else [])
+        future = client.submit(_partial_fit_block, blob, *current, partial_fit_kwargs,
+                               threads, pure=False)
+        blob, loss = future.result()
+        del future, current
+        losses.append(loss)
+        _report(verbose, epoch, i, blocks, losses)
+    return pickle.loads(blob)
+
+
+def _report(verbose: bool, epoch: int, block: int, blocks: list[int],
+            losses: list[float]) -> None:
+    if verbose and block == blocks[-1]:
+        mean = float(np.mean(losses[-len(blocks):]))
+        print(f"partial_fit_dask: epoch {epoch + 1}, mean block loss {mean:.6g}",
+              file=sys.stderr, flush=True)
