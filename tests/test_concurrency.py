@@ -96,12 +96,16 @@ def _start_fit(instance, X, Y, watch=(), **keywords):
     """fit in a thread; (thread, stop event, outcome dict).
 
     The callback ends training once `stop` is set; after each epoch, while
-    fit still holds the model, it notes len(watch) in outcome["watched"].
+    fit still holds the model, it notes len(watch) in outcome["watched"]
+    and notifies outcome["epoch_done"] (a Condition).
     """
-    started, stop, outcome = threading.Event(), threading.Event(), {"watched": []}
+    started, stop = threading.Event(), threading.Event()
+    outcome = {"watched": [], "epoch_done": threading.Condition()}
 
     def callback(epoch, loss):
-        outcome["watched"].append(len(watch))
+        with outcome["epoch_done"]:
+            outcome["watched"].append(len(watch))
+            outcome["epoch_done"].notify_all()
         started.set()
         time.sleep(0.002)
         return not stop.is_set()
@@ -155,7 +159,10 @@ def test_readers_wait_for_fit_and_see_whole_models(model, backend, tmp_path):
     seen = []
     thread, stop, outcome = _start_fit(instance, X, Y, watch=seen, epochs=10**5, lr=0.05)
 
+    all_calling = threading.Barrier(9)  # the 8 readers and this thread
+
     def read(i):
+        all_calling.wait(30)
         kind = i % 4
         if kind == 0:
             result = instance.predict(X)
@@ -170,7 +177,13 @@ def test_readers_wait_for_fit_and_see_whole_models(model, backend, tmp_path):
     readers = [threading.Thread(target=read, args=(i,)) for i in range(8)]
     for reader in readers:
         reader.start()
-    time.sleep(0.3)
+    # Every reader is at its call and fit has finished 3 more epochs since:
+    # none may have returned (however long each took to start on a busy machine).
+    all_calling.wait(30)
+    with outcome["epoch_done"]:
+        epochs = len(outcome["watched"])
+        assert outcome["epoch_done"].wait_for(
+            lambda: len(outcome["watched"]) >= epochs + 3, 30), "fit stopped training"
     assert not seen, "a reader ran during fit"
     stop.set()
     thread.join(30)
@@ -202,8 +215,11 @@ def test_hammering_readers_see_only_whole_models(model, backend):
     before = instance.predict(X)
     done = threading.Event()
     seen = []
+    reading = threading.Barrier(5)  # the 4 readers, each after its first read, and fit
 
     def read(i):
+        seen.append(instance.predict(X))
+        reading.wait(30)
         while not done.is_set():
             seen.append(instance.predict(X))
             time.sleep(0.001)
@@ -211,16 +227,15 @@ def test_hammering_readers_see_only_whole_models(model, backend):
     readers = [threading.Thread(target=read, args=(i,)) for i in range(4)]
     for reader in readers:
         reader.start()
-    stop_at = time.perf_counter() + 0.3
+    reading.wait(30)
     try:
-        instance.fit(X, Y, epochs=10**6, lr=0.05, batch_size=20,
-                     callback=lambda epoch, loss: time.perf_counter() < stop_at)
+        instance.fit(X, Y, epochs=100, lr=0.05, batch_size=20)
     finally:
         done.set()
         for reader in readers:
             reader.join(30)
     after = instance.predict(X)
-    assert seen
+    assert not np.array_equal(after, before)
     for prediction in seen:
         assert np.array_equal(prediction, before) or np.array_equal(prediction, after)
 
