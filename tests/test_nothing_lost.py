@@ -107,6 +107,30 @@ def test_ctrl_c_stops_fit_consistently(model, backend):
     instance.fit(X, Y, epochs=2, lr=0.01)
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signals reach the main thread only")
+@pytest.mark.parametrize("model, backend", CASES)
+def test_ctrl_c_stops_fit_after_the_epoch_it_arrives_in(model, backend):
+    """The same promise without a clock: with a callback every epoch is one
+    call of the compiled code, so a SIGINT raised in epoch 3's callback ends
+    the fit there, 4 epochs kept, however fast or busy the machine."""
+    X, Y = model_data(model, 200)
+    instance = model.make(seed=2, backend=backend)
+
+    def callback(epoch, loss):
+        if epoch == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(lgmstm.TrainingInterrupted) as interrupted:
+        instance.fit(X, Y, epochs=1000, lr=0.01, callback=callback)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert len(instance.history_) == 4
+    np.testing.assert_array_equal(interrupted.value.history, instance.history_)
+    fresh = model.make(seed=2, backend=backend)
+    np.testing.assert_array_equal(fresh.fit(X, Y, epochs=4, lr=0.01), instance.history_)
+    assert_same_params(instance, fresh)
+
+
 # -- atomic save ----------------------------------------------------------------
 
 def _garbage_then(error):
