@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from os import PathLike
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -74,8 +74,12 @@ class Model:
     """
 
     kind: ClassVar[str]  # as written in saved files
-    dtype: np.dtype[Any]
-    backend: str
+    # The constructor's arguments that fix the architecture, read-only
+    # afterwards (see _refuse); the subclass's first, as its repr lists them.
+    _fixed: ClassVar[tuple[str, ...]]
+    _dtype: np.dtype[Any]
+    _backend: str
+    _output: str
     history_: NDArray[np.float64]
     _params: list[NDArray[Any]]
     _rng: np.random.Generator
@@ -85,12 +89,50 @@ class Model:
     def _set_up(self, dtype: DTypeLike, seed: int | np.random.Generator | None,
                 backend: str) -> None:
         """Check dtype and backend, seed the generator, make the lock."""
-        self.dtype = check_float_dtype(dtype)
-        self.backend = check_choice("backend", backend, BACKENDS)
+        self._dtype = check_float_dtype(dtype)
+        self._backend = check_choice("backend", backend, BACKENDS)
         self._rng = np.random.default_rng(check_seed("seed", seed))
         self._lock = UseLock()
         self.history_ = np.empty(0)
         self._optimizer_state = None
+
+    # -- the architecture: read-only ----------------------------------------------
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Dtype of the parameters and of every result (read-only)."""
+        return self._dtype
+
+    @dtype.setter
+    def dtype(self, value: DTypeLike) -> None:
+        self._refuse("dtype", value)
+
+    @property
+    def backend(self) -> str:
+        """"cython" or "numpy" (read-only)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._refuse("backend", value)
+
+    @property
+    def output(self) -> str:
+        """The last layer's activation, "tanh" or "linear" (read-only)."""
+        return self._output
+
+    @output.setter
+    def output(self, value: str) -> None:
+        self._refuse("output", value)
+
+    def _refuse(self, name: str, value: Any) -> NoReturn:
+        """The AttributeError of setting an attribute of the architecture: the
+        compiled network, save and pickling all read the constructor's
+        choices, so a model cannot change them in place."""
+        shown = value.__name__ if isinstance(value, type) else repr(value)  # np.float32
+        raise AttributeError(
+            f"{self.kind}.{name} is read-only: {', '.join(self._fixed)} are fixed when the "
+            f"model is made (they decide what it computes and what save writes); make a "
+            f"new {self.kind} with {name}={shown} instead")
 
     # -- hooks ---------------------------------------------------------------------
     def _param_names(self) -> Iterable[str]:

@@ -11,14 +11,15 @@ from typing import Any
 
 from ._base import BACKENDS, ESTIMATOR_KINDS, MODEL_KINDS, read_model_file
 from ._persist import ModelFile
-from ._validation import check_choice
+from ._validation import check_bool, check_choice
 from .lgm import LGM
 from .stm import STM
 
 _KINDS: dict[str, type[LGM] | type[STM]] = {model.kind: model for model in (LGM, STM)}
 
 
-def load(path: str | os.PathLike[str], *, backend: str = "cython") -> Any:
+def load(path: str | os.PathLike[str], *, backend: str = "cython",
+         stateful: bool | None = None) -> Any:
     """Load a model saved with ``LGM.save`` or ``STM.save``, or an estimator
     saved with ``LGMRegressor.save`` or ``LGMClassifier.save``.
 
@@ -29,6 +30,12 @@ def load(path: str | os.PathLike[str], *, backend: str = "cython") -> Any:
         The backend of the model (of an estimator's network; its
         ``backend`` hyper-parameter, for later fits, stays as saved, and
         ``LGMRegressor.load(path)`` keeps the saved network's backend too).
+    stateful : bool or None, default None
+        For an STM: None keeps the saved setting; True or False sets
+        ``stateful`` (as ``model.stateful = ...`` would), e.g. to feed live
+        streams in chunks to a model trained stateless (see
+        :class:`lgmstm.STM`; :meth:`~lgmstm.STM.step` needs no stateful
+        model). A ValueError for a file that holds no STM.
 
     Returns
     -------
@@ -45,6 +52,8 @@ def load(path: str | os.PathLike[str], *, backend: str = "cython") -> Any:
     ------
     FileNotFoundError
         No such file.
+    TypeError
+        stateful is not True, False or None.
     ImportError
         The file holds an estimator and scikit-learn is not installed.
     ValueError
@@ -52,11 +61,20 @@ def load(path: str | os.PathLike[str], *, backend: str = "cython") -> Any:
         does not read or an unknown kind, parameters that do not fit the
         stored architecture or hold NaN or inf. The file is checked entry
         by entry before its data is read: it cannot make ``load`` allocate
-        much more than the model it describes needs.
+        much more than the model it describes needs. Also ``stateful``
+        given for a file that holds no STM.
     """
     check_choice("backend", backend, BACKENDS)
-    return read_model_file(path, (*MODEL_KINDS, *ESTIMATOR_KINDS),
-                           lambda stored: _read(stored, backend))
+    if stateful is not None:
+        stateful = check_bool("stateful", stateful)
+    loaded = read_model_file(path, (*MODEL_KINDS, *ESTIMATOR_KINDS),
+                             lambda stored: _read(stored, backend))
+    if stateful is not None:
+        if not isinstance(loaded, STM):
+            raise ValueError(f"{os.fspath(path)!s} holds an {type(loaded).__name__}: "
+                             "stateful= applies to an STM only")
+        loaded.stateful = stateful
+    return loaded
 
 
 def _read(stored: ModelFile, backend: str) -> Any:

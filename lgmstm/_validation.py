@@ -4,9 +4,12 @@ the same input.
 
 Array arguments: float32 and float64 are kept; integer and bool arrays are
 converted to the floating dtype of the call (float64 when nothing else fixes
-it); every other dtype (complex, float16, object, strings, ...) is refused
-with a TypeError. Arrays of different floating dtypes in one call are
-refused: lgmstm never down- or up-casts a float array behind your back.
+it); every other dtype (complex, float16, longdouble, object, strings, ...)
+is refused with a TypeError. For the kernels, arrays of different floating
+dtypes in one call are refused: lgmstm never down- or up-casts a float array
+behind your back. The models are the exception, by design: their data (X, Y)
+take the model's dtype, whichever float dtype they come in (an STM's
+initial_state, another model's memory, must have it already).
 """
 from __future__ import annotations
 
@@ -58,9 +61,12 @@ def check_float_dtype(dtype, *, error: type[Exception] = TypeError, where: str =
     return checked
 
 
-def as_array(name: str, value, ndim: int | tuple[int, ...]) -> np.ndarray:
-    """value as an ndarray of ndim dimensions (one of them, for a tuple) and
-    a real numeric dtype."""
+def as_array(name: str, value, ndim: int | tuple[int, ...] | None) -> np.ndarray:
+    """value as an ndarray of ndim dimensions (one of them, for a tuple; any
+    for None, when the caller's shape message says more) and a real numeric
+    dtype: float32 and float64 arrays as they are, integers and bools (and
+    lists of them) as numpy makes them, anything else (float16, longdouble,
+    complex, object, strings) refused with a TypeError."""
     if type(value) is np.ndarray and value.dtype.char in "fd":
         array = value  # the common case, checked cheaply
     else:
@@ -72,10 +78,10 @@ def as_array(name: str, value, ndim: int | tuple[int, ...]) -> np.ndarray:
                 f"{name} must have dtype float32 or float64 (integers and bools are "
                 f"converted), got dtype {array.dtype}"
             )
-    if array.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
+    if ndim is not None and array.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
         dims = " or ".join(map(str, ndim)) if isinstance(ndim, tuple) else ndim
         raise ValueError(f"{name} must be {dims}-dimensional, got shape {array.shape}")
-    if array.size and max(array.shape) > MAX_DIM:
+    if array.ndim and array.size and max(array.shape) > MAX_DIM:
         raise ValueError(f"{name} has shape {array.shape}: each dimension must be below 2**31")
     return array
 

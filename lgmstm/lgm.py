@@ -22,8 +22,10 @@ from ._training import (
     OptimizerState,
     ReferenceTrainer,
     TrainingWorkspace,
+    beyond_tanh,
     plan_fit,
     train_model,
+    warn_beyond_tanh,
 )
 from ._validation import MAX_DIM, as_array, check_choice, check_int, check_product
 
@@ -154,9 +156,14 @@ class LGM(Model):
         ``[n_in, n_hidden_1, ..., n_out]``, each >= 1.
     output : {"tanh", "linear"}, default "tanh"
         Activation of the last layer: "tanh" keeps outputs in (-1, 1),
-        "linear" suits unbounded regression targets. Hidden layers are tanh.
+        "linear" suits unbounded regression targets (fit warns, with a
+        TargetRangeWarning, when a tanh output is given targets outside
+        [-1, 1]). Hidden layers are tanh.
     dtype : float32 or float64, default float64
-        Dtype of the parameters and of every result; inputs are converted.
+        Dtype of the parameters and of every result. The data (X, Y) are
+        converted to it: arrays of either float dtype, of integers or bools,
+        and nested lists of numbers; float16, longdouble, complex, object
+        and string data are refused with a TypeError.
     seed : int, numpy.random.Generator or None
         Seeds the Glorot-uniform weights (biases start at zero) and the
         default shuffling of :meth:`fit`.
@@ -170,7 +177,9 @@ class LGM(Model):
     output : str
     dtype : numpy.dtype
     backend : str
-        The constructor's arguments, as checked.
+        The constructor's arguments, as checked; read-only (setting one
+        raises AttributeError): they fix the compiled network and what
+        :meth:`save` writes, so another architecture is another model.
     kind : str
         "LGM", as written in saved files.
     params : dict of str to ndarray
@@ -188,6 +197,7 @@ class LGM(Model):
     """
 
     kind = "LGM"
+    _fixed = ("layer_sizes", "output", "dtype", "backend")
 
     def __init__(self, layer_sizes: Sequence[int], *, output: str = "tanh",
                  dtype: DTypeLike = np.float64,
@@ -201,54 +211,63 @@ class LGM(Model):
             raise ValueError(f"layer_sizes needs at least two sizes [n_in, n_out], got {sizes}")
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             check_product("layer_sizes: a weight", n_in, n_out)
-        self.layer_sizes = tuple(sizes)
-        self.output = check_choice("output", output, OUTPUTS)
+        self._layer_sizes: tuple[int, ...] = tuple(sizes)
+        self._output = check_choice("output", output, OUTPUTS)
         self._set_up(dtype, seed, backend)
         self._params = []
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-            self._params += [glorot_uniform(self._rng, n_in, n_out, self.dtype),
-                             np.zeros(n_out, self.dtype)]
-        self._network = _NETWORKS[self.backend](self._params, sizes, self.output == "tanh",
+            self._params += [glorot_uniform(self._rng, n_in, n_out, self._dtype),
+                             np.zeros(n_out, self._dtype)]
+        self._network = _NETWORKS[self._backend](self._params, sizes, self._output == "tanh",
                                                 self._lock)
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """``(n_in, n_hidden_1, ..., n_out)`` (read-only)."""
+        return self._layer_sizes
+
+    @layer_sizes.setter
+    def layer_sizes(self, value: Sequence[int]) -> None:
+        self._refuse("layer_sizes", value)
 
     # -- what Model needs ---------------------------------------------------------
     def _param_names(self) -> Iterator[str]:
-        for layer in range(len(self.layer_sizes) - 1):
+        for layer in range(len(self._layer_sizes) - 1):
             yield f"layer{layer}.weight"
             yield f"layer{layer}.bias"
 
     def _arguments(self) -> dict[str, Any]:
-        return {"layer_sizes": self.layer_sizes, "output": self.output}
+        return {"layer_sizes": self._layer_sizes, "output": self._output}
 
     def _construct(self, arguments: dict[str, Any], dtype: str, backend: str) -> None:
         LGM.__init__(self, arguments["layer_sizes"], output=arguments["output"], dtype=dtype,
                      backend=backend)
 
     def _config(self) -> dict[str, NDArray[Any]]:
-        return {"layer_sizes": np.asarray(self.layer_sizes, np.int64),
-                "output": np.asarray(self.output)}
+        return {"layer_sizes": np.asarray(self._layer_sizes, np.int64),
+                "output": np.asarray(self._output)}
 
-    def __repr__(self):
-        return (f"LGM({list(self.layer_sizes)}, output={self.output!r}, "
-                f"dtype={self.dtype.name}, backend={self.backend!r})")
+    def __repr__(self) -> str:
+        return (f"LGM({list(self._layer_sizes)}, output={self._output!r}, "
+                f"dtype={self._dtype.name}, backend={self._backend!r})")
 
     # -- checks ---------------------------------------------------------------
     def _inputs(self, X: ArrayLike) -> NDArray[Any]:
         X = as_array("X", X, 2)
-        if X.shape[1] != self.layer_sizes[0]:
+        if X.shape[1] != self._layer_sizes[0]:
             raise ValueError(
-                f"X must have shape (n_samples, {self.layer_sizes[0]}), got {X.shape}")
-        return np.ascontiguousarray(X, dtype=self.dtype)
+                f"X must have shape (n_samples, {self._layer_sizes[0]}), got {X.shape}")
+        return np.ascontiguousarray(X, dtype=self._dtype)
 
     def _targets(self, Y: ArrayLike, n_samples: int) -> NDArray[Any]:
-        n_out = self.layer_sizes[-1]
+        n_out = self._layer_sizes[-1]
         Y = as_array("Y", Y, (1, 2) if n_out == 1 else 2)
         if Y.ndim == 1:
             Y = Y.reshape(-1, 1)
         if Y.shape != (n_samples, n_out):
             raise ValueError(f"Y must have shape (n_samples, n_out) = {(n_samples, n_out)}, "
                              f"got {Y.shape}")
-        return np.ascontiguousarray(Y, dtype=self.dtype)
+        return np.ascontiguousarray(Y, dtype=self._dtype)
 
     # -- use --------------------------------------------------------------------
     def predict(self, X: ArrayLike) -> NDArray[Any]:
@@ -257,8 +276,9 @@ class LGM(Model):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_in)
-            Real numbers; integers and bools are converted, and every input
-            takes the model's dtype. Other dtypes are refused.
+            Real numbers, converted to the model's dtype: float32, float64,
+            integer and bool arrays and nested lists of numbers; float16,
+            longdouble, complex, object and string data are refused.
 
         Returns
         -------
@@ -286,8 +306,9 @@ class LGM(Model):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_in)
-            Real numbers; integers and bools are converted, and every input
-            takes the model's dtype. Other dtypes are refused.
+            Real numbers, converted to the model's dtype: float32, float64,
+            integer and bool arrays and nested lists of numbers; float16,
+            longdouble, complex, object and string data are refused.
         Y : array-like of shape (n_samples, n_out), or (n_samples,) when n_out == 1
             Targets, converted like X.
 
@@ -316,8 +337,9 @@ class LGM(Model):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_in)
-            Real numbers; integers and bools are converted, and every input
-            takes the model's dtype. Other dtypes are refused.
+            Real numbers, converted to the model's dtype: float32, float64,
+            integer and bool arrays and nested lists of numbers; float16,
+            longdouble, complex, object and string data are refused.
         Y : array-like of shape (n_samples, n_out), or (n_samples,) when n_out == 1
             Targets, converted like X.
 
@@ -409,6 +431,11 @@ class LGM(Model):
         DivergenceWarning
             When a loss or parameter becomes non-finite: training stops and
             the model keeps the last finite parameters.
+        TargetRangeWarning (a UserWarning)
+            Once per call, when ``output="tanh"`` and Y holds a target outside
+            [-1, 1], which the model cannot reach: make it with
+            ``output="linear"``, or scale Y. Both warnings point at the line
+            that called fit (or partial_fit).
         """
         if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
                 and seed is None:
@@ -417,6 +444,8 @@ class LGM(Model):
                                              optimizer, None, shuffle, warm_start)
             if losses is not None:
                 self.history_ = losses
+                if self._output == "tanh" and beyond_tanh(Y):
+                    warn_beyond_tanh(Y)
                 return losses
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
@@ -424,6 +453,8 @@ class LGM(Model):
                         batch_size=batch_size, optimizer=optimizer, clip_norm=None,
                         shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,
                         warm_start=warm_start)
+        if self._output == "tanh" and beyond_tanh(Y):
+            warn_beyond_tanh(Y)
         return train_model(
             self, plan, lambda state: self._network.trainer(X, Y, plan.batch_size, state,
                                                             plan.lr), callback)
@@ -465,12 +496,16 @@ class LGM(Model):
         DivergenceWarning
             As :meth:`fit`: the model keeps the parameters it had and the
             optimizer state the epoch started from.
+        TargetRangeWarning
+            As :meth:`fit`.
         """
         if seed is None:
             losses = self._network.fit_ready(self, X, Y, None, None, lr, batch_size,
                                              optimizer, None, shuffle, True)
             if losses is not None:
                 self.history_ = losses
+                if self._output == "tanh" and beyond_tanh(Y):
+                    warn_beyond_tanh(Y)
                 return self
         self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
                  shuffle=shuffle, seed=seed, warm_start=True)

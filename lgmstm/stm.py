@@ -22,8 +22,10 @@ from ._training import (
     OptimizerState,
     ReferenceTrainer,
     TrainingWorkspace,
+    beyond_tanh,
     plan_fit,
     train_model,
+    warn_beyond_tanh,
 )
 from ._validation import (
     MAX_DIM,
@@ -257,6 +259,16 @@ class STM(Model):
     :meth:`reset_state` clears it, for every stream or for some; :attr:`state`
     shows it.
 
+    From a trained model to live streams: :meth:`step` needs no stateful
+    model, nor does ``predict(X, initial_state=h, return_state=True)`` on
+    chunks of a stream. For :meth:`predict` to carry the state itself,
+    switch ``stateful`` on, at any time: ``model.stateful = True``, or
+    ``lgmstm.load(path, stateful=True)``; the next call starts from the held
+    state (zeros when empty). A stateful fit leaves the final state of each
+    training sequence (stream i of the next call is sequence i, as the next
+    chunk's :meth:`partial_fit` needs): call :meth:`reset_state` before
+    predicting or stepping other streams.
+
     Initialisation, chosen to keep the recurrence stable at the start:
     ``Wh`` is a random orthogonal matrix (QR of a Gaussian): all its singular
     values are 1, so the linearised recurrence neither blows up nor shrinks
@@ -272,15 +284,23 @@ class STM(Model):
         Input features, state size and outputs per step.
     output : {"tanh", "linear"}, default "tanh"
         The readout's activation: "tanh" keeps outputs in (-1, 1), "linear"
-        suits unbounded regression targets.
+        suits unbounded regression targets (fit warns, with a
+        TargetRangeWarning, when a tanh output is given targets outside
+        [-1, 1]).
     return_sequences : bool, default True
         True: an output on every step, Y of shape (n_samples, n_steps, n_out).
         False: one output per sequence, from its final state, Y of shape
         (n_samples, n_out).
     stateful : bool, default False
-        Carry the final states from call to call (see above).
+        Carry the final states from call to call (see above); the one
+        attribute that may be set later.
     dtype : float32 or float64, default float64
-        Dtype of the parameters, the state and every result; inputs are converted.
+        Dtype of the parameters, the state and every result. The data (X,
+        Y, x) are converted to it: arrays of either float dtype, of integers
+        or bools, and nested lists of numbers; float16, longdouble, complex,
+        object and string data are refused with a TypeError. An
+        ``initial_state`` of the other float dtype is refused too (it holds
+        another model's memory).
     seed : int, numpy.random.Generator or None
         Seeds the initial weights and the default shuffling of :meth:`fit`.
     backend : {"cython", "numpy"}, default "cython"
@@ -289,6 +309,19 @@ class STM(Model):
 
     Attributes
     ----------
+    n_in, n_hidden, n_out : int
+    output : str
+    return_sequences : bool
+    dtype : numpy.dtype
+    backend : str
+        The constructor's arguments, as checked; read-only (setting one
+        raises AttributeError): they fix the compiled network and what
+        :meth:`save` writes, so another architecture is another model.
+    stateful : bool
+        Whether calls carry the working memory; may be set to True or False
+        at any time (anything else raises TypeError), takes effect from the
+        next call, and is saved and pickled with the model. Switching it
+        off keeps :attr:`state` (for :meth:`step`) until :meth:`reset_state`.
     params : dict of str to ndarray
         Copies of ``input_weight`` (n_in, n_hidden), ``recurrent_weight``
         (n_hidden, n_hidden), ``bias`` (n_hidden,), ``readout.weight``
@@ -301,42 +334,96 @@ class STM(Model):
     """
 
     kind = "STM"
+    _fixed = ("n_in", "n_hidden", "n_out", "output", "return_sequences", "dtype", "backend")
 
     def __init__(self, n_in: int, n_hidden: int, n_out: int, *, output: str = "tanh",
                  return_sequences: bool = True, stateful: bool = False,
                  dtype: DTypeLike = np.float64,
                  seed: int | np.random.Generator | None = None,
                  backend: str = "cython") -> None:
-        self.n_in = check_int("n_in", n_in, 1, maximum=MAX_DIM)
-        self.n_hidden = check_int("n_hidden", n_hidden, 1, maximum=MAX_DIM)
-        self.n_out = check_int("n_out", n_out, 1, maximum=MAX_DIM)
-        for name, rows, cols in (("n_in x n_hidden", self.n_in, self.n_hidden),
-                                 ("n_hidden x n_hidden", self.n_hidden, self.n_hidden),
-                                 ("n_hidden x n_out", self.n_hidden, self.n_out)):
+        self._n_in = check_int("n_in", n_in, 1, maximum=MAX_DIM)
+        self._n_hidden = check_int("n_hidden", n_hidden, 1, maximum=MAX_DIM)
+        self._n_out = check_int("n_out", n_out, 1, maximum=MAX_DIM)
+        for name, rows, cols in (("n_in x n_hidden", self._n_in, self._n_hidden),
+                                 ("n_hidden x n_hidden", self._n_hidden, self._n_hidden),
+                                 ("n_hidden x n_out", self._n_hidden, self._n_out)):
             check_product(f"a weight of {name}", rows, cols)
-        self.output = check_choice("output", output, OUTPUTS)
-        self.return_sequences = check_bool("return_sequences", return_sequences)
-        self.stateful = check_bool("stateful", stateful)
+        self._output = check_choice("output", output, OUTPUTS)
+        self._return_sequences = check_bool("return_sequences", return_sequences)
+        self._stateful = check_bool("stateful", stateful)
         self._set_up(dtype, seed, backend)
         self._params = [
-            glorot_uniform(self._rng, self.n_in, self.n_hidden, self.dtype),
-            orthogonal(self._rng, self.n_hidden, self.dtype),
-            np.zeros(self.n_hidden, self.dtype),
-            glorot_uniform(self._rng, self.n_hidden, self.n_out, self.dtype),
-            np.zeros(self.n_out, self.dtype),
+            glorot_uniform(self._rng, self._n_in, self._n_hidden, self._dtype),
+            orthogonal(self._rng, self._n_hidden, self._dtype),
+            np.zeros(self._n_hidden, self._dtype),
+            glorot_uniform(self._rng, self._n_hidden, self._n_out, self._dtype),
+            np.zeros(self._n_out, self._dtype),
         ]
         self._state: NDArray[Any] | None = None
-        self._network = _NETWORKS[self.backend](
-            self._params, (self.n_in, self.n_hidden, self.n_out), self.output == "tanh",
-            self.return_sequences, self._lock)
+        self._network = _NETWORKS[self._backend](
+            self._params, (self._n_in, self._n_hidden, self._n_out), self._output == "tanh",
+            self._return_sequences, self._lock)
+
+    # -- the architecture: read-only, but for stateful --------------------------
+    @property
+    def n_in(self) -> int:
+        """Input features per step (read-only)."""
+        return self._n_in
+
+    @n_in.setter
+    def n_in(self, value: int) -> None:
+        self._refuse("n_in", value)
+
+    @property
+    def n_hidden(self) -> int:
+        """The working memory's size (read-only)."""
+        return self._n_hidden
+
+    @n_hidden.setter
+    def n_hidden(self, value: int) -> None:
+        self._refuse("n_hidden", value)
+
+    @property
+    def n_out(self) -> int:
+        """Outputs per step, or per sequence (read-only)."""
+        return self._n_out
+
+    @n_out.setter
+    def n_out(self, value: int) -> None:
+        self._refuse("n_out", value)
+
+    @property
+    def return_sequences(self) -> bool:
+        """An output at every step (True) or one per sequence (False); read-only."""
+        return self._return_sequences
+
+    @return_sequences.setter
+    def return_sequences(self, value: bool) -> None:
+        self._refuse("return_sequences", value)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether predict and fit carry the working memory from call to call.
+
+        May be set, to True or False (a TypeError otherwise), from the next
+        call on: a trained stateless model becomes one that continues its
+        streams from :attr:`state`. Waits for a fit in another thread.
+        """
+        return self._stateful
+
+    @stateful.setter
+    def stateful(self, value: bool) -> None:
+        value = check_bool("stateful", value)
+        with self._lock.reading():
+            self._stateful = value
 
     # -- what Model needs ---------------------------------------------------------
     def _param_names(self) -> Iterator[str]:
         return iter(PARAM_NAMES)
 
     def _arguments(self) -> dict[str, Any]:
-        return {"sizes": (self.n_in, self.n_hidden, self.n_out), "output": self.output,
-                "return_sequences": self.return_sequences, "stateful": self.stateful}
+        return {"sizes": (self._n_in, self._n_hidden, self._n_out), "output": self._output,
+                "return_sequences": self._return_sequences, "stateful": self._stateful}
 
     def _construct(self, arguments: dict[str, Any], dtype: str, backend: str) -> None:
         STM.__init__(self, *arguments["sizes"], output=arguments["output"],
@@ -344,12 +431,12 @@ class STM(Model):
                      stateful=arguments["stateful"], dtype=dtype, backend=backend)
 
     def _config(self) -> dict[str, NDArray[Any]]:
-        return {"n_in": np.asarray(self.n_in, np.int64),
-                "n_hidden": np.asarray(self.n_hidden, np.int64),
-                "n_out": np.asarray(self.n_out, np.int64),
-                "output": np.asarray(self.output),
-                "return_sequences": np.asarray(self.return_sequences),
-                "stateful": np.asarray(self.stateful)}
+        return {"n_in": np.asarray(self._n_in, np.int64),
+                "n_hidden": np.asarray(self._n_hidden, np.int64),
+                "n_out": np.asarray(self._n_out, np.int64),
+                "output": np.asarray(self._output),
+                "return_sequences": np.asarray(self._return_sequences),
+                "stateful": np.asarray(self._stateful)}
 
     def _memory(self) -> dict[str, Any]:
         return {"state": None if self._state is None else self._state.copy()}
@@ -358,9 +445,9 @@ class STM(Model):
         if "state" not in memory:
             return
         state = memory.pop("state")
-        if state.ndim != 2 or state.shape[1] != self.n_hidden or state.dtype != self.dtype:
+        if state.ndim != 2 or state.shape[1] != self._n_hidden or state.dtype != self._dtype:
             raise ValueError(f"{path}: memory.state must have shape (n_streams, "
-                             f"{self.n_hidden}) and dtype {self.dtype}, got shape "
+                             f"{self._n_hidden}) and dtype {self._dtype}, got shape "
                              f"{state.shape} and dtype {state.dtype}")
         if not np.isfinite(state).all():
             raise ValueError(f"{path}: memory.state must be finite")
@@ -411,57 +498,86 @@ class STM(Model):
             self._state = fresh
 
     def __repr__(self) -> str:
-        return (f"STM({self.n_in}, {self.n_hidden}, {self.n_out}, output={self.output!r}, "
-                f"return_sequences={self.return_sequences}, stateful={self.stateful}, "
-                f"dtype={self.dtype.name}, backend={self.backend!r})")
+        return (f"STM({self._n_in}, {self._n_hidden}, {self._n_out}, output={self._output!r}, "
+                f"return_sequences={self._return_sequences}, stateful={self._stateful}, "
+                f"dtype={self._dtype.name}, backend={self._backend!r})")
 
     # -- checks ---------------------------------------------------------------
     def _features(self, name: str, value: ArrayLike, ndim: int, meaning: str,
                   ) -> NDArray[Any]:
         """value as an ndim array whose shape is meaning, "(..., n_in)"; unconverted."""
         array = as_array(name, value, ndim)
-        if array.shape[-1] != self.n_in:
+        if array.shape[-1] != self._n_in:
             raise ValueError(
-                f"{name} must have shape {meaning} with n_in = {self.n_in}, got {array.shape}")
+                f"{name} must have shape {meaning} with n_in = {self._n_in}, got {array.shape}")
         return array
 
     def _inputs(self, X: ArrayLike, lengths: ArrayLike | None,
                 ) -> tuple[NDArray[Any], NDArray[np.intp]]:
         X = self._features("X", X, 3, "(n_samples, n_steps, n_in)")
-        check_sequence_rows(X, max(self.n_hidden, self.n_out))
+        check_sequence_rows(X, max(self._n_hidden, self._n_out))
         lengths = check_lengths(lengths, X.shape[0], X.shape[1])
-        return np.ascontiguousarray(X, dtype=self.dtype), lengths
+        return np.ascontiguousarray(X, dtype=self._dtype), lengths
 
     def _targets(self, Y: ArrayLike, X: NDArray[Any], lengths: NDArray[np.intp],
                  ) -> NDArray[Any]:
         n_samples, n_steps, _ = X.shape
-        shape: tuple[int, ...]
-        if self.return_sequences:
-            shape, meaning = (n_samples, n_steps, self.n_out), "(n_samples, n_steps, n_out)"
-        else:
-            shape, meaning = (n_samples, self.n_out), "(n_samples, n_out)"
-        Y = as_array("Y", Y, (len(shape) - 1, len(shape)) if self.n_out == 1 else len(shape))
-        if Y.ndim == len(shape) - 1:
+        per_step, per_sequence = (n_samples, n_steps, self._n_out), (n_samples, self._n_out)
+        shape = per_step if self._return_sequences else per_sequence
+        Y = as_array("Y", Y, None)
+        given = Y.shape
+        if self._n_out == 1 and Y.ndim == len(shape) - 1:
             Y = Y[..., None]
         if Y.shape != shape:
-            raise ValueError(f"Y must have shape {meaning} = {shape}, got {Y.shape}")
-        Y = np.ascontiguousarray(Y, dtype=self.dtype)
-        if self.return_sequences and (lengths < n_steps).any():
+            raise ValueError(self._targets_error(given, shape, per_step, per_sequence))
+        Y = np.ascontiguousarray(Y, dtype=self._dtype)
+        if self._return_sequences and (lengths < n_steps).any():
             # Padded targets take no loss: set them to the padded outputs, 0.
-            Y = np.where(_valid_steps(lengths, n_steps)[..., None], Y, 0).astype(self.dtype)
+            Y = np.where(_valid_steps(lengths, n_steps)[..., None], Y, 0).astype(self._dtype)
         return Y
+
+    def _targets_error(self, given: tuple[int, ...], shape: tuple[int, ...],
+                       per_step: tuple[int, ...], per_sequence: tuple[int, ...]) -> str:
+        """The message for targets of shape `given` where `shape` is needed,
+        naming return_sequences when Y looks made for the other setting."""
+        names, short = (("(n_samples, n_steps, n_out)", "(n_samples, n_steps)")
+                        if self._return_sequences else ("(n_samples, n_out)", "(n_samples,)"))
+        wanted = f"{names} = {shape}"
+        ndims = [len(shape)]
+        if self._n_out == 1:  # the last axis may be left out
+            wanted += f" or {short} = {shape[:-1]}"
+            ndims.insert(0, len(shape) - 1)
+        if len(given) in ndims:
+            message = f"Y must have shape {wanted}, got {given}"
+        else:
+            message = (f"Y must be {' or '.join(map(str, ndims))}-dimensional, of shape "
+                       f"{wanted}, got shape {given}")
+
+        def fits(target: tuple[int, ...]) -> bool:
+            return given == target or (self._n_out == 1 and given == target[:-1])
+
+        if self._return_sequences and fits(per_sequence):
+            message += (". That is one target per sequence: make the STM with "
+                        "return_sequences=False (this one has return_sequences=True: a "
+                        "target at every step)")
+        elif not self._return_sequences and fits(per_step):
+            message += (". That is one target per step: make the STM with "
+                        "return_sequences=True (this one has return_sequences=False: one "
+                        "target per sequence)")
+        return message
 
     def _held_state(self, n_streams: int, given: str) -> NDArray[Any] | None:
         """The working memory for a call on n_streams streams (None when
         empty); given says what the call holds, for the error."""
         if self._state is not None and self._state.shape[0] != n_streams:
             raise ValueError(
-                f"this STM holds the working memory of {self._state.shape[0]} streams, but "
-                f"{given}: call reset_state() to start new streams")
+                f"this STM holds the working memory of {self._state.shape[0]} streams (a "
+                f"stateful fit leaves that of each training sequence), but {given}: call "
+                f"reset_state() to start new streams")
         return self._state
 
     def _initial_state(self, n_samples: int) -> NDArray[Any] | None:
-        if not self.stateful:
+        if not self._stateful:
             return None
         return self._held_state(n_samples, f"X has {n_samples} sequences")
 
@@ -487,6 +603,9 @@ class STM(Model):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_steps, n_in)
+            Real numbers, converted to the model's dtype: float32, float64,
+            integer and bool arrays and nested lists of numbers; float16,
+            longdouble, complex, object and string data are refused.
         lengths : array-like of int, shape (n_samples,), optional
             Steps each sequence runs, in [0, n_steps]; None means all n_steps.
         initial_state : array-like of shape (n_samples, n_hidden), optional
@@ -526,27 +645,27 @@ class STM(Model):
         if lengths is None and (return_state is False or return_state is True):
             # X and initial_state as the kernels take them: no checks.
             ready = self._network.predict_ready(
-                X, self._state if initial_state is None and self.stateful else initial_state)
+                X, self._state if initial_state is None and self._stateful else initial_state)
             if ready is not None:
                 outputs, final = ready
-                if self.stateful:
+                if self._stateful:
                     self._state = final
                 if return_state:
-                    return outputs, final.copy() if self.stateful else final
+                    return outputs, final.copy() if self._stateful else final
                 return outputs
         X, lengths = self._inputs(X, lengths)
         return_state = check_bool("return_state", return_state)
         if initial_state is not None:
             initial_state = check_state("initial_state", initial_state,
-                                        (X.shape[0], self.n_hidden), self.dtype)
+                                        (X.shape[0], self._n_hidden), self._dtype)
         with self._lock.reading():
             h0 = self._initial_state(X.shape[0]) if initial_state is None else initial_state
             outputs, final = self._network.predict(X, h0, lengths)
-        if self.stateful:
+        if self._stateful:
             self._state = final
         if return_state:
             # A copy of a kept state: changing one must not change the other.
-            return outputs, final.copy() if self.stateful else final
+            return outputs, final.copy() if self._stateful else final
         return outputs
 
     def step(self, x: ArrayLike) -> NDArray[Any]:
@@ -591,13 +710,13 @@ class STM(Model):
             return outputs
         x = self._features("x", x, 2, "(n_streams, n_in)")
         n_streams = x.shape[0]
-        X = np.ascontiguousarray(x, dtype=self.dtype).reshape(n_streams, 1, self.n_in)
-        check_sequence_rows(X, max(self.n_hidden, self.n_out))
+        X = np.ascontiguousarray(x, dtype=self._dtype).reshape(n_streams, 1, self._n_in)
+        check_sequence_rows(X, max(self._n_hidden, self._n_out))
         with self._lock.reading():
             outputs, self._state = self._network.predict(
                 X, self._held_state(n_streams, f"x has {n_streams} streams"),
                 np.ones(n_streams, np.intp))
-        return outputs.reshape(n_streams, self.n_out)
+        return outputs.reshape(n_streams, self._n_out)
 
     def loss(self, X: ArrayLike, Y: ArrayLike, *, lengths: ArrayLike | None = None) -> float:
         """Mean squared error over the valid outputs.
@@ -631,9 +750,9 @@ class STM(Model):
         Y = self._targets(Y, X, lengths)
         with self._lock.reading():
             outputs, _ = self._network.predict(X, self._initial_state(X.shape[0]), lengths)
-        n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
+        n_valid = int(lengths.sum()) if self._return_sequences else X.shape[0]
         diff = outputs - Y
-        return float(np.vdot(diff, diff)) / max(1, n_valid * self.n_out)
+        return float(np.vdot(diff, diff)) / max(1, n_valid * self._n_out)
 
     def gradients(self, X: ArrayLike, Y: ArrayLike, *, lengths: ArrayLike | None = None,
                   ) -> dict[str, NDArray[Any]]:
@@ -717,7 +836,9 @@ class STM(Model):
 
         A stateful model starts every epoch from :attr:`state` (gradients do
         not flow into it: truncated BPTT) and afterwards holds the final
-        states of the last epoch's forward passes.
+        states of the last epoch's forward passes, one stream per training
+        sequence, for the next chunk: call :meth:`reset_state` before
+        predicting other streams.
 
         Raises
         ------
@@ -737,6 +858,11 @@ class STM(Model):
         DivergenceWarning
             A non-finite loss or parameter: training stops and the model keeps
             the last finite parameters.
+        TargetRangeWarning (a UserWarning)
+            Once per call, when ``output="tanh"`` and Y holds a target outside
+            [-1, 1], which the model cannot reach: make it with
+            ``output="linear"``, or scale Y. Both warnings point at the line
+            that called fit (or partial_fit).
         """
         if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
                 and seed is None and lengths is None:
@@ -750,9 +876,11 @@ class STM(Model):
                         batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
                         shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,
                         warm_start=warm_start)
+        if self._output == "tanh" and beyond_tanh(Y):
+            warn_beyond_tanh(Y)
 
         def keep_final_states(trainer: CompiledTrainer | _ReferenceTrainer) -> None:
-            if self.stateful and len(self.history_):
+            if self._stateful and len(self.history_):
                 self._state = trainer.final_states
 
         return train_model(
@@ -796,17 +924,19 @@ class STM(Model):
         its losses (also history_; a stateful model keeps the final
         states), or None for the checked path."""
         final = None
-        if self.stateful:
+        if self._stateful:
             if type(X) is not np.ndarray or X.ndim != 3:
                 return None
-            final = np.empty((X.shape[0], self.n_hidden), self.dtype)
+            final = np.empty((X.shape[0], self._n_hidden), self._dtype)
         losses = self._network.fit_ready(
-            self, X, Y, self._state if self.stateful else None, final, lr, batch_size,
+            self, X, Y, self._state if self._stateful else None, final, lr, batch_size,
             optimizer, clip_norm, shuffle, warm_start)
         if losses is not None:
             self.history_ = losses
-            if self.stateful:
+            if self._stateful:
                 self._state = final
+            if self._output == "tanh" and beyond_tanh(Y):
+                warn_beyond_tanh(Y)
         return losses
 
     # -- persistence -------------------------------------------------------------
