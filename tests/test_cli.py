@@ -32,7 +32,7 @@ def test_demo_quick(lgmstm_cli, tmp_path):
                        r"\s+baseline ([\d.]+)", out)
     assert errors, out
     model, reference, baseline = map(float, errors.groups())
-    assert model < 0.9 * baseline
+    assert model < 0.9 * baseline  # measured 0.706 (RMSE 54.48 against 77.16)
     assert model == pytest.approx(reference, rel=1e-3)  # the same maths on both backends
     assert re.search(r"time per epoch\s+compiled [\d.]+ ms\s+NumPy [\d.]+ ms\s+speed-up", out)
     assert "LGM: epoch 30/30" in result.stderr  # progress while it trains

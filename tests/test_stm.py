@@ -115,6 +115,7 @@ def test_padded_targets_are_ignored():
     noisy = Y.copy()
     noisy[np.arange(13) >= lengths[:, None]] = 1e6
     assert model.loss(X, noisy, lengths=lengths) == model.loss(X, Y, lengths=lengths)
+    # Measured 0.547; a padded target of 1e6 taken into the loss would add ~1e11.
     assert model.fit(X, noisy, epochs=2, lr=0.1, lengths=lengths)[0] < 10
 
 
@@ -279,6 +280,7 @@ def test_learns_sunspots_better_than_persistence():
     print(f"\nsunspots, last 20% ({actual.size} months), one month ahead: "
           f"MSE model {model_mse:.1f}, persistence {persistence_mse:.1f} "
           f"(ratio {model_mse / persistence_mse:.3f})")
+    # Measured 0.868 (MSE 334.1 against persistence's 384.8).
     assert model_mse < 0.95 * persistence_mse
 
 
