@@ -327,3 +327,20 @@ def test_regressor_partial_fit_skips_no_check_it_needs(y_shape):
     with pytest.raises(ValueError, match="outputs"):
         fast.partial_fit(X, np.ones((30, 3)))
     assert fast.n_iter_ == 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 7, 33, 1000])
+def test_all_finite_finds_every_kind_of_non_finite_value(dtype, n):
+    """The short fit's scan of X, Y and the parameters (_finite.h: exponent
+    bits, vectorised) against np.isfinite, at every position of a vector."""
+    from lgmstm._train import all_finite
+
+    info = np.finfo(dtype)
+    values = [np.inf, -np.inf, np.nan, -np.nan, info.max, -info.max, info.tiny,
+              info.smallest_subnormal, 0.0, -0.0]
+    for value in values:
+        for position in {0, n // 2, n - 1}:
+            array = np.ones(n, dtype)
+            array[position] = value
+            assert all_finite([array]) == bool(np.isfinite(array).all()), (value, position)

@@ -204,23 +204,34 @@ cdef inline void gather_columns(
     n_rows rows when rows is NULL. dest: (n_features, n_groups * n_blocks *
     task_width), sample i's feature f of block b at the column above, and 0
     for i >= n_rows.
+
+    A group's block at a time: its task_width samples' features (a few
+    cache lines each) stay in L1 while each feature's run of task_width
+    columns is written in order (sample by sample, every value would go to
+    another line of a matrix larger than L1).
     """
     cdef Py_ssize_t group_cols = n_blocks * task_width
     cdef Py_ssize_t ld = n_groups * group_cols
-    cdef Py_ssize_t i, block, f, row, column
-    cdef const floating *sample
-    for i in range(n_groups * task_width):
-        column = (i // task_width) * group_cols + i % task_width
-        if i < n_rows:
-            row = rows[i] if rows != NULL else i
-            sample = source + row * n_blocks * n_features
-            for block in range(n_blocks):
-                for f in range(n_features):
-                    dest[f * ld + column + block * task_width] = sample[block * n_features + f]
-        else:
-            for block in range(n_blocks):
-                for f in range(n_features):
-                    dest[f * ld + column + block * task_width] = 0
+    cdef Py_ssize_t sample_values = n_blocks * n_features
+    cdef Py_ssize_t group, block, f, lane, first, n_valid, row
+    cdef floating *run
+    cdef const floating *values
+    for group in range(n_groups):
+        first = group * task_width
+        n_valid = max(0, min(task_width, n_rows - first))
+        for block in range(n_blocks):
+            for f in range(n_features):
+                run = dest + f * ld + group * group_cols + block * task_width
+                values = source + block * n_features + f
+                if rows == NULL:
+                    for lane in range(n_valid):
+                        run[lane] = values[(first + lane) * sample_values]
+                else:
+                    for lane in range(n_valid):
+                        row = rows[first + lane]
+                        run[lane] = values[row * sample_values]
+                for lane in range(n_valid, task_width):
+                    run[lane] = 0
 
 
 # -- packed products (the recurrent weight of the BLAS path) --------------------------

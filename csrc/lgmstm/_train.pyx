@@ -14,7 +14,6 @@ cimport numpy as cnp
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
-from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from lgmstm._omp cimport lgmstm_omp_max_threads
@@ -62,29 +61,22 @@ def epoch_orders(rng, Py_ssize_t n_epochs, Py_ssize_t n_samples):
     return np.ascontiguousarray(rng.permuted(order, axis=1))
 
 
-cdef bint array_finite(cnp.ndarray array) noexcept:
-    """Whether every value of a C-contiguous float32/float64 array is finite.
+cdef extern from "_finite.h" nogil:
+    int lgmstm_all_finite_d(const double *x, Py_ssize_t n)
+    int lgmstm_all_finite_f(const float *x, Py_ssize_t n)
 
-    A value is not finite when its exponent bits are all ones: an integer
-    test without branches, which the compiler vectorises (isfinite in a
-    loop that stops at the first failure is scalar)."""
-    cdef Py_ssize_t i, n = cnp.PyArray_SIZE(array)
-    cdef const uint64_t *doubles
-    cdef const uint32_t *floats
-    cdef uint64_t bad = 0
-    # The exponent bits of IEEE doubles and floats: all set for inf and NaN.
-    cdef uint64_t DOUBLE_EXPONENT = 0x7FF0000000000000ULL
-    cdef uint32_t FLOAT_EXPONENT = 0x7F800000U
+
+cdef bint array_finite(cnp.ndarray array) noexcept:
+    """Whether every value of a C-contiguous float32/float64 array is finite
+    (see _finite.h)."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(array)
+    cdef bint finite
     with nogil:
         if cnp.PyArray_TYPE(array) == cnp.NPY_DOUBLE:
-            doubles = <const uint64_t *> cnp.PyArray_DATA(array)
-            for i in range(n):
-                bad |= (doubles[i] & DOUBLE_EXPONENT) == DOUBLE_EXPONENT
+            finite = lgmstm_all_finite_d(<const double *> cnp.PyArray_DATA(array), n)
         else:
-            floats = <const uint32_t *> cnp.PyArray_DATA(array)
-            for i in range(n):
-                bad |= (floats[i] & FLOAT_EXPONENT) == FLOAT_EXPONENT
-    return bad == 0
+            finite = lgmstm_all_finite_f(<const float *> cnp.PyArray_DATA(array), n)
+    return finite
 
 
 def all_finite(arrays):
