@@ -432,7 +432,7 @@ def build_parser(prog="python -m lgmstm"):
                     "scikit-learn, and says whether each meets its target (issue 12).")
     bench.add_argument("--quick", action="store_true", default=argparse.SUPPRESS,
                        help="smallest sizes (and every door row) and short "
-                            "measurements: done in about a minute")
+                            "measurements: about half a minute on 2 cores")
     bench.add_argument("--dtype", choices=("float32", "float64", "both"), default="both",
                        help="dtype(s) to run (default: both)")
     bench.add_argument("--threads", type=_positive_int, metavar="N",
