@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on how it is run
 from . import datasets, kernels, reference
 from ._config import show_config
 from ._load import load
-from ._threads import get_num_threads, set_num_threads
+from ._threads import OversubscriptionWarning, get_num_threads, set_num_threads
 from ._training import DivergenceWarning, TrainingInterrupted
 from ._version import __version__
 from .lgm import LGM
@@ -39,6 +39,7 @@ __all__ = [
     "load",
     "get_num_threads",
     "set_num_threads",
+    "OversubscriptionWarning",
     "show_config",
     "DivergenceWarning",
     "TrainingInterrupted",

@@ -235,7 +235,7 @@ def format_table(rows, threads):
             _format_number(row["speedup_vs_numpy"], "{:.2f}"),
             _format_number(row["speedup_vs_torch"], "{:.2f}"),
             _format_number(row["gflops"], "{:.3g}"),
-            _format_number(row["peak_share"] and 100 * row["peak_share"], "{:.2g}"),
+            benchmarks.format_peak_share(row["peak_share"]),
             _format_number(scaling, "{:.2f}"),
             "" if floor is None else f"step = {floor:.2f}x its GEMMs "
                                      f"({_format_seconds(seconds['gemm_floor'])})",
@@ -339,6 +339,7 @@ def command_bench(args):
               "inside a long fit); lgmstm/peer = lgmstm's time / that peer's; target: "
               "the issue's, met or MISSED on each thread count")
         print(format_door_table(door))
+    notes += benchmarks.peak_notes(rows, peaks)
     for note in notes:
         print(f"note: {note}")
     fits = ", ".join(

@@ -4,6 +4,7 @@ runner for Python subprocesses that import the lgmstm under test."""
 import os
 import subprocess
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -75,7 +76,10 @@ def assert_close():
 @contextmanager
 def _threads(n):
     saved = lgmstm.get_num_threads()
-    lgmstm.set_num_threads(n)
+    with warnings.catch_warnings():
+        # More threads than cores on purpose (the same-bits tests): not a mistake here.
+        warnings.simplefilter("ignore", lgmstm._threads.OversubscriptionWarning)
+        lgmstm.set_num_threads(n)
     try:
         yield
     finally:

@@ -212,8 +212,6 @@ def test_peak_notes_name_each_dtype_over_its_own_peak():
     assert note.startswith("% peak over 100 (marked !) in float64 (lgm_step seed): ")
 
 
-@pytest.mark.xfail(strict=True, reason="lgmstm/__main__.py's format_table does not call "
-                                       "benchmarks.format_peak_share yet (issue 17, item 5)")
 def test_the_table_marks_a_share_above_the_peak():
     from lgmstm.__main__ import format_table
 
