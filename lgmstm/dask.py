@@ -270,6 +270,7 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
     blob = _snapshot(model)
     token = tokenize(blob, X.name, None if lengths is None else lengths.name, threads)
     copy = dask.delayed(pickle.loads(blob), name=f"lgmstm-model-{token}", pure=True)
+    out_shape: tuple[int, ...]
     if isinstance(model, LGM):
         out_index, out_shape = "ij", (model.layer_sizes[-1],)
         adjust = {"j": model.layer_sizes[-1]}
@@ -296,17 +297,32 @@ def _pair(X: Any, Y: Any) -> tuple[Any, Any]:
     return X, Y
 
 
-def _fit_one(blob: bytes, data: Any, arguments: dict[str, Any], threads: int | None,
-             ) -> Model:
-    model = pickle.loads(blob)
-    try:
-        X, Y = data
-    except (TypeError, ValueError):
-        raise TypeError(f"a dataset of fit_many must be an (X, Y) pair, got "
-                        f"{_describe(data)}") from None
-    with _running_on(threads):
-        model.fit(X, Y, **arguments)
-    return model
+def _fit_batch(blobs: list[bytes], datasets: list[Any], arguments: dict[str, Any],
+               threads: int | None) -> list[Model]:
+    """One task: fit each model on its data, in order."""
+    fitted = []
+    for blob, data in zip(blobs, datasets):
+        model = pickle.loads(blob)
+        try:
+            X, Y = data
+        except (TypeError, ValueError):
+            raise TypeError(f"a dataset of fit_many must be an (X, Y) pair, got "
+                            f"{_describe(data)}") from None
+        with _running_on(threads):
+            model.fit(X, Y, **arguments)
+        fitted.append(model)
+    return fitted
+
+
+def _batches(n_models: int, models_per_task: int | None, n_slots: int) -> list[range]:
+    """Consecutive groups of models, one task each: by default about four
+    tasks per thread slot of the cluster (enough to balance the load), so
+    that the scheduler's cost per task (milliseconds) is shared by many
+    small fits."""
+    if models_per_task is None:
+        models_per_task = max(1, -(-n_models // (4 * max(1, n_slots))))
+    return [range(start, min(start + models_per_task, n_models))
+            for start in range(0, n_models, models_per_task)]
 
 
 def _check_dataset(i: int, model: Model, data: Any) -> tuple[Any, Any] | distributed.Future:
@@ -335,7 +351,8 @@ def _check_dataset(i: int, model: Model, data: Any) -> tuple[Any, Any] | distrib
 
 
 def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = None,
-             threads: int | None = None, verbose: bool = False,
+             threads: int | None = None, models_per_task: int | None = None,
+             verbose: bool = False,
              progress: Callable[[int, int], Any] | None = None,
              **fit_kwargs: Any) -> list[Model]:
     """Train independent models in parallel on a Dask cluster.
@@ -367,10 +384,16 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     threads : int >= 1, optional
         OpenMP threads per model; by default the worker's share
         (:func:`task_threads`).
+    models_per_task : int >= 1, optional
+        Models fitted one after another in one task. By default about four
+        tasks per thread slot of the cluster, which keeps the scheduler's
+        cost (a few ms per task) a small part of many small fits, and the
+        load balanced; 1 for a few long fits, or to see each model finish.
     verbose : bool, default False
-        Print the count of models fitted to stderr as they finish.
+        Print the count of models fitted to stderr as tasks finish.
     progress : callable(n_done, n_total), optional
-        Called here as each model finishes (e.g. a tqdm bar's update).
+        Called here with the count of models fitted as each task finishes
+        (e.g. a tqdm bar's update).
     **fit_kwargs
         Passed to every ``fit``: epochs and lr at least.
 
@@ -405,6 +428,8 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
                          fit_kwargs)
     if threads is not None:
         check_int("threads", threads, 1)
+    if models_per_task is not None:
+        check_int("models_per_task", models_per_task, 1)
     verbose = check_bool("verbose", verbose)
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable or None, got {_describe(progress)}")
@@ -413,36 +438,42 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
         return []
 
     run = uuid.uuid4().hex
-    shared: dict[Any, distributed.Future] = {}
-    futures = []
+    data_futures: dict[Any, distributed.Future] = {}
+    per_model = []
+    for i, data in enumerate(checked):
+        if isinstance(data, distributed.Future):
+            per_model.append(data)
+            continue
+        same = (id(datasets[i]), id(data[0]), id(data[1]))
+        if same not in data_futures:
+            # A task that holds the pair: the scheduler can run it again when
+            # the worker that kept its result is lost.
+            data_futures[same] = client.submit(_pair, *data, key=f"lgmstm-data-{run}-{i}",
+                                               pure=False)
+        per_model.append(data_futures[same])
+    n_slots = sum(worker["nthreads"] for worker in client.scheduler_info()["workers"].values())
+    batches = _batches(len(models), models_per_task, n_slots)
+    futures = [client.submit(_fit_batch, [_snapshot(models[i]) for i in batch],
+                             [per_model[i] for i in batch], fit_kwargs, threads,
+                             key=f"lgmstm-fit-{run}-{batch.start}", pure=False)
+               for batch in batches]
+    del data_futures, per_model
     try:
-        for i, (model, data) in enumerate(zip(models, checked)):
-            if isinstance(data, distributed.Future):
-                data_future = data
-            else:
-                same = (id(datasets[i]), id(data[0]), id(data[1]))
-                if same not in shared:
-                    # A task that holds the pair: the scheduler can run it again
-                    # when the worker that kept its result is lost.
-                    shared[same] = client.submit(_pair, *data, key=f"lgmstm-data-{run}-{i}",
-                                                 pure=False)
-                data_future = shared[same]
-            futures.append(client.submit(_fit_one, _snapshot(model), data_future, fit_kwargs,
-                                         threads, key=f"lgmstm-fit-{run}-{i}", pure=False))
-        shared.clear()
         started = time.perf_counter()
-        for n_done, _ in enumerate(distributed.as_completed(futures), start=1):
+        n_done = 0
+        for future in distributed.as_completed(futures, loop=client.loop):
+            n_done += len(batches[futures.index(future)])
             if verbose:
-                print(f"\rfit_many: {n_done}/{len(futures)} models fitted, "
+                print(f"\rfit_many: {n_done}/{len(models)} models fitted, "
                       f"{time.perf_counter() - started:.1f} s", end="", file=sys.stderr,
                       flush=True)
             if progress is not None:
-                progress(n_done, len(futures))
+                progress(n_done, len(models))
         if verbose:
             print(file=sys.stderr)
-        return list(client.gather(futures))
+        return [model for fitted in client.gather(futures) for model in fitted]
     except BaseException:
-        client.cancel(futures + list(shared.values()))
+        client.cancel(futures)
         raise
 
 

@@ -1,0 +1,284 @@
+"""Issue 16's targets for lgmstm.dask (``lgmstm bench --only dask``).
+
+- fit_many: 200 seed-size STMs (10 -> 5 -> 2; 100 sequences of 20 steps;
+  100 full-batch SGD epochs each) on 2 worker processes of 1 thread, at
+  least 1.7x as fast as the same fits one after another in this process on
+  1 thread; the scheduler's overhead per model under 5% of a model's fit.
+- predict: an LGM over a float64 file on disk (2 GB by default), chunks of
+  64 MB, at least 80% of the in-memory single-process rate per core, with
+  each worker's peak memory growing by less than 4 chunks.
+- partial_fit_dask over a file 4x the memory given to each worker
+  (``memory_limit``): completes, equals the same partial_fit loop here, and
+  no worker logs a memory warning (spilling, pausing, high unmanaged memory).
+
+Each target prints one line ending "met" or "MISSED"; :func:`run` returns
+them as dicts. Times are medians of ``repeats`` runs. Needs lgmstm[dask].
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import statistics
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+import lgmstm
+
+MB = 2**20
+GB = 2**30
+FIT_MANY_SPEEDUP = 1.7
+OVERHEAD_SHARE = 0.05
+PREDICT_SHARE = 0.80
+PREDICT_PEAK_CHUNKS = 4
+PARTIAL_FIT_DATA_PER_MEMORY = 4
+# Lines of a worker's log that mean it ran short of memory.
+MEMORY_WARNINGS = ("spill", "Unmanaged memory use is high", "Pausing worker",
+                   "memory usage", "Worker exceeded")
+
+
+class RowFile:
+    """A float array stored raw in a file, that dask.array.from_array reads
+    block by block: each block maps only its own rows of the file, and the
+    mapping goes when the block does. It pickles as its path: an open
+    np.memmap handed to from_array would be pickled whole into the graph."""
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: Any = np.float64) -> None:
+        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        rows = key[0] if key else slice(None)
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("RowFile reads contiguous rows only")
+        shape = (max(0, stop - start),) + self.shape[1:]
+        if shape[0] == 0:
+            return np.empty(shape, self.dtype)[(slice(None),) + key[1:]]
+        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        block = np.memmap(self.path, self.dtype, "r", offset=start * row_bytes, shape=shape)
+        return block[(slice(None),) + key[1:]]
+
+
+def write_regression_file(folder: str, n_rows: int, n_in: int, n_out: int,
+                          chunk_rows: int, seed: int = 0) -> tuple[RowFile, RowFile]:
+    """Inputs uniform in [-1, 1] and targets tanh(X W), as two raw files."""
+    rng = np.random.default_rng(seed)
+    weights = rng.uniform(-1, 1, (n_in, n_out)) / np.sqrt(n_in)
+    X_path, Y_path = os.path.join(folder, "X.f64"), os.path.join(folder, "Y.f64")
+    X = np.memmap(X_path, np.float64, "w+", shape=(n_rows, n_in))
+    Y = np.memmap(Y_path, np.float64, "w+", shape=(n_rows, n_out))
+    for start in range(0, n_rows, chunk_rows):
+        stop = min(start + chunk_rows, n_rows)
+        X[start:stop] = rng.uniform(-1, 1, (stop - start, n_in))
+        Y[start:stop] = np.tanh(X[start:stop] @ weights)
+    X.flush()
+    Y.flush()
+    del X, Y
+    return RowFile(X_path, (n_rows, n_in)), RowFile(Y_path, (n_rows, n_out))
+
+
+def _median_seconds(call: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def _cluster(**options: Any) -> Any:
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=40, **options)
+    return cluster, Client(cluster, set_as_default=False)
+
+
+def bench_fit_many(client: Any, n_models: int, repeats: int, out: Callable[[str], Any],
+                   ) -> list[dict[str, Any]]:
+    from distributed import get_task_stream
+
+    from . import dask as lgmstm_dask
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (100, 20, 10))
+    Y = np.tanh(X[..., :2] + X[..., 2:4])
+    data = (X, Y)
+    models = [lgmstm.STM(10, 5, 2, seed=i) for i in range(n_models)]
+    settings = dict(epochs=100, lr=0.01)
+
+    def one_after_another() -> None:
+        for model in models:
+            pickle.loads(pickle.dumps(model)).fit(X, Y, **settings)
+
+    threads = lgmstm.get_num_threads()
+    lgmstm.set_num_threads(1)
+    try:
+        one_after_another()  # warm
+        alone = _median_seconds(one_after_another, repeats)
+    finally:
+        lgmstm.set_num_threads(threads)
+    lgmstm_dask.fit_many(models[:4], [data] * 4, client=client, **settings)  # warm the workers
+    walls, computes = [], []
+    for _ in range(repeats):
+        with get_task_stream(client=client) as stream:
+            started = time.perf_counter()
+            lgmstm_dask.fit_many(models, [data] * n_models, client=client, **settings)
+            walls.append(time.perf_counter() - started)
+        computes.append(sum(stop - start for task in stream.data
+                            if str(task["key"]).startswith("lgmstm-fit")
+                            for kind, start, stop in
+                            ((s["action"], s["start"], s["stop"]) for s in task["startstops"])
+                            if kind == "compute"))
+    wall = statistics.median(walls)
+    n_workers = len(client.scheduler_info()["workers"])
+    speedup = alone / wall
+    per_model = alone / n_models
+    overhead = max(0.0, (wall * n_workers - statistics.median(computes)) / n_models)
+    out(f"dask fit_many: {n_models} seed STMs (T=20, B=100, 100 epochs) on {n_workers} "
+        f"worker processes x 1 thread {wall:.2f} s, one after another on 1 thread "
+        f"{alone:.2f} s: {speedup:.2f}x (target >= {FIT_MANY_SPEEDUP}x): "
+        f"{_verdict(speedup >= FIT_MANY_SPEEDUP)}")
+    out(f"dask fit_many overhead per model: {overhead * 1e3:.2f} ms, "
+        f"{overhead / per_model:.1%} of a model's fit ({per_model * 1e3:.2f} ms) "
+        f"(target < {OVERHEAD_SHARE:.0%}): {_verdict(overhead / per_model < OVERHEAD_SHARE)}")
+    return [{"target": "fit_many speed-up", "value": speedup, "met": speedup >= FIT_MANY_SPEEDUP,
+             "seconds": wall, "versus_seconds": alone},
+            {"target": "fit_many overhead share", "value": overhead / per_model,
+             "met": overhead / per_model < OVERHEAD_SHARE, "seconds": overhead}]
+
+
+def bench_predict(client: Any, folder: str, size: int, chunk_bytes: int, repeats: int,
+                  out: Callable[[str], Any]) -> list[dict[str, Any]]:
+    import dask.array as da
+
+    from . import dask as lgmstm_dask
+
+    n_in = 10
+    chunk_rows = chunk_bytes // (8 * n_in)
+    n_rows = size // (8 * n_in)
+    X_file, _ = write_regression_file(folder, n_rows, n_in, 1, chunk_rows)
+    model = lgmstm.LGM([n_in, 32, 1], output="linear", seed=0)
+
+    in_memory = np.asarray(X_file[:chunk_rows]).copy()
+    threads = lgmstm.get_num_threads()
+    lgmstm.set_num_threads(1)
+    try:
+        model.predict(in_memory)
+        one_core = chunk_rows / _median_seconds(lambda: model.predict(in_memory), repeats)
+    finally:
+        lgmstm.set_num_threads(threads)
+
+    X = da.from_array(X_file, chunks=(chunk_rows, n_in))
+    total = lgmstm_dask.predict(model, X).sum(axis=0)
+    client.compute(lgmstm_dask.predict(model, X[:chunk_rows * 2]).sum()).result()  # warm
+    before = client.run(_peak_rss_bytes)
+    wall = _median_seconds(lambda: client.compute(total).result(), repeats)
+    after = client.run(_peak_rss_bytes)
+    n_workers = len(after)
+    per_core = n_rows / wall / n_workers
+    share = per_core / one_core
+    growth = max(after[w] - before.get(w, 0) for w in after)
+    peak_chunks = growth / (chunk_rows * n_in * 8)
+    out(f"dask predict: LGM [10, 32, 1] over a {size / GB:.2f} GB float64 file, chunks of "
+        f"{chunk_bytes / MB:.0f} MB, {n_workers} workers x 1 thread: "
+        f"{per_core / 1e6:.2f} M rows/s per core against {one_core / 1e6:.2f} M in memory "
+        f"on 1 thread: {share:.0%} (target >= {PREDICT_SHARE:.0%}): "
+        f"{_verdict(share >= PREDICT_SHARE)}")
+    out(f"dask predict peak memory per worker: grew by {growth / MB:.0f} MB = "
+        f"{peak_chunks:.1f} chunks (target < {PREDICT_PEAK_CHUNKS}): "
+        f"{_verdict(peak_chunks < PREDICT_PEAK_CHUNKS)}")
+    return [{"target": "predict rate share", "value": share, "met": share >= PREDICT_SHARE,
+             "seconds": wall},
+            {"target": "predict peak chunks", "value": peak_chunks,
+             "met": peak_chunks < PREDICT_PEAK_CHUNKS}]
+
+
+def bench_partial_fit(folder: str, memory_limit: int, chunk_bytes: int,
+                      out: Callable[[str], Any]) -> list[dict[str, Any]]:
+    import dask.array as da
+
+    from . import dask as lgmstm_dask
+
+    if memory_limit < 384 * MB:
+        raise ValueError(f"worker_memory must be at least 384 MB (a worker takes about 200 MB "
+                         f"before any data), got {memory_limit / MB:.0f} MB")
+    size = memory_limit * PARTIAL_FIT_DATA_PER_MEMORY
+    n_in = 10
+    chunk_rows = chunk_bytes // (8 * n_in)
+    n_rows = size // (8 * (n_in + 1))          # X and Y together: 4x the memory
+    X_file, Y_file = write_regression_file(folder, n_rows, n_in, 1, chunk_rows, seed=1)
+    model = lgmstm.LGM([n_in, 16, 1], output="linear", seed=0)
+    settings = dict(lr=0.001, batch_size=1024, optimizer="adam")
+
+    cluster, client = _cluster(memory_limit=memory_limit)
+    try:
+        started = time.perf_counter()
+        trained = lgmstm_dask.partial_fit_dask(
+            model, da.from_array(X_file, chunks=(chunk_rows, n_in)),
+            da.from_array(Y_file, chunks=(chunk_rows, 1)), epochs=1, client=client,
+            **settings)
+        wall = time.perf_counter() - started
+        logs = client.get_worker_logs()
+        warnings = [line for lines in logs.values() for _, line in lines
+                    if any(word in line for word in MEMORY_WARNINGS)]
+    finally:
+        client.close()
+        cluster.close()
+
+    local = pickle.loads(pickle.dumps(model))
+    for start in range(0, n_rows, chunk_rows):
+        stop = min(start + chunk_rows, n_rows)
+        local.partial_fit(np.asarray(X_file[start:stop]), np.asarray(Y_file[start:stop]),
+                          **settings)
+    equal = all(np.array_equal(trained.params[name], local.params[name])
+                for name in local.params)
+    met = equal and not warnings
+    out(f"dask partial_fit_dask: {n_rows * (n_in + 1) * 8 / GB:.2f} GB of float64 data in chunks of "
+        f"{chunk_bytes / MB:.0f} MB through 2 workers of memory_limit "
+        f"{memory_limit / MB:.0f} MB: completed in {wall:.1f} s, equal to the local loop: "
+        f"{'yes' if equal else 'NO'}, memory warnings: {len(warnings)}: {_verdict(met)}")
+    for line in warnings[:5]:
+        out(f"    {line}")
+    return [{"target": "partial_fit_dask beyond memory", "met": met, "equal": equal,
+             "memory_warnings": len(warnings), "seconds": wall}]
+
+
+def run(*, n_models: int = 200, predict_bytes: int = 2 * GB, worker_memory: int = 512 * MB,
+        predict_chunk_bytes: int = 64 * MB, partial_fit_chunk_bytes: int = 32 * MB,
+        repeats: int = 3, folder: str | None = None,
+        out: Callable[[str], Any] = print) -> list[dict[str, Any]]:
+    """Measure the dask targets and print one met/MISSED line for each.
+
+    Sizes are parameters, so that a small machine (or a quick run) can use
+    smaller files: the targets are ratios and hold at any size that is many
+    chunks. partial_fit_dask's data is 4x ``worker_memory`` (each worker's
+    ``memory_limit``, at least 384 MB). The files go to a temporary folder
+    in ``folder`` (default: the system's), removed afterwards.
+    """
+    results = []
+    cluster, client = _cluster()
+    try:
+        results += bench_fit_many(client, n_models, repeats, out)
+        with tempfile.TemporaryDirectory(dir=folder) as files:
+            results += bench_predict(client, files, predict_bytes, predict_chunk_bytes,
+                                     repeats, out)
+    finally:
+        client.close()
+        cluster.close()
+    with tempfile.TemporaryDirectory(dir=folder) as files:
+        results += bench_partial_fit(files, worker_memory, partial_fit_chunk_bytes, out)
+    return results

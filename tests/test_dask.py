@@ -1,0 +1,418 @@
+"""lgmstm.dask on a real cluster: a scheduler and two worker processes of one
+thread each (distributed.LocalCluster), against the same calls run here.
+
+Skipped only when dask[array] or distributed is not installed
+(``pip install "lgmstm[dask]"``).
+"""
+import os
+import pickle
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+import lgmstm  # noqa: E402
+import lgmstm.dask as lgmstm_dask  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=40) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    # Not the default client: each test says which client (or none) it uses.
+    with distributed.Client(cluster, set_as_default=False) as client:
+        client.wait_for_workers(2)
+        yield client
+
+
+def copy(model):
+    return pickle.loads(pickle.dumps(model))
+
+
+def assert_same_model(a, b):
+    assert a.params.keys() == b.params.keys()
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name], strict=True)
+    np.testing.assert_array_equal(a.history_, b.history_, strict=True)
+
+
+def regression(rng, shape, n_out):
+    X = rng.uniform(-1, 1, shape)
+    weights = rng.uniform(-1, 1, (shape[-1], n_out))
+    return X, np.tanh(X @ weights)
+
+
+# -- predict ----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_predict_lgm_equals_predict_on_the_whole_array(client, dtype):
+    rng = np.random.default_rng(0)
+    model = lgmstm.LGM([10, 5, 2], dtype=dtype, seed=0)
+    X = rng.standard_normal((1000, 10))
+    lazy = lgmstm_dask.predict(model, da.from_array(X, chunks=((300, 128, 400, 172), 10)))
+    assert lazy.shape == (1000, 2) and lazy.dtype == dtype
+    assert lazy.chunks == ((300, 128, 400, 172), (2,))
+    np.testing.assert_array_equal(client.compute(lazy).result(), model.predict(X),
+                                  strict=True)
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_predict_stm_with_lengths_equals_predict_on_the_whole_array(client,
+                                                                    return_sequences):
+    rng = np.random.default_rng(1)
+    model = lgmstm.STM(10, 5, 2, return_sequences=return_sequences, seed=0)
+    X = rng.standard_normal((300, 20, 10))
+    lengths = rng.integers(0, 21, 300)
+    chunks = (100, 64, 136)
+    lazy = lgmstm_dask.predict(model, da.from_array(X, chunks=(chunks, 20, 10)),
+                               lengths=da.from_array(lengths, chunks=(chunks,)))
+    expected = model.predict(X, lengths=lengths)
+    assert lazy.shape == expected.shape
+    np.testing.assert_array_equal(client.compute(lazy).result(), expected, strict=True)
+    plain = lgmstm_dask.predict(model, da.from_array(X, chunks=(chunks, 20, 10)))
+    np.testing.assert_array_equal(client.compute(plain).result(), model.predict(X),
+                                  strict=True)
+
+
+def test_each_block_is_the_models_predict_of_that_block(client):
+    # A network on the BLAS path, odd chunks: block i has the bits of
+    # model.predict(block i) (see docs/dask.md, Limits, for the whole array).
+    rng = np.random.default_rng(2)
+    model = lgmstm.LGM([10, 64, 64, 1], seed=0)
+    X = rng.standard_normal((1001, 10))
+    chunks = (7, 333, 1, 660)
+    result = client.compute(lgmstm_dask.predict(
+        model, da.from_array(X, chunks=(chunks, 10)))).result()
+    bounds = np.cumsum((0,) + chunks)
+    expected = np.concatenate([model.predict(X[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+    np.testing.assert_array_equal(result, expected, strict=True)
+
+
+def test_predict_embeds_one_copy_of_the_model_taken_at_the_call():
+    rng = np.random.default_rng(3)
+    model = lgmstm.LGM([4, 3, 1], seed=0)
+    X = rng.standard_normal((100, 4))
+    before = model.predict(X)
+    lazy = lgmstm_dask.predict(model, da.from_array(X, chunks=10))
+    graph = dict(lazy.__dask_graph__())
+    held = [task.value for task in graph.values()
+            if isinstance(getattr(task, "value", None), lgmstm.LGM)]
+    assert len(held) == 1 and held[0] is not model     # one copy for ten blocks
+    model.fit(X, X[:, :1], epochs=5, lr=0.1)            # changes the model, not the copy
+    # The local threaded scheduler (no client here): the same bits.
+    np.testing.assert_array_equal(lazy.compute(scheduler="threads"), before, strict=True)
+
+
+def test_predict_on_an_empty_block():
+    model = lgmstm.LGM([3, 2], seed=0)
+    X = np.random.default_rng(4).standard_normal((10, 3))
+    lazy = lgmstm_dask.predict(model, da.from_array(X, chunks=((0, 4, 0, 6), 3)))
+    np.testing.assert_array_equal(lazy.compute(scheduler="sync"), model.predict(X),
+                                  strict=True)
+
+
+# -- fit_many ---------------------------------------------------------------------------
+def test_fit_many_equals_fitting_each_model_here(client):
+    rng = np.random.default_rng(5)
+    shared = regression(rng, (100, 20, 10), 2)                 # one pair for three STMs
+    lgm_data = regression(rng, (200, 6), 1)
+    pair = regression(rng, (80, 20, 10), 2)
+    [future_pair] = client.scatter([pair])                  # a future of a pair
+    pair_of_futures = tuple(client.scatter(list(pair)))     # a pair of futures
+    models = [lgmstm.STM(10, 5, 2, seed=i) for i in range(3)] + \
+             [lgmstm.LGM([6, 8, 1], seed=3), lgmstm.STM(10, 5, 2, seed=4),
+              lgmstm.STM(10, 5, 2, seed=5)]
+    datasets = [shared, shared, shared, lgm_data, future_pair, pair_of_futures]
+    originals = [copy(model) for model in models]
+    calls = []
+    fitted = lgmstm_dask.fit_many(models, datasets, client=client, epochs=15, lr=0.01,
+                                  batch_size=32, optimizer="adam",
+                                  progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(k, 6) for k in range(1, 7)]
+    local_data = datasets[:4] + [pair, pair]
+    for model, original, data, result in zip(models, originals, local_data, fitted):
+        assert type(result) is type(model)
+        assert_same_model(model, original)                      # not changed
+        expected = copy(original)
+        expected.fit(*data, epochs=15, lr=0.01, batch_size=32, optimizer="adam")
+        assert_same_model(result, expected)
+        np.testing.assert_array_equal(result.predict(data[0]), expected.predict(data[0]),
+                                      strict=True)
+
+
+def test_fit_many_with_the_default_client_and_no_models(client):
+    with client.as_current():
+        assert lgmstm_dask.fit_many([], [], epochs=1, lr=0.1) == []
+        model = lgmstm.LGM([2, 1], seed=0)
+        X, Y = regression(np.random.default_rng(6), (20, 2), 1)
+        [result] = lgmstm_dask.fit_many([model], [(X, Y)], epochs=3, lr=0.1)
+    model.fit(X, Y, epochs=3, lr=0.1)
+    assert_same_model(result, model)
+
+
+def test_a_killed_worker_loses_no_model(client):
+    rng = np.random.default_rng(7)
+    data = regression(rng, (2000, 10), 1)
+    models = [lgmstm.LGM([10, 64, 64, 1], seed=i) for i in range(8)]
+    settings = dict(epochs=60, lr=0.01, batch_size=64, optimizer="adam")
+    pids = client.run(os.getpid)
+    killed = []
+
+    def kill_a_busy_worker(done, total):
+        if killed:
+            return
+        busy = [address for address, keys in client.processing().items() if keys]
+        assert busy, "no worker was running a model when one finished"
+        os.kill(pids[busy[0]], signal.SIGKILL)
+        killed.append((done, busy[0]))
+
+    fitted = lgmstm_dask.fit_many(models, [data] * 8, client=client,
+                                  progress=kill_a_busy_worker, **settings)
+    assert killed and killed[0][0] < 8
+    assert killed[0][1] not in client.scheduler_info()["workers"]    # it is gone
+    for model, result in zip(models, fitted):
+        model.fit(*data, **settings)
+        assert_same_model(result, model)
+    client.wait_for_workers(2, timeout=60)      # the nanny's new worker, for the tests after
+
+
+# -- threads ----------------------------------------------------------------------------
+def test_lgmstm_uses_the_workers_thread_slots(client):
+    def slots_and_threads():
+        slots = distributed.get_worker().state.nthreads
+        return slots, lgmstm_dask.task_threads()
+
+    assert client.submit(slots_and_threads, pure=False).result() == (1, 1)
+
+    def check_threads(epoch, loss):
+        slots = distributed.get_worker().state.nthreads
+        if lgmstm.get_num_threads() != slots:
+            raise AssertionError(f"fit runs on {lgmstm.get_num_threads()} OpenMP threads "
+                                 f"in a worker of {slots} thread slots")
+
+    X, Y = regression(np.random.default_rng(8), (50, 3), 1)
+    lgmstm_dask.fit_many([lgmstm.LGM([3, 1], seed=0)] * 2, [(X, Y)] * 2, client=client,
+                         epochs=2, lr=0.1, callback=check_threads)
+
+
+def test_tasks_share_a_workers_thread_slots():
+    # A worker of 2 slots in this process: a task alone takes both, two at
+    # once one each; never more threads than slots.
+    import time
+
+    def threads_when(n_running):
+        worker = distributed.get_worker()
+        deadline = time.monotonic() + 30
+        while worker.state.executing_count < n_running and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return lgmstm_dask.task_threads()
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None, silence_logs=40) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        assert client.submit(threads_when, 1, pure=False).result() == 2
+        pair = [client.submit(threads_when, 2, pure=False) for _ in range(2)]
+        assert client.gather(pair) == [1, 1]
+
+
+def test_a_task_gives_back_the_thread_count_it_found():
+    before = lgmstm.get_num_threads()
+    with lgmstm_dask._running_on(1):
+        assert lgmstm.get_num_threads() == 1
+    assert lgmstm.get_num_threads() == before
+    assert lgmstm_dask.task_threads(3) == 3
+
+
+# -- partial_fit_dask -------------------------------------------------------------------
+def local_partial_fits(model, blocks, epochs, **settings):
+    model = copy(model)
+    for _ in range(epochs):
+        for block in blocks:
+            model.partial_fit(*block, **settings)
+    return model
+
+
+def test_partial_fit_dask_lgm_equals_partial_fit_over_the_blocks(client):
+    rng = np.random.default_rng(9)
+    X, Y = regression(rng, (1000, 6), 2)
+    chunks = (300, 0, 250, 450)
+    model = lgmstm.LGM([6, 8, 2], seed=0)
+    settings = dict(lr=0.01, batch_size=50, optimizer="adam")
+    result = lgmstm_dask.partial_fit_dask(
+        model, da.from_array(X, chunks=(chunks, 6)), da.from_array(Y, chunks=(chunks, 2)),
+        epochs=3, client=client, **settings)
+    blocks = [(X[:300], Y[:300]), (X[300:550], Y[300:550]), (X[550:], Y[550:])]
+    assert_same_model(result, local_partial_fits(model, blocks, 3, **settings))
+    assert_same_model(model, lgmstm.LGM([6, 8, 2], seed=0))    # not changed
+
+
+def test_partial_fit_dask_stm_with_lengths_and_no_client():
+    rng = np.random.default_rng(10)
+    X, Y = regression(rng, (200, 12, 3), 2)
+    lengths = rng.integers(1, 13, 200)
+    model = lgmstm.STM(3, 6, 2, seed=0)
+    settings = dict(lr=0.01, batch_size=16, optimizer="momentum", clip_norm=1.0)
+    result = lgmstm_dask.partial_fit_dask(
+        model, da.from_array(X, chunks=(80, 12, 3)), da.from_array(Y, chunks=(80, 12, 2)),
+        lengths=da.from_array(lengths, chunks=80), epochs=2, **settings)
+    blocks = [(X[a:a + 80], Y[a:a + 80]) for a in (0, 80, 160)]
+    expected = copy(model)
+    for _ in range(2):
+        for (Xb, Yb), a in zip(blocks, (0, 80, 160)):
+            expected.partial_fit(Xb, Yb, lengths=lengths[a:a + 80], **settings)
+    assert_same_model(result, expected)
+
+
+def test_partial_fit_dask_on_the_default_client(client):
+    rng = np.random.default_rng(11)
+    X, Y = regression(rng, (120, 4), 1)
+    model = lgmstm.LGM([4, 3, 1], seed=1)
+    with client.as_current():
+        result = lgmstm_dask.partial_fit_dask(model, da.from_array(X, chunks=50),
+                                              da.from_array(Y, chunks=50), epochs=2, lr=0.05,
+                                              verbose=True)
+    blocks = [(X[a:a + 50], Y[a:a + 50]) for a in (0, 50, 100)]
+    assert_same_model(result, local_partial_fits(model, blocks, 2, lr=0.05))
+
+
+# -- the search under joblib's dask backend ------------------------------------------------
+def test_grid_search_under_joblibs_dask_backend_equals_a_local_search(client):
+    pytest.importorskip("sklearn")
+    import joblib
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    from lgmstm.datasets import load_diabetes
+    from lgmstm.sklearn import LGMRegressor
+
+    X, y, _ = load_diabetes()
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    grid = {"hidden_layer_sizes": [(2,), (8,)], "lr": [0.003, 0.01]}
+
+    def search(n_jobs):
+        return GridSearchCV(LGMRegressor(epochs=20, random_state=0), grid,
+                            cv=KFold(3, shuffle=True, random_state=0), n_jobs=n_jobs).fit(X, y)
+
+    local = search(1)
+    with client.as_current(), joblib.parallel_backend("dask"), \
+            distributed.get_task_stream(client=client) as tasks:
+        remote = search(-1)
+    assert tasks.data                   # the fits ran on the cluster
+    assert remote.best_params_ == local.best_params_
+    for key in ("mean_test_score", "split0_test_score", "split2_test_score"):
+        np.testing.assert_array_equal(remote.cv_results_[key], local.cv_results_[key])
+    np.testing.assert_array_equal(remote.predict(X), local.predict(X), strict=True)
+
+
+# -- bad input: a clear error before any task ----------------------------------------------
+def scheduler_tasks(cluster):
+    return set(cluster.scheduler.tasks)
+
+
+BAD_PREDICTS = [
+    (lambda: (lgmstm.LGM([4, 1]), np.zeros((10, 4)), None), TypeError,
+     r"X must be a dask.array.Array of shape \(n_samples, n_in\), got numpy.ndarray"),
+    (lambda: (lgmstm.LGM([4, 1]), da.zeros((10, 4), chunks=(5, 2)), None), ValueError,
+     r"X must be chunked along samples \(axis 0\) only, but it is split along features "
+     r"\(axis 1: chunks \(2, 2\)\)"),
+    (lambda: (lgmstm.STM(4, 3, 1), da.zeros((10, 6, 4), chunks=(5, 3, 4)), None),
+     ValueError, r"split along steps \(axis 1: chunks \(3, 3\)\)"),
+    (lambda: (lgmstm.STM(4, 3, 1, stateful=True), da.zeros((10, 6, 4), chunks=5), None),
+     ValueError, "this STM is stateful"),
+    (lambda: (lgmstm.LGM([4, 1]), da.zeros((10, 3), chunks=5), None), ValueError,
+     r"X must have shape \(n_samples, n_in\) with n_in = 4, got \(10, 3\)"),
+    (lambda: (lgmstm.LGM([4, 1]), da.zeros((10, 6, 4), chunks=5), None), ValueError,
+     r"X must have shape \(n_samples, n_in\), got a 3-D dask array"),
+    (lambda: (lgmstm.STM(4, 3, 1), da.zeros((10, 6, 4), chunks=(5, 6, 4)),
+              da.zeros(10, dtype=int, chunks=4)), ValueError,
+     r"lengths and X must be chunked alike along samples \(axis 0\): X has chunks "
+     r"\(5, 5\), lengths has \(4, 4, 2\)"),
+    (lambda: (lgmstm.STM(4, 3, 1), da.zeros((10, 6, 4), chunks=(5, 6, 4)), np.full(10, 6)),
+     TypeError, "lengths must be a dask.array.Array"),
+    (lambda: ("model", da.zeros((10, 4), chunks=5), None), TypeError,
+     "model must be an lgmstm.LGM or lgmstm.STM, got builtins.str"),
+]
+
+
+@pytest.mark.parametrize("case, error, message", BAD_PREDICTS)
+def test_bad_predict_input(case, error, message):
+    model, X, lengths = case()
+    with pytest.raises(error, match=message):
+        lgmstm_dask.predict(model, X, lengths=lengths)
+
+
+def test_bad_partial_fit_dask_input_submits_nothing(client, cluster):
+    model = lgmstm.LGM([4, 2])
+    X = da.zeros((10, 4), chunks=5)
+    before = scheduler_tasks(cluster)
+    cases = [
+        ((model, X, np.zeros((10, 2))), {}, TypeError,
+         r"Y must be a dask.array.Array of shape \(n_samples, n_out\), got numpy.ndarray"),
+        ((model, X, da.zeros((10, 2), chunks=4)), {}, ValueError,
+         r"Y and X must be chunked alike along samples \(axis 0\): X has chunks \(5, 5\), "
+         r"Y has \(4, 4, 2\)"),
+        ((model, X, da.zeros((10, 2), chunks=(5, 1))), {}, ValueError,
+         r"Y must be chunked along samples \(axis 0\) only, but it is split along features"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"epochs": -1}, ValueError,
+         "epochs must be >= 0, got -1"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"epochs": 1, "learning_rate": 0.1},
+         TypeError, "partial_fit_dask: arguments of LGM.partial_fit: .*learning_rate"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"lr": None}, TypeError,
+         "missing a required argument: 'lr'"),
+    ]
+    for args, extra, error, message in cases:
+        settings = {"epochs": 1, "lr": 0.1, **extra}
+        if settings["lr"] is None:
+            del settings["lr"]
+        with pytest.raises(error, match=message):
+            lgmstm_dask.partial_fit_dask(*args, client=client, **settings)
+    assert scheduler_tasks(cluster) == before
+
+
+def test_bad_fit_many_input_submits_nothing(client, cluster):
+    X, Y = np.zeros((10, 4)), np.zeros((10, 1))
+    model = lgmstm.LGM([4, 1])
+    before = scheduler_tasks(cluster)
+    cases = [
+        (([model, model], [(X, Y)]), {}, ValueError,
+         "one .X, Y. pair per model: 2 models, 1 datasets"),
+        ((["model"], [(X, Y)]), {}, TypeError, r"models\[0\] must be an lgmstm.LGM"),
+        (([model], [X]), {}, TypeError, r"datasets\[0\] must be an \(X, Y\) pair"),
+        (([model], [(da.from_array(X), Y)]), {}, TypeError,
+         r"datasets\[0\]: X is a dask array"),
+        (([model], [(np.zeros((10, 3)), Y)]), {}, ValueError,
+         r"datasets\[0\]: X must have shape \(n_samples, n_in\) with n_in = 4"),
+        (([model], [(X, Y[:9])]), {}, ValueError, "X has 10 samples but Y has 9"),
+        (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "lengths": None}, TypeError,
+         "fit_many's fit_kwargs for LGM.fit: .*lengths"),
+        (([model], [(X, Y)]), {"lr": 0.1}, TypeError, "missing a required argument: 'epochs'"),
+        (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "client": "tcp://x"}, TypeError,
+         "client must be a distributed.Client or None, got builtins.str"),
+    ]
+    for args, settings, error, message in cases:
+        settings = settings or {"epochs": 1, "lr": 0.1}
+        settings.setdefault("client", client)
+        with pytest.raises(error, match=message):
+            lgmstm_dask.fit_many(*args, **settings)
+    assert scheduler_tasks(cluster) == before
+
+
+def test_fit_many_without_a_client_says_how_to_make_one():
+    with pytest.raises(ValueError, match=r"fit_many needs a distributed client.*"
+                                         r"Client\('tcp://scheduler:8786'\)"):
+        lgmstm_dask.fit_many([lgmstm.LGM([2, 1])], [(np.zeros((3, 2)), np.zeros(3))],
+                             epochs=1, lr=0.1)
+
+
+def test_a_clear_import_error_without_dask(monkeypatch):
+    monkeypatch.delitem(sys.modules, "lgmstm.dask")
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match=r'pip install "lgmstm\[dask\]"'):
+        import lgmstm.dask  # noqa: F401
