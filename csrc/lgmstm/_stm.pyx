@@ -100,6 +100,9 @@ cdef class Network(Program):
         self.ready_samples = -1
 
     cdef list _ready_scratch(self, Py_ssize_t n_samples, Py_ssize_t n_steps):
+        """Scratch for a fast call on n_samples sequences of n_steps: the kept
+        one, marked in use (the caller hands it back with in_use = False),
+        or, while another call uses it, a fresh one."""
         cdef cnp.npy_intp dims[3]
         cdef list scratch
         if self.in_use or n_samples != self.ready_samples or n_steps != self.ready_steps_:
@@ -114,6 +117,7 @@ cdef class Network(Program):
                 return scratch
             self.ready_scratch = scratch
             self.ready_samples, self.ready_steps_ = n_samples, n_steps
+        self.in_use = True
         return self.ready_scratch
 
     cpdef Py_ssize_t blas_work(self, Py_ssize_t n_samples, Py_ssize_t n_steps):
@@ -200,7 +204,6 @@ cdef class Network(Program):
             buffers[OUTPUTS] = cnp.PyArray_DATA(<cnp.ndarray> outputs)
             lengths = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> scratch[3])
             n_threads = kernel_threads()
-            self.in_use = scratch is self.ready_scratch
             with nogil:
                 if self.type_num == cnp.NPY_DOUBLE:
                     stm_forward(<double *> cnp.PyArray_DATA(array), <const double *> h0,
@@ -212,7 +215,7 @@ cdef class Network(Program):
                                 self.output_tanh, self.return_sequences, buffers, n_threads)
         finally:
             if scratch is not None and scratch is self.ready_scratch:
-                self.in_use = False
+                self.in_use = False  # only the call that took the kept scratch holds it
             self.lock.end_read()
         return outputs, final_states
 
