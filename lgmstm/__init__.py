@@ -28,7 +28,7 @@ from . import datasets, kernels, reference
 from ._config import show_config
 from ._load import load
 from ._threads import OversubscriptionWarning, get_num_threads, set_num_threads
-from ._training import DivergenceWarning, TrainingInterrupted
+from ._training import DivergenceWarning, TargetRangeWarning, TrainingInterrupted
 from ._version import __version__
 from .lgm import LGM
 from .stm import STM
@@ -42,6 +42,7 @@ __all__ = [
     "OversubscriptionWarning",
     "show_config",
     "DivergenceWarning",
+    "TargetRangeWarning",
     "TrainingInterrupted",
     "__version__",
 ]
