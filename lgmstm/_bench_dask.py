@@ -118,7 +118,7 @@ def bench_fit_many(client: Any, n_models: int, repeats: int, out: Callable[[str]
     Y = np.tanh(X[..., :2] + X[..., 2:4])
     data = (X, Y)
     models = [lgmstm.STM(10, 5, 2, seed=i) for i in range(n_models)]
-    settings = dict(epochs=100, lr=0.01)
+    settings: dict[str, Any] = dict(epochs=100, lr=0.01)
 
     def one_after_another() -> None:
         for model in models:
@@ -184,8 +184,8 @@ def bench_predict(client: Any, folder: str, size: int, chunk_bytes: int, repeats
 
     X = da.from_array(X_file, chunks=(chunk_rows, n_in))
     total = lgmstm_dask.predict(model, X).sum(axis=0)
+    before = client.run(_peak_rss_bytes)     # each worker's peak before any block
     client.compute(lgmstm_dask.predict(model, X[:chunk_rows * 2]).sum()).result()  # warm
-    before = client.run(_peak_rss_bytes)
     wall = _median_seconds(lambda: client.compute(total).result(), repeats)
     after = client.run(_peak_rss_bytes)
     n_workers = len(after)
@@ -222,7 +222,7 @@ def bench_partial_fit(folder: str, memory_limit: int, chunk_bytes: int,
     n_rows = size // (8 * (n_in + 1))          # X and Y together: 4x the memory
     X_file, Y_file = write_regression_file(folder, n_rows, n_in, 1, chunk_rows, seed=1)
     model = lgmstm.LGM([n_in, 16, 1], output="linear", seed=0)
-    settings = dict(lr=0.001, batch_size=1024, optimizer="adam")
+    settings: dict[str, Any] = dict(lr=0.001, batch_size=1024, optimizer="adam")
 
     cluster, client = _cluster(memory_limit=memory_limit)
     try:
