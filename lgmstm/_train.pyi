@@ -21,6 +21,9 @@ def epoch_orders(rng: np.random.Generator, n_epochs: int, n_samples: int,
                  ) -> NDArray[np.intp]:
     """(n_epochs, n_samples): a fresh random order of the samples per epoch."""
 
+def beyond_unit(array: NDArray[Any]) -> bool:
+    """Whether the array holds a value outside [-1, 1] (NaN counts as outside)."""
+
 def all_finite(arrays: Iterable[NDArray[Any]]) -> bool:
     """Whether every value of these arrays is finite (no NaN or inf)."""
 

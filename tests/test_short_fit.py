@@ -344,3 +344,18 @@ def test_all_finite_finds_every_kind_of_non_finite_value(dtype, n):
             array = np.ones(n, dtype)
             array[position] = value
             assert all_finite([array]) == bool(np.isfinite(array).all()), (value, position)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_beyond_unit_finds_every_value_outside_the_tanh_range(dtype):
+    """The scan behind the TargetRangeWarning (_finite.h) against NumPy:
+    the nearest values past +-1, infinities and NaN count; +-1 does not."""
+    from lgmstm._train import beyond_unit
+
+    above = np.nextafter(dtype(1), dtype(2))
+    for value in [1.0, -1.0, above, -above, np.inf, -np.inf, np.nan, 0.5, -0.0, 1e30]:
+        for n in (1, 5, 33):
+            array = np.zeros(n, dtype)
+            array[n // 2] = value
+            assert beyond_unit(array) == bool(np.any(~(np.abs(array) <= 1))), (value, n)
+    assert beyond_unit(np.full((3, 4), 2, dtype)[:, ::2])  # a view goes to NumPy
