@@ -1,5 +1,6 @@
 """The model file format: .npz files of plain arrays, no pickle (the models
-are made from them by lgmstm._load).
+are made from them by lgmstm._base.read_model_file and the classes'
+_from_file; lgmstm.load dispatches by kind).
 
 A file holds ``format_version``, ``kind`` ("LGM" or "STM"; "LGMRegressor"
 or "LGMClassifier" for an estimator of lgmstm.sklearn), ``dtype``, the
@@ -8,7 +9,7 @@ Version 2 adds what the model remembers for training to go on exactly, under
 ``memory.*`` (lgmstm._base.Model._saved_memory: the generator's state and
 the optimizer's header as JSON text in string arrays, the optimizer's
 moments, an STM's working memory), the losses of its latest fit as
-``history`` and, for an estimator, ``estimator.*`` (lgmstm._load); version 1
+``history`` and, for an estimator, ``estimator.*`` (lgmstm.sklearn); version 1
 files, which have none, are read as before. A reader skips the top-level
 entries it does not know, so files with ``history`` or ``estimator.*`` still
 load (without them) in a version-2 lgmstm that predates them. Writing goes
