@@ -65,3 +65,7 @@ def buffer_shapes(
 def _training_layout(
     n_rows: int, n_steps: int, sizes: _Index, itemsize: int, return_sequences: bool
 ) -> tuple[int, int] | None: ...
+
+def _predict_layout(n_in: int, n_hidden: int, n_out: int) -> str:
+    """"panel" when predict and step of such a model run in the panel layout,
+    else "blas"."""

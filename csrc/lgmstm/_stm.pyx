@@ -19,7 +19,8 @@ layouts once and allocates every buffer.
 cimport numpy as cnp
 import numpy as np
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from lgmstm._dense cimport dense_backward, dense_forward
@@ -27,7 +28,7 @@ from lgmstm._loss cimport panel_squared_error, squared_error
 from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
-                            group_panels, padded_width, panel_product,
+                            group_panels, padded_width, panel_calloc, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, SHORT_FIT_WORK, n_tasks,
                                threads_for)
@@ -175,7 +176,7 @@ cdef class Network(Program):
         cdef const Py_ssize_t *lengths
         cdef object outputs, final_states
         cdef list scratch = None
-        cdef int n_threads, buffer
+        cdef int n_threads, buffer, status
         if self.blas_work(n_samples, n_steps) >= BLAS_THREADING_WORK:
             return None
         if state is not None:
@@ -206,13 +207,17 @@ cdef class Network(Program):
             n_threads = kernel_threads()
             with nogil:
                 if self.type_num == cnp.NPY_DOUBLE:
-                    stm_forward(<double *> cnp.PyArray_DATA(array), <const double *> h0,
-                                lengths, n_samples, n_steps, self.params.data, self.sizes,
-                                self.output_tanh, self.return_sequences, buffers, n_threads)
+                    status = stm_predict(<double *> cnp.PyArray_DATA(array), <const double *> h0,
+                                         lengths, n_samples, n_steps, self.params.data,
+                                         self.sizes, self.output_tanh, self.return_sequences,
+                                         buffers, n_threads)
                 else:
-                    stm_forward(<float *> cnp.PyArray_DATA(array), <const float *> h0,
-                                lengths, n_samples, n_steps, self.params.data, self.sizes,
-                                self.output_tanh, self.return_sequences, buffers, n_threads)
+                    status = stm_predict(<float *> cnp.PyArray_DATA(array), <const float *> h0,
+                                         lengths, n_samples, n_steps, self.params.data,
+                                         self.sizes, self.output_tanh, self.return_sequences,
+                                         buffers, n_threads)
+            if status < 0:
+                raise MemoryError()
         finally:
             if scratch is not None and scratch is self.ready_scratch:
                 self.in_use = False  # only the call that took the kept scratch holds it
@@ -226,10 +231,13 @@ cdef class Network(Program):
         or None (zeros)."""
         cdef PointerTable buffer_table = _buffer_table(buffers)
         cdef const floating *h0_data = <const floating *> data_or_null(h0)
+        cdef int status
         with nogil:
-            stm_forward(&X[0, 0, 0], h0_data, &lengths[0], X.shape[0], X.shape[1],
-                        self.params.data, self.sizes, self.output_tanh,
-                        self.return_sequences, buffer_table.data, n_threads)
+            status = stm_predict(&X[0, 0, 0], h0_data, &lengths[0], X.shape[0], X.shape[1],
+                                 self.params.data, self.sizes, self.output_tanh,
+                                 self.return_sequences, buffer_table.data, n_threads)
+        if status < 0:
+            raise MemoryError()
         return buffers[OUTPUTS], buffers[FINAL_STATES]
 
     def gradients(self, const floating[:, :, ::1] X, const floating[::1] Y, object h0,
@@ -360,6 +368,170 @@ cdef void stm_forward(const floating *X, const floating *h0,
         for i in range(n_samples):
             memset(outputs + (i * n_steps + lengths[i]) * n_out, 0,
                    (n_steps - lengths[i]) * n_out * sizeof(floating))
+
+
+# -- predict: small models in the panel layout ----------------------------------------
+
+cdef enum:
+    # predict's panel path: samples per group (in panels) and steps per chunk.
+    PREDICT_GROUP_PANELS = 8
+    PREDICT_CHUNK_STEPS = 32
+
+
+cdef inline bint predicts_in_panels(const Py_ssize_t *sizes) noexcept nogil:
+    """Whether predict (and step) run in the panel layout: small models, from
+    their sizes alone, never the batch or the number of steps, so that a
+    step, a chunk and a whole sequence round alike."""
+    return sizes[1] <= 32 and sizes[0] <= 64 and sizes[2] <= 32
+
+
+def _predict_layout(Py_ssize_t n_in, Py_ssize_t n_hidden, Py_ssize_t n_out):
+    """"panel" when predict and step of such a model run in the panel
+    layout (panel_predict), else "blas" (stm_forward). For the tests."""
+    cdef Py_ssize_t sizes[3]
+    sizes[0], sizes[1], sizes[2] = n_in, n_hidden, n_out
+    return "panel" if predicts_in_panels(sizes) else "blas"
+
+
+cdef int stm_predict(const floating *X, const floating *h0, const Py_ssize_t *lengths,
+                     Py_ssize_t n_samples, Py_ssize_t n_steps, void **params,
+                     const Py_ssize_t *sizes, bint output_tanh, bint return_sequences,
+                     void **buffers, int n_threads) noexcept nogil:
+    """predict's forward pass: OUTPUTS and FINAL_STATES (outputs of padded
+    steps 0); in the panel layout for small models (predicts_in_panels),
+    else stm_forward (which also fills STATES). -1 when out of memory."""
+    if n_steps > 0 and n_samples > 0 and predicts_in_panels(sizes):
+        return panel_predict(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
+                             return_sequences, <floating *> buffers[OUTPUTS],
+                             <floating *> buffers[FINAL_STATES], n_threads)
+    stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
+                return_sequences, buffers, n_threads)
+    return 0
+
+
+cdef int panel_predict(const floating *X, const floating *h0, const Py_ssize_t *lengths,
+                       Py_ssize_t n_samples, Py_ssize_t n_steps, void **params,
+                       const Py_ssize_t *sizes, bint output_tanh, bint return_sequences,
+                       floating *outputs, floating *final_states,
+                       int n_threads) noexcept nogil:
+    """stm_forward's outputs and final states in the panel layout: groups of
+    samples along the vector lanes, chunks of steps (predict_group). Every
+    value is summed along k in one order whatever the group, chunk or batch
+    (panel_product), so results are the same bits for any batch, any split
+    of a sequence into calls and any thread count. -1 when out of memory."""
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t panel = padded_width(1, sizeof(floating))
+    cdef Py_ssize_t width = panel * min(<Py_ssize_t> PREDICT_GROUP_PANELS,
+                                        n_tasks(n_samples, panel))
+    cdef Py_ssize_t n_groups = n_tasks(n_samples, width)
+    cdef Py_ssize_t chunk = min(n_steps, <Py_ssize_t> PREDICT_CHUNK_STEPS)
+    cdef size_t scratch_bytes = ((n_in + n_out) * chunk + n_hidden * (chunk + 1)) * width \
+        * sizeof(floating)
+    cdef int n_used = threads_for(n_threads, n_groups,
+                                  2.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden + n_out))
+    cdef void *allocated = NULL
+    cdef floating *scratch
+    cdef Py_ssize_t group
+    cdef int failed = 0
+    if n_used == 1:
+        scratch = <floating *> panel_calloc(scratch_bytes, &allocated)
+        if scratch == NULL:
+            return -1
+        for group in range(n_groups):
+            predict_group(group, width, chunk, X, h0, lengths, n_samples, n_steps, params,
+                          sizes, output_tanh, return_sequences, outputs, final_states, scratch)
+        free(allocated)
+        return 0
+    with parallel(num_threads=n_used):
+        allocated = NULL
+        scratch = <floating *> panel_calloc(scratch_bytes, &allocated)
+        for group in prange(n_groups, schedule='static'):
+            if scratch == NULL:
+                failed = 1
+            else:
+                predict_group(group, width, chunk, X, h0, lengths, n_samples, n_steps,
+                              params, sizes, output_tanh, return_sequences, outputs,
+                              final_states, scratch)
+        free(allocated)
+    return -1 if failed else 0
+
+
+cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
+                        const floating *X, const floating *h0, const Py_ssize_t *lengths,
+                        Py_ssize_t n_samples, Py_ssize_t n_steps, void **params,
+                        const Py_ssize_t *sizes, bint output_tanh, bint return_sequences,
+                        floating *outputs, floating *final_states,
+                        floating *scratch) noexcept nogil:
+    """One group of `width` samples (lanes), `chunk` steps at a time.
+
+    scratch: the chunk's inputs Xt (n_in, chunk * width), states H (n_hidden,
+    (chunk + 1) * width: block 0 the state the chunk starts from) and
+    readouts (n_out, chunk * width). A lane whose sequence has ended keeps
+    its state; its outputs there are 0.
+    """
+    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t first = group * width
+    cdef Py_ssize_t n_valid = min(width, n_samples - first)
+    cdef Py_ssize_t ld_x = chunk * width, ld_h = (chunk + 1) * width
+    cdef floating *Xt = scratch
+    cdef floating *H = Xt + n_in * ld_x
+    cdef floating *readouts = H + n_hidden * ld_h
+    cdef const floating *Wx = <floating *> params[INPUT_WEIGHT]
+    cdef const floating *Wh = <floating *> params[RECURRENT_WEIGHT]
+    cdef const floating *W_out = <floating *> params[READOUT_WEIGHT]
+    cdef Py_ssize_t start, steps, t, f, j, o, lane, column
+    cdef floating *run
+    for j in range(n_hidden):
+        for lane in range(width):
+            H[j * ld_h + lane] = (h0[(first + lane) * n_hidden + j]
+                                  if h0 != NULL and lane < n_valid else 0)
+    start = 0
+    while start < n_steps:
+        steps = min(chunk, n_steps - start)
+        for f in range(n_in):
+            for t in range(steps):
+                run = Xt + f * ld_x + t * width
+                for lane in range(n_valid):
+                    run[lane] = X[((first + lane) * n_steps + start + t) * n_in + f]
+                for lane in range(n_valid, width):
+                    run[lane] = 0
+        # Every step's input projection in one product, then the time loop.
+        panel_product(n_hidden, steps * width, n_in, Wx, 1, n_hidden, Xt, ld_x,
+                      <floating *> params[BIAS], False, NULL, 0, H + width, ld_h)
+        for t in range(steps):
+            panel_product(n_hidden, width, n_hidden, Wh, 1, n_hidden, H + t * width, ld_h,
+                          NULL, True, NULL, 0, H + (t + 1) * width, ld_h)
+            tanh_rows(H + (t + 1) * width, n_hidden, width, ld_h)
+            for lane in range(n_valid):
+                if lengths[first + lane] <= start + t:
+                    for j in range(n_hidden):
+                        H[j * ld_h + (t + 1) * width + lane] = H[j * ld_h + t * width + lane]
+        if return_sequences:
+            panel_product(n_out, steps * width, n_hidden, W_out, 1, n_out, H + width, ld_h,
+                          <floating *> params[READOUT_BIAS], False, NULL, 0, readouts, ld_x)
+            if output_tanh:
+                tanh_rows(readouts, n_out, steps * width, ld_x)
+            for lane in range(n_valid):
+                for t in range(steps):
+                    column = t * width + lane
+                    for o in range(n_out):
+                        outputs[((first + lane) * n_steps + start + t) * n_out + o] = (
+                            readouts[o * ld_x + column]
+                            if start + t < lengths[first + lane] else 0)
+        for j in range(n_hidden):  # the chunk's last states start the next
+            memcpy(H + j * ld_h, H + j * ld_h + steps * width, width * sizeof(floating))
+        start += steps
+    for lane in range(n_valid):
+        for j in range(n_hidden):
+            final_states[(first + lane) * n_hidden + j] = H[j * ld_h + lane]
+    if not return_sequences:
+        panel_product(n_out, width, n_hidden, W_out, 1, n_out, H, ld_h,
+                      <floating *> params[READOUT_BIAS], False, NULL, 0, readouts, ld_x)
+        if output_tanh:
+            tanh_rows(readouts, n_out, width, ld_x)
+        for lane in range(n_valid):
+            for o in range(n_out):
+                outputs[(first + lane) * n_out + o] = readouts[o * ld_x + lane]
 
 
 cdef inline Py_ssize_t n_valid_outputs(const Py_ssize_t *lengths, Py_ssize_t n_samples,

@@ -9,7 +9,10 @@ with PYTHONPATH pointing at a built tree) writes
 bits besides the code: the tanh clone and panel-kernel build this CPU runs
 and the BLAS kernels' architecture (see tests/test_reference_bits.py, which
 trains the same models and compares). The files committed were made from
-main at eb780a7.
+main at eb780a7, and made again when the small STMs' predict moved to the
+panel layout (issue 12), which changed only the predictions of small STMs
+(and a stateful model's gradients, which start from the state its predict
+left): every trained parameter and loss kept its bits.
 """
 import re
 import sys
