@@ -301,16 +301,49 @@ def plot(rows, path):
     figure.savefig(path, dpi=120)
 
 
+# The dask case (issue 16) is not a timing table: lgmstm._bench_dask measures
+# its targets on a local cluster of worker processes.
+DASK_CASE = "dask"
+
+
 def _selection(text):
+    if text == DASK_CASE:
+        return DASK_CASE, None
     try:
         return benchmarks.parse_selection(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise argparse.ArgumentTypeError(f"{error}, {DASK_CASE}") from None
+
+
+def command_bench_dask(args):
+    """lgmstm bench --only dask: the dask targets (needs lgmstm[dask]); with
+    --quick, small sizes (the targets are ratios)."""
+    try:
+        from . import _bench_dask
+    except ImportError as error:
+        print(f"lgmstm bench: {error}", file=sys.stderr)
+        return 1
+    if args.quick:
+        results = _bench_dask.run(n_models=40, predict_bytes=256 * _bench_dask.MB,
+                                  predict_chunk_bytes=16 * _bench_dask.MB,
+                                  worker_memory=384 * _bench_dask.MB,
+                                  partial_fit_chunk_bytes=16 * _bench_dask.MB, repeats=1)
+    else:
+        results = _bench_dask.run()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"dask": results}, f, indent=1, default=str)
+    return 0
 
 
 def command_bench(args):
     if args.plot and _matplotlib_missing("bench"):
         return 1
+    if args.only and any(case == DASK_CASE for case, _ in args.only):
+        if len(args.only) > 1:
+            print(f"lgmstm bench: --only {DASK_CASE} runs alone", file=sys.stderr)
+            return 2
+        return command_bench_dask(args)
     threads = args.threads or benchmarks.default_threads()
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
     items, notes = benchmarks.plan(quick=args.quick, dtypes=dtypes, threads=threads,
@@ -441,7 +474,9 @@ def build_parser(prog="python -m lgmstm"):
                             "(default: the cores available)")
     bench.add_argument("--only", type=_selection, action="append", metavar="CASE[:SIZE]",
                        help="run only this case (e.g. stm_step, door) or case and size "
-                            "(e.g. stm_step:odd, door:stm_step_1); may be repeated")
+                            "(e.g. stm_step:odd, door:stm_step_1); may be repeated; "
+                            "'dask' (alone) measures lgmstm.dask's targets on a local "
+                            "cluster (needs lgmstm[dask])")
     bench.add_argument("--json", type=_writable_path, metavar="PATH",
                        help="also write the results as JSON to PATH")
     bench.add_argument("--plot", type=_writable_path, metavar="PATH",

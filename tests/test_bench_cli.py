@@ -218,3 +218,17 @@ def test_the_table_marks_a_share_above_the_peak():
     rows, _ = _rows(1 / 1.5)
     line = format_table(rows, 1).splitlines()[1].split()
     assert "150!" in line
+
+
+def test_only_dask_is_a_selection_that_runs_alone(capsys):
+    """--only dask names lgmstm.dask's targets (not a timing case), runs alone,
+    and an unknown case's message lists it with the others."""
+    import argparse
+
+    from lgmstm.__main__ import _selection, main
+
+    assert _selection("dask") == ("dask", None)
+    with pytest.raises(argparse.ArgumentTypeError, match="dask"):
+        _selection("nonsense")
+    assert main(["bench", "--only", "dask", "--only", "lgm_step"]) == 2
+    assert "--only dask runs alone" in capsys.readouterr().err

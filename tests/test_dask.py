@@ -9,6 +9,9 @@ import pickle
 import signal
 import sys
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -203,23 +206,31 @@ def test_lgmstm_uses_the_workers_thread_slots(client):
                          epochs=2, lr=0.1, callback=check_threads)
 
 
+# The pair's tasks in test_tasks_share_a_workers_thread_slots both read their
+# share before either leaves (its worker runs in this process: a module-level
+# barrier reaches both, and the function is pickled by reference).
+_BOTH_COUNTED = threading.Barrier(2, timeout=30)
+
+
+def _threads_when(n_running):
+    worker = distributed.get_worker()
+    deadline = time.monotonic() + 30
+    while worker.state.executing_count < n_running and time.monotonic() < deadline:
+        time.sleep(0.005)
+    threads = lgmstm_dask.task_threads()
+    if n_running == 2:
+        _BOTH_COUNTED.wait()
+    return threads
+
+
 def test_tasks_share_a_workers_thread_slots():
     # A worker of 2 slots in this process: a task alone takes both, two at
     # once one each; never more threads than slots.
-    import time
-
-    def threads_when(n_running):
-        worker = distributed.get_worker()
-        deadline = time.monotonic() + 30
-        while worker.state.executing_count < n_running and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return lgmstm_dask.task_threads()
-
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None, silence_logs=40) as cluster, \
             distributed.Client(cluster, set_as_default=False) as client:
-        assert client.submit(threads_when, 1, pure=False).result() == 2
-        pair = [client.submit(threads_when, 2, pure=False) for _ in range(2)]
+        assert client.submit(_threads_when, 1, pure=False).result() == 2
+        pair = [client.submit(_threads_when, 2, pure=False) for _ in range(2)]
         assert client.gather(pair) == [1, 1]
 
 
