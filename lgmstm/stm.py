@@ -967,9 +967,11 @@ class STM(Model):
             if type(X) is not np.ndarray or X.ndim != 3:
                 return None
             final = np.empty((X.shape[0], self._n_hidden), self._dtype)
+        momentum, nesterov, beta1, beta2, eps = settings
         losses = self._network.fit_ready(
             self, X, Y, self._state if self._stateful else None, final, lr, batch_size,
-            optimizer, clip_norm, shuffle, warm_start, *settings, weight_decay)
+            optimizer, clip_norm, shuffle, warm_start, momentum, nesterov, beta1, beta2, eps,
+            weight_decay)
         if losses is not None:
             self.history_ = losses
             if self._stateful:
