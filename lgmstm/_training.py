@@ -57,7 +57,6 @@ OPTIMIZERS: dict[str, Optimizer] = {
 }
 
 
-
 def optimizer_settings(name: str, momentum: float = MOMENTUM, nesterov: bool = False,
                        beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2,
                        eps: float = ADAM_EPS) -> dict[str, float]:
