@@ -6,12 +6,12 @@ model as plain data and saves it; and the one reader of saved files
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from os import PathLike
 from typing import Any, ClassVar, NoReturn, TypeVar
 
 import numpy as np
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from ._persist import (
     ModelFile,
@@ -178,6 +178,64 @@ class Model:
         with self._lock.reading():
             return self._named(p.copy() for p in self._params)
 
+    def load_params(self, params: Mapping[str, ArrayLike]) -> None:
+        """Set every parameter from ``params``, keyed as :attr:`params`.
+
+        All are checked before any is written: a call that raises leaves
+        the model as it was. The values are copied (the model keeps no
+        reference to them) and converted to the model's dtype. The
+        optimizer's state is kept (see :meth:`reset_optimizer` to start it
+        afresh), as is an STM's working memory.
+
+        Parameters
+        ----------
+        params : mapping of str to array-like
+            One entry per parameter, with exactly the names of
+            :attr:`params`; each of that parameter's shape, of a float32 or
+            float64 dtype (nested lists of floats are read as float64), and
+            finite.
+
+        Raises
+        ------
+        TypeError
+            params is not a mapping, or a value is not an array of float32
+            or float64 (the message names the parameter).
+        ValueError
+            A name is missing or unknown, or a value has the wrong shape or
+            holds NaN or inf (the message names the parameter, with the
+            expected and actual shape).
+        RuntimeError
+            Another thread is training this model.
+        """
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a mapping of parameter names to arrays, got "
+                            f"{type(params).__name__}")
+        current = self._named(self._params)
+        missing = [name for name in current if name not in params]
+        unknown = [name for name in params if name not in current]
+        if missing or unknown:
+            found = "; ".join(part for part in (
+                f"missing {missing}" if missing else "",
+                f"unknown {[str(n) for n in unknown]}" if unknown else "") if part)
+            raise ValueError(f"load_params needs exactly the parameters {list(current)}: {found}")
+        values = {}
+        for name, param in current.items():
+            value = params[name]
+            array = value if isinstance(value, np.ndarray) else np.asarray(value)
+            if array.dtype not in (np.float32, np.float64):
+                raise TypeError(f"parameter {name} must be an array of float32 or float64 "
+                                f"(converted to the model's {self.dtype}), got dtype "
+                                f"{array.dtype}")
+            if array.shape != param.shape:
+                raise ValueError(f"parameter {name} must have shape {param.shape}, got "
+                                 f"{array.shape}")
+            if not np.isfinite(array).all():
+                raise ValueError(f"parameter {name} must be finite, got NaN or inf")
+            values[name] = array
+        with self._lock.training():
+            for name, param in current.items():
+                param[...] = values[name]
+
     def _restore(self, arrays: dict[str, Any], path: str) -> None:
         """Copy a saved file's arrays (ndarrays, or lgmstm._persist.StoredArray
         entries, read only once their header fits) into the parameters,
@@ -201,18 +259,20 @@ class Model:
         and the count of updates done (Adam's bias correction). A call
         goes on from it (``partial_fit``, ``fit(warm_start=True)``) when it
         was made by the optimizer the call names with the same settings
-        (momentum 0.9; Adam's 0.9, 0.999, 1e-8). It starts over, from zero
+        (its ``momentum`` and ``nesterov``; Adam's ``beta1``, ``beta2`` and
+        ``eps``; by default 0.9, off; 0.9, 0.999, 1e-8). It starts over, from zero
         moments and step 0, when:
 
         - ``fit`` is called without ``warm_start=True``;
-        - the call names another optimizer (or a state saved with other
-          settings is loaded);
+        - the call names another optimizer, or the same with other
+          settings (or a state saved with other settings is loaded);
         - ``reset_optimizer()`` was called;
         - the model is new, or was loaded from a file or pickle that holds
           none (format_version 1 files and older pickles have none).
 
         Anything else carries on with it: a new lr (a schedule), batch size,
-        clip_norm, shuffle or seed, other data. The state a call leaves is
+        weight_decay, clip_norm, shuffle or seed, other data, and new
+        parameters from :meth:`load_params`. The state a call leaves is
         kept, also after Ctrl-C or a divergence (then, that of the last
         finished or finite epoch). ``save`` and pickling keep it, with the
         model's generator (the default shuffling), so that training resumes

@@ -1,6 +1,6 @@
 """Type stubs for the compiled module lgmstm._train (csrc/lgmstm/_train.pyx):
 the typed objects the model programs' entry points take."""
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
@@ -88,6 +88,9 @@ class TrainingRun:
         beta1: float,
         beta2: float,
         eps: float,
+        nesterov: bool = ...,
+        weight_decay: float = ...,
+        decayed: Sequence[bool] | None = ...,  # per parameter: True for a weight
         clip_norm: float = ...,
         step: int = ...,
         lengths: NDArray[np.intp] | None = ...,  # IN (STM)
@@ -112,6 +115,11 @@ class TrainingRun:
     @property
     def clip_norm(self) -> float: ...
     @property
+    def decayed(self) -> NDArray[np.uint8]:
+        """Per parameter: 1 for a weight, which takes weight_decay."""
+    @property
+    def weight_decay(self) -> float: ...
+    @property
     def step(self) -> int:
         """Updates done so far."""
     @step.setter
@@ -128,7 +136,8 @@ class Program:
     workspace, and the short fit of partial_fit and fit(epochs=1)."""
 
     run_factory: Callable[..., tuple[TrainingRun, Any]]
-    """(X, Y, h0, batch_size, state or None, optimizer) -> (run, state)."""
+    """(X, Y, h0, batch_size, state to continue or None, optimizer, settings)
+    -> (run, state); settings: (momentum, nesterov, beta1, beta2, eps)."""
     @property
     def params(self) -> PointerTable: ...
     def fit_ready(
@@ -144,6 +153,12 @@ class Program:
         clip_norm: object,
         shuffle: object,
         warm_start: object,
+        momentum: object,
+        nesterov: object,
+        beta1: object,
+        beta2: object,
+        eps: object,
+        weight_decay: object,
     ) -> NDArray[np.float64] | None:
         """The losses of one epoch of training, or None when the caller must
         take its checked path."""

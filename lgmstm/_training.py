@@ -27,6 +27,7 @@ from ._validation import (
     MAX_DIM,
     check_bool,
     check_choice,
+    check_fraction,
     check_int,
     check_positive_float,
     check_seed,
@@ -41,7 +42,7 @@ class Optimizer(NamedTuple):
     settings: dict[str, float]  # the hyper-parameters its moments depend on
 
 
-# The optimizers' hyper-parameters (lr aside).
+# The optimizers' hyper-parameters (lr aside): fit's defaults.
 MOMENTUM = 0.9
 ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 
@@ -54,6 +55,48 @@ OPTIMIZERS: dict[str, Optimizer] = {
                       n_moments=2,  # the means of the gradient and of its square
                       settings={"beta1": ADAM_BETA1, "beta2": ADAM_BETA2, "eps": ADAM_EPS}),
 }
+
+
+def optimizer_settings(name: str, momentum: float = MOMENTUM, nesterov: bool = False,
+                       beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2,
+                       eps: float = ADAM_EPS) -> dict[str, float]:
+    """The settings of the optimizer `name` that its moments depend on, from
+    fit's (checked) arguments: none for sgd; momentum's {"momentum"}, with
+    "nesterov": 1.0 only when on (so the default settings, and the files
+    that hold them, are those of the versions before nesterov); Adam's
+    {"beta1", "beta2", "eps"}. A state goes on only under equal settings."""
+    if name == "momentum":
+        return {"momentum": momentum, **({"nesterov": 1.0} if nesterov else {})}
+    if name == "adam":
+        return {"beta1": beta1, "beta2": beta2, "eps": eps}
+    return {}
+
+
+def decayed(params: Sequence[NDArray[Any]]) -> list[bool]:
+    """Which parameters weight decay applies to: the weights (2-D), never
+    the biases (1-D)."""
+    return [param.ndim >= 2 for param in params]
+
+
+def weight_penalty(params: Sequence[NDArray[Any]], weight_decay: float) -> float:
+    """What weight decay adds to the loss: weight_decay / 2 times the sum of
+    the squared weights (see decayed)."""
+    if not weight_decay:
+        return 0.0
+    return 0.5 * weight_decay * sum(float(np.vdot(param, param))
+                                    for param, weight in zip(params, decayed(params)) if weight)
+
+
+def add_weight_decay(grads: Sequence[NDArray[Any]], params: Sequence[NDArray[Any]],
+                     weight_decay: float) -> None:
+    """grad += weight_decay * param for every weight, in place: the gradient
+    of weight_penalty, in the dtype as the optimizers add it."""
+    if not weight_decay:
+        return
+    for grad, param, weight in zip(grads, params, decayed(params)):
+        if weight:
+            grad += param.dtype.type(weight_decay) * param
+
 
 # fit() hands the compiled code blocks of epochs lasting about this long, so
 # progress, callbacks and Ctrl-C are seen between blocks.
@@ -84,14 +127,28 @@ class OptimizerState:
         self.settings = dict(OPTIMIZERS[name].settings if settings is None else settings)
 
     @classmethod
-    def fresh(cls, name: str, params: Sequence[NDArray[Any]]) -> OptimizerState:
-        """Zero moments and no step done: the state at the start of a fit."""
-        return cls(name, zero_moments(name, params))
+    def fresh(cls, name: str, params: Sequence[NDArray[Any]],
+              settings: dict[str, float] | None = None) -> OptimizerState:
+        """Zero moments and no step done: the state at the start of a fit,
+        with the settings given (optimizer_settings; None: the defaults)."""
+        return cls(name, zero_moments(name, params), settings=settings)
 
-    def continued_by(self, name: str) -> bool:
-        """Whether the optimizer `name`, with this version's settings, may go
-        on from this state (the same name, the same settings)."""
-        return self.name == name and self.settings == OPTIMIZERS[name].settings
+    def continued_by(self, name: str, settings: dict[str, float] | None = None) -> bool:
+        """Whether the optimizer `name` with these settings (optimizer_settings;
+        None: the defaults) may go on from this state: the same name, the
+        same settings."""
+        return self.name == name and self.settings == (
+            OPTIMIZERS[name].settings if settings is None else settings)
+
+    def training_settings(self) -> dict[str, Any]:
+        """The settings as _train.TrainingRun takes them (the defaults for
+        those this optimizer has none of)."""
+        settings = self.settings
+        return {"momentum": settings.get("momentum", MOMENTUM),
+                "nesterov": bool(settings.get("nesterov", 0.0)),
+                "beta1": settings.get("beta1", ADAM_BETA1),
+                "beta2": settings.get("beta2", ADAM_BETA2),
+                "eps": settings.get("eps", ADAM_EPS)}
 
     def header(self) -> dict[str, Any]:
         """Everything but the moments, as plain JSON-able data."""
@@ -133,6 +190,18 @@ class OptimizerState:
                 array[...] = value
         state.step, state.settings = step, {k: float(v) for k, v in settings.items()}
         return state
+
+
+def short_fit_state(state: OptimizerState | None, name: str, settings: tuple,
+                    params: Sequence[NDArray[Any]]) -> OptimizerState:
+    """The optimizer state a short fit's run is made for (the programs'
+    run_factory, see _train.Program.fit_ready): state, when the optimizer
+    `name` with settings (momentum, nesterov, beta1, beta2, eps) goes on
+    from it, else a fresh one with those settings."""
+    wanted = optimizer_settings(name, *settings)
+    if state is None or not state.continued_by(name, wanted):
+        state = OptimizerState.fresh(name, params, wanted)
+    return state
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -202,6 +271,8 @@ class FitPlan(NamedTuple):
     lr: float
     batch_size: int
     optimizer: str
+    settings: dict[str, float]  # the optimizer's (optimizer_settings)
+    weight_decay: float
     clip_norm: float | None
     verbose: bool
     warm_start: bool
@@ -209,7 +280,8 @@ class FitPlan(NamedTuple):
 
 
 def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm, shuffle,
-             seed, callback, verbose, warm_start) -> FitPlan:
+             seed, callback, verbose, warm_start, momentum=MOMENTUM, nesterov=False,
+             beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, weight_decay=0.0) -> FitPlan:
     """Check fit's data and hyper-parameters, the same way for LGM and STM.
 
     X and Y are the model's checked arrays, samples along the first axis;
@@ -217,7 +289,9 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
     rng is the model's generator, used for shuffling unless seed is given;
     batch_size None (or above n_samples) means full batch; clip_norm None
     means no clipping; warm_start: go on from the model's optimizer state
-    (see train_model).
+    (see train_model). momentum and nesterov (the "momentum" optimizer's),
+    beta1, beta2 and eps (Adam's) are checked whatever the optimizer, and
+    nesterov=True needs optimizer="momentum"; weight_decay >= 0.
     """
     n_samples = X.shape[0]
     if n_samples == 0:
@@ -231,6 +305,14 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
     batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
     batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    momentum = check_fraction("momentum", momentum)
+    nesterov = check_bool("nesterov", nesterov)
+    if nesterov and optimizer != "momentum":
+        raise ValueError(f"nesterov=True needs optimizer='momentum', got {optimizer!r}")
+    settings = optimizer_settings(optimizer, momentum, nesterov, check_fraction("beta1", beta1),
+                                  check_fraction("beta2", beta2),
+                                  check_positive_float("eps", eps))
+    weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {callback!r}")
     if seed is not None:
@@ -242,7 +324,8 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
     def order_for(count):
         return _train.epoch_orders(rng, count, n_samples) if shuffled else None
 
-    return FitPlan(epochs, lr, batch_size, optimizer, clip_norm, verbose, warm_start, order_for)
+    return FitPlan(epochs, lr, batch_size, optimizer, settings, weight_decay, clip_norm, verbose,
+                   warm_start, order_for)
 
 
 # -- the loop ------------------------------------------------------------------
@@ -267,8 +350,8 @@ def train_model(model, plan: FitPlan, make_trainer: Callable[[OptimizerState], T
 
     make_trainer(state) makes the trainer that continues the optimizer state
     given. That is the model's own (``model._optimizer_state``) when
-    plan.warm_start and it was made by plan.optimizer with this version's
-    settings; otherwise a fresh one (zero moments, step 0), which becomes
+    plan.warm_start and it was made by plan.optimizer with plan.settings;
+    otherwise a fresh one (zero moments, step 0), which becomes
     the model's once make_trainer succeeds (a call refused there leaves the
     model as it was). The trainer updates the state's moments in place and
     its step is written back at the end, so the model holds the state of
@@ -279,8 +362,9 @@ def train_model(model, plan: FitPlan, make_trainer: Callable[[OptimizerState], T
     """
     with model._lock.training():
         state = model._optimizer_state
-        if not (plan.warm_start and state is not None and state.continued_by(plan.optimizer)):
-            state = OptimizerState.fresh(plan.optimizer, model._params)
+        if not (plan.warm_start and state is not None
+                and state.continued_by(plan.optimizer, plan.settings)):
+            state = OptimizerState.fresh(plan.optimizer, model._params, plan.settings)
         trainer = make_trainer(state)
         model._optimizer_state = state
         try:
@@ -473,12 +557,14 @@ class CompiledTrainer:
     train documents); blas_work: the flops that decide BLAS's threads (see
     single_threaded_blas); lengths, initial_states, final_states: the
     STM's. final_states, when given, holds each sequence's final state
-    from the latest epoch.
+    from the latest epoch. The optimizer's settings are the state's; the
+    weights (see decayed) take weight_decay.
     """
 
     def __init__(self, network, X, Y, batch_size: int, optimizer: OptimizerState, lr: float,
                  *, grads: list[NDArray[Any]], workspace: list[NDArray[Any]], blas_work: int,
-                 clip_norm: float | None = None, lengths: NDArray[np.intp] | None = None,
+                 clip_norm: float | None = None, weight_decay: float = 0.0,
+                 lengths: NDArray[np.intp] | None = None,
                  initial_states: NDArray[Any] | None = None,
                  final_states: NDArray[Any] | None = None) -> None:
         self.network = network
@@ -495,9 +581,10 @@ class CompiledTrainer:
         self.run_data = _train.TrainingRun(
             X=X, Y=Y, grads=grads, first_moments=first_moments,
             second_moments=second_moments, workspace=workspace, batch_size=batch_size,
-            optimizer=OPTIMIZERS[optimizer.name].code, lr=lr, momentum=MOMENTUM,
-            beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, clip_norm=clip_norm or 0.0,
-            step=optimizer.step, lengths=lengths, initial_states=initial_states, final_states=final_states)
+            optimizer=OPTIMIZERS[optimizer.name].code, lr=lr, **optimizer.training_settings(),
+            weight_decay=weight_decay, decayed=decayed(self.params), clip_norm=clip_norm or 0.0,
+            step=optimizer.step, lengths=lengths, initial_states=initial_states,
+            final_states=final_states)
 
     @property
     def step(self) -> int:
@@ -526,17 +613,21 @@ class ReferenceTrainer:
     array per parameter, which the loop may scale in place). An epoch's loss
     is the sum of these over the epoch divided by n_targets, the targets of
     all the samples. ``optimizer``: the state it continues, its moments
-    updated in place. ``carried``: arrays the batches update besides the
-    parameters and moments (the snapshots of run_epochs restore them).
+    updated in place, with its settings. ``weight_decay``: added to the
+    gradient of every weight (see decayed), after clipping. ``carried``:
+    arrays the batches update besides the parameters and moments (the
+    snapshots of run_epochs restore them).
     """
 
     def __init__(self, params, batch: Callable[[Any], tuple[float, list[NDArray[Any]]]],
                  n_samples, n_targets, batch_size, optimizer: OptimizerState, lr,
-                 clip_norm=None, carried=()):
+                 clip_norm=None, carried=(), weight_decay=0.0):
         self.params, self.batch = params, batch
         self.n_samples, self.n_targets = n_samples, n_targets
         self.batch_size, self.optimizer, self.lr, self.clip_norm = (
             batch_size, optimizer.name, lr, clip_norm)
+        self.settings = optimizer.training_settings()
+        self.decays = [weight_decay if weight else 0.0 for weight in decayed(params)]
         moments = optimizer.moments
         self.moments = [[arrays[i] for arrays in moments] for i in range(len(params))]
         self.step = optimizer.step
@@ -564,10 +655,10 @@ class ReferenceTrainer:
                         for grad in grads:
                             grad *= grad.dtype.type(self.clip_norm / norm)
                 self.step += 1
-                for param, grad, moments in zip(self.params, grads, self.moments):
+                for param, grad, moments, decay in zip(self.params, grads, self.moments,
+                                                       self.decays):
                     reference.optimizer_step(
                         param, grad, moments, optimizer=self.optimizer, lr=self.lr,
-                        momentum=MOMENTUM, beta1=ADAM_BETA1, beta2=ADAM_BETA2,
-                        eps=ADAM_EPS, step=self.step)
+                        **self.settings, weight_decay=decay, step=self.step)
             losses[epoch] = sum_squares / max(1, self.n_targets)
         return losses

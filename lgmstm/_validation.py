@@ -202,6 +202,19 @@ def check_positive_float(name: str, value, allow_zero: bool = False) -> float:
     return value
 
 
+def check_fraction(name: str, value) -> float:
+    """A real number in [0, 1): a momentum, or one of Adam's betas."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1), got {_describe(value)}")
+    try:
+        value = float(value)
+    except OverflowError:  # an int or Fraction past the float range
+        value = math.inf if value > 0 else -math.inf
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
 def check_choice(name: str, value, choices) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

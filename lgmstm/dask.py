@@ -531,7 +531,8 @@ def partial_fit_dask(model: Model, X: da.Array, Y: da.Array, *, epochs: int,
         Print each epoch's mean block loss to stderr.
     **partial_fit_kwargs
         Passed to every ``partial_fit``: lr at least; batch_size,
-        optimizer, shuffle, seed, clip_norm (STM).
+        optimizer and its settings (momentum, nesterov, beta1, beta2,
+        eps), weight_decay, clip_norm, shuffle, seed.
 
     Returns
     -------

@@ -18,16 +18,29 @@ from . import _dense, _lgm, reference
 from ._base import OUTPUTS, Model, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
+    ADAM_BETA1,
+    ADAM_BETA2,
+    ADAM_EPS,
+    MOMENTUM,
     CompiledTrainer,
-    OptimizerState,
     ReferenceTrainer,
     TrainingWorkspace,
+    add_weight_decay,
     beyond_tanh,
     plan_fit,
+    short_fit_state,
     train_model,
     warn_beyond_tanh,
+    weight_penalty,
 )
-from ._validation import MAX_DIM, as_array, check_choice, check_int, check_product
+from ._validation import (
+    MAX_DIM,
+    as_array,
+    check_choice,
+    check_int,
+    check_positive_float,
+    check_product,
+)
 
 __all__ = ["LGM"]
 
@@ -64,7 +77,7 @@ class _CompiledNetwork:
                 self._buffers(X.shape[0], X.dtype), partials, get_num_threads())
         return loss, grads
 
-    def trainer(self, X, Y, batch_size, optimizer, lr):
+    def trainer(self, X, Y, batch_size, optimizer, lr, clip_norm=None, weight_decay=0.0):
         """A CompiledTrainer continuing the OptimizerState `optimizer`."""
         dtype = X.dtype
 
@@ -79,13 +92,13 @@ class _CompiledNetwork:
         grads, workspace = self.workspace.get((batch_size, dtype), make_workspace)
         return CompiledTrainer(self, X, Y, batch_size, optimizer, lr, grads=grads,
                                workspace=workspace,
-                               blas_work=self.program.blas_work(batch_size))
+                               blas_work=self.program.blas_work(batch_size),
+                               clip_norm=clip_norm, weight_decay=weight_decay)
 
-    def _short_run(self, X, Y, h0, batch_size, state, optimizer):
+    def _short_run(self, X, Y, h0, batch_size, state, optimizer, settings):
         """The TrainingRun the short fit keeps (see _train.Program.fit_ready),
-        and the state it continues (a fresh one for None)."""
-        if state is None:
-            state = OptimizerState.fresh(optimizer, self.params)
+        and the state it continues (see short_fit_state)."""
+        state = short_fit_state(state, optimizer, settings, self.params)
         return self.trainer(X, Y, batch_size, state, 1.0).run_data, state
 
 
@@ -130,13 +143,14 @@ class _ReferenceNetwork:
                 self._tanh(layer), need_dX=layer > 0)
         return loss, grads
 
-    def trainer(self, X, Y, batch_size, optimizer, lr):
+    def trainer(self, X, Y, batch_size, optimizer, lr, clip_norm=None, weight_decay=0.0):
         def batch(rows):
             Y_batch = Y[rows]
             loss, grads = self.gradients(X[rows], Y_batch)
             return loss * Y_batch.size, grads
 
-        return ReferenceTrainer(self.params, batch, X.shape[0], Y.size, batch_size, optimizer, lr)
+        return ReferenceTrainer(self.params, batch, X.shape[0], Y.size, batch_size, optimizer, lr,
+                                clip_norm, weight_decay=weight_decay)
 
 
 _NETWORKS: dict[str, type[_CompiledNetwork] | type[_ReferenceNetwork]] = {
@@ -300,8 +314,9 @@ class LGM(Model):
         with self._lock.reading():
             return self._network.predict(X)
 
-    def loss(self, X: ArrayLike, Y: ArrayLike) -> float:
-        """Mean squared error ``mean((predict(X) - Y)**2)`` over all elements.
+    def loss(self, X: ArrayLike, Y: ArrayLike, *, weight_decay: float = 0.0) -> float:
+        """Mean squared error ``mean((predict(X) - Y)**2)`` over all elements,
+        plus ``weight_decay / 2 * sum(W**2)`` over the weights (not the biases).
 
         Parameters
         ----------
@@ -311,11 +326,13 @@ class LGM(Model):
             longdouble, complex, object and string data are refused.
         Y : array-like of shape (n_samples, n_out), or (n_samples,) when n_out == 1
             Targets, converted like X.
+        weight_decay : float >= 0, default 0.0
+            The L2 penalty's coefficient, as :meth:`fit` takes it.
 
         Returns
         -------
         loss : float
-            The mean over samples and outputs.
+            The mean over samples and outputs (plus the penalty).
 
         Raises
         ------
@@ -327,12 +344,16 @@ class LGM(Model):
         """
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
+        weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
         with self._lock.reading():
             diff = self._network.predict(X) - Y
-        return float(np.vdot(diff, diff)) / max(1, diff.size)
+            penalty = weight_penalty(self._params, weight_decay)
+        return float(np.vdot(diff, diff)) / max(1, diff.size) + penalty
 
-    def gradients(self, X: ArrayLike, Y: ArrayLike) -> dict[str, NDArray[Any]]:
-        """Gradient of :meth:`loss` with respect to every parameter.
+    def gradients(self, X: ArrayLike, Y: ArrayLike, *,
+                  weight_decay: float = 0.0) -> dict[str, NDArray[Any]]:
+        """Gradient of :meth:`loss` with respect to every parameter: with
+        weight_decay, each weight's gains ``weight_decay * W``.
 
         Parameters
         ----------
@@ -342,6 +363,8 @@ class LGM(Model):
             longdouble, complex, object and string data are refused.
         Y : array-like of shape (n_samples, n_out), or (n_samples,) when n_out == 1
             Targets, converted like X.
+        weight_decay : float >= 0, default 0.0
+            As for :meth:`loss`.
 
         Returns
         -------
@@ -359,16 +382,22 @@ class LGM(Model):
         """
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
+        weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
         with self._lock.reading():
             _, grads = self._network.gradients(X, Y)
+            add_weight_decay(grads, self._params, weight_decay)
         return self._named(grads)
 
     def fit(self, X: ArrayLike, Y: ArrayLike, *, epochs: int, lr: float,
-            batch_size: int | None = None, optimizer: str = "sgd", shuffle: bool = True,
+            batch_size: int | None = None, optimizer: str = "sgd",
+            momentum: float = MOMENTUM, nesterov: bool = False, beta1: float = ADAM_BETA1,
+            beta2: float = ADAM_BETA2, eps: float = ADAM_EPS, weight_decay: float = 0.0,
+            clip_norm: float | None = None, shuffle: bool = True,
             seed: int | np.random.Generator | None = None,
             callback: Callable[[int, float], bool | None] | None = None,
             verbose: bool = False, warm_start: bool = False) -> NDArray[np.float64]:
-        """Train by gradient descent on the mean squared error.
+        """Train by gradient descent on the mean squared error (plus, with
+        weight_decay, ``weight_decay / 2 * sum(W**2)`` over the weights).
 
         Parameters
         ----------
@@ -382,10 +411,33 @@ class LGM(Model):
             Samples per update; None (or anything >= n_samples) is full-batch
             gradient descent, one update per epoch.
         optimizer : {"sgd", "momentum", "adam"}, default "sgd"
-            "sgd": ``W -= lr dW``; "momentum": heavy ball with 0.9;
-            "adam": Adam with (0.9, 0.999, 1e-8). The parameters carry on
-            from where they are; the optimizer's moments (velocity, Adam's
-            means) and its step count start from zero unless ``warm_start``.
+            "sgd": ``W -= lr dW``; "momentum": heavy ball,
+            ``v = momentum v + dW; W -= lr v``; "adam": Adam with beta1,
+            beta2 and eps (see :func:`lgmstm.reference.optimizer_step`). The
+            parameters carry on from where they are; the optimizer's moments
+            (velocity, Adam's means) and its step count start from zero
+            unless ``warm_start``.
+        momentum : float in [0, 1), default 0.9
+            The "momentum" optimizer's decay of its velocity.
+        nesterov : bool, default False
+            Nesterov's momentum, ``W -= lr (dW + momentum v)`` with the new
+            v (as torch.optim.SGD's); needs ``optimizer="momentum"``.
+        beta1, beta2 : float in [0, 1), default 0.9 and 0.999
+            Adam's decay of its means of the gradient and of its square.
+        eps : float > 0, default 1e-8
+            Added to Adam's denominator.
+        weight_decay : float >= 0, default 0.0
+            L2 regularisation of the weights (not the biases): the loss
+            gains ``weight_decay / 2 * sum(W**2)``, so every update adds
+            ``weight_decay * W`` to each weight's gradient (after clipping,
+            as torch.optim's ``weight_decay`` does), whatever the batch size.
+            scikit-learn's ``alpha`` on batches of n samples is
+            ``weight_decay = 2 * alpha / n`` (its loss is half the mean
+            squared error, its penalty ``alpha / (2 n) * sum(W**2)``).
+        clip_norm : float > 0 or None, default None
+            When the global norm of a batch's gradient (all parameters
+            together, before weight decay) exceeds clip_norm, scale it down
+            to that norm before the update.
         shuffle : bool, default True
             Visit the samples in a new random order each epoch (only matters
             with mini-batches).
@@ -400,7 +452,7 @@ class LGM(Model):
             Go on with the optimizer state the model kept from its last
             training (moments and step count), as :meth:`partial_fit`
             does, when it was made by the same optimizer with the same
-            settings; else, and by default, start it afresh. Either way
+            settings (momentum and nesterov; beta1, beta2 and eps); else, and by default, start it afresh. Either way
             the model keeps the state this call leaves, for the next warm
             call (see :meth:`reset_optimizer` for the rules).
 
@@ -413,12 +465,16 @@ class LGM(Model):
         Raises
         ------
         TypeError
-            epochs or batch_size is not an integer, lr not a real number,
-            callback not callable, shuffle, verbose or warm_start not a
-            bool, or X/Y not arrays of real numbers.
+            epochs or batch_size is not an integer, lr, momentum, beta1,
+            beta2, eps, weight_decay or clip_norm not a real number,
+            callback not callable, shuffle, nesterov, verbose or warm_start
+            not a bool, or X/Y not arrays of real numbers.
         ValueError
             X or Y empty, non-finite or of the wrong shape; epochs < 0;
-            lr not finite and > 0; batch_size < 1; an unknown optimizer.
+            lr, eps or clip_norm not finite and > 0; momentum, beta1 or
+            beta2 outside [0, 1); weight_decay negative or not finite;
+            nesterov=True with another optimizer than "momentum";
+            batch_size < 1; an unknown optimizer.
         RuntimeError
             Another thread is training this model (or fit was called from
             its own callback).
@@ -441,7 +497,9 @@ class LGM(Model):
                 and seed is None:
             # The short fit: data and arguments as the kernels take them.
             losses = self._network.fit_ready(self, X, Y, None, None, lr, batch_size,
-                                             optimizer, None, shuffle, warm_start)
+                                             optimizer, clip_norm, shuffle, warm_start,
+                                             momentum, nesterov, beta1, beta2, eps,
+                                             weight_decay)
             if losses is not None:
                 self.history_ = losses
                 if self._output == "tanh" and beyond_tanh(Y):
@@ -450,25 +508,30 @@ class LGM(Model):
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
         plan = plan_fit(self._rng, X, Y, sample="sample", epochs=epochs, lr=lr,
-                        batch_size=batch_size, optimizer=optimizer, clip_norm=None,
+                        batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
                         shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,
-                        warm_start=warm_start)
+                        warm_start=warm_start, momentum=momentum, nesterov=nesterov,
+                        beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
         if self._output == "tanh" and beyond_tanh(Y):
             warn_beyond_tanh(Y)
         return train_model(
-            self, plan, lambda state: self._network.trainer(X, Y, plan.batch_size, state,
-                                                            plan.lr), callback)
+            self, plan, lambda state: self._network.trainer(
+                X, Y, plan.batch_size, state, plan.lr, plan.clip_norm, plan.weight_decay),
+            callback)
 
     def partial_fit(self, X: ArrayLike, Y: ArrayLike, *, lr: float,
                     batch_size: int | None = None, optimizer: str = "sgd",
+                    momentum: float = MOMENTUM, nesterov: bool = False,
+                    beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2, eps: float = ADAM_EPS,
+                    weight_decay: float = 0.0, clip_norm: float | None = None,
                     shuffle: bool = True, seed: int | np.random.Generator | None = None,
                     ) -> LGM:
         """Train one epoch on (X, Y), going on with the optimizer state.
 
         ``fit(X, Y, epochs=1, warm_start=True, ...)``: one pass over the
         data; the optimizer's moments and step count go on from those the
-        model kept from its last training (when made by the same optimizer;
-        see :meth:`reset_optimizer`). From a new model (or after
+        model kept from its last training (when made by the same optimizer
+        with the same settings; see :meth:`reset_optimizer`). From a new model (or after
         ``reset_optimizer()``), N calls on the same data give exactly the
         bits of one ``fit(epochs=N)`` with the same arguments (with
         ``shuffle`` the orders come from the model's generator either way).
@@ -477,7 +540,9 @@ class LGM(Model):
 
         Parameters
         ----------
-        X, Y, lr, batch_size, optimizer, shuffle, seed
+        X, Y, lr, batch_size, optimizer, momentum, nesterov, beta1, beta2, eps
+            As for :meth:`fit`.
+        weight_decay, clip_norm, shuffle, seed
             As for :meth:`fit`. A seed seeds this call's shuffling only:
             the same seed at every call visits the samples in the same order.
 
@@ -501,14 +566,17 @@ class LGM(Model):
         """
         if seed is None:
             losses = self._network.fit_ready(self, X, Y, None, None, lr, batch_size,
-                                             optimizer, None, shuffle, True)
+                                             optimizer, clip_norm, shuffle, True, momentum,
+                                             nesterov, beta1, beta2, eps, weight_decay)
             if losses is not None:
                 self.history_ = losses
                 if self._output == "tanh" and beyond_tanh(Y):
                     warn_beyond_tanh(Y)
                 return self
         self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                 shuffle=shuffle, seed=seed, warm_start=True)
+                 momentum=momentum, nesterov=nesterov, beta1=beta1, beta2=beta2, eps=eps,
+                 weight_decay=weight_decay, clip_norm=clip_norm, shuffle=shuffle, seed=seed,
+                 warm_start=True)
         return self
 
     # -- persistence -------------------------------------------------------------

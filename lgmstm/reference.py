@@ -74,26 +74,35 @@ def squared_error(prediction, target):
     return loss, diff
 
 
-def optimizer_step(param, grad, moments, *, optimizer, lr, momentum, beta1, beta2, eps, step):
+def optimizer_step(param, grad, moments, *, optimizer, lr, momentum, beta1, beta2, eps, step,
+                   nesterov=False, weight_decay=0.0):
     """Update ``param`` in place from ``grad``.
+
+    First grad = grad + weight_decay param (the models pass 0 for a bias), then:
 
     sgd:      param -= lr grad
     momentum: v = momentum v + grad;  param -= lr v
+              (nesterov: param -= lr (grad + momentum v), with the new v)
     adam:     m = b1 m + (1 - b1) grad;  v = b2 v + (1 - b2) grad**2;
               param -= lr (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)
 
     ``moments`` is the list of the optimizer's arrays for this parameter
     ([] for sgd, [v] for momentum, [m, v] for adam), updated in place; t = step.
-    The models' values of the hyper-parameters are lgmstm._training's.
+    The models' defaults of the hyper-parameters are lgmstm._training's.
     """
     dtype = param.dtype.type
+    if weight_decay:
+        grad = grad + dtype(weight_decay) * param
     if optimizer == "sgd":
         param -= dtype(lr) * grad
     elif optimizer == "momentum":
         (velocity,) = moments
         velocity *= dtype(momentum)
         velocity += grad
-        param -= dtype(lr) * velocity
+        if nesterov:
+            param -= dtype(lr) * (grad + dtype(momentum) * velocity)
+        else:
+            param -= dtype(lr) * velocity
     elif optimizer == "adam":
         mean, square = moments
         mean *= dtype(beta1)

@@ -18,14 +18,20 @@ from . import _stm, reference
 from ._base import OUTPUTS, Model, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
+    ADAM_BETA1,
+    ADAM_BETA2,
+    ADAM_EPS,
+    MOMENTUM,
     CompiledTrainer,
-    OptimizerState,
     ReferenceTrainer,
     TrainingWorkspace,
+    add_weight_decay,
     beyond_tanh,
     plan_fit,
+    short_fit_state,
     train_model,
     warn_beyond_tanh,
+    weight_penalty,
 )
 from ._validation import (
     MAX_DIM,
@@ -34,6 +40,7 @@ from ._validation import (
     check_choice,
     check_int,
     check_lengths,
+    check_positive_float,
     check_product,
     check_sequence_rows,
     check_state,
@@ -96,7 +103,7 @@ class _CompiledRecurrent:
                 self._buffers(X.shape[0], X.shape[1], X.dtype), get_num_threads())
         return loss, grads
 
-    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
+    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0):
         n_samples, n_steps, n_in = X.shape
         n_hidden = int(self.sizes[1])
         Y = Y.reshape(-1)
@@ -115,15 +122,14 @@ class _CompiledRecurrent:
         return CompiledTrainer(
             self, X, Y, batch_size, optimizer, lr, grads=grads, workspace=workspace,
             blas_work=self.program.blas_work(batch_size, n_steps), clip_norm=clip_norm,
-            lengths=lengths, initial_states=h0,
+            weight_decay=weight_decay, lengths=lengths, initial_states=h0,
             final_states=np.zeros((n_samples, n_hidden), dtype))
 
-    def _short_run(self, X, Y, h0, batch_size, state, optimizer):
+    def _short_run(self, X, Y, h0, batch_size, state, optimizer, settings):
         """The TrainingRun the short fit keeps (see _train.Program.fit_ready),
-        for sequences of X's full length, and the state it continues (a
-        fresh one for None)."""
-        if state is None:
-            state = OptimizerState.fresh(optimizer, self.params)
+        for sequences of X's full length, and the state it continues (see
+        short_fit_state)."""
+        state = short_fit_state(state, optimizer, settings, self.params)
         lengths = np.full(X.shape[0], X.shape[1], np.intp)
         return self.trainer(X, Y, lengths, h0, batch_size, state, 1.0, None).run_data, state
 
@@ -202,15 +208,17 @@ class _ReferenceRecurrent:
         grads = [d_input_weight, d_recurrent_weight, d_bias, d_readout_weight, d_readout_bias]
         return loss * rescale, grads, final
 
-    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
-        return _ReferenceTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm)
+    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0):
+        return _ReferenceTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
+                                 weight_decay)
 
 
 class _ReferenceTrainer(ReferenceTrainer):
     """ReferenceTrainer on the STM's batches; final_states: each sequence's
     final state, from the latest epoch."""
 
-    def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm):
+    def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
+                 weight_decay):
         final_states = np.zeros((X.shape[0], network.n_hidden), X.dtype)
         n_valid = int(lengths.sum()) if network.return_sequences else X.shape[0]
 
@@ -222,7 +230,8 @@ class _ReferenceTrainer(ReferenceTrainer):
             return loss * n_batch * network.n_out, grads
 
         super().__init__(network.params, batch, X.shape[0], n_valid * network.n_out, batch_size,
-                         optimizer, lr, clip_norm, carried=[final_states])
+                         optimizer, lr, clip_norm, carried=[final_states],
+                         weight_decay=weight_decay)
         self.final_states = final_states
 
 
@@ -718,13 +727,16 @@ class STM(Model):
                 np.ones(n_streams, np.intp))
         return outputs.reshape(n_streams, self._n_out)
 
-    def loss(self, X: ArrayLike, Y: ArrayLike, *, lengths: ArrayLike | None = None) -> float:
+    def loss(self, X: ArrayLike, Y: ArrayLike, *, lengths: ArrayLike | None = None,
+             weight_decay: float = 0.0) -> float:
         """Mean squared error over the valid outputs.
 
         ``sum((predict(X) - Y)**2) / (n_valid * n_out)``, where the sum runs
         over valid outputs only: with ``return_sequences``, the steps
         ``t < lengths[i]`` of each sequence (n_valid = sum(lengths)); else
         one output per sequence (n_valid = n_samples). 0 when nothing is valid.
+        With weight_decay, plus ``weight_decay / 2`` times the sum of the
+        squared weights Wx, Wh and W_out (not the biases).
 
         Parameters
         ----------
@@ -732,6 +744,8 @@ class STM(Model):
         Y : array-like shaped like :meth:`predict`'s result; the last axis
             may be left out when n_out == 1. Padded steps are ignored.
         lengths : array-like of int, shape (n_samples,), optional
+        weight_decay : float >= 0, default 0.0
+            The L2 penalty's coefficient, as :meth:`fit` takes it.
 
         Returns
         -------
@@ -748,19 +762,22 @@ class STM(Model):
         """
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
+        weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
         with self._lock.reading():
             outputs, _ = self._network.predict(X, self._initial_state(X.shape[0]), lengths)
+            penalty = weight_penalty(self._params, weight_decay)
         n_valid = int(lengths.sum()) if self._return_sequences else X.shape[0]
         diff = outputs - Y
-        return float(np.vdot(diff, diff)) / max(1, n_valid * self._n_out)
+        return float(np.vdot(diff, diff)) / max(1, n_valid * self._n_out) + penalty
 
     def gradients(self, X: ArrayLike, Y: ArrayLike, *, lengths: ArrayLike | None = None,
-                  ) -> dict[str, NDArray[Any]]:
-        """Gradient of :meth:`loss` with respect to every parameter.
+                  weight_decay: float = 0.0) -> dict[str, NDArray[Any]]:
+        """Gradient of :meth:`loss` with respect to every parameter: with
+        weight_decay, each weight's gains ``weight_decay * W``.
 
         Parameters
         ----------
-        X, Y, lengths : as for :meth:`loss`
+        X, Y, lengths, weight_decay : as for :meth:`loss`
 
         Returns
         -------
@@ -780,12 +797,16 @@ class STM(Model):
         """
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
+        weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
         with self._lock.reading():
             _, grads = self._network.gradients(X, Y, self._initial_state(X.shape[0]), lengths)
+            add_weight_decay(grads, self._params, weight_decay)
         return self._named(grads)
 
     def fit(self, X: ArrayLike, Y: ArrayLike, *, epochs: int, lr: float,
             batch_size: int | None = None, optimizer: str = "sgd",
+            momentum: float = MOMENTUM, nesterov: bool = False, beta1: float = ADAM_BETA1,
+            beta2: float = ADAM_BETA2, eps: float = ADAM_EPS, weight_decay: float = 0.0,
             clip_norm: float | None = None, shuffle: bool = True,
             seed: int | np.random.Generator | None = None,
             callback: Callable[[int, float], bool | None] | None = None,
@@ -807,10 +828,17 @@ class STM(Model):
         optimizer : {"sgd", "momentum", "adam"}, default "sgd"
             As for :meth:`lgmstm.LGM.fit`; the moments and step count start
             from zero unless ``warm_start``.
+        momentum, nesterov, beta1, beta2, eps
+            The optimizer's settings, as for :meth:`lgmstm.LGM.fit`.
+        weight_decay : float >= 0, default 0.0
+            L2 regularisation of the weights Wx, Wh and W_out (not the
+            biases), as for :meth:`lgmstm.LGM.fit`: the loss gains
+            ``weight_decay / 2 * sum(W**2)``, every update adds
+            ``weight_decay * W`` to a weight's gradient, after clipping.
         clip_norm : float > 0 or None, default None
-            When the global norm of the gradient (all parameters together)
-            exceeds clip_norm, scale the gradient down to that norm before
-            the update.
+            When the global norm of the gradient (all parameters together,
+            before weight decay) exceeds clip_norm, scale the gradient down
+            to that norm before the update.
         shuffle : bool, default True
             Visit the sequences in a new random order each epoch (only matters
             with mini-batches).
@@ -846,8 +874,11 @@ class STM(Model):
             A hyper-parameter of the wrong type, a non-callable callback, or
             X/Y not arrays of real numbers.
         ValueError
-            Empty, non-finite or misshapen data or lengths; epochs < 0; lr or
-            clip_norm not finite and > 0; batch_size < 1; an unknown optimizer.
+            Empty, non-finite or misshapen data or lengths; epochs < 0; lr,
+            eps or clip_norm not finite and > 0; momentum, beta1 or beta2
+            outside [0, 1); weight_decay negative or not finite;
+            nesterov=True with another optimizer than "momentum";
+            batch_size < 1; an unknown optimizer.
         RuntimeError
             Another thread is training this model.
         TrainingInterrupted (a KeyboardInterrupt)
@@ -867,7 +898,8 @@ class STM(Model):
         if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
                 and seed is None and lengths is None:
             losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
-                                     warm_start)
+                                     warm_start, (momentum, nesterov, beta1, beta2, eps),
+                                     weight_decay)
             if losses is not None:
                 return losses
         X, lengths = self._inputs(X, lengths)
@@ -875,7 +907,8 @@ class STM(Model):
         plan = plan_fit(self._rng, X, Y, sample="sequence", epochs=epochs, lr=lr,
                         batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
                         shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,
-                        warm_start=warm_start)
+                        warm_start=warm_start, momentum=momentum, nesterov=nesterov,
+                        beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
         if self._output == "tanh" and beyond_tanh(Y):
             warn_beyond_tanh(Y)
 
@@ -887,11 +920,14 @@ class STM(Model):
             self, plan,
             lambda state: self._network.trainer(X, Y, lengths, self._initial_state(X.shape[0]),
                                                 plan.batch_size, state, plan.lr,
-                                                plan.clip_norm),
+                                                plan.clip_norm, plan.weight_decay),
             callback, finish=keep_final_states)
 
     def partial_fit(self, X: ArrayLike, Y: ArrayLike, *, lr: float,
                     batch_size: int | None = None, optimizer: str = "sgd",
+                    momentum: float = MOMENTUM, nesterov: bool = False,
+                    beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2, eps: float = ADAM_EPS,
+                    weight_decay: float = 0.0,
                     clip_norm: float | None = None, shuffle: bool = True,
                     seed: int | np.random.Generator | None = None,
                     lengths: ArrayLike | None = None) -> STM:
@@ -912,14 +948,17 @@ class STM(Model):
         working memory too).
         """
         if seed is None and lengths is None and self._short_fit(
-                X, Y, lr, batch_size, optimizer, clip_norm, shuffle, True) is not None:
+                X, Y, lr, batch_size, optimizer, clip_norm, shuffle, True,
+                (momentum, nesterov, beta1, beta2, eps), weight_decay) is not None:
             return self
         self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                 clip_norm=clip_norm, shuffle=shuffle, seed=seed, lengths=lengths,
+                 momentum=momentum, nesterov=nesterov, beta1=beta1, beta2=beta2, eps=eps,
+                 weight_decay=weight_decay, clip_norm=clip_norm, shuffle=shuffle, seed=seed, lengths=lengths,
                  warm_start=True)
         return self
 
-    def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start):
+    def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
+                   settings, weight_decay):
         """One epoch on the short fit's path (see _train.Program.fit_ready):
         its losses (also history_; a stateful model keeps the final
         states), or None for the checked path."""
@@ -928,9 +967,11 @@ class STM(Model):
             if type(X) is not np.ndarray or X.ndim != 3:
                 return None
             final = np.empty((X.shape[0], self._n_hidden), self._dtype)
+        momentum, nesterov, beta1, beta2, eps = settings
         losses = self._network.fit_ready(
             self, X, Y, self._state if self._stateful else None, final, lr, batch_size,
-            optimizer, clip_norm, shuffle, warm_start)
+            optimizer, clip_norm, shuffle, warm_start, momentum, nesterov, beta1, beta2, eps,
+            weight_decay)
         if losses is not None:
             self.history_ = losses
             if self._stateful:

@@ -496,8 +496,10 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef floating **panel_rows = NULL
     cdef floating *next_rows
     cdef Optimizer *optimizer = &run.optimizer
-    cdef bint sgd = optimizer.kind == SGD and run.clip_norm == 0
-    # SGD is fused into the backward pass; the others update after it.
+    cdef bint sgd = (optimizer.kind == SGD and run.clip_norm == 0
+                     and optimizer.weight_decay == 0)
+    # Plain SGD is fused into the backward pass; the others (and SGD with
+    # clipping or weight decay) update after it.
     plan = plan_of(run, order, epoch_losses, n_epochs, n_samples, n_samples * n_out, sgd)
     batches.itemsize = sizeof(floating)
     batches.params = network.params.data

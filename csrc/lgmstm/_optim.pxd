@@ -1,8 +1,11 @@
 # Optimizers with their moments, and gradient clipping. Element-wise, in
 # fixed blocks (see _parallel.pxd); the clipping norm is summed in one order.
 #
+# A weight first takes its decay into the gradient: grad += weight_decay param
+# (biases never; after clipping, as torch.optim's weight_decay). Then:
 # sgd:      param -= lr grad
 # momentum: m = momentum m + grad;  param -= lr m
+#           (nesterov: param -= lr (grad + momentum m), with the new m)
 # adam:     m = b1 m + (1 - b1) grad;  v = b2 v + (1 - b2) grad^2
 #           param -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 # m and v are the first and second moments; t counts updates from 1.
@@ -23,7 +26,9 @@ cdef struct Optimizer:
     int kind
     double lr
     double momentum
+    bint nesterov
     double beta1, beta2, eps
+    double weight_decay   # L2 on the weights: the loss gains weight_decay / 2 sum(W^2)
     long long step        # updates done so far (adam's bias correction)
 
 
@@ -35,8 +40,9 @@ cdef inline floating root(floating x) noexcept nogil:
 
 
 cdef inline void optimizer_block(
-        Py_ssize_t block, floating *param, const floating *grad, floating *first_moment,
-        floating *second_moment, Py_ssize_t n, const Optimizer *optimizer) noexcept nogil:
+        Py_ssize_t block, floating *param, floating *grad, floating *first_moment,
+        floating *second_moment, Py_ssize_t n, const Optimizer *optimizer,
+        bint decayed) noexcept nogil:
     cdef Py_ssize_t i
     cdef Py_ssize_t start = block * BLOCK_ELEMS
     cdef Py_ssize_t stop = min(start + BLOCK_ELEMS, n)
@@ -49,9 +55,17 @@ cdef inline void optimizer_block(
     cdef floating correction1 = <floating> (1.0 - optimizer.beta1 ** optimizer.step)
     cdef floating correction2 = <floating> (1.0 - optimizer.beta2 ** optimizer.step)
     cdef floating eps = <floating> optimizer.eps
+    cdef floating decay = <floating> optimizer.weight_decay
+    if decayed and optimizer.weight_decay != 0:
+        for i in range(start, stop):
+            grad[i] = grad[i] + decay * param[i]
     if optimizer.kind == SGD:
         for i in range(start, stop):
             param[i] = param[i] - lr * grad[i]
+    elif optimizer.kind == MOMENTUM and optimizer.nesterov:
+        for i in range(start, stop):
+            first_moment[i] = mu * first_moment[i] + grad[i]
+            param[i] = param[i] - lr * (grad[i] + mu * first_moment[i])
     elif optimizer.kind == MOMENTUM:
         for i in range(start, stop):
             first_moment[i] = mu * first_moment[i] + grad[i]
@@ -65,21 +79,24 @@ cdef inline void optimizer_block(
 
 
 cdef inline void optimizer_step(floating *param,           # INOUT (n,)
-                                const floating *grad,      # IN (n,)
+                                floating *grad,            # IN (n,); scratch when decayed
                                 floating *first_moment,    # INOUT (n,), momentum and adam
                                 floating *second_moment,   # INOUT (n,), adam
                                 Py_ssize_t n, const Optimizer *optimizer,
-                                int n_threads) noexcept nogil:
-    """One update of n parameters (see above), optimizer.step already counted."""
+                                bint decayed, int n_threads) noexcept nogil:
+    """One update of n parameters (see above), optimizer.step already counted;
+    decayed: a weight, which takes optimizer.weight_decay (a bias does not)."""
     cdef Py_ssize_t n_blocks = n_tasks(n, BLOCK_ELEMS)
     cdef int n_used = threads_for(n_threads, n_blocks, 8.0 * n)
     cdef Py_ssize_t block
     if n_used == 1:
         for block in range(n_blocks):
-            optimizer_block(block, param, grad, first_moment, second_moment, n, optimizer)
+            optimizer_block(block, param, grad, first_moment, second_moment, n, optimizer,
+                            decayed)
     else:
         for block in prange(n_blocks, num_threads=n_used, schedule='static'):
-            optimizer_block(block, param, grad, first_moment, second_moment, n, optimizer)
+            optimizer_block(block, param, grad, first_moment, second_moment, n, optimizer,
+                            decayed)
 
 
 cdef inline void clip_gradients(floating **grads,            # INOUT

@@ -30,6 +30,7 @@ cdef class TrainingRun:
     cdef readonly PointerTable grads, first_moments, second_moments, workspace
     cdef readonly Py_ssize_t batch_size
     cdef readonly double clip_norm
+    cdef readonly object decayed   # uint8 (n_params,): 1 for a weight, which decays
     cdef Optimizer optimizer
 
 
@@ -39,6 +40,7 @@ cdef struct Parameters:
     void **first_moments     # INOUT (momentum, adam), or any valid pointers
     void **second_moments    # INOUT (adam), or any valid pointers
     const Py_ssize_t *counts # values per parameter
+    const unsigned char *decayed  # per parameter: 1 for a weight (weight decay), 0 a bias
     Py_ssize_t n_params
     size_t itemsize          # 4 (float32) or 8 (float64)
 
@@ -96,6 +98,7 @@ cdef class Program:
     cdef TrainingRun short_run
     cdef object short_state
     cdef object short_optimizer
+    cdef object short_settings   # (momentum, nesterov, beta1, beta2, eps)
     cdef Py_ssize_t short_samples, short_steps, short_batch
     cdef PointerTable trained, saved  # params and moments, and a copy of them
 

@@ -7,6 +7,7 @@ nogil code can use) and TrainingRun (the data and plan of one fit).
         loss += step(batch)                 the program: forward, loss, backward
         clip the gradients' global norm     when clip_norm > 0
         optimizer.step += 1; update every parameter with its moments
+                                            (a weight's decay added to its gradient)
     epoch_losses[epoch] = loss / loss_denominator
 """
 cimport cython
@@ -260,13 +261,17 @@ cdef class TrainingRun:
     the parameters; first_moments, second_moments: INOUT optimizer
     moments (any valid arrays where the optimizer has none); workspace:
     the program's scratch arrays, in the order the program documents.
-    optimizer: the code of lgmstm._training's optimizer table; step: the
-    updates done so far, which training advances.
+    optimizer: the code of lgmstm._training's optimizer table, with its
+    settings (lr, momentum, nesterov, beta1, beta2, eps) and weight_decay,
+    applied to the parameters flagged in decayed (one flag per parameter,
+    True for a weight; None: none); step: the updates done so far, which
+    training advances.
     """
 
     def __cinit__(self, *, X, Y, grads, first_moments, second_moments, workspace,
                   Py_ssize_t batch_size, int optimizer, double lr, double momentum,
-                  double beta1, double beta2, double eps, double clip_norm=0,
+                  double beta1, double beta2, double eps, bint nesterov=False,
+                  double weight_decay=0, decayed=None, double clip_norm=0,
                   long long step=0, lengths=None, initial_states=None,
                   final_states=None):
         self.X, self.Y = X, Y
@@ -284,7 +289,19 @@ cdef class TrainingRun:
         self.optimizer.beta1 = beta1
         self.optimizer.beta2 = beta2
         self.optimizer.eps = eps
+        self.optimizer.nesterov = nesterov
+        self.optimizer.weight_decay = weight_decay
         self.optimizer.step = step
+        self.decayed = np.zeros(self.grads.count, np.uint8)
+        if decayed is not None:
+            if len(decayed) != self.grads.count:
+                raise ValueError(f"decayed needs one flag per parameter ({self.grads.count}), "
+                                 f"got {len(decayed)}")
+            self.decayed[...] = np.asarray(decayed, dtype=bool)
+
+    @property
+    def weight_decay(self):
+        return self.optimizer.weight_decay
 
     @property
     def step(self):
@@ -326,6 +343,7 @@ cdef Parameters parameters_of(PointerTable values, TrainingRun run, const Py_ssi
     parameters.first_moments = run.first_moments.data
     parameters.second_moments = run.second_moments.data
     parameters.counts = counts
+    parameters.decayed = <const unsigned char *> cnp.PyArray_DATA(<cnp.ndarray> run.decayed)
     parameters.n_params = values.count
     parameters.itemsize = itemsize
     return parameters
@@ -357,13 +375,15 @@ cdef void update(const Parameters *parameters, const Optimizer *optimizer,
                            <double *> parameters.grads[param],
                            <double *> parameters.first_moments[param],
                            <double *> parameters.second_moments[param],
-                           parameters.counts[param], optimizer, n_threads)
+                           parameters.counts[param], optimizer, parameters.decayed[param],
+                           n_threads)
         else:
             optimizer_step(<float *> parameters.values[param],
                            <float *> parameters.grads[param],
                            <float *> parameters.first_moments[param],
                            <float *> parameters.second_moments[param],
-                           parameters.counts[param], optimizer, n_threads)
+                           parameters.counts[param], optimizer, parameters.decayed[param],
+                           n_threads)
 
 
 cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters,
@@ -453,7 +473,8 @@ cdef class Program:
         raise NotImplementedError
 
     def fit_ready(self, model, X, Y, h0, final_states, lr, batch_size, optimizer,
-                  clip_norm, shuffle, warm_start):
+                  clip_norm, shuffle, warm_start, momentum, nesterov, beta1, beta2, eps,
+                  weight_decay):
         """The losses (shape (1,)) of one epoch of training on (X, Y), or
         None when the caller must take its checked path: the short fit of
         partial_fit and fit(epochs=1).
@@ -465,9 +486,12 @@ cdef class Program:
         from ``model._rng`` as the checked path does. The optimizer state is the model's
         (``model._optimizer_state``), with the rules of
         lgmstm._training.train_model; the TrainingRun for it is made once
-        by ``run_factory(X, Y, h0, batch_size, state or None for a fresh
-        one, optimizer)`` -> (run, state) and kept for the next calls with
-        the same shapes and state. A non-finite loss or parameter restores
+        by ``run_factory(X, Y, h0, batch_size, state to continue or None,
+        optimizer, settings)`` -> (run, state), settings being (momentum,
+        nesterov, beta1, beta2, eps) and state a fresh one unless the one
+        given continues with them; the run is kept for the next calls with
+        the same shapes, settings and state (weight_decay and clip_norm are
+        set per call). A non-finite loss or parameter restores
         the parameters and optimizer state and returns None: the checked
         path then trains the epoch again and warns. final_states: None, or
         an array (n_samples, n_hidden) of the model's dtype, C-contiguous,
@@ -476,7 +500,7 @@ cdef class Program:
         cdef cnp.ndarray array
         cdef cnp.npy_intp dims[2]
         cdef Py_ssize_t n_samples, n_steps, batch, limit, i
-        cdef double rate, clip = 0
+        cdef double rate, clip = 0, decay, mu, b1, b2, epsilon
         cdef double loss = 0
         cdef TrainingRun run
         cdef object state, losses, order = None
@@ -490,6 +514,16 @@ cdef class Program:
         rate = lr
         if not (rate > 0 and isfinite(rate)):
             return None
+        if not (isinstance(momentum, float) and isinstance(beta1, float)
+                and isinstance(beta2, float) and isinstance(eps, float)
+                and isinstance(weight_decay, float)
+                and (nesterov is False or (nesterov is True and optimizer == "momentum"))):
+            return None
+        mu, b1, b2, epsilon, decay = momentum, beta1, beta2, eps, weight_decay
+        if not (0 <= mu < 1 and 0 <= b1 < 1 and 0 <= b2 < 1 and epsilon > 0
+                and isfinite(epsilon) and decay >= 0 and isfinite(decay)):
+            return None
+        settings = (mu, nesterov, b1, b2, epsilon)
         if clip_norm is not None:
             if not isinstance(clip_norm, float):
                 return None
@@ -516,18 +550,18 @@ cdef class Program:
             state = model._optimizer_state
             hit = (state is not None and state is self.short_state
                    and optimizer == self.short_optimizer and n_samples == self.short_samples
-                   and n_steps == self.short_steps and batch == self.short_batch)
+                   and n_steps == self.short_steps and batch == self.short_batch
+                   and settings == self.short_settings)
             if hit and not warm_start:
                 # A fresh state, made in place: zero moments, no step done.
                 for i in range(self.params.count, self.trained.count):
                     memset(self.trained.data[i], 0, array_bytes(self.trained.arrays[i]))
                 state.step = 0
             elif not hit:
-                if not (warm_start and state is not None and state.continued_by(optimizer)):
-                    state = None
-                run, state = self.run_factory(X, Y, h0, batch, state, optimizer)
+                run, state = self.run_factory(X, Y, h0, batch, state if warm_start else None,
+                                              optimizer, settings)
                 self.short_run, self.short_state = run, state
-                self.short_optimizer = optimizer
+                self.short_optimizer, self.short_settings = optimizer, settings
                 self.short_samples, self.short_steps, self.short_batch = n_samples, n_steps, batch
                 self.trained = PointerTable(
                     self.params.arrays + [a for arrays in state.moments for a in arrays])
@@ -537,6 +571,7 @@ cdef class Program:
             run.X, run.Y, run.initial_states, run.final_states = X, Y, h0, final_states
             run.clip_norm = clip
             run.optimizer.lr = rate
+            run.optimizer.weight_decay = decay
             run.optimizer.step = state.step
             for i in range(self.trained.count):
                 memcpy(self.saved.data[i], self.trained.data[i],
