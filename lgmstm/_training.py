@@ -497,7 +497,8 @@ class CompiledTrainer:
             second_moments=second_moments, workspace=workspace, batch_size=batch_size,
             optimizer=OPTIMIZERS[optimizer.name].code, lr=lr, momentum=MOMENTUM,
             beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, clip_norm=clip_norm or 0.0,
-            step=optimizer.step, lengths=lengths, initial_states=initial_states, final_states=final_states)
+            step=optimizer.step, lengths=lengths, initial_states=initial_states,
+            final_states=final_states, program=network.program)
 
     @property
     def step(self) -> int:

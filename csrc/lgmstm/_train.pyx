@@ -16,7 +16,7 @@ from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from lgmstm._omp cimport lgmstm_omp_max_threads
+from lgmstm._omp cimport lgmstm_omp_max_threads, lgmstm_omp_wtime
 from lgmstm._optim cimport ADAM, MOMENTUM, SGD, Optimizer, clip_gradients, optimizer_step
 from lgmstm._panel cimport panel_calloc
 from lgmstm._parallel cimport BLAS_THREADING_WORK as _BLAS_THREADING_WORK
@@ -261,15 +261,22 @@ cdef class TrainingRun:
     moments (any valid arrays where the optimizer has none); workspace:
     the program's scratch arrays, in the order the program documents.
     optimizer: the code of lgmstm._training's optimizer table; step: the
-    updates done so far, which training advances.
+    updates done so far, which training advances. program: the model's
+    Program, whose choice of thread count (see run_epochs) the run uses and
+    keeps for the model's next fits; None: the run's own.
     """
 
     def __cinit__(self, *, X, Y, grads, first_moments, second_moments, workspace,
                   Py_ssize_t batch_size, int optimizer, double lr, double momentum,
                   double beta1, double beta2, double eps, double clip_norm=0,
                   long long step=0, lengths=None, initial_states=None,
-                  final_states=None):
+                  final_states=None, program=None):
         self.X, self.Y = X, Y
+        if isinstance(program, Program):
+            self.choice_owner = program
+            self.thread_choice = &(<Program> program).thread_choice
+        else:
+            self.thread_choice = &self.own_choice
         self.lengths, self.initial_states, self.final_states = (
             lengths, initial_states, final_states)
         self.grads = PointerTable(grads)
@@ -345,6 +352,7 @@ cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t *order, double *epoc
     plan.step_updates = step_updates
     plan.loss_denominator = loss_denominator
     plan.epoch_losses = epoch_losses
+    plan.threads = run.thread_choice
     return plan
 
 
@@ -366,15 +374,16 @@ cdef void update(const Parameters *parameters, const Optimizer *optimizer,
                            parameters.counts[param], optimizer, n_threads)
 
 
-cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters,
-                     const TrainingPlan *plan, Optimizer *optimizer,
-                     int n_threads) noexcept nogil:
-    """plan.n_epochs epochs of mini-batches; advances optimizer.step."""
+cdef double train_epochs(BatchStep step, void *program, const Parameters *parameters,
+                         const TrainingPlan *plan, Optimizer *optimizer, Py_ssize_t first,
+                         Py_ssize_t stop, int n_threads) noexcept nogil:
+    """Epochs first .. stop - 1 of the plan on n_threads; returns their seconds."""
     cdef Py_ssize_t n_batches = (plan.n_samples + plan.batch_size - 1) // plan.batch_size
     cdef Py_ssize_t epoch, batch, start, n_rows
     cdef const Py_ssize_t *rows
     cdef double summed_loss
-    for epoch in range(plan.n_epochs):
+    cdef double started = lgmstm_omp_wtime()
+    for epoch in range(first, stop):
         summed_loss = 0
         for batch in range(n_batches):
             start = batch * plan.batch_size
@@ -394,6 +403,90 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
             if not plan.step_updates:
                 update(parameters, optimizer, n_threads)
         plan.epoch_losses[epoch] = summed_loss / plan.loss_denominator
+    return lgmstm_omp_wtime() - started
+
+
+cdef enum:
+    MANY = 0  # ThreadChoice's arms: all the kernel threads,
+    ONE = 1   # or one
+
+# A slice of epochs lasts about this long (at least an epoch): long enough
+# to time, short enough that timing the slower arm costs little.
+cdef double SLICE_SECONDS = 2e-4
+# The slower arm is timed again after the faster has trained 1 / PROBE_SHARE
+# times as long as that takes: it costs at most about PROBE_SHARE of the time.
+cdef double PROBE_SHARE = 0.05
+# The arm in use keeps its place unless the other was this much faster.
+cdef double SWITCH_MARGIN = 0.05
+
+
+cdef inline Py_ssize_t slice_epochs(const ThreadChoice *choice, int arm) noexcept nogil:
+    if choice.seconds[arm] == 0:
+        return 1
+    return max(1, min(<Py_ssize_t> (SLICE_SECONDS / choice.seconds[arm]), 1 << 20))
+
+
+cdef inline bint probe_due(const ThreadChoice *choice) noexcept nogil:
+    cdef double other = choice.seconds[ONE - choice.current]
+    return other == 0 or choice.since_probe * PROBE_SHARE >= max(other, SLICE_SECONDS)
+
+
+cdef void record_slice(ThreadChoice *choice, int arm, double per_epoch,
+                       double seconds) noexcept nogil:
+    """Take a slice's time per epoch on arm (and its seconds); choose the next arm."""
+    cdef int other = ONE - choice.current
+    cdef double previous = choice.seconds[arm]
+    if arm == choice.current:
+        # Halfway towards the new time: one slow slice does not decide.
+        choice.seconds[arm] = per_epoch if previous == 0 else 0.5 * (previous + per_epoch)
+        choice.since_probe += seconds
+        if choice.seconds[other] != 0 and per_epoch > choice.seconds[other]:
+            # Slower than the other arm was: time it again now (the machine
+            # got busier, or quieter, since).
+            choice.since_probe = 1e300
+        return
+    choice.seconds[arm] = per_epoch
+    choice.since_probe = 0
+    if per_epoch < (1 - SWITCH_MARGIN) * choice.seconds[choice.current]:
+        choice.current = arm
+
+
+cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters,
+                     const TrainingPlan *plan, Optimizer *optimizer,
+                     int n_threads) noexcept nogil:
+    """plan.n_epochs epochs of mini-batches; advances optimizer.step.
+
+    On several threads the epochs go in slices of about SLICE_SECONDS,
+    each on all n_threads (MANY) or on one (ONE), whichever plan.threads
+    last found faster, and now and then a slice times the other. A thread
+    that the machine does not run when a parallel region needs it (other
+    processes have the cores) makes the region wait for it, and a
+    multithreaded epoch can then take many times a one-thread epoch: the
+    fit goes on one thread while that lasts, and back on n_threads once
+    they pay again. The results are the same: the thread count never
+    changes what is computed (see _parallel.pxd).
+    """
+    cdef ThreadChoice *choice = plan.threads
+    cdef Py_ssize_t epoch = 0, stop
+    cdef double seconds
+    cdef int arm
+    if n_threads <= 1 or choice == NULL:
+        train_epochs(step, program, parameters, plan, optimizer, 0, plan.n_epochs, n_threads)
+        return
+    if (choice.n_threads != n_threads or choice.n_samples != plan.n_samples
+            or choice.batch_size != plan.batch_size):
+        # Times of other epochs (or none): MANY is timed first, then ONE.
+        memset(choice, 0, sizeof(ThreadChoice))
+        choice.n_threads, choice.current = n_threads, MANY
+        choice.n_samples, choice.batch_size = plan.n_samples, plan.batch_size
+    while epoch < plan.n_epochs:
+        arm = ONE - choice.current if probe_due(choice) and choice.seconds[choice.current] != 0 \
+            else choice.current
+        stop = min(plan.n_epochs, epoch + slice_epochs(choice, arm))
+        seconds = train_epochs(step, program, parameters, plan, optimizer, epoch, stop,
+                               n_threads if arm == MANY else 1)
+        record_slice(choice, arm, seconds / (stop - epoch), seconds)
+        epoch = stop
 
 
 @cython.auto_pickle(False)
