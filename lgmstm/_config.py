@@ -38,7 +38,7 @@ KERNEL_FLAGS = ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2
 def cpu_info():
     """The CPU: {"vendor", "model", "cores" (this process's), "flags" (those of
     KERNEL_FLAGS it has, None where /proc/cpuinfo cannot be read)}."""
-    fields = {}
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
