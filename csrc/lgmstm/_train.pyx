@@ -440,9 +440,9 @@ cdef void record_slice(ThreadChoice *choice, int arm, double per_epoch,
         # Halfway towards the new time: one slow slice does not decide.
         choice.seconds[arm] = per_epoch if previous == 0 else 0.5 * (previous + per_epoch)
         choice.since_probe += seconds
-        if choice.seconds[other] != 0 and per_epoch > choice.seconds[other]:
-            # Slower than the other arm was: time it again now (the machine
-            # got busier, or quieter, since).
+        if choice.seconds[other] != 0 and choice.seconds[arm] > choice.seconds[other]:
+            # Slower, smoothed, than the other arm was: time it again now
+            # (the machine got busier, or quieter, since).
             choice.since_probe = 1e300
         return
     choice.seconds[arm] = per_epoch
