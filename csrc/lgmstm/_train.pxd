@@ -30,6 +30,7 @@ cdef struct ThreadChoice:
     double seconds[2]          # the last time per epoch on [MANY, ONE]; 0: not yet timed
     double since_probe         # seconds on `current` since the other was last timed
     int current                # MANY or ONE
+    int wins                   # probes of the other in a row that beat `current`
     # What the times are for: MANY's thread count, and the epochs' shape
     int n_threads
     Py_ssize_t n_samples, batch_size

@@ -416,8 +416,10 @@ cdef double SLICE_SECONDS = 2e-4
 # The slower arm is timed again after the faster has trained 1 / PROBE_SHARE
 # times as long as that takes: it costs at most about PROBE_SHARE of the time.
 cdef double PROBE_SHARE = 0.05
-# The arm in use keeps its place unless the other was this much faster.
+# The arm in use keeps its place unless the other was this much faster, in
+# SWITCH_WINS probes in a row.
 cdef double SWITCH_MARGIN = 0.05
+cdef int SWITCH_WINS = 2
 
 
 cdef inline Py_ssize_t slice_epochs(const ThreadChoice *choice, int arm) noexcept nogil:
@@ -447,7 +449,15 @@ cdef void record_slice(ThreadChoice *choice, int arm, double per_epoch,
         return
     choice.seconds[arm] = per_epoch
     choice.since_probe = 0
-    if per_epoch < (1 - SWITCH_MARGIN) * choice.seconds[choice.current]:
+    if per_epoch >= (1 - SWITCH_MARGIN) * choice.seconds[choice.current]:
+        choice.wins = 0
+    elif choice.wins + 1 < SWITCH_WINS:
+        # Faster once: time it again at once before switching (on a busy
+        # machine the threads are now and then all running, by chance).
+        choice.wins += 1
+        choice.since_probe = 1e300
+    else:
+        choice.wins = 0
         choice.current = arm
 
 
