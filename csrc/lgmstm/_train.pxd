@@ -27,8 +27,8 @@ cdef class UseLock:
 cdef struct ThreadChoice:
     # Whether the coming epochs train on all the kernel threads (MANY) or on
     # one (ONE): whichever was faster when last timed (see run_epochs).
-    double seconds[2]          # the last time per epoch on [MANY, ONE]; 0: not yet timed
-    double since_probe         # seconds on `current` since the other was last timed
+    double seconds[2]          # the smoothed time per epoch on [MANY, ONE]; 0: not yet timed
+    double credit              # seconds that probes of the other arm may spend now
     int current                # MANY or ONE
     int wins                   # probes of the other in a row that beat `current`
     # What the times are for: MANY's thread count, and the epochs' shape

@@ -413,8 +413,8 @@ cdef enum:
 # A slice of epochs lasts about this long (at least an epoch): long enough
 # to time, short enough that timing the slower arm costs little.
 cdef double SLICE_SECONDS = 2e-4
-# The slower arm is timed again after the faster has trained 1 / PROBE_SHARE
-# times as long as that takes: it costs at most about PROBE_SHARE of the time.
+# Probes of the arm not in use spend a credit that grows by this share of
+# the time trained on the arm in use: they cost at most about that share.
 cdef double PROBE_SHARE = 0.05
 # The arm in use keeps its place unless the other was this much faster, in
 # SWITCH_WINS probes in a row.
@@ -428,37 +428,47 @@ cdef inline Py_ssize_t slice_epochs(const ThreadChoice *choice, int arm) noexcep
     return max(1, min(<Py_ssize_t> (SLICE_SECONDS / choice.seconds[arm]), 1 << 20))
 
 
-cdef inline bint probe_due(const ThreadChoice *choice) noexcept nogil:
-    cdef double other = choice.seconds[ONE - choice.current]
-    return other == 0 or choice.since_probe * PROBE_SHARE >= max(other, SLICE_SECONDS)
+cdef inline double smoothed(double previous, double latest) noexcept nogil:
+    # Halfway towards the latest time: one slow or lucky slice does not decide.
+    return latest if previous == 0 else 0.5 * (previous + latest)
+
+
+cdef int next_arm(const ThreadChoice *choice) noexcept nogil:
+    """The arm of the next slice: the one in use, or a probe of the other."""
+    cdef int other = ONE - choice.current
+    cdef double probe_cost = choice.seconds[other] * slice_epochs(choice, other)
+    if choice.seconds[choice.current] == 0:
+        return choice.current
+    if choice.seconds[other] == 0 or choice.wins > 0:
+        return other  # never timed, or faster once: time it (again)
+    if choice.seconds[choice.current] > choice.seconds[other]:
+        # Slower than the other was: the machine got busier, or quieter.
+        return other if choice.credit >= 0 else choice.current
+    return other if choice.credit >= probe_cost else choice.current
 
 
 cdef void record_slice(ThreadChoice *choice, int arm, double per_epoch,
                        double seconds) noexcept nogil:
-    """Take a slice's time per epoch on arm (and its seconds); choose the next arm."""
+    """Take a slice's time per epoch on arm (and its seconds)."""
     cdef int other = ONE - choice.current
-    cdef double previous = choice.seconds[arm]
+    cdef bint faster
     if arm == choice.current:
-        # Halfway towards the new time: one slow slice does not decide.
-        choice.seconds[arm] = per_epoch if previous == 0 else 0.5 * (previous + per_epoch)
-        choice.since_probe += seconds
-        if choice.seconds[other] != 0 and choice.seconds[arm] > choice.seconds[other]:
-            # Slower, smoothed, than the other arm was: time it again now
-            # (the machine got busier, or quieter, since).
-            choice.since_probe = 1e300
+        choice.seconds[arm] = smoothed(choice.seconds[arm], per_epoch)
+        # Enough credit for one probe at a time.
+        choice.credit = min(choice.credit + PROBE_SHARE * seconds,
+                            max(0.0, choice.seconds[other] * slice_epochs(choice, other)))
         return
-    choice.seconds[arm] = per_epoch
-    choice.since_probe = 0
-    if per_epoch >= (1 - SWITCH_MARGIN) * choice.seconds[choice.current]:
+    choice.credit -= seconds
+    faster = per_epoch < (1 - SWITCH_MARGIN) * choice.seconds[choice.current]
+    choice.seconds[arm] = smoothed(choice.seconds[arm], per_epoch)
+    if not faster:
         choice.wins = 0
     elif choice.wins + 1 < SWITCH_WINS:
-        # Faster once: time it again at once before switching (on a busy
-        # machine the threads are now and then all running, by chance).
         choice.wins += 1
-        choice.since_probe = 1e300
     else:
         choice.wins = 0
         choice.current = arm
+        choice.credit = 0
 
 
 cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters,
@@ -490,8 +500,7 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
         choice.n_threads, choice.current = n_threads, MANY
         choice.n_samples, choice.batch_size = plan.n_samples, plan.batch_size
     while epoch < plan.n_epochs:
-        arm = ONE - choice.current if probe_due(choice) and choice.seconds[choice.current] != 0 \
-            else choice.current
+        arm = next_arm(choice)
         stop = min(plan.n_epochs, epoch + slice_epochs(choice, arm))
         seconds = train_epochs(step, program, parameters, plan, optimizer, epoch, stop,
                                n_threads if arm == MANY else 1)
