@@ -460,7 +460,9 @@ cdef void record_slice(ThreadChoice *choice, int arm, double per_epoch,
         return
     choice.credit -= seconds
     faster = per_epoch < (1 - SWITCH_MARGIN) * choice.seconds[choice.current]
-    choice.seconds[arm] = smoothed(choice.seconds[arm], per_epoch)
+    # The other's time errs fast: one slow probe (a stall) must not put off
+    # the next for long; the credit bounds what probes cost anyway.
+    choice.seconds[arm] = min(per_epoch, smoothed(choice.seconds[arm], per_epoch))
     if not faster:
         choice.wins = 0
     elif choice.wins + 1 < SWITCH_WINS:
