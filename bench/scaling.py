@@ -2,6 +2,12 @@
 
     python bench/scaling.py [--max-threads N] [--repeats R]
 
+Threads go up to N, by default the cores this process may run on
+(lgmstm._threads.available_cores: its CPU affinity, else os.cpu_count()),
+1, 2, 4, ... and N itself. The first line names the CPU (vendor, model, the
+flags the kernel builds choose between, the builds picked) and the idle
+threads' wait policy.
+
 The lgm_step and stm_step of lgmstm.benchmarks at its SCALING_SIZES: the
 medium sizes of the benchmark grid, and batch-parallel ones big enough to
 give every thread several chunks. Each
@@ -10,13 +16,14 @@ thread, parallel efficiency. Run it on an otherwise idle machine; unset
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE where they are set.
 """
 import argparse
-import os
 import time
 
 import numpy as np
 
 import lgmstm
 from lgmstm import benchmarks
+from lgmstm._config import config_info, describe_cpu
+from lgmstm._threads import available_cores
 
 
 def compiled_step(size, dtype):
@@ -44,7 +51,7 @@ def seconds_per_step(train, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-threads", type=int, default=os.cpu_count())
+    parser.add_argument("--max-threads", type=int, default=available_cores())
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     counts = [1]
@@ -52,7 +59,9 @@ def main():
         counts.append(counts[-1] * 2)
     if counts[-1] != args.max_threads:
         counts.append(args.max_threads)
-    print(f"lgmstm {lgmstm.__version__}, {os.cpu_count()} cores")
+    config = config_info()
+    print(f"lgmstm {lgmstm.__version__}; CPU: {describe_cpu(config['cpu'])}; "
+          f"OpenMP waiting: {config['wait_policy']}")
     for size in benchmarks.SCALING_SIZES:
         for dtype in (np.float64, np.float32):
             name, train = compiled_step(size, dtype)

@@ -9,8 +9,11 @@
 - :mod:`lgmstm.sklearn`: scikit-learn estimators (needs scikit-learn).
 - :func:`set_num_threads`, :func:`show_config`, :func:`load`.
 """
+from ._waiting import spin_count_while_loading
+
 try:
-    from . import _lgm, _openmp, _stm  # noqa: F401  (compiled)
+    with spin_count_while_loading():  # before libgomp reads its environment
+        from . import _lgm, _openmp, _stm  # noqa: F401  (compiled)
 except ImportError as exc:  # pragma: no cover - depends on how it is run
     import os as _os
 

@@ -18,7 +18,7 @@ import numpy as np
 import lgmstm
 
 from . import benchmarks
-from ._config import show_config
+from ._config import describe_cpu, show_config
 from .datasets import load_diabetes, load_sunspots
 
 
@@ -336,6 +336,51 @@ def command_bench_dask(args):
     return 0
 
 
+def format_loaded_table(rows, threads):
+    """bench --loaded's rows (benchmarks.loaded_summary): a line per case, size and dtype."""
+    columns = ["case", "size", "dtype", "1t", f"{threads}t", f"{threads}t/1t", "target", "met"]
+    lines = [[row["case"], row["size"], row["dtype"], _format_seconds(row["seconds"]["1"]),
+              _format_seconds(row["seconds"][str(threads)]), f"{row['ratio']:.2f}",
+              f"<= {row['target']:g}", "met" if row["met"] else "MISSED"] for row in rows]
+    return _aligned(columns, lines)
+
+
+def command_bench_loaded(args, threads, dtypes):
+    """bench --loaded: the training steps on 1 and `threads` threads next to
+    a CPU-bound process of the benchmark's own (issue 13)."""
+    from ._config import config_info
+
+    items, notes = benchmarks.plan_loaded(quick=args.quick, dtypes=dtypes, threads=threads,
+                                          only=args.only or ())
+
+    def progress(done, total, label):
+        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
+
+    with benchmarks.cpu_load() as busy:
+        measurements = benchmarks.measure(items, target_seconds=0.02 if args.quick else 0.15,
+                                          repeats=3 if args.quick else 5, progress=progress,
+                                          across_threads=True)
+    rows = benchmarks.loaded_summary(measurements, threads)
+    config = config_info()
+    print(f"lgmstm {lgmstm.__version__} training steps under load: median time per step on 1 "
+          f"and {threads} thread(s) next to a CPU-bound process (a Python busy loop, pid "
+          f"{busy}); {threads}t/1t = the {threads}-thread time / the 1-thread time")
+    print(f"CPU: {describe_cpu(config['cpu'])}")
+    print(f"OpenMP waiting: {config['wait_policy']}")
+    if rows:
+        print(format_loaded_table(rows, threads))
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": config, "threads": threads, "quick": args.quick,
+                       "loaded": True, "rows": rows,
+                       "measurements": [m.to_dict() for m in measurements],
+                       "notes": notes}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def command_bench(args):
     if args.plot and _matplotlib_missing("bench"):
         return 1
@@ -346,6 +391,8 @@ def command_bench(args):
         return command_bench_dask(args)
     threads = args.threads or benchmarks.default_threads()
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
+    if args.loaded:
+        return command_bench_loaded(args, threads, dtypes)
     items, notes = benchmarks.plan(quick=args.quick, dtypes=dtypes, threads=threads,
                                    only=args.only or ())
 
@@ -365,6 +412,7 @@ def command_bench(args):
     print(f"lgmstm {lgmstm.__version__} benchmarks, median time per iteration on {threads} "
           f"thread(s); x peer = peer time / lgmstm time")
     print("GEMM peak (scipy BLAS): " + ", ".join(f"{d} {p:.3g} GFLOP/s" for d, p in peaks.items()))
+    print(f"CPU: {describe_cpu()}")
     if rows or not door:
         print(format_table(rows, threads))
     if door:
@@ -481,6 +529,11 @@ def build_parser(prog="python -m lgmstm"):
                        help="also write the results as JSON to PATH")
     bench.add_argument("--plot", type=_writable_path, metavar="PATH",
                        help="also plot the speed-ups to a PNG at PATH (needs lgmstm[plot])")
+    bench.add_argument("--loaded", action="store_true",
+                       help="instead: time the training steps (lgm_step, stm_step) on 1 and N "
+                            "threads next to a CPU-bound process of the benchmark's own, and "
+                            f"report N-thread / 1-thread time (target <= "
+                            f"{benchmarks.LOADED_TARGET:g})")
     commands.add_parser("info", help="print lgmstm.show_config()",
                         description="Print the version, OpenMP, SIMD, compiler and BLAS "
                                     "of this lgmstm (lgmstm.show_config()).")

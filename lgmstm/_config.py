@@ -5,8 +5,8 @@ import platform
 import sys
 import sysconfig
 
-from . import _openmp
-from ._threads import get_num_threads
+from . import _openmp, _waiting
+from ._threads import available_cores, get_num_threads
 from ._version import __version__
 
 __all__ = ["show_config"]
@@ -27,6 +27,40 @@ def _cpu_has(*flags):
     except OSError:
         pass
     return None
+
+
+# The CPU features the kernels' builds choose between (see _tanh_clone and
+# _openmp.panel_kernel_build), as /proc/cpuinfo names them.
+KERNEL_FLAGS = ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma",
+                "bmi1", "bmi2", "movbe")
+
+
+def cpu_info():
+    """The CPU: {"vendor", "model", "cores" (this process's), "flags" (those of
+    KERNEL_FLAGS it has, None where /proc/cpuinfo cannot be read)}."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = fields.get("flags")
+    return {
+        "vendor": fields.get("vendor_id") or platform.processor() or "unknown",
+        "model": fields.get("model name") or platform.machine() or "unknown",
+        "cores": available_cores(),
+        "flags": None if flags is None else [f for f in KERNEL_FLAGS if f in flags.split()],
+    }
+
+
+def describe_cpu(cpu=None):
+    """One line naming the CPU and the kernel builds it runs (for reports)."""
+    cpu = cpu or cpu_info()
+    flags = "unknown" if cpu["flags"] is None else " ".join(cpu["flags"]) or "none"
+    return (f"{cpu['vendor']} {cpu['model']}, {cpu['cores']} core(s); flags {flags}; "
+            f"tanh {_tanh_clone() or 'unknown'}, panels {_openmp.panel_kernel_build()}")
 
 
 def _tanh_clone():
@@ -83,6 +117,8 @@ def config_info():
         "openmp": _openmp.openmp_enabled(),
         "openmp_version": _openmp.openmp_version(),
         "threads": get_num_threads(),
+        "wait_policy": _waiting.policy,
+        "cpu": cpu_info(),
         "simd_dispatch": _openmp.simd_dispatch(),
         "simd_clone": _tanh_clone(),
         "panel_kernels": _openmp.panel_kernel_build(),
@@ -119,6 +155,8 @@ def show_config(file=None):
         f"  python    {info['python']} on {info['platform']}",
         f"  numpy     {info['numpy']}, scipy {info['scipy']}",
         f"  OpenMP    {openmp}",
+        f"  waiting   idle threads: {info['wait_policy']}",
+        f"  CPU       {describe_cpu(info['cpu'])}",
         f"  SIMD      {simd}",
         f"  panels    small-network and recurrent-weight kernels: the "
         f"{info['panel_kernels']} build",

@@ -96,6 +96,7 @@ class TrainingRun:
         lengths: NDArray[np.intp] | None = ...,  # IN (STM)
         initial_states: NDArray[np.floating[Any]] | None = ...,  # IN (STM)
         final_states: NDArray[np.floating[Any]] | None = ...,  # OUT (STM)
+        program: Program | None = ...,  # whose choice of thread count the run keeps
     ) -> TrainingRun: ...
     X: Any
     Y: Any

@@ -584,7 +584,7 @@ class CompiledTrainer:
             optimizer=OPTIMIZERS[optimizer.name].code, lr=lr, **optimizer.training_settings(),
             weight_decay=weight_decay, decayed=decayed(self.params), clip_norm=clip_norm or 0.0,
             step=optimizer.step, lengths=lengths, initial_states=initial_states,
-            final_states=final_states)
+            final_states=final_states, program=network.program)
 
     @property
     def step(self) -> int:

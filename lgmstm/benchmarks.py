@@ -20,6 +20,11 @@ says which targets are met. Rows whose API this lgmstm lacks are skipped.
 ``bench/scaling.py`` times the compiled training steps on 1, 2, 4, ... threads
 at :data:`SCALING_SIZES`: the grid's medium sizes and the same networks on
 batches big enough to give every thread several chunks.
+
+``lgmstm bench --loaded`` (issue 13) times the compiled training steps on 1
+and N threads next to a CPU-bound process of its own (:func:`cpu_load`),
+and reports the N-thread time over the 1-thread time
+(:func:`loaded_summary`), held to :data:`LOADED_TARGET`.
 """
 from __future__ import annotations
 
@@ -45,7 +50,8 @@ from ._base import glorot_uniform
 __all__ = ["DENSE_SIZES", "RECURRENT_SIZES", "SCALING_SIZES", "DOOR_ROWS", "CASES",
            "parse_selection", "plan", "measure", "gemm_peak", "memory_check", "summarise",
            "format_peak_share", "peak_notes", "door_summary", "thread_count",
-           "default_threads"]
+           "default_threads", "LOADED_CASES", "LOADED_TARGET", "plan_loaded", "cpu_load",
+           "loaded_summary"]
 
 # Learning rate of every timed fit: small enough that no size diverges.
 LR = 0.01
@@ -822,6 +828,79 @@ def plan(*, quick=False, dtypes=("float64", "float32"), threads=None, only=()):
     return items, notes
 
 
+# -- under load (issue 13) ----------------------------------------------------------------
+
+# The cases --loaded runs (their compiled implementation only), and the most
+# an N-thread step may take next to one CPU-bound process, over a 1-thread
+# step under the same load.
+LOADED_CASES = ("lgm_step", "stm_step")
+LOADED_TARGET = 1.3
+
+
+def plan_loaded(*, quick=False, dtypes=("float64", "float32"), threads=None, only=()):
+    """The items of ``bench --loaded``: the compiled training steps
+    (LOADED_CASES, implementation "lgmstm") on 1 and `threads` threads
+    (default: all cores), as :func:`plan` selects them, and notes. A
+    selection of other cases is noted and left out; with no selection,
+    every size of LOADED_CASES runs (--quick: the seed sizes).
+
+    Returns
+    -------
+    items : list of Item
+    notes : list of str
+    """
+    threads = default_threads() if threads is None else threads
+    others = sorted({name for name, _ in only if name not in LOADED_CASES})
+    notes = [f"{name}: skipped, --loaded runs the training steps only "
+             f"({', '.join(LOADED_CASES)})" for name in others]
+    only = [(name, size) for name, size in only if name in LOADED_CASES]
+    if others and not only:
+        return [], notes
+    if not only:
+        only = [(name, None) for name in LOADED_CASES]
+    items, _ = plan(quick=quick, dtypes=dtypes, threads=threads, only=only)
+    items = [item for item in items if item.implementation.name == "lgmstm"]
+    if threads == 1:
+        notes.append("--loaded compares N threads with 1: on 1 thread there is nothing to "
+                     "compare (use --threads N, N > 1)")
+    return items, notes
+
+
+@contextmanager
+def cpu_load():
+    """A CPU-bound process of this benchmark's own (a Python busy loop)
+    running for the time of the block; killed at its end. Yields its pid."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.2)  # started and spinning before the first timing
+        yield busy.pid
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def loaded_summary(measurements, threads):
+    """One row per (case, size, dtype) measured on 1 and `threads` threads:
+    "case", "size", "dims", "dtype", "seconds" ({"1": s, "N": s}: median
+    seconds per step), "ratio" (the N-thread time over the 1-thread time,
+    under the load), "target" (LOADED_TARGET) and "met" (ratio <= target)."""
+    groups: dict[str, dict[int, Measurement]] = {}
+    for m in measurements:
+        groups.setdefault(m.item.group, {})[m.item.threads] = m
+    rows = []
+    for timings in groups.values():
+        if 1 not in timings or threads not in timings or threads == 1:
+            continue
+        item = timings[1].item
+        ratio = timings[threads].seconds / timings[1].seconds
+        rows.append({"case": item.case.name, "size": item.size.name,
+                     "dims": item.size.describe(), "dtype": item.dtype.name,
+                     "seconds": {"1": timings[1].seconds, str(threads): timings[threads].seconds},
+                     "ratio": ratio, "target": LOADED_TARGET, "met": ratio <= LOADED_TARGET})
+    return rows
+
+
 # -- measuring --------------------------------------------------------------------------
 
 @contextmanager
@@ -911,19 +990,21 @@ def _pause(previous, item):
     time.sleep(max(_settle(one) for one in (previous or item, item)))
 
 
-def _rivals(items):
+def _rivals(items, across_threads=False):
     """Runs of consecutive items that are the same work on the same threads
-    (one case, size, dtype and thread count), in order."""
+    (one case, size, dtype and thread count; across_threads: any thread
+    count), in order."""
     runs: list[list[Item]] = []
     for item in items:
-        if runs and (runs[-1][0].group, runs[-1][0].threads) == (item.group, item.threads):
+        if runs and (runs[-1][0].group == item.group
+                     and (across_threads or runs[-1][0].threads == item.threads)):
             runs[-1].append(item)
         else:
             runs.append([item])
     return runs
 
 
-def measure(items, *, target_seconds=0.15, repeats=5, progress=None):
+def measure(items, *, target_seconds=0.15, repeats=5, progress=None, across_threads=False):
     """Median time per iteration of every item, in the items' order.
 
     Rivals (the implementations of one case, size, dtype and thread count)
@@ -937,12 +1018,13 @@ def measure(items, *, target_seconds=0.15, repeats=5, progress=None):
     and iterations under SMALL_WORK_FLOPS wake no worker: a short pause,
     DOOR_SETTLE_SECONDS, between them).
     progress(done, total, label), when given, is called before each item's
-    warm-up.
+    warm-up. across_threads: the same work on other thread counts are
+    rivals too (bench --loaded: 1 and N threads under the same load).
     """
     measurements = []
     done = 0
     previous = None
-    for rivals in _rivals(items):
+    for rivals in _rivals(items, across_threads):
         prepared = []
         for item in rivals:
             if progress:

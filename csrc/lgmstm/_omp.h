@@ -9,11 +9,14 @@
 static inline int lgmstm_omp_max_threads(void) { return omp_get_max_threads(); }
 static inline void lgmstm_omp_set_threads(int n) { omp_set_num_threads(n); }
 static inline int lgmstm_omp_version(void) { return _OPENMP; }
+static inline double lgmstm_omp_wtime(void) { return omp_get_wtime(); }
 #else
 #define LGMSTM_OPENMP_ENABLED 0
 static inline int lgmstm_omp_max_threads(void) { return 1; }
 static inline void lgmstm_omp_set_threads(int n) { (void)n; }
 static inline int lgmstm_omp_version(void) { return 0; }
+/* Only multithreaded training times its epochs (_train.pyx's ThreadChoice). */
+static inline double lgmstm_omp_wtime(void) { return 0.0; }
 #endif
 
 #endif

@@ -24,6 +24,18 @@ cdef class UseLock:
     cdef int end_train(self) except -1
 
 
+cdef struct ThreadChoice:
+    # Whether the coming epochs train on all the kernel threads (MANY) or on
+    # one (ONE): whichever was faster when last timed (see run_epochs).
+    double seconds[2]          # the smoothed time per epoch on [MANY, ONE]; 0: not yet timed
+    double credit              # seconds that probes of the other arm may spend now
+    int current                # MANY or ONE
+    int wins                   # probes of the other in a row that beat `current`
+    # What the times are for: MANY's thread count, and the epochs' shape
+    int n_threads
+    Py_ssize_t n_samples, batch_size
+
+
 cdef class TrainingRun:
     """The data, the training arrays and the plan of one fit (see _train.pyx)."""
     cdef readonly object X, Y, lengths, initial_states, final_states
@@ -32,6 +44,9 @@ cdef class TrainingRun:
     cdef readonly double clip_norm
     cdef readonly object decayed   # uint8 (n_params,): 1 for a weight, which decays
     cdef Optimizer optimizer
+    cdef ThreadChoice *thread_choice  # the program's (kept from fit to fit), or own_choice
+    cdef ThreadChoice own_choice
+    cdef object choice_owner
 
 
 cdef struct Parameters:
@@ -52,6 +67,7 @@ cdef struct TrainingPlan:
     bint step_updates        # the BatchStep applies plain SGD itself (grads unused)
     double loss_denominator  # an epoch's loss is its summed loss over this
     double *epoch_losses     # OUT (n_epochs,)
+    ThreadChoice *threads    # INOUT the run's choice of thread count
 
 
 # One batch: samples start .. start + n_rows - 1, or rows[0 .. n_rows - 1]
@@ -93,6 +109,7 @@ cdef class Program:
     cdef UseLock lock
     cdef int type_num                  # the parameters' dtype
     cdef KeptMemory panel_memory       # the panel layout's workspace
+    cdef ThreadChoice thread_choice    # its fits' thread count, kept from fit to fit
     # The short fit's kept run and what it was made for.
     cdef public object run_factory
     cdef TrainingRun short_run

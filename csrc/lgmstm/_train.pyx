@@ -17,7 +17,7 @@ from libc.math cimport isfinite
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from lgmstm._omp cimport lgmstm_omp_max_threads
+from lgmstm._omp cimport lgmstm_omp_max_threads, lgmstm_omp_wtime
 from lgmstm._optim cimport ADAM, MOMENTUM, SGD, Optimizer, clip_gradients, optimizer_step
 from lgmstm._panel cimport panel_calloc
 from lgmstm._parallel cimport BLAS_THREADING_WORK as _BLAS_THREADING_WORK
@@ -265,7 +265,9 @@ cdef class TrainingRun:
     settings (lr, momentum, nesterov, beta1, beta2, eps) and weight_decay,
     applied to the parameters flagged in decayed (one flag per parameter,
     True for a weight; None: none); step: the updates done so far, which
-    training advances.
+    training advances. program: the model's Program, whose choice of thread
+    count (see run_epochs) the run uses and keeps for the model's next fits;
+    None: the run's own.
     """
 
     def __cinit__(self, *, X, Y, grads, first_moments, second_moments, workspace,
@@ -273,8 +275,13 @@ cdef class TrainingRun:
                   double beta1, double beta2, double eps, bint nesterov=False,
                   double weight_decay=0, decayed=None, double clip_norm=0,
                   long long step=0, lengths=None, initial_states=None,
-                  final_states=None):
+                  final_states=None, program=None):
         self.X, self.Y = X, Y
+        if isinstance(program, Program):
+            self.choice_owner = program
+            self.thread_choice = &(<Program> program).thread_choice
+        else:
+            self.thread_choice = &self.own_choice
         self.lengths, self.initial_states, self.final_states = (
             lengths, initial_states, final_states)
         self.grads = PointerTable(grads)
@@ -363,6 +370,7 @@ cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t *order, double *epoc
     plan.step_updates = step_updates
     plan.loss_denominator = loss_denominator
     plan.epoch_losses = epoch_losses
+    plan.threads = run.thread_choice
     return plan
 
 
@@ -386,15 +394,16 @@ cdef void update(const Parameters *parameters, const Optimizer *optimizer,
                            n_threads)
 
 
-cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters,
-                     const TrainingPlan *plan, Optimizer *optimizer,
-                     int n_threads) noexcept nogil:
-    """plan.n_epochs epochs of mini-batches; advances optimizer.step."""
+cdef double train_epochs(BatchStep step, void *program, const Parameters *parameters,
+                         const TrainingPlan *plan, Optimizer *optimizer, Py_ssize_t first,
+                         Py_ssize_t stop, int n_threads) noexcept nogil:
+    """Epochs first .. stop - 1 of the plan on n_threads; returns their seconds."""
     cdef Py_ssize_t n_batches = (plan.n_samples + plan.batch_size - 1) // plan.batch_size
     cdef Py_ssize_t epoch, batch, start, n_rows
     cdef const Py_ssize_t *rows
     cdef double summed_loss
-    for epoch in range(plan.n_epochs):
+    cdef double started = lgmstm_omp_wtime()
+    for epoch in range(first, stop):
         summed_loss = 0
         for batch in range(n_batches):
             start = batch * plan.batch_size
@@ -414,6 +423,111 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
             if not plan.step_updates:
                 update(parameters, optimizer, n_threads)
         plan.epoch_losses[epoch] = summed_loss / plan.loss_denominator
+    return lgmstm_omp_wtime() - started
+
+
+cdef enum:
+    MANY = 0  # ThreadChoice's arms: all the kernel threads,
+    ONE = 1   # or one
+
+# A slice of epochs lasts about this long (at least an epoch): long enough
+# to time, short enough that timing the slower arm costs little.
+cdef double SLICE_SECONDS = 2e-4
+# Probes of the arm not in use spend a credit that grows by this share of
+# the time trained on the arm in use: they cost at most about that share.
+cdef double PROBE_SHARE = 0.05
+# The arm in use keeps its place unless the other was this much faster, in
+# SWITCH_WINS probes in a row.
+cdef double SWITCH_MARGIN = 0.05
+cdef int SWITCH_WINS = 2
+
+
+cdef inline Py_ssize_t slice_epochs(const ThreadChoice *choice, int arm) noexcept nogil:
+    if choice.seconds[arm] == 0:
+        return 1
+    return max(1, min(<Py_ssize_t> (SLICE_SECONDS / choice.seconds[arm]), 1 << 20))
+
+
+cdef inline double smoothed(double previous, double latest) noexcept nogil:
+    # Halfway towards the latest time: one slow or lucky slice does not decide.
+    return latest if previous == 0 else 0.5 * (previous + latest)
+
+
+cdef int next_arm(const ThreadChoice *choice) noexcept nogil:
+    """The arm of the next slice: the one in use, or a probe of the other."""
+    cdef int other = ONE - choice.current
+    cdef double probe_cost = choice.seconds[other] * slice_epochs(choice, other)
+    if choice.seconds[choice.current] == 0:
+        return choice.current
+    if choice.seconds[other] == 0 or choice.wins > 0:
+        return other  # never timed, or faster once: time it (again)
+    if choice.seconds[choice.current] > choice.seconds[other]:
+        # Slower than the other was: the machine got busier, or quieter.
+        return other if choice.credit >= 0 else choice.current
+    return other if choice.credit >= probe_cost else choice.current
+
+
+cdef void record_slice(ThreadChoice *choice, int arm, double per_epoch,
+                       double seconds) noexcept nogil:
+    """Take a slice's time per epoch on arm (and its seconds)."""
+    cdef int other = ONE - choice.current
+    cdef bint faster
+    if arm == choice.current:
+        choice.seconds[arm] = smoothed(choice.seconds[arm], per_epoch)
+        # Enough credit for one probe at a time.
+        choice.credit = min(choice.credit + PROBE_SHARE * seconds,
+                            max(0.0, choice.seconds[other] * slice_epochs(choice, other)))
+        return
+    choice.credit -= seconds
+    faster = per_epoch < (1 - SWITCH_MARGIN) * choice.seconds[choice.current]
+    # The other's time errs fast: one slow probe (a stall) must not put off
+    # the next for long; the credit bounds what probes cost anyway.
+    choice.seconds[arm] = min(per_epoch, smoothed(choice.seconds[arm], per_epoch))
+    if not faster:
+        choice.wins = 0
+    elif choice.wins + 1 < SWITCH_WINS:
+        choice.wins += 1
+    else:
+        choice.wins = 0
+        choice.current = arm
+        choice.credit = 0
+
+
+cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters,
+                     const TrainingPlan *plan, Optimizer *optimizer,
+                     int n_threads) noexcept nogil:
+    """plan.n_epochs epochs of mini-batches; advances optimizer.step.
+
+    On several threads the epochs go in slices of about SLICE_SECONDS,
+    each on all n_threads (MANY) or on one (ONE), whichever plan.threads
+    last found faster, and now and then a slice times the other. A thread
+    that the machine does not run when a parallel region needs it (other
+    processes have the cores) makes the region wait for it, and a
+    multithreaded epoch can then take many times a one-thread epoch: the
+    fit goes on one thread while that lasts, and back on n_threads once
+    they pay again. The results are the same: the thread count never
+    changes what is computed (see _parallel.pxd).
+    """
+    cdef ThreadChoice *choice = plan.threads
+    cdef Py_ssize_t epoch = 0, stop
+    cdef double seconds
+    cdef int arm
+    if n_threads <= 1 or choice == NULL:
+        train_epochs(step, program, parameters, plan, optimizer, 0, plan.n_epochs, n_threads)
+        return
+    if (choice.n_threads != n_threads or choice.n_samples != plan.n_samples
+            or choice.batch_size != plan.batch_size):
+        # Times of other epochs (or none): MANY is timed first, then ONE.
+        memset(choice, 0, sizeof(ThreadChoice))
+        choice.n_threads, choice.current = n_threads, MANY
+        choice.n_samples, choice.batch_size = plan.n_samples, plan.batch_size
+    while epoch < plan.n_epochs:
+        arm = next_arm(choice)
+        stop = min(plan.n_epochs, epoch + slice_epochs(choice, arm))
+        seconds = train_epochs(step, program, parameters, plan, optimizer, epoch, stop,
+                               n_threads if arm == MANY else 1)
+        record_slice(choice, arm, seconds / (stop - epoch), seconds)
+        epoch = stop
 
 
 @cython.auto_pickle(False)

@@ -1,0 +1,200 @@
+"""Issue 13, robust under load: the training driver's choice between all the
+kernel threads and one (_train.run_epochs, ThreadChoice), lgmstm's default
+wait policy for libgomp (_waiting.py), and ``lgmstm bench --loaded``.
+
+Behaviour only: the choice is made from timings, so these tests assert
+what must hold whatever it chose (the same bits as one thread), never a
+time.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import lgmstm
+from lgmstm import benchmarks
+
+THREAD_COUNTS = [1, 2, 3]
+
+
+def _lgm_problem(dtype):
+    """The benchmark's odd LGM: 12 Mflop an epoch, enough to fork every region."""
+    size = next(s for s in benchmarks.DENSE_SIZES if s.name == "odd")
+    X, Y, _ = benchmarks._dense_problem(size, dtype)
+    return lambda: lgmstm.LGM([size.n_in, size.n_hidden, size.n_out], dtype=dtype, seed=0), X, Y
+
+
+def _stm_problem(dtype):
+    size = next(s for s in benchmarks.RECURRENT_SIZES if s.name == "odd")
+    X, Y, _ = benchmarks._recurrent_problem(size, dtype)
+    return (lambda: lgmstm.STM(size.n_in, size.n_hidden, size.n_out, dtype=dtype, seed=0),
+            X, Y)
+
+
+def _trained(make, X, Y, fits, **options):
+    """The parameters and history of a model after `fits` fits of 7 epochs each
+    (its choice of threads kept from fit to fit), then 3 partial_fits."""
+    model = make()
+    histories = []
+    for fit in range(fits):
+        model.fit(X, Y, epochs=7, lr=0.01, seed=1, warm_start=fit > 0, **options)
+        histories.append(np.array(model.history_))
+    for _ in range(3):
+        model.partial_fit(X, Y, lr=0.01)
+        histories.append(np.array(model.history_))
+    return histories + [p.copy() for p in model.params.values()]
+
+
+def _assert_same_bits(results):
+    (first_name, first), *others = results.items()
+    for name, arrays in others:
+        for index, (a, b) in enumerate(zip(arrays, first)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert np.array_equal(a, b), f"array {index}: {name} differs from {first_name}"
+
+
+@pytest.mark.parametrize("problem", [_lgm_problem, _stm_problem], ids=["LGM", "STM"])
+@pytest.mark.parametrize("options", [{}, {"batch_size": 128, "optimizer": "adam"}],
+                         ids=["full-batch sgd", "mini-batch adam"])
+def test_fits_switching_threads_give_the_bits_of_one_thread(threads, dtype, problem, options):
+    """Every multithreaded fit of 3 epochs or more trains its first slice of
+    epochs on all the threads and its second on one (then whichever was
+    faster): the results are those of one thread, fit after fit."""
+    make, X, Y = problem(dtype)
+    results = {}
+    for n in THREAD_COUNTS:
+        with threads(n):
+            results[f"{n} threads"] = _trained(make, X, Y, fits=3, **options)
+    _assert_same_bits(results)
+
+
+def test_the_same_bits_next_to_a_busy_process(threads):
+    """With a CPU-bound process beside it the choice moves between the arms
+    (at least it may, unlike on an idle machine): the bits stay."""
+    make, X, Y = _stm_problem(np.dtype(np.float64))
+    with threads(1):
+        expected = _trained(make, X, Y, fits=2)
+    with benchmarks.cpu_load(), threads(2):
+        loaded = _trained(make, X, Y, fits=2)
+    _assert_same_bits({"1 thread": expected, "2 threads, loaded": loaded})
+
+
+# -- the wait policy ------------------------------------------------------------------------
+
+_POLICY = ("import os, lgmstm; from lgmstm import _waiting; "
+           "print(_waiting.policy); print(os.environ.get('GOMP_SPINCOUNT'))")
+
+
+def _environment(**names):
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    environ.update(names)
+    return environ
+
+
+def test_lgmstm_gives_libgomp_a_short_spin_and_leaves_no_trace(run_python, tmp_path):
+    result = run_python(["-c", _POLICY], tmp_path, env=_environment())
+    assert result.returncode == 0, result.stderr
+    policy, inherited = result.stdout.splitlines()
+    assert policy.startswith(f"GOMP_SPINCOUNT={lgmstm._waiting.SPIN_COUNT} (lgmstm's default")
+    assert inherited == "None"  # set only while the compiled modules loaded
+
+
+@pytest.mark.parametrize("names", [{"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": "0"},
+                                   {"OMP_WAIT_POLICY": "active", "GOMP_SPINCOUNT": "5"}])
+def test_the_users_wait_policy_stands(run_python, tmp_path, names):
+    result = run_python(["-c", _POLICY], tmp_path, env=_environment(**names))
+    assert result.returncode == 0, result.stderr
+    policy, spins = result.stdout.splitlines()
+    assert policy.endswith("(the user's)")
+    assert all(f"{name}={value}" in policy for name, value in names.items())
+    assert spins == names.get("GOMP_SPINCOUNT", "None")
+
+
+def test_show_config_names_the_wait_policy_and_the_cpu(capsys):
+    lgmstm.show_config()
+    out = capsys.readouterr().out
+    assert f"waiting   idle threads: {lgmstm._waiting.policy}" in out
+    cpu = lgmstm._config.cpu_info()
+    assert f"CPU       {cpu['vendor']} {cpu['model']}" in out
+    assert cpu["cores"] == lgmstm._threads.available_cores()
+
+
+# -- bench --loaded ---------------------------------------------------------------------------
+
+def test_loaded_plans_the_compiled_training_steps_on_1_and_n_threads():
+    items, notes = benchmarks.plan_loaded(dtypes=("float64",), threads=3)
+    assert notes == []
+    assert {item.case.name for item in items} == set(benchmarks.LOADED_CASES)
+    assert {item.implementation.name for item in items} == {"lgmstm"}
+    sizes = {(item.case.name, item.size.name) for item in items}
+    assert sizes == {(case, size.name) for case, sizes_ in
+                     (("lgm_step", benchmarks.DENSE_SIZES),
+                      ("stm_step", benchmarks.RECURRENT_SIZES)) for size in sizes_}
+    for case, size in sizes:
+        assert sorted(item.threads for item in items
+                      if (item.case.name, item.size.name) == (case, size)) == [1, 3]
+
+
+def test_loaded_quick_and_a_selection():
+    items, notes = benchmarks.plan_loaded(quick=True, dtypes=("float32",), threads=2)
+    assert {(item.case.name, item.size.name, item.dtype.name) for item in items} == {
+        ("lgm_step", "seed", "float32"), ("stm_step", "seed", "float32")}
+    items, notes = benchmarks.plan_loaded(dtypes=("float64",), threads=2,
+                                          only=[("stm_step", "odd"), ("door", None)])
+    assert {(item.case.name, item.size.name) for item in items} == {("stm_step", "odd")}
+    assert notes == ["door: skipped, --loaded runs the training steps only "
+                     "(lgm_step, stm_step)"]
+    items, notes = benchmarks.plan_loaded(dtypes=("float64",), threads=2,
+                                          only=[("dense_forward", None)])
+    assert items == [] and len(notes) == 1
+
+
+def test_loaded_on_one_thread_says_there_is_nothing_to_compare():
+    items, notes = benchmarks.plan_loaded(quick=True, dtypes=("float64",), threads=1)
+    assert {item.threads for item in items} == {1}
+    assert any("nothing to compare" in note for note in notes)
+    assert benchmarks.loaded_summary([], 1) == []
+
+
+def test_the_load_runs_for_the_block_only():
+    with benchmarks.cpu_load() as pid:
+        os.kill(pid, 0)  # running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_loaded_summary_is_the_ratio_of_the_medians():
+    items, _ = benchmarks.plan_loaded(quick=True, dtypes=("float64",), threads=2,
+                                      only=[("lgm_step", "seed")])
+    by_threads = {item.threads: item for item in items}
+    measured = [benchmarks.Measurement(by_threads[2], 3e-6, [3e-6], 1),
+                benchmarks.Measurement(by_threads[1], 2e-6, [2e-6], 1)]
+    (row,) = benchmarks.loaded_summary(measured, 2)
+    assert (row["case"], row["size"], row["dtype"]) == ("lgm_step", "seed", "float64")
+    assert row["seconds"] == {"1": 2e-6, "2": 3e-6}
+    assert row["ratio"] == pytest.approx(1.5)
+    assert row["target"] == benchmarks.LOADED_TARGET and row["met"] is False
+
+
+def test_bench_loaded_end_to_end(run_python, tmp_path):
+    report = tmp_path / "loaded.json"
+    result = run_python(["-m", "lgmstm", "bench", "--loaded", "--quick", "--dtype", "float64",
+                         "--threads", "2", "--only", "lgm_step:seed", "--json", str(report)],
+                        tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(report.read_text())
+    assert data["loaded"] is True and data["threads"] == 2 and data["notes"] == []
+    (row,) = data["rows"]
+    assert (row["case"], row["size"], row["dtype"]) == ("lgm_step", "seed", "float64")
+    assert row["ratio"] == pytest.approx(row["seconds"]["2"] / row["seconds"]["1"])
+    assert row["met"] == (row["ratio"] <= benchmarks.LOADED_TARGET)
+    assert {(m["implementation"], m["threads"]) for m in data["measurements"]} == {
+        ("lgmstm", 1), ("lgmstm", 2)}
+    assert data["config"]["cpu"]["model"]
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("CPU: ") and data["config"]["cpu"]["model"] in lines[1]
+    assert lines[3].split() == ["case", "size", "dtype", "1t", "2t", "2t/1t", "target", "met"]
+    assert lines[4].split()[:3] == ["lgm_step", "seed", "float64"]
+    assert lines[4].split()[-1] in ("met", "MISSED")
