@@ -495,15 +495,10 @@ class LGM(Model):
         """
         if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
                 and seed is None:
-            # The short fit: data and arguments as the kernels take them.
-            losses = self._network.fit_ready(self, X, Y, None, None, lr, batch_size,
-                                             optimizer, clip_norm, shuffle, warm_start,
-                                             momentum, nesterov, beta1, beta2, eps,
-                                             weight_decay)
+            losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
+                                     warm_start, (momentum, nesterov, beta1, beta2, eps),
+                                     weight_decay)
             if losses is not None:
-                self.history_ = losses
-                if self._output == "tanh" and beyond_tanh(Y):
-                    warn_beyond_tanh(Y)
                 return losses
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
@@ -564,20 +559,30 @@ class LGM(Model):
         TargetRangeWarning
             As :meth:`fit`.
         """
-        if seed is None:
-            losses = self._network.fit_ready(self, X, Y, None, None, lr, batch_size,
-                                             optimizer, clip_norm, shuffle, True, momentum,
-                                             nesterov, beta1, beta2, eps, weight_decay)
-            if losses is not None:
-                self.history_ = losses
-                if self._output == "tanh" and beyond_tanh(Y):
-                    warn_beyond_tanh(Y)
-                return self
+        if seed is None and self._short_fit(
+                X, Y, lr, batch_size, optimizer, clip_norm, shuffle, True,
+                (momentum, nesterov, beta1, beta2, eps), weight_decay) is not None:
+            return self
         self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
                  momentum=momentum, nesterov=nesterov, beta1=beta1, beta2=beta2, eps=eps,
                  weight_decay=weight_decay, clip_norm=clip_norm, shuffle=shuffle, seed=seed,
                  warm_start=True)
         return self
+
+    def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
+                   settings, weight_decay):
+        """One epoch on the short fit's path (see _train.Program.fit_ready):
+        data and arguments as the kernels take them. Its losses (also
+        history_), or None for the checked path."""
+        momentum, nesterov, beta1, beta2, eps = settings
+        losses = self._network.fit_ready(
+            self, X, Y, None, None, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
+            momentum, nesterov, beta1, beta2, eps, weight_decay)
+        if losses is not None:
+            self.history_ = losses
+            if self._output == "tanh" and beyond_tanh(Y):
+                warn_beyond_tanh(Y)
+        return losses
 
     # -- persistence -------------------------------------------------------------
     @classmethod
