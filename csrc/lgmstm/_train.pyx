@@ -69,6 +69,13 @@ cdef extern from "_finite.h" nogil:
     int lgmstm_beyond_unit_f(const float *x, Py_ssize_t n)
 
 
+cdef inline bint scannable(object item) noexcept:
+    """Whether item is what the scans of _finite.h read as it is: an ndarray
+    (not a subclass), C-contiguous, of float32 or float64."""
+    return (type(item) is np.ndarray and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray> item)
+            and cnp.PyArray_TYPE(<cnp.ndarray> item) in (cnp.NPY_DOUBLE, cnp.NPY_FLOAT))
+
+
 def beyond_unit(array):
     """Whether the ndarray holds a value outside [-1, 1] (NaN counts as
     outside). C-contiguous float32/float64 arrays are scanned here (see
@@ -77,8 +84,7 @@ def beyond_unit(array):
     cdef cnp.ndarray values
     cdef Py_ssize_t n
     cdef bint beyond
-    if (type(array) is not np.ndarray or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray> array)
-            or cnp.PyArray_TYPE(<cnp.ndarray> array) not in (cnp.NPY_DOUBLE, cnp.NPY_FLOAT)):
+    if not scannable(array):
         return bool(np.any(~(np.abs(array) <= 1)))
     values = <cnp.ndarray> array
     n = cnp.PyArray_SIZE(values)
@@ -106,13 +112,12 @@ cdef bint array_finite(cnp.ndarray array) noexcept:
 def all_finite(arrays):
     """Whether every value of these arrays is finite (no NaN or inf).
 
-    C-contiguous float32/float64 arrays are scanned here, stopping at the
-    first non-finite value; any other array goes to np.isfinite.
+    C-contiguous float32/float64 arrays are scanned here (see _finite.h),
+    stopping at the first array that holds a non-finite value; any other
+    array goes to np.isfinite.
     """
     for item in arrays:
-        if (type(item) is not np.ndarray
-                or not cnp.PyArray_ISCARRAY_RO(<cnp.ndarray> item)
-                or cnp.PyArray_TYPE(<cnp.ndarray> item) not in (cnp.NPY_DOUBLE, cnp.NPY_FLOAT)):
+        if not scannable(item):
             if not np.isfinite(item).all():
                 return False
         elif not array_finite(<cnp.ndarray> item):
