@@ -20,6 +20,9 @@ class Network(Program):
     ) -> Network: ...
     def blas_work(self, n_samples: int) -> int:
         """Multiply-adds of a pass's largest GEMM task: whether BLAS may thread."""
+    def row_quantum(self) -> int:
+        """Samples a piece of a batch must be a multiple of for predict over the
+        pieces to give the whole batch's bits (the GEMM tasks' rows)."""
     def predict_ready(self, X: object) -> _Float | None:
         """The outputs for X when it is an ndarray of the parameters' dtype and
         shape, C-contiguous, the call is small and no other thread trains;

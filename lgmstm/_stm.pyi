@@ -21,6 +21,9 @@ class Network(Program):
     ) -> Network: ...
     def blas_work(self, n_samples: int, n_steps: int) -> int:
         """Multiply-adds of a pass over the sequences: whether BLAS may thread."""
+    def row_quantum(self, n_steps: int) -> int:
+        """Sequences a piece of a batch must be a multiple of for predict over
+        the pieces to give the whole batch's bits (1 in the panel layout)."""
     def step_ready(self, x: object, state: object) -> tuple[_Float, _Float] | None:
         """(outputs, new state) of one step when x and state are ndarrays of the
         parameters' dtype and shape, C-contiguous, the call is small and no

@@ -207,6 +207,31 @@ def _snapshot(model: Model) -> bytes:
 
 
 # -- predict ------------------------------------------------------------------------------
+def _row_quantum(model: Model, n_steps: int) -> int:
+    """Samples q such that model.predict over pieces of q k samples (the last
+    one any) gives the bits of one predict over the whole array: the
+    compiled program's row_quantum; 1 for the NumPy backend (np.matmul over
+    a block, which promises no such thing: see docs/dask.md, Limits)."""
+    program = getattr(model._network, "program", None)
+    if program is None:
+        return 1
+    return int(program.row_quantum() if isinstance(model, LGM) else program.row_quantum(n_steps))
+
+
+def _whole_array_blocks(X: da.Array, lengths: da.Array | None,
+                        quantum: int) -> tuple[da.Array, da.Array | None]:
+    """X and lengths as they are when every block starts at a multiple of
+    quantum samples; else rechunked along samples to blocks of a multiple of
+    quantum (about the largest block's size), so that each block's predict
+    runs the kernels' tasks on the samples one predict over the whole array
+    would."""
+    starts = np.cumsum((0,) + X.chunks[0][:-1])
+    if quantum <= 1 or not np.any(starts % quantum):
+        return X, lengths
+    rows = max(quantum, round(max(X.chunks[0]) / quantum) * quantum)
+    return X.rechunk({0: rows}), None if lengths is None else lengths.rechunk({0: rows})
+
+
 def _predict_block(X: NDArray[Any], *rest: Any, out_shape: tuple[int, ...],
                    threads: int | None) -> NDArray[Any]:
     *lengths, model = rest
@@ -241,11 +266,14 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
     Returns
     -------
     dask.array.Array of the model's dtype
-        Shaped and chunked along samples as ``model.predict`` would return
-        over the whole of X: block i is ``model.predict`` of block i of X,
-        bit for bit. Where the kernels give each sample the same bits in a
-        batch of any size (see docs/dask.md, Limits), it equals
-        ``model.predict(X.compute())`` bit for bit.
+        Shaped as ``model.predict`` would return over the whole of X, with
+        its bits: ``model.predict(X.compute())``, bit for bit. Chunked along
+        samples as X when every block of X starts at a multiple of the
+        model's row quantum (64 samples or a multiple of it on the BLAS
+        path; 1 for small STMs, which predict each sample alone), else
+        rechunked to blocks of such multiples first, since the kernels cut
+        a batch into tasks of that many samples and a sample's bits depend
+        on the task it is in. Each block is ``model.predict`` of the block.
 
     Raises
     ------
@@ -267,6 +295,7 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
     X, lengths = _check_inputs(model, X, lengths)
     if threads is not None:
         check_int("threads", threads, 1)
+    X, lengths = _whole_array_blocks(X, lengths, _row_quantum(model, X.shape[1]))
     blob = _snapshot(model)
     token = tokenize(blob, X.name, None if lengths is None else lengths.name, threads)
     copy = dask.delayed(pickle.loads(blob), name=f"lgmstm-model-{token}", pure=True)

@@ -15,6 +15,8 @@ Training takes one of two layouts, chosen from the shapes (panel_plan):
 Unchecked: call it through lgmstm.LGM, which validates shapes, dtypes and
 layouts once and allocates every buffer.
 """
+import math
+
 cimport numpy as cnp
 import numpy as np
 from cython cimport floating
@@ -27,8 +29,8 @@ from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
                             group_panels, padded_width, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport (BLAS_THREADING_WORK, CHUNK_ROWS, SHORT_FIT_WORK, n_tasks,
-                               threads_for)
+from lgmstm._parallel cimport (BLAS_THREADING_WORK, CHUNK_ROWS, SHORT_FIT_WORK,
+                               gemm_task_rows, n_tasks, threads_for)
 from lgmstm._loss cimport panel_squared_error
 from lgmstm._rows cimport gather_rows
 from lgmstm._tanh cimport tanh_rows
@@ -83,6 +85,18 @@ cdef class Network(Program):
         """Multiply-adds of the largest GEMM a task of a pass on n_samples
         samples does: what decides whether BLAS may thread (single_threaded_blas)."""
         return CHUNK_ROWS * max(self.largest_weight, n_samples * self.widest_layer)
+
+    def row_quantum(self):
+        """The fewest samples q such that predict over consecutive pieces of
+        a batch, each (but the last) of a multiple of q samples, gives every
+        sample the bits of one predict over the whole batch: every layer's
+        GEMM tasks (dense_forward: gemm_task_rows rows) start at the same
+        samples (lgmstm.dask.predict)."""
+        cdef Py_ssize_t layer
+        quantum = 1
+        for layer in range(self.n_layers):
+            quantum = math.lcm(quantum, gemm_task_rows(self.sizes[layer + 1], self.sizes[layer]))
+        return quantum
 
     def predict_ready(self, X):
         """The outputs for X, or None when the caller must take its checked path.

@@ -16,6 +16,8 @@ kernels in place of BLAS. Other batches take the row-major passes.
 Unchecked: call it through lgmstm.STM, which validates shapes, dtypes and
 layouts once and allocates every buffer.
 """
+import math
+
 cimport numpy as cnp
 import numpy as np
 from cython cimport floating
@@ -30,9 +32,10 @@ from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
                             group_panels, padded_width, panel_calloc, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, SHORT_FIT_WORK, n_tasks,
-                               threads_for)
-from lgmstm._rnn cimport rnn_backward_pass, rnn_forward_pass, rnn_scratch_size
+from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, SHORT_FIT_WORK,
+                               gemm_task_rows, n_tasks, threads_for)
+from lgmstm._rnn cimport (forward_chunk_rows, rnn_backward_pass, rnn_forward_pass,
+                          rnn_scratch_size)
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
@@ -126,6 +129,21 @@ cdef class Network(Program):
         n_samples sequences of n_steps (single_threaded_blas)."""
         return (n_samples * max(n_steps, 1) * self.sizes[1]
                 * max(self.sizes[0], self.sizes[1], self.sizes[2]))
+
+    def row_quantum(self, Py_ssize_t n_steps):
+        """The fewest samples q such that predict over consecutive pieces of
+        a batch, each (but the last) of a multiple of q samples, gives every
+        sample the bits of one predict over the whole batch: 1 in the panel
+        layout (each sample alone), else the forward pass's chunks
+        (forward_chunk_rows) and the readout's GEMM tasks (gemm_task_rows
+        rows, n_steps of them per sample with return_sequences) must start
+        at the same samples (lgmstm.dask.predict)."""
+        cdef Py_ssize_t n_hidden = self.sizes[1], readout_rows
+        if predicts_in_panels(self.sizes):
+            return 1
+        readout_rows = gemm_task_rows(self.sizes[2], n_hidden)
+        return math.lcm(forward_chunk_rows(n_hidden), readout_rows // math.gcd(
+            readout_rows, n_steps if self.return_sequences else 1))
 
     def step_ready(self, x, state):
         """(outputs, new state) of one step, or None when the caller must take
