@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         f"lgmstm.dask needs dask[array] and distributed ({exc}): "
         'install them with `pip install "lgmstm[dask]"`') from exc
 
-__all__ = ["predict", "fit_many", "partial_fit_dask", "task_threads"]
+__all__ = ["predict", "fit_many", "partial_fit_dask", "task_threads", "row_quantum"]
 
 Model = Union[LGM, STM]
 
@@ -207,15 +207,26 @@ def _snapshot(model: Model) -> bytes:
 
 
 # -- predict ------------------------------------------------------------------------------
-def _row_quantum(model: Model, n_steps: int) -> int:
-    """Samples q such that model.predict over pieces of q k samples (the last
-    one any) gives the bits of one predict over the whole array: the
-    compiled program's row_quantum; 1 for the NumPy backend (np.matmul over
-    a block, which promises no such thing: see docs/dask.md, Limits)."""
+def row_quantum(model: Model, n_steps: int = 1) -> int:
+    """The samples each block of :func:`predict`'s X should be a multiple of.
+
+    The kernels cut a batch into tasks of a fixed number of samples, and on
+    the BLAS path a sample's bits can depend on the task it falls in.
+    Blocks that start at multiples of this number run the tasks one
+    ``model.predict`` over the whole array would; :func:`predict`
+    rechunks other blocks (a copy of each). 64 or a multiple of it for an
+    LGM and for an STM on the BLAS path, 1 for an STM of up to 32 hidden
+    units (its panel layout predicts each sample alone); 1 for the NumPy
+    backend, which promises no whole-array bits. ``n_steps``: an STM's
+    steps per sequence (its readout's tasks run over samples x steps).
+    """
+    model = _check_model("model", model)
     program = getattr(model._network, "program", None)
     if program is None:
         return 1
-    return int(program.row_quantum() if isinstance(model, LGM) else program.row_quantum(n_steps))
+    if isinstance(model, LGM):
+        return int(program.row_quantum())
+    return int(program.row_quantum(check_int("n_steps", n_steps, 0)))
 
 
 def _whole_array_blocks(X: da.Array, lengths: da.Array | None,
@@ -295,7 +306,8 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
     X, lengths = _check_inputs(model, X, lengths)
     if threads is not None:
         check_int("threads", threads, 1)
-    X, lengths = _whole_array_blocks(X, lengths, _row_quantum(model, X.shape[1]))
+    X, lengths = _whole_array_blocks(
+        X, lengths, row_quantum(model, X.shape[1] if isinstance(model, STM) else 1))
     blob = _snapshot(model)
     token = tokenize(blob, X.name, None if lengths is None else lengths.name, threads)
     copy = dask.delayed(pickle.loads(blob), name=f"lgmstm-model-{token}", pure=True)

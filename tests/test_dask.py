@@ -436,3 +436,17 @@ def test_a_clear_import_error_without_dask(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r'pip install "lgmstm\[dask\]"'):
         import lgmstm.dask  # noqa: F401
+
+
+def test_row_quantum_says_which_blocks_predict_keeps():
+    lgm = lgmstm.LGM([10, 64, 64, 1], seed=0)
+    assert lgmstm_dask.row_quantum(lgm) == 64
+    assert lgmstm_dask.row_quantum(lgmstm.STM(4, 8, 2, seed=0), 20) == 1   # panel layout
+    assert lgmstm_dask.row_quantum(lgmstm.STM(4, 48, 2, seed=0), 20) % 64 == 0
+    assert lgmstm_dask.row_quantum(lgmstm.LGM([3, 2], backend="numpy", seed=0)) == 1
+    X = da.from_array(np.zeros((300, 10)), chunks=((128, 64, 108), 10))
+    assert lgmstm_dask.predict(lgm, X).chunks[0] == (128, 64, 108)
+    with pytest.raises(TypeError, match="model must be an lgmstm.LGM or lgmstm.STM"):
+        lgmstm_dask.row_quantum(object())
+    with pytest.raises(ValueError, match="n_steps"):
+        lgmstm_dask.row_quantum(lgmstm.STM(4, 48, 2, seed=0), -1)
