@@ -538,7 +538,8 @@ class LGM(Model):
             Each sample's weight in the loss: finite, >= 0, not all zero.
             Each batch minimises its weighted mean ``sum_i w_i l_i / sum_i
             w_i`` (so in a full batch a weight of 2 is the sample twice); a
-            batch whose weights are all zero changes nothing.
+            batch whose weights are all zero has a zero gradient (it still
+            counts as an optimizer step).
 
         Returns
         -------
