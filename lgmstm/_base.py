@@ -28,6 +28,11 @@ from ._validation import check_choice, check_float_dtype, check_seed
 BACKENDS = ("cython", "numpy")
 OUTPUTS = ("tanh", "linear")
 
+# validation_history_ of a model whose last training had no validation set
+# (read-only, so one array serves every model).
+NO_VALIDATION: NDArray[np.float64] = np.empty(0)
+NO_VALIDATION.flags.writeable = False
+
 # The kinds a saved file may hold (read_model_file): the models', and the
 # estimators' of lgmstm.sklearn.
 MODEL_KINDS = ("LGM", "STM")
@@ -81,6 +86,8 @@ class Model:
     _backend: str
     _output: str
     history_: NDArray[np.float64]
+    validation_history_: NDArray[np.float64]
+    best_epoch_: int | None
     _params: list[NDArray[Any]]
     _rng: np.random.Generator
     _lock: UseLock
@@ -94,6 +101,7 @@ class Model:
         self._rng = np.random.default_rng(check_seed("seed", seed))
         self._lock = UseLock()
         self.history_ = np.empty(0)
+        self.validation_history_, self.best_epoch_ = NO_VALIDATION, None
         self._optimizer_state = None
 
     # -- the architecture: read-only ----------------------------------------------
@@ -294,13 +302,18 @@ class Model:
                                               for arrays in state.moments]}
             return {**self._arguments(), "dtype": self.dtype.name, "backend": self.backend,
                     "params": [p.copy() for p in self._params], **self._memory(),
-                    "history_": self.history_, "rng": self._rng, "optimizer": optimizer}
+                    "history_": self.history_, "rng": self._rng, "optimizer": optimizer,
+                    "validation_history_": self.validation_history_,
+                    "best_epoch_": self.best_epoch_}
 
     def __setstate__(self, pickled: dict[str, Any]) -> None:
         self._construct(pickled, pickled["dtype"], pickled["backend"])
         for param, value in zip(self._params, pickled["params"]):
             param[...] = value
         self.history_, self._rng = pickled["history_"], pickled["rng"]
+        # Pickles before validation have neither.
+        self.validation_history_ = pickled.get("validation_history_", NO_VALIDATION)
+        self.best_epoch_ = pickled.get("best_epoch_")
         optimizer = pickled.get("optimizer")  # pickles before it have none
         if optimizer is not None:
             header = {key: optimizer[key] for key in ("name", "settings", "step")}
