@@ -313,16 +313,21 @@ def check_validation_set(X_val, Y_val, sample: str, *more):
     return (X_val, Y_val, *more)
 
 
-def held_out_rows(rng, n_samples: int, fraction: float) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    """(training rows, validation rows), each sorted: the last
-    ceil(fraction * n_samples) samples of a permutation drawn from rng are
-    held out. ValueError when either part would be empty."""
+def held_out_count(n_samples: int, fraction: float) -> int:
+    """The samples validation_fraction holds out: ceil(fraction *
+    n_samples), at least one; ValueError when no training sample is left."""
     n_held = int(np.ceil(fraction * n_samples))
-    if n_held < 1 or n_held >= n_samples:
+    if n_held >= n_samples:
         raise ValueError(
             f"validation_fraction={fraction} of {n_samples} samples holds out {n_held}, "
-            f"leaving {'no validation sample' if n_held < 1 else 'no training sample'}: "
-            "it must leave at least one of each")
+            "leaving no training sample: it must leave at least one")
+    return n_held
+
+
+def held_out_rows(rng, n_samples: int, n_held: int,
+                  ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """(training rows, validation rows), each sorted: the last n_held
+    samples of a permutation drawn from rng are held out."""
     permutation = rng.permutation(n_samples)
     return np.sort(permutation[: n_samples - n_held]), np.sort(permutation[n_samples - n_held:])
 
@@ -400,20 +405,22 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
         check_positive_float("power_t", power_t, allow_zero=True), early_stopping,
         check_int("patience", patience, 1), check_positive_float("tol", tol, allow_zero=True),
         bool(validation_data) or validation_fraction is not None)
-    held_out = None
+    n_held = 0
     if validation_fraction is not None:
         if validation_data:
             raise ValueError("give validation_data or validation_fraction, not both")
         fraction = check_open_fraction("validation_fraction", validation_fraction)
-        held_out = held_out_rows(rng, n_samples, fraction)
-        n_samples = len(held_out[0])
-        batch_size = min(batch_size, n_samples)
+        n_held = held_out_count(n_samples, fraction)
+        batch_size = min(batch_size, n_samples - n_held)
     if early_stopping and not control.validating:
         raise ValueError("early_stopping=True needs a validation set: give validation_data "
                          "or validation_fraction")
-    shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples
+    shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples - n_held
     verbose = check_bool("verbose", verbose)
     warm_start = check_bool("warm_start", warm_start)
+    # Every argument checked: only now draw from the generator.
+    held_out = held_out_rows(rng, n_samples, n_held) if n_held else None
+    n_samples -= n_held
 
     def order_for(count):
         return _train.epoch_orders(rng, count, n_samples) if shuffled else None
@@ -547,13 +554,13 @@ def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for, val
             done += len(block_losses)
             last = float(block_losses[-1])
             progress.update(done, last, final=done == n_epochs or trainer.stopped)
-            if trainer.stopped:
-                break
             if callback is not None:
                 if callback(done - 1, last) is False:
                     break
             else:
                 block = int(min(max(1, count * BLOCK_SECONDS / max(elapsed, 1e-6)), 2 * count + 1))
+            if trainer.stopped:
+                break
     losses = np.concatenate(blocks) if blocks else np.empty(0)
     if interrupt.requested:
         raise TrainingInterrupted(losses)
