@@ -45,6 +45,9 @@ class Network(Program):
         n_threads: int,
     ) -> float:
         """Fill grads; return the mean squared error."""
+    def validation_data(self, X_val: NDArray[np.floating[Any]],
+                        Y_val: NDArray[np.floating[Any]]) -> tuple[Any, ...]:
+        """A TrainingRun's validation: the set and its forward pass's scratch."""
     def train(
         self,
         run: TrainingRun,

@@ -49,6 +49,10 @@ class Network(Program):
         n_threads: int,
     ) -> float:
         """Fill grads; return the mean squared error over the valid outputs."""
+    def validation_data(self, X_val: NDArray[np.floating[Any]],
+                        Y_val: NDArray[np.floating[Any]],
+                        lengths_val: NDArray[np.intp]) -> tuple[Any, ...]:
+        """A TrainingRun's validation: the sequences and their forward pass's buffers."""
     def train(
         self,
         run: TrainingRun,
