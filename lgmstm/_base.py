@@ -329,7 +329,8 @@ class Model:
         exactly where it stopped: the optimizer's state (see
         :meth:`reset_optimizer`), the state of the model's random generator
         (the default shuffling of ``fit``) and an STM's working memory, and
-        ``history_``. It is written to a temporary file beside ``path`` and
+        ``history_`` (with ``validation_history_`` and ``best_epoch_`` when
+        the last fit validated). It is written to a temporary file beside ``path`` and
         renamed over it, so ``path`` never holds half a model. Read it back
         with :func:`lgmstm.load`.
 
@@ -348,8 +349,11 @@ class Model:
         """
         config = self._config()
         with self._lock.reading():
+            validation = None
+            if self.best_epoch_ is not None or len(self.validation_history_):
+                validation = (self.validation_history_, self.best_epoch_)
             save_arrays(path, self.kind, self.dtype, config, self._named(self._params),
-                        self._saved_memory(), history=self.history_)
+                        self._saved_memory(), history=self.history_, validation=validation)
 
     @classmethod
     def _from_file(cls: type[_Model], stored: ModelFile, backend: str) -> _Model:
@@ -359,6 +363,9 @@ class Model:
                                         stored.path, backend)
         model._restore_memory(stored.memory, stored.path)
         model.history_ = stored.history()
+        model.validation_history_, model.best_epoch_ = stored.validation()
+        if not len(model.validation_history_):
+            model.validation_history_ = NO_VALIDATION
         return model
 
     def _saved_memory(self) -> dict[str, NDArray[Any]]:

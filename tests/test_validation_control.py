@@ -338,3 +338,34 @@ def test_the_short_fit_declines_control_arguments(rng):
     assert model.validation_history_.shape == (1,)
     assert model.validation_history_[0] == pytest.approx(
         validation_loss(model, validation_data), rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_save_and_load_keep_the_validation_history(kind, rng, tmp_path):
+    X, Y, validation_data, _ = problem(kind, rng, np.float64)
+    model = make(kind, np.float64, "cython")
+    model.fit(X, Y, epochs=5, lr=0.05, validation_data=validation_data)
+    model.save(tmp_path / "model.npz")
+    loaded = lgmstm.load(tmp_path / "model.npz")
+    np.testing.assert_array_equal(loaded.validation_history_, model.validation_history_,
+                                  strict=True)
+    assert loaded.best_epoch_ == model.best_epoch_ is not None
+    # Without validation the file holds neither entry, and loads without.
+    plain = make(kind, np.float64, "cython")
+    plain.fit(X, Y, epochs=2, lr=0.05)
+    plain.save(tmp_path / "plain.npz")
+    assert "validation_history" not in np.load(tmp_path / "plain.npz").files
+    loaded = lgmstm.load(tmp_path / "plain.npz")
+    assert loaded.validation_history_.shape == (0,) and loaded.best_epoch_ is None
+
+
+def test_load_refuses_a_best_epoch_outside_the_validation_history(rng, tmp_path):
+    X, Y, validation_data, _ = problem("LGM", rng, np.float64)
+    model = make("LGM", np.float64, "cython")
+    model.fit(X, Y, epochs=3, lr=0.05, validation_data=validation_data)
+    model.save(tmp_path / "model.npz")
+    arrays = dict(np.load(tmp_path / "model.npz"))
+    arrays["best_epoch"] = np.asarray(3, np.int64)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="best_epoch"):
+        lgmstm.load(tmp_path / "bad.npz")
