@@ -444,6 +444,7 @@ class Trainer(Protocol):
     validation_losses: NDArray[np.float64]  # the latest run's, one per epoch run (or empty)
     stopped: bool  # early stopping, or the adaptive schedule's lr below MIN_ADAPTIVE_LR
     best_epoch: int | None  # the epoch (of the fit) of the lowest monitored loss
+    diverged: bool  # set by run_epochs when a non-finite loss or parameter stopped it
 
     def run(self, order: NDArray[np.intp] | None, n_epochs: int) -> NDArray[np.float64]:
         """Train n_epochs epochs (in the sample orders given, one row an epoch,
@@ -495,7 +496,7 @@ def train_model(model, plan: FitPlan, make_trainer: Callable[[OptimizerState], T
             model.history_ = exc.history
             raise
         finally:
-            if finished and plan.control.early_stopping:
+            if finished and plan.control.early_stopping and not trainer.diverged:
                 trainer.restore_best()
             model.validation_history_ = (np.concatenate(validation) if validation
                                          else np.empty(0))
@@ -536,6 +537,7 @@ def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for, val
             block_losses = trainer.run(order, count)  # divergence is checked next
             elapsed = time.perf_counter() - started
             if not _finite(trainer, block_losses):
+                trainer.diverged = True
                 good, good_validation = _replay_finite_epochs(trainer, snapshot, order, count)
                 blocks.append(good)
                 if validation is not None:
@@ -737,6 +739,7 @@ class CompiledTrainer:
             monitoring=control.monitoring, kept=self.trained_arrays)
         self.validating = validation is not None
         self.validation_losses = np.empty(0)
+        self.diverged = False
 
     @property
     def stopped(self) -> bool:
@@ -816,7 +819,7 @@ class ReferenceTrainer:
         self.validate, self.control, self.base_lr = validate, control, lr
         self.validation_losses = np.empty(0)
         self.best_epoch: int | None = None
-        self.stopped = self.restored = False
+        self.stopped = self.restored = self.diverged = False
         self.best_loss, self.epochs_done, self.stale = np.inf, 0, 0
         self.best: tuple[list[NDArray[Any]], int] | None = None
 

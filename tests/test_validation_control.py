@@ -369,3 +369,20 @@ def test_load_refuses_a_best_epoch_outside_the_validation_history(rng, tmp_path)
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match="best_epoch"):
         lgmstm.load(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_divergence_keeps_the_last_finite_epoch_with_early_stopping(backend, rng):
+    """A fit that diverges ends as without early stopping: on its last finite
+    epoch (as the DivergenceWarning says), not on the best one."""
+    X, Y = linear_problem(rng)
+    arguments = dict(lr=2.0, optimizer="sgd", shuffle=False)
+    model = lgmstm.LGM([2, 1], output="linear", dtype=np.float32, backend=backend, seed=0)
+    with pytest.warns(lgmstm.DivergenceWarning):
+        history = model.fit(X, Y, epochs=500, validation_data=(X, Y), early_stopping=True,
+                            patience=1000, **arguments)
+    assert 0 < len(history) < 500 and model.best_epoch_ < len(history) - 1
+    reference = lgmstm.LGM([2, 1], output="linear", dtype=np.float32, backend=backend, seed=0)
+    reference.fit(X, Y, epochs=len(history), **arguments)
+    assert_same_state(model, reference)
+    assert model.validation_history_.shape == history.shape
