@@ -299,7 +299,8 @@ def at_control_defaults(validation_data, validation_fraction, early_stopping, pa
     return (validation_data is None and validation_fraction is None and early_stopping is False
             and type(patience) is int and patience == PATIENCE
             and type(tol) is float and tol == TOL
-            and type(lr_schedule) is str and lr_schedule == "constant" and type(power_t) is float and power_t == POWER_T)
+            and type(lr_schedule) is str and lr_schedule == "constant"
+            and type(power_t) is float and power_t == POWER_T)
 
 
 def check_validation_set(X_val, Y_val, sample: str, *more):

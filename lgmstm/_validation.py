@@ -230,9 +230,9 @@ def check_validation_data(value, n_items: tuple[int, ...]) -> tuple:
     them), returned as a tuple; the entries are checked by the model."""
     if not isinstance(value, (tuple, list)) or len(value) not in n_items:
         counts = " or ".join(str(n) for n in n_items)
-        raise TypeError(f"validation_data must be a tuple of {counts} arrays "
-                        f"((X_val, Y_val){'' if n_items == (2,) else ' or (X_val, Y_val, lengths_val)'})"
-                        f", got {_describe(value)}")
+        forms = "(X_val, Y_val)" + ("" if n_items == (2,) else " or (X_val, Y_val, lengths_val)")
+        raise TypeError(f"validation_data must be a tuple of {counts} arrays, {forms}, "
+                        f"got {_describe(value)}")
     return tuple(value)
 
 
