@@ -466,9 +466,9 @@ def check_targets(output: str, Y: np.ndarray, name: str = "Y") -> None:
 
 def _index(Y: np.ndarray, row: int, column: int | None = None) -> str:
     """Y's index (as the user wrote it) of row `row` of Y.reshape(-1, n_out)."""
-    index = list(np.unravel_index(row, Y.shape[:-1])) if Y.ndim > 1 else [row]
+    index = [int(i) for i in np.unravel_index(row, Y.shape[:-1])] if Y.ndim > 1 else [row]
     if column is not None and Y.ndim > 1:
-        index.append(column)
+        index.append(int(column))
     return "[" + ", ".join(str(int(i)) for i in index) + "]"
 
 

@@ -591,11 +591,10 @@ class STM(Model):
         where every valid row weighs 1 and nothing needs masking (the
         squared error's padded outputs and targets are both 0)."""
         n_samples = len(lengths)
+        shapes: tuple[tuple[int, ...], ...] = ((n_samples,),)
+        meaning = "(n_samples,)"
         if self._return_sequences:
-            shapes, meaning = ((n_samples,), (n_samples, n_steps)), \
-                "(n_samples,) or (n_samples, n_steps)"
-        else:
-            shapes, meaning = ((n_samples,),), "(n_samples,)"
+            shapes, meaning = shapes + ((n_samples, n_steps),), meaning + " or (n_samples, n_steps)"
         weights = check_sample_weight(sample_weight, shapes, meaning)
         if not self._return_sequences:
             return weights
