@@ -19,6 +19,8 @@ from scipy.special import log_expit, log_softmax
 import lgmstm
 from lgmstm import LGM, STM
 
+from finite_differences import numerical_gradient
+
 PROBABILITY_OUTPUTS = ["softmax", "sigmoid"]
 BACKENDS = ["cython", "numpy"]
 TOLERANCE = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
@@ -56,21 +58,6 @@ def lgm_logits(params, X):
         if layer < n_layers - 1:
             A = np.tanh(A)
     return A
-
-
-def numerical_gradient(loss, params, name, h=1e-6):
-    params = {k: v.copy() for k, v in params.items()}
-    array = params[name]
-    grad = np.empty_like(array)
-    for index in np.ndindex(array.shape):
-        saved = array[index]
-        array[index] = saved + h
-        up = loss(params)
-        array[index] = saved - h
-        down = loss(params)
-        array[index] = saved
-        grad[index] = (up - down) / (2 * h)
-    return grad
 
 
 def assert_grads_close(actual, expected, dtype, scale=1.0):
