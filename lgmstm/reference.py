@@ -300,7 +300,7 @@ def deep_backward(layers, readout, h0s, lengths, output_tanh, return_sequences, 
     layer, per direction (dWx, dWh, db); then per readout layer (dW, db).
     Nothing flows into h0s (truncated BPTT)."""
     dA = d_outputs.reshape(-1, d_outputs.shape[-1])
-    readout_grads = []
+    readout_grads: list = []
     for j in range(len(readout) - 1, -1, -1):
         W = readout[j][0]
         dA, dW, db = passes.layer_backward(kept.readout[j], W, kept.readout[j + 1], dA,
@@ -312,7 +312,7 @@ def deep_backward(layers, readout, h0s, lengths, output_tanh, return_sequences, 
         d_sequence = dA.reshape(n_samples, n_steps, dA.shape[1])
     else:
         d_finals = dA
-    layer_grads = []
+    layer_grads: list = []
     for k in range(len(layers) - 1, -1, -1):
         directions = layers[k]
         X = kept.inputs[k]
