@@ -202,7 +202,7 @@ def recurrent_backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, need_dX=True):
 # The composition below is written once, over four passes: the layer and
 # recurrent passes above. The STM's NumPy backend runs it with this module's
 # passes (REFERENCE_PASSES), its compiled backend with the compiled kernels'
-# (lgmstm._deep_stm), so that the two differ only in the kernels.
+# (lgmstm._deep), so that the two differ only in the kernels.
 
 
 class Passes:

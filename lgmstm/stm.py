@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _stm, reference
 from ._base import OUTPUTS, Model, glorot_uniform
-from ._deep_stm import COMPILED_PASSES, DeepRecurrent
+from ._deep import DeepRecurrent
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
     ADAM_BETA1,
@@ -318,7 +318,10 @@ class STM(Model):
     Parameters
     ----------
     n_in, n_hidden, n_out : int >= 1
-        Input features, state size and outputs per step.
+        Input features, state size and outputs per step. n_hidden may be a
+        non-empty list of sizes: stacked layers, layer k's state sequence
+        being layer k+1's input (the working memory is then a list of one
+        state per layer; see :attr:`state`).
     output : {"tanh", "linear"}, default "tanh"
         The readout's activation: "tanh" keeps outputs in (-1, 1), "linear"
         suits unbounded regression targets (fit warns, with a
@@ -331,6 +334,18 @@ class STM(Model):
     stateful : bool, default False
         Carry the final states from call to call (see above); the one
         attribute that may be set later.
+    bidirectional : bool, default False
+        Each recurrent layer also runs over each sequence backwards, from
+        its last valid step, with its own ``reverse*`` parameters; both
+        states are concatenated (forward first) for the next layer or the
+        readout, which with ``return_sequences=False`` reads the forward
+        state at the last valid step and the backward state at step 0. A
+        stream has no future: refused with ``stateful=True``, and
+        :meth:`step`, ``initial_state`` and ``return_state`` refuse it.
+    readout : list of int >= 1, default []
+        Sizes of tanh hidden layers between the last recurrent state and
+        the output layer (on every step, or on each final state); [] is
+        the dense readout.
     dtype : float32 or float64, default float64
         Dtype of the parameters, the state and every result. The data (X,
         Y, x) are converted to it: arrays of either float dtype, of integers
@@ -362,10 +377,16 @@ class STM(Model):
     params : dict of str to ndarray
         Copies of ``input_weight`` (n_in, n_hidden), ``recurrent_weight``
         (n_hidden, n_hidden), ``bias`` (n_hidden,), ``readout.weight``
-        (n_hidden, n_out) and ``readout.bias`` (n_out,).
-    state : ndarray of shape (n_streams, n_hidden) or None
+        (n_hidden, n_out) and ``readout.bias`` (n_out,). Stacked layers are
+        ``layer{k}.input_weight`` etc., a backward direction's
+        ``reverse{k}.*`` (``reverse.*`` with an int n_hidden), the
+        readout's hidden layers ``readout{j}.weight`` and ``.bias``.
+    state : ndarray of shape (n_streams, n_hidden), a list of them, or None
         A copy of the working memory (kept by :meth:`step`, and by stateful
-        models); None when empty.
+        models); None when empty. A stacked STM's: one array per layer.
+    bidirectional : bool
+    readout : tuple of int
+        The constructor's arguments, read-only.
     history_ : ndarray of shape (n_epochs,)
         Per-epoch losses of the last :meth:`fit` (one for :meth:`partial_fit`).
     """
@@ -388,7 +409,7 @@ class STM(Model):
         self._n_out = check_int("n_out", n_out, 1, maximum=MAX_DIM)
         self._bidirectional = check_bool("bidirectional", bidirectional)
         self._readout = check_layer_sizes("readout", readout, allow_empty=True)
-        # The deep STM (lgmstm._deep_stm): stacked layers (n_hidden a
+        # The deep STM (lgmstm._deep): stacked layers (n_hidden a
         # sequence, even of one), a reverse direction, or a readout's layers.
         self._stacked = isinstance(self._n_hidden, tuple)
         self._deep = self._stacked or self._bidirectional or bool(self._readout)
@@ -419,9 +440,9 @@ class STM(Model):
         self._state: Any = None  # an array, a list of one per layer (stacked), or None
         if self._deep:
             self._network: Any = DeepRecurrent(
-                self._params, self._sizes, 2 if self._bidirectional else 1,
+                self._params, self._n_in, self._sizes, 2 if self._bidirectional else 1,
                 self._output == "tanh", self._return_sequences, self._stacked,
-                COMPILED_PASSES if self._backend == "cython" else reference.REFERENCE_PASSES)
+                self._backend, self._lock)
         else:
             self._network = _NETWORKS[self._backend](
                 self._params, (self._n_in, self._n_hidden, self._n_out),

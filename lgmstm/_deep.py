@@ -1,21 +1,25 @@
-"""The deep STM's backend: stacked and bidirectional recurrent layers and a
-readout of tanh layers (``STM(n_in, [n_1, ...], n_out, bidirectional=...,
+"""The deep STM's backends: stacked and bidirectional recurrent layers and
+a readout of tanh layers (``STM(n_in, [n_1, ...], n_out, bidirectional=...,
 readout=[...])``).
 
-The composition is lgmstm.reference's (deep_forward, deep_backward), written
-once over four passes: ``backend="numpy"`` runs it on the NumPy passes,
-``backend="cython"`` on the compiled recurrent and dense passes (lgmstm._rnn,
-lgmstm._dense; each layer's input projection one GEMM over all steps, OpenMP
-over the batch). The training loop over mini-batches is
-lgmstm._training.ReferenceTrainer, in Python, for both.
+``backend="cython"`` trains in compiled code: the program
+lgmstm._deep_stm.DeepNetwork (csrc/lgmstm/_deep_stm.pyx) composes the
+compiled recurrent and dense passes per layer and per direction (each
+layer's input projection one GEMM over all steps), its batches run by the
+one training driver (_train.run_epochs); its gradients come from the same
+program; predict composes the same compiled passes from Python
+(COMPILED_PASSES, over lgmstm.reference.deep_forward). ``backend="numpy"``
+runs lgmstm.reference's composition (deep_forward, deep_backward) on the
+NumPy passes, trained by ReferenceTrainer's loop.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import _dense, _rnn, reference
+from ._deep_stm import DeepNetwork
 from ._threads import get_num_threads, single_threaded_blas
-from ._training import ReferenceTrainer
+from ._training import CompiledTrainer, OptimizerState, ReferenceTrainer
 from .kernels import _chunk_scratch, _rnn_work
 
 
@@ -77,15 +81,23 @@ class DeepRecurrent:
     by predict take that form.
     """
 
-    def __init__(self, params, sizes, n_directions, output_tanh, return_sequences, stacked,
-                 passes):
+    def __init__(self, params, n_in, sizes, n_directions, output_tanh, return_sequences,
+                 stacked, backend, lock):
         self.params = params
         self.sizes = list(sizes)
         self.n_directions = n_directions
         self.output_tanh = output_tanh
         self.return_sequences = return_sequences
         self.stacked = stacked
-        self.passes = passes
+        self.compiled = backend == "cython"
+        self.passes = COMPILED_PASSES if self.compiled else reference.REFERENCE_PASSES
+        self.program = None
+        if self.compiled:
+            n_recurrent = 3 * n_directions * len(self.sizes)
+            dense = [W.shape[1] for W in params[n_recurrent::2]]
+            self.program = DeepNetwork(params, n_in, np.asarray(self.sizes, np.intp),
+                                       np.asarray(dense, np.intp), n_directions, output_tanh,
+                                       return_sequences, lock)
         # the readout: every parameter after the recurrent ones
         self.n_recurrent = 3 * n_directions * len(self.sizes)
         self.n_out = params[-1].shape[0]
@@ -135,12 +147,61 @@ class DeepRecurrent:
         return loss, grads, self._public_states(finals)
 
     def gradients(self, X, Y, h0, lengths):
-        loss, grads, _ = self.step_gradients(X, Y, h0, lengths)
-        return loss, grads
+        program = self.program
+        if program is None:
+            loss, grads, _ = self.step_gradients(X, Y, h0, lengths)
+            return loss, grads
+        # The training program's batch, on every sequence in order.
+        trainer = CompiledDeepTrainer(self, X, Y, lengths, h0, max(1, X.shape[0]),
+                                      OptimizerState.fresh("sgd", self.params), 1.0, None)
+        with single_threaded_blas(trainer.blas_work):
+            sum_squares = program.gradients(trainer.run_data, get_num_threads())
+        n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
+        return sum_squares / max(1, n_valid * self.n_out), trainer.run_data.grads.arrays
 
     def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0):
+        if self.compiled:
+            return CompiledDeepTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr,
+                                       clip_norm, weight_decay)
         return DeepTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
                            weight_decay)
+
+
+class CompiledDeepTrainer(CompiledTrainer):
+    """One fit of a deep STM in compiled code (DeepNetwork.train): the
+    layers' states packed side by side in one row per sequence, as the
+    program takes them; final_states in the STM's form (see DeepRecurrent)."""
+
+    def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
+                 weight_decay=0.0):
+        n_samples, n_steps, _ = X.shape
+        dtype = X.dtype
+        layer_h0 = network._layer_states(h0)
+        packed_h0 = None if layer_h0 is None else np.ascontiguousarray(
+            np.concatenate(layer_h0, axis=1))
+        n_values, n_indices, n_partials = network.program.workspace_sizes(
+            min(batch_size, n_samples), n_steps)
+        workspace = [np.empty(n_values, dtype), np.empty(n_indices, np.intp),
+                     np.empty(n_partials, np.float64)]
+        self.network_of_states = network
+        super().__init__(
+            network, X, Y.reshape(-1), batch_size, optimizer, lr,
+            grads=[np.empty_like(p) for p in network.params], workspace=workspace,
+            blas_work=network.program.blas_work(min(batch_size, n_samples), n_steps),
+            clip_norm=clip_norm, weight_decay=weight_decay, lengths=lengths,
+            initial_states=packed_h0,
+            final_states=np.zeros((n_samples, sum(network.sizes)), dtype))
+
+    @property
+    def final_states(self):
+        """Each sequence's final states, from the latest epoch, in the STM's form."""
+        splits = np.cumsum(self.network_of_states.sizes)[:-1]
+        return self.network_of_states._public_states(
+            [np.ascontiguousarray(part) for part in np.split(self.packed_finals, splits, axis=1)])
+
+    @final_states.setter
+    def final_states(self, packed):
+        self.packed_finals = packed
 
 
 class DeepTrainer(ReferenceTrainer):
