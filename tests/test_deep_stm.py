@@ -544,3 +544,41 @@ def test_torch_rnn_with_the_same_weights_computes_and_trains_the_same(return_seq
                                        rtol=0, atol=1e-11, err_msg=name)
     got = torch_outputs(model, rnn, linear, X, lengths).detach().numpy()
     np.testing.assert_allclose(model.predict(X, lengths=lengths), got, rtol=0, atol=1e-11)
+
+
+def random_architectures(count, seed):
+    """(constructor arguments, X, Y, lengths, batch_size) of small random deep
+    STMs and data, no steps and empty sequences among them."""
+    rng = np.random.default_rng(seed)
+    for trial in range(count):
+        n_in, n_out = int(rng.integers(1, 7)), int(rng.integers(1, 4))
+        sizes = [int(n) for n in rng.integers(1, 9, int(rng.integers(1, 4)))]
+        bidirectional, return_sequences = bool(rng.integers(2)), bool(rng.integers(2))
+        readout = [int(n) for n in rng.integers(1, 6, int(rng.integers(0, 3)))]
+        n_samples, n_steps = int(rng.integers(1, 12)), int(rng.integers(0, 9))
+        X = rng.standard_normal((n_samples, n_steps, n_in))
+        Y = rng.uniform(-0.5, 0.5, (n_samples, n_steps, n_out) if return_sequences
+                        else (n_samples, n_out))
+        lengths = rng.integers(0, n_steps + 1, n_samples)
+        arguments = dict(n_in=n_in, n_hidden=sizes, n_out=n_out, bidirectional=bidirectional,
+                         readout=readout, return_sequences=return_sequences, seed=trial,
+                         stateful=not bidirectional and bool(rng.integers(2)))
+        yield arguments, X, Y, lengths, int(rng.integers(1, n_samples + 1))
+
+
+@pytest.mark.parametrize("case", list(random_architectures(40, 1)),
+                         ids=lambda case: f"{case[0]['n_hidden']}-{case[1].shape[1]}steps")
+def test_random_architectures_train_in_compiled_code_as_in_numpy(case, dtype):
+    arguments, X, Y, lengths, batch_size = case
+    models = [STM(**arguments, output="linear", dtype=dtype, backend=backend)
+              for backend in ("cython", "numpy")]
+    results = []
+    for model in models:
+        if model.stateful:
+            model.predict(X)  # a working memory to start from
+        gradients = model.gradients(X, Y, lengths=lengths)
+        history = model.fit(X, Y, epochs=3, lr=0.05, batch_size=batch_size, lengths=lengths,
+                            seed=1, optimizer="adam")
+        results.append([history, *gradients.values(), *model.params.values()])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, **tolerance(dtype))

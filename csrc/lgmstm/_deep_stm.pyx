@@ -60,10 +60,11 @@ cdef struct Layout:
     Py_ssize_t inputs          # layer k's input at inputs + k * sequence_values (k >= 1)
     Py_ssize_t reversed_input  # a reverse direction's input
     Py_ssize_t states          # layer k, direction d at states + (k D + d) * sequence_values
+                               # (bidirectional only; see states_of)
     Py_ssize_t finals          # (n_rows, widest) each, (k D + d)
     Py_ssize_t readout_input   # the final states read out (return_sequences=False)
     Py_ssize_t activations     # readout layer j at activations + j * rows_values
-    Py_ssize_t grad_a, grad_b  # two ping-pong gradients, of sequence_values each
+    Py_ssize_t grad_a, grad_b  # two ping-pong gradients
     Py_ssize_t state_grads     # dL/dH of one direction (its dZ in place)
     Py_ssize_t first_grads     # dz of step 0
     Py_ssize_t layer_h0        # a layer's initial states, (n_rows, its size)
@@ -92,12 +93,16 @@ cdef Layout layout_of(const Shape *shape, Py_ssize_t n_rows, Py_ssize_t n_steps)
     layout.inputs = layout.final_batch + n_rows * shape.total_hidden
     layout.reversed_input = layout.inputs + (shape.n_layers + 1) * layout.sequence_values
     layout.states = layout.reversed_input + layout.sequence_values
-    layout.finals = layout.states + n_sequences * layout.sequence_values
+    # (one direction keeps its states in the next layer's input: see states_of)
+    layout.finals = layout.states + (n_sequences * layout.sequence_values
+                                     if shape.n_directions > 1 else 0)
     layout.readout_input = layout.finals + n_sequences * layout.state_values
     layout.activations = layout.readout_input + layout.state_values
     layout.grad_a = layout.activations + shape.n_dense * layout.rows_values
-    layout.grad_b = layout.grad_a + layout.sequence_values
-    layout.state_grads = layout.grad_b + layout.sequence_values
+    # a gradient holds a layer's output sequence or the readout's rows
+    # (more than the sequences' when there are no steps)
+    layout.grad_b = layout.grad_a + max(layout.sequence_values, layout.rows_values)
+    layout.state_grads = layout.grad_b + max(layout.sequence_values, layout.rows_values)
     layout.first_grads = layout.state_grads + layout.sequence_values
     layout.layer_h0 = layout.first_grads + layout.state_values
     layout.input_grads = layout.layer_h0 + layout.state_values
@@ -283,6 +288,15 @@ cdef void reverse_steps(const floating *source, floating *dest, const Py_ssize_t
                 memset(to_row, 0, width * sizeof(floating))
 
 
+cdef inline floating *states_of(floating *values, const Layout *layout, Py_ssize_t D,
+                               Py_ssize_t k, Py_ssize_t d) noexcept nogil:
+    """Where direction d of layer k keeps its states: with one direction,
+    the next layer's input itself (the same rows), else its own buffer."""
+    if D == 1:
+        return values + layout.inputs + (k + 1) * layout.sequence_values
+    return values + layout.states + (k * D + d) * layout.sequence_values
+
+
 cdef void copy_columns(const floating *source, Py_ssize_t ld_source, floating *dest,
                        Py_ssize_t ld_dest, Py_ssize_t n_rows, Py_ssize_t width) noexcept nogil:
     """dest[r, :width] = source[r, :width] for n_rows rows."""
@@ -353,7 +367,7 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
         n_hidden = shape.hidden[k]
         layer_input = X_rows if k == 0 else values + layout.inputs + k * layout.sequence_values
         for d in range(D):
-            H = values + layout.states + (k * D + d) * layout.sequence_values
+            H = states_of(values, layout, D, k, d)
             final = values + layout.finals + (k * D + d) * layout.state_values
             param = 3 * (k * D + d)
             if d == 1:
@@ -371,7 +385,9 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
             # The next layer's input: forward states, then reverse ones in step order.
             outputs = values + layout.inputs + (k + 1) * layout.sequence_values
             if d == 0:
-                copy_columns(H, n_hidden, outputs, D * n_hidden, n_rows * n_steps, n_hidden)
+                if D > 1:
+                    copy_columns(H, n_hidden, outputs, D * n_hidden, n_rows * n_steps,
+                                 n_hidden)
                 copy_columns(final, n_hidden, final_rows + offset, total, n_rows, n_hidden)
             else:
                 reverse_steps(H, outputs + n_hidden, length_rows, n_rows, n_steps, n_hidden,
@@ -431,11 +447,13 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
         d_layer_input = values + (layout.grad_b if dA == values + layout.grad_a
                                   else layout.grad_a)
         for d in range(D):
-            H = values + layout.states + (k * D + d) * layout.sequence_values
+            H = states_of(values, layout, D, k, d)
             dH = values + layout.state_grads
             param = 3 * (k * D + d)
             if every_step or k < shape.n_layers - 1:
-                if d == 0:
+                if D == 1:
+                    dH = dA  # the same rows; the pass turns them into dz in place
+                elif d == 0:
                     copy_columns(dA, D * n_hidden, dH, n_hidden, n_rows * n_steps, n_hidden)
                 else:
                     reverse_steps(dA + n_hidden, dH, length_rows, n_rows, n_steps, n_hidden,
