@@ -131,7 +131,8 @@ class DeepRecurrent:
     def _public_states(self, finals):
         return finals if self.stacked else finals[0]
 
-    def predict(self, X, h0, lengths):
+    def predict(self, X, h0, lengths, logits=False):
+        # tanh and linear outputs only: there are no logits apart from the outputs
         layers, readout = self._network()
         outputs, kept = reference.deep_forward(X, layers, readout, self._layer_states(h0),
                                                lengths, self.output_tanh,
@@ -146,7 +147,8 @@ class DeepRecurrent:
             self.return_sequences, self.passes)
         return loss, grads, self._public_states(finals)
 
-    def gradients(self, X, Y, h0, lengths):
+    def gradients(self, X, Y, h0, lengths, weights=None):
+        assert weights is None  # STM refuses sample_weight for a deep STM
         program = self.program
         if program is None:
             loss, grads, _ = self.step_gradients(X, Y, h0, lengths)
@@ -159,7 +161,9 @@ class DeepRecurrent:
         n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
         return sum_squares / max(1, n_valid * self.n_out), trainer.run_data.grads.arrays
 
-    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0):
+    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0,
+                weights=None):
+        assert weights is None  # STM refuses sample_weight for a deep STM
         if self.compiled:
             return CompiledDeepTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr,
                                        clip_norm, weight_decay)

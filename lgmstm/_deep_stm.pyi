@@ -30,6 +30,9 @@ class DeepNetwork(Program):
     def param_counts(self) -> _Index: ...
     def blas_work(self, n_samples: int, n_steps: int) -> int:
         """Multiply-adds of a pass over the sequences: whether BLAS may thread."""
+    def row_quantum(self, n_steps: int) -> int:
+        """The samples a piece of predict's batch must be a multiple of for
+        the whole batch's bits (lgmstm.dask.predict)."""
     def workspace_sizes(self, n_rows: int, n_steps: int) -> tuple[int, int, int]:
         """(values of the dtype, intp values, float64 values) of the workspace
         of batches of up to n_rows sequences of n_steps."""

@@ -582,3 +582,43 @@ def test_random_architectures_train_in_compiled_code_as_in_numpy(case, dtype):
         results.append([history, *gradients.values(), *model.params.values()])
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("name", ["stacked-bidirectional", "all"])
+def test_pieces_at_multiples_of_the_row_quantum_have_the_whole_batchs_bits(
+        name, return_sequences, threads):
+    """lgmstm.dask.predict cuts blocks at multiples of row_quantum: the
+    pieces' predictions are the whole batch's, bit for bit (wide layers:
+    the passes' BLAS path)."""
+    pytest.importorskip("dask")
+    from lgmstm import dask as lgmstm_dask
+    n_hidden, extra = ARCHITECTURES[name]
+    n_hidden = [48] * len(n_hidden) if isinstance(n_hidden, list) else 48
+    model = STM(6, n_hidden, 3, return_sequences=return_sequences, seed=0, **extra)
+    quantum = lgmstm_dask.row_quantum(model, 9)
+    assert quantum % 64 == 0
+    rng = np.random.default_rng(1)
+    n_samples = 2 * quantum + 29
+    X = rng.standard_normal((n_samples, 9, 6))
+    lengths = rng.integers(0, 10, n_samples)
+    bounds = [0, quantum, 2 * quantum, n_samples]
+    with threads(2):
+        whole = model.predict(X, lengths=lengths)
+        joined = np.concatenate([model.predict(X[a:b], lengths=lengths[a:b])
+                                 for a, b in zip(bounds, bounds[1:])])
+    np.testing.assert_array_equal(joined, whole)
+
+
+def test_what_a_deep_stm_does_not_take_yet_is_refused_clearly():
+    """The deep STM trains on the squared error without weights, for now."""
+    for output in ("softmax", "sigmoid"):
+        with pytest.raises(ValueError, match=f"output='{output}' is not available for a deep"):
+            STM(N_IN, [4, 4], N_OUT, output=output)
+    model = make("stacked")
+    X, Y = data(np.float64)
+    for call in (lambda: model.fit(X, Y, epochs=1, lr=0.1, sample_weight=np.ones(N_SAMPLES)),
+                 lambda: model.loss(X, Y, sample_weight=np.ones(N_SAMPLES)),
+                 lambda: model.gradients(X, Y, sample_weight=np.ones(N_SAMPLES))):
+        with pytest.raises(ValueError, match="sample_weight is not available for a deep STM"):
+            call()

@@ -14,6 +14,8 @@ Unchecked: call it through lgmstm.STM, which validates shapes, dtypes and
 layouts once and allocates every buffer (workspace_sizes).
 """
 cimport numpy as cnp
+import math
+
 import numpy as np
 from cython cimport floating
 from libc.string cimport memcpy, memset
@@ -21,8 +23,9 @@ from libc.string cimport memcpy, memset
 from lgmstm._dense cimport dense_backward, dense_forward
 from lgmstm._loss cimport squared_error
 from lgmstm._optim cimport Optimizer
-from lgmstm._parallel cimport BLOCK_ELEMS, n_tasks
-from lgmstm._rnn cimport rnn_backward_pass, rnn_forward_pass, rnn_scratch_size
+from lgmstm._parallel cimport BLOCK_ELEMS, gemm_task_rows, n_tasks
+from lgmstm._rnn cimport (forward_chunk_rows, rnn_backward_pass, rnn_forward_pass,
+                          rnn_scratch_size)
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._train cimport (Parameters, PointerTable, Program, TrainingPlan, TrainingRun,
                             UseLock, data_or_null, parameters_of, plan_of, run_epochs)
@@ -172,6 +175,24 @@ cdef class DeepNetwork(Program):
         n_samples sequences of n_steps (single_threaded_blas)."""
         cdef Py_ssize_t width = widest(&self.shape)
         return n_samples * max(n_steps, 1) * width * width
+
+    def row_quantum(self, Py_ssize_t n_steps):
+        """The fewest samples q such that predict over consecutive pieces of
+        a batch, each (but the last) of a multiple of q samples, gives every
+        sample the bits of one predict over the whole batch (lgmstm.dask):
+        every layer's forward chunks (forward_chunk_rows) and every readout
+        layer's GEMM tasks (gemm_task_rows rows, n_steps of them per sample
+        with return_sequences) must start at the same samples."""
+        cdef Py_ssize_t k, j, rows, n_inputs, quantum = 1
+        cdef Py_ssize_t per_sample = max(1, n_steps) if self.shape.return_sequences else 1
+        for k in range(self.shape.n_layers):
+            quantum = math.lcm(quantum, forward_chunk_rows(self.shape.hidden[k]))
+        n_inputs = layer_width(&self.shape, self.shape.n_layers)
+        for j in range(self.shape.n_dense):
+            rows = gemm_task_rows(self.shape.dense[j], n_inputs)
+            quantum = math.lcm(quantum, rows // math.gcd(rows, per_sample))
+            n_inputs = self.shape.dense[j]
+        return quantum
 
     def workspace_sizes(self, Py_ssize_t n_rows, Py_ssize_t n_steps):
         """(values of the dtype, intp values, float64 values) of the
