@@ -21,7 +21,7 @@ from setuptools.command.build_ext import build_ext
 # The compiled modules, in csrc/lgmstm/ (see docs/architecture.md): the
 # building blocks that share cdef functions through their .pxd files, the two
 # model programs, and the build facts.
-MODULES = ["_openmp", "_train", "_dense", "_rnn", "_lgm", "_stm"]
+MODULES = ["_openmp", "_train", "_dense", "_rnn", "_lgm", "_stm", "_deep_stm"]
 
 OPENMP_FLAGS = {
     # compiler type: (compile flags, link flags)

@@ -182,6 +182,22 @@ def check_int(name: str, value, minimum: int, allow_none: bool = False,
     return value
 
 
+def check_layer_sizes(name: str, value, allow_empty: bool) -> tuple[int, ...]:
+    """value, a list, tuple or 1-D integer array of layer sizes, each in
+    [1, MAX_DIM], as a tuple of ints (empty only when allow_empty)."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1 or value.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be a list of integers >= 1, got an array of shape "
+                            f"{value.shape} and dtype {value.dtype}")
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of integers >= 1, got {_describe(value)}")
+    if not value and not allow_empty:
+        raise ValueError(f"{name} must hold at least one layer size, got {list(value)}")
+    return tuple(check_int(f"{name}[{k}]", size, 1, maximum=MAX_DIM)
+                 for k, size in enumerate(value))
+
+
 def check_seed(name: str, seed):
     """seed for numpy.random.default_rng: None, a Generator, or an int >= 0."""
     if seed is None or isinstance(seed, np.random.Generator):

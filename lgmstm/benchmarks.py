@@ -106,6 +106,33 @@ RECURRENT_SIZES = (
     RecurrentSize("medium", 100, 64, 64, 128, 16),
     RecurrentSize("large", 50, 128, 256, 512, 64),
 )
+
+@dataclass(frozen=True)
+class DeepSize(_Size):
+    """A deep STM (issue 15): stacked layers n_hidden, a reverse direction
+    when bidirectional, a readout of tanh layers, over n_steps on n_samples."""
+
+    name: str
+    n_steps: int
+    n_samples: int
+    n_in: int
+    n_hidden: tuple
+    n_out: int
+    bidirectional: bool = False
+    readout: tuple = ()
+
+    def describe(self):
+        extra = (", bidirectional" if self.bidirectional else "") + (
+            f", readout={list(self.readout)}" if self.readout else "")
+        return (f"T={self.n_steps}, n={self.n_samples}, "
+                f"{self.n_in}->{list(self.n_hidden)}->{self.n_out}{extra}")
+
+
+DEEP_SIZES = (
+    DeepSize("seed", 20, 100, 10, (5,), 2, readout=(8,)),
+    DeepSize("stacked", 100, 64, 64, (128, 128), 16),
+    DeepSize("bidirectional", 100, 64, 64, (128,), 16, bidirectional=True),
+)
 # --quick runs only these sizes.
 QUICK_SIZES = ("seed",)
 
@@ -150,6 +177,15 @@ def _recurrent_problem(size, dtype):
     return X, Y, params
 
 
+def _deep_problem(size, dtype):
+    """X (n_samples, n_steps, n_in) and Y (n_samples, n_steps, n_out) of a
+    DeepSize, seeded (the models make their own parameters)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((size.n_samples, size.n_steps, size.n_in)).astype(dtype)
+    Y = rng.uniform(-0.9, 0.9, (size.n_samples, size.n_steps, size.n_out)).astype(dtype)
+    return X, Y, []
+
+
 # -- LGM and dense kernels -------------------------------------------------------------
 
 def _dense_forward(module):
@@ -188,6 +224,10 @@ def _model(size, dtype, backend="cython", **options):
     if isinstance(size, DenseSize):
         return lgmstm.LGM([size.n_in, size.n_hidden, size.n_out], dtype=dtype, seed=0,
                           backend=backend, **options)
+    if isinstance(size, DeepSize):
+        return lgmstm.STM(size.n_in, list(size.n_hidden), size.n_out, dtype=dtype, seed=0,
+                          backend=backend, bidirectional=size.bidirectional,
+                          readout=list(size.readout), **options)
     return lgmstm.STM(size.n_in, size.n_hidden, size.n_out, dtype=dtype, seed=0,
                       backend=backend, **options)
 
@@ -305,6 +345,27 @@ def _torch_stm(torch, size):
 
         def forward(self, X):
             return torch.tanh(self.output(self.rnn(X)[0]))
+
+    return Network()
+
+
+def _torch_deep_stm(torch, size):
+    """nn.RNN(num_layers, bidirectional) (tanh), then Linear + Tanh layers at every step."""
+    nn = torch.nn
+    n_directions = 2 if size.bidirectional else 1
+
+    class Network(nn.Module):  # type: ignore[name-defined]
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.RNN(size.n_in, size.n_hidden[0], num_layers=len(size.n_hidden),
+                              nonlinearity="tanh", batch_first=True,
+                              bidirectional=size.bidirectional)
+            widths = [size.n_hidden[-1] * n_directions, *size.readout, size.n_out]
+            self.readout = nn.Sequential(*(module for n_in, n_out in zip(widths, widths[1:])
+                                           for module in (nn.Linear(n_in, n_out), nn.Tanh())))
+
+        def forward(self, X):
+            return self.readout(self.rnn(X)[0])
 
     return Network()
 
@@ -661,6 +722,20 @@ def _stm_step_flops(s):
     return 2 * s.n_steps * s.n_samples * (2 * s.n_in * h + 3 * h * h + 3 * h * s.n_out)
 
 
+def _deep_stm_step_flops(s):
+    # per layer and direction as _stm_step_flops (the input projection from
+    # the layer below), then the readout's layers, forward and backward
+    flops, width = 0, s.n_in
+    n_directions = 2 if s.bidirectional else 1
+    for h in s.n_hidden:
+        flops += n_directions * 2 * s.n_steps * s.n_samples * (2 * width * h + 3 * h * h)
+        width = n_directions * h
+    for n_out in (*s.readout, s.n_out):
+        flops += 2 * s.n_steps * s.n_samples * 3 * width * n_out
+        width = n_out
+    return flops
+
+
 def _door_peer(name):
     """The door's implementation `name`: that peer of each row that has it."""
     def make(row, dtype):
@@ -707,6 +782,14 @@ CASES = (
          (Implementation("lgmstm", _model_step("cython", _recurrent_problem)),
           Implementation("numpy", _model_step("numpy", _recurrent_problem)),
           Implementation("torch", _torch_step(_torch_stm, _recurrent_problem), needs="torch")),
+         training=True),
+    # issue 15: the deep STM (its compiled program)
+    # vs its NumPy composition and torch's nn.RNN(num_layers, bidirectional)
+    Case("deep_stm_step", DEEP_SIZES, _deep_stm_step_flops,
+         (Implementation("lgmstm", _model_step("cython", _deep_problem)),
+          Implementation("numpy", _model_step("numpy", _deep_problem)),
+          Implementation("torch", _torch_step(_torch_deep_stm, _deep_problem),
+                         needs="torch")),
          training=True),
     DOOR,
 )

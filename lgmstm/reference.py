@@ -288,3 +288,165 @@ def recurrent_backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, need_dX=True):
     db = dZ_rows.sum(axis=0)
     dX = dZ @ Wx.T if need_dX else None
     return dX, dh0, dWx, dWh, db
+
+
+# -- the deep STM: stacked, bidirectional layers and a readout of tanh layers --------
+#
+# The composition below is written once, over four passes: the layer and
+# recurrent passes above. The STM's NumPy backend runs it with this module's
+# passes (REFERENCE_PASSES), its compiled backend with the compiled kernels'
+# (lgmstm._deep), so that the two differ only in the kernels.
+
+
+class Passes:
+    """The four passes a deep STM is composed of, with the signatures of
+    layer_forward, layer_backward, recurrent_forward and recurrent_backward."""
+
+    def __init__(self, layer_forward, layer_backward, recurrent_forward, recurrent_backward):
+        self.layer_forward, self.layer_backward = layer_forward, layer_backward
+        self.recurrent_forward, self.recurrent_backward = recurrent_forward, recurrent_backward
+
+
+REFERENCE_PASSES = Passes(layer_forward, layer_backward, recurrent_forward, recurrent_backward)
+
+
+def reverse_steps(X, lengths):
+    """Each sequence's valid steps in reverse order, padded steps 0.
+
+    ``R[i, t] = X[i, lengths[i] - 1 - t]`` for ``t < lengths[i]``, else 0: the
+    input of a backward direction, which starts at each sequence's last
+    valid step. Its own inverse on arrays that are 0 past each length.
+    """
+    n_samples, n_steps = X.shape[:2]
+    steps = np.arange(n_steps)
+    source = lengths[:, None] - 1 - steps
+    valid = source >= 0
+    R = X[np.arange(n_samples)[:, None], np.where(valid, source, 0)]
+    R[~valid] = 0
+    return np.ascontiguousarray(R)
+
+
+class DeepForward:
+    """What a deep STM's forward pass keeps for its backward pass.
+
+    inputs[k]: layer k's input sequence (X for layer 0), (n_samples, n_steps, .);
+    states[k][d]: direction d's states in its own step order (d = 1, the
+    reverse direction, runs over reverse_steps of the input); finals[k][d]:
+    each direction's state after its last step (h0 at length 0); readout:
+    the readout's input and the activation of each of its layers.
+    """
+
+    def __init__(self):
+        self.inputs, self.states, self.finals, self.readout = [], [], [], []
+
+
+def deep_forward(X, layers, readout, h0s, lengths, output_tanh, return_sequences,
+                 passes=REFERENCE_PASSES):
+    """Outputs of a deep STM, and its DeepForward.
+
+    layers[k]: one (Wx, Wh, b) per direction of layer k (forward, then
+    reverse when bidirectional); readout: (W, b) per dense layer, the hidden
+    tanh layers then the output layer (tanh when output_tanh); h0s: None or
+    one forward initial state (or None) per layer (a reverse direction starts
+    from zeros). Each layer's input is the state sequence of the layer
+    below, both directions concatenated per step (forward first, reverse
+    states back in the input's order); the readout reads the top layer's
+    states on every valid step (return_sequences; outputs 0 past each length)
+    or each sequence's final states (forward direction's at the last valid
+    step, reverse direction's at step 0).
+    """
+    kept = DeepForward()
+    n_samples, n_steps, _ = X.shape
+    for k, directions in enumerate(layers):
+        kept.inputs.append(X)
+        states, finals = [], []
+        for d, (Wx, Wh, b) in enumerate(directions):
+            h0 = h0s[k] if d == 0 and h0s is not None else None
+            X_d = X if d == 0 else reverse_steps(X, lengths)
+            H = np.empty((n_samples, n_steps, Wh.shape[0]), X.dtype)
+            passes.recurrent_forward(X_d, h0, Wx, Wh, b, lengths, H)
+            states.append(H)
+            finals.append(final_states(H, h0, lengths))
+        kept.states.append(states)
+        kept.finals.append(finals)
+        X = states[0] if len(states) == 1 else np.concatenate(
+            [states[0], reverse_steps(states[1], lengths)], axis=2)
+    if return_sequences:
+        A = X.reshape(n_samples * n_steps, X.shape[2])
+    else:
+        A = np.ascontiguousarray(np.concatenate(kept.finals[-1], axis=1))
+    kept.readout.append(A)
+    for j, (W, b) in enumerate(readout):
+        A = passes.layer_forward(A, W, b, output_tanh or j < len(readout) - 1)
+        kept.readout.append(A)
+    if not return_sequences:
+        return A, kept
+    outputs = A.reshape(n_samples, n_steps, A.shape[1])
+    outputs[np.arange(n_steps) >= lengths[:, None]] = 0
+    return outputs, kept
+
+
+def deep_backward(layers, readout, h0s, lengths, output_tanh, return_sequences, kept,
+                  d_outputs, passes=REFERENCE_PASSES):
+    """Gradients of a deep STM from d_outputs (shaped as deep_forward's
+    outputs, 0 past each length), in deep_forward's parameter order: per
+    layer, per direction (dWx, dWh, db); then per readout layer (dW, db).
+    Nothing flows into h0s (truncated BPTT)."""
+    dA = d_outputs.reshape(-1, d_outputs.shape[-1])
+    readout_grads: list = []
+    for j in range(len(readout) - 1, -1, -1):
+        W = readout[j][0]
+        dA, dW, db = passes.layer_backward(kept.readout[j], W, kept.readout[j + 1], dA,
+                                           output_tanh or j < len(readout) - 1)
+        readout_grads[:0] = [dW, db]
+    n_samples, n_steps = kept.inputs[0].shape[:2]
+    d_sequence, d_finals = None, None
+    if return_sequences:
+        d_sequence = dA.reshape(n_samples, n_steps, dA.shape[1])
+    else:
+        d_finals = dA
+    layer_grads: list = []
+    for k in range(len(layers) - 1, -1, -1):
+        directions = layers[k]
+        X = kept.inputs[k]
+        d_input = None
+        grads = []
+        offset = 0
+        for d, (Wx, Wh, _) in enumerate(directions):
+            n_hidden = Wh.shape[0]
+            h0 = h0s[k] if d == 0 and h0s is not None else None
+            dH = dh_last = None
+            if d_sequence is not None:
+                dH = np.ascontiguousarray(d_sequence[:, :, offset:offset + n_hidden])
+                if d == 1:
+                    dH = reverse_steps(dH, lengths)
+            if d_finals is not None:
+                dh_last = np.ascontiguousarray(d_finals[:, offset:offset + n_hidden])
+            offset += n_hidden
+            X_d = X if d == 0 else reverse_steps(X, lengths)
+            dX, _, dWx, dWh, db = passes.recurrent_backward(
+                X_d, h0, Wx, Wh, kept.states[k][d], dH, dh_last, lengths, need_dX=k > 0)
+            grads += [dWx, dWh, db]
+            if k > 0:
+                dX = dX if d == 0 else reverse_steps(dX, lengths)
+                d_input = dX if d_input is None else d_input + dX
+        layer_grads[:0] = grads
+        d_sequence, d_finals = d_input, None
+    return layer_grads + readout_grads
+
+
+def deep_loss_gradients(X, Y, layers, readout, h0s, lengths, output_tanh, return_sequences,
+                        passes=REFERENCE_PASSES):
+    """(loss, grads, finals) of a deep STM on one batch: the mean squared
+    error over the valid outputs (Y 0 past each length, as the outputs),
+    deep_backward's gradients, and the forward finals of each layer."""
+    outputs, kept = deep_forward(X, layers, readout, h0s, lengths, output_tanh,
+                                 return_sequences, passes)
+    n_out = outputs.shape[-1]
+    n_valid = int(lengths.sum()) if return_sequences else X.shape[0]
+    loss, d_outputs = squared_error(outputs, Y)
+    rescale = outputs.size / max(1, n_valid * n_out)
+    d_outputs *= d_outputs.dtype.type(rescale)
+    grads = deep_backward(layers, readout, h0s, lengths, output_tanh, return_sequences, kept,
+                          d_outputs, passes)
+    return loss * rescale, grads, [finals[0] for finals in kept.finals]

@@ -8,7 +8,7 @@ maths with :mod:`lgmstm.reference`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -16,6 +16,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _stm, reference
 from ._base import NO_VALIDATION, PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
+from ._deep import DeepRecurrent
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
     ADAM_BETA1,
@@ -44,6 +45,7 @@ from ._validation import (
     as_array,
     check_bool,
     check_int,
+    check_layer_sizes,
     check_lengths,
     check_positive_float,
     check_product,
@@ -60,6 +62,32 @@ __all__ = ["STM"]
 
 # The parameters, in the order the compiled code takes them.
 PARAM_NAMES = ("input_weight", "recurrent_weight", "bias", "readout.weight", "readout.bias")
+
+
+def parameter_shapes(n_in, n_hidden, n_out, bidirectional=False, readout=()):
+    """{name: shape} of every parameter, in the order the backends take them.
+
+    n_hidden an int: one recurrent layer, named as PARAM_NAMES (its reverse
+    direction ``reverse.*``); a sequence: layer k's are ``layer{k}.*`` (its
+    reverse direction ``reverse{k}.*``). Then the readout's hidden layers
+    ``readout{j}.weight``/``.bias`` and the output layer ``readout.*``.
+    """
+    stacked = not isinstance(n_hidden, int)
+    sizes = list(n_hidden) if stacked else [n_hidden]
+    shapes = {}
+    width = n_in
+    for k, size in enumerate(sizes):
+        for prefix in ("layer", "reverse")[:2 if bidirectional else 1]:
+            name = (f"{prefix}{k}." if stacked else
+                    "" if prefix == "layer" else "reverse.")
+            shapes.update({f"{name}input_weight": (width, size),
+                           f"{name}recurrent_weight": (size, size), f"{name}bias": (size,)})
+        width = size * (2 if bidirectional else 1)
+    for j, size in enumerate([*readout, n_out]):
+        name = "readout." if j == len(readout) else f"readout{j}."
+        shapes.update({f"{name}weight": (width, size), f"{name}bias": (size,)})
+        width = size
+    return shapes
 
 
 def orthogonal(rng, n, dtype):
@@ -347,7 +375,10 @@ class STM(Model):
     Parameters
     ----------
     n_in, n_hidden, n_out : int >= 1
-        Input features, state size and outputs per step.
+        Input features, state size and outputs per step. n_hidden may be a
+        non-empty list of sizes: stacked layers, layer k's state sequence
+        being layer k+1's input (the working memory is then a list of one
+        state per layer; see :attr:`state`).
     output : {"tanh", "linear", "softmax", "sigmoid"}, default "tanh"
         The readout's activation and the loss: "tanh" keeps outputs in
         (-1, 1), "linear" suits unbounded regression targets (both squared
@@ -357,6 +388,8 @@ class STM(Model):
         train on the cross-entropy, as :class:`lgmstm.LGM`'s do (targets
         one-hot or class probabilities, or in [0, 1]); see
         :meth:`predict_log_proba`.
+        A deep STM (stacked, bidirectional or with a readout's layers)
+        takes "tanh" or "linear" only, for now.
     return_sequences : bool, default True
         True: an output on every step, Y of shape (n_samples, n_steps, n_out).
         False: one output per sequence, from its final state, Y of shape
@@ -364,6 +397,18 @@ class STM(Model):
     stateful : bool, default False
         Carry the final states from call to call (see above); the one
         attribute that may be set later.
+    bidirectional : bool, default False
+        Each recurrent layer also runs over each sequence backwards, from
+        its last valid step, with its own ``reverse*`` parameters; both
+        states are concatenated (forward first) for the next layer or the
+        readout, which with ``return_sequences=False`` reads the forward
+        state at the last valid step and the backward state at step 0. A
+        stream has no future: refused with ``stateful=True``, and
+        :meth:`step`, ``initial_state`` and ``return_state`` refuse it.
+    readout : list of int >= 1, default []
+        Sizes of tanh hidden layers between the last recurrent state and
+        the output layer (on every step, or on each final state); [] is
+        the dense readout.
     dtype : float32 or float64, default float64
         Dtype of the parameters, the state and every result. The data (X,
         Y, x) are converted to it: arrays of either float dtype, of integers
@@ -395,10 +440,16 @@ class STM(Model):
     params : dict of str to ndarray
         Copies of ``input_weight`` (n_in, n_hidden), ``recurrent_weight``
         (n_hidden, n_hidden), ``bias`` (n_hidden,), ``readout.weight``
-        (n_hidden, n_out) and ``readout.bias`` (n_out,).
-    state : ndarray of shape (n_streams, n_hidden) or None
+        (n_hidden, n_out) and ``readout.bias`` (n_out,). Stacked layers are
+        ``layer{k}.input_weight`` etc., a backward direction's
+        ``reverse{k}.*`` (``reverse.*`` with an int n_hidden), the
+        readout's hidden layers ``readout{j}.weight`` and ``.bias``.
+    state : ndarray of shape (n_streams, n_hidden), a list of them, or None
         A copy of the working memory (kept by :meth:`step`, and by stateful
-        models); None when empty.
+        models); None when empty. A stacked STM's: one array per layer.
+    bidirectional : bool
+    readout : tuple of int
+        The constructor's arguments, read-only.
     history_ : ndarray of shape (n_epochs,)
         Per-epoch losses of the last :meth:`fit` (one for :meth:`partial_fit`).
     validation_history_ : ndarray of shape (n_epochs,) or (0,), float64
@@ -412,33 +463,70 @@ class STM(Model):
     kind = "STM"
     _fixed = ("n_in", "n_hidden", "n_out", "output", "return_sequences", "dtype", "backend")
 
-    def __init__(self, n_in: int, n_hidden: int, n_out: int, *, output: str = "tanh",
-                 return_sequences: bool = True, stateful: bool = False,
+    def __init__(self, n_in: int, n_hidden: int | Sequence[int], n_out: int, *,
+                 output: str = "tanh", return_sequences: bool = True, stateful: bool = False,
+                 bidirectional: bool = False, readout: Sequence[int] = (),
                  dtype: DTypeLike = np.float64,
                  seed: int | np.random.Generator | None = None,
                  backend: str = "cython") -> None:
         self._n_in = check_int("n_in", n_in, 1, maximum=MAX_DIM)
-        self._n_hidden = check_int("n_hidden", n_hidden, 1, maximum=MAX_DIM)
+        if isinstance(n_hidden, (list, tuple, np.ndarray)):
+            self._n_hidden: int | tuple[int, ...] = check_layer_sizes(
+                "n_hidden", n_hidden, allow_empty=False)
+        else:
+            self._n_hidden = check_int("n_hidden", n_hidden, 1, maximum=MAX_DIM)
         self._n_out = check_int("n_out", n_out, 1, maximum=MAX_DIM)
-        for name, rows, cols in (("n_in x n_hidden", self._n_in, self._n_hidden),
-                                 ("n_hidden x n_hidden", self._n_hidden, self._n_hidden),
-                                 ("n_hidden x n_out", self._n_hidden, self._n_out)):
-            check_product(f"a weight of {name}", rows, cols)
+        self._bidirectional = check_bool("bidirectional", bidirectional)
+        self._readout = check_layer_sizes("readout", readout, allow_empty=True)
+        # The deep STM (lgmstm._deep): stacked layers (n_hidden a
+        # sequence, even of one), a reverse direction, or a readout's layers.
+        self._stacked = isinstance(self._n_hidden, tuple)
+        self._deep = self._stacked or self._bidirectional or bool(self._readout)
+        self._sizes = list(self._n_hidden) if isinstance(self._n_hidden, tuple) \
+            else [self._n_hidden]
+        shapes = parameter_shapes(self._n_in, self._n_hidden, self._n_out,
+                                  self._bidirectional, self._readout)
+        if not self._deep:
+            n_hidden = self._sizes[0]
+            for name, rows, cols in (("n_in x n_hidden", self._n_in, n_hidden),
+                                     ("n_hidden x n_hidden", n_hidden, n_hidden),
+                                     ("n_hidden x n_out", n_hidden, self._n_out)):
+                check_product(f"a weight of {name}", rows, cols)
+        for name, shape in shapes.items():
+            check_product(f"the weight {name}", *shape)
         self._output = check_output(output, self._n_out)
+        if self._deep and self._output not in ("tanh", "linear"):
+            raise ValueError(
+                f"output={self._output!r} is not available for a deep STM (stacked, "
+                f"bidirectional or with readout layers) yet: its loss is the squared "
+                f"error; use output='tanh' or 'linear', or a single-layer STM")
         self._return_sequences = check_bool("return_sequences", return_sequences)
         self._stateful = check_bool("stateful", stateful)
+        if self._stateful and self._bidirectional:
+            raise ValueError(self._no_future("stateful=True"))
         self._set_up(dtype, seed, backend)
+        # Wx and readout weights Glorot-uniform, each Wh orthogonal, biases 0.
         self._params = [
-            glorot_uniform(self._rng, self._n_in, self._n_hidden, self._dtype),
-            orthogonal(self._rng, self._n_hidden, self._dtype),
-            np.zeros(self._n_hidden, self._dtype),
-            glorot_uniform(self._rng, self._n_hidden, self._n_out, self._dtype),
-            np.zeros(self._n_out, self._dtype),
-        ]
-        self._state: NDArray[Any] | None = None
-        self._network = _NETWORKS[self._backend](
-            self._params, (self._n_in, self._n_hidden, self._n_out), self._output,
-            self._return_sequences, self._lock)
+            orthogonal(self._rng, shape[0], self._dtype) if name.endswith("recurrent_weight")
+            else glorot_uniform(self._rng, shape[0], shape[-1], self._dtype) if len(shape) == 2
+            else np.zeros(shape, self._dtype)
+            for name, shape in shapes.items()]
+        self._state: Any = None  # an array, a list of one per layer (stacked), or None
+        if self._deep:
+            self._network: Any = DeepRecurrent(
+                self._params, self._n_in, self._sizes, 2 if self._bidirectional else 1,
+                self._output == "tanh", self._return_sequences, self._stacked,
+                self._backend, self._lock)
+        else:
+            self._network = _NETWORKS[self._backend](
+                self._params, (self._n_in, self._n_hidden, self._n_out), self._output,
+                self._return_sequences, self._lock)
+
+    @staticmethod
+    def _no_future(what: str) -> str:
+        return (f"{what} cannot be used with bidirectional=True: a bidirectional STM reads "
+                f"each sequence from its end too, and a stream has no future to read; make "
+                f"the STM with bidirectional=False")
 
     # -- the architecture: read-only, but for stateful --------------------------
     @property
@@ -451,8 +539,8 @@ class STM(Model):
         self._refuse("n_in", value)
 
     @property
-    def n_hidden(self) -> int:
-        """The working memory's size (read-only)."""
+    def n_hidden(self) -> int | tuple[int, ...]:
+        """The working memory's size, or each stacked layer's as a tuple (read-only)."""
         return self._n_hidden
 
     @n_hidden.setter
@@ -467,6 +555,24 @@ class STM(Model):
     @n_out.setter
     def n_out(self, value: int) -> None:
         self._refuse("n_out", value)
+
+    @property
+    def bidirectional(self) -> bool:
+        """Whether each recurrent layer also runs over each sequence backwards (read-only)."""
+        return self._bidirectional
+
+    @bidirectional.setter
+    def bidirectional(self, value: bool) -> None:
+        self._refuse("bidirectional", value)
+
+    @property
+    def readout(self) -> tuple[int, ...]:
+        """The sizes of the readout's tanh hidden layers; () for a dense readout (read-only)."""
+        return self._readout
+
+    @readout.setter
+    def readout(self, value: Sequence[int]) -> None:
+        self._refuse("readout", value)
 
     @property
     def return_sequences(self) -> bool:
@@ -490,54 +596,94 @@ class STM(Model):
     @stateful.setter
     def stateful(self, value: bool) -> None:
         value = check_bool("stateful", value)
+        if value and self._bidirectional:
+            raise ValueError(self._no_future("stateful=True"))
         with self._lock.reading():
             self._stateful = value
 
     # -- what Model needs ---------------------------------------------------------
     def _param_names(self) -> Iterator[str]:
-        return iter(PARAM_NAMES)
+        return iter(parameter_shapes(self._n_in, self._n_hidden, self._n_out,
+                                     self._bidirectional, self._readout))
 
     def _arguments(self) -> dict[str, Any]:
-        return {"sizes": (self._n_in, self._n_hidden, self._n_out), "output": self._output,
-                "return_sequences": self._return_sequences, "stateful": self._stateful}
+        arguments = {"sizes": (self._n_in, self._n_hidden, self._n_out),
+                     "output": self._output, "return_sequences": self._return_sequences,
+                     "stateful": self._stateful}
+        if self._deep:
+            arguments.update(bidirectional=self._bidirectional, readout=self._readout)
+        return arguments
 
     def _construct(self, arguments: dict[str, Any], dtype: str, backend: str) -> None:
         STM.__init__(self, *arguments["sizes"], output=arguments["output"],
                      return_sequences=arguments["return_sequences"],
-                     stateful=arguments["stateful"], dtype=dtype, backend=backend)
+                     stateful=arguments["stateful"],
+                     bidirectional=arguments.get("bidirectional", False),
+                     readout=arguments.get("readout", ()), dtype=dtype, backend=backend)
 
     def _config(self) -> dict[str, NDArray[Any]]:
-        return {"n_in": np.asarray(self._n_in, np.int64),
-                "n_hidden": np.asarray(self._n_hidden, np.int64),
-                "n_out": np.asarray(self._n_out, np.int64),
-                "output": np.asarray(self._output),
-                "return_sequences": np.asarray(self._return_sequences),
-                "stateful": np.asarray(self._stateful)}
+        config = {"n_in": np.asarray(self._n_in, np.int64),
+                  "n_hidden": np.asarray(self._n_hidden, np.int64),
+                  "n_out": np.asarray(self._n_out, np.int64),
+                  "output": np.asarray(self._output),
+                  "return_sequences": np.asarray(self._return_sequences),
+                  "stateful": np.asarray(self._stateful)}
+        if self._deep:  # a single-layer STM's files stay as they were
+            config.update(bidirectional=np.asarray(self._bidirectional),
+                          readout=np.asarray(self._readout, np.int64).reshape(-1))
+        return config
+
+    def _state_names(self) -> list[str]:
+        """The names of the working memory's arrays in _memory(): "state", or
+        "state{k}" per layer of a stacked STM."""
+        return [f"state{k}" for k in range(len(self._sizes))] if self._stacked else ["state"]
 
     def _memory(self) -> dict[str, Any]:
-        return {"state": None if self._state is None else self._state.copy()}
+        held = self._layer_states(self._state)
+        return dict(zip(self._state_names(),
+                        [None] * len(self._sizes) if held is None else [h.copy() for h in held]))
 
     def _recall(self, memory: dict[str, NDArray[Any]], path: str) -> None:
-        if "state" not in memory:
+        names = self._state_names()
+        if not any(name in memory for name in names):
             return
-        state = memory.pop("state")
-        if state.ndim != 2 or state.shape[1] != self._n_hidden or state.dtype != self._dtype:
-            raise ValueError(f"{path}: memory.state must have shape (n_streams, "
-                             f"{self._n_hidden}) and dtype {self._dtype}, got shape "
-                             f"{state.shape} and dtype {state.dtype}")
-        if not np.isfinite(state).all():
-            raise ValueError(f"{path}: memory.state must be finite")
-        self._state = np.ascontiguousarray(state)
+        missing = [name for name in names if name not in memory]
+        if missing:
+            raise ValueError(f"{path}: missing {', '.join('memory.' + n for n in missing)} "
+                             f"(a stacked STM saves one state per layer)")
+        held: list[NDArray[Any]] = []
+        for name, n_hidden in zip(names, self._sizes):
+            state = memory.pop(name)
+            n_streams = held[0].shape[0] if held else state.shape[0] if state.ndim == 2 else -1
+            if state.shape != (n_streams, n_hidden) or state.dtype != self._dtype:
+                raise ValueError(f"{path}: memory.{name} must have shape (n_streams, "
+                                 f"{n_hidden}) and dtype {self._dtype}, got shape "
+                                 f"{state.shape} and dtype {state.dtype}")
+            if not np.isfinite(state).all():
+                raise ValueError(f"{path}: memory.{name} must be finite")
+            held.append(np.ascontiguousarray(state))
+        self._state = held if self._stacked else held[0]
 
     def __setstate__(self, pickled: dict[str, Any]) -> None:
         super().__setstate__(pickled)
-        self._state = pickled["state"]
+        held = [pickled[name] for name in self._state_names()]
+        self._state = None if held[0] is None else held if self._stacked else held[0]
 
     # -- the working memory -------------------------------------------------------
+    def _layer_states(self, state: Any) -> list[NDArray[Any]] | None:
+        """A state of this STM's form (see :attr:`state`) as one array per layer."""
+        return None if state is None else list(state) if self._stacked else [state]
+
+    def _copied(self, state: Any) -> Any:
+        return None if state is None else [h.copy() for h in state] if self._stacked \
+            else state.copy()
+
     @property
-    def state(self) -> NDArray[Any] | None:
-        """A copy of the working memory, (n_streams, n_hidden); None when empty."""
-        return None if self._state is None else self._state.copy()
+    def state(self) -> Any:
+        """A copy of the working memory; None when empty. (n_streams, n_hidden)
+        with n_hidden an int; a stacked STM's (n_hidden a sequence): a list
+        of one array per layer, layer k's (n_streams, n_hidden[k])."""
+        return self._copied(self._state)
 
     def reset_state(self, streams: ArrayLike | None = None) -> None:
         """Forget the working memory of every stream, or of some.
@@ -565,17 +711,21 @@ class STM(Model):
         if streams is None:
             self._state = None
             return
-        held = self._state
-        rows = check_streams(streams, None if held is None else held.shape[0])
+        held = self._layer_states(self._state)
+        rows = check_streams(streams, None if held is None else held[0].shape[0])
         if held is not None and rows.size:
             # Copy, then swap: a step in another thread may be reading the old one.
-            fresh = held.copy()
-            fresh[rows] = 0
-            self._state = fresh
+            fresh = [h.copy() for h in held]
+            for h in fresh:
+                h[rows] = 0
+            self._state = fresh if self._stacked else fresh[0]
 
     def __repr__(self) -> str:
-        return (f"STM({self._n_in}, {self._n_hidden}, {self._n_out}, output={self._output!r}, "
-                f"return_sequences={self._return_sequences}, stateful={self._stateful}, "
+        n_hidden = self._sizes if self._stacked else self._n_hidden
+        deep = (f"bidirectional={self._bidirectional}, readout={list(self._readout)}, "
+                if self._deep else "")
+        return (f"STM({self._n_in}, {n_hidden}, {self._n_out}, output={self._output!r}, "
+                f"return_sequences={self._return_sequences}, stateful={self._stateful}, {deep}"
                 f"dtype={self._dtype.name}, backend={self._backend!r})")
 
     # -- checks ---------------------------------------------------------------
@@ -591,7 +741,7 @@ class STM(Model):
     def _inputs(self, X: ArrayLike, lengths: ArrayLike | None,
                 ) -> tuple[NDArray[Any], NDArray[np.intp]]:
         X = self._features("X", X, 3, "(n_samples, n_steps, n_in)")
-        check_sequence_rows(X, max(self._n_hidden, self._n_out))
+        check_sequence_rows(X, self._widest())
         lengths = check_lengths(lengths, X.shape[0], X.shape[1])
         return np.ascontiguousarray(X, dtype=self._dtype), lengths
 
@@ -626,6 +776,10 @@ class STM(Model):
         where every valid row weighs 1 and nothing needs masking (the
         squared error's padded outputs and targets are both 0)."""
         n_samples = len(lengths)
+        if self._deep and sample_weight is not None:
+            raise ValueError("sample_weight is not available for a deep STM (stacked, "
+                             "bidirectional or with readout layers) yet; use a single-layer "
+                             "STM or leave sample_weight None")
         shapes: tuple[tuple[int, ...], ...] = ((n_samples,),)
         meaning = "(n_samples,)"
         if self._return_sequences:
@@ -674,12 +828,18 @@ class STM(Model):
                         "target per sequence)")
         return message
 
-    def _held_state(self, n_streams: int, given: str) -> NDArray[Any] | None:
+    def _widest(self) -> int:
+        """The widest row of a layer's states or outputs (see check_sequence_rows)."""
+        return max(*self._sizes, *self._readout, self._n_out) * (2 if self._bidirectional
+                                                                  else 1)
+
+    def _held_state(self, n_streams: int, given: str) -> Any:
         """The working memory for a call on n_streams streams (None when
         empty); given says what the call holds, for the error."""
-        if self._state is not None and self._state.shape[0] != n_streams:
+        held = self._layer_states(self._state)
+        if held is not None and held[0].shape[0] != n_streams:
             raise ValueError(
-                f"this STM holds the working memory of {self._state.shape[0]} streams (a "
+                f"this STM holds the working memory of {held[0].shape[0]} streams (a "
                 f"stateful fit leaves that of each training sequence), but {given}: call "
                 f"reset_state() to start new streams")
         return self._state
@@ -763,9 +923,10 @@ class STM(Model):
                 return outputs
         X, lengths = self._inputs(X, lengths)
         return_state = check_bool("return_state", return_state)
+        if self._bidirectional and return_state:
+            raise ValueError(self._no_future("return_state=True"))
         if initial_state is not None:
-            initial_state = check_state("initial_state", initial_state,
-                                        (X.shape[0], self._n_hidden), self._dtype)
+            initial_state = self._checked_state(initial_state, X.shape[0])
         with self._lock.reading():
             h0 = self._initial_state(X.shape[0]) if initial_state is None else initial_state
             outputs, final = self._network.predict(X, h0, lengths)
@@ -773,8 +934,27 @@ class STM(Model):
             self._state = final
         if return_state:
             # A copy of a kept state: changing one must not change the other.
-            return outputs, final.copy() if self._stateful else final
+            return outputs, self._copied(final) if self._stateful else final
         return outputs
+
+    def _checked_state(self, initial_state: Any, n_samples: int) -> Any:
+        """predict's initial_state, checked, in the form of :attr:`state`."""
+        if self._bidirectional:
+            raise ValueError(self._no_future("initial_state"))
+        if not self._stacked:
+            return check_state("initial_state", initial_state, (n_samples, self._sizes[0]),
+                               self._dtype)
+        if isinstance(initial_state, np.ndarray) or not isinstance(initial_state,
+                                                                   (list, tuple)):
+            raise TypeError(f"initial_state of a stacked STM must be a list of one array per "
+                            f"layer ({len(self._sizes)}), got {type(initial_state).__name__}")
+        if len(initial_state) != len(self._sizes):
+            raise ValueError(f"initial_state must hold one state per layer: "
+                             f"{len(self._sizes)} arrays, of shapes "
+                             f"{[(n_samples, n) for n in self._sizes]}, got "
+                             f"{len(initial_state)}")
+        return [check_state(f"initial_state[{k}]", state, (n_samples, n), self._dtype)
+                for k, (state, n) in enumerate(zip(initial_state, self._sizes))]
 
     def step(self, x: ArrayLike) -> NDArray[Any]:
         """Feed live streams one step: the outputs, and the working memory moves on.
@@ -812,6 +992,8 @@ class STM(Model):
             x has the wrong shape, or its n_streams differs from that of the
             held state (call reset_state() to start new streams).
         """
+        if self._bidirectional:
+            raise ValueError(self._no_future("step"))
         ready = self._network.step_ready(x, self._state)  # x as the kernels take it
         if ready is not None:
             outputs, self._state = ready
@@ -819,7 +1001,7 @@ class STM(Model):
         x = self._features("x", x, 2, "(n_streams, n_in)")
         n_streams = x.shape[0]
         X = np.ascontiguousarray(x, dtype=self._dtype).reshape(n_streams, 1, self._n_in)
-        check_sequence_rows(X, max(self._n_hidden, self._n_out))
+        check_sequence_rows(X, self._widest())
         with self._lock.reading():
             outputs, self._state = self._network.predict(
                 X, self._held_state(n_streams, f"x has {n_streams} streams"),
@@ -1076,6 +1258,13 @@ class STM(Model):
                                      weight_decay)
             if losses is not None:
                 return losses
+        if self._deep and (validation_data is not None or validation_fraction is not None
+                           or early_stopping is True):
+            raise ValueError(
+                "validation_data, validation_fraction and early_stopping are not available "
+                "for a deep STM (stacked, bidirectional or with readout layers) yet: its "
+                "program has no validation pass; use a single-layer STM, or validate "
+                "between fits with model.loss")
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
         weights = self._row_weights(sample_weight, lengths, X.shape[1])
@@ -1176,13 +1365,15 @@ class STM(Model):
         """One epoch on the short fit's path (see _train.Program.fit_ready):
         its losses (also history_; a stateful model keeps the final
         states), or None for the checked path."""
+        if self._deep:
+            return None  # the deep STM trains on the checked path only
         if self._output in PROBABILITY_OUTPUTS and not self._short_fit_targets(Y):
             return None
         final = None
         if self._stateful:
             if type(X) is not np.ndarray or X.ndim != 3:
                 return None
-            final = np.empty((X.shape[0], self._n_hidden), self._dtype)
+            final = np.empty((X.shape[0], self._sizes[0]), self._dtype)
         momentum, nesterov, beta1, beta2, eps = settings
         losses = self._network.fit_ready(
             self, X, Y, self._state if self._stateful else None, final, lr, batch_size,
@@ -1206,19 +1397,36 @@ class STM(Model):
                 raise TypeError(f"config.{name} must hold one value, got shape {entry.shape}")
             return entry.item()
 
+        def sizes(name):  # one size, or a list of them (config.n_hidden of a stacked STM)
+            entry = config[name]
+            if entry.ndim > 1:
+                raise TypeError(f"config.{name} must hold one size or a list of sizes, got "
+                                f"shape {entry.shape}")
+            return entry.item() if entry.ndim == 0 else [size.item() for size in entry]
+
+        # Files of a single-layer STM have neither (nor older ones).
+        bidirectional = value("bidirectional") if "bidirectional" in config else False
+        readout = sizes("readout") if "readout" in config else []
+        n_hidden = sizes("n_hidden")
         # Shapes first: a file must not make us build a model larger than it holds.
-        sizes = [value(name) for name in ("n_in", "n_hidden", "n_out")]
-        if all(isinstance(n, int) and not isinstance(n, bool) for n in sizes):
-            n_in, n_hidden, n_out = sizes
-            expected = dict(zip(PARAM_NAMES, [(n_in, n_hidden), (n_hidden, n_hidden),
-                                              (n_hidden,), (n_hidden, n_out), (n_out,)]))
+        every_size = [value("n_in"), value("n_out"),
+                      *(n_hidden if isinstance(n_hidden, list) else [n_hidden]),
+                      *(readout if isinstance(readout, list) else [readout])]
+        if all(isinstance(n, int) and not isinstance(n, bool) for n in every_size) \
+                and isinstance(bidirectional, bool) and isinstance(readout, list):
+            n_in, n_out = every_size[:2]
+            expected = parameter_shapes(n_in, n_hidden, n_out, bidirectional, readout)
             found = {name: array.shape for name, array in arrays.items()}
             if found != expected:
+                architecture = f"n_in={n_in}, n_hidden={n_hidden}, n_out={n_out}"
+                if "bidirectional" in config:
+                    architecture += f", bidirectional={bidirectional}, readout={readout}"
                 raise ValueError(f"{path}: parameters of shapes {found} do not fit "
-                                 f"n_in={n_in}, n_hidden={n_hidden}, n_out={n_out}")
+                                 f"{architecture}")
         # The constructor's checks refuse a float size or a non-bool flag.
-        model = cls(value("n_in"), value("n_hidden"), value("n_out"), output=value("output"),
+        model = cls(value("n_in"), n_hidden, value("n_out"), output=value("output"),
                     return_sequences=value("return_sequences"), stateful=value("stateful"),
-                    dtype=dtype, backend=backend)
+                    bidirectional=bidirectional, readout=readout, dtype=dtype,
+                    backend=backend)
         model._restore(arrays, path)
         return model

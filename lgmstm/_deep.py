@@ -1,0 +1,237 @@
+"""The deep STM's backends: stacked and bidirectional recurrent layers and
+a readout of tanh layers (``STM(n_in, [n_1, ...], n_out, bidirectional=...,
+readout=[...])``).
+
+``backend="cython"`` trains in compiled code: the program
+lgmstm._deep_stm.DeepNetwork (csrc/lgmstm/_deep_stm.pyx) composes the
+compiled recurrent and dense passes per layer and per direction (each
+layer's input projection one GEMM over all steps), its batches run by the
+one training driver (_train.run_epochs); its gradients come from the same
+program; predict composes the same compiled passes from Python
+(COMPILED_PASSES, over lgmstm.reference.deep_forward). ``backend="numpy"``
+runs lgmstm.reference's composition (deep_forward, deep_backward) on the
+NumPy passes, trained by ReferenceTrainer's loop.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _dense, _rnn, reference
+from ._deep_stm import DeepNetwork
+from ._threads import get_num_threads, single_threaded_blas
+from ._training import CompiledTrainer, OptimizerState, ReferenceTrainer, TrainingControl
+from .kernels import _chunk_scratch, _rnn_work
+
+
+def _compiled_recurrent_forward(X, h0, Wx, Wh, b, lengths, H):
+    n_samples, n_steps, n_in = X.shape
+    n_hidden = Wh.shape[0]
+    scratch, order = _chunk_scratch(n_samples, n_in, n_hidden, X.dtype, False)
+    with single_threaded_blas(_rnn_work(n_samples, n_steps, n_in, n_hidden)):
+        _rnn.forward(X, h0, Wx, Wh, b, lengths, H, scratch, order, get_num_threads())
+    return H
+
+
+def _compiled_recurrent_backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, need_dX=True):
+    n_samples, n_steps, n_in = X.shape
+    n_hidden = Wh.shape[0]
+    dtype = X.dtype
+    if dH is None:
+        dH = np.zeros_like(H)
+    dX = np.empty_like(X)
+    dh0 = np.empty((n_samples, n_hidden), dtype)
+    dWx, dWh, db = np.empty_like(Wx), np.empty_like(Wh), np.empty(n_hidden, dtype)
+    dZ, dz_first = np.empty_like(H), np.empty((n_samples, n_hidden), dtype)
+    scratch, order = _chunk_scratch(n_samples, n_in, n_hidden, dtype, True)
+    with single_threaded_blas(_rnn_work(n_samples, n_steps, n_in, n_hidden)):
+        _rnn.backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, dZ, dz_first, dX, dh0, dWx, dWh,
+                      db, scratch, order, get_num_threads())
+    return dX, dh0, dWx, dWh, db
+
+
+def _compiled_layer_forward(X, W, b, apply_tanh, out=None):
+    out = np.empty((X.shape[0], W.shape[1]), X.dtype) if out is None else out
+    with single_threaded_blas(_dense.TASK_ROWS * W.shape[0] * W.shape[1]):
+        _dense.forward(X, W, b, out, apply_tanh, get_num_threads())
+    return out
+
+
+def _compiled_layer_backward(X, W, A, dA, apply_tanh, need_dX=True):
+    dZ = np.empty_like(A)
+    dX = np.empty_like(X)
+    dW, db = np.empty_like(W), np.empty(W.shape[1], W.dtype)
+    with single_threaded_blas(_dense.TASK_ROWS * W.shape[0] * W.shape[1]):
+        _dense.backward(X, W, A, np.ascontiguousarray(dA), dZ, dX, dW, db, need_dX, apply_tanh,
+                        get_num_threads())
+    return (dX if need_dX else None), dW, db
+
+
+COMPILED_PASSES = reference.Passes(_compiled_layer_forward, _compiled_layer_backward,
+                                   _compiled_recurrent_forward, _compiled_recurrent_backward)
+
+
+class DeepRecurrent:
+    """Forward, gradients and training of a deep STM (see the module's doc).
+
+    params: the model's parameter list, in the order of the STM's names (per
+    layer: the forward direction's Wx, Wh, b, then the reverse direction's;
+    then each readout layer's W, b); sizes: the recurrent layers' sizes;
+    stacked: whether the STM's state is a list of one array per layer (its
+    n_hidden a sequence) or one array (an int). States given to and returned
+    by predict take that form.
+    """
+
+    def __init__(self, params, n_in, sizes, n_directions, output_tanh, return_sequences,
+                 stacked, backend, lock):
+        self.params = params
+        self.sizes = list(sizes)
+        self.n_directions = n_directions
+        self.output_tanh = output_tanh
+        self.return_sequences = return_sequences
+        self.stacked = stacked
+        self.compiled = backend == "cython"
+        self.passes = COMPILED_PASSES if self.compiled else reference.REFERENCE_PASSES
+        self.program = None
+        if self.compiled:
+            n_recurrent = 3 * n_directions * len(self.sizes)
+            dense = [W.shape[1] for W in params[n_recurrent::2]]
+            self.program = DeepNetwork(params, n_in, np.asarray(self.sizes, np.intp),
+                                       np.asarray(dense, np.intp), n_directions, output_tanh,
+                                       return_sequences, lock)
+        # the readout: every parameter after the recurrent ones
+        self.n_recurrent = 3 * n_directions * len(self.sizes)
+        self.n_out = params[-1].shape[0]
+
+    # no fast paths: every call takes the checked path
+    @staticmethod
+    def step_ready(x, state):
+        return None
+
+    @staticmethod
+    def predict_ready(X, initial_state):
+        return None
+
+    @staticmethod
+    def fit_ready(*arguments):
+        return None
+
+    def _network(self):
+        recurrent, dense = self.params[:self.n_recurrent], self.params[self.n_recurrent:]
+        layers = [[tuple(recurrent[i:i + 3]) for i in range(start, start + 3 * self.n_directions,
+                                                             3)]
+                  for start in range(0, self.n_recurrent, 3 * self.n_directions)]
+        readout = [tuple(dense[j:j + 2]) for j in range(0, len(dense), 2)]
+        return layers, readout
+
+    def _layer_states(self, h0):
+        if h0 is None:
+            return None
+        return list(h0) if self.stacked else [h0]
+
+    def _public_states(self, finals):
+        return finals if self.stacked else finals[0]
+
+    def predict(self, X, h0, lengths, logits=False):
+        # tanh and linear outputs only: there are no logits apart from the outputs
+        layers, readout = self._network()
+        outputs, kept = reference.deep_forward(X, layers, readout, self._layer_states(h0),
+                                               lengths, self.output_tanh,
+                                               self.return_sequences, self.passes)
+        return outputs, self._public_states([finals[0] for finals in kept.finals])
+
+    def step_gradients(self, X, Y, h0, lengths):
+        """(loss, grads, final states in the public form) of one batch (unchecked)."""
+        layers, readout = self._network()
+        loss, grads, finals = reference.deep_loss_gradients(
+            X, Y, layers, readout, self._layer_states(h0), lengths, self.output_tanh,
+            self.return_sequences, self.passes)
+        return loss, grads, self._public_states(finals)
+
+    def gradients(self, X, Y, h0, lengths, weights=None):
+        assert weights is None  # STM refuses sample_weight for a deep STM
+        program = self.program
+        if program is None:
+            loss, grads, _ = self.step_gradients(X, Y, h0, lengths)
+            return loss, grads
+        # The training program's batch, on every sequence in order.
+        trainer = CompiledDeepTrainer(self, X, Y, lengths, h0, max(1, X.shape[0]),
+                                      OptimizerState.fresh("sgd", self.params), 1.0, None)
+        with single_threaded_blas(trainer.blas_work):
+            sum_squares = program.gradients(trainer.run_data, get_num_threads())
+        n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
+        return sum_squares / max(1, n_valid * self.n_out), trainer.run_data.grads.arrays
+
+    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0,
+                weights=None, validation=None, control=TrainingControl()):
+        # STM.fit refuses sample_weight and validation for a deep STM; the
+        # control (the learning-rate schedule) is the driver's.
+        assert weights is None and validation is None
+        if self.compiled:
+            return CompiledDeepTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr,
+                                       clip_norm, weight_decay, control)
+        return DeepTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
+                           weight_decay, control)
+
+
+class CompiledDeepTrainer(CompiledTrainer):
+    """One fit of a deep STM in compiled code (DeepNetwork.train): the
+    layers' states packed side by side in one row per sequence, as the
+    program takes them; final_states in the STM's form (see DeepRecurrent)."""
+
+    def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
+                 weight_decay=0.0, control=TrainingControl()):
+        n_samples, n_steps, _ = X.shape
+        dtype = X.dtype
+        layer_h0 = network._layer_states(h0)
+        packed_h0 = None if layer_h0 is None else np.ascontiguousarray(
+            np.concatenate(layer_h0, axis=1))
+        n_values, n_indices, n_partials = network.program.workspace_sizes(
+            min(batch_size, n_samples), n_steps)
+        workspace = [np.empty(n_values, dtype), np.empty(n_indices, np.intp),
+                     np.empty(n_partials, np.float64)]
+        self.network_of_states = network
+        super().__init__(
+            network, X, Y.reshape(-1), batch_size, optimizer, lr,
+            grads=[np.empty_like(p) for p in network.params], workspace=workspace,
+            blas_work=network.program.blas_work(min(batch_size, n_samples), n_steps),
+            clip_norm=clip_norm, weight_decay=weight_decay, lengths=lengths,
+            initial_states=packed_h0,
+            final_states=np.zeros((n_samples, sum(network.sizes)), dtype), control=control)
+
+    @property
+    def final_states(self):
+        """Each sequence's final states, from the latest epoch, in the STM's form."""
+        splits = np.cumsum(self.network_of_states.sizes)[:-1]
+        return self.network_of_states._public_states(
+            [np.ascontiguousarray(part) for part in np.split(self.packed_finals, splits, axis=1)])
+
+    @final_states.setter
+    def final_states(self, packed):
+        self.packed_finals = packed
+
+
+class DeepTrainer(ReferenceTrainer):
+    """ReferenceTrainer on a deep STM's batches; final_states: each
+    sequence's final state per layer (the public form), from the latest epoch."""
+
+    def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
+                 weight_decay, control=TrainingControl()):
+        finals = [np.zeros((X.shape[0], n), X.dtype) for n in network.sizes]
+        n_valid = int(lengths.sum()) if network.return_sequences else X.shape[0]
+        layer_h0 = network._layer_states(h0)
+
+        def batch(rows):
+            batch_lengths = lengths[rows]
+            loss, grads, batch_finals = network.step_gradients(
+                X[rows], Y[rows],
+                None if layer_h0 is None else network._public_states([h[rows] for h in layer_h0]),
+                batch_lengths)
+            for kept, final in zip(finals, network._layer_states(batch_finals)):
+                kept[rows] = final
+            n_batch = int(batch_lengths.sum()) if network.return_sequences else len(batch_lengths)
+            return loss * n_batch * network.n_out, grads
+
+        super().__init__(network.params, batch, X.shape[0], n_valid * network.n_out, batch_size,
+                         optimizer, lr, clip_norm, carried=finals, weight_decay=weight_decay,
+                         control=control)
+        self.final_states = network._public_states(finals)
