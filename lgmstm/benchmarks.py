@@ -506,8 +506,9 @@ def _regressor(kind, dtype):
     if kind == "lgmstm":
         from .sklearn import LGMRegressor
 
-        return LGMRegressor(hidden_layer_sizes=(5,), optimizer="sgd", lr=LR, batch_size=None,
-                            epochs=1, dtype=dtype, random_state=0)
+        return LGMRegressor(hidden_layer_sizes=(5,), solver="sgd", momentum=0.0, alpha=0.0,
+                            learning_rate_init=LR, batch_size=None, max_iter=1, dtype=dtype,
+                            random_state=0)
     from sklearn.neural_network import MLPRegressor
 
     return MLPRegressor(hidden_layer_sizes=(5,), activation="tanh", solver="sgd",

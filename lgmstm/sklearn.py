@@ -14,14 +14,17 @@ in front, as with any network trained by gradient descent.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
     from sklearn.utils import Tags, check_random_state
     from sklearn.utils.multiclass import check_classification_targets, unique_labels
     from sklearn.utils.validation import check_is_fitted, validate_data
@@ -34,8 +37,16 @@ except ImportError as exc:  # not installed, or older than 1.6
 from ._base import BACKENDS, BIT_GENERATORS, ESTIMATOR_KINDS, read_model_file
 from ._persist import ModelFile, read_sized, read_text_array, save_arrays, text_array
 from ._train import all_finite
-from ._training import TrainingInterrupted
-from ._validation import check_choice, check_float_dtype
+from ._training import TrainingInterrupted, user_stacklevel
+from ._validation import (
+    MAX_DIM,
+    check_bool,
+    check_choice,
+    check_float_dtype,
+    check_fraction,
+    check_int,
+    check_positive_float,
+)
 from .lgm import LGM
 
 __all__ = ["LGMRegressor", "LGMClassifier"]
@@ -58,23 +69,92 @@ def _hidden_sizes(sizes: int | Sequence[int]) -> list[int]:
     return [int(size) for size in sizes]
 
 
+# scikit-learn's MLP hyper-parameters that lgmstm takes, with their meanings.
+_SOLVERS = ("sgd", "adam")
+_LEARNING_RATES = ("constant", "invscaling", "adaptive")
+_LBFGS = ("solver='lbfgs' is not available: lgmstm trains by mini-batch gradient descent, "
+          "many epochs per compiled call, and L-BFGS is a full-batch quasi-Newton method "
+          "with a line search that it does not implement; use solver='adam' (the default) "
+          "or 'sgd'")
+# What scikit-learn's adaptive schedule divides the learning rate by, and
+# below which it stops instead.
+_ADAPTIVE_FACTOR, _ADAPTIVE_MIN_LR = 5.0, 1e-6
+# The network's activations by scikit-learn's names (out_activation_).
+_OUT_ACTIVATIONS = {"linear": "identity", "tanh": "tanh"}
+
+
+class _FitSettings(NamedTuple):
+    """One fit's hyper-parameters, checked, in the network's terms."""
+
+    max_iter: int
+    tol: float
+    n_iter_no_change: int
+    schedule: str  # learning_rate, "constant" unless solver="sgd" (as scikit-learn)
+    power_t: float
+    early_stopping: bool
+    validation_fraction: float
+    lr: float  # LGM.fit's lr: learning_rate_init over the loss scale for sgd
+    arguments: dict[str, Any]  # the rest of LGM.fit's arguments
+
+
+def _squared_error_scale(n_outputs: int) -> float:
+    """The network's squared error (the mean over samples and outputs) over
+    the loss whose gradient scikit-learn's MLP descends, the sum over
+    outputs of half the squared error, averaged over samples."""
+    return 2.0 / n_outputs
+
+
+class _Plateau:
+    """scikit-learn's count of epochs without improvement: a loss that is
+    not below the best one minus tol counts one more, a better one starts
+    the count again; the best is the lowest seen."""
+
+    def __init__(self, tol: float, best: float = np.inf) -> None:
+        self.tol, self.best, self.count = tol, best, 0
+
+    def update(self, loss: float) -> bool:
+        """Count loss; whether it was the best so far."""
+        self.count = self.count + 1 if loss > self.best - self.tol else 0
+        better = loss < self.best
+        if better:
+            self.best = loss
+        return better
+
+
 class _LGMEstimator(BaseEstimator):
     """Hyper-parameters, fitting and prediction shared by the two estimators."""
 
     hidden_layer_sizes: int | Sequence[int]
-    epochs: int
-    lr: float
-    batch_size: int | None
-    optimizer: str
+    activation: str
+    solver: str
+    alpha: float
+    batch_size: int | str | None
+    learning_rate: str
+    learning_rate_init: float
+    power_t: float
+    max_iter: int
     shuffle: bool
-    dtype: DTypeLike
     random_state: int | np.random.RandomState | None
-    backend: str
+    tol: float
     verbose: bool
     warm_start: bool
+    momentum: float
+    nesterovs_momentum: bool
+    early_stopping: bool
+    validation_fraction: float
+    beta_1: float
+    beta_2: float
+    epsilon: float
+    n_iter_no_change: int
+    dtype: DTypeLike
+    backend: str
     lgm_: LGM
     loss_curve_: NDArray[np.float64]
+    best_loss_: float | None
+    validation_scores_: NDArray[np.float64] | None
+    best_validation_score_: float | None
     n_iter_: int
+    t_: int
     n_features_in_: int
 
     def _set_hyper_parameters(self, arguments: dict[str, Any]) -> None:
@@ -84,6 +164,15 @@ class _LGMEstimator(BaseEstimator):
         for name, value in arguments.items():
             if name != "self":
                 setattr(self, name, value)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A pickle of an estimator from before the MLP names.
+        if "epochs" in state:
+            network = state.get("lgm_")
+            state = _renamed(state, 1 if network is None else network.layer_sizes[-1])
+            if network is not None:
+                state = _renamed_attributes(state)
+        super().__setstate__(state)
 
     def _start_fit(self, keep: bool) -> np.dtype[Any]:
         """The dtype of this fit: the network's when it goes on with ``lgm_``
@@ -108,34 +197,100 @@ class _LGMEstimator(BaseEstimator):
         # validate_data set n_features_in_ does not count.
         return hasattr(self, "lgm_")
 
+    # -- the hyper-parameters, checked -----------------------------------------------------
+    def _settings(self, n_samples: int, loss_scale: float) -> _FitSettings:
+        """The checked hyper-parameters of a fit on n_samples training
+        samples whose network's loss is loss_scale times the one
+        scikit-learn's MLP descends (see _squared_error_scale)."""
+        if self.activation != "tanh":
+            raise ValueError(f"activation must be 'tanh', got {self.activation!r}: lgmstm's "
+                             "networks are tanh networks (its compiled kernels fuse tanh)")
+        if self.solver == "lbfgs":
+            raise ValueError(_LBFGS)
+        solver = check_choice("solver", self.solver, _SOLVERS)
+        alpha = check_positive_float("alpha", self.alpha, allow_zero=True)
+        if isinstance(self.batch_size, str):
+            check_choice("batch_size", self.batch_size, ("auto",))
+            batch_size = min(200, n_samples)
+        else:
+            batch_size = check_int("batch_size", self.batch_size, 1, allow_none=True)
+            batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
+        schedule = check_choice("learning_rate", self.learning_rate, _LEARNING_RATES)
+        learning_rate_init = check_positive_float("learning_rate_init", self.learning_rate_init)
+        power_t = check_positive_float("power_t", self.power_t, allow_zero=True)
+        max_iter = check_int("max_iter", self.max_iter, 1, maximum=MAX_DIM)
+        shuffle = check_bool("shuffle", self.shuffle)
+        tol = check_positive_float("tol", self.tol, allow_zero=True)
+        check_bool("verbose", self.verbose)
+        momentum = check_fraction("momentum", self.momentum)
+        nesterov = check_bool("nesterovs_momentum", self.nesterovs_momentum)
+        early_stopping = check_bool("early_stopping", self.early_stopping)
+        validation_fraction = self.validation_fraction
+        if (isinstance(validation_fraction, (bool, np.bool_))
+                or not isinstance(validation_fraction, numbers.Real)
+                or not 0 < validation_fraction < 1):
+            raise ValueError(f"validation_fraction must be a number in (0, 1), got "
+                             f"{validation_fraction!r}")
+        beta_1 = check_fraction("beta_1", self.beta_1)
+        beta_2 = check_fraction("beta_2", self.beta_2)
+        epsilon = check_positive_float("epsilon", self.epsilon)
+        n_iter_no_change = check_int("n_iter_no_change", self.n_iter_no_change, 1,
+                                     maximum=MAX_DIM)
+        check_choice("backend", self.backend, BACKENDS)
+        if solver == "adam":
+            # Adam's steps do not change when the loss is scaled (up to epsilon).
+            lr, optimizer, schedule = learning_rate_init, "adam", "constant"
+        else:
+            lr = learning_rate_init / loss_scale
+            optimizer = "momentum" if momentum > 0 else "sgd"
+        arguments = dict(batch_size=batch_size, optimizer=optimizer, shuffle=shuffle,
+                         weight_decay=loss_scale * alpha / batch_size,
+                         momentum=momentum, nesterov=nesterov and optimizer == "momentum",
+                         beta1=beta_1, beta2=beta_2, eps=epsilon)
+        return _FitSettings(max_iter, tol, n_iter_no_change, schedule, power_t, early_stopping,
+                            float(validation_fraction), lr, arguments)
+
+    # -- training ------------------------------------------------------------------------
+    def _new_network(self, n_features: int, n_outputs: int, output: str,
+                     dtype: np.dtype[Any], seed: int) -> LGM:
+        sizes = [n_features, *_hidden_sizes(self.hidden_layer_sizes), n_outputs]
+        return LGM(sizes, output=output, dtype=dtype, seed=seed, backend=self.backend)
+
     def _fit_network(self, X: NDArray[Any], Y: NDArray[Any], output: str, keep: bool,
-                     epochs: int) -> None:
-        """Train ``lgm_`` for epochs on X (n_samples, n_features) and Y
-        (n_samples, n_out): the one there with its optimizer state when keep
-        (loss_curve_ and n_iter_ go on), else a new one."""
+                     incremental: bool, loss_scale: float, curve_scale: float,
+                     stratify: NDArray[Any] | None = None) -> None:
+        """Train ``lgm_`` on X (n_samples, n_features) and Y (n_samples,
+        n_out): the one there, with its optimizer state, when keep
+        (loss_curve_, n_iter_ and t_ go on), else a new one. incremental:
+        one epoch (partial_fit), else up to max_iter epochs with
+        scikit-learn's stopping rules. The network's loss is loss_scale
+        times scikit-learn's (see _squared_error_scale); curve_scale times
+        it is scikit-learn's loss_curve_. stratify: the labels a
+        classifier's validation split keeps in proportion."""
+        random_state = check_random_state(self.random_state)
+        settings = self._settings(X.shape[0], loss_scale)
+        validation = None
+        if settings.early_stopping and not incremental:
+            X, X_val, Y, Y_val = train_test_split(
+                X, Y, test_size=settings.validation_fraction, random_state=random_state,
+                stratify=stratify)
+            validation = (X_val, Y_val)
+            settings = self._settings(X.shape[0], loss_scale)
         if keep:
             network = self.lgm_
         else:
-            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-            sizes = [X.shape[1], *_hidden_sizes(self.hidden_layer_sizes), Y.shape[1]]
-            network = LGM(sizes, output=output, dtype=X.dtype, seed=seed, backend=self.backend)
+            seed = int(random_state.randint(np.iinfo(np.int32).max))
+            network = self._new_network(X.shape[1], Y.shape[1], output, X.dtype, seed)
+            self.loss_curve_, self.n_iter_, self.t_ = np.empty(0), 0, 0
+            self.best_loss_, self.validation_scores_, self.best_validation_score_ = \
+                np.inf, None, None
+        progress = _Progress(self, network, X.shape[0], settings, curve_scale, validation,
+                             incremental)
         try:
-            network.fit(X, Y, epochs=epochs, lr=self.lr, batch_size=self.batch_size,
-                        optimizer=self.optimizer, shuffle=self.shuffle, verbose=self.verbose,
-                        warm_start=keep)
-        except TrainingInterrupted:
-            self._keep(network, keep)  # the epochs finished before Ctrl-C, as LGM keeps them
-            raise
-        self._keep(network, keep)
-
-    def _keep(self, network: LGM, keep: bool) -> None:
-        if keep:
-            self.loss_curve_ = np.concatenate([self.loss_curve_, network.history_])
-            self.n_iter_ += len(network.history_)
-        else:
-            self.loss_curve_ = network.history_
-            self.n_iter_ = len(network.history_)
-        self.lgm_ = network
+            progress.train(X, Y, keep)
+        finally:
+            progress.keep()
+            self.lgm_ = network
 
     def _ready_features(self, X: Any) -> bool:
         """Whether validate_data would take X unchanged, so that its cost can
@@ -156,6 +311,60 @@ class _LGMEstimator(BaseEstimator):
         X_valid = validate_data(self, X, reset=False, dtype=self.lgm_.dtype)
         outputs: NDArray[Any] = self.lgm_.predict(X_valid)
         return outputs
+
+    # -- scikit-learn's view of the network ----------------------------------------------
+    def _fitted_network(self, name: str) -> LGM:
+        network = getattr(self, "lgm_", None)
+        if network is None:
+            raise AttributeError(f"this {type(self).__name__} has no {name} before fit")
+        return network
+
+    @property
+    def coefs_(self) -> list[NDArray[Any]]:
+        """The weights of each layer, ``coefs_[i]`` of shape (n_in_i, n_out_i):
+        copies of ``lgm_``'s; assigning a list of arrays of these shapes
+        sets them (through :meth:`lgmstm.LGM.load_params`, checked)."""
+        params = self._fitted_network("coefs_").params
+        return [params[f"layer{layer}.weight"] for layer in range(len(params) // 2)]
+
+    @coefs_.setter
+    def coefs_(self, coefs: Sequence[ArrayLike]) -> None:
+        self._set_layers("coefs_", "weight", coefs)
+
+    @property
+    def intercepts_(self) -> list[NDArray[Any]]:
+        """The biases of each layer, ``intercepts_[i]`` of shape (n_out_i,):
+        copies of ``lgm_``'s; assigning sets them, as for ``coefs_``."""
+        params = self._fitted_network("intercepts_").params
+        return [params[f"layer{layer}.bias"] for layer in range(len(params) // 2)]
+
+    @intercepts_.setter
+    def intercepts_(self, intercepts: Sequence[ArrayLike]) -> None:
+        self._set_layers("intercepts_", "bias", intercepts)
+
+    def _set_layers(self, name: str, kind: str, values: Sequence[ArrayLike]) -> None:
+        network = self._fitted_network(name)
+        params = network.params
+        n_layers = len(params) // 2
+        if isinstance(values, (str, bytes, np.ndarray)) or not isinstance(values, Sequence) \
+                or len(values) != n_layers:
+            raise ValueError(f"{name} must be a list of {n_layers} arrays, one per layer, got "
+                             f"{type(values).__name__}"
+                             f"{f' of length {len(values)}' if hasattr(values, '__len__') else ''}")
+        updated: dict[str, ArrayLike] = dict(params)
+        updated.update({f"layer{layer}.{kind}": value for layer, value in enumerate(values)})
+        network.load_params(updated)
+
+    @property
+    def out_activation_(self) -> str:
+        """The output layer's activation, by scikit-learn's name ("identity"
+        for a linear output)."""
+        return _OUT_ACTIVATIONS[self._fitted_network("out_activation_").output]
+
+    @property
+    def n_layers_(self) -> int:
+        """Number of layers, the input and output layers included."""
+        return len(self._fitted_network("n_layers_").layer_sizes)
 
     # -- files: the estimator's save and load ---------------------------------------------
     # An estimator's file (lgmstm._persist's format) is its network's file
@@ -266,16 +475,20 @@ class _LGMEstimator(BaseEstimator):
                              f"{header!r}"[:300])
         known = set(cls._get_param_names())
         hyper_parameters = _mapping(header["hyper_parameters"], "hyper_parameters")
+        network_backend = check_choice("the network's backend",
+                                       backend or header["network_backend"], BACKENDS)
+        network = LGM._from_file(stored, network_backend)
+        n_features, n_outputs = network.layer_sizes[0], network.layer_sizes[-1]
+        attributes = _mapping(header["attributes"], "attributes")
+        if "epochs" in hyper_parameters:  # a file from before the MLP names
+            hyper_parameters = _renamed(hyper_parameters, n_outputs)
+            attributes = _renamed_attributes(attributes)
         if set(hyper_parameters) - known:
             raise ValueError(f"{stored.kind} has no hyper-parameters "
                              f"{sorted(set(hyper_parameters) - known)}")
         estimator = cls(**{name: _from_json(value, f"hyper-parameter {name}")
                            for name, value in hyper_parameters.items()})
-        network_backend = check_choice("the network's backend",
-                                       backend or header["network_backend"], BACKENDS)
-        network = LGM._from_file(stored, network_backend)
-        n_features, n_outputs = network.layer_sizes[0], network.layer_sizes[-1]
-        for name, value in _mapping(header["attributes"], "attributes").items():
+        for name, value in attributes.items():
             setattr(estimator, _attribute_name(estimator, name),
                     _from_json(value, f"attribute {name}"))
         object_arrays = header["object_arrays"]
@@ -292,6 +505,119 @@ class _LGMEstimator(BaseEstimator):
         estimator.lgm_ = network
         _check_fitted(estimator, stored.kind, n_features, n_outputs)
         return estimator
+
+
+class _Progress:
+    """One fit's epochs, run on the network in compiled blocks, with
+    scikit-learn's stopping rules between them (see _LGMEstimator._fit_network).
+
+    Without early stopping a block is as long as the count of epochs without
+    improvement cannot reach n_iter_no_change + 1 before its end, so that
+    training stops exactly where scikit-learn's loop would; with early
+    stopping, or an "invscaling" schedule (scikit-learn changes the
+    learning rate after every epoch), blocks are single epochs.
+    """
+
+    def __init__(self, estimator: _LGMEstimator, network: LGM, n_samples: int,
+                 settings: _FitSettings, curve_scale: float,
+                 validation: tuple[NDArray[Any], NDArray[Any]] | None,
+                 incremental: bool) -> None:
+        self.estimator, self.network, self.n_samples = estimator, network, n_samples
+        self.settings, self.curve_scale, self.validation = settings, curve_scale, validation
+        self.incremental = incremental
+        self.losses: list[NDArray[np.float64]] = []
+        self.scores: list[float] = []
+        self.best_params: dict[str, NDArray[Any]] | None = None
+        self.plateau = _Plateau(settings.tol, estimator.best_loss_ if
+                                estimator.best_loss_ is not None else np.inf)
+        self.validation_plateau = _Plateau(settings.tol)
+
+    def _block(self, X: NDArray[Any], Y: NDArray[Any], epochs: int, lr: float,
+               warm: bool) -> NDArray[np.float64]:
+        """Train epochs epochs at lr; their losses, in scikit-learn's scale."""
+        try:
+            return self.network.fit(X, Y, epochs=epochs, lr=lr, warm_start=warm,
+                                    **self.settings.arguments) * self.curve_scale
+        except TrainingInterrupted as exc:
+            self._count(np.asarray(exc.history) * self.curve_scale)
+            raise
+
+    def train(self, X: NDArray[Any], Y: NDArray[Any], keep: bool) -> None:
+        settings = self.settings
+        lr = settings.lr
+        if self.incremental:
+            self._count(self._block(X, Y, 1, self._scheduled(lr), keep))
+            return
+        done, warm = 0, keep
+        while done < settings.max_iter:
+            single = self.validation is not None or settings.schedule == "invscaling"
+            plateau = self.validation_plateau if self.validation is not None else self.plateau
+            epochs = min(1 if single else settings.n_iter_no_change + 1 - plateau.count,
+                         settings.max_iter - done)
+            losses = self._block(X, Y, epochs, self._scheduled(lr), warm)
+            warm = True
+            done += len(losses)
+            self._count(losses)
+            if len(losses) < epochs:
+                return  # diverged: LGM.fit warned and kept the last finite parameters
+            if plateau.count > settings.n_iter_no_change:
+                if settings.schedule == "adaptive" and lr > _ADAPTIVE_MIN_LR:
+                    lr /= _ADAPTIVE_FACTOR
+                    plateau.count = 0
+                    self._say(f"Setting learning rate to {lr * self._lr_scale():f}")
+                    continue
+                what = "Validation score" if self.validation is not None else "Training loss"
+                self._say(f"{what} did not improve more than tol={settings.tol:f} for "
+                          f"{settings.n_iter_no_change} consecutive epochs. Stopping.")
+                return
+        warnings.warn(f"Stochastic Optimizer: Maximum iterations ({settings.max_iter}) reached "
+                      "and the optimization hasn't converged yet.", ConvergenceWarning,
+                      stacklevel=user_stacklevel())
+
+    def _lr_scale(self) -> float:
+        """learning_rate_init over LGM.fit's lr."""
+        return self.estimator.learning_rate_init / self.settings.lr
+
+    def _scheduled(self, lr: float) -> float:
+        """The learning rate of the next epoch: scikit-learn's "invscaling"
+        sets it to learning_rate_init / (t_ + 1) ** power_t after each epoch."""
+        if self.settings.schedule == "invscaling":
+            return lr / (self.estimator.t_ + 1) ** self.settings.power_t
+        return lr
+
+    def _count(self, losses: NDArray[np.float64]) -> None:
+        """Add the block's epochs to the estimator's curves and counts."""
+        self.losses.append(losses)
+        estimator = self.estimator
+        for loss in losses:
+            estimator.n_iter_ += 1
+            estimator.t_ += self.n_samples
+            self.plateau.update(float(loss))
+            if self.validation is not None:
+                X_val, Y_val = self.validation
+                validation_loss = self.network.loss(X_val, Y_val) * self.curve_scale
+                self.scores.append(-validation_loss)
+                if self.validation_plateau.update(validation_loss):
+                    self.best_params = self.network.params
+            self._say(f"Iteration {estimator.n_iter_}, loss = {loss:.8f}")
+
+    def _say(self, message: str) -> None:
+        if self.estimator.verbose:
+            print(message)
+
+    def keep(self) -> None:
+        """Write what the fit did into the estimator (also after Ctrl-C)."""
+        estimator = self.estimator
+        estimator.loss_curve_ = np.concatenate([estimator.loss_curve_, *self.losses])
+        if self.validation is None:
+            estimator.best_loss_ = float(self.plateau.best)
+            return
+        # scikit-learn: with early stopping the best training loss is not kept.
+        estimator.best_loss_ = None
+        estimator.validation_scores_ = np.asarray(self.scores, dtype=np.float64)
+        if self.best_params is not None:
+            estimator.best_validation_score_ = -float(self.validation_plateau.best)
+            self.network.load_params(self.best_params)
 
 
 class LGMRegressor(RegressorMixin, _LGMEstimator):
@@ -399,13 +725,18 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
     y_scale_: NDArray[np.float64]
     _y_1d: bool
 
-    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (32,), *,
-                 output: str = "linear", standardize_y: bool = True, epochs: int = 200,
-                 lr: float = 0.001, batch_size: int | None = 32, optimizer: str = "adam",
-                 shuffle: bool = True, dtype: DTypeLike = np.float64,
-                 random_state: int | np.random.RandomState | None = None,
-                 backend: str = "cython", verbose: bool = False,
-                 warm_start: bool = False) -> None:
+    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,),
+                 activation: str = "tanh", *, solver: str = "adam", alpha: float = 0.0001,
+                 batch_size: int | str | None = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
+                 shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 output: str = "linear", standardize_y: bool = True,
+                 dtype: DTypeLike = np.float64, backend: str = "cython") -> None:
         self._set_hyper_parameters(locals())
 
     def __sklearn_tags__(self) -> Tags:
@@ -444,7 +775,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         lgmstm.DivergenceWarning
             Training met a non-finite loss (try a smaller ``lr``).
         """
-        return self._train(X, y, self._goes_on(self.warm_start), self.epochs)
+        return self._train(X, y, self._goes_on(self.warm_start), False)
 
     def partial_fit(self, X: ArrayLike, y: ArrayLike) -> LGMRegressor:
         """Train one epoch on (X, y), going on from the last call.
@@ -474,10 +805,10 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             As :meth:`fit`, and X or y does not match what the network was
             made for.
         """
-        return self._train(X, y, self.__sklearn_is_fitted__(), 1)
+        return self._train(X, y, self.__sklearn_is_fitted__(), True)
 
-    def _train(self, X: ArrayLike, y: ArrayLike, keep: bool, epochs: int) -> LGMRegressor:
-        """fit and partial_fit: keep goes on with the fitted network."""
+    def _train(self, X: ArrayLike, y: ArrayLike, keep: bool, incremental: bool) -> LGMRegressor:
+        """fit and partial_fit (incremental): keep goes on with the fitted network."""
         dtype = self._start_fit(keep)
         X_valid: NDArray[Any]
         if keep and self._ready_targets(X, y):
@@ -502,8 +833,9 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             else:
                 self.y_mean_ = np.zeros(self.n_outputs_)
                 self.y_scale_ = np.ones(self.n_outputs_)
+        # The loss is half the mean squared error, as scikit-learn's.
         self._fit_network(X_valid, ((Y - self.y_mean_) / self.y_scale_).astype(dtype),
-                          self.output, keep, epochs)
+                          self.output, keep, incremental, _squared_error_scale(Y.shape[1]), 0.5)
         return self
 
     def _ready_targets(self, X: Any, y: Any) -> bool:
@@ -622,13 +954,17 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
 
     classes_: NDArray[Any]
 
-    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (32,), *,
-                 epochs: int = 200, lr: float = 0.001, batch_size: int | None = 32,
-                 optimizer: str = "adam", shuffle: bool = True,
-                 dtype: DTypeLike = np.float64,
-                 random_state: int | np.random.RandomState | None = None,
-                 backend: str = "cython", verbose: bool = False,
-                 warm_start: bool = False) -> None:
+    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,),
+                 activation: str = "tanh", *, solver: str = "adam", alpha: float = 0.0001,
+                 batch_size: int | str | None = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
+                 shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 dtype: DTypeLike = np.float64, backend: str = "cython") -> None:
         self._set_hyper_parameters(locals())
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> LGMClassifier:
@@ -675,7 +1011,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
                              f"in the previous call to fit: previously {self.classes_}, "
                              f"y has {classes}")
         self.classes_ = classes
-        self._fit_labels(X_valid, y_valid, keep, self.epochs)
+        self._fit_labels(X_valid, y_valid, keep, False)
         return self
 
     def partial_fit(self, X: ArrayLike, y: ArrayLike,
@@ -727,18 +1063,22 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         unknown = np.setdiff1d(y_valid, self.classes_)
         if unknown.size:
             raise ValueError(f"y has classes not in classes_ {self.classes_}: {unknown}")
-        self._fit_labels(X_valid, y_valid, keep, 1)
+        self._fit_labels(X_valid, y_valid, keep, True)
         return self
 
-    def _fit_labels(self, X: NDArray[Any], y: NDArray[Any], keep: bool, epochs: int) -> None:
-        """Train on the +-1 targets of the labels y, each one of classes_."""
+    def _fit_labels(self, X: NDArray[Any], y: NDArray[Any], keep: bool,
+                    incremental: bool) -> None:
+        """Train on the +-1 targets of the labels y, each one of classes_
+        (one epoch when incremental); the validation split of early
+        stopping keeps the classes in proportion."""
         labels = np.searchsorted(self.classes_, y)
         if len(self.classes_) <= 2:
             Y = np.where(labels == 1, 1.0, -1.0)[:, None]
         else:
             Y = np.full((len(labels), len(self.classes_)), -1.0)
             Y[np.arange(len(labels)), labels] = 1.0
-        self._fit_network(X, Y.astype(X.dtype), "tanh", keep, epochs)
+        self._fit_network(X, Y.astype(X.dtype), "tanh", keep, incremental,
+                          _squared_error_scale(Y.shape[1]), 0.5, stratify=labels)
 
     def decision_function(self, X: ArrayLike) -> NDArray[Any]:
         """The network's tanh outputs, in (-1, 1).
@@ -849,6 +1189,36 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
 
 
 # -- the estimator's file: its checks and its JSON (see _LGMEstimator.save) ------------
+def _renamed(hyper_parameters: dict[str, Any], n_outputs: int) -> dict[str, Any]:
+    """The hyper-parameters (JSON data, or a pickle's state) of an estimator
+    from before scikit-learn's MLP names, as they are now, for a network of
+    n_outputs outputs: epochs, lr and optimizer become max_iter,
+    learning_rate_init and solver (with momentum and nesterovs_momentum),
+    and the settings those estimators did not have take the values that
+    train as they trained: no alpha, and a count of epochs without
+    improvement that cannot stop a fit before max_iter."""
+    renamed = {name: value for name, value in hyper_parameters.items()
+               if name not in ("epochs", "lr", "optimizer")}
+    optimizer = hyper_parameters.get("optimizer", "adam")
+    lr = hyper_parameters.get("lr", 0.001)
+    if optimizer in ("sgd", "momentum") and isinstance(lr, (int, float)):
+        lr = lr * _squared_error_scale(n_outputs)  # see _LGMEstimator._settings
+    renamed.update(
+        max_iter=hyper_parameters.get("epochs", 200), learning_rate_init=lr,
+        solver="adam" if optimizer == "adam" else "sgd",
+        momentum=0.9 if optimizer == "momentum" else 0.0, nesterovs_momentum=False,
+        alpha=0.0, n_iter_no_change=max(1, hyper_parameters.get("epochs", 200)))
+    return renamed
+
+
+def _renamed_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """The fitted attributes of an estimator from before the MLP names, with
+    those it did not have: t_ unknown (0), no best loss yet (the next
+    warm fit starts counting afresh), no validation."""
+    return {**attributes, "t_": 0, "best_loss_": None, "validation_scores_": None,
+            "best_validation_score_": None}
+
+
 def _attribute_name(estimator: Any, name: str) -> str:
     """name, when it can be a fitted attribute of estimator: not one of its
     hyper-parameters, methods or properties, nor lgm_."""
@@ -882,7 +1252,8 @@ def _attribute_array(name: str, entry: Any, n_features: int, n_outputs: int) -> 
 
 def _check_fitted(estimator: Any, kind: str, n_features: int, n_outputs: int) -> None:
     """The fitted attributes predict reads are there and fit the network."""
-    needed = {"n_features_in_", "n_iter_", "loss_curve_",
+    needed = {"n_features_in_", "n_iter_", "t_", "loss_curve_", "best_loss_",
+              "validation_scores_", "best_validation_score_",
               *(("classes_",) if kind == "LGMClassifier" else
                 ("n_outputs_", "y_mean_", "y_scale_", "_y_1d"))}
     missing = sorted(name for name in needed if not hasattr(estimator, name))

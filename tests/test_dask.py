@@ -308,7 +308,7 @@ def test_grid_search_under_joblibs_dask_backend_equals_a_local_search(client):
     grid = {"hidden_layer_sizes": [(2,), (8,)], "lr": [0.003, 0.01]}
 
     def search(n_jobs):
-        return GridSearchCV(LGMRegressor(epochs=20, random_state=0), grid,
+        return GridSearchCV(LGMRegressor(max_iter=20, random_state=0), grid,
                             cv=KFold(3, shuffle=True, random_state=0), n_jobs=n_jobs).fit(X, y)
 
     local = search(1)
