@@ -13,6 +13,7 @@ in front, as with any network trained by gradient descent.
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -172,6 +173,9 @@ class _LGMEstimator(BaseEstimator):
             state = _renamed(state, 1 if network is None else network.layer_sizes[-1])
             if network is not None:
                 state = _renamed_attributes(state)
+            defaults = inspect.signature(type(self).__init__).parameters
+            state = {**{name: defaults[name].default for name in self._get_param_names()},
+                     **state}
         super().__setstate__(state)
 
     def _start_fit(self, keep: bool) -> np.dtype[Any]:
