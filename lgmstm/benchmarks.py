@@ -1352,7 +1352,7 @@ def quality(*, quick=False, seeds=None, epochs=None, data=None, progress=None):
     for name, kind in QUALITY_DATA:
         if data is not None and name not in data:
             continue
-        scores = {"lgmstm": {}, "sklearn": {}}
+        scores: dict[str, dict[str, list[float]]] = {"lgmstm": {}, "sklearn": {}}
         for seed in range(seeds):
             X_train, X_test, y_train, y_test = _quality_split(name, seed)
             for library in scores:

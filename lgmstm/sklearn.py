@@ -122,6 +122,110 @@ class _Plateau:
         return better
 
 
+_MLP_PARAMETERS = """\
+    hidden_layer_sizes : int or sequence of int, default (100,)
+        Units of each hidden layer, each >= 1; ``()`` fits no hidden layer.
+    activation : "tanh", default "tanh"
+        The hidden layers' activation: lgmstm's networks are tanh networks
+        (any other value is refused).
+    solver : {"adam", "sgd"}, default "adam"
+        "adam": Adam with beta_1, beta_2 and epsilon; "sgd": gradient
+        descent with momentum and nesterovs_momentum (plain at
+        ``momentum=0``). "lbfgs" is refused: lgmstm trains by mini-batch
+        gradient descent only.
+    alpha : float >= 0, default 0.0001
+        L2 penalty on the weights (not the biases), as scikit-learn's: each
+        batch of n samples adds ``alpha / (2 n) * sum(W**2)`` to the loss
+        whose gradient it descends. It is the network's ``weight_decay``
+        (:meth:`lgmstm.LGM.fit`) scaled as that loss is, with n the batch
+        size (a smaller last batch is decayed as a full one).
+    batch_size : int >= 1, "auto" or None, default "auto"
+        Samples per update; "auto" is ``min(200, n_samples)``, None (or
+        anything >= n_samples) full batch.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default "constant"
+        The schedule of solver="sgd" (Adam's rate stays constant):
+        "invscaling" sets the rate of each epoch to
+        ``learning_rate_init / (t_ + 1) ** power_t``; "adaptive" divides it
+        by 5 each time the count of epochs without improvement exceeds
+        n_iter_no_change, and stops once it is at most 1e-6.
+    learning_rate_init : float > 0, default 0.001
+        The step size, with scikit-learn's meaning: for "sgd" it scales the
+        gradient of scikit-learn's loss (see alpha), whatever the number of
+        outputs.
+    power_t : float >= 0, default 0.5
+        The exponent of "invscaling".
+    max_iter : int >= 1, default 200
+        The most epochs ``fit`` runs; a ConvergenceWarning says when it ran
+        them all without stopping on a plateau.
+    shuffle : bool, default True
+        Visit the samples in a new random order each epoch.
+    random_state : int, numpy.random.RandomState or None, default None
+        Seeds the validation split, the initial weights and the shuffling.
+        An int makes ``fit`` reproducible; None draws fresh randomness.
+    tol : float >= 0, default 1e-4
+        An epoch improves when its loss (with early_stopping, its validation
+        loss) is below the best so far minus tol.
+    verbose : bool, default False
+        Print each epoch's loss, and why training stopped, to stdout.
+    warm_start : bool, default False
+        When fitted, ``fit`` trains the network it has, for up to max_iter
+        more epochs, going on with its optimizer state (scikit-learn starts
+        a new optimizer), ``loss_curve_``, ``n_iter_`` and ``t_``.
+    momentum : float in [0, 1), default 0.9
+        solver="sgd"'s momentum: the velocity decays by it each step.
+    nesterovs_momentum : bool, default True
+        Nesterov's momentum for solver="sgd" with momentum > 0.
+    early_stopping : bool, default False
+        Hold out validation_fraction of the samples (stratified by class for
+        the classifier), stop when the validation loss has not improved by
+        tol for more than n_iter_no_change epochs, and keep the network of
+        the best epoch.
+    validation_fraction : float in (0, 1), default 0.1
+        The share of the samples early_stopping holds out.
+    beta_1, beta_2 : float in [0, 1), default 0.9 and 0.999
+        Adam's decay of its means of the gradient and of its square.
+    epsilon : float > 0, default 1e-8
+        Added to Adam's denominator (after the bias correction, where
+        scikit-learn adds it before: a difference in the last digits).
+    n_iter_no_change : int >= 1, default 10
+        Training stops (or "adaptive" divides the rate) when more than this
+        many epochs in a row did not improve (see tol).
+"""
+
+_COMMON_PARAMETERS = """\
+    dtype : float32 or float64, default numpy.float64
+        Dtype of the parameters and of the computation; X is converted to it.
+    backend : {"cython", "numpy"}, default "cython"
+        "cython" runs the compiled kernels, "numpy" the NumPy reference.
+"""
+
+_MLP_ATTRIBUTES = """\
+    coefs_ : list of ndarray
+        ``coefs_[i]``, of shape (n_in_i, n_out_i), the weights of layer i:
+        copies of ``lgm_``'s; assigning a list of arrays of these shapes
+        sets the network's (checked by :meth:`lgmstm.LGM.load_params`).
+    intercepts_ : list of ndarray
+        ``intercepts_[i]``, of shape (n_out_i,), the biases; set likewise.
+    n_iter_ : int
+        Epochs run; with ``warm_start`` and :meth:`partial_fit`, since the
+        network was made.
+    t_ : int
+        Training samples seen (scikit-learn's; the clock of "invscaling").
+    best_loss_ : float or None
+        The lowest of ``loss_curve_`` (None with early_stopping).
+    validation_scores_ : ndarray of shape (n_iter_,) or None
+        With early_stopping, each epoch's validation score: minus its
+        validation loss, in loss_curve_'s units (scikit-learn's is
+        ``score``'s accuracy or R^2); else None.
+    best_validation_score_ : float or None
+        The best of validation_scores_, that of the network kept.
+    n_layers_ : int
+        Layers, the input and output layers included.
+    out_activation_ : str
+        The output layer's activation, by scikit-learn's name.
+"""
+
+
 class _LGMEstimator(BaseEstimator):
     """Hyper-parameters, fitting and prediction shared by the two estimators."""
 
@@ -625,18 +729,20 @@ class _Progress:
 
 
 class LGMRegressor(RegressorMixin, _LGMEstimator):
-    """Regression with a feed-forward tanh network, :class:`lgmstm.LGM`.
+    """Regression with a feed-forward tanh network, :class:`lgmstm.LGM`: a
+    drop-in for scikit-learn's ``MLPRegressor(activation="tanh")``.
 
-    The network minimises the mean squared error by mini-batch gradient
-    descent on compiled OpenMP kernels. Hidden layers are tanh; the output
-    layer is linear by default. Single- and multi-output targets are
-    supported.
+    The network minimises half the squared error (scikit-learn's loss, plus
+    alpha's penalty) by mini-batch gradient descent on compiled OpenMP
+    kernels, many epochs per call, with scikit-learn's stopping rules
+    between the calls. Hidden layers are tanh; the output layer is linear by
+    default. Single- and multi-output targets are supported. It takes
+    ``MLPRegressor``'s hyper-parameters, with their meanings, and lgmstm's
+    own (output, standardize_y, dtype, backend).
 
     Parameters
     ----------
-    hidden_layer_sizes : int or sequence of int, default (32,)
-        Units of each hidden layer, each >= 1; ``()`` fits an affine model.
-    output : {"linear", "tanh"}, default "linear"
+    %(mlp_parameters)s    output : {"linear", "tanh"}, default "linear"
         Activation of the output layer. With "tanh" the network's outputs lie
         in (-1, 1) of the trained target: with ``standardize_y=True`` that
         is the training target's mean +- one standard deviation, so use
@@ -644,54 +750,25 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
     standardize_y : bool, default True
         Train on the target standardised per output (zero mean, unit
         variance; a constant output is only centred) and map predictions
-        back, so that the defaults suit a target in any units. Without it, a
-        target far from 0 takes many more epochs to reach (with "adam" the
-        weights move by about ``lr`` per step whatever the target's scale):
+        back, so that the defaults suit a target in any units
+        (``MLPRegressor`` has no such step: set False for its behaviour).
+        The losses, tol and alpha then apply to the standardised target.
+        Without it, a target far from 0 takes many more epochs to reach:
         on the diabetes data (target about 150 +- 77, features
         standardised) the default settings reach a cross-validated R^2 of
-        about 0.47 with it and below 0 without it.
-    epochs : int >= 0, default 200
-        Passes over the training data.
-    lr : float > 0, default 0.001
-        Learning rate.
-    batch_size : int >= 1 or None, default 32
-        Samples per update; None (or >= n_samples) is full-batch descent.
-    optimizer : {"sgd", "momentum", "adam"}, default "adam"
-        See :meth:`lgmstm.LGM.fit`.
-    shuffle : bool, default True
-        Visit the samples in a new random order each epoch.
-    dtype : float32 or float64, default numpy.float64
-        Dtype of the parameters and of the computation; X is converted to
-        it. Predictions are float64 either way.
-    random_state : int, numpy.random.RandomState or None, default None
-        Seeds the initial weights and the shuffling. An int makes ``fit``
-        reproducible; None draws fresh randomness at each ``fit``.
-    backend : {"cython", "numpy"}, default "cython"
-        "cython" runs the compiled kernels, "numpy" the NumPy reference.
-    verbose : bool, default False
-        Print epoch, loss and epochs/s to stderr during ``fit``.
-    warm_start : bool, default False
-        When fitted, ``fit`` trains the network it has for ``epochs`` more,
-        going on with its optimizer state, target scaling, ``loss_curve_``
-        and ``n_iter_``, instead of a new network (as scikit-learn's
-        ``MLPRegressor`` does); X must have the same features, y the same
-        outputs.
-
+        about 0.49 with it and below 0 without it.
+    %(common_parameters)s
     Attributes
     ----------
     lgm_ : lgmstm.LGM
         The trained network, of layer sizes
         ``[n_features_in_, *hidden_layer_sizes, n_outputs_]``.
     loss_curve_ : ndarray of shape (n_iter_,), float64
-        Mean squared error of each epoch, in standardised target units when
+        Half the mean squared error of each epoch (scikit-learn's loss,
+        without alpha's penalty), in standardised target units when
         ``standardize_y``; of every epoch since the network was made, with
         ``warm_start`` and :meth:`partial_fit`.
-    n_iter_ : int
-        Epochs run: ``epochs``, or fewer if training diverged (a
-        :class:`lgmstm.DivergenceWarning` says so; the network keeps the
-        last finite parameters); with ``warm_start`` and :meth:`partial_fit`,
-        since the network was made.
-    n_outputs_ : int
+    %(mlp_attributes)s    n_outputs_ : int
         Number of outputs of the target.
     y_mean_ : ndarray of shape (n_outputs_,), float64
         Mean of each training output (zeros without ``standardize_y``); from
@@ -769,7 +846,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             Empty, non-finite or non-numeric data, inconsistent lengths, or
             an invalid hyper-parameter value.
         TypeError
-            A hyper-parameter of the wrong type (e.g. a float ``epochs``).
+            A hyper-parameter of the wrong type (e.g. a float ``max_iter``).
         lgmstm.TrainingInterrupted
             Ctrl-C during training: the estimator keeps the network of the
             last finished epoch.
@@ -777,7 +854,10 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         Warns
         -----
         lgmstm.DivergenceWarning
-            Training met a non-finite loss (try a smaller ``lr``).
+            Training met a non-finite loss (try a smaller ``learning_rate_init``).
+        sklearn.exceptions.ConvergenceWarning
+            max_iter epochs ran and no plateau stopped them (scikit-learn's
+            warning).
         """
         return self._train(X, y, self._goes_on(self.warm_start), False)
 
@@ -787,7 +867,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         As scikit-learn's ``MLPRegressor.partial_fit``: the first call on an
         unfitted estimator makes the network (and, with ``standardize_y``,
         the target's scaling, from this y); every call, later ones too,
-        trains it one epoch with the estimator's hyper-parameters (``epochs``
+        trains it one epoch with the estimator's hyper-parameters (``max_iter``
         aside), going on with its optimizer state (see
         :meth:`lgmstm.LGM.partial_fit`), and adds to ``loss_curve_`` and
         ``n_iter_``. After ``fit``, it goes on from that fit.
@@ -878,7 +958,9 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
 
 
 class LGMClassifier(ClassifierMixin, _LGMEstimator):
-    """Classification with a feed-forward tanh network, :class:`lgmstm.LGM`.
+    """Classification with a feed-forward tanh network, :class:`lgmstm.LGM`:
+    scikit-learn's ``MLPClassifier(activation="tanh")`` hyper-parameters and
+    attributes, with their meanings.
 
     One-vs-rest on tanh outputs, trained by least squares: output k is
     trained towards +1 on samples of class k and -1 elsewhere (two classes
@@ -892,34 +974,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
 
     Parameters
     ----------
-    hidden_layer_sizes : int or sequence of int, default (32,)
-        Units of each hidden layer, each >= 1; ``()`` fits one tanh layer.
-    epochs : int >= 0, default 200
-        Passes over the training data.
-    lr : float > 0, default 0.001
-        Learning rate.
-    batch_size : int >= 1 or None, default 32
-        Samples per update; None (or >= n_samples) is full-batch descent.
-    optimizer : {"sgd", "momentum", "adam"}, default "adam"
-        See :meth:`lgmstm.LGM.fit`.
-    shuffle : bool, default True
-        Visit the samples in a new random order each epoch.
-    dtype : float32 or float64, default numpy.float64
-        Dtype of the parameters, of the computation and of the scores and
-        probabilities; X is converted to it.
-    random_state : int, numpy.random.RandomState or None, default None
-        Seeds the initial weights and the shuffling. An int makes ``fit``
-        reproducible; None draws fresh randomness at each ``fit``.
-    backend : {"cython", "numpy"}, default "cython"
-        "cython" runs the compiled kernels, "numpy" the NumPy reference.
-    verbose : bool, default False
-        Print epoch, loss and epochs/s to stderr during ``fit``.
-    warm_start : bool, default False
-        When fitted, ``fit`` trains the network it has for ``epochs`` more,
-        going on with its optimizer state, ``loss_curve_`` and ``n_iter_``,
-        instead of a new network (as scikit-learn's ``MLPClassifier``
-        does); y must hold the same classes.
-
+    %(mlp_parameters)s%(common_parameters)s
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
@@ -929,13 +984,10 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         ``[n_features_in_, *hidden_layer_sizes, n_outputs]`` with
         ``n_outputs = 1`` for up to two classes, else ``n_classes``.
     loss_curve_ : ndarray of shape (n_iter_,), float64
-        Mean squared error of each epoch against the +-1 targets; of every
-        epoch since the network was made, with ``warm_start`` and
+        Half the mean squared error of each epoch against the +-1 targets;
+        of every epoch since the network was made, with ``warm_start`` and
         :meth:`partial_fit`.
-    n_iter_ : int
-        Epochs run: ``epochs``, or fewer if training diverged; with
-        ``warm_start`` and :meth:`partial_fit`, since the network was made.
-    n_features_in_ : int
+    %(mlp_attributes)s    n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,), object
         Names of the features, when X had string column names.
@@ -993,7 +1045,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             continuous or multi-output y, an invalid hyper-parameter value,
             or (``warm_start``, fitted) classes other than ``classes_``.
         TypeError
-            A hyper-parameter of the wrong type (e.g. a float ``epochs``).
+            A hyper-parameter of the wrong type (e.g. a float ``max_iter``).
         lgmstm.TrainingInterrupted
             Ctrl-C during training: the estimator keeps the network of the
             last finished epoch.
@@ -1003,7 +1055,10 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         sklearn.exceptions.DataConversionWarning
             y is a column vector of shape (n_samples, 1).
         lgmstm.DivergenceWarning
-            Training met a non-finite loss (try a smaller ``lr``).
+            Training met a non-finite loss (try a smaller ``learning_rate_init``).
+        sklearn.exceptions.ConvergenceWarning
+            max_iter epochs ran and no plateau stopped them (scikit-learn's
+            warning).
         """
         keep = self._goes_on(self.warm_start)
         dtype = self._start_fit(keep)
@@ -1026,7 +1081,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         unfitted estimator needs every class there will be in ``classes``
         (y may hold only some of them) and makes the network; every call,
         later ones too, trains it one epoch with the estimator's
-        hyper-parameters (``epochs`` aside), going on with its optimizer
+        hyper-parameters (``max_iter`` and ``early_stopping`` aside), going on with its optimizer
         state (see :meth:`lgmstm.LGM.partial_fit`), and adds to
         ``loss_curve_`` and ``n_iter_``. After ``fit``, it goes on from that
         fit, with its classes.
@@ -1190,6 +1245,12 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         """
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
+
+
+for _estimator in (LGMRegressor, LGMClassifier):
+    _estimator.__doc__ = (_estimator.__doc__ or "") % {
+        "mlp_parameters": _MLP_PARAMETERS.lstrip(), "common_parameters": _COMMON_PARAMETERS,
+        "mlp_attributes": _MLP_ATTRIBUTES.lstrip()}
 
 
 # -- the estimator's file: its checks and its JSON (see _LGMEstimator.save) ------------
