@@ -26,7 +26,20 @@ from ._training import OptimizerState, UseLock
 from ._validation import check_choice, check_float_dtype, check_seed
 
 BACKENDS = ("cython", "numpy")
-OUTPUTS = ("tanh", "linear")
+# A model's output: the last layer's function and the loss fit minimises
+# ("tanh", "linear": squared error; "softmax", "sigmoid": cross-entropy).
+OUTPUTS = ("tanh", "linear", "softmax", "sigmoid")
+PROBABILITY_OUTPUTS = ("softmax", "sigmoid")
+
+
+def check_output(output: str, n_out: int) -> str:
+    """The constructor's output, checked: one of OUTPUTS; softmax needs two
+    classes or more (over one it is the constant 1)."""
+    output = check_choice("output", output, OUTPUTS)
+    if output == "softmax" and n_out < 2:
+        raise ValueError(f"output='softmax' needs n_out >= 2 classes, got n_out = {n_out} "
+                         "(for one binary target use output='sigmoid')")
+    return output
 
 # The kinds a saved file may hold (read_model_file): the models', and the
 # estimators' of lgmstm.sklearn.

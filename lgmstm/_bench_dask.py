@@ -168,10 +168,13 @@ def bench_predict(client: Any, folder: str, size: int, chunk_bytes: int, repeats
     from . import dask as lgmstm_dask
 
     n_in = 10
-    chunk_rows = chunk_bytes // (8 * n_in)
+    model = lgmstm.LGM([n_in, 32, 1], output="linear", seed=0)
+    # Blocks of a multiple of the model's row quantum, as the docs advise:
+    # others are rechunked (lgmstm.dask.predict), a copy of every block.
+    quantum = lgmstm_dask.row_quantum(model)
+    chunk_rows = chunk_bytes // (8 * n_in) // quantum * quantum
     n_rows = size // (8 * n_in)
     X_file, _ = write_regression_file(folder, n_rows, n_in, 1, chunk_rows)
-    model = lgmstm.LGM([n_in, 32, 1], output="linear", seed=0)
 
     in_memory = np.asarray(X_file[:chunk_rows]).copy()
     threads = lgmstm.get_num_threads()

@@ -15,11 +15,14 @@ class Network(Program):
     """A network's parameters and architecture, built once per model."""
 
     def __new__(
-        cls, params: list[_Float], layer_sizes: NDArray[np.intp], output_tanh: bool,
+        cls, params: list[_Float], layer_sizes: NDArray[np.intp], output: str,
         lock: UseLock,
     ) -> Network: ...
     def blas_work(self, n_samples: int) -> int:
         """Multiply-adds of a pass's largest GEMM task: whether BLAS may thread."""
+    def row_quantum(self) -> int:
+        """Samples a piece of a batch must be a multiple of for predict over the
+        pieces to give the whole batch's bits (the GEMM tasks' rows)."""
     def predict_ready(self, X: object) -> _Float | None:
         """The outputs for X when it is an ndarray of the parameters' dtype and
         shape, C-contiguous, the call is small and no other thread trains;
@@ -27,12 +30,18 @@ class Network(Program):
     @property
     def layer_sizes(self) -> NDArray[np.intp]: ...
     @property
+    def output(self) -> str: ...
+    @property
     def output_tanh(self) -> bool: ...
+    @property
+    def loss(self) -> int:
+        """The loss code of _loss.pxd: 0 squared error, 1 softmax, 2 sigmoid."""
     def predict(
         self,
         X: _Float,  # IN (n_samples, n_in)
         activations: list[_Float],  # OUT one (n_samples, sizes[l + 1]) per layer
         n_threads: int,
+        logits: bool = ...,  # softmax/sigmoid outputs: the logits, not probabilities
     ) -> None: ...
     def gradients(
         self,
@@ -43,8 +52,9 @@ class Network(Program):
         deltas: list[_Float],  # scratch
         partials: NDArray[np.float64],  # scratch (partials_size(n_samples),)
         n_threads: int,
+        weights: NDArray[np.float64] | None = ...,  # IN (n_samples,)
     ) -> float:
-        """Fill grads; return the mean squared error."""
+        """Fill grads; return the (weighted) mean loss."""
     def train(
         self,
         run: TrainingRun,

@@ -16,11 +16,14 @@ class Network(Program):
     """The STM's parameters and architecture, built once per model."""
 
     def __new__(
-        cls, params: list[_Float], sizes: _Index, output_tanh: bool, return_sequences: bool,
+        cls, params: list[_Float], sizes: _Index, output: str, return_sequences: bool,
         lock: UseLock,
     ) -> Network: ...
     def blas_work(self, n_samples: int, n_steps: int) -> int:
         """Multiply-adds of a pass over the sequences: whether BLAS may thread."""
+    def row_quantum(self, n_steps: int) -> int:
+        """Sequences a piece of a batch must be a multiple of for predict over
+        the pieces to give the whole batch's bits (1 in the panel layout)."""
     def step_ready(self, x: object, state: object) -> tuple[_Float, _Float] | None:
         """(outputs, new state) of one step when x and state are ndarrays of the
         parameters' dtype and shape, C-contiguous, the call is small and no
@@ -36,10 +39,16 @@ class Network(Program):
     @property
     def output_tanh(self) -> bool: ...
     @property
+    def output(self) -> str: ...
+    @property
+    def loss(self) -> int:
+        """The loss code of _loss.pxd: 0 squared error, 1 softmax, 2 sigmoid."""
+    @property
     def return_sequences(self) -> bool: ...
     def predict(
         self, X: _Float, h0: _Float | None, lengths: _Index, buffers: list[NDArray[Any]],
         n_threads: int,
+        logits: bool = ...,  # softmax/sigmoid outputs: the logits, not probabilities
     ) -> tuple[_Float, _Float]:
         """(outputs, final states): two of the buffers, filled."""
     def gradients(
@@ -47,8 +56,9 @@ class Network(Program):
         grads: list[_Float],  # OUT
         buffers: list[NDArray[Any]],  # scratch
         n_threads: int,
+        weights: NDArray[np.float64] | None = ...,  # IN per output row, 0 at padded steps
     ) -> float:
-        """Fill grads; return the mean squared error over the valid outputs."""
+        """Fill grads; return the (weighted) mean loss over the valid outputs."""
     def train(
         self,
         run: TrainingRun,

@@ -96,6 +96,7 @@ class TrainingRun:
         lengths: NDArray[np.intp] | None = ...,  # IN (STM)
         initial_states: NDArray[np.floating[Any]] | None = ...,  # IN (STM)
         final_states: NDArray[np.floating[Any]] | None = ...,  # OUT (STM)
+        weights: NDArray[np.float64] | None = ...,  # IN per sample (LGM) or output row (STM)
         program: Program | None = ...,  # whose choice of thread count the run keeps
     ) -> TrainingRun: ...
     X: Any
@@ -103,6 +104,7 @@ class TrainingRun:
     lengths: Any
     initial_states: Any
     final_states: Any
+    weights: Any
     @property
     def grads(self) -> PointerTable: ...
     @property

@@ -557,8 +557,9 @@ class CompiledTrainer:
     train documents); blas_work: the flops that decide BLAS's threads (see
     single_threaded_blas); lengths, initial_states, final_states: the
     STM's. final_states, when given, holds each sequence's final state
-    from the latest epoch. The optimizer's settings are the state's; the
-    weights (see decayed) take weight_decay.
+    from the latest epoch. weights: the loss's weight of each sample (the
+    LGM) or output row (the STM), float64, or None. The optimizer's
+    settings are the state's; the weights (see decayed) take weight_decay.
     """
 
     def __init__(self, network, X, Y, batch_size: int, optimizer: OptimizerState, lr: float,
@@ -566,7 +567,8 @@ class CompiledTrainer:
                  clip_norm: float | None = None, weight_decay: float = 0.0,
                  lengths: NDArray[np.intp] | None = None,
                  initial_states: NDArray[Any] | None = None,
-                 final_states: NDArray[Any] | None = None) -> None:
+                 final_states: NDArray[Any] | None = None,
+                 weights: NDArray[np.float64] | None = None) -> None:
         self.network = network
         self.params: list[NDArray[Any]] = network.params
         moments = optimizer.moments  # trained in place
@@ -584,7 +586,7 @@ class CompiledTrainer:
             optimizer=OPTIMIZERS[optimizer.name].code, lr=lr, **optimizer.training_settings(),
             weight_decay=weight_decay, decayed=decayed(self.params), clip_norm=clip_norm or 0.0,
             step=optimizer.step, lengths=lengths, initial_states=initial_states,
-            final_states=final_states, program=network.program)
+            final_states=final_states, weights=weights, program=network.program)
 
     @property
     def step(self) -> int:

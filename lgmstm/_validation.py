@@ -429,3 +429,67 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {_describe(value)}")
     return bool(value)
+
+
+# How far a softmax target's row may sum from 1 (class probabilities
+# computed in the dtype round a little).
+PROBABILITY_SUM_TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-6}
+
+
+def check_targets(output: str, Y: np.ndarray, name: str = "Y") -> None:
+    """The targets a model's loss can take, Y already of the model's dtype
+    and shape (the last axis the outputs): for output="softmax" class
+    probabilities in [0, 1] whose rows sum to 1 (one-hot rows among them),
+    for "sigmoid" values in [0, 1]; anything finite for the squared error.
+    A ValueError names the first row or value that is not."""
+    if output not in ("softmax", "sigmoid") or Y.size == 0:
+        return
+    flat = Y.reshape(-1, Y.shape[-1])
+    outside = ~((flat >= 0) & (flat <= 1))  # NaN is outside too
+    if outside.any():
+        row, column = np.argwhere(outside)[0]
+        raise ValueError(
+            f"{name} must hold {'class probabilities' if output == 'softmax' else 'targets'} "
+            f"in [0, 1] for output={output!r}, got {name}{_index(Y, row, column)} = "
+            f"{flat[row, column]}")
+    if output == "softmax":
+        sums = flat.sum(axis=1, dtype=np.float64)
+        tolerance = PROBABILITY_SUM_TOLERANCE[Y.dtype]
+        bad = np.flatnonzero(np.abs(sums - 1) > tolerance)
+        if bad.size:
+            raise ValueError(
+                f"{name} must be one-hot rows or class probabilities summing to 1 (within "
+                f"{tolerance:g}) for output='softmax', got a row {name}{_index(Y, bad[0])} "
+                f"summing to {sums[bad[0]]:.6g}")
+
+
+def _index(Y: np.ndarray, row: int, column: int | None = None) -> str:
+    """Y's index (as the user wrote it) of row `row` of Y.reshape(-1, n_out)."""
+    index = ([int(i) for i in np.unravel_index(row, Y.shape[:-1])] if Y.ndim > 1
+             else [row])
+    if column is not None and Y.ndim > 1:
+        index.append(column)
+    return "[" + ", ".join(str(int(i)) for i in index) + "]"
+
+
+def check_sample_weight(sample_weight, shapes: tuple[tuple[int, ...], ...],
+                        meaning: str) -> NDArray[np.float64] | None:
+    """sample_weight as a C-contiguous float64 array of one of `shapes`
+    (meaning describes them), finite, >= 0 and not all zero; None stays None."""
+    if sample_weight is None:
+        return None
+    array = as_array("sample_weight", sample_weight, None)
+    if array.shape not in shapes:
+        raise ValueError(f"sample_weight must have shape {meaning} = "
+                         f"{' or '.join(map(str, shapes))}, got {array.shape}")
+    array = np.ascontiguousarray(array, dtype=np.float64)
+    flat = array.reshape(-1)
+    for bad, expected in ((~np.isfinite(flat), "finite"), (flat < 0, ">= 0")):
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            index = ", ".join(str(int(i)) for i in np.unravel_index(first, array.shape))
+            raise ValueError(f"sample_weight must be {expected}, got "
+                             f"sample_weight[{index}] = {flat[first]}")
+    if flat.size and not flat.any():
+        raise ValueError("sample_weight must not be all zero: nothing would be weighed")
+    return array

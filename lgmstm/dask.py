@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         f"lgmstm.dask needs dask[array] and distributed ({exc}): "
         'install them with `pip install "lgmstm[dask]"`') from exc
 
-__all__ = ["predict", "fit_many", "partial_fit_dask", "task_threads"]
+__all__ = ["predict", "fit_many", "partial_fit_dask", "task_threads", "row_quantum"]
 
 Model = Union[LGM, STM]
 
@@ -207,6 +207,42 @@ def _snapshot(model: Model) -> bytes:
 
 
 # -- predict ------------------------------------------------------------------------------
+def row_quantum(model: Model, n_steps: int = 1) -> int:
+    """The samples each block of :func:`predict`'s X should be a multiple of.
+
+    The kernels cut a batch into tasks of a fixed number of samples, and on
+    the BLAS path a sample's bits can depend on the task it falls in.
+    Blocks that start at multiples of this number run the tasks one
+    ``model.predict`` over the whole array would; :func:`predict`
+    rechunks other blocks (a copy of each). 64 or a multiple of it for an
+    LGM and for an STM on the BLAS path, 1 for an STM of up to 32 hidden
+    units (its panel layout predicts each sample alone); 1 for the NumPy
+    backend, which promises no whole-array bits. ``n_steps``: an STM's
+    steps per sequence (its readout's tasks run over samples x steps).
+    """
+    model = _check_model("model", model)
+    program = getattr(model._network, "program", None)
+    if program is None:
+        return 1
+    if isinstance(model, LGM):
+        return int(program.row_quantum())
+    return int(program.row_quantum(check_int("n_steps", n_steps, 0)))
+
+
+def _whole_array_blocks(X: da.Array, lengths: da.Array | None,
+                        quantum: int) -> tuple[da.Array, da.Array | None]:
+    """X and lengths as they are when every block starts at a multiple of
+    quantum samples; else rechunked along samples to blocks of a multiple of
+    quantum (about the largest block's size), so that each block's predict
+    runs the kernels' tasks on the samples one predict over the whole array
+    would."""
+    starts = np.cumsum((0,) + X.chunks[0][:-1])
+    if quantum <= 1 or not np.any(starts % quantum):
+        return X, lengths
+    rows = max(quantum, round(max(X.chunks[0]) / quantum) * quantum)
+    return X.rechunk({0: rows}), None if lengths is None else lengths.rechunk({0: rows})
+
+
 def _predict_block(X: NDArray[Any], *rest: Any, out_shape: tuple[int, ...],
                    threads: int | None) -> NDArray[Any]:
     *lengths, model = rest
@@ -241,11 +277,14 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
     Returns
     -------
     dask.array.Array of the model's dtype
-        Shaped and chunked along samples as ``model.predict`` would return
-        over the whole of X: block i is ``model.predict`` of block i of X,
-        bit for bit. Where the kernels give each sample the same bits in a
-        batch of any size (see docs/dask.md, Limits), it equals
-        ``model.predict(X.compute())`` bit for bit.
+        Shaped as ``model.predict`` would return over the whole of X, with
+        its bits: ``model.predict(X.compute())``, bit for bit. Chunked along
+        samples as X when every block of X starts at a multiple of the
+        model's row quantum (64 samples or a multiple of it on the BLAS
+        path; 1 for small STMs, which predict each sample alone), else
+        rechunked to blocks of such multiples first, since the kernels cut
+        a batch into tasks of that many samples and a sample's bits depend
+        on the task it is in. Each block is ``model.predict`` of the block.
 
     Raises
     ------
@@ -267,6 +306,8 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
     X, lengths = _check_inputs(model, X, lengths)
     if threads is not None:
         check_int("threads", threads, 1)
+    X, lengths = _whole_array_blocks(
+        X, lengths, row_quantum(model, X.shape[1] if isinstance(model, STM) else 1))
     blob = _snapshot(model)
     token = tokenize(blob, X.name, None if lengths is None else lengths.name, threads)
     copy = dask.delayed(pickle.loads(blob), name=f"lgmstm-model-{token}", pure=True)

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _dense, _lgm, reference
-from ._base import OUTPUTS, Model, glorot_uniform
+from ._base import PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
     ADAM_BETA1,
@@ -36,10 +36,11 @@ from ._training import (
 from ._validation import (
     MAX_DIM,
     as_array,
-    check_choice,
     check_int,
     check_positive_float,
     check_product,
+    check_sample_weight,
+    check_targets,
 )
 
 __all__ = ["LGM"]
@@ -48,10 +49,10 @@ __all__ = ["LGM"]
 class _CompiledNetwork:
     """Forward/gradients/training of a dense network with lgmstm._lgm."""
 
-    def __init__(self, params, layer_sizes, output_tanh, lock):
+    def __init__(self, params, layer_sizes, output, lock):
         self.params = params
         self.sizes = np.asarray(layer_sizes, dtype=np.intp)
-        self.program = _lgm.Network(params, self.sizes, output_tanh, lock)
+        self.program = _lgm.Network(params, self.sizes, output, lock)
         # The fast paths of predict and of short fits: a result, or None for
         # the checked path.
         self.predict_ready = self.program.predict_ready
@@ -62,22 +63,23 @@ class _CompiledNetwork:
     def _buffers(self, n_samples, dtype):
         return [np.empty((n_samples, n), dtype) for n in self.sizes[1:]]
 
-    def predict(self, X):
+    def predict(self, X, logits=False):
         activations = self._buffers(X.shape[0], X.dtype)
         with single_threaded_blas(self.program.blas_work(X.shape[0])):
-            self.program.predict(X, activations, get_num_threads())
+            self.program.predict(X, activations, get_num_threads(), logits)
         return activations[-1]
 
-    def gradients(self, X, Y):
+    def gradients(self, X, Y, weights=None):
         grads = [np.empty_like(p) for p in self.params]
         partials = np.empty(_dense.partials_size(Y.shape[0]))
         with single_threaded_blas(self.program.blas_work(X.shape[0])):
             loss = self.program.gradients(
                 X, Y, grads, self._buffers(X.shape[0], X.dtype),
-                self._buffers(X.shape[0], X.dtype), partials, get_num_threads())
+                self._buffers(X.shape[0], X.dtype), partials, get_num_threads(), weights)
         return loss, grads
 
-    def trainer(self, X, Y, batch_size, optimizer, lr, clip_norm=None, weight_decay=0.0):
+    def trainer(self, X, Y, batch_size, optimizer, lr, clip_norm=None, weight_decay=0.0,
+                weights=None):
         """A CompiledTrainer continuing the OptimizerState `optimizer`."""
         dtype = X.dtype
 
@@ -93,7 +95,8 @@ class _CompiledNetwork:
         return CompiledTrainer(self, X, Y, batch_size, optimizer, lr, grads=grads,
                                workspace=workspace,
                                blas_work=self.program.blas_work(batch_size),
-                               clip_norm=clip_norm, weight_decay=weight_decay)
+                               clip_norm=clip_norm, weight_decay=weight_decay,
+                               weights=weights)
 
     def _short_run(self, X, Y, h0, batch_size, state, optimizer, settings):
         """The TrainingRun the short fit keeps (see _train.Program.fit_ready),
@@ -105,10 +108,11 @@ class _CompiledNetwork:
 class _ReferenceNetwork:
     """The same network in plain NumPy (lgmstm.reference)."""
 
-    def __init__(self, params, layer_sizes, output_tanh, lock):
+    def __init__(self, params, layer_sizes, output, lock):
         self.params = params
         self.n_layers = len(layer_sizes) - 1
-        self.output_tanh = output_tanh
+        self.output = output
+        self.output_tanh = output == "tanh"
 
     @staticmethod
     def predict_ready(X):
@@ -129,12 +133,13 @@ class _ReferenceNetwork:
             activations.append(X)
         return activations
 
-    def predict(self, X):
-        return self._forward(X)[-1]
+    def predict(self, X, logits=False):
+        outputs = self._forward(X)[-1]
+        return outputs if logits else reference.output_function(self.output, outputs)
 
-    def gradients(self, X, Y):
+    def gradients(self, X, Y, weights=None):
         activations = self._forward(X)
-        loss, delta = reference.squared_error(activations[-1], Y)
+        loss, delta = reference.output_loss(self.output, activations[-1], Y, weights)
         grads = [None] * len(self.params)
         for layer in range(self.n_layers - 1, -1, -1):
             layer_input = X if layer == 0 else activations[layer - 1]
@@ -143,14 +148,20 @@ class _ReferenceNetwork:
                 self._tanh(layer), need_dX=layer > 0)
         return loss, grads
 
-    def trainer(self, X, Y, batch_size, optimizer, lr, clip_norm=None, weight_decay=0.0):
-        def batch(rows):
-            Y_batch = Y[rows]
-            loss, grads = self.gradients(X[rows], Y_batch)
-            return loss * Y_batch.size, grads
+    def trainer(self, X, Y, batch_size, optimizer, lr, clip_norm=None, weight_decay=0.0,
+                weights=None):
+        n_out = Y.shape[1]
 
-        return ReferenceTrainer(self.params, batch, X.shape[0], Y.size, batch_size, optimizer, lr,
-                                clip_norm, weight_decay=weight_decay)
+        def batch(rows):
+            batch_weights = None if weights is None else weights[rows]
+            loss, grads = self.gradients(X[rows], Y[rows], batch_weights)
+            n_rows = len(range(X.shape[0])[rows]) if isinstance(rows, slice) else len(rows)
+            return loss * reference.loss_count(self.output, batch_weights, n_rows, n_out), grads
+
+        return ReferenceTrainer(
+            self.params, batch, X.shape[0],
+            reference.loss_count(self.output, weights, X.shape[0], n_out), batch_size,
+            optimizer, lr, clip_norm, weight_decay=weight_decay)
 
 
 _NETWORKS: dict[str, type[_CompiledNetwork] | type[_ReferenceNetwork]] = {
@@ -161,18 +172,26 @@ class LGM(Model):
     """Long-term generalization memory: a feed-forward tanh network.
 
     ``Y = f_L(... tanh(tanh(X W_0 + b_0) W_1 + b_1) ...)``, trained to minimise
-    the mean squared error ``mean((Y - target)**2)`` over all samples and
-    outputs.
+    the loss of its output (see :meth:`loss`): the mean squared error
+    ``mean((Y - target)**2)`` over all samples and outputs for "tanh" and
+    "linear", the cross-entropy for "softmax" and "sigmoid".
 
     Parameters
     ----------
     layer_sizes : sequence of int, length >= 2
         ``[n_in, n_hidden_1, ..., n_out]``, each >= 1.
-    output : {"tanh", "linear"}, default "tanh"
-        Activation of the last layer: "tanh" keeps outputs in (-1, 1),
-        "linear" suits unbounded regression targets (fit warns, with a
-        TargetRangeWarning, when a tanh output is given targets outside
-        [-1, 1]). Hidden layers are tanh.
+    output : {"tanh", "linear", "softmax", "sigmoid"}, default "tanh"
+        Activation of the last layer, and the loss: "tanh" keeps outputs
+        in (-1, 1), "linear" suits unbounded regression targets (both
+        squared error; fit warns, with a TargetRangeWarning, when a tanh
+        output is given targets outside [-1, 1]). "softmax" (n_out >= 2
+        classes): class probabilities, trained on the cross-entropy with
+        targets one-hot or class probabilities (rows summing to 1).
+        "sigmoid": a probability per output (binary or multi-label),
+        trained on the binary log-loss with targets in [0, 1]. Both fuse
+        the function with its loss (the gradient is ``p - y``, computed
+        from the logits without overflow); :meth:`predict_log_proba` gives
+        the log-probabilities. Hidden layers are tanh.
     dtype : float32 or float64, default float64
         Dtype of the parameters and of every result. The data (X, Y) are
         converted to it: arrays of either float dtype, of integers or bools,
@@ -207,7 +226,8 @@ class LGM(Model):
         layer_sizes is not a sequence of ints, dtype not float32/float64, or
         seed not an int, Generator or None.
     ValueError
-        Fewer than two layer sizes, a size < 1, or an unknown output or backend.
+        Fewer than two layer sizes, a size < 1, an unknown output or backend,
+        or output="softmax" with n_out < 2.
     """
 
     kind = "LGM"
@@ -226,14 +246,13 @@ class LGM(Model):
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             check_product("layer_sizes: a weight", n_in, n_out)
         self._layer_sizes: tuple[int, ...] = tuple(sizes)
-        self._output = check_choice("output", output, OUTPUTS)
+        self._output = check_output(output, sizes[-1])
         self._set_up(dtype, seed, backend)
         self._params = []
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             self._params += [glorot_uniform(self._rng, n_in, n_out, self._dtype),
                              np.zeros(n_out, self._dtype)]
-        self._network = _NETWORKS[self._backend](self._params, sizes, self._output == "tanh",
-                                                self._lock)
+        self._network = _NETWORKS[self._backend](self._params, sizes, self._output, self._lock)
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:
@@ -281,7 +300,14 @@ class LGM(Model):
         if Y.shape != (n_samples, n_out):
             raise ValueError(f"Y must have shape (n_samples, n_out) = {(n_samples, n_out)}, "
                              f"got {Y.shape}")
-        return np.ascontiguousarray(Y, dtype=self._dtype)
+        Y = np.ascontiguousarray(Y, dtype=self._dtype)
+        check_targets(self._output, Y)
+        return Y
+
+    @staticmethod
+    def _sample_weight(sample_weight: ArrayLike | None,
+                       n_samples: int) -> NDArray[np.float64] | None:
+        return check_sample_weight(sample_weight, ((n_samples,),), "(n_samples,)")
 
     # -- use --------------------------------------------------------------------
     def predict(self, X: ArrayLike) -> NDArray[Any]:
@@ -297,7 +323,9 @@ class LGM(Model):
         Returns
         -------
         Y : ndarray of shape (n_samples, n_out), the model's dtype
-            The last layer's outputs, in (-1, 1) for ``output="tanh"``.
+            The last layer's outputs, in (-1, 1) for ``output="tanh"``; for
+            ``"softmax"`` the class probabilities (rows summing to 1), for
+            ``"sigmoid"`` each output's probability.
 
         Raises
         ------
@@ -314,9 +342,51 @@ class LGM(Model):
         with self._lock.reading():
             return self._network.predict(X)
 
-    def loss(self, X: ArrayLike, Y: ArrayLike, *, weight_decay: float = 0.0) -> float:
-        """Mean squared error ``mean((predict(X) - Y)**2)`` over all elements,
-        plus ``weight_decay / 2 * sum(W**2)`` over the weights (not the biases).
+    def predict_log_proba(self, X: ArrayLike) -> NDArray[Any]:
+        """Log-probabilities of a ``"softmax"`` or ``"sigmoid"`` model.
+
+        Computed from the logits, stably: ``log_softmax`` (max-subtracted)
+        or ``log sigmoid(z) = -softplus(-z)``; finite wherever the logits
+        are, never ``log(0)``. ``exp`` of it is :meth:`predict`'s result.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_in)
+            As for :meth:`predict`.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_out), the model's dtype
+
+        Raises
+        ------
+        ValueError
+            The model's output is not "softmax" or "sigmoid", or X has a
+            wrong shape (as for :meth:`predict`).
+        TypeError
+            X is not an array of real numbers.
+        """
+        if self._output not in PROBABILITY_OUTPUTS:
+            raise ValueError("predict_log_proba needs a model made with output='softmax' or "
+                             f"output='sigmoid', this one has output={self._output!r}")
+        X = self._inputs(X)
+        with self._lock.reading():
+            logits = self._network.predict(X, logits=True)
+        return reference.log_probabilities(self._output, logits)
+
+    def loss(self, X: ArrayLike, Y: ArrayLike, *, weight_decay: float = 0.0,
+             sample_weight: ArrayLike | None = None) -> float:
+        """The loss fit minimises, plus ``weight_decay / 2 * sum(W**2)`` over
+        the weights (not the biases).
+
+        By the model's output: "tanh" and "linear", the mean squared error
+        ``mean((predict(X) - Y)**2)`` over all elements; "softmax", the mean
+        over samples of the cross-entropy ``-sum_k Y_k log p_k``; "sigmoid",
+        the mean over samples of the binary log-loss summed over the
+        outputs, ``-sum_k (Y_k log p_k + (1 - Y_k) log(1 - p_k))``. With
+        sample_weight w, the weighted mean ``sum_i w_i l_i / sum_i w_i`` of
+        the samples' losses l_i (for the squared error l_i is the mean over
+        the sample's outputs).
 
         Parameters
         ----------
@@ -328,30 +398,37 @@ class LGM(Model):
             Targets, converted like X.
         weight_decay : float >= 0, default 0.0
             The L2 penalty's coefficient, as :meth:`fit` takes it.
+        sample_weight : array-like of shape (n_samples,), optional
+            Finite weights >= 0, not all zero; None weighs every sample 1.
 
         Returns
         -------
         loss : float
-            The mean over samples and outputs (plus the penalty).
+            The (weighted) mean (plus the penalty).
 
         Raises
         ------
         TypeError
-            X or Y is not an array of real numbers.
+            X, Y or sample_weight is not an array of real numbers.
         ValueError
             X or Y has the wrong number of dimensions or a shape that does not
-            fit the architecture (the message shows expected vs actual).
+            fit the architecture (the message shows expected vs actual);
+            "softmax" targets not in [0, 1] or a row not summing to 1,
+            "sigmoid" targets outside [0, 1]; sample_weight of another
+            shape, negative, not finite or all zero.
         """
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
         weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
+        weights = self._sample_weight(sample_weight, X.shape[0])
         with self._lock.reading():
-            diff = self._network.predict(X) - Y
+            outputs = self._network.predict(X, logits=True)
             penalty = weight_penalty(self._params, weight_decay)
-        return float(np.vdot(diff, diff)) / max(1, diff.size) + penalty
+        value, _ = reference.output_loss(self._output, outputs, Y, weights)
+        return value + penalty
 
-    def gradients(self, X: ArrayLike, Y: ArrayLike, *,
-                  weight_decay: float = 0.0) -> dict[str, NDArray[Any]]:
+    def gradients(self, X: ArrayLike, Y: ArrayLike, *, weight_decay: float = 0.0,
+                  sample_weight: ArrayLike | None = None) -> dict[str, NDArray[Any]]:
         """Gradient of :meth:`loss` with respect to every parameter: with
         weight_decay, each weight's gains ``weight_decay * W``.
 
@@ -365,6 +442,8 @@ class LGM(Model):
             Targets, converted like X.
         weight_decay : float >= 0, default 0.0
             As for :meth:`loss`.
+        sample_weight : array-like of shape (n_samples,), optional
+            As for :meth:`loss`.
 
         Returns
         -------
@@ -374,17 +453,14 @@ class LGM(Model):
 
         Raises
         ------
-        TypeError
-            X or Y is not an array of real numbers.
-        ValueError
-            X or Y has the wrong number of dimensions or a shape that does not
-            fit the architecture (the message shows expected vs actual).
+        As :meth:`loss`.
         """
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
         weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
+        weights = self._sample_weight(sample_weight, X.shape[0])
         with self._lock.reading():
-            _, grads = self._network.gradients(X, Y)
+            _, grads = self._network.gradients(X, Y, weights)
             add_weight_decay(grads, self._params, weight_decay)
         return self._named(grads)
 
@@ -395,9 +471,12 @@ class LGM(Model):
             clip_norm: float | None = None, shuffle: bool = True,
             seed: int | np.random.Generator | None = None,
             callback: Callable[[int, float], bool | None] | None = None,
-            verbose: bool = False, warm_start: bool = False) -> NDArray[np.float64]:
-        """Train by gradient descent on the mean squared error (plus, with
-        weight_decay, ``weight_decay / 2 * sum(W**2)`` over the weights).
+            verbose: bool = False, warm_start: bool = False,
+            sample_weight: ArrayLike | None = None) -> NDArray[np.float64]:
+        """Train by gradient descent on the loss of the model's output (see
+        :meth:`loss`: squared error, or cross-entropy for "softmax" and
+        "sigmoid"; plus, with weight_decay, ``weight_decay / 2 * sum(W**2)``
+        over the weights).
 
         Parameters
         ----------
@@ -455,12 +534,19 @@ class LGM(Model):
             settings (momentum and nesterov; beta1, beta2 and eps); else, and by default, start it afresh. Either way
             the model keeps the state this call leaves, for the next warm
             call (see :meth:`reset_optimizer` for the rules).
+        sample_weight : array-like of shape (n_samples,), optional
+            Each sample's weight in the loss: finite, >= 0, not all zero.
+            Each batch minimises its weighted mean ``sum_i w_i l_i / sum_i
+            w_i`` (so in a full batch a weight of 2 is the sample twice); a
+            batch whose weights are all zero has a zero gradient (it still
+            counts as an optimizer step).
 
         Returns
         -------
         losses : ndarray of shape (n_epochs_run,), float64
-            Mean squared error of each epoch, each batch measured before its
-            update. Also kept as ``history_``.
+            The loss of each epoch (see :meth:`loss`, weighted as the
+            batches are), each batch measured before its update. Also kept
+            as ``history_``.
 
         Raises
         ------
@@ -470,7 +556,10 @@ class LGM(Model):
             callback not callable, shuffle, nesterov, verbose or warm_start
             not a bool, or X/Y not arrays of real numbers.
         ValueError
-            X or Y empty, non-finite or of the wrong shape; epochs < 0;
+            X or Y empty, non-finite or of the wrong shape; targets a
+            "softmax" or "sigmoid" output cannot take (see :meth:`loss`);
+            sample_weight of another shape, negative, non-finite or all
+            zero; epochs < 0;
             lr, eps or clip_norm not finite and > 0; momentum, beta1 or
             beta2 outside [0, 1); weight_decay negative or not finite;
             nesterov=True with another optimizer than "momentum";
@@ -494,7 +583,7 @@ class LGM(Model):
             that called fit (or partial_fit).
         """
         if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
-                and seed is None:
+                and seed is None and sample_weight is None:
             losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
                                      warm_start, (momentum, nesterov, beta1, beta2, eps),
                                      weight_decay)
@@ -502,6 +591,7 @@ class LGM(Model):
                 return losses
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
+        weights = self._sample_weight(sample_weight, X.shape[0])
         plan = plan_fit(self._rng, X, Y, sample="sample", epochs=epochs, lr=lr,
                         batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
                         shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,
@@ -511,7 +601,8 @@ class LGM(Model):
             warn_beyond_tanh(Y)
         return train_model(
             self, plan, lambda state: self._network.trainer(
-                X, Y, plan.batch_size, state, plan.lr, plan.clip_norm, plan.weight_decay),
+                X, Y, plan.batch_size, state, plan.lr, plan.clip_norm, plan.weight_decay,
+                weights),
             callback)
 
     def partial_fit(self, X: ArrayLike, Y: ArrayLike, *, lr: float,
@@ -520,7 +611,7 @@ class LGM(Model):
                     beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2, eps: float = ADAM_EPS,
                     weight_decay: float = 0.0, clip_norm: float | None = None,
                     shuffle: bool = True, seed: int | np.random.Generator | None = None,
-                    ) -> LGM:
+                    sample_weight: ArrayLike | None = None) -> LGM:
         """Train one epoch on (X, Y), going on with the optimizer state.
 
         ``fit(X, Y, epochs=1, warm_start=True, ...)``: one pass over the
@@ -537,7 +628,7 @@ class LGM(Model):
         ----------
         X, Y, lr, batch_size, optimizer, momentum, nesterov, beta1, beta2, eps
             As for :meth:`fit`.
-        weight_decay, clip_norm, shuffle, seed
+        weight_decay, clip_norm, shuffle, seed, sample_weight
             As for :meth:`fit`. A seed seeds this call's shuffling only:
             the same seed at every call visits the samples in the same order.
 
@@ -559,14 +650,14 @@ class LGM(Model):
         TargetRangeWarning
             As :meth:`fit`.
         """
-        if seed is None and self._short_fit(
+        if seed is None and sample_weight is None and self._short_fit(
                 X, Y, lr, batch_size, optimizer, clip_norm, shuffle, True,
                 (momentum, nesterov, beta1, beta2, eps), weight_decay) is not None:
             return self
         self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
                  momentum=momentum, nesterov=nesterov, beta1=beta1, beta2=beta2, eps=eps,
                  weight_decay=weight_decay, clip_norm=clip_norm, shuffle=shuffle, seed=seed,
-                 warm_start=True)
+                 warm_start=True, sample_weight=sample_weight)
         return self
 
     def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,

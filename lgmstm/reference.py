@@ -74,6 +74,99 @@ def squared_error(prediction, target):
     return loss, diff
 
 
+# -- outputs and their losses -----------------------------------------------------
+# A model's output names its last activation and its loss: "tanh" and
+# "linear" the squared error of the activations, "softmax" and "sigmoid" the
+# cross-entropy of the probabilities, computed from the logits Z.
+
+
+def softmax(Z):
+    """Row-wise softmax of the logits Z (..., n_out), max-subtracted."""
+    shifted = Z - Z.max(axis=-1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=-1, keepdims=True)
+    return shifted
+
+
+def log_softmax(Z):
+    """log softmax(Z), stably: (Z - max) - log(sum exp(Z - max)); finite for finite Z."""
+    shifted = Z - Z.max(axis=-1, keepdims=True)
+    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted
+
+
+def sigmoid(Z):
+    """The logistic function 1 / (1 + exp(-Z)), without overflow."""
+    small = np.exp(-np.abs(Z))
+    return np.where(Z >= 0, 1 / (1 + small), small / (1 + small)).astype(Z.dtype, copy=False)
+
+
+def log_sigmoid(Z):
+    """log sigmoid(Z) = -softplus(-Z) = min(Z, 0) - log1p(exp(-|Z|)); never log(0)."""
+    return np.minimum(Z, 0) - np.log1p(np.exp(-np.abs(Z)))
+
+
+def output_function(output, Z):
+    """What predict returns from the last layer's Z (its activation for
+    "tanh", which the layer applies itself, and "linear")."""
+    if output == "softmax":
+        return softmax(Z)
+    if output == "sigmoid":
+        return sigmoid(Z)
+    return Z
+
+
+def log_probabilities(output, Z):
+    """log of output_function for "softmax" and "sigmoid", computed stably."""
+    return log_softmax(Z) if output == "softmax" else log_sigmoid(Z)
+
+
+def row_losses(output, outputs, target):
+    """(loss of each row, d loss / d outputs) of a (n_rows, n_out) batch.
+
+    squared error ("tanh", "linear"): sum_k (a - y)^2, gradient 2 (a - y);
+    "softmax" (outputs are logits z): -sum_k y_k log softmax(z)_k, gradient
+    softmax(z) - y (y sums to 1); "sigmoid": sum_k softplus(z) - y z (the
+    binary log-loss of sigmoid(z)), gradient sigmoid(z) - y.
+    """
+    if output == "softmax":
+        return -(target * log_softmax(outputs)).sum(axis=1), softmax(outputs) - target
+    if output == "sigmoid":
+        softplus = np.maximum(outputs, 0) + np.log1p(np.exp(-np.abs(outputs)))
+        return (softplus - target * outputs).sum(axis=1), sigmoid(outputs) - target
+    diff = outputs - target
+    return (diff * diff).sum(axis=1), 2 * diff
+
+
+def loss_count(output, weights, n_rows, n_out):
+    """What a batch's loss is the mean over: the rows' weights summed (n_rows
+    without weights), times n_out for the squared error (a mean over the
+    outputs too; the cross-entropies sum over them)."""
+    total = float(n_rows if weights is None else weights.sum())
+    return total * (1 if output in ("softmax", "sigmoid") else n_out)
+
+
+def output_loss(output, outputs, target, weights=None):
+    """The mean loss of a (n_rows, n_out) batch and its gradient.
+
+    Returns ``(loss, d_outputs)``: loss = sum_i w_i loss_i / loss_count (see
+    row_losses; w_i = 1 without weights), d_outputs = w_i d loss_i /
+    loss_count. Rows of weight 0 add nothing; 0 and zero gradients when
+    nothing weighs. The unweighted squared error is :func:`squared_error`.
+    """
+    if weights is None and output not in ("softmax", "sigmoid"):
+        return squared_error(outputs, target)
+    n_rows, n_out = outputs.shape
+    losses, d_outputs = row_losses(output, outputs, target)
+    count = loss_count(output, weights, n_rows, n_out)
+    scale = 1 / count if count > 0 else 0.0
+    if weights is None:
+        d_outputs *= outputs.dtype.type(scale)
+        return float(losses.sum(dtype=np.float64)) * scale, d_outputs
+    d_outputs *= (weights * scale).astype(outputs.dtype)[:, None]
+    return float(np.dot(weights, losses)) * scale, d_outputs
+
+
 def optimizer_step(param, grad, moments, *, optimizer, lr, momentum, beta1, beta2, eps, step,
                    nesterov=False, weight_decay=0.0):
     """Update ``param`` in place from ``grad``.

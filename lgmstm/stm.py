@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _stm, reference
-from ._base import OUTPUTS, Model, glorot_uniform
+from ._base import PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
     ADAM_BETA1,
@@ -37,14 +37,15 @@ from ._validation import (
     MAX_DIM,
     as_array,
     check_bool,
-    check_choice,
     check_int,
     check_lengths,
     check_positive_float,
     check_product,
+    check_sample_weight,
     check_sequence_rows,
     check_state,
     check_streams,
+    check_targets,
 )
 
 __all__ = ["STM"]
@@ -71,11 +72,11 @@ def _valid_steps(lengths, n_steps):
 class _CompiledRecurrent:
     """Forward/gradients/training of the STM with lgmstm._stm."""
 
-    def __init__(self, params, sizes, output_tanh, return_sequences, lock):
+    def __init__(self, params, sizes, output, return_sequences, lock):
         self.params = params
         self.sizes = np.asarray(sizes, dtype=np.intp)
         self.return_sequences = return_sequences
-        self.program = _stm.Network(params, self.sizes, output_tanh, return_sequences, lock)
+        self.program = _stm.Network(params, self.sizes, output, return_sequences, lock)
         # The fast paths of step, predict and short fits: a result, or None
         # for the checked path.
         self.step_ready = self.program.step_ready
@@ -90,20 +91,22 @@ class _CompiledRecurrent:
                                     self.return_sequences, backward)
         return [np.empty(shape, dtype if kind is None else kind) for shape, kind in shapes]
 
-    def predict(self, X, h0, lengths):
+    def predict(self, X, h0, lengths, logits=False):
         buffers = self._buffers(X.shape[0], X.shape[1], X.dtype, backward=False)
         with single_threaded_blas(self.program.blas_work(X.shape[0], X.shape[1])):
-            return self.program.predict(X, h0, lengths, buffers, get_num_threads())
+            return self.program.predict(X, h0, lengths, buffers, get_num_threads(), logits)
 
-    def gradients(self, X, Y, h0, lengths):
+    def gradients(self, X, Y, h0, lengths, weights=None):
         grads = [np.empty_like(p) for p in self.params]
         with single_threaded_blas(self.program.blas_work(X.shape[0], X.shape[1])):
             loss = self.program.gradients(
                 X, Y.reshape(-1), h0, lengths, grads,
-                self._buffers(X.shape[0], X.shape[1], X.dtype), get_num_threads())
+                self._buffers(X.shape[0], X.shape[1], X.dtype), get_num_threads(),
+                None if weights is None else weights.reshape(-1))
         return loss, grads
 
-    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0):
+    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0,
+                weights=None):
         n_samples, n_steps, n_in = X.shape
         n_hidden = int(self.sizes[1])
         Y = Y.reshape(-1)
@@ -123,7 +126,8 @@ class _CompiledRecurrent:
             self, X, Y, batch_size, optimizer, lr, grads=grads, workspace=workspace,
             blas_work=self.program.blas_work(batch_size, n_steps), clip_norm=clip_norm,
             weight_decay=weight_decay, lengths=lengths, initial_states=h0,
-            final_states=np.zeros((n_samples, n_hidden), dtype))
+            final_states=np.zeros((n_samples, n_hidden), dtype),
+            weights=None if weights is None else weights.reshape(-1))
 
     def _short_run(self, X, Y, h0, batch_size, state, optimizer, settings):
         """The TrainingRun the short fit keeps (see _train.Program.fit_ready),
@@ -137,10 +141,11 @@ class _CompiledRecurrent:
 class _ReferenceRecurrent:
     """The same model in plain NumPy (lgmstm.reference)."""
 
-    def __init__(self, params, sizes, output_tanh, return_sequences, lock):
+    def __init__(self, params, sizes, output, return_sequences, lock):
         self.params = params
         self.n_hidden, self.n_out = sizes[1], sizes[2]
-        self.output_tanh = output_tanh
+        self.output = output
+        self.output_tanh = output == "tanh"
         self.return_sequences = return_sequences
 
     @staticmethod
@@ -173,29 +178,42 @@ class _ReferenceRecurrent:
         outputs[~_valid_steps(lengths, n_steps)] = 0
         return H, final, H.reshape(-1, self.n_hidden), outputs
 
-    def predict(self, X, h0, lengths):
+    def predict(self, X, h0, lengths, logits=False):
         _, final, _, outputs = self._forward(X, h0, lengths)
+        if not logits and self.output in PROBABILITY_OUTPUTS:
+            outputs = reference.output_function(self.output, outputs)
+            if self.return_sequences:
+                outputs[~_valid_steps(lengths, X.shape[1])] = 0
         return outputs, final
 
-    def gradients(self, X, Y, h0, lengths):
-        loss, grads, _ = self.step_gradients(X, Y, h0, lengths)
+    def gradients(self, X, Y, h0, lengths, weights=None):
+        loss, grads, _ = self.step_gradients(X, Y, h0, lengths, weights)
         return loss, grads
 
-    def step_gradients(self, X, Y, h0, lengths):
+    def step_gradients(self, X, Y, h0, lengths, weights=None):
         """(loss, grads, final states) of one batch.
 
         Unchecked, like the lgmstm.reference helpers it calls: X and Y are
         C-contiguous arrays of the model's dtype and shapes, h0 None or
         (n_samples, n_hidden), lengths an intp array in [0, n_steps] (the
-        STM's methods check them, once).
+        STM's methods check them, once); weights None or each output row's
+        weight, float64 shaped as Y without its last axis, 0 at padded steps
+        (as STM._row_weights makes them).
         """
         input_weight, recurrent_weight, _, readout_weight, _ = self.params
         H, final, readout_input, outputs = self._forward(X, h0, lengths)
-        n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
-        # squared_error averages over every output; padded ones are 0 - 0.
-        loss, d_outputs = reference.squared_error(outputs, Y)
-        rescale = outputs.size / max(1, n_valid * self.n_out)
-        d_outputs *= rescale
+        if weights is None and self.output not in PROBABILITY_OUTPUTS:
+            n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
+            # squared_error averages over every output; padded ones are 0 - 0.
+            loss, d_outputs = reference.squared_error(outputs, Y)
+            rescale = outputs.size / max(1, n_valid * self.n_out)
+            d_outputs *= rescale
+        else:
+            loss, d_outputs = reference.output_loss(
+                self.output, outputs.reshape(-1, self.n_out), Y.reshape(-1, self.n_out),
+                None if weights is None else weights.reshape(-1))
+            d_outputs = d_outputs.reshape(outputs.shape)
+            rescale = 1.0
         d_readout_input, d_readout_weight, d_readout_bias = reference.layer_backward(
             readout_input, readout_weight, outputs.reshape(-1, self.n_out),
             d_outputs.reshape(-1, self.n_out), self.output_tanh)
@@ -208,9 +226,10 @@ class _ReferenceRecurrent:
         grads = [d_input_weight, d_recurrent_weight, d_bias, d_readout_weight, d_readout_bias]
         return loss * rescale, grads, final
 
-    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0):
+    def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0,
+                weights=None):
         return _ReferenceTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
-                                 weight_decay)
+                                 weight_decay, weights)
 
 
 class _ReferenceTrainer(ReferenceTrainer):
@@ -218,18 +237,27 @@ class _ReferenceTrainer(ReferenceTrainer):
     final state, from the latest epoch."""
 
     def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
-                 weight_decay):
+                 weight_decay, weights=None):
         final_states = np.zeros((X.shape[0], network.n_hidden), X.dtype)
-        n_valid = int(lengths.sum()) if network.return_sequences else X.shape[0]
+        n_out = network.n_out
+
+        def count(batch_lengths, batch_weights):
+            """What a batch's loss is the mean over (STM._row_weights)."""
+            if batch_weights is None:
+                n_valid = (int(batch_lengths.sum()) if network.return_sequences
+                           else len(batch_lengths))
+                return reference.loss_count(network.output, None, n_valid, n_out)
+            return reference.loss_count(network.output, batch_weights, 0, n_out)
 
         def batch(rows):
             batch_lengths = lengths[rows]
+            batch_weights = None if weights is None else weights[rows]
             loss, grads, final_states[rows] = network.step_gradients(
-                X[rows], Y[rows], None if h0 is None else h0[rows], batch_lengths)
-            n_batch = int(batch_lengths.sum()) if network.return_sequences else len(batch_lengths)
-            return loss * n_batch * network.n_out, grads
+                X[rows], Y[rows], None if h0 is None else h0[rows], batch_lengths,
+                batch_weights)
+            return loss * count(batch_lengths, batch_weights), grads
 
-        super().__init__(network.params, batch, X.shape[0], n_valid * network.n_out, batch_size,
+        super().__init__(network.params, batch, X.shape[0], count(lengths, weights), batch_size,
                          optimizer, lr, clip_norm, carried=[final_states],
                          weight_decay=weight_decay)
         self.final_states = final_states
@@ -291,11 +319,15 @@ class STM(Model):
     ----------
     n_in, n_hidden, n_out : int >= 1
         Input features, state size and outputs per step.
-    output : {"tanh", "linear"}, default "tanh"
-        The readout's activation: "tanh" keeps outputs in (-1, 1), "linear"
-        suits unbounded regression targets (fit warns, with a
-        TargetRangeWarning, when a tanh output is given targets outside
-        [-1, 1]).
+    output : {"tanh", "linear", "softmax", "sigmoid"}, default "tanh"
+        The readout's activation and the loss: "tanh" keeps outputs in
+        (-1, 1), "linear" suits unbounded regression targets (both squared
+        error; fit warns, with a TargetRangeWarning, when a tanh output is
+        given targets outside [-1, 1]). "softmax" (n_out >= 2 classes)
+        and "sigmoid" (binary or multi-label) output probabilities and
+        train on the cross-entropy, as :class:`lgmstm.LGM`'s do (targets
+        one-hot or class probabilities, or in [0, 1]); see
+        :meth:`predict_log_proba`.
     return_sequences : bool, default True
         True: an output on every step, Y of shape (n_samples, n_steps, n_out).
         False: one output per sequence, from its final state, Y of shape
@@ -357,7 +389,7 @@ class STM(Model):
                                  ("n_hidden x n_hidden", self._n_hidden, self._n_hidden),
                                  ("n_hidden x n_out", self._n_hidden, self._n_out)):
             check_product(f"a weight of {name}", rows, cols)
-        self._output = check_choice("output", output, OUTPUTS)
+        self._output = check_output(output, self._n_out)
         self._return_sequences = check_bool("return_sequences", return_sequences)
         self._stateful = check_bool("stateful", stateful)
         self._set_up(dtype, seed, backend)
@@ -370,7 +402,7 @@ class STM(Model):
         ]
         self._state: NDArray[Any] | None = None
         self._network = _NETWORKS[self._backend](
-            self._params, (self._n_in, self._n_hidden, self._n_out), self._output == "tanh",
+            self._params, (self._n_in, self._n_hidden, self._n_out), self._output,
             self._return_sequences, self._lock)
 
     # -- the architecture: read-only, but for stateful --------------------------
@@ -540,10 +572,44 @@ class STM(Model):
         if Y.shape != shape:
             raise ValueError(self._targets_error(given, shape, per_step, per_sequence))
         Y = np.ascontiguousarray(Y, dtype=self._dtype)
-        if self._return_sequences and (lengths < n_steps).any():
+        padded = self._return_sequences and (lengths < n_steps).any()
+        if padded:
             # Padded targets take no loss: set them to the padded outputs, 0.
             Y = np.where(_valid_steps(lengths, n_steps)[..., None], Y, 0).astype(self._dtype)
+        if self._output in PROBABILITY_OUTPUTS:
+            # The valid targets only (a padded row of zeros is no distribution).
+            check_targets(self._output, np.where(
+                _valid_steps(lengths, n_steps)[..., None], Y, Y.dtype.type(1 / self._n_out))
+                if padded else Y)
         return Y
+
+    def _row_weights(self, sample_weight: ArrayLike | None, lengths: NDArray[np.intp],
+                     n_steps: int) -> NDArray[np.float64] | None:
+        """The loss's weight of every output row, float64 shaped as Y without
+        its last axis: sample_weight (per sequence, or per step with
+        return_sequences) times 1 on valid steps and 0 on padded ones. None
+        where every valid row weighs 1 and nothing needs masking (the
+        squared error's padded outputs and targets are both 0)."""
+        n_samples = len(lengths)
+        shapes: tuple[tuple[int, ...], ...]
+        if self._return_sequences:
+            shapes, meaning = ((n_samples,), (n_samples, n_steps)), \
+                "(n_samples,) or (n_samples, n_steps)"
+        else:
+            shapes, meaning = ((n_samples,),), "(n_samples,)"
+        weights = check_sample_weight(sample_weight, shapes, meaning)
+        if not self._return_sequences:
+            return weights
+        padded = bool((lengths < n_steps).any())
+        if weights is None and not (padded and self._output in PROBABILITY_OUTPUTS):
+            return None
+        valid = _valid_steps(lengths, n_steps).astype(np.float64)
+        if weights is not None:
+            valid *= weights[:, None] if weights.ndim == 1 else weights
+            if padded and valid.size and not valid.any():
+                raise ValueError("sample_weight must weigh some valid step: it is 0 on "
+                                 "every step t < lengths[i]")
+        return valid
 
     def _targets_error(self, given: tuple[int, ...], shape: tuple[int, ...],
                        per_step: tuple[int, ...], per_sequence: tuple[int, ...]) -> str:
@@ -728,14 +794,20 @@ class STM(Model):
         return outputs.reshape(n_streams, self._n_out)
 
     def loss(self, X: ArrayLike, Y: ArrayLike, *, lengths: ArrayLike | None = None,
-             weight_decay: float = 0.0) -> float:
-        """Mean squared error over the valid outputs.
+             weight_decay: float = 0.0, sample_weight: ArrayLike | None = None) -> float:
+        """The loss fit minimises: the mean over the valid outputs.
 
+        For "tanh" and "linear" outputs the mean squared error
         ``sum((predict(X) - Y)**2) / (n_valid * n_out)``, where the sum runs
         over valid outputs only: with ``return_sequences``, the steps
         ``t < lengths[i]`` of each sequence (n_valid = sum(lengths)); else
         one output per sequence (n_valid = n_samples). 0 when nothing is valid.
-        With weight_decay, plus ``weight_decay / 2`` times the sum of the
+        For "softmax" the cross-entropy ``-sum_k Y_k log p_k`` of each valid
+        output, for "sigmoid" its binary log-loss summed over the outputs,
+        averaged over the n_valid outputs. With sample_weight, the weighted
+        mean ``sum w l / sum w`` over the valid outputs (l the output's loss,
+        for the squared error the mean over its n_out values). With
+        weight_decay, plus ``weight_decay / 2`` times the sum of the
         squared weights Wx, Wh and W_out (not the biases).
 
         Parameters
@@ -746,6 +818,10 @@ class STM(Model):
         lengths : array-like of int, shape (n_samples,), optional
         weight_decay : float >= 0, default 0.0
             The L2 penalty's coefficient, as :meth:`fit` takes it.
+        sample_weight : array-like, optional
+            Finite weights >= 0, not all zero: one per sequence, shape
+            (n_samples,), or with ``return_sequences`` one per step, shape
+            (n_samples, n_steps) (padded steps take none either way).
 
         Returns
         -------
@@ -756,28 +832,69 @@ class STM(Model):
         Raises
         ------
         TypeError
-            X or Y is not an array of real numbers.
+            X, Y or sample_weight is not an array of real numbers.
         ValueError
-            X, Y or lengths has the wrong shape or range.
+            X, Y or lengths has the wrong shape or range; targets a
+            "softmax" or "sigmoid" output cannot take (as for
+            :meth:`lgmstm.LGM.loss`); sample_weight of another shape,
+            negative, non-finite, all zero or zero on every valid step.
         """
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
         weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
+        weights = self._row_weights(sample_weight, lengths, X.shape[1])
         with self._lock.reading():
-            outputs, _ = self._network.predict(X, self._initial_state(X.shape[0]), lengths)
+            outputs, _ = self._network.predict(X, self._initial_state(X.shape[0]), lengths,
+                                               logits=True)
             penalty = weight_penalty(self._params, weight_decay)
-        n_valid = int(lengths.sum()) if self._return_sequences else X.shape[0]
-        diff = outputs - Y
-        return float(np.vdot(diff, diff)) / max(1, n_valid * self._n_out) + penalty
+        if weights is None and self._output not in PROBABILITY_OUTPUTS:
+            n_valid = int(lengths.sum()) if self._return_sequences else X.shape[0]
+            diff = outputs - Y
+            return float(np.vdot(diff, diff)) / max(1, n_valid * self._n_out) + penalty
+        value, _ = reference.output_loss(self._output, outputs.reshape(-1, self._n_out),
+                                         Y.reshape(-1, self._n_out),
+                                         None if weights is None else weights.reshape(-1))
+        return value + penalty
+
+    def predict_log_proba(self, X: ArrayLike, *, lengths: ArrayLike | None = None,
+                          ) -> NDArray[Any]:
+        """Log-probabilities of a ``"softmax"`` or ``"sigmoid"`` model.
+
+        As :meth:`predict` (shape, lengths, a stateful model's
+        :attr:`state`, which it leaves as it is), computed stably from the
+        logits: ``log_softmax`` (max-subtracted) or ``-softplus(-z)``,
+        never ``log(0)``; 0 at padded steps. ``exp`` of it is
+        :meth:`predict`'s result on the valid steps.
+
+        Raises
+        ------
+        ValueError
+            The model's output is not "softmax" or "sigmoid"; X or lengths
+            of the wrong shape or range.
+        TypeError
+            X or lengths is not an array of numbers.
+        """
+        if self._output not in PROBABILITY_OUTPUTS:
+            raise ValueError("predict_log_proba needs a model made with output='softmax' or "
+                             f"output='sigmoid', this one has output={self._output!r}")
+        X, lengths = self._inputs(X, lengths)
+        with self._lock.reading():
+            logits, _ = self._network.predict(X, self._initial_state(X.shape[0]), lengths,
+                                              logits=True)
+        log_proba = reference.log_probabilities(self._output, logits)
+        if self._return_sequences:
+            log_proba[~_valid_steps(lengths, X.shape[1])] = 0
+        return log_proba
 
     def gradients(self, X: ArrayLike, Y: ArrayLike, *, lengths: ArrayLike | None = None,
-                  weight_decay: float = 0.0) -> dict[str, NDArray[Any]]:
+                  weight_decay: float = 0.0,
+                  sample_weight: ArrayLike | None = None) -> dict[str, NDArray[Any]]:
         """Gradient of :meth:`loss` with respect to every parameter: with
         weight_decay, each weight's gains ``weight_decay * W``.
 
         Parameters
         ----------
-        X, Y, lengths, weight_decay : as for :meth:`loss`
+        X, Y, lengths, weight_decay, sample_weight : as for :meth:`loss`
 
         Returns
         -------
@@ -790,16 +907,15 @@ class STM(Model):
 
         Raises
         ------
-        TypeError
-            X or Y is not an array of real numbers.
-        ValueError
-            X, Y or lengths has the wrong shape or range.
+        As :meth:`loss`.
         """
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
         weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
+        weights = self._row_weights(sample_weight, lengths, X.shape[1])
         with self._lock.reading():
-            _, grads = self._network.gradients(X, Y, self._initial_state(X.shape[0]), lengths)
+            _, grads = self._network.gradients(X, Y, self._initial_state(X.shape[0]), lengths,
+                                               weights)
             add_weight_decay(grads, self._params, weight_decay)
         return self._named(grads)
 
@@ -811,8 +927,11 @@ class STM(Model):
             seed: int | np.random.Generator | None = None,
             callback: Callable[[int, float], bool | None] | None = None,
             verbose: bool = False, lengths: ArrayLike | None = None,
-            warm_start: bool = False) -> NDArray[np.float64]:
-        """Train by backpropagation through time on the mean squared error.
+            warm_start: bool = False,
+            sample_weight: ArrayLike | None = None) -> NDArray[np.float64]:
+        """Train by backpropagation through time on the loss of the output
+        (see :meth:`loss`: squared error, or cross-entropy for "softmax" and
+        "sigmoid").
 
         Parameters
         ----------
@@ -855,6 +974,11 @@ class STM(Model):
             Go on with the optimizer state the model kept from its last
             training, as :meth:`partial_fit` does (see
             :meth:`reset_optimizer` for the rules); by default start it afresh.
+        sample_weight : array-like, optional
+            As for :meth:`loss`: per sequence (n_samples,) or, with
+            ``return_sequences``, per step (n_samples, n_steps). Each batch
+            minimises its weighted mean over its valid outputs (in a full
+            batch a weight of 2 is the sequence twice).
 
         Returns
         -------
@@ -874,7 +998,8 @@ class STM(Model):
             A hyper-parameter of the wrong type, a non-callable callback, or
             X/Y not arrays of real numbers.
         ValueError
-            Empty, non-finite or misshapen data or lengths; epochs < 0; lr,
+            Empty, non-finite or misshapen data or lengths; targets or
+            sample_weight that :meth:`loss` refuses; epochs < 0; lr,
             eps or clip_norm not finite and > 0; momentum, beta1 or beta2
             outside [0, 1); weight_decay negative or not finite;
             nesterov=True with another optimizer than "momentum";
@@ -896,7 +1021,7 @@ class STM(Model):
             that called fit (or partial_fit).
         """
         if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
-                and seed is None and lengths is None:
+                and seed is None and lengths is None and sample_weight is None:
             losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
                                      warm_start, (momentum, nesterov, beta1, beta2, eps),
                                      weight_decay)
@@ -904,6 +1029,7 @@ class STM(Model):
                 return losses
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
+        weights = self._row_weights(sample_weight, lengths, X.shape[1])
         plan = plan_fit(self._rng, X, Y, sample="sequence", epochs=epochs, lr=lr,
                         batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
                         shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,
@@ -920,7 +1046,7 @@ class STM(Model):
             self, plan,
             lambda state: self._network.trainer(X, Y, lengths, self._initial_state(X.shape[0]),
                                                 plan.batch_size, state, plan.lr,
-                                                plan.clip_norm, plan.weight_decay),
+                                                plan.clip_norm, plan.weight_decay, weights),
             callback, finish=keep_final_states)
 
     def partial_fit(self, X: ArrayLike, Y: ArrayLike, *, lr: float,
@@ -930,7 +1056,8 @@ class STM(Model):
                     weight_decay: float = 0.0,
                     clip_norm: float | None = None, shuffle: bool = True,
                     seed: int | np.random.Generator | None = None,
-                    lengths: ArrayLike | None = None) -> STM:
+                    lengths: ArrayLike | None = None,
+                    sample_weight: ArrayLike | None = None) -> STM:
         """Train one epoch on (X, Y), going on with the optimizer state.
 
         ``fit(X, Y, epochs=1, warm_start=True, ...)``: one pass over the
@@ -947,14 +1074,14 @@ class STM(Model):
         :meth:`lgmstm.LGM.partial_fit` does (a diverged epoch leaves the
         working memory too).
         """
-        if seed is None and lengths is None and self._short_fit(
+        if seed is None and lengths is None and sample_weight is None and self._short_fit(
                 X, Y, lr, batch_size, optimizer, clip_norm, shuffle, True,
                 (momentum, nesterov, beta1, beta2, eps), weight_decay) is not None:
             return self
         self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
                  momentum=momentum, nesterov=nesterov, beta1=beta1, beta2=beta2, eps=eps,
-                 weight_decay=weight_decay, clip_norm=clip_norm, shuffle=shuffle, seed=seed, lengths=lengths,
-                 warm_start=True)
+                 weight_decay=weight_decay, clip_norm=clip_norm, shuffle=shuffle, seed=seed,
+                 lengths=lengths, warm_start=True, sample_weight=sample_weight)
         return self
 
     def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,

@@ -60,9 +60,10 @@ def test_predict_lgm_equals_predict_on_the_whole_array(client, dtype):
     rng = np.random.default_rng(0)
     model = lgmstm.LGM([10, 5, 2], dtype=dtype, seed=0)
     X = rng.standard_normal((1000, 10))
-    lazy = lgmstm_dask.predict(model, da.from_array(X, chunks=((300, 128, 400, 172), 10)))
+    # Blocks starting at multiples of 64 samples (the model's row quantum) are kept.
+    lazy = lgmstm_dask.predict(model, da.from_array(X, chunks=((320, 128, 384, 168), 10)))
     assert lazy.shape == (1000, 2) and lazy.dtype == dtype
-    assert lazy.chunks == ((300, 128, 400, 172), (2,))
+    assert lazy.chunks == ((320, 128, 384, 168), (2,))
     np.testing.assert_array_equal(client.compute(lazy).result(), model.predict(X),
                                   strict=True)
 
@@ -85,18 +86,26 @@ def test_predict_stm_with_lengths_equals_predict_on_the_whole_array(client,
                                   strict=True)
 
 
-def test_each_block_is_the_models_predict_of_that_block(client):
-    # A network on the BLAS path, odd chunks: block i has the bits of
-    # model.predict(block i) (see docs/dask.md, Limits, for the whole array).
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_odd_blocks_on_the_blas_path_give_the_whole_arrays_bits(client, dtype):
+    # Networks on the BLAS path, whose bits for a sample depend on the
+    # kernels' task it falls in, and blocks that do not start at multiples
+    # of the row quantum: predict cuts them so, and the result is still
+    # model.predict over the whole array, bit for bit.
     rng = np.random.default_rng(2)
-    model = lgmstm.LGM([10, 64, 64, 1], seed=0)
+    lgm = lgmstm.LGM([10, 64, 64, 1], dtype=dtype, seed=0)
     X = rng.standard_normal((1001, 10))
-    chunks = (7, 333, 1, 660)
-    result = client.compute(lgmstm_dask.predict(
-        model, da.from_array(X, chunks=(chunks, 10)))).result()
-    bounds = np.cumsum((0,) + chunks)
-    expected = np.concatenate([model.predict(X[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
-    np.testing.assert_array_equal(result, expected, strict=True)
+    lazy = lgmstm_dask.predict(lgm, da.from_array(X, chunks=((7, 333, 1, 660), 10)))
+    assert all(rows % 64 == 0 for rows in lazy.chunks[0][:-1])
+    np.testing.assert_array_equal(client.compute(lazy).result(), lgm.predict(X), strict=True)
+    stm = lgmstm.STM(6, 48, 3, dtype=dtype, seed=0)
+    X = rng.standard_normal((301, 9, 6))
+    lengths = rng.integers(0, 10, 301)
+    chunks = (50, 37, 100, 114)
+    lazy = lgmstm_dask.predict(stm, da.from_array(X, chunks=(chunks, 9, 6)),
+                               lengths=da.from_array(lengths, chunks=(chunks,)))
+    np.testing.assert_array_equal(client.compute(lazy).result(),
+                                  stm.predict(X, lengths=lengths), strict=True)
 
 
 def test_predict_embeds_one_copy_of_the_model_taken_at_the_call():
@@ -427,3 +436,17 @@ def test_a_clear_import_error_without_dask(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r'pip install "lgmstm\[dask\]"'):
         import lgmstm.dask  # noqa: F401
+
+
+def test_row_quantum_says_which_blocks_predict_keeps():
+    lgm = lgmstm.LGM([10, 64, 64, 1], seed=0)
+    assert lgmstm_dask.row_quantum(lgm) == 64
+    assert lgmstm_dask.row_quantum(lgmstm.STM(4, 8, 2, seed=0), 20) == 1   # panel layout
+    assert lgmstm_dask.row_quantum(lgmstm.STM(4, 48, 2, seed=0), 20) % 64 == 0
+    assert lgmstm_dask.row_quantum(lgmstm.LGM([3, 2], backend="numpy", seed=0)) == 1
+    X = da.from_array(np.zeros((300, 10)), chunks=((128, 64, 108), 10))
+    assert lgmstm_dask.predict(lgm, X).chunks[0] == (128, 64, 108)
+    with pytest.raises(TypeError, match="model must be an lgmstm.LGM or lgmstm.STM"):
+        lgmstm_dask.row_quantum(object())
+    with pytest.raises(ValueError, match="n_steps"):
+        lgmstm_dask.row_quantum(lgmstm.STM(4, 48, 2, seed=0), -1)

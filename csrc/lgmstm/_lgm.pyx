@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The LGM program: a network of dense tanh layers (_dense) with the
-squared-error loss (_loss), trained by the driver of _train.
+"""The LGM program: a network of dense tanh layers (_dense) with the loss of
+its output (_loss: squared error, softmax or sigmoid cross-entropy, each
+optionally weighted per sample), trained by the driver of _train.
 
 A network of n_layers layers has layer_sizes [n_in, n_1, ..., n_out] and its
 parameters in one list [W_0, b_0, W_1, b_1, ...]; W_l is (sizes[l], sizes[l+1]).
@@ -10,11 +11,15 @@ Training takes one of two layouts, chosen from the shapes (panel_plan):
   enough for BLAS to run near its peak;
 - the panel layout of _panel.pxd (panel_network_gradients): small networks,
   whose products BLAS runs at a few GFLOP/s. Groups of samples go through
-  every layer in parallel tasks, then blocks of weight-gradient rows.
+  every layer in parallel tasks, then blocks of weight-gradient rows. The
+  panel layout has the unweighted squared error only: the cross-entropies
+  and sample weights train row-major (panel_plan's caller declines it).
 
 Unchecked: call it through lgmstm.LGM, which validates shapes, dtypes and
 layouts once and allocates every buffer.
 """
+import math
+
 cimport numpy as cnp
 import numpy as np
 from cython cimport floating
@@ -27,13 +32,14 @@ from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
                             group_panels, padded_width, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport (BLAS_THREADING_WORK, CHUNK_ROWS, SHORT_FIT_WORK, n_tasks,
-                               threads_for)
-from lgmstm._loss cimport panel_squared_error
+from lgmstm._parallel cimport (BLAS_THREADING_WORK, CHUNK_ROWS, SHORT_FIT_WORK,
+                               gemm_task_rows, n_tasks, threads_for)
+from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_loss,
+                           output_rows, panel_squared_error, weight_sum)
 from lgmstm._rows cimport gather_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
-                            TrainingPlan, TrainingRun, UseLock, is_ready_matrix,
+                            TrainingPlan, TrainingRun, UseLock, data_or_null, is_ready_matrix,
                             kernel_threads, parameters_of, plan_of, run_epochs)
 
 cnp.import_array()
@@ -49,25 +55,31 @@ cdef class Network(Program):
     them; built once per model.
 
     params: [W_0, b_0, W_1, b_1, ...], C-contiguous, one dtype; layer_sizes:
-    intp array [n_in, n_1, ..., n_out]; output_tanh: the last layer's
-    activation (hidden layers are tanh); lock: the model's UseLock.
+    intp array [n_in, n_1, ..., n_out]; output: the last layer's
+    activation and loss, "tanh" or "linear" (squared error), "softmax" or
+    "sigmoid" (cross-entropy on the logits; predict applies the function);
+    hidden layers are tanh; lock: the model's UseLock.
     """
     cdef readonly object layer_sizes
+    cdef readonly str output
     cdef readonly bint output_tanh
+    cdef readonly int loss    # the loss code of _loss.pxd
     cdef const Py_ssize_t *sizes
     cdef Py_ssize_t n_layers
     cdef object counts    # values per parameter, intp
     cdef Py_ssize_t largest_weight, widest_layer
     cdef Py_ssize_t weights   # multiply-adds per sample of a forward pass
 
-    def __cinit__(self, list params, layer_sizes, bint output_tanh, UseLock lock):
+    def __cinit__(self, list params, layer_sizes, str output, UseLock lock):
         cdef const Py_ssize_t[::1] sizes = layer_sizes
         cdef Py_ssize_t layer
         self.params = PointerTable(params)
         self.layer_sizes = layer_sizes
         self.sizes = &sizes[0]
         self.n_layers = sizes.shape[0] - 1
-        self.output_tanh = output_tanh
+        self.output = output
+        self.output_tanh = output == "tanh"
+        self.loss = loss_of_output(output)
         self.lock = lock
         self.panel_memory = KeptMemory()
         self.counts = np.array([p.size for p in params], dtype=np.intp)
@@ -84,6 +96,18 @@ cdef class Network(Program):
         samples does: what decides whether BLAS may thread (single_threaded_blas)."""
         return CHUNK_ROWS * max(self.largest_weight, n_samples * self.widest_layer)
 
+    def row_quantum(self):
+        """The fewest samples q such that predict over consecutive pieces of
+        a batch, each (but the last) of a multiple of q samples, gives every
+        sample the bits of one predict over the whole batch: every layer's
+        GEMM tasks (dense_forward: gemm_task_rows rows) start at the same
+        samples (lgmstm.dask.predict)."""
+        cdef Py_ssize_t layer
+        quantum = 1
+        for layer in range(self.n_layers):
+            quantum = math.lcm(quantum, gemm_task_rows(self.sizes[layer + 1], self.sizes[layer]))
+        return quantum
+
     def predict_ready(self, X):
         """The outputs for X, or None when the caller must take its checked path.
 
@@ -99,6 +123,7 @@ cdef class Network(Program):
         cdef list activations
         cdef Py_ssize_t layer, n_samples
         cdef int n_threads
+        cdef Py_ssize_t n_out = self.sizes[self.n_layers]
         if (self.n_layers > MAX_FAST_LAYERS
                 or not is_ready_matrix(X, self.type_num, -1, self.sizes[0])):
             return None
@@ -121,37 +146,51 @@ cdef class Network(Program):
                     network_forward(<double *> cnp.PyArray_DATA(array), n_samples,
                                     self.params.data, self.sizes, self.n_layers,
                                     self.output_tanh, outputs, n_threads)
+                    output_rows(self.loss, <double *> outputs[self.n_layers - 1], n_samples,
+                                n_out)
                 else:
                     network_forward(<float *> cnp.PyArray_DATA(array), n_samples,
                                     self.params.data, self.sizes, self.n_layers,
                                     self.output_tanh, outputs, n_threads)
+                    output_rows(self.loss, <float *> outputs[self.n_layers - 1], n_samples,
+                                n_out)
         finally:
             self.lock.end_read()
         return activations[self.n_layers - 1]
 
-    def predict(self, const floating[:, ::1] X, list activations, int n_threads):
+    def predict(self, const floating[:, ::1] X, list activations, int n_threads,
+                bint logits=False):
         """Fill activations (OUT: one (n_samples, sizes[l + 1]) array per
-        layer); the last one is the prediction."""
+        layer); the last one is the prediction (probabilities for softmax
+        and sigmoid outputs; their logits with logits=True)."""
         cdef PointerTable outputs = PointerTable(activations)
         with nogil:
             network_forward(&X[0, 0], X.shape[0], self.params.data, self.sizes,
                             self.n_layers, self.output_tanh, outputs.data, n_threads)
+            if not logits:
+                output_rows(self.loss, <floating *> outputs.data[self.n_layers - 1],
+                            X.shape[0], self.sizes[self.n_layers])
 
     def gradients(self, const floating[:, ::1] X, const floating[:, ::1] Y, list grads,
-                  list activations, list deltas, double[::1] partials, int n_threads):
-        """Fill grads (OUT, laid out as params) with the gradient of the mean
-        squared error, and return it; activations and deltas are scratch
-        shaped as predict's, partials partials_size(n_samples) doubles."""
+                  list activations, list deltas, double[::1] partials, int n_threads,
+                  const double[::1] weights=None):
+        """Fill grads (OUT, laid out as params) with the gradient of the
+        loss (the mean over the samples, weighted by weights (n_samples,)
+        when given: see _loss.pxd), and return it; activations and deltas
+        are scratch shaped as predict's, partials partials_size(n_samples)
+        doubles."""
         cdef PointerTable grad_table = PointerTable(grads)
         cdef PointerTable activation_table = PointerTable(activations)
         cdef PointerTable delta_table = PointerTable(deltas)
-        cdef double sum_squares
+        cdef const double *weight_data = NULL if weights is None else &weights[0]
+        cdef double total, scale
         with nogil:
-            sum_squares = network_gradients(
+            scale = loss_scale(self.loss, weight_sum(weight_data, X.shape[0]), Y.shape[1])
+            total = network_gradients(
                 &X[0, 0], &Y[0, 0], X.shape[0], self.params.data, grad_table.data,
-                self.sizes, self.n_layers, self.output_tanh, activation_table.data,
-                delta_table.data, &partials[0], 0, n_threads)
-        return sum_squares / max(1, Y.shape[0] * Y.shape[1])
+                self.sizes, self.n_layers, self.output_tanh, self.loss, weight_data,
+                activation_table.data, delta_table.data, &partials[0], 0, n_threads)
+        return total * scale
 
     def train(self, TrainingRun run, const Py_ssize_t[:, ::1] order,
               double[::1] epoch_losses, int n_threads):
@@ -215,14 +254,15 @@ cdef void network_forward(const floating *X, Py_ssize_t n_samples,
 cdef double network_gradients(const floating *X, const floating *Y,
                               Py_ssize_t n_samples, void **params,
                               void **grads, const Py_ssize_t *sizes,
-                              Py_ssize_t n_layers, bint output_tanh,
-                              void **activations, void **deltas,
+                              Py_ssize_t n_layers, bint output_tanh, int loss,
+                              const double *weights, void **activations, void **deltas,
                               double *partials, double sgd_lr,
                               int n_threads) noexcept nogil:
-    """Forward, loss and backward over one batch; returns its sum of squares.
+    """Forward, loss and backward over one batch; returns its summed loss
+    (weighted by weights (n_samples,), or NULL: all 1).
 
     With sgd_lr == 0, fills grads (laid out as params) with the gradient of
-    the batch's mean squared error. With sgd_lr > 0, grads is ignored and
+    the batch's mean loss (loss_scale). With sgd_lr > 0, grads is ignored and
     each layer takes its SGD step params -= sgd_lr * grad as soon as its
     gradient is known (its W is no longer needed by then).
     deltas[l] is scratch shaped like activations[l].
@@ -233,14 +273,26 @@ cdef double network_gradients(const floating *X, const floating *Y,
     cdef void **targets = params if sgd_lr > 0 else grads
     cdef floating scale = <floating> -sgd_lr if sgd_lr > 0 else 1
     cdef floating beta = 1 if sgd_lr > 0 else 0
+    cdef const floating *last_input
     network_forward(X, n_samples, params, sizes, n_layers - 1, True,
                     activations, n_threads)
-    sum_squares = dense_forward_loss(
-        X if n_layers == 1 else <floating *> activations[n_layers - 2],
-        <floating *> params[2 * n_layers - 2], <floating *> params[2 * n_layers - 1],
-        <floating *> activations[n_layers - 1], Y, <floating *> deltas[n_layers - 1],
-        n_samples, sizes[n_layers - 1], n_out, output_tanh,
-        1.0 / max(1, n_samples * n_out), partials, n_threads)
+    last_input = X if n_layers == 1 else <floating *> activations[n_layers - 2]
+    if loss == SQUARED_ERROR and weights == NULL:
+        # The hot path: the last layer and the loss fused, per chunk of rows.
+        sum_squares = dense_forward_loss(
+            last_input, <floating *> params[2 * n_layers - 2],
+            <floating *> params[2 * n_layers - 1], <floating *> activations[n_layers - 1], Y,
+            <floating *> deltas[n_layers - 1], n_samples, sizes[n_layers - 1], n_out,
+            output_tanh, 1.0 / max(1, n_samples * n_out), partials, n_threads)
+    else:
+        dense_forward(last_input, <floating *> params[2 * n_layers - 2],
+                      <floating *> params[2 * n_layers - 1],
+                      <floating *> activations[n_layers - 1], n_samples,
+                      sizes[n_layers - 1], n_out, output_tanh, n_threads)
+        sum_squares = output_loss(
+            loss, <floating *> activations[n_layers - 1], Y, weights,
+            <floating *> deltas[n_layers - 1], n_samples, n_out,
+            loss_scale(loss, weight_sum(weights, n_samples), n_out), partials, n_threads)
     for layer in range(n_layers - 1, -1, -1):
         dense_backward(
             X if layer == 0 else <floating *> activations[layer - 1],
@@ -416,6 +468,9 @@ cdef struct Batches:
     const Py_ssize_t *sizes
     Py_ssize_t n_layers, n_in, n_out
     bint output_tanh
+    int loss                # the loss code (_loss.pxd)
+    const double *weights   # the samples' weights (n_samples,), or NULL: all 1
+    double *batch_weights   # scratch (batch_size,): a shuffled batch's weights
     double sgd_lr           # > 0: SGD fused into the backward pass
     const void *X
     const void *Y
@@ -440,6 +495,7 @@ cdef double lgm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
     cdef floating **panel_rows = <floating **> batches.panel_rows
     cdef const floating *X_rows
     cdef const floating *Y_rows
+    cdef const double *weight_rows = NULL
     cdef floating scale = <floating> -batches.sgd_lr if batches.sgd_lr > 0 else 1
     cdef floating beta = 1 if batches.sgd_lr > 0 else 0
     if batches.in_panel_layout:
@@ -462,13 +518,19 @@ cdef double lgm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
                     <char *> batches.workspace[1])
         X_rows = <floating *> batches.workspace[0]
         Y_rows = <floating *> batches.workspace[1]
+        if batches.weights != NULL:
+            gather_rows(<const char *> batches.weights, rows, n_rows, sizeof(double),
+                        <char *> batches.batch_weights)
+            weight_rows = batches.batch_weights
     else:
         X_rows = X + start * n_in
         Y_rows = Y + start * n_out
+        if batches.weights != NULL:
+            weight_rows = batches.weights + start
     return network_gradients(
         X_rows, Y_rows, n_rows, batches.params, batches.targets, batches.sizes, n_layers,
-        batches.output_tanh, batches.workspace + 3, batches.workspace + 3 + n_layers,
-        batches.partials, batches.sgd_lr, n_threads)
+        batches.output_tanh, batches.loss, weight_rows, batches.workspace + 3,
+        batches.workspace + 3 + n_layers, batches.partials, batches.sgd_lr, n_threads)
 
 
 cdef double lgm_batch_step(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
@@ -498,9 +560,13 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef Optimizer *optimizer = &run.optimizer
     cdef bint sgd = (optimizer.kind == SGD and run.clip_norm == 0
                      and optimizer.weight_decay == 0)
+    cdef const double *weights = <const double *> data_or_null(run.weights)
     # Plain SGD is fused into the backward pass; the others (and SGD with
-    # clipping or weight decay) update after it.
-    plan = plan_of(run, order, epoch_losses, n_epochs, n_samples, n_samples * n_out, sgd)
+    # clipping or weight decay) update after it. An epoch's loss is its
+    # summed loss over the (weighted) count loss_scale divides by.
+    plan = plan_of(run, order, epoch_losses, n_epochs, n_samples,
+                   weight_sum(weights, n_samples)
+                   * (n_out if network.loss == SQUARED_ERROR else 1), sgd)
     batches.itemsize = sizeof(floating)
     batches.params = network.params.data
     batches.targets = network.params.data if sgd else run.grads.data
@@ -508,13 +574,19 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.n_layers = n_layers
     batches.n_in, batches.n_out = n_in, n_out
     batches.output_tanh = network.output_tanh
+    batches.loss = network.loss
+    batches.weights = weights
+    batches.batch_weights = NULL
     batches.sgd_lr = optimizer.lr if sgd else 0
     batches.X = cnp.PyArray_DATA(<cnp.ndarray> run.X)
     batches.Y = cnp.PyArray_DATA(<cnp.ndarray> run.Y)
     batches.workspace = run.workspace.data
     batches.partials = <double *> run.workspace.data[2]
-    batches.in_panel_layout = panel_plan(min(run.batch_size, n_samples), sizes, n_layers,
-                                sizeof(floating), &batches.group_width, &batches.n_groups)
+    # The panel layout has the unweighted squared error only.
+    batches.in_panel_layout = (
+        network.loss == SQUARED_ERROR and weights == NULL
+        and panel_plan(min(run.batch_size, n_samples), sizes, n_layers, sizeof(floating),
+                       &batches.group_width, &batches.n_groups))
     batches.gather_each_batch = plan.order != NULL or n_tasks(n_samples, run.batch_size) > 1
     batches.gathered = False
     batches.Xt = batches.Yt = NULL
@@ -543,10 +615,16 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
             panel_rows[3 * n_layers + layer] = panel_rows[2 * n_layers + layer] + width * padded
             next_rows = panel_rows[3 * n_layers + layer] + sizes[layer] * padded
         batches.panel_rows = <void **> panel_rows
+    if weights != NULL:
+        batches.batch_weights = <double *> malloc(max(1, run.batch_size) * sizeof(double))
+        if batches.batch_weights == NULL:
+            free(panel_rows)
+            raise MemoryError()
     try:
         with nogil:
             run_epochs(lgm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
     finally:
         free(panel_rows)
+        free(batches.batch_weights)
 
 

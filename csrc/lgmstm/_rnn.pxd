@@ -7,6 +7,9 @@ from cython cimport floating
 cdef Py_ssize_t rnn_scratch_size(Py_ssize_t n_samples, Py_ssize_t n_in,
                                  Py_ssize_t n_hidden, bint backward) noexcept nogil
 
+# Samples per chunk of rnn_forward_pass (the last takes what is left).
+cdef Py_ssize_t forward_chunk_rows(Py_ssize_t n_hidden) noexcept nogil
+
 cdef void rnn_forward_pass(
         const floating *X,     # IN (n_samples, n_steps, n_in)
         const floating *h0,    # IN (n_samples, n_hidden) or NULL

@@ -37,9 +37,9 @@ from lgmstm._tanh cimport tanh_inplace, tanh_rows
 from lgmstm._train cimport data_or_null
 
 cdef enum:
-    # Fewest samples in a sequence chunk (see sequence_chunk_rows): of the
-    # backward pass (its chunks are the weight gradients' sample groups too),
-    # and of the forward pass.
+    # Fewest samples in a sequence chunk: of the backward pass (see
+    # sequence_chunk_rows; its chunks are the weight gradients' sample groups
+    # too), and of the forward pass (forward_chunk_rows).
     MIN_CHUNK_ROWS = 32
     MIN_FORWARD_CHUNK_ROWS = 64
     # Most sample groups the weight gradients are split into, and most values
@@ -49,22 +49,32 @@ cdef enum:
     PARTIALS_BUDGET = 4194304
 
 
-cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples, Py_ssize_t n_hidden,
-                                           Py_ssize_t fewest) noexcept nogil:
-    """Samples per sequence chunk, from the shapes alone.
+cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples,
+                                           Py_ssize_t n_hidden) noexcept nogil:
+    """Samples per sequence chunk of the backward pass, from the shapes alone.
 
     A step's h Wh product costs a call (and, with BLAS, repacking Wh)
-    whatever its rows, so chunks are tall: `fewest` rows or more
-    (MIN_CHUNK_ROWS backward; MIN_FORWARD_CHUNK_ROWS forward, where a step
-    of 64 live streams is then one chunk, not two of 32), and n_hidden / 8
-    (BLAS runs wide products well only from about there); and up to 4
-    chunks, for 2-4 threads, from 4 * fewest samples on (more, of 64
-    samples, past 256). The batch is split into equal chunks.
+    whatever its rows, so chunks are tall: MIN_CHUNK_ROWS rows or more, and
+    n_hidden / 8 (BLAS runs wide products well only from about there); and
+    up to 4 chunks, for 2-4 threads, from 4 * MIN_CHUNK_ROWS samples on
+    (more, of 64 samples, past 256). The batch is split into equal chunks.
     """
-    cdef Py_ssize_t min_rows = max(fewest, n_hidden // 8)
+    cdef Py_ssize_t min_rows = max(<Py_ssize_t> MIN_CHUNK_ROWS, n_hidden // 8)
     cdef Py_ssize_t n_chunks = min(n_tasks(n_samples, min_rows),
                                    max(4, n_tasks(n_samples, 64)))
     return max(1, n_tasks(n_samples, max(1, n_chunks)))
+
+
+cdef Py_ssize_t forward_chunk_rows(Py_ssize_t n_hidden) noexcept nogil:
+    """Samples per chunk of the forward pass, from n_hidden alone: as
+    sequence_chunk_rows, but MIN_FORWARD_CHUNK_ROWS or more (a step of 64
+    live streams is one chunk, not two of 32), rounded up to a multiple of
+    64 (as the readout's GEMM tasks are, gemm_task_rows), and the last chunk
+    takes what is left. A sample's states depend only on the chunk it falls
+    in, never on the batch's size: pieces of a batch cut at multiples of it
+    give every sample the bits of the whole batch (lgmstm.dask.predict)."""
+    return MIN_FORWARD_CHUNK_ROWS * n_tasks(max(<Py_ssize_t> MIN_FORWARD_CHUNK_ROWS,
+                                                n_hidden // 8), MIN_FORWARD_CHUNK_ROWS)
 
 
 cdef inline Py_ssize_t weight_groups(Py_ssize_t n_samples, Py_ssize_t n_in,
@@ -76,8 +86,7 @@ cdef inline Py_ssize_t weight_groups(Py_ssize_t n_samples, Py_ssize_t n_in,
     task's GEMM square enough for BLAS (tall row blocks, a shorter inner
     dimension) and gives the threads several tasks. From the shapes alone.
     """
-    cdef Py_ssize_t n_chunks = n_tasks(n_samples, sequence_chunk_rows(n_samples, n_hidden,
-                                                                 MIN_CHUNK_ROWS))
+    cdef Py_ssize_t n_chunks = n_tasks(n_samples, sequence_chunk_rows(n_samples, n_hidden))
     cdef Py_ssize_t affordable = 1 + PARTIALS_BUDGET // max(1, (n_in + n_hidden) * n_hidden)
     return max(1, min(n_chunks, <Py_ssize_t> MAX_WEIGHT_GROUPS, affordable))
 
@@ -571,8 +580,7 @@ cdef void rnn_forward_pass(
 
     scratch: scratch_size(..., backward=False) values; order: n_samples indices.
     """
-    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden,
-                                                     MIN_FORWARD_CHUNK_ROWS)
+    cdef Py_ssize_t chunk_rows = forward_chunk_rows(n_hidden)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
     cdef int n_used = threads_for(n_threads, n_chunks,
                                   2.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden))
@@ -605,7 +613,7 @@ cdef void rnn_backward_pass(
     dh_last are zeros; NULL dX / dh0 are not computed. The sequence chunks
     all finish before the weight gradients start.
     """
-    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden, MIN_CHUNK_ROWS)
+    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
     cdef Py_ssize_t n_groups = weight_groups(n_samples, n_in, n_hidden)
     cdef Py_ssize_t block_rows = weight_block_rows(n_in, n_hidden, n_groups)

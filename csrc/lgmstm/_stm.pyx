@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The STM program: an Elman recurrent layer (_rnn) with a dense readout
-(_dense) and the squared-error loss (_loss), trained by the driver of
-_train.
+(_dense) and the loss of its output (_loss: squared error, softmax or
+sigmoid cross-entropy, optionally weighted per output row), trained by the
+driver of _train.
 
     h_t = tanh(x_t Wx + h_{t-1} Wh + b),   y_t = f(h_t W_out + b_out)
 
@@ -11,28 +12,35 @@ Sample i runs lengths[i] steps; its outputs past them are 0 and take no loss.
 Training runs small networks' batches of full-length sequences in the panel
 layout of _panel.pxd (panel_stm_gradients): groups of samples carried
 through every step, then blocks of weight-gradient rows, with the panel
-kernels in place of BLAS. Other batches take the row-major passes.
+kernels in place of BLAS. Other batches take the row-major passes, and so
+do the cross-entropies and weighted losses (the panel layout has the
+unweighted squared error only).
 
 Unchecked: call it through lgmstm.STM, which validates shapes, dtypes and
 layouts once and allocates every buffer.
 """
+import math
+
 cimport numpy as cnp
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport parallel, prange
-from libc.stdlib cimport free
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from lgmstm._dense cimport dense_backward, dense_forward
-from lgmstm._loss cimport panel_squared_error, squared_error
+from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_loss,
+                           output_loss_blocks, output_rows, panel_squared_error,
+                           squared_error, weight_sum)
 from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
                             group_panels, padded_width, panel_calloc, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, SHORT_FIT_WORK, n_tasks,
-                               threads_for)
-from lgmstm._rnn cimport rnn_backward_pass, rnn_forward_pass, rnn_scratch_size
+from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, SHORT_FIT_WORK,
+                               gemm_task_rows, n_tasks, threads_for)
+from lgmstm._rnn cimport (forward_chunk_rows, rnn_backward_pass, rnn_forward_pass,
+                          rnn_scratch_size)
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
@@ -71,11 +79,14 @@ cdef class Network(Program):
     them; built once per model.
 
     params: [Wx, Wh, b, W_out, b_out] (see the enum above), C-contiguous,
-    one dtype; sizes: intp array [n_in, n_hidden, n_out]; lock: the
-    model's UseLock.
+    one dtype; sizes: intp array [n_in, n_hidden, n_out]; output: the
+    readout's activation and loss ("tanh", "linear", "softmax",
+    "sigmoid", as lgmstm._lgm.Network's); lock: the model's UseLock.
     """
     cdef readonly object layer_sizes
+    cdef readonly str output
     cdef readonly bint output_tanh, return_sequences
+    cdef readonly int loss    # the loss code of _loss.pxd
     cdef const Py_ssize_t *sizes
     cdef Py_ssize_t counts[N_PARAMS]
     # The fast paths' scratch for their latest shape (states, the time
@@ -85,7 +96,7 @@ cdef class Network(Program):
     cdef Py_ssize_t ready_samples, ready_steps_
     cdef bint in_use
 
-    def __cinit__(self, list params, sizes, bint output_tanh, bint return_sequences,
+    def __cinit__(self, list params, sizes, str output, bint return_sequences,
                   UseLock lock):
         cdef const Py_ssize_t[::1] size_view = sizes
         if len(params) != N_PARAMS:
@@ -93,7 +104,9 @@ cdef class Network(Program):
         self.params = PointerTable(params)
         self.layer_sizes = sizes
         self.sizes = &size_view[0]
-        self.output_tanh, self.return_sequences = output_tanh, return_sequences
+        self.output = output
+        self.output_tanh, self.return_sequences = output == "tanh", return_sequences
+        self.loss = loss_of_output(output)
         self.lock = lock
         self.panel_memory = KeptMemory()
         self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])
@@ -126,6 +139,21 @@ cdef class Network(Program):
         n_samples sequences of n_steps (single_threaded_blas)."""
         return (n_samples * max(n_steps, 1) * self.sizes[1]
                 * max(self.sizes[0], self.sizes[1], self.sizes[2]))
+
+    def row_quantum(self, Py_ssize_t n_steps):
+        """The fewest samples q such that predict over consecutive pieces of
+        a batch, each (but the last) of a multiple of q samples, gives every
+        sample the bits of one predict over the whole batch: 1 in the panel
+        layout (each sample alone), else the forward pass's chunks
+        (forward_chunk_rows) and the readout's GEMM tasks (gemm_task_rows
+        rows, n_steps of them per sample with return_sequences) must start
+        at the same samples (lgmstm.dask.predict)."""
+        cdef Py_ssize_t n_hidden = self.sizes[1], readout_rows
+        if predicts_in_panels(self.sizes):
+            return 1
+        readout_rows = gemm_task_rows(self.sizes[2], n_hidden)
+        return math.lcm(forward_chunk_rows(n_hidden), readout_rows // math.gcd(
+            readout_rows, n_steps if self.return_sequences else 1))
 
     def step_ready(self, x, state):
         """(outputs, new state) of one step, or None when the caller must take
@@ -209,13 +237,13 @@ cdef class Network(Program):
                 if self.type_num == cnp.NPY_DOUBLE:
                     status = stm_predict(<double *> cnp.PyArray_DATA(array), <const double *> h0,
                                          lengths, n_samples, n_steps, self.params.data,
-                                         self.sizes, self.output_tanh, self.return_sequences,
-                                         buffers, n_threads)
+                                         self.sizes, self.output_tanh, self.loss,
+                                         self.return_sequences, buffers, n_threads)
                 else:
                     status = stm_predict(<float *> cnp.PyArray_DATA(array), <const float *> h0,
                                          lengths, n_samples, n_steps, self.params.data,
-                                         self.sizes, self.output_tanh, self.return_sequences,
-                                         buffers, n_threads)
+                                         self.sizes, self.output_tanh, self.loss,
+                                         self.return_sequences, buffers, n_threads)
             if status < 0:
                 raise MemoryError()
         finally:
@@ -225,38 +253,46 @@ cdef class Network(Program):
         return outputs, final_states
 
     def predict(self, const floating[:, :, ::1] X, object h0,
-                const Py_ssize_t[::1] lengths, list buffers, int n_threads):
+                const Py_ssize_t[::1] lengths, list buffers, int n_threads,
+                bint logits=False):
         """Return (outputs, final states): two of the buffers (see
         buffer_shapes, backward=False), filled. h0: (n_samples, n_hidden)
-        or None (zeros)."""
+        or None (zeros). Softmax and sigmoid outputs are probabilities, or
+        with logits=True their logits."""
         cdef PointerTable buffer_table = _buffer_table(buffers)
         cdef const floating *h0_data = <const floating *> data_or_null(h0)
         cdef int status
         with nogil:
             status = stm_predict(&X[0, 0, 0], h0_data, &lengths[0], X.shape[0], X.shape[1],
                                  self.params.data, self.sizes, self.output_tanh,
+                                 SQUARED_ERROR if logits else self.loss,
                                  self.return_sequences, buffer_table.data, n_threads)
         if status < 0:
             raise MemoryError()
         return buffers[OUTPUTS], buffers[FINAL_STATES]
 
     def gradients(self, const floating[:, :, ::1] X, const floating[::1] Y, object h0,
-                  const Py_ssize_t[::1] lengths, list grads, list buffers, int n_threads):
-        """Fill grads (OUT, laid out as params); return the mean squared
-        error over the valid outputs. Y: the targets, flattened, 0 at padded
-        steps."""
+                  const Py_ssize_t[::1] lengths, list grads, list buffers, int n_threads,
+                  const double[::1] weights=None):
+        """Fill grads (OUT, laid out as params); return the mean loss over
+        the valid outputs. Y: the targets, flattened, 0 at padded steps.
+        weights: each output row's weight (n_samples * n_steps, or
+        n_samples without return_sequences), 0 at padded steps; needed by
+        the cross-entropies whenever a sequence is padded."""
         cdef PointerTable grad_table = PointerTable(grads)
         cdef PointerTable buffer_table = _buffer_table(buffers)
         cdef const floating *h0_data = <const floating *> data_or_null(h0)
-        cdef double sum_squares
-        cdef Py_ssize_t n_valid
+        cdef const double *weight_data = NULL if weights is None else &weights[0]
+        cdef double total, count
         with nogil:
-            sum_squares = stm_gradients(&X[0, 0, 0], &Y[0], h0_data, &lengths[0],
-                                        X.shape[0], X.shape[1], self.params.data,
-                                        grad_table.data, self.sizes, self.output_tanh,
-                                        self.return_sequences, buffer_table.data, n_threads)
-            n_valid = n_valid_outputs(&lengths[0], X.shape[0], self.return_sequences)
-        return sum_squares / max(1, n_valid * self.sizes[2])
+            total = stm_gradients(&X[0, 0, 0], &Y[0], h0_data, &lengths[0],
+                                  X.shape[0], X.shape[1], self.params.data,
+                                  grad_table.data, self.sizes, self.output_tanh, self.loss,
+                                  weight_data, self.return_sequences, buffer_table.data,
+                                  n_threads)
+            count = loss_count(self.loss, weight_data, &lengths[0], X.shape[0], X.shape[1],
+                               self.sizes[2], self.return_sequences)
+        return total / count if count > 0 else 0.0
 
     def train(self, TrainingRun run, const Py_ssize_t[:, ::1] order,
               double[::1] epoch_losses, int n_threads):
@@ -342,7 +378,8 @@ def buffer_shapes(Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
             (outputs, None), (outputs, None), ((n_samples, n_steps, n_hidden), None),
             ((n_samples, n_hidden), None), ((n_samples, n_hidden), None),
             ((rnn_scratch_size(n_samples, n_in, n_hidden, backward),), None), ((n_samples,), np.intp),
-            ((max(1, n_tasks(n_outputs * n_out, BLOCK_ELEMS)),), np.float64)]
+            ((max(n_tasks(n_outputs * n_out, BLOCK_ELEMS), output_loss_blocks(n_outputs)),),
+             np.float64)]
 
 
 cdef void stm_forward(const floating *X, const floating *h0,
@@ -395,17 +432,28 @@ def _predict_layout(Py_ssize_t n_in, Py_ssize_t n_hidden, Py_ssize_t n_out):
 
 cdef int stm_predict(const floating *X, const floating *h0, const Py_ssize_t *lengths,
                      Py_ssize_t n_samples, Py_ssize_t n_steps, void **params,
-                     const Py_ssize_t *sizes, bint output_tanh, bint return_sequences,
-                     void **buffers, int n_threads) noexcept nogil:
+                     const Py_ssize_t *sizes, bint output_tanh, int loss,
+                     bint return_sequences, void **buffers, int n_threads) noexcept nogil:
     """predict's forward pass: OUTPUTS and FINAL_STATES (outputs of padded
     steps 0); in the panel layout for small models (predicts_in_panels),
-    else stm_forward (which also fills STATES). -1 when out of memory."""
+    else stm_forward (which also fills STATES). Then the output function
+    of loss (softmax, sigmoid) on every valid output. -1 when out of memory."""
+    cdef floating *outputs = <floating *> buffers[OUTPUTS]
+    cdef Py_ssize_t i
     if n_steps > 0 and n_samples > 0 and predicts_in_panels(sizes):
-        return panel_predict(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
-                             return_sequences, <floating *> buffers[OUTPUTS],
-                             <floating *> buffers[FINAL_STATES], n_threads)
-    stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
-                return_sequences, buffers, n_threads)
+        if panel_predict(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
+                         return_sequences, outputs, <floating *> buffers[FINAL_STATES],
+                         n_threads) < 0:
+            return -1
+    else:
+        stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
+                    return_sequences, buffers, n_threads)
+    if loss != SQUARED_ERROR:
+        if return_sequences:
+            for i in range(n_samples):
+                output_rows(loss, outputs + i * n_steps * sizes[2], lengths[i], sizes[2])
+        else:
+            output_rows(loss, outputs, n_samples, sizes[2])
     return 0
 
 
@@ -545,28 +593,51 @@ cdef inline Py_ssize_t n_valid_outputs(const Py_ssize_t *lengths, Py_ssize_t n_s
     return total
 
 
+cdef inline double loss_count(int loss, const double *weights, const Py_ssize_t *lengths,
+                              Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_out,
+                              bint return_sequences) noexcept nogil:
+    """What the loss of n_samples sequences is the mean over: the valid
+    outputs' count, or the rows' weights summed, times n_out for the squared
+    error (see loss_scale)."""
+    cdef double total
+    if weights == NULL:
+        total = n_valid_outputs(lengths, n_samples, return_sequences)
+    else:
+        total = weight_sum(weights, n_samples * (n_steps if return_sequences else 1))
+    return total * (n_out if loss == SQUARED_ERROR else 1)
+
+
 cdef double stm_gradients(const floating *X, const floating *Y, const floating *h0,
                           const Py_ssize_t *lengths, Py_ssize_t n_samples,
                           Py_ssize_t n_steps, void **params, void **grads,
-                          const Py_ssize_t *sizes, bint output_tanh,
-                          bint return_sequences, void **buffers,
+                          const Py_ssize_t *sizes, bint output_tanh, int loss,
+                          const double *weights, bint return_sequences, void **buffers,
                           int n_threads) noexcept nogil:
-    """Forward, loss and backward over one batch; returns its sum of squares.
+    """Forward, loss and backward over one batch; returns its summed loss.
 
-    Fills grads (laid out as params) with the gradient of the mean squared
-    error over the valid outputs. Y's padded steps must be 0, like the
-    outputs there, so that they add nothing.
+    Fills grads (laid out as params) with the gradient of the mean loss
+    over the valid outputs (loss_count). Unweighted (weights NULL), Y's
+    padded steps must be 0, like the outputs there, so that their squared
+    error adds nothing; weights (one per output row) must be 0 there.
     """
     cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
     cdef Py_ssize_t n_rows = n_samples * (n_steps if return_sequences else 1)
-    cdef double sum_squares
+    cdef double sum_squares, count
     stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
                 return_sequences, buffers, n_threads)
-    sum_squares = squared_error(
-        <floating *> buffers[OUTPUTS], Y, <floating *> buffers[OUTPUT_GRADS],
-        n_rows * n_out,
-        1.0 / max(1, n_valid_outputs(lengths, n_samples, return_sequences) * n_out),
-        <double *> buffers[PARTIALS], n_threads)
+    if loss == SQUARED_ERROR and weights == NULL:
+        sum_squares = squared_error(
+            <floating *> buffers[OUTPUTS], Y, <floating *> buffers[OUTPUT_GRADS],
+            n_rows * n_out,
+            1.0 / max(1, n_valid_outputs(lengths, n_samples, return_sequences) * n_out),
+            <double *> buffers[PARTIALS], n_threads)
+    else:
+        count = loss_count(loss, weights, lengths, n_samples, n_steps, n_out,
+                           return_sequences)
+        sum_squares = output_loss(
+            loss, <floating *> buffers[OUTPUTS], Y, weights,
+            <floating *> buffers[OUTPUT_GRADS], n_rows, n_out,
+            1.0 / count if count > 0 else 0.0, <double *> buffers[PARTIALS], n_threads)
     # The readout's input gradient is dL/dH (all steps) or dL/d final states.
     dense_backward(<floating *> buffers[STATES if return_sequences else FINAL_STATES],
                    <floating *> params[READOUT_WEIGHT], <floating *> buffers[OUTPUTS],
@@ -889,6 +960,9 @@ cdef struct Batches:
     void **grads
     const Py_ssize_t *sizes
     bint output_tanh, return_sequences
+    int loss                # the loss code (_loss.pxd)
+    const double *weights   # each output row's weight (n_samples * rows per sample), or NULL
+    double *batch_weights   # scratch: a shuffled batch's weights
     Py_ssize_t n_steps
     const void *X
     const void *Y
@@ -920,6 +994,8 @@ cdef double stm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
     cdef const floating *Y_rows = Y + start * targets_per_sample
     cdef const Py_ssize_t *length_rows = batches.lengths + start
     cdef const floating *h0_rows = h0_all
+    cdef Py_ssize_t weights_per_sample = n_steps if batches.return_sequences else 1
+    cdef const double *weight_rows = NULL
     cdef bint shuffled = rows != NULL
     cdef bint panel_batch
     cdef double sum_squares
@@ -941,6 +1017,13 @@ cdef double stm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
                     <char *> workspace[Y_BATCH])
         X_rows = <floating *> workspace[X_BATCH]
         Y_rows = <floating *> workspace[Y_BATCH]
+    if batches.weights != NULL:
+        if shuffled:
+            gather_rows(<const char *> batches.weights, rows, n_rows,
+                        weights_per_sample * sizeof(double), <char *> batches.batch_weights)
+            weight_rows = batches.batch_weights
+        else:
+            weight_rows = batches.weights + start * weights_per_sample
     if panel_batch:
         # Shuffled rows go straight from X and Y into the panel layout; one
         # unshuffled batch is the same every epoch: transposed once.
@@ -960,8 +1043,8 @@ cdef double stm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
     else:
         sum_squares = stm_gradients(
             X_rows, Y_rows, h0_rows, length_rows, n_rows, n_steps, batches.params,
-            batches.grads, batches.sizes, batches.output_tanh, batches.return_sequences,
-            workspace, n_threads)
+            batches.grads, batches.sizes, batches.output_tanh, batches.loss, weight_rows,
+            batches.return_sequences, workspace, n_threads)
     if final_all != NULL:
         if shuffled:
             scatter_rows(<const char *> workspace[FINAL_STATES], rows, n_rows, state_bytes,
@@ -1002,15 +1085,20 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef Py_ssize_t hidden_padded, out_padded
     if run.workspace.count != N_BUFFERS + 4:
         raise ValueError(f"expected {N_BUFFERS + 4} workspace arrays, got {run.workspace.count}")
+    cdef const double *weights = <const double *> data_or_null(run.weights)
+    cdef double count = loss_count(network.loss, weights, lengths, n_samples, n_steps, n_out,
+                                   network.return_sequences)
     plan = plan_of(run, order, epoch_losses, n_epochs, n_samples,
-                   max(1, n_valid_outputs(lengths, n_samples,
-                                          network.return_sequences) * n_out), False)
+                   count if weights != NULL else max(1.0, count), False)
     batches.itemsize = sizeof(floating)
     batches.params = network.params.data
     batches.grads = run.grads.data
     batches.sizes = sizes
     batches.output_tanh, batches.return_sequences = (network.output_tanh,
                                                      network.return_sequences)
+    batches.loss = network.loss
+    batches.weights = weights
+    batches.batch_weights = NULL
     batches.n_steps = n_steps
     batches.X = cnp.PyArray_DATA(<cnp.ndarray> run.X)
     batches.Y = cnp.PyArray_DATA(<cnp.ndarray> run.Y)
@@ -1018,7 +1106,9 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.h0_all = data_or_null(run.initial_states)
     batches.final_all = data_or_null(run.final_states)
     batches.workspace = run.workspace.data
-    batches.in_panel_layout = use_panels(max_rows, n_steps, sizes)
+    # The panel layout has the unweighted squared error only.
+    batches.in_panel_layout = (network.loss == SQUARED_ERROR and weights == NULL
+                               and use_panels(max_rows, n_steps, sizes))
     batches.layout = panel_layout(max_rows, n_steps, sizes, sizeof(floating),
                                   network.return_sequences)
     batches.gather_each_batch = plan.order != NULL or n_tasks(n_samples, run.batch_size) > 1
@@ -1049,5 +1139,13 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
                                        + n_in * hidden_padded)
         panel_buffers.readout_product = (<floating *> panel_buffers.state_product
                                          + n_hidden * hidden_padded)
-    with nogil:
-        run_epochs(stm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
+    if weights != NULL:
+        batches.batch_weights = <double *> malloc(
+            max(1, max_rows * (n_steps if network.return_sequences else 1)) * sizeof(double))
+        if batches.batch_weights == NULL:
+            raise MemoryError()
+    try:
+        with nogil:
+            run_epochs(stm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
+    finally:
+        free(batches.batch_weights)

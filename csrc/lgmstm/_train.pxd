@@ -39,6 +39,7 @@ cdef struct ThreadChoice:
 cdef class TrainingRun:
     """The data, the training arrays and the plan of one fit (see _train.pyx)."""
     cdef readonly object X, Y, lengths, initial_states, final_states
+    cdef readonly object weights   # float64 per sample (the program's rows), or None
     cdef readonly PointerTable grads, first_moments, second_moments, workspace
     cdef readonly Py_ssize_t batch_size
     cdef readonly double clip_norm

@@ -262,7 +262,9 @@ cdef class TrainingRun:
 
     X, Y: IN, the training set, C-contiguous in the model's dtype (Y as the
     program takes it). lengths, initial_states: IN, or None (all steps,
-    zero states); final_states: OUT, or None. grads: scratch laid out as
+    zero states); final_states: OUT, or None. weights: IN, float64,
+    C-contiguous, a weight per sample (the LGM) or per output row of a
+    sample (the STM: its steps, or one), or None (all 1). grads: scratch laid out as
     the parameters; first_moments, second_moments: INOUT optimizer
     moments (any valid arrays where the optimizer has none); workspace:
     the program's scratch arrays, in the order the program documents.
@@ -280,8 +282,9 @@ cdef class TrainingRun:
                   double beta1, double beta2, double eps, bint nesterov=False,
                   double weight_decay=0, decayed=None, double clip_norm=0,
                   long long step=0, lengths=None, initial_states=None,
-                  final_states=None, program=None):
+                  final_states=None, weights=None, program=None):
         self.X, self.Y = X, Y
+        self.weights = weights
         if isinstance(program, Program):
             self.choice_owner = program
             self.thread_choice = &(<Program> program).thread_choice

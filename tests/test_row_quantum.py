@@ -1,0 +1,92 @@
+"""predict over pieces of a batch against predict over the whole batch.
+
+The kernels cut a batch into tasks of a fixed number of samples (the LGM's
+GEMM tasks, the STM's forward chunks and readout tasks), and a sample's bits
+may depend on the task it falls in (OpenBLAS computes the last rows of a
+product with other micro-kernels). The programs' row_quantum() is the
+number of samples a piece must be a multiple of for every sample to fall in
+the same task as in the whole batch; lgmstm.dask.predict cuts blocks so.
+The oracle is the whole batch's predict, bit for bit; the pieces are
+deliberately of other sizes than the tasks (odd totals, a short last piece).
+"""
+import numpy as np
+import pytest
+
+import lgmstm
+
+DTYPES = [np.float64, np.float32]
+
+
+def pieces(n_samples, quantum, multiples):
+    """Bounds of consecutive pieces of multiples[i] * quantum samples, the
+    last one taking what is left."""
+    bounds = [0]
+    for k in multiples:
+        if bounds[-1] + k * quantum >= n_samples:
+            break
+        bounds.append(bounds[-1] + k * quantum)
+    return bounds + [n_samples]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer_sizes", [[64, 160, 96, 8], [10, 64, 64, 1], [10, 5, 2]])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_lgm_pieces_at_multiples_of_the_quantum_have_the_whole_batchs_bits(
+        dtype, layer_sizes, n_threads, threads):
+    model = lgmstm.LGM(layer_sizes, dtype=dtype, seed=0)
+    quantum = model._network.program.row_quantum()
+    assert quantum % 64 == 0
+    X = np.random.default_rng(0).standard_normal((7 * quantum + 37, layer_sizes[0])).astype(
+        dtype)
+    with threads(n_threads):
+        whole = model.predict(X)
+        bounds = pieces(len(X), quantum, [1, 3, 2])
+        joined = np.concatenate([model.predict(X[a:b]) for a, b in zip(bounds, bounds[1:])])
+    np.testing.assert_array_equal(joined, whole, strict=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("n_hidden", [48, 600])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_stm_pieces_at_multiples_of_the_quantum_have_the_whole_batchs_bits(
+        dtype, return_sequences, n_hidden, n_threads, threads):
+    n_steps = 5 if n_hidden > 100 else 9
+    model = lgmstm.STM(6, n_hidden, 3, return_sequences=return_sequences, dtype=dtype, seed=0)
+    quantum = model._network.program.row_quantum(n_steps)
+    assert quantum % 64 == 0, quantum
+    rng = np.random.default_rng(1)
+    n_samples = 3 * quantum + 29
+    X = rng.standard_normal((n_samples, n_steps, 6)).astype(dtype)
+    lengths = rng.integers(0, n_steps + 1, n_samples)
+    bounds = pieces(n_samples, quantum, [1, 1])
+    with threads(n_threads):
+        for lengths_or_none in (None, lengths):
+            extra = {} if lengths_or_none is None else {"lengths": lengths_or_none}
+            whole = model.predict(X, **extra)
+            joined = np.concatenate([
+                model.predict(X[a:b], **({} if lengths_or_none is None
+                                         else {"lengths": lengths_or_none[a:b]}))
+                for a, b in zip(bounds, bounds[1:])])
+            np.testing.assert_array_equal(joined, whole, strict=True)
+
+
+@pytest.mark.parametrize("n_hidden", [5, 32])
+def test_a_small_stm_predicts_each_sample_alone(n_hidden):
+    # In the panel layout every sample's bits are its own: any piece will do.
+    model = lgmstm.STM(4, n_hidden, 2, seed=0)
+    assert model._network.program.row_quantum(7) == 1
+    X = np.random.default_rng(2).standard_normal((101, 7, 4))
+    whole = model.predict(X)
+    bounds = [0, 1, 14, 15, 77, 101]
+    joined = np.concatenate([model.predict(X[a:b]) for a, b in zip(bounds, bounds[1:])])
+    np.testing.assert_array_equal(joined, whole, strict=True)
+
+
+def test_the_stm_quantum_covers_the_readouts_tasks_over_steps():
+    # With return_sequences the readout's GEMM tasks run over samples x steps
+    # rows: pieces must start where those tasks do too.
+    for n_steps in (1, 3, 7, 64, 100):
+        model = lgmstm.STM(6, 48, 3, seed=0)
+        quantum = model._network.program.row_quantum(n_steps)
+        assert (quantum * n_steps) % 64 == 0 and quantum % 64 == 0
