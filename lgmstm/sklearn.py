@@ -27,8 +27,12 @@ try:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
     from sklearn.utils import Tags, check_random_state
-    from sklearn.utils.multiclass import check_classification_targets, unique_labels
-    from sklearn.utils.validation import check_is_fitted, validate_data
+    from sklearn.utils.multiclass import (
+        check_classification_targets,
+        type_of_target,
+        unique_labels,
+    )
+    from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 except ImportError as exc:  # not installed, or older than 1.6
     raise ImportError(
         "lgmstm.sklearn needs scikit-learn >= 1.6: install it with "
@@ -81,7 +85,8 @@ _LBFGS = ("solver='lbfgs' is not available: lgmstm trains by mini-batch gradient
 # below which it stops instead.
 _ADAPTIVE_FACTOR, _ADAPTIVE_MIN_LR = 5.0, 1e-6
 # The network's activations by scikit-learn's names (out_activation_).
-_OUT_ACTIVATIONS = {"linear": "identity", "tanh": "tanh"}
+_OUT_ACTIVATIONS = {"linear": "identity", "tanh": "tanh", "sigmoid": "logistic",
+                    "softmax": "softmax"}
 
 
 class _FitSettings(NamedTuple):
@@ -962,15 +967,13 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
     scikit-learn's ``MLPClassifier(activation="tanh")`` hyper-parameters and
     attributes, with their meanings.
 
-    One-vs-rest on tanh outputs, trained by least squares: output k is
-    trained towards +1 on samples of class k and -1 elsewhere (two classes
-    need one output, for the second class). A least-squares fit estimates
-    the conditional mean of its target, here ``2 P(k | x) - 1``, so
-    ``(output_k + 1) / 2`` estimates ``P(k | x)``. :meth:`predict_proba`
-    returns these estimates, for more than two classes divided by their sum
-    so that each row sums to 1 (a row of zeros becomes uniform). No softmax:
-    the network's loss stays the mean squared error of :class:`lgmstm.LGM`.
-    The predicted class is the one of the largest output.
+    The network is trained on the log-loss, as scikit-learn's: a sigmoid
+    output for two classes (the probability of ``classes_[1]``) and for a
+    multi-label indicator y (one per label), a softmax over the classes for
+    more; :meth:`predict_proba` is the network's output and
+    :meth:`predict_log_proba` its stable logarithm (no ``log(0)``).
+    Classifiers saved by lgmstm before the log-loss (tanh outputs trained
+    towards +-1) load and predict as they did.
 
     Parameters
     ----------
@@ -978,15 +981,16 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-        The class labels, sorted (those of ``classes`` with :meth:`partial_fit`).
+        The class labels, sorted (those of ``classes`` with :meth:`partial_fit`);
+        for a multi-label y, the label indices ``0, ..., n_labels - 1``.
     lgm_ : lgmstm.LGM
         The trained network, of layer sizes
         ``[n_features_in_, *hidden_layer_sizes, n_outputs]`` with
-        ``n_outputs = 1`` for up to two classes, else ``n_classes``.
+        ``n_outputs = 1`` for up to two classes, else ``n_classes`` (or
+        ``n_labels``).
     loss_curve_ : ndarray of shape (n_iter_,), float64
-        Half the mean squared error of each epoch against the +-1 targets;
-        of every epoch since the network was made, with ``warm_start`` and
-        :meth:`partial_fit`.
+        The log-loss of each epoch (without alpha's penalty); of every epoch
+        since the network was made, with ``warm_start`` and :meth:`partial_fit`.
     %(mlp_attributes)s    n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,), object
@@ -1009,6 +1013,11 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
     """
 
     classes_: NDArray[Any]
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
 
     def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,),
                  activation: str = "tanh", *, solver: str = "adam", alpha: float = 0.0001,
@@ -1062,9 +1071,11 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         """
         keep = self._goes_on(self.warm_start)
         dtype = self._start_fit(keep)
-        X_valid, y_valid = validate_data(self, X, y, dtype=dtype, reset=not keep)
+        X_valid, y_valid = validate_data(self, X, y, dtype=dtype, reset=not keep,
+                                         multi_output=True)
         check_classification_targets(y_valid)
-        classes = np.unique(y_valid)
+        y_valid = self._labels(y_valid, keep)
+        classes = np.arange(y_valid.shape[1]) if y_valid.ndim == 2 else np.unique(y_valid)
         if keep and not np.array_equal(classes, self.classes_):
             raise ValueError(f"warm_start can only be used where y has the same classes as "
                              f"in the previous call to fit: previously {self.classes_}, "
@@ -1115,32 +1126,73 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             raise ValueError(f"classes={labels} is not the same as on the last call "
                              f"to partial_fit or fit, was: {self.classes_}")
         dtype = self._start_fit(keep)
-        X_valid, y_valid = validate_data(self, X, y, dtype=dtype, reset=not keep)
+        X_valid, y_valid = validate_data(self, X, y, dtype=dtype, reset=not keep,
+                                         multi_output=True)
         check_classification_targets(y_valid)
+        y_valid = self._labels(y_valid, keep)
         if labels is not None:
             self.classes_ = labels
-        unknown = np.setdiff1d(y_valid, self.classes_)
-        if unknown.size:
-            raise ValueError(f"y has classes not in classes_ {self.classes_}: {unknown}")
+        if y_valid.ndim == 2:
+            if y_valid.shape[1] != len(self.classes_):
+                raise ValueError(f"y has {y_valid.shape[1]} labels, classes_ "
+                                 f"{len(self.classes_)}")
+        else:
+            unknown = np.setdiff1d(y_valid, self.classes_)
+            if unknown.size:
+                raise ValueError(f"y has classes not in classes_ {self.classes_}: {unknown}")
         self._fit_labels(X_valid, y_valid, keep, True)
         return self
 
+    def _labels(self, y: NDArray[Any], keep: bool) -> NDArray[Any]:
+        """y as 1-d labels, or a 2-d multi-label indicator (the kind of the
+        fitted estimator's y when keep; a column vector warns as scikit-learn's)."""
+        multi_label = y.ndim == 2 and type_of_target(y) == "multilabel-indicator"
+        if keep and multi_label != self._multi_label:
+            raise ValueError(f"y is {'a' if multi_label else 'not a'} multi-label indicator, "
+                             f"but this {type(self).__name__} was fitted with "
+                             f"{'one' if self._multi_label else 'labels'}")
+        if multi_label:
+            return y
+        return column_or_1d(y, warn=True)
+
+    @property
+    def _multi_label(self) -> bool:
+        """Whether the network was made for a multi-label indicator y: a
+        sigmoid per label (two classes have one sigmoid output)."""
+        return self.lgm_.output == "sigmoid" and self.lgm_.layer_sizes[-1] > 1
+
     def _fit_labels(self, X: NDArray[Any], y: NDArray[Any], keep: bool,
                     incremental: bool) -> None:
-        """Train on the +-1 targets of the labels y, each one of classes_
-        (one epoch when incremental); the validation split of early
-        stopping keeps the classes in proportion."""
-        labels = np.searchsorted(self.classes_, y)
-        if len(self.classes_) <= 2:
-            Y = np.where(labels == 1, 1.0, -1.0)[:, None]
+        """Train on the log-loss of the labels y, each one of classes_, or of
+        the multi-label indicator y (one epoch when incremental); the
+        validation split of early stopping keeps the classes in proportion."""
+        if y.ndim == 2:
+            Y, output, stratify = y.astype(np.float64), "sigmoid", None
         else:
-            Y = np.full((len(labels), len(self.classes_)), -1.0)
-            Y[np.arange(len(labels)), labels] = 1.0
-        self._fit_network(X, Y.astype(X.dtype), "tanh", keep, incremental,
-                          _squared_error_scale(Y.shape[1]), 0.5, stratify=labels)
+            stratify = np.searchsorted(self.classes_, y)
+            if len(self.classes_) <= 2:
+                # One class: trained towards it, so that its probability is 1.
+                Y = (stratify == len(self.classes_) - 1).astype(np.float64)[:, None]
+                output = "sigmoid"
+            else:
+                Y = np.zeros((len(stratify), len(self.classes_)))
+                Y[np.arange(len(stratify)), stratify] = 1.0
+                output = "softmax"
+        # scikit-learn's log-loss is the network's (the mean over samples of
+        # the cross-entropy summed over outputs).
+        self._fit_network(X, Y.astype(X.dtype), output, keep, incremental, 1.0, 1.0,
+                          stratify=stratify)
+
+    def _tanh_network(self) -> bool:
+        """Whether lgm_ is a classifier's network from before the log-loss:
+        tanh outputs trained towards +-1."""
+        return self.lgm_.output == "tanh"
 
     def decision_function(self, X: ArrayLike) -> NDArray[Any]:
-        """The network's tanh outputs, in (-1, 1).
+        """Scores whose sign or largest entry gives the class: the log-odds
+        ``log p - log(1 - p)`` of each sigmoid output, the log-probabilities
+        of a softmax (its logits, up to a constant per sample), or, for a
+        classifier saved before the log-loss, its tanh outputs.
 
         Parameters
         ----------
@@ -1149,9 +1201,10 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
 
         Returns
         -------
-        scores : ndarray of shape (n_samples,) or (n_samples, n_classes), ``dtype``
-            One column per class for more than two classes, in the order of
-            ``classes_``; else 1-D, positive values favouring ``classes_[1]``.
+        scores : ndarray of shape (n_samples,) or (n_samples, n_outputs), ``dtype``
+            One column per class (or label) for more than two classes (or a
+            multi-label y), in the order of ``classes_``; else 1-D, positive
+            values favouring ``classes_[1]``.
 
         Raises
         ------
@@ -1160,11 +1213,27 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         ValueError
             X has the wrong number of features or holds NaN or inf.
         """
-        outputs = self._network_outputs(X)
-        return outputs[:, 0] if outputs.shape[1] == 1 else outputs
+        check_is_fitted(self)
+        if self._tanh_network():
+            scores = self._network_outputs(X)
+        else:
+            scores = self._log_outputs(X)
+            if self.lgm_.output == "sigmoid":
+                with np.errstate(divide="ignore"):
+                    scores = scores - np.log(-np.expm1(scores))
+        return scores[:, 0] if scores.shape[1] == 1 and not self._multi_label else scores
+
+    def _log_outputs(self, X: ArrayLike) -> NDArray[Any]:
+        """The network's log-probabilities (lgmstm.LGM.predict_log_proba)."""
+        if not self._ready_features(X):
+            X = validate_data(self, X, reset=False, dtype=self.lgm_.dtype)
+        log_proba: NDArray[Any] = self.lgm_.predict_log_proba(X)
+        return log_proba
 
     def predict(self, X: ArrayLike) -> NDArray[Any]:
-        """Class of the largest output (for two classes: ``classes_[1]`` when it is > 0).
+        """The most probable class (for two classes: ``classes_[1]`` when its
+        probability is above 1/2); for a multi-label y, the indicator of the
+        labels whose probability is above 1/2.
 
         Parameters
         ----------
@@ -1173,8 +1242,8 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
 
         Returns
         -------
-        y : ndarray of shape (n_samples,), dtype of ``classes_``
-            Predicted class labels.
+        y : ndarray of shape (n_samples,), dtype of ``classes_``, or (n_samples, n_labels)
+            Predicted class labels, or the 0/1 multi-label indicator.
 
         Raises
         ------
@@ -1184,6 +1253,8 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             X has the wrong number of features or holds NaN or inf.
         """
         scores = self.decision_function(X)
+        if self._multi_label:
+            return (scores > 0).astype(np.int64)
         if scores.ndim == 2:
             indices = scores.argmax(axis=1)
         elif len(self.classes_) == 2:
@@ -1193,7 +1264,11 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         return self.classes_[indices]
 
     def predict_proba(self, X: ArrayLike) -> NDArray[Any]:
-        """Class probabilities, ``(output + 1) / 2`` per class, rows summing to 1.
+        """Class probabilities: the network's outputs (for two classes, that
+        of ``classes_[1]`` beside its complement).
+
+        For a classifier saved before the log-loss: ``(output + 1) / 2`` of
+        its tanh outputs, normalised over more than two classes.
 
         Parameters
         ----------
@@ -1203,7 +1278,8 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         Returns
         -------
         proba : ndarray of shape (n_samples, n_classes), ``dtype``
-            Columns in the order of ``classes_``.
+            Columns in the order of ``classes_``; rows summing to 1 (a
+            multi-label y: each label's own probability).
 
         Raises
         ------
@@ -1213,18 +1289,22 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             X has the wrong number of features or holds NaN or inf.
         """
         outputs = self._network_outputs(X)
-        proba = np.clip((outputs + 1) / 2, 0, 1)
         if len(self.classes_) == 1:
-            return np.ones_like(proba)
-        if len(self.classes_) == 2:
-            return np.hstack([1 - proba, proba])
-        total = proba.sum(axis=1, keepdims=True)
-        empty = total[:, 0] == 0
-        proba[empty], total[empty] = 1, len(self.classes_)
-        return proba / total
+            return np.ones_like(outputs)
+        if self._tanh_network():
+            outputs = np.clip((outputs + 1) / 2, 0, 1)
+            if len(self.classes_) > 2:
+                total = outputs.sum(axis=1, keepdims=True)
+                empty = total[:, 0] == 0
+                outputs[empty], total[empty] = 1, len(self.classes_)
+                return outputs / total
+        if outputs.shape[1] == 1 and not self._multi_label:
+            return np.hstack([1 - outputs, outputs])
+        return outputs
 
     def predict_log_proba(self, X: ArrayLike) -> NDArray[Any]:
-        """Logarithm of :meth:`predict_proba` (-inf where a probability is 0).
+        """Logarithm of :meth:`predict_proba`, computed from the network's
+        logits without ``log(0)`` (:meth:`lgmstm.LGM.predict_log_proba`).
 
         Parameters
         ----------
@@ -1243,8 +1323,17 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         ValueError
             X has the wrong number of features or holds NaN or inf.
         """
-        with np.errstate(divide="ignore"):
-            return np.log(self.predict_proba(X))
+        check_is_fitted(self)
+        if self._tanh_network() or len(self.classes_) == 1:
+            with np.errstate(divide="ignore"):
+                return np.log(self.predict_proba(X))
+        log_proba = self._log_outputs(X)
+        if log_proba.shape[1] == 1 and not self._multi_label:
+            # log(1 - p) = log(-expm1(log p)): exact where p is near 1 (-inf
+            # only where log p rounds to 0, at logits beyond the dtype's range).
+            with np.errstate(divide="ignore"):
+                return np.hstack([np.log(-np.expm1(log_proba)), log_proba])
+        return log_proba
 
 
 for _estimator in (LGMRegressor, LGMClassifier):

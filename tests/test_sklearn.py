@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.special
 
 pytest.importorskip("sklearn", minversion="1.6")
 
@@ -171,21 +172,29 @@ def blobs():
     return centres[labels] + 0.5 * rng.standard_normal((150, 2)), labels
 
 
+def _logits(model, X):
+    """The network's last-layer logits, from coefs_ and intercepts_ in NumPy."""
+    hidden = X
+    for W, b in zip(model.coefs_[:-1], model.intercepts_[:-1]):
+        hidden = np.tanh(hidden @ W + b)
+    return hidden @ model.coefs_[-1] + model.intercepts_[-1]
+
+
 def test_multiclass_probabilities(blobs):
     X, labels = blobs
     names = np.array(["ant", "bee", "cat"])[labels]
     model = LGMClassifier(random_state=0).fit(X, names)
     np.testing.assert_array_equal(model.classes_, ["ant", "bee", "cat"])
-    assert model.lgm_.layer_sizes == (2, 100, 3) and model.lgm_.output == "tanh"
-    scores = model.decision_function(X)
+    assert model.lgm_.layer_sizes == (2, 100, 3) and model.out_activation_ == "softmax"
     proba = model.predict_proba(X)
-    assert scores.shape == proba.shape == (150, 3)
-    assert np.all((-1 < scores) & (scores < 1))
-    expected = (scores + 1) / 2
-    np.testing.assert_allclose(proba, expected / expected.sum(axis=1, keepdims=True))
+    logits = _logits(model, X)
+    np.testing.assert_allclose(proba, scipy.special.softmax(logits, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(model.predict_log_proba(X),
+                               scipy.special.log_softmax(logits, axis=1), rtol=1e-12)
+    scores = model.decision_function(X)
+    np.testing.assert_allclose(scores, np.log(proba), rtol=1e-12)
     np.testing.assert_allclose(proba.sum(axis=1), 1)
     np.testing.assert_array_equal(model.predict(X), model.classes_[proba.argmax(axis=1)])
-    np.testing.assert_allclose(model.predict_log_proba(X), np.log(proba))
     assert model.score(X, names) > 0.95  # measured 1.0 (separated blobs)
 
 
@@ -194,11 +203,17 @@ def test_binary_probabilities(blobs):
     keep = labels < 2
     X, y = X[keep], np.where(labels[keep] == 1, 7, -3)
     model = LGMClassifier(random_state=0).fit(X, y)
-    assert model.lgm_.layer_sizes == (2, 100, 1)
+    assert model.lgm_.layer_sizes == (2, 100, 1) and model.out_activation_ == "logistic"
+    logits = _logits(model, X)[:, 0]
     scores = model.decision_function(X)
     proba = model.predict_proba(X)
     assert scores.shape == (len(X),) and proba.shape == (len(X), 2)
-    np.testing.assert_allclose(proba[:, 1], (scores + 1) / 2)
+    np.testing.assert_allclose(scores, logits, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(proba[:, 1], scipy.special.expit(logits), rtol=1e-12)
+    np.testing.assert_allclose(model.predict_log_proba(X),
+                               np.column_stack([scipy.special.log_expit(-logits),
+                                                scipy.special.log_expit(logits)]),
+                               rtol=1e-9, atol=1e-300)
     np.testing.assert_allclose(proba.sum(axis=1), 1)
     np.testing.assert_array_equal(model.predict(X), np.where(scores > 0, 7, -3))
     assert model.score(X, y) > 0.95  # measured 1.0 (separated blobs)
