@@ -187,7 +187,8 @@ def _estimators():
                                            random_state=0), X, Y[:, 0]),
         "regressor-2-outputs-float32": (
             sklearn.LGMRegressor(hidden_layer_sizes=[5], max_iter=3, dtype="float32",
-                                 solver="sgd", nesterovs_momentum=False, random_state=np.random.RandomState(2)),
+                                 solver="sgd", nesterovs_momentum=False,
+                                 random_state=np.random.RandomState(2)),
             X, np.hstack([Y, -Y])),
         "classifier-text-labels": (
             sklearn.LGMClassifier(hidden_layer_sizes=5, max_iter=3, dtype=np.float32,

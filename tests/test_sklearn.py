@@ -53,7 +53,8 @@ def test_pipeline_grid_search_regression_diabetes():
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
     pipeline = Pipeline([("scale", StandardScaler()), ("lgm", LGMRegressor(random_state=0))])
     search = GridSearchCV(
-        pipeline, {"lgm__hidden_layer_sizes": [(4,), (32,)], "lgm__learning_rate_init": [1e-3, 1e-2]},
+        pipeline, {"lgm__hidden_layer_sizes": [(4,), (32,)],
+                   "lgm__learning_rate_init": [1e-3, 1e-2]},
         cv=KFold(3, shuffle=True, random_state=0))
     search.fit(X_train, y_train)
     ridge = make_pipeline(StandardScaler(), RidgeCV()).fit(X_train, y_train)

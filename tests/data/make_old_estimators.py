@@ -1,8 +1,9 @@
 """Write estimator files as lgmstm wrote them before the estimators took
 scikit-learn's MLP names (``epochs``, ``lr``, ``optimizer``), so that
-tests/test_mlp_dropin.py can check that they still load and predict the same:
+tests/test_mlp_dropin.py can check that they still load and predict the
+same:
 
-    PYTHONPATH=<a built tree of main at cfc702f> python tests/data/make_old_estimators.py tests/data/
+    PYTHONPATH=<main at cfc702f, built> python tests/data/make_old_estimators.py tests/data/
 
 writes ``estimator-regressor-cfc702f.npz`` (two outputs, the "momentum"
 optimizer), ``estimator-classifier-cfc702f.npz`` (three text classes) and
