@@ -41,6 +41,11 @@ def check_output(output: str, n_out: int) -> str:
                          "(for one binary target use output='sigmoid')")
     return output
 
+# validation_history_ of a model whose last training had no validation set
+# (read-only, so one array serves every model).
+NO_VALIDATION: NDArray[np.float64] = np.empty(0)
+NO_VALIDATION.flags.writeable = False
+
 # The kinds a saved file may hold (read_model_file): the models', and the
 # estimators' of lgmstm.sklearn.
 MODEL_KINDS = ("LGM", "STM")
@@ -94,6 +99,8 @@ class Model:
     _backend: str
     _output: str
     history_: NDArray[np.float64]
+    validation_history_: NDArray[np.float64]
+    best_epoch_: int | None
     _params: list[NDArray[Any]]
     _rng: np.random.Generator
     _lock: UseLock
@@ -107,6 +114,7 @@ class Model:
         self._rng = np.random.default_rng(check_seed("seed", seed))
         self._lock = UseLock()
         self.history_ = np.empty(0)
+        self.validation_history_, self.best_epoch_ = NO_VALIDATION, None
         self._optimizer_state = None
 
     # -- the architecture: read-only ----------------------------------------------
@@ -307,13 +315,18 @@ class Model:
                                               for arrays in state.moments]}
             return {**self._arguments(), "dtype": self.dtype.name, "backend": self.backend,
                     "params": [p.copy() for p in self._params], **self._memory(),
-                    "history_": self.history_, "rng": self._rng, "optimizer": optimizer}
+                    "history_": self.history_, "rng": self._rng, "optimizer": optimizer,
+                    "validation_history_": self.validation_history_,
+                    "best_epoch_": self.best_epoch_}
 
     def __setstate__(self, pickled: dict[str, Any]) -> None:
         self._construct(pickled, pickled["dtype"], pickled["backend"])
         for param, value in zip(self._params, pickled["params"]):
             param[...] = value
         self.history_, self._rng = pickled["history_"], pickled["rng"]
+        # Pickles before validation have neither.
+        self.validation_history_ = pickled.get("validation_history_", NO_VALIDATION)
+        self.best_epoch_ = pickled.get("best_epoch_")
         optimizer = pickled.get("optimizer")  # pickles before it have none
         if optimizer is not None:
             header = {key: optimizer[key] for key in ("name", "settings", "step")}
@@ -329,7 +342,8 @@ class Model:
         exactly where it stopped: the optimizer's state (see
         :meth:`reset_optimizer`), the state of the model's random generator
         (the default shuffling of ``fit``) and an STM's working memory, and
-        ``history_``. It is written to a temporary file beside ``path`` and
+        ``history_`` (with ``validation_history_`` and ``best_epoch_`` when
+        the last fit validated). It is written to a temporary file beside ``path`` and
         renamed over it, so ``path`` never holds half a model. Read it back
         with :func:`lgmstm.load`.
 
@@ -348,8 +362,11 @@ class Model:
         """
         config = self._config()
         with self._lock.reading():
+            validation = None
+            if self.best_epoch_ is not None or len(self.validation_history_):
+                validation = (self.validation_history_, self.best_epoch_)
             save_arrays(path, self.kind, self.dtype, config, self._named(self._params),
-                        self._saved_memory(), history=self.history_)
+                        self._saved_memory(), history=self.history_, validation=validation)
 
     @classmethod
     def _from_file(cls: type[_Model], stored: ModelFile, backend: str) -> _Model:
@@ -359,6 +376,9 @@ class Model:
                                         stored.path, backend)
         model._restore_memory(stored.memory, stored.path)
         model.history_ = stored.history()
+        model.validation_history_, model.best_epoch_ = stored.validation()
+        if not len(model.validation_history_):
+            model.validation_history_ = NO_VALIDATION
         return model
 
     def _saved_memory(self) -> dict[str, NDArray[Any]]:

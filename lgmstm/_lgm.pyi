@@ -55,6 +55,9 @@ class Network(Program):
         weights: NDArray[np.float64] | None = ...,  # IN (n_samples,)
     ) -> float:
         """Fill grads; return the (weighted) mean loss."""
+    def validation_data(self, X_val: NDArray[np.floating[Any]],
+                        Y_val: NDArray[np.floating[Any]]) -> tuple[Any, ...]:
+        """A TrainingRun's validation: the set and its forward pass's scratch."""
     def train(
         self,
         run: TrainingRun,

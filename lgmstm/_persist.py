@@ -9,7 +9,8 @@ Version 2 adds what the model remembers for training to go on exactly, under
 ``memory.*`` (lgmstm._base.Model._saved_memory: the generator's state and
 the optimizer's header as JSON text in string arrays, the optimizer's
 moments, an STM's working memory), the losses of its latest fit as
-``history`` and, for an estimator, ``estimator.*`` (lgmstm.sklearn); version 1
+``history`` (with a validation set also ``validation_history`` and
+``best_epoch``, -1 for none) and, for an estimator, ``estimator.*`` (lgmstm.sklearn); version 1
 files, which have none, are read as before. A reader skips the top-level
 entries it does not know, so files with ``history`` or ``estimator.*`` still
 load (without them) in a version-2 lgmstm that predates them. Writing goes
@@ -114,10 +115,12 @@ def read_sized(entry: Any, what: str, shape: tuple[int, ...], dtype: np.dtype[An
     return array
 
 
-def save_arrays(path, kind, dtype, config, params, memory, history=None, estimator=None):
+def save_arrays(path, kind, dtype, config, params, memory, history=None, estimator=None,
+                validation=None):
     """Write the file; memory and estimator: the ``memory.*`` and
     ``estimator.*`` entries, by name after the dot; history: the losses
-    of the latest fit (1-d float64)."""
+    of the latest fit (1-d float64); validation: None, or its validation
+    losses and best epoch (an int or None)."""
     path = checked_path(path)
     arrays: dict[str, Any] = {"format_version": np.asarray(FORMAT_VERSION, np.int64),
                               "kind": np.asarray(kind),
@@ -127,6 +130,10 @@ def save_arrays(path, kind, dtype, config, params, memory, history=None, estimat
     arrays.update({f"memory.{k}": v for k, v in memory.items()})
     if history is not None:
         arrays["history"] = np.asarray(history, np.float64)
+    if validation is not None:
+        validation_history, best_epoch = validation
+        arrays["validation_history"] = np.asarray(validation_history, np.float64)
+        arrays["best_epoch"] = np.asarray(-1 if best_epoch is None else best_epoch, np.int64)
     arrays.update({f"estimator.{k}": v for k, v in (estimator or {}).items()})
     directory = os.path.dirname(os.path.abspath(path))
     # Not mkstemp: its files are 0600; this one gets the umask's mode, as a
@@ -208,6 +215,23 @@ class ModelFile:
     memory: dict[str, StoredArray]
     estimator: dict[str, StoredArray]
     history_entry: StoredArray | None
+    validation_entries: tuple[StoredArray, StoredArray] | None = None
+
+    def validation(self) -> tuple[np.ndarray, int | None]:
+        """The validation losses and best epoch of the model's latest fit;
+        (empty, None) when the file holds none."""
+        if self.validation_entries is None:
+            return np.empty(0), None
+        history_entry, best_entry = self.validation_entries
+        if history_entry.ndim != 1 or history_entry.dtype != np.float64:
+            raise ValueError(f"{self.path}: validation_history must be a 1-d float64 array, "
+                             f"got shape {history_entry.shape} and dtype {history_entry.dtype}")
+        history = np.asarray(history_entry)
+        best = np.asarray(best_entry) if best_entry.ndim == 0 else None
+        if best is None or best.dtype.kind not in "iu" or not -1 <= int(best) < len(history):
+            raise ValueError(f"{self.path}: best_epoch must be a whole number in "
+                             f"[-1, {len(history)}), got {best_entry!r}")
+        return history, None if int(best) < 0 else int(best)
 
     def history(self) -> np.ndarray:
         """The losses of the model's latest fit; empty when the file holds none."""
@@ -264,8 +288,13 @@ def _model_file(path: str, archive: zipfile.ZipFile) -> ModelFile:
     model_file = ModelFile(path, version, kind, dtype, under("config.", small),
                            under("param.", entries), under("memory.", entries),
                            under("estimator.", entries), entries.get("history"))
+    if "validation_history" in entries or "best_epoch" in entries:
+        if "validation_history" not in entries or "best_epoch" not in entries:
+            raise ValueError(f"{path}: validation_history and best_epoch come together")
+        model_file.validation_entries = (entries["validation_history"], entries["best_epoch"])
     if version == 1 and (model_file.memory or model_file.estimator
-                         or model_file.history_entry is not None):
+                         or model_file.history_entry is not None
+                         or model_file.validation_entries is not None):
         raise ValueError(f"{path}: a format_version 1 file holds no memory.*, history or "
                          "estimator.* entries")
     return model_file
@@ -307,7 +336,8 @@ def _check_sizes(path: str, entries: dict[str, StoredArray]) -> None:
         raise ValueError(f"{path}: format_version, kind, dtype and config.* declare {total} "
                          f"bytes; a model file holds at most {SMALL_ENTRY_BYTES} there")
     unsized = [entry for name, entry in entries.items()
-               if (name == "history" or name.startswith(("memory.", "estimator.")))
+               if (name in ("history", "validation_history", "best_epoch")
+                   or name.startswith(("memory.", "estimator.")))
                and not name.startswith("memory.optimizer.moment")]
     declared = sum(entry.nbytes for entry in unsized)
     stored = sum(entry.compressed_size for entry in unsized)

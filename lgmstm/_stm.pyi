@@ -59,6 +59,12 @@ class Network(Program):
         weights: NDArray[np.float64] | None = ...,  # IN per output row, 0 at padded steps
     ) -> float:
         """Fill grads; return the (weighted) mean loss over the valid outputs."""
+    def validation_data(self, X_val: NDArray[np.floating[Any]],
+                        Y_val: NDArray[np.floating[Any]],
+                        lengths_val: NDArray[np.intp],
+                        weights_val: NDArray[np.float64] | None = None) -> tuple[Any, ...]:
+        """A TrainingRun's validation: the sequences, their forward pass's
+        buffers and the output rows' mask (a cross-entropy's), or None."""
     def train(
         self,
         run: TrainingRun,

@@ -14,6 +14,15 @@ BLAS_THREADING_WORK: Final[int]
 OPTIMIZER_CODES: Final[dict[str, int]]
 """The optimizers by name, as the compiled code numbers them."""
 
+SCHEDULE_CODES: Final[dict[str, int]]
+"""The learning-rate schedules by name, as the compiled code numbers them."""
+
+ADAPTIVE_DIVISOR: Final[float]
+"""The adaptive schedule divides lr by this after patience stale epochs."""
+
+MIN_ADAPTIVE_LR: Final[float]
+"""The adaptive schedule stops training when lr falls below this."""
+
 SHORT_FIT_WORK: Final[int]
 """The most multiply-adds an epoch of a short fit (one compiled call) may take."""
 
@@ -127,6 +136,30 @@ class TrainingRun:
         """Updates done so far."""
     @step.setter
     def step(self, value: int) -> None: ...
+    validation: Any
+    """The program's validation set (its validation_data), or None."""
+    validation_losses: NDArray[np.float64] | None
+    """OUT: a block's validation losses, one per epoch (or None)."""
+    def set_control(self, *, schedule: int = ..., power_t: float = ...,
+                    early_stopping: bool = ..., patience: int = ..., tol: float = ...,
+                    monitoring: bool = ..., kept: Iterable[NDArray[Any]] = ...) -> None:
+        """The end-of-epoch control: schedule, validation, early stopping."""
+    @property
+    def lr(self) -> float:
+        """The learning rate of the latest update."""
+    @property
+    def stopped(self) -> bool:
+        """Whether early stopping or the adaptive schedule stopped training."""
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch of the lowest monitored loss, or None."""
+    @property
+    def control_state(self) -> tuple[Any, ...]:
+        """Where the end-of-epoch control stands."""
+    @control_state.setter
+    def control_state(self, value: tuple[Any, ...]) -> None: ...
+    def restore_best(self) -> bool:
+        """Put back the best epoch's kept arrays and step (early stopping)."""
 
 @disjoint_base
 class KeptMemory:

@@ -29,6 +29,7 @@ from ._validation import (
     check_choice,
     check_fraction,
     check_int,
+    check_open_fraction,
     check_positive_float,
     check_seed,
 )
@@ -264,6 +265,74 @@ class TrainingInterrupted(KeyboardInterrupt):
 # -- the plan ------------------------------------------------------------------
 
 
+# The learning-rate schedules fit offers, by name (the compiled code's numbers).
+SCHEDULES: dict[str, int] = dict(_train.SCHEDULE_CODES)
+# The adaptive schedule's divisor, and the lr below which it stops training.
+ADAPTIVE_DIVISOR: float = _train.ADAPTIVE_DIVISOR
+MIN_ADAPTIVE_LR: float = _train.MIN_ADAPTIVE_LR
+PATIENCE, TOL, POWER_T = 10, 1e-4, 0.5
+
+
+class TrainingControl(NamedTuple):
+    """What happens at the end of each epoch of a fit (the compiled
+    driver's end_epoch, ReferenceTrainer's _end_epoch): the learning-rate
+    schedule, and early stopping on the monitored loss (the validation
+    loss when there is a validation set, else the training loss)."""
+
+    schedule: str = "constant"  # a key of SCHEDULES
+    power_t: float = POWER_T  # invscaling: lr / step**power_t
+    early_stopping: bool = False
+    patience: int = PATIENCE  # stale epochs before adaptive's lr / 5 or an early stop
+    tol: float = TOL  # an epoch improves when its loss < best - tol
+    validating: bool = False  # the fit has a validation set
+
+    @property
+    def monitoring(self) -> bool:
+        """Whether the end of an epoch has work to do."""
+        return self.validating or self.early_stopping or self.schedule == "adaptive"
+
+
+def at_control_defaults(validation_data, validation_fraction, early_stopping, patience, tol,
+                        lr_schedule, power_t) -> bool:
+    """Whether fit's validation and control arguments are all their
+    defaults, as given (the short fit takes only those)."""
+    return (validation_data is None and validation_fraction is None and early_stopping is False
+            and type(patience) is int and patience == PATIENCE
+            and type(tol) is float and tol == TOL
+            and type(lr_schedule) is str and lr_schedule == "constant"
+            and type(power_t) is float and power_t == POWER_T)
+
+
+def check_validation_set(X_val, Y_val, sample: str, *more):
+    """fit's validation set, converted by the model: non-empty and finite
+    (ValueError naming validation_data); (X_val, Y_val, *more)."""
+    if X_val.shape[0] == 0:
+        raise ValueError(f"validation_data: X_val must hold at least one {sample}, "
+                         f"got shape {X_val.shape}")
+    if not _train.all_finite((X_val, Y_val)):
+        raise ValueError("validation_data: X_val and Y_val must be finite (no NaN or inf)")
+    return (X_val, Y_val, *more)
+
+
+def held_out_count(n_samples: int, fraction: float) -> int:
+    """The samples validation_fraction holds out: ceil(fraction *
+    n_samples), at least one; ValueError when no training sample is left."""
+    n_held = int(np.ceil(fraction * n_samples))
+    if n_held >= n_samples:
+        raise ValueError(
+            f"validation_fraction={fraction} of {n_samples} samples holds out {n_held}, "
+            "leaving no training sample: it must leave at least one")
+    return n_held
+
+
+def held_out_rows(rng, n_samples: int, n_held: int,
+                  ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """(training rows, validation rows), each sorted: the last n_held
+    samples of a permutation drawn from rng are held out."""
+    permutation = rng.permutation(n_samples)
+    return np.sort(permutation[: n_samples - n_held]), np.sort(permutation[n_samples - n_held:])
+
+
 class FitPlan(NamedTuple):
     """fit's checked hyper-parameters."""
 
@@ -277,11 +346,18 @@ class FitPlan(NamedTuple):
     verbose: bool
     warm_start: bool
     order_for: Callable[[int], np.ndarray | None]
+    control: TrainingControl = TrainingControl()
+    # (training rows, validation rows) of validation_fraction, or None: the
+    # model trains on X[rows[0]] and validates on X[rows[1]].
+    held_out: tuple[NDArray[np.intp], NDArray[np.intp]] | None = None
 
 
 def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm, shuffle,
              seed, callback, verbose, warm_start, momentum=MOMENTUM, nesterov=False,
-             beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, weight_decay=0.0) -> FitPlan:
+             beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, weight_decay=0.0,
+             validation_data=False, validation_fraction=None, early_stopping=False,
+             patience=PATIENCE, tol=TOL, lr_schedule="constant",
+             power_t=POWER_T) -> FitPlan:
     """Check fit's data and hyper-parameters, the same way for LGM and STM.
 
     X and Y are the model's checked arrays, samples along the first axis;
@@ -292,6 +368,13 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
     (see train_model). momentum and nesterov (the "momentum" optimizer's),
     beta1, beta2 and eps (Adam's) are checked whatever the optimizer, and
     nesterov=True needs optimizer="momentum"; weight_decay >= 0.
+
+    validation_data: whether the model was given a validation set (checked
+    by the model); validation_fraction (None, or in (0, 1)) holds out rows
+    instead (plan.held_out, drawn from the shuffling's generator before any
+    epoch's order; the batch size is then the training rows'); not both.
+    early_stopping needs one of them. lr_schedule, power_t, patience and
+    tol: see TrainingControl.
     """
     n_samples = X.shape[0]
     if n_samples == 0:
@@ -317,15 +400,34 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
         raise TypeError(f"callback must be callable, got {callback!r}")
     if seed is not None:
         rng = np.random.default_rng(check_seed("seed", seed))
-    shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples
+    early_stopping = check_bool("early_stopping", early_stopping)
+    control = TrainingControl(
+        check_choice("lr_schedule", lr_schedule, SCHEDULES),
+        check_positive_float("power_t", power_t, allow_zero=True), early_stopping,
+        check_int("patience", patience, 1), check_positive_float("tol", tol, allow_zero=True),
+        bool(validation_data) or validation_fraction is not None)
+    n_held = 0
+    if validation_fraction is not None:
+        if validation_data:
+            raise ValueError("give validation_data or validation_fraction, not both")
+        fraction = check_open_fraction("validation_fraction", validation_fraction)
+        n_held = held_out_count(n_samples, fraction)
+        batch_size = min(batch_size, n_samples - n_held)
+    if early_stopping and not control.validating:
+        raise ValueError("early_stopping=True needs a validation set: give validation_data "
+                         "or validation_fraction")
+    shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples - n_held
     verbose = check_bool("verbose", verbose)
     warm_start = check_bool("warm_start", warm_start)
+    # Every argument checked: only now draw from the generator.
+    held_out = held_out_rows(rng, n_samples, n_held) if n_held else None
+    n_samples -= n_held
 
     def order_for(count):
         return _train.epoch_orders(rng, count, n_samples) if shuffled else None
 
     return FitPlan(epochs, lr, batch_size, optimizer, settings, weight_decay, clip_norm, verbose,
-                   warm_start, order_for)
+                   warm_start, order_for, control, held_out)
 
 
 # -- the loop ------------------------------------------------------------------
@@ -337,10 +439,23 @@ class Trainer(Protocol):
     params: list[NDArray[Any]]  # the model's parameters, trained in place
     trained_arrays: list[NDArray[Any]]  # every array training changes, params included
     step: int  # updates done
+    # Where the end-of-epoch control stands (schedule, best loss, stale
+    # epochs...): a replay of a block puts it back with the arrays.
+    control_state: tuple
+    validation_losses: NDArray[np.float64]  # the latest run's, one per epoch run (or empty)
+    stopped: bool  # early stopping, or the adaptive schedule's lr below MIN_ADAPTIVE_LR
+    best_epoch: int | None  # the epoch (of the fit) of the lowest monitored loss
+    diverged: bool  # set by run_epochs when a non-finite loss or parameter stopped it
 
     def run(self, order: NDArray[np.intp] | None, n_epochs: int) -> NDArray[np.float64]:
         """Train n_epochs epochs (in the sample orders given, one row an epoch,
-        or in sample order for None); their losses."""
+        or in sample order for None); the losses of the epochs run (fewer
+        when training stopped)."""
+        ...
+
+    def restore_best(self) -> bool:
+        """Early stopping: put back the arrays and step of the best epoch;
+        False when there is nothing to restore."""
         ...
 
 
@@ -357,8 +472,12 @@ def train_model(model, plan: FitPlan, make_trainer: Callable[[OptimizerState], T
     its step is written back at the end, so the model holds the state of
     its last finished epoch also after Ctrl-C or a divergence.
 
-    Sets model.history_, also when Ctrl-C stops training (then re-raises
-    TrainingInterrupted); finish(trainer), when given, runs at the end either way.
+    Sets model.history_, validation_history_ and best_epoch_, also when
+    Ctrl-C stops training (then re-raises TrainingInterrupted);
+    finish(trainer), when given, runs at the end either way. With early
+    stopping, a fit that runs all its epochs (or stops early) ends holding
+    its best epoch's parameters, moments and step (not after Ctrl-C or a
+    divergence: those keep the last finished epoch).
     """
     with model._lock.training():
         state = model._optimizer_state
@@ -367,25 +486,38 @@ def train_model(model, plan: FitPlan, make_trainer: Callable[[OptimizerState], T
             state = OptimizerState.fresh(plan.optimizer, model._params, plan.settings)
         trainer = make_trainer(state)
         model._optimizer_state = state
+        validation: list[NDArray[np.float64]] = []
+        finished = False
         try:
             model.history_ = run_epochs(trainer, plan.epochs, callback=callback,
                                         progress=_Progress(model.kind, plan.epochs, plan.verbose),
-                                        order_for=plan.order_for)
+                                        order_for=plan.order_for, validation=validation)
+            finished = True
         except TrainingInterrupted as exc:
             model.history_ = exc.history
             raise
         finally:
+            if finished and plan.control.early_stopping and not trainer.diverged:
+                trainer.restore_best()
+            model.validation_history_ = (np.concatenate(validation) if validation
+                                         else np.empty(0))
+            model.best_epoch_ = trainer.best_epoch if plan.control.validating else None
             state.step = trainer.step
             if finish is not None:
                 finish(trainer)
     return model.history_
 
 
-def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for):
+def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for, validation=None):
     """Drive trainer.run over blocks of epochs; return the per-epoch losses.
 
     order_for(n) gives the sample orders of the next n epochs (or None).
     With a callback each block is one epoch, so returning False stops at once.
+    validation: a list that receives each block's validation losses
+    (trainer.validation_losses). Training stops when the trainer says so
+    (trainer.stopped: early stopping or the adaptive schedule's end); its
+    control state (best loss, stale epochs) carries from block to block in
+    the trainer.
 
     Ctrl-C stops training after the current block and raises
     KeyboardInterrupt, the model holding the parameters of the last
@@ -400,13 +532,17 @@ def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for):
         while done < n_epochs and not interrupt.requested:
             count = min(block, n_epochs - done)
             order = order_for(count)
-            snapshot = [a.copy() for a in trainer.trained_arrays], trainer.step
+            snapshot = ([a.copy() for a in trainer.trained_arrays], trainer.step,
+                        trainer.control_state)
             started = time.perf_counter()
             block_losses = trainer.run(order, count)  # divergence is checked next
             elapsed = time.perf_counter() - started
             if not _finite(trainer, block_losses):
-                good = _replay_finite_epochs(trainer, snapshot, order, count)
+                trainer.diverged = True
+                good, good_validation = _replay_finite_epochs(trainer, snapshot, order, count)
                 blocks.append(good)
+                if validation is not None:
+                    validation.append(good_validation)
                 done += len(good)
                 kept = (f"the parameters after epoch {done - 1}" if done else
                         "the parameters the model had before this call")
@@ -416,14 +552,18 @@ def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for):
                     "Try a smaller lr.", DivergenceWarning, stacklevel=user_stacklevel())
                 break
             blocks.append(block_losses)
-            done += count
+            if validation is not None:
+                validation.append(trainer.validation_losses)
+            done += len(block_losses)
             last = float(block_losses[-1])
-            progress.update(done, last, final=done == n_epochs)
+            progress.update(done, last, final=done == n_epochs or trainer.stopped)
             if callback is not None:
                 if callback(done - 1, last) is False:
                     break
             else:
                 block = int(min(max(1, count * BLOCK_SECONDS / max(elapsed, 1e-6)), 2 * count + 1))
+            if trainer.stopped:
+                break
     losses = np.concatenate(blocks) if blocks else np.empty(0)
     if interrupt.requested:
         raise TrainingInterrupted(losses)
@@ -436,22 +576,26 @@ def _finite(trainer, losses):
 
 def _replay_finite_epochs(trainer, snapshot, order, count):
     """Restore the snapshot and redo the block epoch by epoch, stopping before
-    the first epoch whose loss or resulting parameters are not finite."""
+    the first epoch whose loss or resulting parameters are not finite; the
+    good epochs' losses and validation losses."""
     def restore(saved):
-        arrays, trainer.step = saved
+        arrays, trainer.step, trainer.control_state = saved
         for target, value in zip(trainer.trained_arrays, arrays):
             np.copyto(target, value)
 
     restore(snapshot)
-    good = []
+    good, good_validation = [], []
     for epoch in range(count):
-        before = [a.copy() for a in trainer.trained_arrays], trainer.step
+        before = [a.copy() for a in trainer.trained_arrays], trainer.step, trainer.control_state
         loss = trainer.run(None if order is None else order[epoch : epoch + 1], 1)
         if not _finite(trainer, loss):
             restore(before)
             break
         good.append(loss[0])
-    return np.asarray(good)
+        good_validation.extend(trainer.validation_losses)
+        if trainer.stopped:
+            break
+    return np.asarray(good, dtype=np.float64), np.asarray(good_validation, dtype=np.float64)
 
 
 class _Progress:
@@ -560,6 +704,10 @@ class CompiledTrainer:
     from the latest epoch. weights: the loss's weight of each sample (the
     LGM) or output row (the STM), float64, or None. The optimizer's
     settings are the state's; the weights (see decayed) take weight_decay.
+    validation: the program's validation set (its ``validation_data``), or
+    None; control: the schedule and early stopping (TrainingControl), run by
+    the compiled driver at each epoch's end, carried from block to block in
+    the run.
     """
 
     def __init__(self, network, X, Y, batch_size: int, optimizer: OptimizerState, lr: float,
@@ -568,7 +716,8 @@ class CompiledTrainer:
                  lengths: NDArray[np.intp] | None = None,
                  initial_states: NDArray[Any] | None = None,
                  final_states: NDArray[Any] | None = None,
-                 weights: NDArray[np.float64] | None = None) -> None:
+                 weights: NDArray[np.float64] | None = None, validation: Any = None,
+                 control: TrainingControl = TrainingControl()) -> None:
         self.network = network
         self.params: list[NDArray[Any]] = network.params
         moments = optimizer.moments  # trained in place
@@ -587,6 +736,33 @@ class CompiledTrainer:
             weight_decay=weight_decay, decayed=decayed(self.params), clip_norm=clip_norm or 0.0,
             step=optimizer.step, lengths=lengths, initial_states=initial_states,
             final_states=final_states, weights=weights, program=network.program)
+        self.run_data.validation = validation
+        self.run_data.set_control(
+            schedule=SCHEDULES[control.schedule], power_t=control.power_t,
+            early_stopping=control.early_stopping, patience=control.patience, tol=control.tol,
+            monitoring=control.monitoring, kept=self.trained_arrays)
+        self.validating = validation is not None
+        self.validation_losses = np.empty(0)
+        self.diverged = False
+
+    @property
+    def stopped(self) -> bool:
+        return self.run_data.stopped
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.run_data.best_epoch
+
+    @property
+    def control_state(self) -> tuple:
+        return self.run_data.control_state
+
+    @control_state.setter
+    def control_state(self, value: tuple) -> None:
+        self.run_data.control_state = value
+
+    def restore_best(self) -> bool:
+        return self.run_data.restore_best()
 
     @property
     def step(self) -> int:
@@ -599,10 +775,16 @@ class CompiledTrainer:
 
     def run(self, order: NDArray[np.intp] | None, n_epochs: int) -> NDArray[np.float64]:
         losses = np.empty(n_epochs)
+        validation_losses = np.empty(n_epochs if self.validating else 0)
+        self.run_data.validation_losses = validation_losses if self.validating else None
+        epochs_before = self.run_data.control_state[3]
         with single_threaded_blas(self.blas_work):
             self.network.program.train(self.run_data, self.no_order if order is None else order,
                                        losses, get_num_threads())
-        return losses
+        if self.run_data.stopped:  # stopped early: the epochs it ran
+            n_epochs = self.run_data.control_state[3] - epochs_before
+        self.validation_losses = validation_losses[:n_epochs]
+        return losses[:n_epochs]
 
 
 class ReferenceTrainer:
@@ -618,12 +800,16 @@ class ReferenceTrainer:
     updated in place, with its settings. ``weight_decay``: added to the
     gradient of every weight (see decayed), after clipping. ``carried``:
     arrays the batches update besides the parameters and moments (the
-    snapshots of run_epochs restore them).
+    snapshots of run_epochs restore them). ``validate``: the validation
+    loss with the current parameters, or None; ``control``: the schedule
+    and early stopping, as the compiled driver's end_epoch runs them.
     """
 
     def __init__(self, params, batch: Callable[[Any], tuple[float, list[NDArray[Any]]]],
                  n_samples, n_targets, batch_size, optimizer: OptimizerState, lr,
-                 clip_norm=None, carried=(), weight_decay=0.0):
+                 clip_norm=None, carried=(), weight_decay=0.0,
+                 validate: Callable[[], float] | None = None,
+                 control: TrainingControl = TrainingControl()):
         self.params, self.batch = params, batch
         self.n_samples, self.n_targets = n_samples, n_targets
         self.batch_size, self.optimizer, self.lr, self.clip_norm = (
@@ -634,6 +820,58 @@ class ReferenceTrainer:
         self.moments = [[arrays[i] for arrays in moments] for i in range(len(params))]
         self.step = optimizer.step
         self.trained_arrays = params + [a for arrays in moments for a in arrays] + list(carried)
+        self.validate, self.control, self.base_lr = validate, control, lr
+        self.validation_losses = np.empty(0)
+        self.best_epoch: int | None = None
+        self.stopped = self.restored = self.diverged = False
+        self.best_loss, self.epochs_done, self.stale = np.inf, 0, 0
+        self.best: tuple[list[NDArray[Any]], int] | None = None
+
+    @property
+    def control_state(self) -> tuple:
+        return (self.lr, self.best_loss, self.best_epoch, self.epochs_done, self.stale,
+                self.best, self.stopped, self.restored)
+
+    @control_state.setter
+    def control_state(self, value: tuple) -> None:
+        (self.lr, self.best_loss, self.best_epoch, self.epochs_done, self.stale,
+         self.best, self.stopped, self.restored) = value
+
+    def restore_best(self) -> bool:
+        if not self.control.early_stopping or self.best is None:
+            return False
+        if not self.restored:
+            arrays, self.step = self.best
+            for target, value in zip(self.trained_arrays, arrays):
+                np.copyto(target, value)
+            self.restored = True
+        return True
+
+    def _end_epoch(self, training_loss: float) -> float:
+        """As the compiled driver's end_epoch (lgmstm/_train.pyx): the
+        validation loss (NaN without one), the best and stale epochs, the
+        adaptive schedule and early stopping."""
+        control = self.control
+        validation_loss = np.nan
+        monitored = training_loss
+        if self.validate is not None:
+            validation_loss = monitored = self.validate()
+        self.stale = 0 if monitored < self.best_loss - control.tol else self.stale + 1
+        if monitored < self.best_loss:
+            self.best_loss, self.best_epoch = monitored, self.epochs_done
+            if control.early_stopping:
+                self.best = [a.copy() for a in self.trained_arrays], self.step
+        self.epochs_done += 1
+        if self.stale >= control.patience:
+            if control.schedule == "adaptive":
+                self.stale = 0
+                self.lr = self.lr / ADAPTIVE_DIVISOR
+                self.stopped = self.lr < MIN_ADAPTIVE_LR
+            else:
+                self.stopped = control.early_stopping
+            if self.stopped:
+                self.restore_best()
+        return validation_loss
 
     def run(self, order, n_epochs):
         # Overflow warnings would repeat what run_epochs' divergence check says.
@@ -642,7 +880,11 @@ class ReferenceTrainer:
 
     def _run(self, order, n_epochs):
         losses = np.empty(n_epochs)
+        validation_losses = np.empty(n_epochs)
+        n_run = 0
         for epoch in range(n_epochs):
+            if self.stopped:
+                break
             sum_squares = 0.0
             for start in range(0, self.n_samples, self.batch_size):
                 if order is None:
@@ -657,10 +899,16 @@ class ReferenceTrainer:
                         for grad in grads:
                             grad *= grad.dtype.type(self.clip_norm / norm)
                 self.step += 1
+                if self.control.schedule == "invscaling":
+                    self.lr = self.base_lr / float(self.step) ** self.control.power_t
                 for param, grad, moments, decay in zip(self.params, grads, self.moments,
                                                        self.decays):
                     reference.optimizer_step(
                         param, grad, moments, optimizer=self.optimizer, lr=self.lr,
                         **self.settings, weight_decay=decay, step=self.step)
             losses[epoch] = sum_squares / max(1, self.n_targets)
-        return losses
+            n_run += 1
+            if self.control.monitoring:
+                validation_losses[epoch] = self._end_epoch(losses[epoch])
+        self.validation_losses = validation_losses[:n_run if self.validate is not None else 0]
+        return losses[:n_run]

@@ -215,6 +215,36 @@ def check_fraction(name: str, value) -> float:
     return value
 
 
+def check_open_fraction(name: str, value) -> float:
+    """A real number in (0, 1): the share of the samples held out for validation."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in (0, 1), got {_describe(value)}")
+    value = float(value)
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
+    return value
+
+
+def check_validation_data(value, n_items: tuple[int, ...]) -> tuple:
+    """fit's validation_data: a tuple or list of n_items entries (one of
+    them), returned as a tuple; the entries are checked by the model."""
+    if not isinstance(value, (tuple, list)) or len(value) not in n_items:
+        counts = " or ".join(str(n) for n in n_items)
+        forms = "(X_val, Y_val)" + ("" if n_items == (2,) else " or (X_val, Y_val, lengths_val)")
+        raise TypeError(f"validation_data must be a tuple of {counts} arrays, {forms}, "
+                        f"got {_describe(value)}")
+    return tuple(value)
+
+
+def naming_validation_data(check, *arguments):
+    """check(*arguments), its TypeError or ValueError prefixed with
+    'validation_data: ' so that the message names fit's argument."""
+    try:
+        return check(*arguments)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"validation_data: {error}") from None
+
+
 def check_choice(name: str, value, choices) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

@@ -15,17 +15,23 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _dense, _lgm, reference
-from ._base import PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
+from ._base import NO_VALIDATION, PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
     ADAM_BETA1,
     ADAM_BETA2,
     ADAM_EPS,
     MOMENTUM,
+    PATIENCE,
+    POWER_T,
+    TOL,
     CompiledTrainer,
     ReferenceTrainer,
+    TrainingControl,
     TrainingWorkspace,
     add_weight_decay,
+    at_control_defaults,
+    check_validation_set,
     beyond_tanh,
     plan_fit,
     short_fit_state,
@@ -36,6 +42,8 @@ from ._training import (
 from ._validation import (
     MAX_DIM,
     as_array,
+    check_validation_data,
+    naming_validation_data,
     check_int,
     check_positive_float,
     check_product,
@@ -79,8 +87,10 @@ class _CompiledNetwork:
         return loss, grads
 
     def trainer(self, X, Y, batch_size, optimizer, lr, clip_norm=None, weight_decay=0.0,
-                weights=None):
-        """A CompiledTrainer continuing the OptimizerState `optimizer`."""
+                weights=None, validation=None, control=TrainingControl()):
+        """A CompiledTrainer continuing the OptimizerState `optimizer`;
+        weights: the samples' loss weights or None; validation: (X_val,
+        Y_val) or None."""
         dtype = X.dtype
 
         def make_workspace():
@@ -92,11 +102,14 @@ class _CompiledNetwork:
 
         # The model fixes X's and Y's widths: batch size and dtype are the key.
         grads, workspace = self.workspace.get((batch_size, dtype), make_workspace)
+        blas_work = self.program.blas_work(batch_size)
+        if validation is not None:
+            blas_work = max(blas_work, self.program.blas_work(validation[0].shape[0]))
+            validation = self.program.validation_data(*validation)
         return CompiledTrainer(self, X, Y, batch_size, optimizer, lr, grads=grads,
-                               workspace=workspace,
-                               blas_work=self.program.blas_work(batch_size),
+                               workspace=workspace, blas_work=blas_work,
                                clip_norm=clip_norm, weight_decay=weight_decay,
-                               weights=weights)
+                               weights=weights, validation=validation, control=control)
 
     def _short_run(self, X, Y, h0, batch_size, state, optimizer, settings):
         """The TrainingRun the short fit keeps (see _train.Program.fit_ready),
@@ -149,7 +162,7 @@ class _ReferenceNetwork:
         return loss, grads
 
     def trainer(self, X, Y, batch_size, optimizer, lr, clip_norm=None, weight_decay=0.0,
-                weights=None):
+                weights=None, validation=None, control=TrainingControl()):
         n_out = Y.shape[1]
 
         def batch(rows):
@@ -158,10 +171,14 @@ class _ReferenceNetwork:
             n_rows = len(range(X.shape[0])[rows]) if isinstance(rows, slice) else len(rows)
             return loss * reference.loss_count(self.output, batch_weights, n_rows, n_out), grads
 
+        def validate():
+            return self.gradients(*validation)[0]
+
         return ReferenceTrainer(
             self.params, batch, X.shape[0],
             reference.loss_count(self.output, weights, X.shape[0], n_out), batch_size,
-            optimizer, lr, clip_norm, weight_decay=weight_decay)
+            optimizer, lr, clip_norm, weight_decay=weight_decay,
+            validate=None if validation is None else validate, control=control)
 
 
 _NETWORKS: dict[str, type[_CompiledNetwork] | type[_ReferenceNetwork]] = {
@@ -219,6 +236,12 @@ class LGM(Model):
         Copies of ``layer{l}.weight`` (n_l, n_{l+1}) and ``layer{l}.bias`` (n_{l+1},).
     history_ : ndarray of shape (n_epochs,)
         Per-epoch losses of the last :meth:`fit` (one for :meth:`partial_fit`).
+    validation_history_ : ndarray of shape (n_epochs,) or (0,), float64
+        Per-epoch validation losses of the last :meth:`fit` (empty without
+        a validation set).
+    best_epoch_ : int or None
+        Index into ``history_`` of the epoch with the lowest validation
+        loss (the one early stopping restored); None without validation.
 
     Raises
     ------
@@ -472,7 +495,11 @@ class LGM(Model):
             seed: int | np.random.Generator | None = None,
             callback: Callable[[int, float], bool | None] | None = None,
             verbose: bool = False, warm_start: bool = False,
-            sample_weight: ArrayLike | None = None) -> NDArray[np.float64]:
+            sample_weight: ArrayLike | None = None,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+            validation_fraction: float | None = None, early_stopping: bool = False,
+            patience: int = PATIENCE, tol: float = TOL, lr_schedule: str = "constant",
+            power_t: float = POWER_T) -> NDArray[np.float64]:
         """Train by gradient descent on the loss of the model's output (see
         :meth:`loss`: squared error, or cross-entropy for "softmax" and
         "sigmoid"; plus, with weight_decay, ``weight_decay / 2 * sum(W**2)``
@@ -540,13 +567,47 @@ class LGM(Model):
             w_i`` (so in a full batch a weight of 2 is the sample twice); a
             batch whose weights are all zero has a zero gradient (it still
             counts as an optimizer step).
+        validation_data : (X_val, Y_val) or None, default None
+            A validation set, shaped and converted as X and Y. After every
+            epoch its loss (see :meth:`loss`, unweighted) is computed in the compiled loop
+            (no Python call per epoch) into ``validation_history_``.
+        validation_fraction : float in (0, 1) or None, default None
+            Instead of validation_data: hold out the last
+            ``ceil(validation_fraction * n_samples)`` samples of a
+            permutation drawn from the shuffling's generator (the seed's,
+            or the model's) and train on the others (each part keeps the
+            samples' order). Both parts must be non-empty.
+        early_stopping : bool, default False
+            Needs a validation set. After ``patience`` epochs in a row
+            without the validation loss falling below ``best - tol``,
+            stop; at the end of the fit (stopped or not) the model holds
+            exactly the parameters, optimizer moments and step count it
+            had after its best epoch (``best_epoch_``), the state a fit of
+            ``best_epoch_ + 1`` epochs would leave (Ctrl-C or a divergence
+            keep their last epoch instead). ``history_`` keeps every epoch run.
+        patience : int >= 1, default 10
+            Epochs without improvement before early stopping stops or the
+            "adaptive" schedule divides lr by 5 (scikit-learn's n_iter_no_change).
+        tol : float >= 0, default 1e-4
+            An epoch improves when its monitored loss falls below the best
+            so far minus tol.
+        lr_schedule : {"constant", "invscaling", "adaptive"}, default "constant"
+            "invscaling": update t (counted from 1 over the optimizer's
+            steps, warm starts included) uses ``lr / t**power_t``;
+            "adaptive": lr is divided by 5 after ``patience`` epochs without
+            the monitored loss (the validation loss, else the training loss)
+            falling below ``best - tol``, and training stops once lr < 1e-6
+            (scikit-learn's MLP schedules). Either applies to every optimizer.
+        power_t : float >= 0, default 0.5
+            The exponent of "invscaling".
 
         Returns
         -------
         losses : ndarray of shape (n_epochs_run,), float64
             The loss of each epoch (see :meth:`loss`, weighted as the
             batches are), each batch measured before its update. Also kept
-            as ``history_``.
+            as ``history_`` (fewer than ``epochs`` when early stopping or
+            the adaptive schedule stopped training).
 
         Raises
         ------
@@ -583,7 +644,9 @@ class LGM(Model):
             that called fit (or partial_fit).
         """
         if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
-                and seed is None and sample_weight is None:
+                and seed is None and sample_weight is None and at_control_defaults(
+                    validation_data, validation_fraction, early_stopping, patience, tol,
+                    lr_schedule, power_t):
             losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
                                      warm_start, (momentum, nesterov, beta1, beta2, eps),
                                      weight_decay)
@@ -592,18 +655,34 @@ class LGM(Model):
         X = self._inputs(X)
         Y = self._targets(Y, X.shape[0])
         weights = self._sample_weight(sample_weight, X.shape[0])
+        validation = None
+        if validation_data is not None:
+            X_val, Y_val = check_validation_data(validation_data, (2,))
+            X_val = naming_validation_data(self._inputs, X_val)
+            Y_val = naming_validation_data(self._targets, Y_val, X_val.shape[0])
+            validation = check_validation_set(X_val, Y_val, "sample")
         plan = plan_fit(self._rng, X, Y, sample="sample", epochs=epochs, lr=lr,
                         batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
                         shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,
                         warm_start=warm_start, momentum=momentum, nesterov=nesterov,
-                        beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+                        beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                        validation_data=validation is not None,
+                        validation_fraction=validation_fraction,
+                        early_stopping=early_stopping, patience=patience, tol=tol,
+                        lr_schedule=lr_schedule, power_t=power_t)
         if self._output == "tanh" and beyond_tanh(Y):
             warn_beyond_tanh(Y)
+        if plan.held_out is not None:
+            rows, held = plan.held_out
+            validation = X[held], Y[held]
+            X, Y = X[rows], Y[rows]
+            weights = None if weights is None else weights[rows]
         return train_model(
             self, plan, lambda state: self._network.trainer(
                 X, Y, plan.batch_size, state, plan.lr, plan.clip_norm, plan.weight_decay,
-                weights),
+                weights, validation, plan.control),
             callback)
+
 
     def partial_fit(self, X: ArrayLike, Y: ArrayLike, *, lr: float,
                     batch_size: int | None = None, optimizer: str = "sgd",
@@ -671,6 +750,7 @@ class LGM(Model):
             momentum, nesterov, beta1, beta2, eps, weight_decay)
         if losses is not None:
             self.history_ = losses
+            self.validation_history_, self.best_epoch_ = NO_VALIDATION, None
             if self._output == "tanh" and beyond_tanh(Y):
                 warn_beyond_tanh(Y)
         return losses

@@ -15,17 +15,23 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _stm, reference
-from ._base import PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
+from ._base import NO_VALIDATION, PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (
     ADAM_BETA1,
     ADAM_BETA2,
     ADAM_EPS,
     MOMENTUM,
+    PATIENCE,
+    POWER_T,
+    TOL,
     CompiledTrainer,
     ReferenceTrainer,
+    TrainingControl,
     TrainingWorkspace,
     add_weight_decay,
+    at_control_defaults,
+    check_validation_set,
     beyond_tanh,
     plan_fit,
     short_fit_state,
@@ -46,6 +52,8 @@ from ._validation import (
     check_state,
     check_streams,
     check_targets,
+    check_validation_data,
+    naming_validation_data,
 )
 
 __all__ = ["STM"]
@@ -106,7 +114,11 @@ class _CompiledRecurrent:
         return loss, grads
 
     def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0,
-                weights=None):
+                weights=None, validation=None, control=TrainingControl()):
+        """A CompiledTrainer continuing the OptimizerState `optimizer`;
+        weights: the output rows' loss weights or None; validation: (X_val,
+        Y_val, lengths_val, weights_val) or None (weights_val: the rows'
+        mask for a cross-entropy, or None)."""
         n_samples, n_steps, n_in = X.shape
         n_hidden = int(self.sizes[1])
         Y = Y.reshape(-1)
@@ -122,12 +134,20 @@ class _CompiledRecurrent:
 
         # The model fixes everything else (targets_per_sample follows from n_steps).
         grads, workspace = self.workspace.get((batch_size, n_steps, dtype), make_workspace)
+        blas_work = self.program.blas_work(batch_size, n_steps)
+        if validation is not None:
+            X_val, Y_val, lengths_val, weights_val = validation
+            blas_work = max(blas_work, self.program.blas_work(*X_val.shape[:2]))
+            validation = self.program.validation_data(
+                X_val, Y_val.reshape(-1), lengths_val,
+                None if weights_val is None else weights_val.reshape(-1))
         return CompiledTrainer(
             self, X, Y, batch_size, optimizer, lr, grads=grads, workspace=workspace,
-            blas_work=self.program.blas_work(batch_size, n_steps), clip_norm=clip_norm,
+            blas_work=blas_work, clip_norm=clip_norm,
             weight_decay=weight_decay, lengths=lengths, initial_states=h0,
             final_states=np.zeros((n_samples, n_hidden), dtype),
-            weights=None if weights is None else weights.reshape(-1))
+            weights=None if weights is None else weights.reshape(-1), validation=validation,
+            control=control)
 
     def _short_run(self, X, Y, h0, batch_size, state, optimizer, settings):
         """The TrainingRun the short fit keeps (see _train.Program.fit_ready),
@@ -226,10 +246,15 @@ class _ReferenceRecurrent:
         grads = [d_input_weight, d_recurrent_weight, d_bias, d_readout_weight, d_readout_bias]
         return loss * rescale, grads, final
 
+    def validation_loss(self, X, Y, lengths, weights):
+        """The loss over the valid outputs (weights: the rows' mask, or
+        None), from zero states."""
+        return self.step_gradients(X, Y, None, lengths, weights)[0]
+
     def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0,
-                weights=None):
+                weights=None, validation=None, control=TrainingControl()):
         return _ReferenceTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
-                                 weight_decay, weights)
+                                 weight_decay, weights, validation, control)
 
 
 class _ReferenceTrainer(ReferenceTrainer):
@@ -237,7 +262,7 @@ class _ReferenceTrainer(ReferenceTrainer):
     final state, from the latest epoch."""
 
     def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
-                 weight_decay, weights=None):
+                 weight_decay, weights=None, validation=None, control=TrainingControl()):
         final_states = np.zeros((X.shape[0], network.n_hidden), X.dtype)
         n_out = network.n_out
 
@@ -257,9 +282,13 @@ class _ReferenceTrainer(ReferenceTrainer):
                 batch_weights)
             return loss * count(batch_lengths, batch_weights), grads
 
+        def validate():
+            return network.validation_loss(*validation)
+
         super().__init__(network.params, batch, X.shape[0], count(lengths, weights), batch_size,
                          optimizer, lr, clip_norm, carried=[final_states],
-                         weight_decay=weight_decay)
+                         weight_decay=weight_decay,
+                         validate=None if validation is None else validate, control=control)
         self.final_states = final_states
 
 
@@ -372,6 +401,12 @@ class STM(Model):
         models); None when empty.
     history_ : ndarray of shape (n_epochs,)
         Per-epoch losses of the last :meth:`fit` (one for :meth:`partial_fit`).
+    validation_history_ : ndarray of shape (n_epochs,) or (0,), float64
+        Per-epoch validation losses of the last :meth:`fit` (empty without
+        a validation set).
+    best_epoch_ : int or None
+        Index into ``history_`` of the epoch with the lowest validation
+        loss (the one early stopping restored); None without validation.
     """
 
     kind = "STM"
@@ -928,7 +963,11 @@ class STM(Model):
             callback: Callable[[int, float], bool | None] | None = None,
             verbose: bool = False, lengths: ArrayLike | None = None,
             warm_start: bool = False,
-            sample_weight: ArrayLike | None = None) -> NDArray[np.float64]:
+            sample_weight: ArrayLike | None = None,
+            validation_data: tuple[ArrayLike, ...] | None = None,
+            validation_fraction: float | None = None, early_stopping: bool = False,
+            patience: int = PATIENCE, tol: float = TOL, lr_schedule: str = "constant",
+            power_t: float = POWER_T) -> NDArray[np.float64]:
         """Train by backpropagation through time on the loss of the output
         (see :meth:`loss`: squared error, or cross-entropy for "softmax" and
         "sigmoid").
@@ -979,12 +1018,22 @@ class STM(Model):
             ``return_sequences``, per step (n_samples, n_steps). Each batch
             minimises its weighted mean over its valid outputs (in a full
             batch a weight of 2 is the sequence twice).
+        validation_data : (X_val, Y_val) or (X_val, Y_val, lengths_val), optional
+            Validation sequences, shaped and converted as X, Y and lengths
+            (their own n_steps allowed); each starts from a zero state
+            (also for a stateful model). Their loss (see :meth:`loss`)
+            after every epoch is computed in the compiled loop into
+            ``validation_history_``.
+        validation_fraction, early_stopping, patience, tol, lr_schedule, power_t
+            As for :meth:`lgmstm.LGM.fit` (the held-out samples are
+            sequences; a stateful model takes validation_data only).
 
         Returns
         -------
         losses : ndarray of shape (n_epochs_run,), float64
             The loss (see :meth:`loss`) of each epoch, each batch measured
-            before its update. Also kept as ``history_``.
+            before its update. Also kept as ``history_`` (fewer than
+            ``epochs`` when early stopping or the adaptive schedule stopped).
 
         A stateful model starts every epoch from :attr:`state` (gradients do
         not flow into it: truncated BPTT) and afterwards holds the final
@@ -1021,7 +1070,9 @@ class STM(Model):
             that called fit (or partial_fit).
         """
         if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
-                and seed is None and lengths is None and sample_weight is None:
+                and seed is None and lengths is None and sample_weight is None \
+                and at_control_defaults(validation_data, validation_fraction, early_stopping,
+                                        patience, tol, lr_schedule, power_t):
             losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
                                      warm_start, (momentum, nesterov, beta1, beta2, eps),
                                      weight_decay)
@@ -1030,13 +1081,37 @@ class STM(Model):
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
         weights = self._row_weights(sample_weight, lengths, X.shape[1])
+        validation = None
+        if validation_data is not None:
+            X_val, Y_val, *more = check_validation_data(validation_data, (2, 3))
+            X_val, lengths_val = naming_validation_data(self._inputs, X_val,
+                                                        more[0] if more else None)
+            Y_val = naming_validation_data(self._targets, Y_val, X_val, lengths_val)
+            validation = check_validation_set(X_val, Y_val, "sequence", lengths_val)
+        if validation_fraction is not None and self._stateful:
+            raise ValueError("validation_fraction: a stateful STM trains streams, which "
+                             "cannot be split; give validation_data")
         plan = plan_fit(self._rng, X, Y, sample="sequence", epochs=epochs, lr=lr,
                         batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
                         shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,
                         warm_start=warm_start, momentum=momentum, nesterov=nesterov,
-                        beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+                        beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                        validation_data=validation is not None,
+                        validation_fraction=validation_fraction,
+                        early_stopping=early_stopping, patience=patience, tol=tol,
+                        lr_schedule=lr_schedule, power_t=power_t)
         if self._output == "tanh" and beyond_tanh(Y):
             warn_beyond_tanh(Y)
+        if plan.held_out is not None:
+            rows, held = plan.held_out
+            validation = X[held], Y[held], lengths[held]
+            X, Y, lengths = X[rows], Y[rows], lengths[rows]
+            weights = None if weights is None else weights[rows]
+        if validation is not None:
+            # A cross-entropy's padded steps weigh 0 (the validation loss is unweighted).
+            X_val, Y_val, lengths_val = validation
+            validation = (X_val, Y_val, lengths_val,
+                          self._row_weights(None, lengths_val, X_val.shape[1]))
 
         def keep_final_states(trainer: CompiledTrainer | _ReferenceTrainer) -> None:
             if self._stateful and len(self.history_):
@@ -1046,7 +1121,8 @@ class STM(Model):
             self, plan,
             lambda state: self._network.trainer(X, Y, lengths, self._initial_state(X.shape[0]),
                                                 plan.batch_size, state, plan.lr,
-                                                plan.clip_norm, plan.weight_decay, weights),
+                                                plan.clip_norm, plan.weight_decay, weights,
+                                                validation, plan.control),
             callback, finish=keep_final_states)
 
     def partial_fit(self, X: ArrayLike, Y: ArrayLike, *, lr: float,
@@ -1101,6 +1177,7 @@ class STM(Model):
             weight_decay)
         if losses is not None:
             self.history_ = losses
+            self.validation_history_, self.best_epoch_ = NO_VALIDATION, None
             if self._stateful:
                 self._state = final
             if self._output == "tanh" and beyond_tanh(Y):

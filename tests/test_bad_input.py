@@ -443,6 +443,20 @@ FIT_HYPER = [
     ("shuffle", np.array([1, 2]), None), ("verbose", np.array([1, 2]), None),
     ("warm_start", "yes", None), ("warm_start", None, None), ("warm_start", 1, None),
     ("warm_start", np.array([True]), None),
+    ("validation_fraction", 0, None), ("validation_fraction", 1, None),
+    ("validation_fraction", 1.5, None), ("validation_fraction", -0.1, None),
+    ("validation_fraction", float("nan"), None), ("validation_fraction", "0.2", None),
+    ("validation_fraction", True, None),
+    ("validation_fraction", 0.99, None),
+    ("validation_data", "abc", None), ("validation_data", (1, 2, 3, 4), None),
+    ("validation_data", np.zeros((5, 3)), None),
+    ("early_stopping", True, None), ("early_stopping", "yes", None),
+    ("early_stopping", None, None),
+    ("patience", 0, None), ("patience", 1.5, None), ("patience", None, None),
+    ("tol", -1e-4, None), ("tol", float("nan"), None), ("tol", "0", None),
+    ("lr_schedule", "optimal", None), ("lr_schedule", None, None),
+    ("lr_schedule", "Adaptive", None),
+    ("power_t", -0.5, None), ("power_t", float("inf"), None), ("power_t", "0.5", None),
 ]
 
 
@@ -739,3 +753,62 @@ def test_warm_start_needs_the_same_classes_and_outputs():
         with pytest.raises(ValueError, match="3 features"):
             call(X[:, :2], y)
     assert classifier.n_iter_ == regressor.n_iter_ == 1
+
+
+def _validation_cases():
+    """(id, make(X, Y) -> validation_data or fit keywords): validation sets
+    that do not fit the model, each refused with a message naming
+    validation_data (or the argument at fault)."""
+    def shrunk(a):
+        return a[..., :-1]
+
+    return [
+        ("X-features", lambda X, Y: {"validation_data": (shrunk(X), Y)}),
+        ("Y-width", lambda X, Y: {"validation_data": (X, shrunk(Y))}),
+        ("Y-samples", lambda X, Y: {"validation_data": (X, Y[1:])}),
+        ("X-extra-dim", lambda X, Y: {"validation_data": (X[..., None], Y)}),
+        ("X-strings", lambda X, Y: {"validation_data": (X.astype(str), Y)}),
+        ("X-complex", lambda X, Y: {"validation_data": (X.astype(complex), Y)}),
+        ("Y-None", lambda X, Y: {"validation_data": (X, None)}),
+        ("empty", lambda X, Y: {"validation_data": (X[:0], Y[:0])}),
+        ("X-nan", lambda X, Y: {"validation_data": (np.where(X == X.flat[0], np.nan, X), Y)}),
+        ("Y-inf", lambda X, Y: {"validation_data": (X, np.full_like(Y, np.inf))}),
+        ("one-array", lambda X, Y: {"validation_data": (X,)}),
+        ("list-of-rows", lambda X, Y: {"validation_data": [X]}),
+    ]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _validation_cases()])
+@pytest.mark.parametrize("model", MODELS, ids=str)
+def test_fit_refuses_bad_validation_data(model, case):
+    make = dict(_validation_cases())[case]
+    X, Y = model_data(model, DIMS["n"])
+
+    def run(backend):
+        instance = model.make(seed=0, backend=backend)
+        before = _snapshot(instance)
+        try:
+            instance.fit(X, Y, epochs=2, lr=0.1, **make(X.copy(), Y.copy()))
+        finally:
+            _assert_unchanged(instance, before)
+    _refused_everywhere(run, ("validation_data",))
+
+
+@pytest.mark.parametrize("model", MODELS, ids=str)
+def test_fit_refuses_validation_data_and_fraction_together(model):
+    X, Y = model_data(model, DIMS["n"])
+    _refused_everywhere(
+        lambda backend: model.make(seed=0, backend=backend).fit(
+            X, Y, epochs=1, lr=0.1, validation_data=(X, Y), validation_fraction=0.2),
+        ("validation_fraction",), ValueError)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=str)
+def test_validation_fraction_must_leave_a_training_sample(model):
+    X, Y = model_data(model, 2)
+    # ceil(0.9 * 2) = 2 held out: nothing to train on; 0.5 holds out one.
+    _refused_everywhere(
+        lambda backend: model.make(seed=0, backend=backend).fit(
+            X, Y, epochs=1, lr=0.1, validation_fraction=0.9),
+        ("validation_fraction",), ValueError)
+    model.make(seed=0).fit(X, Y, epochs=1, lr=0.1, validation_fraction=0.5)

@@ -32,13 +32,14 @@ from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
                             group_panels, padded_width, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport (BLAS_THREADING_WORK, CHUNK_ROWS, SHORT_FIT_WORK,
+from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, CHUNK_ROWS, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
 from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_loss,
-                           output_rows, panel_squared_error, weight_sum)
+                           output_loss_blocks, output_rows, panel_squared_error,
+                           squared_error, weight_sum)
 from lgmstm._rows cimport gather_rows
 from lgmstm._tanh cimport tanh_rows
-from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
+from lgmstm._train cimport (CONSTANT, BatchStep, KeptMemory, Parameters, PointerTable, Program,
                             TrainingPlan, TrainingRun, UseLock, data_or_null, is_ready_matrix,
                             kernel_threads, parameters_of, plan_of, run_epochs)
 
@@ -191,6 +192,20 @@ cdef class Network(Program):
                 self.sizes, self.n_layers, self.output_tanh, self.loss, weight_data,
                 activation_table.data, delta_table.data, &partials[0], 0, n_threads)
         return total * scale
+
+    def validation_data(self, X_val, Y_val):
+        """What a TrainingRun's validation holds for the validation set
+        (X_val, Y_val), C-contiguous in the model's dtype: the data and the
+        scratch of its forward pass and loss (one (n_val, sizes[l + 1])
+        array per layer, the loss's gradient (n_val, n_out), its partial
+        sums)."""
+        cdef Py_ssize_t n_val = X_val.shape[0], n_out = self.sizes[self.n_layers]
+        scratch = [np.empty((n_val, self.sizes[layer + 1]), X_val.dtype)
+                   for layer in range(self.n_layers)]
+        scratch.append(np.empty((n_val, n_out), X_val.dtype))
+        scratch.append(np.empty(max(n_tasks(n_val * n_out, BLOCK_ELEMS),
+                                    output_loss_blocks(n_val))))
+        return (X_val, Y_val, PointerTable(scratch))
 
     def train(self, TrainingRun run, const Py_ssize_t[:, ::1] order,
               double[::1] epoch_losses, int n_threads):
@@ -476,6 +491,11 @@ cdef struct Batches:
     const void *Y
     void **workspace        # see Network.train
     double *partials
+    # The validation set (Network.validation_data), or n_val 0.
+    const void *X_val
+    const void *Y_val
+    Py_ssize_t n_val
+    void **validation_scratch
     # The panel layout (in_panel_layout), its groups, Xt, Yt and per layer its
     # activations, deltas, sample-major deltas and products (panel_rows).
     bint in_panel_layout, gather_each_batch, gathered
@@ -541,6 +561,33 @@ cdef double lgm_batch_step(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
     return lgm_batch(<float *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
 
 
+cdef double lgm_validation(floating *dtype, Batches *batches, int n_threads) noexcept nogil:
+    """The model's loss over the validation set (see ValidationStep in
+    _train.pxd): the mean squared error per output, or the mean
+    cross-entropy per sample; forward pass and loss, no gradients."""
+    cdef Py_ssize_t n_layers = batches.n_layers
+    cdef Py_ssize_t n_values = batches.n_val * batches.n_out
+    cdef void **scratch = batches.validation_scratch
+    network_forward(<const floating *> batches.X_val, batches.n_val, batches.params,
+                    batches.sizes, n_layers, batches.output_tanh, scratch, n_threads)
+    if batches.loss == SQUARED_ERROR:
+        return squared_error(<floating *> scratch[n_layers - 1],
+                             <const floating *> batches.Y_val, <floating *> scratch[n_layers],
+                             n_values, 1.0, <double *> scratch[n_layers + 1],
+                             n_threads) / max(1, n_values)
+    return output_loss(batches.loss, <floating *> scratch[n_layers - 1],
+                       <const floating *> batches.Y_val, NULL, <floating *> scratch[n_layers],
+                       batches.n_val, batches.n_out, 1.0, <double *> scratch[n_layers + 1],
+                       n_threads) / max(1, batches.n_val)
+
+
+cdef double lgm_validation_step(void *batches, int n_threads) noexcept nogil:
+    """The ValidationStep: lgm_validation in the batch's dtype."""
+    if (<Batches *> batches).itemsize == sizeof(double):
+        return lgm_validation(<double *> NULL, <Batches *> batches, n_threads)
+    return lgm_validation(<float *> NULL, <Batches *> batches, n_threads)
+
+
 cdef void train_network(floating *dtype, Network network, TrainingRun run,
                         const Py_ssize_t *order, double *epoch_losses, Py_ssize_t n_epochs,
                         int n_threads) except *:
@@ -558,15 +605,25 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef floating **panel_rows = NULL
     cdef floating *next_rows
     cdef Optimizer *optimizer = &run.optimizer
+    cdef PointerTable validation_scratch
     cdef bint sgd = (optimizer.kind == SGD and run.clip_norm == 0
-                     and optimizer.weight_decay == 0)
+                     and optimizer.weight_decay == 0 and run.control.schedule == CONSTANT)
     cdef const double *weights = <const double *> data_or_null(run.weights)
-    # Plain SGD is fused into the backward pass; the others (and SGD with
-    # clipping or weight decay) update after it. An epoch's loss is its
-    # summed loss over the (weighted) count loss_scale divides by.
+    # Plain SGD at a constant lr is fused into the backward pass; the others
+    # (and SGD with clipping, weight decay or a schedule) update after it. An
+    # epoch's loss is its summed loss over the (weighted) count loss_scale
+    # divides by.
     plan = plan_of(run, order, epoch_losses, n_epochs, n_samples,
                    weight_sum(weights, n_samples)
                    * (n_out if network.loss == SQUARED_ERROR else 1), sgd)
+    batches.n_val = 0
+    if run.validation is not None and plan.validation_losses != NULL:
+        batches.X_val = cnp.PyArray_DATA(<cnp.ndarray> run.validation[0])
+        batches.Y_val = cnp.PyArray_DATA(<cnp.ndarray> run.validation[1])
+        batches.n_val = cnp.PyArray_DIMS(<cnp.ndarray> run.validation[0])[0]
+        validation_scratch = run.validation[2]
+        batches.validation_scratch = validation_scratch.data
+        plan.validate = lgm_validation_step
     batches.itemsize = sizeof(floating)
     batches.params = network.params.data
     batches.targets = network.params.data if sgd else run.grads.data

@@ -294,6 +294,21 @@ cdef class Network(Program):
                                self.sizes[2], self.return_sequences)
         return total / count if count > 0 else 0.0
 
+    def validation_data(self, X_val, Y_val, lengths_val, weights_val=None):
+        """What a TrainingRun's validation holds for the validation
+        sequences X_val (n_val, n_steps_val, n_in), Y_val (flattened, 0 at
+        padded steps) and lengths_val (intp), C-contiguous in the model's
+        dtype, each starting from a zero state: the data, the buffers of
+        the forward pass (buffer_shapes, backward=False) and weights_val,
+        the output rows' weights (float64, 1 valid, 0 padded: a
+        cross-entropy's mask) or None."""
+        cdef Py_ssize_t n_val = X_val.shape[0], n_steps = X_val.shape[1]
+        shapes = buffer_shapes(n_val, n_steps, self.sizes[0], self.sizes[1], self.sizes[2],
+                               self.return_sequences, False)
+        buffers = [np.empty(shape, X_val.dtype if kind is None else kind)
+                   for shape, kind in shapes]
+        return (X_val, Y_val, lengths_val, _buffer_table(buffers), weights_val)
+
     def train(self, TrainingRun run, const Py_ssize_t[:, ::1] order,
               double[::1] epoch_losses, int n_threads):
         """Train for epoch_losses.shape[0] epochs of mini-batch updates.
@@ -970,6 +985,13 @@ cdef struct Batches:
     const void *h0_all      # every sequence's initial state, or NULL (zeros)
     void *final_all         # every sequence's final state (OUT), or NULL
     void **workspace        # see Network.train
+    # The validation sequences (Network.validation_data), or n_val 0.
+    const void *X_val
+    const void *Y_val
+    const Py_ssize_t *lengths_val
+    const double *weights_val   # the validation rows' mask (cross-entropy), or NULL
+    Py_ssize_t n_val, n_steps_val
+    void **validation_buffers
     # The panel layout: whether batches of full-length sequences take it,
     # its layout and buffers, and whether the batch must be gathered anew.
     bint in_panel_layout, gather_each_batch, gathered
@@ -1063,6 +1085,40 @@ cdef double stm_batch_step(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
     return stm_batch(<float *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
 
 
+cdef double stm_validation(floating *dtype, Batches *batches, int n_threads) noexcept nogil:
+    """The model's loss over the valid outputs of the validation sequences,
+    from zero states (see ValidationStep in _train.pxd): the mean squared
+    error, or the mean cross-entropy (loss_count); forward pass and loss,
+    no gradients."""
+    cdef void **buffers = batches.validation_buffers
+    cdef Py_ssize_t n_steps = batches.n_steps_val, n_out = batches.sizes[2]
+    cdef Py_ssize_t n_rows = batches.n_val * (n_steps if batches.return_sequences else 1)
+    cdef double count
+    stm_forward(<const floating *> batches.X_val, NULL, batches.lengths_val, batches.n_val,
+                n_steps, batches.params, batches.sizes, batches.output_tanh,
+                batches.return_sequences, buffers, n_threads)
+    if batches.loss == SQUARED_ERROR:
+        return squared_error(
+            <floating *> buffers[OUTPUTS], <const floating *> batches.Y_val,
+            <floating *> buffers[OUTPUT_GRADS], n_rows * n_out, 1.0,
+            <double *> buffers[PARTIALS], n_threads) / max(
+                1, n_valid_outputs(batches.lengths_val, batches.n_val,
+                                   batches.return_sequences) * n_out)
+    count = loss_count(batches.loss, batches.weights_val, batches.lengths_val, batches.n_val,
+                       n_steps, n_out, batches.return_sequences)
+    return output_loss(batches.loss, <floating *> buffers[OUTPUTS],
+                       <const floating *> batches.Y_val, batches.weights_val,
+                       <floating *> buffers[OUTPUT_GRADS], n_rows, n_out, 1.0,
+                       <double *> buffers[PARTIALS], n_threads) / max(1.0, count)
+
+
+cdef double stm_validation_step(void *batches, int n_threads) noexcept nogil:
+    """The ValidationStep: stm_validation in the batch's dtype."""
+    if (<Batches *> batches).itemsize == sizeof(double):
+        return stm_validation(<double *> NULL, <Batches *> batches, n_threads)
+    return stm_validation(<float *> NULL, <Batches *> batches, n_threads)
+
+
 cdef void train_network(floating *dtype, Network network, TrainingRun run,
                         const Py_ssize_t *order, double *epoch_losses, Py_ssize_t n_epochs,
                         int n_threads) except *:
@@ -1083,6 +1139,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef PanelBuffers *panel_buffers = &batches.panel_buffers
     cdef floating *panel_start
     cdef Py_ssize_t hidden_padded, out_padded
+    cdef PointerTable validation_buffers
     if run.workspace.count != N_BUFFERS + 4:
         raise ValueError(f"expected {N_BUFFERS + 4} workspace arrays, got {run.workspace.count}")
     cdef const double *weights = <const double *> data_or_null(run.weights)
@@ -1090,6 +1147,18 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
                                    network.return_sequences)
     plan = plan_of(run, order, epoch_losses, n_epochs, n_samples,
                    count if weights != NULL else max(1.0, count), False)
+    batches.n_val = 0
+    if run.validation is not None and plan.validation_losses != NULL:
+        batches.X_val = cnp.PyArray_DATA(<cnp.ndarray> run.validation[0])
+        batches.Y_val = cnp.PyArray_DATA(<cnp.ndarray> run.validation[1])
+        batches.lengths_val = <const Py_ssize_t *> cnp.PyArray_DATA(
+            <cnp.ndarray> run.validation[2])
+        batches.n_val = cnp.PyArray_DIMS(<cnp.ndarray> run.validation[0])[0]
+        batches.n_steps_val = cnp.PyArray_DIMS(<cnp.ndarray> run.validation[0])[1]
+        validation_buffers = run.validation[3]
+        batches.validation_buffers = validation_buffers.data
+        batches.weights_val = <const double *> data_or_null(run.validation[4])
+        plan.validate = stm_validation_step
     batches.itemsize = sizeof(floating)
     batches.params = network.params.data
     batches.grads = run.grads.data

@@ -36,10 +36,46 @@ cdef struct ThreadChoice:
     Py_ssize_t n_samples, batch_size
 
 
+cdef enum Schedule:
+    # The learning-rate schedules (lgmstm._training.SCHEDULES names them).
+    CONSTANT = 0
+    INVSCALING = 1   # lr / step**power_t, step counted from 1
+    ADAPTIVE = 2     # lr / 5 after patience epochs without improvement
+
+
+cdef struct EpochControl:
+    # What the driver does after each epoch (see end_epoch in _train.pyx):
+    # the schedule, the monitored loss (the validation loss when the program
+    # gives one, else the training loss), early stopping. Kept in the
+    # TrainingRun, so it carries from one block of epochs to the next.
+    int schedule
+    double base_lr, power_t    # invscaling's lr / step**power_t
+    bint monitoring            # the epoch's end has work: validation, adaptive, early stop
+    bint early_stopping
+    Py_ssize_t patience
+    double tol
+    double best_loss           # INOUT the lowest monitored loss so far (inf: none)
+    Py_ssize_t best_epoch      # INOUT its epoch, counted over the fit (-1: none)
+    Py_ssize_t epochs_done     # INOUT epochs of the fit so far
+    Py_ssize_t stale           # INOUT epochs since the loss last fell below best - tol
+    long long best_step        # the optimizer's step after the best epoch
+    bint stopped               # OUT training stopped (early stop, or adaptive's lr < 1e-6)
+    bint restored              # the kept arrays hold the best epoch's copy
+    void **kept                # the arrays early stopping restores (params, moments, ...)
+    void **best                # INOUT their copies after the best epoch
+    const Py_ssize_t *kept_bytes
+    Py_ssize_t n_kept
+
+
 cdef class TrainingRun:
     """The data, the training arrays and the plan of one fit (see _train.pyx)."""
     cdef readonly object X, Y, lengths, initial_states, final_states
     cdef readonly object weights   # float64 per sample (the program's rows), or None
+    cdef public object validation         # the program's validation data and scratch, or None
+    cdef public object validation_losses  # OUT float64 (>= a block's epochs,), or None
+    cdef EpochControl control
+    cdef PointerTable kept_table, best_table
+    cdef object kept_sizes
     cdef readonly PointerTable grads, first_moments, second_moments, workspace
     cdef readonly Py_ssize_t batch_size
     cdef readonly double clip_norm
@@ -61,6 +97,11 @@ cdef struct Parameters:
     size_t itemsize          # 4 (float32) or 8 (float64)
 
 
+# The validation loss (its mean, as the epoch's loss is) of the program's
+# validation set with the current parameters: forward and loss, no gradients.
+ctypedef double (*ValidationStep)(void *program, int n_threads) noexcept nogil
+
+
 cdef struct TrainingPlan:
     Py_ssize_t n_epochs, n_samples, batch_size
     const Py_ssize_t *order  # IN (n_epochs, n_samples): each epoch's sample order, or NULL
@@ -69,6 +110,9 @@ cdef struct TrainingPlan:
     double loss_denominator  # an epoch's loss is its summed loss over this
     double *epoch_losses     # OUT (n_epochs,)
     ThreadChoice *threads    # INOUT the run's choice of thread count
+    EpochControl *control    # INOUT the run's (schedule, validation, early stopping)
+    ValidationStep validate  # the program's validation loss, or NULL
+    double *validation_losses  # OUT (n_epochs,) when validate is not NULL
 
 
 # One batch: samples start .. start + n_rows - 1, or rows[0 .. n_rows - 1]

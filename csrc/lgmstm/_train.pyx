@@ -6,14 +6,16 @@ nogil code can use) and TrainingRun (the data and plan of one fit).
     for each epoch, for each mini-batch (in the epoch's order):
         loss += step(batch)                 the program: forward, loss, backward
         clip the gradients' global norm     when clip_norm > 0
-        optimizer.step += 1; update every parameter with its moments
+        optimizer.step += 1                 (invscaling: lr = base lr / step**power_t)
+        update every parameter with its moments
                                             (a weight's decay added to its gradient)
     epoch_losses[epoch] = loss / loss_denominator
+    end_epoch: the validation loss, the adaptive schedule, early stopping
 """
 cimport cython
 cimport numpy as cnp
 from cpython.pythread cimport PyThread_get_thread_ident
-from libc.math cimport isfinite
+from libc.math cimport INFINITY, isfinite, pow
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -34,6 +36,16 @@ BLAS_THREADING_WORK = _BLAS_THREADING_WORK
 # The optimizers by name, as the compiled code numbers them (lgmstm._training
 # describes them).
 OPTIMIZER_CODES = {"sgd": SGD, "momentum": MOMENTUM, "adam": ADAM}
+
+# The learning-rate schedules by name, as the compiled code numbers them.
+SCHEDULE_CODES = {"constant": CONSTANT, "invscaling": INVSCALING, "adaptive": ADAPTIVE}
+
+# The adaptive schedule divides lr by this, and training stops when lr
+# falls below MIN_ADAPTIVE_LR (scikit-learn's MLP values).
+cdef double LR_DIVISOR = 5.0
+cdef double MIN_LR = 1e-6
+ADAPTIVE_DIVISOR = LR_DIVISOR
+MIN_ADAPTIVE_LR = MIN_LR
 
 SHORT_FIT_WORK = _SHORT_FIT_WORK
 
@@ -307,12 +319,84 @@ cdef class TrainingRun:
         self.optimizer.nesterov = nesterov
         self.optimizer.weight_decay = weight_decay
         self.optimizer.step = step
+        self.validation = self.validation_losses = None
+        memset(&self.control, 0, sizeof(EpochControl))
+        self.control.schedule = CONSTANT
+        self.control.best_loss = INFINITY
+        self.control.best_epoch = -1
         self.decayed = np.zeros(self.grads.count, np.uint8)
         if decayed is not None:
             if len(decayed) != self.grads.count:
                 raise ValueError(f"decayed needs one flag per parameter ({self.grads.count}), "
                                  f"got {len(decayed)}")
             self.decayed[...] = np.asarray(decayed, dtype=bool)
+
+    def set_control(self, *, int schedule=CONSTANT, double power_t=0.5,
+                    bint early_stopping=False, Py_ssize_t patience=10, double tol=1e-4,
+                    bint monitoring=False, kept=()):
+        """What the driver does after each epoch (see end_epoch): the
+        learning-rate schedule (SCHEDULE_CODES; invscaling's power_t, from
+        the lr the run was made with), patience and tol of the adaptive
+        schedule and of early stopping; monitoring: the epochs' ends have
+        work (validation, adaptive, early stopping). kept: the arrays
+        (C-contiguous) early stopping puts back as they were after the best
+        epoch, with the optimizer's step; copied here."""
+        self.control.schedule = schedule
+        self.control.base_lr = self.optimizer.lr
+        self.control.power_t = power_t
+        self.control.early_stopping = early_stopping
+        self.control.patience = patience
+        self.control.tol = tol
+        self.control.monitoring = monitoring or early_stopping or schedule == ADAPTIVE
+        kept = list(kept) if early_stopping else []
+        self.kept_table = PointerTable(kept)
+        self.best_table = PointerTable([np.array(a, copy=True) for a in kept])
+        self.kept_sizes = np.array([array_bytes(a) for a in kept], dtype=np.intp)
+        self.control.kept = self.kept_table.data
+        self.control.best = self.best_table.data
+        self.control.n_kept = len(kept)
+        self.control.kept_bytes = <const Py_ssize_t *> cnp.PyArray_DATA(
+            <cnp.ndarray> self.kept_sizes)
+
+    @property
+    def lr(self):
+        """The learning rate of the latest update (the schedule's)."""
+        return self.optimizer.lr
+
+    @property
+    def stopped(self):
+        """Whether training stopped: early stopping, or the adaptive
+        schedule's lr fell below MIN_ADAPTIVE_LR."""
+        return bool(self.control.stopped)
+
+    @property
+    def best_epoch(self):
+        """The epoch (counted over the fit) of the lowest monitored loss, or None."""
+        return None if self.control.best_epoch < 0 else self.control.best_epoch
+
+    @property
+    def control_state(self):
+        """Where the epochs' control stands (lr, best loss and epoch, epochs
+        done, stale epochs, best step, stopped, restored): what a replay of
+        a block puts back with the arrays."""
+        cdef EpochControl *c = &self.control
+        return (self.optimizer.lr, c.best_loss, c.best_epoch, c.epochs_done, c.stale,
+                c.best_step, c.stopped, c.restored)
+
+    @control_state.setter
+    def control_state(self, value):
+        cdef EpochControl *c = &self.control
+        (self.optimizer.lr, c.best_loss, c.best_epoch, c.epochs_done, c.stale,
+         c.best_step, c.stopped, c.restored) = value
+
+    def restore_best(self):
+        """Put back the kept arrays and the step of the best epoch (early
+        stopping at the end of a fit that ran all its epochs); False when
+        there is nothing to restore."""
+        if not self.control.early_stopping or self.control.best_epoch < 0:
+            return False
+        restore_best(&self.control, &self.optimizer)
+        return True
 
     @property
     def weight_decay(self):
@@ -379,7 +463,64 @@ cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t *order, double *epoc
     plan.loss_denominator = loss_denominator
     plan.epoch_losses = epoch_losses
     plan.threads = run.thread_choice
+    plan.control = &run.control
+    plan.validate = NULL  # the program's, when run.validation is set
+    plan.validation_losses = NULL
+    if run.validation_losses is not None:
+        plan.validation_losses = <double *> cnp.PyArray_DATA(
+            <cnp.ndarray> run.validation_losses)
     return plan
+
+
+cdef void restore_best(EpochControl *control, Optimizer *optimizer) noexcept nogil:
+    """The kept arrays and the optimizer's step as they were after the best epoch."""
+    cdef Py_ssize_t i
+    if control.restored:
+        return
+    for i in range(control.n_kept):
+        memcpy(control.kept[i], control.best[i], control.kept_bytes[i])
+    optimizer.step = control.best_step
+    control.restored = True
+
+
+cdef bint end_epoch(const TrainingPlan *plan, void *program, Optimizer *optimizer,
+                    Py_ssize_t epoch, int n_threads) noexcept nogil:
+    """After epoch (of the plan's block): the validation loss, then the
+    monitored loss (the validation loss, or without one the training loss)
+    against the best so far. The stale count restarts when the loss falls
+    below best - tol; the best (and, early stopping, a copy of the kept
+    arrays and the step) follows any loss below it. After patience stale
+    epochs the adaptive schedule divides lr by ADAPTIVE_DIVISOR (training
+    stops when lr < MIN_ADAPTIVE_LR) and early stopping stops; stopping
+    early puts back the best epoch. Returns whether training stops."""
+    cdef EpochControl *control = plan.control
+    cdef double monitored = plan.epoch_losses[epoch]
+    cdef Py_ssize_t i
+    if plan.validate != NULL:
+        monitored = plan.validate(program, n_threads)
+        plan.validation_losses[epoch] = monitored
+    if monitored < control.best_loss - control.tol:
+        control.stale = 0
+    else:
+        control.stale += 1
+    if monitored < control.best_loss:
+        control.best_loss = monitored
+        control.best_epoch = control.epochs_done
+        if control.early_stopping:
+            for i in range(control.n_kept):
+                memcpy(control.best[i], control.kept[i], control.kept_bytes[i])
+            control.best_step = optimizer.step
+    control.epochs_done += 1
+    if control.stale >= control.patience:
+        if control.schedule == ADAPTIVE:
+            control.stale = 0
+            optimizer.lr = optimizer.lr / LR_DIVISOR
+            control.stopped = optimizer.lr < MIN_LR
+        else:
+            control.stopped = control.early_stopping
+        if control.stopped and control.early_stopping:
+            restore_best(control, optimizer)
+    return control.stopped
 
 
 cdef void update(const Parameters *parameters, const Optimizer *optimizer,
@@ -411,6 +552,7 @@ cdef double train_epochs(BatchStep step, void *program, const Parameters *parame
     cdef const Py_ssize_t *rows
     cdef double summed_loss
     cdef double started = lgmstm_omp_wtime()
+    cdef EpochControl *control = plan.control
     for epoch in range(first, stop):
         summed_loss = 0
         for batch in range(n_batches):
@@ -428,9 +570,14 @@ cdef double train_epochs(BatchStep step, void *program, const Parameters *parame
                     clip_gradients(<float **> parameters.grads, parameters.counts,
                                    parameters.n_params, plan.clip_norm)
             optimizer.step += 1
+            if control != NULL and control.schedule == INVSCALING:
+                optimizer.lr = control.base_lr / pow(<double> optimizer.step, control.power_t)
             if not plan.step_updates:
                 update(parameters, optimizer, n_threads)
         plan.epoch_losses[epoch] = summed_loss / plan.loss_denominator
+        if control != NULL and control.monitoring and end_epoch(plan, program, optimizer,
+                                                                epoch, n_threads):
+            break
     return lgmstm_omp_wtime() - started
 
 
@@ -520,6 +667,8 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
     cdef Py_ssize_t epoch = 0, stop
     cdef double seconds
     cdef int arm
+    if plan.control != NULL and plan.control.stopped:
+        return
     if n_threads <= 1 or choice == NULL:
         train_epochs(step, program, parameters, plan, optimizer, 0, plan.n_epochs, n_threads)
         return
@@ -536,6 +685,8 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
                                n_threads if arm == MANY else 1)
         record_slice(choice, arm, seconds / (stop - epoch), seconds)
         epoch = stop
+        if plan.control != NULL and plan.control.stopped:
+            break
 
 
 @cython.auto_pickle(False)
