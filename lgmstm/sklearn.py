@@ -626,9 +626,14 @@ class _Progress:
 
     Without early stopping a block is as long as the count of epochs without
     improvement cannot reach n_iter_no_change + 1 before its end, so that
-    training stops exactly where scikit-learn's loop would; with early
-    stopping, or an "invscaling" schedule (scikit-learn changes the
-    learning rate after every epoch), blocks are single epochs.
+    training stops exactly where scikit-learn's loop would. Early stopping
+    at a constant rate is the network's own, in one compiled call
+    (LGM.fit's early_stopping, with patience n_iter_no_change + 1: the
+    same count). With a schedule that changes the rate between epochs
+    (scikit-learn's "invscaling" sets it from the samples seen after every
+    epoch; "adaptive" with early stopping divides it on a validation
+    plateau), blocks are single epochs, the validation loss measured after
+    each.
     """
 
     def __init__(self, estimator: _LGMEstimator, network: LGM, n_samples: int,
@@ -646,20 +651,31 @@ class _Progress:
         self.validation_plateau = _Plateau(settings.tol)
 
     def _block(self, X: NDArray[Any], Y: NDArray[Any], epochs: int, lr: float,
-               warm: bool) -> NDArray[np.float64]:
-        """Train epochs epochs at lr; their losses, in scikit-learn's scale."""
+               warm: bool, **control: Any) -> NDArray[np.float64]:
+        """Train epochs epochs at lr (control: LGM.fit's early stopping);
+        their losses, in scikit-learn's scale."""
         try:
             return self.network.fit(X, Y, epochs=epochs, lr=lr, warm_start=warm,
-                                    **self.settings.arguments) * self.curve_scale
+                                    **self.settings.arguments, **control) * self.curve_scale
         except TrainingInterrupted as exc:
-            self._count(np.asarray(exc.history) * self.curve_scale)
+            self._count(np.asarray(exc.history) * self.curve_scale, self._validated(control))
             raise
+
+    def _validated(self, control: dict[str, Any]) -> NDArray[np.float64] | None:
+        """The validation losses of the network's last fit, in scikit-learn's
+        scale, when it measured them (control), else None."""
+        if not control:
+            return None
+        return np.asarray(self.network.validation_history_) * self.curve_scale
 
     def train(self, X: NDArray[Any], Y: NDArray[Any], keep: bool) -> None:
         settings = self.settings
         lr = settings.lr
         if self.incremental:
             self._count(self._block(X, Y, 1, self._scheduled(lr), keep))
+            return
+        if self.validation is not None and settings.schedule == "constant":
+            self._stop_early(X, Y, lr, keep)
             return
         done, warm = 0, keep
         while done < settings.max_iter:
@@ -687,6 +703,26 @@ class _Progress:
                       "and the optimization hasn't converged yet.", ConvergenceWarning,
                       stacklevel=user_stacklevel())
 
+    def _stop_early(self, X: NDArray[Any], Y: NDArray[Any], lr: float, warm: bool) -> None:
+        """Early stopping in one compiled call of the network's fit, which
+        measures the validation loss after every epoch, stops after
+        n_iter_no_change + 1 epochs without improvement by tol (both in
+        scikit-learn's scale) and restores the best epoch's network."""
+        settings = self.settings
+        assert self.validation is not None
+        control = dict(validation_data=self.validation, early_stopping=True,
+                       patience=settings.n_iter_no_change + 1,
+                       tol=settings.tol / self.curve_scale)
+        losses = self._block(X, Y, settings.max_iter, lr, warm, **control)
+        self._count(losses, self._validated(control))
+        if len(losses) == settings.max_iter:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({settings.max_iter}) "
+                          "reached and the optimization hasn't converged yet.",
+                          ConvergenceWarning, stacklevel=user_stacklevel())
+        elif self.network.best_epoch_ is not None and np.isfinite(losses).all():
+            self._say(f"Validation score did not improve more than tol={settings.tol:f} for "
+                      f"{settings.n_iter_no_change} consecutive epochs. Stopping.")
+
     def _lr_scale(self) -> float:
         """learning_rate_init over LGM.fit's lr."""
         return self.estimator.learning_rate_init / self.settings.lr
@@ -698,15 +734,23 @@ class _Progress:
             return lr / (self.estimator.t_ + 1) ** self.settings.power_t
         return lr
 
-    def _count(self, losses: NDArray[np.float64]) -> None:
-        """Add the block's epochs to the estimator's curves and counts."""
+    def _count(self, losses: NDArray[np.float64],
+               validated: NDArray[np.float64] | None = None) -> None:
+        """Add the block's epochs to the estimator's curves and counts, with
+        their validation losses: those the network measured (validated),
+        else measured here after the block (of one epoch), keeping the
+        best epoch's parameters."""
         self.losses.append(losses)
         estimator = self.estimator
-        for loss in losses:
+        for epoch, loss in enumerate(losses):
             estimator.n_iter_ += 1
             estimator.t_ += self.n_samples
             self.plateau.update(float(loss))
-            if self.validation is not None:
+            if validated is not None:
+                if len(validated) == len(losses):  # else Ctrl-C came first
+                    self.scores.append(-float(validated[epoch]))
+                    self.validation_plateau.update(float(validated[epoch]))
+            elif self.validation is not None:
                 X_val, Y_val = self.validation
                 validation_loss = self.network.loss(X_val, Y_val) * self.curve_scale
                 self.scores.append(-validation_loss)
@@ -728,8 +772,9 @@ class _Progress:
         # scikit-learn: with early stopping the best training loss is not kept.
         estimator.best_loss_ = None
         estimator.validation_scores_ = np.asarray(self.scores, dtype=np.float64)
-        if self.best_params is not None:
+        if self.scores:
             estimator.best_validation_score_ = -float(self.validation_plateau.best)
+        if self.best_params is not None:  # measured here: the network restores its own
             self.network.load_params(self.best_params)
 
 

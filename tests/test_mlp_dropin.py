@@ -263,14 +263,21 @@ def test_same_bits_for_any_thread_count(regression):
             np.testing.assert_array_equal(a, b, strict=True)
 
 
-def test_early_stopping_holds_out_a_stratified_split_and_restores_the_best():
+# Adam: the network's own early stopping, in one compiled call; SGD with
+# "invscaling": a rate per epoch, so the estimator measures each epoch itself.
+@pytest.mark.parametrize("settings", [
+    dict(learning_rate_init=0.01),
+    dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.5, momentum=0.0,
+         power_t=0.25)])
+def test_early_stopping_holds_out_a_stratified_split_and_restores_the_best(settings):
     X, y = load_iris(return_X_y=True)
+    X = X[:, :2]  # the sepals only: the classes overlap, and the validation loss turns
     X = (X - X.mean(axis=0)) / X.std(axis=0)
     keep = np.r_[0:50, 50:60, 100:150]  # 50 / 10 / 50: the small class must be in proportion
     X, y = X[keep], y[keep]
     model = LGMClassifier(hidden_layer_sizes=(8,), early_stopping=True, validation_fraction=0.2,
                           n_iter_no_change=3, tol=0.0, max_iter=500, batch_size=16,
-                          learning_rate_init=0.01, random_state=3)
+                          random_state=3, **settings)
     model.fit(X, y)
     # The oracle split: scikit-learn's stratified split with the estimator's
     # random state, drawn first (as MLPClassifier does).
@@ -284,8 +291,11 @@ def test_early_stopping_holds_out_a_stratified_split_and_restores_the_best():
     # Stopped after 4 epochs (n_iter_no_change + 1) without a better score.
     assert model.n_iter_ == best + 1 + 4 < 500
     assert model.best_validation_score_ == scores[best]
-    # The restored network is the best epoch's: its validation loss is that score.
-    assert -model.lgm_.loss(X_val, targets) == model.best_validation_score_
+    # The restored network is the best epoch's: its validation loss is that
+    # score (the compiled loop sums it in another order than loss()).
+    assert -model.lgm_.loss(X_val, targets) == pytest.approx(model.best_validation_score_,
+                                                            rel=1e-13)
+    assert not np.isclose(scores[best], scores[best + 1], rtol=1e-6, atol=0)
 
 
 def test_schedules(regression):
