@@ -470,12 +470,14 @@ def check_targets(output: str, Y: np.ndarray, name: str = "Y") -> None:
     """The targets a model's loss can take, Y already of the model's dtype
     and shape (the last axis the outputs): for output="softmax" class
     probabilities in [0, 1] whose rows sum to 1 (one-hot rows among them),
-    for "sigmoid" values in [0, 1]; anything finite for the squared error.
+    for "sigmoid" values in [0, 1] (both within the dtype's
+    PROBABILITY_SUM_TOLERANCE, for rounding); anything for the squared error.
     A ValueError names the first row or value that is not."""
     if output not in ("softmax", "sigmoid") or Y.size == 0:
         return
     flat = Y.reshape(-1, Y.shape[-1])
-    outside = ~((flat >= 0) & (flat <= 1))  # NaN is outside too
+    tolerance = PROBABILITY_SUM_TOLERANCE[Y.dtype]
+    outside = ~((flat >= -tolerance) & (flat <= 1 + tolerance))  # NaN is outside too
     if outside.any():
         row, column = np.argwhere(outside)[0]
         raise ValueError(
@@ -484,7 +486,6 @@ def check_targets(output: str, Y: np.ndarray, name: str = "Y") -> None:
             f"{flat[row, column]}")
     if output == "softmax":
         sums = flat.sum(axis=1, dtype=np.float64)
-        tolerance = PROBABILITY_SUM_TOLERANCE[Y.dtype]
         bad = np.flatnonzero(np.abs(sums - 1) > tolerance)
         if bad.size:
             raise ValueError(
@@ -495,10 +496,9 @@ def check_targets(output: str, Y: np.ndarray, name: str = "Y") -> None:
 
 def _index(Y: np.ndarray, row: int, column: int | None = None) -> str:
     """Y's index (as the user wrote it) of row `row` of Y.reshape(-1, n_out)."""
-    index = ([int(i) for i in np.unravel_index(row, Y.shape[:-1])] if Y.ndim > 1
-             else [row])
+    index = [int(i) for i in np.unravel_index(row, Y.shape[:-1])] if Y.ndim > 1 else [row]
     if column is not None and Y.ndim > 1:
-        index.append(column)
+        index.append(int(column))
     return "[" + ", ".join(str(int(i)) for i in index) + "]"
 
 

@@ -626,12 +626,10 @@ class STM(Model):
         where every valid row weighs 1 and nothing needs masking (the
         squared error's padded outputs and targets are both 0)."""
         n_samples = len(lengths)
-        shapes: tuple[tuple[int, ...], ...]
+        shapes: tuple[tuple[int, ...], ...] = ((n_samples,),)
+        meaning = "(n_samples,)"
         if self._return_sequences:
-            shapes, meaning = ((n_samples,), (n_samples, n_steps)), \
-                "(n_samples,) or (n_samples, n_steps)"
-        else:
-            shapes, meaning = ((n_samples,),), "(n_samples,)"
+            shapes, meaning = shapes + ((n_samples, n_steps),), meaning + " or (n_samples, n_steps)"
         weights = check_sample_weight(sample_weight, shapes, meaning)
         if not self._return_sequences:
             return weights
@@ -1160,11 +1158,26 @@ class STM(Model):
                  lengths=lengths, warm_start=True, sample_weight=sample_weight)
         return self
 
+    def _short_fit_targets(self, Y: Any) -> bool:
+        """Whether the short fit may take Y as a softmax or sigmoid output's
+        targets: an ndarray of the model's dtype, its targets valid (else the
+        checked path runs, and raises its errors in its order)."""
+        if type(Y) is not np.ndarray or Y.dtype != self._dtype or Y.ndim < 2 \
+                or Y.shape[-1] != self._n_out:
+            return False
+        try:
+            check_targets(self._output, Y)
+        except ValueError:
+            return False
+        return True
+
     def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
                    settings, weight_decay):
         """One epoch on the short fit's path (see _train.Program.fit_ready):
         its losses (also history_; a stateful model keeps the final
         states), or None for the checked path."""
+        if self._output in PROBABILITY_OUTPUTS and not self._short_fit_targets(Y):
+            return None
         final = None
         if self._stateful:
             if type(X) is not np.ndarray or X.ndim != 3:

@@ -457,6 +457,14 @@ FIT_HYPER = [
     ("lr_schedule", "optimal", None), ("lr_schedule", None, None),
     ("lr_schedule", "Adaptive", None),
     ("power_t", -0.5, None), ("power_t", float("inf"), None), ("power_t", "0.5", None),
+    # DIMS["n"] = 5 samples: one weight each, finite, >= 0, not all zero
+    ("sample_weight", np.array([1.0, 1.0, -1.0, 1.0, 1.0]), None),
+    ("sample_weight", np.array([1.0, np.nan, 1.0, 1.0, 1.0]), None),
+    ("sample_weight", np.array([1.0, 1.0, 1.0, np.inf, 1.0]), None),
+    ("sample_weight", np.zeros(5), None), ("sample_weight", np.ones(4), None),
+    ("sample_weight", np.ones((5, 2)), None), ("sample_weight", np.ones(6), None),
+    ("sample_weight", "heavy", None), ("sample_weight", np.ones(5, complex), None),
+    ("sample_weight", 2.0, None),
 ]
 
 
@@ -673,7 +681,8 @@ def test_set_num_threads_refuses(value, error):
 
 # -- partial_fit, warm_start and the estimators' partial_fit ---------------------------
 
-PARTIAL_FIT_ARGUMENTS = ("lr", "batch_size", "optimizer", "shuffle", "seed", "clip_norm")
+PARTIAL_FIT_ARGUMENTS = ("lr", "batch_size", "optimizer", "shuffle", "seed", "clip_norm",
+                         "sample_weight")
 
 
 def _partial_fit_cases():
@@ -812,3 +821,119 @@ def test_validation_fraction_must_leave_a_training_sample(model):
             X, Y, epochs=1, lr=0.1, validation_fraction=0.9),
         ("validation_fraction",), ValueError)
     model.make(seed=0).fit(X, Y, epochs=1, lr=0.1, validation_fraction=0.5)
+# -- the targets of softmax and sigmoid outputs, and sample_weight elsewhere ----------------
+
+def _class_data(model, output):
+    """(make, X, Y) for a model of `model`'s kind with `output`: one-hot Y."""
+    X, Y = model_data(model, DIMS["n"])
+    labels = np.arange(Y.size // Y.shape[-1]) % Y.shape[-1]
+    one_hot = np.eye(Y.shape[-1])[labels].reshape(Y.shape)
+    return (lambda backend: model.make(output=output, seed=0, backend=backend)), X, one_hot
+
+
+BAD_TARGETS = {  # output -> (label, spoil one-hot Y, message fragment)
+    "softmax": [
+        ("two-labels", lambda Y: Y + np.roll(Y, 1, axis=-1), "summing to 1"),
+        ("sum-0.5", lambda Y: np.where(Y > 0, 0.5, 0.0), "summing to 1"),
+        ("probabilities-off", lambda Y: 0.99 * Y + 0.02 / Y.shape[-1], "summing to 1"),
+        # rows summing to 1 with a negative entry: 1.5 and -0.5
+        ("negative", lambda Y: 1.5 * Y - 0.5 * np.roll(Y, 1, axis=-1), "[0, 1]"),
+        ("labels", lambda Y: Y.argmax(axis=-1)[..., None] * np.ones_like(Y), "[0, 1]"),
+    ],
+    "sigmoid": [
+        ("above-1", lambda Y: Y * 1.5, "[0, 1]"),
+        ("negative", lambda Y: Y - 0.25, "[0, 1]"),
+        ("pm1", lambda Y: 2 * Y - 1, "[0, 1]"),
+    ],
+}
+
+
+def _target_cases():
+    for model in MODELS:
+        for output, cases in BAD_TARGETS.items():
+            for label, spoil, fragment in cases:
+                for method in ("fit", "partial_fit", "loss", "gradients"):
+                    yield pytest.param(model, output, spoil, fragment, method,
+                                       id=f"{model}-{output}-{label}-{method}")
+
+
+@pytest.mark.parametrize("model, output, spoil, fragment, method", list(_target_cases()))
+def test_probability_outputs_refuse_bad_targets(model, output, spoil, fragment, method):
+    make, X, Y = _class_data(model, output)
+    bad = spoil(Y)
+
+    def run(backend):
+        instance = make(backend)
+        before = _snapshot(instance)
+        try:
+            with pytest.raises(ValueError, match=r"Y") as info:
+                METHODS[method](instance, X, bad)
+            assert fragment in str(info.value) and output in str(info.value), info.value
+            raise ValueError(str(info.value))
+        finally:
+            _assert_unchanged(instance, before)
+    _refused_everywhere(run, ("Y",))
+
+
+def test_probability_outputs_take_good_targets():
+    # one-hot rows, class probabilities and (sigmoid) anything in [0, 1]; padded
+    # STM steps may hold anything
+    for model in MODELS:
+        for output in BAD_TARGETS:
+            make, X, Y = _class_data(model, output)
+            soft = 0.8 * Y + 0.2 / Y.shape[-1]
+            for backend in MODEL_BACKENDS:
+                make(backend).fit(X, Y, epochs=1, lr=0.1)
+                make(backend).loss(X, soft)
+    X = np.zeros((2, 3, 2))
+    Y = np.zeros((2, 3, 3))
+    Y[:, :2, 0] = 1  # the last step of each sequence is padding: zeros there
+    lgmstm.STM(2, 3, 3, output="softmax").fit(X, Y, lengths=[2, 2], epochs=1, lr=0.1)
+
+
+SAMPLE_WEIGHT_CALLS = {
+    "loss": lambda m, X, Y, w: m.loss(X, Y, sample_weight=w),
+    "gradients": lambda m, X, Y, w: m.gradients(X, Y, sample_weight=w),
+    "fit": lambda m, X, Y, w: m.fit(X, Y, epochs=1, lr=0.1, sample_weight=w),
+    "partial_fit": lambda m, X, Y, w: m.partial_fit(X, Y, lr=0.1, sample_weight=w),
+}
+BAD_WEIGHTS = {
+    "negative": (np.array([1.0, 2.0, -0.5, 1.0, 1.0]), ValueError, ">= 0"),
+    "nan": (np.array([1.0, np.nan, 1.0, 1.0, 1.0]), ValueError, "finite"),
+    "inf": (np.array([np.inf, 1.0, 1.0, 1.0, 1.0]), ValueError, "finite"),
+    "zeros": (np.zeros(5), ValueError, "all zero"),
+    "short": (np.ones(4), ValueError, "shape"),
+    "2d": (np.ones((5, 7)), ValueError, "shape"),
+    "scalar": (1.0, ValueError, "shape"),
+    "strings": (np.array(["a"] * 5), TypeError, "sample_weight"),
+}
+
+
+@pytest.mark.parametrize("method", SAMPLE_WEIGHT_CALLS)
+@pytest.mark.parametrize("case", BAD_WEIGHTS)
+@pytest.mark.parametrize("model", MODELS, ids=str)
+def test_bad_sample_weight_is_refused_by_every_method(model, case, method):
+    weights, error, fragment = BAD_WEIGHTS[case]
+    X, Y = model_data(model, DIMS["n"])
+    for backend in MODEL_BACKENDS:
+        instance = model.make(seed=0, backend=backend)
+        before = _snapshot(instance)
+        with pytest.raises(error, match="sample_weight") as info:
+            SAMPLE_WEIGHT_CALLS[method](instance, X, Y, weights)
+        assert fragment in str(info.value), info.value
+        _assert_unchanged(instance, before)
+
+
+def test_stm_sample_weight_shapes():
+    X, Y = np.zeros((4, 3, 2)), np.zeros((4, 3, 2))
+    per_step = lgmstm.STM(2, 3, 2)
+    per_step.loss(X, Y, sample_weight=np.ones(4))
+    per_step.loss(X, Y, sample_weight=np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"sample_weight must have shape .*\(4, 3\).*\(3, 4\)"):
+        per_step.loss(X, Y, sample_weight=np.ones((3, 4)))
+    per_sequence = lgmstm.STM(2, 3, 2, return_sequences=False)
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(n_samples,\)"):
+        per_sequence.loss(X, Y[:, 0], sample_weight=np.ones((4, 3)))
+    # weight only on padded steps weighs nothing
+    with pytest.raises(ValueError, match="sample_weight must weigh some valid step"):
+        per_step.loss(X, Y, lengths=[1, 1, 1, 1], sample_weight=np.array([[0, 1, 1]] * 4))

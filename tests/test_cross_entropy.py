@@ -19,6 +19,8 @@ from scipy.special import log_expit, log_softmax
 import lgmstm
 from lgmstm import LGM, STM
 
+from finite_differences import numerical_gradient
+
 PROBABILITY_OUTPUTS = ["softmax", "sigmoid"]
 BACKENDS = ["cython", "numpy"]
 TOLERANCE = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
@@ -56,21 +58,6 @@ def lgm_logits(params, X):
         if layer < n_layers - 1:
             A = np.tanh(A)
     return A
-
-
-def numerical_gradient(loss, params, name, h=1e-6):
-    params = {k: v.copy() for k, v in params.items()}
-    array = params[name]
-    grad = np.empty_like(array)
-    for index in np.ndindex(array.shape):
-        saved = array[index]
-        array[index] = saved + h
-        up = loss(params)
-        array[index] = saved - h
-        down = loss(params)
-        array[index] = saved
-        grad[index] = (up - down) / (2 * h)
-    return grad
 
 
 def assert_grads_close(actual, expected, dtype, scale=1.0):
@@ -388,3 +375,38 @@ def test_save_load_and_pickle_keep_the_output(rng, tmp_path, output):
             np.testing.assert_array_equal(copy.predict(data), model.predict(data), strict=True)
             np.testing.assert_array_equal(copy.predict_log_proba(data),
                                           model.predict_log_proba(data), strict=True)
+
+
+@pytest.mark.parametrize("output", PROBABILITY_OUTPUTS)
+def test_the_panel_layout_trains_as_the_reference(rng, dtype, output):
+    # Small networks train unweighted cross-entropies in the panel layout;
+    # unit sample weights take the row-major layout: both as the reference.
+    from lgmstm import _lgm, _stm
+
+    sizes = [5, 8, 4]
+    assert _lgm._training_layout(16, np.array(sizes, np.intp), dtype.itemsize) is not None
+    X = rng.standard_normal((40, 5)).astype(dtype)
+    Y = class_targets(rng, (40,), 4, output, probabilities=True)
+    runs = {}
+    for label, backend, weights in (("panel", "cython", None), ("rows", "cython", np.ones(40)),
+                                    ("reference", "numpy", None)):
+        model = LGM(sizes, output=output, dtype=dtype, seed=0, backend=backend)
+        runs[label] = model.fit(X, Y, epochs=5, lr=0.05, batch_size=16, optimizer="adam",
+                                seed=2, sample_weight=weights), model.params
+    stm_sizes = np.array([3, 6, 4], np.intp)
+    assert _stm._training_layout(8, 5, stm_sizes, dtype.itemsize, True) is not None
+    sequences = rng.standard_normal((20, 5, 3)).astype(dtype)
+    targets = class_targets(rng, (20, 5), 4, output)
+    for label, backend, weights in (("stm-panel", "cython", None),
+                                    ("stm-rows", "cython", np.ones(20)),
+                                    ("stm-reference", "numpy", None)):
+        model = STM(3, 6, 4, output=output, dtype=dtype, seed=0, backend=backend)
+        runs[label] = model.fit(sequences, targets, epochs=5, lr=0.05, batch_size=8,
+                                optimizer="adam", seed=2, sample_weight=weights), model.params
+    for prefix in ("", "stm-"):
+        expected, expected_params = runs[prefix + "reference"]
+        for label in ("panel", "rows"):
+            history, params = runs[prefix + label]
+            np.testing.assert_allclose(history, expected, rtol=TOLERANCE[dtype] * 10,
+                                       err_msg=prefix + label)
+            assert_grads_close(params, expected_params, dtype, scale=10)

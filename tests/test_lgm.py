@@ -9,6 +9,8 @@ import pytest
 import lgmstm
 from lgmstm.datasets import load_diabetes
 
+from finite_differences import numerical_gradient
+
 BACKENDS = ["cython", "numpy"]
 OUTPUTS = ["tanh", "linear"]
 OPTIMIZERS = {"sgd": 0.1, "momentum": 0.02, "adam": 0.01}  # name: a learning rate that trains
@@ -213,22 +215,6 @@ def test_backends_agree(rng, dtype, output, assert_close):
     reference_grads = reference.gradients(X, Y)
     for name, grad in compiled.gradients(X, Y).items():
         assert_close(grad, reference_grads[name], err_msg=name)
-
-
-def numerical_gradient(loss, params, name, h=1e-6):
-    """Central differences of loss(params) with respect to params[name]."""
-    params = {k: v.copy() for k, v in params.items()}
-    array = params[name]
-    grad = np.empty_like(array)
-    for index in np.ndindex(array.shape):
-        saved = array[index]
-        array[index] = saved + h
-        up = loss(params)
-        array[index] = saved - h
-        down = loss(params)
-        array[index] = saved
-        grad[index] = (up - down) / (2 * h)
-    return grad
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

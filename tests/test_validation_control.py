@@ -436,3 +436,21 @@ def test_validation_loss_follows_the_output_and_ignores_sample_weight(kind, outp
         expected.append(validation_loss(twin, validation_data))
     np.testing.assert_allclose(model.validation_history_, expected, rtol=RTOL[dtype])
     assert_same_state(model, twin)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_validation_fraction_splits_the_sample_weights(kind, rng):
+    X, Y, _, _ = problem(kind, rng, np.float64)
+    weights = rng.uniform(0.5, 2, X.shape[0])
+    model = make(kind, np.float64, "cython")
+    model.fit(X, Y, epochs=3, lr=0.05, shuffle=False, validation_fraction=0.25, seed=5,
+              sample_weight=weights)
+    n = X.shape[0]
+    permutation = np.random.default_rng(5).permutation(n)
+    n_held = int(np.ceil(0.25 * n))
+    rows, held = np.sort(permutation[: n - n_held]), np.sort(permutation[n - n_held:])
+    reference = make(kind, np.float64, "cython")
+    reference.fit(X[rows], Y[rows], epochs=3, lr=0.05, shuffle=False,
+                  validation_data=(X[held], Y[held]), sample_weight=weights[rows])
+    np.testing.assert_array_equal(model.history_, reference.history_)
+    np.testing.assert_array_equal(model.validation_history_, reference.validation_history_)

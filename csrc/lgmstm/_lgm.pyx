@@ -12,8 +12,9 @@ Training takes one of two layouts, chosen from the shapes (panel_plan):
 - the panel layout of _panel.pxd (panel_network_gradients): small networks,
   whose products BLAS runs at a few GFLOP/s. Groups of samples go through
   every layer in parallel tasks, then blocks of weight-gradient rows. The
-  panel layout has the unweighted squared error only: the cross-entropies
-  and sample weights train row-major (panel_plan's caller declines it).
+  panel layout takes unweighted losses only (and the cross-entropies over at
+  most PANEL_LOSS_MAX_OUT outputs: _loss.panel_takes); sample weights train
+  row-major.
 
 Unchecked: call it through lgmstm.LGM, which validates shapes, dtypes and
 layouts once and allocates every buffer.
@@ -35,7 +36,7 @@ from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, CHUNK_ROWS, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
 from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_loss,
-                           output_loss_blocks, output_rows, panel_squared_error,
+                           output_loss_blocks, output_rows, panel_output_loss, panel_takes,
                            squared_error, weight_sum)
 from lgmstm._rows cimport gather_rows
 from lgmstm._tanh cimport tanh_rows
@@ -358,7 +359,7 @@ def _training_layout(Py_ssize_t n_rows, const Py_ssize_t[::1] layer_sizes,
 cdef void panel_sample_task(
         Py_ssize_t group, Py_ssize_t group_width, Py_ssize_t width, Py_ssize_t n_rows,
         const floating *Xt, const floating *Yt, void **params, const Py_ssize_t *sizes,
-        Py_ssize_t n_layers, bint output_tanh, floating **activations,
+        Py_ssize_t n_layers, bint output_tanh, int loss, floating **activations,
         floating **deltas, floating **deltas_t, double *partials) noexcept nogil:
     """Forward, loss and every layer's dZ (and its sample-major copy) for one
     group of samples (columns [group * group_width, + group_width))."""
@@ -375,9 +376,10 @@ cdef void panel_sample_task(
         if output_tanh or layer < n_layers - 1:
             tanh_rows(activations[layer] + first, sizes[layer + 1], group_width, width)
         layer_input = activations[layer] + first
-    partials[group] = panel_squared_error(activations[n_layers - 1] + first, Yt + first,
-                                 deltas[n_layers - 1] + first, n_out, 1, group_width,
-                                 n_valid, width, 1.0 / max(1, n_rows * n_out), output_tanh)
+    partials[group] = panel_output_loss(loss, activations[n_layers - 1] + first, Yt + first,
+                                        deltas[n_layers - 1] + first, n_out, 1, group_width,
+                                        n_valid, width, loss_scale(loss, n_rows, n_out),
+                                        output_tanh)
     # dZ below = (W dZ) (1 - A^2): hidden layers are tanh.
     for layer in range(n_layers - 1, 0, -1):
         panel_product(sizes[layer], group_width, sizes[layer + 1],
@@ -427,10 +429,10 @@ cdef void panel_weight_task(
 cdef double panel_network_gradients(
         const floating *Xt, const floating *Yt, Py_ssize_t n_rows,
         Py_ssize_t group_width, Py_ssize_t n_groups, void **params, void **targets,
-        const Py_ssize_t *sizes, Py_ssize_t n_layers, bint output_tanh,
+        const Py_ssize_t *sizes, Py_ssize_t n_layers, bint output_tanh, int loss,
         floating **activations, floating **deltas, floating **deltas_t,
         floating **products, floating scale, floating beta, int n_threads) noexcept nogil:
-    """network_gradients in the panel layout; returns the sum of squares.
+    """network_gradients in the panel layout, unweighted; returns the summed loss.
 
     Xt (n_in, width) and Yt (n_out, width) hold a batch of n_rows samples,
     width = n_groups * group_width; activations[l] and deltas[l] are
@@ -455,12 +457,12 @@ cdef double panel_network_gradients(
     if sample_threads == 1:
         for task in range(n_groups):
             panel_sample_task(task, group_width, width, n_rows, Xt, Yt, params, sizes,
-                              n_layers, output_tanh, activations, deltas, deltas_t,
+                              n_layers, output_tanh, loss, activations, deltas, deltas_t,
                               partials)
     else:
         for task in prange(n_groups, num_threads=sample_threads, schedule='static'):
             panel_sample_task(task, group_width, width, n_rows, Xt, Yt, params, sizes,
-                              n_layers, output_tanh, activations, deltas, deltas_t,
+                              n_layers, output_tanh, loss, activations, deltas, deltas_t,
                               partials)
     if weight_threads == 1:
         for task in range(n_weight_tasks):
@@ -529,7 +531,7 @@ cdef double lgm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
         return panel_network_gradients(
             <floating *> batches.Xt, <floating *> batches.Yt, n_rows, batches.group_width,
             batches.n_groups, batches.params, batches.targets, batches.sizes, n_layers,
-            batches.output_tanh, panel_rows, panel_rows + n_layers,
+            batches.output_tanh, batches.loss, panel_rows, panel_rows + n_layers,
             panel_rows + 2 * n_layers, panel_rows + 3 * n_layers, scale, beta, n_threads)
     if rows != NULL:
         gather_rows(<const char *> X, rows, n_rows, n_in * sizeof(floating),
@@ -639,9 +641,8 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.Y = cnp.PyArray_DATA(<cnp.ndarray> run.Y)
     batches.workspace = run.workspace.data
     batches.partials = <double *> run.workspace.data[2]
-    # The panel layout has the unweighted squared error only.
     batches.in_panel_layout = (
-        network.loss == SQUARED_ERROR and weights == NULL
+        panel_takes(network.loss, n_out, weights)
         and panel_plan(min(run.batch_size, n_samples), sizes, n_layers, sizeof(floating),
                        &batches.group_width, &batches.n_groups))
     batches.gather_each_batch = plan.order != NULL or n_tasks(n_samples, run.batch_size) > 1

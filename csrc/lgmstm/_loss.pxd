@@ -11,7 +11,8 @@
 # Gradients are scaled by grad_scale (1 / the weighted count the mean is
 # over) times the row's weight. The squared error has a flat, unweighted
 # form (squared_error, panel_squared_error: the programs' hot path) and the
-# row form of every loss (output_loss, which takes weights). Sums over
+# row form of every loss (output_loss, which takes weights; in the panel
+# layout panel_output_loss, unweighted). Sums over
 # blocks of a fixed size are added in block order (see _parallel.pxd).
 from cython cimport floating
 from cython.parallel cimport prange
@@ -23,6 +24,9 @@ cdef enum:
     SQUARED_ERROR = 0
     SOFTMAX = 1
     SIGMOID = 2
+    # The most outputs the panel layout takes a cross-entropy over (a
+    # sample's column is copied to the stack: panel_output_loss).
+    PANEL_LOSS_MAX_OUT = 64
 
 
 cdef inline double squared_error_rows(
@@ -258,6 +262,45 @@ cdef inline void output_rows(int loss, floating *outputs, Py_ssize_t n_rows,
     if loss != SQUARED_ERROR:
         for i in range(n_rows):
             output_function(loss, outputs + i * n_out, n_out)
+
+
+cdef inline bint panel_takes(int loss, Py_ssize_t n_out, const double *weights) noexcept nogil:
+    """Whether the panel layout trains this loss: unweighted, and for the
+    cross-entropies at most PANEL_LOSS_MAX_OUT outputs."""
+    return weights == NULL and (loss == SQUARED_ERROR or n_out <= PANEL_LOSS_MAX_OUT)
+
+
+cdef inline double panel_output_loss(
+        int loss, const floating *outputs, const floating *targets, floating *d_outputs,
+        Py_ssize_t n_units, Py_ssize_t n_blocks, Py_ssize_t block_cols,
+        Py_ssize_t n_valid, Py_ssize_t ld, double grad_scale,
+        bint apply_tanh) noexcept nogil:
+    """The loss of panel-layout outputs (laid out as panel_squared_error
+    takes them): panel_squared_error for SQUARED_ERROR; for the
+    cross-entropies (n_units <= PANEL_LOSS_MAX_OUT outputs, logits) row_loss
+    of each sample's column, summed in column order, its gradient (times
+    grad_scale) written back in the layout; 0 in padding."""
+    cdef floating column[PANEL_LOSS_MAX_OUT]
+    cdef floating target[PANEL_LOSS_MAX_OUT]
+    cdef floating gradient[PANEL_LOSS_MAX_OUT]
+    cdef Py_ssize_t block, i, k, at
+    cdef double total = 0
+    if loss == SQUARED_ERROR:
+        return panel_squared_error(outputs, targets, d_outputs, n_units, n_blocks, block_cols,
+                                   n_valid, ld, grad_scale, apply_tanh)
+    for block in range(n_blocks):
+        at = block * block_cols
+        for i in range(n_valid):
+            for k in range(n_units):
+                column[k] = outputs[k * ld + at + i]
+                target[k] = targets[k * ld + at + i]
+            total += row_loss(loss, column, target, gradient, n_units, grad_scale)
+            for k in range(n_units):
+                d_outputs[k * ld + at + i] = gradient[k]
+        for k in range(n_units):
+            for i in range(n_valid, block_cols):
+                d_outputs[k * ld + at + i] = 0
+    return total
 
 
 cdef inline int loss_of_output(str output) except -1:

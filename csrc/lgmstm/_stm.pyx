@@ -13,8 +13,8 @@ Training runs small networks' batches of full-length sequences in the panel
 layout of _panel.pxd (panel_stm_gradients): groups of samples carried
 through every step, then blocks of weight-gradient rows, with the panel
 kernels in place of BLAS. Other batches take the row-major passes, and so
-do the cross-entropies and weighted losses (the panel layout has the
-unweighted squared error only).
+do weighted losses and cross-entropies over more than PANEL_LOSS_MAX_OUT
+outputs (_loss.panel_takes).
 
 Unchecked: call it through lgmstm.STM, which validates shapes, dtypes and
 layouts once and allocates every buffer.
@@ -30,8 +30,8 @@ from libc.string cimport memcpy, memset
 
 from lgmstm._dense cimport dense_backward, dense_forward
 from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_loss,
-                           output_loss_blocks, output_rows, panel_squared_error,
-                           squared_error, weight_sum)
+                           output_loss_blocks, output_rows, panel_output_loss,
+                           panel_takes, squared_error, weight_sum)
 from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
@@ -762,9 +762,9 @@ cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
 
 cdef void panel_sequence_task(
         Py_ssize_t group, const PanelLayout *layout, Py_ssize_t n_rows,
-        void **params, const Py_ssize_t *sizes, bint output_tanh, double grad_scale,
-        PanelBuffers *panel_buffers, const floating *h0, floating *final_states,
-        double *partials) noexcept nogil:
+        void **params, const Py_ssize_t *sizes, bint output_tanh, int loss,
+        double grad_scale, PanelBuffers *panel_buffers, const floating *h0,
+        floating *final_states, double *partials) noexcept nogil:
     """Forward, loss and the backward time loop of one group of sequences.
 
     Sets the group's states, outputs, output gradients and dz, its loss
@@ -806,9 +806,10 @@ cdef void panel_sequence_task(
                   <floating *> params[READOUT_BIAS], False, NULL, 0, outputs, ld_read)
     if output_tanh:
         tanh_rows(outputs, n_out, n_read, ld_read)
-    partials[group] = panel_squared_error(outputs, <floating *> panel_buffers.targets + read_at, d_outputs,
-                                 n_out, n_read // width, width, n_valid, ld_read,
-                                 grad_scale, output_tanh)
+    partials[group] = panel_output_loss(loss, outputs,
+                                        <floating *> panel_buffers.targets + read_at,
+                                        d_outputs, n_out, n_read // width, width, n_valid,
+                                        ld_read, grad_scale, output_tanh)
     # Backward: dL/dh from the readout, then dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2).
     panel_product(n_hidden, n_read, n_out, W_out, n_out, 1, d_outputs, ld_read, NULL,
                   False, NULL, 0, dZ + (0 if every_step else (n_steps - 1) * width), cols)
@@ -908,13 +909,13 @@ cdef void panel_weight_task(floating *dtype, Py_ssize_t task, const PanelLayout 
 
 cdef double panel_stm_gradients(
         const floating *h0, Py_ssize_t n_rows, const PanelLayout *layout,
-        void **params, void **grads, const Py_ssize_t *sizes, bint output_tanh,
+        void **params, void **grads, const Py_ssize_t *sizes, bint output_tanh, int loss,
         PanelBuffers *panel_buffers, floating *final_states, int n_threads) noexcept nogil:
-    """stm_gradients in the panel layout, for full-length sequences.
+    """stm_gradients in the panel layout, for full-length sequences, unweighted.
 
     panel_buffers.inputs and panel_buffers.targets hold the batch (gather_columns); h0 is
     (n_rows, n_hidden) row-major or NULL (zeros). Fills grads and
-    final_states (n_rows, n_hidden) and returns the sum of squares.
+    final_states (n_rows, n_hidden) and returns the summed loss.
 
     Sequence tasks (a group of samples through every step) come first, then
     weight tasks (blocks of gradient rows, each summed over the whole batch):
@@ -927,19 +928,19 @@ cdef double panel_stm_gradients(
                                       + 2 * n_tasks(n_hidden, PANEL_WEIGHT_ROWS) + 1)
     cdef int sequence_threads = threads_for(n_threads, layout.n_groups, work)
     cdef int weight_threads = threads_for(n_threads, n_weight_tasks, work)
-    cdef double grad_scale = 1.0 / max(1, n_rows * (n_steps if layout.return_sequences
-                                                    else 1) * n_out)
+    cdef double grad_scale = loss_scale(
+        loss, n_rows * (n_steps if layout.return_sequences else 1), n_out)
     cdef double partials[MAX_PANEL_GROUPS]
     cdef double sum_squares = 0
     cdef Py_ssize_t task
     if sequence_threads == 1:
         for task in range(layout.n_groups):
-            panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh,
+            panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh, loss,
                                 grad_scale, panel_buffers, h0, final_states, partials)
     else:
         for task in prange(layout.n_groups, num_threads=sequence_threads,
                            schedule='static'):
-            panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh,
+            panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh, loss,
                                 grad_scale, panel_buffers, h0, final_states, partials)
     if weight_threads == 1:
         for task in range(n_weight_tasks):
@@ -1060,7 +1061,7 @@ cdef double stm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
             batches.gathered = True
         sum_squares = panel_stm_gradients(
             h0_rows, n_rows, &batches.layout, batches.params, batches.grads, batches.sizes,
-            batches.output_tanh, &batches.panel_buffers,
+            batches.output_tanh, batches.loss, &batches.panel_buffers,
             <floating *> workspace[FINAL_STATES], n_threads)
     else:
         sum_squares = stm_gradients(
@@ -1175,8 +1176,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.h0_all = data_or_null(run.initial_states)
     batches.final_all = data_or_null(run.final_states)
     batches.workspace = run.workspace.data
-    # The panel layout has the unweighted squared error only.
-    batches.in_panel_layout = (network.loss == SQUARED_ERROR and weights == NULL
+    batches.in_panel_layout = (panel_takes(network.loss, n_out, weights)
                                and use_panels(max_rows, n_steps, sizes))
     batches.layout = panel_layout(max_rows, n_steps, sizes, sizeof(floating),
                                   network.return_sequences)
