@@ -6,6 +6,7 @@ Run ``python -m lgmstm --help`` (or ``python -m lgmstm COMMAND --help``); the
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import contextlib
 import json
 import os
@@ -302,17 +303,21 @@ def plot(rows, path):
 
 
 # The dask case (issue 16) is not a timing table: lgmstm._bench_dask measures
-# its targets on a local cluster of worker processes.
+# its targets on a local cluster of worker processes. Nor is the quality case
+# (issue 14): the estimators' held-out scores and fit times against
+# scikit-learn's MLP (benchmarks.quality).
 DASK_CASE = "dask"
+QUALITY_CASE = "quality"
+GROUPS = (DASK_CASE, QUALITY_CASE)
 
 
 def _selection(text):
-    if text == DASK_CASE:
-        return DASK_CASE, None
+    if text in GROUPS:
+        return text, None
     try:
         return benchmarks.parse_selection(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{error}, {DASK_CASE}") from None
+        raise argparse.ArgumentTypeError(f"{error}, {', '.join(GROUPS)}") from None
 
 
 def command_bench_dask(args):
@@ -333,6 +338,53 @@ def command_bench_dask(args):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"dask": results}, f, indent=1, default=str)
+    return 0
+
+
+def format_quality_table(rows):
+    """The quality rows (benchmarks.quality): a line per data set and metric,
+    each library's mean +- std over the seeds, and the target met or MISSED."""
+    lines = []
+    for row in rows:
+        seconds = row["metric"] == "fit_seconds"
+        pattern = "{:.4f}"
+        ours = f"{pattern.format(row['lgmstm_mean'])} +- {pattern.format(row['lgmstm_std'])}"
+        theirs = f"{pattern.format(row['sklearn_mean'])} +- {pattern.format(row['sklearn_std'])}"
+        target = row["target"]
+        if seconds:
+            target += f" ({row['sklearn_mean'] / row['lgmstm_mean']:.1f}x)"
+        lines.append((row["data"], row["metric"], ours, theirs, target,
+                      "met" if row["met"] else "MISSED"))
+    header = ("data", "metric", "lgmstm", "scikit-learn MLP", "target", "")
+    return _aligned(header, lines)
+
+
+def command_bench_quality(args):
+    """lgmstm bench --only quality: the estimators against scikit-learn's MLP
+    (needs lgmstm[sklearn]); with --quick, fewer seeds and epochs."""
+    if importlib.util.find_spec("sklearn") is None:
+        print("lgmstm bench: the quality group compares lgmstm.sklearn with scikit-learn's "
+              "MLP, and scikit-learn is not installed: pip install 'lgmstm[sklearn]'",
+              file=sys.stderr)
+        return 1
+    seeds = benchmarks.QUALITY_QUICK_SEEDS if args.quick else benchmarks.QUALITY_SEEDS
+    epochs = benchmarks.QUALITY_QUICK_EPOCHS if args.quick else benchmarks.QUALITY_EPOCHS
+    print(f"quality (issue 14): lgmstm.sklearn against scikit-learn's MLP "
+          f"(activation='tanh'), {benchmarks.QUALITY_TEST_SIZE:.0%} held out, {seeds} seeds, "
+          f"{epochs} epochs each, hidden layers "
+          f"{benchmarks.QUALITY_SETTINGS['hidden_layer_sizes']}, solver "
+          f"{benchmarks.QUALITY_SETTINGS['solver']!r}, batches of min(200, n_samples); "
+          f"mean +- std over the seeds", flush=True)
+    rows = benchmarks.quality(quick=args.quick,
+                              progress=lambda label: print(f"[quality] {label}", file=sys.stderr,
+                                                           flush=True))
+    print(format_quality_table(rows))
+    if args.json:
+        from ._config import config_info
+
+        with open(args.json, "w") as f:
+            json.dump({"config": config_info(), "quick": args.quick, "quality": rows}, f,
+                      indent=1)
     return 0
 
 
@@ -384,11 +436,12 @@ def command_bench_loaded(args, threads, dtypes):
 def command_bench(args):
     if args.plot and _matplotlib_missing("bench"):
         return 1
-    if args.only and any(case == DASK_CASE for case, _ in args.only):
+    group = next((case for case, _ in args.only or () if case in GROUPS), None)
+    if group is not None:
         if len(args.only) > 1:
-            print(f"lgmstm bench: --only {DASK_CASE} runs alone", file=sys.stderr)
+            print(f"lgmstm bench: --only {group} runs alone", file=sys.stderr)
             return 2
-        return command_bench_dask(args)
+        return command_bench_dask(args) if group == DASK_CASE else command_bench_quality(args)
     threads = args.threads or benchmarks.default_threads()
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
     if args.loaded:
@@ -524,7 +577,10 @@ def build_parser(prog="python -m lgmstm"):
                        help="run only this case (e.g. stm_step, door) or case and size "
                             "(e.g. stm_step:odd, door:stm_step_1); may be repeated; "
                             "'dask' (alone) measures lgmstm.dask's targets on a local "
-                            "cluster (needs lgmstm[dask])")
+                            "cluster (needs lgmstm[dask]); 'quality' (alone) compares "
+                            "lgmstm.sklearn's held-out scores and fit times with "
+                            "scikit-learn's MLP on its bundled data sets (needs "
+                            "lgmstm[sklearn])")
     bench.add_argument("--json", type=_writable_path, metavar="PATH",
                        help="also write the results as JSON to PATH")
     bench.add_argument("--plot", type=_writable_path, metavar="PATH",

@@ -51,7 +51,7 @@ __all__ = ["DENSE_SIZES", "RECURRENT_SIZES", "SCALING_SIZES", "DOOR_ROWS", "CASE
            "parse_selection", "plan", "measure", "gemm_peak", "memory_check", "summarise",
            "format_peak_share", "peak_notes", "door_summary", "thread_count",
            "default_threads", "LOADED_CASES", "LOADED_TARGET", "plan_loaded", "cpu_load",
-           "loaded_summary"]
+           "loaded_summary", "QUALITY_DATA", "QUALITY_TARGETS", "quality"]
 
 # Learning rate of every timed fit: small enough that no size diverges.
 LR = 0.01
@@ -567,8 +567,9 @@ def _regressor(kind, dtype):
     if kind == "lgmstm":
         from .sklearn import LGMRegressor
 
-        return LGMRegressor(hidden_layer_sizes=(5,), optimizer="sgd", lr=LR, batch_size=None,
-                            epochs=1, dtype=dtype, random_state=0)
+        return LGMRegressor(hidden_layer_sizes=(5,), solver="sgd", momentum=0.0, alpha=0.0,
+                            learning_rate_init=LR, batch_size=None, max_iter=1, dtype=dtype,
+                            random_state=0)
     from sklearn.neural_network import MLPRegressor
 
     return MLPRegressor(hidden_layer_sizes=(5,), activation="tanh", solver="sgd",
@@ -1353,3 +1354,116 @@ def memory_check(size_name="medium", epochs=(20, 500)):
         ok = ok and (long["peak_rss_growth_bytes"]
                      <= short["peak_rss_growth_bytes"] + RSS_TOLERANCE)
     return {"size": size_name, "fits": runs, "ok": ok}
+
+
+# -- quality: the estimators against scikit-learn's MLP (issue 14) ----------------------
+# Not a timing table: on the data bundled with scikit-learn, lgmstm.sklearn's
+# estimators and scikit-learn's MLP (activation="tanh") are fitted with the
+# same settings on the same splits, and their held-out scores and fit times
+# are held to the issue's targets. Needs scikit-learn (lgmstm[sklearn]).
+
+QUALITY_DATA = (("digits", "classification"), ("breast_cancer", "classification"),
+                ("wine", "classification"), ("diabetes", "regression"))
+QUALITY_TEST_SIZE = 0.25
+QUALITY_SEEDS, QUALITY_QUICK_SEEDS = 5, 2
+QUALITY_EPOCHS, QUALITY_QUICK_EPOCHS = 200, 20
+# Both estimators: scikit-learn's defaults (one hidden layer of 100, Adam at
+# 0.001, alpha 1e-4, batches of min(200, n_samples)), and exactly `epochs`
+# epochs each (a plateau never stops them), so that the times compare the
+# same work.
+QUALITY_SETTINGS = {"hidden_layer_sizes": (100,), "solver": "adam", "batch_size": "auto",
+                    "learning_rate_init": 0.001, "alpha": 1e-4}
+# The issue's targets: lgmstm's mean against scikit-learn's.
+QUALITY_TARGETS = {
+    "accuracy": ("accuracy >= MLP - 0.005", lambda ours, theirs: ours >= theirs - 0.005),
+    "log_loss": ("log-loss <= 1.05 x MLP", lambda ours, theirs: ours <= 1.05 * theirs),
+    "r2": ("R^2 >= MLP - 0.01", lambda ours, theirs: ours >= theirs - 0.01),
+    "fit_seconds": ("fit >= 10 x faster", lambda ours, theirs: 10 * ours <= theirs),
+}
+
+
+def _quality_split(name, seed):
+    """Standardised train and test parts of the data set `name` (features
+    scaled on the training part; diabetes' target too, which changes no R^2)."""
+    from sklearn import datasets
+    from sklearn.model_selection import train_test_split
+
+    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    classification = dict(QUALITY_DATA)[name] == "classification"
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=QUALITY_TEST_SIZE, random_state=seed,
+        stratify=y if classification else None)
+    mean, std = X_train.mean(axis=0), X_train.std(axis=0)
+    std[std == 0] = 1.0
+    X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
+    if not classification:
+        y_mean, y_std = y_train.mean(), y_train.std()
+        y_train, y_test = (y_train - y_mean) / y_std, (y_test - y_mean) / y_std
+    return X_train, X_test, y_train, y_test
+
+
+def _quality_estimator(library, kind, seed, epochs):
+    settings = dict(QUALITY_SETTINGS, max_iter=epochs, n_iter_no_change=epochs,
+                    random_state=seed)
+    if library == "lgmstm":
+        from . import sklearn as estimators
+
+        return (estimators.LGMClassifier if kind == "classification"
+                else estimators.LGMRegressor)(**settings)
+    from sklearn import neural_network
+
+    return (neural_network.MLPClassifier if kind == "classification"
+            else neural_network.MLPRegressor)(activation="tanh", **settings)
+
+
+def quality(*, quick=False, seeds=None, epochs=None, data=None, progress=None):
+    """Fit lgmstm's estimators and scikit-learn's MLP on each data set of
+    QUALITY_DATA (or those named in `data`), on the same splits (25% held
+    out, one per seed), and summarise: a row per data set and metric
+    (accuracy and log-loss, or R^2, and fit seconds), with each library's
+    mean and standard deviation over the seeds and whether lgmstm meets the
+    issue's target. quick: QUALITY_QUICK_SEEDS seeds of
+    QUALITY_QUICK_EPOCHS epochs. ImportError without scikit-learn."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, log_loss, r2_score
+
+    seeds = seeds or (QUALITY_QUICK_SEEDS if quick else QUALITY_SEEDS)
+    epochs = epochs or (QUALITY_QUICK_EPOCHS if quick else QUALITY_EPOCHS)
+    rows = []
+    for name, kind in QUALITY_DATA:
+        if data is not None and name not in data:
+            continue
+        scores: dict[str, dict[str, list[float]]] = {"lgmstm": {}, "sklearn": {}}
+        for seed in range(seeds):
+            X_train, X_test, y_train, y_test = _quality_split(name, seed)
+            for library in scores:
+                if progress is not None:
+                    progress(f"{name} seed {seed} {library}")
+                estimator = _quality_estimator(library, kind, seed, epochs)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    started = time.perf_counter()
+                    estimator.fit(X_train, y_train)
+                    seconds = time.perf_counter() - started
+                measured = {"fit_seconds": seconds}
+                if kind == "classification":
+                    measured["accuracy"] = accuracy_score(y_test, estimator.predict(X_test))
+                    measured["log_loss"] = log_loss(y_test, estimator.predict_proba(X_test),
+                                                    labels=estimator.classes_)
+                else:
+                    measured["r2"] = r2_score(y_test, estimator.predict(X_test))
+                for metric, value in measured.items():
+                    scores[library].setdefault(metric, []).append(float(value))
+        for metric in ("accuracy", "log_loss", "r2", "fit_seconds"):
+            if metric not in scores["lgmstm"]:
+                continue
+            ours, theirs = scores["lgmstm"][metric], scores["sklearn"][metric]
+            target, met = QUALITY_TARGETS[metric]
+            rows.append({"data": name, "metric": metric, "seeds": seeds, "epochs": epochs,
+                         "lgmstm_mean": float(np.mean(ours)), "lgmstm_std": float(np.std(ours)),
+                         "sklearn_mean": float(np.mean(theirs)),
+                         "sklearn_std": float(np.std(theirs)),
+                         "target": target, "met": bool(met(np.mean(ours), np.mean(theirs)))})
+    return rows

@@ -13,18 +13,26 @@ in front, as with any network trained by gradient descent.
 """
 from __future__ import annotations
 
+import inspect
 import numbers
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
     from sklearn.utils import Tags, check_random_state
-    from sklearn.utils.multiclass import check_classification_targets, unique_labels
-    from sklearn.utils.validation import check_is_fitted, validate_data
+    from sklearn.utils.multiclass import (
+        check_classification_targets,
+        type_of_target,
+        unique_labels,
+    )
+    from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 except ImportError as exc:  # not installed, or older than 1.6
     raise ImportError(
         "lgmstm.sklearn needs scikit-learn >= 1.6: install it with "
@@ -34,8 +42,16 @@ except ImportError as exc:  # not installed, or older than 1.6
 from ._base import BACKENDS, BIT_GENERATORS, ESTIMATOR_KINDS, read_model_file
 from ._persist import ModelFile, read_sized, read_text_array, save_arrays, text_array
 from ._train import all_finite
-from ._training import TrainingInterrupted
-from ._validation import check_choice, check_float_dtype
+from ._training import TrainingInterrupted, user_stacklevel
+from ._validation import (
+    MAX_DIM,
+    check_bool,
+    check_choice,
+    check_float_dtype,
+    check_fraction,
+    check_int,
+    check_positive_float,
+)
 from .lgm import LGM
 
 __all__ = ["LGMRegressor", "LGMClassifier"]
@@ -58,23 +74,197 @@ def _hidden_sizes(sizes: int | Sequence[int]) -> list[int]:
     return [int(size) for size in sizes]
 
 
+# scikit-learn's MLP hyper-parameters that lgmstm takes, with their meanings.
+_SOLVERS = ("sgd", "adam")
+_LEARNING_RATES = ("constant", "invscaling", "adaptive")
+_LBFGS = ("solver='lbfgs' is not available: lgmstm trains by mini-batch gradient descent, "
+          "many epochs per compiled call, and L-BFGS is a full-batch quasi-Newton method "
+          "with a line search that it does not implement; use solver='adam' (the default) "
+          "or 'sgd'")
+# What scikit-learn's adaptive schedule divides the learning rate by, and
+# below which it stops instead.
+_ADAPTIVE_FACTOR, _ADAPTIVE_MIN_LR = 5.0, 1e-6
+# The network's activations by scikit-learn's names (out_activation_).
+_OUT_ACTIVATIONS = {"linear": "identity", "tanh": "tanh", "sigmoid": "logistic",
+                    "softmax": "softmax"}
+
+
+class _FitSettings(NamedTuple):
+    """One fit's hyper-parameters, checked, in the network's terms."""
+
+    max_iter: int
+    tol: float
+    n_iter_no_change: int
+    schedule: str  # learning_rate, "constant" unless solver="sgd" (as scikit-learn)
+    power_t: float
+    early_stopping: bool
+    validation_fraction: float
+    lr: float  # LGM.fit's lr: learning_rate_init over the loss scale for sgd
+    arguments: dict[str, Any]  # the rest of LGM.fit's arguments
+
+
+def _squared_error_scale(n_outputs: int) -> float:
+    """The network's squared error (the mean over samples and outputs) over
+    the loss whose gradient scikit-learn's MLP descends, the sum over
+    outputs of half the squared error, averaged over samples."""
+    return 2.0 / n_outputs
+
+
+class _Plateau:
+    """scikit-learn's count of epochs without improvement: a loss that is
+    not below the best one minus tol counts one more, a better one starts
+    the count again; the best is the lowest seen."""
+
+    def __init__(self, tol: float, best: float = np.inf) -> None:
+        self.tol, self.best, self.count = tol, best, 0
+
+    def update(self, loss: float) -> bool:
+        """Count loss; whether it was the best so far."""
+        self.count = self.count + 1 if loss > self.best - self.tol else 0
+        better = loss < self.best
+        if better:
+            self.best = loss
+        return better
+
+
+_MLP_PARAMETERS = """\
+    hidden_layer_sizes : int or sequence of int, default (100,)
+        Units of each hidden layer, each >= 1; ``()`` fits no hidden layer.
+    activation : "tanh", default "tanh"
+        The hidden layers' activation: lgmstm's networks are tanh networks
+        (any other value is refused).
+    solver : {"adam", "sgd"}, default "adam"
+        "adam": Adam with beta_1, beta_2 and epsilon; "sgd": gradient
+        descent with momentum and nesterovs_momentum (plain at
+        ``momentum=0``). "lbfgs" is refused: lgmstm trains by mini-batch
+        gradient descent only.
+    alpha : float >= 0, default 0.0001
+        L2 penalty on the weights (not the biases), as scikit-learn's: each
+        batch of n samples adds ``alpha / (2 n) * sum(W**2)`` to the loss
+        whose gradient it descends. It is the network's ``weight_decay``
+        (:meth:`lgmstm.LGM.fit`) scaled as that loss is, with n the batch
+        size (a smaller last batch is decayed as a full one).
+    batch_size : int >= 1, "auto" or None, default "auto"
+        Samples per update; "auto" is ``min(200, n_samples)``, None (or
+        anything >= n_samples) full batch.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default "constant"
+        The schedule of solver="sgd" (Adam's rate stays constant):
+        "invscaling" sets the rate of each epoch to
+        ``learning_rate_init / (t_ + 1) ** power_t``; "adaptive" divides it
+        by 5 each time the count of epochs without improvement exceeds
+        n_iter_no_change, and stops once it is at most 1e-6.
+    learning_rate_init : float > 0, default 0.001
+        The step size, with scikit-learn's meaning: for "sgd" it scales the
+        gradient of scikit-learn's loss (see alpha), whatever the number of
+        outputs.
+    power_t : float >= 0, default 0.5
+        The exponent of "invscaling".
+    max_iter : int >= 1, default 200
+        The most epochs ``fit`` runs; a ConvergenceWarning says when it ran
+        them all without stopping on a plateau.
+    shuffle : bool, default True
+        Visit the samples in a new random order each epoch.
+    random_state : int, numpy.random.RandomState or None, default None
+        Seeds the validation split, the initial weights and the shuffling.
+        An int makes ``fit`` reproducible; None draws fresh randomness.
+    tol : float >= 0, default 1e-4
+        An epoch improves when its loss (with early_stopping, its validation
+        loss) is below the best so far minus tol.
+    verbose : bool, default False
+        Print each epoch's loss, and why training stopped, to stdout.
+    warm_start : bool, default False
+        When fitted, ``fit`` trains the network it has, for up to max_iter
+        more epochs, going on with its optimizer state (scikit-learn starts
+        a new optimizer), ``loss_curve_``, ``n_iter_`` and ``t_``.
+    momentum : float in [0, 1), default 0.9
+        solver="sgd"'s momentum: the velocity decays by it each step.
+    nesterovs_momentum : bool, default True
+        Nesterov's momentum for solver="sgd" with momentum > 0.
+    early_stopping : bool, default False
+        Hold out validation_fraction of the samples (stratified by class for
+        the classifier), stop when the validation loss has not improved by
+        tol for more than n_iter_no_change epochs, and keep the network of
+        the best epoch.
+    validation_fraction : float in (0, 1), default 0.1
+        The share of the samples early_stopping holds out.
+    beta_1, beta_2 : float in [0, 1), default 0.9 and 0.999
+        Adam's decay of its means of the gradient and of its square.
+    epsilon : float > 0, default 1e-8
+        Added to Adam's denominator (after the bias correction, where
+        scikit-learn adds it before: a difference in the last digits).
+    n_iter_no_change : int >= 1, default 10
+        Training stops (or "adaptive" divides the rate) when more than this
+        many epochs in a row did not improve (see tol).
+"""
+
+_COMMON_PARAMETERS = """\
+    dtype : float32 or float64, default numpy.float64
+        Dtype of the parameters and of the computation; X is converted to it.
+    backend : {"cython", "numpy"}, default "cython"
+        "cython" runs the compiled kernels, "numpy" the NumPy reference.
+"""
+
+_MLP_ATTRIBUTES = """\
+    coefs_ : list of ndarray
+        ``coefs_[i]``, of shape (n_in_i, n_out_i), the weights of layer i:
+        copies of ``lgm_``'s; assigning a list of arrays of these shapes
+        sets the network's (checked by :meth:`lgmstm.LGM.load_params`).
+    intercepts_ : list of ndarray
+        ``intercepts_[i]``, of shape (n_out_i,), the biases; set likewise.
+    n_iter_ : int
+        Epochs run; with ``warm_start`` and :meth:`partial_fit`, since the
+        network was made.
+    t_ : int
+        Training samples seen (scikit-learn's; the clock of "invscaling").
+    best_loss_ : float or None
+        The lowest of ``loss_curve_`` (None with early_stopping).
+    validation_scores_ : ndarray of shape (n_iter_,) or None
+        With early_stopping, each epoch's validation score: minus its
+        validation loss, in loss_curve_'s units (scikit-learn's is
+        ``score``'s accuracy or R^2); else None.
+    best_validation_score_ : float or None
+        The best of validation_scores_, that of the network kept.
+    n_layers_ : int
+        Layers, the input and output layers included.
+    out_activation_ : str
+        The output layer's activation, by scikit-learn's name.
+"""
+
+
 class _LGMEstimator(BaseEstimator):
     """Hyper-parameters, fitting and prediction shared by the two estimators."""
 
     hidden_layer_sizes: int | Sequence[int]
-    epochs: int
-    lr: float
-    batch_size: int | None
-    optimizer: str
+    activation: str
+    solver: str
+    alpha: float
+    batch_size: int | str | None
+    learning_rate: str
+    learning_rate_init: float
+    power_t: float
+    max_iter: int
     shuffle: bool
-    dtype: DTypeLike
     random_state: int | np.random.RandomState | None
-    backend: str
+    tol: float
     verbose: bool
     warm_start: bool
+    momentum: float
+    nesterovs_momentum: bool
+    early_stopping: bool
+    validation_fraction: float
+    beta_1: float
+    beta_2: float
+    epsilon: float
+    n_iter_no_change: int
+    dtype: DTypeLike
+    backend: str
     lgm_: LGM
     loss_curve_: NDArray[np.float64]
+    best_loss_: float | None
+    validation_scores_: NDArray[np.float64] | None
+    best_validation_score_: float | None
     n_iter_: int
+    t_: int
     n_features_in_: int
 
     def _set_hyper_parameters(self, arguments: dict[str, Any]) -> None:
@@ -84,6 +274,18 @@ class _LGMEstimator(BaseEstimator):
         for name, value in arguments.items():
             if name != "self":
                 setattr(self, name, value)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A pickle of an estimator from before the MLP names.
+        if "epochs" in state:
+            network = state.get("lgm_")
+            state = _renamed(state, 1 if network is None else network.layer_sizes[-1])
+            if network is not None:
+                state = _renamed_attributes(state)
+            defaults = inspect.signature(type(self).__init__).parameters
+            state = {**{name: defaults[name].default for name in self._get_param_names()},
+                     **state}
+        super().__setstate__(state)
 
     def _start_fit(self, keep: bool) -> np.dtype[Any]:
         """The dtype of this fit: the network's when it goes on with ``lgm_``
@@ -108,34 +310,100 @@ class _LGMEstimator(BaseEstimator):
         # validate_data set n_features_in_ does not count.
         return hasattr(self, "lgm_")
 
+    # -- the hyper-parameters, checked -----------------------------------------------------
+    def _settings(self, n_samples: int, loss_scale: float) -> _FitSettings:
+        """The checked hyper-parameters of a fit on n_samples training
+        samples whose network's loss is loss_scale times the one
+        scikit-learn's MLP descends (see _squared_error_scale)."""
+        if self.activation != "tanh":
+            raise ValueError(f"activation must be 'tanh', got {self.activation!r}: lgmstm's "
+                             "networks are tanh networks (its compiled kernels fuse tanh)")
+        if self.solver == "lbfgs":
+            raise ValueError(_LBFGS)
+        solver = check_choice("solver", self.solver, _SOLVERS)
+        alpha = check_positive_float("alpha", self.alpha, allow_zero=True)
+        if isinstance(self.batch_size, str):
+            check_choice("batch_size", self.batch_size, ("auto",))
+            batch_size = min(200, n_samples)
+        else:
+            batch_size = check_int("batch_size", self.batch_size, 1, allow_none=True)
+            batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
+        schedule = check_choice("learning_rate", self.learning_rate, _LEARNING_RATES)
+        learning_rate_init = check_positive_float("learning_rate_init", self.learning_rate_init)
+        power_t = check_positive_float("power_t", self.power_t, allow_zero=True)
+        max_iter = check_int("max_iter", self.max_iter, 1, maximum=MAX_DIM)
+        shuffle = check_bool("shuffle", self.shuffle)
+        tol = check_positive_float("tol", self.tol, allow_zero=True)
+        check_bool("verbose", self.verbose)
+        momentum = check_fraction("momentum", self.momentum)
+        nesterov = check_bool("nesterovs_momentum", self.nesterovs_momentum)
+        early_stopping = check_bool("early_stopping", self.early_stopping)
+        validation_fraction = self.validation_fraction
+        if (isinstance(validation_fraction, (bool, np.bool_))
+                or not isinstance(validation_fraction, numbers.Real)
+                or not 0 < validation_fraction < 1):
+            raise ValueError(f"validation_fraction must be a number in (0, 1), got "
+                             f"{validation_fraction!r}")
+        beta_1 = check_fraction("beta_1", self.beta_1)
+        beta_2 = check_fraction("beta_2", self.beta_2)
+        epsilon = check_positive_float("epsilon", self.epsilon)
+        n_iter_no_change = check_int("n_iter_no_change", self.n_iter_no_change, 1,
+                                     maximum=MAX_DIM)
+        check_choice("backend", self.backend, BACKENDS)
+        if solver == "adam":
+            # Adam's steps do not change when the loss is scaled (up to epsilon).
+            lr, optimizer, schedule = learning_rate_init, "adam", "constant"
+        else:
+            lr = learning_rate_init / loss_scale
+            optimizer = "momentum" if momentum > 0 else "sgd"
+        arguments = dict(batch_size=batch_size, optimizer=optimizer, shuffle=shuffle,
+                         weight_decay=loss_scale * alpha / batch_size,
+                         momentum=momentum, nesterov=nesterov and optimizer == "momentum",
+                         beta1=beta_1, beta2=beta_2, eps=epsilon)
+        return _FitSettings(max_iter, tol, n_iter_no_change, schedule, power_t, early_stopping,
+                            float(validation_fraction), lr, arguments)
+
+    # -- training ------------------------------------------------------------------------
+    def _new_network(self, n_features: int, n_outputs: int, output: str,
+                     dtype: np.dtype[Any], seed: int) -> LGM:
+        sizes = [n_features, *_hidden_sizes(self.hidden_layer_sizes), n_outputs]
+        return LGM(sizes, output=output, dtype=dtype, seed=seed, backend=self.backend)
+
     def _fit_network(self, X: NDArray[Any], Y: NDArray[Any], output: str, keep: bool,
-                     epochs: int) -> None:
-        """Train ``lgm_`` for epochs on X (n_samples, n_features) and Y
-        (n_samples, n_out): the one there with its optimizer state when keep
-        (loss_curve_ and n_iter_ go on), else a new one."""
+                     incremental: bool, loss_scale: float, curve_scale: float,
+                     stratify: NDArray[Any] | None = None) -> None:
+        """Train ``lgm_`` on X (n_samples, n_features) and Y (n_samples,
+        n_out): the one there, with its optimizer state, when keep
+        (loss_curve_, n_iter_ and t_ go on), else a new one. incremental:
+        one epoch (partial_fit), else up to max_iter epochs with
+        scikit-learn's stopping rules. The network's loss is loss_scale
+        times scikit-learn's (see _squared_error_scale); curve_scale times
+        it is scikit-learn's loss_curve_. stratify: the labels a
+        classifier's validation split keeps in proportion."""
+        random_state = check_random_state(self.random_state)
+        settings = self._settings(X.shape[0], loss_scale)
+        validation = None
+        if settings.early_stopping and not incremental:
+            X, X_val, Y, Y_val = train_test_split(
+                X, Y, test_size=settings.validation_fraction, random_state=random_state,
+                stratify=stratify)
+            validation = (X_val, Y_val)
+            settings = self._settings(X.shape[0], loss_scale)
         if keep:
             network = self.lgm_
         else:
-            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-            sizes = [X.shape[1], *_hidden_sizes(self.hidden_layer_sizes), Y.shape[1]]
-            network = LGM(sizes, output=output, dtype=X.dtype, seed=seed, backend=self.backend)
+            seed = int(random_state.randint(np.iinfo(np.int32).max))
+            network = self._new_network(X.shape[1], Y.shape[1], output, X.dtype, seed)
+            self.loss_curve_, self.n_iter_, self.t_ = np.empty(0), 0, 0
+            self.best_loss_, self.validation_scores_, self.best_validation_score_ = \
+                np.inf, None, None
+        progress = _Progress(self, network, X.shape[0], settings, curve_scale, validation,
+                             incremental)
         try:
-            network.fit(X, Y, epochs=epochs, lr=self.lr, batch_size=self.batch_size,
-                        optimizer=self.optimizer, shuffle=self.shuffle, verbose=self.verbose,
-                        warm_start=keep)
-        except TrainingInterrupted:
-            self._keep(network, keep)  # the epochs finished before Ctrl-C, as LGM keeps them
-            raise
-        self._keep(network, keep)
-
-    def _keep(self, network: LGM, keep: bool) -> None:
-        if keep:
-            self.loss_curve_ = np.concatenate([self.loss_curve_, network.history_])
-            self.n_iter_ += len(network.history_)
-        else:
-            self.loss_curve_ = network.history_
-            self.n_iter_ = len(network.history_)
-        self.lgm_ = network
+            progress.train(X, Y, keep)
+        finally:
+            progress.keep()
+            self.lgm_ = network
 
     def _ready_features(self, X: Any) -> bool:
         """Whether validate_data would take X unchanged, so that its cost can
@@ -156,6 +424,60 @@ class _LGMEstimator(BaseEstimator):
         X_valid = validate_data(self, X, reset=False, dtype=self.lgm_.dtype)
         outputs: NDArray[Any] = self.lgm_.predict(X_valid)
         return outputs
+
+    # -- scikit-learn's view of the network ----------------------------------------------
+    def _fitted_network(self, name: str) -> LGM:
+        network = getattr(self, "lgm_", None)
+        if network is None:
+            raise AttributeError(f"this {type(self).__name__} has no {name} before fit")
+        return network
+
+    @property
+    def coefs_(self) -> list[NDArray[Any]]:
+        """The weights of each layer, ``coefs_[i]`` of shape (n_in_i, n_out_i):
+        copies of ``lgm_``'s; assigning a list of arrays of these shapes
+        sets them (through :meth:`lgmstm.LGM.load_params`, checked)."""
+        params = self._fitted_network("coefs_").params
+        return [params[f"layer{layer}.weight"] for layer in range(len(params) // 2)]
+
+    @coefs_.setter
+    def coefs_(self, coefs: Sequence[ArrayLike]) -> None:
+        self._set_layers("coefs_", "weight", coefs)
+
+    @property
+    def intercepts_(self) -> list[NDArray[Any]]:
+        """The biases of each layer, ``intercepts_[i]`` of shape (n_out_i,):
+        copies of ``lgm_``'s; assigning sets them, as for ``coefs_``."""
+        params = self._fitted_network("intercepts_").params
+        return [params[f"layer{layer}.bias"] for layer in range(len(params) // 2)]
+
+    @intercepts_.setter
+    def intercepts_(self, intercepts: Sequence[ArrayLike]) -> None:
+        self._set_layers("intercepts_", "bias", intercepts)
+
+    def _set_layers(self, name: str, kind: str, values: Sequence[ArrayLike]) -> None:
+        network = self._fitted_network(name)
+        params = network.params
+        n_layers = len(params) // 2
+        if isinstance(values, (str, bytes, np.ndarray)) or not isinstance(values, Sequence) \
+                or len(values) != n_layers:
+            raise ValueError(f"{name} must be a list of {n_layers} arrays, one per layer, got "
+                             f"{type(values).__name__}"
+                             f"{f' of length {len(values)}' if hasattr(values, '__len__') else ''}")
+        updated: dict[str, ArrayLike] = dict(params)
+        updated.update({f"layer{layer}.{kind}": value for layer, value in enumerate(values)})
+        network.load_params(updated)
+
+    @property
+    def out_activation_(self) -> str:
+        """The output layer's activation, by scikit-learn's name ("identity"
+        for a linear output)."""
+        return _OUT_ACTIVATIONS[self._fitted_network("out_activation_").output]
+
+    @property
+    def n_layers_(self) -> int:
+        """Number of layers, the input and output layers included."""
+        return len(self._fitted_network("n_layers_").layer_sizes)
 
     # -- files: the estimator's save and load ---------------------------------------------
     # An estimator's file (lgmstm._persist's format) is its network's file
@@ -266,16 +588,20 @@ class _LGMEstimator(BaseEstimator):
                              f"{header!r}"[:300])
         known = set(cls._get_param_names())
         hyper_parameters = _mapping(header["hyper_parameters"], "hyper_parameters")
+        network_backend = check_choice("the network's backend",
+                                       backend or header["network_backend"], BACKENDS)
+        network = LGM._from_file(stored, network_backend)
+        n_features, n_outputs = network.layer_sizes[0], network.layer_sizes[-1]
+        attributes = _mapping(header["attributes"], "attributes")
+        if "epochs" in hyper_parameters:  # a file from before the MLP names
+            hyper_parameters = _renamed(hyper_parameters, n_outputs)
+            attributes = _renamed_attributes(attributes)
         if set(hyper_parameters) - known:
             raise ValueError(f"{stored.kind} has no hyper-parameters "
                              f"{sorted(set(hyper_parameters) - known)}")
         estimator = cls(**{name: _from_json(value, f"hyper-parameter {name}")
                            for name, value in hyper_parameters.items()})
-        network_backend = check_choice("the network's backend",
-                                       backend or header["network_backend"], BACKENDS)
-        network = LGM._from_file(stored, network_backend)
-        n_features, n_outputs = network.layer_sizes[0], network.layer_sizes[-1]
-        for name, value in _mapping(header["attributes"], "attributes").items():
+        for name, value in attributes.items():
             setattr(estimator, _attribute_name(estimator, name),
                     _from_json(value, f"attribute {name}"))
         object_arrays = header["object_arrays"]
@@ -294,19 +620,179 @@ class _LGMEstimator(BaseEstimator):
         return estimator
 
 
-class LGMRegressor(RegressorMixin, _LGMEstimator):
-    """Regression with a feed-forward tanh network, :class:`lgmstm.LGM`.
+class _Progress:
+    """One fit's epochs, run on the network in compiled blocks, with
+    scikit-learn's stopping rules between them (see _LGMEstimator._fit_network).
 
-    The network minimises the mean squared error by mini-batch gradient
-    descent on compiled OpenMP kernels. Hidden layers are tanh; the output
-    layer is linear by default. Single- and multi-output targets are
-    supported.
+    Without early stopping a block is as long as the count of epochs without
+    improvement cannot reach n_iter_no_change + 1 before its end, so that
+    training stops exactly where scikit-learn's loop would. Early stopping
+    at a constant rate is the network's own, in one compiled call
+    (LGM.fit's early_stopping, with patience n_iter_no_change + 1: the
+    same count). With a schedule that changes the rate between epochs
+    (scikit-learn's "invscaling" sets it from the samples seen after every
+    epoch; "adaptive" with early stopping divides it on a validation
+    plateau), blocks are single epochs, the validation loss measured after
+    each.
+    """
+
+    def __init__(self, estimator: _LGMEstimator, network: LGM, n_samples: int,
+                 settings: _FitSettings, curve_scale: float,
+                 validation: tuple[NDArray[Any], NDArray[Any]] | None,
+                 incremental: bool) -> None:
+        self.estimator, self.network, self.n_samples = estimator, network, n_samples
+        self.settings, self.curve_scale, self.validation = settings, curve_scale, validation
+        self.incremental = incremental
+        self.losses: list[NDArray[np.float64]] = []
+        self.scores: list[float] = []
+        self.best_params: dict[str, NDArray[Any]] | None = None
+        self.plateau = _Plateau(settings.tol, estimator.best_loss_ if
+                                estimator.best_loss_ is not None else np.inf)
+        self.validation_plateau = _Plateau(settings.tol)
+
+    def _block(self, X: NDArray[Any], Y: NDArray[Any], epochs: int, lr: float,
+               warm: bool, **control: Any) -> NDArray[np.float64]:
+        """Train epochs epochs at lr (control: LGM.fit's early stopping);
+        their losses, in scikit-learn's scale."""
+        try:
+            return self.network.fit(X, Y, epochs=epochs, lr=lr, warm_start=warm,
+                                    **self.settings.arguments, **control) * self.curve_scale
+        except TrainingInterrupted as exc:
+            self._count(np.asarray(exc.history) * self.curve_scale, self._validated(control))
+            raise
+
+    def _validated(self, control: dict[str, Any]) -> NDArray[np.float64] | None:
+        """The validation losses of the network's last fit, in scikit-learn's
+        scale, when it measured them (control), else None."""
+        if not control:
+            return None
+        return np.asarray(self.network.validation_history_) * self.curve_scale
+
+    def train(self, X: NDArray[Any], Y: NDArray[Any], keep: bool) -> None:
+        settings = self.settings
+        lr = settings.lr
+        if self.incremental:
+            self._count(self._block(X, Y, 1, self._scheduled(lr), keep))
+            return
+        if self.validation is not None and settings.schedule == "constant":
+            self._stop_early(X, Y, lr, keep)
+            return
+        done, warm = 0, keep
+        while done < settings.max_iter:
+            single = self.validation is not None or settings.schedule == "invscaling"
+            plateau = self.validation_plateau if self.validation is not None else self.plateau
+            epochs = min(1 if single else settings.n_iter_no_change + 1 - plateau.count,
+                         settings.max_iter - done)
+            losses = self._block(X, Y, epochs, self._scheduled(lr), warm)
+            warm = True
+            done += len(losses)
+            self._count(losses)
+            if len(losses) < epochs:
+                return  # diverged: LGM.fit warned and kept the last finite parameters
+            if plateau.count > settings.n_iter_no_change:
+                if settings.schedule == "adaptive" and lr > _ADAPTIVE_MIN_LR:
+                    lr /= _ADAPTIVE_FACTOR
+                    plateau.count = 0
+                    self._say(f"Setting learning rate to {lr * self._lr_scale():f}")
+                    continue
+                what = "Validation score" if self.validation is not None else "Training loss"
+                self._say(f"{what} did not improve more than tol={settings.tol:f} for "
+                          f"{settings.n_iter_no_change} consecutive epochs. Stopping.")
+                return
+        warnings.warn(f"Stochastic Optimizer: Maximum iterations ({settings.max_iter}) reached "
+                      "and the optimization hasn't converged yet.", ConvergenceWarning,
+                      stacklevel=user_stacklevel())
+
+    def _stop_early(self, X: NDArray[Any], Y: NDArray[Any], lr: float, warm: bool) -> None:
+        """Early stopping in one compiled call of the network's fit, which
+        measures the validation loss after every epoch, stops after
+        n_iter_no_change + 1 epochs without improvement by tol (both in
+        scikit-learn's scale) and restores the best epoch's network."""
+        settings = self.settings
+        assert self.validation is not None
+        control = dict(validation_data=self.validation, early_stopping=True,
+                       patience=settings.n_iter_no_change + 1,
+                       tol=settings.tol / self.curve_scale)
+        losses = self._block(X, Y, settings.max_iter, lr, warm, **control)
+        self._count(losses, self._validated(control))
+        if len(losses) == settings.max_iter:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({settings.max_iter}) "
+                          "reached and the optimization hasn't converged yet.",
+                          ConvergenceWarning, stacklevel=user_stacklevel())
+        elif self.network.best_epoch_ is not None and np.isfinite(losses).all():
+            self._say(f"Validation score did not improve more than tol={settings.tol:f} for "
+                      f"{settings.n_iter_no_change} consecutive epochs. Stopping.")
+
+    def _lr_scale(self) -> float:
+        """learning_rate_init over LGM.fit's lr."""
+        return self.estimator.learning_rate_init / self.settings.lr
+
+    def _scheduled(self, lr: float) -> float:
+        """The learning rate of the next epoch: scikit-learn's "invscaling"
+        sets it to learning_rate_init / (t_ + 1) ** power_t after each epoch."""
+        if self.settings.schedule == "invscaling":
+            return lr / (self.estimator.t_ + 1) ** self.settings.power_t
+        return lr
+
+    def _count(self, losses: NDArray[np.float64],
+               validated: NDArray[np.float64] | None = None) -> None:
+        """Add the block's epochs to the estimator's curves and counts, with
+        their validation losses: those the network measured (validated),
+        else measured here after the block (of one epoch), keeping the
+        best epoch's parameters."""
+        self.losses.append(losses)
+        estimator = self.estimator
+        for epoch, loss in enumerate(losses):
+            estimator.n_iter_ += 1
+            estimator.t_ += self.n_samples
+            self.plateau.update(float(loss))
+            if validated is not None:
+                if len(validated) == len(losses):  # else Ctrl-C came first
+                    self.scores.append(-float(validated[epoch]))
+                    self.validation_plateau.update(float(validated[epoch]))
+            elif self.validation is not None:
+                X_val, Y_val = self.validation
+                validation_loss = self.network.loss(X_val, Y_val) * self.curve_scale
+                self.scores.append(-validation_loss)
+                if self.validation_plateau.update(validation_loss):
+                    self.best_params = self.network.params
+            self._say(f"Iteration {estimator.n_iter_}, loss = {loss:.8f}")
+
+    def _say(self, message: str) -> None:
+        if self.estimator.verbose:
+            print(message)
+
+    def keep(self) -> None:
+        """Write what the fit did into the estimator (also after Ctrl-C)."""
+        estimator = self.estimator
+        estimator.loss_curve_ = np.concatenate([estimator.loss_curve_, *self.losses])
+        if self.validation is None:
+            estimator.best_loss_ = float(self.plateau.best)
+            return
+        # scikit-learn: with early stopping the best training loss is not kept.
+        estimator.best_loss_ = None
+        estimator.validation_scores_ = np.asarray(self.scores, dtype=np.float64)
+        if self.scores:
+            estimator.best_validation_score_ = -float(self.validation_plateau.best)
+        if self.best_params is not None:  # measured here: the network restores its own
+            self.network.load_params(self.best_params)
+
+
+class LGMRegressor(RegressorMixin, _LGMEstimator):
+    """Regression with a feed-forward tanh network, :class:`lgmstm.LGM`: a
+    drop-in for scikit-learn's ``MLPRegressor(activation="tanh")``.
+
+    The network minimises half the squared error (scikit-learn's loss, plus
+    alpha's penalty) by mini-batch gradient descent on compiled OpenMP
+    kernels, many epochs per call, with scikit-learn's stopping rules
+    between the calls. Hidden layers are tanh; the output layer is linear by
+    default. Single- and multi-output targets are supported. It takes
+    ``MLPRegressor``'s hyper-parameters, with their meanings, and lgmstm's
+    own (output, standardize_y, dtype, backend).
 
     Parameters
     ----------
-    hidden_layer_sizes : int or sequence of int, default (32,)
-        Units of each hidden layer, each >= 1; ``()`` fits an affine model.
-    output : {"linear", "tanh"}, default "linear"
+    %(mlp_parameters)s    output : {"linear", "tanh"}, default "linear"
         Activation of the output layer. With "tanh" the network's outputs lie
         in (-1, 1) of the trained target: with ``standardize_y=True`` that
         is the training target's mean +- one standard deviation, so use
@@ -314,54 +800,25 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
     standardize_y : bool, default True
         Train on the target standardised per output (zero mean, unit
         variance; a constant output is only centred) and map predictions
-        back, so that the defaults suit a target in any units. Without it, a
-        target far from 0 takes many more epochs to reach (with "adam" the
-        weights move by about ``lr`` per step whatever the target's scale):
+        back, so that the defaults suit a target in any units
+        (``MLPRegressor`` has no such step: set False for its behaviour).
+        The losses, tol and alpha then apply to the standardised target.
+        Without it, a target far from 0 takes many more epochs to reach:
         on the diabetes data (target about 150 +- 77, features
         standardised) the default settings reach a cross-validated R^2 of
-        about 0.47 with it and below 0 without it.
-    epochs : int >= 0, default 200
-        Passes over the training data.
-    lr : float > 0, default 0.001
-        Learning rate.
-    batch_size : int >= 1 or None, default 32
-        Samples per update; None (or >= n_samples) is full-batch descent.
-    optimizer : {"sgd", "momentum", "adam"}, default "adam"
-        See :meth:`lgmstm.LGM.fit`.
-    shuffle : bool, default True
-        Visit the samples in a new random order each epoch.
-    dtype : float32 or float64, default numpy.float64
-        Dtype of the parameters and of the computation; X is converted to
-        it. Predictions are float64 either way.
-    random_state : int, numpy.random.RandomState or None, default None
-        Seeds the initial weights and the shuffling. An int makes ``fit``
-        reproducible; None draws fresh randomness at each ``fit``.
-    backend : {"cython", "numpy"}, default "cython"
-        "cython" runs the compiled kernels, "numpy" the NumPy reference.
-    verbose : bool, default False
-        Print epoch, loss and epochs/s to stderr during ``fit``.
-    warm_start : bool, default False
-        When fitted, ``fit`` trains the network it has for ``epochs`` more,
-        going on with its optimizer state, target scaling, ``loss_curve_``
-        and ``n_iter_``, instead of a new network (as scikit-learn's
-        ``MLPRegressor`` does); X must have the same features, y the same
-        outputs.
-
+        about 0.49 with it and below 0 without it.
+    %(common_parameters)s
     Attributes
     ----------
     lgm_ : lgmstm.LGM
         The trained network, of layer sizes
         ``[n_features_in_, *hidden_layer_sizes, n_outputs_]``.
     loss_curve_ : ndarray of shape (n_iter_,), float64
-        Mean squared error of each epoch, in standardised target units when
+        Half the mean squared error of each epoch (scikit-learn's loss,
+        without alpha's penalty), in standardised target units when
         ``standardize_y``; of every epoch since the network was made, with
         ``warm_start`` and :meth:`partial_fit`.
-    n_iter_ : int
-        Epochs run: ``epochs``, or fewer if training diverged (a
-        :class:`lgmstm.DivergenceWarning` says so; the network keeps the
-        last finite parameters); with ``warm_start`` and :meth:`partial_fit`,
-        since the network was made.
-    n_outputs_ : int
+    %(mlp_attributes)s    n_outputs_ : int
         Number of outputs of the target.
     y_mean_ : ndarray of shape (n_outputs_,), float64
         Mean of each training output (zeros without ``standardize_y``); from
@@ -399,13 +856,18 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
     y_scale_: NDArray[np.float64]
     _y_1d: bool
 
-    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (32,), *,
-                 output: str = "linear", standardize_y: bool = True, epochs: int = 200,
-                 lr: float = 0.001, batch_size: int | None = 32, optimizer: str = "adam",
-                 shuffle: bool = True, dtype: DTypeLike = np.float64,
-                 random_state: int | np.random.RandomState | None = None,
-                 backend: str = "cython", verbose: bool = False,
-                 warm_start: bool = False) -> None:
+    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,),
+                 activation: str = "tanh", *, solver: str = "adam", alpha: float = 0.0001,
+                 batch_size: int | str | None = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
+                 shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 output: str = "linear", standardize_y: bool = True,
+                 dtype: DTypeLike = np.float64, backend: str = "cython") -> None:
         self._set_hyper_parameters(locals())
 
     def __sklearn_tags__(self) -> Tags:
@@ -434,7 +896,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             Empty, non-finite or non-numeric data, inconsistent lengths, or
             an invalid hyper-parameter value.
         TypeError
-            A hyper-parameter of the wrong type (e.g. a float ``epochs``).
+            A hyper-parameter of the wrong type (e.g. a float ``max_iter``).
         lgmstm.TrainingInterrupted
             Ctrl-C during training: the estimator keeps the network of the
             last finished epoch.
@@ -442,9 +904,12 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         Warns
         -----
         lgmstm.DivergenceWarning
-            Training met a non-finite loss (try a smaller ``lr``).
+            Training met a non-finite loss (try a smaller ``learning_rate_init``).
+        sklearn.exceptions.ConvergenceWarning
+            max_iter epochs ran and no plateau stopped them (scikit-learn's
+            warning).
         """
-        return self._train(X, y, self._goes_on(self.warm_start), self.epochs)
+        return self._train(X, y, self._goes_on(self.warm_start), False)
 
     def partial_fit(self, X: ArrayLike, y: ArrayLike) -> LGMRegressor:
         """Train one epoch on (X, y), going on from the last call.
@@ -452,7 +917,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         As scikit-learn's ``MLPRegressor.partial_fit``: the first call on an
         unfitted estimator makes the network (and, with ``standardize_y``,
         the target's scaling, from this y); every call, later ones too,
-        trains it one epoch with the estimator's hyper-parameters (``epochs``
+        trains it one epoch with the estimator's hyper-parameters (``max_iter``
         aside), going on with its optimizer state (see
         :meth:`lgmstm.LGM.partial_fit`), and adds to ``loss_curve_`` and
         ``n_iter_``. After ``fit``, it goes on from that fit.
@@ -474,10 +939,10 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             As :meth:`fit`, and X or y does not match what the network was
             made for.
         """
-        return self._train(X, y, self.__sklearn_is_fitted__(), 1)
+        return self._train(X, y, self.__sklearn_is_fitted__(), True)
 
-    def _train(self, X: ArrayLike, y: ArrayLike, keep: bool, epochs: int) -> LGMRegressor:
-        """fit and partial_fit: keep goes on with the fitted network."""
+    def _train(self, X: ArrayLike, y: ArrayLike, keep: bool, incremental: bool) -> LGMRegressor:
+        """fit and partial_fit (incremental): keep goes on with the fitted network."""
         dtype = self._start_fit(keep)
         X_valid: NDArray[Any]
         if keep and self._ready_targets(X, y):
@@ -502,8 +967,9 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             else:
                 self.y_mean_ = np.zeros(self.n_outputs_)
                 self.y_scale_ = np.ones(self.n_outputs_)
+        # The loss is half the mean squared error, as scikit-learn's.
         self._fit_network(X_valid, ((Y - self.y_mean_) / self.y_scale_).astype(dtype),
-                          self.output, keep, epochs)
+                          self.output, keep, incremental, _squared_error_scale(Y.shape[1]), 0.5)
         return self
 
     def _ready_targets(self, X: Any, y: Any) -> bool:
@@ -542,64 +1008,35 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
 
 
 class LGMClassifier(ClassifierMixin, _LGMEstimator):
-    """Classification with a feed-forward tanh network, :class:`lgmstm.LGM`.
+    """Classification with a feed-forward tanh network, :class:`lgmstm.LGM`:
+    scikit-learn's ``MLPClassifier(activation="tanh")`` hyper-parameters and
+    attributes, with their meanings.
 
-    One-vs-rest on tanh outputs, trained by least squares: output k is
-    trained towards +1 on samples of class k and -1 elsewhere (two classes
-    need one output, for the second class). A least-squares fit estimates
-    the conditional mean of its target, here ``2 P(k | x) - 1``, so
-    ``(output_k + 1) / 2`` estimates ``P(k | x)``. :meth:`predict_proba`
-    returns these estimates, for more than two classes divided by their sum
-    so that each row sums to 1 (a row of zeros becomes uniform). No softmax:
-    the network's loss stays the mean squared error of :class:`lgmstm.LGM`.
-    The predicted class is the one of the largest output.
+    The network is trained on the log-loss, as scikit-learn's: a sigmoid
+    output for two classes (the probability of ``classes_[1]``) and for a
+    multi-label indicator y (one per label), a softmax over the classes for
+    more; :meth:`predict_proba` is the network's output and
+    :meth:`predict_log_proba` its stable logarithm (no ``log(0)``).
+    Classifiers saved by lgmstm before the log-loss (tanh outputs trained
+    towards +-1) load and predict as they did.
 
     Parameters
     ----------
-    hidden_layer_sizes : int or sequence of int, default (32,)
-        Units of each hidden layer, each >= 1; ``()`` fits one tanh layer.
-    epochs : int >= 0, default 200
-        Passes over the training data.
-    lr : float > 0, default 0.001
-        Learning rate.
-    batch_size : int >= 1 or None, default 32
-        Samples per update; None (or >= n_samples) is full-batch descent.
-    optimizer : {"sgd", "momentum", "adam"}, default "adam"
-        See :meth:`lgmstm.LGM.fit`.
-    shuffle : bool, default True
-        Visit the samples in a new random order each epoch.
-    dtype : float32 or float64, default numpy.float64
-        Dtype of the parameters, of the computation and of the scores and
-        probabilities; X is converted to it.
-    random_state : int, numpy.random.RandomState or None, default None
-        Seeds the initial weights and the shuffling. An int makes ``fit``
-        reproducible; None draws fresh randomness at each ``fit``.
-    backend : {"cython", "numpy"}, default "cython"
-        "cython" runs the compiled kernels, "numpy" the NumPy reference.
-    verbose : bool, default False
-        Print epoch, loss and epochs/s to stderr during ``fit``.
-    warm_start : bool, default False
-        When fitted, ``fit`` trains the network it has for ``epochs`` more,
-        going on with its optimizer state, ``loss_curve_`` and ``n_iter_``,
-        instead of a new network (as scikit-learn's ``MLPClassifier``
-        does); y must hold the same classes.
-
+    %(mlp_parameters)s%(common_parameters)s
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-        The class labels, sorted (those of ``classes`` with :meth:`partial_fit`).
+        The class labels, sorted (those of ``classes`` with :meth:`partial_fit`);
+        for a multi-label y, the label indices ``0, ..., n_labels - 1``.
     lgm_ : lgmstm.LGM
         The trained network, of layer sizes
         ``[n_features_in_, *hidden_layer_sizes, n_outputs]`` with
-        ``n_outputs = 1`` for up to two classes, else ``n_classes``.
+        ``n_outputs = 1`` for up to two classes, else ``n_classes`` (or
+        ``n_labels``).
     loss_curve_ : ndarray of shape (n_iter_,), float64
-        Mean squared error of each epoch against the +-1 targets; of every
-        epoch since the network was made, with ``warm_start`` and
-        :meth:`partial_fit`.
-    n_iter_ : int
-        Epochs run: ``epochs``, or fewer if training diverged; with
-        ``warm_start`` and :meth:`partial_fit`, since the network was made.
-    n_features_in_ : int
+        The log-loss of each epoch (without alpha's penalty); of every epoch
+        since the network was made, with ``warm_start`` and :meth:`partial_fit`.
+    %(mlp_attributes)s    n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,), object
         Names of the features, when X had string column names.
@@ -622,13 +1059,22 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
 
     classes_: NDArray[Any]
 
-    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (32,), *,
-                 epochs: int = 200, lr: float = 0.001, batch_size: int | None = 32,
-                 optimizer: str = "adam", shuffle: bool = True,
-                 dtype: DTypeLike = np.float64,
-                 random_state: int | np.random.RandomState | None = None,
-                 backend: str = "cython", verbose: bool = False,
-                 warm_start: bool = False) -> None:
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+    def __init__(self, hidden_layer_sizes: int | Sequence[int] = (100,),
+                 activation: str = "tanh", *, solver: str = "adam", alpha: float = 0.0001,
+                 batch_size: int | str | None = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
+                 shuffle: bool = True,
+                 random_state: int | np.random.RandomState | None = None, tol: float = 1e-4,
+                 verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 dtype: DTypeLike = np.float64, backend: str = "cython") -> None:
         self._set_hyper_parameters(locals())
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> LGMClassifier:
@@ -653,7 +1099,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             continuous or multi-output y, an invalid hyper-parameter value,
             or (``warm_start``, fitted) classes other than ``classes_``.
         TypeError
-            A hyper-parameter of the wrong type (e.g. a float ``epochs``).
+            A hyper-parameter of the wrong type (e.g. a float ``max_iter``).
         lgmstm.TrainingInterrupted
             Ctrl-C during training: the estimator keeps the network of the
             last finished epoch.
@@ -663,19 +1109,24 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         sklearn.exceptions.DataConversionWarning
             y is a column vector of shape (n_samples, 1).
         lgmstm.DivergenceWarning
-            Training met a non-finite loss (try a smaller ``lr``).
+            Training met a non-finite loss (try a smaller ``learning_rate_init``).
+        sklearn.exceptions.ConvergenceWarning
+            max_iter epochs ran and no plateau stopped them (scikit-learn's
+            warning).
         """
         keep = self._goes_on(self.warm_start)
         dtype = self._start_fit(keep)
-        X_valid, y_valid = validate_data(self, X, y, dtype=dtype, reset=not keep)
+        X_valid, y_valid = validate_data(self, X, y, dtype=dtype, reset=not keep,
+                                         multi_output=True)
         check_classification_targets(y_valid)
-        classes = np.unique(y_valid)
+        y_valid = self._labels(y_valid, keep)
+        classes = np.arange(y_valid.shape[1]) if y_valid.ndim == 2 else np.unique(y_valid)
         if keep and not np.array_equal(classes, self.classes_):
             raise ValueError(f"warm_start can only be used where y has the same classes as "
                              f"in the previous call to fit: previously {self.classes_}, "
                              f"y has {classes}")
         self.classes_ = classes
-        self._fit_labels(X_valid, y_valid, keep, self.epochs)
+        self._fit_labels(X_valid, y_valid, keep, False)
         return self
 
     def partial_fit(self, X: ArrayLike, y: ArrayLike,
@@ -686,7 +1137,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         unfitted estimator needs every class there will be in ``classes``
         (y may hold only some of them) and makes the network; every call,
         later ones too, trains it one epoch with the estimator's
-        hyper-parameters (``epochs`` aside), going on with its optimizer
+        hyper-parameters (``max_iter`` and ``early_stopping`` aside), going on with its optimizer
         state (see :meth:`lgmstm.LGM.partial_fit`), and adds to
         ``loss_curve_`` and ``n_iter_``. After ``fit``, it goes on from that
         fit, with its classes.
@@ -720,28 +1171,73 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             raise ValueError(f"classes={labels} is not the same as on the last call "
                              f"to partial_fit or fit, was: {self.classes_}")
         dtype = self._start_fit(keep)
-        X_valid, y_valid = validate_data(self, X, y, dtype=dtype, reset=not keep)
+        X_valid, y_valid = validate_data(self, X, y, dtype=dtype, reset=not keep,
+                                         multi_output=True)
         check_classification_targets(y_valid)
+        y_valid = self._labels(y_valid, keep)
         if labels is not None:
             self.classes_ = labels
-        unknown = np.setdiff1d(y_valid, self.classes_)
-        if unknown.size:
-            raise ValueError(f"y has classes not in classes_ {self.classes_}: {unknown}")
-        self._fit_labels(X_valid, y_valid, keep, 1)
+        if y_valid.ndim == 2:
+            if y_valid.shape[1] != len(self.classes_):
+                raise ValueError(f"y has {y_valid.shape[1]} labels, classes_ "
+                                 f"{len(self.classes_)}")
+        else:
+            unknown = np.setdiff1d(y_valid, self.classes_)
+            if unknown.size:
+                raise ValueError(f"y has classes not in classes_ {self.classes_}: {unknown}")
+        self._fit_labels(X_valid, y_valid, keep, True)
         return self
 
-    def _fit_labels(self, X: NDArray[Any], y: NDArray[Any], keep: bool, epochs: int) -> None:
-        """Train on the +-1 targets of the labels y, each one of classes_."""
-        labels = np.searchsorted(self.classes_, y)
-        if len(self.classes_) <= 2:
-            Y = np.where(labels == 1, 1.0, -1.0)[:, None]
+    def _labels(self, y: NDArray[Any], keep: bool) -> NDArray[Any]:
+        """y as 1-d labels, or a 2-d multi-label indicator (the kind of the
+        fitted estimator's y when keep; a column vector warns as scikit-learn's)."""
+        multi_label = y.ndim == 2 and type_of_target(y) == "multilabel-indicator"
+        if keep and multi_label != self._multi_label:
+            raise ValueError(f"y is {'a' if multi_label else 'not a'} multi-label indicator, "
+                             f"but this {type(self).__name__} was fitted with "
+                             f"{'one' if self._multi_label else 'labels'}")
+        if multi_label:
+            return y
+        return column_or_1d(y, warn=True)
+
+    @property
+    def _multi_label(self) -> bool:
+        """Whether the network was made for a multi-label indicator y: a
+        sigmoid per label (two classes have one sigmoid output)."""
+        return self.lgm_.output == "sigmoid" and self.lgm_.layer_sizes[-1] > 1
+
+    def _fit_labels(self, X: NDArray[Any], y: NDArray[Any], keep: bool,
+                    incremental: bool) -> None:
+        """Train on the log-loss of the labels y, each one of classes_, or of
+        the multi-label indicator y (one epoch when incremental); the
+        validation split of early stopping keeps the classes in proportion."""
+        if y.ndim == 2:
+            Y, output, stratify = y.astype(np.float64), "sigmoid", None
         else:
-            Y = np.full((len(labels), len(self.classes_)), -1.0)
-            Y[np.arange(len(labels)), labels] = 1.0
-        self._fit_network(X, Y.astype(X.dtype), "tanh", keep, epochs)
+            stratify = np.searchsorted(self.classes_, y)
+            if len(self.classes_) <= 2:
+                # One class: trained towards it, so that its probability is 1.
+                Y = (stratify == len(self.classes_) - 1).astype(np.float64)[:, None]
+                output = "sigmoid"
+            else:
+                Y = np.zeros((len(stratify), len(self.classes_)))
+                Y[np.arange(len(stratify)), stratify] = 1.0
+                output = "softmax"
+        # scikit-learn's log-loss is the network's (the mean over samples of
+        # the cross-entropy summed over outputs).
+        self._fit_network(X, Y.astype(X.dtype), output, keep, incremental, 1.0, 1.0,
+                          stratify=stratify)
+
+    def _tanh_network(self) -> bool:
+        """Whether lgm_ is a classifier's network from before the log-loss:
+        tanh outputs trained towards +-1."""
+        return self.lgm_.output == "tanh"
 
     def decision_function(self, X: ArrayLike) -> NDArray[Any]:
-        """The network's tanh outputs, in (-1, 1).
+        """Scores whose sign or largest entry gives the class: the log-odds
+        ``log p - log(1 - p)`` of each sigmoid output, the log-probabilities
+        of a softmax (its logits, up to a constant per sample), or, for a
+        classifier saved before the log-loss, its tanh outputs.
 
         Parameters
         ----------
@@ -750,9 +1246,10 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
 
         Returns
         -------
-        scores : ndarray of shape (n_samples,) or (n_samples, n_classes), ``dtype``
-            One column per class for more than two classes, in the order of
-            ``classes_``; else 1-D, positive values favouring ``classes_[1]``.
+        scores : ndarray of shape (n_samples,) or (n_samples, n_outputs), ``dtype``
+            One column per class (or label) for more than two classes (or a
+            multi-label y), in the order of ``classes_``; else 1-D, positive
+            values favouring ``classes_[1]``.
 
         Raises
         ------
@@ -761,11 +1258,27 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         ValueError
             X has the wrong number of features or holds NaN or inf.
         """
-        outputs = self._network_outputs(X)
-        return outputs[:, 0] if outputs.shape[1] == 1 else outputs
+        check_is_fitted(self)
+        if self._tanh_network():
+            scores = self._network_outputs(X)
+        else:
+            scores = self._log_outputs(X)
+            if self.lgm_.output == "sigmoid":
+                with np.errstate(divide="ignore"):
+                    scores = scores - np.log(-np.expm1(scores))
+        return scores[:, 0] if scores.shape[1] == 1 and not self._multi_label else scores
+
+    def _log_outputs(self, X: ArrayLike) -> NDArray[Any]:
+        """The network's log-probabilities (lgmstm.LGM.predict_log_proba)."""
+        if not self._ready_features(X):
+            X = validate_data(self, X, reset=False, dtype=self.lgm_.dtype)
+        log_proba: NDArray[Any] = self.lgm_.predict_log_proba(X)
+        return log_proba
 
     def predict(self, X: ArrayLike) -> NDArray[Any]:
-        """Class of the largest output (for two classes: ``classes_[1]`` when it is > 0).
+        """The most probable class (for two classes: ``classes_[1]`` when its
+        probability is above 1/2); for a multi-label y, the indicator of the
+        labels whose probability is above 1/2.
 
         Parameters
         ----------
@@ -774,8 +1287,8 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
 
         Returns
         -------
-        y : ndarray of shape (n_samples,), dtype of ``classes_``
-            Predicted class labels.
+        y : ndarray of shape (n_samples,), dtype of ``classes_``, or (n_samples, n_labels)
+            Predicted class labels, or the 0/1 multi-label indicator.
 
         Raises
         ------
@@ -785,6 +1298,8 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             X has the wrong number of features or holds NaN or inf.
         """
         scores = self.decision_function(X)
+        if self._multi_label:
+            return (scores > 0).astype(np.int64)
         if scores.ndim == 2:
             indices = scores.argmax(axis=1)
         elif len(self.classes_) == 2:
@@ -794,7 +1309,11 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         return self.classes_[indices]
 
     def predict_proba(self, X: ArrayLike) -> NDArray[Any]:
-        """Class probabilities, ``(output + 1) / 2`` per class, rows summing to 1.
+        """Class probabilities: the network's outputs (for two classes, that
+        of ``classes_[1]`` beside its complement).
+
+        For a classifier saved before the log-loss: ``(output + 1) / 2`` of
+        its tanh outputs, normalised over more than two classes.
 
         Parameters
         ----------
@@ -804,7 +1323,8 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         Returns
         -------
         proba : ndarray of shape (n_samples, n_classes), ``dtype``
-            Columns in the order of ``classes_``.
+            Columns in the order of ``classes_``; rows summing to 1 (a
+            multi-label y: each label's own probability).
 
         Raises
         ------
@@ -814,18 +1334,22 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             X has the wrong number of features or holds NaN or inf.
         """
         outputs = self._network_outputs(X)
-        proba = np.clip((outputs + 1) / 2, 0, 1)
         if len(self.classes_) == 1:
-            return np.ones_like(proba)
-        if len(self.classes_) == 2:
-            return np.hstack([1 - proba, proba])
-        total = proba.sum(axis=1, keepdims=True)
-        empty = total[:, 0] == 0
-        proba[empty], total[empty] = 1, len(self.classes_)
-        return proba / total
+            return np.ones_like(outputs)
+        if self._tanh_network():
+            outputs = np.clip((outputs + 1) / 2, 0, 1)
+            if len(self.classes_) > 2:
+                total = outputs.sum(axis=1, keepdims=True)
+                empty = total[:, 0] == 0
+                outputs[empty], total[empty] = 1, len(self.classes_)
+                return outputs / total
+        if outputs.shape[1] == 1 and not self._multi_label:
+            return np.hstack([1 - outputs, outputs])
+        return outputs
 
     def predict_log_proba(self, X: ArrayLike) -> NDArray[Any]:
-        """Logarithm of :meth:`predict_proba` (-inf where a probability is 0).
+        """Logarithm of :meth:`predict_proba`, computed from the network's
+        logits without ``log(0)`` (:meth:`lgmstm.LGM.predict_log_proba`).
 
         Parameters
         ----------
@@ -844,11 +1368,56 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         ValueError
             X has the wrong number of features or holds NaN or inf.
         """
-        with np.errstate(divide="ignore"):
-            return np.log(self.predict_proba(X))
+        check_is_fitted(self)
+        if self._tanh_network() or len(self.classes_) == 1:
+            with np.errstate(divide="ignore"):
+                return np.log(self.predict_proba(X))
+        log_proba = self._log_outputs(X)
+        if log_proba.shape[1] == 1 and not self._multi_label:
+            # log(1 - p) = log(-expm1(log p)): exact where p is near 1 (-inf
+            # only where log p rounds to 0, at logits beyond the dtype's range).
+            with np.errstate(divide="ignore"):
+                return np.hstack([np.log(-np.expm1(log_proba)), log_proba])
+        return log_proba
+
+
+for _estimator in (LGMRegressor, LGMClassifier):
+    _estimator.__doc__ = (_estimator.__doc__ or "") % {
+        "mlp_parameters": _MLP_PARAMETERS.lstrip(), "common_parameters": _COMMON_PARAMETERS,
+        "mlp_attributes": _MLP_ATTRIBUTES.lstrip()}
 
 
 # -- the estimator's file: its checks and its JSON (see _LGMEstimator.save) ------------
+def _renamed(hyper_parameters: dict[str, Any], n_outputs: int) -> dict[str, Any]:
+    """The hyper-parameters (JSON data, or a pickle's state) of an estimator
+    from before scikit-learn's MLP names, as they are now, for a network of
+    n_outputs outputs: epochs, lr and optimizer become max_iter,
+    learning_rate_init and solver (with momentum and nesterovs_momentum),
+    and the settings those estimators did not have take the values that
+    train as they trained: no alpha, and a count of epochs without
+    improvement that cannot stop a fit before max_iter."""
+    renamed = {name: value for name, value in hyper_parameters.items()
+               if name not in ("epochs", "lr", "optimizer")}
+    optimizer = hyper_parameters.get("optimizer", "adam")
+    lr = hyper_parameters.get("lr", 0.001)
+    if optimizer in ("sgd", "momentum") and isinstance(lr, (int, float)):
+        lr = lr * _squared_error_scale(n_outputs)  # see _LGMEstimator._settings
+    renamed.update(
+        max_iter=hyper_parameters.get("epochs", 200), learning_rate_init=lr,
+        solver="adam" if optimizer == "adam" else "sgd",
+        momentum=0.9 if optimizer == "momentum" else 0.0, nesterovs_momentum=False,
+        alpha=0.0, n_iter_no_change=max(1, hyper_parameters.get("epochs", 200)))
+    return renamed
+
+
+def _renamed_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """The fitted attributes of an estimator from before the MLP names, with
+    those it did not have: t_ unknown (0), no best loss yet (the next
+    warm fit starts counting afresh), no validation."""
+    return {**attributes, "t_": 0, "best_loss_": None, "validation_scores_": None,
+            "best_validation_score_": None}
+
+
 def _attribute_name(estimator: Any, name: str) -> str:
     """name, when it can be a fitted attribute of estimator: not one of its
     hyper-parameters, methods or properties, nor lgm_."""
@@ -882,7 +1451,8 @@ def _attribute_array(name: str, entry: Any, n_features: int, n_outputs: int) -> 
 
 def _check_fitted(estimator: Any, kind: str, n_features: int, n_outputs: int) -> None:
     """The fitted attributes predict reads are there and fit the network."""
-    needed = {"n_features_in_", "n_iter_", "loss_curve_",
+    needed = {"n_features_in_", "n_iter_", "t_", "loss_curve_", "best_loss_",
+              "validation_scores_", "best_validation_score_",
               *(("classes_",) if kind == "LGMClassifier" else
                 ("n_outputs_", "y_mean_", "y_scale_", "_y_1d"))}
     missing = sorted(name for name in needed if not hasattr(estimator, name))

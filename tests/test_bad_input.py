@@ -743,7 +743,7 @@ def test_warm_start_must_be_a_bool():
     sklearn_module = pytest.importorskip("lgmstm.sklearn")
     X, y = _estimator_data()
     for Estimator in (sklearn_module.LGMRegressor, sklearn_module.LGMClassifier):
-        model = Estimator(epochs=1).fit(X, y)
+        model = Estimator(max_iter=1).fit(X, y)
         for value in ("yes", 1, None):
             with pytest.raises(ValueError, match="warm_start must be a bool"):
                 model.set_params(warm_start=value).fit(X, y)
@@ -752,10 +752,10 @@ def test_warm_start_must_be_a_bool():
 def test_warm_start_needs_the_same_classes_and_outputs():
     sklearn_module = pytest.importorskip("lgmstm.sklearn")
     X, y = _estimator_data()
-    classifier = sklearn_module.LGMClassifier(epochs=1, warm_start=True).fit(X, y)
+    classifier = sklearn_module.LGMClassifier(max_iter=1, warm_start=True).fit(X, y)
     with pytest.raises(ValueError, match="same classes"):
         classifier.fit(X, y % 2)
-    regressor = sklearn_module.LGMRegressor(epochs=1, warm_start=True).fit(X, y)
+    regressor = sklearn_module.LGMRegressor(max_iter=1, warm_start=True).fit(X, y)
     for call in (regressor.fit, regressor.partial_fit):
         with pytest.raises(ValueError, match="1 outputs"):
             call(X, np.column_stack([y, y]))

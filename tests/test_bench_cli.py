@@ -232,3 +232,64 @@ def test_only_dask_is_a_selection_that_runs_alone(capsys):
         _selection("nonsense")
     assert main(["bench", "--only", "dask", "--only", "lgm_step"]) == 2
     assert "--only dask runs alone" in capsys.readouterr().err
+
+
+# -- the quality group (issue 14) ---------------------------------------------------------
+
+def _tiny_quality(monkeypatch):
+    """A quality run small enough for a test: wine and diabetes, one seed of
+    three epochs."""
+    monkeypatch.setattr(benchmarks, "QUALITY_DATA",
+                        (("wine", "classification"), ("diabetes", "regression")))
+    monkeypatch.setattr(benchmarks, "QUALITY_QUICK_SEEDS", 1)
+    monkeypatch.setattr(benchmarks, "QUALITY_QUICK_EPOCHS", 3)
+
+
+def test_quality_rows_hold_both_libraries_and_the_targets(monkeypatch):
+    pytest.importorskip("sklearn", minversion="1.6")
+    _tiny_quality(monkeypatch)
+    rows = benchmarks.quality(quick=True)
+    assert [(row["data"], row["metric"]) for row in rows] == [
+        ("wine", "accuracy"), ("wine", "log_loss"), ("wine", "fit_seconds"),
+        ("diabetes", "r2"), ("diabetes", "fit_seconds")]
+    for row in rows:
+        assert row["seeds"] == 1 and row["epochs"] == 3 and row["lgmstm_std"] == 0.0
+        ours, theirs = row["lgmstm_mean"], row["sklearn_mean"]
+        expected = {"accuracy": ours >= theirs - 0.005, "log_loss": ours <= 1.05 * theirs,
+                    "r2": ours >= theirs - 0.01, "fit_seconds": ours * 10 <= theirs}
+        assert row["met"] == expected[row["metric"]]
+    accuracy = rows[0]
+    assert 0 <= accuracy["lgmstm_mean"] <= 1 and 0 <= accuracy["sklearn_mean"] <= 1
+
+
+def test_only_quality_prints_the_table(monkeypatch, capsys, tmp_path):
+    pytest.importorskip("sklearn", minversion="1.6")
+    from lgmstm.__main__ import main
+
+    _tiny_quality(monkeypatch)
+    assert main(["bench", "--only", "quality", "--quick", "--json",
+                 str(tmp_path / "q.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("quality (issue 14): lgmstm.sklearn against scikit-learn's MLP")
+    assert "1 seeds, 3 epochs each" in out[0]
+    assert out[1].split() == ["data", "metric", "lgmstm", "scikit-learn", "MLP", "target"]
+    assert len(out) == 2 + 5
+    for line in out[2:]:
+        assert " +- " in line and line.split()[-1] in ("met", "MISSED")
+    report = json.loads((tmp_path / "q.json").read_text())
+    assert report["quick"] is True and len(report["quality"]) == 5
+    assert main(["bench", "--only", "quality", "--only", "lgm_step"]) == 2
+    assert "--only quality runs alone" in capsys.readouterr().err
+
+
+def test_quality_says_when_scikit_learn_is_missing(monkeypatch, capsys):
+    import importlib.util
+
+    from lgmstm.__main__ import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "sklearn" else find_spec(name, *args))
+    assert main(["bench", "--only", "quality"]) == 1
+    assert "scikit-learn is not installed: pip install 'lgmstm[sklearn]'" in \
+        capsys.readouterr().err

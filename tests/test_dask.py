@@ -314,10 +314,10 @@ def test_grid_search_under_joblibs_dask_backend_equals_a_local_search(client):
 
     X, y, _ = load_diabetes()
     X = (X - X.mean(axis=0)) / X.std(axis=0)
-    grid = {"hidden_layer_sizes": [(2,), (8,)], "lr": [0.003, 0.01]}
+    grid = {"hidden_layer_sizes": [(2,), (8,)], "learning_rate_init": [0.003, 0.01]}
 
     def search(n_jobs):
-        return GridSearchCV(LGMRegressor(epochs=20, random_state=0), grid,
+        return GridSearchCV(LGMRegressor(max_iter=20, random_state=0), grid,
                             cv=KFold(3, shuffle=True, random_state=0), n_jobs=n_jobs).fit(X, y)
 
     local = search(1)

@@ -88,7 +88,7 @@ def test_estimator_predict_fast_and_checked_paths_agree():
 
     rng = np.random.default_rng(5)
     X, y = rng.standard_normal((60, 4)), rng.standard_normal(60)
-    estimator = LGMRegressor(hidden_layer_sizes=(5,), epochs=5, random_state=0).fit(X, y)
+    estimator = LGMRegressor(hidden_layer_sizes=(5,), max_iter=5, random_state=0).fit(X, y)
     fast = estimator.predict(X[:3])
     for name, form in converted_forms(X[:3], np.float64).items():
         np.testing.assert_array_equal(estimator.predict(form), fast, err_msg=name, strict=True)

@@ -59,7 +59,7 @@ def rewrite(path, arrays):
 
 def _estimator():
     from lgmstm.sklearn import LGMRegressor
-    return LGMRegressor(hidden_layer_sizes=(4,), epochs=2, random_state=0).fit(X, Y[:, 0])
+    return LGMRegressor(hidden_layer_sizes=(4,), max_iter=2, random_state=0).fit(X, Y[:, 0])
 
 
 SAVERS = {"LGM": lambda: trained("LGM"), "STM": lambda: trained("STM"),
@@ -183,16 +183,17 @@ def _estimators():
     labels = np.where(X[:, 0] > 0, "up", "down")
     three = np.digitize(X[:, 1], [-0.3, 0.3])
     return {
-        "regressor": (sklearn.LGMRegressor(hidden_layer_sizes=(6, 4), epochs=3, batch_size=8,
+        "regressor": (sklearn.LGMRegressor(hidden_layer_sizes=(6, 4), max_iter=3, batch_size=8,
                                            random_state=0), X, Y[:, 0]),
         "regressor-2-outputs-float32": (
-            sklearn.LGMRegressor(hidden_layer_sizes=[5], epochs=3, dtype="float32",
-                                 optimizer="momentum", random_state=np.random.RandomState(2)),
+            sklearn.LGMRegressor(hidden_layer_sizes=[5], max_iter=3, dtype="float32",
+                                 solver="sgd", nesterovs_momentum=False,
+                                 random_state=np.random.RandomState(2)),
             X, np.hstack([Y, -Y])),
         "classifier-text-labels": (
-            sklearn.LGMClassifier(hidden_layer_sizes=5, epochs=3, dtype=np.float32,
+            sklearn.LGMClassifier(hidden_layer_sizes=5, max_iter=3, dtype=np.float32,
                                   random_state=np.int64(1)), X, labels.astype(object)),
-        "classifier-3-classes": (sklearn.LGMClassifier(epochs=3, random_state=None,
+        "classifier-3-classes": (sklearn.LGMClassifier(max_iter=3, random_state=None,
                                                        backend="numpy"), X, three),
     }
 
@@ -260,7 +261,7 @@ def test_estimators_round_trip_exactly(case, tmp_path):
     # Training goes on exactly: the optimizer's state, generator and scaling came back.
     for model in (estimator, by_class):
         model.partial_fit(X_train, y_train)
-        model.set_params(warm_start=True, epochs=2).fit(X_train, y_train)
+        model.set_params(warm_start=True, max_iter=2).fit(X_train, y_train)
     assert_same_estimator(by_class, estimator)
     # And a new fit draws the same seed from random_state (a RandomState too).
     for model in (estimator, by_class):
@@ -294,8 +295,9 @@ def test_estimator_files_are_refused_where_they_do_not_belong(tmp_path):
     trained("LGM").save(tmp_path / "m.npz")
     with pytest.raises(ValueError, match="holds an LGM, not an LGMRegressor"):
         sklearn.LGMRegressor.load(tmp_path / "m.npz")
-    with pytest.raises(TypeError, match="hyper-parameter lr = .* cannot be saved without"):
-        regressor.set_params(lr=[0.1, object()]).save(tmp_path / "junk.npz")
+    with pytest.raises(TypeError,
+                       match="hyper-parameter learning_rate_init = .* cannot be saved without"):
+        regressor.set_params(learning_rate_init=[0.1, object()]).save(tmp_path / "junk.npz")
 
 
 @pytest.mark.parametrize("change, message", [

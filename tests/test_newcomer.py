@@ -134,9 +134,9 @@ def test_estimators_clone_and_get_params():
 
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, (30, 3))
-    for estimator, y in ((LGMRegressor(hidden_layer_sizes=(4,), epochs=3, output="tanh"),
+    for estimator, y in ((LGMRegressor(hidden_layer_sizes=(4,), max_iter=3, output="tanh"),
                           X.sum(axis=1) * 10),
-                         (LGMClassifier(hidden_layer_sizes=(4,), epochs=3),
+                         (LGMClassifier(hidden_layer_sizes=(4,), max_iter=3),
                           (X[:, 0] > 0).astype(int))):
         clone = sklearn_base.clone(estimator)
         assert clone.get_params() == estimator.get_params()
@@ -410,8 +410,8 @@ def test_divergence_in_an_estimator_points_at_its_caller():
     from lgmstm.sklearn import LGMRegressor
 
     X, y = _lgm_data()
-    estimator = LGMRegressor(hidden_layer_sizes=(4,), epochs=2, lr=1e200,
-                             optimizer="momentum", standardize_y=False)
+    estimator = LGMRegressor(hidden_layer_sizes=(4,), max_iter=2, learning_rate_init=1e200,
+                             solver="sgd", nesterovs_momentum=False, standardize_y=False)
     _, record = caught(lambda: estimator.fit(X, y[:, 0] * 1e200))
     found = only(record, lgmstm.DivergenceWarning)
     assert found and all(w.filename == __file__ for w in found)

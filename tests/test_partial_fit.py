@@ -451,7 +451,7 @@ def regression():
 
 def test_regressor_partial_fit_n_times_is_fit(regression):
     X, y = regression
-    whole = LGMRegressor(hidden_layer_sizes=5, epochs=4, batch_size=16, random_state=0)
+    whole = LGMRegressor(hidden_layer_sizes=5, max_iter=4, batch_size=16, random_state=0)
     whole.fit(X, y)
     pieces = LGMRegressor(hidden_layer_sizes=5, batch_size=16, random_state=0)
     for n in range(1, 5):
@@ -464,7 +464,7 @@ def test_regressor_partial_fit_n_times_is_fit(regression):
 
 def test_regressor_keeps_the_first_calls_scaling(regression):
     X, y = regression
-    model = LGMRegressor(epochs=1, random_state=0).partial_fit(X[:20], y[:20])
+    model = LGMRegressor(max_iter=1, random_state=0).partial_fit(X[:20], y[:20])
     mean, scale = model.y_mean_.copy(), model.y_scale_.copy()
     model.partial_fit(X[20:], 10 * y[20:])
     np.testing.assert_array_equal(model.y_mean_, mean, strict=True)
@@ -475,7 +475,7 @@ def test_regressor_keeps_the_first_calls_scaling(regression):
 def test_classifier_partial_fit_n_times_is_fit():
     X, y = sklearn.datasets.load_iris(return_X_y=True)
     labels = np.array(["setosa", "versicolor", "virginica"])[y]
-    whole = LGMClassifier(hidden_layer_sizes=4, epochs=3, random_state=0).fit(X, labels)
+    whole = LGMClassifier(hidden_layer_sizes=4, max_iter=3, random_state=0).fit(X, labels)
     pieces = LGMClassifier(hidden_layer_sizes=4, random_state=0)
     pieces.partial_fit(X, labels, classes=["virginica", "setosa", "versicolor"])
     pieces.partial_fit(X, labels)
@@ -498,14 +498,14 @@ def test_warm_start_fit_goes_on(Estimator, regression):
     X, y = regression
     if Estimator is LGMClassifier:
         y = y > 0
-    straight = Estimator(epochs=5, random_state=0).fit(X, y)
-    warm = Estimator(epochs=3, random_state=0).fit(X, y)
+    straight = Estimator(max_iter=5, random_state=0).fit(X, y)
+    warm = Estimator(max_iter=3, random_state=0).fit(X, y)
     network = warm.lgm_
-    warm.set_params(warm_start=True, epochs=2).fit(X, y)
+    warm.set_params(warm_start=True, max_iter=2).fit(X, y)
     assert warm.lgm_ is network
     _assert_same_estimator(warm, straight)
     warm.partial_fit(X, y)  # partial_fit goes on from a fit
     assert warm.n_iter_ == 6
-    cold = Estimator(epochs=3, random_state=0).fit(X, y)
+    cold = Estimator(max_iter=3, random_state=0).fit(X, y)
     cold.fit(X, y)  # warm_start=False: a new network, a fresh optimizer
     assert cold.n_iter_ == 3 and cold.lgm_ is not network

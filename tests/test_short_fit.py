@@ -307,10 +307,10 @@ def test_regressor_partial_fit_skips_no_check_it_needs(y_shape):
     rng = np.random.default_rng(2)
     X = rng.standard_normal((30, 4))
     y = rng.standard_normal(30) if y_shape == "1d" else rng.standard_normal((30, 2))
-    fast = sklearn.LGMRegressor(hidden_layer_sizes=(5,), batch_size=None, optimizer="sgd",
-                                lr=0.05, random_state=0)
-    slow = sklearn.LGMRegressor(hidden_layer_sizes=(5,), batch_size=None, optimizer="sgd",
-                                lr=0.05, random_state=0)
+    fast = sklearn.LGMRegressor(hidden_layer_sizes=(5,), batch_size=None, solver="sgd",
+                                momentum=0.0, learning_rate_init=0.05, random_state=0)
+    slow = sklearn.LGMRegressor(hidden_layer_sizes=(5,), batch_size=None, solver="sgd",
+                                momentum=0.0, learning_rate_init=0.05, random_state=0)
     for _ in range(3):
         fast.partial_fit(X, y)
         slow.partial_fit(X.tolist(), y.tolist())

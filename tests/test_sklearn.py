@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.special
 
 pytest.importorskip("sklearn", minversion="1.6")
 
@@ -31,10 +32,15 @@ from lgmstm.sklearn import LGMClassifier, LGMRegressor  # noqa: E402
 @parametrize_with_checks([
     LGMRegressor(random_state=0),
     LGMClassifier(random_state=0),
-    LGMRegressor(hidden_layer_sizes=(5, 4), dtype=np.float32, optimizer="momentum", lr=0.01,
-                 random_state=0),
-    LGMClassifier(hidden_layer_sizes=(), dtype="float32", backend="numpy", epochs=100,
-                  random_state=0),
+    LGMRegressor(hidden_layer_sizes=(5, 4), dtype=np.float32, solver="sgd",
+                 nesterovs_momentum=False, learning_rate_init=0.01, random_state=0),
+    LGMClassifier(hidden_layer_sizes=(), dtype="float32", backend="numpy", max_iter=100,
+                  batch_size=32, random_state=0),
+    LGMRegressor(hidden_layer_sizes=(6,), solver="sgd", learning_rate="adaptive",
+                 early_stopping=True, random_state=0),
+    LGMClassifier(hidden_layer_sizes=(6,), solver="sgd", learning_rate="invscaling",
+                  learning_rate_init=0.1, alpha=0.01, early_stopping=True,
+                  validation_fraction=0.5, random_state=0),
 ])
 def test_estimator_checks(estimator, check):
     check(estimator)
@@ -47,7 +53,8 @@ def test_pipeline_grid_search_regression_diabetes():
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
     pipeline = Pipeline([("scale", StandardScaler()), ("lgm", LGMRegressor(random_state=0))])
     search = GridSearchCV(
-        pipeline, {"lgm__hidden_layer_sizes": [(4,), (32,)], "lgm__lr": [1e-3, 1e-2]},
+        pipeline, {"lgm__hidden_layer_sizes": [(4,), (32,)],
+                   "lgm__learning_rate_init": [1e-3, 1e-2]},
         cv=KFold(3, shuffle=True, random_state=0))
     search.fit(X_train, y_train)
     ridge = make_pipeline(StandardScaler(), RidgeCV()).fit(X_train, y_train)
@@ -60,9 +67,10 @@ def test_pipeline_grid_search_regression_diabetes():
 
 def test_pipeline_grid_search_classification_iris():
     X, y = load_iris(return_X_y=True)
-    pipeline = Pipeline([("scale", StandardScaler()), ("lgm", LGMClassifier(random_state=0))])
+    pipeline = Pipeline([("scale", StandardScaler()),
+                         ("lgm", LGMClassifier(batch_size=32, random_state=0))])
     search = GridSearchCV(pipeline, {"lgm__hidden_layer_sizes": [(), (16,)],
-                                     "lgm__epochs": [20, 200]},
+                                     "lgm__max_iter": [20, 200]},
                           cv=KFold(3, shuffle=True, random_state=0))
     search.fit(X, y)
     assert search.best_score_ > 0.9  # measured 0.920
@@ -101,7 +109,7 @@ def regression_data():
 def test_random_state(regression_data):
     X, y = regression_data
     def predict(random_state):
-        return LGMRegressor(epochs=5, random_state=random_state).fit(X, y).predict(X)
+        return LGMRegressor(max_iter=5, random_state=random_state).fit(X, y).predict(X)
 
     np.testing.assert_array_equal(predict(3), predict(3))
     assert not np.array_equal(predict(3), predict(4))
@@ -114,31 +122,32 @@ def test_random_state(regression_data):
 
 def test_network_and_attributes(regression_data):
     X, y = regression_data
-    model = LGMRegressor(hidden_layer_sizes=7, epochs=3, random_state=0).fit(X, y)
+    model = LGMRegressor(hidden_layer_sizes=7, max_iter=3, random_state=0).fit(X, y)
     assert isinstance(model.lgm_, lgmstm.LGM)
     assert model.lgm_.layer_sizes == (3, 7, 1)
     assert model.lgm_.output == "linear"
     assert model.n_iter_ == 3 and model.loss_curve_.shape == (3,)
-    np.testing.assert_array_equal(model.loss_curve_, model.lgm_.history_)
-    affine = LGMRegressor(hidden_layer_sizes=(), epochs=1).fit(X, y)
+    # scikit-learn's squared loss: half the mean squared error.
+    np.testing.assert_array_equal(model.loss_curve_, model.lgm_.history_ / 2)
+    affine = LGMRegressor(hidden_layer_sizes=(), max_iter=1).fit(X, y)
     assert affine.lgm_.layer_sizes == (3, 1)
 
 
 def test_standardize_y(regression_data):
     X, y = regression_data
-    model = LGMRegressor(epochs=20, random_state=0).fit(X, y)
+    model = LGMRegressor(max_iter=20, random_state=0).fit(X, y)
     np.testing.assert_allclose(model.y_mean_, [y.mean()])
     np.testing.assert_allclose(model.y_scale_, [y.std()])
     np.testing.assert_allclose(model.predict(X),
                                model.lgm_.predict(X)[:, 0] * y.std() + y.mean())
     # Training sees the same standardised target whatever the units.
-    rescaled = LGMRegressor(epochs=20, random_state=0).fit(X, 1000 * y - 5)
+    rescaled = LGMRegressor(max_iter=20, random_state=0).fit(X, 1000 * y - 5)
     np.testing.assert_allclose(rescaled.predict(X), 1000 * model.predict(X) - 5,
                                rtol=1e-6, atol=1e-6)
-    constant = LGMRegressor(random_state=0).fit(X, np.full(len(X), 4.0))
+    constant = LGMRegressor(batch_size=16, random_state=0).fit(X, np.full(len(X), 4.0))
     np.testing.assert_array_equal(constant.y_scale_, [1.0])
     np.testing.assert_allclose(constant.predict(X), 4.0, atol=0.1)
-    raw = LGMRegressor(standardize_y=False, epochs=2).fit(X, y)
+    raw = LGMRegressor(standardize_y=False, max_iter=2).fit(X, y)
     np.testing.assert_array_equal(raw.y_mean_, [0.0])
     np.testing.assert_array_equal(raw.y_scale_, [1.0])
 
@@ -146,7 +155,7 @@ def test_standardize_y(regression_data):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_regression_shapes_and_dtypes(regression_data, dtype):
     X, y = regression_data
-    model = LGMRegressor(epochs=2, dtype=dtype, random_state=0)
+    model = LGMRegressor(max_iter=2, dtype=dtype, random_state=0)
     assert model.fit(X, y).predict(X).shape == (60,)
     assert model.lgm_.dtype == dtype
     assert model.predict(X).dtype == np.float64
@@ -164,21 +173,29 @@ def blobs():
     return centres[labels] + 0.5 * rng.standard_normal((150, 2)), labels
 
 
+def _logits(model, X):
+    """The network's last-layer logits, from coefs_ and intercepts_ in NumPy."""
+    hidden = X
+    for W, b in zip(model.coefs_[:-1], model.intercepts_[:-1]):
+        hidden = np.tanh(hidden @ W + b)
+    return hidden @ model.coefs_[-1] + model.intercepts_[-1]
+
+
 def test_multiclass_probabilities(blobs):
     X, labels = blobs
     names = np.array(["ant", "bee", "cat"])[labels]
     model = LGMClassifier(random_state=0).fit(X, names)
     np.testing.assert_array_equal(model.classes_, ["ant", "bee", "cat"])
-    assert model.lgm_.layer_sizes == (2, 32, 3) and model.lgm_.output == "tanh"
-    scores = model.decision_function(X)
+    assert model.lgm_.layer_sizes == (2, 100, 3) and model.out_activation_ == "softmax"
     proba = model.predict_proba(X)
-    assert scores.shape == proba.shape == (150, 3)
-    assert np.all((-1 < scores) & (scores < 1))
-    expected = (scores + 1) / 2
-    np.testing.assert_allclose(proba, expected / expected.sum(axis=1, keepdims=True))
+    logits = _logits(model, X)
+    np.testing.assert_allclose(proba, scipy.special.softmax(logits, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(model.predict_log_proba(X),
+                               scipy.special.log_softmax(logits, axis=1), rtol=1e-12)
+    scores = model.decision_function(X)
+    np.testing.assert_allclose(scores, np.log(proba), rtol=1e-12)
     np.testing.assert_allclose(proba.sum(axis=1), 1)
     np.testing.assert_array_equal(model.predict(X), model.classes_[proba.argmax(axis=1)])
-    np.testing.assert_allclose(model.predict_log_proba(X), np.log(proba))
     assert model.score(X, names) > 0.95  # measured 1.0 (separated blobs)
 
 
@@ -187,11 +204,17 @@ def test_binary_probabilities(blobs):
     keep = labels < 2
     X, y = X[keep], np.where(labels[keep] == 1, 7, -3)
     model = LGMClassifier(random_state=0).fit(X, y)
-    assert model.lgm_.layer_sizes == (2, 32, 1)
+    assert model.lgm_.layer_sizes == (2, 100, 1) and model.out_activation_ == "logistic"
+    logits = _logits(model, X)[:, 0]
     scores = model.decision_function(X)
     proba = model.predict_proba(X)
     assert scores.shape == (len(X),) and proba.shape == (len(X), 2)
-    np.testing.assert_allclose(proba[:, 1], (scores + 1) / 2)
+    np.testing.assert_allclose(scores, logits, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(proba[:, 1], scipy.special.expit(logits), rtol=1e-12)
+    np.testing.assert_allclose(model.predict_log_proba(X),
+                               np.column_stack([scipy.special.log_expit(-logits),
+                                                scipy.special.log_expit(logits)]),
+                               rtol=1e-9, atol=1e-300)
     np.testing.assert_allclose(proba.sum(axis=1), 1)
     np.testing.assert_array_equal(model.predict(X), np.where(scores > 0, 7, -3))
     assert model.score(X, y) > 0.95  # measured 1.0 (separated blobs)
@@ -199,7 +222,7 @@ def test_binary_probabilities(blobs):
 
 def test_one_class(blobs):
     X, _ = blobs
-    model = LGMClassifier(epochs=2).fit(X, np.full(len(X), "only"))
+    model = LGMClassifier(max_iter=2).fit(X, np.full(len(X), "only"))
     assert list(model.predict(X[:4])) == ["only"] * 4
     np.testing.assert_array_equal(model.predict_proba(X[:4]), np.ones((4, 1)))
 
@@ -207,13 +230,13 @@ def test_one_class(blobs):
 def test_column_vector_labels_warn(blobs):
     X, labels = blobs
     with pytest.warns(DataConversionWarning):
-        LGMClassifier(epochs=1).fit(X, labels[:, None])
+        LGMClassifier(max_iter=1).fit(X, labels[:, None])
 
 
 def test_continuous_labels_refused(regression_data):
     X, y = regression_data
     with pytest.raises(ValueError, match="Unknown label type"):
-        LGMClassifier(epochs=1).fit(X, y)
+        LGMClassifier(max_iter=1).fit(X, y)
 
 
 def test_unfitted_and_wrong_features(regression_data):
@@ -221,7 +244,7 @@ def test_unfitted_and_wrong_features(regression_data):
     for model in (LGMRegressor(), LGMClassifier()):
         with pytest.raises(NotFittedError):
             model.predict(X)
-    model = LGMRegressor(epochs=1).fit(X, y)
+    model = LGMRegressor(max_iter=1).fit(X, y)
     with pytest.raises(ValueError, match="3 features"):
         model.predict(X[:, :2])
 
@@ -231,11 +254,27 @@ def test_unfitted_and_wrong_features(regression_data):
     ({"hidden_layer_sizes": (4, 2.5)}, ValueError, "hidden_layer_sizes"),
     ({"hidden_layer_sizes": "32"}, ValueError, "hidden_layer_sizes"),
     ({"dtype": np.float16}, ValueError, "dtype"),
-    ({"epochs": 1.5}, TypeError, "epochs"),
-    ({"epochs": -1}, ValueError, "epochs"),
-    ({"lr": 0.0}, ValueError, "lr"),
+    ({"max_iter": 1.5}, TypeError, "max_iter"),
+    ({"max_iter": 0}, ValueError, "max_iter"),
+    ({"learning_rate_init": 0.0}, ValueError, "learning_rate_init"),
     ({"batch_size": 0}, ValueError, "batch_size"),
-    ({"optimizer": "rmsprop"}, ValueError, "optimizer"),
+    ({"batch_size": "full"}, ValueError, "batch_size"),
+    ({"solver": "rmsprop"}, ValueError, "solver"),
+    ({"solver": "lbfgs"}, ValueError, "solver='lbfgs' is not available.*L-BFGS"),
+    ({"activation": "relu"}, ValueError, "activation must be 'tanh'"),
+    ({"alpha": -1.0}, ValueError, "alpha"),
+    ({"learning_rate": "optimal"}, ValueError, "learning_rate"),
+    ({"power_t": -0.5}, ValueError, "power_t"),
+    ({"tol": -1e-4}, ValueError, "tol"),
+    ({"momentum": 1.5}, ValueError, "momentum"),
+    ({"nesterovs_momentum": "yes"}, TypeError, "nesterovs_momentum"),
+    ({"early_stopping": 1}, TypeError, "early_stopping"),
+    ({"validation_fraction": 0.0}, ValueError, r"validation_fraction must be a number in \(0, 1\)"),
+    ({"validation_fraction": 1.0}, ValueError, "validation_fraction"),
+    ({"beta_1": 1.0}, ValueError, "beta_1"),
+    ({"beta_2": -0.1}, ValueError, "beta_2"),
+    ({"epsilon": 0.0}, ValueError, "epsilon"),
+    ({"n_iter_no_change": 0}, ValueError, "n_iter_no_change"),
     ({"backend": "torch"}, ValueError, "backend"),
     ({"output": "relu"}, ValueError, "output"),
 ])
@@ -249,7 +288,8 @@ def test_invalid_hyper_parameters_fail_in_fit(regression_data, params, error, ma
 
 def test_divergence_warns_and_keeps_finite_parameters(regression_data):
     X, y = regression_data
-    model = LGMRegressor(optimizer="sgd", lr=1e6, batch_size=None, epochs=50, random_state=0)
+    model = LGMRegressor(solver="sgd", momentum=0.0, learning_rate_init=1e6, batch_size=None,
+                         max_iter=50, n_iter_no_change=50, random_state=0)
     with pytest.warns(lgmstm.DivergenceWarning):
         model.fit(X, y)
     assert model.n_iter_ < 50  # measured 20: stopped at the divergence
@@ -258,7 +298,7 @@ def test_divergence_warns_and_keeps_finite_parameters(regression_data):
 
 def test_clone_of_fitted_is_unfitted(regression_data):
     X, y = regression_data
-    fitted = LGMRegressor(epochs=1).fit(X, y)
+    fitted = LGMRegressor(max_iter=1).fit(X, y)
     with pytest.raises(NotFittedError):
         clone(fitted).predict(X)
 
@@ -285,7 +325,7 @@ def test_interrupted_fit_keeps_finished_epochs(regression_data, monkeypatch):
         raise lgmstm.TrainingInterrupted(self.history_)
 
     monkeypatch.setattr(lgmstm.LGM, "fit", interrupted_fit)
-    model = LGMRegressor(epochs=50)
+    model = LGMRegressor(max_iter=50)
     with pytest.raises(lgmstm.TrainingInterrupted):
         model.fit(X, y)
     assert model.n_iter_ == 2
@@ -294,8 +334,8 @@ def test_interrupted_fit_keeps_finished_epochs(regression_data, monkeypatch):
 
 def test_failed_fit_leaves_estimator_unfitted(regression_data):
     X, y = regression_data
-    model = LGMRegressor(epochs=1).fit(X, y)
+    model = LGMRegressor(max_iter=1).fit(X, y)
     with pytest.raises(ValueError):
-        model.set_params(epochs=-1).fit(X[:, :2], y)
+        model.set_params(max_iter=-1).fit(X[:, :2], y)
     with pytest.raises(NotFittedError):
         model.predict(X)

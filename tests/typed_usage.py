@@ -51,11 +51,11 @@ def train_lgm(X: NDArray[np.float64], y: NDArray[np.float64]) -> float:
 
 
 def sklearn_estimators(X: NDArray[np.float64], y: NDArray[np.float64]) -> tuple[float, float]:
-    regressor = LGMRegressor(hidden_layer_sizes=(8,), epochs=20, random_state=0)
+    regressor = LGMRegressor(hidden_layer_sizes=(8,), max_iter=20, random_state=0)
     assert_type(regressor.fit(X, y), LGMRegressor)
     prediction = regressor.predict(X)
     assert_type(prediction, NDArray[np.float64])
-    classifier = LGMClassifier(hidden_layer_sizes=8, epochs=20, random_state=0)
+    classifier = LGMClassifier(hidden_layer_sizes=8, max_iter=20, random_state=0)
     classifier.fit(X, y > 0)
     proba: NDArray[Any] = classifier.predict_proba(X)
     assert proba.shape == (len(X), 2)

@@ -1,0 +1,408 @@
+"""LGMRegressor and LGMClassifier as drop-ins for scikit-learn's MLPRegressor
+and MLPClassifier: the MLP hyper-parameter names and defaults, alpha against
+scikit-learn's own update, coefs_/intercepts_, scikit-learn's stopping rules
+against a hand count on the loss curve, the (stratified) validation split of
+early stopping and the epoch it restores, files of the estimators from before
+the MLP names, and the bad input."""
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn", minversion="1.6")
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.datasets import load_iris  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+from sklearn.neural_network import MLPClassifier, MLPRegressor  # noqa: E402
+
+import lgmstm  # noqa: E402
+from lgmstm.sklearn import LGMClassifier, LGMRegressor  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+MLP_NAMES = ["hidden_layer_sizes", "activation", "solver", "alpha", "batch_size",
+             "learning_rate", "learning_rate_init", "power_t", "max_iter", "shuffle",
+             "random_state", "tol", "verbose", "warm_start", "momentum", "nesterovs_momentum",
+             "early_stopping", "validation_fraction", "beta_1", "beta_2", "epsilon",
+             "n_iter_no_change"]
+
+
+@pytest.fixture
+def regression():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    Y = np.column_stack([np.sin(X[:, 0]) + 0.5 * X[:, 1], X[:, 2] ** 2 - 1])
+    return X, Y
+
+
+@pytest.mark.parametrize("ours, theirs", [(LGMRegressor, MLPRegressor),
+                                          (LGMClassifier, MLPClassifier)])
+def test_mlp_names_and_defaults(ours, theirs):
+    params, mlp = ours().get_params(), theirs(activation="tanh").get_params()
+    assert set(MLP_NAMES) <= set(params)
+    for name in MLP_NAMES:
+        assert params[name] == mlp[name], name
+    # The same names, the same positions: a user replaces the import.
+    assert ours((7,), "tanh").get_params()["hidden_layer_sizes"] == (7,)
+
+
+def _same_start(X, Y, dtype=np.float64, **settings):
+    """Our regressor and scikit-learn's, fitted once and then set to the same
+    weights (ours, from its first fit) and fresh optimizers, ready for
+    partial_fit."""
+    ours = LGMRegressor(standardize_y=False, max_iter=1, random_state=0, shuffle=False,
+                        dtype=dtype, **settings)
+    theirs = MLPRegressor(activation="tanh", max_iter=1, random_state=0, shuffle=False,
+                          **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours.fit(X, Y)
+        theirs.fit(X, Y)
+    theirs.coefs_ = [w.astype(np.float64) for w in ours.coefs_]
+    theirs.intercepts_ = [b.astype(np.float64) for b in ours.intercepts_]
+    # Both optimizers start afresh (no velocity, Adam's step 0) at the next call.
+    del theirs._optimizer
+    ours.lgm_.reset_optimizer()
+    return ours, theirs
+
+
+@pytest.mark.parametrize("batch_size", [40, 10])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_alpha_and_sgd_steps_are_scikit_learns(regression, batch_size, momentum):
+    # scikit-learn adds alpha / (2 n_batch) * sum(W**2) to half the squared
+    # error summed over outputs: one epoch of its own SGD from the same
+    # weights is the oracle (two outputs, so the loss scale 2 / n_outputs
+    # matters; batches of 10 make 4 steps, with Nesterov's momentum at 0.9).
+    X, Y = regression
+    settings = dict(hidden_layer_sizes=(5, 4), solver="sgd", alpha=0.7, momentum=momentum,
+                    learning_rate_init=0.05, batch_size=batch_size)
+    ours, theirs = _same_start(X, Y, **settings)
+    ours.partial_fit(X, Y)
+    theirs.partial_fit(X, Y)
+    for mine, expected in zip(ours.coefs_ + ours.intercepts_,
+                              theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(mine, expected, rtol=1e-12, atol=1e-14)
+    # The loss curve is scikit-learn's half squared error (penalty aside:
+    # its loss_curve_ adds alpha / (2 n) * sum(W**2) of the weights each
+    # batch started from; here measured before the epoch's first step).
+    assert ours.loss_curve_[-1] == pytest.approx(
+        0.5 * np.mean((Y - ours.predict(X)) ** 2), rel=0.5)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_classifier_log_loss_steps_are_scikit_learns(n_classes, solver):
+    # The log-loss (logistic for two classes, softmax for more) and alpha on
+    # mini-batches: one epoch of scikit-learn's own from the same weights.
+    X, y = load_iris(return_X_y=True)
+    X, y = X[y < n_classes], y[y < n_classes]
+    settings = dict(hidden_layer_sizes=(5,), solver=solver, alpha=0.5, batch_size=25,
+                    learning_rate_init=0.05, max_iter=1, random_state=0, shuffle=False)
+    ours = LGMClassifier(**settings)
+    theirs = MLPClassifier(activation="tanh", **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours.fit(X, y)
+        theirs.fit(X, y)
+    assert ours.out_activation_ == theirs.out_activation_
+    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    del theirs._optimizer
+    ours.lgm_.reset_optimizer()
+    ours.partial_fit(X, y)
+    theirs.partial_fit(X, y)
+    # Adam: scikit-learn's epsilon weighs on the smallest gradients (see above).
+    tolerance = dict(rtol=1e-12, atol=1e-14) if solver == "sgd" else dict(rtol=0, atol=1e-4)
+    for mine, expected in zip(ours.coefs_ + ours.intercepts_,
+                              theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(mine, expected, **tolerance)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X),
+                               **tolerance)
+    np.testing.assert_allclose(ours.predict_log_proba(X), np.log(theirs.predict_proba(X)),
+                               rtol=1e-6 if solver == "sgd" else 1e-3)
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+
+
+def test_multi_label_indicator_trains_a_sigmoid_per_label():
+    X, y = load_iris(return_X_y=True)
+    Y = np.column_stack([y == 0, y == 2, X[:, 0] > 5.8]).astype(int)
+    model = LGMClassifier(hidden_layer_sizes=(8,), learning_rate_init=0.01,
+                          random_state=0).fit(X, Y)
+    assert model.out_activation_ == "logistic" and model.lgm_.layer_sizes == (4, 8, 3)
+    np.testing.assert_array_equal(model.classes_, [0, 1, 2])
+    proba = model.predict_proba(X)
+    assert proba.shape == (150, 3)
+    np.testing.assert_array_equal(model.predict(X), (proba > 0.5).astype(int))
+    np.testing.assert_allclose(np.exp(model.predict_log_proba(X)), proba, rtol=1e-12)
+    assert model.score(X, Y) > 0.6  # subset accuracy; measured 0.8
+    with pytest.raises(ValueError, match="was fitted with one"):
+        model.set_params(warm_start=True).fit(X, y)
+
+
+def test_alpha_with_adam_is_scikit_learns(regression):
+    # Adam's step does not change when the loss is scaled, up to epsilon,
+    # which scikit-learn puts in its denominator before the bias correction.
+    X, Y = regression
+    ours, theirs = _same_start(X, Y, hidden_layer_sizes=(6,), alpha=3.0, batch_size=10,
+                               learning_rate_init=0.01)
+    undecayed = clone(ours).set_params(alpha=0.0)
+    undecayed.fit(X, Y)
+    undecayed.coefs_, undecayed.intercepts_ = ours.coefs_, ours.intercepts_
+    undecayed.lgm_.reset_optimizer()
+    for _ in range(3):
+        for model in (ours, theirs, undecayed):
+            model.partial_fit(X, Y)
+    for mine, expected, without in zip(ours.coefs_ + ours.intercepts_,
+                                       theirs.coefs_ + theirs.intercepts_,
+                                       undecayed.coefs_ + undecayed.intercepts_):
+        np.testing.assert_allclose(mine, expected, rtol=0, atol=2e-6)
+    # alpha moved the weights much further than that.
+    assert np.abs(ours.coefs_[0] - undecayed.coefs_[0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_coefs_and_intercepts_shapes_and_round_trip(regression, dtype):
+    X, Y = regression
+    model = LGMRegressor(hidden_layer_sizes=(5, 4), max_iter=3, dtype=dtype,
+                         random_state=0).fit(X, Y)
+    assert [w.shape for w in model.coefs_] == [(3, 5), (5, 4), (4, 2)]
+    assert [b.shape for b in model.intercepts_] == [(5,), (4,), (2,)]
+    assert all(a.dtype == dtype for a in model.coefs_ + model.intercepts_)
+    assert model.out_activation_ == "identity" and model.n_layers_ == 4
+    rng = np.random.default_rng(1)
+    coefs = [rng.uniform(-1, 1, w.shape) for w in model.coefs_]
+    intercepts = [rng.uniform(-1, 1, b.shape) for b in model.intercepts_]
+    model.coefs_, model.intercepts_ = coefs, intercepts
+    for got, want in zip(model.coefs_ + model.intercepts_, coefs + intercepts):
+        np.testing.assert_array_equal(got, want.astype(dtype))
+    # The oracle: scikit-learn's forward pass of these weights, in the
+    # network's dtype, mapped back to the target's units.
+    hidden = X.astype(dtype)
+    for W, b in zip(coefs[:-1], intercepts[:-1]):
+        hidden = np.tanh(hidden @ W.astype(dtype) + b.astype(dtype))
+    outputs = hidden @ coefs[-1].astype(dtype) + intercepts[-1].astype(dtype)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(model.predict(X), outputs * model.y_scale_ + model.y_mean_,
+                               rtol=tolerance, atol=tolerance)
+    # What coefs_ gives back, set again, changes nothing.
+    before = model.predict(X)
+    model.coefs_, model.intercepts_ = model.coefs_, model.intercepts_
+    np.testing.assert_array_equal(model.predict(X), before)
+
+
+def test_coefs_checked_and_absent_before_fit(regression):
+    X, Y = regression
+    model = LGMRegressor(hidden_layer_sizes=(5,))
+    assert not hasattr(model, "coefs_") and not hasattr(model, "intercepts_")
+    model.set_params(max_iter=1).fit(X, Y)
+    with pytest.raises(ValueError, match="coefs_ must be a list of 2 arrays"):
+        model.coefs_ = model.coefs_[:1]
+    with pytest.raises(ValueError, match=r"layer1\.weight.*\(5, 2\)"):
+        model.coefs_ = [model.coefs_[0], np.zeros((5, 3))]
+    with pytest.raises(ValueError, match="layer0.bias"):
+        model.intercepts_ = [np.full(5, np.nan), model.intercepts_[1]]
+
+
+def _sklearn_stop(losses, tol, n_iter_no_change):
+    """The epoch count after which scikit-learn's loop stops on these
+    training losses (its _update_no_improvement_count), or None."""
+    best, count = np.inf, 0
+    for epoch, loss in enumerate(losses):
+        count = count + 1 if loss > best - tol else 0
+        best = min(best, loss)
+        if count > n_iter_no_change:
+            return epoch + 1
+    return None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch_size", [None, 8])
+def test_training_loss_plateau_stops_as_scikit_learn(regression, dtype, batch_size):
+    X, Y = regression
+    settings = dict(hidden_layer_sizes=(6,), batch_size=batch_size, learning_rate_init=0.01,
+                    dtype=dtype, random_state=0)
+    never = LGMRegressor(max_iter=150, n_iter_no_change=10**6, tol=1e-3, **settings)
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(150\) reached"):
+        never.fit(X, Y)
+    stop = _sklearn_stop(never.loss_curve_, 1e-3, 4)
+    assert stop is not None and stop < 150
+    model = LGMRegressor(max_iter=150, n_iter_no_change=4, tol=1e-3, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # it stopped: no warning
+        model.fit(X, Y)
+    assert model.n_iter_ == stop and model.t_ == stop * len(X)
+    np.testing.assert_array_equal(model.loss_curve_, never.loss_curve_[:stop], strict=True)
+    assert model.best_loss_ == float(never.loss_curve_[:stop].min())
+    assert model.validation_scores_ is None and model.best_validation_score_ is None
+    # It stopped there and kept that epoch's network: the same as max_iter=stop.
+    straight = LGMRegressor(max_iter=stop, n_iter_no_change=10**6, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        straight.fit(X, Y)
+    np.testing.assert_array_equal(model.predict(X), straight.predict(X), strict=True)
+
+
+def test_same_bits_for_any_thread_count(regression):
+    X, Y = regression
+    results = []
+    for n_threads in (1, 2, 3):
+        lgmstm.set_num_threads(n_threads)
+        try:
+            model = LGMRegressor(hidden_layer_sizes=(64,), early_stopping=True, max_iter=30,
+                                 batch_size=8, random_state=0, alpha=0.1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(np.tile(X, (8, 1)), np.tile(Y, (8, 1)))
+        finally:
+            lgmstm.set_num_threads(os.cpu_count() or 1)
+        results.append((model.loss_curve_, model.validation_scores_, *model.coefs_))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b, strict=True)
+
+
+# Adam: the network's own early stopping, in one compiled call; SGD with
+# "invscaling": a rate per epoch, so the estimator measures each epoch itself.
+@pytest.mark.parametrize("settings", [
+    dict(learning_rate_init=0.01),
+    dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.5, momentum=0.0,
+         power_t=0.25)])
+def test_early_stopping_holds_out_a_stratified_split_and_restores_the_best(settings):
+    X, y = load_iris(return_X_y=True)
+    X = X[:, :2]  # the sepals only: the classes overlap, and the validation loss turns
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    keep = np.r_[0:50, 50:60, 100:150]  # 50 / 10 / 50: the small class must be in proportion
+    X, y = X[keep], y[keep]
+    model = LGMClassifier(hidden_layer_sizes=(8,), early_stopping=True, validation_fraction=0.2,
+                          n_iter_no_change=3, tol=0.0, max_iter=500, batch_size=16,
+                          random_state=3, **settings)
+    model.fit(X, y)
+    # The oracle split: scikit-learn's stratified split with the estimator's
+    # random state, drawn first (as MLPClassifier does).
+    _, X_val, _, y_val = train_test_split(X, y, test_size=0.2,
+                                          random_state=np.random.RandomState(3), stratify=y)
+    assert np.bincount(y_val).tolist() == [10, 2, 10]
+    targets = (np.arange(3) == y_val[:, None]).astype(float)  # one-hot: the softmax's
+    scores = model.validation_scores_
+    assert scores.shape == (model.n_iter_,) and model.best_loss_ is None
+    best = int(np.argmax(scores))
+    # Stopped after 4 epochs (n_iter_no_change + 1) without a better score.
+    assert model.n_iter_ == best + 1 + 4 < 500
+    assert model.best_validation_score_ == scores[best]
+    # The restored network is the best epoch's: its validation loss is that
+    # score (the compiled loop sums it in another order than loss()).
+    assert -model.lgm_.loss(X_val, targets) == pytest.approx(model.best_validation_score_,
+                                                            rel=1e-13)
+    assert not np.isclose(scores[best], scores[best + 1], rtol=1e-6, atol=0)
+
+
+def test_schedules(regression):
+    X, Y = regression
+    settings = dict(hidden_layer_sizes=(5,), solver="sgd", momentum=0.0, alpha=0.0,
+                    batch_size=None, shuffle=False, standardize_y=False, random_state=0)
+    # invscaling: epoch e (0-based) runs at learning_rate_init / (t_ + 1) ** power_t,
+    # t_ the samples seen before it (scikit-learn's); one full-batch step per epoch.
+    model = LGMRegressor(learning_rate="invscaling", learning_rate_init=0.2, power_t=0.5,
+                         max_iter=1, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, Y)
+        expected = LGMRegressor(learning_rate_init=0.2, max_iter=1, **settings).fit(X, Y)
+    for epoch in range(1, 4):
+        rate = 0.2 / (epoch * len(X) + 1) ** 0.5
+        before = expected.coefs_
+        model.partial_fit(X, Y)
+        expected.set_params(learning_rate_init=rate).partial_fit(X, Y)
+        assert model.t_ == (epoch + 1) * len(X)
+        for got, want in zip(model.coefs_, expected.coefs_):
+            np.testing.assert_array_equal(got, want)
+        assert not all(np.array_equal(a, b) for a, b in zip(before, expected.coefs_))
+
+
+def test_adaptive_divides_the_rate_on_a_plateau(regression, capsys):
+    X, Y = regression
+    model = LGMRegressor(hidden_layer_sizes=(5,), solver="sgd", learning_rate="adaptive",
+                         learning_rate_init=0.05, tol=10.0, n_iter_no_change=2, max_iter=100,
+                         verbose=True, random_state=0)
+    model.fit(X, Y)
+    printed = capsys.readouterr().out
+    # tol=10: no epoch after the first (better than no loss at all)
+    # improves enough, so every 3 epochs the rate is divided by 5 while it
+    # is above 1e-6: 7 times (0.05 / 5**7 = 6.4e-7), after 1 + 7 * 3 epochs,
+    # then 3 more epochs and the stop.
+    assert printed.count("Setting learning rate to") == 7
+    assert "Setting learning rate to 0.000003" in printed  # 0.05 / 5**6
+    assert model.n_iter_ == 25 and "Training loss did not improve" in printed
+
+
+def test_grid_search_over_mlp_names():
+    from sklearn.model_selection import GridSearchCV
+    X, y = load_iris(return_X_y=True)
+    search = GridSearchCV(LGMClassifier(hidden_layer_sizes=(4,), random_state=0),
+                          {"alpha": [1e-4, 1.0], "learning_rate_init": [1e-3, 1e-2],
+                           "solver": ["sgd", "adam"]}, cv=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(X, y)
+    assert search.cv_results_["mean_test_score"].shape == (8,)
+    assert set(search.best_params_) == {"alpha", "learning_rate_init", "solver"}
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"solver": "lbfgs"}, "solver='lbfgs' is not available"),
+    ({"validation_fraction": 0.0}, r"validation_fraction must be a number in \(0, 1\), got 0.0"),
+    ({"validation_fraction": 1.5}, r"validation_fraction must be a number in \(0, 1\), got 1.5"),
+    ({"batch_size": "all"}, "batch_size must be one of 'auto'"),
+    ({"learning_rate": "optimal"}, "learning_rate must be one of"),
+    ({"activation": "relu"}, "activation must be 'tanh', got 'relu'"),
+    ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+])
+@pytest.mark.parametrize("Estimator", [LGMRegressor, LGMClassifier])
+def test_bad_hyper_parameters(Estimator, params, match):
+    X, y = load_iris(return_X_y=True)
+    with pytest.raises(ValueError, match=match):
+        Estimator(**params).fit(X, y)
+    # partial_fit checks them too.
+    with pytest.raises(ValueError, match=match):
+        if Estimator is LGMClassifier:
+            Estimator(**params).partial_fit(X, y, classes=[0, 1, 2])
+        else:
+            Estimator(**params).partial_fit(X, y)
+
+
+# -- files and pickles from before the MLP names --------------------------------------
+
+@pytest.mark.parametrize("load", ["file", "pickle"])
+def test_estimators_saved_with_the_old_names_load(load):
+    expected = np.load(os.path.join(DATA, "estimators-cfc702f-outputs.npz"))
+    X = expected["X"]
+    if load == "file":
+        regressor = lgmstm.load(os.path.join(DATA, "estimator-regressor-cfc702f.npz"))
+        classifier = LGMClassifier.load(os.path.join(DATA, "estimator-classifier-cfc702f.npz"))
+    else:
+        with open(os.path.join(DATA, "estimators-cfc702f.pkl"), "rb") as f:
+            saved = pickle.load(f)
+        regressor, classifier = saved["regressor"], saved["classifier"]
+    np.testing.assert_array_equal(regressor.predict(X[:, :2]), expected["regressor_predict"])
+    np.testing.assert_array_equal(classifier.predict_proba(X),
+                                  expected["classifier_predict_proba"])
+    np.testing.assert_array_equal(classifier.predict(X), expected["classifier_predict"])
+    # epochs=4, lr=0.01, optimizer="momentum" (heavy ball at 0.9) on 2 outputs:
+    params = regressor.get_params()
+    assert not {"epochs", "lr", "optimizer"} & set(params)
+    assert (params["max_iter"], params["solver"], params["momentum"],
+            params["nesterovs_momentum"], params["alpha"]) == (4, "sgd", 0.9, False, 0.0)
+    assert params["learning_rate_init"] == 0.01  # 2 outputs: the same steps as lr=0.01
+    assert params["n_iter_no_change"] == 4 and params["batch_size"] == 16
+    assert classifier.get_params()["solver"] == "adam"
+    assert classifier.out_activation_ == "tanh" and regressor.n_iter_ == 4
+    # They go on training, with the settings they were made with.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        regressor.set_params(warm_start=True).fit(X[:, :2], X[:, 2:])
+        classifier.partial_fit(X, expected["classifier_predict"])
+    assert regressor.n_iter_ == 8 and classifier.n_iter_ == 4
+    # and they are saved and read back with the new names.
+    clone(regressor).fit(X[:, :2], X[:, 2:])
