@@ -380,10 +380,13 @@ class _LGMEstimator(BaseEstimator):
         times scikit-learn's (see _squared_error_scale); curve_scale times
         it is scikit-learn's loss_curve_. stratify: the labels a
         classifier's validation split keeps in proportion."""
-        random_state = check_random_state(self.random_state)
+        # Drawn from only when needed: a RandomState made from an int costs
+        # more than partial_fit's epoch on a small network.
+        random_state: np.random.RandomState | None = None
         settings = self._settings(X.shape[0], loss_scale)
         validation = None
         if settings.early_stopping and not incremental:
+            random_state = check_random_state(self.random_state)
             X, X_val, Y, Y_val = train_test_split(
                 X, Y, test_size=settings.validation_fraction, random_state=random_state,
                 stratify=stratify)
@@ -392,6 +395,8 @@ class _LGMEstimator(BaseEstimator):
         if keep:
             network = self.lgm_
         else:
+            if random_state is None:
+                random_state = check_random_state(self.random_state)
             seed = int(random_state.randint(np.iinfo(np.int32).max))
             network = self._new_network(X.shape[1], Y.shape[1], output, X.dtype, seed)
             self.loss_curve_, self.n_iter_, self.t_ = np.empty(0), 0, 0
