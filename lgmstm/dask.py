@@ -492,8 +492,16 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
             data_futures[same] = client.submit(_pair, *data, key=f"lgmstm-data-{run}-{i}",
                                                pure=False)
         per_model.append(data_futures[same])
-    n_slots = sum(worker["nthreads"] for worker in client.scheduler_info()["workers"].values())
+    workers = client.scheduler_info()["workers"]
+    n_slots = sum(worker["nthreads"] for worker in workers.values())
     batches = _batches(len(models), models_per_task, n_slots)
+    # Data that several tasks train on goes to every worker first: held by
+    # one worker only, it would draw every task there (the scheduler runs a
+    # task where its data is, and moves tasks away only slowly).
+    shared = {key: future for key, future in data_futures.items()
+              if sum(any(per_model[i] is future for i in batch) for batch in batches) > 1}
+    if shared and len(workers) > 1:
+        client.replicate(list(shared.values()))
     futures = [client.submit(_fit_batch, [_snapshot(models[i]) for i in batch],
                              [per_model[i] for i in batch], fit_kwargs, threads,
                              key=f"lgmstm-fit-{run}-{batch.start}", pure=False)
@@ -502,8 +510,13 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     try:
         started = time.perf_counter()
         n_done = 0
-        for future in distributed.as_completed(futures, loop=client.loop):
-            n_done += len(batches[futures.index(future)])
+        results: dict[int, list[Model]] = {}
+        # Each task's models come back as it finishes, while the others run.
+        for future, fitted in distributed.as_completed(futures, loop=client.loop,
+                                                      with_results=True):
+            index = futures.index(future)
+            results[index] = fitted
+            n_done += len(batches[index])
             if verbose:
                 print(f"\rfit_many: {n_done}/{len(models)} models fitted, "
                       f"{time.perf_counter() - started:.1f} s", end="", file=sys.stderr,
@@ -512,7 +525,7 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
                 progress(n_done, len(models))
         if verbose:
             print(file=sys.stderr)
-        return [model for fitted in client.gather(futures) for model in fitted]
+        return [model for index in range(len(futures)) for model in results[index]]
     except BaseException:
         client.cancel(futures)
         raise
