@@ -4,6 +4,7 @@ scikit-learn's own update, coefs_/intercepts_, scikit-learn's stopping rules
 against a hand count on the loss curve, the (stratified) validation split of
 early stopping and the epoch it restores, files of the estimators from before
 the MLP names, and the bad input."""
+import functools
 import os
 import pickle
 import warnings
@@ -374,10 +375,18 @@ def test_bad_hyper_parameters(Estimator, params, match):
 
 # -- files and pickles from before the MLP names --------------------------------------
 
-@pytest.mark.parametrize("load", ["file", "pickle"])
+@pytest.mark.parametrize("load", [
+    "file",
+    pytest.param("pickle", marks=pytest.mark.skipif(
+        np.lib.NumpyVersion(np.__version__) < "2.0.0",
+        reason="the pickle was written with numpy 2 (numpy._core), which numpy 1 cannot "
+               "unpickle"))])
 def test_estimators_saved_with_the_old_names_load(load):
     expected = np.load(os.path.join(DATA, "estimators-cfc702f-outputs.npz"))
     X = expected["X"]
+    # Recorded with scipy-openblas 0.3.30; another BLAS (the oldest supported
+    # scipy's) may round the last bit of a product otherwise.
+    same = functools.partial(np.testing.assert_allclose, rtol=1e-12, atol=1e-15)
     if load == "file":
         regressor = lgmstm.load(os.path.join(DATA, "estimator-regressor-cfc702f.npz"))
         classifier = LGMClassifier.load(os.path.join(DATA, "estimator-classifier-cfc702f.npz"))
@@ -385,9 +394,8 @@ def test_estimators_saved_with_the_old_names_load(load):
         with open(os.path.join(DATA, "estimators-cfc702f.pkl"), "rb") as f:
             saved = pickle.load(f)
         regressor, classifier = saved["regressor"], saved["classifier"]
-    np.testing.assert_array_equal(regressor.predict(X[:, :2]), expected["regressor_predict"])
-    np.testing.assert_array_equal(classifier.predict_proba(X),
-                                  expected["classifier_predict_proba"])
+    same(regressor.predict(X[:, :2]), expected["regressor_predict"])
+    same(classifier.predict_proba(X), expected["classifier_predict_proba"])
     np.testing.assert_array_equal(classifier.predict(X), expected["classifier_predict"])
     # epochs=4, lr=0.01, optimizer="momentum" (heavy ball at 0.9) on 2 outputs:
     params = regressor.get_params()
