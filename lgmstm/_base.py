@@ -23,7 +23,7 @@ from ._persist import (
     text_array,
 )
 from ._training import OptimizerState, UseLock
-from ._validation import check_choice, check_float_dtype, check_seed
+from ._validation import check_choice, check_float_dtype, check_seed, check_targets
 
 BACKENDS = ("cython", "numpy")
 # A model's output: the last layer's function and the loss fit minimises
@@ -187,6 +187,20 @@ class Model:
         """The model a saved file's config and parameters (``param.*``, read
         only once their shapes fit config) describe, of this class."""
         raise NotImplementedError
+
+    def _short_fit_targets(self, Y: Any, n_out: int) -> bool:
+        """Whether the short fit may take Y as a softmax or sigmoid output's
+        targets: an ndarray of the model's dtype with n_out outputs, its
+        targets valid (else the checked path runs, and raises its errors in
+        its order)."""
+        if type(Y) is not np.ndarray or Y.dtype != self._dtype or Y.ndim < 2 \
+                or Y.shape[-1] != n_out:
+            return False
+        try:
+            check_targets(self._output, Y)
+        except ValueError:
+            return False
+        return True
 
     # -- parameters ---------------------------------------------------------------
     def _named(self, arrays: Iterable[NDArray[Any]]) -> dict[str, NDArray[Any]]:

@@ -1347,19 +1347,6 @@ class STM(Model):
                  lengths=lengths, warm_start=True, sample_weight=sample_weight)
         return self
 
-    def _short_fit_targets(self, Y: Any) -> bool:
-        """Whether the short fit may take Y as a softmax or sigmoid output's
-        targets: an ndarray of the model's dtype, its targets valid (else the
-        checked path runs, and raises its errors in its order)."""
-        if type(Y) is not np.ndarray or Y.dtype != self._dtype or Y.ndim < 2 \
-                or Y.shape[-1] != self._n_out:
-            return False
-        try:
-            check_targets(self._output, Y)
-        except ValueError:
-            return False
-        return True
-
     def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
                    settings, weight_decay):
         """One epoch on the short fit's path (see _train.Program.fit_ready):
@@ -1367,7 +1354,7 @@ class STM(Model):
         states), or None for the checked path."""
         if self._deep:
             return None  # the deep STM trains on the checked path only
-        if self._output in PROBABILITY_OUTPUTS and not self._short_fit_targets(Y):
+        if self._output in PROBABILITY_OUTPUTS and not self._short_fit_targets(Y, self._n_out):
             return None
         final = None
         if self._stateful:
