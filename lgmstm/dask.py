@@ -498,10 +498,13 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     # Data that several tasks train on goes to every worker first: held by
     # one worker only, it would draw every task there (the scheduler runs a
     # task where its data is, and moves tasks away only slowly).
-    shared = {key: future for key, future in data_futures.items()
-              if sum(any(per_model[i] is future for i in batch) for batch in batches) > 1}
+    tasks_using: dict[Any, int] = {}  # a future's key -> the tasks that train on it
+    for batch in batches:
+        for key in {per_model[i].key for i in batch}:
+            tasks_using[key] = tasks_using.get(key, 0) + 1
+    shared = [future for future in data_futures.values() if tasks_using[future.key] > 1]
     if shared and len(workers) > 1:
-        client.replicate(list(shared.values()))
+        client.replicate(shared)
     futures = [client.submit(_fit_batch, [_snapshot(models[i]) for i in batch],
                              [per_model[i] for i in batch], fit_kwargs, threads,
                              key=f"lgmstm-fit-{run}-{batch.start}", pure=False)
