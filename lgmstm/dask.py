@@ -513,11 +513,12 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     try:
         started = time.perf_counter()
         n_done = 0
+        index_of = {future.key: index for index, future in enumerate(futures)}
         results: dict[int, list[Model]] = {}
         # Each task's models come back as it finishes, while the others run.
         for future, fitted in distributed.as_completed(futures, loop=client.loop,
                                                       with_results=True):
-            index = futures.index(future)
+            index = index_of[future.key]
             results[index] = fitted
             n_done += len(batches[index])
             if verbose:
