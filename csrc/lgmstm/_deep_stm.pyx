@@ -28,7 +28,7 @@ from lgmstm._rnn cimport (forward_chunk_rows, rnn_backward_pass, rnn_forward_pas
                           rnn_scratch_size)
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._train cimport (Parameters, PointerTable, Program, TrainingPlan, TrainingRun,
-                            UseLock, data_or_null, parameters_of, plan_of, run_epochs)
+                            UseLock, data_or_null, parameters_of, plan_of, run_training)
 
 cnp.import_array()
 
@@ -271,8 +271,7 @@ cdef class DeepNetwork(Program):
                 n_valid += lengths[i]
         plan = plan_of(run, order, epoch_losses, n_epochs, n_samples,
                        max(1, n_valid * self.shape.n_out), False)
-        with nogil:
-            run_epochs(deep_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
+        run_training(run, deep_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
         return 0
 
 

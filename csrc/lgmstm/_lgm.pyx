@@ -42,7 +42,7 @@ from lgmstm._rows cimport gather_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (CONSTANT, BatchStep, KeptMemory, Parameters, PointerTable, Program,
                             TrainingPlan, TrainingRun, UseLock, data_or_null, is_ready_matrix,
-                            kernel_threads, parameters_of, plan_of, run_epochs)
+                            kernel_threads, parameters_of, plan_of, run_training)
 
 cnp.import_array()
 
@@ -248,6 +248,7 @@ cdef class Network(Program):
                 or self.blas_work(batch_size) >= BLAS_THREADING_WORK
                 or 3.0 * n_samples * self.weights > SHORT_FIT_WORK):
             return -1
+        self.short_work = 3.0 * n_samples * self.weights
         return 0
 
 
@@ -679,8 +680,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
             free(panel_rows)
             raise MemoryError()
     try:
-        with nogil:
-            run_epochs(lgm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
+        run_training(run, lgm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
     finally:
         free(panel_rows)
         free(batches.batch_weights)

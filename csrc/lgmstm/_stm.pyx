@@ -46,7 +46,7 @@ from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
                             TrainingPlan, TrainingRun, UseLock, data_or_null,
                             is_ready_matrix, kernel_threads, parameters_of, plan_of,
-                            run_epochs)
+                            run_training)
 
 cnp.import_array()
 
@@ -371,6 +371,7 @@ cdef class Network(Program):
                 or 3.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden + n_out)
                 > SHORT_FIT_WORK):
             return -1
+        self.short_work = 3.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden + n_out)
         return n_steps
 
 
@@ -1214,7 +1215,6 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
         if batches.batch_weights == NULL:
             raise MemoryError()
     try:
-        with nogil:
-            run_epochs(stm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
+        run_training(run, stm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
     finally:
         free(batches.batch_weights)
