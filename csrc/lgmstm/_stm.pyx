@@ -37,7 +37,7 @@ from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
                             group_panels, padded_width, panel_calloc, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, SHORT_FIT_WORK,
+from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
 from lgmstm._rnn cimport (forward_chunk_rows, rnn_backward_pass, rnn_forward_pass,
                           rnn_scratch_size)
@@ -233,17 +233,13 @@ cdef class Network(Program):
             buffers[OUTPUTS] = cnp.PyArray_DATA(<cnp.ndarray> outputs)
             lengths = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> scratch[3])
             n_threads = kernel_threads()
-            with nogil:
-                if self.type_num == cnp.NPY_DOUBLE:
-                    status = stm_predict(<double *> cnp.PyArray_DATA(array), <const double *> h0,
-                                         lengths, n_samples, n_steps, self.params.data,
-                                         self.sizes, self.output_tanh, self.loss,
-                                         self.return_sequences, buffers, n_threads)
-                else:
-                    status = stm_predict(<float *> cnp.PyArray_DATA(array), <const float *> h0,
-                                         lengths, n_samples, n_steps, self.params.data,
-                                         self.sizes, self.output_tanh, self.loss,
-                                         self.return_sequences, buffers, n_threads)
+            if self.blas_work(n_samples, n_steps) < GIL_HELD_WORK:
+                status = self._predict_into(array, h0, lengths, n_samples, n_steps, buffers,
+                                            n_threads)
+            else:
+                with nogil:
+                    status = self._predict_into(array, h0, lengths, n_samples, n_steps,
+                                                buffers, n_threads)
             if status < 0:
                 raise MemoryError()
         finally:
@@ -251,6 +247,20 @@ cdef class Network(Program):
                 self.in_use = False  # only the call that took the kept scratch holds it
             self.lock.end_read()
         return outputs, final_states
+
+    cdef int _predict_into(self, cnp.ndarray array, const void *h0, const Py_ssize_t *lengths,
+                           Py_ssize_t n_samples, Py_ssize_t n_steps, void **buffers,
+                           int n_threads) noexcept nogil:
+        """stm_predict in the parameters' dtype, for _forward_ready."""
+        if self.type_num == cnp.NPY_DOUBLE:
+            return stm_predict(<double *> cnp.PyArray_DATA(array), <const double *> h0,
+                               lengths, n_samples, n_steps, self.params.data, self.sizes,
+                               self.output_tanh, self.loss, self.return_sequences, buffers,
+                               n_threads)
+        return stm_predict(<float *> cnp.PyArray_DATA(array), <const float *> h0, lengths,
+                           n_samples, n_steps, self.params.data, self.sizes,
+                           self.output_tanh, self.loss, self.return_sequences, buffers,
+                           n_threads)
 
     def predict(self, const floating[:, :, ::1] X, object h0,
                 const Py_ssize_t[::1] lengths, list buffers, int n_threads,

@@ -22,7 +22,7 @@ from libc.string cimport memcpy, memset
 from lgmstm._omp cimport lgmstm_omp_max_threads, lgmstm_omp_wtime
 from lgmstm._optim cimport ADAM, MOMENTUM, SGD, Optimizer, clip_gradients, optimizer_step
 from lgmstm._panel cimport panel_calloc
-from lgmstm._parallel cimport BLAS_THREADING_WORK as _BLAS_THREADING_WORK
+from lgmstm._parallel cimport BLAS_THREADING_WORK as _BLAS_THREADING_WORK, GIL_HELD_WORK
 from lgmstm._parallel cimport SHORT_FIT_WORK as _SHORT_FIT_WORK
 
 import threading
@@ -78,9 +78,6 @@ def epoch_orders(rng, Py_ssize_t n_epochs, Py_ssize_t n_samples):
 # releasing and taking it back costs a tenth of a microsecond or more,
 # which the short fit's scans of X, Y and each parameter would pay in turn.
 cdef Py_ssize_t RELEASED_SCAN = 1 << 16
-# A short fit of less work than this (multiply-adds: a few microseconds)
-# trains holding the GIL (see run_training).
-cdef double KEEP_GIL_WORK = 1 << 16
 
 
 cdef extern from "_finite.h" nogil:
@@ -846,7 +843,7 @@ cdef class Program:
             return None
         if n_samples < 1 or optimizer not in OPTIMIZER_CODES:
             return None
-        self.short_work = KEEP_GIL_WORK  # unless ready_steps says less
+        self.short_work = GIL_HELD_WORK  # unless ready_steps says less
         n_steps = self.ready_steps(X, Y, h0, batch)
         if n_steps < 0 or not array_finite(<cnp.ndarray> X) or not array_finite(<cnp.ndarray> Y):
             return None
@@ -881,7 +878,7 @@ cdef class Program:
             run = self.short_run
             run.X, run.Y, run.initial_states, run.final_states = X, Y, h0, final_states
             run.clip_norm = clip
-            run.keep_gil = self.short_work < KEEP_GIL_WORK
+            run.keep_gil = self.short_work < GIL_HELD_WORK
             run.optimizer.lr = rate
             run.optimizer.weight_decay = decay
             run.optimizer.step = state.step
