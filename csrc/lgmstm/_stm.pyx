@@ -25,6 +25,7 @@ cimport numpy as cnp
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport parallel, prange
+from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -33,7 +34,8 @@ from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_los
                            output_loss_blocks, output_rows, panel_output_loss,
                            panel_takes, squared_error, weight_sum)
 from lgmstm._optim cimport Optimizer
-from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
+from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK,
+                            PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
                             group_panels, padded_width, panel_calloc, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
@@ -439,6 +441,8 @@ cdef enum:
     # predict's panel path: samples per group (in panels) and steps per chunk.
     PREDICT_GROUP_PANELS = 8
     PREDICT_CHUNK_STEPS = 32
+    # A single-threaded predict's scratch up to this size lives on the stack.
+    STACK_SCRATCH_BYTES = 16384
 
 
 cdef inline bint predicts_in_panels(const Py_ssize_t *sizes) noexcept nogil:
@@ -507,10 +511,18 @@ cdef int panel_predict(const floating *X, const floating *h0, const Py_ssize_t *
     cdef floating *scratch
     cdef Py_ssize_t group
     cdef int failed = 0
+    # A step of a few streams fits on the stack: no calloc and free per call.
+    cdef char stack_scratch[STACK_SCRATCH_BYTES + LGMSTM_PANEL_BYTES]
     if n_used == 1:
-        scratch = <floating *> panel_calloc(scratch_bytes, &allocated)
-        if scratch == NULL:
-            return -1
+        if scratch_bytes <= STACK_SCRATCH_BYTES:
+            scratch = <floating *> (
+                (<uintptr_t> stack_scratch + LGMSTM_PANEL_BYTES - 1)
+                // LGMSTM_PANEL_BYTES * LGMSTM_PANEL_BYTES)
+            memset(scratch, 0, scratch_bytes)
+        else:
+            scratch = <floating *> panel_calloc(scratch_bytes, &allocated)
+            if scratch == NULL:
+                return -1
         for group in range(n_groups):
             predict_group(group, width, chunk, X, h0, lengths, n_samples, n_steps, params,
                           sizes, output_tanh, return_sequences, outputs, final_states, scratch)
