@@ -35,10 +35,10 @@ from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_los
                            panel_takes, squared_error, weight_sum)
 from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK,
-                            PANEL_WEIGHT_ROWS,
-                            add_weight_gradient, finish_weight_gradient, gather_columns,
-                            group_panels, padded_width, panel_calloc, panel_product,
-                            row_sums, sample_major_gradient, transpose_columns)
+                            PANEL_WEIGHT_ROWS, add_weight_gradient, finish_weight_gradient,
+                            gather_columns, gather_panel, group_panels, padded_width,
+                            panel_calloc, panel_product, row_sums, sample_major_gradient,
+                            transpose_columns)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
 from lgmstm._rnn cimport (forward_chunk_rows, rnn_backward_pass, rnn_forward_pass,
@@ -565,22 +565,17 @@ cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
     cdef const floating *Wx = <floating *> params[INPUT_WEIGHT]
     cdef const floating *Wh = <floating *> params[RECURRENT_WEIGHT]
     cdef const floating *W_out = <floating *> params[READOUT_WEIGHT]
-    cdef Py_ssize_t start, steps, t, f, j, o, lane, column
-    cdef floating *run
-    for j in range(n_hidden):
-        for lane in range(width):
-            H[j * ld_h + lane] = (h0[(first + lane) * n_hidden + j]
-                                  if h0 != NULL and lane < n_valid else 0)
+    cdef Py_ssize_t start, steps, t, j, o, lane, column
+    if h0 != NULL:
+        gather_panel(h0, n_hidden, NULL, first, n_valid, n_hidden, n_hidden, H, ld_h, width)
+    else:
+        for j in range(n_hidden):
+            memset(H + j * ld_h, 0, width * sizeof(floating))
     start = 0
     while start < n_steps:
         steps = min(chunk, n_steps - start)
-        for f in range(n_in):
-            for t in range(steps):
-                run = Xt + f * ld_x + t * width
-                for lane in range(n_valid):
-                    run[lane] = X[((first + lane) * n_steps + start + t) * n_in + f]
-                for lane in range(n_valid, width):
-                    run[lane] = 0
+        gather_panel(X + start * n_in, n_steps * n_in, NULL, first, n_valid, steps * n_in, n_in,
+                     Xt, ld_x, width)
         # Every step's input projection in one product, then the time loop.
         panel_product(n_hidden, steps * width, n_in, Wx, 1, n_hidden, Xt, ld_x,
                       <floating *> params[BIAS], False, NULL, 0, H + width, ld_h)
