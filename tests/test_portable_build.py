@@ -73,6 +73,10 @@ DRIVER = r"""
                                       GF * GB, GF, Gd, GB * N, N);              \
             for (int i = 0; i < GF * GB * N; i++) printf("%.17g\n", (double)Gd[i]); \
         }                                                                       \
+        /* Rows of fewer values than a vector's lanes: 3 blocks of 1. */       \
+        for (int i = 0; i < 3 * N; i++) Gd[i] = (T)7;                           \
+        lgmstm_gather_panel_##SUF(G, GV, NULL, 0, GL, 3, 1, Gd, 3 * N, N);      \
+        for (int i = 0; i < 3 * N; i++) printf("%.17g\n", (double)Gd[i]);      \
     } while (0)
 
 int main(void)
@@ -106,6 +110,9 @@ def expected(dtype):
         panel = np.zeros((GF, GB, N))  # [f, b, lane]: value b * GF + f of each lane's sample
         panel[:, :, :GL] = G[samples, :GF * GB].reshape(GL, GB, GF).transpose(2, 1, 0)
         gathered.append(panel.ravel())
+    short = np.zeros((3, N))  # [b, lane]: value b of samples 0 .. GL - 1
+    short[:, :GL] = G[:GL, :3].T
+    gathered.append(short.ravel())
     return [C.ravel(), O.ravel(), S, H.ravel(), E.ravel(), F.ravel(), *gathered]
 
 
@@ -146,7 +153,7 @@ def test_kernels_build_and_agree_with_numpy(tmp_path, flags):
     assert build.returncode == 0, build.stderr
     values = np.array(subprocess.run([str(program)], capture_output=True, text=True,
                                      check=True).stdout.split(), dtype=float)
-    sizes = [M * N, K * M, K, M * N, M * LD, M * LD, GF * GB * N, GF * GB * N]
+    sizes = [M * N, K * M, K, M * N, M * LD, M * LD, GF * GB * N, GF * GB * N, 3 * N]
     for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-5)):
         for got_size, want in zip(sizes, expected(dtype)):
             got, values = values[:got_size], values[got_size:]

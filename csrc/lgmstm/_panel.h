@@ -297,6 +297,30 @@
     } while (0)
 #endif
 
+/* The tile of values j0 .. j0 + NL - 1 of the NL rows (0 for a NULL row). */
+#define LGMSTM_GATHER_TILE(T, V, LANES, j0)                                         \
+    do {                                                                            \
+        V r[LANES];                                                                 \
+        ptrdiff_t b = (j0) / n_features, f = (j0) - b * n_features;                 \
+        for (int l = 0; l < (LANES); ++l) {                                         \
+            if (row[l])                                                             \
+                memcpy(&r[l], row[l] + (j0), sizeof(V));                            \
+            else                                                                    \
+                r[l] = LGMSTM_SPLAT(V, (T)0);                                       \
+        }                                                                           \
+        LGMSTM_TRANSPOSE(T, V, LANES, r);                                           \
+        for (int k = 0; k < (LANES); ++k) {                                         \
+            memcpy(dest + f * ld + b * width + l0, &r[k], sizeof(V));               \
+            if (++f == n_features) {                                                \
+                f = 0;                                                              \
+                ++b;                                                                \
+            }                                                                       \
+        }                                                                           \
+    } while (0)
+
+/* Rows of at least NL values end on a tile that overlaps the one before
+ * (the values both hold are written twice, the same); shorter ones go
+ * value by value. */
 #define LGMSTM_DEFINE_GATHER_PANEL(NAME, T, V, LANES, TARGET)                       \
     TARGET static void NAME(const T *src, ptrdiff_t row_stride, const ptrdiff_t *rows, \
                             ptrdiff_t first, ptrdiff_t n_lanes, ptrdiff_t n_values, \
@@ -306,37 +330,24 @@
         enum { NL = LANES };                                                        \
         for (ptrdiff_t l0 = 0; l0 < width; l0 += NL) {                              \
             const T *row[NL];                                                       \
-            ptrdiff_t j0 = 0, b = 0, f = 0;                                         \
+            ptrdiff_t j0 = 0;                                                       \
             for (int l = 0; l < NL; ++l) {                                          \
                 ptrdiff_t lane = l0 + l;                                            \
                 row[l] = lane >= n_lanes ? NULL                                     \
                     : src + (rows ? rows[first + lane] : first + lane) * row_stride; \
             }                                                                       \
-            for (; j0 + NL <= n_values; j0 += NL) {                                 \
-                V r[NL];                                                            \
-                for (int l = 0; l < NL; ++l) {                                      \
-                    if (row[l])                                                     \
-                        memcpy(&r[l], row[l] + j0, sizeof(V));                      \
-                    else                                                            \
-                        r[l] = LGMSTM_SPLAT(V, (T)0);                               \
-                }                                                                   \
-                LGMSTM_TRANSPOSE(T, V, LANES, r);                                   \
-                for (int k = 0; k < NL; ++k) {                                      \
-                    memcpy(dest + f * ld + b * width + l0, &r[k], sizeof(V));       \
+            for (; j0 + NL <= n_values; j0 += NL) LGMSTM_GATHER_TILE(T, V, LANES, j0); \
+            if (j0 < n_values && n_values >= NL)                                    \
+                LGMSTM_GATHER_TILE(T, V, LANES, n_values - NL);                     \
+            else if (j0 < n_values)                                                 \
+                for (ptrdiff_t b = 0, f = 0; j0 < n_values; ++j0) {                 \
+                    T *out = dest + f * ld + b * width + l0;                        \
+                    for (int l = 0; l < NL; ++l) out[l] = row[l] ? row[l][j0] : (T)0; \
                     if (++f == n_features) {                                        \
                         f = 0;                                                      \
                         ++b;                                                        \
                     }                                                               \
                 }                                                                   \
-            }                                                                       \
-            for (; j0 < n_values; ++j0) {                                           \
-                T *out = dest + f * ld + b * width + l0;                            \
-                for (int l = 0; l < NL; ++l) out[l] = row[l] ? row[l][j0] : (T)0;   \
-                if (++f == n_features) {                                            \
-                    f = 0;                                                          \
-                    ++b;                                                            \
-                }                                                                   \
-            }                                                                       \
         }                                                                           \
     }
 
