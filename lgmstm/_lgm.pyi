@@ -56,8 +56,17 @@ class Network(Program):
     ) -> float:
         """Fill grads; return the (weighted) mean loss."""
     def validation_data(self, X_val: NDArray[np.floating[Any]],
-                        Y_val: NDArray[np.floating[Any]]) -> tuple[Any, ...]:
-        """A TrainingRun's validation: the set and its forward pass's scratch."""
+                        Y_val: NDArray[np.floating[Any]],
+                        weights_val: NDArray[np.float64] | None = ...) -> tuple[Any, ...]:
+        """A TrainingRun's validation: the set, its forward pass's scratch, its weights."""
+    def mean_loss(
+        self,
+        X: _Float,  # IN (n_samples, n_in)
+        Y: _Float,  # IN (n_samples, n_out)
+        weights: NDArray[np.float64] | None,  # IN (n_samples,)
+        n_threads: int,
+    ) -> float:
+        """The (weighted) mean loss: the training driver's validation loss."""
     def train(
         self,
         run: TrainingRun,

@@ -65,6 +65,16 @@ class Network(Program):
                         weights_val: NDArray[np.float64] | None = None) -> tuple[Any, ...]:
         """A TrainingRun's validation: the sequences, their forward pass's
         buffers and the output rows' mask (a cross-entropy's), or None."""
+    def mean_loss(
+        self,
+        X: _Float,  # IN (n_samples, n_steps, n_in)
+        Y: _Float,  # IN flattened, 0 at padded steps
+        h0: _Float | None,  # IN (n_samples, n_hidden), or None: zeros
+        lengths: NDArray[np.intp],  # IN (n_samples,)
+        weights: NDArray[np.float64] | None,  # IN the output rows', 0 at padded steps
+        n_threads: int,
+    ) -> float:
+        """The mean loss over the valid outputs: the training driver's validation loss."""
     def train(
         self,
         run: TrainingRun,

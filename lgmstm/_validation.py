@@ -241,12 +241,13 @@ def check_open_fraction(name: str, value) -> float:
     return value
 
 
-def check_validation_data(value, n_items: tuple[int, ...]) -> tuple:
+def check_validation_data(value, n_items: tuple[int, ...], third: str = "lengths_val") -> tuple:
     """fit's validation_data: a tuple or list of n_items entries (one of
-    them), returned as a tuple; the entries are checked by the model."""
+    them; a third entry is named third), returned as a tuple; the entries
+    are checked by the model."""
     if not isinstance(value, (tuple, list)) or len(value) not in n_items:
         counts = " or ".join(str(n) for n in n_items)
-        forms = "(X_val, Y_val)" + ("" if n_items == (2,) else " or (X_val, Y_val, lengths_val)")
+        forms = "(X_val, Y_val)" + ("" if n_items == (2,) else f" or (X_val, Y_val, {third})")
         raise TypeError(f"validation_data must be a tuple of {counts} arrays, {forms}, "
                         f"got {_describe(value)}")
     return tuple(value)

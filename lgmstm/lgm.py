@@ -77,6 +77,10 @@ class _CompiledNetwork:
             self.program.predict(X, activations, get_num_threads(), logits)
         return activations[-1]
 
+    def loss(self, X, Y, weights=None):
+        with single_threaded_blas(self.program.blas_work(X.shape[0])):
+            return self.program.mean_loss(X, Y, weights, get_num_threads())
+
     def gradients(self, X, Y, weights=None):
         grads = [np.empty_like(p) for p in self.params]
         partials = np.empty(_dense.partials_size(Y.shape[0]))
@@ -150,6 +154,10 @@ class _ReferenceNetwork:
         outputs = self._forward(X)[-1]
         return outputs if logits else reference.output_function(self.output, outputs)
 
+    def loss(self, X, Y, weights=None):
+        value, _ = reference.output_loss(self.output, self.predict(X, logits=True), Y, weights)
+        return value
+
     def gradients(self, X, Y, weights=None):
         activations = self._forward(X)
         loss, delta = reference.output_loss(self.output, activations[-1], Y, weights)
@@ -172,7 +180,7 @@ class _ReferenceNetwork:
             return loss * reference.loss_count(self.output, batch_weights, n_rows, n_out), grads
 
         def validate():
-            return self.gradients(*validation)[0]
+            return self.loss(*validation)
 
         return ReferenceTrainer(
             self.params, batch, X.shape[0],
@@ -445,9 +453,8 @@ class LGM(Model):
         weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
         weights = self._sample_weight(sample_weight, X.shape[0])
         with self._lock.reading():
-            outputs = self._network.predict(X, logits=True)
+            value = self._network.loss(X, Y, weights)
             penalty = weight_penalty(self._params, weight_decay)
-        value, _ = reference.output_loss(self._output, outputs, Y, weights)
         return value + penalty
 
     def gradients(self, X: ArrayLike, Y: ArrayLike, *, weight_decay: float = 0.0,
@@ -496,7 +503,8 @@ class LGM(Model):
             callback: Callable[[int, float], bool | None] | None = None,
             verbose: bool = False, warm_start: bool = False,
             sample_weight: ArrayLike | None = None,
-            validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+            validation_data: tuple[ArrayLike, ArrayLike] | tuple[ArrayLike, ArrayLike, ArrayLike]
+                             | None = None,
             validation_fraction: float | None = None, early_stopping: bool = False,
             patience: int = PATIENCE, tol: float = TOL, lr_schedule: str = "constant",
             power_t: float = POWER_T) -> NDArray[np.float64]:
@@ -567,10 +575,13 @@ class LGM(Model):
             w_i`` (so in a full batch a weight of 2 is the sample twice); a
             batch whose weights are all zero has a zero gradient (it still
             counts as an optimizer step).
-        validation_data : (X_val, Y_val) or None, default None
+        validation_data : (X_val, Y_val), (X_val, Y_val, sample_weight_val) or None, default None
             A validation set, shaped and converted as X and Y. After every
-            epoch its loss (see :meth:`loss`, unweighted) is computed in the compiled loop
-            (no Python call per epoch) into ``validation_history_``.
+            epoch its loss (``loss(X_val, Y_val)``, to the bit; with
+            sample_weight_val, checked as sample_weight is, their weighted
+            mean ``loss(X_val, Y_val, sample_weight=sample_weight_val)``;
+            never weighted by sample_weight) is computed in the compiled
+            loop (no Python call per epoch) into ``validation_history_``.
         validation_fraction : float in (0, 1) or None, default None
             Instead of validation_data: hold out the last
             ``ceil(validation_fraction * n_samples)`` samples of a
@@ -657,10 +668,13 @@ class LGM(Model):
         weights = self._sample_weight(sample_weight, X.shape[0])
         validation = None
         if validation_data is not None:
-            X_val, Y_val = check_validation_data(validation_data, (2,))
+            X_val, Y_val, *weights_val = check_validation_data(validation_data, (2, 3),
+                                                               "sample_weight_val")
             X_val = naming_validation_data(self._inputs, X_val)
             Y_val = naming_validation_data(self._targets, Y_val, X_val.shape[0])
-            validation = check_validation_set(X_val, Y_val, "sample")
+            validation = check_validation_set(
+                X_val, Y_val, "sample", *[naming_validation_data(
+                    self._sample_weight, weight, X_val.shape[0]) for weight in weights_val])
         plan = plan_fit(self._rng, X, Y, sample="sample", epochs=epochs, lr=lr,
                         batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
                         shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,

@@ -51,6 +51,7 @@ from ._validation import (
     check_fraction,
     check_int,
     check_positive_float,
+    check_sample_weight,
 )
 from .lgm import LGM
 
@@ -108,6 +109,17 @@ def _squared_error_scale(n_outputs: int) -> float:
     the loss whose gradient scikit-learn's MLP descends, the sum over
     outputs of half the squared error, averaged over samples."""
     return 2.0 / n_outputs
+
+
+def _mean_weight(sample_weight: NDArray[np.float64] | None) -> float:
+    """The mean of the samples' weights (1 without)."""
+    return 1.0 if sample_weight is None else float(np.mean(sample_weight))
+
+
+def _sample_weight(sample_weight: ArrayLike | None, n_samples: int) -> NDArray[np.float64] | None:
+    """fit's sample_weight, checked: None, or n_samples finite weights >= 0,
+    not all zero, as float64 (a ValueError naming sample_weight otherwise)."""
+    return check_sample_weight(sample_weight, ((n_samples,),), "(n_samples,)")
 
 
 class _Plateau:
@@ -311,10 +323,12 @@ class _LGMEstimator(BaseEstimator):
         return hasattr(self, "lgm_")
 
     # -- the hyper-parameters, checked -----------------------------------------------------
-    def _settings(self, n_samples: int, loss_scale: float) -> _FitSettings:
+    def _settings(self, n_samples: int, loss_scale: float,
+                  mean_weight: float = 1.0) -> _FitSettings:
         """The checked hyper-parameters of a fit on n_samples training
-        samples whose network's loss is loss_scale times the one
-        scikit-learn's MLP descends (see _squared_error_scale)."""
+        samples of mean sample weight mean_weight, whose network's loss is
+        loss_scale times the one scikit-learn's MLP descends (see
+        _squared_error_scale)."""
         if self.activation != "tanh":
             raise ValueError(f"activation must be 'tanh', got {self.activation!r}: lgmstm's "
                              "networks are tanh networks (its compiled kernels fuse tanh)")
@@ -357,7 +371,10 @@ class _LGMEstimator(BaseEstimator):
             lr = learning_rate_init / loss_scale
             optimizer = "momentum" if momentum > 0 else "sgd"
         arguments = dict(batch_size=batch_size, optimizer=optimizer, shuffle=shuffle,
-                         weight_decay=loss_scale * alpha / batch_size,
+                         # scikit-learn's penalty is alpha / (2 * the batch's
+                         # summed weight) * sum(W**2): a batch of mean weight.
+                         weight_decay=(loss_scale * alpha / (batch_size * mean_weight)
+                                       if mean_weight > 0 else 0.0),
                          momentum=momentum, nesterov=nesterov and optimizer == "momentum",
                          beta1=beta_1, beta2=beta_2, eps=epsilon)
         return _FitSettings(max_iter, tol, n_iter_no_change, schedule, power_t, early_stopping,
@@ -371,7 +388,8 @@ class _LGMEstimator(BaseEstimator):
 
     def _fit_network(self, X: NDArray[Any], Y: NDArray[Any], output: str, keep: bool,
                      incremental: bool, loss_scale: float, curve_scale: float,
-                     stratify: NDArray[Any] | None = None) -> None:
+                     stratify: NDArray[Any] | None = None,
+                     sample_weight: NDArray[np.float64] | None = None) -> None:
         """Train ``lgm_`` on X (n_samples, n_features) and Y (n_samples,
         n_out): the one there, with its optimizer state, when keep
         (loss_curve_, n_iter_ and t_ go on), else a new one. incremental:
@@ -379,19 +397,32 @@ class _LGMEstimator(BaseEstimator):
         scikit-learn's stopping rules. The network's loss is loss_scale
         times scikit-learn's (see _squared_error_scale); curve_scale times
         it is scikit-learn's loss_curve_. stratify: the labels a
-        classifier's validation split keeps in proportion."""
+        classifier's validation split keeps in proportion. sample_weight:
+        the samples' weights (checked, float64) or None; with early
+        stopping the held-out samples' weigh the validation loss."""
         # Drawn from only when needed: a RandomState made from an int costs
         # more than partial_fit's epoch on a small network.
         random_state: np.random.RandomState | None = None
-        settings = self._settings(X.shape[0], loss_scale)
-        validation = None
+        settings = self._settings(X.shape[0], loss_scale, _mean_weight(sample_weight))
+        validation: tuple[NDArray[Any], ...] | None = None
         if settings.early_stopping and not incremental:
             random_state = check_random_state(self.random_state)
-            X, X_val, Y, Y_val = train_test_split(
-                X, Y, test_size=settings.validation_fraction, random_state=random_state,
+            # The same split with or without weights (one permutation).
+            X, X_val, Y, Y_val, *weights = train_test_split(
+                X, Y, *([] if sample_weight is None else [sample_weight]),
+                test_size=settings.validation_fraction, random_state=random_state,
                 stratify=stratify)
             validation = (X_val, Y_val)
-            settings = self._settings(X.shape[0], loss_scale)
+            if weights:
+                sample_weight, weight_val = weights
+                for part, name in ((sample_weight, "training part"),
+                                   (weight_val, "validation part")):
+                    if not part.any():
+                        raise ValueError(
+                            f"sample_weight: every sample of early stopping's {name} "
+                            f"(validation_fraction={settings.validation_fraction}) weighs 0")
+                validation = (X_val, Y_val, weight_val)
+            settings = self._settings(X.shape[0], loss_scale, _mean_weight(sample_weight))
         if keep:
             network = self.lgm_
         else:
@@ -403,7 +434,7 @@ class _LGMEstimator(BaseEstimator):
             self.best_loss_, self.validation_scores_, self.best_validation_score_ = \
                 np.inf, None, None
         progress = _Progress(self, network, X.shape[0], settings, curve_scale, validation,
-                             incremental)
+                             incremental, sample_weight)
         try:
             progress.train(X, Y, keep)
         finally:
@@ -643,9 +674,10 @@ class _Progress:
 
     def __init__(self, estimator: _LGMEstimator, network: LGM, n_samples: int,
                  settings: _FitSettings, curve_scale: float,
-                 validation: tuple[NDArray[Any], NDArray[Any]] | None,
-                 incremental: bool) -> None:
+                 validation: tuple[NDArray[Any], ...] | None,
+                 incremental: bool, sample_weight: NDArray[np.float64] | None = None) -> None:
         self.estimator, self.network, self.n_samples = estimator, network, n_samples
+        self.sample_weight = sample_weight
         self.settings, self.curve_scale, self.validation = settings, curve_scale, validation
         self.incremental = incremental
         self.losses: list[NDArray[np.float64]] = []
@@ -661,6 +693,7 @@ class _Progress:
         their losses, in scikit-learn's scale."""
         try:
             return self.network.fit(X, Y, epochs=epochs, lr=lr, warm_start=warm,
+                                    sample_weight=self.sample_weight,
                                     **self.settings.arguments, **control) * self.curve_scale
         except TrainingInterrupted as exc:
             self._count(np.asarray(exc.history) * self.curve_scale, self._validated(control))
@@ -756,8 +789,10 @@ class _Progress:
                     self.scores.append(-float(validated[epoch]))
                     self.validation_plateau.update(float(validated[epoch]))
             elif self.validation is not None:
-                X_val, Y_val = self.validation
-                validation_loss = self.network.loss(X_val, Y_val) * self.curve_scale
+                X_val, Y_val, *weight_val = self.validation
+                validation_loss = self.network.loss(
+                    X_val, Y_val, sample_weight=weight_val[0] if weight_val else None
+                ) * self.curve_scale
                 self.scores.append(-validation_loss)
                 if self.validation_plateau.update(validation_loss):
                     self.best_params = self.network.params
@@ -880,7 +915,8 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         tags.target_tags.multi_output = True
         return tags
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> LGMRegressor:
+    def fit(self, X: ArrayLike, y: ArrayLike,
+            sample_weight: ArrayLike | None = None) -> LGMRegressor:
         """Train a new network on (X, y) (with ``warm_start``, the one there).
 
         Parameters
@@ -889,6 +925,17 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             Finite numbers; converted to ``dtype``.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Finite numbers.
+        sample_weight : array-like of shape (n_samples,), optional
+            Each sample's weight (with ``standardize_y``, also in the
+            target's mean and standard deviation), as scikit-learn's MLP (>= 1.7) takes it:
+            finite, >= 0, not all zero; None weighs every sample 1. Each
+            batch minimises the weighted mean of its samples' losses (so, in
+            a full batch, a weight of 2 is the sample twice and a weight of
+            0 leaves it out); alpha's penalty is divided by the batch's
+            summed weight as scikit-learn's, taken as the batch size times
+            the mean weight (exact in a full batch). With early_stopping the
+            held-out samples keep their weights, and the validation loss is
+            their weighted mean, as scikit-learn weighs its validation score.
 
         Returns
         -------
@@ -914,9 +961,10 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             max_iter epochs ran and no plateau stopped them (scikit-learn's
             warning).
         """
-        return self._train(X, y, self._goes_on(self.warm_start), False)
+        return self._train(X, y, self._goes_on(self.warm_start), False, sample_weight)
 
-    def partial_fit(self, X: ArrayLike, y: ArrayLike) -> LGMRegressor:
+    def partial_fit(self, X: ArrayLike, y: ArrayLike,
+                    sample_weight: ArrayLike | None = None) -> LGMRegressor:
         """Train one epoch on (X, y), going on from the last call.
 
         As scikit-learn's ``MLPRegressor.partial_fit``: the first call on an
@@ -933,6 +981,8 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             Finite numbers; the features of the first call.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Finite numbers; the outputs of the first call.
+        sample_weight : array-like of shape (n_samples,), optional
+            Each sample's weight, as :meth:`fit` takes it.
 
         Returns
         -------
@@ -944,9 +994,10 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             As :meth:`fit`, and X or y does not match what the network was
             made for.
         """
-        return self._train(X, y, self.__sklearn_is_fitted__(), True)
+        return self._train(X, y, self.__sklearn_is_fitted__(), True, sample_weight)
 
-    def _train(self, X: ArrayLike, y: ArrayLike, keep: bool, incremental: bool) -> LGMRegressor:
+    def _train(self, X: ArrayLike, y: ArrayLike, keep: bool, incremental: bool,
+               sample_weight: ArrayLike | None) -> LGMRegressor:
         """fit and partial_fit (incremental): keep goes on with the fitted network."""
         dtype = self._start_fit(keep)
         X_valid: NDArray[Any]
@@ -958,6 +1009,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
                                              y_numeric=True, reset=not keep)
         Y = np.asarray(y_valid, dtype=np.float64)
         Y = Y.reshape(len(Y), -1)
+        weights = _sample_weight(sample_weight, len(Y))
         if keep:
             if Y.shape[1] != self.n_outputs_:
                 raise ValueError(f"y has {Y.shape[1]} outputs, but this {type(self).__name__}"
@@ -966,15 +1018,17 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             self._y_1d = np.ndim(y_valid) == 1
             self.n_outputs_ = Y.shape[1]
             if self.standardize_y:
-                self.y_mean_ = Y.mean(axis=0)
-                std = Y.std(axis=0)
+                # Weighted: a weight of 2 is the sample twice here too.
+                self.y_mean_ = np.average(Y, axis=0, weights=weights)
+                std = np.sqrt(np.average((Y - self.y_mean_) ** 2, axis=0, weights=weights))
                 self.y_scale_ = np.where(std > 0, std, 1.0)
             else:
                 self.y_mean_ = np.zeros(self.n_outputs_)
                 self.y_scale_ = np.ones(self.n_outputs_)
         # The loss is half the mean squared error, as scikit-learn's.
         self._fit_network(X_valid, ((Y - self.y_mean_) / self.y_scale_).astype(dtype),
-                          self.output, keep, incremental, _squared_error_scale(Y.shape[1]), 0.5)
+                          self.output, keep, incremental, _squared_error_scale(Y.shape[1]), 0.5,
+                          sample_weight=weights)
         return self
 
     def _ready_targets(self, X: Any, y: Any) -> bool:
@@ -1082,7 +1136,8 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
                  dtype: DTypeLike = np.float64, backend: str = "cython") -> None:
         self._set_hyper_parameters(locals())
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> LGMClassifier:
+    def fit(self, X: ArrayLike, y: ArrayLike,
+            sample_weight: ArrayLike | None = None) -> LGMClassifier:
         """Train a new network on (X, y) (with ``warm_start``, the one there).
 
         Parameters
@@ -1091,6 +1146,16 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             Finite numbers; converted to ``dtype``.
         y : array-like of shape (n_samples,)
             Class labels (numbers or strings).
+        sample_weight : array-like of shape (n_samples,), optional
+            Each sample's weight, as scikit-learn's MLP (>= 1.7) takes it:
+            finite, >= 0, not all zero; None weighs every sample 1. Each
+            batch minimises the weighted mean of its samples' losses (so, in
+            a full batch, a weight of 2 is the sample twice and a weight of
+            0 leaves it out); alpha's penalty is divided by the batch's
+            summed weight as scikit-learn's, taken as the batch size times
+            the mean weight (exact in a full batch). With early_stopping the
+            held-out samples keep their weights, and the validation loss is
+            their weighted mean, as scikit-learn weighs its validation score.
 
         Returns
         -------
@@ -1130,11 +1195,12 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             raise ValueError(f"warm_start can only be used where y has the same classes as "
                              f"in the previous call to fit: previously {self.classes_}, "
                              f"y has {classes}")
+        weights = _sample_weight(sample_weight, X_valid.shape[0])
         self.classes_ = classes
-        self._fit_labels(X_valid, y_valid, keep, False)
+        self._fit_labels(X_valid, y_valid, keep, False, weights)
         return self
 
-    def partial_fit(self, X: ArrayLike, y: ArrayLike,
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
                     classes: ArrayLike | None = None) -> LGMClassifier:
         """Train one epoch on (X, y), going on from the last call.
 
@@ -1153,6 +1219,8 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             Finite numbers; the features of the first call.
         y : array-like of shape (n_samples,)
             Class labels, each one of ``classes_``.
+        sample_weight : array-like of shape (n_samples,), optional
+            Each sample's weight, as :meth:`fit` takes it.
         classes : array-like of shape (n_classes,), optional
             Every class label: needed on the first call; later, when given,
             it must be the same classes.
@@ -1180,6 +1248,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
                                          multi_output=True)
         check_classification_targets(y_valid)
         y_valid = self._labels(y_valid, keep)
+        weights = _sample_weight(sample_weight, X_valid.shape[0])
         if labels is not None:
             self.classes_ = labels
         if y_valid.ndim == 2:
@@ -1190,7 +1259,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             unknown = np.setdiff1d(y_valid, self.classes_)
             if unknown.size:
                 raise ValueError(f"y has classes not in classes_ {self.classes_}: {unknown}")
-        self._fit_labels(X_valid, y_valid, keep, True)
+        self._fit_labels(X_valid, y_valid, keep, True, weights)
         return self
 
     def _labels(self, y: NDArray[Any], keep: bool) -> NDArray[Any]:
@@ -1212,7 +1281,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         return self.lgm_.output == "sigmoid" and self.lgm_.layer_sizes[-1] > 1
 
     def _fit_labels(self, X: NDArray[Any], y: NDArray[Any], keep: bool,
-                    incremental: bool) -> None:
+                    incremental: bool, sample_weight: NDArray[np.float64] | None) -> None:
         """Train on the log-loss of the labels y, each one of classes_, or of
         the multi-label indicator y (one epoch when incremental); the
         validation split of early stopping keeps the classes in proportion."""
@@ -1231,7 +1300,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         # scikit-learn's log-loss is the network's (the mean over samples of
         # the cross-entropy summed over outputs).
         self._fit_network(X, Y.astype(X.dtype), output, keep, incremental, 1.0, 1.0,
-                          stratify=stratify)
+                          stratify=stratify, sample_weight=sample_weight)
 
     def _tanh_network(self) -> bool:
         """Whether lgm_ is a classifier's network from before the log-loss:

@@ -132,6 +132,14 @@ class _CompiledRecurrent:
         with single_threaded_blas(self.program.blas_work(X.shape[0], X.shape[1])):
             return self.program.predict(X, h0, lengths, buffers, get_num_threads(), logits)
 
+    def loss(self, X, Y, h0, lengths, weights=None):
+        """The mean loss over the valid outputs (weights: the output rows',
+        or None), by the training driver's validation loss."""
+        with single_threaded_blas(self.program.blas_work(X.shape[0], X.shape[1])):
+            return self.program.mean_loss(
+                X, Y.reshape(-1), h0, lengths, None if weights is None else weights.reshape(-1),
+                get_num_threads())
+
     def gradients(self, X, Y, h0, lengths, weights=None):
         grads = [np.empty_like(p) for p in self.params]
         with single_threaded_blas(self.program.blas_work(X.shape[0], X.shape[1])):
@@ -274,10 +282,14 @@ class _ReferenceRecurrent:
         grads = [d_input_weight, d_recurrent_weight, d_bias, d_readout_weight, d_readout_bias]
         return loss * rescale, grads, final
 
+    def loss(self, X, Y, h0, lengths, weights=None):
+        """The mean loss over the valid outputs (weights: the output rows',
+        or None) from the states h0 (None: zeros)."""
+        return self.step_gradients(X, Y, h0, lengths, weights)[0]
+
     def validation_loss(self, X, Y, lengths, weights):
-        """The loss over the valid outputs (weights: the rows' mask, or
-        None), from zero states."""
-        return self.step_gradients(X, Y, None, lengths, weights)[0]
+        """loss from zero states: the validation loss."""
+        return self.loss(X, Y, None, lengths, weights)
 
     def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0,
                 weights=None, validation=None, control=TrainingControl()):
@@ -1059,9 +1071,13 @@ class STM(Model):
         weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
         weights = self._row_weights(sample_weight, lengths, X.shape[1])
         with self._lock.reading():
+            penalty = weight_penalty(self._params, weight_decay)
+            if not self._deep:
+                # The training loop's validation loss, to the bit.
+                return self._network.loss(X, Y, self._initial_state(X.shape[0]), lengths,
+                                          weights) + penalty
             outputs, _ = self._network.predict(X, self._initial_state(X.shape[0]), lengths,
                                                logits=True)
-            penalty = weight_penalty(self._params, weight_decay)
         if weights is None and self._output not in PROBABILITY_OUTPUTS:
             n_valid = int(lengths.sum()) if self._return_sequences else X.shape[0]
             diff = outputs - Y

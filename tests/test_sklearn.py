@@ -43,6 +43,18 @@ from lgmstm.sklearn import LGMClassifier, LGMRegressor  # noqa: E402
                   validation_fraction=0.5, random_state=0),
 ])
 def test_estimator_checks(estimator, check):
+    if getattr(check, "func", check).__name__.startswith("check_sample_weight_equivalence"):
+        # As scikit-learn sets parameters for this check on its own
+        # estimators (PER_ESTIMATOR_CHECK_PARAMS: MLPRegressor's solver="sgd",
+        # tol=1e-2): in float64, at a constant rate, without early stopping.
+        # Weights equal repeated samples up to rounding, and the check's
+        # rtol of 1e-7 is float64's (float32 training drifts ~1e-6 over its
+        # epochs: the float32 case is in test_mlp_dropin); "invscaling"'s
+        # clock t_ counts the samples seen, weights aside (scikit-learn's);
+        # early stopping's random split of the 15 weighted samples and of
+        # their ~30 repeats holds out different samples (MLPClassifier's too).
+        estimator = clone(estimator).set_params(dtype=np.float64, early_stopping=False,
+                                                learning_rate="constant")
     check(estimator)
 
 

@@ -199,19 +199,46 @@ cdef class Network(Program):
                 activation_table.data, delta_table.data, &partials[0], 0, n_threads)
         return total * scale
 
-    def validation_data(self, X_val, Y_val):
+    def validation_data(self, X_val, Y_val, weights_val=None):
         """What a TrainingRun's validation holds for the validation set
-        (X_val, Y_val), C-contiguous in the model's dtype: the data and the
-        scratch of its forward pass and loss (one (n_val, sizes[l + 1])
-        array per layer, the loss's gradient (n_val, n_out), its partial
-        sums)."""
+        (X_val, Y_val), C-contiguous in the model's dtype, with the
+        samples' weights weights_val (float64 (n_val,), or None: all 1):
+        the data, the scratch of its forward pass and loss (one (n_val,
+        sizes[l + 1]) array per layer, the loss's gradient (n_val, n_out),
+        its partial sums) and the weights."""
         cdef Py_ssize_t n_val = X_val.shape[0], n_out = self.sizes[self.n_layers]
         scratch = [np.empty((n_val, self.sizes[layer + 1]), X_val.dtype)
                    for layer in range(self.n_layers)]
         scratch.append(np.empty((n_val, n_out), X_val.dtype))
         scratch.append(np.empty(max(n_tasks(n_val * n_out, BLOCK_ELEMS),
                                     output_loss_blocks(n_val))))
-        return (X_val, Y_val, PointerTable(scratch))
+        return (X_val, Y_val, PointerTable(scratch), weights_val)
+
+    def mean_loss(self, X, Y, weights, int n_threads):
+        """The (weighted) mean loss of the network's outputs on (X, Y)
+        (C-contiguous, the model's dtype; weights float64 (n_samples,) or
+        None): the validation loss of the training driver, the same
+        function (network_loss), so that a model restored on its best epoch
+        reproduces that epoch's validation loss to the bit."""
+        cdef tuple data = self.validation_data(X, Y, weights)
+        cdef PointerTable scratch = data[2]
+        cdef const void *X_data = cnp.PyArray_DATA(<cnp.ndarray> X)
+        cdef const void *Y_data = cnp.PyArray_DATA(<cnp.ndarray> Y)
+        cdef const double *weight_data = <const double *> data_or_null(weights)
+        cdef Py_ssize_t n_samples = X.shape[0]
+        cdef double value
+        with nogil:
+            if self.type_num == cnp.NPY_DOUBLE:
+                value = network_loss(<const double *> X_data, <const double *> Y_data,
+                                     weight_data, n_samples, self.params.data, self.sizes,
+                                     self.n_layers, self.output_tanh, self.loss,
+                                     scratch.data, n_threads)
+            else:
+                value = network_loss(<const float *> X_data, <const float *> Y_data,
+                                     weight_data, n_samples, self.params.data, self.sizes,
+                                     self.n_layers, self.output_tanh, self.loss,
+                                     scratch.data, n_threads)
+        return value
 
     def train(self, TrainingRun run, const Py_ssize_t[:, ::1] order,
               double[::1] epoch_losses, int n_threads):
@@ -503,6 +530,7 @@ cdef struct Batches:
     const void *X_val
     const void *Y_val
     Py_ssize_t n_val
+    const double *validation_weights   # (n_val,), or NULL: all 1
     void **validation_scratch
     # The panel layout (in_panel_layout), its groups, Xt, Yt and per layer its
     # activations, deltas, sample-major deltas and products (panel_rows).
@@ -569,24 +597,35 @@ cdef double lgm_batch_step(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
     return lgm_batch(<float *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
 
 
+cdef double network_loss(const floating *X, const floating *Y, const double *weights,
+                         Py_ssize_t n_samples, void **params, const Py_ssize_t *sizes,
+                         Py_ssize_t n_layers, bint output_tanh, int loss, void **scratch,
+                         int n_threads) noexcept nogil:
+    """The network's (weighted) mean loss on (X, Y): the mean squared error
+    per output, or the mean cross-entropy per sample; forward pass and loss,
+    no gradients. scratch: Network.validation_data's."""
+    cdef Py_ssize_t n_out = sizes[n_layers]
+    cdef Py_ssize_t n_values = n_samples * n_out
+    cdef double count
+    network_forward(X, n_samples, params, sizes, n_layers, output_tanh, scratch, n_threads)
+    if loss == SQUARED_ERROR and weights == NULL:
+        return squared_error(<floating *> scratch[n_layers - 1], Y,
+                             <floating *> scratch[n_layers], n_values, 1.0,
+                             <double *> scratch[n_layers + 1], n_threads) / max(1, n_values)
+    count = weight_sum(weights, n_samples) * (n_out if loss == SQUARED_ERROR else 1)
+    return output_loss(loss, <floating *> scratch[n_layers - 1], Y, weights,
+                       <floating *> scratch[n_layers], n_samples, n_out, 1.0,
+                       <double *> scratch[n_layers + 1], n_threads) / (
+                           count if count > 0 else 1.0)
+
+
 cdef double lgm_validation(floating *dtype, Batches *batches, int n_threads) noexcept nogil:
     """The model's loss over the validation set (see ValidationStep in
-    _train.pxd): the mean squared error per output, or the mean
-    cross-entropy per sample; forward pass and loss, no gradients."""
-    cdef Py_ssize_t n_layers = batches.n_layers
-    cdef Py_ssize_t n_values = batches.n_val * batches.n_out
-    cdef void **scratch = batches.validation_scratch
-    network_forward(<const floating *> batches.X_val, batches.n_val, batches.params,
-                    batches.sizes, n_layers, batches.output_tanh, scratch, n_threads)
-    if batches.loss == SQUARED_ERROR:
-        return squared_error(<floating *> scratch[n_layers - 1],
-                             <const floating *> batches.Y_val, <floating *> scratch[n_layers],
-                             n_values, 1.0, <double *> scratch[n_layers + 1],
-                             n_threads) / max(1, n_values)
-    return output_loss(batches.loss, <floating *> scratch[n_layers - 1],
-                       <const floating *> batches.Y_val, NULL, <floating *> scratch[n_layers],
-                       batches.n_val, batches.n_out, 1.0, <double *> scratch[n_layers + 1],
-                       n_threads) / max(1, batches.n_val)
+    _train.pxd): network_loss, weighted by the validation weights."""
+    return network_loss(<const floating *> batches.X_val, <const floating *> batches.Y_val,
+                        batches.validation_weights, batches.n_val, batches.params,
+                        batches.sizes, batches.n_layers, batches.output_tanh, batches.loss,
+                        batches.validation_scratch, n_threads)
 
 
 cdef double lgm_validation_step(void *batches, int n_threads) noexcept nogil:
@@ -631,6 +670,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
         batches.n_val = cnp.PyArray_DIMS(<cnp.ndarray> run.validation[0])[0]
         validation_scratch = run.validation[2]
         batches.validation_scratch = validation_scratch.data
+        batches.validation_weights = <const double *> data_or_null(run.validation[3])
         plan.validate = lgm_validation_step
     batches.itemsize = sizeof(floating)
     batches.params = network.params.data

@@ -321,6 +321,38 @@ cdef class Network(Program):
                    for shape, kind in shapes]
         return (X_val, Y_val, lengths_val, _buffer_table(buffers), weights_val)
 
+    def mean_loss(self, X, Y, h0, lengths, weights, int n_threads):
+        """The mean loss over the valid outputs of the sequences X from the
+        states h0 (None: zeros), Y flattened (0 at padded steps), weights
+        the output rows' (float64, 0 at padded steps) or None: the
+        validation loss of the training driver, the same function
+        (sequence_loss), so that a model restored on its best epoch
+        reproduces that epoch's validation loss to the bit."""
+        cdef tuple data = self.validation_data(X, Y, lengths, weights)
+        cdef PointerTable buffers = data[3]
+        cdef const void *X_data = cnp.PyArray_DATA(<cnp.ndarray> X)
+        cdef const void *Y_data = cnp.PyArray_DATA(<cnp.ndarray> Y)
+        cdef const void *h0_data = data_or_null(h0)
+        cdef const Py_ssize_t *length_data = <const Py_ssize_t *> cnp.PyArray_DATA(
+            <cnp.ndarray> lengths)
+        cdef const double *weight_data = <const double *> data_or_null(weights)
+        cdef Py_ssize_t n_samples = X.shape[0], n_steps = X.shape[1]
+        cdef double value
+        with nogil:
+            if self.type_num == cnp.NPY_DOUBLE:
+                value = sequence_loss(
+                    <const double *> X_data, <const double *> Y_data, <const double *> h0_data,
+                    length_data, weight_data, n_samples, n_steps, self.params.data,
+                    self.sizes, self.output_tanh, self.loss, self.return_sequences,
+                    buffers.data, n_threads)
+            else:
+                value = sequence_loss(
+                    <const float *> X_data, <const float *> Y_data, <const float *> h0_data,
+                    length_data, weight_data, n_samples, n_steps, self.params.data,
+                    self.sizes, self.output_tanh, self.loss, self.return_sequences,
+                    buffers.data, n_threads)
+        return value
+
     def train(self, TrainingRun run, const Py_ssize_t[:, ::1] order,
               double[::1] epoch_losses, int n_threads):
         """Train for epoch_losses.shape[0] epochs of mini-batch updates.
@@ -1104,31 +1136,41 @@ cdef double stm_batch_step(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
     return stm_batch(<float *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
 
 
+cdef double sequence_loss(const floating *X, const floating *Y, const floating *h0,
+                          const Py_ssize_t *lengths, const double *weights,
+                          Py_ssize_t n_samples, Py_ssize_t n_steps, void **params,
+                          const Py_ssize_t *sizes, bint output_tanh, int loss,
+                          bint return_sequences, void **buffers, int n_threads) noexcept nogil:
+    """The model's mean loss over the valid outputs of n_samples sequences
+    from the states h0 (or NULL: zeros): the mean squared error, or the
+    mean cross-entropy; with weights (one per output row, 0 at padded
+    steps), their weighted mean (loss_count). Forward pass and loss, no
+    gradients; Y's padded steps are 0; buffers: Network.validation_data's."""
+    cdef Py_ssize_t n_out = sizes[2]
+    cdef Py_ssize_t n_rows = n_samples * (n_steps if return_sequences else 1)
+    cdef double count
+    stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
+                return_sequences, buffers, n_threads)
+    if loss == SQUARED_ERROR and weights == NULL:
+        return squared_error(
+            <floating *> buffers[OUTPUTS], Y, <floating *> buffers[OUTPUT_GRADS],
+            n_rows * n_out, 1.0, <double *> buffers[PARTIALS], n_threads) / max(
+                1, n_valid_outputs(lengths, n_samples, return_sequences) * n_out)
+    count = loss_count(loss, weights, lengths, n_samples, n_steps, n_out, return_sequences)
+    return output_loss(loss, <floating *> buffers[OUTPUTS], Y, weights,
+                       <floating *> buffers[OUTPUT_GRADS], n_rows, n_out, 1.0,
+                       <double *> buffers[PARTIALS], n_threads) / (
+                           count if count > 0 else 1.0)
+
+
 cdef double stm_validation(floating *dtype, Batches *batches, int n_threads) noexcept nogil:
     """The model's loss over the valid outputs of the validation sequences,
-    from zero states (see ValidationStep in _train.pxd): the mean squared
-    error, or the mean cross-entropy (loss_count); forward pass and loss,
-    no gradients."""
-    cdef void **buffers = batches.validation_buffers
-    cdef Py_ssize_t n_steps = batches.n_steps_val, n_out = batches.sizes[2]
-    cdef Py_ssize_t n_rows = batches.n_val * (n_steps if batches.return_sequences else 1)
-    cdef double count
-    stm_forward(<const floating *> batches.X_val, NULL, batches.lengths_val, batches.n_val,
-                n_steps, batches.params, batches.sizes, batches.output_tanh,
-                batches.return_sequences, buffers, n_threads)
-    if batches.loss == SQUARED_ERROR:
-        return squared_error(
-            <floating *> buffers[OUTPUTS], <const floating *> batches.Y_val,
-            <floating *> buffers[OUTPUT_GRADS], n_rows * n_out, 1.0,
-            <double *> buffers[PARTIALS], n_threads) / max(
-                1, n_valid_outputs(batches.lengths_val, batches.n_val,
-                                   batches.return_sequences) * n_out)
-    count = loss_count(batches.loss, batches.weights_val, batches.lengths_val, batches.n_val,
-                       n_steps, n_out, batches.return_sequences)
-    return output_loss(batches.loss, <floating *> buffers[OUTPUTS],
-                       <const floating *> batches.Y_val, batches.weights_val,
-                       <floating *> buffers[OUTPUT_GRADS], n_rows, n_out, 1.0,
-                       <double *> buffers[PARTIALS], n_threads) / max(1.0, count)
+    from zero states (see ValidationStep in _train.pxd): sequence_loss."""
+    return sequence_loss(<const floating *> batches.X_val, <const floating *> batches.Y_val,
+                         NULL, batches.lengths_val, batches.weights_val, batches.n_val,
+                         batches.n_steps_val, batches.params, batches.sizes,
+                         batches.output_tanh, batches.loss, batches.return_sequences,
+                         batches.validation_buffers, n_threads)
 
 
 cdef double stm_validation_step(void *batches, int n_threads) noexcept nogil:
