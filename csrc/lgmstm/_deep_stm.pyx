@@ -4,11 +4,15 @@ reverse direction, and a readout of dense tanh layers (_dense), trained on
 the squared error (_loss) by the driver of _train.
 
 The composition of lgmstm.reference.deep_forward / deep_backward (its
-oracle), row-major: per layer and per direction one recurrent pass (the
-input projection one GEMM over all steps inside it), per readout layer one
-dense pass. A reverse direction runs the forward pass on its input with
-each sequence's valid steps reversed (padding 0), and its states are put
-back in the input's order beside the forward ones, which they follow.
+oracle). Row-major, the recurrent passes are _rnn's tasks (sequence chunks,
+each chunk's input projection one GEMM over all its steps; weight-gradient
+blocks), scheduled one parallel region per layer: forward, both
+directions' chunks side by side; backward, both directions' chunks of
+layer k beside the weight gradients of layer k + 1, then layer 0's; per
+readout layer one dense pass. A reverse direction runs the forward pass on
+its input with each sequence's valid steps reversed (padding 0; kept for
+the backward pass), and its states are put back in the input's order
+beside the forward ones, which they follow.
 
 Unchecked: call it through lgmstm.STM, which validates shapes, dtypes and
 layouts once and allocates every buffer (workspace_sizes).
@@ -18,14 +22,19 @@ import math
 
 import numpy as np
 from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport NAN
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from lgmstm._dense cimport dense_backward, dense_forward
 from lgmstm._loss cimport squared_error
 from lgmstm._optim cimport Optimizer
-from lgmstm._parallel cimport BLOCK_ELEMS, gemm_task_rows, n_tasks
-from lgmstm._rnn cimport (forward_chunk_rows, rnn_backward_pass, rnn_forward_pass,
-                          rnn_scratch_size)
+from lgmstm._parallel cimport BLOCK_ELEMS, gemm_task_rows, n_tasks, threads_for
+from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, backward_chunk, backward_plan,
+                          forward_chunk, forward_chunk_rows, prepare_recurrent_weight,
+                          rnn_scratch_size, sequence_chunk_rows, transposed_recurrent_weight,
+                          weight_grad_task, weight_partials)
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._train cimport (Parameters, PointerTable, Program, TrainingPlan, TrainingRun,
                             UseLock, data_or_null, parameters_of, plan_of, run_epochs)
@@ -59,33 +68,37 @@ cdef inline Py_ssize_t widest(const Shape *shape) noexcept nogil:
 cdef struct Layout:
     # Offsets (in values of the dtype) of each buffer in the workspace, for
     # batches of up to n_rows sequences of n_steps; see workspace_sizes.
+    # (k, d): layer k's direction d; "parity" p = k % 2: what the passes of
+    # layer k use while layer k + 1's weight gradients still read theirs.
     Py_ssize_t x_batch, y_batch, h0_batch, final_batch
     Py_ssize_t inputs          # layer k's input at inputs + k * sequence_values (k >= 1)
-    Py_ssize_t reversed_input  # a reverse direction's input
-    Py_ssize_t states          # layer k, direction d at states + (k D + d) * sequence_values
+    Py_ssize_t reversed_inputs # layer k's input, valid steps reversed (+ k seq; bidirectional)
+    Py_ssize_t states          # (k, d) at states + (k D + d) * sequence_values
                                # (bidirectional only; see states_of)
     Py_ssize_t finals          # (n_rows, widest) each, (k D + d)
     Py_ssize_t readout_input   # the final states read out (return_sequences=False)
     Py_ssize_t activations     # readout layer j at activations + j * rows_values
     Py_ssize_t grad_a, grad_b  # two ping-pong gradients
-    Py_ssize_t state_grads     # dL/dH of one direction (its dZ in place)
-    Py_ssize_t first_grads     # dz of step 0
-    Py_ssize_t layer_h0        # a layer's initial states, (n_rows, its size)
-    Py_ssize_t input_grads     # dL/d one direction's input
-    Py_ssize_t last_grads      # dL/d a direction's final state
-    Py_ssize_t scratch         # the time loops' scratch
+    Py_ssize_t state_grads     # (k, d)'s dL/dH, turned into its dz in place (+ (k D + d) seq)
+    Py_ssize_t first_grads     # dz of step 0, (p D + d) * state_values
+    Py_ssize_t layer_h0        # layer k's initial states (n_rows, its size), + k state_values
+    Py_ssize_t reverse_grads   # dL/d a layer's input from its reverse direction (bidirectional)
+    Py_ssize_t last_grads      # dL/d direction d's final states, + d state_values
+    Py_ssize_t scratch         # the time loops' scratch, (p D + d) * scratch_values
     Py_ssize_t n_values
-    Py_ssize_t sequence_values, rows_values, state_values
+    Py_ssize_t sequence_values, rows_values, state_values, scratch_values
 
 
 cdef Layout layout_of(const Shape *shape, Py_ssize_t n_rows, Py_ssize_t n_steps) noexcept nogil:
     cdef Layout layout
     cdef Py_ssize_t width = widest(shape), k, scratch = 0
-    cdef Py_ssize_t n_sequences = shape.n_layers * shape.n_directions
+    cdef Py_ssize_t D = shape.n_directions, n_layers = shape.n_layers
+    cdef Py_ssize_t n_sequences = n_layers * D
     cdef Py_ssize_t readout_rows = n_rows * (n_steps if shape.return_sequences else 1)
-    for k in range(shape.n_layers):
+    for k in range(n_layers):
         scratch = max(scratch, rnn_scratch_size(n_rows, layer_width(shape, k),
                                                 shape.hidden[k], True))
+    layout.scratch_values = scratch
     layout.sequence_values = n_rows * n_steps * width
     layout.rows_values = readout_rows * width
     layout.state_values = n_rows * width
@@ -94,11 +107,11 @@ cdef Layout layout_of(const Shape *shape, Py_ssize_t n_rows, Py_ssize_t n_steps)
     layout.h0_batch = layout.y_batch + readout_rows * shape.n_out
     layout.final_batch = layout.h0_batch + n_rows * shape.total_hidden
     layout.inputs = layout.final_batch + n_rows * shape.total_hidden
-    layout.reversed_input = layout.inputs + (shape.n_layers + 1) * layout.sequence_values
-    layout.states = layout.reversed_input + layout.sequence_values
+    layout.reversed_inputs = layout.inputs + (n_layers + 1) * layout.sequence_values
+    layout.states = layout.reversed_inputs + (n_layers * layout.sequence_values
+                                              if D > 1 else 0)
     # (one direction keeps its states in the next layer's input: see states_of)
-    layout.finals = layout.states + (n_sequences * layout.sequence_values
-                                     if shape.n_directions > 1 else 0)
+    layout.finals = layout.states + (n_sequences * layout.sequence_values if D > 1 else 0)
     layout.readout_input = layout.finals + n_sequences * layout.state_values
     layout.activations = layout.readout_input + layout.state_values
     layout.grad_a = layout.activations + shape.n_dense * layout.rows_values
@@ -106,12 +119,13 @@ cdef Layout layout_of(const Shape *shape, Py_ssize_t n_rows, Py_ssize_t n_steps)
     # (more than the sequences' when there are no steps)
     layout.grad_b = layout.grad_a + max(layout.sequence_values, layout.rows_values)
     layout.state_grads = layout.grad_b + max(layout.sequence_values, layout.rows_values)
-    layout.first_grads = layout.state_grads + layout.sequence_values
-    layout.layer_h0 = layout.first_grads + layout.state_values
-    layout.input_grads = layout.layer_h0 + layout.state_values
-    layout.last_grads = layout.input_grads + layout.sequence_values
-    layout.scratch = layout.last_grads + layout.state_values
-    layout.n_values = layout.scratch + scratch
+    layout.first_grads = layout.state_grads + n_sequences * max(layout.sequence_values,
+                                                                layout.rows_values)
+    layout.layer_h0 = layout.first_grads + 2 * D * layout.state_values
+    layout.reverse_grads = layout.layer_h0 + n_layers * layout.state_values
+    layout.last_grads = layout.reverse_grads + (layout.sequence_values if D > 1 else 0)
+    layout.scratch = layout.last_grads + D * layout.state_values
+    layout.n_values = layout.scratch + 2 * D * scratch
     return layout
 
 
@@ -199,7 +213,7 @@ cdef class DeepNetwork(Program):
         workspace of batches of up to n_rows sequences of n_steps."""
         cdef Layout layout = layout_of(&self.shape, n_rows, n_steps)
         cdef Py_ssize_t n_outputs = n_rows * (n_steps if self.shape.return_sequences else 1)
-        return (layout.n_values, 2 * n_rows,
+        return (layout.n_values, (1 + self.shape.n_directions) * n_rows,
                 max(1, n_tasks(n_outputs * self.shape.n_out, BLOCK_ELEMS)))
 
     def gradients(self, TrainingRun run, int n_threads):
@@ -326,21 +340,218 @@ cdef void copy_columns(const floating *source, Py_ssize_t ld_source, floating *d
         memcpy(dest + r * ld_dest, source + r * ld_source, width * sizeof(floating))
 
 
+cdef inline const floating *input_of(floating *values, const Layout *layout,
+                                    const floating *X_rows, Py_ssize_t k,
+                                    Py_ssize_t d) noexcept nogil:
+    """Direction d of layer k's input: the batch, the layer below's output,
+    or (the reverse direction) that with each sequence's valid steps reversed."""
+    if d == 1:
+        return values + layout.reversed_inputs + k * layout.sequence_values
+    return X_rows if k == 0 else values + layout.inputs + k * layout.sequence_values
+
+
+cdef inline floating *scratch_of(floating *values, const Layout *layout, Py_ssize_t D,
+                                 Py_ssize_t k, Py_ssize_t d) noexcept nogil:
+    return values + layout.scratch + ((k % 2) * D + d) * layout.scratch_values
+
+
+cdef inline floating *first_grads_of(floating *values, const Layout *layout, Py_ssize_t D,
+                                     Py_ssize_t k, Py_ssize_t d) noexcept nogil:
+    return values + layout.first_grads + ((k % 2) * D + d) * layout.state_values
+
+
+cdef inline floating *state_grads_of(floating *values, const Layout *layout, Py_ssize_t D,
+                                     Py_ssize_t k, Py_ssize_t d) noexcept nogil:
+    return values + layout.state_grads + (k * D + d) * max(layout.sequence_values,
+                                                           layout.rows_values)
+
+
+cdef inline Py_ssize_t forward_rows(const Shape *shape, Py_ssize_t n_rows,
+                                    Py_ssize_t k) noexcept nogil:
+    """Samples per forward chunk of layer k in training: the forward pass's
+    (forward_chunk_rows), or the backward pass's shorter chunks when those
+    leave the threads a single task. From the shapes alone."""
+    cdef Py_ssize_t rows = forward_chunk_rows(shape.hidden[k])
+    if shape.n_directions * n_tasks(n_rows, rows) < 2:
+        rows = sequence_chunk_rows(n_rows, shape.hidden[k])
+    return rows
+
+
+cdef struct Step:
+    # One batch as the tasks see it (deep_batch).
+    const Shape *shape
+    const Layout *layout
+    void *values
+    void **params
+    void **grads
+    const void *X_rows
+    const void *h0_rows          # (n_rows, total_hidden) or NULL
+    const void *packed[2]        # each direction's prepared Wh (or Wh^T)
+    const void *gradient_in      # bidirectional: dL/d the layer's output (n_rows, n_steps, 2 h)
+    void *gradient_out           # dL/d the layer's input, forward direction's part
+    Py_ssize_t *lengths
+    Py_ssize_t *orders           # (D, n_rows)
+    Py_ssize_t n_rows, n_steps, offset
+
+
+cdef void forward_task(floating *dtype, Step *step, Py_ssize_t k, Py_ssize_t task,
+                       Py_ssize_t chunk_rows) noexcept nogil:
+    """Chunk task // D of layer k's direction task % D through every step,
+    with its states put where the next layer (or the readout) reads them."""
+    cdef const Shape *shape = step.shape
+    cdef const Layout *layout = step.layout
+    cdef floating *values = <floating *> step.values
+    cdef Py_ssize_t D = shape.n_directions, d = task % D, chunk = task // D
+    cdef Py_ssize_t n_rows = step.n_rows, n_steps = step.n_steps
+    cdef Py_ssize_t width = layer_width(shape, k), n_hidden = shape.hidden[k]
+    cdef Py_ssize_t total = shape.total_hidden
+    cdef Py_ssize_t start = chunk * chunk_rows, n_chunk = min(chunk_rows, n_rows - start)
+    cdef Py_ssize_t param = 3 * (k * D + d)
+    cdef const floating *layer_input = input_of(values, layout, <const floating *> step.X_rows,
+                                                k, 0)
+    cdef floating *H = states_of(values, layout, D, k, d)
+    cdef floating *final = values + layout.finals + (k * D + d) * layout.state_values
+    cdef floating *layer_h0 = values + layout.layer_h0 + k * layout.state_values
+    cdef floating *outputs = values + layout.inputs + (k + 1) * layout.sequence_values
+    cdef const floating *h0_rows = <const floating *> step.h0_rows
+    if d == 1:
+        reverse_steps(layer_input + start * n_steps * width,
+                      <floating *> input_of(values, layout, NULL, k, 1) + start * n_steps * width,
+                      step.lengths + start, n_chunk, n_steps, width, width, width, False)
+    if d == 0 and h0_rows != NULL:
+        copy_columns(h0_rows + start * total + step.offset, total, layer_h0 + start * n_hidden,
+                     n_hidden, n_chunk, n_hidden)
+    forward_chunk(chunk, chunk_rows, input_of(values, layout, <const floating *> step.X_rows,
+                                              k, d),
+                  layer_h0 if d == 0 and h0_rows != NULL else NULL,
+                  <floating *> step.params[param], <floating *> step.params[param + 1],
+                  <floating *> step.params[param + 2], step.lengths, H, final,
+                  <const floating *> step.packed[d], scratch_of(values, layout, D, k, d),
+                  step.orders + d * n_rows, n_rows, n_steps, width, n_hidden)
+    # The next layer's input: forward states, then reverse ones in step order.
+    if d == 0:
+        if D > 1:
+            copy_columns(H + start * n_steps * n_hidden, n_hidden,
+                         outputs + start * n_steps * D * n_hidden, D * n_hidden,
+                         n_chunk * n_steps, n_hidden)
+        copy_columns(final + start * n_hidden, n_hidden,
+                     values + layout.final_batch + start * total + step.offset, total,
+                     n_chunk, n_hidden)
+    else:
+        reverse_steps(H + start * n_steps * n_hidden,
+                      outputs + start * n_steps * D * n_hidden + n_hidden,
+                      step.lengths + start, n_chunk, n_steps, n_hidden, n_hidden,
+                      D * n_hidden, False)
+    if not shape.return_sequences and k == shape.n_layers - 1:
+        copy_columns(final + start * n_hidden, n_hidden,
+                     values + layout.readout_input + start * D * n_hidden + d * n_hidden,
+                     D * n_hidden, n_chunk, n_hidden)
+
+
+cdef void backward_task(floating *dtype, Step *step, Py_ssize_t k, Py_ssize_t task,
+                        const BackwardPlan *plan) noexcept nogil:
+    """Chunk task // D of layer k's direction task % D, backward through every
+    step: its dz (from dL/d its states, which a bidirectional layer's task
+    takes from step.gradient_in), and its part of dL/d the layer's input."""
+    cdef const Shape *shape = step.shape
+    cdef const Layout *layout = step.layout
+    cdef floating *values = <floating *> step.values
+    cdef Py_ssize_t D = shape.n_directions, d = task % D, chunk = task // D
+    cdef Py_ssize_t n_rows = step.n_rows, n_steps = step.n_steps
+    cdef Py_ssize_t width = layer_width(shape, k), n_hidden = shape.hidden[k]
+    cdef Py_ssize_t start = chunk * plan.chunk_rows
+    cdef Py_ssize_t n_chunk = min(plan.chunk_rows, n_rows - start)
+    cdef Py_ssize_t param = 3 * (k * D + d)
+    cdef bint sequence_grads = shape.return_sequences or k < shape.n_layers - 1
+    cdef floating *dZ = state_grads_of(values, layout, D, k, d)
+    cdef const floating *source = <const floating *> step.gradient_in
+    cdef floating *last = NULL
+    cdef floating *dX = NULL
+    cdef floating *scratch = scratch_of(values, layout, D, k, d)
+    if D > 1 and sequence_grads:
+        if d == 0:
+            copy_columns(source + start * n_steps * D * n_hidden, D * n_hidden,
+                         dZ + start * n_steps * n_hidden, n_hidden, n_chunk * n_steps,
+                         n_hidden)
+        else:
+            reverse_steps(source + start * n_steps * D * n_hidden + n_hidden,
+                          dZ + start * n_steps * n_hidden, step.lengths + start, n_chunk,
+                          n_steps, n_hidden, D * n_hidden, n_hidden, False)
+    elif not sequence_grads:
+        if D == 1:
+            last = <floating *> source
+        else:
+            last = values + layout.last_grads + d * layout.state_values
+            copy_columns(source + start * D * n_hidden + d * n_hidden, D * n_hidden,
+                         last + start * n_hidden, n_hidden, n_chunk, n_hidden)
+    if k > 0:
+        if D == 1:
+            dX = state_grads_of(values, layout, D, k - 1, 0)
+        elif d == 0:
+            dX = <floating *> step.gradient_out
+        else:
+            dX = values + layout.reverse_grads
+    backward_chunk(chunk, plan.chunk_rows, <floating *> step.params[param],
+                   transposed_recurrent_weight(scratch, n_rows, n_hidden),
+                   <const floating *> step.packed[d], states_of(values, layout, D, k, d),
+                   dZ if sequence_grads else NULL, last, step.lengths, dZ,
+                   first_grads_of(values, layout, D, k, d), dX, NULL, scratch,
+                   step.orders + d * n_rows, n_rows, n_steps, width, n_hidden)
+
+
+cdef void weight_task(floating *dtype, Step *step, Py_ssize_t k, Py_ssize_t task,
+                      const BackwardPlan *plan) noexcept nogil:
+    """Weight task task // D of layer k's direction task % D (weight_grad_task)."""
+    cdef const Shape *shape = step.shape
+    cdef const Layout *layout = step.layout
+    cdef floating *values = <floating *> step.values
+    cdef Py_ssize_t D = shape.n_directions, d = task % D
+    cdef Py_ssize_t param = 3 * (k * D + d)
+    cdef Py_ssize_t n_hidden = shape.hidden[k]
+    weight_grad_task(task // D, plan.n_groups, plan.block_rows,
+                     input_of(values, layout, <const floating *> step.X_rows, k, d),
+                     values + layout.layer_h0 + k * layout.state_values
+                     if d == 0 and step.h0_rows != NULL else NULL,
+                     states_of(values, layout, D, k, d), state_grads_of(values, layout, D, k, d),
+                     first_grads_of(values, layout, D, k, d), step.lengths,
+                     <floating *> step.grads[param], <floating *> step.grads[param + 1],
+                     <floating *> step.grads[param + 2],
+                     weight_partials(scratch_of(values, layout, D, k, d), step.n_rows, n_hidden),
+                     step.n_rows, step.n_steps, layer_width(shape, k), n_hidden)
+
+
+cdef void backward_region_task(floating *dtype, Step *step, Py_ssize_t k, Py_ssize_t task,
+                               Py_ssize_t n_chunk_tasks, const BackwardPlan *plans) noexcept nogil:
+    """Task `task` of layer k's backward region: layer k's chunk tasks, then
+    layer k + 1's weight tasks (k + 1 = n_layers: none)."""
+    if task < n_chunk_tasks:
+        backward_task(dtype, step, k, task, &plans[k])
+    else:
+        weight_task(dtype, step, k + 1, task - n_chunk_tasks, &plans[k + 1])
+
+
 cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ssize_t n_rows,
                        const Py_ssize_t *rows, int n_threads) noexcept nogil:
     """Forward, loss and backward of one batch (see BatchStep in _train.pxd):
     fills the gradients, returns the batch's sum of squares; dtype only
-    picks the fused specialisation."""
+    picks the fused specialisation.
+
+    Every recurrent pass is its tasks (_rnn.pxd), one parallel region per
+    layer: forward, both directions' chunks together; backward, both
+    directions' chunks of layer k beside layer k + 1's weight gradients;
+    then layer 0's. The tasks depend on the shapes only, so the bits never
+    depend on the threads.
+    """
     cdef const Shape *shape = batches.shape
     cdef const Layout *layout = &batches.layout
     cdef Py_ssize_t n_steps = batches.n_steps, n_in = shape.n_in, n_out = shape.n_out
     cdef Py_ssize_t D = shape.n_directions, total = shape.total_hidden
+    cdef Py_ssize_t n_layers = shape.n_layers
     cdef bint every_step = shape.return_sequences
     cdef Py_ssize_t readout_rows = n_rows * (n_steps if every_step else 1)
     cdef Py_ssize_t targets_per_sample = (n_steps if every_step else 1) * n_out
     cdef floating *values = <floating *> batches.values
     cdef Py_ssize_t *length_rows = batches.indices
-    cdef Py_ssize_t *order = batches.indices + n_rows  # the time loops' scratch
     cdef const floating *X = <const floating *> batches.X
     cdef const floating *Y = <const floating *> batches.Y
     cdef const floating *h0_all = <const floating *> batches.h0_all
@@ -348,31 +559,23 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
     cdef const floating *X_rows = X + start * n_steps * n_in
     cdef const floating *Y_rows = Y + start * targets_per_sample
     cdef const floating *h0_rows = NULL
-    cdef floating *final_rows = values + layout.final_batch
-    cdef floating *scratch = values + layout.scratch
-    cdef const floating *layer_input
-    cdef floating *H
-    cdef floating *final
-    cdef floating *A
+    cdef floating *A = NULL
     cdef floating *dA
     cdef floating *d_next
     cdef floating *outputs
-    cdef floating *d_layer_input
-    cdef floating *dH
+    cdef floating *other
     cdef const floating *readout_in
-    cdef const floating *W
-    cdef Py_ssize_t k, d, j, i, width, n_hidden, offset, param, n_dense_in
-    cdef double sum_squares
+    cdef Step step
+    cdef BackwardPlan few_plans[8]
+    cdef BackwardPlan *plans = few_plans
+    cdef Py_ssize_t k, d, j, i, width, n_hidden, param, n_dense_in, task, chunk_rows
+    cdef Py_ssize_t n_chunk_tasks, n_region_tasks
+    cdef double sum_squares, work
+    cdef int n_used
     # Gather the batch.
     if rows != NULL:
         gather_rows(<const char *> batches.lengths, rows, n_rows, sizeof(Py_ssize_t),
                     <char *> length_rows)
-        gather_rows(<const char *> X, rows, n_rows, n_steps * n_in * sizeof(floating),
-                    <char *> (values + layout.x_batch))
-        gather_rows(<const char *> Y, rows, n_rows, targets_per_sample * sizeof(floating),
-                    <char *> (values + layout.y_batch))
-        X_rows = values + layout.x_batch
-        Y_rows = values + layout.y_batch
         if h0_all != NULL:
             gather_rows(<const char *> h0_all, rows, n_rows, total * sizeof(floating),
                         <char *> (values + layout.h0_batch))
@@ -381,50 +584,46 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
         memcpy(length_rows, batches.lengths + start, n_rows * sizeof(Py_ssize_t))
         if h0_all != NULL:
             h0_rows = h0_all + start * total
-    # Forward: layer by layer, direction by direction.
-    offset = 0  # of layer k's state in a packed row
-    for k in range(shape.n_layers):
+    if rows != NULL:
+        gather_rows(<const char *> X, rows, n_rows, n_steps * n_in * sizeof(floating),
+                    <char *> (values + layout.x_batch))
+        gather_rows(<const char *> Y, rows, n_rows, targets_per_sample * sizeof(floating),
+                    <char *> (values + layout.y_batch))
+        X_rows = values + layout.x_batch
+        Y_rows = values + layout.y_batch
+    step.shape, step.layout, step.values = shape, layout, values
+    step.params, step.grads = batches.params, batches.grads
+    step.X_rows, step.h0_rows = X_rows, h0_rows
+    step.lengths, step.orders = length_rows, batches.indices + n_rows
+    step.n_rows, step.n_steps = n_rows, n_steps
+    # Forward: a region per layer, both directions' chunks in it.
+    step.offset = 0  # of layer k's state in a packed row
+    for k in range(n_layers):
         width = layer_width(shape, k)
         n_hidden = shape.hidden[k]
-        layer_input = X_rows if k == 0 else values + layout.inputs + k * layout.sequence_values
         for d in range(D):
-            H = states_of(values, layout, D, k, d)
-            final = values + layout.finals + (k * D + d) * layout.state_values
-            param = 3 * (k * D + d)
-            if d == 1:
-                reverse_steps(layer_input, values + layout.reversed_input, length_rows, n_rows,
-                              n_steps, width, width, width, False)
-            if d == 0 and h0_rows != NULL:
-                copy_columns(h0_rows + offset, total, values + layout.layer_h0, n_hidden,
-                             n_rows, n_hidden)
-            rnn_forward_pass(
-                layer_input if d == 0 else values + layout.reversed_input,
-                values + layout.layer_h0 if d == 0 and h0_rows != NULL else NULL,
-                <floating *> batches.params[param], <floating *> batches.params[param + 1],
-                <floating *> batches.params[param + 2], length_rows, H, final, scratch, order,
-                n_rows, n_steps, width, n_hidden, n_threads)
-            # The next layer's input: forward states, then reverse ones in step order.
-            outputs = values + layout.inputs + (k + 1) * layout.sequence_values
-            if d == 0:
-                if D > 1:
-                    copy_columns(H, n_hidden, outputs, D * n_hidden, n_rows * n_steps,
-                                 n_hidden)
-                copy_columns(final, n_hidden, final_rows + offset, total, n_rows, n_hidden)
-            else:
-                reverse_steps(H, outputs + n_hidden, length_rows, n_rows, n_steps, n_hidden,
-                              n_hidden, D * n_hidden, False)
-            if not every_step and k == shape.n_layers - 1:
-                copy_columns(final, n_hidden, values + layout.readout_input + d * n_hidden,
-                             D * n_hidden, n_rows, n_hidden)
-        offset += n_hidden
+            step.packed[d] = prepare_recurrent_weight(
+                <floating *> batches.params[3 * (k * D + d) + 1], False,
+                scratch_of(values, layout, D, k, d), n_rows, n_hidden)
+        chunk_rows = forward_rows(shape, n_rows, k)
+        n_chunk_tasks = D * n_tasks(n_rows, chunk_rows)
+        n_used = threads_for(n_threads, n_chunk_tasks,
+                             2.0 * D * n_rows * n_steps * n_hidden * (width + n_hidden))
+        if n_used == 1:
+            for task in range(n_chunk_tasks):
+                forward_task(dtype, &step, k, task, chunk_rows)
+        else:
+            for task in prange(n_chunk_tasks, num_threads=n_used, schedule='static'):
+                forward_task(dtype, &step, k, task, chunk_rows)
+        step.offset += n_hidden
     # The readout, on every step's top states or on the final ones.
-    width = layer_width(shape, shape.n_layers)
-    readout_in = (values + layout.inputs + shape.n_layers * layout.sequence_values
+    width = layer_width(shape, n_layers)
+    readout_in = (values + layout.inputs + n_layers * layout.sequence_values
                   if every_step else values + layout.readout_input)
     n_dense_in = width
     for j in range(shape.n_dense):
         A = values + layout.activations + j * layout.rows_values
-        param = 3 * D * shape.n_layers + 2 * j
+        param = 3 * D * n_layers + 2 * j
         dense_forward(readout_in if j == 0 else A - layout.rows_values,
                       <floating *> batches.params[param],
                       <floating *> batches.params[param + 1], A, readout_rows, n_dense_in,
@@ -444,11 +643,14 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
     dA = values + layout.grad_a
     sum_squares = squared_error(outputs, Y_rows, dA, readout_rows * n_out,
                                 1.0 / max(1, n_dense_in * n_out), batches.partials, n_threads)
-    # Backward through the readout: dA ping-pongs between grad_a and grad_b.
+    # Backward through the readout: dA ping-pongs between grad_a and grad_b;
+    # one direction's top states take their gradient as their dz's place.
     for j in range(shape.n_dense - 1, -1, -1):
-        param = 3 * D * shape.n_layers + 2 * j
+        param = 3 * D * n_layers + 2 * j
         n_dense_in = width if j == 0 else shape.dense[j - 1]
         d_next = values + (layout.grad_b if dA == values + layout.grad_a else layout.grad_a)
+        if j == 0 and D == 1 and every_step:
+            d_next = state_grads_of(values, layout, D, n_layers - 1, 0)
         dense_backward(readout_in if j == 0 else values + layout.activations
                        + (j - 1) * layout.rows_values,
                        <floating *> batches.params[param],
@@ -458,56 +660,88 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
                        shape.output_tanh or j < shape.n_dense - 1, n_threads)
         dA = d_next
     # dA: dL/d the top layer's output sequence (every_step) or final states.
-    # Backward through the layers, top first; dL/d layer k's input goes to
-    # the grad buffer dA is not in.
-    for k in range(shape.n_layers - 1, -1, -1):
+    # Backward through the layers, top first, a region per layer: its
+    # chunks (both directions), beside the weight gradients of the layer
+    # above; a bidirectional layer's input gradient is its forward part
+    # (in the grad buffer dA is not in) plus its reverse part reversed.
+    if n_layers > 8:
+        plans = <BackwardPlan *> malloc(n_layers * sizeof(BackwardPlan))
+        if plans == NULL:
+            return NAN  # the driver takes it for a divergence
+    for k in range(n_layers):
+        plans[k] = backward_plan(n_rows, layer_width(shape, k), shape.hidden[k])
+    step.gradient_in = dA
+    for k in range(n_layers - 1, -1, -1):
         width = layer_width(shape, k)
         n_hidden = shape.hidden[k]
-        offset -= n_hidden
-        layer_input = X_rows if k == 0 else values + layout.inputs + k * layout.sequence_values
-        d_layer_input = values + (layout.grad_b if dA == values + layout.grad_a
-                                  else layout.grad_a)
+        other = values + (layout.grad_b if step.gradient_in == values + layout.grad_a
+                          else layout.grad_a)
+        step.gradient_out = other
         for d in range(D):
-            H = states_of(values, layout, D, k, d)
-            dH = values + layout.state_grads
-            param = 3 * (k * D + d)
-            if every_step or k < shape.n_layers - 1:
-                if D == 1:
-                    dH = dA  # the same rows; the pass turns them into dz in place
-                elif d == 0:
-                    copy_columns(dA, D * n_hidden, dH, n_hidden, n_rows * n_steps, n_hidden)
-                else:
-                    reverse_steps(dA + n_hidden, dH, length_rows, n_rows, n_steps, n_hidden,
-                                  D * n_hidden, n_hidden, False)
-            else:
-                copy_columns(dA + d * n_hidden, D * n_hidden, values + layout.last_grads,
-                             n_hidden, n_rows, n_hidden)
-            if d == 1:
-                reverse_steps(layer_input, values + layout.reversed_input, length_rows, n_rows,
-                              n_steps, width, width, width, False)
-            if d == 0 and h0_rows != NULL:
-                copy_columns(h0_rows + offset, total, values + layout.layer_h0, n_hidden,
-                             n_rows, n_hidden)
-            rnn_backward_pass(
-                layer_input if d == 0 else values + layout.reversed_input,
-                values + layout.layer_h0 if d == 0 and h0_rows != NULL else NULL,
-                <floating *> batches.params[param], <floating *> batches.params[param + 1], H,
-                dH if every_step or k < shape.n_layers - 1 else NULL,
-                NULL if every_step or k < shape.n_layers - 1 else values + layout.last_grads,
-                length_rows, dH, values + layout.first_grads,
-                NULL if k == 0 else (d_layer_input if d == 0 else values + layout.input_grads),
-                NULL, <floating *> batches.grads[param],
-                <floating *> batches.grads[param + 1], <floating *> batches.grads[param + 2],
-                scratch, order, n_rows, n_steps, width, n_hidden, n_threads)
-            if k > 0 and d == 1:
-                reverse_steps(values + layout.input_grads, d_layer_input, length_rows, n_rows,
-                              n_steps, width, width, width, True)
-        dA = d_layer_input
-    # Each sequence's final states, packed, to their rows.
-    if final_all != NULL:
-        if rows != NULL:
-            scatter_rows(<const char *> final_rows, rows, n_rows, total * sizeof(floating),
-                         <char *> final_all)
+            step.packed[d] = prepare_recurrent_weight(
+                <floating *> batches.params[3 * (k * D + d) + 1], True,
+                scratch_of(values, layout, D, k, d), n_rows, n_hidden)
+        n_chunk_tasks = D * plans[k].n_chunks
+        n_region_tasks = n_chunk_tasks
+        work = 2.0 * D * n_rows * n_steps * n_hidden * (n_hidden + (width if k > 0 else 0))
+        if k + 1 < n_layers:
+            n_region_tasks += D * plans[k + 1].n_weight_tasks
+            work += 2.0 * D * n_rows * n_steps * shape.hidden[k + 1] * (
+                layer_width(shape, k + 1) + shape.hidden[k + 1])
+        n_used = threads_for(n_threads, n_region_tasks, work)
+        if n_used == 1:
+            for task in range(n_region_tasks):
+                backward_region_task(dtype, &step, k, task, n_chunk_tasks, plans)
         else:
-            memcpy(final_all + start * total, final_rows, n_rows * total * sizeof(floating))
+            for task in prange(n_region_tasks, num_threads=n_used, schedule='dynamic'):
+                backward_region_task(dtype, &step, k, task, n_chunk_tasks, plans)
+        if k + 1 < n_layers:
+            add_layer_partials(dtype, &step, k + 1, &plans[k + 1], n_threads)
+        if k > 0 and D > 1:
+            reverse_steps(values + layout.reverse_grads, other, length_rows, n_rows, n_steps,
+                          width, width, width, True)
+        step.gradient_in = other
+    n_region_tasks = D * plans[0].n_weight_tasks
+    n_used = threads_for(n_threads, n_region_tasks, 2.0 * D * n_rows * n_steps
+                         * shape.hidden[0] * (n_in + shape.hidden[0]))
+    if n_used == 1:
+        for task in range(n_region_tasks):
+            weight_task(dtype, &step, 0, task, &plans[0])
+    else:
+        for task in prange(n_region_tasks, num_threads=n_used, schedule='dynamic'):
+            weight_task(dtype, &step, 0, task, &plans[0])
+    add_layer_partials(dtype, &step, 0, &plans[0], n_threads)
+    if plans != few_plans:
+        free(plans)
+    put_final_states(dtype, batches, start, n_rows, rows)
     return sum_squares
+
+
+cdef void put_final_states(floating *dtype, Batches *batches, Py_ssize_t start,
+                           Py_ssize_t n_rows, const Py_ssize_t *rows) noexcept nogil:
+    """Each sequence's final states, packed (final_batch), to their rows."""
+    cdef Py_ssize_t total = batches.shape.total_hidden
+    cdef floating *final_all = <floating *> batches.final_all
+    cdef const floating *final_rows = (<floating *> batches.values
+                                       + batches.layout.final_batch)
+    if final_all == NULL:
+        return
+    if rows != NULL:
+        scatter_rows(<const char *> final_rows, rows, n_rows, total * sizeof(floating),
+                     <char *> final_all)
+    else:
+        memcpy(final_all + start * total, final_rows, n_rows * total * sizeof(floating))
+
+cdef void add_layer_partials(floating *dtype, Step *step, Py_ssize_t k,
+                             const BackwardPlan *plan, int n_threads) noexcept nogil:
+    """Add the sample groups' weight gradients of layer k (add_weight_partials)."""
+    cdef Py_ssize_t D = step.shape.n_directions, d, param
+    cdef Py_ssize_t n_hidden = step.shape.hidden[k]
+    if plan.n_groups <= 1:
+        return
+    for d in range(D):
+        param = 3 * (k * D + d)
+        add_weight_partials(<floating *> step.grads[param], <floating *> step.grads[param + 1],
+                            weight_partials(scratch_of(<floating *> step.values, step.layout,
+                                                       D, k, d), step.n_rows, n_hidden),
+                            plan.n_groups, layer_width(step.shape, k), n_hidden, n_threads)
