@@ -14,6 +14,12 @@ its input with each sequence's valid steps reversed (padding 0; kept for
 the backward pass), and its states are put back in the input's order
 beside the forward ones, which they follow.
 
+Small one-direction networks train batches of full-length sequences in the
+panel layout of _panel.pxd instead (deep_panel_batch): groups of samples
+carried through every layer, step and readout layer and back by one task,
+then a task per parameter's gradient, with the panel kernels in place of
+BLAS.
+
 Unchecked: call it through lgmstm.STM, which validates shapes, dtypes and
 layouts once and allocates every buffer (workspace_sizes).
 """
@@ -28,15 +34,18 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from lgmstm._dense cimport dense_backward, dense_forward
-from lgmstm._loss cimport squared_error
+from lgmstm._loss cimport panel_squared_error, squared_error
 from lgmstm._optim cimport Optimizer
+from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, gather_columns, group_panels,
+                            padded_width, panel_product, row_dots, row_sums)
 from lgmstm._parallel cimport BLOCK_ELEMS, gemm_task_rows, n_tasks, threads_for
 from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, backward_chunk, backward_plan,
                           forward_chunk, forward_chunk_rows, prepare_recurrent_weight,
                           rnn_scratch_size, sequence_chunk_rows, transposed_recurrent_weight,
                           weight_grad_task, weight_partials)
 from lgmstm._rows cimport gather_rows, scatter_rows
-from lgmstm._train cimport (Parameters, PointerTable, Program, TrainingPlan, TrainingRun,
+from lgmstm._tanh cimport tanh_rows
+from lgmstm._train cimport (KeptMemory, Parameters, PointerTable, Program, TrainingPlan, TrainingRun,
                             UseLock, data_or_null, parameters_of, plan_of, run_epochs)
 
 cnp.import_array()
@@ -129,6 +138,23 @@ cdef Layout layout_of(const Shape *shape, Py_ssize_t n_rows, Py_ssize_t n_steps)
     return layout
 
 
+cdef struct DeepPanels:
+    # The panel layout of a batch (_panel.pxd; deep_panels_of): sequences in
+    # n_groups groups of task_width columns, each carried through every
+    # layer and step by one task; offsets in the panel workspace.
+    Py_ssize_t n_steps, task_width, n_groups
+    Py_ssize_t cols         # inputs and dz: n_groups * n_steps * task_width
+    Py_ssize_t state_cols   # states, h0 first in each group: n_groups * (n_steps + 1) * task_width
+    Py_ssize_t read_cols    # the readout's: cols, or n_groups * task_width (final states)
+    Py_ssize_t inputs       # X (n_in, cols)
+    Py_ssize_t targets      # Y (n_out, read_cols)
+    Py_ssize_t states       # layer k's (hidden[k], state_cols), one after another
+    Py_ssize_t state_grads  # layer k's dz (hidden[k], cols), one after another
+    Py_ssize_t activations  # readout layer j's (dense[j], read_cols), one after another
+    Py_ssize_t dense_grads  # their dz, likewise
+    Py_ssize_t n_values
+
+
 cdef struct Batches:
     # What deep_batch needs: the network, the data and the workspace.
     size_t itemsize
@@ -145,6 +171,11 @@ cdef struct Batches:
     Py_ssize_t *indices     # lengths of the batch, then the time loops' order
     double *partials
     Layout layout
+    # The panel layout: whether batches of full-length sequences take it,
+    # its layout and workspace, and whether the batch must be gathered anew.
+    bint in_panel_layout, gather_each_batch, gathered
+    DeepPanels panels
+    void *panel_values
 
 
 cdef class DeepNetwork(Program):
@@ -182,6 +213,7 @@ cdef class DeepNetwork(Program):
         self.shape.total_hidden = int(np.sum(hidden))
         self.shape.output_tanh, self.shape.return_sequences = output_tanh, return_sequences
         self.lock = lock
+        self.panel_memory = KeptMemory()
         self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])
 
     cpdef Py_ssize_t blas_work(self, Py_ssize_t n_samples, Py_ssize_t n_steps):
@@ -207,6 +239,17 @@ cdef class DeepNetwork(Program):
             quantum = math.lcm(quantum, rows // math.gcd(rows, per_sample))
             n_inputs = self.shape.dense[j]
         return quantum
+
+    def training_layout(self, Py_ssize_t n_rows, Py_ssize_t n_steps):
+        """(n_groups, group_width) of the panel layout batches of n_rows
+        full-length sequences train in, or None when they train row-major.
+        For the tests."""
+        cdef DeepPanels panels
+        if not uses_panels(&self.shape, n_rows, n_steps):
+            return None
+        panels = deep_panels_of(&self.shape, n_rows, n_steps,
+                                8 if self.type_num == cnp.NPY_DOUBLE else 4)
+        return panels.n_groups, panels.task_width
 
     def workspace_sizes(self, Py_ssize_t n_rows, Py_ssize_t n_steps):
         """(values of the dtype, intp values, float64 values) of the
@@ -248,6 +291,7 @@ cdef class DeepNetwork(Program):
     cdef int _batches(self, TrainingRun run, Batches *batches) except -1:
         cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
         cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[1]
+        cdef Py_ssize_t max_rows
         if run.workspace.count != 3:
             raise ValueError(f"expected 3 workspace arrays, got {run.workspace.count}")
         batches.itemsize = 8 if self.type_num == cnp.NPY_DOUBLE else 4
@@ -263,7 +307,16 @@ cdef class DeepNetwork(Program):
         batches.values = run.workspace.data[0]
         batches.indices = <Py_ssize_t *> run.workspace.data[1]
         batches.partials = <double *> run.workspace.data[2]
-        batches.layout = layout_of(&self.shape, min(run.batch_size, n_samples), n_steps)
+        max_rows = min(run.batch_size, n_samples)
+        batches.layout = layout_of(&self.shape, max_rows, n_steps)
+        batches.in_panel_layout = uses_panels(&self.shape, max_rows, n_steps)
+        batches.panels = deep_panels_of(&self.shape, max_rows, n_steps, batches.itemsize)
+        batches.gather_each_batch, batches.gathered = True, False
+        batches.panel_values = NULL
+        if batches.in_panel_layout:
+            batches.panel_values = self.panel_memory.get(
+                batches.panels.n_values * batches.itemsize,
+                (n_steps, batches.panels.task_width, batches.panels.n_groups))
         return 0
 
     cdef int train_run(self, TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
@@ -279,6 +332,7 @@ cdef class DeepNetwork(Program):
             <cnp.ndarray> run.lengths)
         cdef Py_ssize_t i, n_valid = n_samples
         self._batches(run, &batches)
+        batches.gather_each_batch = order != NULL or n_tasks(n_samples, run.batch_size) > 1
         if self.shape.return_sequences:
             n_valid = 0
             for i in range(n_samples):
@@ -584,6 +638,10 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
         memcpy(length_rows, batches.lengths + start, n_rows * sizeof(Py_ssize_t))
         if h0_all != NULL:
             h0_rows = h0_all + start * total
+    if batches.in_panel_layout and all_full_length(length_rows, n_rows, n_steps):
+        sum_squares = deep_panel_batch(dtype, batches, start, n_rows, rows, h0_rows, n_threads)
+        put_final_states(dtype, batches, start, n_rows, rows)
+        return sum_squares
     if rows != NULL:
         gather_rows(<const char *> X, rows, n_rows, n_steps * n_in * sizeof(floating),
                     <char *> (values + layout.x_batch))
@@ -732,6 +790,16 @@ cdef void put_final_states(floating *dtype, Batches *batches, Py_ssize_t start,
     else:
         memcpy(final_all + start * total, final_rows, n_rows * total * sizeof(floating))
 
+
+cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
+                                 Py_ssize_t n_steps) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        if lengths[i] != n_steps:
+            return False
+    return True
+
+
 cdef void add_layer_partials(floating *dtype, Step *step, Py_ssize_t k,
                              const BackwardPlan *plan, int n_threads) noexcept nogil:
     """Add the sample groups' weight gradients of layer k (add_weight_partials)."""
@@ -745,3 +813,315 @@ cdef void add_layer_partials(floating *dtype, Step *step, Py_ssize_t k,
                             weight_partials(scratch_of(<floating *> step.values, step.layout,
                                                        D, k, d), step.n_rows, n_hidden),
                             plan.n_groups, layer_width(step.shape, k), n_hidden, n_threads)
+
+
+# -- the panel layout (small networks, see _panel.pxd) ---------------------------------
+
+cdef inline double panel_step_cost(const Shape *shape, Py_ssize_t n_rows,
+                                   Py_ssize_t n_steps) noexcept nogil:
+    """About the flops of a training step on a batch (as _stm.step_cost:
+    four forward passes)."""
+    cdef double per_step = 0
+    cdef Py_ssize_t k, j, n_inputs
+    for k in range(shape.n_layers):
+        per_step += shape.hidden[k] * (layer_width(shape, k) + shape.hidden[k])
+    n_inputs = layer_width(shape, shape.n_layers)
+    for j in range(shape.n_dense):
+        per_step += shape.dense[j] * n_inputs
+        n_inputs = shape.dense[j]
+    return 8.0 * n_rows * n_steps * per_step
+
+
+cdef inline bint uses_panels(const Shape *shape, Py_ssize_t n_rows,
+                             Py_ssize_t n_steps) noexcept nogil:
+    """Whether batches of n_rows full-length sequences train in the panel
+    layout: one direction, some steps, a small step; from the shapes alone."""
+    return (shape.n_directions == 1 and n_steps > 0
+            and panel_step_cost(shape, n_rows, n_steps) < PANEL_MAX_WORK)
+
+
+cdef inline DeepPanels deep_panels_of(const Shape *shape, Py_ssize_t n_rows,
+                                      Py_ssize_t n_steps, size_t itemsize) noexcept nogil:
+    """The layout of batches of up to n_rows sequences (groups as
+    _panel.group_panels says); buffer offsets in values of the dtype."""
+    cdef DeepPanels panels
+    cdef Py_ssize_t panel = padded_width(1, itemsize)
+    cdef Py_ssize_t n_panels = n_tasks(n_rows, panel)
+    cdef Py_ssize_t per_group = group_panels(n_panels, panel_step_cost(shape, n_rows, n_steps))
+    cdef Py_ssize_t k, j, total_dense = 0
+    for j in range(shape.n_dense):
+        total_dense += shape.dense[j]
+    panels.n_steps = n_steps
+    panels.task_width = per_group * panel
+    panels.n_groups = max(1, n_tasks(n_panels, per_group))
+    panels.cols = panels.n_groups * n_steps * panels.task_width
+    panels.state_cols = panels.n_groups * (n_steps + 1) * panels.task_width
+    panels.read_cols = (panels.cols if shape.return_sequences
+                        else panels.n_groups * panels.task_width)
+    panels.inputs = 0
+    panels.targets = panels.inputs + shape.n_in * panels.cols
+    panels.states = panels.targets + shape.n_out * panels.read_cols
+    panels.state_grads = panels.states + shape.total_hidden * panels.state_cols
+    panels.activations = panels.state_grads + shape.total_hidden * panels.cols
+    panels.dense_grads = panels.activations + total_dense * panels.read_cols
+    panels.n_values = panels.dense_grads + total_dense * panels.read_cols
+    return panels
+
+
+cdef struct PanelStep:
+    # One batch in the panel layout, as its tasks see it.
+    const Shape *shape
+    const DeepPanels *panels
+    void *values          # the panel workspace (DeepPanels' offsets)
+    void **params
+    void **grads
+    const void *h0_rows   # (n_rows, total_hidden) row-major, or NULL
+    void *final_rows      # (n_rows, total_hidden) OUT
+    Py_ssize_t n_rows
+    double grad_scale
+    double partials[MAX_PANEL_GROUPS]
+
+
+cdef inline floating *panel_states(floating *values, const PanelStep *step,
+                                   Py_ssize_t k) noexcept nogil:
+    """Layer k's states (hidden[k], state_cols): per group h0, then every step's."""
+    cdef Py_ssize_t i, before = 0
+    for i in range(k):
+        before += step.shape.hidden[i]
+    return values + step.panels.states + before * step.panels.state_cols
+
+
+cdef inline floating *panel_state_grads(floating *values, const PanelStep *step,
+                                        Py_ssize_t k) noexcept nogil:
+    """Layer k's dL/dH, then its dz in place (hidden[k], cols)."""
+    cdef Py_ssize_t i, before = 0
+    for i in range(k):
+        before += step.shape.hidden[i]
+    return values + step.panels.state_grads + before * step.panels.cols
+
+
+cdef inline floating *panel_dense(floating *values, const PanelStep *step, Py_ssize_t j,
+                                  bint grads) noexcept nogil:
+    """Readout layer j's activations (or their gradients) (dense[j], read_cols)."""
+    cdef Py_ssize_t i, before = 0
+    for i in range(j):
+        before += step.shape.dense[i]
+    return values + (step.panels.dense_grads if grads else step.panels.activations) \
+        + before * step.panels.read_cols
+
+
+cdef void panel_sequence_task(floating *dtype, PanelStep *step, Py_ssize_t group) noexcept nogil:
+    """Forward, loss and every backward time loop of one group of sequences:
+    layer by layer (each input projection one product over all steps), the
+    readout's layers on the states read, then back down."""
+    cdef const Shape *shape = step.shape
+    cdef const DeepPanels *panels = step.panels
+    cdef floating *values = <floating *> step.values
+    cdef Py_ssize_t n_steps = panels.n_steps, width = panels.task_width
+    cdef Py_ssize_t first = group * width
+    cdef Py_ssize_t n_valid = min(width, max(0, step.n_rows - first))
+    cdef Py_ssize_t cols = panels.cols, ld_states = panels.state_cols
+    cdef Py_ssize_t ld_read = panels.read_cols, total = shape.total_hidden
+    cdef bint every_step = shape.return_sequences
+    cdef Py_ssize_t n_read = n_steps * width if every_step else width
+    cdef Py_ssize_t n_layers = shape.n_layers, n_dense = shape.n_dense
+    cdef const floating *h0 = <const floating *> step.h0_rows
+    cdef floating *finals = <floating *> step.final_rows
+    cdef floating *H = NULL
+    cdef floating *dZ
+    cdef floating *A = NULL
+    cdef const floating *layer_input
+    cdef const floating *Wh
+    cdef Py_ssize_t k, j, t, i, u, n_hidden, n_inputs, ld_input, offset = 0
+    cdef Py_ssize_t n_top = shape.hidden[n_layers - 1]
+    for k in range(n_layers):
+        n_hidden = shape.hidden[k]
+        H = panel_states(values, step, k) + group * (n_steps + 1) * width
+        Wh = <floating *> step.params[3 * k + 1]
+        for u in range(n_hidden):
+            for i in range(width):
+                H[u * ld_states + i] = (h0[(first + i) * total + offset + u]
+                                        if h0 != NULL and i < n_valid else 0)
+        if k == 0:
+            layer_input = <floating *> values + panels.inputs + group * n_steps * width
+            ld_input = cols
+        else:
+            layer_input = (panel_states(values, step, k - 1) + group * (n_steps + 1) * width
+                           + width)
+            ld_input = ld_states
+        panel_product(n_hidden, n_steps * width, layer_width(shape, k),
+                      <floating *> step.params[3 * k], 1, n_hidden, layer_input, ld_input,
+                      <floating *> step.params[3 * k + 2], False, NULL, 0, H + width,
+                      ld_states)
+        for t in range(n_steps):
+            panel_product(n_hidden, width, n_hidden, Wh, 1, n_hidden, H + t * width,
+                          ld_states, NULL, True, NULL, 0, H + (t + 1) * width, ld_states)
+            tanh_rows(H + (t + 1) * width, n_hidden, width, ld_states)
+        for i in range(n_valid):
+            for u in range(n_hidden):
+                finals[(first + i) * total + offset + u] = H[u * ld_states + n_steps * width + i]
+        offset += n_hidden
+    # The readout's layers on every step's top states, or the last step's.
+    layer_input = H + (width if every_step else n_steps * width)
+    ld_input = ld_states
+    n_inputs = n_top
+    for j in range(n_dense):
+        A = panel_dense(values, step, j, False) + group * n_read
+        panel_product(shape.dense[j], n_read, n_inputs,
+                      <floating *> step.params[3 * n_layers + 2 * j], 1, shape.dense[j],
+                      layer_input, ld_input, <floating *> step.params[3 * n_layers + 2 * j + 1],
+                      False, NULL, 0, A, ld_read)
+        if shape.output_tanh or j < n_dense - 1:
+            tanh_rows(A, shape.dense[j], n_read, ld_read)
+        layer_input, ld_input, n_inputs = A, ld_read, shape.dense[j]
+    step.partials[group] = panel_squared_error(
+        A, <floating *> values + panels.targets + group * n_read,
+        panel_dense(values, step, n_dense - 1, True) + group * n_read, shape.n_out,
+        n_read // width, width, n_valid, ld_read, step.grad_scale, shape.output_tanh)
+    # Backward: the readout's layers (dz_j = W_{j+1} dz_{j+1} tanh'), dL/dh of the top layer.
+    for j in range(n_dense - 2, -1, -1):
+        panel_product(shape.dense[j], n_read, shape.dense[j + 1],
+                      <floating *> step.params[3 * n_layers + 2 * (j + 1)], shape.dense[j + 1],
+                      1, panel_dense(values, step, j + 1, True) + group * n_read, ld_read,
+                      NULL, False, panel_dense(values, step, j, False) + group * n_read,
+                      ld_read, panel_dense(values, step, j, True) + group * n_read, ld_read)
+    dZ = panel_state_grads(values, step, n_layers - 1) + group * n_steps * width
+    panel_product(n_top, n_read, shape.dense[0], <floating *> step.params[3 * n_layers],
+                  shape.dense[0], 1, panel_dense(values, step, 0, True) + group * n_read,
+                  ld_read, NULL, False, NULL, 0,
+                  dZ + (0 if every_step else (n_steps - 1) * width), cols)
+    # Each layer's time loop, top first: dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2);
+    # the layer below's dL/dH = Wx dZ over all steps.
+    for k in range(n_layers - 1, -1, -1):
+        n_hidden = shape.hidden[k]
+        H = panel_states(values, step, k) + group * (n_steps + 1) * width
+        dZ = panel_state_grads(values, step, k) + group * n_steps * width
+        Wh = <floating *> step.params[3 * k + 1]
+        for t in range(n_steps - 1, -1, -1):
+            panel_product(n_hidden, width, 0 if t == n_steps - 1 else n_hidden, Wh,
+                          n_hidden, 1, dZ + (t + 1) * width if t < n_steps - 1 else dZ,
+                          cols, NULL, every_step or k < n_layers - 1 or t == n_steps - 1,
+                          H + (t + 1) * width, ld_states, dZ + t * width, cols)
+        if k > 0:
+            panel_product(shape.hidden[k - 1], n_steps * width, n_hidden,
+                          <floating *> step.params[3 * k], n_hidden, 1, dZ, cols, NULL,
+                          False, NULL, 0,
+                          panel_state_grads(values, step, k - 1) + group * n_steps * width,
+                          cols)
+
+
+cdef void grouped_dots(floating *dtype, const DeepPanels *panels, Py_ssize_t n_rows,
+                       Py_ssize_t n_out, Py_ssize_t group_cols, const floating *inputs,
+                       Py_ssize_t ld_inputs, Py_ssize_t input_stride,
+                       const floating *deltas, Py_ssize_t ld_deltas,
+                       floating *target) noexcept nogil:
+    """target (n_rows, n_out) = the sum over groups of inputs deltas^T, each
+    group's group_cols columns: inputs' group g at g * input_stride, the
+    deltas' at g * group_cols."""
+    cdef Py_ssize_t group
+    for group in range(panels.n_groups):
+        row_dots(n_rows, n_out, group_cols, inputs + group * input_stride, ld_inputs,
+                 deltas + group * group_cols, ld_deltas, 1, 0 if group == 0 else 1, target,
+                 n_out)
+
+
+cdef void panel_weight_task(floating *dtype, PanelStep *step, Py_ssize_t task) noexcept nogil:
+    """One parameter's gradient, summed over the batch in one order: per
+    layer Wx, Wh, b (tasks 3k..3k+2), then per readout layer W, b."""
+    cdef const Shape *shape = step.shape
+    cdef const DeepPanels *panels = step.panels
+    cdef floating *values = <floating *> step.values
+    cdef Py_ssize_t n_steps = panels.n_steps, width = panels.task_width
+    cdef Py_ssize_t cols = panels.cols, ld_states = panels.state_cols
+    cdef Py_ssize_t ld_read = panels.read_cols, n_layers = shape.n_layers
+    cdef Py_ssize_t group_states = (n_steps + 1) * width
+    cdef Py_ssize_t n_read = n_steps * width if shape.return_sequences else width
+    cdef Py_ssize_t k, j, n_hidden
+    cdef floating *target = <floating *> step.grads[task]
+    cdef const floating *dZ
+    if task < 3 * n_layers:
+        k = task // 3
+        n_hidden = shape.hidden[k]
+        dZ = panel_state_grads(values, step, k)
+        if task % 3 == 0 and k == 0:
+            row_dots(shape.n_in, n_hidden, cols, <floating *> values + panels.inputs, cols,
+                     dZ, cols, 1, 0, target, n_hidden)
+        elif task % 3 == 0:
+            grouped_dots(dtype, panels, shape.hidden[k - 1], n_hidden, n_steps * width,
+                         panel_states(values, step, k - 1) + width, ld_states, group_states,
+                         dZ, cols, target)
+        elif task % 3 == 1:  # h_{t-1} with dz_t: each group's states begin with h0
+            grouped_dots(dtype, panels, n_hidden, n_hidden, n_steps * width,
+                         panel_states(values, step, k), ld_states, group_states, dZ, cols,
+                         target)
+        else:
+            row_sums(n_hidden, cols, dZ, cols, 1, 0, target)
+        return
+    j = (task - 3 * n_layers) // 2
+    dZ = panel_dense(values, step, j, True)
+    if (task - 3 * n_layers) % 2 == 1:
+        row_sums(shape.dense[j], ld_read, dZ, ld_read, 1, 0, target)
+    elif j == 0:
+        grouped_dots(dtype, panels, shape.hidden[n_layers - 1], shape.dense[0], n_read,
+                     panel_states(values, step, n_layers - 1)
+                     + (width if shape.return_sequences else n_steps * width),
+                     ld_states, group_states, dZ, ld_read, target)
+    else:
+        row_dots(shape.dense[j - 1], shape.dense[j], ld_read,
+                 panel_dense(values, step, j - 1, False), ld_read, dZ, ld_read, 1, 0, target,
+                 shape.dense[j])
+
+
+cdef double deep_panel_batch(floating *dtype, Batches *batches, Py_ssize_t start,
+                             Py_ssize_t n_rows, const Py_ssize_t *rows,
+                             const floating *h0_rows, int n_threads) noexcept nogil:
+    """deep_batch in the panel layout, for a batch of full-length sequences:
+    group tasks (a group of samples through every layer and step, and back),
+    then a task per parameter's gradient. Neither depends on the thread
+    count. Fills the gradients and the batch's final states (final_batch)."""
+    cdef const Shape *shape = batches.shape
+    cdef const DeepPanels *panels = &batches.panels
+    cdef Py_ssize_t n_steps = batches.n_steps
+    cdef bint shuffled = rows != NULL
+    cdef PanelStep step
+    cdef double work = panel_step_cost(shape, n_rows, n_steps), sum_squares = 0
+    cdef Py_ssize_t n_params = 3 * shape.n_layers + 2 * shape.n_dense
+    cdef int group_threads = threads_for(n_threads, panels.n_groups, work)
+    cdef int weight_threads = threads_for(n_threads, n_params, work)
+    cdef Py_ssize_t task
+    cdef floating *values = <floating *> batches.panel_values
+    if batches.gather_each_batch or not batches.gathered:
+        # Shuffled rows go straight from X and Y into the layout; one
+        # unshuffled batch is the same every epoch: transposed once.
+        gather_columns(<const floating *> batches.X + (0 if shuffled
+                                                       else start * n_steps * shape.n_in),
+                       rows, n_rows, n_steps, shape.n_in, values + panels.inputs,
+                       panels.task_width, panels.n_groups)
+        gather_columns(<const floating *> batches.Y + (
+                           0 if shuffled else
+                           start * (n_steps if shape.return_sequences else 1) * shape.n_out),
+                       rows, n_rows, n_steps if shape.return_sequences else 1, shape.n_out,
+                       values + panels.targets, panels.task_width, panels.n_groups)
+        batches.gathered = True
+    step.shape, step.panels, step.values = shape, panels, values
+    step.params, step.grads = batches.params, batches.grads
+    step.h0_rows = h0_rows
+    step.final_rows = <floating *> batches.values + batches.layout.final_batch
+    step.n_rows = n_rows
+    step.grad_scale = 1.0 / max(1, n_rows * (n_steps if shape.return_sequences else 1)
+                                * shape.n_out)
+    if group_threads == 1:
+        for task in range(panels.n_groups):
+            panel_sequence_task(dtype, &step, task)
+    else:
+        for task in prange(panels.n_groups, num_threads=group_threads, schedule='static'):
+            panel_sequence_task(dtype, &step, task)
+    if weight_threads == 1:
+        for task in range(n_params):
+            panel_weight_task(dtype, &step, task)
+    else:
+        for task in prange(n_params, num_threads=weight_threads, schedule='dynamic'):
+            panel_weight_task(dtype, &step, task)
+    for task in range(panels.n_groups):
+        sum_squares += step.partials[task]
+    return sum_squares
