@@ -357,6 +357,7 @@ def _fit_batch(blobs: list[bytes], datasets: list[Any], arguments: dict[str, Any
                threads: int | None) -> list[Model]:
     """One task: fit each model on its data, in order."""
     fitted = []
+    aligned: dict[int, Any] = {}   # each array as the kernels take it, once per task
     for blob, data in zip(blobs, datasets):
         model = pickle.loads(blob)
         try:
@@ -364,10 +365,23 @@ def _fit_batch(blobs: list[bytes], datasets: list[Any], arguments: dict[str, Any
         except (TypeError, ValueError):
             raise TypeError(f"a dataset of fit_many must be an (X, Y) pair, got "
                             f"{_describe(data)}") from None
+        X, Y = (_aligned(array, aligned) for array in (X, Y))
         with _running_on(threads):
             model.fit(X, Y, **arguments)
         fitted.append(model)
     return fitted
+
+
+def _aligned(array: Any, done: dict[int, Any]) -> Any:
+    """An ndarray that arrived in a message (its bytes anywhere in the
+    frame, often not even 8-byte aligned) copied once to aligned memory,
+    which the kernels read faster (and fit's fast path takes); anything
+    else as it is."""
+    if type(array) is not np.ndarray or array.flags.aligned:
+        return array
+    if id(array) not in done:
+        done[id(array)] = np.array(array, order="C")
+    return done[id(array)]
 
 
 def _batches(n_models: int, models_per_task: int | None, n_slots: int) -> list[range]:
@@ -553,6 +567,8 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
         # Each task's models come back as it finishes, while the others run.
         for future, fitted in distributed.as_completed(futures, loop=client.loop,
                                                       with_results=True):
+            if isinstance(fitted, BaseException):  # a cancelled task's result is the error
+                raise fitted
             index = index_of[future.key]
             results[index] = fitted
             n_done += len(batches[index])

@@ -146,8 +146,10 @@ def test_fit_many_equals_fitting_each_model_here(client, embed_bytes, monkeypatc
     shared = regression(rng, (100, 20, 10), 2)                 # one pair for three STMs
     lgm_data = regression(rng, (200, 6), 1)
     pair = regression(rng, (80, 20, 10), 2)
-    [future_pair] = client.scatter([pair])                  # a future of a pair
-    pair_of_futures = tuple(client.scatter(list(pair)))     # a pair of futures
+    # Keys of their own (hash=False): not those of the data another run of
+    # this test scattered, which that run's futures release at their end.
+    [future_pair] = client.scatter([pair], hash=False)                  # a future of a pair
+    pair_of_futures = tuple(client.scatter(list(pair), hash=False))     # a pair of futures
     models = [lgmstm.STM(10, 5, 2, seed=i) for i in range(3)] + \
              [lgmstm.LGM([6, 8, 1], seed=3), lgmstm.STM(10, 5, 2, seed=4),
               lgmstm.STM(10, 5, 2, seed=5)]
@@ -487,3 +489,17 @@ def test_row_quantum_says_which_blocks_predict_keeps():
         lgmstm_dask.row_quantum(object())
     with pytest.raises(ValueError, match="n_steps"):
         lgmstm_dask.row_quantum(lgmstm.STM(4, 48, 2, seed=0), -1)
+
+
+def test_the_benchs_idle_time_counts_the_workers_time_without_a_fit():
+    from lgmstm._bench_dask import _idle_time
+
+    def task(key, worker, start, stop):
+        return {"key": key, "worker": worker,
+                "startstops": [{"action": "compute", "start": start, "stop": stop}]}
+
+    stream = [task("lgmstm-fit-a-0", "w1", 10.5, 12.0), task("lgmstm-fit-a-5", "w1", 12.25, 13.0),
+              task("lgmstm-fit-a-9", "w2", 11.0, 13.5), task("other-key", "w2", 10.0, 11.0)]
+    idle = _idle_time(stream, began=10.0, ended=14.0, n_workers=3)
+    # w1: 0.5 before, 0.25 between, 1.0 after; w2: 1.0 before, 0.5 after; w3: all 4.0.
+    assert idle == pytest.approx({"start": 0.5 + 1.0 + 4.0, "between": 0.25, "end": 1.5})
