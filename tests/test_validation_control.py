@@ -484,3 +484,32 @@ def test_lgm_bad_validation_sample_weight(weights, match, rng):
     with pytest.raises(ValueError, match=match):
         make("LGM", np.float64, "cython").fit(X, Y, epochs=1, lr=0.1,
                                                validation_data=(X_val, Y_val, weights))
+
+
+@pytest.mark.parametrize("kind", ["LGM", "STM-sequences"])
+@pytest.mark.parametrize("output", ["linear", "softmax"])
+def test_loss_has_the_same_bits_for_any_thread_count(kind, output, dtype, threads):
+    """loss() (the validation pass) sums fixed blocks in order: enough rows
+    for its loss and forward pass to fork, the same bits on 1, 2 and 3 threads."""
+    rng = np.random.default_rng(6)
+    n_out = 4
+    if kind == "LGM":
+        X = rng.normal(size=(20000, 8))
+        labels = rng.integers(0, n_out, 20000)
+        model = lgmstm.LGM([8, 16, n_out], output=output, dtype=dtype, seed=0)
+        keywords = {}
+    else:
+        X = rng.normal(size=(2000, 10, 3))
+        labels = rng.integers(0, n_out, (2000, 10))
+        model = lgmstm.STM(3, 16, n_out, output=output, return_sequences=True, dtype=dtype,
+                           seed=0)
+        keywords = {"lengths": rng.integers(0, 11, 2000)}
+    Y = np.eye(n_out)[labels] if output == "softmax" else rng.normal(size=labels.shape + (n_out,))
+    weights = rng.uniform(0.0, 2.0, X.shape[0])
+    results = []
+    for n_threads in (1, 2, 3):
+        with threads(n_threads):
+            results.append((model.loss(X.astype(dtype), Y.astype(dtype), **keywords),
+                            model.loss(X.astype(dtype), Y.astype(dtype), sample_weight=weights,
+                                       **keywords)))
+    assert results[0] == results[1] == results[2]
