@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from . import _dense, _lgm, reference
 from ._base import NO_VALIDATION, PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
+from ._train import beyond_unit
 from ._training import (
     ADAM_BETA1,
     ADAM_BETA2,
@@ -685,7 +686,7 @@ class LGM(Model):
                     validation_data, validation_fraction, early_stopping, patience, tol,
                     lr_schedule, power_t):
             losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
-                                     warm_start, (momentum, nesterov, beta1, beta2, eps),
+                                     warm_start, momentum, nesterov, beta1, beta2, eps,
                                      weight_decay)
             if losses is not None:
                 return losses
@@ -771,7 +772,7 @@ class LGM(Model):
         """
         if seed is None and sample_weight is None and self._short_fit(
                 X, Y, lr, batch_size, optimizer, clip_norm, shuffle, True,
-                (momentum, nesterov, beta1, beta2, eps), weight_decay) is not None:
+                momentum, nesterov, beta1, beta2, eps, weight_decay) is not None:
             return self
         self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
                  momentum=momentum, nesterov=nesterov, beta1=beta1, beta2=beta2, eps=eps,
@@ -780,21 +781,20 @@ class LGM(Model):
         return self
 
     def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
-                   settings, weight_decay):
+                   momentum, nesterov, beta1, beta2, eps, weight_decay):
         """One epoch on the short fit's path (see _train.Program.fit_ready):
         data and arguments as the kernels take them. Its losses (also
         history_), or None for the checked path."""
         if (self._output in PROBABILITY_OUTPUTS
                 and not self._short_fit_targets(Y, self._layer_sizes[-1])):
             return None
-        momentum, nesterov, beta1, beta2, eps = settings
         losses = self._network.fit_ready(
             self, X, Y, None, None, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
             momentum, nesterov, beta1, beta2, eps, weight_decay)
         if losses is not None:
             self.history_ = losses
             self.validation_history_, self.best_epoch_ = NO_VALIDATION, None
-            if self._output == "tanh" and beyond_tanh(Y):
+            if self._output == "tanh" and beyond_unit(Y):  # Y is an ndarray here
                 warn_beyond_tanh(Y)
         return losses
 

@@ -18,6 +18,7 @@ from . import _stm, reference
 from ._base import NO_VALIDATION, PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
 from ._deep import DeepRecurrent
 from ._threads import get_num_threads, single_threaded_blas
+from ._train import beyond_unit
 from ._training import (
     ADAM_BETA1,
     ADAM_BETA2,
@@ -1270,7 +1271,7 @@ class STM(Model):
                 and at_control_defaults(validation_data, validation_fraction, early_stopping,
                                         patience, tol, lr_schedule, power_t):
             losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
-                                     warm_start, (momentum, nesterov, beta1, beta2, eps),
+                                     warm_start, momentum, nesterov, beta1, beta2, eps,
                                      weight_decay)
             if losses is not None:
                 return losses
@@ -1355,7 +1356,7 @@ class STM(Model):
         """
         if seed is None and lengths is None and sample_weight is None and self._short_fit(
                 X, Y, lr, batch_size, optimizer, clip_norm, shuffle, True,
-                (momentum, nesterov, beta1, beta2, eps), weight_decay) is not None:
+                momentum, nesterov, beta1, beta2, eps, weight_decay) is not None:
             return self
         self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
                  momentum=momentum, nesterov=nesterov, beta1=beta1, beta2=beta2, eps=eps,
@@ -1364,7 +1365,7 @@ class STM(Model):
         return self
 
     def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
-                   settings, weight_decay):
+                   momentum, nesterov, beta1, beta2, eps, weight_decay):
         """One epoch on the short fit's path (see _train.Program.fit_ready):
         its losses (also history_; a stateful model keeps the final
         states), or None for the checked path."""
@@ -1377,7 +1378,6 @@ class STM(Model):
             if type(X) is not np.ndarray or X.ndim != 3:
                 return None
             final = np.empty((X.shape[0], self._sizes[0]), self._dtype)
-        momentum, nesterov, beta1, beta2, eps = settings
         losses = self._network.fit_ready(
             self, X, Y, self._state if self._stateful else None, final, lr, batch_size,
             optimizer, clip_norm, shuffle, warm_start, momentum, nesterov, beta1, beta2, eps,
@@ -1387,7 +1387,7 @@ class STM(Model):
             self.validation_history_, self.best_epoch_ = NO_VALIDATION, None
             if self._stateful:
                 self._state = final
-            if self._output == "tanh" and beyond_tanh(Y):
+            if self._output == "tanh" and beyond_unit(Y):  # Y is an ndarray here
                 warn_beyond_tanh(Y)
         return losses
 

@@ -69,6 +69,7 @@ cdef class Network(Program):
     cdef const Py_ssize_t *sizes
     cdef Py_ssize_t n_layers
     cdef object counts    # values per parameter, intp
+    cdef const Py_ssize_t *count_data  # counts' values (the array lives as long)
     cdef Py_ssize_t largest_weight, widest_layer
     cdef Py_ssize_t weights   # multiply-adds per sample of a forward pass
 
@@ -85,6 +86,7 @@ cdef class Network(Program):
         self.lock = lock
         self.panel_memory = KeptMemory()
         self.counts = np.array([p.size for p in params], dtype=np.intp)
+        self.count_data = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> self.counts)
         self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])
         self.largest_weight = self.widest_layer = self.weights = 0
         for layer in range(self.n_layers + 1):
@@ -643,8 +645,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef Py_ssize_t n_layers = network.n_layers
     cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
     cdef Py_ssize_t n_in = sizes[0], n_out = sizes[n_layers]
-    cdef const Py_ssize_t[::1] counts = network.counts
-    cdef Parameters parameters = parameters_of(network.params, run, &counts[0],
+    cdef Parameters parameters = parameters_of(network.params, run, network.count_data,
                                                sizeof(floating))
     cdef TrainingPlan plan
     cdef Batches batches

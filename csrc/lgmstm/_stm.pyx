@@ -184,7 +184,7 @@ cdef class Network(Program):
         BLAS never threads; and no other thread training the model.
         """
         cdef cnp.ndarray array
-        if type(X) is not np.ndarray:
+        if type(X) is not cnp.ndarray:
             return None
         array = <cnp.ndarray> X
         if (cnp.PyArray_NDIM(array) != 3 or cnp.PyArray_TYPE(array) != self.type_num
@@ -392,7 +392,7 @@ cdef class Network(Program):
         cdef cnp.ndarray inputs, targets
         cdef Py_ssize_t n_samples, n_steps
         cdef Py_ssize_t n_in = self.sizes[0], n_hidden = self.sizes[1], n_out = self.sizes[2]
-        if type(X) is not np.ndarray or type(Y) is not np.ndarray:
+        if type(X) is not cnp.ndarray or type(Y) is not cnp.ndarray:
             return -1
         inputs, targets = <cnp.ndarray> X, <cnp.ndarray> Y
         if (cnp.PyArray_NDIM(inputs) != 3 or cnp.PyArray_TYPE(inputs) != self.type_num

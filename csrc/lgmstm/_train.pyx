@@ -90,7 +90,7 @@ cdef extern from "_finite.h" nogil:
 cdef inline bint scannable(object item) noexcept:
     """Whether item is what the scans of _finite.h read as it is: an ndarray
     (not a subclass), C-contiguous, of float32 or float64."""
-    return (type(item) is np.ndarray and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray> item)
+    return (type(item) is cnp.ndarray and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray> item)
             and cnp.PyArray_TYPE(<cnp.ndarray> item) in (cnp.NPY_DOUBLE, cnp.NPY_FLOAT))
 
 
@@ -434,7 +434,7 @@ cdef bint is_ready_matrix(object array, int type_num, Py_ssize_t n_rows,
     subclass) of type_num, 2-D with n_cols columns and n_rows rows (any
     number >= 1 for n_rows < 0), C-contiguous and aligned. The fast paths'
     one check; anything else takes the caller's checked path."""
-    if type(array) is not np.ndarray:
+    if type(array) is not cnp.ndarray:
         return False
     cdef cnp.ndarray matrix = <cnp.ndarray> array
     if (cnp.PyArray_NDIM(matrix) != 2 or cnp.PyArray_TYPE(matrix) != type_num
@@ -811,7 +811,7 @@ cdef class Program:
         cdef object state, losses, order = None
         cdef const Py_ssize_t *rows = NULL
         cdef bint hit, trained = False
-        if (type(X) is not np.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> X) < 1
+        if (type(X) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> X) < 1
                 or not isinstance(lr, float) or type(optimizer) is not str
                 or (shuffle is not True and shuffle is not False)
                 or (warm_start is not True and warm_start is not False)):
