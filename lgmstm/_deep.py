@@ -19,7 +19,8 @@ import numpy as np
 from . import _dense, _rnn, reference
 from ._deep_stm import DeepNetwork
 from ._threads import get_num_threads, single_threaded_blas
-from ._training import CompiledTrainer, OptimizerState, ReferenceTrainer, TrainingControl
+from ._training import (CompiledTrainer, OptimizerState, ReferenceTrainer, TrainingControl,
+                        TrainingWorkspace)
 from .kernels import _chunk_scratch, _rnn_work
 
 
@@ -92,6 +93,9 @@ class DeepRecurrent:
         self.compiled = backend == "cython"
         self.passes = COMPILED_PASSES if self.compiled else reference.REFERENCE_PASSES
         self.program = None
+        # fit's scratch arrays, kept for the next fit (fresh pages cost a
+        # tenth of an epoch of the benchmark's stacked STM)
+        self.workspace = TrainingWorkspace()
         if self.compiled:
             n_recurrent = 3 * n_directions * len(self.sizes)
             dense = [W.shape[1] for W in params[n_recurrent::2]]
@@ -168,7 +172,7 @@ class DeepRecurrent:
         assert weights is None and validation is None
         if self.compiled:
             return CompiledDeepTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr,
-                                       clip_norm, weight_decay, control)
+                                       clip_norm, weight_decay, control, self.workspace)
         return DeepTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
                            weight_decay, control)
 
@@ -176,10 +180,12 @@ class DeepRecurrent:
 class CompiledDeepTrainer(CompiledTrainer):
     """One fit of a deep STM in compiled code (DeepNetwork.train): the
     layers' states packed side by side in one row per sequence, as the
-    program takes them; final_states in the STM's form (see DeepRecurrent)."""
+    program takes them; final_states in the STM's form (see DeepRecurrent).
+    kept: a TrainingWorkspace to take the gradients and scratch from (fit;
+    None: fresh ones, for a call that may run beside another)."""
 
     def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
-                 weight_decay=0.0, control=TrainingControl()):
+                 weight_decay=0.0, control=TrainingControl(), kept=None):
         n_samples, n_steps, _ = X.shape
         dtype = X.dtype
         layer_h0 = network._layer_states(h0)
@@ -187,12 +193,18 @@ class CompiledDeepTrainer(CompiledTrainer):
             np.concatenate(layer_h0, axis=1))
         n_values, n_indices, n_partials = network.program.workspace_sizes(
             min(batch_size, n_samples), n_steps)
-        workspace = [np.empty(n_values, dtype), np.empty(n_indices, np.intp),
-                     np.empty(n_partials, np.float64)]
+
+        def make_workspace():
+            return ([np.empty_like(p) for p in network.params],
+                    [np.empty(n_values, dtype), np.empty(n_indices, np.intp),
+                     np.empty(n_partials, np.float64)])
+
+        grads, workspace = (make_workspace() if kept is None else
+                            kept.get((n_values, n_indices, n_partials, dtype), make_workspace))
         self.network_of_states = network
         super().__init__(
             network, X, Y.reshape(-1), batch_size, optimizer, lr,
-            grads=[np.empty_like(p) for p in network.params], workspace=workspace,
+            grads=grads, workspace=workspace,
             blas_work=network.program.blas_work(min(batch_size, n_samples), n_steps),
             clip_norm=clip_norm, weight_decay=weight_decay, lengths=lengths,
             initial_states=packed_h0,

@@ -33,6 +33,9 @@ class DeepNetwork(Program):
     def row_quantum(self, n_steps: int) -> int:
         """The samples a piece of predict's batch must be a multiple of for
         the whole batch's bits (lgmstm.dask.predict)."""
+    def training_layout(self, n_rows: int, n_steps: int) -> tuple[int, int] | None:
+        """(n_groups, group_width) of the panel layout batches of n_rows
+        full-length sequences train in, or None (row-major). For the tests."""
     def workspace_sizes(self, n_rows: int, n_steps: int) -> tuple[int, int, int]:
         """(values of the dtype, intp values, float64 values) of the workspace
         of batches of up to n_rows sequences of n_steps."""

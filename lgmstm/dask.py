@@ -334,14 +334,30 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
 
 
 # -- fit_many -----------------------------------------------------------------------------
+# fit_many's defaults: how its tasks are cut (see _batches) and up to how
+# many bytes a pair of arrays travels inside each task that trains on it.
+GUIDED_SHARE = 2
+GUIDED_TAIL_TASKS = 16
+EMBED_BYTES = 16 * 2**20
+
+
 def _pair(X: Any, Y: Any) -> tuple[Any, Any]:
     return X, Y
+
+
+def _nbytes(data: tuple[Any, Any]) -> int:
+    """The bytes of a pair's arrays (anything else counts as large)."""
+    sizes = [getattr(value, "nbytes", None) for value in data]
+    if any(not isinstance(size, (int, np.integer)) for size in sizes):
+        return EMBED_BYTES + 1
+    return int(sum(sizes))  # type: ignore[arg-type]
 
 
 def _fit_batch(blobs: list[bytes], datasets: list[Any], arguments: dict[str, Any],
                threads: int | None) -> list[Model]:
     """One task: fit each model on its data, in order."""
     fitted = []
+    aligned: dict[int, Any] = {}   # each array as the kernels take it, once per task
     for blob, data in zip(blobs, datasets):
         model = pickle.loads(blob)
         try:
@@ -349,21 +365,46 @@ def _fit_batch(blobs: list[bytes], datasets: list[Any], arguments: dict[str, Any
         except (TypeError, ValueError):
             raise TypeError(f"a dataset of fit_many must be an (X, Y) pair, got "
                             f"{_describe(data)}") from None
+        X, Y = (_aligned(array, aligned) for array in (X, Y))
         with _running_on(threads):
             model.fit(X, Y, **arguments)
         fitted.append(model)
     return fitted
 
 
+def _aligned(array: Any, done: dict[int, Any]) -> Any:
+    """An ndarray that arrived in a message (its bytes anywhere in the
+    frame, often not even 8-byte aligned) copied once to aligned memory,
+    which the kernels read faster (and fit's fast path takes); anything
+    else as it is."""
+    if type(array) is not np.ndarray or array.flags.aligned:
+        return array
+    if id(array) not in done:
+        done[id(array)] = np.array(array, order="C")
+    return done[id(array)]
+
+
 def _batches(n_models: int, models_per_task: int | None, n_slots: int) -> list[range]:
-    """Consecutive groups of models, one task each: by default about four
-    tasks per thread slot of the cluster (enough to balance the load), so
-    that the scheduler's cost per task (milliseconds) is shared by many
-    small fits."""
-    if models_per_task is None:
-        models_per_task = max(1, -(-n_models // (4 * max(1, n_slots))))
-    return [range(start, min(start + models_per_task, n_models))
-            for start in range(0, n_models, models_per_task)]
+    """Consecutive groups of models, one task each.
+
+    models_per_task given: groups of that many. By default, guided sizes:
+    each task takes a 1/(2 n_slots) share of the models left (no fewer than
+    1/(16 n_slots) of all), so the first tasks are large (few tasks: the
+    scheduler's milliseconds per task are shared by many small fits) and
+    the last ones small (the thread slots run out of work together: no slot
+    idles while another finishes a large task).
+    """
+    if models_per_task is not None:
+        return [range(start, min(start + models_per_task, n_models))
+                for start in range(0, n_models, models_per_task)]
+    slots = max(1, n_slots)
+    smallest = max(1, n_models // (GUIDED_TAIL_TASKS * slots))
+    batches, start = [], 0
+    while start < n_models:
+        size = max(smallest, -(-(n_models - start) // (GUIDED_SHARE * slots)))
+        batches.append(range(start, min(start + size, n_models)))
+        start += size
+    return batches
 
 
 def _check_dataset(i: int, model: Model, data: Any) -> tuple[Any, Any] | distributed.Future:
@@ -479,37 +520,45 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
         return []
 
     run = uuid.uuid4().hex
-    data_futures: dict[Any, distributed.Future] = {}
-    per_model = []
-    for i, data in enumerate(checked):
-        if isinstance(data, distributed.Future):
-            per_model.append(data)
-            continue
-        same = (id(datasets[i]), id(data[0]), id(data[1]))
-        if same not in data_futures:
-            # A task that holds the pair: the scheduler can run it again when
-            # the worker that kept its result is lost.
-            data_futures[same] = client.submit(_pair, *data, key=f"lgmstm-data-{run}-{i}",
-                                               pure=False)
-        per_model.append(data_futures[same])
     workers = client.scheduler_info()["workers"]
     n_slots = sum(worker["nthreads"] for worker in workers.values())
     batches = _batches(len(models), models_per_task, n_slots)
-    # Data that several tasks train on goes to every worker first: held by
-    # one worker only, it would draw every task there (the scheduler runs a
-    # task where its data is, and moves tasks away only slowly).
-    tasks_using: dict[Any, int] = {}  # a future's key -> the tasks that train on it
+    # A pair in memory travels inside each task that trains on it when its
+    # copies are small together: no task to hold it and no round trip
+    # before the fits start (the scheduler keeps it with the tasks, to run
+    # them again when a worker is lost). A larger pair goes once, to a task
+    # that holds it, replicated to every worker when several tasks train on
+    # it (held by one worker, it would draw every task there: the scheduler
+    # runs a task where its data is, and moves tasks away only slowly).
+    # A pair's identity: the same pair object, or the same two arrays.
+    pair_of = [None if isinstance(data, distributed.Future) else
+               (id(datasets[i]), id(data[0]), id(data[1])) for i, data in enumerate(checked)]
+    tasks_using: dict[Any, int] = {}
     for batch in batches:
-        for key in {per_model[i].key for i in batch}:
-            tasks_using[key] = tasks_using.get(key, 0) + 1
-    shared = [future for future in data_futures.values() if tasks_using[future.key] > 1]
+        for same in {pair_of[i] for i in batch} - {None}:
+            tasks_using[same] = tasks_using.get(same, 0) + 1
+    per_model: list[Any] = []
+    data_futures: dict[Any, distributed.Future] = {}
+    for i, (data, same) in enumerate(zip(checked, pair_of)):
+        if isinstance(data, distributed.Future):
+            per_model.append(data)
+        elif _nbytes(data) * tasks_using[same] <= EMBED_BYTES:
+            per_model.append(tuple(data))
+        else:
+            if same not in data_futures:
+                data_futures[same] = client.submit(_pair, *data, key=f"lgmstm-data-{run}-{i}",
+                                                   pure=False)
+            per_model.append(data_futures[same])
+    shared = [future for same, future in data_futures.items() if tasks_using[same] > 1]
     if shared and len(workers) > 1:
         client.replicate(shared)
+    # Each task's models are copied as it is submitted: the first task runs
+    # while the next ones are prepared.
     futures = [client.submit(_fit_batch, [_snapshot(models[i]) for i in batch],
                              [per_model[i] for i in batch], fit_kwargs, threads,
                              key=f"lgmstm-fit-{run}-{batch.start}", pure=False)
                for batch in batches]
-    del data_futures, per_model
+    del data_futures, per_model, pair_of
     try:
         started = time.perf_counter()
         n_done = 0
@@ -518,6 +567,8 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
         # Each task's models come back as it finishes, while the others run.
         for future, fitted in distributed.as_completed(futures, loop=client.loop,
                                                       with_results=True):
+            if isinstance(fitted, BaseException):  # a cancelled task's result is the error
+                raise fitted
             index = index_of[future.key]
             results[index] = fitted
             n_done += len(batches[index])

@@ -53,6 +53,10 @@ from ._validation import (
 
 __all__ = ["LGM"]
 
+# predict runs a large batch in slabs whose activations take about this much
+# per thread (they stay in a core's L2 cache between the layers).
+PREDICT_SLAB_BYTES = 2**20
+
 
 class _CompiledNetwork:
     """Forward/gradients/training of a dense network with lgmstm._lgm."""
@@ -72,10 +76,32 @@ class _CompiledNetwork:
         return [np.empty((n_samples, n), dtype) for n in self.sizes[1:]]
 
     def predict(self, X, logits=False):
-        activations = self._buffers(X.shape[0], X.dtype)
-        with single_threaded_blas(self.program.blas_work(X.shape[0])):
-            self.program.predict(X, activations, get_num_threads(), logits)
-        return activations[-1]
+        n_samples, n_threads = X.shape[0], get_num_threads()
+        slab = self._slab_rows(X.dtype, n_threads)
+        with single_threaded_blas(self.program.blas_work(n_samples)):
+            if n_samples <= slab:
+                activations = self._buffers(n_samples, X.dtype)
+                self.program.predict(X, activations, n_threads, logits)
+                return activations[-1]
+            # A slab of rows at a time through every layer, its hidden
+            # activations in cache; each slab a multiple of the row quantum,
+            # so that every GEMM task is the one of the whole batch (the same
+            # bits), into the rows of one output.
+            outputs = np.empty((n_samples, self.sizes[-1]), X.dtype)
+            hidden = self._buffers(slab, X.dtype)[:-1]
+            for start in range(0, n_samples, slab):
+                stop = min(start + slab, n_samples)
+                self.program.predict(X[start:stop],
+                                     [h[:stop - start] for h in hidden] + [outputs[start:stop]],
+                                     n_threads, logits)
+            return outputs
+
+    def _slab_rows(self, dtype, n_threads):
+        """Rows of predict's slabs: hidden activations of about
+        PREDICT_SLAB_BYTES per thread, a multiple of the row quantum."""
+        row_bytes = int(self.sizes[1:].sum()) * np.dtype(dtype).itemsize
+        quantum = self.program.row_quantum()
+        return quantum * max(1, PREDICT_SLAB_BYTES * n_threads // (row_bytes * quantum))
 
     def loss(self, X, Y, weights=None):
         with single_threaded_blas(self.program.blas_work(X.shape[0])):

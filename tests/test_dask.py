@@ -132,13 +132,24 @@ def test_predict_on_an_empty_block():
 
 
 # -- fit_many ---------------------------------------------------------------------------
-def test_fit_many_equals_fitting_each_model_here(client):
+# fit_many sends a pair of arrays inside each task that trains on it while
+# its copies total at most EMBED_BYTES, else once, to a task that holds it
+# (replicated to every worker when several tasks train on it): both ways.
+DATA_WAYS = pytest.mark.parametrize("embed_bytes", [lgmstm_dask.EMBED_BYTES, 0],
+                                    ids=["inside-tasks", "held-by-a-task"])
+
+
+@DATA_WAYS
+def test_fit_many_equals_fitting_each_model_here(client, embed_bytes, monkeypatch):
+    monkeypatch.setattr(lgmstm_dask, "EMBED_BYTES", embed_bytes)
     rng = np.random.default_rng(5)
     shared = regression(rng, (100, 20, 10), 2)                 # one pair for three STMs
     lgm_data = regression(rng, (200, 6), 1)
     pair = regression(rng, (80, 20, 10), 2)
-    [future_pair] = client.scatter([pair])                  # a future of a pair
-    pair_of_futures = tuple(client.scatter(list(pair)))     # a pair of futures
+    # Keys of their own (hash=False): not those of the data another run of
+    # this test scattered, which that run's futures release at their end.
+    [future_pair] = client.scatter([pair], hash=False)                  # a future of a pair
+    pair_of_futures = tuple(client.scatter(list(pair), hash=False))     # a pair of futures
     models = [lgmstm.STM(10, 5, 2, seed=i) for i in range(3)] + \
              [lgmstm.LGM([6, 8, 1], seed=3), lgmstm.STM(10, 5, 2, seed=4),
               lgmstm.STM(10, 5, 2, seed=5)]
@@ -148,7 +159,11 @@ def test_fit_many_equals_fitting_each_model_here(client):
     fitted = lgmstm_dask.fit_many(models, datasets, client=client, epochs=15, lr=0.01,
                                   batch_size=32, optimizer="adam",
                                   progress=lambda done, total: calls.append((done, total)))
-    assert calls == [(k, 6) for k in range(1, 7)]
+    # One call per task, as its models come back (tasks of guided sizes).
+    batches = lgmstm_dask._batches(6, None, 2)
+    assert len(calls) == len(batches) and calls[-1] == (6, 6)
+    assert all(total == 6 for _, total in calls)
+    assert [done for done, _ in calls] == sorted({done for done, _ in calls})
     local_data = datasets[:4] + [pair, pair]
     for model, original, data, result in zip(models, originals, local_data, fitted):
         assert type(result) is type(model)
@@ -158,6 +173,28 @@ def test_fit_many_equals_fitting_each_model_here(client):
         assert_same_model(result, expected)
         np.testing.assert_array_equal(result.predict(data[0]), expected.predict(data[0]),
                                       strict=True)
+
+
+@pytest.mark.parametrize("n_models, n_slots", [(1, 2), (6, 2), (200, 2), (1000, 16), (7, 1)])
+def test_fit_many_cuts_guided_batches(n_models, n_slots):
+    batches = lgmstm_dask._batches(n_models, None, n_slots)
+    # Consecutive, every model once, never growing, and the first ones large:
+    # each takes a 1/(2 n_slots) share of the models left, no fewer than
+    # 1/(16 n_slots) of all.
+    assert [i for batch in batches for i in batch] == list(range(n_models))
+    sizes = [len(batch) for batch in batches]
+    assert sizes[0] == -(-n_models // (2 * n_slots))
+    assert all(a >= b for a, b in zip(sizes, sizes[1:-1]))
+    smallest = max(1, n_models // (16 * n_slots))
+    left = n_models
+    for size in sizes[:-1]:
+        assert size == max(smallest, -(-left // (2 * n_slots)))
+        left -= size
+    assert sizes[-1] == left
+
+
+def test_fit_many_cuts_fixed_batches_when_told():
+    assert [list(b) for b in lgmstm_dask._batches(7, 3, 2)] == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 def test_fit_many_with_the_default_client_and_no_models(client):
@@ -170,7 +207,9 @@ def test_fit_many_with_the_default_client_and_no_models(client):
     assert_same_model(result, model)
 
 
-def test_a_killed_worker_loses_no_model(client):
+@DATA_WAYS
+def test_a_killed_worker_loses_no_model(client, embed_bytes, monkeypatch):
+    monkeypatch.setattr(lgmstm_dask, "EMBED_BYTES", embed_bytes)
     rng = np.random.default_rng(7)
     data = regression(rng, (2000, 10), 1)
     models = [lgmstm.LGM([10, 64, 64, 1], seed=i) for i in range(8)]
@@ -450,3 +489,17 @@ def test_row_quantum_says_which_blocks_predict_keeps():
         lgmstm_dask.row_quantum(object())
     with pytest.raises(ValueError, match="n_steps"):
         lgmstm_dask.row_quantum(lgmstm.STM(4, 48, 2, seed=0), -1)
+
+
+def test_the_benchs_idle_time_counts_the_workers_time_without_a_fit():
+    from lgmstm._bench_dask import _idle_time
+
+    def task(key, worker, start, stop):
+        return {"key": key, "worker": worker,
+                "startstops": [{"action": "compute", "start": start, "stop": stop}]}
+
+    stream = [task("lgmstm-fit-a-0", "w1", 10.5, 12.0), task("lgmstm-fit-a-5", "w1", 12.25, 13.0),
+              task("lgmstm-fit-a-9", "w2", 11.0, 13.5), task("other-key", "w2", 10.0, 11.0)]
+    idle = _idle_time(stream, began=10.0, ended=14.0, n_workers=3)
+    # w1: 0.5 before, 0.25 between, 1.0 after; w2: 1.0 before, 0.5 after; w3: all 4.0.
+    assert idle == pytest.approx({"start": 0.5 + 1.0 + 4.0, "between": 0.25, "end": 1.5})

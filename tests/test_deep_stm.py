@@ -656,3 +656,71 @@ def test_a_deep_stm_refuses_validation_clearly(extra):
         model.fit(X, Y, epochs=2, lr=0.05, **extra)
     for name, value in model.params.items():
         np.testing.assert_array_equal(value, before[name])
+
+
+# -- the panel layout (small one-direction networks, full-length batches) -------------
+
+PANEL_NAMES = ["stacked", "stacked3-readout", "one-layer-list", "readout"]
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("name", PANEL_NAMES)
+def test_panel_layout_gradients_and_states_follow_the_reference(name, return_sequences,
+                                                                 dtype):
+    """Full-length batches of a small one-direction network train in the
+    panel layout: its loss, gradients and final states (from initial states)
+    are the NumPy reference's."""
+    model = make(name, dtype, return_sequences=return_sequences, output="tanh")
+    assert model._network.program.training_layout(N_SAMPLES, N_STEPS) is not None
+    X, Y = data(dtype, return_sequences)
+    lengths = np.full(N_SAMPLES, N_STEPS, np.intp)
+    _, h0 = model.predict(X[:, ::-1].copy(), return_state=True)  # some working memory
+    layers, dense = network_of(model)
+    h0_list = h0 if isinstance(h0, list) else [h0]
+    cast = [[tuple(p.astype(np.float64) for p in d) for d in layer] for layer in layers]
+    cast_dense = [tuple(p.astype(np.float64) for p in layer) for layer in dense]
+    loss, grads, finals = reference.deep_loss_gradients(
+        X.astype(np.float64), Y.astype(np.float64), cast, cast_dense,
+        [h.astype(np.float64) for h in h0_list], lengths, True, return_sequences)
+    got_loss, got_grads = model._network.gradients(X, Y, h0, lengths)
+    assert abs(got_loss - loss) <= tolerance(dtype)["rtol"] * loss
+    for key, grad, want in zip(model.params, got_grads, grads):
+        assert grad.dtype == dtype, key
+        np.testing.assert_allclose(grad, want, err_msg=key, **tolerance(dtype))
+    # one epoch on the whole batch, held states from h0, keeps predict's final states
+    stateful = make(name, dtype, return_sequences=return_sequences, output="tanh",
+                    stateful=True)
+    stateful.predict(X[:, ::-1].copy())  # holds h0
+    stateful.fit(X, Y, epochs=1, lr=0.1)
+    for got, want in zip(*((s if isinstance(s, list) else [s])
+                           for s in (stateful.state, finals))):
+        np.testing.assert_allclose(got, want, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("name", PANEL_NAMES)
+def test_panel_layout_fit_agrees_with_numpy_and_keeps_bits_over_threads(name, dtype,
+                                                                         threads):
+    """Shuffled mini-batches of full-length sequences (the panel layout, in
+    several sample groups; a shorter last batch) train as the NumPy backend
+    does, with the same bits on 1, 2 and 3 threads."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((150, 40, N_IN)).astype(dtype)
+    Y = rng.uniform(-0.8, 0.8, (150, 40, N_OUT)).astype(dtype)
+    runs = []
+    for n in (1, 2, 3):
+        with threads(n):
+            model = make(name, dtype)
+            n_groups, _ = model._network.program.training_layout(128, 40)
+            assert n_groups > 1
+            history = model.fit(X, Y, epochs=3, lr=0.05, batch_size=128, seed=2,
+                                optimizer="adam")
+            runs.append([history, *model.params.values()])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert np.array_equal(a, b)
+    reference_model = make(name, dtype, backend="numpy")
+    history = reference_model.fit(X, Y, epochs=3, lr=0.05, batch_size=128, seed=2,
+                                  optimizer="adam")
+    np.testing.assert_allclose(runs[0][0], history, **tolerance(dtype))
+    for got, want in zip(runs[0][1:], reference_model.params.values()):
+        np.testing.assert_allclose(got, want, **tolerance(dtype))

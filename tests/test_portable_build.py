@@ -6,7 +6,8 @@ compiler and checked against NumPy; LGMSTM_PANEL_LEVEL picks one ISA's
 panel kernels, whatever the dispatcher would.
 
 Each build runs a small C driver that prints the panel kernels' (packed
-products included) and tanh's results on fixed inputs.
+products and the gather into the panel layout included) and tanh's results
+on fixed inputs.
 """
 import shutil
 import subprocess
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.skipif(
     reason="needs a C compiler and the csrc/lgmstm/ headers beside tests/")
 
 M, K, N = 13, 29, 48  # N: a whole number of 64-byte panels for both dtypes
+# gather_panel: GS samples of GV values, GB blocks of GF features read, GL lanes
+GS, GV, GF, GB, GL = 13, 29, 5, 5, 11
 NP, LD = N - 7, N + 3  # packed products: NP columns (ragged), rows LD apart
 
 DRIVER = r"""
@@ -58,6 +61,22 @@ DRIVER = r"""
         for (int i = 0; i < M * N; i++) printf("%.17g\n", (double)H[i]);        \
         for (int i = 0; i < M * LD; i++) printf("%.17g\n", (double)E[i]);       \
         for (int i = 0; i < M * LD; i++) printf("%.17g\n", (double)F[i]);       \
+        /* gather_panel: GS samples of GV values (GB blocks of GF, then more), \
+           lanes GL of N (the rest 0), by position from sample 1 and by rows. */ \
+        static T G[GS * GV], Gd[GF * GB * N];                                   \
+        static ptrdiff_t order[GS];                                             \
+        for (int i = 0; i < GS * GV; i++) G[i] = (T)(i * 0.25 - 3);             \
+        for (int i = 0; i < GS; i++) order[i] = (i * 5) % GS;                   \
+        for (int pass = 0; pass < 2; pass++) {                                  \
+            for (int i = 0; i < GF * GB * N; i++) Gd[i] = (T)7;                 \
+            lgmstm_gather_panel_##SUF(G, GV, pass ? order : NULL, pass ? 2 : 1, GL, \
+                                      GF * GB, GF, Gd, GB * N, N);              \
+            for (int i = 0; i < GF * GB * N; i++) printf("%.17g\n", (double)Gd[i]); \
+        }                                                                       \
+        /* Rows of fewer values than a vector's lanes: 3 blocks of 1. */       \
+        for (int i = 0; i < 3 * N; i++) Gd[i] = (T)7;                           \
+        lgmstm_gather_panel_##SUF(G, GV, NULL, 0, GL, 3, 1, Gd, 3 * N, N);      \
+        for (int i = 0; i < 3 * N; i++) printf("%.17g\n", (double)Gd[i]);      \
     } while (0)
 
 int main(void)
@@ -84,7 +103,17 @@ def expected(dtype):
     F = E.copy()  # its columns past NP must stay as they were, like E's
     E[:, :NP] += A @ B[:, :NP]
     F[:, :NP] = A @ B[:, :NP]
-    return [C.ravel(), O.ravel(), S, H.ravel(), E.ravel(), F.ravel()]
+    G = (i(GS * GV) * 0.25 - 3).astype(dtype).astype(float).reshape(GS, GV)
+    order = (i(GS) * 5) % GS
+    gathered = []
+    for samples in (i(1, 1 + GL), order[2:2 + GL]):
+        panel = np.zeros((GF, GB, N))  # [f, b, lane]: value b * GF + f of each lane's sample
+        panel[:, :, :GL] = G[samples, :GF * GB].reshape(GL, GB, GF).transpose(2, 1, 0)
+        gathered.append(panel.ravel())
+    short = np.zeros((3, N))  # [b, lane]: value b of samples 0 .. GL - 1
+    short[:, :GL] = G[:GL, :3].T
+    gathered.append(short.ravel())
+    return [C.ravel(), O.ravel(), S, H.ravel(), E.ravel(), F.ravel(), *gathered]
 
 
 def cpu_has(*flags):
@@ -112,7 +141,8 @@ def cpu_has(*flags):
 def test_kernels_build_and_agree_with_numpy(tmp_path, flags):
     source = tmp_path / "driver.c"
     source.write_text(f"#define M {M}\n#define K {K}\n#define N {N}\n#define NP {NP}\n"
-                      f"#define LD {LD}\n" + DRIVER)
+                      f"#define LD {LD}\n#define GS {GS}\n#define GV {GV}\n#define GF {GF}\n"
+                      f"#define GB {GB}\n#define GL {GL}\n" + DRIVER)
     program = tmp_path / "driver"
     build = subprocess.run(
         [COMPILER, "-O2", "-std=c99", "-fno-trapping-math", "-Wall", "-Werror",
@@ -123,7 +153,7 @@ def test_kernels_build_and_agree_with_numpy(tmp_path, flags):
     assert build.returncode == 0, build.stderr
     values = np.array(subprocess.run([str(program)], capture_output=True, text=True,
                                      check=True).stdout.split(), dtype=float)
-    sizes = [M * N, K * M, K, M * N, M * LD, M * LD]
+    sizes = [M * N, K * M, K, M * N, M * LD, M * LD, GF * GB * N, GF * GB * N, 3 * N]
     for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-5)):
         for got_size, want in zip(sizes, expected(dtype)):
             got, values = values[:got_size], values[got_size:]

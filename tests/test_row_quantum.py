@@ -90,3 +90,36 @@ def test_the_stm_quantum_covers_the_readouts_tasks_over_steps():
         model = lgmstm.STM(6, 48, 3, seed=0)
         quantum = model._network.program.row_quantum(n_steps)
         assert (quantum * n_steps) % 64 == 0 and quantum % 64 == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer_sizes, output", [([64, 160, 96, 8], "tanh"),
+                                                 ([10, 32, 1], "linear"),
+                                                 ([12, 40, 5], "softmax"),
+                                                 ([12, 40, 3], "sigmoid")])
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_lgm_predict_in_slabs_has_the_bits_of_one_pass(dtype, layer_sizes, output,
+                                                       n_threads, threads, monkeypatch):
+    # LGM.predict runs a large batch a slab of rows at a time (a multiple of
+    # the row quantum); the oracle is one pass of the kernel over the whole
+    # batch, with every layer's activations for all of it.
+    model = lgmstm.LGM(layer_sizes, output=output, dtype=dtype, seed=0)
+    program = model._network.program
+    quantum = program.row_quantum()
+    X = np.random.default_rng(2).standard_normal((9 * quantum + 37, layer_sizes[0])).astype(
+        dtype)
+
+    def one_pass(logits):
+        activations = [np.empty((len(X), n), dtype) for n in layer_sizes[1:]]
+        program.predict(X, activations, n_threads, logits)
+        return activations[-1]
+
+    for slab_bytes in (1, 3 * quantum * sum(layer_sizes[1:]) * np.dtype(dtype).itemsize):
+        monkeypatch.setattr(lgmstm.lgm, "PREDICT_SLAB_BYTES", slab_bytes)
+        with threads(n_threads):
+            assert model._network._slab_rows(dtype, n_threads) < len(X)
+            np.testing.assert_array_equal(model.predict(X), one_pass(False), strict=True)
+            if output in ("softmax", "sigmoid"):
+                np.testing.assert_array_equal(
+                    model.predict_log_proba(X),
+                    lgmstm.reference.log_probabilities(output, one_pass(True)), strict=True)

@@ -4,11 +4,21 @@ reverse direction, and a readout of dense tanh layers (_dense), trained on
 the squared error (_loss) by the driver of _train.
 
 The composition of lgmstm.reference.deep_forward / deep_backward (its
-oracle), row-major: per layer and per direction one recurrent pass (the
-input projection one GEMM over all steps inside it), per readout layer one
-dense pass. A reverse direction runs the forward pass on its input with
-each sequence's valid steps reversed (padding 0), and its states are put
-back in the input's order beside the forward ones, which they follow.
+oracle). Row-major, the recurrent passes are _rnn's tasks (sequence chunks,
+each chunk's input projection one GEMM over all its steps; weight-gradient
+blocks), scheduled one parallel region per layer: forward, both
+directions' chunks side by side; backward, both directions' chunks of
+layer k beside the weight gradients of layer k + 1, then layer 0's; per
+readout layer one dense pass. A reverse direction runs the forward pass on
+its input with each sequence's valid steps reversed (padding 0; kept for
+the backward pass), and its states are put back in the input's order
+beside the forward ones, which they follow.
+
+Small one-direction networks train batches of full-length sequences in the
+panel layout of _panel.pxd instead (deep_panel_batch): groups of samples
+carried through every layer, step and readout layer and back by one task,
+then a task per parameter's gradient, with the panel kernels in place of
+BLAS.
 
 Unchecked: call it through lgmstm.STM, which validates shapes, dtypes and
 layouts once and allocates every buffer (workspace_sizes).
@@ -18,17 +28,26 @@ import math
 
 import numpy as np
 from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport NAN
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from lgmstm._dense cimport dense_backward, dense_forward
-from lgmstm._loss cimport squared_error
+from lgmstm._loss cimport panel_squared_error, squared_error
 from lgmstm._optim cimport Optimizer
-from lgmstm._parallel cimport BLOCK_ELEMS, gemm_task_rows, n_tasks
-from lgmstm._rnn cimport (forward_chunk_rows, rnn_backward_pass, rnn_forward_pass,
-                          rnn_scratch_size)
+from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, gather_columns, group_panels,
+                            padded_width, panel_product, row_dots, row_sums)
+from lgmstm._parallel cimport BLOCK_ELEMS, gemm_task_rows, n_tasks, threads_for
+from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, backward_chunk, backward_plan,
+                          forward_chunk, forward_chunk_rows, prepare_recurrent_weight,
+                          rnn_scratch_size, sequence_chunk_rows, transposed_recurrent_weight,
+                          weight_grad_task, weight_partials)
 from lgmstm._rows cimport gather_rows, scatter_rows
-from lgmstm._train cimport (Parameters, PointerTable, Program, TrainingPlan, TrainingRun,
-                            UseLock, data_or_null, parameters_of, plan_of, run_epochs)
+from lgmstm._tanh cimport tanh_rows
+from lgmstm._train cimport (KeptMemory, Parameters, PointerTable, Program, TrainingPlan,
+                            TrainingRun, UseLock, data_or_null, parameters_of, plan_of,
+                            run_training)
 
 cnp.import_array()
 
@@ -59,33 +78,37 @@ cdef inline Py_ssize_t widest(const Shape *shape) noexcept nogil:
 cdef struct Layout:
     # Offsets (in values of the dtype) of each buffer in the workspace, for
     # batches of up to n_rows sequences of n_steps; see workspace_sizes.
+    # (k, d): layer k's direction d; "parity" p = k % 2: what the passes of
+    # layer k use while layer k + 1's weight gradients still read theirs.
     Py_ssize_t x_batch, y_batch, h0_batch, final_batch
     Py_ssize_t inputs          # layer k's input at inputs + k * sequence_values (k >= 1)
-    Py_ssize_t reversed_input  # a reverse direction's input
-    Py_ssize_t states          # layer k, direction d at states + (k D + d) * sequence_values
+    Py_ssize_t reversed_inputs # layer k's input, valid steps reversed (+ k seq; bidirectional)
+    Py_ssize_t states          # (k, d) at states + (k D + d) * sequence_values
                                # (bidirectional only; see states_of)
     Py_ssize_t finals          # (n_rows, widest) each, (k D + d)
     Py_ssize_t readout_input   # the final states read out (return_sequences=False)
     Py_ssize_t activations     # readout layer j at activations + j * rows_values
     Py_ssize_t grad_a, grad_b  # two ping-pong gradients
-    Py_ssize_t state_grads     # dL/dH of one direction (its dZ in place)
-    Py_ssize_t first_grads     # dz of step 0
-    Py_ssize_t layer_h0        # a layer's initial states, (n_rows, its size)
-    Py_ssize_t input_grads     # dL/d one direction's input
-    Py_ssize_t last_grads      # dL/d a direction's final state
-    Py_ssize_t scratch         # the time loops' scratch
+    Py_ssize_t state_grads     # (k, d)'s dL/dH, turned into its dz in place (+ (k D + d) seq)
+    Py_ssize_t first_grads     # dz of step 0, (p D + d) * state_values
+    Py_ssize_t layer_h0        # layer k's initial states (n_rows, its size), + k state_values
+    Py_ssize_t reverse_grads   # dL/d a layer's input from its reverse direction (bidirectional)
+    Py_ssize_t last_grads      # dL/d direction d's final states, + d state_values
+    Py_ssize_t scratch         # the time loops' scratch, (p D + d) * scratch_values
     Py_ssize_t n_values
-    Py_ssize_t sequence_values, rows_values, state_values
+    Py_ssize_t sequence_values, rows_values, state_values, scratch_values
 
 
 cdef Layout layout_of(const Shape *shape, Py_ssize_t n_rows, Py_ssize_t n_steps) noexcept nogil:
     cdef Layout layout
     cdef Py_ssize_t width = widest(shape), k, scratch = 0
-    cdef Py_ssize_t n_sequences = shape.n_layers * shape.n_directions
+    cdef Py_ssize_t D = shape.n_directions, n_layers = shape.n_layers
+    cdef Py_ssize_t n_sequences = n_layers * D
     cdef Py_ssize_t readout_rows = n_rows * (n_steps if shape.return_sequences else 1)
-    for k in range(shape.n_layers):
+    for k in range(n_layers):
         scratch = max(scratch, rnn_scratch_size(n_rows, layer_width(shape, k),
                                                 shape.hidden[k], True))
+    layout.scratch_values = scratch
     layout.sequence_values = n_rows * n_steps * width
     layout.rows_values = readout_rows * width
     layout.state_values = n_rows * width
@@ -94,11 +117,11 @@ cdef Layout layout_of(const Shape *shape, Py_ssize_t n_rows, Py_ssize_t n_steps)
     layout.h0_batch = layout.y_batch + readout_rows * shape.n_out
     layout.final_batch = layout.h0_batch + n_rows * shape.total_hidden
     layout.inputs = layout.final_batch + n_rows * shape.total_hidden
-    layout.reversed_input = layout.inputs + (shape.n_layers + 1) * layout.sequence_values
-    layout.states = layout.reversed_input + layout.sequence_values
+    layout.reversed_inputs = layout.inputs + (n_layers + 1) * layout.sequence_values
+    layout.states = layout.reversed_inputs + (n_layers * layout.sequence_values
+                                              if D > 1 else 0)
     # (one direction keeps its states in the next layer's input: see states_of)
-    layout.finals = layout.states + (n_sequences * layout.sequence_values
-                                     if shape.n_directions > 1 else 0)
+    layout.finals = layout.states + (n_sequences * layout.sequence_values if D > 1 else 0)
     layout.readout_input = layout.finals + n_sequences * layout.state_values
     layout.activations = layout.readout_input + layout.state_values
     layout.grad_a = layout.activations + shape.n_dense * layout.rows_values
@@ -106,13 +129,31 @@ cdef Layout layout_of(const Shape *shape, Py_ssize_t n_rows, Py_ssize_t n_steps)
     # (more than the sequences' when there are no steps)
     layout.grad_b = layout.grad_a + max(layout.sequence_values, layout.rows_values)
     layout.state_grads = layout.grad_b + max(layout.sequence_values, layout.rows_values)
-    layout.first_grads = layout.state_grads + layout.sequence_values
-    layout.layer_h0 = layout.first_grads + layout.state_values
-    layout.input_grads = layout.layer_h0 + layout.state_values
-    layout.last_grads = layout.input_grads + layout.sequence_values
-    layout.scratch = layout.last_grads + layout.state_values
-    layout.n_values = layout.scratch + scratch
+    layout.first_grads = layout.state_grads + n_sequences * max(layout.sequence_values,
+                                                                layout.rows_values)
+    layout.layer_h0 = layout.first_grads + 2 * D * layout.state_values
+    layout.reverse_grads = layout.layer_h0 + n_layers * layout.state_values
+    layout.last_grads = layout.reverse_grads + (layout.sequence_values if D > 1 else 0)
+    layout.scratch = layout.last_grads + D * layout.state_values
+    layout.n_values = layout.scratch + 2 * D * scratch
     return layout
+
+
+cdef struct DeepPanels:
+    # The panel layout of a batch (_panel.pxd; deep_panels_of): sequences in
+    # n_groups groups of task_width columns, each carried through every
+    # layer and step by one task; offsets in the panel workspace.
+    Py_ssize_t n_steps, task_width, n_groups
+    Py_ssize_t cols         # inputs and dz: n_groups * n_steps * task_width
+    Py_ssize_t state_cols   # states, h0 first in each group: n_groups * (n_steps + 1) * task_width
+    Py_ssize_t read_cols    # the readout's: cols, or n_groups * task_width (final states)
+    Py_ssize_t inputs       # X (n_in, cols)
+    Py_ssize_t targets      # Y (n_out, read_cols)
+    Py_ssize_t states       # layer k's (hidden[k], state_cols), one after another
+    Py_ssize_t state_grads  # layer k's dz (hidden[k], cols), one after another
+    Py_ssize_t activations  # readout layer j's (dense[j], read_cols), one after another
+    Py_ssize_t dense_grads  # their dz, likewise
+    Py_ssize_t n_values
 
 
 cdef struct Batches:
@@ -131,6 +172,11 @@ cdef struct Batches:
     Py_ssize_t *indices     # lengths of the batch, then the time loops' order
     double *partials
     Layout layout
+    # The panel layout: whether batches of full-length sequences take it,
+    # its layout and workspace, and whether the batch must be gathered anew.
+    bint in_panel_layout, gather_each_batch, gathered
+    DeepPanels panels
+    void *panel_values
 
 
 cdef class DeepNetwork(Program):
@@ -168,6 +214,7 @@ cdef class DeepNetwork(Program):
         self.shape.total_hidden = int(np.sum(hidden))
         self.shape.output_tanh, self.shape.return_sequences = output_tanh, return_sequences
         self.lock = lock
+        self.panel_memory = KeptMemory()
         self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])
 
     cpdef Py_ssize_t blas_work(self, Py_ssize_t n_samples, Py_ssize_t n_steps):
@@ -194,12 +241,23 @@ cdef class DeepNetwork(Program):
             n_inputs = self.shape.dense[j]
         return quantum
 
+    def training_layout(self, Py_ssize_t n_rows, Py_ssize_t n_steps):
+        """(n_groups, group_width) of the panel layout batches of n_rows
+        full-length sequences train in, or None when they train row-major.
+        For the tests."""
+        cdef DeepPanels panels
+        if not uses_panels(&self.shape, n_rows, n_steps):
+            return None
+        panels = deep_panels_of(&self.shape, n_rows, n_steps,
+                                8 if self.type_num == cnp.NPY_DOUBLE else 4)
+        return panels.n_groups, panels.task_width
+
     def workspace_sizes(self, Py_ssize_t n_rows, Py_ssize_t n_steps):
         """(values of the dtype, intp values, float64 values) of the
         workspace of batches of up to n_rows sequences of n_steps."""
         cdef Layout layout = layout_of(&self.shape, n_rows, n_steps)
         cdef Py_ssize_t n_outputs = n_rows * (n_steps if self.shape.return_sequences else 1)
-        return (layout.n_values, 2 * n_rows,
+        return (layout.n_values, (1 + self.shape.n_directions) * n_rows,
                 max(1, n_tasks(n_outputs * self.shape.n_out, BLOCK_ELEMS)))
 
     def gradients(self, TrainingRun run, int n_threads):
@@ -234,6 +292,7 @@ cdef class DeepNetwork(Program):
     cdef int _batches(self, TrainingRun run, Batches *batches) except -1:
         cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
         cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[1]
+        cdef Py_ssize_t max_rows
         if run.workspace.count != 3:
             raise ValueError(f"expected 3 workspace arrays, got {run.workspace.count}")
         batches.itemsize = 8 if self.type_num == cnp.NPY_DOUBLE else 4
@@ -249,7 +308,16 @@ cdef class DeepNetwork(Program):
         batches.values = run.workspace.data[0]
         batches.indices = <Py_ssize_t *> run.workspace.data[1]
         batches.partials = <double *> run.workspace.data[2]
-        batches.layout = layout_of(&self.shape, min(run.batch_size, n_samples), n_steps)
+        max_rows = min(run.batch_size, n_samples)
+        batches.layout = layout_of(&self.shape, max_rows, n_steps)
+        batches.in_panel_layout = uses_panels(&self.shape, max_rows, n_steps)
+        batches.panels = deep_panels_of(&self.shape, max_rows, n_steps, batches.itemsize)
+        batches.gather_each_batch, batches.gathered = True, False
+        batches.panel_values = NULL
+        if batches.in_panel_layout:
+            batches.panel_values = self.panel_memory.get(
+                batches.panels.n_values * batches.itemsize,
+                (n_steps, batches.panels.task_width, batches.panels.n_groups))
         return 0
 
     cdef int train_run(self, TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
@@ -265,14 +333,14 @@ cdef class DeepNetwork(Program):
             <cnp.ndarray> run.lengths)
         cdef Py_ssize_t i, n_valid = n_samples
         self._batches(run, &batches)
+        batches.gather_each_batch = order != NULL or n_tasks(n_samples, run.batch_size) > 1
         if self.shape.return_sequences:
             n_valid = 0
             for i in range(n_samples):
                 n_valid += lengths[i]
         plan = plan_of(run, order, epoch_losses, n_epochs, n_samples,
                        max(1, n_valid * self.shape.n_out), False)
-        with nogil:
-            run_epochs(deep_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
+        run_training(run, deep_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
         return 0
 
 
@@ -326,21 +394,218 @@ cdef void copy_columns(const floating *source, Py_ssize_t ld_source, floating *d
         memcpy(dest + r * ld_dest, source + r * ld_source, width * sizeof(floating))
 
 
+cdef inline const floating *input_of(floating *values, const Layout *layout,
+                                    const floating *X_rows, Py_ssize_t k,
+                                    Py_ssize_t d) noexcept nogil:
+    """Direction d of layer k's input: the batch, the layer below's output,
+    or (the reverse direction) that with each sequence's valid steps reversed."""
+    if d == 1:
+        return values + layout.reversed_inputs + k * layout.sequence_values
+    return X_rows if k == 0 else values + layout.inputs + k * layout.sequence_values
+
+
+cdef inline floating *scratch_of(floating *values, const Layout *layout, Py_ssize_t D,
+                                 Py_ssize_t k, Py_ssize_t d) noexcept nogil:
+    return values + layout.scratch + ((k % 2) * D + d) * layout.scratch_values
+
+
+cdef inline floating *first_grads_of(floating *values, const Layout *layout, Py_ssize_t D,
+                                     Py_ssize_t k, Py_ssize_t d) noexcept nogil:
+    return values + layout.first_grads + ((k % 2) * D + d) * layout.state_values
+
+
+cdef inline floating *state_grads_of(floating *values, const Layout *layout, Py_ssize_t D,
+                                     Py_ssize_t k, Py_ssize_t d) noexcept nogil:
+    return values + layout.state_grads + (k * D + d) * max(layout.sequence_values,
+                                                           layout.rows_values)
+
+
+cdef inline Py_ssize_t forward_rows(const Shape *shape, Py_ssize_t n_rows,
+                                    Py_ssize_t k) noexcept nogil:
+    """Samples per forward chunk of layer k in training: the forward pass's
+    (forward_chunk_rows), or the backward pass's shorter chunks when those
+    leave the threads a single task. From the shapes alone."""
+    cdef Py_ssize_t rows = forward_chunk_rows(shape.hidden[k])
+    if shape.n_directions * n_tasks(n_rows, rows) < 2:
+        rows = sequence_chunk_rows(n_rows, shape.hidden[k])
+    return rows
+
+
+cdef struct Step:
+    # One batch as the tasks see it (deep_batch).
+    const Shape *shape
+    const Layout *layout
+    void *values
+    void **params
+    void **grads
+    const void *X_rows
+    const void *h0_rows          # (n_rows, total_hidden) or NULL
+    const void *packed[2]        # each direction's prepared Wh (or Wh^T)
+    const void *gradient_in      # bidirectional: dL/d the layer's output (n_rows, n_steps, 2 h)
+    void *gradient_out           # dL/d the layer's input, forward direction's part
+    Py_ssize_t *lengths
+    Py_ssize_t *orders           # (D, n_rows)
+    Py_ssize_t n_rows, n_steps, offset
+
+
+cdef void forward_task(floating *dtype, Step *step, Py_ssize_t k, Py_ssize_t task,
+                       Py_ssize_t chunk_rows) noexcept nogil:
+    """Chunk task // D of layer k's direction task % D through every step,
+    with its states put where the next layer (or the readout) reads them."""
+    cdef const Shape *shape = step.shape
+    cdef const Layout *layout = step.layout
+    cdef floating *values = <floating *> step.values
+    cdef Py_ssize_t D = shape.n_directions, d = task % D, chunk = task // D
+    cdef Py_ssize_t n_rows = step.n_rows, n_steps = step.n_steps
+    cdef Py_ssize_t width = layer_width(shape, k), n_hidden = shape.hidden[k]
+    cdef Py_ssize_t total = shape.total_hidden
+    cdef Py_ssize_t start = chunk * chunk_rows, n_chunk = min(chunk_rows, n_rows - start)
+    cdef Py_ssize_t param = 3 * (k * D + d)
+    cdef const floating *layer_input = input_of(values, layout, <const floating *> step.X_rows,
+                                                k, 0)
+    cdef floating *H = states_of(values, layout, D, k, d)
+    cdef floating *final = values + layout.finals + (k * D + d) * layout.state_values
+    cdef floating *layer_h0 = values + layout.layer_h0 + k * layout.state_values
+    cdef floating *outputs = values + layout.inputs + (k + 1) * layout.sequence_values
+    cdef const floating *h0_rows = <const floating *> step.h0_rows
+    if d == 1:
+        reverse_steps(layer_input + start * n_steps * width,
+                      <floating *> input_of(values, layout, NULL, k, 1) + start * n_steps * width,
+                      step.lengths + start, n_chunk, n_steps, width, width, width, False)
+    if d == 0 and h0_rows != NULL:
+        copy_columns(h0_rows + start * total + step.offset, total, layer_h0 + start * n_hidden,
+                     n_hidden, n_chunk, n_hidden)
+    forward_chunk(chunk, chunk_rows, input_of(values, layout, <const floating *> step.X_rows,
+                                              k, d),
+                  layer_h0 if d == 0 and h0_rows != NULL else NULL,
+                  <floating *> step.params[param], <floating *> step.params[param + 1],
+                  <floating *> step.params[param + 2], step.lengths, H, final,
+                  <const floating *> step.packed[d], scratch_of(values, layout, D, k, d),
+                  step.orders + d * n_rows, n_rows, n_steps, width, n_hidden)
+    # The next layer's input: forward states, then reverse ones in step order.
+    if d == 0:
+        if D > 1:
+            copy_columns(H + start * n_steps * n_hidden, n_hidden,
+                         outputs + start * n_steps * D * n_hidden, D * n_hidden,
+                         n_chunk * n_steps, n_hidden)
+        copy_columns(final + start * n_hidden, n_hidden,
+                     values + layout.final_batch + start * total + step.offset, total,
+                     n_chunk, n_hidden)
+    else:
+        reverse_steps(H + start * n_steps * n_hidden,
+                      outputs + start * n_steps * D * n_hidden + n_hidden,
+                      step.lengths + start, n_chunk, n_steps, n_hidden, n_hidden,
+                      D * n_hidden, False)
+    if not shape.return_sequences and k == shape.n_layers - 1:
+        copy_columns(final + start * n_hidden, n_hidden,
+                     values + layout.readout_input + start * D * n_hidden + d * n_hidden,
+                     D * n_hidden, n_chunk, n_hidden)
+
+
+cdef void backward_task(floating *dtype, Step *step, Py_ssize_t k, Py_ssize_t task,
+                        const BackwardPlan *plan) noexcept nogil:
+    """Chunk task // D of layer k's direction task % D, backward through every
+    step: its dz (from dL/d its states, which a bidirectional layer's task
+    takes from step.gradient_in), and its part of dL/d the layer's input."""
+    cdef const Shape *shape = step.shape
+    cdef const Layout *layout = step.layout
+    cdef floating *values = <floating *> step.values
+    cdef Py_ssize_t D = shape.n_directions, d = task % D, chunk = task // D
+    cdef Py_ssize_t n_rows = step.n_rows, n_steps = step.n_steps
+    cdef Py_ssize_t width = layer_width(shape, k), n_hidden = shape.hidden[k]
+    cdef Py_ssize_t start = chunk * plan.chunk_rows
+    cdef Py_ssize_t n_chunk = min(plan.chunk_rows, n_rows - start)
+    cdef Py_ssize_t param = 3 * (k * D + d)
+    cdef bint sequence_grads = shape.return_sequences or k < shape.n_layers - 1
+    cdef floating *dZ = state_grads_of(values, layout, D, k, d)
+    cdef const floating *source = <const floating *> step.gradient_in
+    cdef floating *last = NULL
+    cdef floating *dX = NULL
+    cdef floating *scratch = scratch_of(values, layout, D, k, d)
+    if D > 1 and sequence_grads:
+        if d == 0:
+            copy_columns(source + start * n_steps * D * n_hidden, D * n_hidden,
+                         dZ + start * n_steps * n_hidden, n_hidden, n_chunk * n_steps,
+                         n_hidden)
+        else:
+            reverse_steps(source + start * n_steps * D * n_hidden + n_hidden,
+                          dZ + start * n_steps * n_hidden, step.lengths + start, n_chunk,
+                          n_steps, n_hidden, D * n_hidden, n_hidden, False)
+    elif not sequence_grads:
+        if D == 1:
+            last = <floating *> source
+        else:
+            last = values + layout.last_grads + d * layout.state_values
+            copy_columns(source + start * D * n_hidden + d * n_hidden, D * n_hidden,
+                         last + start * n_hidden, n_hidden, n_chunk, n_hidden)
+    if k > 0:
+        if D == 1:
+            dX = state_grads_of(values, layout, D, k - 1, 0)
+        elif d == 0:
+            dX = <floating *> step.gradient_out
+        else:
+            dX = values + layout.reverse_grads
+    backward_chunk(chunk, plan.chunk_rows, <floating *> step.params[param],
+                   transposed_recurrent_weight(scratch, n_rows, n_hidden),
+                   <const floating *> step.packed[d], states_of(values, layout, D, k, d),
+                   dZ if sequence_grads else NULL, last, step.lengths, dZ,
+                   first_grads_of(values, layout, D, k, d), dX, NULL, scratch,
+                   step.orders + d * n_rows, n_rows, n_steps, width, n_hidden)
+
+
+cdef void weight_task(floating *dtype, Step *step, Py_ssize_t k, Py_ssize_t task,
+                      const BackwardPlan *plan) noexcept nogil:
+    """Weight task task // D of layer k's direction task % D (weight_grad_task)."""
+    cdef const Shape *shape = step.shape
+    cdef const Layout *layout = step.layout
+    cdef floating *values = <floating *> step.values
+    cdef Py_ssize_t D = shape.n_directions, d = task % D
+    cdef Py_ssize_t param = 3 * (k * D + d)
+    cdef Py_ssize_t n_hidden = shape.hidden[k]
+    weight_grad_task(task // D, plan.n_groups, plan.block_rows,
+                     input_of(values, layout, <const floating *> step.X_rows, k, d),
+                     values + layout.layer_h0 + k * layout.state_values
+                     if d == 0 and step.h0_rows != NULL else NULL,
+                     states_of(values, layout, D, k, d), state_grads_of(values, layout, D, k, d),
+                     first_grads_of(values, layout, D, k, d), step.lengths,
+                     <floating *> step.grads[param], <floating *> step.grads[param + 1],
+                     <floating *> step.grads[param + 2],
+                     weight_partials(scratch_of(values, layout, D, k, d), step.n_rows, n_hidden),
+                     step.n_rows, step.n_steps, layer_width(shape, k), n_hidden)
+
+
+cdef void backward_region_task(floating *dtype, Step *step, Py_ssize_t k, Py_ssize_t task,
+                               Py_ssize_t n_chunk_tasks, const BackwardPlan *plans) noexcept nogil:
+    """Task `task` of layer k's backward region: layer k's chunk tasks, then
+    layer k + 1's weight tasks (k + 1 = n_layers: none)."""
+    if task < n_chunk_tasks:
+        backward_task(dtype, step, k, task, &plans[k])
+    else:
+        weight_task(dtype, step, k + 1, task - n_chunk_tasks, &plans[k + 1])
+
+
 cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ssize_t n_rows,
                        const Py_ssize_t *rows, int n_threads) noexcept nogil:
     """Forward, loss and backward of one batch (see BatchStep in _train.pxd):
     fills the gradients, returns the batch's sum of squares; dtype only
-    picks the fused specialisation."""
+    picks the fused specialisation.
+
+    Every recurrent pass is its tasks (_rnn.pxd), one parallel region per
+    layer: forward, both directions' chunks together; backward, both
+    directions' chunks of layer k beside layer k + 1's weight gradients;
+    then layer 0's. The tasks depend on the shapes only, so the bits never
+    depend on the threads.
+    """
     cdef const Shape *shape = batches.shape
     cdef const Layout *layout = &batches.layout
     cdef Py_ssize_t n_steps = batches.n_steps, n_in = shape.n_in, n_out = shape.n_out
     cdef Py_ssize_t D = shape.n_directions, total = shape.total_hidden
+    cdef Py_ssize_t n_layers = shape.n_layers
     cdef bint every_step = shape.return_sequences
     cdef Py_ssize_t readout_rows = n_rows * (n_steps if every_step else 1)
     cdef Py_ssize_t targets_per_sample = (n_steps if every_step else 1) * n_out
     cdef floating *values = <floating *> batches.values
     cdef Py_ssize_t *length_rows = batches.indices
-    cdef Py_ssize_t *order = batches.indices + n_rows  # the time loops' scratch
     cdef const floating *X = <const floating *> batches.X
     cdef const floating *Y = <const floating *> batches.Y
     cdef const floating *h0_all = <const floating *> batches.h0_all
@@ -348,31 +613,23 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
     cdef const floating *X_rows = X + start * n_steps * n_in
     cdef const floating *Y_rows = Y + start * targets_per_sample
     cdef const floating *h0_rows = NULL
-    cdef floating *final_rows = values + layout.final_batch
-    cdef floating *scratch = values + layout.scratch
-    cdef const floating *layer_input
-    cdef floating *H
-    cdef floating *final
-    cdef floating *A
+    cdef floating *A = NULL
     cdef floating *dA
     cdef floating *d_next
     cdef floating *outputs
-    cdef floating *d_layer_input
-    cdef floating *dH
+    cdef floating *other
     cdef const floating *readout_in
-    cdef const floating *W
-    cdef Py_ssize_t k, d, j, i, width, n_hidden, offset, param, n_dense_in
-    cdef double sum_squares
+    cdef Step step
+    cdef BackwardPlan few_plans[8]
+    cdef BackwardPlan *plans = few_plans
+    cdef Py_ssize_t k, d, j, i, width, n_hidden, param, n_dense_in, task, chunk_rows
+    cdef Py_ssize_t n_chunk_tasks, n_region_tasks
+    cdef double sum_squares, work
+    cdef int n_used
     # Gather the batch.
     if rows != NULL:
         gather_rows(<const char *> batches.lengths, rows, n_rows, sizeof(Py_ssize_t),
                     <char *> length_rows)
-        gather_rows(<const char *> X, rows, n_rows, n_steps * n_in * sizeof(floating),
-                    <char *> (values + layout.x_batch))
-        gather_rows(<const char *> Y, rows, n_rows, targets_per_sample * sizeof(floating),
-                    <char *> (values + layout.y_batch))
-        X_rows = values + layout.x_batch
-        Y_rows = values + layout.y_batch
         if h0_all != NULL:
             gather_rows(<const char *> h0_all, rows, n_rows, total * sizeof(floating),
                         <char *> (values + layout.h0_batch))
@@ -381,50 +638,50 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
         memcpy(length_rows, batches.lengths + start, n_rows * sizeof(Py_ssize_t))
         if h0_all != NULL:
             h0_rows = h0_all + start * total
-    # Forward: layer by layer, direction by direction.
-    offset = 0  # of layer k's state in a packed row
-    for k in range(shape.n_layers):
+    if batches.in_panel_layout and all_full_length(length_rows, n_rows, n_steps):
+        sum_squares = deep_panel_batch(dtype, batches, start, n_rows, rows, h0_rows, n_threads)
+        put_final_states(dtype, batches, start, n_rows, rows)
+        return sum_squares
+    if rows != NULL:
+        gather_rows(<const char *> X, rows, n_rows, n_steps * n_in * sizeof(floating),
+                    <char *> (values + layout.x_batch))
+        gather_rows(<const char *> Y, rows, n_rows, targets_per_sample * sizeof(floating),
+                    <char *> (values + layout.y_batch))
+        X_rows = values + layout.x_batch
+        Y_rows = values + layout.y_batch
+    step.shape, step.layout, step.values = shape, layout, values
+    step.params, step.grads = batches.params, batches.grads
+    step.X_rows, step.h0_rows = X_rows, h0_rows
+    step.lengths, step.orders = length_rows, batches.indices + n_rows
+    step.n_rows, step.n_steps = n_rows, n_steps
+    # Forward: a region per layer, both directions' chunks in it.
+    step.offset = 0  # of layer k's state in a packed row
+    for k in range(n_layers):
         width = layer_width(shape, k)
         n_hidden = shape.hidden[k]
-        layer_input = X_rows if k == 0 else values + layout.inputs + k * layout.sequence_values
         for d in range(D):
-            H = states_of(values, layout, D, k, d)
-            final = values + layout.finals + (k * D + d) * layout.state_values
-            param = 3 * (k * D + d)
-            if d == 1:
-                reverse_steps(layer_input, values + layout.reversed_input, length_rows, n_rows,
-                              n_steps, width, width, width, False)
-            if d == 0 and h0_rows != NULL:
-                copy_columns(h0_rows + offset, total, values + layout.layer_h0, n_hidden,
-                             n_rows, n_hidden)
-            rnn_forward_pass(
-                layer_input if d == 0 else values + layout.reversed_input,
-                values + layout.layer_h0 if d == 0 and h0_rows != NULL else NULL,
-                <floating *> batches.params[param], <floating *> batches.params[param + 1],
-                <floating *> batches.params[param + 2], length_rows, H, final, scratch, order,
-                n_rows, n_steps, width, n_hidden, n_threads)
-            # The next layer's input: forward states, then reverse ones in step order.
-            outputs = values + layout.inputs + (k + 1) * layout.sequence_values
-            if d == 0:
-                if D > 1:
-                    copy_columns(H, n_hidden, outputs, D * n_hidden, n_rows * n_steps,
-                                 n_hidden)
-                copy_columns(final, n_hidden, final_rows + offset, total, n_rows, n_hidden)
-            else:
-                reverse_steps(H, outputs + n_hidden, length_rows, n_rows, n_steps, n_hidden,
-                              n_hidden, D * n_hidden, False)
-            if not every_step and k == shape.n_layers - 1:
-                copy_columns(final, n_hidden, values + layout.readout_input + d * n_hidden,
-                             D * n_hidden, n_rows, n_hidden)
-        offset += n_hidden
+            step.packed[d] = prepare_recurrent_weight(
+                <floating *> batches.params[3 * (k * D + d) + 1], False,
+                scratch_of(values, layout, D, k, d), n_rows, n_hidden)
+        chunk_rows = forward_rows(shape, n_rows, k)
+        n_chunk_tasks = D * n_tasks(n_rows, chunk_rows)
+        n_used = threads_for(n_threads, n_chunk_tasks,
+                             2.0 * D * n_rows * n_steps * n_hidden * (width + n_hidden))
+        if n_used == 1:
+            for task in range(n_chunk_tasks):
+                forward_task(dtype, &step, k, task, chunk_rows)
+        else:
+            for task in prange(n_chunk_tasks, num_threads=n_used, schedule='static'):
+                forward_task(dtype, &step, k, task, chunk_rows)
+        step.offset += n_hidden
     # The readout, on every step's top states or on the final ones.
-    width = layer_width(shape, shape.n_layers)
-    readout_in = (values + layout.inputs + shape.n_layers * layout.sequence_values
+    width = layer_width(shape, n_layers)
+    readout_in = (values + layout.inputs + n_layers * layout.sequence_values
                   if every_step else values + layout.readout_input)
     n_dense_in = width
     for j in range(shape.n_dense):
         A = values + layout.activations + j * layout.rows_values
-        param = 3 * D * shape.n_layers + 2 * j
+        param = 3 * D * n_layers + 2 * j
         dense_forward(readout_in if j == 0 else A - layout.rows_values,
                       <floating *> batches.params[param],
                       <floating *> batches.params[param + 1], A, readout_rows, n_dense_in,
@@ -444,11 +701,14 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
     dA = values + layout.grad_a
     sum_squares = squared_error(outputs, Y_rows, dA, readout_rows * n_out,
                                 1.0 / max(1, n_dense_in * n_out), batches.partials, n_threads)
-    # Backward through the readout: dA ping-pongs between grad_a and grad_b.
+    # Backward through the readout: dA ping-pongs between grad_a and grad_b;
+    # one direction's top states take their gradient as their dz's place.
     for j in range(shape.n_dense - 1, -1, -1):
-        param = 3 * D * shape.n_layers + 2 * j
+        param = 3 * D * n_layers + 2 * j
         n_dense_in = width if j == 0 else shape.dense[j - 1]
         d_next = values + (layout.grad_b if dA == values + layout.grad_a else layout.grad_a)
+        if j == 0 and D == 1 and every_step:
+            d_next = state_grads_of(values, layout, D, n_layers - 1, 0)
         dense_backward(readout_in if j == 0 else values + layout.activations
                        + (j - 1) * layout.rows_values,
                        <floating *> batches.params[param],
@@ -458,56 +718,410 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
                        shape.output_tanh or j < shape.n_dense - 1, n_threads)
         dA = d_next
     # dA: dL/d the top layer's output sequence (every_step) or final states.
-    # Backward through the layers, top first; dL/d layer k's input goes to
-    # the grad buffer dA is not in.
-    for k in range(shape.n_layers - 1, -1, -1):
+    # Backward through the layers, top first, a region per layer: its
+    # chunks (both directions), beside the weight gradients of the layer
+    # above; a bidirectional layer's input gradient is its forward part
+    # (in the grad buffer dA is not in) plus its reverse part reversed.
+    if n_layers > 8:
+        plans = <BackwardPlan *> malloc(n_layers * sizeof(BackwardPlan))
+        if plans == NULL:
+            return NAN  # the driver takes it for a divergence
+    for k in range(n_layers):
+        plans[k] = backward_plan(n_rows, layer_width(shape, k), shape.hidden[k])
+    step.gradient_in = dA
+    for k in range(n_layers - 1, -1, -1):
         width = layer_width(shape, k)
         n_hidden = shape.hidden[k]
-        offset -= n_hidden
-        layer_input = X_rows if k == 0 else values + layout.inputs + k * layout.sequence_values
-        d_layer_input = values + (layout.grad_b if dA == values + layout.grad_a
-                                  else layout.grad_a)
+        other = values + (layout.grad_b if step.gradient_in == values + layout.grad_a
+                          else layout.grad_a)
+        step.gradient_out = other
         for d in range(D):
-            H = states_of(values, layout, D, k, d)
-            dH = values + layout.state_grads
-            param = 3 * (k * D + d)
-            if every_step or k < shape.n_layers - 1:
-                if D == 1:
-                    dH = dA  # the same rows; the pass turns them into dz in place
-                elif d == 0:
-                    copy_columns(dA, D * n_hidden, dH, n_hidden, n_rows * n_steps, n_hidden)
-                else:
-                    reverse_steps(dA + n_hidden, dH, length_rows, n_rows, n_steps, n_hidden,
-                                  D * n_hidden, n_hidden, False)
-            else:
-                copy_columns(dA + d * n_hidden, D * n_hidden, values + layout.last_grads,
-                             n_hidden, n_rows, n_hidden)
-            if d == 1:
-                reverse_steps(layer_input, values + layout.reversed_input, length_rows, n_rows,
-                              n_steps, width, width, width, False)
-            if d == 0 and h0_rows != NULL:
-                copy_columns(h0_rows + offset, total, values + layout.layer_h0, n_hidden,
-                             n_rows, n_hidden)
-            rnn_backward_pass(
-                layer_input if d == 0 else values + layout.reversed_input,
-                values + layout.layer_h0 if d == 0 and h0_rows != NULL else NULL,
-                <floating *> batches.params[param], <floating *> batches.params[param + 1], H,
-                dH if every_step or k < shape.n_layers - 1 else NULL,
-                NULL if every_step or k < shape.n_layers - 1 else values + layout.last_grads,
-                length_rows, dH, values + layout.first_grads,
-                NULL if k == 0 else (d_layer_input if d == 0 else values + layout.input_grads),
-                NULL, <floating *> batches.grads[param],
-                <floating *> batches.grads[param + 1], <floating *> batches.grads[param + 2],
-                scratch, order, n_rows, n_steps, width, n_hidden, n_threads)
-            if k > 0 and d == 1:
-                reverse_steps(values + layout.input_grads, d_layer_input, length_rows, n_rows,
-                              n_steps, width, width, width, True)
-        dA = d_layer_input
-    # Each sequence's final states, packed, to their rows.
-    if final_all != NULL:
-        if rows != NULL:
-            scatter_rows(<const char *> final_rows, rows, n_rows, total * sizeof(floating),
-                         <char *> final_all)
+            step.packed[d] = prepare_recurrent_weight(
+                <floating *> batches.params[3 * (k * D + d) + 1], True,
+                scratch_of(values, layout, D, k, d), n_rows, n_hidden)
+        n_chunk_tasks = D * plans[k].n_chunks
+        n_region_tasks = n_chunk_tasks
+        work = 2.0 * D * n_rows * n_steps * n_hidden * (n_hidden + (width if k > 0 else 0))
+        if k + 1 < n_layers:
+            n_region_tasks += D * plans[k + 1].n_weight_tasks
+            work += 2.0 * D * n_rows * n_steps * shape.hidden[k + 1] * (
+                layer_width(shape, k + 1) + shape.hidden[k + 1])
+        n_used = threads_for(n_threads, n_region_tasks, work)
+        if n_used == 1:
+            for task in range(n_region_tasks):
+                backward_region_task(dtype, &step, k, task, n_chunk_tasks, plans)
         else:
-            memcpy(final_all + start * total, final_rows, n_rows * total * sizeof(floating))
+            for task in prange(n_region_tasks, num_threads=n_used, schedule='dynamic'):
+                backward_region_task(dtype, &step, k, task, n_chunk_tasks, plans)
+        if k + 1 < n_layers:
+            add_layer_partials(dtype, &step, k + 1, &plans[k + 1], n_threads)
+        if k > 0 and D > 1:
+            reverse_steps(values + layout.reverse_grads, other, length_rows, n_rows, n_steps,
+                          width, width, width, True)
+        step.gradient_in = other
+    n_region_tasks = D * plans[0].n_weight_tasks
+    n_used = threads_for(n_threads, n_region_tasks, 2.0 * D * n_rows * n_steps
+                         * shape.hidden[0] * (n_in + shape.hidden[0]))
+    if n_used == 1:
+        for task in range(n_region_tasks):
+            weight_task(dtype, &step, 0, task, &plans[0])
+    else:
+        for task in prange(n_region_tasks, num_threads=n_used, schedule='dynamic'):
+            weight_task(dtype, &step, 0, task, &plans[0])
+    add_layer_partials(dtype, &step, 0, &plans[0], n_threads)
+    if plans != few_plans:
+        free(plans)
+    put_final_states(dtype, batches, start, n_rows, rows)
+    return sum_squares
+
+
+cdef void put_final_states(floating *dtype, Batches *batches, Py_ssize_t start,
+                           Py_ssize_t n_rows, const Py_ssize_t *rows) noexcept nogil:
+    """Each sequence's final states, packed (final_batch), to their rows."""
+    cdef Py_ssize_t total = batches.shape.total_hidden
+    cdef floating *final_all = <floating *> batches.final_all
+    cdef const floating *final_rows = (<floating *> batches.values
+                                       + batches.layout.final_batch)
+    if final_all == NULL:
+        return
+    if rows != NULL:
+        scatter_rows(<const char *> final_rows, rows, n_rows, total * sizeof(floating),
+                     <char *> final_all)
+    else:
+        memcpy(final_all + start * total, final_rows, n_rows * total * sizeof(floating))
+
+
+cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
+                                 Py_ssize_t n_steps) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        if lengths[i] != n_steps:
+            return False
+    return True
+
+
+cdef void add_layer_partials(floating *dtype, Step *step, Py_ssize_t k,
+                             const BackwardPlan *plan, int n_threads) noexcept nogil:
+    """Add the sample groups' weight gradients of layer k (add_weight_partials)."""
+    cdef Py_ssize_t D = step.shape.n_directions, d, param
+    cdef Py_ssize_t n_hidden = step.shape.hidden[k]
+    if plan.n_groups <= 1:
+        return
+    for d in range(D):
+        param = 3 * (k * D + d)
+        add_weight_partials(<floating *> step.grads[param], <floating *> step.grads[param + 1],
+                            weight_partials(scratch_of(<floating *> step.values, step.layout,
+                                                       D, k, d), step.n_rows, n_hidden),
+                            plan.n_groups, layer_width(step.shape, k), n_hidden, n_threads)
+
+
+# -- the panel layout (small networks, see _panel.pxd) ---------------------------------
+
+cdef inline double panel_step_cost(const Shape *shape, Py_ssize_t n_rows,
+                                   Py_ssize_t n_steps) noexcept nogil:
+    """About the flops of a training step on a batch (as _stm.step_cost:
+    four forward passes)."""
+    cdef double per_step = 0
+    cdef Py_ssize_t k, j, n_inputs
+    for k in range(shape.n_layers):
+        per_step += shape.hidden[k] * (layer_width(shape, k) + shape.hidden[k])
+    n_inputs = layer_width(shape, shape.n_layers)
+    for j in range(shape.n_dense):
+        per_step += shape.dense[j] * n_inputs
+        n_inputs = shape.dense[j]
+    return 8.0 * n_rows * n_steps * per_step
+
+
+cdef inline bint uses_panels(const Shape *shape, Py_ssize_t n_rows,
+                             Py_ssize_t n_steps) noexcept nogil:
+    """Whether batches of n_rows full-length sequences train in the panel
+    layout: one direction, some steps, a small step; from the shapes alone."""
+    return (shape.n_directions == 1 and n_steps > 0
+            and panel_step_cost(shape, n_rows, n_steps) < PANEL_MAX_WORK)
+
+
+cdef inline DeepPanels deep_panels_of(const Shape *shape, Py_ssize_t n_rows,
+                                      Py_ssize_t n_steps, size_t itemsize) noexcept nogil:
+    """The layout of batches of up to n_rows sequences (groups as
+    _panel.group_panels says); buffer offsets in values of the dtype."""
+    cdef DeepPanels panels
+    cdef Py_ssize_t panel = padded_width(1, itemsize)
+    cdef Py_ssize_t n_panels = n_tasks(n_rows, panel)
+    cdef Py_ssize_t per_group = group_panels(n_panels, panel_step_cost(shape, n_rows, n_steps))
+    cdef Py_ssize_t k, j, total_dense = 0
+    for j in range(shape.n_dense):
+        total_dense += shape.dense[j]
+    panels.n_steps = n_steps
+    panels.task_width = per_group * panel
+    panels.n_groups = max(1, n_tasks(n_panels, per_group))
+    panels.cols = panels.n_groups * n_steps * panels.task_width
+    panels.state_cols = panels.n_groups * (n_steps + 1) * panels.task_width
+    panels.read_cols = (panels.cols if shape.return_sequences
+                        else panels.n_groups * panels.task_width)
+    panels.inputs = 0
+    panels.targets = panels.inputs + shape.n_in * panels.cols
+    panels.states = panels.targets + shape.n_out * panels.read_cols
+    panels.state_grads = panels.states + shape.total_hidden * panels.state_cols
+    panels.activations = panels.state_grads + shape.total_hidden * panels.cols
+    panels.dense_grads = panels.activations + total_dense * panels.read_cols
+    panels.n_values = panels.dense_grads + total_dense * panels.read_cols
+    return panels
+
+
+cdef struct PanelStep:
+    # One batch in the panel layout, as its tasks see it.
+    const Shape *shape
+    const DeepPanels *panels
+    void *values          # the panel workspace (DeepPanels' offsets)
+    void **params
+    void **grads
+    const void *h0_rows   # (n_rows, total_hidden) row-major, or NULL
+    void *final_rows      # (n_rows, total_hidden) OUT
+    Py_ssize_t n_rows
+    double grad_scale
+    double partials[MAX_PANEL_GROUPS]
+
+
+cdef inline floating *panel_states(floating *values, const PanelStep *step,
+                                   Py_ssize_t k) noexcept nogil:
+    """Layer k's states (hidden[k], state_cols): per group h0, then every step's."""
+    cdef Py_ssize_t i, before = 0
+    for i in range(k):
+        before += step.shape.hidden[i]
+    return values + step.panels.states + before * step.panels.state_cols
+
+
+cdef inline floating *panel_state_grads(floating *values, const PanelStep *step,
+                                        Py_ssize_t k) noexcept nogil:
+    """Layer k's dL/dH, then its dz in place (hidden[k], cols)."""
+    cdef Py_ssize_t i, before = 0
+    for i in range(k):
+        before += step.shape.hidden[i]
+    return values + step.panels.state_grads + before * step.panels.cols
+
+
+cdef inline floating *panel_dense(floating *values, const PanelStep *step, Py_ssize_t j,
+                                  bint grads) noexcept nogil:
+    """Readout layer j's activations (or their gradients) (dense[j], read_cols)."""
+    cdef Py_ssize_t i, before = 0
+    for i in range(j):
+        before += step.shape.dense[i]
+    return values + (step.panels.dense_grads if grads else step.panels.activations) \
+        + before * step.panels.read_cols
+
+
+cdef void panel_sequence_task(floating *dtype, PanelStep *step, Py_ssize_t group) noexcept nogil:
+    """Forward, loss and every backward time loop of one group of sequences:
+    layer by layer (each input projection one product over all steps), the
+    readout's layers on the states read, then back down."""
+    cdef const Shape *shape = step.shape
+    cdef const DeepPanels *panels = step.panels
+    cdef floating *values = <floating *> step.values
+    cdef Py_ssize_t n_steps = panels.n_steps, width = panels.task_width
+    cdef Py_ssize_t first = group * width
+    cdef Py_ssize_t n_valid = min(width, max(0, step.n_rows - first))
+    cdef Py_ssize_t cols = panels.cols, ld_states = panels.state_cols
+    cdef Py_ssize_t ld_read = panels.read_cols, total = shape.total_hidden
+    cdef bint every_step = shape.return_sequences
+    cdef Py_ssize_t n_read = n_steps * width if every_step else width
+    cdef Py_ssize_t n_layers = shape.n_layers, n_dense = shape.n_dense
+    cdef const floating *h0 = <const floating *> step.h0_rows
+    cdef floating *finals = <floating *> step.final_rows
+    cdef floating *H = NULL
+    cdef floating *dZ
+    cdef floating *A = NULL
+    cdef const floating *layer_input
+    cdef const floating *Wh
+    cdef Py_ssize_t k, j, t, i, u, n_hidden, n_inputs, ld_input, offset = 0
+    cdef Py_ssize_t n_top = shape.hidden[n_layers - 1]
+    for k in range(n_layers):
+        n_hidden = shape.hidden[k]
+        H = panel_states(values, step, k) + group * (n_steps + 1) * width
+        Wh = <floating *> step.params[3 * k + 1]
+        for u in range(n_hidden):
+            for i in range(width):
+                H[u * ld_states + i] = (h0[(first + i) * total + offset + u]
+                                        if h0 != NULL and i < n_valid else 0)
+        if k == 0:
+            layer_input = <floating *> values + panels.inputs + group * n_steps * width
+            ld_input = cols
+        else:
+            layer_input = (panel_states(values, step, k - 1) + group * (n_steps + 1) * width
+                           + width)
+            ld_input = ld_states
+        panel_product(n_hidden, n_steps * width, layer_width(shape, k),
+                      <floating *> step.params[3 * k], 1, n_hidden, layer_input, ld_input,
+                      <floating *> step.params[3 * k + 2], False, NULL, 0, H + width,
+                      ld_states)
+        for t in range(n_steps):
+            panel_product(n_hidden, width, n_hidden, Wh, 1, n_hidden, H + t * width,
+                          ld_states, NULL, True, NULL, 0, H + (t + 1) * width, ld_states)
+            tanh_rows(H + (t + 1) * width, n_hidden, width, ld_states)
+        for i in range(n_valid):
+            for u in range(n_hidden):
+                finals[(first + i) * total + offset + u] = H[u * ld_states + n_steps * width + i]
+        offset += n_hidden
+    # The readout's layers on every step's top states, or the last step's.
+    layer_input = H + (width if every_step else n_steps * width)
+    ld_input = ld_states
+    n_inputs = n_top
+    for j in range(n_dense):
+        A = panel_dense(values, step, j, False) + group * n_read
+        panel_product(shape.dense[j], n_read, n_inputs,
+                      <floating *> step.params[3 * n_layers + 2 * j], 1, shape.dense[j],
+                      layer_input, ld_input, <floating *> step.params[3 * n_layers + 2 * j + 1],
+                      False, NULL, 0, A, ld_read)
+        if shape.output_tanh or j < n_dense - 1:
+            tanh_rows(A, shape.dense[j], n_read, ld_read)
+        layer_input, ld_input, n_inputs = A, ld_read, shape.dense[j]
+    step.partials[group] = panel_squared_error(
+        A, <floating *> values + panels.targets + group * n_read,
+        panel_dense(values, step, n_dense - 1, True) + group * n_read, shape.n_out,
+        n_read // width, width, n_valid, ld_read, step.grad_scale, shape.output_tanh)
+    # Backward: the readout's layers (dz_j = W_{j+1} dz_{j+1} tanh'), dL/dh of the top layer.
+    for j in range(n_dense - 2, -1, -1):
+        panel_product(shape.dense[j], n_read, shape.dense[j + 1],
+                      <floating *> step.params[3 * n_layers + 2 * (j + 1)], shape.dense[j + 1],
+                      1, panel_dense(values, step, j + 1, True) + group * n_read, ld_read,
+                      NULL, False, panel_dense(values, step, j, False) + group * n_read,
+                      ld_read, panel_dense(values, step, j, True) + group * n_read, ld_read)
+    dZ = panel_state_grads(values, step, n_layers - 1) + group * n_steps * width
+    panel_product(n_top, n_read, shape.dense[0], <floating *> step.params[3 * n_layers],
+                  shape.dense[0], 1, panel_dense(values, step, 0, True) + group * n_read,
+                  ld_read, NULL, False, NULL, 0,
+                  dZ + (0 if every_step else (n_steps - 1) * width), cols)
+    # Each layer's time loop, top first: dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2);
+    # the layer below's dL/dH = Wx dZ over all steps.
+    for k in range(n_layers - 1, -1, -1):
+        n_hidden = shape.hidden[k]
+        H = panel_states(values, step, k) + group * (n_steps + 1) * width
+        dZ = panel_state_grads(values, step, k) + group * n_steps * width
+        Wh = <floating *> step.params[3 * k + 1]
+        for t in range(n_steps - 1, -1, -1):
+            panel_product(n_hidden, width, 0 if t == n_steps - 1 else n_hidden, Wh,
+                          n_hidden, 1, dZ + (t + 1) * width if t < n_steps - 1 else dZ,
+                          cols, NULL, every_step or k < n_layers - 1 or t == n_steps - 1,
+                          H + (t + 1) * width, ld_states, dZ + t * width, cols)
+        if k > 0:
+            panel_product(shape.hidden[k - 1], n_steps * width, n_hidden,
+                          <floating *> step.params[3 * k], n_hidden, 1, dZ, cols, NULL,
+                          False, NULL, 0,
+                          panel_state_grads(values, step, k - 1) + group * n_steps * width,
+                          cols)
+
+
+cdef void grouped_dots(floating *dtype, const DeepPanels *panels, Py_ssize_t n_rows,
+                       Py_ssize_t n_out, Py_ssize_t group_cols, const floating *inputs,
+                       Py_ssize_t ld_inputs, Py_ssize_t input_stride,
+                       const floating *deltas, Py_ssize_t ld_deltas,
+                       floating *target) noexcept nogil:
+    """target (n_rows, n_out) = the sum over groups of inputs deltas^T, each
+    group's group_cols columns: inputs' group g at g * input_stride, the
+    deltas' at g * group_cols."""
+    cdef Py_ssize_t group
+    for group in range(panels.n_groups):
+        row_dots(n_rows, n_out, group_cols, inputs + group * input_stride, ld_inputs,
+                 deltas + group * group_cols, ld_deltas, 1, 0 if group == 0 else 1, target,
+                 n_out)
+
+
+cdef void panel_weight_task(floating *dtype, PanelStep *step, Py_ssize_t task) noexcept nogil:
+    """One parameter's gradient, summed over the batch in one order: per
+    layer Wx, Wh, b (tasks 3k..3k+2), then per readout layer W, b."""
+    cdef const Shape *shape = step.shape
+    cdef const DeepPanels *panels = step.panels
+    cdef floating *values = <floating *> step.values
+    cdef Py_ssize_t n_steps = panels.n_steps, width = panels.task_width
+    cdef Py_ssize_t cols = panels.cols, ld_states = panels.state_cols
+    cdef Py_ssize_t ld_read = panels.read_cols, n_layers = shape.n_layers
+    cdef Py_ssize_t group_states = (n_steps + 1) * width
+    cdef Py_ssize_t n_read = n_steps * width if shape.return_sequences else width
+    cdef Py_ssize_t k, j, n_hidden
+    cdef floating *target = <floating *> step.grads[task]
+    cdef const floating *dZ
+    if task < 3 * n_layers:
+        k = task // 3
+        n_hidden = shape.hidden[k]
+        dZ = panel_state_grads(values, step, k)
+        if task % 3 == 0 and k == 0:
+            row_dots(shape.n_in, n_hidden, cols, <floating *> values + panels.inputs, cols,
+                     dZ, cols, 1, 0, target, n_hidden)
+        elif task % 3 == 0:
+            grouped_dots(dtype, panels, shape.hidden[k - 1], n_hidden, n_steps * width,
+                         panel_states(values, step, k - 1) + width, ld_states, group_states,
+                         dZ, cols, target)
+        elif task % 3 == 1:  # h_{t-1} with dz_t: each group's states begin with h0
+            grouped_dots(dtype, panels, n_hidden, n_hidden, n_steps * width,
+                         panel_states(values, step, k), ld_states, group_states, dZ, cols,
+                         target)
+        else:
+            row_sums(n_hidden, cols, dZ, cols, 1, 0, target)
+        return
+    j = (task - 3 * n_layers) // 2
+    dZ = panel_dense(values, step, j, True)
+    if (task - 3 * n_layers) % 2 == 1:
+        row_sums(shape.dense[j], ld_read, dZ, ld_read, 1, 0, target)
+    elif j == 0:
+        grouped_dots(dtype, panels, shape.hidden[n_layers - 1], shape.dense[0], n_read,
+                     panel_states(values, step, n_layers - 1)
+                     + (width if shape.return_sequences else n_steps * width),
+                     ld_states, group_states, dZ, ld_read, target)
+    else:
+        row_dots(shape.dense[j - 1], shape.dense[j], ld_read,
+                 panel_dense(values, step, j - 1, False), ld_read, dZ, ld_read, 1, 0, target,
+                 shape.dense[j])
+
+
+cdef double deep_panel_batch(floating *dtype, Batches *batches, Py_ssize_t start,
+                             Py_ssize_t n_rows, const Py_ssize_t *rows,
+                             const floating *h0_rows, int n_threads) noexcept nogil:
+    """deep_batch in the panel layout, for a batch of full-length sequences:
+    group tasks (a group of samples through every layer and step, and back),
+    then a task per parameter's gradient. Neither depends on the thread
+    count. Fills the gradients and the batch's final states (final_batch)."""
+    cdef const Shape *shape = batches.shape
+    cdef const DeepPanels *panels = &batches.panels
+    cdef Py_ssize_t n_steps = batches.n_steps
+    cdef bint shuffled = rows != NULL
+    cdef PanelStep step
+    cdef double work = panel_step_cost(shape, n_rows, n_steps), sum_squares = 0
+    cdef Py_ssize_t n_params = 3 * shape.n_layers + 2 * shape.n_dense
+    cdef int group_threads = threads_for(n_threads, panels.n_groups, work)
+    cdef int weight_threads = threads_for(n_threads, n_params, work)
+    cdef Py_ssize_t task
+    cdef floating *values = <floating *> batches.panel_values
+    if batches.gather_each_batch or not batches.gathered:
+        # Shuffled rows go straight from X and Y into the layout; one
+        # unshuffled batch is the same every epoch: transposed once.
+        gather_columns(<const floating *> batches.X + (0 if shuffled
+                                                       else start * n_steps * shape.n_in),
+                       rows, n_rows, n_steps, shape.n_in, values + panels.inputs,
+                       panels.task_width, panels.n_groups)
+        gather_columns(<const floating *> batches.Y + (
+                           0 if shuffled else
+                           start * (n_steps if shape.return_sequences else 1) * shape.n_out),
+                       rows, n_rows, n_steps if shape.return_sequences else 1, shape.n_out,
+                       values + panels.targets, panels.task_width, panels.n_groups)
+        batches.gathered = True
+    step.shape, step.panels, step.values = shape, panels, values
+    step.params, step.grads = batches.params, batches.grads
+    step.h0_rows = h0_rows
+    step.final_rows = <floating *> batches.values + batches.layout.final_batch
+    step.n_rows = n_rows
+    step.grad_scale = 1.0 / max(1, n_rows * (n_steps if shape.return_sequences else 1)
+                                * shape.n_out)
+    if group_threads == 1:
+        for task in range(panels.n_groups):
+            panel_sequence_task(dtype, &step, task)
+    else:
+        for task in prange(panels.n_groups, num_threads=group_threads, schedule='static'):
+            panel_sequence_task(dtype, &step, task)
+    if weight_threads == 1:
+        for task in range(n_params):
+            panel_weight_task(dtype, &step, task)
+    else:
+        for task in prange(n_params, num_threads=weight_threads, schedule='dynamic'):
+            panel_weight_task(dtype, &step, task)
+    for task in range(panels.n_groups):
+        sum_squares += step.partials[task]
     return sum_squares

@@ -33,8 +33,8 @@ from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
                             group_panels, padded_width, panel_product,
                             row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, CHUNK_ROWS, SHORT_FIT_WORK,
-                               gemm_task_rows, n_tasks, threads_for)
+from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, CHUNK_ROWS, GIL_HELD_WORK,
+                               SHORT_FIT_WORK, gemm_task_rows, n_tasks, threads_for)
 from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_loss,
                            output_loss_blocks, output_rows, panel_output_loss, panel_takes,
                            squared_error, weight_sum)
@@ -42,7 +42,7 @@ from lgmstm._rows cimport gather_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (CONSTANT, BatchStep, KeptMemory, Parameters, PointerTable, Program,
                             TrainingPlan, TrainingRun, UseLock, data_or_null, is_ready_matrix,
-                            kernel_threads, parameters_of, plan_of, run_epochs)
+                            kernel_threads, parameters_of, plan_of, run_training)
 
 cnp.import_array()
 
@@ -125,7 +125,6 @@ cdef class Network(Program):
         cdef list activations
         cdef Py_ssize_t layer, n_samples
         cdef int n_threads
-        cdef Py_ssize_t n_out = self.sizes[self.n_layers]
         if (self.n_layers > MAX_FAST_LAYERS
                 or not is_ready_matrix(X, self.type_num, -1, self.sizes[0])):
             return None
@@ -143,22 +142,28 @@ cdef class Network(Program):
                 activations.append(cnp.PyArray_EMPTY(2, dims, self.type_num, 0))
                 outputs[layer] = cnp.PyArray_DATA(<cnp.ndarray> activations[layer])
             n_threads = kernel_threads()
-            with nogil:
-                if self.type_num == cnp.NPY_DOUBLE:
-                    network_forward(<double *> cnp.PyArray_DATA(array), n_samples,
-                                    self.params.data, self.sizes, self.n_layers,
-                                    self.output_tanh, outputs, n_threads)
-                    output_rows(self.loss, <double *> outputs[self.n_layers - 1], n_samples,
-                                n_out)
-                else:
-                    network_forward(<float *> cnp.PyArray_DATA(array), n_samples,
-                                    self.params.data, self.sizes, self.n_layers,
-                                    self.output_tanh, outputs, n_threads)
-                    output_rows(self.loss, <float *> outputs[self.n_layers - 1], n_samples,
-                                n_out)
+            if n_samples * self.weights < GIL_HELD_WORK:
+                self._predict_into(array, n_samples, outputs, n_threads)
+            else:
+                with nogil:
+                    self._predict_into(array, n_samples, outputs, n_threads)
         finally:
             self.lock.end_read()
         return activations[self.n_layers - 1]
+
+    cdef void _predict_into(self, cnp.ndarray array, Py_ssize_t n_samples, void **outputs,
+                            int n_threads) noexcept nogil:
+        """predict_ready's forward pass and output function, in the
+        parameters' dtype: the prediction to outputs[n_layers - 1]."""
+        cdef Py_ssize_t n_out = self.sizes[self.n_layers]
+        if self.type_num == cnp.NPY_DOUBLE:
+            network_forward(<double *> cnp.PyArray_DATA(array), n_samples, self.params.data,
+                            self.sizes, self.n_layers, self.output_tanh, outputs, n_threads)
+            output_rows(self.loss, <double *> outputs[self.n_layers - 1], n_samples, n_out)
+        else:
+            network_forward(<float *> cnp.PyArray_DATA(array), n_samples, self.params.data,
+                            self.sizes, self.n_layers, self.output_tanh, outputs, n_threads)
+            output_rows(self.loss, <float *> outputs[self.n_layers - 1], n_samples, n_out)
 
     def predict(self, const floating[:, ::1] X, list activations, int n_threads,
                 bint logits=False):
@@ -275,6 +280,7 @@ cdef class Network(Program):
                 or self.blas_work(batch_size) >= BLAS_THREADING_WORK
                 or 3.0 * n_samples * self.weights > SHORT_FIT_WORK):
             return -1
+        self.short_work = 3.0 * n_samples * self.weights
         return 0
 
 
@@ -719,8 +725,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
             free(panel_rows)
             raise MemoryError()
     try:
-        with nogil:
-            run_epochs(lgm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
+        run_training(run, lgm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
     finally:
         free(panel_rows)
         free(batches.batch_weights)

@@ -11,6 +11,7 @@
  *   panel_product  C = (init + A B) [* tanh']   A small (m, k); B, C panel rows
  *   row_dots       out = scale X Y^T + beta out  (narrow weight gradients)
  *   row_sums       out = scale Y 1 + beta out    (bias gradients)
+ *   gather_panel   row-major samples into the layout (a transpose, in tiles)
  *
  * Every sum runs in one fixed order (along k; or per vector lane along the
  * panels, then the lanes halving), so results never depend on who calls.
@@ -208,11 +209,154 @@
         }                                                                           \
     }
 
+/*
+ * gather_panel: a block of samples into the panel layout. Lane l < width
+ * (a whole number of panels) is sample rows[first + l] (first + l when rows
+ * is NULL) while l < n_lanes, whose values start at src + sample
+ * row_stride; its value j < n_values, j = b n_features + f, goes to
+ * dest[f ld + b width + l]. Lanes from n_lanes on are 0. A copy, so the
+ * same bits whatever the ISA: tiles of NL lanes by NL values go through NL
+ * vector registers and a transpose (GCC's __builtin_shuffle; elsewhere
+ * through memory), the values past the last whole tile one by one.
+ */
+#define LGMSTM_UNPAREN(...) __VA_ARGS__
+#if LGMSTM_VECTORS && defined(__GNUC__) && !defined(__clang__)
+/* Rows i and i + d of r, for each i with (i mod 2d) < d: interleave lanes
+ * (the LO and HI index lists over the two rows' 2N lanes). log2(N) stages
+ * with d = 1, 2, 4, ... transpose N rows of N lanes. */
+#define LGMSTM_TRANSPOSE_STAGE(V, IV, r, N, d, LO, HI)                              \
+    for (int i_ = 0; i_ < (N); ++i_)                                                \
+        if (i_ % (2 * (d)) < (d)) {                                                 \
+            V lo_ = (r)[i_], hi_ = (r)[i_ + (d)];                                   \
+            (r)[i_] = __builtin_shuffle(lo_, hi_, (IV){LGMSTM_UNPAREN LO});         \
+            (r)[i_ + (d)] = __builtin_shuffle(lo_, hi_, (IV){LGMSTM_UNPAREN HI});   \
+        }
+#define LGMSTM_TRANSPOSE_2(V, IV, r)                                             \
+    do {                                                                            \
+        LGMSTM_TRANSPOSE_STAGE(V, IV, r, 2, 1,                                   \
+            (0, 2),  \
+            (1, 3)); \
+    } while (0)
+#define LGMSTM_TRANSPOSE_4(V, IV, r)                                             \
+    do {                                                                            \
+        LGMSTM_TRANSPOSE_STAGE(V, IV, r, 4, 1,                                   \
+            (0, 4, 2, 6),  \
+            (1, 5, 3, 7)); \
+        LGMSTM_TRANSPOSE_STAGE(V, IV, r, 4, 2,                                   \
+            (0, 1, 4, 5),  \
+            (2, 3, 6, 7)); \
+    } while (0)
+#define LGMSTM_TRANSPOSE_8(V, IV, r)                                             \
+    do {                                                                            \
+        LGMSTM_TRANSPOSE_STAGE(V, IV, r, 8, 1,                                   \
+            (0, 8, 2, 10, 4, 12, 6, 14),  \
+            (1, 9, 3, 11, 5, 13, 7, 15)); \
+        LGMSTM_TRANSPOSE_STAGE(V, IV, r, 8, 2,                                   \
+            (0, 1, 8, 9, 4, 5, 12, 13),  \
+            (2, 3, 10, 11, 6, 7, 14, 15)); \
+        LGMSTM_TRANSPOSE_STAGE(V, IV, r, 8, 4,                                   \
+            (0, 1, 2, 3, 8, 9, 10, 11),  \
+            (4, 5, 6, 7, 12, 13, 14, 15)); \
+    } while (0)
+#define LGMSTM_TRANSPOSE_16(V, IV, r)                                             \
+    do {                                                                            \
+        LGMSTM_TRANSPOSE_STAGE(V, IV, r, 16, 1,                                   \
+            (0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30),  \
+            (1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31)); \
+        LGMSTM_TRANSPOSE_STAGE(V, IV, r, 16, 2,                                   \
+            (0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29),  \
+            (2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31)); \
+        LGMSTM_TRANSPOSE_STAGE(V, IV, r, 16, 4,                                   \
+            (0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),  \
+            (4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31)); \
+        LGMSTM_TRANSPOSE_STAGE(V, IV, r, 16, 8,                                   \
+            (0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),  \
+            (8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31)); \
+    } while (0)
+#define LGMSTM_TRANSPOSE_1(V, IV, r) do { } while (0)
+/* The shuffles' index vectors: integers of T's size, as many as V's lanes. */
+#define LGMSTM_INDEX_double long long
+#define LGMSTM_INDEX_float int
+#define LGMSTM_TRANSPOSE(T, V, LANES, r)                                            \
+    do {                                                                            \
+        typedef LGMSTM_INDEX_##T index_vector_ __attribute__((vector_size(sizeof(V)))); \
+        LGMSTM_TRANSPOSE_##LANES(V, index_vector_, r);                              \
+    } while (0)
+#else
+#define LGMSTM_TRANSPOSE(T, V, LANES, r)                                            \
+    do {                                                                            \
+        T tile_[LANES][LANES], swap_;                                               \
+        memcpy(tile_, (r), sizeof tile_);                                           \
+        for (int a_ = 0; a_ < (LANES); ++a_)                                        \
+            for (int b_ = a_ + 1; b_ < (LANES); ++b_) {                             \
+                swap_ = tile_[a_][b_];                                              \
+                tile_[a_][b_] = tile_[b_][a_];                                      \
+                tile_[b_][a_] = swap_;                                              \
+            }                                                                       \
+        memcpy((r), tile_, sizeof tile_);                                           \
+    } while (0)
+#endif
+
+/* The tile of values j0 .. j0 + NL - 1 of the NL rows (0 for a NULL row). */
+#define LGMSTM_GATHER_TILE(T, V, LANES, j0)                                         \
+    do {                                                                            \
+        V r[LANES];                                                                 \
+        ptrdiff_t b = (j0) / n_features, f = (j0) - b * n_features;                 \
+        for (int l = 0; l < (LANES); ++l) {                                         \
+            if (row[l])                                                             \
+                memcpy(&r[l], row[l] + (j0), sizeof(V));                            \
+            else                                                                    \
+                r[l] = LGMSTM_SPLAT(V, (T)0);                                       \
+        }                                                                           \
+        LGMSTM_TRANSPOSE(T, V, LANES, r);                                           \
+        for (int k = 0; k < (LANES); ++k) {                                         \
+            memcpy(dest + f * ld + b * width + l0, &r[k], sizeof(V));               \
+            if (++f == n_features) {                                                \
+                f = 0;                                                              \
+                ++b;                                                                \
+            }                                                                       \
+        }                                                                           \
+    } while (0)
+
+/* Rows of at least NL values end on a tile that overlaps the one before
+ * (the values both hold are written twice, the same); shorter ones go
+ * value by value. */
+#define LGMSTM_DEFINE_GATHER_PANEL(NAME, T, V, LANES, TARGET)                       \
+    TARGET static void NAME(const T *src, ptrdiff_t row_stride, const ptrdiff_t *rows, \
+                            ptrdiff_t first, ptrdiff_t n_lanes, ptrdiff_t n_values, \
+                            ptrdiff_t n_features, T *dest, ptrdiff_t ld,            \
+                            ptrdiff_t width)                                        \
+    {                                                                               \
+        enum { NL = LANES };                                                        \
+        for (ptrdiff_t l0 = 0; l0 < width; l0 += NL) {                              \
+            const T *row[NL];                                                       \
+            ptrdiff_t j0 = 0;                                                       \
+            for (int l = 0; l < NL; ++l) {                                          \
+                ptrdiff_t lane = l0 + l;                                            \
+                row[l] = lane >= n_lanes ? NULL                                     \
+                    : src + (rows ? rows[first + lane] : first + lane) * row_stride; \
+            }                                                                       \
+            for (; j0 + NL <= n_values; j0 += NL) LGMSTM_GATHER_TILE(T, V, LANES, j0); \
+            if (j0 < n_values && n_values >= NL)                                    \
+                LGMSTM_GATHER_TILE(T, V, LANES, n_values - NL);                     \
+            else if (j0 < n_values)                                                 \
+                for (ptrdiff_t b = 0, f = 0; j0 < n_values; ++j0) {                 \
+                    T *out = dest + f * ld + b * width + l0;                        \
+                    for (int l = 0; l < NL; ++l) out[l] = row[l] ? row[l][j0] : (T)0; \
+                    if (++f == n_features) {                                        \
+                        f = 0;                                                      \
+                        ++b;                                                        \
+                    }                                                               \
+                }                                                                   \
+        }                                                                           \
+    }
+
 /* Each kernel for one vector type V of T: NAME##SUFFIX. */
-#define LGMSTM_DEFINE_KERNELS(SUFFIX, T, V, TARGET)                                 \
+#define LGMSTM_DEFINE_KERNELS(SUFFIX, T, V, LANES, TARGET)                          \
     LGMSTM_DEFINE_PANEL_PRODUCT(lgmstm_panel_product##SUFFIX, T, V, TARGET)         \
     LGMSTM_DEFINE_ROW_DOTS(lgmstm_row_dots##SUFFIX, T, V, TARGET)                   \
-    LGMSTM_DEFINE_ROW_SUMS(lgmstm_row_sums##SUFFIX, T, V, TARGET)
+    LGMSTM_DEFINE_ROW_SUMS(lgmstm_row_sums##SUFFIX, T, V, TARGET)                   \
+    LGMSTM_DEFINE_GATHER_PANEL(lgmstm_gather_panel##SUFFIX, T, V, LANES, TARGET)
 
 #define LGMSTM_PANEL_PRODUCT_ARGS(T)                                                \
     (ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, ptrdiff_t a_rs,             \
@@ -226,6 +370,12 @@
 #define LGMSTM_ROW_SUMS_ARGS(T)                                                     \
     (ptrdiff_t m_y, ptrdiff_t n, const T *Y, ptrdiff_t ldy, T scale, T beta, T *out)
 #define LGMSTM_ROW_SUMS_CALL (m_y, n, Y, ldy, scale, beta, out)
+#define LGMSTM_GATHER_PANEL_ARGS(T)                                                 \
+    (const T *src, ptrdiff_t row_stride, const ptrdiff_t *rows, ptrdiff_t first,     \
+     ptrdiff_t n_lanes, ptrdiff_t n_values, ptrdiff_t n_features, T *dest,          \
+     ptrdiff_t ld, ptrdiff_t width)
+#define LGMSTM_GATHER_PANEL_CALL                                                    \
+    (src, row_stride, rows, first, n_lanes, n_values, n_features, dest, ld, width)
 
 #if LGMSTM_VECTORS && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) \
     && !defined(LGMSTM_NO_DISPATCH)
@@ -239,12 +389,12 @@ typedef float lgmstm_f16 __attribute__((vector_size(16)));
 #define LGMSTM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
 #define LGMSTM_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
-LGMSTM_DEFINE_KERNELS(_d_avx512, double, lgmstm_d64, LGMSTM_TARGET_AVX512)
-LGMSTM_DEFINE_KERNELS(_d_avx2, double, lgmstm_d32, LGMSTM_TARGET_AVX2)
-LGMSTM_DEFINE_KERNELS(_d_base, double, lgmstm_d16, )
-LGMSTM_DEFINE_KERNELS(_f_avx512, float, lgmstm_f64, LGMSTM_TARGET_AVX512)
-LGMSTM_DEFINE_KERNELS(_f_avx2, float, lgmstm_f32, LGMSTM_TARGET_AVX2)
-LGMSTM_DEFINE_KERNELS(_f_base, float, lgmstm_f16, )
+LGMSTM_DEFINE_KERNELS(_d_avx512, double, lgmstm_d64, 8, LGMSTM_TARGET_AVX512)
+LGMSTM_DEFINE_KERNELS(_d_avx2, double, lgmstm_d32, 4, LGMSTM_TARGET_AVX2)
+LGMSTM_DEFINE_KERNELS(_d_base, double, lgmstm_d16, 2, )
+LGMSTM_DEFINE_KERNELS(_f_avx512, float, lgmstm_f64, 16, LGMSTM_TARGET_AVX512)
+LGMSTM_DEFINE_KERNELS(_f_avx2, float, lgmstm_f32, 8, LGMSTM_TARGET_AVX2)
+LGMSTM_DEFINE_KERNELS(_f_base, float, lgmstm_f16, 4, )
 
 /* 2: AVX-512 (F, BW, DQ, VL), 1: AVX2 and FMA, 0: neither. Computed once;
  * threads racing on the first call all store the same value (atomically). */
@@ -285,11 +435,11 @@ static int lgmstm_panel_level(void)
 #if LGMSTM_VECTORS
 typedef double lgmstm_d16 __attribute__((vector_size(16)));
 typedef float lgmstm_f16 __attribute__((vector_size(16)));
-LGMSTM_DEFINE_KERNELS(_d_base, double, lgmstm_d16, )
-LGMSTM_DEFINE_KERNELS(_f_base, float, lgmstm_f16, )
+LGMSTM_DEFINE_KERNELS(_d_base, double, lgmstm_d16, 2, )
+LGMSTM_DEFINE_KERNELS(_f_base, float, lgmstm_f16, 4, )
 #else
-LGMSTM_DEFINE_KERNELS(_d_base, double, double, )
-LGMSTM_DEFINE_KERNELS(_f_base, float, float, )
+LGMSTM_DEFINE_KERNELS(_d_base, double, double, 1, )
+LGMSTM_DEFINE_KERNELS(_f_base, float, float, 1, )
 #endif
 #define LGMSTM_DEFINE_DISPATCH(NAME, ARGS, CALL) static void NAME ARGS { NAME##_base CALL; }
 #define LGMSTM_PANEL_HAS_DISPATCH 0
@@ -303,6 +453,10 @@ LGMSTM_DEFINE_DISPATCH(lgmstm_row_dots_d, LGMSTM_ROW_DOTS_ARGS(double), LGMSTM_R
 LGMSTM_DEFINE_DISPATCH(lgmstm_row_dots_f, LGMSTM_ROW_DOTS_ARGS(float), LGMSTM_ROW_DOTS_CALL)
 LGMSTM_DEFINE_DISPATCH(lgmstm_row_sums_d, LGMSTM_ROW_SUMS_ARGS(double), LGMSTM_ROW_SUMS_CALL)
 LGMSTM_DEFINE_DISPATCH(lgmstm_row_sums_f, LGMSTM_ROW_SUMS_ARGS(float), LGMSTM_ROW_SUMS_CALL)
+LGMSTM_DEFINE_DISPATCH(lgmstm_gather_panel_d, LGMSTM_GATHER_PANEL_ARGS(double),
+                       LGMSTM_GATHER_PANEL_CALL)
+LGMSTM_DEFINE_DISPATCH(lgmstm_gather_panel_f, LGMSTM_GATHER_PANEL_ARGS(float),
+                       LGMSTM_GATHER_PANEL_CALL)
 
 /*
  * Packed products: C (m, n) = A B (+ C when accumulate), all row-major, with

@@ -40,6 +40,14 @@ cdef extern from "_panel.h" nogil:
                            Py_ssize_t ldy, double scale, double beta, double *out)
     void lgmstm_row_sums_f(Py_ssize_t m_y, Py_ssize_t n, const float *Y,
                            Py_ssize_t ldy, float scale, float beta, float *out)
+    void lgmstm_gather_panel_d(const double *src, Py_ssize_t row_stride,
+                               const Py_ssize_t *rows, Py_ssize_t first, Py_ssize_t n_lanes,
+                               Py_ssize_t n_values, Py_ssize_t n_features, double *dest,
+                               Py_ssize_t ld, Py_ssize_t width)
+    void lgmstm_gather_panel_f(const float *src, Py_ssize_t row_stride,
+                               const Py_ssize_t *rows, Py_ssize_t first, Py_ssize_t n_lanes,
+                               Py_ssize_t n_values, Py_ssize_t n_features, float *dest,
+                               Py_ssize_t ld, Py_ssize_t width)
     int lgmstm_panel_level()
     void lgmstm_pack_panels_d(const double *B, Py_ssize_t ldb, int transpose,
                               Py_ssize_t k, Py_ssize_t n, double *packed)
@@ -193,6 +201,22 @@ cdef inline void finish_weight_gradient(
                 beta * target[i * n_out + j] if beta != 0 else 0)
 
 
+cdef inline void gather_panel(const floating *src, Py_ssize_t row_stride,
+                              const Py_ssize_t *rows, Py_ssize_t first, Py_ssize_t n_lanes,
+                              Py_ssize_t n_values, Py_ssize_t n_features, floating *dest,
+                              Py_ssize_t ld, Py_ssize_t width) noexcept nogil:
+    """lgmstm_gather_panel (_panel.h) in the dtype of floating: lanes l <
+    width, sample rows[first + l] (first + l when rows is NULL) for l <
+    n_lanes, else 0; value j = b n_features + f of a sample (j < n_values,
+    the sample's values row_stride apart) to dest[f ld + b width + l]."""
+    if floating is double:
+        lgmstm_gather_panel_d(src, row_stride, rows, first, n_lanes, n_values, n_features,
+                              dest, ld, width)
+    else:
+        lgmstm_gather_panel_f(src, row_stride, rows, first, n_lanes, n_values, n_features,
+                              dest, ld, width)
+
+
 cdef inline void gather_columns(
         const floating *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
         Py_ssize_t n_blocks, Py_ssize_t n_features, floating *dest,
@@ -205,33 +229,21 @@ cdef inline void gather_columns(
     task_width), sample i's feature f of block b at the column above, and 0
     for i >= n_rows.
 
-    A group's block at a time: its task_width samples' features (a few
-    cache lines each) stay in L1 while each feature's run of task_width
-    columns is written in order (sample by sample, every value would go to
-    another line of a matrix larger than L1).
+    Each group is one gather_panel (_panel.h): tiles of as many samples as
+    a vector has lanes, by as many consecutive values, transposed in
+    registers (a sample by sample copy wrote every value to another line of
+    a matrix larger than L1, a feature by feature one read every value from
+    another line).
     """
     cdef Py_ssize_t group_cols = n_blocks * task_width
     cdef Py_ssize_t ld = n_groups * group_cols
     cdef Py_ssize_t sample_values = n_blocks * n_features
-    cdef Py_ssize_t group, block, f, lane, first, n_valid, row
-    cdef floating *run
-    cdef const floating *values
+    cdef Py_ssize_t group, first, n_valid
     for group in range(n_groups):
         first = group * task_width
         n_valid = max(0, min(task_width, n_rows - first))
-        for block in range(n_blocks):
-            for f in range(n_features):
-                run = dest + f * ld + group * group_cols + block * task_width
-                values = source + block * n_features + f
-                if rows == NULL:
-                    for lane in range(n_valid):
-                        run[lane] = values[(first + lane) * sample_values]
-                else:
-                    for lane in range(n_valid):
-                        row = rows[first + lane]
-                        run[lane] = values[row * sample_values]
-                for lane in range(n_valid, task_width):
-                    run[lane] = 0
+        gather_panel(source, sample_values, rows, first, n_valid, sample_values, n_features,
+                     dest + group * group_cols, ld, task_width)
 
 
 # -- packed products (the recurrent weight of the BLAS path) --------------------------

@@ -15,6 +15,10 @@ cdef enum:
     # The most multiply-adds an epoch of a short fit may take (a few ms): a
     # short fit is one compiled call, which Ctrl-C interrupts only after it.
     SHORT_FIT_WORK = 16777216
+    # A fast call (predict, step, the short fit) of fewer multiply-adds
+    # than this (a few us) keeps the GIL: releasing it and taking it back
+    # costs a tenth of a microsecond or more, Python threads wait no longer.
+    GIL_HELD_WORK = 65536
 
 
 cdef inline Py_ssize_t n_tasks(Py_ssize_t n_items, Py_ssize_t per_task) noexcept nogil:

@@ -49,8 +49,7 @@ cdef enum:
     PARTIALS_BUDGET = 4194304
 
 
-cdef inline Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples,
-                                           Py_ssize_t n_hidden) noexcept nogil:
+cdef Py_ssize_t sequence_chunk_rows(Py_ssize_t n_samples, Py_ssize_t n_hidden) noexcept nogil:
     """Samples per sequence chunk of the backward pass, from the shapes alone.
 
     A step's h Wh product costs a call (and, with BLAS, repacking Wh)
@@ -204,7 +203,7 @@ def _recurrent_product_kind(Py_ssize_t n_hidden):
     return "packed" if use_packed_product(n_hidden) else "blas"
 
 
-cdef inline const floating *prepare_recurrent_weight(
+cdef const floating *prepare_recurrent_weight(
         const floating *Wh, bint transpose, floating *scratch, Py_ssize_t n_samples,
         Py_ssize_t n_hidden) noexcept nogil:
     """Write Wh (or Wh^T when transpose) in the form recurrent_product takes
@@ -568,6 +567,33 @@ cdef inline void add_partials_block(Py_ssize_t block, floating *dWx, floating *d
 
 
 
+cdef BackwardPlan backward_plan(Py_ssize_t n_samples, Py_ssize_t n_in,
+                                Py_ssize_t n_hidden) noexcept nogil:
+    """How rnn_backward_pass cuts its work into tasks, from the shapes alone."""
+    cdef BackwardPlan plan
+    plan.chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
+    plan.n_chunks = n_tasks(n_samples, plan.chunk_rows)
+    plan.n_groups = weight_groups(n_samples, n_in, n_hidden)
+    plan.block_rows = weight_block_rows(n_in, n_hidden, plan.n_groups)
+    plan.n_weight_tasks = (plan.n_groups * (n_tasks(n_in, plan.block_rows)
+                                            + n_tasks(n_hidden, plan.block_rows))
+                           + n_tasks(n_hidden, BLOCK_COLS))
+    return plan
+
+
+cdef const floating *transposed_recurrent_weight(const floating *scratch,
+                                                 Py_ssize_t n_samples,
+                                                 Py_ssize_t n_hidden) noexcept nogil:
+    """Where prepare_recurrent_weight(transpose=True) leaves Wh^T for BLAS."""
+    return scratch + weight_offset(n_samples, n_hidden)
+
+
+cdef floating *weight_partials(floating *scratch, Py_ssize_t n_samples,
+                               Py_ssize_t n_hidden) noexcept nogil:
+    """The weight gradients' group partials in a backward scratch."""
+    return scratch + partials_offset(n_samples, n_hidden)
+
+
 # -- whole passes ----------------------------------------------------------------
 
 cdef void rnn_forward_pass(
@@ -613,13 +639,10 @@ cdef void rnn_backward_pass(
     dh_last are zeros; NULL dX / dh0 are not computed. The sequence chunks
     all finish before the weight gradients start.
     """
-    cdef Py_ssize_t chunk_rows = sequence_chunk_rows(n_samples, n_hidden)
-    cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
-    cdef Py_ssize_t n_groups = weight_groups(n_samples, n_in, n_hidden)
-    cdef Py_ssize_t block_rows = weight_block_rows(n_in, n_hidden, n_groups)
-    cdef Py_ssize_t n_weight_tasks = (
-        n_groups * (n_tasks(n_in, block_rows) + n_tasks(n_hidden, block_rows))
-        + n_tasks(n_hidden, BLOCK_COLS))
+    cdef BackwardPlan plan = backward_plan(n_samples, n_in, n_hidden)
+    cdef Py_ssize_t chunk_rows = plan.chunk_rows, n_chunks = plan.n_chunks
+    cdef Py_ssize_t n_groups = plan.n_groups, block_rows = plan.block_rows
+    cdef Py_ssize_t n_weight_tasks = plan.n_weight_tasks
     cdef double rows_work = 2.0 * n_samples * n_steps * n_hidden
     cdef int chunk_threads = threads_for(
         n_threads, n_chunks, rows_work * (n_hidden + (n_in if dX != NULL else 0)))

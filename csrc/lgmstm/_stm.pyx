@@ -25,6 +25,7 @@ cimport numpy as cnp
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport parallel, prange
+from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -33,11 +34,12 @@ from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_los
                            output_loss_blocks, output_rows, panel_output_loss,
                            panel_takes, squared_error, weight_sum)
 from lgmstm._optim cimport Optimizer
-from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
-                            add_weight_gradient, finish_weight_gradient, gather_columns,
-                            group_panels, padded_width, panel_calloc, panel_product,
-                            row_sums, sample_major_gradient, transpose_columns)
-from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, SHORT_FIT_WORK,
+from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK,
+                            PANEL_WEIGHT_ROWS, add_weight_gradient, finish_weight_gradient,
+                            gather_columns, gather_panel, group_panels, padded_width,
+                            panel_calloc, panel_product, row_sums, sample_major_gradient,
+                            transpose_columns)
+from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
 from lgmstm._rnn cimport (forward_chunk_rows, rnn_backward_pass, rnn_forward_pass,
                           rnn_scratch_size)
@@ -46,7 +48,7 @@ from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
                             TrainingPlan, TrainingRun, UseLock, data_or_null,
                             is_ready_matrix, kernel_threads, parameters_of, plan_of,
-                            run_epochs)
+                            run_training)
 
 cnp.import_array()
 
@@ -233,17 +235,13 @@ cdef class Network(Program):
             buffers[OUTPUTS] = cnp.PyArray_DATA(<cnp.ndarray> outputs)
             lengths = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> scratch[3])
             n_threads = kernel_threads()
-            with nogil:
-                if self.type_num == cnp.NPY_DOUBLE:
-                    status = stm_predict(<double *> cnp.PyArray_DATA(array), <const double *> h0,
-                                         lengths, n_samples, n_steps, self.params.data,
-                                         self.sizes, self.output_tanh, self.loss,
-                                         self.return_sequences, buffers, n_threads)
-                else:
-                    status = stm_predict(<float *> cnp.PyArray_DATA(array), <const float *> h0,
-                                         lengths, n_samples, n_steps, self.params.data,
-                                         self.sizes, self.output_tanh, self.loss,
-                                         self.return_sequences, buffers, n_threads)
+            if self.blas_work(n_samples, n_steps) < GIL_HELD_WORK:
+                status = self._predict_into(array, h0, lengths, n_samples, n_steps, buffers,
+                                            n_threads)
+            else:
+                with nogil:
+                    status = self._predict_into(array, h0, lengths, n_samples, n_steps,
+                                                buffers, n_threads)
             if status < 0:
                 raise MemoryError()
         finally:
@@ -251,6 +249,20 @@ cdef class Network(Program):
                 self.in_use = False  # only the call that took the kept scratch holds it
             self.lock.end_read()
         return outputs, final_states
+
+    cdef int _predict_into(self, cnp.ndarray array, const void *h0, const Py_ssize_t *lengths,
+                           Py_ssize_t n_samples, Py_ssize_t n_steps, void **buffers,
+                           int n_threads) noexcept nogil:
+        """stm_predict in the parameters' dtype, for _forward_ready."""
+        if self.type_num == cnp.NPY_DOUBLE:
+            return stm_predict(<double *> cnp.PyArray_DATA(array), <const double *> h0,
+                               lengths, n_samples, n_steps, self.params.data, self.sizes,
+                               self.output_tanh, self.loss, self.return_sequences, buffers,
+                               n_threads)
+        return stm_predict(<float *> cnp.PyArray_DATA(array), <const float *> h0, lengths,
+                           n_samples, n_steps, self.params.data, self.sizes,
+                           self.output_tanh, self.loss, self.return_sequences, buffers,
+                           n_threads)
 
     def predict(self, const floating[:, :, ::1] X, object h0,
                 const Py_ssize_t[::1] lengths, list buffers, int n_threads,
@@ -403,6 +415,7 @@ cdef class Network(Program):
                 or 3.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden + n_out)
                 > SHORT_FIT_WORK):
             return -1
+        self.short_work = 3.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden + n_out)
         return n_steps
 
 
@@ -460,6 +473,8 @@ cdef enum:
     # predict's panel path: samples per group (in panels) and steps per chunk.
     PREDICT_GROUP_PANELS = 8
     PREDICT_CHUNK_STEPS = 32
+    # A single-threaded predict's scratch up to this size lives on the stack.
+    STACK_SCRATCH_BYTES = 16384
 
 
 cdef inline bint predicts_in_panels(const Py_ssize_t *sizes) noexcept nogil:
@@ -528,10 +543,18 @@ cdef int panel_predict(const floating *X, const floating *h0, const Py_ssize_t *
     cdef floating *scratch
     cdef Py_ssize_t group
     cdef int failed = 0
+    # A step of a few streams fits on the stack: no calloc and free per call.
+    cdef char stack_scratch[STACK_SCRATCH_BYTES + LGMSTM_PANEL_BYTES]
     if n_used == 1:
-        scratch = <floating *> panel_calloc(scratch_bytes, &allocated)
-        if scratch == NULL:
-            return -1
+        if scratch_bytes <= STACK_SCRATCH_BYTES:
+            scratch = <floating *> (
+                (<uintptr_t> stack_scratch + LGMSTM_PANEL_BYTES - 1)
+                // LGMSTM_PANEL_BYTES * LGMSTM_PANEL_BYTES)
+            memset(scratch, 0, scratch_bytes)
+        else:
+            scratch = <floating *> panel_calloc(scratch_bytes, &allocated)
+            if scratch == NULL:
+                return -1
         for group in range(n_groups):
             predict_group(group, width, chunk, X, h0, lengths, n_samples, n_steps, params,
                           sizes, output_tanh, return_sequences, outputs, final_states, scratch)
@@ -574,22 +597,17 @@ cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
     cdef const floating *Wx = <floating *> params[INPUT_WEIGHT]
     cdef const floating *Wh = <floating *> params[RECURRENT_WEIGHT]
     cdef const floating *W_out = <floating *> params[READOUT_WEIGHT]
-    cdef Py_ssize_t start, steps, t, f, j, o, lane, column
-    cdef floating *run
-    for j in range(n_hidden):
-        for lane in range(width):
-            H[j * ld_h + lane] = (h0[(first + lane) * n_hidden + j]
-                                  if h0 != NULL and lane < n_valid else 0)
+    cdef Py_ssize_t start, steps, t, j, o, lane, column
+    if h0 != NULL:
+        gather_panel(h0, n_hidden, NULL, first, n_valid, n_hidden, n_hidden, H, ld_h, width)
+    else:
+        for j in range(n_hidden):
+            memset(H + j * ld_h, 0, width * sizeof(floating))
     start = 0
     while start < n_steps:
         steps = min(chunk, n_steps - start)
-        for f in range(n_in):
-            for t in range(steps):
-                run = Xt + f * ld_x + t * width
-                for lane in range(n_valid):
-                    run[lane] = X[((first + lane) * n_steps + start + t) * n_in + f]
-                for lane in range(n_valid, width):
-                    run[lane] = 0
+        gather_panel(X + start * n_in, n_steps * n_in, NULL, first, n_valid, steps * n_in, n_in,
+                     Xt, ld_x, width)
         # Every step's input projection in one product, then the time loop.
         panel_product(n_hidden, steps * width, n_in, Wx, 1, n_hidden, Xt, ld_x,
                       <floating *> params[BIAS], False, NULL, 0, H + width, ld_h)
@@ -1256,7 +1274,6 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
         if batches.batch_weights == NULL:
             raise MemoryError()
     try:
-        with nogil:
-            run_epochs(stm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
+        run_training(run, stm_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
     finally:
         free(batches.batch_weights)

@@ -81,6 +81,7 @@ cdef class TrainingRun:
     cdef readonly double clip_norm
     cdef readonly object decayed   # uint8 (n_params,): 1 for a weight, which decays
     cdef Optimizer optimizer
+    cdef bint keep_gil      # train holding the GIL: a short fit of little work (see run_training)
     cdef ThreadChoice *thread_choice  # the program's (kept from fit to fit), or own_choice
     cdef ThreadChoice own_choice
     cdef object choice_owner
@@ -125,6 +126,9 @@ ctypedef double (*BatchStep)(void *program, Py_ssize_t start, Py_ssize_t n_rows,
 cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters,
                      const TrainingPlan *plan, Optimizer *optimizer,
                      int n_threads) noexcept nogil
+cdef void run_training(TrainingRun run, BatchStep step, void *program,
+                       const Parameters *parameters, const TrainingPlan *plan,
+                       Optimizer *optimizer, int n_threads) noexcept
 
 cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
                           Py_ssize_t n_epochs, Py_ssize_t n_samples,
@@ -160,7 +164,9 @@ cdef class Program:
     cdef TrainingRun short_run
     cdef object short_state
     cdef object short_optimizer
-    cdef object short_settings   # (momentum, nesterov, beta1, beta2, eps)
+    cdef double short_momentum, short_beta1, short_beta2, short_eps  # its settings
+    cdef bint short_nesterov
+    cdef double short_work       # flops of the epoch ready_steps last accepted
     cdef Py_ssize_t short_samples, short_steps, short_batch
     cdef PointerTable trained, saved  # params and moments, and a copy of them
 

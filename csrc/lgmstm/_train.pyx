@@ -22,7 +22,7 @@ from libc.string cimport memcpy, memset
 from lgmstm._omp cimport lgmstm_omp_max_threads, lgmstm_omp_wtime
 from lgmstm._optim cimport ADAM, MOMENTUM, SGD, Optimizer, clip_gradients, optimizer_step
 from lgmstm._panel cimport panel_calloc
-from lgmstm._parallel cimport BLAS_THREADING_WORK as _BLAS_THREADING_WORK
+from lgmstm._parallel cimport BLAS_THREADING_WORK as _BLAS_THREADING_WORK, GIL_HELD_WORK
 from lgmstm._parallel cimport SHORT_FIT_WORK as _SHORT_FIT_WORK
 
 import threading
@@ -74,6 +74,12 @@ def epoch_orders(rng, Py_ssize_t n_epochs, Py_ssize_t n_samples):
     return np.ascontiguousarray(rng.permuted(order, axis=1))
 
 
+# A scan of fewer values than this (about ten microseconds) holds the GIL:
+# releasing and taking it back costs a tenth of a microsecond or more,
+# which the short fit's scans of X, Y and each parameter would pay in turn.
+cdef Py_ssize_t RELEASED_SCAN = 1 << 16
+
+
 cdef extern from "_finite.h" nogil:
     int lgmstm_all_finite_d(const double *x, Py_ssize_t n)
     int lgmstm_all_finite_f(const float *x, Py_ssize_t n)
@@ -100,12 +106,17 @@ def beyond_unit(array):
         return bool(np.any(~(np.abs(array) <= 1)))
     values = <cnp.ndarray> array
     n = cnp.PyArray_SIZE(values)
+    if n < RELEASED_SCAN:
+        return scan_beyond_unit(values, n)
     with nogil:
-        if cnp.PyArray_TYPE(values) == cnp.NPY_DOUBLE:
-            beyond = lgmstm_beyond_unit_d(<const double *> cnp.PyArray_DATA(values), n)
-        else:
-            beyond = lgmstm_beyond_unit_f(<const float *> cnp.PyArray_DATA(values), n)
+        beyond = scan_beyond_unit(values, n)
     return beyond
+
+
+cdef inline bint scan_beyond_unit(cnp.ndarray values, Py_ssize_t n) noexcept nogil:
+    if cnp.PyArray_TYPE(values) == cnp.NPY_DOUBLE:
+        return lgmstm_beyond_unit_d(<const double *> cnp.PyArray_DATA(values), n)
+    return lgmstm_beyond_unit_f(<const float *> cnp.PyArray_DATA(values), n)
 
 
 cdef bint array_finite(cnp.ndarray array) noexcept:
@@ -113,12 +124,17 @@ cdef bint array_finite(cnp.ndarray array) noexcept:
     (see _finite.h)."""
     cdef Py_ssize_t n = cnp.PyArray_SIZE(array)
     cdef bint finite
+    if n < RELEASED_SCAN:
+        return scan_finite(array, n)
     with nogil:
-        if cnp.PyArray_TYPE(array) == cnp.NPY_DOUBLE:
-            finite = lgmstm_all_finite_d(<const double *> cnp.PyArray_DATA(array), n)
-        else:
-            finite = lgmstm_all_finite_f(<const float *> cnp.PyArray_DATA(array), n)
+        finite = scan_finite(array, n)
     return finite
+
+
+cdef inline bint scan_finite(cnp.ndarray array, Py_ssize_t n) noexcept nogil:
+    if cnp.PyArray_TYPE(array) == cnp.NPY_DOUBLE:
+        return lgmstm_all_finite_d(<const double *> cnp.PyArray_DATA(array), n)
+    return lgmstm_all_finite_f(<const float *> cnp.PyArray_DATA(array), n)
 
 
 def all_finite(arrays):
@@ -545,13 +561,14 @@ cdef void update(const Parameters *parameters, const Optimizer *optimizer,
 
 cdef double train_epochs(BatchStep step, void *program, const Parameters *parameters,
                          const TrainingPlan *plan, Optimizer *optimizer, Py_ssize_t first,
-                         Py_ssize_t stop, int n_threads) noexcept nogil:
-    """Epochs first .. stop - 1 of the plan on n_threads; returns their seconds."""
+                         Py_ssize_t stop, int n_threads, bint timed) noexcept nogil:
+    """Epochs first .. stop - 1 of the plan on n_threads; returns their
+    seconds when timed (else 0)."""
     cdef Py_ssize_t n_batches = (plan.n_samples + plan.batch_size - 1) // plan.batch_size
     cdef Py_ssize_t epoch, batch, start, n_rows
     cdef const Py_ssize_t *rows
     cdef double summed_loss
-    cdef double started = lgmstm_omp_wtime()
+    cdef double started = lgmstm_omp_wtime() if timed else 0
     cdef EpochControl *control = plan.control
     for epoch in range(first, stop):
         summed_loss = 0
@@ -578,7 +595,7 @@ cdef double train_epochs(BatchStep step, void *program, const Parameters *parame
         if control != NULL and control.monitoring and end_epoch(plan, program, optimizer,
                                                                 epoch, n_threads):
             break
-    return lgmstm_omp_wtime() - started
+    return lgmstm_omp_wtime() - started if timed else 0
 
 
 cdef enum:
@@ -670,7 +687,8 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
     if plan.control != NULL and plan.control.stopped:
         return
     if n_threads <= 1 or choice == NULL:
-        train_epochs(step, program, parameters, plan, optimizer, 0, plan.n_epochs, n_threads)
+        train_epochs(step, program, parameters, plan, optimizer, 0, plan.n_epochs, n_threads,
+                     False)
         return
     if (choice.n_threads != n_threads or choice.n_samples != plan.n_samples
             or choice.batch_size != plan.batch_size):
@@ -682,11 +700,24 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
         arm = next_arm(choice)
         stop = min(plan.n_epochs, epoch + slice_epochs(choice, arm))
         seconds = train_epochs(step, program, parameters, plan, optimizer, epoch, stop,
-                               n_threads if arm == MANY else 1)
+                               n_threads if arm == MANY else 1, True)
         record_slice(choice, arm, seconds / (stop - epoch), seconds)
         epoch = stop
         if plan.control != NULL and plan.control.stopped:
             break
+
+
+cdef void run_training(TrainingRun run, BatchStep step, void *program,
+                       const Parameters *parameters, const TrainingPlan *plan,
+                       Optimizer *optimizer, int n_threads) noexcept:
+    """run_epochs, called holding the GIL: released for the epochs unless
+    run.keep_gil (a short fit of a few microseconds' work, which the
+    release and the taking back would slow by a tenth)."""
+    if run.keep_gil:
+        run_epochs(step, program, parameters, plan, optimizer, n_threads)
+        return
+    with nogil:
+        run_epochs(step, program, parameters, plan, optimizer, n_threads)
 
 
 @cython.auto_pickle(False)
@@ -736,7 +767,8 @@ cdef class Program:
                                 Py_ssize_t batch_size) except -2:
         """n_steps of X (0 for the LGM) when X, Y and h0 are what the
         kernels take as they are, batches of up to batch_size samples never
-        thread BLAS and an epoch is short (SHORT_FIT_WORK); else -1."""
+        thread BLAS and an epoch is short (SHORT_FIT_WORK); else -1. Sets
+        short_work to the epoch's multiply-adds."""
         return -1
 
     cdef int train_run(self, TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
@@ -796,7 +828,6 @@ cdef class Program:
         if not (0 <= mu < 1 and 0 <= b1 < 1 and 0 <= b2 < 1 and epsilon > 0
                 and isfinite(epsilon) and decay >= 0 and isfinite(decay)):
             return None
-        settings = (mu, nesterov, b1, b2, epsilon)
         if clip_norm is not None:
             if not isinstance(clip_norm, float):
                 return None
@@ -812,6 +843,7 @@ cdef class Program:
             return None
         if n_samples < 1 or optimizer not in OPTIMIZER_CODES:
             return None
+        self.short_work = GIL_HELD_WORK  # unless ready_steps says less
         n_steps = self.ready_steps(X, Y, h0, batch)
         if n_steps < 0 or not array_finite(<cnp.ndarray> X) or not array_finite(<cnp.ndarray> Y):
             return None
@@ -824,7 +856,9 @@ cdef class Program:
             hit = (state is not None and state is self.short_state
                    and optimizer == self.short_optimizer and n_samples == self.short_samples
                    and n_steps == self.short_steps and batch == self.short_batch
-                   and settings == self.short_settings)
+                   and mu == self.short_momentum and b1 == self.short_beta1
+                   and b2 == self.short_beta2 and epsilon == self.short_eps
+                   and (nesterov is True) == self.short_nesterov)
             if hit and not warm_start:
                 # A fresh state, made in place: zero moments, no step done.
                 for i in range(self.params.count, self.trained.count):
@@ -832,9 +866,10 @@ cdef class Program:
                 state.step = 0
             elif not hit:
                 run, state = self.run_factory(X, Y, h0, batch, state if warm_start else None,
-                                              optimizer, settings)
-                self.short_run, self.short_state = run, state
-                self.short_optimizer, self.short_settings = optimizer, settings
+                                              optimizer, (mu, nesterov, b1, b2, epsilon))
+                self.short_run, self.short_state, self.short_optimizer = run, state, optimizer
+                self.short_momentum, self.short_beta1, self.short_beta2 = mu, b1, b2
+                self.short_eps, self.short_nesterov = epsilon, nesterov is True
                 self.short_samples, self.short_steps, self.short_batch = n_samples, n_steps, batch
                 self.trained = PointerTable(
                     self.params.arrays + [a for arrays in state.moments for a in arrays])
@@ -843,6 +878,7 @@ cdef class Program:
             run = self.short_run
             run.X, run.Y, run.initial_states, run.final_states = X, Y, h0, final_states
             run.clip_norm = clip
+            run.keep_gil = self.short_work < GIL_HELD_WORK
             run.optimizer.lr = rate
             run.optimizer.weight_decay = decay
             run.optimizer.step = state.step
@@ -869,6 +905,7 @@ cdef class Program:
             run = self.short_run
             if run is not None:  # the caller's arrays are not kept
                 run.X = run.Y = run.initial_states = run.final_states = None
+                run.keep_gil = False
             self.lock.end_train()
         dims[0] = 1
         losses = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
