@@ -945,8 +945,10 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         Raises
         ------
         ValueError
-            Empty, non-finite or non-numeric data, inconsistent lengths, or
-            an invalid hyper-parameter value.
+            Empty, non-finite or non-numeric data, inconsistent lengths, an
+            invalid hyper-parameter value, or a sample_weight of another
+            shape, negative, non-finite or all zero (also in either part of
+            early stopping's split).
         TypeError
             A hyper-parameter of the wrong type (e.g. a float ``max_iter``).
         lgmstm.TrainingInterrupted
@@ -1167,7 +1169,9 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         ValueError
             Empty, non-finite or non-numeric X, inconsistent lengths,
             continuous or multi-output y, an invalid hyper-parameter value,
-            or (``warm_start``, fitted) classes other than ``classes_``.
+            (``warm_start``, fitted) classes other than ``classes_``, or a
+            sample_weight of another shape, negative, non-finite or all zero
+            (also in either part of early stopping's split).
         TypeError
             A hyper-parameter of the wrong type (e.g. a float ``max_iter``).
         lgmstm.TrainingInterrupted
