@@ -234,6 +234,31 @@ cdef inline double loss_scale(int loss, double weight_total, Py_ssize_t n_out) n
     return 1.0 / (weight_total * (n_out if loss == SQUARED_ERROR else 1))
 
 
+cdef inline Py_ssize_t n_valid_outputs(const Py_ssize_t *lengths, Py_ssize_t n_samples,
+                                       bint return_sequences) noexcept nogil:
+    """Outputs (rows) that take a loss: every valid step, or one per sequence."""
+    cdef Py_ssize_t i, total = 0
+    if not return_sequences:
+        return n_samples
+    for i in range(n_samples):
+        total += lengths[i]
+    return total
+
+
+cdef inline double loss_count(int loss, const double *weights, const Py_ssize_t *lengths,
+                              Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_out,
+                              bint return_sequences) noexcept nogil:
+    """What the loss of n_samples sequences is the mean over: the valid
+    outputs' count, or the rows' weights summed, times n_out for the squared
+    error (see loss_scale)."""
+    cdef double total
+    if weights == NULL:
+        total = n_valid_outputs(lengths, n_samples, return_sequences)
+    else:
+        total = weight_sum(weights, n_samples * (n_steps if return_sequences else 1))
+    return total * (n_out if loss == SQUARED_ERROR else 1)
+
+
 cdef inline void output_function(int loss, floating *outputs, Py_ssize_t n_out) noexcept nogil:
     """One row of logits to probabilities in place: softmax (max-subtracted)
     or the logistic sigmoid; nothing for SQUARED_ERROR."""
