@@ -261,11 +261,13 @@ cdef class DeepNetwork(Program):
 
     def gradients(self, TrainingRun run, int n_threads):
         """One batch on all of run's samples, in order: fill run.grads and
-        return the sum of squares (see train for run)."""
+        return the sum of squares (see train for run). Callers may run
+        beside each other (the model's readers): a panel workspace of its own."""
         cdef Batches batches
         cdef double sum_squares
         cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
-        self._batches(run, &batches)
+        cdef KeptMemory own = KeptMemory()
+        self._batches(run, &batches, own)
         with nogil:
             sum_squares = deep_batch_step(&batches, 0, n_samples, NULL, n_threads)
         return sum_squares
@@ -288,7 +290,8 @@ cdef class DeepNetwork(Program):
                            &epoch_losses[0], epoch_losses.shape[0], n_threads)
         return run.step
 
-    cdef int _batches(self, TrainingRun run, Batches *batches) except -1:
+    cdef int _batches(self, TrainingRun run, Batches *batches,
+                      KeptMemory panel_memory) except -1:
         cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
         cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[1]
         cdef Py_ssize_t max_rows
@@ -314,7 +317,7 @@ cdef class DeepNetwork(Program):
         batches.gather_each_batch, batches.gathered = True, False
         batches.panel_values = NULL
         if batches.in_panel_layout:
-            batches.panel_values = self.panel_memory.get(
+            batches.panel_values = panel_memory.get(
                 batches.panels.n_values * batches.itemsize,
                 (n_steps, batches.panels.task_width, batches.panels.n_groups))
         return 0
@@ -331,7 +334,7 @@ cdef class DeepNetwork(Program):
         cdef const Py_ssize_t *lengths = <const Py_ssize_t *> cnp.PyArray_DATA(
             <cnp.ndarray> run.lengths)
         cdef Py_ssize_t i, n_valid = n_samples
-        self._batches(run, &batches)
+        self._batches(run, &batches, self.panel_memory)
         batches.gather_each_batch = order != NULL or n_tasks(n_samples, run.batch_size) > 1
         if self.shape.return_sequences:
             n_valid = 0
