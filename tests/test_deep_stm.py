@@ -743,3 +743,18 @@ def test_gradients_beside_each_other_in_the_panel_layout_keep_their_bits():
     for i, grads in enumerate(together):
         for key, value in grads.items():
             assert np.array_equal(value, alone[i % 4][key]), key
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_ten_layers_follow_the_reference(bidirectional, lengths):
+    """More layers than the program plans on its stack (it allocates), in
+    both layouts (full-length sequences of one direction: the panels)."""
+    X, Y = data(np.float64)
+    if lengths is not None:
+        Y[np.arange(N_STEPS) >= lengths[:, None]] = 0
+    models = [STM(N_IN, [3] * 10, N_OUT, bidirectional=bidirectional, seed=1, backend=backend)
+              for backend in ("cython", "numpy")]
+    got, want = (m.gradients(X, Y, lengths=lengths) for m in models)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-10, atol=1e-13, err_msg=key)
