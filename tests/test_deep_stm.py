@@ -724,3 +724,37 @@ def test_panel_layout_fit_agrees_with_numpy_and_keeps_bits_over_threads(name, dt
     np.testing.assert_allclose(runs[0][0], history, **tolerance(dtype))
     for got, want in zip(runs[0][1:], reference_model.params.values()):
         np.testing.assert_allclose(got, want, **tolerance(dtype))
+
+
+def test_gradients_beside_each_other_in_the_panel_layout_keep_their_bits():
+    """Callers of gradients may run side by side (the model's readers): each
+    call has a panel workspace of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(6)
+    model = make("stacked3-readout")
+    batches = [rng.standard_normal((400, 30, N_IN)) for _ in range(4)]
+    targets = [rng.uniform(-0.8, 0.8, (400, 30, N_OUT)) for _ in range(4)]
+    assert model._network.program.training_layout(400, 30) is not None
+    alone = [model.gradients(X, Y) for X, Y in zip(batches, targets)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda i: model.gradients(batches[i % 4], targets[i % 4]),
+                                 range(16)))
+    for i, grads in enumerate(together):
+        for key, value in grads.items():
+            assert np.array_equal(value, alone[i % 4][key]), key
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_ten_layers_follow_the_reference(bidirectional, lengths):
+    """More layers than the program plans on its stack (it allocates), in
+    both layouts (full-length sequences of one direction: the panels)."""
+    X, Y = data(np.float64)
+    if lengths is not None:
+        Y[np.arange(N_STEPS) >= lengths[:, None]] = 0
+    models = [STM(N_IN, [3] * 10, N_OUT, bidirectional=bidirectional, seed=1, backend=backend)
+              for backend in ("cython", "numpy")]
+    got, want = (m.gradients(X, Y, lengths=lengths) for m in models)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-10, atol=1e-13, err_msg=key)

@@ -276,11 +276,13 @@ cdef class DeepNetwork(Program):
     def gradients(self, TrainingRun run, int n_threads):
         """One batch on all of run's samples, in order: fill run.grads and
         return the mean loss over the valid outputs (loss_count: weighted
-        by run.weights; see train for run)."""
+        by run.weights; see train for run). Callers may run beside each
+        other (the model's readers): a panel workspace of its own."""
         cdef Batches batches
         cdef double total, count
         cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
-        self._batches(run, &batches)
+        cdef KeptMemory own = KeptMemory()
+        self._batches(run, &batches, own)
         with nogil:
             total = deep_batch_step(&batches, 0, n_samples, NULL, n_threads)
             count = loss_count(self.shape.loss, batches.weights, batches.lengths, n_samples,
@@ -316,21 +318,24 @@ cdef class DeepNetwork(Program):
                            &epoch_losses[0], epoch_losses.shape[0], n_threads)
         return run.step
 
-    cdef int _batches(self, TrainingRun run, Batches *batches) except -1:
+    cdef int _batches(self, TrainingRun run, Batches *batches,
+                      KeptMemory panel_memory) except -1:
         if run.workspace.count != 3:
             raise ValueError(f"expected 3 workspace arrays, got {run.workspace.count}")
         self._data_batches(batches, run.X, run.Y, run.lengths, run.weights,
-                           run.workspace.arrays, run.batch_size)
+                           run.workspace.arrays, run.batch_size, panel_memory)
         batches.grads = run.grads.data
         batches.h0_all = data_or_null(run.initial_states)
         batches.final_all = data_or_null(run.final_states)
         return 0
 
     cdef int _data_batches(self, Batches *batches, object X, object Y, object lengths,
-                           object weights, list workspace, Py_ssize_t batch_size) except -1:
+                           object weights, list workspace, Py_ssize_t batch_size,
+                           KeptMemory panel_memory) except -1:
         """batches for X, Y, lengths, weights (or None) and workspace (the
         three arrays of workspace_sizes(batch_size, n_steps)), without
-        gradients, initial or final states (NULL)."""
+        gradients, initial or final states (NULL); the panel layout's
+        workspace from panel_memory (None: batches train row-major)."""
         cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> X)[0]
         cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(<cnp.ndarray> X)[1]
         cdef Py_ssize_t max_rows = min(batch_size, n_samples)
@@ -355,14 +360,15 @@ cdef class DeepNetwork(Program):
         batches.forward_only = False
         batches.validation = NULL
         batches.layout = layout_of(&self.shape, max_rows, n_steps)
-        batches.in_panel_layout = (uses_panels(&self.shape, max_rows, n_steps)
+        batches.in_panel_layout = (panel_memory is not None
+                                   and uses_panels(&self.shape, max_rows, n_steps)
                                    and panel_takes(self.shape.loss, self.shape.n_out,
                                                    batches.weights))
         batches.panels = deep_panels_of(&self.shape, max_rows, n_steps, batches.itemsize)
         batches.gather_each_batch, batches.gathered = True, False
         batches.panel_values = NULL
         if batches.in_panel_layout:
-            batches.panel_values = self.panel_memory.get(
+            batches.panel_values = panel_memory.get(
                 batches.panels.n_values * batches.itemsize,
                 (n_steps, batches.panels.task_width, batches.panels.n_groups))
         return 0
@@ -376,7 +382,7 @@ cdef class DeepNetwork(Program):
         cdef TrainingPlan plan
         cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
         cdef double count
-        self._batches(run, &batches)
+        self._batches(run, &batches, self.panel_memory)
         batches.gather_each_batch = order != NULL or n_tasks(n_samples, run.batch_size) > 1
         count = loss_count(self.shape.loss, batches.weights, batches.lengths, n_samples,
                            batches.n_steps, self.shape.n_out, self.shape.return_sequences)
@@ -386,9 +392,8 @@ cdef class DeepNetwork(Program):
             # One batch of every validation sequence, from zero states, its loss only.
             self._data_batches(&validation, run.validation[0], run.validation[1],
                                run.validation[2], run.validation[3], list(run.validation[4:]),
-                               cnp.PyArray_DIMS(<cnp.ndarray> run.validation[0])[0])
+                               cnp.PyArray_DIMS(<cnp.ndarray> run.validation[0])[0], None)
             validation.forward_only = True
-            validation.in_panel_layout = False
             batches.validation = &validation
             plan.validate = deep_validation_step
         with nogil:
