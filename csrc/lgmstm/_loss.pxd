@@ -12,8 +12,10 @@
 # over) times the row's weight. The squared error has a flat, unweighted
 # form (squared_error, panel_squared_error: the programs' hot path) and the
 # row form of every loss (output_loss, which takes weights; in the panel
-# layout panel_output_loss, unweighted). Sums over
-# blocks of a fixed size are added in block order (see _parallel.pxd).
+# layout panel_output_loss, unweighted); loss_count says what a batch of
+# sequences' loss is the mean over (the STM programs, single and deep).
+# Sums over blocks of a fixed size are added in block order (see
+# _parallel.pxd).
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, fabs, log, log1p
