@@ -319,6 +319,28 @@ def test_validation_compiled_as_the_reference(output, dtype):
     assert_dicts_close(params, ref_params, dtype, trained=True)
 
 
+def test_a_stateful_stacked_stm_validates_from_zero_states(dtype):
+    """Streams train on from their held states; the validation set starts
+    from zeros (as for one layer), compiled as in NumPy."""
+    X, Y = data("softmax", dtype=dtype)
+    X_val, Y_val = data("softmax", dtype=dtype, seed=8)
+    results = []
+    for backend in BACKENDS:
+        model = make("readout", "softmax", dtype, backend, stateful=True)
+        history = model.fit(X, Y, epochs=4, lr=0.1, shuffle=False,
+                            validation_data=(X_val, Y_val))
+        results.append((history, model.validation_history_, model.state))
+        fresh = make("readout", "softmax", dtype, backend)
+        fresh.load_params(model.params)
+        assert model.validation_history_[-1] == pytest.approx(
+            fresh.loss(X_val, Y_val), rel=2e-5 if np.dtype(dtype) == np.float32 else 1e-12)
+    (history, validation, state), (ref_history, ref_validation, ref_state) = results
+    assert_close(history, ref_history, dtype, trained=True)
+    assert_close(validation, ref_validation, dtype, trained=True)
+    for got, want in zip(state, ref_state):
+        assert_close(got, want, dtype, trained=True)
+
+
 @pytest.mark.parametrize("output", ["softmax", "linear"])
 def test_same_bits_for_1_2_3_threads(output, dtype, threads):
     """Large enough that the passes fork: weighted, validated training."""
