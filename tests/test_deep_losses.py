@@ -301,14 +301,30 @@ def test_early_stopping_restores_the_best_epoch(output, backend, dtype):
         np.testing.assert_array_equal(model.params[key], value, err_msg=key)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_validation_loss_ignores_sample_weight(backend):
+    X, Y, lengths, validation_data = validation_problem("sigmoid")
+    weights = np.random.default_rng(6).uniform(0, 3, len(X))
+    model = make("all", "sigmoid", backend=backend)
+    model.fit(X, Y, lengths=lengths, epochs=2, lr=0.1, sample_weight=weights,
+              validation_data=validation_data)
+    X_val, Y_val, lengths_val = validation_data
+    assert model.validation_history_[-1] == pytest.approx(
+        model.loss(X_val, Y_val, lengths=lengths_val), rel=1e-12)
+
+
 @pytest.mark.parametrize("output", OUTPUTS + ["linear"])
 def test_validation_compiled_as_the_reference(output, dtype):
+    """validation_fraction holds out sequences and their weights (the
+    validation loss is unweighted); shuffled weighted mini-batches."""
     X, Y, lengths, _ = validation_problem(output, dtype)
+    weights = np.random.default_rng(3).uniform(0.5, 2, (len(X), N_STEPS))
     results = []
     for backend in BACKENDS:
         model = make("bidirectional-readout", output, dtype, backend)
         history = model.fit(X, Y, lengths=lengths, epochs=6, lr=0.2, batch_size=5, seed=4,
-                            validation_fraction=0.25, early_stopping=True, patience=2)
+                            sample_weight=weights, validation_fraction=0.25,
+                            early_stopping=True, patience=2)
         results.append((history, model.validation_history_, model.best_epoch_,
                         model.params))
     (history, validation, best, params), (ref_history, ref_validation, ref_best,
