@@ -77,17 +77,20 @@ class DeepRecurrent:
     params: the model's parameter list, in the order of the STM's names (per
     layer: the forward direction's Wx, Wh, b, then the reverse direction's;
     then each readout layer's W, b); sizes: the recurrent layers' sizes;
+    output: the STM's ("softmax" and "sigmoid" train their cross-entropy on
+    the last layer's logits, and predict applies their function);
     stacked: whether the STM's state is a list of one array per layer (its
     n_hidden a sequence) or one array (an int). States given to and returned
     by predict take that form.
     """
 
-    def __init__(self, params, n_in, sizes, n_directions, output_tanh, return_sequences,
+    def __init__(self, params, n_in, sizes, n_directions, output, return_sequences,
                  stacked, backend, lock):
         self.params = params
         self.sizes = list(sizes)
         self.n_directions = n_directions
-        self.output_tanh = output_tanh
+        self.output = output
+        self.output_tanh = output == "tanh"
         self.return_sequences = return_sequences
         self.stacked = stacked
         self.compiled = backend == "cython"
@@ -100,7 +103,7 @@ class DeepRecurrent:
             n_recurrent = 3 * n_directions * len(self.sizes)
             dense = [W.shape[1] for W in params[n_recurrent::2]]
             self.program = DeepNetwork(params, n_in, np.asarray(self.sizes, np.intp),
-                                       np.asarray(dense, np.intp), n_directions, output_tanh,
+                                       np.asarray(dense, np.intp), n_directions, output,
                                        return_sequences, lock)
         # the readout: every parameter after the recurrent ones
         self.n_recurrent = 3 * n_directions * len(self.sizes)
@@ -136,45 +139,57 @@ class DeepRecurrent:
         return finals if self.stacked else finals[0]
 
     def predict(self, X, h0, lengths, logits=False):
-        # tanh and linear outputs only: there are no logits apart from the outputs
+        """(outputs, final states): softmax and sigmoid outputs are
+        probabilities (0 at padded steps), or with logits=True their logits."""
         layers, readout = self._network()
         outputs, kept = reference.deep_forward(X, layers, readout, self._layer_states(h0),
                                                lengths, self.output_tanh,
                                                self.return_sequences, self.passes)
+        if not logits and self.output in ("softmax", "sigmoid"):
+            outputs = reference.output_function(self.output, outputs)
+            if self.return_sequences:
+                outputs[np.arange(X.shape[1]) >= lengths[:, None]] = 0
         return outputs, self._public_states([finals[0] for finals in kept.finals])
 
-    def step_gradients(self, X, Y, h0, lengths):
-        """(loss, grads, final states in the public form) of one batch (unchecked)."""
+    def step_gradients(self, X, Y, h0, lengths, weights=None):
+        """(loss, grads, final states in the public form) of one batch
+        (unchecked; weights: None or each output row's, as STM._row_weights
+        makes them)."""
         layers, readout = self._network()
         loss, grads, finals = reference.deep_loss_gradients(
-            X, Y, layers, readout, self._layer_states(h0), lengths, self.output_tanh,
-            self.return_sequences, self.passes)
+            X, Y, layers, readout, self._layer_states(h0), lengths, self.output,
+            self.return_sequences, self.passes, weights)
         return loss, grads, self._public_states(finals)
 
+    def validation_loss(self, X, Y, lengths, weights):
+        """The loss over the valid outputs (weights: the rows' mask, or
+        None), from zero states."""
+        return self.step_gradients(X, Y, None, lengths, weights)[0]
+
     def gradients(self, X, Y, h0, lengths, weights=None):
-        assert weights is None  # STM refuses sample_weight for a deep STM
         program = self.program
         if program is None:
-            loss, grads, _ = self.step_gradients(X, Y, h0, lengths)
+            loss, grads, _ = self.step_gradients(X, Y, h0, lengths, weights)
             return loss, grads
         # The training program's batch, on every sequence in order.
         trainer = CompiledDeepTrainer(self, X, Y, lengths, h0, max(1, X.shape[0]),
-                                      OptimizerState.fresh("sgd", self.params), 1.0, None)
+                                      OptimizerState.fresh("sgd", self.params), 1.0, None,
+                                      weights=weights)
         with single_threaded_blas(trainer.blas_work):
-            sum_squares = program.gradients(trainer.run_data, get_num_threads())
-        n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
-        return sum_squares / max(1, n_valid * self.n_out), trainer.run_data.grads.arrays
+            loss = program.gradients(trainer.run_data, get_num_threads())
+        return loss, trainer.run_data.grads.arrays
 
     def trainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm, weight_decay=0.0,
                 weights=None, validation=None, control=TrainingControl()):
-        # STM.fit refuses sample_weight and validation for a deep STM; the
-        # control (the learning-rate schedule) is the driver's.
-        assert weights is None and validation is None
+        """A trainer of the backend: weights, the output rows' loss weights
+        or None; validation, (X_val, Y_val, lengths_val, weights_val) or None
+        (weights_val: the rows' mask for a cross-entropy, or None)."""
         if self.compiled:
             return CompiledDeepTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr,
-                                       clip_norm, weight_decay, control, self.workspace)
+                                       clip_norm, weight_decay, control, self.workspace,
+                                       weights, validation)
         return DeepTrainer(self, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
-                           weight_decay, control)
+                           weight_decay, control, weights, validation)
 
 
 class CompiledDeepTrainer(CompiledTrainer):
@@ -182,10 +197,12 @@ class CompiledDeepTrainer(CompiledTrainer):
     layers' states packed side by side in one row per sequence, as the
     program takes them; final_states in the STM's form (see DeepRecurrent).
     kept: a TrainingWorkspace to take the gradients and scratch from (fit;
-    None: fresh ones, for a call that may run beside another)."""
+    None: fresh ones, for a call that may run beside another); weights and
+    validation as DeepRecurrent.trainer takes them."""
 
     def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
-                 weight_decay=0.0, control=TrainingControl(), kept=None):
+                 weight_decay=0.0, control=TrainingControl(), kept=None, weights=None,
+                 validation=None):
         n_samples, n_steps, _ = X.shape
         dtype = X.dtype
         layer_h0 = network._layer_states(h0)
@@ -202,13 +219,21 @@ class CompiledDeepTrainer(CompiledTrainer):
         grads, workspace = (make_workspace() if kept is None else
                             kept.get((n_values, n_indices, n_partials, dtype), make_workspace))
         self.network_of_states = network
+        blas_work = network.program.blas_work(min(batch_size, n_samples), n_steps)
+        if validation is not None:
+            X_val, Y_val, lengths_val, weights_val = validation
+            blas_work = max(blas_work, network.program.blas_work(*X_val.shape[:2]))
+            validation = network.program.validation_data(
+                X_val, Y_val.reshape(-1), lengths_val,
+                None if weights_val is None else weights_val.reshape(-1))
         super().__init__(
             network, X, Y.reshape(-1), batch_size, optimizer, lr,
-            grads=grads, workspace=workspace,
-            blas_work=network.program.blas_work(min(batch_size, n_samples), n_steps),
+            grads=grads, workspace=workspace, blas_work=blas_work,
             clip_norm=clip_norm, weight_decay=weight_decay, lengths=lengths,
             initial_states=packed_h0,
-            final_states=np.zeros((n_samples, sum(network.sizes)), dtype), control=control)
+            final_states=np.zeros((n_samples, sum(network.sizes)), dtype),
+            weights=None if weights is None else weights.reshape(-1), validation=validation,
+            control=control)
 
     @property
     def final_states(self):
@@ -227,23 +252,31 @@ class DeepTrainer(ReferenceTrainer):
     sequence's final state per layer (the public form), from the latest epoch."""
 
     def __init__(self, network, X, Y, lengths, h0, batch_size, optimizer, lr, clip_norm,
-                 weight_decay, control=TrainingControl()):
+                 weight_decay, control=TrainingControl(), weights=None, validation=None):
         finals = [np.zeros((X.shape[0], n), X.dtype) for n in network.sizes]
-        n_valid = int(lengths.sum()) if network.return_sequences else X.shape[0]
         layer_h0 = network._layer_states(h0)
+
+        def count(batch_lengths, batch_weights):
+            """What a batch's loss is the mean over (STM._row_weights)."""
+            n_valid = (int(batch_lengths.sum()) if network.return_sequences
+                       else len(batch_lengths))
+            return reference.loss_count(network.output, batch_weights, n_valid, network.n_out)
 
         def batch(rows):
             batch_lengths = lengths[rows]
+            batch_weights = None if weights is None else weights[rows]
             loss, grads, batch_finals = network.step_gradients(
                 X[rows], Y[rows],
                 None if layer_h0 is None else network._public_states([h[rows] for h in layer_h0]),
-                batch_lengths)
+                batch_lengths, batch_weights)
             for kept, final in zip(finals, network._layer_states(batch_finals)):
                 kept[rows] = final
-            n_batch = int(batch_lengths.sum()) if network.return_sequences else len(batch_lengths)
-            return loss * n_batch * network.n_out, grads
+            return loss * count(batch_lengths, batch_weights), grads
 
-        super().__init__(network.params, batch, X.shape[0], n_valid * network.n_out, batch_size,
+        def validate():
+            return network.validation_loss(*validation)
+
+        super().__init__(network.params, batch, X.shape[0], count(lengths, weights), batch_size,
                          optimizer, lr, clip_norm, carried=finals, weight_decay=weight_decay,
-                         control=control)
+                         validate=None if validation is None else validate, control=control)
         self.final_states = network._public_states(finals)

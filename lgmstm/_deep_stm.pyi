@@ -20,7 +20,9 @@ class DeepNetwork(Program):
         cls, params: list[_Float], n_in: int,
         hidden: _Index,  # each layer's state size
         dense: _Index,  # each readout layer's size, the output layer last
-        n_directions: int, output_tanh: bool, return_sequences: bool, lock: UseLock,
+        n_directions: int,
+        output: str,  # "tanh", "linear", "softmax" or "sigmoid" (a cross-entropy on the logits)
+        return_sequences: bool, lock: UseLock,
     ) -> DeepNetwork: ...
     @property
     def hidden_sizes(self) -> _Index: ...
@@ -41,7 +43,14 @@ class DeepNetwork(Program):
         of batches of up to n_rows sequences of n_steps."""
     def gradients(self, run: TrainingRun, n_threads: int) -> float:
         """One batch of all run's samples in order: fill run.grads, return
-        the sum of squares over the valid outputs."""
+        the mean loss over the valid outputs (weighted by run.weights)."""
+    def validation_data(
+        self, X_val: _Float, Y_val: _Float, lengths_val: _Index,
+        weights_val: NDArray[np.float64] | None = None,
+    ) -> tuple[Any, ...]:
+        """What a TrainingRun's validation holds: the validation sequences
+        (from zero states), their rows' weights (a cross-entropy's mask) or
+        None, and the workspace of one forward-only batch of them all."""
     def train(
         self, run: TrainingRun, order: _Index, epoch_losses: NDArray[np.float64],
         n_threads: int,

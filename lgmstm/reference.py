@@ -435,18 +435,38 @@ def deep_backward(layers, readout, h0s, lengths, output_tanh, return_sequences, 
     return layer_grads + readout_grads
 
 
-def deep_loss_gradients(X, Y, layers, readout, h0s, lengths, output_tanh, return_sequences,
-                        passes=REFERENCE_PASSES):
-    """(loss, grads, finals) of a deep STM on one batch: the mean squared
-    error over the valid outputs (Y 0 past each length, as the outputs),
-    deep_backward's gradients, and the forward finals of each layer."""
-    outputs, kept = deep_forward(X, layers, readout, h0s, lengths, output_tanh,
-                                 return_sequences, passes)
+def sequence_loss(output, outputs, Y, lengths, return_sequences, weights=None):
+    """(mean loss, d outputs) of an STM's outputs (n_samples, n_out), or
+    (n_samples, n_steps, n_out) with return_sequences, 0 past each length.
+
+    Unweighted squared error ("tanh", "linear"): the mean over the valid
+    outputs (Y 0 past each length, as the outputs, so padded ones add
+    nothing); else output_loss over the output rows, weights (None, or
+    each row's weight shaped as Y without its last axis, 0 at padded
+    steps: a cross-entropy's padded rows need them).
+    """
     n_out = outputs.shape[-1]
-    n_valid = int(lengths.sum()) if return_sequences else X.shape[0]
-    loss, d_outputs = squared_error(outputs, Y)
-    rescale = outputs.size / max(1, n_valid * n_out)
-    d_outputs *= d_outputs.dtype.type(rescale)
-    grads = deep_backward(layers, readout, h0s, lengths, output_tanh, return_sequences, kept,
-                          d_outputs, passes)
-    return loss * rescale, grads, [finals[0] for finals in kept.finals]
+    if weights is None and output not in ("softmax", "sigmoid"):
+        n_valid = int(lengths.sum()) if return_sequences else outputs.shape[0]
+        # squared_error averages over every output; padded ones are 0 - 0.
+        loss, d_outputs = squared_error(outputs, Y)
+        rescale = outputs.size / max(1, n_valid * n_out)
+        d_outputs *= d_outputs.dtype.type(rescale)
+        return loss * rescale, d_outputs
+    loss, d_outputs = output_loss(output, outputs.reshape(-1, n_out), Y.reshape(-1, n_out),
+                                  None if weights is None else weights.reshape(-1))
+    return loss, d_outputs.reshape(outputs.shape)
+
+
+def deep_loss_gradients(X, Y, layers, readout, h0s, lengths, output, return_sequences,
+                        passes=REFERENCE_PASSES, weights=None):
+    """(loss, grads, finals) of a deep STM on one batch: the output's mean
+    loss over the valid outputs (sequence_loss; output "tanh", "linear",
+    "softmax" or "sigmoid", the last two on the logits), deep_backward's
+    gradients, and the forward finals of each layer."""
+    outputs, kept = deep_forward(X, layers, readout, h0s, lengths, output == "tanh",
+                                 return_sequences, passes)
+    loss, d_outputs = sequence_loss(output, outputs, Y, lengths, return_sequences, weights)
+    grads = deep_backward(layers, readout, h0s, lengths, output == "tanh", return_sequences,
+                          kept, d_outputs, passes)
+    return loss, grads, [finals[0] for finals in kept.finals]

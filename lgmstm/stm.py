@@ -259,18 +259,8 @@ class _ReferenceRecurrent:
         """
         input_weight, recurrent_weight, _, readout_weight, _ = self.params
         H, final, readout_input, outputs = self._forward(X, h0, lengths)
-        if weights is None and self.output not in PROBABILITY_OUTPUTS:
-            n_valid = int(lengths.sum()) if self.return_sequences else X.shape[0]
-            # squared_error averages over every output; padded ones are 0 - 0.
-            loss, d_outputs = reference.squared_error(outputs, Y)
-            rescale = outputs.size / max(1, n_valid * self.n_out)
-            d_outputs *= rescale
-        else:
-            loss, d_outputs = reference.output_loss(
-                self.output, outputs.reshape(-1, self.n_out), Y.reshape(-1, self.n_out),
-                None if weights is None else weights.reshape(-1))
-            d_outputs = d_outputs.reshape(outputs.shape)
-            rescale = 1.0
+        loss, d_outputs = reference.sequence_loss(self.output, outputs, Y, lengths,
+                                                  self.return_sequences, weights)
         d_readout_input, d_readout_weight, d_readout_bias = reference.layer_backward(
             readout_input, readout_weight, outputs.reshape(-1, self.n_out),
             d_outputs.reshape(-1, self.n_out), self.output_tanh)
@@ -281,7 +271,7 @@ class _ReferenceRecurrent:
         _, _, d_input_weight, d_recurrent_weight, d_bias = reference.recurrent_backward(
             X, h0, input_weight, recurrent_weight, H, dH, dh_last, lengths, need_dX=False)
         grads = [d_input_weight, d_recurrent_weight, d_bias, d_readout_weight, d_readout_bias]
-        return loss * rescale, grads, final
+        return loss, grads, final
 
     def loss(self, X, Y, h0, lengths, weights=None):
         """The mean loss over the valid outputs (weights: the output rows',
@@ -400,9 +390,8 @@ class STM(Model):
         and "sigmoid" (binary or multi-label) output probabilities and
         train on the cross-entropy, as :class:`lgmstm.LGM`'s do (targets
         one-hot or class probabilities, or in [0, 1]); see
-        :meth:`predict_log_proba`.
-        A deep STM (stacked, bidirectional or with a readout's layers)
-        takes "tanh" or "linear" only, for now.
+        :meth:`predict_log_proba`. The same for a deep STM (stacked,
+        bidirectional or with a readout's layers).
     return_sequences : bool, default True
         True: an output on every step, Y of shape (n_samples, n_steps, n_out).
         False: one output per sequence, from its final state, Y of shape
@@ -508,11 +497,6 @@ class STM(Model):
         for name, shape in shapes.items():
             check_product(f"the weight {name}", *shape)
         self._output = check_output(output, self._n_out)
-        if self._deep and self._output not in ("tanh", "linear"):
-            raise ValueError(
-                f"output={self._output!r} is not available for a deep STM (stacked, "
-                f"bidirectional or with readout layers) yet: its loss is the squared "
-                f"error; use output='tanh' or 'linear', or a single-layer STM")
         self._return_sequences = check_bool("return_sequences", return_sequences)
         self._stateful = check_bool("stateful", stateful)
         if self._stateful and self._bidirectional:
@@ -528,7 +512,7 @@ class STM(Model):
         if self._deep:
             self._network: Any = DeepRecurrent(
                 self._params, self._n_in, self._sizes, 2 if self._bidirectional else 1,
-                self._output == "tanh", self._return_sequences, self._stacked,
+                self._output, self._return_sequences, self._stacked,
                 self._backend, self._lock)
         else:
             self._network = _NETWORKS[self._backend](
@@ -789,10 +773,6 @@ class STM(Model):
         where every valid row weighs 1 and nothing needs masking (the
         squared error's padded outputs and targets are both 0)."""
         n_samples = len(lengths)
-        if self._deep and sample_weight is not None:
-            raise ValueError("sample_weight is not available for a deep STM (stacked, "
-                             "bidirectional or with readout layers) yet; use a single-layer "
-                             "STM or leave sample_weight None")
         shapes: tuple[tuple[int, ...], ...] = ((n_samples,),)
         meaning = "(n_samples,)"
         if self._return_sequences:
@@ -1275,13 +1255,6 @@ class STM(Model):
                                      weight_decay)
             if losses is not None:
                 return losses
-        if self._deep and (validation_data is not None or validation_fraction is not None
-                           or early_stopping is True):
-            raise ValueError(
-                "validation_data, validation_fraction and early_stopping are not available "
-                "for a deep STM (stacked, bidirectional or with readout layers) yet: its "
-                "program has no validation pass; use a single-layer STM, or validate "
-                "between fits with model.loss")
         X, lengths = self._inputs(X, lengths)
         Y = self._targets(Y, X, lengths)
         weights = self._row_weights(sample_weight, lengths, X.shape[1])

@@ -46,8 +46,8 @@ VARIANTS = [  # (sizes, bidirectional, readout, return_sequences)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("output_tanh", [True, False])
-def test_reference_gradients_match_finite_differences(variant, output_tanh):
+@pytest.mark.parametrize("output", ["tanh", "linear"])
+def test_reference_gradients_match_finite_differences(variant, output):
     sizes, bidirectional, readout, return_sequences = variant
     rng = np.random.default_rng(len(sizes) + 10 * bidirectional + len(readout))
     n_samples, n_steps, n_in, n_out = 4, 5, 3, 2
@@ -61,11 +61,11 @@ def test_reference_gradients_match_finite_differences(variant, output_tanh):
         Y[np.arange(n_steps) >= lengths[:, None]] = 0
 
     def loss():
-        return reference.deep_loss_gradients(X, Y, layers, dense, h0s, lengths, output_tanh,
+        return reference.deep_loss_gradients(X, Y, layers, dense, h0s, lengths, output,
                                              return_sequences)[0]
 
     _, grads, finals = reference.deep_loss_gradients(X, Y, layers, dense, h0s, lengths,
-                                                     output_tanh, return_sequences)
+                                                     output, return_sequences)
     params = flat(layers, dense)
     assert [g.shape for g in grads] == [p.shape for p in params]
     for param, grad in zip(params, grads):
@@ -93,11 +93,11 @@ def test_reference_float32_follows_float64(dtype):
     Y = rng.standard_normal((3, 6, 2)) * 0.5
     lengths = np.array([6, 2, 0], np.intp)
     Y[np.arange(6) >= lengths[:, None]] = 0
-    expected = reference.deep_loss_gradients(X, Y, layers, dense, None, lengths, True, True)
+    expected = reference.deep_loss_gradients(X, Y, layers, dense, None, lengths, "tanh", True)
     cast = [[tuple(p.astype(dtype) for p in d) for d in layer] for layer in layers]
     cast_dense = [tuple(p.astype(dtype) for p in layer) for layer in dense]
     loss, grads, finals = reference.deep_loss_gradients(
-        X.astype(dtype), Y.astype(dtype), cast, cast_dense, None, lengths, True, True)
+        X.astype(dtype), Y.astype(dtype), cast, cast_dense, None, lengths, "tanh", True)
     tolerance = 1e-4 if dtype == np.float32 else 1e-12
     assert abs(loss - expected[0]) <= tolerance * max(1.0, expected[0])
     for got, want in zip(grads + finals, expected[1] + expected[2]):
@@ -184,7 +184,7 @@ def test_predict_loss_and_gradients_follow_the_reference(name, return_sequences,
     outputs, _ = reference.deep_forward(X64, cast, cast_dense, None, LENGTHS, False,
                                         return_sequences)
     loss, grads, _ = reference.deep_loss_gradients(X64, Y64, cast, cast_dense, None, LENGTHS,
-                                                   False, return_sequences)
+                                                   "linear", return_sequences)
     got = model.predict(X, lengths=LENGTHS)
     assert got.dtype == dtype
     np.testing.assert_allclose(got, outputs, **tolerance(dtype))
@@ -610,20 +610,6 @@ def test_pieces_at_multiples_of_the_row_quantum_have_the_whole_batchs_bits(
     np.testing.assert_array_equal(joined, whole)
 
 
-def test_what_a_deep_stm_does_not_take_yet_is_refused_clearly():
-    """The deep STM trains on the squared error without weights, for now."""
-    for output in ("softmax", "sigmoid"):
-        with pytest.raises(ValueError, match=f"output='{output}' is not available for a deep"):
-            STM(N_IN, [4, 4], N_OUT, output=output)
-    model = make("stacked")
-    X, Y = data(np.float64)
-    for call in (lambda: model.fit(X, Y, epochs=1, lr=0.1, sample_weight=np.ones(N_SAMPLES)),
-                 lambda: model.loss(X, Y, sample_weight=np.ones(N_SAMPLES)),
-                 lambda: model.gradients(X, Y, sample_weight=np.ones(N_SAMPLES))):
-        with pytest.raises(ValueError, match="sample_weight is not available for a deep STM"):
-            call()
-
-
 def test_a_deep_stm_takes_the_drivers_learning_rate_schedules():
     # The schedule is the training driver's: the compiled deep program
     # follows it as the NumPy composition does, and it changes the training.
@@ -640,22 +626,6 @@ def test_a_deep_stm_takes_the_drivers_learning_rate_schedules():
         np.testing.assert_allclose(histories["cython", schedule], histories["numpy", schedule],
                                    rtol=1e-10)
     assert not np.allclose(histories["cython", "constant"], histories["cython", "invscaling"])
-
-
-@pytest.mark.parametrize("extra", [{"validation_fraction": 0.25},
-                                   {"validation_data": "X"},
-                                   {"early_stopping": True, "validation_fraction": 0.25}])
-def test_a_deep_stm_refuses_validation_clearly(extra):
-    rng = np.random.default_rng(6)
-    X = rng.normal(size=(8, 4, 3))
-    Y = np.tanh(X[..., :2])
-    extra = {key: (X, Y) if value == "X" else value for key, value in extra.items()}
-    model = lgmstm.STM(3, [5, 4], 2, seed=0)
-    before = {name: value.copy() for name, value in model.params.items()}
-    with pytest.raises(ValueError, match="not available for a deep STM"):
-        model.fit(X, Y, epochs=2, lr=0.05, **extra)
-    for name, value in model.params.items():
-        np.testing.assert_array_equal(value, before[name])
 
 
 # -- the panel layout (small one-direction networks, full-length batches) -------------
@@ -681,7 +651,7 @@ def test_panel_layout_gradients_and_states_follow_the_reference(name, return_seq
     cast_dense = [tuple(p.astype(np.float64) for p in layer) for layer in dense]
     loss, grads, finals = reference.deep_loss_gradients(
         X.astype(np.float64), Y.astype(np.float64), cast, cast_dense,
-        [h.astype(np.float64) for h in h0_list], lengths, True, return_sequences)
+        [h.astype(np.float64) for h in h0_list], lengths, "tanh", return_sequences)
     got_loss, got_grads = model._network.gradients(X, Y, h0, lengths)
     assert abs(got_loss - loss) <= tolerance(dtype)["rtol"] * loss
     for key, grad, want in zip(model.params, got_grads, grads):
@@ -724,3 +694,37 @@ def test_panel_layout_fit_agrees_with_numpy_and_keeps_bits_over_threads(name, dt
     np.testing.assert_allclose(runs[0][0], history, **tolerance(dtype))
     for got, want in zip(runs[0][1:], reference_model.params.values()):
         np.testing.assert_allclose(got, want, **tolerance(dtype))
+
+
+def test_gradients_beside_each_other_in_the_panel_layout_keep_their_bits():
+    """Callers of gradients may run side by side (the model's readers): each
+    call has a panel workspace of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(6)
+    model = make("stacked3-readout")
+    batches = [rng.standard_normal((400, 30, N_IN)) for _ in range(4)]
+    targets = [rng.uniform(-0.8, 0.8, (400, 30, N_OUT)) for _ in range(4)]
+    assert model._network.program.training_layout(400, 30) is not None
+    alone = [model.gradients(X, Y) for X, Y in zip(batches, targets)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda i: model.gradients(batches[i % 4], targets[i % 4]),
+                                 range(16)))
+    for i, grads in enumerate(together):
+        for key, value in grads.items():
+            assert np.array_equal(value, alone[i % 4][key]), key
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_ten_layers_follow_the_reference(bidirectional, lengths):
+    """More layers than the program plans on its stack (it allocates), in
+    both layouts (full-length sequences of one direction: the panels)."""
+    X, Y = data(np.float64)
+    if lengths is not None:
+        Y[np.arange(N_STEPS) >= lengths[:, None]] = 0
+    models = [STM(N_IN, [3] * 10, N_OUT, bidirectional=bidirectional, seed=1, backend=backend)
+              for backend in ("cython", "numpy")]
+    got, want = (m.gradients(X, Y, lengths=lengths) for m in models)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-10, atol=1e-13, err_msg=key)

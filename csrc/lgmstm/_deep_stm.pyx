@@ -1,7 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The deep STM program: stacked Elman layers (_rnn), each with an optional
 reverse direction, and a readout of dense tanh layers (_dense), trained on
-the squared error (_loss) by the driver of _train.
+the output's loss (_loss: the squared error, or softmax or sigmoid
+cross-entropy on the logits; each output row weighted) by the driver of
+_train, which validates through deep_validation_step.
 
 The composition of lgmstm.reference.deep_forward / deep_backward (its
 oracle). Row-major, the recurrent passes are _rnn's tasks (sequence chunks,
@@ -34,7 +36,9 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from lgmstm._dense cimport dense_backward, dense_forward
-from lgmstm._loss cimport panel_squared_error, squared_error
+from lgmstm._loss cimport (SQUARED_ERROR, loss_count, loss_of_output, loss_scale,
+                           output_loss, output_loss_blocks, panel_output_loss, panel_takes,
+                           squared_error)
 from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, gather_columns, group_panels,
                             padded_width, panel_product, row_dots, row_sums)
@@ -59,6 +63,7 @@ cdef struct Shape:
     const Py_ssize_t *dense       # (n_dense,) each readout layer's size, the output last
     Py_ssize_t total_hidden       # the sum of hidden: a row of the packed states
     bint output_tanh, return_sequences
+    int loss                      # the output's loss code (_loss.pxd)
 
 
 cdef inline Py_ssize_t layer_width(const Shape *shape, Py_ssize_t k) noexcept nogil:
@@ -170,7 +175,13 @@ cdef struct Batches:
     void *final_all         # (n_samples, total_hidden) OUT, or NULL
     void *values            # the workspace (Layout)
     Py_ssize_t *indices     # lengths of the batch, then the time loops' order
-    double *partials
+    double *partials        # the loss's partial sums (n_partials), then batch_weights
+    Py_ssize_t n_partials
+    const double *weights   # each output row's weight (n_samples * rows per sample), or NULL
+    double *batch_weights   # scratch: a shuffled batch's weights (after the partials)
+    bint forward_only       # the batch's loss only (validation): no backward pass
+    Batches *validation     # the validation sequences' (DeepNetwork.validation_data), or NULL
+    Py_ssize_t n_samples    # of X (the validation batch: all of them)
     Layout layout
     # The panel layout: whether batches of full-length sequences take it,
     # its layout and workspace, and whether the batch must be gathered anew.
@@ -186,14 +197,16 @@ cdef class DeepNetwork(Program):
     params: per layer, the forward direction's Wx, Wh, b, then the reverse
     direction's; then each readout layer's W, b (lgmstm/stm.py names them);
     hidden: intp array of the layers' sizes; dense: intp array of the
-    readout layers' sizes, the output layer last; lock: the model's UseLock.
+    readout layers' sizes, the output layer last; output: the STM's
+    ("tanh", "linear", "softmax", "sigmoid"; the last two train their
+    cross-entropy on the logits); lock: the model's UseLock.
     """
     cdef readonly object hidden_sizes, dense_sizes, param_counts
     cdef Shape shape
     cdef const Py_ssize_t *counts
 
     def __cinit__(self, list params, Py_ssize_t n_in, hidden, dense,
-                  Py_ssize_t n_directions, bint output_tanh, bint return_sequences,
+                  Py_ssize_t n_directions, str output, bint return_sequences,
                   UseLock lock):
         cdef const Py_ssize_t[::1] hidden_view = hidden
         cdef const Py_ssize_t[::1] dense_view = dense
@@ -212,7 +225,8 @@ cdef class DeepNetwork(Program):
         self.shape.n_dense = n_dense
         self.shape.hidden, self.shape.dense = &hidden_view[0], &dense_view[0]
         self.shape.total_hidden = int(np.sum(hidden))
-        self.shape.output_tanh, self.shape.return_sequences = output_tanh, return_sequences
+        self.shape.output_tanh, self.shape.return_sequences = output == "tanh", return_sequences
+        self.shape.loss = loss_of_output(output)
         self.lock = lock
         self.panel_memory = KeptMemory()
         self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])
@@ -258,18 +272,34 @@ cdef class DeepNetwork(Program):
         cdef Layout layout = layout_of(&self.shape, n_rows, n_steps)
         cdef Py_ssize_t n_outputs = n_rows * (n_steps if self.shape.return_sequences else 1)
         return (layout.n_values, (1 + self.shape.n_directions) * n_rows,
-                max(1, n_tasks(n_outputs * self.shape.n_out, BLOCK_ELEMS)))
+                partial_count(&self.shape, n_outputs) + n_outputs)
 
     def gradients(self, TrainingRun run, int n_threads):
         """One batch on all of run's samples, in order: fill run.grads and
-        return the sum of squares (see train for run)."""
+        return the mean loss over the valid outputs (loss_count: weighted
+        by run.weights; see train for run). Callers may run beside each
+        other (the model's readers): a panel workspace of its own."""
         cdef Batches batches
-        cdef double sum_squares
+        cdef double total, count
         cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
-        self._batches(run, &batches)
+        cdef KeptMemory own = KeptMemory()
+        self._batches(run, &batches, own)
         with nogil:
-            sum_squares = deep_batch_step(&batches, 0, n_samples, NULL, n_threads)
-        return sum_squares
+            total = deep_batch_step(&batches, 0, n_samples, NULL, n_threads)
+            count = loss_count(self.shape.loss, batches.weights, batches.lengths, n_samples,
+                               batches.n_steps, self.shape.n_out, self.shape.return_sequences)
+        return total / count if count > 0 else 0.0
+
+    def validation_data(self, X_val, Y_val, lengths_val, weights_val=None):
+        """What a TrainingRun's validation holds for the validation
+        sequences X_val (n_val, n_steps_val, n_in), Y_val (flattened, 0 at
+        padded steps) and lengths_val (intp), C-contiguous in the model's
+        dtype, each from zero states: the data, weights_val (each output
+        row's weight, float64: 1 valid, 0 padded, a cross-entropy's mask;
+        or None) and the workspace of one batch of them all."""
+        n_values, n_indices, n_partials = self.workspace_sizes(X_val.shape[0], X_val.shape[1])
+        return (X_val, Y_val, lengths_val, weights_val, np.empty(n_values, X_val.dtype),
+                np.empty(n_indices, np.intp), np.empty(n_partials, np.float64))
 
     def train(self, TrainingRun run, const Py_ssize_t[:, ::1] order,
               double[::1] epoch_losses, int n_threads):
@@ -289,57 +319,84 @@ cdef class DeepNetwork(Program):
                            &epoch_losses[0], epoch_losses.shape[0], n_threads)
         return run.step
 
-    cdef int _batches(self, TrainingRun run, Batches *batches) except -1:
-        cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
-        cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[1]
-        cdef Py_ssize_t max_rows
+    cdef int _batches(self, TrainingRun run, Batches *batches,
+                      KeptMemory panel_memory) except -1:
         if run.workspace.count != 3:
             raise ValueError(f"expected 3 workspace arrays, got {run.workspace.count}")
+        self._data_batches(batches, run.X, run.Y, run.lengths, run.weights,
+                           run.workspace.arrays, run.batch_size, panel_memory)
+        batches.grads = run.grads.data
+        batches.h0_all = data_or_null(run.initial_states)
+        batches.final_all = data_or_null(run.final_states)
+        return 0
+
+    cdef int _data_batches(self, Batches *batches, object X, object Y, object lengths,
+                           object weights, list workspace, Py_ssize_t batch_size,
+                           KeptMemory panel_memory) except -1:
+        """batches for X, Y, lengths, weights (or None) and workspace (the
+        three arrays of workspace_sizes(batch_size, n_steps)), without
+        gradients, initial or final states (NULL); the panel layout's
+        workspace from panel_memory (None: batches train row-major)."""
+        cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> X)[0]
+        cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(<cnp.ndarray> X)[1]
+        cdef Py_ssize_t max_rows = min(batch_size, n_samples)
         batches.itemsize = 8 if self.type_num == cnp.NPY_DOUBLE else 4
         batches.shape = &self.shape
         batches.params = self.params.data
-        batches.grads = run.grads.data
+        batches.grads = NULL
         batches.n_steps = n_steps
-        batches.X = cnp.PyArray_DATA(<cnp.ndarray> run.X)
-        batches.Y = cnp.PyArray_DATA(<cnp.ndarray> run.Y)
-        batches.lengths = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> run.lengths)
-        batches.h0_all = data_or_null(run.initial_states)
-        batches.final_all = data_or_null(run.final_states)
-        batches.values = run.workspace.data[0]
-        batches.indices = <Py_ssize_t *> run.workspace.data[1]
-        batches.partials = <double *> run.workspace.data[2]
-        max_rows = min(run.batch_size, n_samples)
+        batches.n_samples = n_samples
+        batches.X = cnp.PyArray_DATA(<cnp.ndarray> X)
+        batches.Y = cnp.PyArray_DATA(<cnp.ndarray> Y)
+        batches.lengths = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> lengths)
+        batches.h0_all = NULL
+        batches.final_all = NULL
+        batches.values = cnp.PyArray_DATA(<cnp.ndarray> workspace[0])
+        batches.indices = <Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> workspace[1])
+        batches.partials = <double *> cnp.PyArray_DATA(<cnp.ndarray> workspace[2])
+        batches.n_partials = partial_count(
+            &self.shape, max_rows * (n_steps if self.shape.return_sequences else 1))
+        batches.weights = <const double *> data_or_null(weights)
+        batches.batch_weights = batches.partials + batches.n_partials
+        batches.forward_only = False
+        batches.validation = NULL
         batches.layout = layout_of(&self.shape, max_rows, n_steps)
-        batches.in_panel_layout = uses_panels(&self.shape, max_rows, n_steps)
+        batches.in_panel_layout = (panel_memory is not None
+                                   and uses_panels(&self.shape, max_rows, n_steps)
+                                   and panel_takes(self.shape.loss, self.shape.n_out,
+                                                   batches.weights))
         batches.panels = deep_panels_of(&self.shape, max_rows, n_steps, batches.itemsize)
         batches.gather_each_batch, batches.gathered = True, False
         batches.panel_values = NULL
         if batches.in_panel_layout:
-            batches.panel_values = self.panel_memory.get(
+            batches.panel_values = panel_memory.get(
                 batches.panels.n_values * batches.itemsize,
                 (n_steps, batches.panels.task_width, batches.panels.n_groups))
         return 0
 
     cdef int train_run(self, TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
                        Py_ssize_t n_epochs, int n_threads) except -1:
-        cdef Batches batches
+        cdef Batches batches, validation
         cdef Parameters parameters = parameters_of(self.params, run, self.counts,
                                                    8 if self.type_num == cnp.NPY_DOUBLE else 4)
         cdef Optimizer *optimizer = &run.optimizer
         cdef TrainingPlan plan
         cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[0]
-        cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(<cnp.ndarray> run.X)[1]
-        cdef const Py_ssize_t *lengths = <const Py_ssize_t *> cnp.PyArray_DATA(
-            <cnp.ndarray> run.lengths)
-        cdef Py_ssize_t i, n_valid = n_samples
-        self._batches(run, &batches)
+        cdef double count
+        self._batches(run, &batches, self.panel_memory)
         batches.gather_each_batch = order != NULL or n_tasks(n_samples, run.batch_size) > 1
-        if self.shape.return_sequences:
-            n_valid = 0
-            for i in range(n_samples):
-                n_valid += lengths[i]
+        count = loss_count(self.shape.loss, batches.weights, batches.lengths, n_samples,
+                           batches.n_steps, self.shape.n_out, self.shape.return_sequences)
         plan = plan_of(run, order, epoch_losses, n_epochs, n_samples,
-                       max(1, n_valid * self.shape.n_out), False)
+                       count if batches.weights != NULL else max(1.0, count), False)
+        if run.validation is not None and plan.validation_losses != NULL:
+            # One batch of every validation sequence, from zero states, its loss only.
+            self._data_batches(&validation, run.validation[0], run.validation[1],
+                               run.validation[2], run.validation[3], list(run.validation[4:]),
+                               cnp.PyArray_DIMS(<cnp.ndarray> run.validation[0])[0], None)
+            validation.forward_only = True
+            batches.validation = &validation
+            plan.validate = deep_validation_step
         run_training(run, deep_batch_step, &batches, &parameters, &plan, optimizer, n_threads)
         return 0
 
@@ -351,6 +408,24 @@ cdef double deep_batch_step(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
         return deep_batch(<double *> NULL, <Batches *> batches, start, n_rows, rows,
                           n_threads)
     return deep_batch(<float *> NULL, <Batches *> batches, start, n_rows, rows, n_threads)
+
+
+cdef double deep_validation_step(void *batches, int n_threads) noexcept nogil:
+    """The ValidationStep (_train.pxd): the mean loss over the valid outputs
+    of the validation sequences (loss_count), one forward-only batch."""
+    cdef Batches *validation = (<Batches *> batches).validation
+    cdef const Shape *shape = validation.shape
+    cdef double total = deep_batch_step(validation, 0, validation.n_samples, NULL, n_threads)
+    return total / max(1.0, loss_count(shape.loss, validation.weights, validation.lengths,
+                                       validation.n_samples, validation.n_steps, shape.n_out,
+                                       shape.return_sequences))
+
+
+cdef inline Py_ssize_t partial_count(const Shape *shape, Py_ssize_t n_outputs) noexcept nogil:
+    """The partial sums the loss of n_outputs output rows needs (squared_error's
+    blocks of values or output_loss's of rows)."""
+    return max(1, max(n_tasks(n_outputs * shape.n_out, BLOCK_ELEMS),
+                      output_loss_blocks(n_outputs)))
 
 
 cdef void reverse_steps(const floating *source, floating *dest, const Py_ssize_t *lengths,
@@ -587,8 +662,9 @@ cdef void backward_region_task(floating *dtype, Step *step, Py_ssize_t k, Py_ssi
 cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ssize_t n_rows,
                        const Py_ssize_t *rows, int n_threads) noexcept nogil:
     """Forward, loss and backward of one batch (see BatchStep in _train.pxd):
-    fills the gradients, returns the batch's sum of squares; dtype only
-    picks the fused specialisation.
+    fills the gradients, returns the batch's summed loss (weighted: the
+    rows' weights, gathered with the batch); dtype only picks the fused
+    specialisation. forward_only: the summed loss alone.
 
     Every recurrent pass is its tasks (_rnn.pxd), one parallel region per
     layer: forward, both directions' chunks together; backward, both
@@ -624,7 +700,9 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
     cdef BackwardPlan *plans = few_plans
     cdef Py_ssize_t k, d, j, i, width, n_hidden, param, n_dense_in, task, chunk_rows
     cdef Py_ssize_t n_chunk_tasks, n_region_tasks
-    cdef double sum_squares, work
+    cdef Py_ssize_t weights_per_sample = n_steps if every_step else 1
+    cdef const double *weight_rows = NULL
+    cdef double sum_squares, work, count
     cdef int n_used
     # Gather the batch.
     if rows != NULL:
@@ -638,6 +716,13 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
         memcpy(length_rows, batches.lengths + start, n_rows * sizeof(Py_ssize_t))
         if h0_all != NULL:
             h0_rows = h0_all + start * total
+    if batches.weights != NULL:
+        if rows != NULL:
+            gather_rows(<const char *> batches.weights, rows, n_rows,
+                        weights_per_sample * sizeof(double), <char *> batches.batch_weights)
+            weight_rows = batches.batch_weights
+        else:
+            weight_rows = batches.weights + start * weights_per_sample
     if batches.in_panel_layout and all_full_length(length_rows, n_rows, n_steps):
         sum_squares = deep_panel_batch(dtype, batches, start, n_rows, rows, h0_rows, n_threads)
         put_final_states(dtype, batches, start, n_rows, rows)
@@ -692,15 +777,18 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
         for i in range(n_rows):
             memset(outputs + (i * n_steps + length_rows[i]) * n_out, 0,
                    (n_steps - length_rows[i]) * n_out * sizeof(floating))
-    n_dense_in = 0
-    if every_step:
-        for i in range(n_rows):
-            n_dense_in += length_rows[i]
-    else:
-        n_dense_in = n_rows
     dA = values + layout.grad_a
-    sum_squares = squared_error(outputs, Y_rows, dA, readout_rows * n_out,
-                                1.0 / max(1, n_dense_in * n_out), batches.partials, n_threads)
+    count = loss_count(shape.loss, weight_rows, length_rows, n_rows, n_steps, n_out,
+                       every_step)
+    if shape.loss == SQUARED_ERROR and weight_rows == NULL:
+        sum_squares = squared_error(outputs, Y_rows, dA, readout_rows * n_out,
+                                    1.0 / max(1.0, count), batches.partials, n_threads)
+    else:
+        sum_squares = output_loss(shape.loss, outputs, Y_rows, weight_rows, dA, readout_rows,
+                                  n_out, 1.0 / count if count > 0 else 0.0, batches.partials,
+                                  n_threads)
+    if batches.forward_only:
+        return sum_squares
     # Backward through the readout: dA ping-pongs between grad_a and grad_b;
     # one direction's top states take their gradient as their dz's place.
     for j in range(shape.n_dense - 1, -1, -1):
@@ -974,8 +1062,8 @@ cdef void panel_sequence_task(floating *dtype, PanelStep *step, Py_ssize_t group
         if shape.output_tanh or j < n_dense - 1:
             tanh_rows(A, shape.dense[j], n_read, ld_read)
         layer_input, ld_input, n_inputs = A, ld_read, shape.dense[j]
-    step.partials[group] = panel_squared_error(
-        A, <floating *> values + panels.targets + group * n_read,
+    step.partials[group] = panel_output_loss(
+        shape.loss, A, <floating *> values + panels.targets + group * n_read,
         panel_dense(values, step, n_dense - 1, True) + group * n_read, shape.n_out,
         n_read // width, width, n_valid, ld_read, step.grad_scale, shape.output_tanh)
     # Backward: the readout's layers (dz_j = W_{j+1} dz_{j+1} tanh'), dL/dh of the top layer.
@@ -1108,8 +1196,9 @@ cdef double deep_panel_batch(floating *dtype, Batches *batches, Py_ssize_t start
     step.h0_rows = h0_rows
     step.final_rows = <floating *> batches.values + batches.layout.final_batch
     step.n_rows = n_rows
-    step.grad_scale = 1.0 / max(1, n_rows * (n_steps if shape.return_sequences else 1)
-                                * shape.n_out)
+    step.grad_scale = loss_scale(shape.loss,
+                                 n_rows * (n_steps if shape.return_sequences else 1),
+                                 shape.n_out)
     if group_threads == 1:
         for task in range(panels.n_groups):
             panel_sequence_task(dtype, &step, task)

@@ -12,8 +12,10 @@
 # over) times the row's weight. The squared error has a flat, unweighted
 # form (squared_error, panel_squared_error: the programs' hot path) and the
 # row form of every loss (output_loss, which takes weights; in the panel
-# layout panel_output_loss, unweighted). Sums over
-# blocks of a fixed size are added in block order (see _parallel.pxd).
+# layout panel_output_loss, unweighted); loss_count says what a batch of
+# sequences' loss is the mean over (the STM programs, single and deep).
+# Sums over blocks of a fixed size are added in block order (see
+# _parallel.pxd).
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, fabs, log, log1p
@@ -232,6 +234,31 @@ cdef inline double loss_scale(int loss, double weight_total, Py_ssize_t n_out) n
     if weight_total <= 0:
         return 0
     return 1.0 / (weight_total * (n_out if loss == SQUARED_ERROR else 1))
+
+
+cdef inline Py_ssize_t n_valid_outputs(const Py_ssize_t *lengths, Py_ssize_t n_samples,
+                                       bint return_sequences) noexcept nogil:
+    """Outputs (rows) that take a loss: every valid step, or one per sequence."""
+    cdef Py_ssize_t i, total = 0
+    if not return_sequences:
+        return n_samples
+    for i in range(n_samples):
+        total += lengths[i]
+    return total
+
+
+cdef inline double loss_count(int loss, const double *weights, const Py_ssize_t *lengths,
+                              Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_out,
+                              bint return_sequences) noexcept nogil:
+    """What the loss of n_samples sequences is the mean over: the valid
+    outputs' count, or the rows' weights summed, times n_out for the squared
+    error (see loss_scale)."""
+    cdef double total
+    if weights == NULL:
+        total = n_valid_outputs(lengths, n_samples, return_sequences)
+    else:
+        total = weight_sum(weights, n_samples * (n_steps if return_sequences else 1))
+    return total * (n_out if loss == SQUARED_ERROR else 1)
 
 
 cdef inline void output_function(int loss, floating *outputs, Py_ssize_t n_out) noexcept nogil:

@@ -30,9 +30,9 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from lgmstm._dense cimport dense_backward, dense_forward
-from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_loss,
-                           output_loss_blocks, output_rows, panel_output_loss,
-                           panel_takes, squared_error, weight_sum)
+from lgmstm._loss cimport (SQUARED_ERROR, loss_count, loss_of_output, loss_scale,
+                           n_valid_outputs, output_loss, output_loss_blocks, output_rows,
+                           panel_output_loss, panel_takes, squared_error)
 from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK,
                             PANEL_WEIGHT_ROWS, add_weight_gradient, finish_weight_gradient,
@@ -645,31 +645,6 @@ cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
         for lane in range(n_valid):
             for o in range(n_out):
                 outputs[(first + lane) * n_out + o] = readouts[o * ld_x + lane]
-
-
-cdef inline Py_ssize_t n_valid_outputs(const Py_ssize_t *lengths, Py_ssize_t n_samples,
-                                       bint return_sequences) noexcept nogil:
-    """Outputs (rows) that take a loss: every valid step, or one per sequence."""
-    cdef Py_ssize_t i, total = 0
-    if not return_sequences:
-        return n_samples
-    for i in range(n_samples):
-        total += lengths[i]
-    return total
-
-
-cdef inline double loss_count(int loss, const double *weights, const Py_ssize_t *lengths,
-                              Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_out,
-                              bint return_sequences) noexcept nogil:
-    """What the loss of n_samples sequences is the mean over: the valid
-    outputs' count, or the rows' weights summed, times n_out for the squared
-    error (see loss_scale)."""
-    cdef double total
-    if weights == NULL:
-        total = n_valid_outputs(lengths, n_samples, return_sequences)
-    else:
-        total = weight_sum(weights, n_samples * (n_steps if return_sequences else 1))
-    return total * (n_out if loss == SQUARED_ERROR else 1)
 
 
 cdef double stm_gradients(const floating *X, const floating *Y, const floating *h0,
