@@ -336,7 +336,7 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
 # -- fit_many -----------------------------------------------------------------------------
 # fit_many's defaults: how its tasks are cut (see _batches) and up to how
 # many bytes a pair of arrays travels inside each task that trains on it.
-GUIDED_SHARE = 2
+GUIDED_SHARE = 3
 GUIDED_TAIL_TASKS = 16
 EMBED_BYTES = 16 * 2**20
 
@@ -388,11 +388,13 @@ def _batches(n_models: int, models_per_task: int | None, n_slots: int) -> list[r
     """Consecutive groups of models, one task each.
 
     models_per_task given: groups of that many. By default, guided sizes:
-    each task takes a 1/(2 n_slots) share of the models left (no fewer than
+    each task takes a 1/(3 n_slots) share of the models left (no fewer than
     1/(16 n_slots) of all), so the first tasks are large (few tasks: the
     scheduler's milliseconds per task are shared by many small fits) and
     the last ones small (the thread slots run out of work together: no slot
-    idles while another finishes a large task).
+    idles while another finishes a large task). A third, not a half, of an
+    equal share: Dask gives each worker a task ahead of the ones it runs
+    (worker-saturation), so a slot commits to two tasks at a time.
     """
     if models_per_task is not None:
         return [range(start, min(start + models_per_task, n_models))

@@ -179,16 +179,16 @@ def test_fit_many_equals_fitting_each_model_here(client, embed_bytes, monkeypatc
 def test_fit_many_cuts_guided_batches(n_models, n_slots):
     batches = lgmstm_dask._batches(n_models, None, n_slots)
     # Consecutive, every model once, never growing, and the first ones large:
-    # each takes a 1/(2 n_slots) share of the models left, no fewer than
+    # each takes a 1/(3 n_slots) share of the models left, no fewer than
     # 1/(16 n_slots) of all.
     assert [i for batch in batches for i in batch] == list(range(n_models))
     sizes = [len(batch) for batch in batches]
-    assert sizes[0] == -(-n_models // (2 * n_slots))
+    assert sizes[0] == -(-n_models // (3 * n_slots))
     assert all(a >= b for a, b in zip(sizes, sizes[1:-1]))
     smallest = max(1, n_models // (16 * n_slots))
     left = n_models
     for size in sizes[:-1]:
-        assert size == max(smallest, -(-left // (2 * n_slots)))
+        assert size == max(smallest, -(-left // (3 * n_slots)))
         left -= size
     assert sizes[-1] == left
 
