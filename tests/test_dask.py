@@ -232,7 +232,7 @@ def test_a_killed_worker_loses_no_model(client, embed_bytes, monkeypatch):
     for model, result in zip(models, fitted):
         model.fit(*data, **settings)
         assert_same_model(result, model)
-    client.wait_for_workers(2, timeout=60)      # the nanny's new worker, for the tests after
+    client.wait_for_workers(2, timeout=180)     # the nanny's new worker (slow on a busy machine)
 
 
 # -- threads ----------------------------------------------------------------------------
