@@ -20,7 +20,7 @@ from . import _dense, _rnn, reference
 from ._deep_stm import DeepNetwork
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (CompiledTrainer, OptimizerState, ReferenceTrainer, TrainingControl,
-                        TrainingWorkspace)
+                        TrainingWorkspace, recurrent_validation)
 from .kernels import _chunk_scratch, _rnn_work
 
 
@@ -219,13 +219,9 @@ class CompiledDeepTrainer(CompiledTrainer):
         grads, workspace = (make_workspace() if kept is None else
                             kept.get((n_values, n_indices, n_partials, dtype), make_workspace))
         self.network_of_states = network
-        blas_work = network.program.blas_work(min(batch_size, n_samples), n_steps)
-        if validation is not None:
-            X_val, Y_val, lengths_val, weights_val = validation
-            blas_work = max(blas_work, network.program.blas_work(*X_val.shape[:2]))
-            validation = network.program.validation_data(
-                X_val, Y_val.reshape(-1), lengths_val,
-                None if weights_val is None else weights_val.reshape(-1))
+        validation, blas_work = recurrent_validation(
+            network.program, validation,
+            network.program.blas_work(min(batch_size, n_samples), n_steps))
         super().__init__(
             network, X, Y.reshape(-1), batch_size, optimizer, lr,
             grads=grads, workspace=workspace, blas_work=blas_work,

@@ -292,6 +292,20 @@ class TrainingControl(NamedTuple):
         return self.validating or self.early_stopping or self.schedule == "adaptive"
 
 
+def recurrent_validation(program, validation, blas_work):
+    """(validation, blas_work) of a compiled STM fit (single-layer or deep):
+    the program's validation_data of validation = (X_val, Y_val, lengths_val,
+    weights_val) or None, and the fit's BLAS work raised to that of a pass
+    over the validation set."""
+    if validation is None:
+        return None, blas_work
+    X_val, Y_val, lengths_val, weights_val = validation
+    blas_work = max(blas_work, program.blas_work(*X_val.shape[:2]))
+    return program.validation_data(
+        X_val, Y_val.reshape(-1), lengths_val,
+        None if weights_val is None else weights_val.reshape(-1)), blas_work
+
+
 def at_control_defaults(validation_data, validation_fraction, early_stopping, patience, tol,
                         lr_schedule, power_t) -> bool:
     """Whether fit's validation and control arguments are all their

@@ -927,15 +927,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             Finite numbers.
         sample_weight : array-like of shape (n_samples,), optional
             Each sample's weight (with ``standardize_y``, also in the
-            target's mean and standard deviation), as scikit-learn's MLP (>= 1.7) takes it:
-            finite, >= 0, not all zero; None weighs every sample 1. Each
-            batch minimises the weighted mean of its samples' losses (so, in
-            a full batch, a weight of 2 is the sample twice and a weight of
-            0 leaves it out); alpha's penalty is divided by the batch's
-            summed weight as scikit-learn's, taken as the batch size times
-            the mean weight (exact in a full batch). With early_stopping the
-            held-out samples keep their weights, and the validation loss is
-            their weighted mean, as scikit-learn weighs its validation score.
+            target's mean and standard deviation). %(sample_weight)s
 
         Returns
         -------
@@ -1149,15 +1141,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         y : array-like of shape (n_samples,)
             Class labels (numbers or strings).
         sample_weight : array-like of shape (n_samples,), optional
-            Each sample's weight, as scikit-learn's MLP (>= 1.7) takes it:
-            finite, >= 0, not all zero; None weighs every sample 1. Each
-            batch minimises the weighted mean of its samples' losses (so, in
-            a full batch, a weight of 2 is the sample twice and a weight of
-            0 leaves it out); alpha's penalty is divided by the batch's
-            summed weight as scikit-learn's, taken as the batch size times
-            the mean weight (exact in a full batch). With early_stopping the
-            held-out samples keep their weights, and the validation loss is
-            their weighted mean, as scikit-learn weighs its validation score.
+            Each sample's weight. %(sample_weight)s
 
         Returns
         -------
@@ -1459,10 +1443,22 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         return log_proba
 
 
+# fit's sample_weight, the same for both estimators.
+_SAMPLE_WEIGHT = """As scikit-learn's MLP (>= 1.7) takes it:
+            finite, >= 0, not all zero; None weighs every sample 1. Each
+            batch minimises the weighted mean of its samples' losses (so, in
+            a full batch, a weight of 2 is the sample twice and a weight of
+            0 leaves it out); alpha's penalty is divided by the batch's
+            summed weight as scikit-learn's, taken as the batch size times
+            the mean weight (exact in a full batch). With early_stopping the
+            held-out samples keep their weights, and the validation loss is
+            their weighted mean, as scikit-learn weighs its validation score."""
+
 for _estimator in (LGMRegressor, LGMClassifier):
     _estimator.__doc__ = (_estimator.__doc__ or "") % {
         "mlp_parameters": _MLP_PARAMETERS.lstrip(), "common_parameters": _COMMON_PARAMETERS,
         "mlp_attributes": _MLP_ATTRIBUTES.lstrip()}
+    _estimator.fit.__doc__ = (_estimator.fit.__doc__ or "") % {"sample_weight": _SAMPLE_WEIGHT}
 
 
 # -- the estimator's file: its checks and its JSON (see _LGMEstimator.save) ------------

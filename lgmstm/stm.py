@@ -36,6 +36,7 @@ from ._training import (
     check_validation_set,
     beyond_tanh,
     plan_fit,
+    recurrent_validation,
     short_fit_state,
     train_model,
     warn_beyond_tanh,
@@ -171,13 +172,8 @@ class _CompiledRecurrent:
 
         # The model fixes everything else (targets_per_sample follows from n_steps).
         grads, workspace = self.workspace.get((batch_size, n_steps, dtype), make_workspace)
-        blas_work = self.program.blas_work(batch_size, n_steps)
-        if validation is not None:
-            X_val, Y_val, lengths_val, weights_val = validation
-            blas_work = max(blas_work, self.program.blas_work(*X_val.shape[:2]))
-            validation = self.program.validation_data(
-                X_val, Y_val.reshape(-1), lengths_val,
-                None if weights_val is None else weights_val.reshape(-1))
+        validation, blas_work = recurrent_validation(
+            self.program, validation, self.program.blas_work(batch_size, n_steps))
         return CompiledTrainer(
             self, X, Y, batch_size, optimizer, lr, grads=grads, workspace=workspace,
             blas_work=blas_work, clip_norm=clip_norm,

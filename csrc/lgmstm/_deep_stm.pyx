@@ -43,8 +43,9 @@ from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, gather_columns, group_panels,
                             padded_width, panel_product, row_dots, row_sums)
 from lgmstm._parallel cimport BLOCK_ELEMS, gemm_task_rows, n_tasks, threads_for
-from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, backward_chunk, backward_plan,
-                          forward_chunk, forward_chunk_rows, prepare_recurrent_weight,
+from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, all_full_length, backward_chunk,
+                          backward_plan, forward_chunk, forward_chunk_rows,
+                          prepare_recurrent_weight,
                           rnn_scratch_size, sequence_chunk_rows, transposed_recurrent_weight,
                           weight_grad_task, weight_partials)
 from lgmstm._rows cimport gather_rows, scatter_rows
@@ -879,15 +880,6 @@ cdef void put_final_states(floating *dtype, Batches *batches, Py_ssize_t start,
         memcpy(final_all + start * total, final_rows, n_rows * total * sizeof(floating))
 
 
-cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
-                                 Py_ssize_t n_steps) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n_rows):
-        if lengths[i] != n_steps:
-            return False
-    return True
-
-
 cdef void add_layer_partials(floating *dtype, Step *step, Py_ssize_t k,
                              const BackwardPlan *plan, int n_threads) noexcept nogil:
     """Add the sample groups' weight gradients of layer k (add_weight_partials)."""
@@ -970,22 +962,24 @@ cdef struct PanelStep:
     double partials[MAX_PANEL_GROUPS]
 
 
-cdef inline floating *panel_states(floating *values, const PanelStep *step,
-                                   Py_ssize_t k) noexcept nogil:
-    """Layer k's states (hidden[k], state_cols): per group h0, then every step's."""
+cdef inline Py_ssize_t units_below(const PanelStep *step, Py_ssize_t k) noexcept nogil:
+    """The recurrent units of the layers below layer k."""
     cdef Py_ssize_t i, before = 0
     for i in range(k):
         before += step.shape.hidden[i]
-    return values + step.panels.states + before * step.panels.state_cols
+    return before
+
+
+cdef inline floating *panel_states(floating *values, const PanelStep *step,
+                                   Py_ssize_t k) noexcept nogil:
+    """Layer k's states (hidden[k], state_cols): per group h0, then every step's."""
+    return values + step.panels.states + units_below(step, k) * step.panels.state_cols
 
 
 cdef inline floating *panel_state_grads(floating *values, const PanelStep *step,
                                         Py_ssize_t k) noexcept nogil:
     """Layer k's dL/dH, then its dz in place (hidden[k], cols)."""
-    cdef Py_ssize_t i, before = 0
-    for i in range(k):
-        before += step.shape.hidden[i]
-    return values + step.panels.state_grads + before * step.panels.cols
+    return values + step.panels.state_grads + units_below(step, k) * step.panels.cols
 
 
 cdef inline floating *panel_dense(floating *values, const PanelStep *step, Py_ssize_t j,

@@ -97,3 +97,13 @@ cdef void weight_grad_task(
 cdef void add_weight_partials(floating *dWx, floating *dWh, const floating *partials,
                               Py_ssize_t n_groups, Py_ssize_t n_in, Py_ssize_t n_hidden,
                               int n_threads) noexcept nogil
+
+
+cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
+                                 Py_ssize_t n_steps) noexcept nogil:
+    """Whether each of the n_rows sequences runs all n_steps steps."""
+    cdef Py_ssize_t i
+    for i in range(n_rows):
+        if lengths[i] != n_steps:
+            return False
+    return True

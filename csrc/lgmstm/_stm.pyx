@@ -41,8 +41,8 @@ from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK
                             transpose_columns)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
-from lgmstm._rnn cimport (forward_chunk_rows, rnn_backward_pass, rnn_forward_pass,
-                          rnn_scratch_size)
+from lgmstm._rnn cimport (all_full_length, forward_chunk_rows, rnn_backward_pass,
+                          rnn_forward_pass, rnn_scratch_size)
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
@@ -774,15 +774,6 @@ def _training_layout(Py_ssize_t n_rows, Py_ssize_t n_steps, const Py_ssize_t[::1
         return None
     layout = panel_layout(n_rows, n_steps, &sizes[0], itemsize, return_sequences)
     return layout.n_groups, layout.task_width
-
-
-cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
-                                 Py_ssize_t n_steps) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n_rows):
-        if lengths[i] != n_steps:
-            return False
-    return True
 
 
 cdef void panel_sequence_task(
