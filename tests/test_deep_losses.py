@@ -28,10 +28,11 @@ BACKENDS = ["cython", "numpy"]
 
 def tolerance(dtype, trained=False):
     """Compiled against NumPy: summation orders differ. Training (adam
-    divides each step by the gradient's size) lets float32's differences
-    grow to a few ulps of the step."""
+    divides each step by the gradient's size, lr 0.1) lets float32's
+    differences grow to a small share of a step: up to 2.4e-4 with numpy
+    1.23 and scipy 1.10 (CI's oldest-dependencies job), 5e-5 with numpy 2."""
     if np.dtype(dtype) == np.float32:
-        return {"rtol": 2e-4, "atol": 5e-5} if trained else {"rtol": 1e-5, "atol": 1e-5}
+        return {"rtol": 1e-3, "atol": 5e-4} if trained else {"rtol": 1e-5, "atol": 1e-5}
     return {"rtol": 1e-10, "atol": 1e-12} if trained else {"rtol": 1e-11, "atol": 1e-12}
 
 

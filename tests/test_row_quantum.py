@@ -11,6 +11,7 @@ deliberately of other sizes than the tasks (odd totals, a short last piece).
 """
 import numpy as np
 import pytest
+import scipy
 
 import lgmstm
 
@@ -92,6 +93,14 @@ def test_the_stm_quantum_covers_the_readouts_tasks_over_steps():
         assert (quantum * n_steps) % 64 == 0 and quantum % 64 == 0
 
 
+# Older OpenBLAS builds (scipy 1.10's, CI's oldest-dependencies job) round a
+# GEMM's rows by the row count of the call; a slab is one call of fewer rows
+# than the whole batch's, so on them the slabs may differ from one pass in
+# the last bit (the [64, 160, 96, 8] network did, in 9 of 4904 values). The
+# dask predict tests, whose chunks keep every task's rows, pass there.
+OLD_OPENBLAS = tuple(int(part) for part in scipy.__version__.split(".")[:2]) < (1, 11)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layer_sizes, output", [([64, 160, 96, 8], "tanh"),
                                                  ([10, 32, 1], "linear"),
@@ -99,7 +108,11 @@ def test_the_stm_quantum_covers_the_readouts_tasks_over_steps():
                                                  ([12, 40, 3], "sigmoid")])
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_lgm_predict_in_slabs_has_the_bits_of_one_pass(dtype, layer_sizes, output,
-                                                       n_threads, threads, monkeypatch):
+                                                       n_threads, threads, monkeypatch,
+                                                       request):
+    if OLD_OPENBLAS:
+        request.applymarker(pytest.mark.xfail(
+            reason="older OpenBLAS rounds a GEMM row by the call's row count", strict=False))
     # LGM.predict runs a large batch a slab of rows at a time (a multiple of
     # the row quantum); the oracle is one pass of the kernel over the whole
     # batch, with every layer's activations for all of it.
