@@ -19,8 +19,8 @@ import numpy as np
 from . import _dense, _rnn, reference
 from ._deep_stm import DeepNetwork
 from ._threads import get_num_threads, single_threaded_blas
-from ._training import (CompiledTrainer, OptimizerState, ReferenceTrainer, TrainingControl,
-                        TrainingWorkspace, recurrent_validation)
+from ._training import (CheckedPathOnly, CompiledTrainer, OptimizerState, ReferenceTrainer,
+                        TrainingControl, TrainingWorkspace, recurrent_validation)
 from .kernels import _chunk_scratch, _rnn_work
 
 
@@ -71,7 +71,7 @@ COMPILED_PASSES = reference.Passes(_compiled_layer_forward, _compiled_layer_back
                                    _compiled_recurrent_forward, _compiled_recurrent_backward)
 
 
-class DeepRecurrent:
+class DeepRecurrent(CheckedPathOnly):
     """Forward, gradients and training of a deep STM (see the module's doc).
 
     params: the model's parameter list, in the order of the STM's names (per
@@ -108,19 +108,6 @@ class DeepRecurrent:
         # the readout: every parameter after the recurrent ones
         self.n_recurrent = 3 * n_directions * len(self.sizes)
         self.n_out = params[-1].shape[0]
-
-    # no fast paths: every call takes the checked path
-    @staticmethod
-    def step_ready(x, state):
-        return None
-
-    @staticmethod
-    def predict_ready(X, initial_state):
-        return None
-
-    @staticmethod
-    def fit_ready(*arguments):
-        return None
 
     def _network(self):
         recurrent, dense = self.params[:self.n_recurrent], self.params[self.n_recurrent:]

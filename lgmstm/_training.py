@@ -801,6 +801,18 @@ class CompiledTrainer:
         return losses[:n_epochs]
 
 
+class CheckedPathOnly:
+    """The fast-path hooks (predict_ready, step_ready, fit_ready) of a network
+    that has none (the NumPy backends, the deep STM): each returns None, and
+    the model takes its checked path."""
+
+    @staticmethod
+    def predict_ready(*arguments: Any) -> None:
+        return None
+
+    step_ready = fit_ready = predict_ready
+
+
 class ReferenceTrainer:
     """The NumPy backends' training loop (lgmstm.reference): epochs of
     mini-batch steps, optional gradient clipping, then the optimizer.

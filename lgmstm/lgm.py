@@ -26,6 +26,7 @@ from ._training import (
     PATIENCE,
     POWER_T,
     TOL,
+    CheckedPathOnly,
     CompiledTrainer,
     ReferenceTrainer,
     TrainingControl,
@@ -149,7 +150,7 @@ class _CompiledNetwork:
         return self.trainer(X, Y, batch_size, state, 1.0).run_data, state
 
 
-class _ReferenceNetwork:
+class _ReferenceNetwork(CheckedPathOnly):
     """The same network in plain NumPy (lgmstm.reference)."""
 
     def __init__(self, params, layer_sizes, output, lock):
@@ -157,14 +158,6 @@ class _ReferenceNetwork:
         self.n_layers = len(layer_sizes) - 1
         self.output = output
         self.output_tanh = output == "tanh"
-
-    @staticmethod
-    def predict_ready(X):
-        return None  # no fast path: every call is checked
-
-    @staticmethod
-    def fit_ready(*arguments):
-        return None
 
     def _tanh(self, layer):
         return self.output_tanh or layer < self.n_layers - 1

@@ -27,6 +27,7 @@ from ._training import (
     PATIENCE,
     POWER_T,
     TOL,
+    CheckedPathOnly,
     CompiledTrainer,
     ReferenceTrainer,
     TrainingControl,
@@ -191,7 +192,7 @@ class _CompiledRecurrent:
         return self.trainer(X, Y, lengths, h0, batch_size, state, 1.0, None).run_data, state
 
 
-class _ReferenceRecurrent:
+class _ReferenceRecurrent(CheckedPathOnly):
     """The same model in plain NumPy (lgmstm.reference)."""
 
     def __init__(self, params, sizes, output, return_sequences, lock):
@@ -200,18 +201,6 @@ class _ReferenceRecurrent:
         self.output = output
         self.output_tanh = output == "tanh"
         self.return_sequences = return_sequences
-
-    @staticmethod
-    def step_ready(x, state):
-        return None  # no fast path: every step is checked
-
-    @staticmethod
-    def predict_ready(X, initial_state):
-        return None
-
-    @staticmethod
-    def fit_ready(*arguments):
-        return None
 
     def _forward(self, X, h0, lengths):
         input_weight, recurrent_weight, bias, readout_weight, readout_bias = self.params
