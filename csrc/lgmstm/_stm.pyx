@@ -207,7 +207,8 @@ cdef class Network(Program):
         cdef object outputs, final_states
         cdef list scratch = None
         cdef int n_threads, buffer, status
-        if self.blas_work(n_samples, n_steps) >= BLAS_THREADING_WORK:
+        cdef Py_ssize_t work = self.blas_work(n_samples, n_steps)
+        if work >= BLAS_THREADING_WORK:
             return None
         if state is not None:
             if not is_ready_matrix(state, self.type_num, n_samples, n_hidden):
@@ -235,7 +236,7 @@ cdef class Network(Program):
             buffers[OUTPUTS] = cnp.PyArray_DATA(<cnp.ndarray> outputs)
             lengths = <const Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> scratch[3])
             n_threads = kernel_threads()
-            if self.blas_work(n_samples, n_steps) < GIL_HELD_WORK:
+            if work < GIL_HELD_WORK:
                 status = self._predict_into(array, h0, lengths, n_samples, n_steps, buffers,
                                             n_threads)
             else:
