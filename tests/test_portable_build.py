@@ -6,7 +6,8 @@ compiler and checked against NumPy; LGMSTM_PANEL_LEVEL picks one ISA's
 panel kernels, whatever the dispatcher would.
 
 Each build runs a small C driver that prints the panel kernels' (packed
-products and the gather into the panel layout included) and tanh's results
+products, the gather into the panel layout and the scatter out of it
+included) and tanh's results
 on fixed inputs.
 """
 import shutil
@@ -77,6 +78,13 @@ DRIVER = r"""
         for (int i = 0; i < 3 * N; i++) Gd[i] = (T)7;                           \
         lgmstm_gather_panel_##SUF(G, GV, NULL, 0, GL, 3, 1, Gd, 3 * N, N);      \
         for (int i = 0; i < 3 * N; i++) printf("%.17g\n", (double)Gd[i]);      \
+        /* scatter_panel: lanes GL of H's first M panel rows (tiles; for      \
+           floats on AVX-512 fewer than the lanes), then of 3, to rows GV apart. */ \
+        for (int pass = 0; pass < 2; pass++) {                                  \
+            for (int i = 0; i < GL * GV; i++) G[i] = (T)7;                      \
+            lgmstm_scatter_panel_##SUF(H, N, GL, pass ? 3 : M, G, GV);          \
+            for (int i = 0; i < GL * GV; i++) printf("%.17g\n", (double)G[i]); \
+        }                                                                       \
     } while (0)
 
 int main(void)
@@ -113,7 +121,12 @@ def expected(dtype):
     short = np.zeros((3, N))  # [b, lane]: value b of samples 0 .. GL - 1
     short[:, :GL] = G[:GL, :3].T
     gathered.append(short.ravel())
-    return [C.ravel(), O.ravel(), S, H.ravel(), E.ravel(), F.ravel(), *gathered]
+    scattered = []
+    for n_values in (M, 3):
+        rows = np.full((GL, GV), 7.0)
+        rows[:, :n_values] = H[:n_values, :GL].T
+        scattered.append(rows.ravel())
+    return [C.ravel(), O.ravel(), S, H.ravel(), E.ravel(), F.ravel(), *gathered, *scattered]
 
 
 def cpu_has(*flags):
@@ -153,7 +166,8 @@ def test_kernels_build_and_agree_with_numpy(tmp_path, flags):
     assert build.returncode == 0, build.stderr
     values = np.array(subprocess.run([str(program)], capture_output=True, text=True,
                                      check=True).stdout.split(), dtype=float)
-    sizes = [M * N, K * M, K, M * N, M * LD, M * LD, GF * GB * N, GF * GB * N, 3 * N]
+    sizes = [M * N, K * M, K, M * N, M * LD, M * LD, GF * GB * N, GF * GB * N, 3 * N,
+             GL * GV, GL * GV]
     for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-5)):
         for got_size, want in zip(sizes, expected(dtype)):
             got, values = values[:got_size], values[got_size:]

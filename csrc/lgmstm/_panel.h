@@ -12,6 +12,7 @@
  *   row_dots       out = scale X Y^T + beta out  (narrow weight gradients)
  *   row_sums       out = scale Y 1 + beta out    (bias gradients)
  *   gather_panel   row-major samples into the layout (a transpose, in tiles)
+ *   scatter_panel  and back
  *
  * Every sum runs in one fixed order (along k; or per vector lane along the
  * panels, then the lanes halving), so results never depend on who calls.
@@ -217,7 +218,11 @@
  * dest[f ld + b width + l]. Lanes from n_lanes on are 0. A copy, so the
  * same bits whatever the ISA: tiles of NL lanes by NL values go through NL
  * vector registers and a transpose (GCC's __builtin_shuffle; elsewhere
- * through memory), the values past the last whole tile one by one.
+ * through memory).
+ *
+ * scatter_panel: the way back, for one block: value j < n_values of lane
+ * l < n_lanes, src[j ld + l], to dest[l row_stride + j]; src's lanes are
+ * read to the end of their vector (the panel's padding). Also in tiles.
  */
 #define LGMSTM_UNPAREN(...) __VA_ARGS__
 #if LGMSTM_VECTORS && defined(__GNUC__) && !defined(__clang__)
@@ -318,9 +323,36 @@
         }                                                                           \
     } while (0)
 
+/* Rows of fewer than NL values: each row's NL values from its start, those
+ * past the row being the next rows' (read, never stored), where the block
+ * holds them (before end); the rows near its end are copied value by value
+ * into a zeroed vector. */
+#define LGMSTM_GATHER_SHORT_TILE(T, V, LANES)                                       \
+    do {                                                                            \
+        V r[LANES];                                                                 \
+        for (int l = 0; l < (LANES); ++l) {                                         \
+            if (row[l] && row[l] + (LANES) <= end) {                                \
+                memcpy(&r[l], row[l], sizeof(V));                                   \
+            } else {                                                                \
+                T values_[LANES] = {0};                                             \
+                for (ptrdiff_t j_ = 0; row[l] && j_ < n_values; ++j_)               \
+                    values_[j_] = row[l][j_];                                       \
+                memcpy(&r[l], values_, sizeof(V));                                  \
+            }                                                                       \
+        }                                                                           \
+        LGMSTM_TRANSPOSE(T, V, LANES, r);                                           \
+        for (ptrdiff_t k = 0, b = 0, f = 0; k < n_values; ++k) {                    \
+            memcpy(dest + f * ld + b * width + l0, &r[k], sizeof(V));               \
+            if (++f == n_features) {                                                \
+                f = 0;                                                              \
+                ++b;                                                                \
+            }                                                                       \
+        }                                                                           \
+    } while (0)
+
 /* Rows of at least NL values end on a tile that overlaps the one before
- * (the values both hold are written twice, the same); shorter ones go
- * value by value. */
+ * (the values both hold are written twice, the same); shorter ones take
+ * the short tile (the block's end: its last sample's last value). */
 #define LGMSTM_DEFINE_GATHER_PANEL(NAME, T, V, LANES, TARGET)                       \
     TARGET static void NAME(const T *src, ptrdiff_t row_stride, const ptrdiff_t *rows, \
                             ptrdiff_t first, ptrdiff_t n_lanes, ptrdiff_t n_values, \
@@ -328,6 +360,13 @@
                             ptrdiff_t width)                                        \
     {                                                                               \
         enum { NL = LANES };                                                        \
+        const T *end = src;                                                         \
+        if (n_values < NL)                                                          \
+            for (ptrdiff_t lane = 0; lane < n_lanes; ++lane) {                      \
+                const T *last = src + (rows ? rows[first + lane] : first + lane)    \
+                    * row_stride + n_values;                                        \
+                end = last > end ? last : end;                                      \
+            }                                                                       \
         for (ptrdiff_t l0 = 0; l0 < width; l0 += NL) {                              \
             const T *row[NL];                                                       \
             ptrdiff_t j0 = 0;                                                       \
@@ -336,18 +375,42 @@
                 row[l] = lane >= n_lanes ? NULL                                     \
                     : src + (rows ? rows[first + lane] : first + lane) * row_stride; \
             }                                                                       \
+            if (n_values < NL) {                                                    \
+                LGMSTM_GATHER_SHORT_TILE(T, V, LANES);                              \
+                continue;                                                           \
+            }                                                                       \
             for (; j0 + NL <= n_values; j0 += NL) LGMSTM_GATHER_TILE(T, V, LANES, j0); \
-            if (j0 < n_values && n_values >= NL)                                    \
+            if (j0 < n_values)                                                      \
                 LGMSTM_GATHER_TILE(T, V, LANES, n_values - NL);                     \
-            else if (j0 < n_values)                                                 \
-                for (ptrdiff_t b = 0, f = 0; j0 < n_values; ++j0) {                 \
-                    T *out = dest + f * ld + b * width + l0;                        \
-                    for (int l = 0; l < NL; ++l) out[l] = row[l] ? row[l][j0] : (T)0; \
-                    if (++f == n_features) {                                        \
-                        f = 0;                                                      \
-                        ++b;                                                        \
-                    }                                                               \
-                }                                                                   \
+        }                                                                           \
+    }
+
+/* Tiles of NL lanes by NL values, the last overlapping the one before.
+ * Rows of fewer values go value by value (measured: whole-vector stores
+ * whose tails the next lanes overwrite were slower than that). */
+#define LGMSTM_DEFINE_SCATTER_PANEL(NAME, T, V, LANES, TARGET)                      \
+    TARGET static void NAME(const T *src, ptrdiff_t ld, ptrdiff_t n_lanes,          \
+                            ptrdiff_t n_values, T *dest, ptrdiff_t row_stride)      \
+    {                                                                               \
+        enum { NL = LANES };                                                        \
+        if (n_values < NL) {                                                        \
+            for (ptrdiff_t l = 0; l < n_lanes; ++l)                                 \
+                for (ptrdiff_t j = 0; j < n_values; ++j)                            \
+                    dest[l * row_stride + j] = src[j * ld + l];                     \
+            return;                                                                 \
+        }                                                                           \
+        for (ptrdiff_t l0 = 0; l0 < n_lanes; l0 += NL) {                            \
+            const int lanes = n_lanes - l0 < NL ? (int)(n_lanes - l0) : NL;        \
+            for (ptrdiff_t j0 = 0; j0 < n_values; ) {                               \
+                const ptrdiff_t t0 = j0 + NL <= n_values ? j0 : n_values - NL;      \
+                V r[LANES];                                                         \
+                for (int j = 0; j < NL; ++j)                                        \
+                    memcpy(&r[j], src + (t0 + j) * ld + l0, sizeof(V));             \
+                LGMSTM_TRANSPOSE(T, V, LANES, r);                                   \
+                for (int k = 0; k < lanes; ++k)                                     \
+                    memcpy(dest + (l0 + k) * row_stride + t0, &r[k], sizeof(V));    \
+                j0 = t0 + NL;                                                       \
+            }                                                                       \
         }                                                                           \
     }
 
@@ -356,7 +419,8 @@
     LGMSTM_DEFINE_PANEL_PRODUCT(lgmstm_panel_product##SUFFIX, T, V, TARGET)         \
     LGMSTM_DEFINE_ROW_DOTS(lgmstm_row_dots##SUFFIX, T, V, TARGET)                   \
     LGMSTM_DEFINE_ROW_SUMS(lgmstm_row_sums##SUFFIX, T, V, TARGET)                   \
-    LGMSTM_DEFINE_GATHER_PANEL(lgmstm_gather_panel##SUFFIX, T, V, LANES, TARGET)
+    LGMSTM_DEFINE_GATHER_PANEL(lgmstm_gather_panel##SUFFIX, T, V, LANES, TARGET)     \
+    LGMSTM_DEFINE_SCATTER_PANEL(lgmstm_scatter_panel##SUFFIX, T, V, LANES, TARGET)
 
 #define LGMSTM_PANEL_PRODUCT_ARGS(T)                                                \
     (ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, ptrdiff_t a_rs,             \
@@ -376,6 +440,10 @@
      ptrdiff_t ld, ptrdiff_t width)
 #define LGMSTM_GATHER_PANEL_CALL                                                    \
     (src, row_stride, rows, first, n_lanes, n_values, n_features, dest, ld, width)
+#define LGMSTM_SCATTER_PANEL_ARGS(T)                                                \
+    (const T *src, ptrdiff_t ld, ptrdiff_t n_lanes, ptrdiff_t n_values, T *dest,    \
+     ptrdiff_t row_stride)
+#define LGMSTM_SCATTER_PANEL_CALL (src, ld, n_lanes, n_values, dest, row_stride)
 
 #if LGMSTM_VECTORS && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) \
     && !defined(LGMSTM_NO_DISPATCH)
@@ -457,6 +525,10 @@ LGMSTM_DEFINE_DISPATCH(lgmstm_gather_panel_d, LGMSTM_GATHER_PANEL_ARGS(double),
                        LGMSTM_GATHER_PANEL_CALL)
 LGMSTM_DEFINE_DISPATCH(lgmstm_gather_panel_f, LGMSTM_GATHER_PANEL_ARGS(float),
                        LGMSTM_GATHER_PANEL_CALL)
+LGMSTM_DEFINE_DISPATCH(lgmstm_scatter_panel_d, LGMSTM_SCATTER_PANEL_ARGS(double),
+                       LGMSTM_SCATTER_PANEL_CALL)
+LGMSTM_DEFINE_DISPATCH(lgmstm_scatter_panel_f, LGMSTM_SCATTER_PANEL_ARGS(float),
+                       LGMSTM_SCATTER_PANEL_CALL)
 
 /*
  * Packed products: C (m, n) = A B (+ C when accumulate), all row-major, with

@@ -48,6 +48,10 @@ cdef extern from "_panel.h" nogil:
                                const Py_ssize_t *rows, Py_ssize_t first, Py_ssize_t n_lanes,
                                Py_ssize_t n_values, Py_ssize_t n_features, float *dest,
                                Py_ssize_t ld, Py_ssize_t width)
+    void lgmstm_scatter_panel_d(const double *src, Py_ssize_t ld, Py_ssize_t n_lanes,
+                                Py_ssize_t n_values, double *dest, Py_ssize_t row_stride)
+    void lgmstm_scatter_panel_f(const float *src, Py_ssize_t ld, Py_ssize_t n_lanes,
+                                Py_ssize_t n_values, float *dest, Py_ssize_t row_stride)
     int lgmstm_panel_level()
     void lgmstm_pack_panels_d(const double *B, Py_ssize_t ldb, int transpose,
                               Py_ssize_t k, Py_ssize_t n, double *packed)
@@ -215,6 +219,18 @@ cdef inline void gather_panel(const floating *src, Py_ssize_t row_stride,
     else:
         lgmstm_gather_panel_f(src, row_stride, rows, first, n_lanes, n_values, n_features,
                               dest, ld, width)
+
+
+cdef inline void scatter_panel(const floating *src, Py_ssize_t ld, Py_ssize_t n_lanes,
+                               Py_ssize_t n_values, floating *dest,
+                               Py_ssize_t row_stride) noexcept nogil:
+    """lgmstm_scatter_panel (_panel.h) in the dtype of floating: value j <
+    n_values of lane l < n_lanes, src[j ld + l], to dest[l row_stride + j]
+    (src's lanes read to the end of their vector)."""
+    if floating is double:
+        lgmstm_scatter_panel_d(src, ld, n_lanes, n_values, dest, row_stride)
+    else:
+        lgmstm_scatter_panel_f(src, ld, n_lanes, n_values, dest, row_stride)
 
 
 cdef inline void gather_columns(

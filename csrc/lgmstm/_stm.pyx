@@ -38,7 +38,7 @@ from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK
                             PANEL_WEIGHT_ROWS, add_weight_gradient, finish_weight_gradient,
                             gather_columns, gather_panel, group_panels, padded_width,
                             panel_calloc, panel_product, row_sums, sample_major_gradient,
-                            transpose_columns)
+                            scatter_panel, transpose_columns)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
 from lgmstm._rnn cimport (all_full_length, forward_chunk_rows, rnn_backward_pass,
@@ -544,14 +544,15 @@ cdef int panel_predict(const floating *X, const floating *h0, const Py_ssize_t *
     cdef floating *scratch
     cdef Py_ssize_t group
     cdef int failed = 0
-    # A step of a few streams fits on the stack: no calloc and free per call.
+    # A step of a few streams fits on the stack: no calloc and free per call,
+    # and no zeroing either: predict_group writes every value it reads (the
+    # gathers write the padding lanes' zeros, the products their columns).
     cdef char stack_scratch[STACK_SCRATCH_BYTES + LGMSTM_PANEL_BYTES]
     if n_used == 1:
         if scratch_bytes <= STACK_SCRATCH_BYTES:
             scratch = <floating *> (
                 (<uintptr_t> stack_scratch + LGMSTM_PANEL_BYTES - 1)
                 // LGMSTM_PANEL_BYTES * LGMSTM_PANEL_BYTES)
-            memset(scratch, 0, scratch_bytes)
         else:
             scratch = <floating *> panel_calloc(scratch_bytes, &allocated)
             if scratch == NULL:
@@ -635,17 +636,13 @@ cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
         for j in range(n_hidden):  # the chunk's last states start the next
             memcpy(H + j * ld_h, H + j * ld_h + steps * width, width * sizeof(floating))
         start += steps
-    for lane in range(n_valid):
-        for j in range(n_hidden):
-            final_states[(first + lane) * n_hidden + j] = H[j * ld_h + lane]
+    scatter_panel(H, ld_h, n_valid, n_hidden, final_states + first * n_hidden, n_hidden)
     if not return_sequences:
         panel_product(n_out, width, n_hidden, W_out, 1, n_out, H, ld_h,
                       <floating *> params[READOUT_BIAS], False, NULL, 0, readouts, ld_x)
         if output_tanh:
             tanh_rows(readouts, n_out, width, ld_x)
-        for lane in range(n_valid):
-            for o in range(n_out):
-                outputs[(first + lane) * n_out + o] = readouts[o * ld_x + lane]
+        scatter_panel(readouts, ld_x, n_valid, n_out, outputs + first * n_out, n_out)
 
 
 cdef double stm_gradients(const floating *X, const floating *Y, const floating *h0,
