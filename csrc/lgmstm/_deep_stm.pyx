@@ -371,8 +371,8 @@ cdef class DeepNetwork(Program):
         batches.panel_values = NULL
         if batches.in_panel_layout:
             batches.panel_values = panel_memory.get(
-                batches.panels.n_values * batches.itemsize,
-                (n_steps, batches.panels.task_width, batches.panels.n_groups))
+                batches.panels.n_values * batches.itemsize, n_steps,
+                batches.panels.task_width, batches.panels.n_groups)
         return 0
 
     cdef int train_run(self, TrainingRun run, const Py_ssize_t *order, double *epoch_losses,

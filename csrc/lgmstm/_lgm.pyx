@@ -704,8 +704,8 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
         for layer in range(n_layers):
             padded = padded_width(sizes[layer + 1], sizeof(floating))
             n_values += 2 * sizes[layer + 1] * width + (width + sizes[layer]) * padded
-        batches.Xt = network.panel_memory.get(n_values * sizeof(floating),
-                                              (batches.group_width, batches.n_groups))
+        batches.Xt = network.panel_memory.get(n_values * sizeof(floating), 0,
+                                              batches.group_width, batches.n_groups)
         panel_rows = <floating **> malloc(4 * n_layers * sizeof(floating *))
         if panel_rows == NULL:
             raise MemoryError()

@@ -1214,7 +1214,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
              + n_hidden * (layout.cols + layout.state_cols)
              + layout.cols * hidden_padded + layout.read_cols * out_padded
              + (n_in + n_hidden) * hidden_padded + n_hidden * out_padded)
-            * sizeof(floating), (n_steps, layout.task_width, layout.n_groups))
+            * sizeof(floating), n_steps, layout.task_width, layout.n_groups)
         panel_buffers.inputs = panel_start
         panel_buffers.targets = panel_start + n_in * layout.cols
         panel_buffers.outputs = <floating *> panel_buffers.targets + n_out * layout.read_cols

@@ -147,8 +147,9 @@ cdef class KeptMemory:
     cdef void *allocated
     cdef void *start
     cdef size_t n_bytes
-    cdef object layout
-    cdef void *get(self, size_t n_bytes, object layout) except NULL
+    cdef Py_ssize_t layout[3]   # (n_steps, task width, n_groups) of the last call
+    cdef void *get(self, size_t n_bytes, Py_ssize_t n_steps, Py_ssize_t task_width,
+                   Py_ssize_t n_groups) except NULL
 
 
 cdef class Program:

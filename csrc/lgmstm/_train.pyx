@@ -734,18 +734,20 @@ cdef class KeptMemory:
     def __dealloc__(self):
         free(self.allocated)
 
-    cdef void *get(self, size_t n_bytes, object layout) except NULL:
+    cdef void *get(self, size_t n_bytes, Py_ssize_t n_steps, Py_ssize_t task_width,
+                   Py_ssize_t n_groups) except NULL:
         """n_bytes starting on a panel boundary (see panel_calloc), zeroed
-        when layout (any comparable value fixing where everything lies)
-        differs from the last call's."""
-        if self.start == NULL or n_bytes != self.n_bytes or layout != self.layout:
+        when the layout (the steps, task width and groups that fix where
+        everything lies; 0 steps for the LGM) differs from the last call's."""
+        if (self.start == NULL or n_bytes != self.n_bytes or n_steps != self.layout[0]
+                or task_width != self.layout[1] or n_groups != self.layout[2]):
             free(self.allocated)
             self.allocated = self.start = NULL
-            self.layout = None
             self.start = panel_calloc(n_bytes, &self.allocated)
             if self.start == NULL:
                 raise MemoryError()
-            self.n_bytes, self.layout = n_bytes, layout
+            self.n_bytes = n_bytes
+            self.layout[0], self.layout[1], self.layout[2] = n_steps, task_width, n_groups
         return self.start
 
 
