@@ -302,11 +302,24 @@
     } while (0)
 #endif
 
+/* Vectors k < count of the transposed tile r, values j0 + k of its lanes,
+ * to their panel rows: value j = b n_features + f at dest[f ld + b width + l0]. */
+#define LGMSTM_GATHER_STORE(V, r, j0, count)                                        \
+    do {                                                                            \
+        ptrdiff_t b_ = (j0) / n_features, f_ = (j0) - b_ * n_features;              \
+        for (ptrdiff_t k_ = 0; k_ < (count); ++k_) {                                \
+            memcpy(dest + f_ * ld + b_ * width + l0, &(r)[k_], sizeof(V));          \
+            if (++f_ == n_features) {                                               \
+                f_ = 0;                                                             \
+                ++b_;                                                               \
+            }                                                                       \
+        }                                                                           \
+    } while (0)
+
 /* The tile of values j0 .. j0 + NL - 1 of the NL rows (0 for a NULL row). */
 #define LGMSTM_GATHER_TILE(T, V, LANES, j0)                                         \
     do {                                                                            \
         V r[LANES];                                                                 \
-        ptrdiff_t b = (j0) / n_features, f = (j0) - b * n_features;                 \
         for (int l = 0; l < (LANES); ++l) {                                         \
             if (row[l])                                                             \
                 memcpy(&r[l], row[l] + (j0), sizeof(V));                            \
@@ -314,13 +327,7 @@
                 r[l] = LGMSTM_SPLAT(V, (T)0);                                       \
         }                                                                           \
         LGMSTM_TRANSPOSE(T, V, LANES, r);                                           \
-        for (int k = 0; k < (LANES); ++k) {                                         \
-            memcpy(dest + f * ld + b * width + l0, &r[k], sizeof(V));               \
-            if (++f == n_features) {                                                \
-                f = 0;                                                              \
-                ++b;                                                                \
-            }                                                                       \
-        }                                                                           \
+        LGMSTM_GATHER_STORE(V, r, j0, LANES);                                       \
     } while (0)
 
 /* Rows of fewer than NL values: each row's NL values from its start, those
@@ -341,13 +348,7 @@
             }                                                                       \
         }                                                                           \
         LGMSTM_TRANSPOSE(T, V, LANES, r);                                           \
-        for (ptrdiff_t k = 0, b = 0, f = 0; k < n_values; ++k) {                    \
-            memcpy(dest + f * ld + b * width + l0, &r[k], sizeof(V));               \
-            if (++f == n_features) {                                                \
-                f = 0;                                                              \
-                ++b;                                                                \
-            }                                                                       \
-        }                                                                           \
+        LGMSTM_GATHER_STORE(V, r, 0, n_values);                                     \
     } while (0)
 
 /* Rows of at least NL values end on a tile that overlaps the one before
