@@ -599,7 +599,10 @@ cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
     cdef const floating *Wx = <floating *> params[INPUT_WEIGHT]
     cdef const floating *Wh = <floating *> params[RECURRENT_WEIGHT]
     cdef const floating *W_out = <floating *> params[READOUT_WEIGHT]
-    cdef Py_ssize_t start, steps, t, j, o, lane, column
+    cdef Py_ssize_t start, steps, t, j, o, lane, column, last = 0
+    cdef Py_ssize_t shortest = n_steps  # the group's shortest sequence
+    for lane in range(n_valid):
+        shortest = min(shortest, lengths[first + lane])
     if h0 != NULL:
         gather_panel(h0, n_hidden, NULL, first, n_valid, n_hidden, n_hidden, H, ld_h, width)
     else:
@@ -617,7 +620,7 @@ cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
             panel_product(n_hidden, width, n_hidden, Wh, 1, n_hidden, H + t * width, ld_h,
                           NULL, True, NULL, 0, H + (t + 1) * width, ld_h)
             tanh_rows(H + (t + 1) * width, n_hidden, width, ld_h)
-            for lane in range(n_valid):
+            for lane in range(n_valid if start + t >= shortest else 0):
                 if lengths[first + lane] <= start + t:
                     for j in range(n_hidden):
                         H[j * ld_h + (t + 1) * width + lane] = H[j * ld_h + t * width + lane]
@@ -633,12 +636,15 @@ cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
                         outputs[((first + lane) * n_steps + start + t) * n_out + o] = (
                             readouts[o * ld_x + column]
                             if start + t < lengths[first + lane] else 0)
-        for j in range(n_hidden):  # the chunk's last states start the next
-            memcpy(H + j * ld_h, H + j * ld_h + steps * width, width * sizeof(floating))
         start += steps
-    scatter_panel(H, ld_h, n_valid, n_hidden, final_states + first * n_hidden, n_hidden)
+        if start < n_steps:
+            for j in range(n_hidden):  # the chunk's last states start the next
+                memcpy(H + j * ld_h, H + j * ld_h + steps * width, width * sizeof(floating))
+        else:
+            last = steps * width  # the last states' column block
+    scatter_panel(H + last, ld_h, n_valid, n_hidden, final_states + first * n_hidden, n_hidden)
     if not return_sequences:
-        panel_product(n_out, width, n_hidden, W_out, 1, n_out, H, ld_h,
+        panel_product(n_out, width, n_hidden, W_out, 1, n_out, H + last, ld_h,
                       <floating *> params[READOUT_BIAS], False, NULL, 0, readouts, ld_x)
         if output_tanh:
             tanh_rows(readouts, n_out, width, ld_x)
