@@ -251,15 +251,23 @@ cdef inline void gather_columns(
     a matrix larger than L1, a feature by feature one read every value from
     another line).
     """
-    cdef Py_ssize_t group_cols = n_blocks * task_width
-    cdef Py_ssize_t ld = n_groups * group_cols
-    cdef Py_ssize_t sample_values = n_blocks * n_features
-    cdef Py_ssize_t group, first, n_valid
+    cdef Py_ssize_t group
     for group in range(n_groups):
-        first = group * task_width
-        n_valid = max(0, min(task_width, n_rows - first))
-        gather_panel(source, sample_values, rows, first, n_valid, sample_values, n_features,
-                     dest + group * group_cols, ld, task_width)
+        gather_group(source, rows, n_rows, n_blocks, n_features, dest, task_width, n_groups,
+                     group)
+
+
+cdef inline void gather_group(
+        const floating *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
+        Py_ssize_t n_blocks, Py_ssize_t n_features, floating *dest,
+        Py_ssize_t task_width, Py_ssize_t n_groups, Py_ssize_t group) noexcept nogil:
+    """gather_columns' columns of one group (a task gathers its own)."""
+    cdef Py_ssize_t group_cols = n_blocks * task_width
+    cdef Py_ssize_t sample_values = n_blocks * n_features
+    cdef Py_ssize_t first = group * task_width
+    cdef Py_ssize_t n_valid = max(0, min(task_width, n_rows - first))
+    gather_panel(source, sample_values, rows, first, n_valid, sample_values, n_features,
+                 dest + group * group_cols, n_groups * group_cols, task_width)
 
 
 # -- packed products (the recurrent weight of the BLAS path) --------------------------

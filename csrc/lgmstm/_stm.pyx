@@ -36,7 +36,7 @@ from lgmstm._loss cimport (SQUARED_ERROR, loss_count, loss_of_output, loss_scale
 from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK,
                             PANEL_WEIGHT_ROWS, add_weight_gradient, finish_weight_gradient,
-                            gather_columns, gather_panel, group_panels, padded_width,
+                            gather_group, gather_panel, group_panels, padded_width,
                             panel_calloc, panel_product, row_sums, sample_major_gradient,
                             scatter_panel, transpose_columns)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, SHORT_FIT_WORK,
@@ -729,6 +729,12 @@ cdef struct PanelBuffers:
     void *input_product   # (n_in, hp)
     void *state_product   # (n_hidden, hp)
     void *readout_product # (n_hidden, op)
+    # The batch's rows that the sequence tasks gather into inputs and targets,
+    # each its group's columns (see gather_columns), or batch_X NULL when
+    # inputs and targets hold them already.
+    const void *batch_X
+    const void *batch_Y
+    const Py_ssize_t *batch_rows
 
 
 cdef inline double step_cost(Py_ssize_t n_rows, Py_ssize_t n_steps,
@@ -810,6 +816,13 @@ cdef void panel_sequence_task(
     # The states the readout reads: every step's, or the last step's.
     cdef floating *read_states = H + (width if every_step else n_steps * width)
     cdef Py_ssize_t step, i, j, padded
+    if panel_buffers.batch_X != NULL:
+        gather_group(<const floating *> panel_buffers.batch_X, panel_buffers.batch_rows, n_rows,
+                     n_steps, n_in, <floating *> panel_buffers.inputs, width, layout.n_groups,
+                     group)
+        gather_group(<const floating *> panel_buffers.batch_Y, panel_buffers.batch_rows, n_rows,
+                     n_steps if every_step else 1, n_out, <floating *> panel_buffers.targets,
+                     width, layout.n_groups, group)
     for j in range(n_hidden):
         for i in range(width):
             H[j * ld_states + i] = (h0[(first + i) * n_hidden + j]
@@ -933,7 +946,8 @@ cdef double panel_stm_gradients(
         PanelBuffers *panel_buffers, floating *final_states, int n_threads) noexcept nogil:
     """stm_gradients in the panel layout, for full-length sequences, unweighted.
 
-    panel_buffers.inputs and panel_buffers.targets hold the batch (gather_columns); h0 is
+    panel_buffers.inputs and panel_buffers.targets hold the batch (gather_columns), or
+    the sequence tasks gather it there (panel_buffers.batch_X); h0 is
     (n_rows, n_hidden) row-major or NULL (zeros). Fills grads and
     final_states (n_rows, n_hidden) and returns the summed loss.
 
@@ -1068,16 +1082,14 @@ cdef double stm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
         else:
             weight_rows = batches.weights + start * weights_per_sample
     if panel_batch:
-        # Shuffled rows go straight from X and Y into the panel layout; one
-        # unshuffled batch is the same every epoch: transposed once.
+        # Shuffled rows go straight from X and Y into the panel layout, each
+        # group's by its sequence task; one unshuffled batch is the same
+        # every epoch: transposed once.
+        batches.panel_buffers.batch_X = batches.panel_buffers.batch_Y = NULL
         if batches.gather_each_batch or not batches.gathered:
-            gather_columns(X if shuffled else X_rows, rows, n_rows, n_steps, n_in,
-                           <floating *> batches.panel_buffers.inputs,
-                           batches.layout.task_width, batches.layout.n_groups)
-            gather_columns(Y if shuffled else Y_rows, rows, n_rows,
-                           n_steps if batches.return_sequences else 1, n_out,
-                           <floating *> batches.panel_buffers.targets,
-                           batches.layout.task_width, batches.layout.n_groups)
+            batches.panel_buffers.batch_X = X if shuffled else X_rows
+            batches.panel_buffers.batch_Y = Y if shuffled else Y_rows
+            batches.panel_buffers.batch_rows = rows
             batches.gathered = True
         sum_squares = panel_stm_gradients(
             h0_rows, n_rows, &batches.layout, batches.params, batches.grads, batches.sizes,
@@ -1222,6 +1234,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
              + (n_in + n_hidden) * hidden_padded + n_hidden * out_padded)
             * sizeof(floating), n_steps, layout.task_width, layout.n_groups)
         panel_buffers.inputs = panel_start
+        panel_buffers.batch_X = panel_buffers.batch_Y = NULL
         panel_buffers.targets = panel_start + n_in * layout.cols
         panel_buffers.outputs = <floating *> panel_buffers.targets + n_out * layout.read_cols
         panel_buffers.output_grads = <floating *> panel_buffers.outputs + n_out * layout.read_cols
