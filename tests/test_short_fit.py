@@ -243,6 +243,45 @@ def test_bad_data_gets_the_checked_paths_error(kind, spoil):
 
 
 @pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_size", [None, 8])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_bad_value_anywhere_leaves_a_trained_model_as_it_was(kind, dtype, batch_size, bad):
+    """The full-batch short fit checks X and Y as it gathers them into the
+    panel layout (a non-finite value makes the epoch's loss NaN, and the
+    model is put back), mini-batches before their order is drawn: either
+    way a bad value in any place, the last value of a row and of the
+    array included, gets the checked path's error and leaves the
+    parameters, the optimizer state and the shuffling generator as they
+    were; the next good call trains as if the bad one had not been made."""
+    (X, Y), (X2, Y2) = batches(kind, dtype, n_batches=2)
+    n_samples = X.shape[0]
+    places = [("X", (0,) * X.ndim), ("X", (n_samples // 2,) + (1,) * (X.ndim - 1)),
+              ("X", tuple(n - 1 for n in X.shape)), ("X", (n_samples - 1,) + (0,) * (X.ndim - 1)),
+              ("Y", (0,) * Y.ndim), ("Y", tuple(n - 1 for n in Y.shape)),
+              ("Y", (n_samples - 2,) + (1,) * (Y.ndim - 1))]
+    for array, place in places:
+        model, clean = make(kind, dtype), make(kind, dtype)
+        for trained in (model, clean):
+            trained.partial_fit(X, Y, lr=0.01, optimizer="adam", batch_size=batch_size)
+        spoiled_X, spoiled_Y = X2.copy(), Y2.copy()
+        (spoiled_X if array == "X" else spoiled_Y)[place] = bad
+        with pytest.raises(ValueError) as fast:
+            model.partial_fit(spoiled_X, spoiled_Y, lr=0.01, optimizer="adam",
+                              batch_size=batch_size)
+        with pytest.raises(ValueError) as slow:
+            make(kind, dtype).partial_fit(checked(spoiled_X), checked(spoiled_Y), lr=0.01,
+                                          optimizer="adam", batch_size=batch_size)
+        assert str(fast.value) == str(slow.value)
+        assert model._rng.bit_generator.state == clean._rng.bit_generator.state
+        model.history_ = clean.history_  # the failed call's history is not compared
+        assert_same_model(model, clean)
+        for trained in (model, clean):
+            trained.partial_fit(X2, Y2, lr=0.01, optimizer="adam", batch_size=batch_size)
+        assert_same_model(model, clean)
+
+
+@pytest.mark.parametrize("kind", ["LGM", "STM"])
 def test_a_fit_in_progress_refuses_the_short_fit(kind):
     """partial_fit from a fit's own callback is refused, as a second fit is."""
     X, Y = batches(kind, np.float64, n_batches=1)[0]

@@ -25,6 +25,7 @@ cimport numpy as cnp
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport NAN
 from libc.stdlib cimport free, malloc
 
 from lgmstm._dense cimport dense_backward, dense_forward, dense_forward_loss
@@ -274,7 +275,7 @@ cdef class Network(Program):
 
     cdef Py_ssize_t ready_steps(self, object X, object Y, object h0,
                                 Py_ssize_t batch_size) except -2:
-        cdef Py_ssize_t n_samples
+        cdef Py_ssize_t n_samples, group_width, n_groups
         if (h0 is not None or not is_ready_matrix(X, self.type_num, -1, self.sizes[0])):
             return -1
         n_samples = cnp.PyArray_DIMS(<cnp.ndarray> X)[0]
@@ -283,6 +284,11 @@ cdef class Network(Program):
                 or 3.0 * n_samples * self.weights > SHORT_FIT_WORK):
             return -1
         self.short_work = 3.0 * n_samples * self.weights
+        self.short_checks_data = (
+            panel_takes(self.loss, self.sizes[self.n_layers], NULL)
+            and panel_plan(min(batch_size, n_samples), self.sizes, self.n_layers,
+                           sizeof(double) if self.type_num == cnp.NPY_DOUBLE else sizeof(float),
+                           &group_width, &n_groups))
         return 0
 
 
@@ -556,19 +562,26 @@ cdef double lgm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
     cdef const double *weight_rows = NULL
     cdef floating scale = <floating> -batches.sgd_lr if batches.sgd_lr > 0 else 1
     cdef floating beta = 1 if batches.sgd_lr > 0 else 0
+    cdef bint finite = True
+    cdef double loss
     if batches.in_panel_layout:
-        # One unshuffled batch is the same every epoch: transposed once.
+        # One unshuffled batch is the same every epoch: transposed once, and
+        # checked (a non-finite value makes the batch's loss NaN: see
+        # Program.fit_ready, which may leave the check to this).
         if batches.gather_each_batch or not batches.gathered:
-            gather_columns(X if rows != NULL else X + start * n_in, rows, n_rows, 1, n_in,
-                           <floating *> batches.Xt, batches.group_width, batches.n_groups)
-            gather_columns(Y if rows != NULL else Y + start * n_out, rows, n_rows, 1, n_out,
-                           <floating *> batches.Yt, batches.group_width, batches.n_groups)
+            finite = gather_columns(X if rows != NULL else X + start * n_in, rows, n_rows, 1,
+                                    n_in, <floating *> batches.Xt, batches.group_width,
+                                    batches.n_groups)
+            finite &= gather_columns(Y if rows != NULL else Y + start * n_out, rows, n_rows, 1,
+                                     n_out, <floating *> batches.Yt, batches.group_width,
+                                     batches.n_groups)
             batches.gathered = True
-        return panel_network_gradients(
+        loss = panel_network_gradients(
             <floating *> batches.Xt, <floating *> batches.Yt, n_rows, batches.group_width,
             batches.n_groups, batches.params, batches.targets, batches.sizes, n_layers,
             batches.output_tanh, batches.loss, panel_rows, panel_rows + n_layers,
             panel_rows + 2 * n_layers, panel_rows + 3 * n_layers, scale, beta, n_threads)
+        return loss if finite else NAN
     if rows != NULL:
         gather_rows(<const char *> X, rows, n_rows, n_in * sizeof(floating),
                     <char *> batches.workspace[0])

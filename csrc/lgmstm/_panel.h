@@ -218,7 +218,10 @@
  * dest[f ld + b width + l]. Lanes from n_lanes on are 0. A copy, so the
  * same bits whatever the ISA: tiles of NL lanes by NL values go through NL
  * vector registers and a transpose (GCC's __builtin_shuffle; elsewhere
- * through memory).
+ * through memory). Returns whether every value it read was finite (each
+ * times 0 summed: NaN for an inf or a NaN), so that a caller need not
+ * scan the samples again; it may read a little past a row (see below), so
+ * a non-finite value of the block near the rows counts too.
  *
  * scatter_panel: the way back, for one block: value j < n_values of lane
  * l < n_lanes, src[j ld + l], to dest[l row_stride + j]; src's lanes are
@@ -316,6 +319,15 @@
         }                                                                           \
     } while (0)
 
+/* Adds each value of the NL vectors r times 0 to the accumulator zeros
+ * (products first: a sum of large finite values must not overflow). */
+#define LGMSTM_CHECK_TILE(V, LANES, r)                                              \
+    do {                                                                            \
+        V products_ = (r)[0] * 0;                                                   \
+        for (int l_ = 1; l_ < (LANES); ++l_) products_ += (r)[l_] * 0;              \
+        zeros += products_;                                                         \
+    } while (0)
+
 /* The tile of values j0 .. j0 + NL - 1 of the NL rows (0 for a NULL row). */
 #define LGMSTM_GATHER_TILE(T, V, LANES, j0)                                         \
     do {                                                                            \
@@ -326,6 +338,7 @@
             else                                                                    \
                 r[l] = LGMSTM_SPLAT(V, (T)0);                                       \
         }                                                                           \
+        LGMSTM_CHECK_TILE(V, LANES, r);                                             \
         LGMSTM_TRANSPOSE(T, V, LANES, r);                                           \
         LGMSTM_GATHER_STORE(V, r, j0, LANES);                                       \
     } while (0)
@@ -347,6 +360,7 @@
                 memcpy(&r[l], values_, sizeof(V));                                  \
             }                                                                       \
         }                                                                           \
+        LGMSTM_CHECK_TILE(V, LANES, r);                                             \
         LGMSTM_TRANSPOSE(T, V, LANES, r);                                           \
         LGMSTM_GATHER_STORE(V, r, 0, n_values);                                     \
     } while (0)
@@ -355,12 +369,14 @@
  * (the values both hold are written twice, the same); shorter ones take
  * the short tile (the block's end: its last sample's last value). */
 #define LGMSTM_DEFINE_GATHER_PANEL(NAME, T, V, LANES, TARGET)                       \
-    TARGET static void NAME(const T *src, ptrdiff_t row_stride, const ptrdiff_t *rows, \
+    TARGET static int NAME(const T *src, ptrdiff_t row_stride, const ptrdiff_t *rows, \
                             ptrdiff_t first, ptrdiff_t n_lanes, ptrdiff_t n_values, \
                             ptrdiff_t n_features, T *dest, ptrdiff_t ld,            \
                             ptrdiff_t width)                                        \
     {                                                                               \
         enum { NL = LANES };                                                        \
+        V zeros = LGMSTM_SPLAT(V, (T)0);                                            \
+        T lanes_[NL];                                                               \
         const T *end = src;                                                         \
         if (n_values < NL)                                                          \
             for (ptrdiff_t lane = 0; lane < n_lanes; ++lane) {                      \
@@ -384,6 +400,11 @@
             if (j0 < n_values)                                                      \
                 LGMSTM_GATHER_TILE(T, V, LANES, n_values - NL);                     \
         }                                                                           \
+        memcpy(lanes_, &zeros, sizeof(V));                                          \
+        for (int l = 0; l < NL; ++l)                                                \
+            if (lanes_[l] != 0) /* NaN */                                           \
+                return 0;                                                           \
+        return 1;                                                                   \
     }
 
 /* Tiles of NL lanes by NL values, the last overlapping the one before.
@@ -497,6 +518,15 @@ static int lgmstm_panel_level(void)
         default: NAME##_base CALL;                                                  \
         }                                                                           \
     }
+#define LGMSTM_DEFINE_INT_DISPATCH(NAME, ARGS, CALL)                                \
+    static int NAME ARGS                                                            \
+    {                                                                               \
+        switch (lgmstm_panel_level()) {                                             \
+        case 2: return NAME##_avx512 CALL;                                          \
+        case 1: return NAME##_avx2 CALL;                                            \
+        default: return NAME##_base CALL;                                           \
+        }                                                                           \
+    }
 #define LGMSTM_PANEL_HAS_DISPATCH 1
 
 #else
@@ -511,6 +541,8 @@ LGMSTM_DEFINE_KERNELS(_d_base, double, double, 1, )
 LGMSTM_DEFINE_KERNELS(_f_base, float, float, 1, )
 #endif
 #define LGMSTM_DEFINE_DISPATCH(NAME, ARGS, CALL) static void NAME ARGS { NAME##_base CALL; }
+#define LGMSTM_DEFINE_INT_DISPATCH(NAME, ARGS, CALL)                                \
+    static int NAME ARGS { return NAME##_base CALL; }
 #define LGMSTM_PANEL_HAS_DISPATCH 0
 static int lgmstm_panel_level(void) { return 0; }
 
@@ -522,10 +554,10 @@ LGMSTM_DEFINE_DISPATCH(lgmstm_row_dots_d, LGMSTM_ROW_DOTS_ARGS(double), LGMSTM_R
 LGMSTM_DEFINE_DISPATCH(lgmstm_row_dots_f, LGMSTM_ROW_DOTS_ARGS(float), LGMSTM_ROW_DOTS_CALL)
 LGMSTM_DEFINE_DISPATCH(lgmstm_row_sums_d, LGMSTM_ROW_SUMS_ARGS(double), LGMSTM_ROW_SUMS_CALL)
 LGMSTM_DEFINE_DISPATCH(lgmstm_row_sums_f, LGMSTM_ROW_SUMS_ARGS(float), LGMSTM_ROW_SUMS_CALL)
-LGMSTM_DEFINE_DISPATCH(lgmstm_gather_panel_d, LGMSTM_GATHER_PANEL_ARGS(double),
-                       LGMSTM_GATHER_PANEL_CALL)
-LGMSTM_DEFINE_DISPATCH(lgmstm_gather_panel_f, LGMSTM_GATHER_PANEL_ARGS(float),
-                       LGMSTM_GATHER_PANEL_CALL)
+LGMSTM_DEFINE_INT_DISPATCH(lgmstm_gather_panel_d, LGMSTM_GATHER_PANEL_ARGS(double),
+                           LGMSTM_GATHER_PANEL_CALL)
+LGMSTM_DEFINE_INT_DISPATCH(lgmstm_gather_panel_f, LGMSTM_GATHER_PANEL_ARGS(float),
+                           LGMSTM_GATHER_PANEL_CALL)
 LGMSTM_DEFINE_DISPATCH(lgmstm_scatter_panel_d, LGMSTM_SCATTER_PANEL_ARGS(double),
                        LGMSTM_SCATTER_PANEL_CALL)
 LGMSTM_DEFINE_DISPATCH(lgmstm_scatter_panel_f, LGMSTM_SCATTER_PANEL_ARGS(float),

@@ -40,11 +40,11 @@ cdef extern from "_panel.h" nogil:
                            Py_ssize_t ldy, double scale, double beta, double *out)
     void lgmstm_row_sums_f(Py_ssize_t m_y, Py_ssize_t n, const float *Y,
                            Py_ssize_t ldy, float scale, float beta, float *out)
-    void lgmstm_gather_panel_d(const double *src, Py_ssize_t row_stride,
+    int lgmstm_gather_panel_d(const double *src, Py_ssize_t row_stride,
                                const Py_ssize_t *rows, Py_ssize_t first, Py_ssize_t n_lanes,
                                Py_ssize_t n_values, Py_ssize_t n_features, double *dest,
                                Py_ssize_t ld, Py_ssize_t width)
-    void lgmstm_gather_panel_f(const float *src, Py_ssize_t row_stride,
+    int lgmstm_gather_panel_f(const float *src, Py_ssize_t row_stride,
                                const Py_ssize_t *rows, Py_ssize_t first, Py_ssize_t n_lanes,
                                Py_ssize_t n_values, Py_ssize_t n_features, float *dest,
                                Py_ssize_t ld, Py_ssize_t width)
@@ -205,20 +205,20 @@ cdef inline void finish_weight_gradient(
                 beta * target[i * n_out + j] if beta != 0 else 0)
 
 
-cdef inline void gather_panel(const floating *src, Py_ssize_t row_stride,
+cdef inline bint gather_panel(const floating *src, Py_ssize_t row_stride,
                               const Py_ssize_t *rows, Py_ssize_t first, Py_ssize_t n_lanes,
                               Py_ssize_t n_values, Py_ssize_t n_features, floating *dest,
                               Py_ssize_t ld, Py_ssize_t width) noexcept nogil:
     """lgmstm_gather_panel (_panel.h) in the dtype of floating: lanes l <
     width, sample rows[first + l] (first + l when rows is NULL) for l <
     n_lanes, else 0; value j = b n_features + f of a sample (j < n_values,
-    the sample's values row_stride apart) to dest[f ld + b width + l]."""
+    the sample's values row_stride apart) to dest[f ld + b width + l].
+    Whether every value it read was finite."""
     if floating is double:
-        lgmstm_gather_panel_d(src, row_stride, rows, first, n_lanes, n_values, n_features,
-                              dest, ld, width)
-    else:
-        lgmstm_gather_panel_f(src, row_stride, rows, first, n_lanes, n_values, n_features,
-                              dest, ld, width)
+        return lgmstm_gather_panel_d(src, row_stride, rows, first, n_lanes, n_values,
+                                     n_features, dest, ld, width)
+    return lgmstm_gather_panel_f(src, row_stride, rows, first, n_lanes, n_values, n_features,
+                                 dest, ld, width)
 
 
 cdef inline void scatter_panel(const floating *src, Py_ssize_t ld, Py_ssize_t n_lanes,
@@ -233,7 +233,7 @@ cdef inline void scatter_panel(const floating *src, Py_ssize_t ld, Py_ssize_t n_
         lgmstm_scatter_panel_f(src, ld, n_lanes, n_values, dest, row_stride)
 
 
-cdef inline void gather_columns(
+cdef inline bint gather_columns(
         const floating *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
         Py_ssize_t n_blocks, Py_ssize_t n_features, floating *dest,
         Py_ssize_t task_width, Py_ssize_t n_groups) noexcept nogil:
@@ -249,25 +249,29 @@ cdef inline void gather_columns(
     a vector has lanes, by as many consecutive values, transposed in
     registers (a sample by sample copy wrote every value to another line of
     a matrix larger than L1, a feature by feature one read every value from
-    another line).
+    another line). Whether every value it read was finite (gather_panel).
     """
     cdef Py_ssize_t group
+    cdef bint finite = True
     for group in range(n_groups):
-        gather_group(source, rows, n_rows, n_blocks, n_features, dest, task_width, n_groups,
-                     group)
+        finite &= gather_group(source, rows, n_rows, n_blocks, n_features, dest, task_width,
+                               n_groups, group)
+    return finite
 
 
-cdef inline void gather_group(
+cdef inline bint gather_group(
         const floating *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
         Py_ssize_t n_blocks, Py_ssize_t n_features, floating *dest,
         Py_ssize_t task_width, Py_ssize_t n_groups, Py_ssize_t group) noexcept nogil:
-    """gather_columns' columns of one group (a task gathers its own)."""
+    """gather_columns' columns of one group (a task gathers its own); whether
+    every value it read was finite."""
     cdef Py_ssize_t group_cols = n_blocks * task_width
     cdef Py_ssize_t sample_values = n_blocks * n_features
     cdef Py_ssize_t first = group * task_width
     cdef Py_ssize_t n_valid = max(0, min(task_width, n_rows - first))
-    gather_panel(source, sample_values, rows, first, n_valid, sample_values, n_features,
-                 dest + group * group_cols, n_groups * group_cols, task_width)
+    return gather_panel(source, sample_values, rows, first, n_valid, sample_values,
+                        n_features, dest + group * group_cols, n_groups * group_cols,
+                        task_width)
 
 
 # -- packed products (the recurrent weight of the BLAS path) --------------------------

@@ -25,6 +25,7 @@ cimport numpy as cnp
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport parallel, prange
+from libc.math cimport NAN
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -417,6 +418,8 @@ cdef class Network(Program):
                 > SHORT_FIT_WORK):
             return -1
         self.short_work = 3.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden + n_out)
+        self.short_checks_data = (panel_takes(self.loss, n_out, NULL)
+                                  and use_panels(min(batch_size, n_samples), n_steps, self.sizes))
         return n_steps
 
 
@@ -816,13 +819,15 @@ cdef void panel_sequence_task(
     # The states the readout reads: every step's, or the last step's.
     cdef floating *read_states = H + (width if every_step else n_steps * width)
     cdef Py_ssize_t step, i, j, padded
+    cdef bint finite = True
     if panel_buffers.batch_X != NULL:
-        gather_group(<const floating *> panel_buffers.batch_X, panel_buffers.batch_rows, n_rows,
-                     n_steps, n_in, <floating *> panel_buffers.inputs, width, layout.n_groups,
-                     group)
-        gather_group(<const floating *> panel_buffers.batch_Y, panel_buffers.batch_rows, n_rows,
-                     n_steps if every_step else 1, n_out, <floating *> panel_buffers.targets,
-                     width, layout.n_groups, group)
+        finite = gather_group(<const floating *> panel_buffers.batch_X, panel_buffers.batch_rows,
+                              n_rows, n_steps, n_in, <floating *> panel_buffers.inputs, width,
+                              layout.n_groups, group)
+        finite &= gather_group(<const floating *> panel_buffers.batch_Y,
+                               panel_buffers.batch_rows, n_rows, n_steps if every_step else 1,
+                               n_out, <floating *> panel_buffers.targets, width,
+                               layout.n_groups, group)
     for j in range(n_hidden):
         for i in range(width):
             H[j * ld_states + i] = (h0[(first + i) * n_hidden + j]
@@ -843,6 +848,8 @@ cdef void panel_sequence_task(
                                         <floating *> panel_buffers.targets + read_at,
                                         d_outputs, n_out, n_read // width, width, n_valid,
                                         ld_read, grad_scale, output_tanh)
+    if not finite:  # the batch held a non-finite value: its loss is NaN (see fit_ready)
+        partials[group] = NAN
     # Backward: dL/dh from the readout, then dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2).
     panel_product(n_hidden, n_read, n_out, W_out, n_out, 1, d_outputs, ld_read, NULL,
                   False, NULL, 0, dZ + (0 if every_step else (n_steps - 1) * width), cols)

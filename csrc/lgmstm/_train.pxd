@@ -168,6 +168,7 @@ cdef class Program:
     cdef double short_momentum, short_beta1, short_beta2, short_eps  # its settings
     cdef bint short_nesterov
     cdef double short_work       # flops of the epoch ready_steps last accepted
+    cdef bint short_checks_data  # whether that epoch checks X and Y as it gathers them
     cdef Py_ssize_t short_samples, short_steps, short_batch
     cdef PointerTable trained, saved  # params and moments, and a copy of them
 

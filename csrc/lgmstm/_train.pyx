@@ -770,7 +770,9 @@ cdef class Program:
         """n_steps of X (0 for the LGM) when X, Y and h0 are what the
         kernels take as they are, batches of up to batch_size samples never
         thread BLAS and an epoch is short (SHORT_FIT_WORK); else -1. Sets
-        short_work to the epoch's multiply-adds."""
+        short_work to the epoch's multiply-adds, and short_checks_data when
+        the epoch gathers X and Y into the panel layout (which checks them:
+        see fit_ready)."""
         return -1
 
     cdef int train_run(self, TrainingRun run, const Py_ssize_t *order, double *epoch_losses,
@@ -846,8 +848,16 @@ cdef class Program:
         if n_samples < 1 or optimizer not in OPTIMIZER_CODES:
             return None
         self.short_work = GIL_HELD_WORK  # unless ready_steps says less
+        self.short_checks_data = False   # unless ready_steps says the epoch checks
         n_steps = self.ready_steps(X, Y, h0, batch)
-        if n_steps < 0 or not array_finite(<cnp.ndarray> X) or not array_finite(<cnp.ndarray> Y):
+        if n_steps < 0:
+            return None
+        # An epoch that gathers X and Y into the panel layout checks them as it
+        # reads them (gather_panel): a non-finite value makes its loss NaN, and
+        # the parameters are put back below. Shuffled batches are checked
+        # first, so that bad data draws no order from the model's generator.
+        if ((not self.short_checks_data or (shuffle and batch < n_samples))
+                and (not array_finite(<cnp.ndarray> X) or not array_finite(<cnp.ndarray> Y))):
             return None
         if h0 is not None and not array_finite(<cnp.ndarray> h0):
             return None
