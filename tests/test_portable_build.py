@@ -85,6 +85,16 @@ DRIVER = r"""
             lgmstm_scatter_panel_##SUF(H, N, GL, pass ? 3 : M, G, GV);          \
             for (int i = 0; i < GL * GV; i++) printf("%.17g\n", (double)G[i]); \
         }                                                                       \
+        /* gather_panel's check: 1 for finite samples; 0 with an inf read by   \
+           a short tile (a lane's last value), or a NaN read by a full one. */ \
+        for (int i = 0; i < GS * GV; i++) G[i] = (T)(i * 0.25 - 3);             \
+        printf("%d\n", lgmstm_gather_panel_##SUF(G, GV, NULL, 0, GL, 3, 1, Gd, 3 * N, N)); \
+        G[(GL - 1) * GV + 2] = (T)INFINITY;                                     \
+        printf("%d\n", lgmstm_gather_panel_##SUF(G, GV, NULL, 0, GL, 3, 1, Gd, 3 * N, N)); \
+        G[(GL - 1) * GV + 2] = (T)0;                                            \
+        G[5 * GV + 17] = (T)NAN;                                                \
+        printf("%d\n", lgmstm_gather_panel_##SUF(G, GV, NULL, 1, GL, GF * GB, GF, Gd,  \
+                                                GB * N, N));                    \
     } while (0)
 
 int main(void)
@@ -126,7 +136,9 @@ def expected(dtype):
         rows = np.full((GL, GV), 7.0)
         rows[:, :n_values] = H[:n_values, :GL].T
         scattered.append(rows.ravel())
-    return [C.ravel(), O.ravel(), S, H.ravel(), E.ravel(), F.ravel(), *gathered, *scattered]
+    checks = np.array([1.0, 0.0, 0.0])  # gather_panel: finite, an inf, a NaN
+    return [C.ravel(), O.ravel(), S, H.ravel(), E.ravel(), F.ravel(), *gathered, *scattered,
+            checks]
 
 
 def cpu_has(*flags):
@@ -167,7 +179,7 @@ def test_kernels_build_and_agree_with_numpy(tmp_path, flags):
     values = np.array(subprocess.run([str(program)], capture_output=True, text=True,
                                      check=True).stdout.split(), dtype=float)
     sizes = [M * N, K * M, K, M * N, M * LD, M * LD, GF * GB * N, GF * GB * N, 3 * N,
-             GL * GV, GL * GV]
+             GL * GV, GL * GV, 3]
     for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-5)):
         for got_size, want in zip(sizes, expected(dtype)):
             got, values = values[:got_size], values[got_size:]
