@@ -81,8 +81,10 @@ cdef Py_ssize_t training_chunk_rows(Py_ssize_t n_samples, Py_ssize_t n_hidden,
     """Samples per forward chunk of a training batch of n_samples, with
     n_directions passes side by side: forward_chunk_rows, or the backward
     pass's shorter chunks (sequence_chunk_rows) when those leave the threads
-    a single task. From the shapes alone; a sample's states are the same
-    bits in either chunk (the time loop's products run along each row)."""
+    a single task. From the shapes alone, never the thread count. Training
+    needs no chunk of predict's (which keeps forward_chunk_rows, see there):
+    where the panel kernel runs the time loop, it gives a row the same bits
+    in any chunk; only which rows share a BLAS product changes."""
     cdef Py_ssize_t rows = forward_chunk_rows(n_hidden)
     if n_directions * n_tasks(n_samples, rows) < 2:
         rows = sequence_chunk_rows(n_samples, n_hidden)
