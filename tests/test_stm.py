@@ -212,6 +212,35 @@ def test_same_bits_for_any_thread_count():
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_training_forward_chunks_keep_bits_and_agree_with_numpy(dtype):
+    """A batch of 64 sequences of 128 units, whose forward pass predict runs
+    as one chunk, trains in the backward pass's two chunks (the packed
+    time loop on AVX-512): the same bits on 1, 2 and 3 threads, and the
+    NumPy backend's parameters."""
+    from lgmstm import _stm
+
+    X, Y, _ = sequences(64, 6, 8, 3, seed=4)
+    X, Y = X.astype(dtype), Y.astype(dtype)
+    sizes = np.array([8, 128, 3], dtype=np.intp)
+    assert _stm._training_layout(64, 6, sizes, np.dtype(dtype).itemsize, True) is None  # row-major
+    saved = lgmstm.get_num_threads()
+    results = []
+    try:
+        for n_threads in (1, 2, 3):
+            lgmstm.set_num_threads(n_threads)
+            model, reference = twins(8, 128, 3, dtype=dtype)
+            history = model.fit(X, Y, epochs=3, lr=0.05)
+            results.append((history, *model.params.values()))
+    finally:
+        lgmstm.set_num_threads(saved)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    reference.fit(X, Y, epochs=3, lr=0.05)
+    assert_params_close(model, reference, 1e-4 if dtype == np.float32 else 1e-10)
+
+
 @pytest.mark.parametrize("return_sequences", [True, False])
 def test_save_and_load(tmp_path, return_sequences):
     X, _, lengths = sequences(return_sequences=return_sequences)

@@ -46,7 +46,7 @@ from lgmstm._parallel cimport BLOCK_ELEMS, gemm_task_rows, n_tasks, threads_for
 from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, all_full_length, backward_chunk,
                           backward_plan, forward_chunk, forward_chunk_rows,
                           prepare_recurrent_weight,
-                          rnn_scratch_size, sequence_chunk_rows, transposed_recurrent_weight,
+                          rnn_scratch_size, training_chunk_rows, transposed_recurrent_weight,
                           weight_grad_task, weight_partials)
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
@@ -496,17 +496,6 @@ cdef inline floating *state_grads_of(floating *values, const Layout *layout, Py_
                                                            layout.rows_values)
 
 
-cdef inline Py_ssize_t forward_rows(const Shape *shape, Py_ssize_t n_rows,
-                                    Py_ssize_t k) noexcept nogil:
-    """Samples per forward chunk of layer k in training: the forward pass's
-    (forward_chunk_rows), or the backward pass's shorter chunks when those
-    leave the threads a single task. From the shapes alone."""
-    cdef Py_ssize_t rows = forward_chunk_rows(shape.hidden[k])
-    if shape.n_directions * n_tasks(n_rows, rows) < 2:
-        rows = sequence_chunk_rows(n_rows, shape.hidden[k])
-    return rows
-
-
 cdef struct Step:
     # One batch as the tasks see it (deep_batch).
     const Shape *shape
@@ -749,7 +738,7 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
             step.packed[d] = prepare_recurrent_weight(
                 <floating *> batches.params[3 * (k * D + d) + 1], False,
                 scratch_of(values, layout, D, k, d), n_rows, n_hidden)
-        chunk_rows = forward_rows(shape, n_rows, k)
+        chunk_rows = training_chunk_rows(n_rows, n_hidden, D)
         n_chunk_tasks = D * n_tasks(n_rows, chunk_rows)
         n_used = threads_for(n_threads, n_chunk_tasks,
                              2.0 * D * n_rows * n_steps * n_hidden * (width + n_hidden))

@@ -9,6 +9,10 @@ cdef Py_ssize_t rnn_scratch_size(Py_ssize_t n_samples, Py_ssize_t n_in,
 
 # Samples per chunk of rnn_forward_pass (the last takes what is left).
 cdef Py_ssize_t forward_chunk_rows(Py_ssize_t n_hidden) noexcept nogil
+# ... or, in training, where no chunk need match predict's: shorter chunks
+# when forward_chunk_rows would leave the threads one task.
+cdef Py_ssize_t training_chunk_rows(Py_ssize_t n_samples, Py_ssize_t n_hidden,
+                                    Py_ssize_t n_directions) noexcept nogil
 
 cdef void rnn_forward_pass(
         const floating *X,     # IN (n_samples, n_steps, n_in)
@@ -20,7 +24,9 @@ cdef void rnn_forward_pass(
         floating *scratch,     # rnn_scratch_size(..., backward=False) values
         Py_ssize_t *order,     # scratch (n_samples,)
         Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
-        Py_ssize_t n_hidden, int n_threads) noexcept nogil
+        Py_ssize_t n_hidden,
+        Py_ssize_t chunk_rows,  # samples per chunk: forward_chunk_rows or training_chunk_rows
+        int n_threads) noexcept nogil
 
 cdef void rnn_backward_pass(
         const floating *X, const floating *h0, const floating *Wx,

@@ -76,6 +76,21 @@ cdef Py_ssize_t forward_chunk_rows(Py_ssize_t n_hidden) noexcept nogil:
                                                 n_hidden // 8), MIN_FORWARD_CHUNK_ROWS)
 
 
+cdef Py_ssize_t training_chunk_rows(Py_ssize_t n_samples, Py_ssize_t n_hidden,
+                                    Py_ssize_t n_directions) noexcept nogil:
+    """Samples per forward chunk of a training batch of n_samples, with
+    n_directions passes side by side: forward_chunk_rows, or the backward
+    pass's shorter chunks (sequence_chunk_rows) when those leave the threads
+    a single task. From the shapes alone, never the thread count. Training
+    needs no chunk of predict's (which keeps forward_chunk_rows, see there):
+    where the panel kernel runs the time loop, it gives a row the same bits
+    in any chunk; only which rows share a BLAS product changes."""
+    cdef Py_ssize_t rows = forward_chunk_rows(n_hidden)
+    if n_directions * n_tasks(n_samples, rows) < 2:
+        rows = sequence_chunk_rows(n_samples, n_hidden)
+    return rows
+
+
 cdef inline Py_ssize_t weight_groups(Py_ssize_t n_samples, Py_ssize_t n_in,
                                      Py_ssize_t n_hidden) noexcept nogil:
     """Sample groups whose weight gradients are summed apart, then added in
@@ -601,12 +616,13 @@ cdef void rnn_forward_pass(
         const floating *Wh, const floating *b, const Py_ssize_t *lengths,
         floating *H, floating *h_last, floating *scratch, Py_ssize_t *order,
         Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
-        Py_ssize_t n_hidden, int n_threads) noexcept nogil:
+        Py_ssize_t n_hidden, Py_ssize_t chunk_rows, int n_threads) noexcept nogil:
     """H (and h_last unless NULL) for the whole batch; h0 NULL means zeros.
 
-    scratch: scratch_size(..., backward=False) values; order: n_samples indices.
+    scratch: scratch_size(..., backward=False) values; order: n_samples
+    indices; chunk_rows: samples per chunk (forward_chunk_rows, or
+    training_chunk_rows in training).
     """
-    cdef Py_ssize_t chunk_rows = forward_chunk_rows(n_hidden)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
     cdef int n_used = threads_for(n_threads, n_chunks,
                                   2.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden))
@@ -687,7 +703,8 @@ def forward(const floating[:, :, ::1] X, object h0, const floating[:, ::1] Wx,
     with nogil:
         rnn_forward_pass(&X[0, 0, 0], h0_data, &Wx[0, 0], &Wh[0, 0], &b[0],
                          &lengths[0], &H[0, 0, 0], NULL, &scratch[0], &order[0],
-                         X.shape[0], X.shape[1], X.shape[2], Wx.shape[1], n_threads)
+                         X.shape[0], X.shape[1], X.shape[2], Wx.shape[1],
+                         forward_chunk_rows(Wx.shape[1]), n_threads)
 
 
 def backward(const floating[:, :, ::1] X, object h0, const floating[:, ::1] Wx,

@@ -43,7 +43,7 @@ from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
 from lgmstm._rnn cimport (all_full_length, forward_chunk_rows, rnn_backward_pass,
-                          rnn_forward_pass, rnn_scratch_size)
+                          rnn_forward_pass, rnn_scratch_size, training_chunk_rows)
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
@@ -450,8 +450,9 @@ cdef void stm_forward(const floating *X, const floating *h0,
                       const Py_ssize_t *lengths, Py_ssize_t n_samples,
                       Py_ssize_t n_steps, void **params, const Py_ssize_t *sizes,
                       bint output_tanh, bint return_sequences, void **buffers,
-                      int n_threads) noexcept nogil:
-    """Fill STATES, FINAL_STATES and OUTPUTS; outputs of padded steps are 0."""
+                      Py_ssize_t chunk_rows, int n_threads) noexcept nogil:
+    """Fill STATES, FINAL_STATES and OUTPUTS; outputs of padded steps are 0.
+    chunk_rows: the time loop's samples per chunk (see rnn_forward_pass)."""
     cdef Py_ssize_t n_hidden = sizes[1], n_out = sizes[2]
     cdef floating *outputs = <floating *> buffers[OUTPUTS]
     cdef Py_ssize_t i
@@ -460,7 +461,7 @@ cdef void stm_forward(const floating *X, const floating *h0,
                      lengths, <floating *> buffers[STATES],
                      <floating *> buffers[FINAL_STATES], <floating *> buffers[SCRATCH],
                      <Py_ssize_t *> buffers[ORDER], n_samples, n_steps, sizes[0],
-                     n_hidden, n_threads)
+                     n_hidden, chunk_rows, n_threads)
     dense_forward(<floating *> buffers[STATES if return_sequences else FINAL_STATES],
                   <floating *> params[READOUT_WEIGHT], <floating *> params[READOUT_BIAS],
                   outputs, n_samples * (n_steps if return_sequences else 1), n_hidden,
@@ -513,7 +514,7 @@ cdef int stm_predict(const floating *X, const floating *h0, const Py_ssize_t *le
             return -1
     else:
         stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
-                    return_sequences, buffers, n_threads)
+                    return_sequences, buffers, forward_chunk_rows(sizes[1]), n_threads)
     if loss != SQUARED_ERROR:
         if return_sequences:
             for i in range(n_samples):
@@ -671,7 +672,8 @@ cdef double stm_gradients(const floating *X, const floating *Y, const floating *
     cdef Py_ssize_t n_rows = n_samples * (n_steps if return_sequences else 1)
     cdef double sum_squares, count
     stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
-                return_sequences, buffers, n_threads)
+                return_sequences, buffers, training_chunk_rows(n_samples, n_hidden, 1),
+                n_threads)
     if loss == SQUARED_ERROR and weights == NULL:
         sum_squares = squared_error(
             <floating *> buffers[OUTPUTS], Y, <floating *> buffers[OUTPUT_GRADS],
@@ -1139,7 +1141,7 @@ cdef double sequence_loss(const floating *X, const floating *Y, const floating *
     cdef Py_ssize_t n_rows = n_samples * (n_steps if return_sequences else 1)
     cdef double count
     stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
-                return_sequences, buffers, n_threads)
+                return_sequences, buffers, forward_chunk_rows(sizes[1]), n_threads)
     if loss == SQUARED_ERROR and weights == NULL:
         return squared_error(
             <floating *> buffers[OUTPUTS], Y, <floating *> buffers[OUTPUT_GRADS],
