@@ -696,6 +696,13 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
         memset(choice, 0, sizeof(ThreadChoice))
         choice.n_threads, choice.current = n_threads, MANY
         choice.n_samples, choice.batch_size = plan.n_samples, plan.batch_size
+        # The first epoch after that pays for its workspace's first touch (a
+        # deep STM's took twice a steady one): untimed, so that it does not
+        # make MANY look slower than ONE and put the fit on one thread.
+        train_epochs(step, program, parameters, plan, optimizer, 0, 1, n_threads, False)
+        epoch = 1
+        if plan.control != NULL and plan.control.stopped:
+            return
     while epoch < plan.n_epochs:
         arm = next_arm(choice)
         stop = min(plan.n_epochs, epoch + slice_epochs(choice, arm))
