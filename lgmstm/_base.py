@@ -164,8 +164,12 @@ class Model:
         """The constructor's arguments besides dtype, seed and backend, as pickled."""
         raise NotImplementedError
 
-    def _construct(self, arguments: dict[str, Any], dtype: str, backend: str) -> None:
-        """Run this class's constructor (not a subclass's) on _arguments()."""
+    def _construct(self, arguments: dict[str, Any], dtype: str, backend: str,
+                   rng: np.random.Generator) -> None:
+        """Make the model as this class's constructor (not a subclass's) would
+        from _arguments(), with rng as its generator and parameters left
+        unset (np.empty), for the caller to fill: no initial weights are
+        drawn only to be overwritten."""
         raise NotImplementedError
 
     def _config(self) -> dict[str, NDArray[Any]]:
@@ -334,10 +338,10 @@ class Model:
                     "best_epoch_": self.best_epoch_}
 
     def __setstate__(self, pickled: dict[str, Any]) -> None:
-        self._construct(pickled, pickled["dtype"], pickled["backend"])
+        self._construct(pickled, pickled["dtype"], pickled["backend"], pickled["rng"])
         for param, value in zip(self._params, pickled["params"]):
             param[...] = value
-        self.history_, self._rng = pickled["history_"], pickled["rng"]
+        self.history_ = pickled["history_"]
         # Pickles before validation have neither.
         self.validation_history_ = pickled.get("validation_history_", NO_VALIDATION)
         self.best_epoch_ = pickled.get("best_epoch_")

@@ -354,8 +354,13 @@ def _nbytes(data: tuple[Any, Any]) -> int:
 
 
 def _fit_batch(blobs: list[bytes], datasets: list[Any], arguments: dict[str, Any],
-               threads: int | None) -> list[Model]:
-    """One task: fit each model on its data, in order."""
+               threads: int | None) -> bytes:
+    """One task: fit each model on its data, in order; the fitted models
+    pickled together, here in the task: one plain frame for the worker to
+    send and the client to take, which unpickles it outside the event loop
+    (a list of models would travel as one frame per parameter array, and be
+    unpickled on the client's event loop thread, which a LocalCluster's
+    scheduler shares)."""
     fitted = []
     aligned: dict[int, Any] = {}   # each array as the kernels take it, once per task
     for blob, data in zip(blobs, datasets):
@@ -369,7 +374,7 @@ def _fit_batch(blobs: list[bytes], datasets: list[Any], arguments: dict[str, Any
         with _running_on(threads):
             model.fit(X, Y, **arguments)
         fitted.append(model)
-    return fitted
+    return pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _aligned(array: Any, done: dict[int, Any]) -> Any:
@@ -572,7 +577,7 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
             if isinstance(fitted, BaseException):  # a cancelled task's result is the error
                 raise fitted
             index = index_of[future.key]
-            results[index] = fitted
+            results[index] = pickle.loads(fitted)
             n_done += len(batches[index])
             if verbose:
                 print(f"\rfit_many: {n_done}/{len(models)} models fitted, "

@@ -288,6 +288,16 @@ class LGM(Model):
                  dtype: DTypeLike = np.float64,
                  seed: int | np.random.Generator | None = None,
                  backend: str = "cython") -> None:
+        shapes = self._define(layer_sizes, output, dtype, seed, backend)
+        # Glorot-uniform weights, zero biases.
+        self._connect([glorot_uniform(self._rng, *shape, self._dtype) if len(shape) == 2
+                       else np.zeros(shape, self._dtype) for shape in shapes.values()])
+
+    def _define(self, layer_sizes: Sequence[int], output: str, dtype: DTypeLike,
+                seed: int | np.random.Generator | None, backend: str,
+                ) -> dict[str, tuple[int, ...]]:
+        """The constructor's checks and choices, all but the parameters;
+        returns their shapes, by name."""
         if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
             raise TypeError(f"layer_sizes must be a sequence of ints, got {layer_sizes!r}")
         sizes = [check_int(f"layer_sizes[{i}]", n, 1, maximum=MAX_DIM)
@@ -299,11 +309,16 @@ class LGM(Model):
         self._layer_sizes: tuple[int, ...] = tuple(sizes)
         self._output = check_output(output, sizes[-1])
         self._set_up(dtype, seed, backend)
-        self._params = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-            self._params += [glorot_uniform(self._rng, n_in, n_out, self._dtype),
-                             np.zeros(n_out, self._dtype)]
-        self._network = _NETWORKS[self._backend](self._params, sizes, self._output, self._lock)
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            shapes[f"layer{layer}.weight"], shapes[f"layer{layer}.bias"] = (n_in, n_out), (n_out,)
+        return shapes
+
+    def _connect(self, params: list[NDArray[Any]]) -> None:
+        """params (in the order of _param_names) as the model's, and the network over them."""
+        self._params = params
+        self._network = _NETWORKS[self._backend](self._params, self._layer_sizes, self._output,
+                                                 self._lock)
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:
@@ -323,9 +338,11 @@ class LGM(Model):
     def _arguments(self) -> dict[str, Any]:
         return {"layer_sizes": self._layer_sizes, "output": self._output}
 
-    def _construct(self, arguments: dict[str, Any], dtype: str, backend: str) -> None:
-        LGM.__init__(self, arguments["layer_sizes"], output=arguments["output"], dtype=dtype,
-                     backend=backend)
+    def _construct(self, arguments: dict[str, Any], dtype: str, backend: str,
+                   rng: np.random.Generator) -> None:
+        shapes = LGM._define(self, arguments["layer_sizes"], arguments["output"], dtype, rng,
+                             backend)
+        LGM._connect(self, [np.empty(shape, self._dtype) for shape in shapes.values()])
 
     def _config(self) -> dict[str, NDArray[Any]]:
         return {"layer_sizes": np.asarray(self._layer_sizes, np.int64),

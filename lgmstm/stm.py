@@ -456,6 +456,22 @@ class STM(Model):
                  dtype: DTypeLike = np.float64,
                  seed: int | np.random.Generator | None = None,
                  backend: str = "cython") -> None:
+        shapes = self._define(n_in, n_hidden, n_out, output, return_sequences, stateful,
+                              bidirectional, readout, dtype, seed, backend)
+        # Wx and readout weights Glorot-uniform, each Wh orthogonal, biases 0.
+        self._connect([
+            orthogonal(self._rng, shape[0], self._dtype) if name.endswith("recurrent_weight")
+            else glorot_uniform(self._rng, shape[0], shape[-1], self._dtype) if len(shape) == 2
+            else np.zeros(shape, self._dtype)
+            for name, shape in shapes.items()])
+
+    def _define(self, n_in: int, n_hidden: int | Sequence[int], n_out: int, output: str,
+                return_sequences: bool, stateful: bool, bidirectional: bool,
+                readout: Sequence[int], dtype: DTypeLike,
+                seed: int | np.random.Generator | None, backend: str,
+                ) -> dict[str, tuple[int, ...]]:
+        """The constructor's checks and choices, all but the parameters;
+        returns their shapes, by name."""
         self._n_in = check_int("n_in", n_in, 1, maximum=MAX_DIM)
         if isinstance(n_hidden, (list, tuple, np.ndarray)):
             self._n_hidden: int | tuple[int, ...] = check_layer_sizes(
@@ -487,13 +503,12 @@ class STM(Model):
         if self._stateful and self._bidirectional:
             raise ValueError(self._no_future("stateful=True"))
         self._set_up(dtype, seed, backend)
-        # Wx and readout weights Glorot-uniform, each Wh orthogonal, biases 0.
-        self._params = [
-            orthogonal(self._rng, shape[0], self._dtype) if name.endswith("recurrent_weight")
-            else glorot_uniform(self._rng, shape[0], shape[-1], self._dtype) if len(shape) == 2
-            else np.zeros(shape, self._dtype)
-            for name, shape in shapes.items()]
         self._state: Any = None  # an array, a list of one per layer (stacked), or None
+        return shapes
+
+    def _connect(self, params: list[NDArray[Any]]) -> None:
+        """params (in the order of _param_names) as the model's, and the network over them."""
+        self._params = params
         if self._deep:
             self._network: Any = DeepRecurrent(
                 self._params, self._n_in, self._sizes, 2 if self._bidirectional else 1,
@@ -596,12 +611,14 @@ class STM(Model):
             arguments.update(bidirectional=self._bidirectional, readout=self._readout)
         return arguments
 
-    def _construct(self, arguments: dict[str, Any], dtype: str, backend: str) -> None:
-        STM.__init__(self, *arguments["sizes"], output=arguments["output"],
-                     return_sequences=arguments["return_sequences"],
-                     stateful=arguments["stateful"],
-                     bidirectional=arguments.get("bidirectional", False),
-                     readout=arguments.get("readout", ()), dtype=dtype, backend=backend)
+    def _construct(self, arguments: dict[str, Any], dtype: str, backend: str,
+                   rng: np.random.Generator) -> None:
+        n_in, n_hidden, n_out = arguments["sizes"]
+        shapes = STM._define(self, n_in, n_hidden, n_out, arguments["output"],
+                             arguments["return_sequences"], arguments["stateful"],
+                             arguments.get("bidirectional", False), arguments.get("readout", ()),
+                             dtype, rng, backend)
+        STM._connect(self, [np.empty(shape, self._dtype) for shape in shapes.values()])
 
     def _config(self) -> dict[str, NDArray[Any]]:
         config = {"n_in": np.asarray(self._n_in, np.int64),
