@@ -350,6 +350,8 @@ cdef double network_gradients(const floating *X, const floating *Y,
             loss, <floating *> activations[n_layers - 1], Y, weights,
             <floating *> deltas[n_layers - 1], n_samples, n_out,
             loss_scale(loss, weight_sum(weights, n_samples), n_out), partials, n_threads)
+    # Each layer's dX takes the hidden layer's tanh derivative as it is made
+    # (input_tanh): the layer below gets its dZ, and no pass of its own.
     for layer in range(n_layers - 1, -1, -1):
         dense_backward(
             X if layer == 0 else <floating *> activations[layer - 1],
@@ -358,7 +360,7 @@ cdef double network_gradients(const floating *X, const floating *Y,
             NULL if layer == 0 else <floating *> deltas[layer - 1],
             <floating *> targets[2 * layer], <floating *> targets[2 * layer + 1],
             scale, beta, n_samples, sizes[layer], sizes[layer + 1],
-            output_tanh or layer < n_layers - 1, n_threads)
+            layer == n_layers - 1 and output_tanh, layer > 0, n_threads)
     return sum_squares
 
 
