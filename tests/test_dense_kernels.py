@@ -8,7 +8,8 @@ import pytest
 from lgmstm import kernels, reference
 
 # (n_samples, n_in, n_out): trivial, odd, around the 64-row chunks and
-# 64-row weight-gradient blocks, an empty batch and an empty input.
+# 64-row weight-gradient stripes, stripes of several heights with a short
+# last one, an empty batch and an empty input.
 SHAPES = [
     (1, 1, 1),
     (37, 13, 29),
@@ -17,6 +18,7 @@ SHAPES = [
     (64, 130, 5),
     (65, 65, 17),
     (129, 130, 70),
+    (300, 700, 40),
     (0, 5, 3),
     (5, 0, 3),
 ]

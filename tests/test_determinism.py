@@ -60,6 +60,30 @@ def test_dense_backward(threads, layer, activation):
         threads, lambda: list(kernels.dense_backward(X, W, A, dA, activation=activation))))
 
 
+@pytest.mark.parametrize("shape", [(300, 700, 40), (260, 1100, 130)], ids=str)
+def test_dense_backward_in_weight_stripes(threads, rng, dtype, shape):
+    """Wide inputs: the weight gradient in several stripes of whole rows
+    (two and three of 512 rows, the last short), threads taking them."""
+    n_samples, n_in, n_out = shape
+    X = rng.standard_normal((n_samples, n_in)).astype(dtype)
+    W = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    dA = rng.standard_normal((n_samples, n_out)).astype(dtype)
+    A = kernels.dense_forward(X, W, b)
+    assert_all_identical(under_each_setting(
+        threads, lambda: list(kernels.dense_backward(X, W, A, dA))))
+
+
+def test_deep_lgm_gradients(threads, rng, dtype):
+    """Four tanh layers, each hidden layer's dZ made in the layer above's
+    dX chunks."""
+    X = rng.standard_normal((300, 200)).astype(dtype)
+    Y = np.tanh(X[:, :5]).astype(dtype)
+    model = lgmstm.LGM([200, 300, 150, 90, 5], dtype=dtype, seed=3)
+    assert_all_identical(under_each_setting(
+        threads, lambda: list(model.gradients(X, Y).values())))
+
+
 @pytest.fixture
 def regression(rng, dtype):
     X = rng.standard_normal((N_SAMPLES, N_IN)).astype(dtype)

@@ -793,7 +793,7 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
                        values + layout.activations + j * layout.rows_values, dA, dA, d_next,
                        <floating *> batches.grads[param], <floating *> batches.grads[param + 1],
                        1, 0, readout_rows, n_dense_in, shape.dense[j],
-                       shape.output_tanh or j < shape.n_dense - 1, n_threads)
+                       shape.output_tanh or j < shape.n_dense - 1, False, n_threads)
         dA = d_next
     # dA: dL/d the top layer's output sequence (every_step) or final states.
     # Backward through the layers, top first, a region per layer: its

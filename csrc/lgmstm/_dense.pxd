@@ -36,4 +36,6 @@ cdef void dense_backward(
         floating *db,         # INOUT (n_out,)
         floating grad_scale, floating grad_beta,
         Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
-        bint apply_tanh, int n_threads) noexcept nogil
+        bint apply_tanh,
+        bint input_tanh,      # dX also times (1 - X^2): the layer below's dZ
+        int n_threads) noexcept nogil

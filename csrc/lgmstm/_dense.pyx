@@ -14,7 +14,12 @@ from lgmstm._blas cimport gemm
 from lgmstm._loss cimport squared_error_rows
 from lgmstm._parallel cimport (BLOCK_COLS, CHUNK_ROWS, gemm_task_rows, n_tasks,
                                threads_for)
-from lgmstm._tanh cimport tanh_inplace
+from lgmstm._tanh cimport tanh_grad, tanh_inplace
+
+cdef enum:
+    # A stripe of a weight gradient does at least about this many
+    # multiply-adds when the gradient allows two (weight_stripe_rows).
+    STRIPE_WORK = 8388608
 
 # The largest GEMM a task does is this many rows high (see _parallel.pxd).
 TASK_ROWS = CHUNK_ROWS
@@ -48,7 +53,7 @@ def backward(const floating[:, ::1] X, const floating[:, ::1] W,
     with nogil:
         dense_backward(&X[0, 0], &W[0, 0], &A[0, 0], &dA[0, 0], &dZ[0, 0],
                        &dX[0, 0] if need_dX else NULL, &dW[0, 0], &db[0], 1, 0,
-                       X.shape[0], X.shape[1], W.shape[1], apply_tanh,
+                       X.shape[0], X.shape[1], W.shape[1], apply_tanh, False,
                        n_threads)
 
 
@@ -140,72 +145,79 @@ cdef void dense_backward(
         const floating *dA, floating *dZ, floating *dX, floating *dW,
         floating *db, floating grad_scale, floating grad_beta,
         Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
-        bint apply_tanh, int n_threads) noexcept nogil:
+        bint apply_tanh, bint input_tanh, int n_threads) noexcept nogil:
     """Gradients of A = tanh(X W + b) given dA = dL/dA.
 
     dZ = dA (1 - A^2)          (dZ may be dA itself)
-    dX = dZ W^T                (skipped when dX is NULL)
+    dX = dZ W^T                (skipped when dX is NULL), times (1 - X^2)
+                               with input_tanh: X = tanh(Z_below), and dX
+                               is the layer below's dZ, made while in cache
     dW = s X^T dZ + beta dW,   db = s sum_samples(dZ) + beta db
     with s = grad_scale, beta = grad_beta: (1, 0) gives the gradients;
     (-lr, 1) with dW = W, db = b is a fused SGD step, done after every use
     of W (dX is finished before dW starts).
 
-    Sample chunks give dZ and dX; dW is split into square tiles and db into
-    blocks of columns, each summing over the whole batch in sample order.
+    Sample chunks give dZ and dX (no chunk pass when dZ is dA already:
+    apply_tanh false, no dX); dW is split into stripes of whole rows
+    and db into blocks of columns, each summing over the whole batch in
+    sample order.
     """
     cdef Py_ssize_t chunk_rows = gemm_task_rows(n_in, n_out)
-    cdef Py_ssize_t side = weight_tile_side(n_in, n_out)
+    cdef Py_ssize_t stripe = weight_stripe_rows(n_in, n_out, n_samples)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, chunk_rows)
-    cdef Py_ssize_t n_tiles = n_tasks(n_in, side) * n_tasks(n_out, side)
+    cdef Py_ssize_t n_stripes = n_tasks(n_in, stripe)
     cdef Py_ssize_t n_col_blocks = n_tasks(n_out, BLOCK_COLS)
-    cdef int n_used = threads_for(n_threads, max(n_chunks, n_tiles),
+    cdef int n_used = threads_for(n_threads, max(n_chunks, n_stripes),
                                   4.0 * n_samples * n_in * n_out)
     cdef Py_ssize_t task
+    if not apply_tanh and dZ == dA and dX == NULL:
+        n_chunks = 0
     if n_used == 1:
         for task in range(n_chunks):
-            delta_chunk(task, chunk_rows, W, A, dA, dZ, dX, n_samples, n_in,
-                        n_out, apply_tanh)
-        for task in range(n_tiles + n_col_blocks):
-            parameter_grad_task(task, n_tiles, side, X, dZ, dW, db,
+            delta_chunk(task, chunk_rows, X, W, A, dA, dZ, dX, n_samples, n_in,
+                        n_out, apply_tanh, input_tanh)
+        for task in range(n_stripes + n_col_blocks):
+            parameter_grad_task(task, n_stripes, stripe, X, dZ, dW, db,
                                 grad_scale, grad_beta, n_samples, n_in, n_out)
     else:
         # Two parallel regions, not two loops in one: Cython emits loops in a
         # parallel block as `omp for nowait`, and the parameter gradients
         # need every chunk's dZ first. The join between regions is the barrier.
-        for task in prange(n_chunks, num_threads=n_used, schedule='static'):
-            delta_chunk(task, chunk_rows, W, A, dA, dZ, dX, n_samples, n_in,
-                        n_out, apply_tanh)
-        # Tiles and bias blocks differ in size: hand them out as threads free
-        # up (tiles first). Who runs a task never changes its result.
-        for task in prange(n_tiles + n_col_blocks, num_threads=n_used,
+        if n_chunks > 0:
+            for task in prange(n_chunks, num_threads=n_used, schedule='static'):
+                delta_chunk(task, chunk_rows, X, W, A, dA, dZ, dX, n_samples, n_in,
+                            n_out, apply_tanh, input_tanh)
+        # Stripes and bias blocks differ in size: hand them out as threads
+        # free up (stripes first). Who runs a task never changes its result.
+        for task in prange(n_stripes + n_col_blocks, num_threads=n_used,
                            schedule='dynamic'):
-            parameter_grad_task(task, n_tiles, side, X, dZ, dW, db,
+            parameter_grad_task(task, n_stripes, stripe, X, dZ, dW, db,
                                 grad_scale, grad_beta, n_samples, n_in, n_out)
 
 
 cdef inline void parameter_grad_task(
-        Py_ssize_t task, Py_ssize_t n_tiles, Py_ssize_t side,
+        Py_ssize_t task, Py_ssize_t n_stripes, Py_ssize_t stripe,
         const floating *X, const floating *dZ, floating *dW, floating *db,
         floating scale, floating beta, Py_ssize_t n_samples, Py_ssize_t n_in,
         Py_ssize_t n_out) noexcept nogil:
-    """Tasks [0, n_tiles) are tiles of dW, the rest column blocks of db."""
-    if task < n_tiles:
-        weight_grad_tile(task, side, X, dZ, dW, scale, beta, n_samples, n_in, n_out)
+    """Tasks [0, n_stripes) are stripes of dW, the rest column blocks of db."""
+    if task < n_stripes:
+        weight_grad_stripe(task, stripe, X, dZ, dW, scale, beta, n_samples, n_in, n_out)
     else:
-        bias_grad_block(task - n_tiles, dZ, db, scale, beta, n_samples, n_out)
+        bias_grad_block(task - n_stripes, dZ, db, scale, beta, n_samples, n_out)
 
 
 cdef inline void delta_chunk(
-        Py_ssize_t chunk, Py_ssize_t rows, const floating *W, const floating *A,
-        const floating *dA, floating *dZ, floating *dX, Py_ssize_t n_samples,
-        Py_ssize_t n_in, Py_ssize_t n_out, bint apply_tanh) noexcept nogil:
+        Py_ssize_t chunk, Py_ssize_t rows, const floating *X, const floating *W,
+        const floating *A, const floating *dA, floating *dZ, floating *dX,
+        Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out, bint apply_tanh,
+        bint input_tanh) noexcept nogil:
     """dZ and dX for one chunk of samples."""
     cdef Py_ssize_t start = chunk * rows
     cdef Py_ssize_t stop = min(start + rows, n_samples)
-    cdef Py_ssize_t i
     if apply_tanh:
-        for i in range(start * n_out, stop * n_out):
-            dZ[i] = dA[i] * (1 - A[i] * A[i])
+        tanh_grad(dZ + start * n_out, dA + start * n_out, A + start * n_out,
+                  (stop - start) * n_out)
     elif dZ != dA:
         memcpy(dZ + start * n_out, dA + start * n_out,
                (stop - start) * n_out * sizeof(floating))
@@ -213,29 +225,37 @@ cdef inline void delta_chunk(
         gemm(False, True, <int> (stop - start), <int> n_in, <int> n_out, 1,
              dZ + start * n_out, <int> n_out, W, <int> n_out,
              0, dX + start * n_in, <int> n_in)
+        if input_tanh:
+            tanh_grad(dX + start * n_in, dX + start * n_in, X + start * n_in,
+                      (stop - start) * n_in)
 
 
-cdef inline Py_ssize_t weight_tile_side(Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
-    """Side of the square tiles dW is cut into, from the shapes alone: 64,
-    doubled (up to 256) while that still leaves more than 32 tiles. Each
-    tile's GEMM repacks its strips of X and dZ, about 1/side of its work."""
-    cdef Py_ssize_t side = 64
-    while side < 256 and n_tasks(n_in, side) * n_tasks(n_out, side) > 32:
-        side *= 2
-    return side
+cdef inline Py_ssize_t weight_stripe_rows(Py_ssize_t n_in, Py_ssize_t n_out,
+                                          Py_ssize_t n_samples) noexcept nogil:
+    """Rows of the stripes dW is cut into, from the shapes alone: 64,
+    doubled while that leaves at least two stripes and the stripes are more
+    than four or do fewer than STRIPE_WORK multiply-adds each.
+
+    A stripe's GEMM repacks all of dZ (n_samples, n_out), so taller stripes
+    repack less: square 64-row tiles ran the 256 x 256 gradient of a
+    256-sample batch at half BLAS's speed on one whole call, 128-row
+    stripes of whole rows within a tenth of it."""
+    cdef Py_ssize_t rows = 64
+    while (n_tasks(n_in, 2 * rows) >= 2
+           and (n_tasks(n_in, rows) > 4 or rows * n_out * n_samples < STRIPE_WORK)):
+        rows *= 2
+    return rows
 
 
-cdef inline void weight_grad_tile(
-        Py_ssize_t tile, Py_ssize_t side, const floating *X, const floating *dZ,
+cdef inline void weight_grad_stripe(
+        Py_ssize_t stripe, Py_ssize_t rows, const floating *X, const floating *dZ,
         floating *dW, floating scale, floating beta, Py_ssize_t n_samples,
         Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
-    """One tile of dW = scale X^T dZ + beta dW, summed over the whole batch."""
-    cdef Py_ssize_t n_col_tiles = n_tasks(n_out, side)
-    cdef Py_ssize_t row = (tile // n_col_tiles) * side
-    cdef Py_ssize_t col = (tile % n_col_tiles) * side
-    gemm(True, False, <int> min(side, n_in - row), <int> min(side, n_out - col),
-         <int> n_samples, scale, X + row, <int> n_in, dZ + col, <int> n_out, beta,
-         dW + row * n_out + col, <int> n_out)
+    """One stripe of whole rows of dW = scale X^T dZ + beta dW, summed over
+    the whole batch."""
+    cdef Py_ssize_t row = stripe * rows
+    gemm(True, False, <int> min(rows, n_in - row), <int> n_out, <int> n_samples, scale,
+         X + row, <int> n_in, dZ, <int> n_out, beta, dW + row * n_out, <int> n_out)
 
 
 cdef inline void bias_grad_block(

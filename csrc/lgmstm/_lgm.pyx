@@ -33,7 +33,7 @@ from lgmstm._optim cimport SGD, Optimizer
 from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
                             group_panels, padded_width, panel_product,
-                            row_sums, sample_major_gradient, transpose_columns)
+                            row_sums, sample_major_gradient, transpose_to_panels)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, CHUNK_ROWS, GIL_HELD_WORK,
                                SHORT_FIT_WORK, gemm_task_rows, n_tasks, threads_for)
 from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_loss,
@@ -350,6 +350,8 @@ cdef double network_gradients(const floating *X, const floating *Y,
             loss, <floating *> activations[n_layers - 1], Y, weights,
             <floating *> deltas[n_layers - 1], n_samples, n_out,
             loss_scale(loss, weight_sum(weights, n_samples), n_out), partials, n_threads)
+    # Each layer's dX takes the hidden layer's tanh derivative as it is made
+    # (input_tanh): the layer below gets its dZ, and no pass of its own.
     for layer in range(n_layers - 1, -1, -1):
         dense_backward(
             X if layer == 0 else <floating *> activations[layer - 1],
@@ -358,7 +360,7 @@ cdef double network_gradients(const floating *X, const floating *Y,
             NULL if layer == 0 else <floating *> deltas[layer - 1],
             <floating *> targets[2 * layer], <floating *> targets[2 * layer + 1],
             scale, beta, n_samples, sizes[layer], sizes[layer + 1],
-            output_tanh or layer < n_layers - 1, n_threads)
+            layer == n_layers - 1 and output_tanh, layer > 0, n_threads)
     return sum_squares
 
 
@@ -431,8 +433,8 @@ cdef void panel_sample_task(
     for layer in range(n_layers):
         if sample_major_gradient(sizes[layer + 1], sizeof(floating)):
             padded = padded_width(sizes[layer + 1], sizeof(floating))
-            transpose_columns(deltas[layer] + first, sizes[layer + 1], group_width,
-                              width, deltas_t[layer] + first * padded, padded)
+            transpose_to_panels(deltas[layer] + first, sizes[layer + 1], group_width,
+                                width, deltas_t[layer] + first * padded, padded)
 
 
 cdef void panel_weight_task(

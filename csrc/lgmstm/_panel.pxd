@@ -274,6 +274,17 @@ cdef inline bint gather_group(
                         task_width)
 
 
+cdef inline void transpose_to_panels(const floating *source, Py_ssize_t n_units,
+                                     Py_ssize_t n_cols, Py_ssize_t ld_source,
+                                     floating *dest, Py_ssize_t padded) noexcept nogil:
+    """transpose_columns into rows of whole panels: dest[c, u] = source[u, c]
+    for u < n_units, 0 for n_units <= u < padded (padded_width(n_units)),
+    c < n_cols; in gather_panel's register tiles (a unit its sample, a
+    column its value), where the element by element copy read each value
+    from another line."""
+    gather_panel(source, ld_source, NULL, 0, n_units, n_cols, 1, dest, 0, padded)
+
+
 # -- packed products (the recurrent weight of the BLAS path) --------------------------
 
 cdef extern from "_panel.h" nogil:

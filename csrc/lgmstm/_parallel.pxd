@@ -8,6 +8,9 @@ cdef enum:
     CHUNK_ROWS = 64       # samples per task in batch-parallel loops
     BLOCK_COLS = 64       # columns per task of a column sum (bias gradients)
     BLOCK_ELEMS = 16384   # elements per task in element-wise passes
+    # A row task of a GEMM does at least about this many multiply-adds
+    # where that takes at most 4x CHUNK_ROWS rows (gemm_task_rows).
+    TASK_WORK = 2097152
     MIN_PARALLEL_WORK = 1048576  # below ~this many flops (~20 us) threads cost more than they save
     # OpenBLAS threads a GEMM only above about 64**3 multiply-adds: smaller
     # calls need no guard keeping BLAS single-threaded (lgmstm._threads).
@@ -30,11 +33,15 @@ cdef inline Py_ssize_t gemm_task_rows(Py_ssize_t n_cols, Py_ssize_t n_inner) noe
 
     BLAS repacks the shared operand for every task, which costs about 1/rows
     of the arithmetic: big products get taller tasks (about
-    sqrt(n_cols n_inner) / 2 rows, at most 256), small ones keep CHUNK_ROWS
-    for load balance. Depends on shapes only, never on the thread count.
+    sqrt(n_cols n_inner) / 2 rows, at most 256), and so do tasks of fewer
+    than TASK_WORK multiply-adds (64-row tasks of a 256 -> 64 layer ran at
+    0.7x BLAS's speed on the whole batch); tiny products keep CHUNK_ROWS.
+    Depends on shapes only, never on the thread count.
     """
     cdef Py_ssize_t rows = CHUNK_ROWS
-    while rows < 256 and 4 * rows * rows < n_cols * n_inner:
+    while rows < 256 and (4 * rows * rows < n_cols * n_inner
+                          or (rows * n_cols * n_inner < TASK_WORK
+                              and 4 * rows * n_cols * n_inner >= TASK_WORK)):
         rows *= 2
     return rows
 

@@ -693,7 +693,7 @@ cdef double stm_gradients(const floating *X, const floating *Y, const floating *
                    <floating *> buffers[OUTPUT_GRADS], <floating *> buffers[OUTPUT_GRADS],
                    <floating *> buffers[STATE_GRADS if return_sequences else FINAL_GRADS],
                    <floating *> grads[READOUT_WEIGHT], <floating *> grads[READOUT_BIAS],
-                   1, 0, n_rows, n_hidden, n_out, output_tanh, n_threads)
+                   1, 0, n_rows, n_hidden, n_out, output_tanh, False, n_threads)
     rnn_backward_pass(
         X, h0, <floating *> params[INPUT_WEIGHT], <floating *> params[RECURRENT_WEIGHT],
         <floating *> buffers[STATES],

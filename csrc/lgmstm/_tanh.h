@@ -127,4 +127,36 @@ static void lgmstm_tanh_rows_f(float *x, ptrdiff_t n_rows, ptrdiff_t n_cols, ptr
         for (ptrdiff_t i = 0; i < n_cols; ++i) x[r * ld + i] = lgmstm_tanh_f(x[r * ld + i]);
 }
 
+/* dz = da (1 - a^2) over n values (dz may be da): the tanh layer's delta,
+ * built per ISA like the loops above. float rounds a^2 to float and takes
+ * the rest in double, as the Cython loop it replaces did; no FMA
+ * contraction, so every build gives those bits. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+LGMSTM_DISPATCH
+static void lgmstm_tanh_grad_d(double *dz, const double *da, const double *a, ptrdiff_t n)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (ptrdiff_t i = 0; i < n; ++i) dz[i] = da[i] * (1.0 - a[i] * a[i]);
+}
+
+LGMSTM_DISPATCH
+static void lgmstm_tanh_grad_f(float *dz, const float *da, const float *a, ptrdiff_t n)
+{
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    for (ptrdiff_t i = 0; i < n; ++i) {
+        float square = a[i] * a[i];
+        dz[i] = (float)((double)da[i] * (1.0 - (double)square));
+    }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
 #endif
