@@ -141,9 +141,11 @@ class TrainingRun:
     validation_losses: NDArray[np.float64] | None
     """OUT: a block's validation losses, one per epoch (or None)."""
     def set_control(self, *, schedule: int = ..., power_t: float = ...,
-                    early_stopping: bool = ..., patience: int = ..., tol: float = ...,
-                    monitoring: bool = ..., kept: Iterable[NDArray[Any]] = ...) -> None:
-        """The end-of-epoch control: schedule, validation, early stopping."""
+                    early_stopping: bool = ..., stop_on_plateau: bool = ...,
+                    patience: int = ..., tol: float = ..., monitoring: bool = ...,
+                    kept: Iterable[NDArray[Any]] = ...) -> None:
+        """The end-of-epoch control: schedule, validation, early stopping,
+        stopping on a plateau."""
     @property
     def lr(self) -> float:
         """The learning rate of the latest update."""

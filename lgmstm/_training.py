@@ -282,14 +282,18 @@ class TrainingControl(NamedTuple):
     schedule: str = "constant"  # a key of SCHEDULES
     power_t: float = POWER_T  # invscaling: lr / step**power_t
     early_stopping: bool = False
-    patience: int = PATIENCE  # stale epochs before adaptive's lr / 5 or an early stop
+    patience: int = PATIENCE  # stale epochs before adaptive's lr / 5 or a stop
     tol: float = TOL  # an epoch improves when its loss < best - tol
     validating: bool = False  # the fit has a validation set
+    # A plateau of patience stale epochs stops training at its last epoch
+    # (early stopping instead puts back the best; adaptive divides lr instead).
+    stop_on_plateau: bool = False
 
     @property
     def monitoring(self) -> bool:
         """Whether the end of an epoch has work to do."""
-        return self.validating or self.early_stopping or self.schedule == "adaptive"
+        return (self.validating or self.early_stopping or self.stop_on_plateau
+                or self.schedule == "adaptive")
 
 
 def recurrent_validation(program, validation, blas_work):
@@ -307,10 +311,11 @@ def recurrent_validation(program, validation, blas_work):
 
 
 def at_control_defaults(validation_data, validation_fraction, early_stopping, patience, tol,
-                        lr_schedule, power_t) -> bool:
+                        lr_schedule, power_t, stop_on_plateau=False) -> bool:
     """Whether fit's validation and control arguments are all their
     defaults, as given (the short fit takes only those)."""
     return (validation_data is None and validation_fraction is None and early_stopping is False
+            and stop_on_plateau is False
             and type(patience) is int and patience == PATIENCE
             and type(tol) is float and tol == TOL
             and type(lr_schedule) is str and lr_schedule == "constant"
@@ -371,7 +376,7 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
              beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, weight_decay=0.0,
              validation_data=False, validation_fraction=None, early_stopping=False,
              patience=PATIENCE, tol=TOL, lr_schedule="constant",
-             power_t=POWER_T) -> FitPlan:
+             power_t=POWER_T, stop_on_plateau=False) -> FitPlan:
     """Check fit's data and hyper-parameters, the same way for LGM and STM.
 
     X and Y are the model's checked arrays, samples along the first axis;
@@ -387,8 +392,8 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
     by the model); validation_fraction (None, or in (0, 1)) holds out rows
     instead (plan.held_out, drawn from the shuffling's generator before any
     epoch's order; the batch size is then the training rows'); not both.
-    early_stopping needs one of them. lr_schedule, power_t, patience and
-    tol: see TrainingControl.
+    early_stopping needs one of them. lr_schedule, power_t, patience, tol
+    and stop_on_plateau: see TrainingControl.
     """
     n_samples = X.shape[0]
     if n_samples == 0:
@@ -419,7 +424,8 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
         check_choice("lr_schedule", lr_schedule, SCHEDULES),
         check_positive_float("power_t", power_t, allow_zero=True), early_stopping,
         check_int("patience", patience, 1), check_positive_float("tol", tol, allow_zero=True),
-        bool(validation_data) or validation_fraction is not None)
+        bool(validation_data) or validation_fraction is not None,
+        check_bool("stop_on_plateau", stop_on_plateau))
     n_held = 0
     if validation_fraction is not None:
         if validation_data:
@@ -753,8 +759,9 @@ class CompiledTrainer:
         self.run_data.validation = validation
         self.run_data.set_control(
             schedule=SCHEDULES[control.schedule], power_t=control.power_t,
-            early_stopping=control.early_stopping, patience=control.patience, tol=control.tol,
-            monitoring=control.monitoring, kept=self.trained_arrays)
+            early_stopping=control.early_stopping, stop_on_plateau=control.stop_on_plateau,
+            patience=control.patience, tol=control.tol, monitoring=control.monitoring,
+            kept=self.trained_arrays)
         self.validating = validation is not None
         self.validation_losses = np.empty(0)
         self.diverged = False
@@ -876,7 +883,7 @@ class ReferenceTrainer:
     def _end_epoch(self, training_loss: float) -> float:
         """As the compiled driver's end_epoch (lgmstm/_train.pyx): the
         validation loss (NaN without one), the best and stale epochs, the
-        adaptive schedule and early stopping."""
+        adaptive schedule, early stopping and stop_on_plateau."""
         control = self.control
         validation_loss = np.nan
         monitored = training_loss
@@ -894,7 +901,7 @@ class ReferenceTrainer:
                 self.lr = self.lr / ADAPTIVE_DIVISOR
                 self.stopped = self.lr < MIN_ADAPTIVE_LR
             else:
-                self.stopped = control.early_stopping
+                self.stopped = control.early_stopping or control.stop_on_plateau
             if self.stopped:
                 self.restore_best()
         return validation_loss

@@ -544,7 +544,7 @@ class LGM(Model):
                              | None = None,
             validation_fraction: float | None = None, early_stopping: bool = False,
             patience: int = PATIENCE, tol: float = TOL, lr_schedule: str = "constant",
-            power_t: float = POWER_T) -> NDArray[np.float64]:
+            power_t: float = POWER_T, stop_on_plateau: bool = False) -> NDArray[np.float64]:
         """Train by gradient descent on the loss of the model's output (see
         :meth:`loss`: squared error, or cross-entropy for "softmax" and
         "sigmoid"; plus, with weight_decay, ``weight_decay / 2 * sum(W**2)``
@@ -648,14 +648,21 @@ class LGM(Model):
             (scikit-learn's MLP schedules). Either applies to every optimizer.
         power_t : float >= 0, default 0.5
             The exponent of "invscaling".
+        stop_on_plateau : bool, default False
+            Stop after ``patience`` epochs in a row without the monitored
+            loss (the validation loss, else the training loss) falling
+            below ``best - tol``, keeping that last epoch's parameters
+            (scikit-learn's MLP rule without early stopping). With
+            early_stopping the best epoch is put back as usual; with
+            "adaptive" the plateau divides lr instead.
 
         Returns
         -------
         losses : ndarray of shape (n_epochs_run,), float64
             The loss of each epoch (see :meth:`loss`, weighted as the
             batches are), each batch measured before its update. Also kept
-            as ``history_`` (fewer than ``epochs`` when early stopping or
-            the adaptive schedule stopped training).
+            as ``history_`` (fewer than ``epochs`` when early stopping,
+            stop_on_plateau or the adaptive schedule stopped training).
 
         Raises
         ------
@@ -694,7 +701,7 @@ class LGM(Model):
         if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
                 and seed is None and sample_weight is None and at_control_defaults(
                     validation_data, validation_fraction, early_stopping, patience, tol,
-                    lr_schedule, power_t):
+                    lr_schedule, power_t, stop_on_plateau):
             losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
                                      warm_start, momentum, nesterov, beta1, beta2, eps,
                                      weight_decay)
@@ -720,7 +727,8 @@ class LGM(Model):
                         validation_data=validation is not None,
                         validation_fraction=validation_fraction,
                         early_stopping=early_stopping, patience=patience, tol=tol,
-                        lr_schedule=lr_schedule, power_t=power_t)
+                        lr_schedule=lr_schedule, power_t=power_t,
+                        stop_on_plateau=stop_on_plateau)
         if self._output == "tanh" and beyond_tanh(Y):
             warn_beyond_tanh(Y)
         if plan.held_out is not None:

@@ -660,16 +660,19 @@ class _Progress:
     """One fit's epochs, run on the network in compiled blocks, with
     scikit-learn's stopping rules between them (see _LGMEstimator._fit_network).
 
-    Without early stopping a block is as long as the count of epochs without
-    improvement cannot reach n_iter_no_change + 1 before its end, so that
-    training stops exactly where scikit-learn's loop would. Early stopping
-    at a constant rate is the network's own, in one compiled call
-    (LGM.fit's early_stopping, with patience n_iter_no_change + 1: the
-    same count). With a schedule that changes the rate between epochs
-    (scikit-learn's "invscaling" sets it from the samples seen after every
-    epoch; "adaptive" with early stopping divides it on a validation
-    plateau), blocks are single epochs, the validation loss measured after
-    each.
+    At a constant rate a fit is one compiled call of the network's fit,
+    which applies scikit-learn's rule itself (patience n_iter_no_change + 1:
+    the same count): early stopping is LGM.fit's early_stopping, and the
+    rule on the training loss of a new fit LGM.fit's stop_on_plateau. A
+    warm fit without early stopping (its best loss carries over) and the
+    "adaptive" schedule (scikit-learn divides the rate while it is above
+    1e-6, then stops) run blocks as long as the count of epochs without
+    improvement cannot reach n_iter_no_change + 1 before their end, so that
+    training stops exactly where scikit-learn's loop would. With a schedule
+    that changes the rate between epochs (scikit-learn's "invscaling" sets
+    it from the samples seen after every epoch; "adaptive" with early
+    stopping divides it on a validation plateau), blocks are single epochs,
+    the validation loss measured after each.
     """
 
     def __init__(self, estimator: _LGMEstimator, network: LGM, n_samples: int,
@@ -701,8 +704,8 @@ class _Progress:
 
     def _validated(self, control: dict[str, Any]) -> NDArray[np.float64] | None:
         """The validation losses of the network's last fit, in scikit-learn's
-        scale, when it measured them (control), else None."""
-        if not control:
+        scale, when it measured them (control's validation_data), else None."""
+        if "validation_data" not in control:
             return None
         return np.asarray(self.network.validation_history_) * self.curve_scale
 
@@ -714,6 +717,9 @@ class _Progress:
             return
         if self.validation is not None and settings.schedule == "constant":
             self._stop_early(X, Y, lr, keep)
+            return
+        if self.validation is None and settings.schedule == "constant" and not keep:
+            self._stop_on_plateau(X, Y, lr)
             return
         done, warm = 0, keep
         while done < settings.max_iter:
@@ -760,6 +766,26 @@ class _Progress:
         elif self.network.best_epoch_ is not None and np.isfinite(losses).all():
             self._say(f"Validation score did not improve more than tol={settings.tol:f} for "
                       f"{settings.n_iter_no_change} consecutive epochs. Stopping.")
+
+    def _stop_on_plateau(self, X: NDArray[Any], Y: NDArray[Any], lr: float) -> None:
+        """scikit-learn's rule on the training loss of a new fit, in one
+        compiled call of the network's fit: it stops after n_iter_no_change
+        + 1 epochs without the loss falling below the best minus tol (both
+        in scikit-learn's scale; curve_scale is a power of two, so the
+        network's comparisons are the same), keeping the last epoch."""
+        settings = self.settings
+        losses = self._block(X, Y, settings.max_iter, lr, False, stop_on_plateau=True,
+                             patience=settings.n_iter_no_change + 1,
+                             tol=settings.tol / self.curve_scale)
+        self._count(losses)
+        if self.plateau.count > settings.n_iter_no_change:
+            self._say(f"Training loss did not improve more than tol={settings.tol:f} for "
+                      f"{settings.n_iter_no_change} consecutive epochs. Stopping.")
+        elif len(losses) == settings.max_iter:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({settings.max_iter}) "
+                          "reached and the optimization hasn't converged yet.",
+                          ConvergenceWarning, stacklevel=user_stacklevel())
+        # else diverged: LGM.fit warned and kept the last finite parameters
 
     def _lr_scale(self) -> float:
         """learning_rate_init over LGM.fit's lr."""

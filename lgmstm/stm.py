@@ -1146,7 +1146,7 @@ class STM(Model):
             validation_data: tuple[ArrayLike, ...] | None = None,
             validation_fraction: float | None = None, early_stopping: bool = False,
             patience: int = PATIENCE, tol: float = TOL, lr_schedule: str = "constant",
-            power_t: float = POWER_T) -> NDArray[np.float64]:
+            power_t: float = POWER_T, stop_on_plateau: bool = False) -> NDArray[np.float64]:
         """Train by backpropagation through time on the loss of the output
         (see :meth:`loss`: squared error, or cross-entropy for "softmax" and
         "sigmoid").
@@ -1203,7 +1203,7 @@ class STM(Model):
             (also for a stateful model). Their loss (see :meth:`loss`)
             after every epoch is computed in the compiled loop into
             ``validation_history_``.
-        validation_fraction, early_stopping, patience, tol, lr_schedule, power_t
+        validation_fraction, early_stopping, patience, tol, lr_schedule, power_t, stop_on_plateau
             As for :meth:`lgmstm.LGM.fit` (the held-out samples are
             sequences; a stateful model takes validation_data only).
 
@@ -1251,7 +1251,7 @@ class STM(Model):
         if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
                 and seed is None and lengths is None and sample_weight is None \
                 and at_control_defaults(validation_data, validation_fraction, early_stopping,
-                                        patience, tol, lr_schedule, power_t):
+                                        patience, tol, lr_schedule, power_t, stop_on_plateau):
             losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
                                      warm_start, momentum, nesterov, beta1, beta2, eps,
                                      weight_decay)
@@ -1278,7 +1278,8 @@ class STM(Model):
                         validation_data=validation is not None,
                         validation_fraction=validation_fraction,
                         early_stopping=early_stopping, patience=patience, tol=tol,
-                        lr_schedule=lr_schedule, power_t=power_t)
+                        lr_schedule=lr_schedule, power_t=power_t,
+                        stop_on_plateau=stop_on_plateau)
         if self._output == "tanh" and beyond_tanh(Y):
             warn_beyond_tanh(Y)
         if plan.held_out is not None:

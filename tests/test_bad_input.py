@@ -452,6 +452,8 @@ FIT_HYPER = [
     ("validation_data", np.zeros((5, 3)), None),
     ("early_stopping", True, None), ("early_stopping", "yes", None),
     ("early_stopping", None, None),
+    ("stop_on_plateau", "yes", None), ("stop_on_plateau", None, None),
+    ("stop_on_plateau", 1, None),
     ("patience", 0, None), ("patience", 1.5, None), ("patience", None, None),
     ("tol", -1e-4, None), ("tol", float("nan"), None), ("tol", "0", None),
     ("lr_schedule", "optimal", None), ("lr_schedule", None, None),

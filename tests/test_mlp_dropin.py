@@ -218,12 +218,17 @@ def _sklearn_stop(losses, tol, n_iter_no_change):
     return None
 
 
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch_size", [None, 8])
-def test_training_loss_plateau_stops_as_scikit_learn(regression, dtype, batch_size):
+def test_training_loss_plateau_stops_as_scikit_learn(regression, dtype, batch_size, backend,
+                                                     solver):
+    # A new fit at a constant rate: the network's fit applies the rule
+    # (LGM.fit's stop_on_plateau), in one compiled call.
     X, Y = regression
     settings = dict(hidden_layer_sizes=(6,), batch_size=batch_size, learning_rate_init=0.01,
-                    dtype=dtype, random_state=0)
+                    dtype=dtype, random_state=0, backend=backend, solver=solver)
     never = LGMRegressor(max_iter=150, n_iter_no_change=10**6, tol=1e-3, **settings)
     with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(150\) reached"):
         never.fit(X, Y)

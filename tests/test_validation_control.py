@@ -513,3 +513,105 @@ def test_loss_has_the_same_bits_for_any_thread_count(kind, output, dtype, thread
                             model.loss(X.astype(dtype), Y.astype(dtype), sample_weight=weights,
                                        **keywords)))
     assert results[0] == results[1] == results[2]
+
+
+# -- stop_on_plateau: scikit-learn's rule without early stopping ---------------
+
+
+class StopOnPlateau:
+    """A constant rate; training stops after patience epochs in a row that
+    do not fall below best - tol, keeping the last (scikit-learn's MLP
+    without early stopping, its n_iter_no_change + 1 = patience)."""
+
+    def __init__(self, lr, patience, tol):
+        self.lr, self.patience, self.tol = lr, patience, tol
+        self.best, self.stale, self.stopped = np.inf, 0, False
+
+    def __call__(self, t):
+        return self.lr
+
+    def end_epoch(self, loss):
+        self.stale = 0 if loss < self.best - self.tol else self.stale + 1
+        self.best = min(self.best, loss)
+        self.stopped = self.stale >= self.patience
+
+
+def plateau_stop(losses, patience, tol):
+    """The epochs a fit with stop_on_plateau runs on these monitored losses
+    (StopOnPlateau's count), or None when it would not stop."""
+    rule = StopOnPlateau(0.0, patience, tol)
+    for epoch, loss in enumerate(losses):
+        rule.end_epoch(loss)
+        if rule.stopped:
+            return epoch + 1
+    return None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stop_on_plateau_matches_a_hand_computation(backend, rng):
+    X, Y = linear_problem(rng)
+    W, b, model, history = fitted_linear(backend, X, Y, epochs=200, lr=0.05, batch_size=4,
+                                         stop_on_plateau=True, patience=3, tol=1e-3)
+    W_hand, b_hand, losses = hand_sgd(X, Y, W, b, 200, 4, StopOnPlateau(0.05, 3, 1e-3))
+    assert len(history) == len(losses) < 200
+    np.testing.assert_allclose(history, losses, rtol=1e-13)
+    np.testing.assert_allclose(model.params["layer0.weight"], W_hand, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(model.params["layer0.bias"], b_hand, rtol=1e-13, atol=1e-15)
+    assert model.best_epoch_ is None  # no validation set
+
+
+@pytest.mark.parametrize("validating", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", MODELS)
+def test_stop_on_plateau_keeps_the_last_epoch(kind, backend, validating, dtype, rng):
+    """The fit stops where the rule, counted by hand on a fit that never
+    stops, says (on the validation loss when there is a validation set),
+    holding exactly what a plain fit of that many epochs holds: the last
+    epoch's parameters, moments and step, not the best one's."""
+    X, Y, validation_data, _ = problem(kind, rng, dtype)
+    arguments = dict(lr=0.05, batch_size=7, optimizer="adam", seed=5,
+                     validation_data=validation_data if validating else None)
+    never = make(kind, dtype, backend)
+    never.fit(X, Y, epochs=150, **arguments)
+    monitored = never.validation_history_ if validating else never.history_
+    patience, tol = 4, 1e-3
+    stop = plateau_stop(monitored, patience, tol)
+    assert stop is not None and stop < 150
+    model = make(kind, dtype, backend)
+    history = model.fit(X, Y, epochs=150, stop_on_plateau=True, patience=patience, tol=tol,
+                        **arguments)
+    np.testing.assert_array_equal(history, never.history_[:stop], strict=True)
+    plain = make(kind, dtype, backend)
+    plain.fit(X, Y, epochs=stop, **arguments)
+    assert_same_state(model, plain)
+    if validating:
+        np.testing.assert_array_equal(model.validation_history_,
+                                      never.validation_history_[:stop])
+        # The best epoch is reported, not put back (that is early_stopping's).
+        assert model.best_epoch_ == int(np.argmin(model.validation_history_))
+        assert model.best_epoch_ < stop - patience
+
+
+def test_stop_on_plateau_same_bits_for_any_thread_count(threads, rng):
+    X, Y, _, _ = problem("LGM", rng, np.float64)
+    X, Y = np.tile(X, (20, 1)), np.tile(Y, (20, 1))  # enough work to thread
+    results = []
+    for n_threads in (1, 2, 3):
+        model = lgmstm.LGM([3, 64, 2], output="linear", seed=3)
+        with threads(n_threads):
+            model.fit(X, Y, epochs=300, lr=0.01, batch_size=64, optimizer="adam",
+                      stop_on_plateau=True, patience=3, tol=1e-3)
+        results.append(model)
+    assert len(results[0].history_) < 300
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.history_, results[0].history_)
+        assert_same_state(other, results[0])
+
+
+def test_the_short_fit_declines_stop_on_plateau(rng):
+    X, Y, _, _ = problem("LGM", rng, np.float64)
+    model, plain = make("LGM", np.float64, "cython"), make("LGM", np.float64, "cython")
+    # patience 1, tol 10: the one epoch does improve on no loss at all.
+    history = model.fit(X, Y, epochs=1, lr=0.1, stop_on_plateau=True, patience=1, tol=10.0)
+    np.testing.assert_array_equal(history, plain.fit(X, Y, epochs=1, lr=0.1))
+    assert_same_state(model, plain)

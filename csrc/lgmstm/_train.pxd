@@ -52,6 +52,7 @@ cdef struct EpochControl:
     double base_lr, power_t    # invscaling's lr / step**power_t
     bint monitoring            # the epoch's end has work: validation, adaptive, early stop
     bint early_stopping
+    bint stop_on_plateau       # a plateau stops training at its epoch (early stopping: at the best)
     Py_ssize_t patience
     double tol
     double best_loss           # INOUT the lowest monitored loss so far (inf: none)

@@ -348,22 +348,26 @@ cdef class TrainingRun:
             self.decayed[...] = np.asarray(decayed, dtype=bool)
 
     def set_control(self, *, int schedule=CONSTANT, double power_t=0.5,
-                    bint early_stopping=False, Py_ssize_t patience=10, double tol=1e-4,
-                    bint monitoring=False, kept=()):
+                    bint early_stopping=False, bint stop_on_plateau=False,
+                    Py_ssize_t patience=10, double tol=1e-4, bint monitoring=False, kept=()):
         """What the driver does after each epoch (see end_epoch): the
         learning-rate schedule (SCHEDULE_CODES; invscaling's power_t, from
         the lr the run was made with), patience and tol of the adaptive
-        schedule and of early stopping; monitoring: the epochs' ends have
-        work (validation, adaptive, early stopping). kept: the arrays
+        schedule, of early stopping and of stop_on_plateau (stop after
+        patience epochs without improvement, keeping the last epoch);
+        monitoring: the epochs' ends have work (validation, adaptive, early
+        stopping, stop_on_plateau). kept: the arrays
         (C-contiguous) early stopping puts back as they were after the best
         epoch, with the optimizer's step; copied here."""
         self.control.schedule = schedule
         self.control.base_lr = self.optimizer.lr
         self.control.power_t = power_t
         self.control.early_stopping = early_stopping
+        self.control.stop_on_plateau = stop_on_plateau
         self.control.patience = patience
         self.control.tol = tol
-        self.control.monitoring = monitoring or early_stopping or schedule == ADAPTIVE
+        self.control.monitoring = (monitoring or early_stopping or stop_on_plateau
+                                   or schedule == ADAPTIVE)
         kept = list(kept) if early_stopping else []
         self.kept_table = PointerTable(kept)
         self.best_table = PointerTable([np.array(a, copy=True) for a in kept])
@@ -507,8 +511,9 @@ cdef bint end_epoch(const TrainingPlan *plan, void *program, Optimizer *optimize
     below best - tol; the best (and, early stopping, a copy of the kept
     arrays and the step) follows any loss below it. After patience stale
     epochs the adaptive schedule divides lr by ADAPTIVE_DIVISOR (training
-    stops when lr < MIN_ADAPTIVE_LR) and early stopping stops; stopping
-    early puts back the best epoch. Returns whether training stops."""
+    stops when lr < MIN_ADAPTIVE_LR), else early stopping and
+    stop_on_plateau stop; stopping early puts back the best epoch
+    (stop_on_plateau alone keeps the last). Returns whether training stops."""
     cdef EpochControl *control = plan.control
     cdef double monitored = plan.epoch_losses[epoch]
     cdef Py_ssize_t i
@@ -533,7 +538,7 @@ cdef bint end_epoch(const TrainingPlan *plan, void *program, Optimizer *optimize
             optimizer.lr = optimizer.lr / LR_DIVISOR
             control.stopped = optimizer.lr < MIN_LR
         else:
-            control.stopped = control.early_stopping
+            control.stopped = control.early_stopping or control.stop_on_plateau
         if control.stopped and control.early_stopping:
             restore_best(control, optimizer)
     return control.stopped
