@@ -194,22 +194,32 @@ def test_clip_norm_bounds_the_update(backend):
         np.testing.assert_allclose(s, lr * clip / norm * grads[name], rtol=1e-8, atol=1e-15)
 
 
-def test_same_bits_for_any_thread_count():
-    X, Y, lengths = sequences(150, 11, 5, 3, seed=9)
+def same_bits_on_1_2_3_threads(train):
+    """Run train() (-> its history and parameters) on 1, 2 and 3 threads and
+    assert the same bits; the last run's model."""
     saved = lgmstm.get_num_threads()
     results = []
     try:
         for n_threads in (1, 2, 3):
             lgmstm.set_num_threads(n_threads)
-            model = STM(5, 24, 3, seed=0)
-            history = model.fit(X, Y, epochs=3, lr=0.05, batch_size=100, optimizer="adam",
-                                clip_norm=1.0, lengths=lengths, seed=1)
+            model, history = train()
             results.append((history, *model.params.values()))
     finally:
         lgmstm.set_num_threads(saved)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+    return model
+
+
+def test_same_bits_for_any_thread_count():
+    X, Y, lengths = sequences(150, 11, 5, 3, seed=9)
+
+    def train():
+        model = STM(5, 24, 3, seed=0)
+        return model, model.fit(X, Y, epochs=3, lr=0.05, batch_size=100, optimizer="adam",
+                                clip_norm=1.0, lengths=lengths, seed=1)
+    same_bits_on_1_2_3_threads(train)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -224,19 +234,12 @@ def test_training_forward_chunks_keep_bits_and_agree_with_numpy(dtype):
     X, Y = X.astype(dtype), Y.astype(dtype)
     sizes = np.array([8, 128, 3], dtype=np.intp)
     assert _stm._training_layout(64, 6, sizes, np.dtype(dtype).itemsize, True) is None  # row-major
-    saved = lgmstm.get_num_threads()
-    results = []
-    try:
-        for n_threads in (1, 2, 3):
-            lgmstm.set_num_threads(n_threads)
-            model, reference = twins(8, 128, 3, dtype=dtype)
-            history = model.fit(X, Y, epochs=3, lr=0.05)
-            results.append((history, *model.params.values()))
-    finally:
-        lgmstm.set_num_threads(saved)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            np.testing.assert_array_equal(a, b)
+
+    def train():
+        model, _ = twins(8, 128, 3, dtype=dtype)
+        return model, model.fit(X, Y, epochs=3, lr=0.05)
+    model = same_bits_on_1_2_3_threads(train)
+    _, reference = twins(8, 128, 3, dtype=dtype)
     reference.fit(X, Y, epochs=3, lr=0.05)
     assert_params_close(model, reference, 1e-4 if dtype == np.float32 else 1e-10)
 

@@ -234,9 +234,9 @@ class InverseScaling:
         pass
 
 
-class Adaptive:
-    """scikit-learn's adaptive schedule on the training loss: lr / 5 after
-    patience epochs that do not fall below best - tol; stop below 1e-6."""
+class PlateauCount:
+    """A constant rate, and the count of epochs in a row that do not fall
+    below best - tol (scikit-learn's MLP rules on the training loss)."""
 
     def __init__(self, lr, patience, tol):
         self.lr, self.patience, self.tol = lr, patience, tol
@@ -245,9 +245,17 @@ class Adaptive:
     def __call__(self, t):
         return self.lr
 
-    def end_epoch(self, loss):
+    def count(self, loss):
         self.stale = 0 if loss < self.best - self.tol else self.stale + 1
         self.best = min(self.best, loss)
+
+
+class Adaptive(PlateauCount):
+    """scikit-learn's adaptive schedule on the training loss: lr / 5 after
+    patience epochs that do not fall below best - tol; stop below 1e-6."""
+
+    def end_epoch(self, loss):
+        self.count(loss)
         if self.stale >= self.patience:
             self.lr, self.stale = self.lr / 5, 0
             self.stopped = self.lr < 1e-6
@@ -518,21 +526,13 @@ def test_loss_has_the_same_bits_for_any_thread_count(kind, output, dtype, thread
 # -- stop_on_plateau: scikit-learn's rule without early stopping ---------------
 
 
-class StopOnPlateau:
+class StopOnPlateau(PlateauCount):
     """A constant rate; training stops after patience epochs in a row that
     do not fall below best - tol, keeping the last (scikit-learn's MLP
     without early stopping, its n_iter_no_change + 1 = patience)."""
 
-    def __init__(self, lr, patience, tol):
-        self.lr, self.patience, self.tol = lr, patience, tol
-        self.best, self.stale, self.stopped = np.inf, 0, False
-
-    def __call__(self, t):
-        return self.lr
-
     def end_epoch(self, loss):
-        self.stale = 0 if loss < self.best - self.tol else self.stale + 1
-        self.best = min(self.best, loss)
+        self.count(loss)
         self.stopped = self.stale >= self.patience
 
 
