@@ -284,11 +284,10 @@ cdef class Network(Program):
                 or 3.0 * n_samples * self.weights > SHORT_FIT_WORK):
             return -1
         self.short_work = 3.0 * n_samples * self.weights
-        self.short_checks_data = (
-            panel_takes(self.loss, self.sizes[self.n_layers], NULL)
-            and panel_plan(min(batch_size, n_samples), self.sizes, self.n_layers,
-                           sizeof(double) if self.type_num == cnp.NPY_DOUBLE else sizeof(float),
-                           &group_width, &n_groups))
+        self.short_checks_data = trains_in_panels(
+            self.loss, NULL, min(batch_size, n_samples), self.sizes, self.n_layers,
+            sizeof(double) if self.type_num == cnp.NPY_DOUBLE else sizeof(float),
+            &group_width, &n_groups)
         return 0
 
 
@@ -386,6 +385,19 @@ cdef inline bint panel_plan(Py_ssize_t n_rows, const Py_ssize_t *sizes,
     group_width[0] = panel * group_panels(n_tasks(n_rows, panel), work)
     n_groups[0] = max(1, n_tasks(n_rows, group_width[0]))
     return work < PANEL_MAX_WORK
+
+
+cdef inline bint trains_in_panels(int loss, const double *weights, Py_ssize_t n_rows,
+                                  const Py_ssize_t *sizes, Py_ssize_t n_layers,
+                                  size_t itemsize, Py_ssize_t *group_width,
+                                  Py_ssize_t *n_groups) noexcept nogil:
+    """Whether a fit's batches of up to n_rows samples train in the panel
+    layout: its loss and weights (panel_takes) and its shapes (panel_plan,
+    which sets the groups) allow it. Once for train_network, and for
+    ready_steps, which must know whether the short fit's epoch will check
+    its data as it gathers it."""
+    return (panel_takes(loss, sizes[n_layers], weights)
+            and panel_plan(n_rows, sizes, n_layers, itemsize, group_width, n_groups))
 
 
 def _training_layout(Py_ssize_t n_rows, const Py_ssize_t[::1] layer_sizes,
@@ -703,10 +715,9 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.Y = cnp.PyArray_DATA(<cnp.ndarray> run.Y)
     batches.workspace = run.workspace.data
     batches.partials = <double *> run.workspace.data[2]
-    batches.in_panel_layout = (
-        panel_takes(network.loss, n_out, weights)
-        and panel_plan(min(run.batch_size, n_samples), sizes, n_layers, sizeof(floating),
-                       &batches.group_width, &batches.n_groups))
+    batches.in_panel_layout = trains_in_panels(
+        network.loss, weights, min(run.batch_size, n_samples), sizes, n_layers,
+        sizeof(floating), &batches.group_width, &batches.n_groups)
     batches.gather_each_batch = plan.order != NULL or n_tasks(n_samples, run.batch_size) > 1
     batches.gathered = False
     batches.Xt = batches.Yt = NULL

@@ -151,8 +151,9 @@ cdef inline Py_ssize_t group_panels(Py_ssize_t n_panels, double step_work) noexc
 cdef inline void transpose_columns(const floating *source, Py_ssize_t n_units,
                                    Py_ssize_t n_cols, Py_ssize_t ld_source,
                                    floating *dest, Py_ssize_t ld_dest) noexcept nogil:
-    """dest[c, u] = source[u, c] for u < n_units, c < n_cols: panel-layout
-    rows into sample-major rows, the B of a weight gradient's panel_product."""
+    """dest[c, u] = source[u, c] for u < n_units, c < n_cols, element by
+    element (transpose_to_panels does it in register tiles, into rows of
+    whole panels)."""
     cdef Py_ssize_t u, c
     for c in range(n_cols):
         for u in range(n_units):

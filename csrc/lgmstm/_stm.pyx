@@ -39,7 +39,7 @@ from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK
                             PANEL_WEIGHT_ROWS, add_weight_gradient, finish_weight_gradient,
                             gather_group, gather_panel, group_panels, padded_width,
                             panel_calloc, panel_product, row_sums, sample_major_gradient,
-                            scatter_panel, transpose_columns)
+                            scatter_panel, transpose_to_panels)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
 from lgmstm._rnn cimport (all_full_length, forward_chunk_rows, rnn_backward_pass,
@@ -418,8 +418,8 @@ cdef class Network(Program):
                 > SHORT_FIT_WORK):
             return -1
         self.short_work = 3.0 * n_samples * n_steps * n_hidden * (n_in + n_hidden + n_out)
-        self.short_checks_data = (panel_takes(self.loss, n_out, NULL)
-                                  and use_panels(min(batch_size, n_samples), n_steps, self.sizes))
+        self.short_checks_data = trains_in_panels(self.loss, NULL, min(batch_size, n_samples),
+                                                  n_steps, self.sizes)
         return n_steps
 
 
@@ -580,6 +580,20 @@ cdef int panel_predict(const floating *X, const floating *h0, const Py_ssize_t *
     return -1 if failed else 0
 
 
+cdef inline void states_into_panel(const floating *h0, Py_ssize_t first, Py_ssize_t n_valid,
+                                   Py_ssize_t n_hidden, floating *H, Py_ssize_t ld,
+                                   Py_ssize_t width) noexcept nogil:
+    """A group's initial states into its panel block H (n_hidden rows ld
+    apart, lanes [0, width)): samples first .. first + n_valid - 1 of h0
+    (n_hidden values each), zeros past them, or all zeros when h0 is NULL."""
+    cdef Py_ssize_t j
+    if h0 != NULL:
+        gather_panel(h0, n_hidden, NULL, first, n_valid, n_hidden, n_hidden, H, ld, width)
+    else:
+        for j in range(n_hidden):
+            memset(H + j * ld, 0, width * sizeof(floating))
+
+
 cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
                         const floating *X, const floating *h0, const Py_ssize_t *lengths,
                         Py_ssize_t n_samples, Py_ssize_t n_steps, void **params,
@@ -607,11 +621,7 @@ cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
     cdef Py_ssize_t shortest = n_steps  # the group's shortest sequence
     for lane in range(n_valid):
         shortest = min(shortest, lengths[first + lane])
-    if h0 != NULL:
-        gather_panel(h0, n_hidden, NULL, first, n_valid, n_hidden, n_hidden, H, ld_h, width)
-    else:
-        for j in range(n_hidden):
-            memset(H + j * ld_h, 0, width * sizeof(floating))
+    states_into_panel(h0, first, n_valid, n_hidden, H, ld_h, width)
     start = 0
     while start < n_steps:
         steps = min(chunk, n_steps - start)
@@ -779,6 +789,16 @@ cdef inline bint use_panels(Py_ssize_t n_rows, Py_ssize_t n_steps,
     return n_steps > 0 and step_cost(n_rows, n_steps, sizes) < PANEL_MAX_WORK
 
 
+cdef inline bint trains_in_panels(int loss, const double *weights, Py_ssize_t n_rows,
+                                  Py_ssize_t n_steps, const Py_ssize_t *sizes) noexcept nogil:
+    """Whether a fit's batches of up to n_rows full-length sequences train
+    in the panel layout: its loss and weights (panel_takes) and its shapes
+    (use_panels) allow it. Once for train_network, and for ready_steps, which
+    must know whether the short fit's epoch will check its data as it
+    gathers it."""
+    return panel_takes(loss, sizes[2], weights) and use_panels(n_rows, n_steps, sizes)
+
+
 def _training_layout(Py_ssize_t n_rows, Py_ssize_t n_steps, const Py_ssize_t[::1] sizes,
                     Py_ssize_t itemsize, bint return_sequences):
     """(n_groups, group_width) of the panel layout batches of n_rows
@@ -820,7 +840,7 @@ cdef void panel_sequence_task(
     cdef floating *d_outputs = <floating *> panel_buffers.output_grads + read_at
     # The states the readout reads: every step's, or the last step's.
     cdef floating *read_states = H + (width if every_step else n_steps * width)
-    cdef Py_ssize_t step, i, j, padded
+    cdef Py_ssize_t step, padded
     cdef bint finite = True
     if panel_buffers.batch_X != NULL:
         finite = gather_group(<const floating *> panel_buffers.batch_X, panel_buffers.batch_rows,
@@ -830,10 +850,7 @@ cdef void panel_sequence_task(
                                panel_buffers.batch_rows, n_rows, n_steps if every_step else 1,
                                n_out, <floating *> panel_buffers.targets, width,
                                layout.n_groups, group)
-    for j in range(n_hidden):
-        for i in range(width):
-            H[j * ld_states + i] = (h0[(first + i) * n_hidden + j]
-                                    if h0 != NULL and i < n_valid else 0)
+    states_into_panel(h0, first, n_valid, n_hidden, H, ld_states, width)
     # Forward: every step's input projection in one product, then the time loop.
     panel_product(n_hidden, n_steps * width, n_in, <floating *> params[INPUT_WEIGHT],
                   1, n_hidden, X, cols, <floating *> params[BIAS], False, NULL, 0,
@@ -861,18 +878,18 @@ cdef void panel_sequence_task(
                       n_hidden, 1, dZ + (step + 1) * width if step < n_steps - 1 else dZ,
                       cols, NULL, every_step or step == n_steps - 1,
                       H + (step + 1) * width, ld_states, dZ + step * width, cols)
-    for i in range(n_valid):
-        for j in range(n_hidden):
-            final_states[(first + i) * n_hidden + j] = H[j * ld_states + n_steps * width + i]
+    scatter_panel(H + n_steps * width, ld_states, n_valid, n_hidden,
+                  final_states + first * n_hidden, n_hidden)
     if sample_major_gradient(n_hidden, sizeof(floating)):
         padded = padded_width(n_hidden, sizeof(floating))
-        transpose_columns(dZ, n_hidden, n_steps * width, cols,
-                          <floating *> panel_buffers.state_grads_t + group * n_steps * width * padded,
-                          padded)
+        transpose_to_panels(dZ, n_hidden, n_steps * width, cols,
+                            <floating *> panel_buffers.state_grads_t
+                            + group * n_steps * width * padded, padded)
     if sample_major_gradient(n_out, sizeof(floating)):
         padded = padded_width(n_out, sizeof(floating))
-        transpose_columns(d_outputs, n_out, n_read, ld_read,
-                          <floating *> panel_buffers.output_grads_t + read_at * padded, padded)
+        transpose_to_panels(d_outputs, n_out, n_read, ld_read,
+                            <floating *> panel_buffers.output_grads_t + read_at * padded,
+                            padded)
 
 
 cdef inline void grouped_weight_gradient(
@@ -1227,8 +1244,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.h0_all = data_or_null(run.initial_states)
     batches.final_all = data_or_null(run.final_states)
     batches.workspace = run.workspace.data
-    batches.in_panel_layout = (panel_takes(network.loss, n_out, weights)
-                               and use_panels(max_rows, n_steps, sizes))
+    batches.in_panel_layout = trains_in_panels(network.loss, weights, max_rows, n_steps, sizes)
     batches.layout = panel_layout(max_rows, n_steps, sizes, sizeof(floating),
                                   network.return_sequences)
     batches.gather_each_batch = plan.order != NULL or n_tasks(n_samples, run.batch_size) > 1
