@@ -28,9 +28,11 @@ cdef struct ThreadChoice:
     # Whether the coming epochs train on all the kernel threads (MANY) or on
     # one (ONE): whichever was faster when last timed (see run_epochs).
     double seconds[2]          # the smoothed time per epoch on [MANY, ONE]; 0: not yet timed
+    double latest              # the time per epoch of `current`'s last slice
     double credit              # seconds that probes of the other arm may spend now
     int current                # MANY or ONE
-    int wins                   # probes of the other in a row that beat `current`
+    int last_arm               # the arm of the last slice
+    int wins                   # probes in a row that beat the slice of `current` before them
     # What the times are for: MANY's thread count, and the epochs' shape
     int n_threads
     Py_ssize_t n_samples, batch_size

@@ -613,8 +613,10 @@ cdef double SLICE_SECONDS = 2e-4
 # Probes of the arm not in use spend a credit that grows by this share of
 # the time trained on the arm in use: they cost at most about that share.
 cdef double PROBE_SHARE = 0.05
-# The arm in use keeps its place unless the other was this much faster, in
-# SWITCH_WINS probes in a row.
+# The arm in use keeps its place unless the other was this much faster than
+# it, in SWITCH_WINS probes in a row, each against the slice of the arm in
+# use just before it (side by side, so that a slow stretch of the arm in
+# use, its warm-up or a busy moment, that has ended does not count).
 cdef double SWITCH_MARGIN = 0.05
 cdef int SWITCH_WINS = 2
 
@@ -636,6 +638,10 @@ cdef int next_arm(const ThreadChoice *choice) noexcept nogil:
     cdef double probe_cost = choice.seconds[other] * slice_epochs(choice, other)
     if choice.seconds[choice.current] == 0:
         return choice.current
+    if choice.last_arm == other:
+        # Probes alternate with the arm in use: each is compared with the
+        # slice of the arm in use just before it.
+        return choice.current
     if choice.seconds[other] == 0 or choice.wins > 0:
         return other  # never timed, or faster once: time it (again)
     if choice.seconds[choice.current] > choice.seconds[other]:
@@ -649,14 +655,17 @@ cdef void record_slice(ThreadChoice *choice, int arm, double per_epoch,
     """Take a slice's time per epoch on arm (and its seconds)."""
     cdef int other = ONE - choice.current
     cdef bint faster
+    choice.last_arm = arm
     if arm == choice.current:
         choice.seconds[arm] = smoothed(choice.seconds[arm], per_epoch)
+        choice.latest = per_epoch
         # Enough credit for one probe at a time.
         choice.credit = min(choice.credit + PROBE_SHARE * seconds,
                             max(0.0, choice.seconds[other] * slice_epochs(choice, other)))
         return
     choice.credit -= seconds
-    faster = per_epoch < (1 - SWITCH_MARGIN) * choice.seconds[choice.current]
+    # A probe follows a slice of the arm in use (next_arm): side by side.
+    faster = per_epoch < (1 - SWITCH_MARGIN) * choice.latest
     # The other's time errs fast: one slow probe (a stall) must not put off
     # the next for long; the credit bounds what probes cost anyway.
     choice.seconds[arm] = min(per_epoch, smoothed(choice.seconds[arm], per_epoch))
@@ -667,6 +676,7 @@ cdef void record_slice(ThreadChoice *choice, int arm, double per_epoch,
     else:
         choice.wins = 0
         choice.current = arm
+        choice.latest = per_epoch
         choice.credit = 0
 
 
@@ -699,7 +709,7 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
             or choice.batch_size != plan.batch_size):
         # Times of other epochs (or none): MANY is timed first, then ONE.
         memset(choice, 0, sizeof(ThreadChoice))
-        choice.n_threads, choice.current = n_threads, MANY
+        choice.n_threads, choice.current, choice.last_arm = n_threads, MANY, MANY
         choice.n_samples, choice.batch_size = plan.n_samples, plan.batch_size
         # The first epoch after that pays for its workspace's first touch (a
         # deep STM's took twice a steady one): untimed, so that it does not
