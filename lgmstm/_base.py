@@ -13,6 +13,7 @@ from typing import Any, ClassVar, NoReturn, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
+from . import _train
 from ._persist import (
     ModelFile,
     checked_path,
@@ -42,9 +43,8 @@ def check_output(output: str, n_out: int) -> str:
     return output
 
 # validation_history_ of a model whose last training had no validation set
-# (read-only, so one array serves every model).
-NO_VALIDATION: NDArray[np.float64] = np.empty(0)
-NO_VALIDATION.flags.writeable = False
+# (read-only, so one array serves every model; the short fit sets it too).
+NO_VALIDATION: NDArray[np.float64] = _train.NO_VALIDATION
 
 # The kinds a saved file may hold (read_model_file): the models', and the
 # estimators' of lgmstm.sklearn.

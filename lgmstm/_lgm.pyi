@@ -29,13 +29,6 @@ class Network(Program):
         else None (the caller takes its checked path)."""
     @property
     def layer_sizes(self) -> NDArray[np.intp]: ...
-    @property
-    def output(self) -> str: ...
-    @property
-    def output_tanh(self) -> bool: ...
-    @property
-    def loss(self) -> int:
-        """The loss code of _loss.pxd: 0 squared error, 1 softmax, 2 sigmoid."""
     def predict(
         self,
         X: _Float,  # IN (n_samples, n_in)

@@ -37,13 +37,6 @@ class Network(Program):
     @property
     def layer_sizes(self) -> _Index: ...
     @property
-    def output_tanh(self) -> bool: ...
-    @property
-    def output(self) -> str: ...
-    @property
-    def loss(self) -> int:
-        """The loss code of _loss.pxd: 0 squared error, 1 softmax, 2 sigmoid."""
-    @property
     def return_sequences(self) -> bool: ...
     def predict(
         self, X: _Float, h0: _Float | None, lengths: _Index, buffers: list[NDArray[Any]],

@@ -26,6 +26,22 @@ MIN_ADAPTIVE_LR: Final[float]
 SHORT_FIT_WORK: Final[int]
 """The most multiply-adds an epoch of a short fit (one compiled call) may take."""
 
+PATIENCE: Final[int]
+TOL: Final[float]
+POWER_T: Final[float]
+"""fit's defaults of patience, tol and power_t (the short fit takes only those)."""
+
+NO_VALIDATION: Final[NDArray[np.float64]]
+"""validation_history_ of a model whose last training had no validation set (read-only)."""
+
+def short_fit_takes(epochs: object, callback: object, verbose: object, seed: object,
+                    sample_weight: object, lengths: object, validation_data: object,
+                    validation_fraction: object, early_stopping: object, patience: object,
+                    tol: object, lr_schedule: object, power_t: object,
+                    stop_on_plateau: object) -> bool:
+    """Whether fit's other arguments let it try the short fit: one epoch, and
+    every other argument its default, as given."""
+
 def epoch_orders(rng: np.random.Generator, n_epochs: int, n_samples: int,
                  ) -> NDArray[np.intp]:
     """(n_epochs, n_samples): a fresh random order of the samples per epoch."""
@@ -178,9 +194,16 @@ class Program:
     -> (run, state); settings: (momentum, nesterov, beta1, beta2, eps)."""
     @property
     def params(self) -> PointerTable: ...
+    @property
+    def output(self) -> str: ...
+    @property
+    def output_tanh(self) -> bool: ...
+    @property
+    def loss(self) -> int:
+        """The loss code of _loss.pxd: 0 squared error, 1 softmax, 2 sigmoid."""
     def fit_ready(
         self,
-        model: Any,  # its _optimizer_state is read and set
+        model: Any,  # its _optimizer_state is read and set, history_ etc. set
         X: object,
         Y: object,
         h0: NDArray[np.floating[Any]] | None,  # IN (STM)

@@ -270,7 +270,7 @@ SCHEDULES: dict[str, int] = dict(_train.SCHEDULE_CODES)
 # The adaptive schedule's divisor, and the lr below which it stops training.
 ADAPTIVE_DIVISOR: float = _train.ADAPTIVE_DIVISOR
 MIN_ADAPTIVE_LR: float = _train.MIN_ADAPTIVE_LR
-PATIENCE, TOL, POWER_T = 10, 1e-4, 0.5
+PATIENCE, TOL, POWER_T = _train.PATIENCE, _train.TOL, _train.POWER_T
 
 
 class TrainingControl(NamedTuple):
@@ -308,18 +308,6 @@ def recurrent_validation(program, validation, blas_work):
     return program.validation_data(
         X_val, Y_val.reshape(-1), lengths_val,
         None if weights_val is None else weights_val.reshape(-1)), blas_work
-
-
-def at_control_defaults(validation_data, validation_fraction, early_stopping, patience, tol,
-                        lr_schedule, power_t, stop_on_plateau=False) -> bool:
-    """Whether fit's validation and control arguments are all their
-    defaults, as given (the short fit takes only those)."""
-    return (validation_data is None and validation_fraction is None and early_stopping is False
-            and stop_on_plateau is False
-            and type(patience) is int and patience == PATIENCE
-            and type(tol) is float and tol == TOL
-            and type(lr_schedule) is str and lr_schedule == "constant"
-            and type(power_t) is float and power_t == POWER_T)
 
 
 def check_validation_set(X_val, Y_val, sample: str, *more):

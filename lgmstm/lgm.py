@@ -15,9 +15,9 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _dense, _lgm, reference
-from ._base import NO_VALIDATION, PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
+from ._base import PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
 from ._threads import get_num_threads, single_threaded_blas
-from ._train import beyond_unit
+from ._train import short_fit_takes
 from ._training import (
     ADAM_BETA1,
     ADAM_BETA2,
@@ -32,7 +32,6 @@ from ._training import (
     TrainingControl,
     TrainingWorkspace,
     add_weight_decay,
-    at_control_defaults,
     check_validation_set,
     beyond_tanh,
     plan_fit,
@@ -698,13 +697,12 @@ class LGM(Model):
             ``output="linear"``, or scale Y. Both warnings point at the line
             that called fit (or partial_fit).
         """
-        if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
-                and seed is None and sample_weight is None and at_control_defaults(
-                    validation_data, validation_fraction, early_stopping, patience, tol,
-                    lr_schedule, power_t, stop_on_plateau):
-            losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
-                                     warm_start, momentum, nesterov, beta1, beta2, eps,
-                                     weight_decay)
+        if short_fit_takes(epochs, callback, verbose, seed, sample_weight, None,
+                           validation_data, validation_fraction, early_stopping, patience,
+                           tol, lr_schedule, power_t, stop_on_plateau):
+            losses = self._network.fit_ready(
+                self, X, Y, None, None, lr, batch_size, optimizer, clip_norm, shuffle,
+                warm_start, momentum, nesterov, beta1, beta2, eps, weight_decay)
             if losses is not None:
                 return losses
         X = self._inputs(X)
@@ -788,8 +786,8 @@ class LGM(Model):
         TargetRangeWarning
             As :meth:`fit`.
         """
-        if seed is None and sample_weight is None and self._short_fit(
-                X, Y, lr, batch_size, optimizer, clip_norm, shuffle, True,
+        if seed is None and sample_weight is None and self._network.fit_ready(
+                self, X, Y, None, None, lr, batch_size, optimizer, clip_norm, shuffle, True,
                 momentum, nesterov, beta1, beta2, eps, weight_decay) is not None:
             return self
         self.fit(X, Y, epochs=1, lr=lr, batch_size=batch_size, optimizer=optimizer,
@@ -797,24 +795,6 @@ class LGM(Model):
                  weight_decay=weight_decay, clip_norm=clip_norm, shuffle=shuffle, seed=seed,
                  warm_start=True, sample_weight=sample_weight)
         return self
-
-    def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
-                   momentum, nesterov, beta1, beta2, eps, weight_decay):
-        """One epoch on the short fit's path (see _train.Program.fit_ready):
-        data and arguments as the kernels take them. Its losses (also
-        history_), or None for the checked path."""
-        if (self._output in PROBABILITY_OUTPUTS
-                and not self._short_fit_targets(Y, self._layer_sizes[-1])):
-            return None
-        losses = self._network.fit_ready(
-            self, X, Y, None, None, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
-            momentum, nesterov, beta1, beta2, eps, weight_decay)
-        if losses is not None:
-            self.history_ = losses
-            self.validation_history_, self.best_epoch_ = NO_VALIDATION, None
-            if self._output == "tanh" and beyond_unit(Y):  # Y is an ndarray here
-                warn_beyond_tanh(Y)
-        return losses
 
     # -- persistence -------------------------------------------------------------
     @classmethod

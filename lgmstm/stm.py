@@ -15,10 +15,10 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _stm, reference
-from ._base import NO_VALIDATION, PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
+from ._base import PROBABILITY_OUTPUTS, Model, check_output, glorot_uniform
 from ._deep import DeepRecurrent
 from ._threads import get_num_threads, single_threaded_blas
-from ._train import beyond_unit
+from ._train import short_fit_takes
 from ._training import (
     ADAM_BETA1,
     ADAM_BETA2,
@@ -33,7 +33,6 @@ from ._training import (
     TrainingControl,
     TrainingWorkspace,
     add_weight_decay,
-    at_control_defaults,
     check_validation_set,
     beyond_tanh,
     plan_fit,
@@ -1248,10 +1247,9 @@ class STM(Model):
             ``output="linear"``, or scale Y. Both warnings point at the line
             that called fit (or partial_fit).
         """
-        if type(epochs) is int and epochs == 1 and callback is None and verbose is False \
-                and seed is None and lengths is None and sample_weight is None \
-                and at_control_defaults(validation_data, validation_fraction, early_stopping,
-                                        patience, tol, lr_schedule, power_t, stop_on_plateau):
+        if short_fit_takes(epochs, callback, verbose, seed, sample_weight, lengths,
+                           validation_data, validation_fraction, early_stopping, patience,
+                           tol, lr_schedule, power_t, stop_on_plateau):
             losses = self._short_fit(X, Y, lr, batch_size, optimizer, clip_norm, shuffle,
                                      warm_start, momentum, nesterov, beta1, beta2, eps,
                                      weight_decay)
@@ -1342,13 +1340,11 @@ class STM(Model):
 
     def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
                    momentum, nesterov, beta1, beta2, eps, weight_decay):
-        """One epoch on the short fit's path (see _train.Program.fit_ready):
-        its losses (also history_; a stateful model keeps the final
-        states), or None for the checked path."""
+        """One epoch on the short fit's path (see _train.Program.fit_ready,
+        which also sets history_): its losses (a stateful model keeps the
+        final states), or None for the checked path."""
         if self._deep:
             return None  # the deep STM trains on the checked path only
-        if self._output in PROBABILITY_OUTPUTS and not self._short_fit_targets(Y, self._n_out):
-            return None
         final = None
         if self._stateful:
             if type(X) is not np.ndarray or X.ndim != 3:
@@ -1358,13 +1354,8 @@ class STM(Model):
             self, X, Y, self._state if self._stateful else None, final, lr, batch_size,
             optimizer, clip_norm, shuffle, warm_start, momentum, nesterov, beta1, beta2, eps,
             weight_decay)
-        if losses is not None:
-            self.history_ = losses
-            self.validation_history_, self.best_epoch_ = NO_VALIDATION, None
-            if self._stateful:
-                self._state = final
-            if self._output == "tanh" and beyond_unit(Y):  # Y is an ndarray here
-                warn_beyond_tanh(Y)
+        if losses is not None and self._stateful:
+            self._state = final
         return losses
 
     # -- persistence -------------------------------------------------------------

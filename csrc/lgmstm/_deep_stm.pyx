@@ -228,6 +228,8 @@ cdef class DeepNetwork(Program):
         self.shape.total_hidden = int(np.sum(hidden))
         self.shape.output_tanh, self.shape.return_sequences = output == "tanh", return_sequences
         self.shape.loss = loss_of_output(output)
+        self.output, self.output_tanh, self.loss = output, output == "tanh", self.shape.loss
+        self.n_out = self.shape.n_out
         self.lock = lock
         self.panel_memory = KeptMemory()
         self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])

@@ -64,9 +64,6 @@ cdef class Network(Program):
     hidden layers are tanh; lock: the model's UseLock.
     """
     cdef readonly object layer_sizes
-    cdef readonly str output
-    cdef readonly bint output_tanh
-    cdef readonly int loss    # the loss code of _loss.pxd
     cdef const Py_ssize_t *sizes
     cdef Py_ssize_t n_layers
     cdef object counts    # values per parameter, intp
@@ -84,6 +81,7 @@ cdef class Network(Program):
         self.output = output
         self.output_tanh = output == "tanh"
         self.loss = loss_of_output(output)
+        self.n_out = sizes[self.n_layers]
         self.lock = lock
         self.panel_memory = KeptMemory()
         self.counts = np.array([p.size for p in params], dtype=np.intp)

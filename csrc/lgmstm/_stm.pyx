@@ -87,9 +87,7 @@ cdef class Network(Program):
     "sigmoid", as lgmstm._lgm.Network's); lock: the model's UseLock.
     """
     cdef readonly object layer_sizes
-    cdef readonly str output
-    cdef readonly bint output_tanh, return_sequences
-    cdef readonly int loss    # the loss code of _loss.pxd
+    cdef readonly bint return_sequences
     cdef const Py_ssize_t *sizes
     cdef Py_ssize_t counts[N_PARAMS]
     # The fast paths' scratch for their latest shape (states, the time
@@ -110,6 +108,7 @@ cdef class Network(Program):
         self.output = output
         self.output_tanh, self.return_sequences = output == "tanh", return_sequences
         self.loss = loss_of_output(output)
+        self.n_out = size_view[2]
         self.lock = lock
         self.panel_memory = KeptMemory()
         self.type_num = cnp.PyArray_TYPE(<cnp.ndarray> params[0])

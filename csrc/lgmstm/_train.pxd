@@ -161,6 +161,10 @@ cdef class Program:
     cdef readonly PointerTable params
     cdef UseLock lock
     cdef int type_num                  # the parameters' dtype
+    cdef readonly str output           # the output's activation and loss (see _loss.pxd)
+    cdef readonly bint output_tanh
+    cdef readonly int loss             # its loss code (_loss.pxd)
+    cdef Py_ssize_t n_out              # outputs per sample (or step)
     cdef KeptMemory panel_memory       # the panel layout's workspace
     cdef ThreadChoice thread_choice    # its fits' thread count, kept from fit to fit
     # The short fit's kept run and what it was made for.

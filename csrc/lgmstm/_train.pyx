@@ -20,6 +20,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from lgmstm._omp cimport lgmstm_omp_max_threads, lgmstm_omp_wtime
+from lgmstm._loss cimport SQUARED_ERROR
 from lgmstm._optim cimport ADAM, MOMENTUM, SGD, Optimizer, clip_gradients, optimizer_step
 from lgmstm._panel cimport panel_calloc
 from lgmstm._parallel cimport BLAS_THREADING_WORK as _BLAS_THREADING_WORK, GIL_HELD_WORK
@@ -92,6 +93,36 @@ cdef inline bint scannable(object item) noexcept:
     (not a subclass), C-contiguous, of float32 or float64."""
     return (type(item) is cnp.ndarray and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray> item)
             and cnp.PyArray_TYPE(<cnp.ndarray> item) in (cnp.NPY_DOUBLE, cnp.NPY_FLOAT))
+
+
+# fit's control arguments' defaults (lgmstm._training takes them from here):
+# the short fit is taken only with these (short_fit_takes).
+cdef long DEFAULT_PATIENCE = 10
+cdef double DEFAULT_TOL = 1e-4, DEFAULT_POWER_T = 0.5
+PATIENCE, TOL, POWER_T = DEFAULT_PATIENCE, DEFAULT_TOL, DEFAULT_POWER_T
+
+# validation_history_ of a model whose last training had no validation set
+# (read-only, so one array serves every model).
+NO_VALIDATION = np.empty(0)
+NO_VALIDATION.flags.writeable = False
+
+
+def short_fit_takes(epochs, callback, verbose, seed, sample_weight, lengths,
+                    validation_data, validation_fraction, early_stopping, patience, tol,
+                    lr_schedule, power_t, stop_on_plateau):
+    """Whether fit's arguments other than the data's and the optimizer's let
+    it try the short fit (Program.fit_ready): one epoch, and no callback,
+    progress, seed, sample weights or lengths, and every validation and
+    control argument its default, as given (a value of another type, which
+    the checked path refuses or converts, is left to it)."""
+    return (type(epochs) is int and epochs == 1 and callback is None and verbose is False
+            and seed is None and sample_weight is None and lengths is None
+            and validation_data is None and validation_fraction is None
+            and early_stopping is False and stop_on_plateau is False
+            and type(patience) is int and patience == DEFAULT_PATIENCE
+            and type(tol) is float and tol == DEFAULT_TOL
+            and type(lr_schedule) is str and lr_schedule == "constant"
+            and type(power_t) is float and power_t == DEFAULT_POWER_T)
 
 
 def beyond_unit(array):
@@ -811,10 +842,15 @@ cdef class Program:
         partial_fit and fit(epochs=1).
 
         Taken when the data are what the kernels take as they are (see
-        ready_steps; h0: the initial states, or None), every
+        ready_steps; h0: the initial states, or None), a softmax or sigmoid
+        output's targets are valid (``model._short_fit_targets``), every
         hyper-parameter is of a type the checked path takes unchanged, and
-        the model is not in use. Shuffled mini-batches take their order
-        from ``model._rng`` as the checked path does. The optimizer state is the model's
+        the model is not in use. Then, as the checked path, it sets the
+        model's ``history_`` (the losses), ``validation_history_`` and
+        ``best_epoch_`` (none), and warns when a tanh output's Y holds a
+        target outside [-1, 1] (lgmstm._training.warn_beyond_tanh).
+        Shuffled mini-batches take their order from ``model._rng`` as the
+        checked path does. The optimizer state is the model's
         (``model._optimizer_state``), with the rules of
         lgmstm._training.train_model; the TrainingRun for it is made once
         by ``run_factory(X, Y, h0, batch_size, state to continue or None,
@@ -868,6 +904,8 @@ cdef class Program:
         else:
             return None
         if n_samples < 1 or optimizer not in OPTIMIZER_CODES:
+            return None
+        if self.loss != SQUARED_ERROR and not model._short_fit_targets(Y, self.n_out):
             return None
         self.short_work = GIL_HELD_WORK  # unless ready_steps says less
         self.short_checks_data = False   # unless ready_steps says the epoch checks
@@ -944,4 +982,11 @@ cdef class Program:
         dims[0] = 1
         losses = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
         (<double *> cnp.PyArray_DATA(<cnp.ndarray> losses))[0] = loss
+        model.history_ = losses
+        model.validation_history_ = NO_VALIDATION
+        model.best_epoch_ = None
+        if self.output_tanh and scan_beyond_unit(<cnp.ndarray> Y, cnp.PyArray_SIZE(
+                <cnp.ndarray> Y)):
+            from lgmstm._training import warn_beyond_tanh
+            warn_beyond_tanh(Y)
         return losses
