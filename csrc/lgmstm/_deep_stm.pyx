@@ -41,10 +41,12 @@ from lgmstm._loss cimport (SQUARED_ERROR, loss_count, loss_of_output, loss_scale
                            squared_error)
 from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, gather_columns, group_panels,
-                            padded_width, panel_product, row_dots, row_sums)
+                            padded_width, panel_product, row_dots, row_sums, scatter_panel,
+                            states_into_panel)
 from lgmstm._parallel cimport BLOCK_ELEMS, gemm_task_rows, n_tasks, threads_for
 from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, all_full_length, backward_chunk,
                           backward_plan, forward_chunk, forward_chunk_rows,
+                          panel_recurrent_backward, panel_recurrent_forward,
                           prepare_recurrent_weight,
                           rnn_scratch_size, training_chunk_rows, transposed_recurrent_weight,
                           weight_grad_task, weight_partials)
@@ -1004,17 +1006,14 @@ cdef void panel_sequence_task(floating *dtype, PanelStep *step, Py_ssize_t group
     cdef floating *dZ
     cdef floating *A = NULL
     cdef const floating *layer_input
-    cdef const floating *Wh
-    cdef Py_ssize_t k, j, t, i, u, n_hidden, n_inputs, ld_input, offset = 0
+    cdef Py_ssize_t k, j, n_hidden, n_inputs, ld_input, offset = 0
     cdef Py_ssize_t n_top = shape.hidden[n_layers - 1]
     for k in range(n_layers):
         n_hidden = shape.hidden[k]
         H = panel_states(values, step, k) + group * (n_steps + 1) * width
-        Wh = <floating *> step.params[3 * k + 1]
-        for u in range(n_hidden):
-            for i in range(width):
-                H[u * ld_states + i] = (h0[(first + i) * total + offset + u]
-                                        if h0 != NULL and i < n_valid else 0)
+        # The layer's initial states: its columns offset .. of h0's rows.
+        states_into_panel(h0 + offset if h0 != NULL else NULL, total, first, n_valid,
+                          n_hidden, H, ld_states, width)
         if k == 0:
             layer_input = <floating *> values + panels.inputs + group * n_steps * width
             ld_input = cols
@@ -1022,17 +1021,12 @@ cdef void panel_sequence_task(floating *dtype, PanelStep *step, Py_ssize_t group
             layer_input = (panel_states(values, step, k - 1) + group * (n_steps + 1) * width
                            + width)
             ld_input = ld_states
-        panel_product(n_hidden, n_steps * width, layer_width(shape, k),
-                      <floating *> step.params[3 * k], 1, n_hidden, layer_input, ld_input,
-                      <floating *> step.params[3 * k + 2], False, NULL, 0, H + width,
-                      ld_states)
-        for t in range(n_steps):
-            panel_product(n_hidden, width, n_hidden, Wh, 1, n_hidden, H + t * width,
-                          ld_states, NULL, True, NULL, 0, H + (t + 1) * width, ld_states)
-            tanh_rows(H + (t + 1) * width, n_hidden, width, ld_states)
-        for i in range(n_valid):
-            for u in range(n_hidden):
-                finals[(first + i) * total + offset + u] = H[u * ld_states + n_steps * width + i]
+        panel_recurrent_forward(layer_input, ld_input, <floating *> step.params[3 * k],
+                                <floating *> step.params[3 * k + 1],
+                                <floating *> step.params[3 * k + 2], H, ld_states,
+                                layer_width(shape, k), n_hidden, n_steps, width)
+        scatter_panel(H + n_steps * width, ld_states, n_valid, n_hidden,
+                      finals + first * total + offset, total)
         offset += n_hidden
     # The readout's layers on every step's top states, or the last step's.
     layer_input = H + (width if every_step else n_steps * width)
@@ -1069,12 +1063,8 @@ cdef void panel_sequence_task(floating *dtype, PanelStep *step, Py_ssize_t group
         n_hidden = shape.hidden[k]
         H = panel_states(values, step, k) + group * (n_steps + 1) * width
         dZ = panel_state_grads(values, step, k) + group * n_steps * width
-        Wh = <floating *> step.params[3 * k + 1]
-        for t in range(n_steps - 1, -1, -1):
-            panel_product(n_hidden, width, 0 if t == n_steps - 1 else n_hidden, Wh,
-                          n_hidden, 1, dZ + (t + 1) * width if t < n_steps - 1 else dZ,
-                          cols, NULL, every_step or k < n_layers - 1 or t == n_steps - 1,
-                          H + (t + 1) * width, ld_states, dZ + t * width, cols)
+        panel_recurrent_backward(<floating *> step.params[3 * k + 1], H, ld_states, dZ, cols,
+                                 n_hidden, n_steps, width, every_step or k < n_layers - 1)
         if k > 0:
             panel_product(shape.hidden[k - 1], n_steps * width, n_hidden,
                           <floating *> step.params[3 * k], n_hidden, 1, dZ, cols, NULL,

@@ -13,6 +13,7 @@ from cython cimport floating
 
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc
+from libc.string cimport memset
 
 from lgmstm._parallel cimport MIN_PARALLEL_WORK, n_tasks
 
@@ -232,6 +233,22 @@ cdef inline void scatter_panel(const floating *src, Py_ssize_t ld, Py_ssize_t n_
         lgmstm_scatter_panel_d(src, ld, n_lanes, n_values, dest, row_stride)
     else:
         lgmstm_scatter_panel_f(src, ld, n_lanes, n_values, dest, row_stride)
+
+
+cdef inline void states_into_panel(const floating *h0, Py_ssize_t row_stride,
+                                   Py_ssize_t first, Py_ssize_t n_valid,
+                                   Py_ssize_t n_hidden, floating *H, Py_ssize_t ld,
+                                   Py_ssize_t width) noexcept nogil:
+    """A group's initial states into its panel block H (n_hidden rows ld
+    apart, lanes [0, width)): samples first .. first + n_valid - 1 of h0
+    (n_hidden values each, rows row_stride apart), zeros past them, or all
+    zeros when h0 is NULL; scatter_panel takes final states back."""
+    cdef Py_ssize_t j
+    if h0 != NULL:
+        gather_panel(h0, row_stride, NULL, first, n_valid, n_hidden, n_hidden, H, ld, width)
+    else:
+        for j in range(n_hidden):
+            memset(H + j * ld, 0, width * sizeof(floating))
 
 
 cdef inline bint gather_columns(

@@ -1,7 +1,12 @@
 # The Elman recurrent layer's passes, shared with the STM program (_stm);
 # implemented in _rnn.pyx. Row-major pointers, shapes trusted; h0, dH,
-# dh_last NULL mean zeros, dX and dh0 NULL mean "not wanted".
+# dh_last NULL mean zeros, dX and dh0 NULL mean "not wanted". Also the
+# layer's time loops in the panel layout of _panel.pxd (inline), one group
+# of samples by one task, for the STM's and the deep STM's panel training.
 from cython cimport floating
+
+from lgmstm._panel cimport panel_product
+from lgmstm._tanh cimport tanh_rows
 
 
 cdef Py_ssize_t rnn_scratch_size(Py_ssize_t n_samples, Py_ssize_t n_in,
@@ -113,3 +118,42 @@ cdef inline bint all_full_length(const Py_ssize_t *lengths, Py_ssize_t n_rows,
         if lengths[i] != n_steps:
             return False
     return True
+
+
+# -- the layer in the panel layout (_panel.pxd): one group of `width` lanes,
+# states H (n_hidden rows ld_states apart) in blocks of width columns, block
+# 0 the initial states (states_into_panel), block t + 1 h_t; deltas dZ
+# (n_hidden rows ld_dz apart), block t dz_t.
+
+cdef inline void panel_recurrent_forward(
+        const floating *X, Py_ssize_t ld_x, const floating *Wx, const floating *Wh,
+        const floating *b, floating *H, Py_ssize_t ld_states, Py_ssize_t n_in,
+        Py_ssize_t n_hidden, Py_ssize_t n_steps, Py_ssize_t width) noexcept nogil:
+    """h_t = tanh(x_t Wx + h_{t-1} Wh + b) for t < n_steps, into H's blocks
+    1 .. n_steps from block 0: every step's input projection in one product
+    (X: n_in rows ld_x apart, the group's n_steps blocks), then the time
+    loop."""
+    cdef Py_ssize_t t
+    panel_product(n_hidden, n_steps * width, n_in, Wx, 1, n_hidden, X, ld_x, b, False,
+                  NULL, 0, H + width, ld_states)
+    for t in range(n_steps):
+        panel_product(n_hidden, width, n_hidden, Wh, 1, n_hidden, H + t * width, ld_states,
+                      NULL, True, NULL, 0, H + (t + 1) * width, ld_states)
+        tanh_rows(H + (t + 1) * width, n_hidden, width, ld_states)
+
+
+cdef inline void panel_recurrent_backward(
+        const floating *Wh, const floating *H, Py_ssize_t ld_states, floating *dZ,
+        Py_ssize_t ld_dz, Py_ssize_t n_hidden, Py_ssize_t n_steps, Py_ssize_t width,
+        bint every_step) noexcept nogil:
+    """The backward time loop over panel_recurrent_forward's states, in place:
+    dZ holds dL/dh_t (every step's when every_step, else the last step's
+    only: the other blocks are written, not read) and becomes
+    dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2)."""
+    cdef Py_ssize_t t
+    for t in range(n_steps - 1, -1, -1):
+        # The last step has no dz_{t+1}: k = 0 leaves its dL/dh_t times tanh'.
+        panel_product(n_hidden, width, 0 if t == n_steps - 1 else n_hidden, Wh, n_hidden, 1,
+                      dZ + (t + 1) * width if t < n_steps - 1 else dZ, ld_dz, NULL,
+                      every_step or t == n_steps - 1, H + (t + 1) * width, ld_states,
+                      dZ + t * width, ld_dz)

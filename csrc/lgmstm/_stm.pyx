@@ -39,11 +39,12 @@ from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK
                             PANEL_WEIGHT_ROWS, add_weight_gradient, finish_weight_gradient,
                             gather_group, gather_panel, group_panels, padded_width,
                             panel_calloc, panel_product, row_sums, sample_major_gradient,
-                            scatter_panel, transpose_to_panels)
+                            scatter_panel, states_into_panel, transpose_to_panels)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
-from lgmstm._rnn cimport (all_full_length, forward_chunk_rows, rnn_backward_pass,
-                          rnn_forward_pass, rnn_scratch_size, training_chunk_rows)
+from lgmstm._rnn cimport (all_full_length, forward_chunk_rows, panel_recurrent_backward,
+                          panel_recurrent_forward, rnn_backward_pass, rnn_forward_pass,
+                          rnn_scratch_size, training_chunk_rows)
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
@@ -579,20 +580,6 @@ cdef int panel_predict(const floating *X, const floating *h0, const Py_ssize_t *
     return -1 if failed else 0
 
 
-cdef inline void states_into_panel(const floating *h0, Py_ssize_t first, Py_ssize_t n_valid,
-                                   Py_ssize_t n_hidden, floating *H, Py_ssize_t ld,
-                                   Py_ssize_t width) noexcept nogil:
-    """A group's initial states into its panel block H (n_hidden rows ld
-    apart, lanes [0, width)): samples first .. first + n_valid - 1 of h0
-    (n_hidden values each), zeros past them, or all zeros when h0 is NULL."""
-    cdef Py_ssize_t j
-    if h0 != NULL:
-        gather_panel(h0, n_hidden, NULL, first, n_valid, n_hidden, n_hidden, H, ld, width)
-    else:
-        for j in range(n_hidden):
-            memset(H + j * ld, 0, width * sizeof(floating))
-
-
 cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
                         const floating *X, const floating *h0, const Py_ssize_t *lengths,
                         Py_ssize_t n_samples, Py_ssize_t n_steps, void **params,
@@ -620,7 +607,7 @@ cdef void predict_group(Py_ssize_t group, Py_ssize_t width, Py_ssize_t chunk,
     cdef Py_ssize_t shortest = n_steps  # the group's shortest sequence
     for lane in range(n_valid):
         shortest = min(shortest, lengths[first + lane])
-    states_into_panel(h0, first, n_valid, n_hidden, H, ld_h, width)
+    states_into_panel(h0, n_hidden, first, n_valid, n_hidden, H, ld_h, width)
     start = 0
     while start < n_steps:
         steps = min(chunk, n_steps - start)
@@ -839,7 +826,7 @@ cdef void panel_sequence_task(
     cdef floating *d_outputs = <floating *> panel_buffers.output_grads + read_at
     # The states the readout reads: every step's, or the last step's.
     cdef floating *read_states = H + (width if every_step else n_steps * width)
-    cdef Py_ssize_t step, padded
+    cdef Py_ssize_t padded
     cdef bint finite = True
     if panel_buffers.batch_X != NULL:
         finite = gather_group(<const floating *> panel_buffers.batch_X, panel_buffers.batch_rows,
@@ -849,15 +836,12 @@ cdef void panel_sequence_task(
                                panel_buffers.batch_rows, n_rows, n_steps if every_step else 1,
                                n_out, <floating *> panel_buffers.targets, width,
                                layout.n_groups, group)
-    states_into_panel(h0, first, n_valid, n_hidden, H, ld_states, width)
-    # Forward: every step's input projection in one product, then the time loop.
-    panel_product(n_hidden, n_steps * width, n_in, <floating *> params[INPUT_WEIGHT],
-                  1, n_hidden, X, cols, <floating *> params[BIAS], False, NULL, 0,
-                  H + width, ld_states)
-    for step in range(n_steps):
-        panel_product(n_hidden, width, n_hidden, Wh, 1, n_hidden, H + step * width,
-                      ld_states, NULL, True, NULL, 0, H + (step + 1) * width, ld_states)
-        tanh_rows(H + (step + 1) * width, n_hidden, width, ld_states)
+    states_into_panel(h0, n_hidden, first, n_valid, n_hidden, H, ld_states, width)
+    panel_recurrent_forward(X, cols, <floating *> params[INPUT_WEIGHT], Wh,
+                            <floating *> params[BIAS], H, ld_states, n_in, n_hidden, n_steps,
+                            width)
+    scatter_panel(H + n_steps * width, ld_states, n_valid, n_hidden,
+                  final_states + first * n_hidden, n_hidden)
     panel_product(n_out, n_read, n_hidden, W_out, 1, n_out, read_states, ld_states,
                   <floating *> params[READOUT_BIAS], False, NULL, 0, outputs, ld_read)
     if output_tanh:
@@ -871,14 +855,7 @@ cdef void panel_sequence_task(
     # Backward: dL/dh from the readout, then dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2).
     panel_product(n_hidden, n_read, n_out, W_out, n_out, 1, d_outputs, ld_read, NULL,
                   False, NULL, 0, dZ + (0 if every_step else (n_steps - 1) * width), cols)
-    for step in range(n_steps - 1, -1, -1):
-        # The last step has no dz_{t+1}: k = 0 leaves its dL/dh_t times tanh'.
-        panel_product(n_hidden, width, 0 if step == n_steps - 1 else n_hidden, Wh,
-                      n_hidden, 1, dZ + (step + 1) * width if step < n_steps - 1 else dZ,
-                      cols, NULL, every_step or step == n_steps - 1,
-                      H + (step + 1) * width, ld_states, dZ + step * width, cols)
-    scatter_panel(H + n_steps * width, ld_states, n_valid, n_hidden,
-                  final_states + first * n_hidden, n_hidden)
+    panel_recurrent_backward(Wh, H, ld_states, dZ, cols, n_hidden, n_steps, width, every_step)
     if sample_major_gradient(n_hidden, sizeof(floating)):
         padded = padded_width(n_hidden, sizeof(floating))
         transpose_to_panels(dZ, n_hidden, n_steps * width, cols,
