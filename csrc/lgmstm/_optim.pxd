@@ -11,7 +11,7 @@
 # m and v are the first and second moments; t counts updates from 1.
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt, sqrtf
+from libc.math cimport sqrt
 
 from lgmstm._parallel cimport BLOCK_ELEMS, n_tasks, threads_for
 
@@ -32,50 +32,47 @@ cdef struct Optimizer:
     long long step        # updates done so far (adam's bias correction)
 
 
-cdef inline floating root(floating x) noexcept nogil:
-    if floating is double:
-        return sqrt(x)
-    else:
-        return sqrtf(x)
+cdef extern from "_optim.h" nogil:
+    # The element-wise update, built per ISA (see there).
+    void lgmstm_optimizer_update_d(int kind, int nesterov, double *param, double *grad,
+                                   double *m, double *v, Py_ssize_t start, Py_ssize_t stop,
+                                   double lr, double mu, double b1, double b2,
+                                   double one_minus_b1, double one_minus_b2,
+                                   double correction1, double correction2, double eps,
+                                   double decay)
+    void lgmstm_optimizer_update_f(int kind, int nesterov, float *param, float *grad,
+                                   float *m, float *v, Py_ssize_t start, Py_ssize_t stop,
+                                   float lr, float mu, float b1, float b2,
+                                   float one_minus_b1, float one_minus_b2,
+                                   float correction1, float correction2, float eps,
+                                   float decay)
 
 
 cdef inline void optimizer_block(
         Py_ssize_t block, floating *param, floating *grad, floating *first_moment,
         floating *second_moment, Py_ssize_t n, const Optimizer *optimizer,
         bint decayed) noexcept nogil:
-    cdef Py_ssize_t i
+    """One block of BLOCK_ELEMS parameters of optimizer_step: the hyper-
+    parameters in the parameters' dtype, then the update (_optim.h)."""
     cdef Py_ssize_t start = block * BLOCK_ELEMS
     cdef Py_ssize_t stop = min(start + BLOCK_ELEMS, n)
-    cdef floating lr = <floating> optimizer.lr
-    cdef floating mu = <floating> optimizer.momentum
-    cdef floating b1 = <floating> optimizer.beta1
-    cdef floating b2 = <floating> optimizer.beta2
-    cdef floating one_minus_b1 = <floating> (1.0 - optimizer.beta1)
-    cdef floating one_minus_b2 = <floating> (1.0 - optimizer.beta2)
-    cdef floating correction1 = <floating> (1.0 - optimizer.beta1 ** optimizer.step)
-    cdef floating correction2 = <floating> (1.0 - optimizer.beta2 ** optimizer.step)
-    cdef floating eps = <floating> optimizer.eps
-    cdef floating decay = <floating> optimizer.weight_decay
-    if decayed and optimizer.weight_decay != 0:
-        for i in range(start, stop):
-            grad[i] = grad[i] + decay * param[i]
-    if optimizer.kind == SGD:
-        for i in range(start, stop):
-            param[i] = param[i] - lr * grad[i]
-    elif optimizer.kind == MOMENTUM and optimizer.nesterov:
-        for i in range(start, stop):
-            first_moment[i] = mu * first_moment[i] + grad[i]
-            param[i] = param[i] - lr * (grad[i] + mu * first_moment[i])
-    elif optimizer.kind == MOMENTUM:
-        for i in range(start, stop):
-            first_moment[i] = mu * first_moment[i] + grad[i]
-            param[i] = param[i] - lr * first_moment[i]
+    cdef floating decay = <floating> optimizer.weight_decay if decayed else 0
+    if floating is double:
+        lgmstm_optimizer_update_d(
+            optimizer.kind, optimizer.nesterov, param, grad, first_moment, second_moment,
+            start, stop, optimizer.lr, optimizer.momentum, optimizer.beta1, optimizer.beta2,
+            1.0 - optimizer.beta1, 1.0 - optimizer.beta2,
+            1.0 - optimizer.beta1 ** optimizer.step, 1.0 - optimizer.beta2 ** optimizer.step,
+            optimizer.eps, decay)
     else:
-        for i in range(start, stop):
-            first_moment[i] = b1 * first_moment[i] + one_minus_b1 * grad[i]
-            second_moment[i] = b2 * second_moment[i] + one_minus_b2 * grad[i] * grad[i]
-            param[i] = param[i] - lr * (first_moment[i] / correction1) / (
-                root(second_moment[i] / correction2) + eps)
+        lgmstm_optimizer_update_f(
+            optimizer.kind, optimizer.nesterov, param, grad, first_moment, second_moment,
+            start, stop, <float> optimizer.lr, <float> optimizer.momentum,
+            <float> optimizer.beta1, <float> optimizer.beta2,
+            <float> (1.0 - optimizer.beta1), <float> (1.0 - optimizer.beta2),
+            <float> (1.0 - optimizer.beta1 ** optimizer.step),
+            <float> (1.0 - optimizer.beta2 ** optimizer.step),
+            <float> optimizer.eps, decay)
 
 
 cdef inline void optimizer_step(floating *param,           # INOUT (n,)

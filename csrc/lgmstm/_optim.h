@@ -1,0 +1,63 @@
+/* The optimizers' element-wise update (see _optim.pxd for the formulas),
+ * built per ISA like _tanh.h's loops: the baseline build is SSE2, two
+ * doubles a vector, and Adam's square root and divides were most of its
+ * time. No FMA contraction, so every build gives the bits of the plain
+ * loop (each value's operations in the same order).
+ */
+#ifndef LGMSTM_OPTIM_H
+#define LGMSTM_OPTIM_H
+
+#include <math.h>
+#include <stddef.h>
+
+#include "_dispatch.h"
+
+enum { LGMSTM_SGD = 0, LGMSTM_MOMENTUM = 1, LGMSTM_ADAM = 2 };
+
+/* param[i], and its moments, for i in [start, stop): first the weight
+ * decay into grad (when decay != 0), then the optimizer's step. */
+#define LGMSTM_DEFINE_OPTIMIZER_UPDATE(NAME, T, ROOT)                               \
+    LGMSTM_DISPATCH                                                                 \
+    static void NAME(int kind, int nesterov, T *param, T *grad, T *m, T *v,         \
+                     ptrdiff_t start, ptrdiff_t stop, T lr, T mu, T b1, T b2,       \
+                     T one_minus_b1, T one_minus_b2, T correction1, T correction2,  \
+                     T eps, T decay)                                                \
+    {                                                                               \
+        if (decay != 0)                                                             \
+            for (ptrdiff_t i = start; i < stop; ++i) grad[i] = grad[i] + decay * param[i]; \
+        if (kind == LGMSTM_SGD) {                                                   \
+            for (ptrdiff_t i = start; i < stop; ++i) param[i] = param[i] - lr * grad[i]; \
+        } else if (kind == LGMSTM_MOMENTUM && nesterov) {                           \
+            for (ptrdiff_t i = start; i < stop; ++i) {                              \
+                m[i] = mu * m[i] + grad[i];                                         \
+                param[i] = param[i] - lr * (grad[i] + mu * m[i]);                   \
+            }                                                                       \
+        } else if (kind == LGMSTM_MOMENTUM) {                                       \
+            for (ptrdiff_t i = start; i < stop; ++i) {                              \
+                m[i] = mu * m[i] + grad[i];                                         \
+                param[i] = param[i] - lr * m[i];                                    \
+            }                                                                       \
+        } else {                                                                    \
+            for (ptrdiff_t i = start; i < stop; ++i) {                              \
+                m[i] = b1 * m[i] + one_minus_b1 * grad[i];                          \
+                v[i] = b2 * v[i] + one_minus_b2 * grad[i] * grad[i];                \
+                param[i] = param[i] - lr * (m[i] / correction1)                     \
+                    / (ROOT(v[i] / correction2) + eps);                             \
+            }                                                                       \
+        }                                                                           \
+    }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+LGMSTM_DEFINE_OPTIMIZER_UPDATE(lgmstm_optimizer_update_d, double, sqrt)
+LGMSTM_DEFINE_OPTIMIZER_UPDATE(lgmstm_optimizer_update_f, float, sqrtf)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+#endif
