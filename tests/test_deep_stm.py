@@ -312,9 +312,11 @@ def test_stateful_fit_is_truncated_bptt_per_layer(name):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("readout", [[], [24]])
-def test_same_bits_for_1_2_3_threads(readout, dtype, threads):
-    """Large enough that the passes fork (several 64-row chunks, megaflops)."""
+def test_same_bits_for_1_2_3_threads(readout, bidirectional, dtype, threads):
+    """Large enough that the passes fork (several 64-row chunks, megaflops);
+    uneven lengths: one direction trains row-major too, not in panels."""
     rng = np.random.default_rng(4)
     X = rng.standard_normal((200, 12, 16)).astype(dtype)
     Y = rng.uniform(-0.8, 0.8, (200, 12, 3)).astype(dtype)
@@ -322,8 +324,8 @@ def test_same_bits_for_1_2_3_threads(readout, dtype, threads):
     results = []
     for n in (1, 2, 3):
         with threads(n):
-            model = STM(16, [48, 40], 3, bidirectional=True, readout=readout, dtype=dtype,
-                        seed=2)
+            model = STM(16, [48, 40], 3, bidirectional=bidirectional, readout=readout,
+                        dtype=dtype, seed=2)
             history = model.fit(X, Y, epochs=2, lr=0.05, batch_size=150, lengths=lengths,
                                 seed=2)
             results.append([history, model.predict(X, lengths=lengths),
@@ -381,6 +383,22 @@ def test_load_checks_a_deep_file_against_its_architecture(tmp_path):
     np.savez(bad, **arrays)
     with pytest.raises(ValueError, match="do not fit"):
         lgmstm.load(bad)
+    # a stateful stacked STM: other layer sizes, or one layer's state missing
+    stacked = make("stacked", stateful=True)
+    stacked.predict(data(np.float64)[0])  # holds a state per layer
+    stacked.save(path)
+    with np.load(path) as stored:
+        arrays = dict(stored)
+    assert {"memory.state0", "memory.state1"} <= set(arrays)
+    for n_hidden in ([3, 4], [4, 3, 3], [4], 4):
+        np.savez(bad, **dict(arrays, **{"config.n_hidden": np.asarray(n_hidden, np.int64)}))
+        with pytest.raises(ValueError, match=r"do not fit n_in=3, n_hidden=.* n_out=2"):
+            lgmstm.load(bad)
+    del arrays["memory.state1"]
+    np.savez(bad, **arrays)
+    with pytest.raises(ValueError, match=r"missing memory\.state1 \(a stacked STM saves one "
+                                         r"state per layer\)"):
+        lgmstm.load(bad)
 
 
 def test_a_single_layer_file_has_no_deep_entries(tmp_path):
@@ -391,6 +409,53 @@ def test_a_single_layer_file_has_no_deep_entries(tmp_path):
                        for key in stored if key.startswith("config."))
     assert list(model.params) == ["input_weight", "recurrent_weight", "bias",
                                   "readout.weight", "readout.bias"]
+
+
+def test_parameter_names_and_shapes_in_order():
+    """layer{k}.* then reverse{k}.* per layer, the readout's hidden layers
+    readout{j}.*, the output layer readout.*; reverse.* beside an int
+    n_hidden's unprefixed names."""
+    model = STM(3, [4, 2], 2, bidirectional=True, readout=[5, 6])
+    assert [(key, value.shape) for key, value in model.params.items()] == [
+        ("layer0.input_weight", (3, 4)), ("layer0.recurrent_weight", (4, 4)),
+        ("layer0.bias", (4,)),
+        ("reverse0.input_weight", (3, 4)), ("reverse0.recurrent_weight", (4, 4)),
+        ("reverse0.bias", (4,)),
+        ("layer1.input_weight", (8, 2)), ("layer1.recurrent_weight", (2, 2)),
+        ("layer1.bias", (2,)),
+        ("reverse1.input_weight", (8, 2)), ("reverse1.recurrent_weight", (2, 2)),
+        ("reverse1.bias", (2,)),
+        ("readout0.weight", (4, 5)), ("readout0.bias", (5,)),
+        ("readout1.weight", (5, 6)), ("readout1.bias", (6,)),
+        ("readout.weight", (6, 2)), ("readout.bias", (2,)),
+    ]
+    model = STM(3, 4, 2, bidirectional=True)
+    assert [(key, value.shape) for key, value in model.params.items()] == [
+        ("input_weight", (3, 4)), ("recurrent_weight", (4, 4)), ("bias", (4,)),
+        ("reverse.input_weight", (3, 4)), ("reverse.recurrent_weight", (4, 4)),
+        ("reverse.bias", (4,)),
+        ("readout.weight", (8, 2)), ("readout.bias", (2,)),
+    ]
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_an_empty_readout_is_the_single_layer_stm(lengths, dtype):
+    """readout=[] is the one dense readout: the same parameters from the same
+    seed, the same predictions and the same training, bit for bit."""
+    X, Y = data(dtype)
+    models = [STM(N_IN, 4, N_OUT, dtype=dtype, seed=7, **keywords)
+              for keywords in ({}, {"readout": []})]
+    assert repr(models[1]) == repr(models[0]) and models[1].readout == ()
+    results = []
+    for model in models:
+        before = [model.predict(X, lengths=lengths), *model.params.values()]
+        history = model.fit(X, Y, epochs=3, lr=0.05, batch_size=2, optimizer="adam",
+                            lengths=lengths, seed=4)
+        results.append([*before, history, model.predict(X, lengths=lengths),
+                        *model.params.values()])
+    assert list(models[1].params) == list(models[0].params)
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want, strict=True)
 
 
 def test_recurrent_weights_are_orthogonal_per_layer_and_direction():

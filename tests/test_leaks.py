@@ -23,9 +23,14 @@ CALLS = 20_000
 ALLOWED_GROWTH = 2 * 2**20
 
 
-def assert_flat(label, run, calls=CALLS):
-    for _ in range(calls // 10):  # warm-up: caches, pools, arenas
-        run()
+def assert_flat(label, run, calls=CALLS, warm_up=None, over=None):
+    """run() `calls` times after warm_up() (run() calls // 10 times):
+    the resident set grows by less than ALLOWED_GROWTH."""
+    if warm_up is None:
+        for _ in range(calls // 10):  # warm-up: caches, pools, arenas
+            run()
+    else:
+        warm_up()
     gc.collect()
     before = rss_bytes()
     for _ in range(calls):
@@ -33,7 +38,7 @@ def assert_flat(label, run, calls=CALLS):
     gc.collect()
     after = rss_bytes()
     print(f"\n{label}: RSS {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
-          f"({(after - before) / 2**10:+.0f} KiB over {calls} calls)")
+          f"({(after - before) / 2**10:+.0f} KiB over {over or f'{calls} calls'})")
     assert after - before < ALLOWED_GROWTH, f"{label} grew by {(after - before) / 2**20:.1f} MiB"
 
 
@@ -105,3 +110,36 @@ def test_model_calls_do_not_leak(model, backend):
                 lambda: instance.fit(X, Y, epochs=1, lr=1e-3), CALLS // 10)
     assert_flat(f"{model}({backend}).predict refused",
                 _refused(lambda: instance.predict(X[..., :-1])))
+
+
+# The deep STM's two training paths (issue 15): a bidirectional network with
+# a readout trains row-major; a small one-direction stack, on full-length
+# sequences, in the panel layout.
+DEEP_STMS = {
+    "bidirectional-readout-row-major": ({"n_hidden": [12, 10], "bidirectional": True,
+                                         "readout": [8]}, False),
+    "stacked-panels": ({"n_hidden": [12, 10]}, True),
+}
+
+
+@pytest.mark.parametrize("name", DEEP_STMS)
+def test_deep_stm_fits_keep_memory_flat_over_epochs(name, dtype):
+    """A fit of 500 epochs (4 mini-batches each) leaves the resident set
+    where one of 20 epochs left it: nothing kept per epoch or batch (a leak
+    of one batch's states, 16 x 20 x 12 values, would be over 2 MiB)."""
+    import lgmstm
+
+    keywords, full_length = DEEP_STMS[name]
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 20, 6)).astype(dtype)
+    Y = rng.uniform(-0.8, 0.8, (64, 20, 3)).astype(dtype)
+    lengths = None if full_length else rng.integers(0, 21, 64)
+    model = lgmstm.STM(6, n_out=3, dtype=dtype, seed=0, **keywords)
+    in_panels = model._network.program.training_layout(16, 20) is not None
+    assert in_panels == full_length
+
+    def fit(epochs):
+        model.fit(X, Y, epochs=epochs, lr=1e-3, batch_size=16, lengths=lengths, seed=1)
+
+    assert_flat(f"STM({name}, {dtype}).fit", lambda: fit(500), calls=1,
+                warm_up=lambda: fit(20), over="500 epochs after 20")
