@@ -231,10 +231,10 @@ def user_stacklevel() -> int:
 
 
 def beyond_tanh(Y: Any) -> bool:
-    """Whether Y, an ndarray of targets (the checked one, or the one the
-    short fit took as it is), holds one outside [-1, 1], which a tanh
-    output cannot reach: one compiled scan (_train.beyond_unit), which
-    every short fit of a tanh model pays."""
+    """Whether Y, the checked path's ndarray of targets, holds one outside
+    [-1, 1], which a tanh output cannot reach: one compiled scan
+    (_train.beyond_unit; the short fit, Program.fit_ready, makes the same
+    scan itself)."""
     return bool(_train.beyond_unit(Y))
 
 

@@ -170,6 +170,28 @@ def test_stateful_stm_short_fit_keeps_the_working_memory(dtype):
 
 
 @pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("path", ["short", "checked"])
+def test_target_range_warning_as_an_error_leaves_the_model_as_it_was(kind, path):
+    """Y beyond a tanh output's [-1, 1], with the warning made an error: the
+    fit raises before training, on either path, so the parameters, optimizer
+    state, history and (stateful STM) working memory are those before."""
+    import copy
+
+    model = make(kind, stateful=True) if kind == "STM" else make(kind)
+    (X, Y), (X2, Y2) = batches(kind, np.float64, n_batches=2)
+    model.partial_fit(X, Y, lr=0.05, optimizer="adam")
+    before = copy.deepcopy(model)
+    Y2 = Y2 * 2  # targets up to 1.6
+    if path == "checked":
+        X2, Y2 = checked(X2), checked(Y2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lgmstm.TargetRangeWarning)
+        with pytest.raises(lgmstm.TargetRangeWarning):
+            model.partial_fit(X2, Y2, lr=0.05, optimizer="adam")
+    assert_same_model(model, before)
+
+
+@pytest.mark.parametrize("kind", ["LGM", "STM"])
 def test_stm_last_step_targets_and_lgm_take_the_short_fit(kind, no_checked_path):
     if kind == "STM":
         model = lgmstm.STM(4, 6, 3, return_sequences=False, seed=0)

@@ -1,8 +1,10 @@
 /* The optimizers' element-wise update (see _optim.pxd for the formulas),
  * built per ISA like _tanh.h's loops: the baseline build is SSE2, two
  * doubles a vector, and Adam's square root and divides were most of its
- * time. No FMA contraction, so every build gives the bits of the plain
- * loop (each value's operations in the same order).
+ * time. No FMA contraction (GCC's option, clang's pragma in each body), so
+ * every build gives the bits of the plain loop, each value's operations in
+ * the same order: on x86-64 those of the Cython loop before it; on arm64,
+ * where that loop was contracted, now the same bits as on x86-64.
  */
 #ifndef LGMSTM_OPTIM_H
 #define LGMSTM_OPTIM_H
@@ -14,16 +16,23 @@
 
 enum { LGMSTM_SGD = 0, LGMSTM_MOMENTUM = 1, LGMSTM_ADAM = 2 };
 
-/* param[i], and its moments, for i in [start, stop): first the weight
- * decay into grad (when decay != 0), then the optimizer's step. */
+/* param[i], and its moments, for i in [start, stop): first, when decayed,
+ * the weight decay into grad, then the optimizer's step. */
+#if defined(__clang__)
+#define LGMSTM_NO_CONTRACT _Pragma("clang fp contract(off)")
+#else
+#define LGMSTM_NO_CONTRACT
+#endif
+
 #define LGMSTM_DEFINE_OPTIMIZER_UPDATE(NAME, T, ROOT)                               \
     LGMSTM_DISPATCH                                                                 \
     static void NAME(int kind, int nesterov, T *param, T *grad, T *m, T *v,         \
                      ptrdiff_t start, ptrdiff_t stop, T lr, T mu, T b1, T b2,       \
                      T one_minus_b1, T one_minus_b2, T correction1, T correction2,  \
-                     T eps, T decay)                                                \
+                     T eps, int decayed, T decay)                                   \
     {                                                                               \
-        if (decay != 0)                                                             \
+        LGMSTM_NO_CONTRACT                                                          \
+        if (decayed)                                                                \
             for (ptrdiff_t i = start; i < stop; ++i) grad[i] = grad[i] + decay * param[i]; \
         if (kind == LGMSTM_SGD) {                                                   \
             for (ptrdiff_t i = start; i < stop; ++i) param[i] = param[i] - lr * grad[i]; \
@@ -50,9 +59,6 @@ enum { LGMSTM_SGD = 0, LGMSTM_MOMENTUM = 1, LGMSTM_ADAM = 2 };
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
-#endif
-#if defined(__clang__)
-#pragma clang fp contract(off)
 #endif
 LGMSTM_DEFINE_OPTIMIZER_UPDATE(lgmstm_optimizer_update_d, double, sqrt)
 LGMSTM_DEFINE_OPTIMIZER_UPDATE(lgmstm_optimizer_update_f, float, sqrtf)

@@ -15,11 +15,12 @@ from libc.math cimport sqrt
 
 from lgmstm._parallel cimport BLOCK_ELEMS, n_tasks, threads_for
 
-cdef enum OptimizerKind:
-    # The codes lgmstm/_training.py's optimizer table gives.
-    SGD = 0
-    MOMENTUM = 1
-    ADAM = 2
+cdef extern from "_optim.h" nogil:
+    # The codes lgmstm/_training.py's optimizer table gives (defined there).
+    enum:
+        SGD "LGMSTM_SGD"
+        MOMENTUM "LGMSTM_MOMENTUM"
+        ADAM "LGMSTM_ADAM"
 
 
 cdef struct Optimizer:
@@ -39,13 +40,13 @@ cdef extern from "_optim.h" nogil:
                                    double lr, double mu, double b1, double b2,
                                    double one_minus_b1, double one_minus_b2,
                                    double correction1, double correction2, double eps,
-                                   double decay)
+                                   int decayed, double decay)
     void lgmstm_optimizer_update_f(int kind, int nesterov, float *param, float *grad,
                                    float *m, float *v, Py_ssize_t start, Py_ssize_t stop,
                                    float lr, float mu, float b1, float b2,
                                    float one_minus_b1, float one_minus_b2,
                                    float correction1, float correction2, float eps,
-                                   float decay)
+                                   int decayed, float decay)
 
 
 cdef inline void optimizer_block(
@@ -56,14 +57,14 @@ cdef inline void optimizer_block(
     parameters in the parameters' dtype, then the update (_optim.h)."""
     cdef Py_ssize_t start = block * BLOCK_ELEMS
     cdef Py_ssize_t stop = min(start + BLOCK_ELEMS, n)
-    cdef floating decay = <floating> optimizer.weight_decay if decayed else 0
+    cdef bint apply_decay = decayed and optimizer.weight_decay != 0
     if floating is double:
         lgmstm_optimizer_update_d(
             optimizer.kind, optimizer.nesterov, param, grad, first_moment, second_moment,
             start, stop, optimizer.lr, optimizer.momentum, optimizer.beta1, optimizer.beta2,
             1.0 - optimizer.beta1, 1.0 - optimizer.beta2,
             1.0 - optimizer.beta1 ** optimizer.step, 1.0 - optimizer.beta2 ** optimizer.step,
-            optimizer.eps, decay)
+            optimizer.eps, apply_decay, optimizer.weight_decay)
     else:
         lgmstm_optimizer_update_f(
             optimizer.kind, optimizer.nesterov, param, grad, first_moment, second_moment,
@@ -72,7 +73,7 @@ cdef inline void optimizer_block(
             <float> (1.0 - optimizer.beta1), <float> (1.0 - optimizer.beta2),
             <float> (1.0 - optimizer.beta1 ** optimizer.step),
             <float> (1.0 - optimizer.beta2 ** optimizer.step),
-            <float> optimizer.eps, decay)
+            <float> optimizer.eps, apply_decay, <float> optimizer.weight_decay)
 
 
 cdef inline void optimizer_step(floating *param,           # INOUT (n,)

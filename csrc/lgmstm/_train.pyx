@@ -845,10 +845,11 @@ cdef class Program:
         ready_steps; h0: the initial states, or None), a softmax or sigmoid
         output's targets are valid (``model._short_fit_targets``), every
         hyper-parameter is of a type the checked path takes unchanged, and
-        the model is not in use. Then, as the checked path, it sets the
-        model's ``history_`` (the losses), ``validation_history_`` and
-        ``best_epoch_`` (none), and warns when a tanh output's Y holds a
-        target outside [-1, 1] (lgmstm._training.warn_beyond_tanh).
+        the model is not in use. As the checked path, it warns before
+        training when a tanh output's Y holds a target outside [-1, 1]
+        (lgmstm._training.warn_beyond_tanh), and sets the model's
+        ``history_`` (the losses), ``validation_history_`` and
+        ``best_epoch_`` (none).
         Shuffled mini-batches take their order from ``model._rng`` as the
         checked path does. The optimizer state is the model's
         (``model._optimizer_state``), with the rules of
@@ -921,6 +922,12 @@ cdef class Program:
             return None
         if h0 is not None and not array_finite(<cnp.ndarray> h0):
             return None
+        if self.output_tanh and scan_beyond_unit(<cnp.ndarray> Y, cnp.PyArray_SIZE(
+                <cnp.ndarray> Y)):
+            # Before training, as the checked path warns: raised as an
+            # error, it leaves the model as it was.
+            from lgmstm._training import warn_beyond_tanh
+            warn_beyond_tanh(Y)
         if not self.lock.try_train():
             return None
         try:
@@ -973,20 +980,18 @@ cdef class Program:
                            array_bytes(self.trained.arrays[i]))
                 return None
             state.step = run.optimizer.step
+            # Set while the model is still held: a partial_fit waiting for it
+            # must not see the history of the one before.
+            dims[0] = 1
+            losses = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
+            (<double *> cnp.PyArray_DATA(<cnp.ndarray> losses))[0] = loss
+            model.history_ = losses
+            model.validation_history_ = NO_VALIDATION
+            model.best_epoch_ = None
         finally:
             run = self.short_run
             if run is not None:  # the caller's arrays are not kept
                 run.X = run.Y = run.initial_states = run.final_states = None
                 run.keep_gil = False
             self.lock.end_train()
-        dims[0] = 1
-        losses = cnp.PyArray_EMPTY(1, dims, cnp.NPY_DOUBLE, 0)
-        (<double *> cnp.PyArray_DATA(<cnp.ndarray> losses))[0] = loss
-        model.history_ = losses
-        model.validation_history_ = NO_VALIDATION
-        model.best_epoch_ = None
-        if self.output_tanh and scan_beyond_unit(<cnp.ndarray> Y, cnp.PyArray_SIZE(
-                <cnp.ndarray> Y)):
-            from lgmstm._training import warn_beyond_tanh
-            warn_beyond_tanh(Y)
         return losses
