@@ -228,9 +228,10 @@ cdef class DeepNetwork(Program):
         self.shape.n_dense = n_dense
         self.shape.hidden, self.shape.dense = &hidden_view[0], &dense_view[0]
         self.shape.total_hidden = int(np.sum(hidden))
-        self.shape.output_tanh, self.shape.return_sequences = output == "tanh", return_sequences
-        self.shape.loss = loss_of_output(output)
-        self.output, self.output_tanh, self.loss = output, output == "tanh", self.shape.loss
+        self.output, self.output_tanh, self.loss = output, output == "tanh", loss_of_output(output)
+        # The passes' copy of them (a struct they take without the GIL).
+        self.shape.output_tanh, self.shape.loss = self.output_tanh, self.loss
+        self.shape.return_sequences = return_sequences
         self.n_out = self.shape.n_out
         self.lock = lock
         self.panel_memory = KeptMemory()

@@ -16,14 +16,15 @@
 
 enum { LGMSTM_SGD = 0, LGMSTM_MOMENTUM = 1, LGMSTM_ADAM = 2 };
 
-/* param[i], and its moments, for i in [start, stop): first, when decayed,
- * the weight decay into grad, then the optimizer's step. */
+/* clang's contraction switch, which holds for the block it opens. */
 #if defined(__clang__)
 #define LGMSTM_NO_CONTRACT _Pragma("clang fp contract(off)")
 #else
 #define LGMSTM_NO_CONTRACT
 #endif
 
+/* param[i], and its moments, for i in [start, stop): first, when decayed,
+ * the weight decay into grad, then the optimizer's step. */
 #define LGMSTM_DEFINE_OPTIMIZER_UPDATE(NAME, T, ROOT)                               \
     LGMSTM_DISPATCH                                                                 \
     static void NAME(int kind, int nesterov, T *param, T *grad, T *m, T *v,         \

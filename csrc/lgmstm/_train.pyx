@@ -378,9 +378,10 @@ cdef class TrainingRun:
                                  f"got {len(decayed)}")
             self.decayed[...] = np.asarray(decayed, dtype=bool)
 
-    def set_control(self, *, int schedule=CONSTANT, double power_t=0.5,
+    def set_control(self, *, int schedule=CONSTANT, double power_t=DEFAULT_POWER_T,
                     bint early_stopping=False, bint stop_on_plateau=False,
-                    Py_ssize_t patience=10, double tol=1e-4, bint monitoring=False, kept=()):
+                    Py_ssize_t patience=DEFAULT_PATIENCE, double tol=DEFAULT_TOL,
+                    bint monitoring=False, kept=()):
         """What the driver does after each epoch (see end_epoch): the
         learning-rate schedule (SCHEDULE_CODES; invscaling's power_t, from
         the lr the run was made with), patience and tol of the adaptive
