@@ -67,8 +67,16 @@ def _compiled_layer_backward(X, W, A, dA, apply_tanh, need_dX=True):
     return (dX if need_dX else None), dW, db
 
 
+def _compiled_layer_forward_steps(X, W, b, apply_tanh):
+    out = np.empty(X.shape[:2] + (W.shape[1],), X.dtype)
+    with single_threaded_blas(_dense.TASK_ROWS * W.shape[0] * W.shape[1]):
+        _dense.forward_steps(X, W, b, out, apply_tanh, get_num_threads())
+    return out
+
+
 COMPILED_PASSES = reference.Passes(_compiled_layer_forward, _compiled_layer_backward,
-                                   _compiled_recurrent_forward, _compiled_recurrent_backward)
+                                   _compiled_recurrent_forward, _compiled_recurrent_backward,
+                                   _compiled_layer_forward_steps)
 
 
 class DeepRecurrent(CheckedPathOnly):
@@ -131,7 +139,8 @@ class DeepRecurrent(CheckedPathOnly):
         layers, readout = self._network()
         outputs, kept = reference.deep_forward(X, layers, readout, self._layer_states(h0),
                                                lengths, self.output_tanh,
-                                               self.return_sequences, self.passes)
+                                               self.return_sequences, self.passes,
+                                               steps_apart=True)
         if not logits and self.output in ("softmax", "sigmoid"):
             outputs = reference.output_function(self.output, outputs)
             if self.return_sequences:

@@ -32,6 +32,17 @@ def forward(
 ) -> None:
     """``out = tanh(X W + b)`` (or ``X W + b``)."""
 
+def forward_steps(
+    X: NDArray[_Float],  # IN (n_samples, n_steps, n_in)
+    W: NDArray[_Float],  # IN (n_in, n_out)
+    b: NDArray[_Float],  # IN (n_out,)
+    out: NDArray[_Float],  # OUT (n_samples, n_steps, n_out)
+    apply_tanh: bool,
+    n_threads: int,
+) -> None:
+    """``out[:, t] = tanh(X[:, t] W + b)`` for every step t, each step apart: its
+    rows' bits are those of a forward over ``X[:, t]`` alone."""
+
 def backward(
     X: NDArray[_Float],  # IN (n_samples, n_in)
     W: NDArray[_Float],  # IN (n_in, n_out)

@@ -218,7 +218,8 @@ def row_quantum(model: Model, n_steps: int = 1) -> int:
     LGM and for an STM on the BLAS path, 1 for an STM of up to 32 hidden
     units (its panel layout predicts each sample alone); 1 for the NumPy
     backend, which promises no whole-array bits. ``n_steps``: an STM's
-    steps per sequence (its readout's tasks run over samples x steps).
+    steps per sequence (the quantum does not depend on it: the readout runs
+    every step apart, in tasks of samples).
     """
     model = _check_model("model", model)
     program = getattr(model._network, "program", None)

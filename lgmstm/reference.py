@@ -55,6 +55,17 @@ def layer_forward(X, W, b, apply_tanh, out=None):
     return np.tanh(Z, out=Z) if apply_tanh else Z
 
 
+def layer_forward_steps(X, W, b, apply_tanh):
+    """:func:`layer_forward` of each step of X (n_samples, n_steps, n_in)
+    apart: outputs (n_samples, n_steps, n_out) whose step t is
+    ``layer_forward(X[:, t], ...)``, the bits of that step alone (a BLAS
+    product may round a row by its row count)."""
+    out = np.empty(X.shape[:2] + (W.shape[1],), X.dtype)
+    for t in range(X.shape[1]):
+        out[:, t] = layer_forward(np.ascontiguousarray(X[:, t]), W, b, apply_tanh)
+    return out
+
+
 def layer_backward(X, W, A, dA, apply_tanh, need_dX=True):
     """:func:`dense_backward` without checks (see :func:`layer_forward`)."""
     dZ = dA * (1 - A * A) if apply_tanh else dA
@@ -299,15 +310,19 @@ def recurrent_backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, need_dX=True):
 
 
 class Passes:
-    """The four passes a deep STM is composed of, with the signatures of
-    layer_forward, layer_backward, recurrent_forward and recurrent_backward."""
+    """The passes a deep STM is composed of, with the signatures of
+    layer_forward, layer_backward, recurrent_forward, recurrent_backward and
+    layer_forward_steps."""
 
-    def __init__(self, layer_forward, layer_backward, recurrent_forward, recurrent_backward):
+    def __init__(self, layer_forward, layer_backward, recurrent_forward, recurrent_backward,
+                 layer_forward_steps):
         self.layer_forward, self.layer_backward = layer_forward, layer_backward
         self.recurrent_forward, self.recurrent_backward = recurrent_forward, recurrent_backward
+        self.layer_forward_steps = layer_forward_steps
 
 
-REFERENCE_PASSES = Passes(layer_forward, layer_backward, recurrent_forward, recurrent_backward)
+REFERENCE_PASSES = Passes(layer_forward, layer_backward, recurrent_forward, recurrent_backward,
+                          layer_forward_steps)
 
 
 def reverse_steps(X, lengths):
@@ -341,7 +356,7 @@ class DeepForward:
 
 
 def deep_forward(X, layers, readout, h0s, lengths, output_tanh, return_sequences,
-                 passes=REFERENCE_PASSES):
+                 passes=REFERENCE_PASSES, steps_apart=False):
     """Outputs of a deep STM, and its DeepForward.
 
     layers[k]: one (Wx, Wh, b) per direction of layer k (forward, then
@@ -353,7 +368,10 @@ def deep_forward(X, layers, readout, h0s, lengths, output_tanh, return_sequences
     states back in the input's order); the readout reads the top layer's
     states on every valid step (return_sequences; outputs 0 past each length)
     or each sequence's final states (forward direction's at the last valid
-    step, reverse direction's at step 0).
+    step, reverse direction's at step 0). steps_apart (predict's): the
+    readout of every step apart (layer_forward_steps), so that each output
+    has the bits of a forward over that step alone; else one product over
+    all the rows (training's).
     """
     kept = DeepForward()
     n_samples, n_steps, _ = X.shape
@@ -377,7 +395,12 @@ def deep_forward(X, layers, readout, h0s, lengths, output_tanh, return_sequences
         A = np.ascontiguousarray(np.concatenate(kept.finals[-1], axis=1))
     kept.readout.append(A)
     for j, (W, b) in enumerate(readout):
-        A = passes.layer_forward(A, W, b, output_tanh or j < len(readout) - 1)
+        apply_tanh = output_tanh or j < len(readout) - 1
+        if return_sequences and steps_apart:
+            A = passes.layer_forward_steps(A.reshape(n_samples, n_steps, A.shape[1]), W, b,
+                                           apply_tanh).reshape(n_samples * n_steps, W.shape[1])
+        else:
+            A = passes.layer_forward(A, W, b, apply_tanh)
         kept.readout.append(A)
     if not return_sequences:
         return A, kept

@@ -960,10 +960,8 @@ class STM(Model):
 
         (also with ``return_sequences=False``: the readout of this step). The
         working memory is the same bits as that of :meth:`predict` over the
-        whole sequence, and so are the outputs, but for a known bug: with
-        ``return_sequences=True`` the compiled backend reads all steps out in
-        one BLAS product, whose rounding can depend on its number of rows
-        (a last-bit difference). Works on any STM, stateful or not: it reads
+        whole sequence, and so are the outputs (predict reads every step out
+        apart, as a step does). Works on any STM, stateful or not: it reads
         :attr:`state` and keeps the new one (:meth:`predict` of a stateful
         model continues from it, and :meth:`reset_state` restarts some
         streams or all). Steps of one model from several threads at once

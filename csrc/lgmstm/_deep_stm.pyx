@@ -248,16 +248,15 @@ cdef class DeepNetwork(Program):
         a batch, each (but the last) of a multiple of q samples, gives every
         sample the bits of one predict over the whole batch (lgmstm.dask):
         every layer's forward chunks (forward_chunk_rows) and every readout
-        layer's GEMM tasks (gemm_task_rows rows, n_steps of them per sample
-        with return_sequences) must start at the same samples."""
-        cdef Py_ssize_t k, j, rows, n_inputs, quantum = 1
-        cdef Py_ssize_t per_sample = max(1, n_steps) if self.shape.return_sequences else 1
+        layer's GEMM tasks (gemm_task_rows samples, at each step apart:
+        _dense.forward_steps) must start at the same samples; whatever
+        n_steps."""
+        cdef Py_ssize_t k, j, n_inputs, quantum = 1
         for k in range(self.shape.n_layers):
             quantum = math.lcm(quantum, forward_chunk_rows(self.shape.hidden[k]))
         n_inputs = layer_width(&self.shape, self.shape.n_layers)
         for j in range(self.shape.n_dense):
-            rows = gemm_task_rows(self.shape.dense[j], n_inputs)
-            quantum = math.lcm(quantum, rows // math.gcd(rows, per_sample))
+            quantum = math.lcm(quantum, gemm_task_rows(self.shape.dense[j], n_inputs))
             n_inputs = self.shape.dense[j]
         return quantum
 

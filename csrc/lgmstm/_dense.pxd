@@ -17,6 +17,13 @@ cdef void dense_forward(
         Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
         bint apply_tanh, int n_threads) noexcept nogil
 
+cdef void dense_forward_steps(
+        const floating *X,    # IN (n_samples, n_steps, n_in)
+        const floating *W, const floating *b,
+        floating *A,          # OUT (n_samples, n_steps, n_out)
+        Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh, int n_threads) noexcept nogil
+
 cdef double dense_forward_loss(
         const floating *X, const floating *W, const floating *b,
         floating *A,          # OUT (n_samples, n_out)

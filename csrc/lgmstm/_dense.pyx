@@ -14,7 +14,7 @@ from lgmstm._blas cimport gemm
 from lgmstm._loss cimport squared_error_rows
 from lgmstm._parallel cimport (BLOCK_COLS, CHUNK_ROWS, gemm_task_rows, n_tasks,
                                threads_for)
-from lgmstm._tanh cimport tanh_grad, tanh_inplace
+from lgmstm._tanh cimport tanh_grad, tanh_inplace, tanh_rows
 
 cdef enum:
     # A stripe of a weight gradient does at least about this many
@@ -45,6 +45,17 @@ def forward(const floating[:, ::1] X, const floating[:, ::1] W,
                       X.shape[1], W.shape[1], apply_tanh, n_threads)
 
 
+def forward_steps(const floating[:, :, ::1] X, const floating[:, ::1] W,
+                  const floating[::1] b, floating[:, :, ::1] out,
+                  bint apply_tanh, int n_threads):
+    """out[:, t] = tanh(X[:, t] W + b) (or without tanh) for every step t,
+    each step apart (dense_forward_steps): its rows' bits are those of a
+    forward over X[:, t] alone."""
+    with nogil:
+        dense_forward_steps(&X[0, 0, 0], &W[0, 0], &b[0], &out[0, 0, 0], X.shape[0],
+                            X.shape[1], X.shape[2], W.shape[1], apply_tanh, n_threads)
+
+
 def backward(const floating[:, ::1] X, const floating[:, ::1] W,
              const floating[:, ::1] A, const floating[:, ::1] dA,
              floating[:, ::1] dZ, floating[:, ::1] dX, floating[:, ::1] dW,
@@ -62,14 +73,22 @@ cdef void dense_forward_rows(
         Py_ssize_t n_rows, Py_ssize_t n_in, Py_ssize_t n_out,
         bint apply_tanh) noexcept nogil:
     """A = tanh(X W + b) for n_rows rows: bias first, GEMM accumulates onto it."""
+    dense_forward_strided(X, n_in, W, b, A, n_out, n_rows, n_in, n_out, apply_tanh)
+
+
+cdef inline void dense_forward_strided(
+        const floating *X, Py_ssize_t ldx, const floating *W, const floating *b,
+        floating *A, Py_ssize_t lda, Py_ssize_t n_rows, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh) noexcept nogil:
+    """dense_forward_rows on rows ldx (X) and lda (A) values apart."""
     cdef Py_ssize_t i, j
     for i in range(n_rows):
         for j in range(n_out):
-            A[i * n_out + j] = b[j]
-    gemm(False, False, <int> n_rows, <int> n_out, <int> n_in, 1, X, <int> n_in,
-         W, <int> n_out, 1, A, <int> n_out)
+            A[i * lda + j] = b[j]
+    gemm(False, False, <int> n_rows, <int> n_out, <int> n_in, 1, X, <int> ldx,
+         W, <int> n_out, 1, A, <int> lda)
     if apply_tanh:
-        tanh_inplace(A, n_rows * n_out)
+        tanh_rows(A, n_rows, n_out, lda)
 
 
 cdef void dense_forward(
@@ -98,6 +117,43 @@ cdef inline void dense_forward_chunk(
     cdef Py_ssize_t start = chunk * rows
     dense_forward_rows(X + start * n_in, W, b, A + start * n_out,
                        min(rows, n_samples - start), n_in, n_out, apply_tanh)
+
+
+cdef void dense_forward_steps(
+        const floating *X, const floating *W, const floating *b, floating *A,
+        Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh, int n_threads) noexcept nogil:
+    """dense_forward on each step of n_samples sequences, step by step: for
+    every step, the samples' rows in the chunks dense_forward gives n_samples
+    rows. A BLAS product may round a row differently by the product's row
+    count, so that a row's bits depend on n_samples alone, never on n_steps:
+    outputs of one step, of a run of steps and of the whole sequence agree."""
+    cdef Py_ssize_t rows = gemm_task_rows(n_out, n_in)
+    cdef Py_ssize_t n_chunks = n_tasks(n_samples, rows)
+    cdef int n_used = threads_for(n_threads, n_chunks * n_steps,
+                                  2.0 * n_samples * n_steps * n_in * n_out)
+    cdef Py_ssize_t task
+    if n_used == 1:
+        for task in range(n_chunks * n_steps):
+            dense_forward_step_chunk(task, n_steps, rows, X, W, b, A, n_samples, n_in,
+                                     n_out, apply_tanh)
+    else:
+        for task in prange(n_chunks * n_steps, num_threads=n_used, schedule='static'):
+            dense_forward_step_chunk(task, n_steps, rows, X, W, b, A, n_samples, n_in,
+                                     n_out, apply_tanh)
+
+
+cdef inline void dense_forward_step_chunk(
+        Py_ssize_t task, Py_ssize_t n_steps, Py_ssize_t rows, const floating *X,
+        const floating *W, const floating *b, floating *A, Py_ssize_t n_samples,
+        Py_ssize_t n_in, Py_ssize_t n_out, bint apply_tanh) noexcept nogil:
+    """Task chunk * n_steps + step of dense_forward_steps (a thread's tasks
+    are consecutive: the steps of its samples, side by side in memory)."""
+    cdef Py_ssize_t start = (task // n_steps) * rows
+    cdef Py_ssize_t first = start * n_steps + task % n_steps   # the chunk's first row
+    dense_forward_strided(X + first * n_in, n_steps * n_in, W, b, A + first * n_out,
+                          n_steps * n_out, min(rows, n_samples - start), n_in, n_out,
+                          apply_tanh)
 
 
 cdef double dense_forward_loss(

@@ -30,7 +30,7 @@ from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from lgmstm._dense cimport dense_backward, dense_forward
+from lgmstm._dense cimport dense_backward, dense_forward, dense_forward_steps
 from lgmstm._loss cimport (SQUARED_ERROR, loss_count, loss_of_output, loss_scale,
                            n_valid_outputs, output_loss, output_loss_blocks, output_rows,
                            panel_output_loss, panel_takes, squared_error)
@@ -149,14 +149,12 @@ cdef class Network(Program):
         sample the bits of one predict over the whole batch: 1 in the panel
         layout (each sample alone), else the forward pass's chunks
         (forward_chunk_rows) and the readout's GEMM tasks (gemm_task_rows
-        rows, n_steps of them per sample with return_sequences) must start
-        at the same samples (lgmstm.dask.predict)."""
-        cdef Py_ssize_t n_hidden = self.sizes[1], readout_rows
+        samples, at each step apart: dense_forward_steps) must start at the
+        same samples (lgmstm.dask.predict); whatever n_steps."""
+        cdef Py_ssize_t n_hidden = self.sizes[1]
         if predicts_in_panels(self.sizes):
             return 1
-        readout_rows = gemm_task_rows(self.sizes[2], n_hidden)
-        return math.lcm(forward_chunk_rows(n_hidden), readout_rows // math.gcd(
-            readout_rows, n_steps if self.return_sequences else 1))
+        return math.lcm(forward_chunk_rows(n_hidden), gemm_task_rows(self.sizes[2], n_hidden))
 
     def step_ready(self, x, state):
         """(outputs, new state) of one step, or None when the caller must take
@@ -450,9 +448,12 @@ cdef void stm_forward(const floating *X, const floating *h0,
                       const Py_ssize_t *lengths, Py_ssize_t n_samples,
                       Py_ssize_t n_steps, void **params, const Py_ssize_t *sizes,
                       bint output_tanh, bint return_sequences, void **buffers,
-                      Py_ssize_t chunk_rows, int n_threads) noexcept nogil:
+                      Py_ssize_t chunk_rows, bint steps_apart, int n_threads) noexcept nogil:
     """Fill STATES, FINAL_STATES and OUTPUTS; outputs of padded steps are 0.
-    chunk_rows: the time loop's samples per chunk (see rnn_forward_pass)."""
+    chunk_rows: the time loop's samples per chunk (see rnn_forward_pass).
+    steps_apart (predict's): every step's readout apart (dense_forward_steps),
+    so that each output's bits are those of a step() over the same samples;
+    else one product over all the rows (training's: fewer, larger products)."""
     cdef Py_ssize_t n_hidden = sizes[1], n_out = sizes[2]
     cdef floating *outputs = <floating *> buffers[OUTPUTS]
     cdef Py_ssize_t i
@@ -462,10 +463,15 @@ cdef void stm_forward(const floating *X, const floating *h0,
                      <floating *> buffers[FINAL_STATES], <floating *> buffers[SCRATCH],
                      <Py_ssize_t *> buffers[ORDER], n_samples, n_steps, sizes[0],
                      n_hidden, chunk_rows, n_threads)
-    dense_forward(<floating *> buffers[STATES if return_sequences else FINAL_STATES],
-                  <floating *> params[READOUT_WEIGHT], <floating *> params[READOUT_BIAS],
-                  outputs, n_samples * (n_steps if return_sequences else 1), n_hidden,
-                  n_out, output_tanh, n_threads)
+    if return_sequences and steps_apart:
+        dense_forward_steps(<floating *> buffers[STATES], <floating *> params[READOUT_WEIGHT],
+                            <floating *> params[READOUT_BIAS], outputs, n_samples, n_steps,
+                            n_hidden, n_out, output_tanh, n_threads)
+    else:
+        dense_forward(<floating *> buffers[STATES if return_sequences else FINAL_STATES],
+                      <floating *> params[READOUT_WEIGHT], <floating *> params[READOUT_BIAS],
+                      outputs, n_samples * (n_steps if return_sequences else 1), n_hidden,
+                      n_out, output_tanh, n_threads)
     if return_sequences:
         for i in range(n_samples):
             memset(outputs + (i * n_steps + lengths[i]) * n_out, 0,
@@ -514,7 +520,7 @@ cdef int stm_predict(const floating *X, const floating *h0, const Py_ssize_t *le
             return -1
     else:
         stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
-                    return_sequences, buffers, forward_chunk_rows(sizes[1]), n_threads)
+                    return_sequences, buffers, forward_chunk_rows(sizes[1]), True, n_threads)
     if loss != SQUARED_ERROR:
         if return_sequences:
             for i in range(n_samples):
@@ -669,7 +675,7 @@ cdef double stm_gradients(const floating *X, const floating *Y, const floating *
     cdef double sum_squares, count
     stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
                 return_sequences, buffers, training_chunk_rows(n_samples, n_hidden, 1),
-                n_threads)
+                False, n_threads)
     if loss == SQUARED_ERROR and weights == NULL:
         sum_squares = squared_error(
             <floating *> buffers[OUTPUTS], Y, <floating *> buffers[OUTPUT_GRADS],
@@ -1134,7 +1140,7 @@ cdef double sequence_loss(const floating *X, const floating *Y, const floating *
     cdef Py_ssize_t n_rows = n_samples * (n_steps if return_sequences else 1)
     cdef double count
     stm_forward(X, h0, lengths, n_samples, n_steps, params, sizes, output_tanh,
-                return_sequences, buffers, forward_chunk_rows(sizes[1]), n_threads)
+                return_sequences, buffers, forward_chunk_rows(sizes[1]), False, n_threads)
     if loss == SQUARED_ERROR and weights == NULL:
         return squared_error(
             <floating *> buffers[OUTPUTS], Y, <floating *> buffers[OUTPUT_GRADS],
