@@ -46,6 +46,25 @@ def test_stm_step_fast_and_checked_paths_agree(dtype, n_streams):
         np.testing.assert_array_equal(fast_model.state, checked_model.state, strict=True)
 
 
+@pytest.mark.parametrize("n_hidden", [6, 48], ids=["panel", "blas"])
+def test_stm_step_of_a_sequence_view_takes_the_fast_path(dtype, n_hidden):
+    """step(X[:, t]), a strided view, is copied to C order by the fast path
+    (not sent down the checked one), with the checked path's bits."""
+    X = np.random.default_rng(5).standard_normal((7, 9, 4)).astype(dtype)
+    fast_model = lgmstm.STM(4, n_hidden, 3, dtype=dtype, seed=4)
+    checked_model = lgmstm.STM(4, n_hidden, 3, dtype=dtype, seed=4)
+    for t in range(X.shape[1]):
+        view = X[:, t]
+        assert not view.flags.c_contiguous
+        assert fast_model._network.step_ready(view, fast_model.state) is not None
+        fast = fast_model.step(view)
+        checked = checked_model.step(view.tolist())
+        np.testing.assert_array_equal(fast, checked, strict=True)
+        np.testing.assert_array_equal(fast_model.state, checked_model.state, strict=True)
+    # Byte-swapped data is converted by the checked path, to the same values.
+    assert fast_model._network.step_ready(X[:, 0].astype(dtype.newbyteorder()), None) is None
+
+
 @pytest.mark.parametrize("return_sequences", [True, False])
 @pytest.mark.parametrize("n_samples", [1, 9])
 def test_stm_predict_fast_and_checked_paths_agree(dtype, return_sequences, n_samples):

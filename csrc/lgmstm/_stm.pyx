@@ -49,7 +49,7 @@ from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
                             TrainingPlan, TrainingRun, UseLock, data_or_null,
-                            is_ready_matrix, kernel_threads, parameters_of, plan_of,
+                            is_ready_matrix, kernel_threads, parameters_of, plan_of, ready_copy,
                             run_training)
 
 cnp.import_array()
@@ -161,14 +161,18 @@ cdef class Network(Program):
         its checked path.
 
         The fast path of STM.step: x must already be an ndarray of the
-        parameters' dtype, of shape (n_streams >= 1, n_in), C-contiguous and
-        aligned, and state None (zeros) or the held state (n_streams,
+        parameters' dtype in native byte order, of shape (n_streams >= 1,
+        n_in) (C-contiguous and aligned, or copied so: a step of a batch of
+        sequences, X[:, t], is a strided view), and state None (zeros) or the held state (n_streams,
         n_hidden) of that dtype; the call small enough that BLAS never
         threads; and no other thread training the model. The same passes as
         predict over one step, so the same bits.
         """
         if not is_ready_matrix(x, self.type_num, -1, self.sizes[0]):
-            return None
+            # A step of a batch of sequences (X[:, t]) is a strided view.
+            x = ready_copy(x, self.type_num, self.sizes[0])
+            if x is None:
+                return None
         return self._forward_ready(<cnp.ndarray> x, cnp.PyArray_DIMS(<cnp.ndarray> x)[0], 1,
                                    state, True)
 

@@ -481,6 +481,21 @@ cdef bint is_ready_matrix(object array, int type_num, Py_ssize_t n_rows,
     return cnp.PyArray_DIMS(matrix)[0] == n_rows
 
 
+cdef object ready_copy(object array, int type_num, Py_ssize_t n_cols):
+    """A C-contiguous copy of array when it holds what is_ready_matrix wants
+    (n_rows >= 1) in another layout, e.g. a step of a batch of sequences
+    (X[:, t]): an ndarray of type_num in native byte order; else None. The
+    same values, so the same bits, for a copy cheaper than the checked path."""
+    if type(array) is not cnp.ndarray:
+        return None
+    cdef cnp.ndarray matrix = <cnp.ndarray> array
+    if (cnp.PyArray_NDIM(matrix) != 2 or cnp.PyArray_TYPE(matrix) != type_num
+            or not cnp.PyArray_ISNOTSWAPPED(matrix) or cnp.PyArray_DIMS(matrix)[1] != n_cols
+            or cnp.PyArray_DIMS(matrix)[0] < 1):
+        return None
+    return cnp.PyArray_NewCopy(matrix, cnp.NPY_CORDER)
+
+
 cdef void *data_or_null(object array):
     return NULL if array is None else cnp.PyArray_DATA(<cnp.ndarray> array)
 
