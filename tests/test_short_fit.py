@@ -154,6 +154,31 @@ def test_short_and_checked_calls_interleave(kind):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["LGM", "STM"])
+def test_batches_of_two_shapes_keep_a_run_each(kind, dtype, monkeypatch):
+    """A partial_fit loop whose batches alternate between two shapes (full
+    mini-batches and a smaller last one) makes one run per shape, not one
+    per call, and trains as the checked path does (bits)."""
+    data = batches(kind, dtype, n_batches=3, n_samples=16)
+    data = [(X if i % 2 == 0 else X[:5], Y if i % 2 == 0 else Y[:5])
+            for i, (X, Y) in enumerate(data * 2)]
+    short, slow = make(kind, dtype), make(kind, dtype)
+    program = short._network.program
+    made = []
+
+    def counting_factory(*arguments):
+        made.append(arguments[0].shape)
+        return run_factory(*arguments)
+    run_factory = program.run_factory
+    monkeypatch.setattr(program, "run_factory", counting_factory)
+    for X, Y in data:
+        short.partial_fit(X, Y, lr=0.01, optimizer="adam")
+        slow.partial_fit(checked(X), checked(Y), lr=0.01, optimizer="adam")
+        assert_same_model(short, slow)
+    assert len(made) == 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_stateful_stm_short_fit_keeps_the_working_memory(dtype):
     data = batches("STM", dtype, n_batches=3)
     short, slow = make("STM", dtype, stateful=True), make("STM", dtype, stateful=True)

@@ -170,14 +170,14 @@ cdef class Program:
     cdef ThreadChoice thread_choice    # its fits' thread count, kept from fit to fit
     # The short fit's kept run and what it was made for.
     cdef public object run_factory
-    cdef TrainingRun short_run
+    cdef TrainingRun short_run   # the last call's, until it returns
+    cdef dict short_runs          # (n_samples, n_steps, batch size) -> its run, on short_state
     cdef object short_state
     cdef object short_optimizer
     cdef double short_momentum, short_beta1, short_beta2, short_eps  # its settings
     cdef bint short_nesterov
     cdef double short_work       # flops of the epoch ready_steps last accepted
     cdef bint short_checks_data  # whether that epoch checks X and Y as it gathers them
-    cdef Py_ssize_t short_samples, short_steps, short_batch
     cdef PointerTable trained, saved  # params and moments, and a copy of them
 
     cdef Py_ssize_t ready_steps(self, object X, object Y, object h0,

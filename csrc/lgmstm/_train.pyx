@@ -101,6 +101,11 @@ cdef long DEFAULT_PATIENCE = 10
 cdef double DEFAULT_TOL = 1e-4, DEFAULT_POWER_T = 0.5
 PATIENCE, TOL, POWER_T = DEFAULT_PATIENCE, DEFAULT_TOL, DEFAULT_POWER_T
 
+# The short fit keeps a run for each of up to this many shapes of batch on
+# one optimizer state (a loop of partial_fit over mini-batches has two: the
+# full ones and the last), then starts again.
+cdef Py_ssize_t SHORT_RUNS_KEPT = 4
+
 # validation_history_ of a model whose last training had no validation set
 # (read-only, so one array serves every model).
 NO_VALIDATION = np.empty(0)
@@ -873,9 +878,9 @@ cdef class Program:
         by ``run_factory(X, Y, h0, batch_size, state to continue or None,
         optimizer, settings)`` -> (run, state), settings being (momentum,
         nesterov, beta1, beta2, eps) and state a fresh one unless the one
-        given continues with them; the run is kept for the next calls with
-        the same shapes, settings and state (weight_decay and clip_norm are
-        set per call). A non-finite loss or parameter restores
+        given continues with them; runs are kept for the next calls with
+        the same settings and state, one per shape of batch (up to
+        SHORT_RUNS_KEPT; weight_decay and clip_norm are set per call). A non-finite loss or parameter restores
         the parameters and optimizer state and returns None: the checked
         path then trains the epoch again and warns. final_states: None, or
         an array (n_samples, n_hidden) of the model's dtype, C-contiguous,
@@ -948,29 +953,40 @@ cdef class Program:
             return None
         try:
             state = model._optimizer_state
-            hit = (state is not None and state is self.short_state
-                   and optimizer == self.short_optimizer and n_samples == self.short_samples
-                   and n_steps == self.short_steps and batch == self.short_batch
-                   and mu == self.short_momentum and b1 == self.short_beta1
-                   and b2 == self.short_beta2 and epsilon == self.short_eps
-                   and (nesterov is True) == self.short_nesterov)
-            if hit and not warm_start:
+            same = (state is not None and state is self.short_state
+                    and optimizer == self.short_optimizer
+                    and mu == self.short_momentum and b1 == self.short_beta1
+                    and b2 == self.short_beta2 and epsilon == self.short_eps
+                    and (nesterov is True) == self.short_nesterov)
+            if same and not warm_start:
                 # A fresh state, made in place: zero moments, no step done.
                 for i in range(self.params.count, self.trained.count):
                     memset(self.trained.data[i], 0, array_bytes(self.trained.arrays[i]))
                 state.step = 0
-            elif not hit:
+            shape = (n_samples, n_steps, batch)
+            run = self.short_runs.get(shape) if same else None
+            if same and run is None:
+                # Another shape of batch (a last, smaller one): a run of its
+                # own, on the same state.
+                run, made = self.run_factory(X, Y, h0, batch, state, optimizer,
+                                             (mu, nesterov, b1, b2, epsilon))
+                same = made is state
+                if same:
+                    if len(self.short_runs) >= SHORT_RUNS_KEPT:
+                        self.short_runs.clear()
+                    self.short_runs[shape] = run
+            if not same:
                 run, state = self.run_factory(X, Y, h0, batch, state if warm_start else None,
                                               optimizer, (mu, nesterov, b1, b2, epsilon))
-                self.short_run, self.short_state, self.short_optimizer = run, state, optimizer
+                self.short_runs = {shape: run}
+                self.short_state, self.short_optimizer = state, optimizer
                 self.short_momentum, self.short_beta1, self.short_beta2 = mu, b1, b2
                 self.short_eps, self.short_nesterov = epsilon, nesterov is True
-                self.short_samples, self.short_steps, self.short_batch = n_samples, n_steps, batch
                 self.trained = PointerTable(
                     self.params.arrays + [a for arrays in state.moments for a in arrays])
                 self.saved = PointerTable([a.copy() for a in self.trained.arrays])
                 model._optimizer_state = state
-            run = self.short_run
+            self.short_run = run
             run.X, run.Y, run.initial_states, run.final_states = X, Y, h0, final_states
             run.clip_norm = clip
             run.keep_gil = self.short_work < GIL_HELD_WORK
