@@ -1339,8 +1339,8 @@ class STM(Model):
     def _short_fit(self, X, Y, lr, batch_size, optimizer, clip_norm, shuffle, warm_start,
                    momentum, nesterov, beta1, beta2, eps, weight_decay):
         """One epoch on the short fit's path (see _train.Program.fit_ready,
-        which also sets history_): its losses (a stateful model keeps the
-        final states), or None for the checked path."""
+        which also sets history_, and a stateful model's final states): its
+        losses, or None for the checked path."""
         if self._deep:
             return None  # the deep STM trains on the checked path only
         final = None
@@ -1348,13 +1348,10 @@ class STM(Model):
             if type(X) is not np.ndarray or X.ndim != 3:
                 return None
             final = np.empty((X.shape[0], self._sizes[0]), self._dtype)
-        losses = self._network.fit_ready(
+        return self._network.fit_ready(
             self, X, Y, self._state if self._stateful else None, final, lr, batch_size,
             optimizer, clip_norm, shuffle, warm_start, momentum, nesterov, beta1, beta2, eps,
             weight_decay)
-        if losses is not None and self._stateful:
-            self._state = final
-        return losses
 
     # -- persistence -------------------------------------------------------------
     @classmethod

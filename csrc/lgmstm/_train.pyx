@@ -884,7 +884,9 @@ cdef class Program:
         the parameters and optimizer state and returns None: the checked
         path then trains the epoch again and warns. final_states: None, or
         an array (n_samples, n_hidden) of the model's dtype, C-contiguous,
-        that the STM's epoch writes each sequence's final state to (OUT).
+        that the STM's epoch writes each sequence's final state to (OUT), and
+        that becomes the model's ``_state`` (its working memory) when the
+        epoch trained.
         """
         cdef cnp.ndarray array
         cdef cnp.npy_intp dims[2]
@@ -1020,6 +1022,10 @@ cdef class Program:
             model.history_ = losses
             model.validation_history_ = NO_VALIDATION
             model.best_epoch_ = None
+            if final_states is not None:
+                # here, not in the caller: a Ctrl-C between the two would
+                # leave a trained model with the memory it had before
+                model._state = final_states
         finally:
             run = self.short_run
             if run is not None:  # the caller's arrays are not kept
