@@ -994,6 +994,11 @@ class STM(Model):
         n_streams = x.shape[0]
         X = np.ascontiguousarray(x, dtype=self._dtype).reshape(n_streams, 1, self._n_in)
         check_sequence_rows(X, self._widest())
+        if n_streams == 0:
+            # No stream steps: the memory stays as it is (none would refuse
+            # the next step's streams). One of other streams still refuses it.
+            self._held_state(0, "x has 0 streams")
+            return np.empty((0, self._n_out), self._dtype)
         with self._lock.reading():
             outputs, self._state = self._network.predict(
                 X, self._held_state(n_streams, f"x has {n_streams} streams"),

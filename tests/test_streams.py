@@ -186,6 +186,18 @@ def test_step_refuses_another_number_of_streams(make, X):
     assert model.step(X[:3, 0]).shape == (3, model.n_out)
 
 
+def test_a_step_of_no_streams_leaves_the_memory(make, X):
+    model = make()
+    empty = model.step(X[:0, 0])
+    assert empty.shape == (0, model.n_out) and empty.dtype == X.dtype
+    assert model.state is None
+    twin = make()
+    assert_bits(model.step(X[:, 0]), twin.step(X[:, 0]))  # streams start as before
+    with pytest.raises(ValueError, match=r"5 streams.*x has 0 streams"):
+        model.step(X[:0, 0])
+    assert_bits(model.state, twin.state)
+
+
 @pytest.mark.parametrize("streams", [[2], [2, 2], np.array([False, False, True, False, False])],
                          ids=["index", "repeated", "mask"])
 def test_reset_some_streams(make, X, streams):
