@@ -4,6 +4,7 @@ that every other input takes: lists, other dtypes, Fortran order, strided
 views. The fast path only skips conversions and checks that would change
 nothing."""
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -115,6 +116,24 @@ def test_estimator_predict_fast_and_checked_paths_agree():
     bad[1, 2] = np.nan  # a NaN takes the checked path, which refuses it
     with pytest.raises(ValueError, match="NaN"):
         estimator.predict(bad)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_classifier_predictions_fast_and_checked_paths_agree(n_classes):
+    pytest.importorskip("sklearn", minversion="1.6")
+    from lgmstm.sklearn import LGMClassifier
+
+    rng = np.random.default_rng(6)
+    X, y = rng.standard_normal((60, 4)), rng.integers(0, n_classes, 60)
+    estimator = LGMClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 5 epochs do not converge
+        estimator.fit(X, y)
+    for method in ("predict_proba", "predict_log_proba", "predict"):
+        fast = getattr(estimator, method)(X[:3])
+        for name, form in converted_forms(X[:3], np.float64).items():
+            np.testing.assert_array_equal(getattr(estimator, method)(form), fast,
+                                          err_msg=f"{method} {name}", strict=True)
 
 
 def test_a_training_thread_sends_readers_to_the_checked_path():
