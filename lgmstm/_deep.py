@@ -7,8 +7,10 @@ lgmstm._deep_stm.DeepNetwork (csrc/lgmstm/_deep_stm.pyx) composes the
 compiled recurrent and dense passes per layer and per direction (each
 layer's input projection one GEMM over all steps), its batches run by the
 one training driver (_train.run_epochs); its gradients come from the same
-program; predict composes the same compiled passes from Python
-(COMPILED_PASSES, over lgmstm.reference.deep_forward). ``backend="numpy"``
+program; predict composes the same compiled passes, in one compiled call
+for a model of one direction (DeepNetwork.predict_stacked), else from
+Python (COMPILED_PASSES, over lgmstm.reference.deep_forward), both with
+every step's readout apart (a step's bits). ``backend="numpy"``
 runs lgmstm.reference's composition (deep_forward, deep_backward) on the
 NumPy passes, trained by ReferenceTrainer's loop.
 """
@@ -136,16 +138,24 @@ class DeepRecurrent(CheckedPathOnly):
     def predict(self, X, h0, lengths, logits=False):
         """(outputs, final states): softmax and sigmoid outputs are
         probabilities (0 at padded steps), or with logits=True their logits."""
-        layers, readout = self._network()
-        outputs, kept = reference.deep_forward(X, layers, readout, self._layer_states(h0),
-                                               lengths, self.output_tanh,
-                                               self.return_sequences, self.passes,
-                                               steps_apart=True)
+        program = self.program
+        if program is not None and self.n_directions == 1 and X.shape[0] and X.shape[1]:
+            # The same compiled passes, composed in one compiled call.
+            with single_threaded_blas(program.blas_work(X.shape[0], X.shape[1])):
+                outputs, finals = program.predict_stacked(
+                    X, self._layer_states(h0), lengths, get_num_threads())
+        else:
+            layers, readout = self._network()
+            outputs, kept = reference.deep_forward(X, layers, readout, self._layer_states(h0),
+                                                   lengths, self.output_tanh,
+                                                   self.return_sequences, self.passes,
+                                                   steps_apart=True)
+            finals = [directions[0] for directions in kept.finals]
         if not logits and self.output in ("softmax", "sigmoid"):
             outputs = reference.output_function(self.output, outputs)
             if self.return_sequences:
                 outputs[np.arange(X.shape[1]) >= lengths[:, None]] = 0
-        return outputs, self._public_states([finals[0] for finals in kept.finals])
+        return outputs, self._public_states(finals)
 
     def step_gradients(self, X, Y, h0, lengths, weights=None):
         """(loss, grads, final states in the public form) of one batch

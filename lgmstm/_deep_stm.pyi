@@ -35,6 +35,13 @@ class DeepNetwork(Program):
     def row_quantum(self, n_steps: int) -> int:
         """The samples a piece of predict's batch must be a multiple of for
         the whole batch's bits (lgmstm.dask.predict)."""
+    def predict_stacked(
+        self, X: NDArray[Any], h0s: list[NDArray[Any]] | None, lengths: _Index,
+        n_threads: int,
+    ) -> tuple[NDArray[Any], list[NDArray[Any]]]:
+        """(outputs before the output function, each layer's final states) of
+        predict, for a model of one direction: the compiled passes of
+        reference.deep_forward in one call, with their bits."""
     def training_layout(self, n_rows: int, n_steps: int) -> tuple[int, int] | None:
         """(n_groups, group_width) of the panel layout batches of n_rows
         full-length sequences train in, or None (row-major). For the tests."""

@@ -793,3 +793,36 @@ def test_ten_layers_follow_the_reference(bidirectional, lengths):
     got, want = (m.gradients(X, Y, lengths=lengths) for m in models)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-10, atol=1e-13, err_msg=key)
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("hidden", [[5, 4], [48, 40, 3]], ids=["panel-size", "blas-size"])
+@pytest.mark.parametrize("output", ["tanh", "softmax"])
+def test_compiled_stacked_predict_is_the_composed_passes(dtype, return_sequences, hidden,
+                                                         output):
+    """DeepNetwork.predict_stacked composes the compiled passes in one call:
+    the bits of reference.deep_forward over the same passes, padded and
+    empty sequences, initial states and a readout of two layers included."""
+    from lgmstm import _deep
+
+    model = STM(3, hidden, 4, readout=[6], output=output, return_sequences=return_sequences,
+                dtype=dtype, seed=2)
+    network = model._network
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((9, 7, 3)).astype(dtype)
+    lengths = np.array([7, 3, 0, 7, 1, 6, 7, 2, 7], np.intp)
+    X[np.arange(7) >= lengths[:, None]] = 0
+    h0 = [rng.uniform(-0.5, 0.5, (9, size)).astype(dtype) for size in hidden]
+    for initial in (None, h0):
+        outputs, finals = network.predict(X, initial, lengths)
+        layers, readout = network._network()
+        expected, kept = reference.deep_forward(X, layers, readout, initial, lengths,
+                                                output == "tanh", return_sequences,
+                                                _deep.COMPILED_PASSES, steps_apart=True)
+        if output == "softmax":
+            expected = reference.output_function(output, expected)
+            if return_sequences:
+                expected[np.arange(7) >= lengths[:, None]] = 0
+        np.testing.assert_array_equal(outputs, expected, strict=True)
+        for got, want in zip(finals, kept.finals):
+            np.testing.assert_array_equal(got, want[0], strict=True)

@@ -35,7 +35,7 @@ from libc.math cimport NAN
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from lgmstm._dense cimport dense_backward, dense_forward
+from lgmstm._dense cimport dense_backward, dense_forward, dense_forward_steps
 from lgmstm._loss cimport (SQUARED_ERROR, loss_count, loss_of_output, loss_scale,
                            output_loss, output_loss_blocks, panel_output_loss, panel_takes,
                            squared_error)
@@ -48,7 +48,8 @@ from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, all_full_length, ba
                           backward_plan, forward_chunk, forward_chunk_rows,
                           panel_recurrent_backward, panel_recurrent_forward,
                           prepare_recurrent_weight,
-                          rnn_scratch_size, training_chunk_rows, transposed_recurrent_weight,
+                          rnn_forward_pass, rnn_scratch_size, training_chunk_rows,
+                          transposed_recurrent_weight,
                           weight_grad_task, weight_partials)
 from lgmstm._rows cimport gather_rows, scatter_rows
 from lgmstm._tanh cimport tanh_rows
@@ -193,6 +194,62 @@ cdef struct Batches:
     void *panel_values
 
 
+cdef void stacked_forward(floating *dtype, const Shape *shape, PointerTable params, object X,
+                          object h0s, object lengths, list states, list finals,
+                          list activations, object scratch, object order, int n_threads):
+    """DeepNetwork.predict_stacked's passes (one direction): each layer's
+    states and final states, then the readout's activations."""
+    cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> X)[0]
+    cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(<cnp.ndarray> X)[1]
+    cdef Py_ssize_t n_layers = shape.n_layers, k, j, i, n_inputs, n_hidden
+    cdef const Py_ssize_t *length_of = <const Py_ssize_t *> cnp.PyArray_DATA(
+        <cnp.ndarray> lengths)
+    cdef floating *work = <floating *> cnp.PyArray_DATA(<cnp.ndarray> scratch)
+    cdef Py_ssize_t *rows = <Py_ssize_t *> cnp.PyArray_DATA(<cnp.ndarray> order)
+    cdef const floating *inputs = <const floating *> cnp.PyArray_DATA(<cnp.ndarray> X)
+    cdef const floating *h0
+    cdef floating *H
+    cdef floating *last
+    cdef floating *A
+    cdef floating *outputs
+    for k in range(n_layers):
+        n_inputs, n_hidden = layer_width(shape, k), shape.hidden[k]
+        h0 = NULL if h0s is None else <const floating *> cnp.PyArray_DATA(
+            <cnp.ndarray> h0s[k])
+        H = <floating *> cnp.PyArray_DATA(<cnp.ndarray> states[k])
+        last = <floating *> cnp.PyArray_DATA(<cnp.ndarray> finals[k])
+        with nogil:
+            rnn_forward_pass(inputs, h0, <floating *> params.data[3 * k],
+                             <floating *> params.data[3 * k + 1],
+                             <floating *> params.data[3 * k + 2], length_of, H, last, work,
+                             rows, n_samples, n_steps, n_inputs, n_hidden,
+                             forward_chunk_rows(n_hidden), n_threads)
+        inputs = H
+    n_inputs = shape.hidden[n_layers - 1]
+    if not shape.return_sequences:
+        inputs = <const floating *> cnp.PyArray_DATA(<cnp.ndarray> finals[n_layers - 1])
+    for j in range(shape.n_dense):
+        A = <floating *> cnp.PyArray_DATA(<cnp.ndarray> activations[j])
+        with nogil:
+            if shape.return_sequences:
+                dense_forward_steps(inputs, <floating *> params.data[3 * n_layers + 2 * j],
+                                    <floating *> params.data[3 * n_layers + 2 * j + 1], A,
+                                    n_samples, n_steps, n_inputs, shape.dense[j],
+                                    shape.output_tanh or j < shape.n_dense - 1, n_threads)
+            else:
+                dense_forward(inputs, <floating *> params.data[3 * n_layers + 2 * j],
+                              <floating *> params.data[3 * n_layers + 2 * j + 1], A,
+                              n_samples, n_inputs, shape.dense[j],
+                              shape.output_tanh or j < shape.n_dense - 1, n_threads)
+        inputs, n_inputs = A, shape.dense[j]
+    if shape.return_sequences:
+        outputs = <floating *> cnp.PyArray_DATA(<cnp.ndarray> activations[shape.n_dense - 1])
+        for i in range(n_samples):
+            if length_of[i] < n_steps:
+                memset(outputs + (i * n_steps + length_of[i]) * shape.n_out, 0,
+                       (n_steps - length_of[i]) * shape.n_out * sizeof(floating))
+
+
 cdef class DeepNetwork(Program):
     """A deep STM's parameters and architecture, as the passes take them;
     built once per model.
@@ -270,6 +327,53 @@ cdef class DeepNetwork(Program):
         panels = deep_panels_of(&self.shape, n_rows, n_steps,
                                 8 if self.type_num == cnp.NPY_DOUBLE else 4)
         return panels.n_groups, panels.task_width
+
+    def predict_stacked(self, X, h0s, lengths, int n_threads):
+        """(outputs, final states) of predict over X (n_samples, n_steps,
+        n_in) from h0s (None, or each layer's initial states (n_samples,
+        hidden[k])) with lengths (intp (n_samples,)), for a model of one
+        direction: reference.deep_forward's composition of the compiled
+        passes (_rnn.forward, _dense.forward and forward_steps: their
+        bits) in one call. Outputs before the output function (the logits
+        of softmax and sigmoid), 0 at padded steps; final states: each
+        layer's, at each sequence's last valid step. Arrays C-contiguous,
+        of the parameters' dtype (the STM checked them)."""
+        cdef const Shape *shape = &self.shape
+        cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> X)[0]
+        cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(<cnp.ndarray> X)[1]
+        cdef Py_ssize_t k, j, width, scratch_values = 1
+        cdef int type_num = self.type_num
+        cdef cnp.npy_intp dims[3]
+        cdef cnp.npy_intp rows_dims[2]
+        cdef list states = [], finals = [], activations = []
+        cdef object scratch, order
+        if shape.n_directions != 1 or n_samples < 1 or n_steps < 1:
+            raise ValueError("predict_stacked takes models of one direction, and at least "
+                             "one sequence of one step")
+        dims[0], dims[1] = n_samples, n_steps
+        rows_dims[0] = n_samples
+        for k in range(shape.n_layers):
+            dims[2] = rows_dims[1] = shape.hidden[k]
+            states.append(cnp.PyArray_EMPTY(3, dims, type_num, 0))
+            finals.append(cnp.PyArray_EMPTY(2, rows_dims, type_num, 0))
+            scratch_values = max(scratch_values, rnn_scratch_size(
+                n_samples, layer_width(shape, k), shape.hidden[k], False))
+        for j in range(shape.n_dense):
+            dims[2] = rows_dims[1] = shape.dense[j]
+            activations.append(cnp.PyArray_EMPTY(3, dims, type_num, 0)
+                               if shape.return_sequences
+                               else cnp.PyArray_EMPTY(2, rows_dims, type_num, 0))
+        rows_dims[0] = scratch_values
+        scratch = cnp.PyArray_EMPTY(1, rows_dims, type_num, 0)
+        rows_dims[0] = n_samples
+        order = cnp.PyArray_EMPTY(1, rows_dims, cnp.NPY_INTP, 0)
+        if type_num == cnp.NPY_DOUBLE:
+            stacked_forward(<double *> NULL, shape, self.params, X, h0s, lengths, states,
+                            finals, activations, scratch, order, n_threads)
+        else:
+            stacked_forward(<float *> NULL, shape, self.params, X, h0s, lengths, states,
+                            finals, activations, scratch, order, n_threads)
+        return activations[shape.n_dense - 1], finals
 
     def workspace_sizes(self, Py_ssize_t n_rows, Py_ssize_t n_steps):
         """(values of the dtype, intp values, float64 values) of the
