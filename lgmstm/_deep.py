@@ -6,7 +6,8 @@ readout=[...])``).
 lgmstm._deep_stm.DeepNetwork (csrc/lgmstm/_deep_stm.pyx) composes the
 compiled recurrent and dense passes per layer and per direction (each
 layer's input projection one GEMM over all steps), its batches run by the
-one training driver (_train.run_epochs); its gradients come from the same
+one training driver (_train.run_epochs), and its short fit (partial_fit,
+fit(epochs=1)) is Program.fit_ready's; its gradients come from the same
 program; predict composes the same compiled passes, in one compiled call
 for a model of one direction (DeepNetwork.predict_stacked), else from
 Python (COMPILED_PASSES, over lgmstm.reference.deep_forward), both with
@@ -16,13 +17,16 @@ NumPy passes, trained by ReferenceTrainer's loop.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import _dense, _rnn, reference
 from ._deep_stm import DeepNetwork
 from ._threads import get_num_threads, single_threaded_blas
 from ._training import (CheckedPathOnly, CompiledTrainer, OptimizerState, ReferenceTrainer,
-                        TrainingControl, TrainingWorkspace, recurrent_validation)
+                        TrainingControl, TrainingWorkspace, recurrent_validation,
+                        short_fit_state)
 from .kernels import _chunk_scratch, _rnn_work
 
 
@@ -118,6 +122,23 @@ class DeepRecurrent(CheckedPathOnly):
         # the readout: every parameter after the recurrent ones
         self.n_recurrent = 3 * n_directions * len(self.sizes)
         self.n_out = params[-1].shape[0]
+        if self.program is not None:
+            self.program.run_factory = self._short_run
+
+    def fit_ready(self, *arguments: Any) -> Any:
+        """The short fit of partial_fit and fit(epochs=1), from zero states
+        (_train.Program.fit_ready): the epoch's losses, or None for the
+        checked path (always on the NumPy backend)."""
+        program = self.program
+        return None if program is None else program.fit_ready(*arguments)
+
+    def _short_run(self, X, Y, h0, batch_size, state, optimizer, settings):
+        """The TrainingRun the short fit keeps (see _train.Program.fit_ready),
+        for sequences of X's full length from zero states, and the state it
+        continues (see short_fit_state)."""
+        state = short_fit_state(state, optimizer, settings, self.params)
+        lengths = np.full(X.shape[0], X.shape[1], np.intp)
+        return self.trainer(X, Y, lengths, None, batch_size, state, 1.0, None).run_data, state
 
     def _network(self):
         recurrent, dense = self.params[:self.n_recurrent], self.params[self.n_recurrent:]

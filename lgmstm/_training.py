@@ -798,7 +798,8 @@ class CompiledTrainer:
 
 class CheckedPathOnly:
     """The fast-path hooks (predict_ready, step_ready, fit_ready) of a network
-    that has none (the NumPy backends, the deep STM): each returns None, and
+    that has none (the NumPy backends; the deep STM's step and predict, and
+    its fit_ready on the NumPy backend): each returns None, and
     the model takes its checked path."""
 
     @staticmethod

@@ -1346,8 +1346,8 @@ class STM(Model):
         """One epoch on the short fit's path (see _train.Program.fit_ready,
         which also sets history_, and a stateful model's final states): its
         losses, or None for the checked path."""
-        if self._deep:
-            return None  # the deep STM trains on the checked path only
+        if self._deep and self._stateful:
+            return None  # a deep STM's states travel per layer: the checked path
         final = None
         if self._stateful:
             if type(X) is not np.ndarray or X.ndim != 3:

@@ -25,7 +25,8 @@ OPTIMIZERS = {"sgd": 0.1, "momentum": 0.05, "adam": 0.01}  # lr that trains thes
 def make(kind, dtype=np.float64, stateful=False, seed=1, **kwargs):
     if kind == "LGM":
         return lgmstm.LGM([4, 7, 3], dtype=dtype, seed=seed, **kwargs)
-    return lgmstm.STM(4, 6, 3, dtype=dtype, seed=seed, stateful=stateful, **kwargs)
+    hidden = [6, 5] if kind == "deep" else 6  # "deep": two stacked layers
+    return lgmstm.STM(4, hidden, 3, dtype=dtype, seed=seed, stateful=stateful, **kwargs)
 
 
 def batches(kind, dtype, n_batches=4, n_samples=21, seed=0):
@@ -74,7 +75,7 @@ def assert_same_model(actual, expected):
             np.testing.assert_array_equal(actual.state, expected.state, strict=True)
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("batch_size", [None, 8])
@@ -92,7 +93,7 @@ def test_short_and_checked_partial_fit_agree(kind, dtype, optimizer, batch_size)
                                                                      else 3)
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_short_fits_are_one_long_fit(kind, optimizer):
     X, Y = batches(kind, np.float64, n_batches=1)[0]
@@ -108,7 +109,7 @@ def test_short_fits_are_one_long_fit(kind, optimizer):
         np.testing.assert_array_equal(short.params[name], value, err_msg=name, strict=True)
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fit_of_one_epoch_starts_the_optimizer_afresh(kind, dtype):
     data = batches(kind, dtype, n_batches=3)
@@ -127,7 +128,7 @@ def test_fit_of_one_epoch_starts_the_optimizer_afresh(kind, dtype):
     assert short.__getstate__()["optimizer"]["step"] == 4
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 def test_short_and_checked_calls_interleave(kind):
     """The short fit goes on from the state a checked fit left, and back;
     a change of optimizer, reset_optimizer and other shapes start afresh,
@@ -154,7 +155,7 @@ def test_short_and_checked_calls_interleave(kind):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 def test_batches_of_two_shapes_keep_a_run_each(kind, dtype, monkeypatch):
     """A partial_fit loop whose batches alternate between two shapes (full
     mini-batches and a smaller last one) makes one run per shape, not one
@@ -178,6 +179,24 @@ def test_batches_of_two_shapes_keep_a_run_each(kind, dtype, monkeypatch):
     assert len(made) == 2
 
 
+@pytest.mark.parametrize("options", [dict(bidirectional=True), dict(readout=[5]),
+                                     dict(return_sequences=False, output="softmax")],
+                         ids=["bidirectional", "readout", "softmax-last"])
+def test_other_deep_stms_take_the_short_fit(options, monkeypatch):
+    """Deep STMs of both directions, with readout layers, or a softmax on
+    the final states take the short fit too, with the checked path's bits."""
+    data = batches("deep", np.float64, n_batches=3)
+    if options.get("output") == "softmax":
+        data = [(X, np.eye(3)[np.argmax(Y[:, -1], axis=1)]) for X, Y in data]
+    short, slow = make("deep", **options), make("deep", **options)
+    for X, Y in data:
+        with monkeypatch.context() as patch:
+            refuse_checked_path(patch)
+            short.partial_fit(X, Y, lr=0.05, optimizer="adam")
+        slow.partial_fit(checked(X), checked(Y), lr=0.05, optimizer="adam")
+        assert_same_model(short, slow)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_stateful_stm_short_fit_keeps_the_working_memory(dtype):
     data = batches("STM", dtype, n_batches=3)
@@ -194,7 +213,7 @@ def test_stateful_stm_short_fit_keeps_the_working_memory(dtype):
         short.partial_fit(X, Y, lr=0.05)
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 @pytest.mark.parametrize("path", ["short", "checked"])
 def test_target_range_warning_as_an_error_leaves_the_model_as_it_was(kind, path):
     """Y beyond a tanh output's [-1, 1], with the warning made an error: the
@@ -216,7 +235,7 @@ def test_target_range_warning_as_an_error_leaves_the_model_as_it_was(kind, path)
     assert_same_model(model, before)
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 def test_stm_last_step_targets_and_lgm_take_the_short_fit(kind, no_checked_path):
     if kind == "STM":
         model = lgmstm.STM(4, 6, 3, return_sequences=False, seed=0)
@@ -228,7 +247,7 @@ def test_stm_last_step_targets_and_lgm_take_the_short_fit(kind, no_checked_path)
     assert model.history_.shape == (1,) and np.isfinite(model.history_[0])
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 def test_divergence_on_the_short_fit_is_that_of_the_checked_path(kind):
     X, Y = batches(kind, np.float64, n_batches=1)[0]
     Y = Y * 1e200
@@ -252,7 +271,7 @@ BAD_ARGUMENTS = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 @pytest.mark.parametrize("arguments, error", BAD_ARGUMENTS)
 def test_bad_arguments_get_the_checked_paths_error(kind, arguments, error):
     X, Y = batches(kind, np.float64, n_batches=1)[0]
@@ -266,7 +285,7 @@ def test_bad_arguments_get_the_checked_paths_error(kind, arguments, error):
     assert messages[0] == messages[1]
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 @pytest.mark.parametrize("spoil", ["nan_X", "inf_Y", "Y_shape"])
 def test_bad_data_gets_the_checked_paths_error(kind, spoil):
     X, Y = batches(kind, np.float64, n_batches=1)[0]
@@ -289,7 +308,7 @@ def test_bad_data_gets_the_checked_paths_error(kind, spoil):
     assert messages[0] == messages[1]
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_size", [None, 8])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -328,7 +347,7 @@ def test_a_bad_value_anywhere_leaves_a_trained_model_as_it_was(kind, dtype, batc
         assert_same_model(model, clean)
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 def test_a_fit_in_progress_refuses_the_short_fit(kind):
     """partial_fit from a fit's own callback is refused, as a second fit is."""
     X, Y = batches(kind, np.float64, n_batches=1)[0]
@@ -345,7 +364,7 @@ def test_a_fit_in_progress_refuses_the_short_fit(kind):
     assert len(errors) == 2 and all("already being trained" in e for e in errors)
 
 
-@pytest.mark.parametrize("kind", ["LGM", "STM"])
+@pytest.mark.parametrize("kind", ["LGM", "STM", "deep"])
 def test_readers_and_short_fits_in_threads(kind):
     """Readers in other threads during short fits all finish (a reader that
     waits for a short fit is woken) and see whole updates."""

@@ -43,7 +43,8 @@ from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, gather_columns, group_panels,
                             padded_width, panel_product, row_dots, row_sums, scatter_panel,
                             states_into_panel)
-from lgmstm._parallel cimport BLOCK_ELEMS, gemm_task_rows, n_tasks, threads_for
+from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, SHORT_FIT_WORK, gemm_task_rows,
+                               n_tasks, threads_for)
 from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, all_full_length, backward_chunk,
                           backward_plan, forward_chunk, forward_chunk_rows,
                           panel_recurrent_backward, panel_recurrent_forward,
@@ -327,6 +328,51 @@ cdef class DeepNetwork(Program):
         panels = deep_panels_of(&self.shape, n_rows, n_steps,
                                 8 if self.type_num == cnp.NPY_DOUBLE else 4)
         return panels.n_groups, panels.task_width
+
+    cdef Py_ssize_t ready_steps(self, object X, object Y, object h0,
+                                Py_ssize_t batch_size) except -2:
+        """The short fit's check (Program.ready_steps): X (n_samples, n_steps
+        >= 1, n_in) and Y ((n_samples, n_steps, n_out), or (n_samples,
+        n_out) reading the final states out) C-contiguous in the
+        parameters' dtype, no initial states (the short fit of a stateful
+        deep STM is not taken: its states travel per layer), batches that
+        never thread BLAS and an epoch of at most SHORT_FIT_WORK. The epoch
+        gathers X and Y without checking them: fit_ready checks them."""
+        cdef const Shape *shape = &self.shape
+        cdef cnp.ndarray inputs, targets
+        cdef Py_ssize_t n_samples, n_steps, k
+        cdef double work = 0
+        if type(X) is not cnp.ndarray or type(Y) is not cnp.ndarray or h0 is not None:
+            return -1
+        inputs, targets = <cnp.ndarray> X, <cnp.ndarray> Y
+        if (cnp.PyArray_NDIM(inputs) != 3 or cnp.PyArray_TYPE(inputs) != self.type_num
+                or not cnp.PyArray_ISCARRAY_RO(inputs)
+                or cnp.PyArray_DIMS(inputs)[2] != shape.n_in
+                or cnp.PyArray_TYPE(targets) != self.type_num
+                or not cnp.PyArray_ISCARRAY_RO(targets)):
+            return -1
+        n_samples, n_steps = cnp.PyArray_DIMS(inputs)[0], cnp.PyArray_DIMS(inputs)[1]
+        if shape.return_sequences:
+            if (cnp.PyArray_NDIM(targets) != 3 or cnp.PyArray_DIMS(targets)[0] != n_samples
+                    or cnp.PyArray_DIMS(targets)[1] != n_steps
+                    or cnp.PyArray_DIMS(targets)[2] != shape.n_out):
+                return -1
+        elif (cnp.PyArray_NDIM(targets) != 2 or cnp.PyArray_DIMS(targets)[0] != n_samples
+                or cnp.PyArray_DIMS(targets)[1] != shape.n_out):
+            return -1
+        for k in range(shape.n_layers):
+            work += (shape.n_directions * shape.hidden[k]
+                     * (layer_width(shape, k) + shape.hidden[k]))
+        for k in range(shape.n_dense):
+            work += shape.dense[k] * (layer_width(shape, shape.n_layers) if k == 0
+                                      else shape.dense[k - 1])
+        work *= 3.0 * n_samples * n_steps
+        if (n_steps < 1 or self.blas_work(batch_size, n_steps) >= BLAS_THREADING_WORK
+                or work > SHORT_FIT_WORK):
+            return -1
+        self.short_work = work
+        self.short_checks_data = False
+        return n_steps
 
     def predict_stacked(self, X, h0s, lengths, int n_threads):
         """(outputs, final states) of predict over X (n_samples, n_steps,
