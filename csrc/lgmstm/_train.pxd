@@ -170,7 +170,8 @@ cdef class Program:
     cdef ThreadChoice thread_choice    # its fits' thread count, kept from fit to fit
     # The short fit's kept run and what it was made for.
     cdef public object run_factory
-    cdef TrainingRun short_run   # the last call's, until it returns
+    cdef TrainingRun short_run   # the last call's (the model's arrays dropped when it returns)
+    cdef Py_ssize_t short_samples, short_steps, short_batch   # its shape
     cdef dict short_runs          # (n_samples, n_steps, batch size) -> its run, on short_state
     cdef object short_state
     cdef object short_optimizer

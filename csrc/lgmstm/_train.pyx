@@ -965,8 +965,12 @@ cdef class Program:
                 for i in range(self.params.count, self.trained.count):
                     memset(self.trained.data[i], 0, array_bytes(self.trained.arrays[i]))
                 state.step = 0
-            shape = (n_samples, n_steps, batch)
-            run = self.short_runs.get(shape) if same else None
+            if (same and n_samples == self.short_samples and n_steps == self.short_steps
+                    and batch == self.short_batch):
+                run = self.short_run  # the last call's shape: no look-up
+            else:
+                shape = (n_samples, n_steps, batch)
+                run = self.short_runs.get(shape) if same else None
             if same and run is None:
                 # Another shape of batch (a last, smaller one): a run of its
                 # own, on the same state.
@@ -989,6 +993,7 @@ cdef class Program:
                 self.saved = PointerTable([a.copy() for a in self.trained.arrays])
                 model._optimizer_state = state
             self.short_run = run
+            self.short_samples, self.short_steps, self.short_batch = n_samples, n_steps, batch
             run.X, run.Y, run.initial_states, run.final_states = X, Y, h0, final_states
             run.clip_norm = clip
             run.keep_gil = self.short_work < GIL_HELD_WORK
