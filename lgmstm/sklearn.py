@@ -822,7 +822,8 @@ class _Progress:
                 self.scores.append(-validation_loss)
                 if self.validation_plateau.update(validation_loss):
                     self.best_params = self.network.params
-            self._say(f"Iteration {estimator.n_iter_}, loss = {loss:.8f}")
+            if estimator.verbose:  # formatting 200 unprinted lines cost 3% of a small fit
+                self._say(f"Iteration {estimator.n_iter_}, loss = {loss:.8f}")
 
     def _say(self, message: str) -> None:
         if self.estimator.verbose:
