@@ -459,6 +459,11 @@ def command_bench(args):
                                       repeats=3 if args.quick else 5, progress=progress)
     rows = benchmarks.summarise(measurements, peaks, threads)
     door = benchmarks.door_summary(measurements, only=args.only or (), dtypes=dtypes)
+    ctrl_c = None
+    if door:
+        print("timing Ctrl-C in long fits...", file=sys.stderr, flush=True)
+        ctrl_c = benchmarks.ctrl_c_latency(("seed",) if args.quick else ("medium",),
+                                           repeats=2 if args.quick else 3)
     print("checking memory: a fit of 20 and of 500 epochs...", file=sys.stderr, flush=True)
     memory = benchmarks.memory_check("seed" if args.quick else "medium")
 
@@ -473,6 +478,19 @@ def command_bench(args):
               "inside a long fit); lgmstm/peer = lgmstm's time / that peer's; target: "
               "the issue's, met or MISSED on each thread count")
         print(format_door_table(door))
+        if ctrl_c is None:
+            print("ctrl-c: not timed (SIGINT reaches only a main thread that has Python's "
+                  "handler; this process ignores it)")
+        else:
+            runs = "; ".join(f"{run['model']} {run['size']} "
+                             + ", ".join(f"{t * 1e3:.0f}" for t in run["seconds"]) + " ms"
+                             + ("" if run["consistent"] else " (model NOT consistent)")
+                             for run in ctrl_c["runs"])
+            print(f"ctrl-c: from SIGINT to TrainingInterrupted in a long fit: {runs}; "
+                  f"median {ctrl_c['median'] * 1e3:.0f} ms, largest {ctrl_c['max'] * 1e3:.0f} "
+                  f"ms (target: the README's 'within about 0.1 s', the largest within "
+                  f"{ctrl_c['target']:g} s, and the model consistent): "
+                  f"{'met' if ctrl_c['met'] else 'MISSED'}")
     notes += benchmarks.peak_notes(rows, peaks)
     for note in notes:
         print(f"note: {note}")
@@ -490,6 +508,7 @@ def command_bench(args):
         with open(args.json, "w") as f:
             json.dump({"config": config_info(), "threads": threads, "quick": args.quick,
                        "gemm_peak_gflops": peaks, "rows": rows, "door": door,
+                       "ctrl_c": ctrl_c,
                        "measurements": [m.to_dict() for m in measurements],
                        "memory": memory, "notes": notes}, f, indent=1)
         print(f"wrote {args.json}")

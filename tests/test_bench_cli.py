@@ -2,6 +2,7 @@
 "% peak" flag. Behaviour only: no assertion on how long anything takes."""
 import json
 import sys
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -293,3 +294,25 @@ def test_quality_says_when_scikit_learn_is_missing(monkeypatch, capsys):
     assert main(["bench", "--only", "quality"]) == 1
     assert "scikit-learn is not installed: pip install 'lgmstm[sklearn]'" in \
         capsys.readouterr().err
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signals reach the main thread only")
+def test_ctrl_c_latency_interrupts_long_fits_and_reports_them():
+    """The door's Ctrl-C figure: a SIGINT into an endless fit of each model
+    raises TrainingInterrupted, leaves it consistent, and is timed (no
+    timing asserted here beyond a bound any machine meets)."""
+    result = benchmarks.ctrl_c_latency(("seed",), repeats=1, after=0.05)
+    assert [(run["model"], run["size"]) for run in result["runs"]] == [("LGM", "seed"),
+                                                                       ("STM", "seed")]
+    for run in result["runs"]:
+        assert len(run["seconds"]) == 1 and 0 <= run["seconds"][0] < 30
+        assert run["consistent"] is True
+    assert result["max"] == max(t for run in result["runs"] for t in run["seconds"])
+    assert result["met"] == (result["max"] <= result["target"])
+    # Off the main thread no signal can reach a fit: nothing is timed.
+    found = []
+    worker = threading.Thread(target=lambda: found.append(benchmarks.ctrl_c_latency()))
+    worker.start()
+    worker.join()
+    assert found == [None]
