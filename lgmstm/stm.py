@@ -211,11 +211,8 @@ class _ReferenceRecurrent(CheckedPathOnly):
             return H, final, final, reference.layer_forward(
                 final, readout_weight, readout_bias, self.output_tanh)
         # Step by step, as the recurrence (see reference.recurrent_forward).
-        outputs = np.empty((n_samples, n_steps, self.n_out), X.dtype)
-        for t in range(n_steps):
-            outputs[:, t] = reference.layer_forward(np.ascontiguousarray(H[:, t]),
-                                                    readout_weight, readout_bias,
-                                                    self.output_tanh)
+        outputs = reference.layer_forward_steps(H, readout_weight, readout_bias,
+                                                self.output_tanh)
         outputs[~_valid_steps(lengths, n_steps)] = 0
         return H, final, H.reshape(-1, self.n_hidden), outputs
 
@@ -924,7 +921,7 @@ class STM(Model):
         with self._lock.reading():
             h0 = self._initial_state(X.shape[0]) if initial_state is None else initial_state
             outputs, final = self._network.predict(X, h0, lengths)
-        if self._stateful:
+        if self._stateful and X.shape[0]:  # no sequence: the memory stays (as step's)
             self._state = final
         if return_state:
             # A copy of a kept state: changing one must not change the other.

@@ -84,13 +84,14 @@ def test_a_small_stm_predicts_each_sample_alone(n_hidden):
     np.testing.assert_array_equal(joined, whole, strict=True)
 
 
-def test_the_stm_quantum_covers_the_readouts_tasks_over_steps():
-    # With return_sequences the readout's GEMM tasks run over samples x steps
-    # rows: pieces must start where those tasks do too.
-    for n_steps in (1, 3, 7, 64, 100):
-        model = lgmstm.STM(6, 48, 3, seed=0)
-        quantum = model._network.program.row_quantum(n_steps)
-        assert (quantum * n_steps) % 64 == 0 and quantum % 64 == 0
+@pytest.mark.parametrize("hidden", [48, [48, 40]], ids=["one layer", "stacked"])
+def test_the_stm_quantum_does_not_depend_on_the_steps(hidden):
+    # The readout runs every step apart, in tasks of samples
+    # (_dense.dense_forward_steps): the quantum of 1 step serves any.
+    program = lgmstm.STM(6, hidden, 3, seed=0)._network.program
+    quantum = program.row_quantum(1)
+    assert quantum % 64 == 0
+    assert [program.row_quantum(n_steps) for n_steps in (0, 3, 7, 64, 100)] == [quantum] * 5
 
 
 # Older OpenBLAS builds (scipy 1.10's, CI's oldest-dependencies job) round a

@@ -196,6 +196,10 @@ def test_a_step_of_no_streams_leaves_the_memory(make, X):
     with pytest.raises(ValueError, match=r"5 streams.*x has 0 streams"):
         model.step(X[:0, 0])
     assert_bits(model.state, twin.state)
+    # A stateful predict of no sequences keeps the memory too.
+    stateful = make(stateful=True)
+    assert stateful.predict(X[:0]).shape[0] == 0 and stateful.state is None
+    assert_bits(stateful.predict(X), twin.predict(X))
 
 
 @pytest.mark.parametrize("streams", [[2], [2, 2], np.array([False, False, True, False, False])],
@@ -270,3 +274,25 @@ def test_initial_state_on_a_stateful_model(make, X):
     # The next call continues from it.
     held = model.state
     assert_bits(model.predict(X[:, :2]), plain.predict(X[:, :2], initial_state=held))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 4])
+@pytest.mark.parametrize("apply_tanh", [True, False])
+def test_forward_steps_is_forward_on_each_step(dtype, n_threads, apply_tanh):
+    """_dense.forward_steps (predict's readout of every step) gives each step
+    the bits of _dense.forward over that step's rows alone, for row counts
+    about the GEMM tasks' (64) and any thread count."""
+    from lgmstm import _dense
+
+    rng = np.random.default_rng(9)
+    for n_in, n_out in ((48, 3), (100, 20), (7, 64)):
+        W = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(dtype)
+        b = rng.standard_normal(n_out).astype(dtype)
+        for n_samples in (1, 63, 64, 65, 200):
+            X = rng.standard_normal((n_samples, 3, n_in)).astype(dtype)
+            out = np.empty((n_samples, 3, n_out), dtype)
+            _dense.forward_steps(X, W, b, out, apply_tanh, n_threads)
+            for t in range(3):
+                alone = np.empty((n_samples, n_out), dtype)
+                _dense.forward(np.ascontiguousarray(X[:, t]), W, b, alone, apply_tanh, n_threads)
+                assert_bits(out[:, t], alone)

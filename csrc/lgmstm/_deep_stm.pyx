@@ -22,6 +22,10 @@ carried through every layer, step and readout layer and back by one task,
 then a task per parameter's gradient, with the panel kernels in place of
 BLAS.
 
+Predict of one direction composes the same compiled passes in one call
+(DeepNetwork.predict_stacked), every step's readout apart (a step's bits);
+the short fit of partial_fit is _train.Program.fit_ready on ready_steps.
+
 Unchecked: call it through lgmstm.STM, which validates shapes, dtypes and
 layouts once and allocates every buffer (workspace_sizes).
 """
@@ -52,11 +56,11 @@ from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, all_full_length, ba
                           rnn_forward_pass, rnn_scratch_size, training_chunk_rows,
                           transposed_recurrent_weight,
                           weight_grad_task, weight_partials)
-from lgmstm._rows cimport gather_rows, scatter_rows
+from lgmstm._rows cimport gather_rows, scatter_rows, zero_past_lengths
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (KeptMemory, Parameters, PointerTable, Program, TrainingPlan,
                             TrainingRun, UseLock, data_or_null, parameters_of, plan_of,
-                            run_training)
+                            ready_sequences, run_training)
 
 cnp.import_array()
 
@@ -202,7 +206,7 @@ cdef void stacked_forward(floating *dtype, const Shape *shape, PointerTable para
     states and final states, then the readout's activations."""
     cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(<cnp.ndarray> X)[0]
     cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(<cnp.ndarray> X)[1]
-    cdef Py_ssize_t n_layers = shape.n_layers, k, j, i, n_inputs, n_hidden
+    cdef Py_ssize_t n_layers = shape.n_layers, k, j, n_inputs, n_hidden
     cdef const Py_ssize_t *length_of = <const Py_ssize_t *> cnp.PyArray_DATA(
         <cnp.ndarray> lengths)
     cdef floating *work = <floating *> cnp.PyArray_DATA(<cnp.ndarray> scratch)
@@ -211,8 +215,7 @@ cdef void stacked_forward(floating *dtype, const Shape *shape, PointerTable para
     cdef const floating *h0
     cdef floating *H
     cdef floating *last
-    cdef floating *A
-    cdef floating *outputs
+    cdef floating *A = NULL
     for k in range(n_layers):
         n_inputs, n_hidden = layer_width(shape, k), shape.hidden[k]
         h0 = NULL if h0s is None else <const floating *> cnp.PyArray_DATA(
@@ -243,12 +246,9 @@ cdef void stacked_forward(floating *dtype, const Shape *shape, PointerTable para
                               n_samples, n_inputs, shape.dense[j],
                               shape.output_tanh or j < shape.n_dense - 1, n_threads)
         inputs, n_inputs = A, shape.dense[j]
-    if shape.return_sequences:
-        outputs = <floating *> cnp.PyArray_DATA(<cnp.ndarray> activations[shape.n_dense - 1])
-        for i in range(n_samples):
-            if length_of[i] < n_steps:
-                memset(outputs + (i * n_steps + length_of[i]) * shape.n_out, 0,
-                       (n_steps - length_of[i]) * shape.n_out * sizeof(floating))
+    if shape.return_sequences:  # A: the output layer's
+        zero_past_lengths(<char *> A, length_of, n_samples, n_steps,
+                          shape.n_out * sizeof(floating))
 
 
 cdef class DeepNetwork(Program):
@@ -331,44 +331,21 @@ cdef class DeepNetwork(Program):
 
     cdef Py_ssize_t ready_steps(self, object X, object Y, object h0,
                                 Py_ssize_t batch_size) except -2:
-        """The short fit's check (Program.ready_steps): X (n_samples, n_steps
-        >= 1, n_in) and Y ((n_samples, n_steps, n_out), or (n_samples,
-        n_out) reading the final states out) C-contiguous in the
-        parameters' dtype, no initial states (the short fit of a stateful
-        deep STM is not taken: its states travel per layer), batches that
-        never thread BLAS and an epoch of at most SHORT_FIT_WORK. The epoch
-        gathers X and Y without checking them: fit_ready checks them."""
+        """The short fit's check (Program.ready_steps): X and Y as
+        _train.ready_sequences takes them, no initial states (the short fit
+        of a stateful deep STM is not taken: its states travel per layer),
+        batches that never thread BLAS and an epoch of at most
+        SHORT_FIT_WORK. The epoch gathers X and Y without checking them:
+        fit_ready checks them."""
         cdef const Shape *shape = &self.shape
-        cdef cnp.ndarray inputs, targets
-        cdef Py_ssize_t n_samples, n_steps, k
-        cdef double work = 0
-        if type(X) is not cnp.ndarray or type(Y) is not cnp.ndarray or h0 is not None:
+        cdef double work
+        cdef Py_ssize_t n_steps = ready_sequences(X, Y, self.type_num, shape.n_in, shape.n_out,
+                                                  shape.return_sequences)
+        if n_steps < 1 or h0 is not None:
             return -1
-        inputs, targets = <cnp.ndarray> X, <cnp.ndarray> Y
-        if (cnp.PyArray_NDIM(inputs) != 3 or cnp.PyArray_TYPE(inputs) != self.type_num
-                or not cnp.PyArray_ISCARRAY_RO(inputs)
-                or cnp.PyArray_DIMS(inputs)[2] != shape.n_in
-                or cnp.PyArray_TYPE(targets) != self.type_num
-                or not cnp.PyArray_ISCARRAY_RO(targets)):
-            return -1
-        n_samples, n_steps = cnp.PyArray_DIMS(inputs)[0], cnp.PyArray_DIMS(inputs)[1]
-        if shape.return_sequences:
-            if (cnp.PyArray_NDIM(targets) != 3 or cnp.PyArray_DIMS(targets)[0] != n_samples
-                    or cnp.PyArray_DIMS(targets)[1] != n_steps
-                    or cnp.PyArray_DIMS(targets)[2] != shape.n_out):
-                return -1
-        elif (cnp.PyArray_NDIM(targets) != 2 or cnp.PyArray_DIMS(targets)[0] != n_samples
-                or cnp.PyArray_DIMS(targets)[1] != shape.n_out):
-            return -1
-        for k in range(shape.n_layers):
-            work += (shape.n_directions * shape.hidden[k]
-                     * (layer_width(shape, k) + shape.hidden[k]))
-        for k in range(shape.n_dense):
-            work += shape.dense[k] * (layer_width(shape, shape.n_layers) if k == 0
-                                      else shape.dense[k - 1])
-        work *= 3.0 * n_samples * n_steps
-        if (n_steps < 1 or self.blas_work(batch_size, n_steps) >= BLAS_THREADING_WORK
-                or work > SHORT_FIT_WORK):
+        work = (3.0 * cnp.PyArray_DIMS(<cnp.ndarray> X)[0] * n_steps
+                * step_multiply_adds(shape))
+        if self.blas_work(batch_size, n_steps) >= BLAS_THREADING_WORK or work > SHORT_FIT_WORK:
             return -1
         self.short_work = work
         self.short_checks_data = False
@@ -918,9 +895,8 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
         n_dense_in = shape.dense[j]
     outputs = values + layout.activations + (shape.n_dense - 1) * layout.rows_values
     if every_step:
-        for i in range(n_rows):
-            memset(outputs + (i * n_steps + length_rows[i]) * n_out, 0,
-                   (n_steps - length_rows[i]) * n_out * sizeof(floating))
+        zero_past_lengths(<char *> outputs, length_rows, n_rows, n_steps,
+                          n_out * sizeof(floating))
     dA = values + layout.grad_a
     count = loss_count(shape.loss, weight_rows, length_rows, n_rows, n_steps, n_out,
                        every_step)
@@ -1040,19 +1016,26 @@ cdef void add_layer_partials(floating *dtype, Step *step, Py_ssize_t k,
 
 # -- the panel layout (small networks, see _panel.pxd) ---------------------------------
 
-cdef inline double panel_step_cost(const Shape *shape, Py_ssize_t n_rows,
-                                   Py_ssize_t n_steps) noexcept nogil:
-    """About the flops of a training step on a batch (as _stm.step_cost:
-    four forward passes)."""
+cdef inline double step_multiply_adds(const Shape *shape) noexcept nogil:
+    """Multiply-adds of one step of one sequence through every layer and
+    direction and the readout (forward)."""
     cdef double per_step = 0
     cdef Py_ssize_t k, j, n_inputs
     for k in range(shape.n_layers):
-        per_step += shape.hidden[k] * (layer_width(shape, k) + shape.hidden[k])
+        per_step += (shape.n_directions * shape.hidden[k]
+                     * (layer_width(shape, k) + shape.hidden[k]))
     n_inputs = layer_width(shape, shape.n_layers)
     for j in range(shape.n_dense):
         per_step += shape.dense[j] * n_inputs
         n_inputs = shape.dense[j]
-    return 8.0 * n_rows * n_steps * per_step
+    return per_step
+
+
+cdef inline double panel_step_cost(const Shape *shape, Py_ssize_t n_rows,
+                                   Py_ssize_t n_steps) noexcept nogil:
+    """About the flops of a training step on a batch (as _stm.step_cost:
+    four forward passes)."""
+    return 8.0 * n_rows * n_steps * step_multiply_adds(shape)
 
 
 cdef inline bint uses_panels(const Shape *shape, Py_ssize_t n_rows,

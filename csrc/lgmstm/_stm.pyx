@@ -45,11 +45,12 @@ from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, 
 from lgmstm._rnn cimport (all_full_length, forward_chunk_rows, panel_recurrent_backward,
                           panel_recurrent_forward, rnn_backward_pass, rnn_forward_pass,
                           rnn_scratch_size, training_chunk_rows)
-from lgmstm._rows cimport gather_rows, scatter_rows
+from lgmstm._rows cimport gather_rows, scatter_rows, zero_past_lengths
 from lgmstm._tanh cimport tanh_rows
 from lgmstm._train cimport (BatchStep, KeptMemory, Parameters, PointerTable, Program,
                             TrainingPlan, TrainingRun, UseLock, data_or_null,
                             is_ready_matrix, kernel_threads, parameters_of, plan_of, ready_copy,
+                            ready_sequences,
                             run_training)
 
 cnp.import_array()
@@ -163,10 +164,10 @@ cdef class Network(Program):
         The fast path of STM.step: x must already be an ndarray of the
         parameters' dtype in native byte order, of shape (n_streams >= 1,
         n_in) (C-contiguous and aligned, or copied so: a step of a batch of
-        sequences, X[:, t], is a strided view), and state None (zeros) or the held state (n_streams,
-        n_hidden) of that dtype; the call small enough that BLAS never
-        threads; and no other thread training the model. The same passes as
-        predict over one step, so the same bits.
+        sequences, X[:, t], is a strided view), and state None (zeros) or
+        the held state (n_streams, n_hidden) of that dtype; the call small
+        enough that BLAS never threads; and no other thread training the
+        model. The same passes as predict over one step, so the same bits.
         """
         if not is_ready_matrix(x, self.type_num, -1, self.sizes[0]):
             # A step of a batch of sequences (X[:, t]) is a strided view.
@@ -393,26 +394,13 @@ cdef class Network(Program):
 
     cdef Py_ssize_t ready_steps(self, object X, object Y, object h0,
                                 Py_ssize_t batch_size) except -2:
-        cdef cnp.ndarray inputs, targets
-        cdef Py_ssize_t n_samples, n_steps
         cdef Py_ssize_t n_in = self.sizes[0], n_hidden = self.sizes[1], n_out = self.sizes[2]
-        if type(X) is not cnp.ndarray or type(Y) is not cnp.ndarray:
+        cdef Py_ssize_t n_samples
+        cdef Py_ssize_t n_steps = ready_sequences(X, Y, self.type_num, n_in, n_out,
+                                                  self.return_sequences)
+        if n_steps < 0:
             return -1
-        inputs, targets = <cnp.ndarray> X, <cnp.ndarray> Y
-        if (cnp.PyArray_NDIM(inputs) != 3 or cnp.PyArray_TYPE(inputs) != self.type_num
-                or not cnp.PyArray_ISCARRAY_RO(inputs) or cnp.PyArray_DIMS(inputs)[2] != n_in
-                or cnp.PyArray_TYPE(targets) != self.type_num
-                or not cnp.PyArray_ISCARRAY_RO(targets)):
-            return -1
-        n_samples, n_steps = cnp.PyArray_DIMS(inputs)[0], cnp.PyArray_DIMS(inputs)[1]
-        if self.return_sequences:
-            if (cnp.PyArray_NDIM(targets) != 3 or cnp.PyArray_DIMS(targets)[0] != n_samples
-                    or cnp.PyArray_DIMS(targets)[1] != n_steps
-                    or cnp.PyArray_DIMS(targets)[2] != n_out):
-                return -1
-        elif (cnp.PyArray_NDIM(targets) != 2 or cnp.PyArray_DIMS(targets)[0] != n_samples
-                or cnp.PyArray_DIMS(targets)[1] != n_out):
-            return -1
+        n_samples = cnp.PyArray_DIMS(<cnp.ndarray> X)[0]
         if h0 is not None and not is_ready_matrix(h0, self.type_num, n_samples, n_hidden):
             return -1
         if (n_steps < 1 or self.blas_work(batch_size, n_steps) >= BLAS_THREADING_WORK
@@ -477,9 +465,8 @@ cdef void stm_forward(const floating *X, const floating *h0,
                       outputs, n_samples * (n_steps if return_sequences else 1), n_hidden,
                       n_out, output_tanh, n_threads)
     if return_sequences:
-        for i in range(n_samples):
-            memset(outputs + (i * n_steps + lengths[i]) * n_out, 0,
-                   (n_steps - lengths[i]) * n_out * sizeof(floating))
+        zero_past_lengths(<char *> outputs, lengths, n_samples, n_steps,
+                          n_out * sizeof(floating))
 
 
 # -- predict: small models in the panel layout ----------------------------------------

@@ -139,6 +139,8 @@ cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t *order, double *epoc
 cdef bint is_ready_matrix(object array, int type_num, Py_ssize_t n_rows,
                           Py_ssize_t n_cols) except -1
 cdef object ready_copy(object array, int type_num, Py_ssize_t n_cols)
+cdef Py_ssize_t ready_sequences(object X, object Y, int type_num, Py_ssize_t n_in,
+                                Py_ssize_t n_out, bint every_step) except -2
 cdef void *data_or_null(object array)
 cdef int kernel_threads() noexcept nogil
 cdef Parameters parameters_of(PointerTable values, TrainingRun run, const Py_ssize_t *counts,

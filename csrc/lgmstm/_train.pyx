@@ -486,6 +486,33 @@ cdef bint is_ready_matrix(object array, int type_num, Py_ssize_t n_rows,
     return cnp.PyArray_DIMS(matrix)[0] == n_rows
 
 
+cdef Py_ssize_t ready_sequences(object X, object Y, int type_num, Py_ssize_t n_in,
+                                Py_ssize_t n_out, bint every_step) except -2:
+    """The short fit's check of an STM's data (its ready_steps): n_steps when
+    X (n_samples, n_steps, n_in) and Y ((n_samples, n_steps, n_out) with
+    every_step, else (n_samples, n_out)) are ndarrays (not subclasses) of
+    type_num, C-contiguous and aligned; else -1."""
+    if type(X) is not cnp.ndarray or type(Y) is not cnp.ndarray:
+        return -1
+    cdef cnp.ndarray inputs = <cnp.ndarray> X, targets = <cnp.ndarray> Y
+    if (cnp.PyArray_NDIM(inputs) != 3 or cnp.PyArray_TYPE(inputs) != type_num
+            or not cnp.PyArray_ISCARRAY_RO(inputs) or cnp.PyArray_DIMS(inputs)[2] != n_in
+            or cnp.PyArray_TYPE(targets) != type_num
+            or not cnp.PyArray_ISCARRAY_RO(targets)):
+        return -1
+    cdef Py_ssize_t n_samples = cnp.PyArray_DIMS(inputs)[0]
+    cdef Py_ssize_t n_steps = cnp.PyArray_DIMS(inputs)[1]
+    if every_step:
+        if (cnp.PyArray_NDIM(targets) != 3 or cnp.PyArray_DIMS(targets)[0] != n_samples
+                or cnp.PyArray_DIMS(targets)[1] != n_steps
+                or cnp.PyArray_DIMS(targets)[2] != n_out):
+            return -1
+    elif (cnp.PyArray_NDIM(targets) != 2 or cnp.PyArray_DIMS(targets)[0] != n_samples
+            or cnp.PyArray_DIMS(targets)[1] != n_out):
+        return -1
+    return n_steps
+
+
 cdef object ready_copy(object array, int type_num, Py_ssize_t n_cols):
     """A C-contiguous copy of array when it holds what is_ready_matrix wants
     (n_rows >= 1) in another layout, e.g. a step of a batch of sequences
@@ -880,8 +907,9 @@ cdef class Program:
         nesterov, beta1, beta2, eps) and state a fresh one unless the one
         given continues with them; runs are kept for the next calls with
         the same settings and state, one per shape of batch (up to
-        SHORT_RUNS_KEPT; weight_decay and clip_norm are set per call). A non-finite loss or parameter restores
-        the parameters and optimizer state and returns None: the checked
+        SHORT_RUNS_KEPT; weight_decay and clip_norm are set per call). A
+        non-finite loss or parameter restores the parameters and optimizer
+        state and returns None: the checked
         path then trains the epoch again and warns. final_states: None, or
         an array (n_samples, n_hidden) of the model's dtype, C-contiguous,
         that the STM's epoch writes each sequence's final state to (OUT), and
@@ -894,9 +922,10 @@ cdef class Program:
         cdef double rate, clip = 0, decay, mu, b1, b2, epsilon
         cdef double loss = 0
         cdef TrainingRun run
+        cdef PointerTable trained_arrays, saved_arrays
         cdef object state, losses, order = None
         cdef const Py_ssize_t *rows = NULL
-        cdef bint hit, trained = False
+        cdef bint trained = False, keep_gil
         if (type(X) is not cnp.ndarray or cnp.PyArray_NDIM(<cnp.ndarray> X) < 1
                 or not isinstance(lr, float) or type(optimizer) is not str
                 or (shuffle is not True and shuffle is not False)
@@ -936,6 +965,9 @@ cdef class Program:
         n_steps = self.ready_steps(X, Y, h0, batch)
         if n_steps < 0:
             return None
+        # Read at once: another thread's call may set them again before this
+        # one holds the model (below, a warning runs Python code).
+        keep_gil = self.short_work < GIL_HELD_WORK
         # An epoch that gathers X and Y into the panel layout checks them as it
         # reads them (gather_panel): a non-finite value makes its loss NaN, and
         # the parameters are put back below. Shuffled batches are checked
@@ -982,21 +1014,25 @@ cdef class Program:
                         self.short_runs.clear()
                     self.short_runs[shape] = run
             if not same:
+                # Nothing kept is valid until all is made (should making it
+                # raise, the next call must not take the last call's run).
+                self.short_state, self.short_runs, self.short_samples = None, {}, -1
                 run, state = self.run_factory(X, Y, h0, batch, state if warm_start else None,
                                               optimizer, (mu, nesterov, b1, b2, epsilon))
+                trained_arrays = PointerTable(
+                    self.params.arrays + [a for arrays in state.moments for a in arrays])
+                saved_arrays = PointerTable([a.copy() for a in trained_arrays.arrays])
+                self.trained, self.saved = trained_arrays, saved_arrays
                 self.short_runs = {shape: run}
                 self.short_state, self.short_optimizer = state, optimizer
                 self.short_momentum, self.short_beta1, self.short_beta2 = mu, b1, b2
                 self.short_eps, self.short_nesterov = epsilon, nesterov is True
-                self.trained = PointerTable(
-                    self.params.arrays + [a for arrays in state.moments for a in arrays])
-                self.saved = PointerTable([a.copy() for a in self.trained.arrays])
                 model._optimizer_state = state
             self.short_run = run
             self.short_samples, self.short_steps, self.short_batch = n_samples, n_steps, batch
             run.X, run.Y, run.initial_states, run.final_states = X, Y, h0, final_states
             run.clip_norm = clip
-            run.keep_gil = self.short_work < GIL_HELD_WORK
+            run.keep_gil = keep_gil
             run.optimizer.lr = rate
             run.optimizer.weight_decay = decay
             run.optimizer.step = state.step
