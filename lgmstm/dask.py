@@ -588,7 +588,7 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     # message and, on a LocalCluster, runs the scheduler) needs: sleep(0)
     # after each model lets it take the GIL, so the first tasks start a few
     # ms after the call rather than after every copy.
-    first = range(min(n_slots, len(batches)))
+    first = range(min(max(1, n_slots), len(batches)))
     futures = submit(first, yield_gil=False)
     if len(batches) > len(first):
         futures += submit(range(len(first), len(batches)), yield_gil=True, fifo_timeout=0)
