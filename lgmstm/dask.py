@@ -338,6 +338,7 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
 # many bytes a pair of arrays travels inside each task that trains on it.
 GUIDED_SHARE = 2
 GUIDED_TAIL_TASKS = 16
+GUIDED_HEAD = 4
 EMBED_BYTES = 16 * 2**20
 
 
@@ -401,7 +402,9 @@ def _batches(n_models: int, models_per_task: int | None, n_slots: int) -> list[r
     together: no slot idles while another finishes a large task). Half,
     not all, of an equal share: Dask gives each worker a task ahead of the
     one it runs (worker-saturation), so a slot commits to two tasks at a
-    time.
+    time. Except the first task of each slot, a head of a quarter of its
+    share: fit_many copies its models before it sends anything, while the
+    slots wait, and sends the large tasks while the heads run.
     """
     if models_per_task is not None:
         return [range(start, min(start + models_per_task, n_models))
@@ -412,6 +415,8 @@ def _batches(n_models: int, models_per_task: int | None, n_slots: int) -> list[r
     while start < n_models:
         rest = n_models - start
         size = min(rest, max(smallest, -(-rest // (GUIDED_SHARE * slots))))
+        if len(batches) < slots:   # the first task of each slot: a head
+            size = -(-size // GUIDED_HEAD)
         if 0 < rest - size < smallest:   # no sliver at the end: the rest in one or two
             size = rest if rest <= smallest else rest - rest // 2
         batches.append(range(start, start + size))
@@ -581,17 +586,19 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
                           key=[f"lgmstm-fit-{run}-{batches[k].start}" for k in tasks],
                           pure=False, **options)
 
-    # The first task of each thread slot goes at once, in one message; the
-    # others are copied while those run, in a second one (after them in
-    # priority: fifo_timeout=0 starts a new generation). Copying them holds
-    # the GIL that the client's event loop thread (which sends the first
-    # message and, on a LocalCluster, runs the scheduler) needs: sleep(0)
-    # after each model lets it take the GIL, so the first tasks start a few
-    # ms after the call rather than after every copy.
-    first = range(min(max(1, n_slots), len(batches)))
-    futures = submit(first, yield_gil=False)
-    if len(batches) > len(first):
-        futures += submit(range(len(first), len(batches)), yield_gil=True, fifo_timeout=0)
+    # The first task of each thread slot (a small head, see _batches) goes at
+    # once, in one message; the others are copied while those run, the next
+    # task of each slot in a second message and the rest in a third (each
+    # after the one before in priority: fifo_timeout=0 starts a new
+    # generation). Copying them holds the GIL that the client's event-loop
+    # thread (which sends the messages and, on a LocalCluster, runs the
+    # scheduler) needs: sleep(0) after each model lets it take the GIL, so
+    # the heads start a few ms after the call rather than after every copy.
+    heads, seconds = (min(k * max(1, n_slots), len(batches)) for k in (1, 2))
+    futures = submit(range(heads), yield_gil=False)
+    for tasks in (range(heads, seconds), range(seconds, len(batches))):
+        if tasks:
+            futures += submit(tasks, yield_gil=True, fifo_timeout=0)
     del data_futures, per_model, pair_of
     try:
         started = time.perf_counter()
