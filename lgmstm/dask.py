@@ -411,7 +411,8 @@ def _batches(n_models: int, models_per_task: int | None, n_slots: int) -> list[r
                 for start in range(0, n_models, models_per_task)]
     slots = max(1, n_slots)
     smallest = max(1, n_models // (GUIDED_TAIL_TASKS * slots))
-    batches, start = [], 0
+    batches: list[range] = []
+    start = 0
     while start < n_models:
         rest = n_models - start
         size = min(rest, max(smallest, -(-rest // (GUIDED_SHARE * slots))))
