@@ -337,8 +337,9 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
 # -- fit_many -----------------------------------------------------------------------------
 # fit_many's defaults: how its tasks are cut (see _batches) and up to how
 # many bytes a pair of arrays travels inside each task that trains on it.
-GUIDED_SHARE = 3
+GUIDED_SHARE = 2
 GUIDED_TAIL_TASKS = 16
+GUIDED_HEAD = 4
 EMBED_BYTES = 16 * 2**20
 
 
@@ -394,23 +395,33 @@ def _batches(n_models: int, models_per_task: int | None, n_slots: int) -> list[r
     """Consecutive groups of models, one task each.
 
     models_per_task given: groups of that many. By default, guided sizes:
-    each task takes a 1/(3 n_slots) share of the models left (no fewer than
-    1/(16 n_slots) of all), so the first tasks are large (few tasks: the
-    scheduler's milliseconds per task are shared by many small fits) and
-    the last ones small (the thread slots run out of work together: no slot
-    idles while another finishes a large task). A third, not a half, of an
-    equal share: Dask gives each worker a task ahead of the ones it runs
-    (worker-saturation), so a slot commits to two tasks at a time.
+    each task takes a 1/(2 n_slots) share of the models left (no fewer than
+    1/(16 n_slots) of all; a sliver left at the end joins the last task, or
+    the last two share the rest), so the first tasks are large (few tasks:
+    the scheduler's milliseconds between a worker's tasks are paid by many
+    small fits) and the last ones small (the thread slots run out of work
+    together: no slot idles while another finishes a large task). Half,
+    not all, of an equal share: Dask gives each worker a task ahead of the
+    one it runs (worker-saturation), so a slot commits to two tasks at a
+    time. Except the first task of each slot, a head of a quarter of its
+    share: fit_many copies its models before it sends anything, while the
+    slots wait, and sends the large tasks while the heads run.
     """
     if models_per_task is not None:
         return [range(start, min(start + models_per_task, n_models))
                 for start in range(0, n_models, models_per_task)]
     slots = max(1, n_slots)
     smallest = max(1, n_models // (GUIDED_TAIL_TASKS * slots))
-    batches, start = [], 0
+    batches: list[range] = []
+    start = 0
     while start < n_models:
-        size = max(smallest, -(-(n_models - start) // (GUIDED_SHARE * slots)))
-        batches.append(range(start, min(start + size, n_models)))
+        rest = n_models - start
+        size = min(rest, max(smallest, -(-rest // (GUIDED_SHARE * slots))))
+        if len(batches) < slots:   # the first task of each slot: a head
+            size = -(-size // GUIDED_HEAD)
+        if 0 < rest - size < smallest:   # no sliver at the end: the rest in one or two
+            size = rest if rest <= smallest else rest - rest // 2
+        batches.append(range(start, start + size))
         start += size
     return batches
 
@@ -560,12 +571,36 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     shared = [future for same, future in data_futures.items() if tasks_using[same] > 1]
     if shared and len(workers) > 1:
         client.replicate(shared)
-    # Each task's models are copied as it is submitted: the first task runs
-    # while the next ones are prepared.
-    futures = [client.submit(_fit_batch, [_snapshot(models[i]) for i in batch],
-                             [per_model[i] for i in batch], fit_kwargs, threads,
-                             key=f"lgmstm-fit-{run}-{batch.start}", pure=False)
-               for batch in batches]
+
+    def submit(tasks: range, yield_gil: bool, **options: Any) -> list[distributed.Future]:
+        """The batches of tasks, their models copied now, in one message
+        (one update of the scheduler's graph, in this order of priority)."""
+        blobs = []
+        for k in tasks:
+            copies = []
+            for i in batches[k]:
+                copies.append(_snapshot(models[i]))
+                if yield_gil:
+                    time.sleep(0)
+            blobs.append(copies)
+        return client.map(_fit_batch, blobs, [[per_model[i] for i in batches[k]] for k in tasks],
+                          [fit_kwargs] * len(tasks), [threads] * len(tasks),
+                          key=[f"lgmstm-fit-{run}-{batches[k].start}" for k in tasks],
+                          pure=False, **options)
+
+    # The first task of each thread slot (a small head, see _batches) goes at
+    # once, in one message; the others are copied while those run, the next
+    # task of each slot in a second message and the rest in a third (each
+    # after the one before in priority: fifo_timeout=0 starts a new
+    # generation). Copying them holds the GIL that the client's event-loop
+    # thread (which sends the messages and, on a LocalCluster, runs the
+    # scheduler) needs: sleep(0) after each model lets it take the GIL, so
+    # the heads start a few ms after the call rather than after every copy.
+    heads, seconds = (min(k * max(1, n_slots), len(batches)) for k in (1, 2))
+    futures = submit(range(heads), yield_gil=False)
+    for tasks in (range(heads, seconds), range(seconds, len(batches))):
+        if tasks:
+            futures += submit(tasks, yield_gil=True, fifo_timeout=0)
     del data_futures, per_model, pair_of
     try:
         started = time.perf_counter()

@@ -175,22 +175,35 @@ def test_fit_many_equals_fitting_each_model_here(client, embed_bytes, monkeypatc
                                       strict=True)
 
 
-@pytest.mark.parametrize("n_models, n_slots", [(1, 2), (6, 2), (200, 2), (1000, 16), (7, 1)])
+@pytest.mark.parametrize("n_models, n_slots", [(1, 2), (6, 2), (200, 2), (1000, 16), (7, 1),
+                                               (1000, 8), (40, 2)])
 def test_fit_many_cuts_guided_batches(n_models, n_slots):
     batches = lgmstm_dask._batches(n_models, None, n_slots)
-    # Consecutive, every model once, never growing, and the first ones large:
-    # each takes a 1/(3 n_slots) share of the models left, no fewer than
-    # 1/(16 n_slots) of all.
+    # Consecutive, every model once, and after the heads never growing: each
+    # task takes a 1/(share n_slots) share of the models left, no fewer than
+    # 1/(tail n_slots) of all; what would leave a smaller sliver at the end
+    # takes the rest, in one task or in two halves; the first task of each
+    # slot (a head) a 1/head part of its share.
+    share, tail = lgmstm_dask.GUIDED_SHARE, lgmstm_dask.GUIDED_TAIL_TASKS
+    head = lgmstm_dask.GUIDED_HEAD
     assert [i for batch in batches for i in batch] == list(range(n_models))
     sizes = [len(batch) for batch in batches]
-    assert sizes[0] == -(-n_models // (3 * n_slots))
-    assert all(a >= b for a, b in zip(sizes, sizes[1:-1]))
-    smallest = max(1, n_models // (16 * n_slots))
+    after_heads = sizes[n_slots:]
+    assert all(a >= b for a, b in zip(after_heads, after_heads[1:]))
+    smallest = max(1, n_models // (tail * n_slots))
     left = n_models
-    for size in sizes[:-1]:
-        assert size == max(smallest, -(-left // (3 * n_slots)))
+    for k, size in enumerate(sizes):
+        guided = min(left, max(smallest, -(-left // (share * n_slots))))
+        if k < n_slots:
+            guided = -(-guided // head)
+        if 0 < left - guided < smallest:
+            assert size == (left if left <= smallest else left - left // 2)
+        else:
+            assert size == guided
         left -= size
-    assert sizes[-1] == left
+    assert left == 0
+    if n_models == 200 and n_slots == 2:   # the sizes docs/dask.md gives
+        assert sizes == [13, 12, 44, 33, 25, 19, 14, 10, 8, 6, 6, 5, 5]
 
 
 def test_fit_many_cuts_fixed_batches_when_told():
