@@ -1326,6 +1326,31 @@ def _memory_child(size_name, epochs):
 CTRL_C_SECONDS = 0.15
 
 
+def interrupted_fit(model, X, Y, after, lr=LR):
+    """fit(X, Y) without end, a SIGINT sent `after` s into it from a timer
+    thread (the caller: the main thread, with Python's handler): (the
+    KeyboardInterrupt it raised, seconds from the signal to it), or (None,
+    None) when the fit ended first."""
+    import signal
+    import threading
+
+    sent = {}
+
+    def interrupt():
+        sent["time"] = time.perf_counter()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(after, interrupt)
+    timer.start()
+    try:
+        model.fit(X, Y, epochs=10**9, lr=lr)
+    except KeyboardInterrupt as exc:
+        return exc, time.perf_counter() - sent["time"]
+    finally:
+        timer.cancel()
+    return None, None
+
+
 def ctrl_c_latency(size_names=("medium",), repeats=3, after=0.3):
     """Seconds from a SIGINT to the TrainingInterrupted of a long fit of the
     LGM and the STM of each size (full-batch SGD, epochs without end), the
@@ -1352,20 +1377,9 @@ def ctrl_c_latency(size_names=("medium",), repeats=3, after=0.3):
             model = _model(size, np.float64)
             seconds = []
             for _ in range(repeats):
-                sent = {}
-
-                def interrupt():
-                    sent["time"] = time.perf_counter()
-                    os.kill(os.getpid(), signal.SIGINT)
-
-                timer = threading.Timer(after, interrupt)
-                timer.start()
-                try:
-                    model.fit(X, Y, epochs=10**9, lr=LR)
-                except lgmstm.TrainingInterrupted:
-                    seconds.append(time.perf_counter() - sent["time"])
-                finally:
-                    timer.cancel()
+                stopped, latency = interrupted_fit(model, X, Y, after)
+                if isinstance(stopped, lgmstm.TrainingInterrupted):
+                    seconds.append(latency)
             consistent = bool(np.isfinite(model.predict(X)).all()
                               and np.isfinite(model.history_).all())
             runs.append({"model": type(model).__name__, "size": size_name,

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import lgmstm
+from lgmstm import benchmarks
 from api_table import DIMS, MODEL_BACKENDS, MODELS, limited_address_space, model_data
 
 CASES = [pytest.param(m, b, id=f"{m}-{b}") for m in MODELS for b in MODEL_BACKENDS]
@@ -66,22 +67,13 @@ def test_divergence_keeps_last_finite_epoch(model, backend, optimizer):
 # -- Ctrl-C ---------------------------------------------------------------------
 
 def _interrupted_fit(instance, X, Y, after):
-    """fit for hours, SIGINT after `after` s; (exception, seconds from signal to raise)."""
-    sent = {}
-
-    def interrupt():
-        sent["time"] = time.perf_counter()
-        os.kill(os.getpid(), signal.SIGINT)
-
-    timer = threading.Timer(after, interrupt)
-    timer.start()
-    try:
-        instance.fit(X, Y, epochs=10**9, lr=0.01)
-    except KeyboardInterrupt as exc:  # a plain one would end the whole test session
-        return exc, time.perf_counter() - sent["time"]
-    finally:
-        timer.cancel()
-    pytest.fail("fit ran to the end: make it longer")
+    """fit for hours, SIGINT after `after` s; (exception, seconds from signal
+    to raise). The bench's helper, which catches any KeyboardInterrupt (a
+    plain one would end the whole test session)."""
+    exc, latency = benchmarks.interrupted_fit(instance, X, Y, after, lr=0.01)
+    if exc is None:
+        pytest.fail("fit ran to the end: make it longer")
+    return exc, latency
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
