@@ -8,6 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
+import scipy
 
 from lgmstm import STM, _stm
 
@@ -111,10 +112,19 @@ def test_step_equals_predict(make, X, dtype):
     assert_bits(model.predict(X), outputs)
 
 
+# Older OpenBLAS builds (scipy < 1.11, CI's oldest-dependencies job) round
+# the rows of the input projection by the product's row count (a step's
+# rows against all steps' rows), as PROJECTION_BUG says; with 48 inputs (the
+# second layer's) they did, in the last bit. This machine's do not.
+OLD_OPENBLAS = tuple(int(part) for part in scipy.__version__.split(".")[:2]) < (1, 11)
+
+
 @pytest.mark.parametrize("hidden", [[7, 5], [48, 40]], ids=["deep-narrow", "deep-wider"])
-def test_deep_step_equals_predict(backend, dtype, return_sequences, hidden):
+def test_deep_step_equals_predict(request, backend, dtype, return_sequences, hidden):
     """The deep STM's readout runs every step apart too: stacked layers too
     wide for the panel layout step to predict's bits."""
+    if OLD_OPENBLAS and backend == "cython" and max(hidden) > 32:
+        request.applymarker(pytest.mark.xfail(reason=PROJECTION_BUG, strict=False))
     model = STM(2, hidden, 3, return_sequences=return_sequences, dtype=dtype, seed=1,
                 backend=backend)
     X = np.random.default_rng(7).standard_normal((5, 11, 2)).astype(dtype)
