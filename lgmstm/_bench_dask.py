@@ -284,7 +284,8 @@ def bench_fit_many(client: Any, n_models: int, repeats: int, out: Callable[[str]
     median = _median_index(shares)
     speedup = statistics.median(speedups)
     share = shares[median]
-    (wall, idle), alone = runs[_median_index(speedups)], alones[_median_index(speedups)]
+    middle = _median_index(speedups)
+    (wall, idle), alone = runs[middle], alones[middle]
     per_model = alones[median] / n_models
     overhead = sum(runs[median][1].values()) / n_models
     beyond_ideal = n_workers / speedup - 1

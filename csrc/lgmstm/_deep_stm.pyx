@@ -232,19 +232,14 @@ cdef void stacked_forward(floating *dtype, const Shape *shape, PointerTable para
     n_inputs = shape.hidden[n_layers - 1]
     if not shape.return_sequences:
         inputs = <const floating *> cnp.PyArray_DATA(<cnp.ndarray> finals[n_layers - 1])
-    for j in range(shape.n_dense):
+    for j in range(shape.n_dense):  # on every step apart, or on the final states
         A = <floating *> cnp.PyArray_DATA(<cnp.ndarray> activations[j])
         with nogil:
-            if shape.return_sequences:
-                dense_forward_steps(inputs, <floating *> params.data[3 * n_layers + 2 * j],
-                                    <floating *> params.data[3 * n_layers + 2 * j + 1], A,
-                                    n_samples, n_steps, n_inputs, shape.dense[j],
-                                    shape.output_tanh or j < shape.n_dense - 1, n_threads)
-            else:
-                dense_forward(inputs, <floating *> params.data[3 * n_layers + 2 * j],
-                              <floating *> params.data[3 * n_layers + 2 * j + 1], A,
-                              n_samples, n_inputs, shape.dense[j],
-                              shape.output_tanh or j < shape.n_dense - 1, n_threads)
+            dense_forward_steps(inputs, <floating *> params.data[3 * n_layers + 2 * j],
+                                <floating *> params.data[3 * n_layers + 2 * j + 1], A,
+                                n_samples, n_steps if shape.return_sequences else 1, n_inputs,
+                                shape.dense[j], shape.output_tanh or j < shape.n_dense - 1,
+                                n_threads)
         inputs, n_inputs = A, shape.dense[j]
     if shape.return_sequences:  # A: the output layer's
         zero_past_lengths(<char *> A, length_of, n_samples, n_steps,
@@ -819,7 +814,7 @@ cdef double deep_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_s
     cdef Step step
     cdef BackwardPlan few_plans[8]
     cdef BackwardPlan *plans = few_plans
-    cdef Py_ssize_t k, d, j, i, width, n_hidden, param, n_dense_in, task, chunk_rows
+    cdef Py_ssize_t k, d, j, width, n_hidden, param, n_dense_in, task, chunk_rows
     cdef Py_ssize_t n_chunk_tasks, n_region_tasks
     cdef Py_ssize_t weights_per_sample = n_steps if every_step else 1
     cdef const double *weight_rows = NULL

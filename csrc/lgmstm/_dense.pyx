@@ -95,39 +95,21 @@ cdef void dense_forward(
         const floating *X, const floating *W, const floating *b, floating *A,
         Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
         bint apply_tanh, int n_threads) noexcept nogil:
-    """A (n_samples, n_out) = tanh(X W + b), in chunks of samples."""
-    cdef Py_ssize_t rows = gemm_task_rows(n_out, n_in)
-    cdef Py_ssize_t n_chunks = n_tasks(n_samples, rows)
-    cdef int n_used = threads_for(n_threads, n_chunks, 2.0 * n_samples * n_in * n_out)
-    cdef Py_ssize_t chunk
-    if n_used == 1:
-        for chunk in range(n_chunks):
-            dense_forward_chunk(chunk, rows, X, W, b, A, n_samples, n_in, n_out,
-                                apply_tanh)
-    else:
-        for chunk in prange(n_chunks, num_threads=n_used, schedule='static'):
-            dense_forward_chunk(chunk, rows, X, W, b, A, n_samples, n_in, n_out,
-                                apply_tanh)
-
-
-cdef inline void dense_forward_chunk(
-        Py_ssize_t chunk, Py_ssize_t rows, const floating *X, const floating *W,
-        const floating *b, floating *A, Py_ssize_t n_samples, Py_ssize_t n_in,
-        Py_ssize_t n_out, bint apply_tanh) noexcept nogil:
-    cdef Py_ssize_t start = chunk * rows
-    dense_forward_rows(X + start * n_in, W, b, A + start * n_out,
-                       min(rows, n_samples - start), n_in, n_out, apply_tanh)
+    """A (n_samples, n_out) = tanh(X W + b), in chunks of samples: the
+    sequences of one step of dense_forward_steps."""
+    dense_forward_steps(X, W, b, A, n_samples, 1, n_in, n_out, apply_tanh, n_threads)
 
 
 cdef void dense_forward_steps(
         const floating *X, const floating *W, const floating *b, floating *A,
         Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in, Py_ssize_t n_out,
         bint apply_tanh, int n_threads) noexcept nogil:
-    """dense_forward on each step of n_samples sequences, step by step: for
-    every step, the samples' rows in the chunks dense_forward gives n_samples
-    rows. A BLAS product may round a row differently by the product's row
-    count, so that a row's bits depend on n_samples alone, never on n_steps:
-    outputs of one step, of a run of steps and of the whole sequence agree."""
+    """A = tanh(X W + b) on each step of n_samples sequences apart: for every
+    step, the samples' rows in chunks of gemm_task_rows samples (n_steps 1:
+    dense_forward). A BLAS product may round a row differently by the
+    product's row count, so that a row's bits depend on n_samples alone,
+    never on n_steps: outputs of one step, of a run of steps and of the
+    whole sequence agree."""
     cdef Py_ssize_t rows = gemm_task_rows(n_out, n_in)
     cdef Py_ssize_t n_chunks = n_tasks(n_samples, rows)
     cdef int n_used = threads_for(n_threads, n_chunks * n_steps,
@@ -191,7 +173,8 @@ cdef inline double dense_forward_loss_chunk(
         bint apply_tanh, double grad_scale) noexcept nogil:
     cdef Py_ssize_t start = chunk * rows
     cdef Py_ssize_t n_rows = min(rows, n_samples - start)
-    dense_forward_chunk(chunk, rows, X, W, b, A, n_samples, n_in, n_out, apply_tanh)
+    dense_forward_rows(X + start * n_in, W, b, A + start * n_out, n_rows, n_in, n_out,
+                       apply_tanh)
     return squared_error_rows(A + start * n_out, Y + start * n_out,
                               dA + start * n_out, n_rows * n_out, grad_scale)
 

@@ -28,7 +28,7 @@ from cython.parallel cimport parallel, prange
 from libc.math cimport NAN
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 
 from lgmstm._dense cimport dense_backward, dense_forward, dense_forward_steps
 from lgmstm._loss cimport (SQUARED_ERROR, loss_count, loss_of_output, loss_scale,
@@ -448,7 +448,6 @@ cdef void stm_forward(const floating *X, const floating *h0,
     else one product over all the rows (training's: fewer, larger products)."""
     cdef Py_ssize_t n_hidden = sizes[1], n_out = sizes[2]
     cdef floating *outputs = <floating *> buffers[OUTPUTS]
-    cdef Py_ssize_t i
     rnn_forward_pass(X, h0, <floating *> params[INPUT_WEIGHT],
                      <floating *> params[RECURRENT_WEIGHT], <floating *> params[BIAS],
                      lengths, <floating *> buffers[STATES],
