@@ -433,6 +433,54 @@ def command_bench_loaded(args, threads, dtypes):
     return 0
 
 
+def format_policy_table(rows):
+    """bench --passive's rows (benchmarks.compare_wait_policies): a line per case, size and dtype."""
+    columns = ["case", "size", "dtype", "threads", "default", "passive", "passive/default",
+               "target", "met"]
+    lines = [[row["case"], row["size"], row["dtype"], str(row["threads"]),
+              _format_seconds(row["seconds"]["default"]),
+              _format_seconds(row["seconds"]["passive"]), f"{row['ratio']:.2f}",
+              f"<= {row['target']:g}", "met" if row["met"] else "MISSED"] for row in rows]
+    return _aligned(columns, lines)
+
+
+def command_bench_passive(args, threads, dtypes):
+    """bench --passive: the training steps on `threads` threads in a worker
+    process with OMP_WAIT_POLICY=passive and one with lgmstm's default, in
+    turns (issue 13)."""
+    from ._config import config_info
+
+    items, notes = benchmarks.plan_policies(quick=args.quick, dtypes=dtypes, threads=threads,
+                                            only=args.only or ())
+
+    def progress(done, total, label):
+        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
+
+    rounds = 2 if args.quick else 5
+    rows, workers = benchmarks.compare_wait_policies(
+        items, rounds=rounds, target_seconds=0.02 if args.quick else 0.1,
+        repeats=3, progress=progress)
+    config = config_info()
+    print(f"lgmstm {lgmstm.__version__} training steps under each OpenMP wait policy, idle: "
+          f"median time per step on {threads} thread(s) in two worker processes, timed in "
+          f"turns ({rounds} rounds); passive/default = the median over the rounds of the "
+          f"passive worker's time / the default worker's")
+    print(f"CPU: {describe_cpu(config['cpu'])}")
+    for policy, hello in workers.items():
+        print(f"{policy} worker (pid {hello['pid']}): {hello['wait_policy']}")
+    if rows:
+        print(format_policy_table(rows))
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": config, "threads": threads, "quick": args.quick,
+                       "passive": True, "rounds": rounds, "workers": workers, "rows": rows,
+                       "notes": notes}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def command_bench(args):
     if args.plot and _matplotlib_missing("bench"):
         return 1
@@ -444,8 +492,13 @@ def command_bench(args):
         return command_bench_dask(args) if group == DASK_CASE else command_bench_quality(args)
     threads = args.threads or benchmarks.default_threads()
     dtypes = ("float64", "float32") if args.dtype == "both" else (args.dtype,)
+    if args.loaded and args.passive:
+        print("lgmstm bench: --loaded and --passive run apart", file=sys.stderr)
+        return 2
     if args.loaded:
         return command_bench_loaded(args, threads, dtypes)
+    if args.passive:
+        return command_bench_passive(args, threads, dtypes)
     items, notes = benchmarks.plan(quick=args.quick, dtypes=dtypes, threads=threads,
                                    only=args.only or ())
 
@@ -609,6 +662,11 @@ def build_parser(prog="python -m lgmstm"):
                             "threads next to a CPU-bound process of the benchmark's own, and "
                             f"report N-thread / 1-thread time (target <= "
                             f"{benchmarks.LOADED_TARGET:g})")
+    bench.add_argument("--passive", action="store_true",
+                       help="instead: time the training steps (lgm_step, stm_step) on N "
+                            "threads in a worker process with OMP_WAIT_POLICY=passive and one "
+                            "with lgmstm's default wait policy, in turns, and report passive / "
+                            f"default time (target <= {benchmarks.PASSIVE_TARGET:g})")
     commands.add_parser("info", help="print lgmstm.show_config()",
                         description="Print the version, OpenMP, SIMD, compiler and BLAS "
                                     "of this lgmstm (lgmstm.show_config()).")

@@ -921,12 +921,14 @@ LOADED_CASES = ("lgm_step", "stm_step")
 LOADED_TARGET = 1.3
 
 
-def plan_loaded(*, quick=False, dtypes=("float64", "float32"), threads=None, only=()):
+def plan_loaded(*, quick=False, dtypes=("float64", "float32"), threads=None, only=(),
+                flag="--loaded"):
     """The items of ``bench --loaded``: the compiled training steps
     (LOADED_CASES, implementation "lgmstm") on 1 and `threads` threads
     (default: all cores), as :func:`plan` selects them, and notes. A
     selection of other cases is noted and left out; with no selection,
-    every size of LOADED_CASES runs (--quick: the seed sizes).
+    every size of LOADED_CASES runs (--quick: the seed sizes). flag: the
+    option the notes name (``bench --passive`` plans with it too).
 
     Returns
     -------
@@ -935,7 +937,7 @@ def plan_loaded(*, quick=False, dtypes=("float64", "float32"), threads=None, onl
     """
     threads = default_threads() if threads is None else threads
     others = sorted({name for name, _ in only if name not in LOADED_CASES})
-    notes = [f"{name}: skipped, --loaded runs the training steps only "
+    notes = [f"{name}: skipped, {flag} runs the training steps only "
              f"({', '.join(LOADED_CASES)})" for name in others]
     only = [(name, size) for name, size in only if name in LOADED_CASES]
     if others and not only:
@@ -944,7 +946,7 @@ def plan_loaded(*, quick=False, dtypes=("float64", "float32"), threads=None, onl
         only = [(name, None) for name in LOADED_CASES]
     items, _ = plan(quick=quick, dtypes=dtypes, threads=threads, only=only)
     items = [item for item in items if item.implementation.name == "lgmstm"]
-    if threads == 1:
+    if threads == 1 and flag == "--loaded":
         notes.append("--loaded compares N threads with 1: on 1 thread there is nothing to "
                      "compare (use --threads N, N > 1)")
     return items, notes
@@ -983,6 +985,138 @@ def loaded_summary(measurements, threads):
                      "seconds": {"1": timings[1].seconds, str(threads): timings[threads].seconds},
                      "ratio": ratio, "target": LOADED_TARGET, "met": ratio <= LOADED_TARGET})
     return rows
+
+
+# -- the wait policy (issue 13) ----------------------------------------------------------
+
+# The most a training step may take with OMP_WAIT_POLICY=passive over the
+# same step with lgmstm's default policy (see lgmstm._waiting), idle.
+PASSIVE_TARGET = 1.3
+# The policies bench --passive compares: the environment each worker starts in.
+WAIT_POLICIES = {"default": {}, "passive": {"OMP_WAIT_POLICY": "passive"}}
+
+
+def plan_policies(*, quick=False, dtypes=("float64", "float32"), threads=None, only=()):
+    """The items of ``bench --passive``: those of :func:`plan_loaded` on
+    `threads` threads only (the policy is how idle threads wait: on one
+    thread there are none), and notes."""
+    threads = default_threads() if threads is None else threads
+    items, notes = plan_loaded(quick=quick, dtypes=dtypes, threads=threads, only=only,
+                               flag="--passive")
+    if threads == 1:
+        notes.append("--passive compares how idle threads wait: on 1 thread there are none "
+                     "(use --threads N, N > 1)")
+    return [item for item in items if item.threads == threads and threads > 1], notes
+
+
+def _policy_environment(policy):
+    """The environment of a worker of `policy`: this one without the
+    variables of libgomp's wait policy, then the policy's own. The default
+    worker's lgmstm then sets its SPIN_COUNT as it loads (lgmstm._waiting)."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    environment.update(WAIT_POLICIES[policy])
+    return environment
+
+
+def policy_worker(lines=None, out=None):
+    """A worker process of ``bench --passive`` (``python -c "from
+    lgmstm.benchmarks import policy_worker; policy_worker()"``): prints a
+    JSON line with the wait policy its kernels' threads got, then for each
+    JSON line {"case", "size", "dtype", "threads", "target_seconds",
+    "repeats"} read from stdin measures that compiled training step
+    (:func:`measure`) and prints {"seconds", "samples"}."""
+    from ._waiting import policy
+
+    lines = sys.stdin if lines is None else lines
+    out = sys.stdout if out is None else out
+
+    def say(message):
+        out.write(json.dumps(message) + "\n")
+        out.flush()
+
+    say({"wait_policy": policy, "pid": os.getpid()})
+    for line in lines:
+        request = json.loads(line)
+        items, _ = plan_loaded(dtypes=(request["dtype"],), threads=request["threads"],
+                               only=[(request["case"], request["size"])])
+        item = next(item for item in items if item.threads == request["threads"])
+        [measurement] = measure([item], target_seconds=request["target_seconds"],
+                                repeats=request["repeats"])
+        say({"seconds": measurement.seconds, "samples": measurement.samples})
+
+
+class _PolicyWorker:
+    """A policy_worker process, started in the environment of a policy."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.process = subprocess.Popen(
+            [sys.executable, "-c",
+             "from lgmstm.benchmarks import policy_worker; policy_worker()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=_policy_environment(policy))
+        self.hello = self._reply()
+
+    def _reply(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.policy} wait-policy worker ended "
+                               f"(exit status {self.process.wait()})")
+        return json.loads(line)
+
+    def time(self, item, target_seconds, repeats):
+        request = {"case": item.case.name, "size": item.size.name, "dtype": item.dtype.name,
+                   "threads": item.threads, "target_seconds": target_seconds,
+                   "repeats": repeats}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return self._reply()
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def compare_wait_policies(items, *, rounds=5, target_seconds=0.15, repeats=3, progress=None):
+    """Each item timed in a worker process of each policy (WAIT_POLICIES),
+    in turns: per round one timing in each, the order alternating, so that
+    the two timings of a round are seconds apart (libgomp reads the policy
+    once, when it loads: one process cannot time both, and runs minutes
+    apart compare the host's drift more than the policies).
+
+    Returns (rows, workers): a row per item, {"case", "size", "dims",
+    "dtype", "threads", "seconds": {policy: median over rounds}, "rounds":
+    {policy: [seconds of each round]}, "ratio": median over rounds of
+    passive / default, "target": PASSIVE_TARGET, "met"}; workers: each
+    policy's wait policy as its lgmstm reported it, and its pid.
+    """
+    workers = {policy: _PolicyWorker(policy) for policy in WAIT_POLICIES}
+    rows = []
+    try:
+        for done, item in enumerate(items):
+            if progress:
+                progress(done, len(items), f"{item.group}: {item.threads}t")
+            per_round = {policy: [] for policy in workers}
+            for round_ in range(rounds):
+                order = list(workers) if round_ % 2 == 0 else list(workers)[::-1]
+                for policy in order:
+                    per_round[policy].append(
+                        workers[policy].time(item, target_seconds, repeats)["seconds"])
+            ratios = [passive / default for passive, default
+                      in zip(per_round["passive"], per_round["default"])]
+            ratio = statistics.median(ratios)
+            rows.append({"case": item.case.name, "size": item.size.name,
+                         "dims": item.size.describe(), "dtype": item.dtype.name,
+                         "threads": item.threads,
+                         "seconds": {policy: statistics.median(times)
+                                     for policy, times in per_round.items()},
+                         "rounds": per_round, "ratio": ratio, "target": PASSIVE_TARGET,
+                         "met": ratio <= PASSIVE_TARGET})
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return rows, {policy: worker.hello for policy, worker in workers.items()}
 
 
 # -- measuring --------------------------------------------------------------------------
