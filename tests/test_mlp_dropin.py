@@ -250,23 +250,33 @@ def test_training_loss_plateau_stops_as_scikit_learn(regression, dtype, batch_si
     np.testing.assert_array_equal(model.predict(X), straight.predict(X), strict=True)
 
 
-def test_same_bits_for_any_thread_count(regression):
-    X, Y = regression
+def threaded_regressor():
+    """An early-stopping fit whose batches run on more than one thread:
+    4000 samples 16 -> 64 -> 10 in batches of 2000 (the panel layout's two
+    sample groups; below MIN_PARALLEL_WORK flops per region,
+    csrc/lgmstm/_parallel.pxd, any setting would run one thread), alpha's
+    decay on."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((4000, 16))
+    Y = np.tanh(X @ rng.standard_normal((16, 10)) / 4) + 0.3 * rng.standard_normal((4000, 10))
+    model = LGMRegressor(hidden_layer_sizes=(64,), early_stopping=True, max_iter=30,
+                         n_iter_no_change=2, batch_size=2000, learning_rate_init=0.01,
+                         random_state=0, alpha=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(X, Y)
+
+
+def test_same_bits_for_any_thread_count(threads, starts_a_second_thread):
     results = []
     for n_threads in (1, 2, 3):
-        lgmstm.set_num_threads(n_threads)
-        try:
-            model = LGMRegressor(hidden_layer_sizes=(64,), early_stopping=True, max_iter=30,
-                                 batch_size=8, random_state=0, alpha=0.1)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                model.fit(np.tile(X, (8, 1)), np.tile(Y, (8, 1)))
-        finally:
-            lgmstm.set_num_threads(os.cpu_count() or 1)
+        with threads(n_threads):
+            model = threaded_regressor()
         results.append((model.loss_curve_, model.validation_scores_, *model.coefs_))
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b, strict=True)
+    assert starts_a_second_thread("test_mlp_dropin", "threaded_regressor()")
 
 
 # Adam: the network's own early stopping, in one compiled call; SGD with
