@@ -343,16 +343,21 @@ def command_bench_dask(args):
 
 def format_quality_table(rows):
     """The quality rows (benchmarks.quality): a line per data set and metric,
-    each library's mean +- std over the seeds, and the target met or MISSED."""
+    each library's mean +- std over the seeds ("-" where a row is lgmstm's
+    alone: early_stopping, with the seeds that met its target), and the
+    target met or MISSED."""
     lines = []
     for row in rows:
-        seconds = row["metric"] == "fit_seconds"
         pattern = "{:.4f}"
         ours = f"{pattern.format(row['lgmstm_mean'])} +- {pattern.format(row['lgmstm_std'])}"
-        theirs = f"{pattern.format(row['sklearn_mean'])} +- {pattern.format(row['sklearn_std'])}"
+        theirs = ("-" if row["sklearn_mean"] is None else
+                  f"{pattern.format(row['sklearn_mean'])} +- "
+                  f"{pattern.format(row['sklearn_std'])}")
         target = row["target"]
-        if seconds:
+        if row["metric"] == "fit_seconds":
             target += f" ({row['sklearn_mean'] / row['lgmstm_mean']:.1f}x)"
+        elif row["metric"] == "early_stopping":
+            target += f" ({row['seeds_met']}/{row['seeds']} seeds)"
         lines.append((row["data"], row["metric"], ours, theirs, target,
                       "met" if row["met"] else "MISSED"))
     header = ("data", "metric", "lgmstm", "scikit-learn MLP", "target", "")

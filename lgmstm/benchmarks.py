@@ -1588,6 +1588,12 @@ QUALITY_TARGETS = {
     "r2": ("R^2 >= MLP - 0.01", lambda ours, theirs: ours >= theirs - 0.01),
     "fit_seconds": ("fit >= 10 x faster", lambda ours, theirs: 10 * ours <= theirs),
 }
+# The issue's early-stopping criterion, checked on lgmstm alone (scikit-learn's
+# MLP keeps no validation loss): a fit with early_stopping=True (its own
+# n_iter_no_change, not QUALITY_SETTINGS' epochs) must hold the network whose
+# validation loss, measured anew on the held-out part, is the best of
+# validation_scores_, to the bit.
+QUALITY_EARLY_STOPPING_TARGET = "restored validation loss == best_validation_score_ (bits)"
 
 
 def _quality_split(name, seed):
@@ -1624,14 +1630,62 @@ def _quality_estimator(library, kind, seed, epochs):
             else neural_network.MLPRegressor)(activation="tanh", **settings)
 
 
+def _early_stopping_restored(kind, seed, epochs, X_train, y_train):
+    """Fit lgmstm's estimator with early_stopping=True on one split and
+    rebuild its validation part as the estimator draws it (scikit-learn's
+    train_test_split, random_state the seed's RandomState, stratified by
+    class for a classifier; targets as the network trains on them: a
+    sigmoid's 0/1 column for two classes, else one-hot, or the regressor's
+    standardised y). Returns the restored network's validation loss there
+    (in the estimator's scale: half the network's squared error for the
+    regressor) and whether it equals -best_validation_score_ and the best
+    of validation_scores_ to the bit."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+
+    estimator = _quality_estimator("lgmstm", kind, seed, epochs)
+    estimator.set_params(early_stopping=True, n_iter_no_change=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        estimator.fit(X_train, y_train)
+    split = np.random.RandomState(seed)
+    if kind == "classification":
+        labels = np.searchsorted(estimator.classes_, y_train)
+        _, X_val, _, labels_val = train_test_split(
+            X_train, labels, test_size=estimator.validation_fraction, random_state=split,
+            stratify=labels)
+        n_classes = len(estimator.classes_)
+        if n_classes <= 2:
+            Y_val = (labels_val == n_classes - 1).astype(np.float64)[:, None]
+        else:
+            Y_val = (np.arange(n_classes) == labels_val[:, None]).astype(np.float64)
+        scale = 1.0
+    else:
+        Y = (np.asarray(y_train, np.float64)[:, None] - estimator.y_mean_) / estimator.y_scale_
+        _, X_val, _, Y_val = train_test_split(
+            X_train, Y, test_size=estimator.validation_fraction, random_state=split)
+        scale = 0.5
+    restored = scale * estimator.lgm_.loss(X_val, Y_val)
+    best = estimator.best_validation_score_
+    equal = bool(-restored == best == np.max(estimator.validation_scores_))
+    return float(restored), equal
+
+
 def quality(*, quick=False, seeds=None, epochs=None, data=None, progress=None):
     """Fit lgmstm's estimators and scikit-learn's MLP on each data set of
     QUALITY_DATA (or those named in `data`), on the same splits (25% held
     out, one per seed), and summarise: a row per data set and metric
     (accuracy and log-loss, or R^2, and fit seconds), with each library's
     mean and standard deviation over the seeds and whether lgmstm meets the
-    issue's target. quick: QUALITY_QUICK_SEEDS seeds of
-    QUALITY_QUICK_EPOCHS epochs. ImportError without scikit-learn."""
+    issue's target; and a row "early_stopping", lgmstm's alone (the
+    scikit-learn columns None): the restored network's validation loss of
+    a fit with early_stopping=True per seed (mean and standard deviation),
+    "seeds_met" the seeds where it equals the best validation score to the
+    bit, met when all do (_early_stopping_restored). quick:
+    QUALITY_QUICK_SEEDS seeds of QUALITY_QUICK_EPOCHS epochs. ImportError
+    without scikit-learn."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -1644,8 +1698,12 @@ def quality(*, quick=False, seeds=None, epochs=None, data=None, progress=None):
         if data is not None and name not in data:
             continue
         scores: dict[str, dict[str, list[float]]] = {"lgmstm": {}, "sklearn": {}}
+        restored: list[tuple[float, bool]] = []
         for seed in range(seeds):
             X_train, X_test, y_train, y_test = _quality_split(name, seed)
+            if progress is not None:
+                progress(f"{name} seed {seed} lgmstm early_stopping")
+            restored.append(_early_stopping_restored(kind, seed, epochs, X_train, y_train))
             for library in scores:
                 if progress is not None:
                     progress(f"{name} seed {seed} {library}")
@@ -1674,4 +1732,11 @@ def quality(*, quick=False, seeds=None, epochs=None, data=None, progress=None):
                          "sklearn_mean": float(np.mean(theirs)),
                          "sklearn_std": float(np.std(theirs)),
                          "target": target, "met": bool(met(np.mean(ours), np.mean(theirs)))})
+        losses = [loss for loss, _ in restored]
+        seeds_met = sum(equal for _, equal in restored)
+        rows.append({"data": name, "metric": "early_stopping", "seeds": seeds, "epochs": epochs,
+                     "lgmstm_mean": float(np.mean(losses)), "lgmstm_std": float(np.std(losses)),
+                     "sklearn_mean": None, "sklearn_std": None,
+                     "target": QUALITY_EARLY_STOPPING_TARGET, "seeds_met": seeds_met,
+                     "met": seeds_met == seeds})
     return rows

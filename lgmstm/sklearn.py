@@ -207,6 +207,9 @@ _MLP_PARAMETERS = """\
     n_iter_no_change : int >= 1, default 10
         Training stops (or "adaptive" divides the rate) when more than this
         many epochs in a row did not improve (see tol).
+    max_fun : int >= 1, default 15000
+        Checked and kept, with no effect: scikit-learn's limit on the calls
+        of the loss by solver="lbfgs", which lgmstm does not offer.
 """
 
 _COMMON_PARAMETERS = """\
@@ -217,6 +220,9 @@ _COMMON_PARAMETERS = """\
 """
 
 _MLP_ATTRIBUTES = """\
+    loss_ : float
+        The training loss of the last epoch, ``loss_curve_[-1]`` (after
+        :meth:`partial_fit` too).
     coefs_ : list of ndarray
         ``coefs_[i]``, of shape (n_in_i, n_out_i), the weights of layer i:
         copies of ``lgm_``'s; assigning a list of arrays of these shapes
@@ -268,6 +274,7 @@ class _LGMEstimator(BaseEstimator):
     beta_2: float
     epsilon: float
     n_iter_no_change: int
+    max_fun: int
     dtype: DTypeLike
     backend: str
     lgm_: LGM
@@ -294,9 +301,11 @@ class _LGMEstimator(BaseEstimator):
             state = _renamed(state, 1 if network is None else network.layer_sizes[-1])
             if network is not None:
                 state = _renamed_attributes(state)
-            defaults = inspect.signature(type(self).__init__).parameters
-            state = {**{name: defaults[name].default for name in self._get_param_names()},
-                     **state}
+        # Hyper-parameters added since the pickle was made (max_fun, the
+        # regressor's loss) take their defaults, which train as it did.
+        defaults = inspect.signature(type(self).__init__).parameters
+        state = {**{name: defaults[name].default for name in self._get_param_names()},
+                 **state}
         super().__setstate__(state)
 
     def _start_fit(self, keep: bool) -> np.dtype[Any]:
@@ -363,6 +372,7 @@ class _LGMEstimator(BaseEstimator):
         epsilon = check_positive_float("epsilon", self.epsilon)
         n_iter_no_change = check_int("n_iter_no_change", self.n_iter_no_change, 1,
                                      maximum=MAX_DIM)
+        check_int("max_fun", self.max_fun, 1)  # lbfgs's only: no effect here
         check_choice("backend", self.backend, BACKENDS)
         if solver == "adam":
             # Adam's steps do not change when the loss is scaled (up to epsilon).
@@ -503,6 +513,15 @@ class _LGMEstimator(BaseEstimator):
         updated: dict[str, ArrayLike] = dict(params)
         updated.update({f"layer{layer}.{kind}": value for layer, value in enumerate(values)})
         network.load_params(updated)
+
+    @property
+    def loss_(self) -> float:
+        """The training loss of the last epoch, ``loss_curve_[-1]``
+        (scikit-learn's ``loss_``)."""
+        self._fitted_network("loss_")
+        if not len(self.loss_curve_):
+            raise AttributeError(f"this {type(self).__name__} has no loss_: no epoch finished")
+        return float(self.loss_curve_[-1])
 
     @property
     def out_activation_(self) -> str:
@@ -859,7 +878,11 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
 
     Parameters
     ----------
-    %(mlp_parameters)s    output : {"linear", "tanh"}, default "linear"
+    %(mlp_parameters)s    loss : "squared_error", default "squared_error"
+        MLPRegressor's loss, keyword-only here (scikit-learn >= 1.9 also
+        takes it as the first positional argument, before
+        hidden_layer_sizes); its "poisson" is refused.
+    output : {"linear", "tanh"}, default "linear"
         Activation of the output layer. With "tanh" the network's outputs lie
         in (-1, 1) of the trained target: with ``standardize_y=True`` that
         is the training target's mean +- one standard deviation, so use
@@ -916,6 +939,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
     True
     """
 
+    loss: str
     output: str
     standardize_y: bool
     n_outputs_: int
@@ -932,9 +956,10 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
                  verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
                  nesterovs_momentum: bool = True, early_stopping: bool = False,
                  validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-8, n_iter_no_change: int = 10,
-                 output: str = "linear", standardize_y: bool = True,
-                 dtype: DTypeLike = np.float64, backend: str = "cython") -> None:
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
+                 loss: str = "squared_error", output: str = "linear",
+                 standardize_y: bool = True, dtype: DTypeLike = np.float64,
+                 backend: str = "cython") -> None:
         self._set_hyper_parameters(locals())
 
     def __sklearn_tags__(self) -> Tags:
@@ -1020,6 +1045,10 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
     def _train(self, X: ArrayLike, y: ArrayLike, keep: bool, incremental: bool,
                sample_weight: ArrayLike | None) -> LGMRegressor:
         """fit and partial_fit (incremental): keep goes on with the fitted network."""
+        if isinstance(self.loss, str) and self.loss == "poisson":
+            raise ValueError("loss='poisson' is not available: LGMRegressor trains the "
+                             "squared error only; use loss='squared_error' (the default)")
+        check_choice("loss", self.loss, ("squared_error",))
         dtype = self._start_fit(keep)
         X_valid: NDArray[Any]
         if keep and self._ready_targets(X, y):
@@ -1116,7 +1145,10 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
     loss_curve_ : ndarray of shape (n_iter_,), float64
         The log-loss of each epoch (without alpha's penalty); of every epoch
         since the network was made, with ``warm_start`` and :meth:`partial_fit`.
-    %(mlp_attributes)s    n_features_in_ : int
+    %(mlp_attributes)s    n_outputs_ : int
+        Output units of the network (scikit-learn's): 1 for up to two
+        classes, else the number of classes (or of labels).
+    n_features_in_ : int
         Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,), object
         Names of the features, when X had string column names.
@@ -1153,7 +1185,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
                  verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
                  nesterovs_momentum: bool = True, early_stopping: bool = False,
                  validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-8, n_iter_no_change: int = 10,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
                  dtype: DTypeLike = np.float64, backend: str = "cython") -> None:
         self._set_hyper_parameters(locals())
 
@@ -1316,6 +1348,12 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         # the cross-entropy summed over outputs).
         self._fit_network(X, Y.astype(X.dtype), output, keep, incremental, 1.0, 1.0,
                           stratify=stratify, sample_weight=sample_weight)
+
+    @property
+    def n_outputs_(self) -> int:
+        """Output units of the network (scikit-learn's): 1 for up to two
+        classes, else the number of classes (or of labels)."""
+        return self._fitted_network("n_outputs_").layer_sizes[-1]
 
     def _tanh_network(self) -> bool:
         """Whether lgm_ is a classifier's network from before the log-loss:

@@ -1,6 +1,7 @@
 """Shared fixtures: a seeded generator, the per-dtype tolerances, a
-context manager that runs code under a given OpenMP thread count, and a
-runner for Python subprocesses that import the lgmstm under test."""
+context manager that runs code under a given OpenMP thread count, a
+runner for Python subprocesses that import the lgmstm under test, and a
+check that a same-bits test's work really starts a second thread."""
 import os
 import subprocess
 import sys
@@ -110,3 +111,48 @@ def run_python():
                               capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+# The OpenMP runtime starts its worker threads at the first parallel region
+# that uses them and keeps them: in a fresh process, a count of the
+# process's threads that grows when a call runs under 2 kernel threads
+# (after the same call under 1, which starts whatever else it starts) shows
+# that some region of that call ran on a second thread. The same-bits tests
+# use it to show their problems are past MIN_PARALLEL_WORK
+# (csrc/lgmstm/_parallel.pxd), where threads_for would otherwise run them
+# on one thread whatever the setting.
+_THREAD_COUNT_CHILD = """
+import importlib, os, sys
+import lgmstm
+def n_threads():
+    return len(os.listdir("/proc/self/task"))
+module = importlib.import_module(sys.argv[1])
+lgmstm.set_num_threads(1)
+eval(sys.argv[2], vars(module))
+alone = n_threads()
+lgmstm.set_num_threads(2)
+eval(sys.argv[2], vars(module))
+print(alone, n_threads())
+"""
+
+
+@pytest.fixture(scope="session")
+def starts_a_second_thread(run_python):
+    """starts_a_second_thread(module, call) -> bool: whether the expression
+    call (a call of the test module module's own functions) starts an
+    OpenMP worker thread under 2 kernel threads, in a fresh process (see
+    above). Skips where the process's threads cannot be counted (Linux's
+    /proc/self/task) or the build has no OpenMP."""
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("counts threads in /proc/self/task (Linux)")
+    if not lgmstm._openmp.openmp_enabled():
+        pytest.skip("the build has no OpenMP")
+
+    def check(module, call):
+        done = run_python(["-c", _THREAD_COUNT_CHILD, module, call], cwd=PACKAGE_PARENT,
+                          extra_path=[Path(__file__).parent])
+        assert done.returncode == 0, done.stderr
+        alone, shared = map(int, done.stdout.split()[-2:])
+        return shared > alone
+
+    return check

@@ -252,15 +252,50 @@ def test_quality_rows_hold_both_libraries_and_the_targets(monkeypatch):
     rows = benchmarks.quality(quick=True)
     assert [(row["data"], row["metric"]) for row in rows] == [
         ("wine", "accuracy"), ("wine", "log_loss"), ("wine", "fit_seconds"),
-        ("diabetes", "r2"), ("diabetes", "fit_seconds")]
+        ("wine", "early_stopping"),
+        ("diabetes", "r2"), ("diabetes", "fit_seconds"), ("diabetes", "early_stopping")]
     for row in rows:
         assert row["seeds"] == 1 and row["epochs"] == 3 and row["lgmstm_std"] == 0.0
+        if row["metric"] == "early_stopping":
+            continue
         ours, theirs = row["lgmstm_mean"], row["sklearn_mean"]
         expected = {"accuracy": ours >= theirs - 0.005, "log_loss": ours <= 1.05 * theirs,
                     "r2": ours >= theirs - 0.01, "fit_seconds": ours * 10 <= theirs}
         assert row["met"] == expected[row["metric"]]
     accuracy = rows[0]
     assert 0 <= accuracy["lgmstm_mean"] <= 1 and 0 <= accuracy["sklearn_mean"] <= 1
+    # Early stopping's row: lgmstm's alone, the restored network's validation
+    # loss on the split the estimator held out, met on every seed.
+    for row in (rows[3], rows[6]):
+        assert row["sklearn_mean"] is None and row["sklearn_std"] is None
+        assert row["seeds_met"] == 1 and row["met"] is True
+        assert np.isfinite(row["lgmstm_mean"]) and row["lgmstm_mean"] > 0
+
+
+def test_quality_early_stopping_check_sees_a_network_that_is_not_the_best(monkeypatch):
+    """The early-stopping row can fail: when the estimator keeps a network
+    other than the best epoch's (here: its validation scores shifted, as a
+    best epoch restored wrongly would leave them), seeds_met counts 0."""
+    pytest.importorskip("sklearn", minversion="1.6")
+    from lgmstm import sklearn as estimators
+
+    keep = estimators._Progress.keep
+
+    def misreported(progress):
+        keep(progress)
+        estimator = progress.estimator
+        if estimator.validation_scores_ is not None:
+            estimator.best_validation_score_ = np.nextafter(
+                estimator.best_validation_score_, 0.0)
+            estimator.validation_scores_ = np.append(
+                estimator.validation_scores_[:-1], estimator.best_validation_score_)
+
+    _tiny_quality(monkeypatch)
+    monkeypatch.setattr(estimators._Progress, "keep", misreported)
+    rows = benchmarks.quality(quick=True, data=("wine",))
+    early = rows[-1]
+    assert early["metric"] == "early_stopping"
+    assert early["seeds_met"] == 0 and early["met"] is False
 
 
 def test_only_quality_prints_the_table(monkeypatch, capsys, tmp_path):
@@ -274,11 +309,18 @@ def test_only_quality_prints_the_table(monkeypatch, capsys, tmp_path):
     assert out[0].startswith("quality (issue 14): lgmstm.sklearn against scikit-learn's MLP")
     assert "1 seeds, 3 epochs each" in out[0]
     assert out[1].split() == ["data", "metric", "lgmstm", "scikit-learn", "MLP", "target"]
-    assert len(out) == 2 + 5
+    assert len(out) == 2 + 7
     for line in out[2:]:
         assert " +- " in line and line.split()[-1] in ("met", "MISSED")
+    early = [line for line in out[2:] if line.split()[1] == "early_stopping"]
+    assert len(early) == 2
+    for line in early:
+        assert "== best_validation_score_ (bits) (1/1 seeds)" in line
+        assert line.split()[-1] == "met"
     report = json.loads((tmp_path / "q.json").read_text())
-    assert report["quick"] is True and len(report["quality"]) == 5
+    assert report["quick"] is True and len(report["quality"]) == 7
+    assert [row["seeds_met"] for row in report["quality"]
+            if row["metric"] == "early_stopping"] == [1, 1]
     assert main(["bench", "--only", "quality", "--only", "lgm_step"]) == 2
     assert "--only quality runs alone" in capsys.readouterr().err
 

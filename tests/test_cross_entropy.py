@@ -3,7 +3,7 @@
 The compiled models against three oracles: scipy.special's log_softmax and
 log_expit (the loss's value), central differences of the loss (its
 gradients), and the NumPy reference (backend="numpy", the same maths).
-Logits of +-1000 stay finite; predict gives probabilities and
+Logits of +-1000 stay finite (LGM and STM); predict gives probabilities and
 predict_log_proba their logs; the results are the same bits for any thread
 count and on the fast paths; a softmax model learns a toy classification.
 """
@@ -217,6 +217,46 @@ def test_logits_of_a_thousand_stay_finite(dtype, output, backend):
     log_p = model.predict_log_proba(X)
     assert np.isfinite(log_p).all()
     # log softmax of the logit 1000 below another, log sigmoid(-1000)
+    assert log_p.min() == pytest.approx(-2000.0 if output == "softmax" else -1000.0, rel=1e-6)
+    history = model.fit(X, Y, epochs=2, lr=1e-3)
+    assert np.isfinite(history).all()
+
+
+@pytest.mark.parametrize("output", PROBABILITY_OUTPUTS)
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stm_logits_of_a_thousand_stay_finite(dtype, output, return_sequences, backend):
+    """The STM's outputs, per step and per sequence: a one-unit STM whose
+    state is +-1 at every step (tanh(30) rounds to 1 in both dtypes, with
+    no recurrence) and whose readout makes the logits +-1000 and 0; the
+    targets are the classes the logits put least weight on, as above."""
+    model = STM(1, 1, 3, output=output, return_sequences=return_sequences, dtype=dtype,
+                backend=backend)
+    model.load_params({"input_weight": np.array([[30.0]], dtype),
+                       "recurrent_weight": np.zeros((1, 1), dtype), "bias": np.zeros(1, dtype),
+                       "readout.weight": np.array([[1000.0, -1000.0, 0.0]], dtype),
+                       "readout.bias": np.zeros(3, dtype)})
+    n_steps = 4
+    X = np.repeat(np.array([1.0, -1.0], dtype)[:, None, None], n_steps, axis=1)
+    rows = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype)
+    Y = np.repeat(rows[:, None], n_steps, axis=1) if return_sequences else rows
+    states = X[..., 0] if return_sequences else X[:, -1, 0]  # +-1: the readout's input
+    loss = model.loss(X, Y)
+    assert np.isfinite(loss)
+    # -log softmax = 2000; softplus(1000) twice and log 2 (every step alike)
+    assert loss == pytest.approx(2000.0 + (np.log(2) if output == "sigmoid" else 0.0), rel=1e-6)
+    grads = model.gradients(X, Y)
+    assert all(np.isfinite(g).all() for g in grads.values())
+    p = model.predict(X)
+    assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+    # d loss / d readout.weight = mean over rows (steps too) of h (p - y)
+    np.testing.assert_allclose(grads["readout.weight"][0],
+                               np.mean(states[..., None] * (p - Y), axis=tuple(
+                                   range(Y.ndim - 1))), atol=1e-6)
+    # The state saturates: tanh' is 0, nothing reaches the recurrent layer.
+    assert not grads["input_weight"].any() and not grads["bias"].any()
+    log_p = model.predict_log_proba(X)
+    assert np.isfinite(log_p).all()
     assert log_p.min() == pytest.approx(-2000.0 if output == "softmax" else -1000.0, rel=1e-6)
     history = model.fit(X, Y, epochs=2, lr=1e-3)
     assert np.isfinite(history).all()

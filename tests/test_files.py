@@ -187,12 +187,13 @@ def _estimators():
                                            random_state=0), X, Y[:, 0]),
         "regressor-2-outputs-float32": (
             sklearn.LGMRegressor(hidden_layer_sizes=[5], max_iter=3, dtype="float32",
-                                 solver="sgd", nesterovs_momentum=False,
-                                 random_state=np.random.RandomState(2)),
+                                 solver="sgd", nesterovs_momentum=False, max_fun=7,
+                                 loss="squared_error", random_state=np.random.RandomState(2)),
             X, np.hstack([Y, -Y])),
         "classifier-text-labels": (
             sklearn.LGMClassifier(hidden_layer_sizes=5, max_iter=3, dtype=np.float32,
-                                  random_state=np.int64(1)), X, labels.astype(object)),
+                                  max_fun=np.int64(9), random_state=np.int64(1)), X,
+            labels.astype(object)),
         "classifier-3-classes": (sklearn.LGMClassifier(max_iter=3, random_state=None,
                                                        backend="numpy"), X, three),
     }

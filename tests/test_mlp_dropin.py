@@ -28,7 +28,7 @@ MLP_NAMES = ["hidden_layer_sizes", "activation", "solver", "alpha", "batch_size"
              "learning_rate", "learning_rate_init", "power_t", "max_iter", "shuffle",
              "random_state", "tol", "verbose", "warm_start", "momentum", "nesterovs_momentum",
              "early_stopping", "validation_fraction", "beta_1", "beta_2", "epsilon",
-             "n_iter_no_change"]
+             "n_iter_no_change", "max_fun"]
 
 
 @pytest.fixture
@@ -48,6 +48,85 @@ def test_mlp_names_and_defaults(ours, theirs):
         assert params[name] == mlp[name], name
     # The same names, the same positions: a user replaces the import.
     assert ours((7,), "tanh").get_params()["hidden_layer_sizes"] == (7,)
+    if ours is LGMRegressor:
+        assert params["loss"] == mlp["loss"] == "squared_error"
+
+
+def _three_epochs(Estimator, X, y, **settings):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return Estimator(hidden_layer_sizes=(4,), max_iter=3, random_state=0, **settings).fit(
+            X, y)
+
+
+@pytest.mark.parametrize("target", ["one-output", "two-outputs", "two-classes", "three-classes",
+                                    "multi-label"])
+def test_loss_and_n_outputs_are_scikit_learns(target):
+    X, y = load_iris(return_X_y=True)
+    y = {"one-output": X[:, 0], "two-outputs": X[:, :2], "two-classes": y == 2,
+         "three-classes": y, "multi-label": np.column_stack([y == 0, X[:, 1] > 3]).astype(int)
+         }[target]
+    X = X[:, 1:]
+    ours, theirs = ((LGMRegressor, MLPRegressor) if target.endswith(("output", "outputs"))
+                    else (LGMClassifier, MLPClassifier))
+    assert not hasattr(ours(), "loss_") and not hasattr(theirs(), "loss_")
+    assert not hasattr(ours(), "n_outputs_") and not hasattr(theirs(), "n_outputs_")
+    mine = _three_epochs(ours, X, y)
+    expected = _three_epochs(theirs, X, y, activation="tanh")
+    # n_outputs_: the output units (for a classifier 1 up to two classes).
+    assert mine.n_outputs_ == expected.n_outputs_ == mine.lgm_.layer_sizes[-1]
+    assert type(mine.n_outputs_) is int
+    # loss_: the last epoch's training loss, as scikit-learn's is its loss_curve_[-1].
+    assert expected.loss_ == expected.loss_curve_[-1]
+    assert mine.loss_ == mine.loss_curve_[-1] and type(mine.loss_) is float
+    mine.partial_fit(X, y)
+    assert len(mine.loss_curve_) == 4 and mine.loss_ == mine.loss_curve_[-1]
+    assert mine.loss_ != mine.loss_curve_[-2]
+
+
+def test_regressor_loss_is_squared_error_only(regression):
+    X, Y = regression
+    plain = _three_epochs(LGMRegressor, X, Y)
+    named = _three_epochs(LGMRegressor, X, Y, loss="squared_error")
+    np.testing.assert_array_equal(named.loss_curve_, plain.loss_curve_, strict=True)
+    with pytest.raises(ValueError, match="loss='poisson' is not available: LGMRegressor "
+                                         "trains the squared error only"):
+        LGMRegressor(loss="poisson").fit(X, Y)
+    with pytest.raises(ValueError, match="loss must be one of 'squared_error'; got 'absolute'"):
+        LGMRegressor(loss="absolute").partial_fit(X, Y)
+    with pytest.raises(ValueError):  # scikit-learn refuses it too
+        MLPRegressor(loss="absolute").fit(X, Y)
+    # Keyword-only: the first positional argument stays hidden_layer_sizes.
+    with pytest.raises(TypeError):
+        LGMRegressor((7,), "tanh", "squared_error")
+
+
+@pytest.mark.parametrize("Estimator", [LGMRegressor, LGMClassifier])
+def test_max_fun_is_checked_and_has_no_effect(Estimator):
+    X, y = load_iris(return_X_y=True)
+    plain = _three_epochs(Estimator, X, y)
+    once = _three_epochs(Estimator, X, y, max_fun=1)
+    np.testing.assert_array_equal(once.loss_curve_, plain.loss_curve_, strict=True)
+    for mine, other in zip(once.coefs_, plain.coefs_):
+        np.testing.assert_array_equal(mine, other, strict=True)
+    with pytest.raises(ValueError, match="max_fun must be >= 1, got 0"):
+        Estimator(max_fun=0).fit(X, y)
+    with pytest.raises(TypeError, match="max_fun must be an integer >= 1, got"):
+        Estimator(max_fun=1.5).fit(X, y)
+
+
+def test_pickles_from_before_loss_and_max_fun_take_their_defaults(regression):
+    X, Y = regression
+    for estimator, y in ((_three_epochs(LGMRegressor, X, Y), Y),
+                         (_three_epochs(LGMClassifier, X, Y[:, 0] > 0), Y[:, 0] > 0)):
+        state = dict(estimator.__getstate__())  # a copy: it may be vars(estimator)
+        for name in ("max_fun", "loss"):
+            state.pop(name, None)
+        older = type(estimator).__new__(type(estimator))
+        older.__setstate__(state)
+        assert older.get_params() == estimator.get_params()
+        np.testing.assert_array_equal(clone(older).fit(X, y).predict(X),
+                                      clone(estimator).fit(X, y).predict(X), strict=True)
 
 
 def _same_start(X, Y, dtype=np.float64, **settings):
@@ -82,15 +161,22 @@ def test_alpha_and_sgd_steps_are_scikit_learns(regression, batch_size, momentum)
                     learning_rate_init=0.05, batch_size=batch_size)
     ours, theirs = _same_start(X, Y, **settings)
     ours.partial_fit(X, Y)
-    theirs.partial_fit(X, Y)
+    # scikit-learn's epoch, one batch at a time (partial_fit on a batch is
+    # one step, its optimizer going on), each batch's half squared error
+    # measured on the weights it starts from: what an epoch's loss is, the
+    # mean of its batches' losses before their steps, without alpha's
+    # penalty (scikit-learn's loss_curve_ adds it). The steps agree to
+    # rounding, so the losses do too.
+    batch_losses = []
+    for start in range(0, len(X), batch_size):
+        X_batch, Y_batch = X[start:start + batch_size], Y[start:start + batch_size]
+        batch_losses.append(0.5 * np.mean((Y_batch - theirs.predict(X_batch)) ** 2))
+        theirs.partial_fit(X_batch, Y_batch)
     for mine, expected in zip(ours.coefs_ + ours.intercepts_,
                               theirs.coefs_ + theirs.intercepts_):
         np.testing.assert_allclose(mine, expected, rtol=1e-12, atol=1e-14)
-    # The loss curve is scikit-learn's half squared error (penalty aside:
-    # its loss_curve_ adds alpha / (2 n) * sum(W**2) of the weights each
-    # batch started from; here measured before the epoch's first step).
-    assert ours.loss_curve_[-1] == pytest.approx(
-        0.5 * np.mean((Y - ours.predict(X)) ** 2), rel=0.5)
+    assert ours.loss_curve_[-1] == pytest.approx(np.mean(batch_losses), rel=1e-12)
+    assert ours.loss_ == ours.loss_curve_[-1]
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
@@ -250,23 +336,33 @@ def test_training_loss_plateau_stops_as_scikit_learn(regression, dtype, batch_si
     np.testing.assert_array_equal(model.predict(X), straight.predict(X), strict=True)
 
 
-def test_same_bits_for_any_thread_count(regression):
-    X, Y = regression
+def threaded_regressor():
+    """An early-stopping fit whose batches run on more than one thread:
+    4000 samples 16 -> 64 -> 10 in batches of 2000 (the panel layout's two
+    sample groups; below MIN_PARALLEL_WORK flops per region,
+    csrc/lgmstm/_parallel.pxd, any setting would run one thread), alpha's
+    decay on."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((4000, 16))
+    Y = np.tanh(X @ rng.standard_normal((16, 10)) / 4) + 0.3 * rng.standard_normal((4000, 10))
+    model = LGMRegressor(hidden_layer_sizes=(64,), early_stopping=True, max_iter=30,
+                         n_iter_no_change=2, batch_size=2000, learning_rate_init=0.01,
+                         random_state=0, alpha=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(X, Y)
+
+
+def test_same_bits_for_any_thread_count(threads, starts_a_second_thread):
     results = []
     for n_threads in (1, 2, 3):
-        lgmstm.set_num_threads(n_threads)
-        try:
-            model = LGMRegressor(hidden_layer_sizes=(64,), early_stopping=True, max_iter=30,
-                                 batch_size=8, random_state=0, alpha=0.1)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                model.fit(np.tile(X, (8, 1)), np.tile(Y, (8, 1)))
-        finally:
-            lgmstm.set_num_threads(os.cpu_count() or 1)
+        with threads(n_threads):
+            model = threaded_regressor()
         results.append((model.loss_curve_, model.validation_scores_, *model.coefs_))
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b, strict=True)
+    assert starts_a_second_thread("test_mlp_dropin", "threaded_regressor()")
 
 
 # Adam: the network's own early stopping, in one compiled call; SGD with

@@ -16,24 +16,24 @@ BACKENDS = ["cython", "numpy"]
 RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-12}
 
 
-def lgm_problem(rng, dtype, n=40, n_val=15):
+def lgm_problem(rng, dtype, n=40, n_val=15, n_in=3, n_out=2):
     """Training targets at full scale, validation targets at a third of it:
     the validation loss falls, then rises as the outputs grow past them."""
-    W = rng.normal(size=(3, 2))
-    X, X_val = rng.normal(size=(n, 3)), rng.normal(size=(n_val, 3))
+    W = rng.normal(size=(n_in, n_out)) / np.sqrt(n_in / 3)
+    X, X_val = rng.normal(size=(n, n_in)), rng.normal(size=(n_val, n_in))
     Y, Y_val = 0.9 * np.tanh(X @ W), 0.3 * np.tanh(X_val @ W)
     return [a.astype(dtype) for a in (X, Y, X_val, Y_val)]
 
 
-def stm_problem(rng, dtype, return_sequences, n=24, n_val=10):
-    W = rng.normal(size=(2, 1))
-    X, X_val = rng.normal(size=(n, 5, 2)), rng.normal(size=(n_val, 4, 2))
+def stm_problem(rng, dtype, return_sequences, n=24, n_val=10, n_steps=5, n_in=2, n_out=1):
+    W = rng.normal(size=(n_in, n_out)) / np.sqrt(n_in / 2)
+    X, X_val = rng.normal(size=(n, n_steps, n_in)), rng.normal(size=(n_val, n_steps - 1, n_in))
 
     def targets(X, scale):
         running = np.tanh(np.cumsum(X, axis=1) @ W / 2)
         return scale * (running if return_sequences else running[:, -1])
 
-    lengths_val = rng.integers(1, 5, n_val)
+    lengths_val = rng.integers(1, n_steps, n_val)
     return [a.astype(dtype) for a in (X, targets(X, 0.9), X_val, targets(X_val, 0.3))] + [
         lengths_val]
 
@@ -309,23 +309,48 @@ def test_adaptive_stops_when_lr_falls_below_1e_6(backend, rng):
     assert len(history) == 3
 
 
+def threaded_fit(kind, stop_on_plateau=False):
+    """A fit big enough that its batches run on more than one thread (the
+    panel layout's sample groups: 4000 samples 16 -> 64 -> 10 in batches of
+    2000; 256 sequences of 10 steps 6 -> 32 -> 10 in batches of 128), with
+    a validation set and early stopping with "invscaling", or (LGM,
+    stop_on_plateau) stop_on_plateau on the training loss. Below MIN_PARALLEL_WORK flops per region
+    (csrc/lgmstm/_parallel.pxd) every setting would run one thread."""
+    rng = np.random.default_rng(7)
+    if kind == "LGM":
+        X, Y, X_val, Y_val = lgm_problem(rng, np.float32, n=4000, n_val=1000, n_in=16, n_out=10)
+        model = lgmstm.LGM([16, 64, 10], output="linear", dtype=np.float32, seed=3)
+        validation_data, batch_size = (X_val, Y_val), 2000
+    else:
+        X, Y, X_val, Y_val, lengths_val = stm_problem(
+            rng, np.float32, kind == "STM-sequences", n=256, n_val=64, n_steps=10, n_in=6,
+            n_out=10)
+        model = lgmstm.STM(6, 32, 10, output="linear", return_sequences=kind == "STM-sequences",
+                           dtype=np.float32, seed=3)
+        validation_data, batch_size = (X_val, Y_val, lengths_val), 128
+    control = (dict(stop_on_plateau=True, tol=1e-3) if stop_on_plateau else
+               dict(validation_data=validation_data, early_stopping=True,
+                    lr_schedule="invscaling", power_t=0.1))
+    model.fit(X, Y, epochs=40, lr=0.05, batch_size=batch_size, optimizer="adam", patience=3,
+              **control)
+    return model
+
+
 @pytest.mark.parametrize("kind", MODELS)
-def test_same_bits_for_any_thread_count(kind, threads, rng):
-    X, Y, validation_data, _ = problem(kind, rng, np.float32)
+def test_same_bits_for_any_thread_count(kind, threads, starts_a_second_thread):
     results = []
     for n_threads in (1, 2, 3):
-        model = make(kind, np.float32, "cython")
         with threads(n_threads):
-            model.fit(X, Y, epochs=200, lr=0.05, batch_size=8, optimizer="adam",
-                      validation_data=validation_data, early_stopping=True, patience=3,
-                      lr_schedule="invscaling", power_t=0.1)
-        results.append(model)
+            results.append(threaded_fit(kind))
+    # Early stopping stopped the fit and restored an earlier epoch.
+    assert results[0].best_epoch_ < len(results[0].history_) - 1
     for other in results[1:]:
         np.testing.assert_array_equal(other.history_, results[0].history_)
         np.testing.assert_array_equal(other.validation_history_,
                                       results[0].validation_history_)
         assert other.best_epoch_ == results[0].best_epoch_
         assert_same_state(other, results[0])
+    assert starts_a_second_thread("test_validation_control", f"threaded_fit({kind!r})")
 
 
 @pytest.mark.parametrize("kind", MODELS)
@@ -592,20 +617,16 @@ def test_stop_on_plateau_keeps_the_last_epoch(kind, backend, validating, dtype, 
         assert model.best_epoch_ < stop - patience
 
 
-def test_stop_on_plateau_same_bits_for_any_thread_count(threads, rng):
-    X, Y, _, _ = problem("LGM", rng, np.float64)
-    X, Y = np.tile(X, (20, 1)), np.tile(Y, (20, 1))  # enough work to thread
+def test_stop_on_plateau_same_bits_for_any_thread_count(threads, starts_a_second_thread):
     results = []
     for n_threads in (1, 2, 3):
-        model = lgmstm.LGM([3, 64, 2], output="linear", seed=3)
         with threads(n_threads):
-            model.fit(X, Y, epochs=300, lr=0.01, batch_size=64, optimizer="adam",
-                      stop_on_plateau=True, patience=3, tol=1e-3)
-        results.append(model)
-    assert len(results[0].history_) < 300
+            results.append(threaded_fit("LGM", stop_on_plateau=True))
+    assert len(results[0].history_) < 40
     for other in results[1:]:
         np.testing.assert_array_equal(other.history_, results[0].history_)
         assert_same_state(other, results[0])
+    assert starts_a_second_thread("test_validation_control", 'threaded_fit("LGM", stop_on_plateau=True)')
 
 
 def test_the_short_fit_declines_stop_on_plateau(rng):

@@ -24,15 +24,15 @@ def stm(backend="cython", dtype=np.float64, sizes=(3, 6, 2), seed=2, **kwargs):
                       **kwargs)
 
 
-def data(kind, dtype=np.float64, n_samples=13, seed=0, sizes=None):
+def data(kind, dtype=np.float64, n_samples=13, seed=0, sizes=None, n_steps=4):
     rng = np.random.default_rng(seed)
     if kind == "LGM":
         n_in, n_out = (5, 3) if sizes is None else (sizes[0], sizes[-1])
         return (rng.uniform(-1, 1, (n_samples, n_in)).astype(dtype),
                 rng.uniform(-0.8, 0.8, (n_samples, n_out)).astype(dtype))
     n_in, n_out = (3, 2) if sizes is None else (sizes[0], sizes[-1])
-    return (rng.uniform(-1, 1, (n_samples, 4, n_in)).astype(dtype),
-            rng.uniform(-0.8, 0.8, (n_samples, 4, n_out)).astype(dtype))
+    return (rng.uniform(-1, 1, (n_samples, n_steps, n_in)).astype(dtype),
+            rng.uniform(-0.8, 0.8, (n_samples, n_steps, n_out)).astype(dtype))
 
 
 MAKE = {"LGM": lgm, "STM": stm}
@@ -104,26 +104,63 @@ def test_compiled_training_with_decay_matches_the_reference(kind, optimizer, dty
 
 # -- the same bits for any number of threads ----------------------------------------
 
-@pytest.mark.parametrize("kind, sizes, n_samples", [
-    ("LGM", (130, 70, 40, 3), 517),   # row-major with BLAS, threaded updates
-    ("LGM", (10, 5, 2), 100),         # the panel layout
-    ("STM", (13, 29, 7), 33),
-])
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
-def test_same_bits_for_1_2_3_threads(threads, kind, sizes, n_samples, optimizer, dtype):
+# (kind, sizes, n_samples): problems whose batches (half the samples) are
+# past MIN_PARALLEL_WORK flops per region (csrc/lgmstm/_parallel.pxd), below
+# which every setting runs one thread; the STM's sequences have 10 steps.
+THREADED_CASES = {
+    "lgm-blas": ("LGM", (128, 160, 16), 600),  # row-major with BLAS
+    "lgm-panel": ("LGM", (16, 64, 10), 4000),  # the panel layout, two sample groups
+    "lgm-deep": ("LGM", (130, 70, 40, 3), 517),  # three layers, panels, two groups
+    "stm-panel": ("STM", (6, 32, 10), 256),    # the panel layout, two sequence groups
+}
+
+
+def threaded_fit(case, optimizer="adam", dtype=np.float64):
+    """Two epochs of fit and one of partial_fit on the case's problem in
+    batches of half its samples, with every optimizer setting, weight
+    decay and clipping on."""
+    kind, sizes, n_samples = THREADED_CASES[case]
     settings = dict(momentum=0.6, nesterov=optimizer == "momentum", beta1=0.7, beta2=0.95,
                     eps=1e-6, weight_decay=0.01, clip_norm=1.0)
-    X, Y = data(kind, dtype, n_samples=n_samples, sizes=sizes)
+    X, Y = data(kind, dtype, n_samples=n_samples, sizes=sizes, n_steps=10)
+    model = MAKE[kind](dtype=dtype, sizes=sizes)
+    model.fit(X, Y, epochs=2, lr=0.01, batch_size=n_samples // 2 + 1, optimizer=optimizer,
+              seed=3, **settings)
+    model.partial_fit(X, Y, lr=0.01, optimizer=optimizer, **settings)
+    return model
+
+
+def test_threaded_cases_take_each_layout():
+    from lgmstm import _lgm, _stm
+
+    def layout(case, itemsize):
+        kind, sizes, n_samples = THREADED_CASES[case]
+        if kind == "LGM":
+            return _lgm._training_layout(n_samples // 2 + 1, np.array(sizes, np.intp), itemsize)
+        return _stm._training_layout(n_samples // 2 + 1, 10, np.array(sizes, np.intp),
+                                     itemsize, True)
+
+    for itemsize in (4, 8):
+        assert layout("lgm-blas", itemsize) is None
+        assert layout("lgm-panel", itemsize)[0] == 2
+        assert layout("lgm-deep", itemsize)[0] == 2
+        assert layout("stm-panel", itemsize)[0] == 2
+
+
+@pytest.mark.parametrize("case", THREADED_CASES)
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_same_bits_for_1_2_3_threads(threads, case, optimizer, dtype):
     results = {}
     for n in (1, 2, 3):
         with threads(n):
-            model = MAKE[kind](dtype=dtype, sizes=sizes)
-            model.fit(X, Y, epochs=2, lr=0.01, batch_size=n_samples // 2 + 1,
-                      optimizer=optimizer, seed=3, **settings)
-            model.partial_fit(X, Y, lr=0.01, optimizer=optimizer, **settings)
-            results[n] = model
+            results[n] = threaded_fit(case, optimizer, dtype)
     for n in (2, 3):
         assert_same_model(results[n], results[1])
+
+
+@pytest.mark.parametrize("case", THREADED_CASES)
+def test_threaded_cases_start_a_second_thread(case, starts_a_second_thread):
+    assert starts_a_second_thread("test_weight_decay", f"threaded_fit({case!r})")
 
 
 # -- the short fit and the checked path -------------------------------------------
