@@ -249,6 +249,41 @@ def test_a_killed_worker_loses_no_model(client, embed_bytes, monkeypatch):
 
 
 # -- threads ----------------------------------------------------------------------------
+class ThreadCountingLGM(lgmstm.LGM):
+    """An LGM that notes the OpenMP threads (lgmstm.get_num_threads()) its
+    fit and partial_fit start on, and predicts that count: what the thread
+    test reads back from inside the workers' tasks. At module level, so
+    that the workers import it (a model travels as a plain pickle)."""
+
+    threads_seen = None
+
+    def fit(self, X, Y, **settings):
+        self.threads_seen = lgmstm.get_num_threads()
+        return super().fit(X, Y, **settings)
+
+    def partial_fit(self, X, Y, **settings):
+        self.threads_seen = lgmstm.get_num_threads()
+        return super().partial_fit(X, Y, **settings)
+
+    def predict(self, X):
+        return np.full((len(X), self.layer_sizes[-1]), lgmstm.get_num_threads(), self.dtype)
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "threads_seen": self.threads_seen}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.threads_seen = state["threads_seen"]
+
+
+def _set_task_threads(n_threads):
+    """Set the OpenMP count of the worker's task thread (one slot: every
+    task runs on that thread) and read it back."""
+    if n_threads is not None:
+        lgmstm.set_num_threads(n_threads)
+    return lgmstm.get_num_threads()
+
+
 def test_lgmstm_uses_the_workers_thread_slots(client):
     def slots_and_threads():
         slots = distributed.get_worker().state.nthreads
@@ -256,15 +291,32 @@ def test_lgmstm_uses_the_workers_thread_slots(client):
 
     assert client.submit(slots_and_threads, pure=False).result() == (1, 1)
 
-    def check_threads(epoch, loss):
-        slots = distributed.get_worker().state.nthreads
-        if lgmstm.get_num_threads() != slots:
-            raise AssertionError(f"fit runs on {lgmstm.get_num_threads()} OpenMP threads "
-                                 f"in a worker of {slots} thread slots")
+    # The nanny starts its workers with OMP_NUM_THREADS=1, which is already
+    # the slot count: put each worker's task thread on 2 first, so that an
+    # entry point that did not set the count for its task would run on 2.
+    workers = sorted(client.scheduler_info()["workers"])
 
-    X, Y = regression(np.random.default_rng(8), (50, 3), 1)
-    lgmstm_dask.fit_many([lgmstm.LGM([3, 1], seed=0)] * 2, [(X, Y)] * 2, client=client,
-                         epochs=2, lr=0.1, callback=check_threads)
+    def task_thread_counts(n_threads=None):
+        return client.gather([client.submit(_set_task_threads, n_threads, workers=[worker],
+                                            allow_other_workers=False, pure=False)
+                              for worker in workers])
+
+    assert task_thread_counts(2) == [2, 2]
+    rng = np.random.default_rng(8)
+    X, Y = regression(rng, (100, 3), 1)
+    model = ThreadCountingLGM([3, 1], seed=0)
+    for threads, expected in ((None, 1), (2, 2)):   # the worker's slots, or as told
+        fitted = lgmstm_dask.fit_many([model] * 4, [(X, Y)] * 4, client=client,
+                                      threads=threads, models_per_task=1, epochs=2, lr=0.1)
+        assert [result.threads_seen for result in fitted] == [expected] * 4
+        lazy = lgmstm_dask.predict(model, da.from_array(X, chunks=64), threads=threads)
+        assert np.unique(client.compute(lazy).result()).tolist() == [expected]
+        trained = lgmstm_dask.partial_fit_dask(
+            model, da.from_array(X, chunks=50), da.from_array(Y, chunks=50), epochs=1,
+            client=client, threads=threads, lr=0.1)
+        assert trained.threads_seen == expected
+    assert task_thread_counts() == [2, 2]       # each task gave back the count it found
+    task_thread_counts(1)
 
 
 # The pair's tasks in test_tasks_share_a_workers_thread_slots both read their
