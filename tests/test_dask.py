@@ -568,3 +568,54 @@ def test_the_benchs_idle_time_counts_the_workers_time_without_a_fit():
     idle = _idle_time(stream, began=10.0, ended=14.0, n_workers=3)
     # w1: 0.5 before, 0.25 between, 1.0 after; w2: 1.0 before, 0.5 after; w3: all 4.0.
     assert idle == pytest.approx({"start": 0.5 + 1.0 + 4.0, "between": 0.25, "end": 1.5})
+
+
+def test_the_benchs_memory_check_names_each_sign_of_trouble():
+    from lgmstm._bench_dask import memory_trouble
+
+    before = {"tcp://a:1": 10, "tcp://b:2": 20, "tcp://c:3": 30}
+    after = {"tcp://a:1": 10, "tcp://b:2": 21, "tcp://d:4": 40}   # b replaced, c gone
+    lines = ["2026 - distributed.worker - INFO - Starting Worker",
+             "2026 - distributed.nanny.memory - WARNING - Worker tcp://c:3 (pid=30) exceeded "
+             "95% memory budget. Restarting...",
+             "2026 - distributed.worker.memory - WARNING - Worker is at 81% memory usage. "
+             "Pausing worker."]
+    events = [(1.0, {"worker": "tcp://c:3", "pid": 30, "rss": 5})]
+    trouble = memory_trouble(before, after, lines, events)
+    assert trouble[:2] == ["worker tcp://b:2 (pid 20) was restarted or lost",
+                           "worker tcp://c:3 (pid 30) was restarted or lost"]
+    assert trouble[2:4] == lines[1:]
+    assert trouble[4:] == ["restarted for memory: {'worker': 'tcp://c:3', 'pid': 30, 'rss': 5}"]
+    assert memory_trouble(before, before, lines[:1], []) == []
+
+
+def _hold_memory(n_bytes):
+    held = np.ones(n_bytes // 8)
+    time.sleep(30)
+    return float(held[0])
+
+
+def test_the_benchs_memory_check_sees_a_worker_its_nanny_restarts():
+    # The nanny, not the worker, logs a restart for memory; the run's task
+    # would run again elsewhere and could complete: the check must see it.
+    from lgmstm._bench_dask import cluster_log_lines, memory_trouble
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  memory_limit=400 * 2**20, dashboard_address=None,
+                                  silence_logs=40) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        pids = client.run(os.getpid)
+        assert memory_trouble(pids, client.run(os.getpid), cluster_log_lines(client),
+                              client.get_events("worker-restart-memory")) == []
+        future = client.submit(_hold_memory, 600 * 2**20, pure=False)
+        deadline = time.monotonic() + 60
+        while not client.get_events("worker-restart-memory") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        future.cancel()
+        client.wait_for_workers(1, timeout=60)
+        trouble = memory_trouble(pids, client.run(os.getpid), cluster_log_lines(client),
+                                 client.get_events("worker-restart-memory"))
+    [(address, pid)] = pids.items()
+    assert trouble[0] == f"worker {address} (pid {pid}) was restarted or lost"
+    assert any("exceeded 95% memory budget" in line for line in trouble[1:])
+    assert trouble[-1].startswith(f"restarted for memory: {{'worker': '{address}'")
