@@ -175,6 +175,31 @@ def test_fit_many_equals_fitting_each_model_here(client, embed_bytes, monkeypatc
                                       strict=True)
 
 
+@pytest.mark.parametrize("embed_bytes", [0, 3 * 200 * 7 * 8], ids=["held", "too-many-copies"])
+def test_fit_many_sends_the_same_two_arrays_once(client, embed_bytes, monkeypatch):
+    # Pairs made apart around the same two arrays are one pair: held by one
+    # task (not embedded six times, not six tasks), whether every pair is
+    # held (EMBED_BYTES 0) or one copy would fit inside a task and the six
+    # tasks' copies do not (3 copies' worth); copies of X are pairs of their own.
+    monkeypatch.setattr(lgmstm_dask, "EMBED_BYTES", embed_bytes)
+    X, Y = regression(np.random.default_rng(12), (200, 6), 1)
+    models = [lgmstm.LGM([6, 4, 1], seed=i) for i in range(6)]
+
+    def data_tasks(datasets):
+        with distributed.get_task_stream(client=client) as stream:
+            fitted = lgmstm_dask.fit_many(models, datasets, client=client, models_per_task=1,
+                                          epochs=3, lr=0.1)
+        for model, (X_i, Y_i), result in zip(models, datasets, fitted):
+            expected = copy(model)
+            expected.fit(X_i, Y_i, epochs=3, lr=0.1)
+            assert_same_model(result, expected)
+        return len({task["key"] for task in stream.data
+                    if str(task["key"]).startswith("lgmstm-data-")})
+
+    assert data_tasks([(X, Y) for _ in models]) == 1
+    assert data_tasks([(X.copy(), Y) for _ in models]) == (6 if embed_bytes == 0 else 0)
+
+
 @pytest.mark.parametrize("n_models, n_slots", [(1, 2), (6, 2), (200, 2), (1000, 16), (7, 1),
                                                (1000, 8), (40, 2)])
 def test_fit_many_cuts_guided_batches(n_models, n_slots):
@@ -408,9 +433,26 @@ def test_partial_fit_dask_on_the_default_client(client):
 
 
 # -- the search under joblib's dask backend ------------------------------------------------
+def assert_same_search_on_the_cluster(client, search, X, y):
+    """search(n_jobs) fitted here and under joblib's dask backend: the same
+    parameters drawn, scores, best parameters and best model's outputs."""
+    import joblib
+
+    local = search(1).fit(X, y)
+    with client.as_current(), joblib.parallel_backend("dask"), \
+            distributed.get_task_stream(client=client) as tasks:
+        remote = search(-1).fit(X, y)
+    assert tasks.data                   # the fits ran on the cluster
+    assert remote.best_params_ == local.best_params_
+    assert remote.cv_results_["params"] == local.cv_results_["params"]
+    for key in ("mean_test_score", "split0_test_score", "split2_test_score"):
+        np.testing.assert_array_equal(remote.cv_results_[key], local.cv_results_[key])
+    np.testing.assert_array_equal(remote.predict(X), local.predict(X), strict=True)
+    return local, remote
+
+
 def test_grid_search_under_joblibs_dask_backend_equals_a_local_search(client):
     pytest.importorskip("sklearn")
-    import joblib
     from sklearn.model_selection import GridSearchCV, KFold
 
     from lgmstm.datasets import load_diabetes
@@ -422,17 +464,32 @@ def test_grid_search_under_joblibs_dask_backend_equals_a_local_search(client):
 
     def search(n_jobs):
         return GridSearchCV(LGMRegressor(max_iter=20, random_state=0), grid,
-                            cv=KFold(3, shuffle=True, random_state=0), n_jobs=n_jobs).fit(X, y)
+                            cv=KFold(3, shuffle=True, random_state=0), n_jobs=n_jobs)
 
-    local = search(1)
-    with client.as_current(), joblib.parallel_backend("dask"), \
-            distributed.get_task_stream(client=client) as tasks:
-        remote = search(-1)
-    assert tasks.data                   # the fits ran on the cluster
-    assert remote.best_params_ == local.best_params_
-    for key in ("mean_test_score", "split0_test_score", "split2_test_score"):
-        np.testing.assert_array_equal(remote.cv_results_[key], local.cv_results_[key])
-    np.testing.assert_array_equal(remote.predict(X), local.predict(X), strict=True)
+    assert_same_search_on_the_cluster(client, search, X, y)
+
+
+def test_randomized_search_of_a_classifier_under_joblibs_dask_backend(client):
+    pytest.importorskip("sklearn")
+    from scipy.stats import loguniform
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold
+
+    from lgmstm.sklearn import LGMClassifier
+
+    X, y = load_iris(return_X_y=True)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    space = {"hidden_layer_sizes": [(3,), (8,), (16,)],
+             "learning_rate_init": loguniform(1e-3, 1e-1), "alpha": [1e-4, 1e-2]}
+
+    def search(n_jobs):
+        return RandomizedSearchCV(LGMClassifier(max_iter=15, random_state=0), space, n_iter=4,
+                                  cv=StratifiedKFold(3, shuffle=True, random_state=0),
+                                  random_state=0, n_jobs=n_jobs)
+
+    local, remote = assert_same_search_on_the_cluster(client, search, X, y)
+    assert len({params["learning_rate_init"] for params in local.cv_results_["params"]}) == 4
+    np.testing.assert_array_equal(remote.predict_proba(X), local.predict_proba(X), strict=True)
 
 
 # -- bad input: a clear error before any task ----------------------------------------------
@@ -462,6 +519,11 @@ BAD_PREDICTS = [
      TypeError, "lengths must be a dask.array.Array"),
     (lambda: ("model", da.zeros((10, 4), chunks=5), None), TypeError,
      "model must be an lgmstm.LGM or lgmstm.STM, got builtins.str"),
+    (lambda: (lgmstm.LGM([4, 1]), da.from_array(np.full((10, 4), "1.5"), chunks=5), None),
+     TypeError, "X must have dtype float32 or float64 .* got dtype <U3"),
+    (lambda: (lgmstm.STM(4, 3, 1), da.zeros((10, 6, 4), chunks=(5, 6, 4)),
+              da.full(10, 6.0, chunks=5)), TypeError,
+     "lengths must be an array of integers, got dtype float64"),
 ]
 
 
@@ -490,6 +552,35 @@ def test_bad_partial_fit_dask_input_submits_nothing(client, cluster):
          TypeError, "partial_fit_dask: arguments of LGM.partial_fit: .*learning_rate"),
         ((model, X, da.zeros((10, 2), chunks=5)), {"lr": None}, TypeError,
          "missing a required argument: 'lr'"),
+        # The model's outputs, the data's dtypes, the arguments' values.
+        ((model, X, da.zeros((10, 3), chunks=5)), {}, ValueError,
+         r"Y must have shape \(n_samples, n_out\) = \(10, 2\), got \(10, 3\)"),
+        ((model, X, da.zeros(10, chunks=5)), {}, ValueError,
+         r"Y must have shape \(n_samples, n_out\) = \(10, 2\), got \(10,\)"),
+        ((lgmstm.STM(4, 3, 2, return_sequences=True), da.zeros((10, 6, 4), chunks=(5, 6, 4)),
+          da.zeros((10, 5, 2), chunks=(5, 5, 2))), {}, ValueError,
+         r"Y must have shape \(n_samples, n_steps, n_out\) = \(10, 6, 2\), got \(10, 5, 2\)"),
+        ((lgmstm.STM(4, 3, 2, return_sequences=False), da.zeros((10, 6, 4), chunks=(5, 6, 4)),
+          da.zeros((10, 6, 2), chunks=(5, 6, 2))), {}, ValueError,
+         r"Y must be 2-dimensional, of shape \(n_samples, n_out\) = \(10, 2\), got shape "
+         r"\(10, 6, 2\)\. That is one target per step"),
+        ((model, X, da.from_array(np.full((10, 2), "a"), chunks=5)), {}, TypeError,
+         "Y must have dtype float32 or float64 .* got dtype <U1"),
+        ((model, da.from_array(np.full((10, 4), 1 + 1j), chunks=5), da.zeros((10, 2), chunks=5)),
+         {}, TypeError, "X must have dtype float32 or float64 .* got dtype complex128"),
+        ((lgmstm.STM(4, 3, 2, return_sequences=False), da.zeros((10, 6, 4), chunks=(5, 6, 4)),
+          da.zeros((10, 2), chunks=5)), {"lengths": da.full(10, 6.0, chunks=5)}, TypeError,
+         "lengths must be an array of integers, got dtype float64"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"lr": -1}, ValueError,
+         "partial_fit_dask: arguments of LGM.partial_fit: lr must be finite and > 0, got -1"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"optimizer": "rmsprop"}, ValueError,
+         "partial_fit_dask: arguments of LGM.partial_fit: optimizer must be one of"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"momentum": 1.5}, ValueError,
+         "LGM.partial_fit: momentum must be"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"batch_size": 0}, ValueError,
+         "LGM.partial_fit: batch_size must be >= 1, got 0"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"shuffle": "yes"}, TypeError,
+         "LGM.partial_fit: shuffle must be True or False"),
     ]
     for args, extra, error, message in cases:
         settings = {"epochs": 1, "lr": 0.1, **extra}
@@ -519,6 +610,20 @@ def test_bad_fit_many_input_submits_nothing(client, cluster):
         (([model], [(X, Y)]), {"lr": 0.1}, TypeError, "missing a required argument: 'epochs'"),
         (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "client": "tcp://x"}, TypeError,
          "client must be a distributed.Client or None, got builtins.str"),
+        # Values fit would refuse on the workers.
+        (([model], [(X, Y)]), {"epochs": 1, "lr": -1}, ValueError,
+         "fit_many's fit_kwargs for LGM.fit: lr must be finite and > 0, got -1"),
+        (([model], [(X, Y)]), {"epochs": -1, "lr": 0.1}, ValueError,
+         "fit_many's fit_kwargs for LGM.fit: epochs must be >= 0, got -1"),
+        (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "optimizer": "adam", "nesterov": True},
+         ValueError, "nesterov=True needs optimizer='momentum', got 'adam'"),
+        (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "callback": "print"}, TypeError,
+         "fit_many's fit_kwargs for LGM.fit: callback must be callable"),
+        (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "early_stopping": True}, ValueError,
+         "early_stopping=True needs a validation set"),
+        (([lgmstm.STM(4, 3, 1)], [(np.zeros((10, 5, 4)), np.zeros((10, 1)))]),
+         {"epochs": 1, "lr": 0.1, "validation_fraction": 1.5}, ValueError,
+         "fit_many's fit_kwargs for STM.fit: validation_fraction must be"),
     ]
     for args, settings, error, message in cases:
         settings = settings or {"epochs": 1, "lr": 0.1}
