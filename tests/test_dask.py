@@ -420,7 +420,7 @@ def test_partial_fit_dask_stm_with_lengths_and_no_client():
     assert_same_model(result, expected)
 
 
-def test_partial_fit_dask_on_the_default_client(client):
+def test_partial_fit_dask_on_the_default_client(client, capsys):
     rng = np.random.default_rng(11)
     X, Y = regression(rng, (120, 4), 1)
     model = lgmstm.LGM([4, 3, 1], seed=1)
@@ -430,6 +430,33 @@ def test_partial_fit_dask_on_the_default_client(client):
                                               verbose=True)
     blocks = [(X[a:a + 50], Y[a:a + 50]) for a in (0, 50, 100)]
     assert_same_model(result, local_partial_fits(model, blocks, 2, lr=0.05))
+    # verbose: each epoch's mean of the blocks' losses, on stderr.
+    here, losses = copy(model), []
+    for _ in range(2):
+        for block in blocks:
+            losses.append(here.partial_fit(*block, lr=0.05).history_[0])
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"partial_fit_dask: epoch {epoch + 1}, mean block loss "
+        f"{np.mean(losses[3 * epoch:3 * epoch + 3]):.6g}" for epoch in range(2)]
+
+
+def test_fit_many_verbose_counts_the_models_fitted_on_stderr(client, capsys):
+    X, Y = regression(np.random.default_rng(13), (40, 3), 1)
+    models = [lgmstm.LGM([3, 2, 1], seed=i) for i in range(5)]
+    calls = []
+    lgmstm_dask.fit_many(models, [(X, Y)] * 5, client=client, models_per_task=2, epochs=2,
+                         lr=0.1, verbose=True,
+                         progress=lambda done, total: calls.append(done))
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("\r") and err.endswith("\n")
+    counts = err[1:-1].split("\r")     # one line, rewritten as each task's models come back
+    assert len(counts) == 3 and calls[-1] == 5
+    for line, done in zip(counts, calls):
+        head, seconds = line.rsplit(", ", 1)
+        assert head == f"fit_many: {done}/5 models fitted"
+        assert seconds.endswith(" s") and float(seconds[:-2]) >= 0
 
 
 # -- the search under joblib's dask backend ------------------------------------------------
