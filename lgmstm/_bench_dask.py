@@ -8,8 +8,10 @@
   64 MB, at least 80% of the in-memory single-process rate per core, with
   each worker's peak memory growing by less than 4 chunks.
 - partial_fit_dask over a file 4x the memory given to each worker
-  (``memory_limit``): completes, equals the same partial_fit loop here, and
-  no worker logs a memory warning (spilling, pausing, high unmanaged memory).
+  (``memory_limit``): completes, equals the same partial_fit loop here, no
+  worker logs a memory warning (spilling, pausing, high unmanaged memory),
+  and no worker is restarted (a nanny restarts a worker past its memory
+  budget: :func:`memory_trouble`).
 
 Each target prints one line ending "met" or "MISSED"; :func:`run` returns
 them as dicts. Times are medians of ``repeats`` runs. Needs lgmstm[dask].
@@ -35,9 +37,11 @@ OVERHEAD_SHARE = 0.05
 PREDICT_SHARE = 0.80
 PREDICT_PEAK_CHUNKS = 4
 PARTIAL_FIT_DATA_PER_MEMORY = 4
-# Lines of a worker's log that mean it ran short of memory.
+# Lines of a worker's or a nanny's log that mean the worker ran short of
+# memory (the nanny's: "Worker tcp://... (pid=...) exceeded 95% memory budget.
+# Restarting...").
 MEMORY_WARNINGS = ("spill", "Unmanaged memory use is high", "Pausing worker",
-                   "memory usage", "Worker exceeded")
+                   "memory usage", "memory budget")
 
 
 class RowFile:
@@ -121,6 +125,31 @@ def _cluster(**options: Any) -> Any:
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=40, **options)
         return cluster, Client(cluster, set_as_default=False)
+
+
+def cluster_log_lines(client: Any) -> list[str]:
+    """Every line the workers and their nannies hold in their logs. A nanny
+    logs what it does to its worker (a restart for memory among them); a
+    restarted worker's own log goes with its process."""
+    return [line for logs in (client.get_worker_logs(), client.get_worker_logs(nanny=True))
+            for lines in logs.values() for _, line in lines]
+
+
+def memory_trouble(pids_before: dict[str, int], pids_after: dict[str, int],
+                   log_lines: list[str], restart_events: list[Any]) -> list[str]:
+    """What says the workers ran short of memory during a run, one line
+    each: a worker process there before (address -> pid, from
+    ``client.run(os.getpid)``) that is gone or replaced after (its nanny
+    restarts a worker past its memory budget, and the scheduler reruns its
+    task elsewhere: a run that completes can hide it); a log line with a
+    memory warning (MEMORY_WARNINGS); a restart the scheduler recorded
+    (``client.get_events("worker-restart-memory")``)."""
+    trouble = [f"worker {address} (pid {pid}) was restarted or lost"
+               for address, pid in sorted(pids_before.items())
+               if pids_after.get(address) != pid]
+    trouble += [line for line in log_lines if any(word in line for word in MEMORY_WARNINGS)]
+    trouble += [f"restarted for memory: {event}" for _, event in restart_events]
+    return trouble
 
 
 def _idle_time(tasks: list[dict[str, Any]], began: float, ended: float,
@@ -416,15 +445,15 @@ def bench_partial_fit(folder: str, memory_limit: int, chunk_bytes: int,
 
     cluster, client = _cluster(memory_limit=memory_limit)
     try:
+        pids = client.run(os.getpid)
         started = time.perf_counter()
         trained = lgmstm_dask.partial_fit_dask(
             model, da.from_array(X_file, chunks=(chunk_rows, n_in)),
             da.from_array(Y_file, chunks=(chunk_rows, 1)), epochs=1, client=client,
             **settings)
         wall = time.perf_counter() - started
-        logs = client.get_worker_logs()
-        warnings = [line for lines in logs.values() for _, line in lines
-                    if any(word in line for word in MEMORY_WARNINGS)]
+        warnings = memory_trouble(pids, client.run(os.getpid), cluster_log_lines(client),
+                                  client.get_events("worker-restart-memory"))
     finally:
         client.close()
         cluster.close()
@@ -440,7 +469,8 @@ def bench_partial_fit(folder: str, memory_limit: int, chunk_bytes: int,
     out(f"dask partial_fit_dask: {n_rows * (n_in + 1) * 8 / GB:.2f} GB of float64 data in chunks of "
         f"{chunk_bytes / MB:.0f} MB through 2 workers of memory_limit "
         f"{memory_limit / MB:.0f} MB: completed in {wall:.1f} s, equal to the local loop: "
-        f"{'yes' if equal else 'NO'}, memory warnings: {len(warnings)}: {_verdict(met)}")
+        f"{'yes' if equal else 'NO'}, memory warnings and worker restarts: {len(warnings)}: "
+        f"{_verdict(met)}")
     for line in warnings[:5]:
         out(f"    {line}")
     return [{"target": "partial_fit_dask beyond memory", "met": met, "equal": equal,

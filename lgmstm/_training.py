@@ -359,22 +359,83 @@ class FitPlan(NamedTuple):
     held_out: tuple[NDArray[np.intp], NDArray[np.intp]] | None = None
 
 
-def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm, shuffle,
-             seed, callback, verbose, warm_start, momentum=MOMENTUM, nesterov=False,
-             beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, weight_decay=0.0,
-             validation_data=False, validation_fraction=None, early_stopping=False,
-             patience=PATIENCE, tol=TOL, lr_schedule="constant",
-             power_t=POWER_T, stop_on_plateau=False) -> FitPlan:
+class FitSettings(NamedTuple):
+    """fit's hyper-parameters, checked without its data (check_fit_settings)."""
+
+    epochs: int
+    lr: float
+    batch_size: int | None  # as given: plan_fit caps it at the samples
+    optimizer: str
+    settings: dict[str, float]  # the optimizer's (optimizer_settings)
+    weight_decay: float
+    clip_norm: float | None
+    seed: int | np.random.Generator | None
+    shuffle: bool
+    verbose: bool
+    warm_start: bool
+    control: TrainingControl
+    validation_fraction: float | None
+
+
+def check_fit_settings(*, epochs, lr, batch_size, optimizer, clip_norm, shuffle, seed,
+                       callback, verbose, warm_start, momentum=MOMENTUM, nesterov=False,
+                       beta1=ADAM_BETA1, beta2=ADAM_BETA2, eps=ADAM_EPS, weight_decay=0.0,
+                       validation_data=False, validation_fraction=None, early_stopping=False,
+                       patience=PATIENCE, tol=TOL, lr_schedule="constant",
+                       power_t=POWER_T, stop_on_plateau=False) -> FitSettings:
+    """Check fit's hyper-parameters, those that need no data: plan_fit's
+    checks before it looks at the samples, which lgmstm.dask also makes
+    before it sends a fit anywhere. The arguments are plan_fit's (see
+    there); validation_data: whether the model was given a validation set."""
+    if clip_norm is not None:
+        clip_norm = check_positive_float("clip_norm", clip_norm)
+    epochs = check_int("epochs", epochs, 0, maximum=MAX_DIM)
+    lr = check_positive_float("lr", lr)
+    batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    momentum = check_fraction("momentum", momentum)
+    nesterov = check_bool("nesterov", nesterov)
+    if nesterov and optimizer != "momentum":
+        raise ValueError(f"nesterov=True needs optimizer='momentum', got {optimizer!r}")
+    settings = optimizer_settings(optimizer, momentum, nesterov, check_fraction("beta1", beta1),
+                                  check_fraction("beta2", beta2),
+                                  check_positive_float("eps", eps))
+    weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {callback!r}")
+    seed = check_seed("seed", seed)
+    early_stopping = check_bool("early_stopping", early_stopping)
+    control = TrainingControl(
+        check_choice("lr_schedule", lr_schedule, SCHEDULES),
+        check_positive_float("power_t", power_t, allow_zero=True), early_stopping,
+        check_int("patience", patience, 1), check_positive_float("tol", tol, allow_zero=True),
+        bool(validation_data) or validation_fraction is not None,
+        check_bool("stop_on_plateau", stop_on_plateau))
+    if validation_fraction is not None:
+        if validation_data:
+            raise ValueError("give validation_data or validation_fraction, not both")
+        validation_fraction = check_open_fraction("validation_fraction", validation_fraction)
+    if early_stopping and not control.validating:
+        raise ValueError("early_stopping=True needs a validation set: give validation_data "
+                         "or validation_fraction")
+    return FitSettings(epochs, lr, batch_size, optimizer, settings, weight_decay, clip_norm,
+                       seed, check_bool("shuffle", shuffle), check_bool("verbose", verbose),
+                       check_bool("warm_start", warm_start), control, validation_fraction)
+
+
+def plan_fit(rng, X, Y, *, sample, **arguments) -> FitPlan:
     """Check fit's data and hyper-parameters, the same way for LGM and STM.
 
     X and Y are the model's checked arrays, samples along the first axis;
     `sample` names one ("sample", "sequence") in the message for an empty X.
-    rng is the model's generator, used for shuffling unless seed is given;
-    batch_size None (or above n_samples) means full batch; clip_norm None
-    means no clipping; warm_start: go on from the model's optimizer state
-    (see train_model). momentum and nesterov (the "momentum" optimizer's),
-    beta1, beta2 and eps (Adam's) are checked whatever the optimizer, and
-    nesterov=True needs optimizer="momentum"; weight_decay >= 0.
+    rng is the model's generator, used for shuffling unless seed is given.
+    The other arguments, fit's hyper-parameters (checked by
+    check_fit_settings): epochs, lr, batch_size (None, or above n_samples,
+    means full batch), optimizer, clip_norm (None: no clipping), shuffle,
+    seed, callback, verbose, warm_start (go on from the model's optimizer
+    state, see train_model); momentum and nesterov (the "momentum"
+    optimizer's), beta1, beta2 and eps (Adam's) are checked whatever the
+    optimizer, and nesterov=True needs optimizer="momentum"; weight_decay >= 0.
 
     validation_data: whether the model was given a validation set (checked
     by the model); validation_fraction (None, or in (0, 1)) holds out rows
@@ -388,45 +449,15 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
         raise ValueError(f"X must hold at least one {sample} to fit, got shape {X.shape}")
     if not _train.all_finite((X, Y)):
         raise ValueError("X and Y must be finite (no NaN or inf) to fit")
-    if clip_norm is not None:
-        clip_norm = check_positive_float("clip_norm", clip_norm)
-    epochs = check_int("epochs", epochs, 0, maximum=MAX_DIM)
-    lr = check_positive_float("lr", lr)
-    batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
-    batch_size = n_samples if batch_size is None else min(batch_size, n_samples)
-    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
-    momentum = check_fraction("momentum", momentum)
-    nesterov = check_bool("nesterov", nesterov)
-    if nesterov and optimizer != "momentum":
-        raise ValueError(f"nesterov=True needs optimizer='momentum', got {optimizer!r}")
-    settings = optimizer_settings(optimizer, momentum, nesterov, check_fraction("beta1", beta1),
-                                  check_fraction("beta2", beta2),
-                                  check_positive_float("eps", eps))
-    weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {callback!r}")
-    if seed is not None:
-        rng = np.random.default_rng(check_seed("seed", seed))
-    early_stopping = check_bool("early_stopping", early_stopping)
-    control = TrainingControl(
-        check_choice("lr_schedule", lr_schedule, SCHEDULES),
-        check_positive_float("power_t", power_t, allow_zero=True), early_stopping,
-        check_int("patience", patience, 1), check_positive_float("tol", tol, allow_zero=True),
-        bool(validation_data) or validation_fraction is not None,
-        check_bool("stop_on_plateau", stop_on_plateau))
+    checked = check_fit_settings(**arguments)
+    if checked.seed is not None:
+        rng = np.random.default_rng(checked.seed)
+    batch_size = n_samples if checked.batch_size is None else min(checked.batch_size, n_samples)
     n_held = 0
-    if validation_fraction is not None:
-        if validation_data:
-            raise ValueError("give validation_data or validation_fraction, not both")
-        fraction = check_open_fraction("validation_fraction", validation_fraction)
-        n_held = held_out_count(n_samples, fraction)
+    if checked.validation_fraction is not None:
+        n_held = held_out_count(n_samples, checked.validation_fraction)
         batch_size = min(batch_size, n_samples - n_held)
-    if early_stopping and not control.validating:
-        raise ValueError("early_stopping=True needs a validation set: give validation_data "
-                         "or validation_fraction")
-    shuffled = check_bool("shuffle", shuffle) and batch_size < n_samples - n_held
-    verbose = check_bool("verbose", verbose)
-    warm_start = check_bool("warm_start", warm_start)
+    shuffled = checked.shuffle and batch_size < n_samples - n_held
     # Every argument checked: only now draw from the generator.
     held_out = held_out_rows(rng, n_samples, n_held) if n_held else None
     n_samples -= n_held
@@ -434,8 +465,9 @@ def plan_fit(rng, X, Y, *, sample, epochs, lr, batch_size, optimizer, clip_norm,
     def order_for(count):
         return _train.epoch_orders(rng, count, n_samples) if shuffled else None
 
-    return FitPlan(epochs, lr, batch_size, optimizer, settings, weight_decay, clip_norm, verbose,
-                   warm_start, order_for, control, held_out)
+    return FitPlan(checked.epochs, checked.lr, batch_size, checked.optimizer, checked.settings,
+                   checked.weight_decay, checked.clip_norm, checked.verbose, checked.warm_start,
+                   order_for, checked.control, held_out)
 
 
 # -- the loop ------------------------------------------------------------------

@@ -61,6 +61,15 @@ def check_float_dtype(dtype, *, error: type[Exception] = TypeError, where: str =
     return checked
 
 
+def check_number_dtype(name: str, dtype: np.dtype) -> None:
+    """The dtypes as_array takes (float32, float64, integers, bools); a
+    TypeError for the others. Also for arrays not yet in memory (a dask
+    array's dtype), checked before their data is read."""
+    if not (dtype in FLOAT_DTYPES or dtype.kind in "iub"):
+        raise TypeError(f"{name} must have dtype float32 or float64 (integers and bools are "
+                        f"converted), got dtype {dtype}")
+
+
 def as_array(name: str, value, ndim: int | tuple[int, ...] | None) -> np.ndarray:
     """value as an ndarray of ndim dimensions (one of them, for a tuple; any
     for None, when the caller's shape message says more) and a real numeric
@@ -73,11 +82,7 @@ def as_array(name: str, value, ndim: int | tuple[int, ...] | None) -> np.ndarray
         if value is None:
             raise TypeError(f"{name} must be an array, got None")
         array = _as_ndarray(name, value, "numbers")
-        if not (array.dtype in FLOAT_DTYPES or array.dtype.kind in "iub"):
-            raise TypeError(
-                f"{name} must have dtype float32 or float64 (integers and bools are "
-                f"converted), got dtype {array.dtype}"
-            )
+        check_number_dtype(name, array.dtype)
     if ndim is not None and array.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
         dims = " or ".join(map(str, ndim)) if isinstance(ndim, tuple) else ndim
         raise ValueError(f"{name} must be {dims}-dimensional, got shape {array.shape}")
@@ -343,8 +348,15 @@ def check_lengths(lengths, n_samples: int, n_steps: int) -> np.ndarray:
 def _check_integers(name: str, array: np.ndarray, meaning: str) -> None:
     """A TypeError unless array holds integers (an empty list makes an empty
     float array: that one is fine)."""
-    if array.dtype.kind not in "iu" and not (array.size == 0 and array.dtype.kind == "f"):
-        raise TypeError(f"{name} must be {meaning}, got dtype {array.dtype}")
+    if not (array.size == 0 and array.dtype.kind == "f"):
+        check_integer_dtype(name, array.dtype, meaning)
+
+
+def check_integer_dtype(name: str, dtype: np.dtype, meaning: str) -> None:
+    """A TypeError unless dtype is an integer one ("{name} must be {meaning},
+    got dtype ..."): lengths, indices; also for a dask array's dtype."""
+    if dtype.kind not in "iu":
+        raise TypeError(f"{name} must be {meaning}, got dtype {dtype}")
 
 
 def _check_within(name: str, array: np.ndarray, outside: np.ndarray, interval: str) -> None:

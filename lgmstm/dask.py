@@ -29,7 +29,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._threads import get_num_threads, set_num_threads
-from ._validation import check_bool, check_int
+from ._training import check_fit_settings
+from ._validation import check_bool, check_int, check_integer_dtype, check_number_dtype
 from .lgm import LGM
 from .stm import STM
 
@@ -151,6 +152,7 @@ def _check_inputs(model: Model, X: Any, lengths: Any) -> tuple[da.Array, da.Arra
     if X.shape[-1] != _n_in(model):
         raise ValueError(f"X must have shape {meaning} with n_in = {_n_in(model)}, "
                          f"got {X.shape}")
+    check_number_dtype("X", X.dtype)
     if lengths is None:
         return X, None
     if isinstance(model, LGM):
@@ -161,28 +163,56 @@ def _check_inputs(model: Model, X: Any, lengths: Any) -> tuple[da.Array, da.Arra
                         f"dask.array.from_array(lengths, chunks=(X.chunks[0],))")
     if lengths.ndim != 1:
         raise ValueError(f"lengths must have shape (n_samples,), got {lengths.shape}")
+    check_integer_dtype("lengths", lengths.dtype, "an array of integers")
     _check_same_rows("lengths", lengths, X)
     return X, lengths
 
 
 def _check_targets(model: Model, Y: Any, X: da.Array) -> da.Array:
+    """Y as the model's fit takes it for X: the model's output shape (the
+    last axis may be left out for one output), a dtype it converts."""
+    n_samples = X.shape[0]
     if isinstance(model, LGM):
-        dims, meaning = (1, 2), "(n_samples, n_out)"
-    elif model.return_sequences:
-        dims, meaning = (2, 3), "(n_samples, n_steps, n_out)"
+        n_out = model.layer_sizes[-1]
+        Y = _check_dask_array("Y", Y, (1, 2), "(n_samples, n_out)")
+        shape: tuple[int, ...] = (n_samples, n_out)
     else:
-        dims, meaning = (1, 2), "(n_samples, n_out)"
-    Y = _check_dask_array("Y", Y, dims, meaning)
+        n_out = model.n_out
+        per_step, per_sequence = (n_samples, X.shape[1], n_out), (n_samples, n_out)
+        shape = per_step if model.return_sequences else per_sequence
+        Y = _check_dask_array("Y", Y, (1, 2, 3), "(n_samples, n_steps, n_out)"
+                              if model.return_sequences else "(n_samples, n_out)")
+    check_number_dtype("Y", Y.dtype)
     _check_same_rows("Y", Y, X)
+    if Y.shape != shape and not (n_out == 1 and Y.shape == shape[:-1]):
+        if isinstance(model, STM):
+            raise ValueError(model._targets_error(Y.shape, shape, per_step, per_sequence))
+        raise ValueError(f"Y must have shape (n_samples, n_out) = {shape}"
+                         f"{f' or (n_samples,) = {shape[:-1]}' if n_out == 1 else ''}, "
+                         f"got {Y.shape}")
     return Y
 
 
-def _check_arguments(method: Callable[..., Any], where: str, arguments: dict[str, Any]) -> None:
-    """arguments bind to method (a model's fit or partial_fit) after X and Y."""
+def _check_arguments(kind: type, method: str, where: str, arguments: dict[str, Any],
+                     **passed: Any) -> None:
+    """arguments bind to the model class's method (fit or partial_fit) after
+    X and Y, and their values pass fit's checks that need no data
+    (check_fit_settings, which fit runs too): with passed, what partial_fit
+    gives fit besides them, and fit's defaults for the rest."""
     try:
-        inspect.signature(method).bind(None, None, None, **arguments)
+        inspect.signature(getattr(kind, method)).bind(None, None, None, **arguments)
     except TypeError as exc:
         raise TypeError(f"{where}: {exc}") from None
+    fit = inspect.signature(LGM.fit if issubclass(kind, LGM) else STM.fit).parameters
+    values = {name: parameter.default for name, parameter in fit.items()
+              if parameter.default is not inspect.Parameter.empty}
+    values.update(arguments, **passed)
+    values["validation_data"] = values.get("validation_data") is not None
+    taken = inspect.signature(check_fit_settings).parameters
+    try:
+        check_fit_settings(**{name: values[name] for name in taken if name in values})
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: {exc}") from None
 
 
 def _client(client: Any, where: str) -> distributed.Client:
@@ -291,7 +321,8 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
     ------
     TypeError
         model is not an LGM or STM; X or lengths is not a dask array;
-        lengths given to an LGM.
+        lengths given to an LGM; X of a dtype predict refuses (strings,
+        complex...), lengths not of integers.
     ValueError
         A stateful STM; X of the wrong number of dimensions or features;
         X split along steps or features; chunks of unknown size; lengths
@@ -475,7 +506,7 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
         One per model. X and Y are arrays in memory or futures of them (or
         the whole pair a future); not dask arrays (see
         :func:`partial_fit_dask`). Arrays go to the scheduler once per
-        distinct pair (a pair object shared by many models travels once)
+        distinct pair (the same two arrays, for many models, travel once)
         and stay there, so that a lost worker's data can be sent again;
         for data of more than a few hundred MB per pair, pass futures of
         tasks that load it (``client.submit(load, path)``), which can run
@@ -509,7 +540,9 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
         Before any task is submitted: models not LGMs/STMs, datasets not
         pairs (or a dask array in one), a count, shape or sample mismatch
         between a model and its data, fit_kwargs that fit does not take
-        (or without epochs/lr), no client. Errors of a ``fit`` on a worker
+        (or without epochs/lr) or whose values fit refuses (those it
+        checks without data: lr, epochs, batch_size, optimizer and its
+        settings, callback, ...), no client. Errors of a ``fit`` on a worker
         (e.g. NaN in data that was a future) are raised here when it
         fails, and the other models' tasks are cancelled.
     """
@@ -525,7 +558,7 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     checked = [_check_dataset(i, model, data)
                for i, (model, data) in enumerate(zip(models, datasets))]
     for kind in {type(model) for model in models}:
-        _check_arguments(kind.fit, f"fit_many's fit_kwargs for {kind.__name__}.fit",
+        _check_arguments(kind, "fit", f"fit_many's fit_kwargs for {kind.__name__}.fit",
                          fit_kwargs)
     if threads is not None:
         check_int("threads", threads, 1)
@@ -549,9 +582,10 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     # that holds it, replicated to every worker when several tasks train on
     # it (held by one worker, it would draw every task there: the scheduler
     # runs a task where its data is, and moves tasks away only slowly).
-    # A pair's identity: the same pair object, or the same two arrays.
-    pair_of = [None if isinstance(data, distributed.Future) else
-               (id(datasets[i]), id(data[0]), id(data[1])) for i, data in enumerate(checked)]
+    # A pair's identity: the same two arrays (or futures), in one pair object
+    # or in many ([(X, Y)] * n and [(X, Y) for ...] alike).
+    pair_of = [None if isinstance(data, distributed.Future) else (id(data[0]), id(data[1]))
+               for data in checked]
     tasks_using: dict[Any, int] = {}
     for batch in batches:
         for same in {pair_of[i] for i in batch} - {None}:
@@ -695,9 +729,11 @@ def partial_fit_dask(model: Model, X: da.Array, Y: da.Array, *, epochs: int,
     ------
     TypeError, ValueError
         Before any task: model not an LGM/STM; X, Y or lengths not dask
-        arrays, of the wrong shape, split along steps or features, or
-        chunked differently along samples; epochs not an integer >= 0;
-        arguments partial_fit does not take.
+        arrays, of the wrong shape (Y: the model's outputs, and X's steps
+        for an STM with return_sequences) or dtype, split along steps or
+        features, or chunked differently along samples; epochs not an
+        integer >= 0; arguments partial_fit does not take, or values it
+        refuses (lr, batch_size, optimizer and its settings, ...).
     """
     model = _check_model("model", model)
     X, lengths = _check_inputs(model, X, lengths)
@@ -705,8 +741,9 @@ def partial_fit_dask(model: Model, X: da.Array, Y: da.Array, *, epochs: int,
     if Y.shape[0] != X.shape[0]:  # pragma: no cover - the chunks were compared
         raise ValueError(f"X has {X.shape[0]} samples but Y has {Y.shape[0]}")
     epochs = check_int("epochs", epochs, 0)
-    _check_arguments(type(model).partial_fit, f"partial_fit_dask: arguments of "
-                     f"{type(model).__name__}.partial_fit", partial_fit_kwargs)
+    _check_arguments(type(model), "partial_fit", f"partial_fit_dask: arguments of "
+                     f"{type(model).__name__}.partial_fit", partial_fit_kwargs,
+                     epochs=1, warm_start=True)
     if threads is not None:
         check_int("threads", threads, 1)
     verbose = check_bool("verbose", verbose)

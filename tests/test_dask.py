@@ -175,6 +175,31 @@ def test_fit_many_equals_fitting_each_model_here(client, embed_bytes, monkeypatc
                                       strict=True)
 
 
+@pytest.mark.parametrize("embed_bytes", [0, 3 * 200 * 7 * 8], ids=["held", "too-many-copies"])
+def test_fit_many_sends_the_same_two_arrays_once(client, embed_bytes, monkeypatch):
+    # Pairs made apart around the same two arrays are one pair: held by one
+    # task (not embedded six times, not six tasks), whether every pair is
+    # held (EMBED_BYTES 0) or one copy would fit inside a task and the six
+    # tasks' copies do not (3 copies' worth); copies of X are pairs of their own.
+    monkeypatch.setattr(lgmstm_dask, "EMBED_BYTES", embed_bytes)
+    X, Y = regression(np.random.default_rng(12), (200, 6), 1)
+    models = [lgmstm.LGM([6, 4, 1], seed=i) for i in range(6)]
+
+    def data_tasks(datasets):
+        with distributed.get_task_stream(client=client) as stream:
+            fitted = lgmstm_dask.fit_many(models, datasets, client=client, models_per_task=1,
+                                          epochs=3, lr=0.1)
+        for model, (X_i, Y_i), result in zip(models, datasets, fitted):
+            expected = copy(model)
+            expected.fit(X_i, Y_i, epochs=3, lr=0.1)
+            assert_same_model(result, expected)
+        return len({task["key"] for task in stream.data
+                    if str(task["key"]).startswith("lgmstm-data-")})
+
+    assert data_tasks([(X, Y) for _ in models]) == 1
+    assert data_tasks([(X.copy(), Y) for _ in models]) == (6 if embed_bytes == 0 else 0)
+
+
 @pytest.mark.parametrize("n_models, n_slots", [(1, 2), (6, 2), (200, 2), (1000, 16), (7, 1),
                                                (1000, 8), (40, 2)])
 def test_fit_many_cuts_guided_batches(n_models, n_slots):
@@ -249,6 +274,41 @@ def test_a_killed_worker_loses_no_model(client, embed_bytes, monkeypatch):
 
 
 # -- threads ----------------------------------------------------------------------------
+class ThreadCountingLGM(lgmstm.LGM):
+    """An LGM that notes the OpenMP threads (lgmstm.get_num_threads()) its
+    fit and partial_fit start on, and predicts that count: what the thread
+    test reads back from inside the workers' tasks. At module level, so
+    that the workers import it (a model travels as a plain pickle)."""
+
+    threads_seen = None
+
+    def fit(self, X, Y, **settings):
+        self.threads_seen = lgmstm.get_num_threads()
+        return super().fit(X, Y, **settings)
+
+    def partial_fit(self, X, Y, **settings):
+        self.threads_seen = lgmstm.get_num_threads()
+        return super().partial_fit(X, Y, **settings)
+
+    def predict(self, X):
+        return np.full((len(X), self.layer_sizes[-1]), lgmstm.get_num_threads(), self.dtype)
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "threads_seen": self.threads_seen}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.threads_seen = state["threads_seen"]
+
+
+def _set_task_threads(n_threads):
+    """Set the OpenMP count of the worker's task thread (one slot: every
+    task runs on that thread) and read it back."""
+    if n_threads is not None:
+        lgmstm.set_num_threads(n_threads)
+    return lgmstm.get_num_threads()
+
+
 def test_lgmstm_uses_the_workers_thread_slots(client):
     def slots_and_threads():
         slots = distributed.get_worker().state.nthreads
@@ -256,15 +316,32 @@ def test_lgmstm_uses_the_workers_thread_slots(client):
 
     assert client.submit(slots_and_threads, pure=False).result() == (1, 1)
 
-    def check_threads(epoch, loss):
-        slots = distributed.get_worker().state.nthreads
-        if lgmstm.get_num_threads() != slots:
-            raise AssertionError(f"fit runs on {lgmstm.get_num_threads()} OpenMP threads "
-                                 f"in a worker of {slots} thread slots")
+    # The nanny starts its workers with OMP_NUM_THREADS=1, which is already
+    # the slot count: put each worker's task thread on 2 first, so that an
+    # entry point that did not set the count for its task would run on 2.
+    workers = sorted(client.scheduler_info()["workers"])
 
-    X, Y = regression(np.random.default_rng(8), (50, 3), 1)
-    lgmstm_dask.fit_many([lgmstm.LGM([3, 1], seed=0)] * 2, [(X, Y)] * 2, client=client,
-                         epochs=2, lr=0.1, callback=check_threads)
+    def task_thread_counts(n_threads=None):
+        return client.gather([client.submit(_set_task_threads, n_threads, workers=[worker],
+                                            allow_other_workers=False, pure=False)
+                              for worker in workers])
+
+    assert task_thread_counts(2) == [2, 2]
+    rng = np.random.default_rng(8)
+    X, Y = regression(rng, (100, 3), 1)
+    model = ThreadCountingLGM([3, 1], seed=0)
+    for threads, expected in ((None, 1), (2, 2)):   # the worker's slots, or as told
+        fitted = lgmstm_dask.fit_many([model] * 4, [(X, Y)] * 4, client=client,
+                                      threads=threads, models_per_task=1, epochs=2, lr=0.1)
+        assert [result.threads_seen for result in fitted] == [expected] * 4
+        lazy = lgmstm_dask.predict(model, da.from_array(X, chunks=64), threads=threads)
+        assert np.unique(client.compute(lazy).result()).tolist() == [expected]
+        trained = lgmstm_dask.partial_fit_dask(
+            model, da.from_array(X, chunks=50), da.from_array(Y, chunks=50), epochs=1,
+            client=client, threads=threads, lr=0.1)
+        assert trained.threads_seen == expected
+    assert task_thread_counts() == [2, 2]       # each task gave back the count it found
+    task_thread_counts(1)
 
 
 # The pair's tasks in test_tasks_share_a_workers_thread_slots both read their
@@ -343,7 +420,7 @@ def test_partial_fit_dask_stm_with_lengths_and_no_client():
     assert_same_model(result, expected)
 
 
-def test_partial_fit_dask_on_the_default_client(client):
+def test_partial_fit_dask_on_the_default_client(client, capsys):
     rng = np.random.default_rng(11)
     X, Y = regression(rng, (120, 4), 1)
     model = lgmstm.LGM([4, 3, 1], seed=1)
@@ -353,12 +430,56 @@ def test_partial_fit_dask_on_the_default_client(client):
                                               verbose=True)
     blocks = [(X[a:a + 50], Y[a:a + 50]) for a in (0, 50, 100)]
     assert_same_model(result, local_partial_fits(model, blocks, 2, lr=0.05))
+    # verbose: each epoch's mean of the blocks' losses, on stderr.
+    here, losses = copy(model), []
+    for _ in range(2):
+        for block in blocks:
+            losses.append(here.partial_fit(*block, lr=0.05).history_[0])
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"partial_fit_dask: epoch {epoch + 1}, mean block loss "
+        f"{np.mean(losses[3 * epoch:3 * epoch + 3]):.6g}" for epoch in range(2)]
+
+
+def test_fit_many_verbose_counts_the_models_fitted_on_stderr(client, capsys):
+    X, Y = regression(np.random.default_rng(13), (40, 3), 1)
+    models = [lgmstm.LGM([3, 2, 1], seed=i) for i in range(5)]
+    calls = []
+    lgmstm_dask.fit_many(models, [(X, Y)] * 5, client=client, models_per_task=2, epochs=2,
+                         lr=0.1, verbose=True,
+                         progress=lambda done, total: calls.append(done))
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("\r") and err.endswith("\n")
+    counts = err[1:-1].split("\r")     # one line, rewritten as each task's models come back
+    assert len(counts) == 3 and calls[-1] == 5
+    for line, done in zip(counts, calls):
+        head, seconds = line.rsplit(", ", 1)
+        assert head == f"fit_many: {done}/5 models fitted"
+        assert seconds.endswith(" s") and float(seconds[:-2]) >= 0
 
 
 # -- the search under joblib's dask backend ------------------------------------------------
+def assert_same_search_on_the_cluster(client, search, X, y):
+    """search(n_jobs) fitted here and under joblib's dask backend: the same
+    parameters drawn, scores, best parameters and best model's outputs."""
+    import joblib
+
+    local = search(1).fit(X, y)
+    with client.as_current(), joblib.parallel_backend("dask"), \
+            distributed.get_task_stream(client=client) as tasks:
+        remote = search(-1).fit(X, y)
+    assert tasks.data                   # the fits ran on the cluster
+    assert remote.best_params_ == local.best_params_
+    assert remote.cv_results_["params"] == local.cv_results_["params"]
+    for key in ("mean_test_score", "split0_test_score", "split2_test_score"):
+        np.testing.assert_array_equal(remote.cv_results_[key], local.cv_results_[key])
+    np.testing.assert_array_equal(remote.predict(X), local.predict(X), strict=True)
+    return local, remote
+
+
 def test_grid_search_under_joblibs_dask_backend_equals_a_local_search(client):
     pytest.importorskip("sklearn")
-    import joblib
     from sklearn.model_selection import GridSearchCV, KFold
 
     from lgmstm.datasets import load_diabetes
@@ -370,17 +491,32 @@ def test_grid_search_under_joblibs_dask_backend_equals_a_local_search(client):
 
     def search(n_jobs):
         return GridSearchCV(LGMRegressor(max_iter=20, random_state=0), grid,
-                            cv=KFold(3, shuffle=True, random_state=0), n_jobs=n_jobs).fit(X, y)
+                            cv=KFold(3, shuffle=True, random_state=0), n_jobs=n_jobs)
 
-    local = search(1)
-    with client.as_current(), joblib.parallel_backend("dask"), \
-            distributed.get_task_stream(client=client) as tasks:
-        remote = search(-1)
-    assert tasks.data                   # the fits ran on the cluster
-    assert remote.best_params_ == local.best_params_
-    for key in ("mean_test_score", "split0_test_score", "split2_test_score"):
-        np.testing.assert_array_equal(remote.cv_results_[key], local.cv_results_[key])
-    np.testing.assert_array_equal(remote.predict(X), local.predict(X), strict=True)
+    assert_same_search_on_the_cluster(client, search, X, y)
+
+
+def test_randomized_search_of_a_classifier_under_joblibs_dask_backend(client):
+    pytest.importorskip("sklearn")
+    from scipy.stats import loguniform
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold
+
+    from lgmstm.sklearn import LGMClassifier
+
+    X, y = load_iris(return_X_y=True)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    space = {"hidden_layer_sizes": [(3,), (8,), (16,)],
+             "learning_rate_init": loguniform(1e-3, 1e-1), "alpha": [1e-4, 1e-2]}
+
+    def search(n_jobs):
+        return RandomizedSearchCV(LGMClassifier(max_iter=15, random_state=0), space, n_iter=4,
+                                  cv=StratifiedKFold(3, shuffle=True, random_state=0),
+                                  random_state=0, n_jobs=n_jobs)
+
+    local, remote = assert_same_search_on_the_cluster(client, search, X, y)
+    assert len({params["learning_rate_init"] for params in local.cv_results_["params"]}) == 4
+    np.testing.assert_array_equal(remote.predict_proba(X), local.predict_proba(X), strict=True)
 
 
 # -- bad input: a clear error before any task ----------------------------------------------
@@ -410,6 +546,11 @@ BAD_PREDICTS = [
      TypeError, "lengths must be a dask.array.Array"),
     (lambda: ("model", da.zeros((10, 4), chunks=5), None), TypeError,
      "model must be an lgmstm.LGM or lgmstm.STM, got builtins.str"),
+    (lambda: (lgmstm.LGM([4, 1]), da.from_array(np.full((10, 4), "1.5"), chunks=5), None),
+     TypeError, "X must have dtype float32 or float64 .* got dtype <U3"),
+    (lambda: (lgmstm.STM(4, 3, 1), da.zeros((10, 6, 4), chunks=(5, 6, 4)),
+              da.full(10, 6.0, chunks=5)), TypeError,
+     "lengths must be an array of integers, got dtype float64"),
 ]
 
 
@@ -438,6 +579,35 @@ def test_bad_partial_fit_dask_input_submits_nothing(client, cluster):
          TypeError, "partial_fit_dask: arguments of LGM.partial_fit: .*learning_rate"),
         ((model, X, da.zeros((10, 2), chunks=5)), {"lr": None}, TypeError,
          "missing a required argument: 'lr'"),
+        # The model's outputs, the data's dtypes, the arguments' values.
+        ((model, X, da.zeros((10, 3), chunks=5)), {}, ValueError,
+         r"Y must have shape \(n_samples, n_out\) = \(10, 2\), got \(10, 3\)"),
+        ((model, X, da.zeros(10, chunks=5)), {}, ValueError,
+         r"Y must have shape \(n_samples, n_out\) = \(10, 2\), got \(10,\)"),
+        ((lgmstm.STM(4, 3, 2, return_sequences=True), da.zeros((10, 6, 4), chunks=(5, 6, 4)),
+          da.zeros((10, 5, 2), chunks=(5, 5, 2))), {}, ValueError,
+         r"Y must have shape \(n_samples, n_steps, n_out\) = \(10, 6, 2\), got \(10, 5, 2\)"),
+        ((lgmstm.STM(4, 3, 2, return_sequences=False), da.zeros((10, 6, 4), chunks=(5, 6, 4)),
+          da.zeros((10, 6, 2), chunks=(5, 6, 2))), {}, ValueError,
+         r"Y must be 2-dimensional, of shape \(n_samples, n_out\) = \(10, 2\), got shape "
+         r"\(10, 6, 2\)\. That is one target per step"),
+        ((model, X, da.from_array(np.full((10, 2), "a"), chunks=5)), {}, TypeError,
+         "Y must have dtype float32 or float64 .* got dtype <U1"),
+        ((model, da.from_array(np.full((10, 4), 1 + 1j), chunks=5), da.zeros((10, 2), chunks=5)),
+         {}, TypeError, "X must have dtype float32 or float64 .* got dtype complex128"),
+        ((lgmstm.STM(4, 3, 2, return_sequences=False), da.zeros((10, 6, 4), chunks=(5, 6, 4)),
+          da.zeros((10, 2), chunks=5)), {"lengths": da.full(10, 6.0, chunks=5)}, TypeError,
+         "lengths must be an array of integers, got dtype float64"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"lr": -1}, ValueError,
+         "partial_fit_dask: arguments of LGM.partial_fit: lr must be finite and > 0, got -1"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"optimizer": "rmsprop"}, ValueError,
+         "partial_fit_dask: arguments of LGM.partial_fit: optimizer must be one of"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"momentum": 1.5}, ValueError,
+         "LGM.partial_fit: momentum must be"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"batch_size": 0}, ValueError,
+         "LGM.partial_fit: batch_size must be >= 1, got 0"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"shuffle": "yes"}, TypeError,
+         "LGM.partial_fit: shuffle must be True or False"),
     ]
     for args, extra, error, message in cases:
         settings = {"epochs": 1, "lr": 0.1, **extra}
@@ -467,6 +637,20 @@ def test_bad_fit_many_input_submits_nothing(client, cluster):
         (([model], [(X, Y)]), {"lr": 0.1}, TypeError, "missing a required argument: 'epochs'"),
         (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "client": "tcp://x"}, TypeError,
          "client must be a distributed.Client or None, got builtins.str"),
+        # Values fit would refuse on the workers.
+        (([model], [(X, Y)]), {"epochs": 1, "lr": -1}, ValueError,
+         "fit_many's fit_kwargs for LGM.fit: lr must be finite and > 0, got -1"),
+        (([model], [(X, Y)]), {"epochs": -1, "lr": 0.1}, ValueError,
+         "fit_many's fit_kwargs for LGM.fit: epochs must be >= 0, got -1"),
+        (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "optimizer": "adam", "nesterov": True},
+         ValueError, "nesterov=True needs optimizer='momentum', got 'adam'"),
+        (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "callback": "print"}, TypeError,
+         "fit_many's fit_kwargs for LGM.fit: callback must be callable"),
+        (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "early_stopping": True}, ValueError,
+         "early_stopping=True needs a validation set"),
+        (([lgmstm.STM(4, 3, 1)], [(np.zeros((10, 5, 4)), np.zeros((10, 1)))]),
+         {"epochs": 1, "lr": 0.1, "validation_fraction": 1.5}, ValueError,
+         "fit_many's fit_kwargs for STM.fit: validation_fraction must be"),
     ]
     for args, settings, error, message in cases:
         settings = settings or {"epochs": 1, "lr": 0.1}
@@ -516,3 +700,54 @@ def test_the_benchs_idle_time_counts_the_workers_time_without_a_fit():
     idle = _idle_time(stream, began=10.0, ended=14.0, n_workers=3)
     # w1: 0.5 before, 0.25 between, 1.0 after; w2: 1.0 before, 0.5 after; w3: all 4.0.
     assert idle == pytest.approx({"start": 0.5 + 1.0 + 4.0, "between": 0.25, "end": 1.5})
+
+
+def test_the_benchs_memory_check_names_each_sign_of_trouble():
+    from lgmstm._bench_dask import memory_trouble
+
+    before = {"tcp://a:1": 10, "tcp://b:2": 20, "tcp://c:3": 30}
+    after = {"tcp://a:1": 10, "tcp://b:2": 21, "tcp://d:4": 40}   # b replaced, c gone
+    lines = ["2026 - distributed.worker - INFO - Starting Worker",
+             "2026 - distributed.nanny.memory - WARNING - Worker tcp://c:3 (pid=30) exceeded "
+             "95% memory budget. Restarting...",
+             "2026 - distributed.worker.memory - WARNING - Worker is at 81% memory usage. "
+             "Pausing worker."]
+    events = [(1.0, {"worker": "tcp://c:3", "pid": 30, "rss": 5})]
+    trouble = memory_trouble(before, after, lines, events)
+    assert trouble[:2] == ["worker tcp://b:2 (pid 20) was restarted or lost",
+                           "worker tcp://c:3 (pid 30) was restarted or lost"]
+    assert trouble[2:4] == lines[1:]
+    assert trouble[4:] == ["restarted for memory: {'worker': 'tcp://c:3', 'pid': 30, 'rss': 5}"]
+    assert memory_trouble(before, before, lines[:1], []) == []
+
+
+def _hold_memory(n_bytes):
+    held = np.ones(n_bytes // 8)
+    time.sleep(30)
+    return float(held[0])
+
+
+def test_the_benchs_memory_check_sees_a_worker_its_nanny_restarts():
+    # The nanny, not the worker, logs a restart for memory; the run's task
+    # would run again elsewhere and could complete: the check must see it.
+    from lgmstm._bench_dask import cluster_log_lines, memory_trouble
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  memory_limit=400 * 2**20, dashboard_address=None,
+                                  silence_logs=40) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        pids = client.run(os.getpid)
+        assert memory_trouble(pids, client.run(os.getpid), cluster_log_lines(client),
+                              client.get_events("worker-restart-memory")) == []
+        future = client.submit(_hold_memory, 600 * 2**20, pure=False)
+        deadline = time.monotonic() + 60
+        while not client.get_events("worker-restart-memory") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        future.cancel()
+        client.wait_for_workers(1, timeout=60)
+        trouble = memory_trouble(pids, client.run(os.getpid), cluster_log_lines(client),
+                                 client.get_events("worker-restart-memory"))
+    [(address, pid)] = pids.items()
+    assert trouble[0] == f"worker {address} (pid {pid}) was restarted or lost"
+    assert any("exceeded 95% memory budget" in line for line in trouble[1:])
+    assert trouble[-1].startswith(f"restarted for memory: {{'worker': '{address}'")

@@ -26,6 +26,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 # The top-level module a block imports -> the module that provides it, for
 # those the package does not need.
 OPTIONAL = {"sklearn": "sklearn", "matplotlib": "matplotlib", "dask": "dask",
+            "distributed": "distributed", "lgmstm.dask": "distributed",
             "torch": "torch", "lgmstm.sklearn": "sklearn"}
 
 OUTPUT_MARK = re.compile(r"#\s*->\s?(.*)$")
