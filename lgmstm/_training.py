@@ -287,6 +287,11 @@ class SampleClock(NamedTuple):
 
     samples_before: int  # samples trained before this fit, >= 0
 
+    def rate(self, lr: float, power_t: float, samples: int = 0) -> float:
+        """The rate after samples_before + samples samples (the compiled
+        driver's sample_clock_lr)."""
+        return lr / float(self.samples_before + samples + 1) ** power_t
+
 
 class TrainingControl(NamedTuple):
     """What happens at the end of each epoch of a fit (the compiled
@@ -867,8 +872,9 @@ class ReferenceTrainer:
         self.step = optimizer.step
         self.trained_arrays = params + [a for arrays in moments for a in arrays] + list(carried)
         self.validate, self.control, self.base_lr = validate, control, lr
+        self.clock = SampleClock(control.samples_before)
         if control.schedule == "sample_clock":
-            self.lr = self._sample_clock_lr(control.samples_before)
+            self.lr = self.clock.rate(lr, control.power_t)
         self.validation_losses = np.empty(0)
         self.best_epoch: int | None = None
         self.stopped = self.restored = self.diverged = False
@@ -895,10 +901,6 @@ class ReferenceTrainer:
             self.restored = True
         return True
 
-    def _sample_clock_lr(self, samples: int) -> float:
-        """The sample clock's rate after samples samples (see SampleClock)."""
-        return self.base_lr / float(samples + 1) ** self.control.power_t
-
     def _end_epoch(self, training_loss: float) -> float:
         """As the compiled driver's end_epoch (lgmstm/_train.pyx): the
         validation loss (NaN without one), the best and stale epochs, the
@@ -916,8 +918,8 @@ class ReferenceTrainer:
                 self.best = [a.copy() for a in self.trained_arrays], self.step
         self.epochs_done += 1
         if control.schedule == "sample_clock":
-            self.lr = self._sample_clock_lr(
-                control.samples_before + self.epochs_done * self.n_samples)
+            self.lr = self.clock.rate(self.base_lr, control.power_t,
+                                      self.epochs_done * self.n_samples)
         if self.stale >= control.patience:
             if control.schedule == "adaptive":
                 self.stale = 0

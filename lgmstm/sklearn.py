@@ -806,7 +806,7 @@ class _Progress:
         """The learning rate of the next epoch: scikit-learn's "invscaling"
         sets it to learning_rate_init / (t_ + 1) ** power_t after each epoch."""
         if self.settings.schedule == "invscaling":
-            return lr / (self.estimator.t_ + 1) ** self.settings.power_t
+            return SampleClock(self.estimator.t_).rate(lr, self.settings.power_t)
         return lr
 
     def _schedule(self, adaptive: bool = False) -> dict[str, Any]:
