@@ -367,11 +367,11 @@ def test_adaptive_stops_at_a_plateau_once_lr_is_at_most_1e_6(backend, rng):
     assert len(history) == 4
 
 
-def threaded_fit(kind, stop_on_plateau=False):
+def threaded_fit(kind, stop_on_plateau=False, schedule="invscaling"):
     """A fit big enough that its batches run on more than one thread (the
     panel layout's sample groups: 4000 samples 16 -> 64 -> 10 in batches of
     2000; 256 sequences of 10 steps 6 -> 32 -> 10 in batches of 128), with
-    a validation set and early stopping with "invscaling", or (LGM,
+    a validation set and early stopping with schedule, or (LGM,
     stop_on_plateau) stop_on_plateau on the training loss. Below MIN_PARALLEL_WORK flops per region
     (csrc/lgmstm/_parallel.pxd) every setting would run one thread."""
     rng = np.random.default_rng(7)
@@ -388,18 +388,19 @@ def threaded_fit(kind, stop_on_plateau=False):
         validation_data, batch_size = (X_val, Y_val, lengths_val), 128
     control = (dict(stop_on_plateau=True, tol=1e-3) if stop_on_plateau else
                dict(validation_data=validation_data, early_stopping=True,
-                    lr_schedule="invscaling", power_t=0.1))
+                    lr_schedule=schedule, power_t=0.1))
     model.fit(X, Y, epochs=40, lr=0.05, batch_size=batch_size, optimizer="adam", patience=3,
               **control)
     return model
 
 
+@pytest.mark.parametrize("schedule", ["invscaling", SampleClock(10_000)])
 @pytest.mark.parametrize("kind", MODELS)
-def test_same_bits_for_any_thread_count(kind, threads, starts_a_second_thread):
+def test_same_bits_for_any_thread_count(kind, schedule, threads, starts_a_second_thread):
     results = []
     for n_threads in (1, 2, 3):
         with threads(n_threads):
-            results.append(threaded_fit(kind))
+            results.append(threaded_fit(kind, schedule=schedule))
     # Early stopping stopped the fit and restored an earlier epoch.
     assert results[0].best_epoch_ < len(results[0].history_) - 1
     for other in results[1:]:
