@@ -15,13 +15,14 @@ OPTIMIZER_CODES: Final[dict[str, int]]
 """The optimizers by name, as the compiled code numbers them."""
 
 SCHEDULE_CODES: Final[dict[str, int]]
-"""The learning-rate schedules by name, as the compiled code numbers them."""
+"""The learning-rate schedules by name, as the compiled code numbers them
+("sample_clock": the estimators' private one, lgmstm._training.SampleClock)."""
 
 ADAPTIVE_DIVISOR: Final[float]
 """The adaptive schedule divides lr by this after patience stale epochs."""
 
 MIN_ADAPTIVE_LR: Final[float]
-"""The adaptive schedule stops training when lr falls below this."""
+"""A plateau at an lr of at most this stops the adaptive schedule's training."""
 
 SHORT_FIT_WORK: Final[int]
 """The most multiply-adds an epoch of a short fit (one compiled call) may take."""
@@ -157,11 +158,12 @@ class TrainingRun:
     validation_losses: NDArray[np.float64] | None
     """OUT: a block's validation losses, one per epoch (or None)."""
     def set_control(self, *, schedule: int = ..., power_t: float = ...,
-                    early_stopping: bool = ..., stop_on_plateau: bool = ...,
-                    patience: int = ..., tol: float = ..., monitoring: bool = ...,
-                    kept: Iterable[NDArray[Any]] = ...) -> None:
-        """The end-of-epoch control: schedule, validation, early stopping,
-        stopping on a plateau."""
+                    samples_before: int = ..., early_stopping: bool = ...,
+                    stop_on_plateau: bool = ..., patience: int = ..., tol: float = ...,
+                    monitoring: bool = ..., kept: Iterable[NDArray[Any]] = ...) -> None:
+        """The end-of-epoch control: schedule (the sample clock's
+        samples_before: samples trained before this fit), validation,
+        early stopping, stopping on a plateau."""
     @property
     def lr(self) -> float:
         """The learning rate of the latest update."""

@@ -265,12 +265,32 @@ class TrainingInterrupted(KeyboardInterrupt):
 # -- the plan ------------------------------------------------------------------
 
 
-# The learning-rate schedules fit offers, by name (the compiled code's numbers).
-SCHEDULES: dict[str, int] = dict(_train.SCHEDULE_CODES)
-# The adaptive schedule's divisor, and the lr below which it stops training.
+# The learning-rate schedules by name, with the compiled code's numbers: fit
+# offers SCHEDULES; "sample_clock" is the estimators' (see SampleClock).
+SCHEDULE_CODES: dict[str, int] = dict(_train.SCHEDULE_CODES)
+SCHEDULES: dict[str, int] = {name: code for name, code in SCHEDULE_CODES.items()
+                             if name != "sample_clock"}
+# The adaptive schedule's divisor, and the lr at or below which a plateau
+# stops training instead.
 ADAPTIVE_DIVISOR: float = _train.ADAPTIVE_DIVISOR
 MIN_ADAPTIVE_LR: float = _train.MIN_ADAPTIVE_LR
 PATIENCE, TOL, POWER_T = _train.PATIENCE, _train.TOL, _train.POWER_T
+
+
+class SampleClock(NamedTuple):
+    """scikit-learn's "invscaling" on its clock of samples seen (its MLP's
+    t_): the estimators' schedule, which they give fit as lr_schedule
+    (private: fit documents the names of SCHEDULES only). The first
+    epoch's rate is ``lr / (samples_before + 1)**power_t``, and after
+    epoch e of the fit (from 0) it becomes ``lr / (samples_before + (e + 1)
+    * n_samples + 1)**power_t``, n_samples the samples trained on."""
+
+    samples_before: int  # samples trained before this fit, >= 0
+
+    def rate(self, lr: float, power_t: float, samples: int = 0) -> float:
+        """The rate after samples_before + samples samples (the compiled
+        driver's sample_clock_lr)."""
+        return lr / float(self.samples_before + samples + 1) ** power_t
 
 
 class TrainingControl(NamedTuple):
@@ -279,8 +299,8 @@ class TrainingControl(NamedTuple):
     schedule, and early stopping on the monitored loss (the validation
     loss when there is a validation set, else the training loss)."""
 
-    schedule: str = "constant"  # a key of SCHEDULES
-    power_t: float = POWER_T  # invscaling: lr / step**power_t
+    schedule: str = "constant"  # a key of SCHEDULE_CODES
+    power_t: float = POWER_T  # invscaling: lr / step**power_t; sample_clock: see SampleClock
     early_stopping: bool = False
     patience: int = PATIENCE  # stale epochs before adaptive's lr / 5 or a stop
     tol: float = TOL  # an epoch improves when its loss < best - tol
@@ -288,12 +308,13 @@ class TrainingControl(NamedTuple):
     # A plateau of patience stale epochs stops training at its last epoch
     # (early stopping instead puts back the best; adaptive divides lr instead).
     stop_on_plateau: bool = False
+    samples_before: int = 0  # sample_clock: SampleClock.samples_before
 
     @property
     def monitoring(self) -> bool:
         """Whether the end of an epoch has work to do."""
         return (self.validating or self.early_stopping or self.stop_on_plateau
-                or self.schedule == "adaptive")
+                or self.schedule in ("adaptive", "sample_clock"))
 
 
 def recurrent_validation(program, validation, blas_work):
@@ -405,12 +426,18 @@ def check_fit_settings(*, epochs, lr, batch_size, optimizer, clip_norm, shuffle,
         raise TypeError(f"callback must be callable, got {callback!r}")
     seed = check_seed("seed", seed)
     early_stopping = check_bool("early_stopping", early_stopping)
+    samples_before = 0
+    if isinstance(lr_schedule, SampleClock):
+        samples_before = check_int("samples_before", lr_schedule.samples_before, 0)
+        lr_schedule = "sample_clock"
+    else:
+        lr_schedule = check_choice("lr_schedule", lr_schedule, SCHEDULES)
     control = TrainingControl(
-        check_choice("lr_schedule", lr_schedule, SCHEDULES),
+        lr_schedule,
         check_positive_float("power_t", power_t, allow_zero=True), early_stopping,
         check_int("patience", patience, 1), check_positive_float("tol", tol, allow_zero=True),
         bool(validation_data) or validation_fraction is not None,
-        check_bool("stop_on_plateau", stop_on_plateau))
+        check_bool("stop_on_plateau", stop_on_plateau), samples_before)
     if validation_fraction is not None:
         if validation_data:
             raise ValueError("give validation_data or validation_fraction, not both")
@@ -441,8 +468,9 @@ def plan_fit(rng, X, Y, *, sample, **arguments) -> FitPlan:
     by the model); validation_fraction (None, or in (0, 1)) holds out rows
     instead (plan.held_out, drawn from the shuffling's generator before any
     epoch's order; the batch size is then the training rows'); not both.
-    early_stopping needs one of them. lr_schedule, power_t, patience, tol
-    and stop_on_plateau: see TrainingControl.
+    early_stopping needs one of them. lr_schedule (a name of SCHEDULES,
+    or the estimators' SampleClock), power_t, patience, tol and
+    stop_on_plateau: see TrainingControl.
     """
     n_samples = X.shape[0]
     if n_samples == 0:
@@ -483,7 +511,7 @@ class Trainer(Protocol):
     # epochs...): a replay of a block puts it back with the arrays.
     control_state: tuple
     validation_losses: NDArray[np.float64]  # the latest run's, one per epoch run (or empty)
-    stopped: bool  # early stopping, or the adaptive schedule's lr below MIN_ADAPTIVE_LR
+    stopped: bool  # early stopping, or the adaptive schedule's plateau at lr <= MIN_ADAPTIVE_LR
     best_epoch: int | None  # the epoch (of the fit) of the lowest monitored loss
     diverged: bool  # set by run_epochs when a non-finite loss or parameter stopped it
 
@@ -778,7 +806,8 @@ class CompiledTrainer:
             final_states=final_states, weights=weights, program=network.program)
         self.run_data.validation = validation
         self.run_data.set_control(
-            schedule=SCHEDULES[control.schedule], power_t=control.power_t,
+            schedule=SCHEDULE_CODES[control.schedule], power_t=control.power_t,
+            samples_before=control.samples_before,
             early_stopping=control.early_stopping, stop_on_plateau=control.stop_on_plateau,
             patience=control.patience, tol=control.tol, monitoring=control.monitoring,
             kept=self.trained_arrays)
@@ -875,6 +904,9 @@ class ReferenceTrainer:
         self.step = optimizer.step
         self.trained_arrays = params + [a for arrays in moments for a in arrays] + list(carried)
         self.validate, self.control, self.base_lr = validate, control, lr
+        self.clock = SampleClock(control.samples_before)
+        if control.schedule == "sample_clock":
+            self.lr = self.clock.rate(lr, control.power_t)
         self.validation_losses = np.empty(0)
         self.best_epoch: int | None = None
         self.stopped = self.restored = self.diverged = False
@@ -904,7 +936,8 @@ class ReferenceTrainer:
     def _end_epoch(self, training_loss: float) -> float:
         """As the compiled driver's end_epoch (lgmstm/_train.pyx): the
         validation loss (NaN without one), the best and stale epochs, the
-        adaptive schedule, early stopping and stop_on_plateau."""
+        adaptive schedule, early stopping, stop_on_plateau and the sample
+        clock's next rate."""
         control = self.control
         validation_loss = np.nan
         monitored = training_loss
@@ -916,11 +949,15 @@ class ReferenceTrainer:
             if control.early_stopping:
                 self.best = [a.copy() for a in self.trained_arrays], self.step
         self.epochs_done += 1
+        if control.schedule == "sample_clock":
+            self.lr = self.clock.rate(self.base_lr, control.power_t,
+                                      self.epochs_done * self.n_samples)
         if self.stale >= control.patience:
             if control.schedule == "adaptive":
                 self.stale = 0
-                self.lr = self.lr / ADAPTIVE_DIVISOR
-                self.stopped = self.lr < MIN_ADAPTIVE_LR
+                self.stopped = self.lr <= MIN_ADAPTIVE_LR
+                if not self.stopped:
+                    self.lr = self.lr / ADAPTIVE_DIVISOR
             else:
                 self.stopped = control.early_stopping or control.stop_on_plateau
             if self.stopped:

@@ -643,10 +643,11 @@ class LGM(Model):
             steps, warm starts included) uses ``lr / t**power_t``;
             "adaptive": lr is divided by 5 after ``patience`` epochs without
             the monitored loss (the validation loss, else the training loss)
-            falling below ``best - tol``, and training stops once lr < 1e-6
-            (scikit-learn's MLP schedules, except that its "invscaling"
-            counts samples seen and sets the rate once per epoch, as
-            lgmstm.sklearn's estimators do). Either applies to every optimizer.
+            falling below ``best - tol`` while lr > 1e-6, and such a plateau
+            at a smaller lr stops training (scikit-learn's MLP schedules,
+            except that its "invscaling" counts samples seen and sets the
+            rate once per epoch, as lgmstm.sklearn's estimators do). Either
+            applies to every optimizer.
         power_t : float >= 0, default 0.5
             The exponent of "invscaling".
         stop_on_plateau : bool, default False

@@ -42,7 +42,8 @@ except ImportError as exc:  # not installed, or older than 1.6
 from ._base import BACKENDS, BIT_GENERATORS, ESTIMATOR_KINDS, read_model_file
 from ._persist import ModelFile, read_sized, read_text_array, save_arrays, text_array
 from ._train import all_finite
-from ._training import TrainingInterrupted, user_stacklevel
+from ._training import (ADAPTIVE_DIVISOR, MIN_ADAPTIVE_LR, SampleClock, TrainingInterrupted,
+                        user_stacklevel)
 from ._validation import (
     MAX_DIM,
     check_bool,
@@ -82,9 +83,6 @@ _LBFGS = ("solver='lbfgs' is not available: lgmstm trains by mini-batch gradient
           "many epochs per compiled call, and L-BFGS is a full-batch quasi-Newton method "
           "with a line search that it does not implement; use solver='adam' (the default) "
           "or 'sgd'")
-# What scikit-learn's adaptive schedule divides the learning rate by, and
-# below which it stops instead.
-_ADAPTIVE_FACTOR, _ADAPTIVE_MIN_LR = 5.0, 1e-6
 # The network's activations by scikit-learn's names (out_activation_).
 _OUT_ACTIVATIONS = {"linear": "identity", "tanh": "tanh", "sigmoid": "logistic",
                     "softmax": "softmax"}
@@ -679,19 +677,18 @@ class _Progress:
     """One fit's epochs, run on the network in compiled blocks, with
     scikit-learn's stopping rules between them (see _LGMEstimator._fit_network).
 
-    At a constant rate a fit is one compiled call of the network's fit,
-    which applies scikit-learn's rule itself (patience n_iter_no_change + 1:
-    the same count): early stopping is LGM.fit's early_stopping, and the
-    rule on the training loss of a new fit LGM.fit's stop_on_plateau. A
-    warm fit without early stopping (its best loss carries over) and the
-    "adaptive" schedule (scikit-learn divides the rate while it is above
+    A fit is one compiled call of the network's fit, which applies
+    scikit-learn's rules itself (patience n_iter_no_change + 1: the same
+    count): early stopping is LGM.fit's early_stopping (with "adaptive",
+    LGM.fit's adaptive schedule on the validation loss), and the rule on
+    the training loss of a new fit LGM.fit's stop_on_plateau;
+    "invscaling" is the private SampleClock schedule, which sets the rate
+    from the samples seen (t_) after every epoch in compiled code. A warm
+    fit without early stopping (its best loss carries over) and "adaptive"
+    on the training loss (scikit-learn divides the rate while it is above
     1e-6, then stops) run blocks as long as the count of epochs without
     improvement cannot reach n_iter_no_change + 1 before their end, so that
-    training stops exactly where scikit-learn's loop would. With a schedule
-    that changes the rate between epochs (scikit-learn's "invscaling" sets
-    it from the samples seen after every epoch; "adaptive" with early
-    stopping divides it on a validation plateau), blocks are single epochs,
-    the validation loss measured after each.
+    training stops exactly where scikit-learn's loop would.
     """
 
     def __init__(self, estimator: _LGMEstimator, network: LGM, n_samples: int,
@@ -702,9 +699,9 @@ class _Progress:
         self.sample_weight = sample_weight
         self.settings, self.curve_scale, self.validation = settings, curve_scale, validation
         self.incremental = incremental
+        self.rate = settings.lr  # "adaptive": the rate of the coming epochs
         self.losses: list[NDArray[np.float64]] = []
         self.scores: list[float] = []
-        self.best_params: dict[str, NDArray[Any]] | None = None
         self.plateau = _Plateau(settings.tol, estimator.best_loss_ if
                                 estimator.best_loss_ is not None else np.inf)
         self.validation_plateau = _Plateau(settings.tol)
@@ -734,32 +731,26 @@ class _Progress:
         if self.incremental:
             self._count(self._block(X, Y, 1, self._scheduled(lr), keep))
             return
-        if self.validation is not None and settings.schedule == "constant":
+        if self.validation is not None:
             self._stop_early(X, Y, lr, keep)
             return
-        if self.validation is None and settings.schedule == "constant" and not keep:
+        if settings.schedule != "adaptive" and not keep:
             self._stop_on_plateau(X, Y, lr)
             return
         done, warm = 0, keep
         while done < settings.max_iter:
-            single = self.validation is not None or settings.schedule == "invscaling"
-            plateau = self.validation_plateau if self.validation is not None else self.plateau
-            epochs = min(1 if single else settings.n_iter_no_change + 1 - plateau.count,
+            epochs = min(settings.n_iter_no_change + 1 - self.plateau.count,
                          settings.max_iter - done)
-            losses = self._block(X, Y, epochs, self._scheduled(lr), warm)
+            losses = self._block(X, Y, epochs, self.rate, warm, **self._schedule())
             warm = True
             done += len(losses)
             self._count(losses)
             if len(losses) < epochs:
                 return  # diverged: LGM.fit warned and kept the last finite parameters
-            if plateau.count > settings.n_iter_no_change:
-                if settings.schedule == "adaptive" and lr > _ADAPTIVE_MIN_LR:
-                    lr /= _ADAPTIVE_FACTOR
-                    plateau.count = 0
-                    self._say(f"Setting learning rate to {lr * self._lr_scale():f}")
+            if self.plateau.count > settings.n_iter_no_change:
+                if self._adapt(self.plateau):
                     continue
-                what = "Validation score" if self.validation is not None else "Training loss"
-                self._say(f"{what} did not improve more than tol={settings.tol:f} for "
+                self._say(f"Training loss did not improve more than tol={settings.tol:f} for "
                           f"{settings.n_iter_no_change} consecutive epochs. Stopping.")
                 return
         warnings.warn(f"Stochastic Optimizer: Maximum iterations ({settings.max_iter}) reached "
@@ -775,16 +766,17 @@ class _Progress:
         assert self.validation is not None
         control = dict(validation_data=self.validation, early_stopping=True,
                        patience=settings.n_iter_no_change + 1,
-                       tol=settings.tol / self.curve_scale)
+                       tol=settings.tol / self.curve_scale, **self._schedule(adaptive=True))
         losses = self._block(X, Y, settings.max_iter, lr, warm, **control)
         self._count(losses, self._validated(control))
-        if len(losses) == settings.max_iter:
+        if self.validation_plateau.count > settings.n_iter_no_change:
+            self._say(f"Validation score did not improve more than tol={settings.tol:f} for "
+                      f"{settings.n_iter_no_change} consecutive epochs. Stopping.")
+        elif len(losses) == settings.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({settings.max_iter}) "
                           "reached and the optimization hasn't converged yet.",
                           ConvergenceWarning, stacklevel=user_stacklevel())
-        elif self.network.best_epoch_ is not None and np.isfinite(losses).all():
-            self._say(f"Validation score did not improve more than tol={settings.tol:f} for "
-                      f"{settings.n_iter_no_change} consecutive epochs. Stopping.")
+        # else diverged: LGM.fit warned and kept the last finite parameters
 
     def _stop_on_plateau(self, X: NDArray[Any], Y: NDArray[Any], lr: float) -> None:
         """scikit-learn's rule on the training loss of a new fit, in one
@@ -795,7 +787,7 @@ class _Progress:
         settings = self.settings
         losses = self._block(X, Y, settings.max_iter, lr, False, stop_on_plateau=True,
                              patience=settings.n_iter_no_change + 1,
-                             tol=settings.tol / self.curve_scale)
+                             tol=settings.tol / self.curve_scale, **self._schedule())
         self._count(losses)
         if self.plateau.count > settings.n_iter_no_change:
             self._say(f"Training loss did not improve more than tol={settings.tol:f} for "
@@ -814,35 +806,56 @@ class _Progress:
         """The learning rate of the next epoch: scikit-learn's "invscaling"
         sets it to learning_rate_init / (t_ + 1) ** power_t after each epoch."""
         if self.settings.schedule == "invscaling":
-            return lr / (self.estimator.t_ + 1) ** self.settings.power_t
+            return SampleClock(self.estimator.t_).rate(lr, self.settings.power_t)
         return lr
+
+    def _schedule(self, adaptive: bool = False) -> dict[str, Any]:
+        """LGM.fit's schedule arguments for the coming epochs: "invscaling"
+        as the SampleClock from t_ (the same rates as _scheduled, set by the
+        compiled driver after each epoch); "adaptive" when the network's
+        fit applies it (adaptive: with early stopping, on the validation
+        loss); else none, a constant rate."""
+        settings = self.settings
+        if settings.schedule == "invscaling":
+            return dict(lr_schedule=SampleClock(self.estimator.t_), power_t=settings.power_t)
+        if settings.schedule == "adaptive" and adaptive:
+            return dict(lr_schedule="adaptive")
+        return {}
+
+    def _adapt(self, plateau: _Plateau) -> bool:
+        """scikit-learn's "adaptive" rule after an epoch whose count of
+        epochs without improvement exceeds n_iter_no_change: while the rate
+        is above 1e-6 it is divided by 5 and the count starts again
+        (whether it was). With early stopping the network's fit applied the
+        rule (end_epoch); here it is followed for the rate and its message."""
+        if self.settings.schedule != "adaptive" or self.rate <= MIN_ADAPTIVE_LR:
+            return False
+        self.rate /= ADAPTIVE_DIVISOR
+        plateau.count = 0
+        self._say(f"Setting learning rate to {self.rate * self._lr_scale():f}")
+        return True
 
     def _count(self, losses: NDArray[np.float64],
                validated: NDArray[np.float64] | None = None) -> None:
         """Add the block's epochs to the estimator's curves and counts, with
-        their validation losses: those the network measured (validated),
-        else measured here after the block (of one epoch), keeping the
-        best epoch's parameters."""
+        their validation losses, those the network measured (validated:
+        its early stopping, which also applied "adaptive", followed here)."""
         self.losses.append(losses)
         estimator = self.estimator
+        if validated is not None and len(validated) != len(losses):
+            validated = None  # Ctrl-C came first
         for epoch, loss in enumerate(losses):
             estimator.n_iter_ += 1
             estimator.t_ += self.n_samples
             self.plateau.update(float(loss))
             if validated is not None:
-                if len(validated) == len(losses):  # else Ctrl-C came first
-                    self.scores.append(-float(validated[epoch]))
-                    self.validation_plateau.update(float(validated[epoch]))
-            elif self.validation is not None:
-                X_val, Y_val, *weight_val = self.validation
-                validation_loss = self.network.loss(
-                    X_val, Y_val, sample_weight=weight_val[0] if weight_val else None
-                ) * self.curve_scale
-                self.scores.append(-validation_loss)
-                if self.validation_plateau.update(validation_loss):
-                    self.best_params = self.network.params
+                self.scores.append(-float(validated[epoch]))
+                self.validation_plateau.update(float(validated[epoch]))
             if estimator.verbose:  # formatting 200 unprinted lines cost 3% of a small fit
                 self._say(f"Iteration {estimator.n_iter_}, loss = {loss:.8f}")
+            if (validated is not None
+                    and self.validation_plateau.count > self.settings.n_iter_no_change):
+                self._adapt(self.validation_plateau)
 
     def _say(self, message: str) -> None:
         if self.estimator.verbose:
@@ -860,8 +873,6 @@ class _Progress:
         estimator.validation_scores_ = np.asarray(self.scores, dtype=np.float64)
         if self.scores:
             estimator.best_validation_score_ = -float(self.validation_plateau.best)
-        if self.best_params is not None:  # measured here: the network restores its own
-            self.network.load_params(self.best_params)
 
 
 class LGMRegressor(RegressorMixin, _LGMEstimator):

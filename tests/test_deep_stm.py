@@ -8,6 +8,7 @@ import pytest
 
 import lgmstm
 from lgmstm import STM, reference
+from lgmstm._training import SampleClock
 
 DTYPES = [np.float32, np.float64]
 
@@ -682,15 +683,18 @@ def test_a_deep_stm_takes_the_drivers_learning_rate_schedules():
     X = rng.normal(size=(20, 6, 3))
     Y = np.tanh(X[..., :2])
     histories = {}
+    # SampleClock: the estimators' private schedule (scikit-learn's invscaling).
+    schedules = ("constant", "invscaling", "adaptive", SampleClock(30))
     for backend in ("cython", "numpy"):
-        for schedule in ("constant", "invscaling", "adaptive"):
+        for schedule in schedules:
             model = lgmstm.STM(3, [5, 4], 2, readout=[3], seed=0, backend=backend)
             histories[backend, schedule] = model.fit(X, Y, epochs=6, lr=0.05,
                                                      lr_schedule=schedule, patience=1)
-    for schedule in ("constant", "invscaling", "adaptive"):
+    for schedule in schedules:
         np.testing.assert_allclose(histories["cython", schedule], histories["numpy", schedule],
                                    rtol=1e-10)
-    assert not np.allclose(histories["cython", "constant"], histories["cython", "invscaling"])
+    for schedule in ("invscaling", SampleClock(30)):
+        assert not np.allclose(histories["cython", "constant"], histories["cython", schedule])
 
 
 # -- the panel layout (small one-direction networks, full-length batches) -------------

@@ -365,8 +365,8 @@ def test_same_bits_for_any_thread_count(threads, starts_a_second_thread):
     assert starts_a_second_thread("test_mlp_dropin", "threaded_regressor()")
 
 
-# Adam: the network's own early stopping, in one compiled call; SGD with
-# "invscaling": a rate per epoch, so the estimator measures each epoch itself.
+# Adam, and SGD with "invscaling" (a rate per epoch from the samples seen):
+# the network's own early stopping, in one compiled call.
 @pytest.mark.parametrize("settings", [
     dict(learning_rate_init=0.01),
     dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.5, momentum=0.0,
@@ -420,6 +420,79 @@ def test_schedules(regression):
         for got, want in zip(model.coefs_, expected.coefs_):
             np.testing.assert_array_equal(got, want)
         assert not all(np.array_equal(a, b) for a, b in zip(before, expected.coefs_))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_invscaling_runs_at_scikit_learns_rates(regression, dtype, momentum):
+    # scikit-learn's own rates: its optimizer's learning_rate before each
+    # epoch (iteration_ends sets it from t_ after every epoch).
+    X, Y = regression
+    settings = dict(hidden_layer_sizes=(5,), solver="sgd", learning_rate_init=0.2,
+                    momentum=momentum, alpha=0.0, batch_size=16, shuffle=False, random_state=0)
+    theirs = MLPRegressor(activation="tanh", learning_rate="invscaling", power_t=0.25,
+                          max_iter=1, **settings)
+    rates = []
+    for _ in range(6):
+        rates.append(theirs._optimizer.learning_rate if rates else 0.2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            theirs.partial_fit(X, Y)
+    assert rates[1:] == [0.2 / (epoch * len(X) + 1) ** 0.25 for epoch in range(1, 6)]
+    # Ours in one compiled call (no plateau stops it in 6 epochs) against
+    # one epoch per call at those rates (the loss scale 2 / n_outputs is 1
+    # here, so the network's rates are the same numbers).
+    model = LGMRegressor(learning_rate="invscaling", power_t=0.25, max_iter=6, tol=0.0,
+                         n_iter_no_change=6, dtype=dtype, standardize_y=False, **settings)
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        model.fit(X, Y)
+    expected = LGMRegressor(max_iter=1, dtype=dtype, standardize_y=False, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        expected.set_params(learning_rate_init=rates[0]).fit(X, Y)
+    for rate in rates[1:]:
+        expected.set_params(learning_rate_init=rate).partial_fit(X, Y)
+    assert model.t_ == expected.t_ == 6 * len(X) and model.n_iter_ == 6
+    np.testing.assert_array_equal(model.loss_curve_, expected.loss_curve_)
+    for got, want in zip(model.coefs_ + model.intercepts_,
+                         expected.coefs_ + expected.intercepts_):
+        np.testing.assert_array_equal(got, want)
+    # A warm start goes on with the clock: t_ = 6 n before its first epoch.
+    model.set_params(warm_start=True, max_iter=2)
+    with pytest.warns(ConvergenceWarning):
+        model.fit(X, Y)
+    for epoch in (6, 7):
+        expected.set_params(learning_rate_init=0.2 / (epoch * len(X) + 1) ** 0.25)
+        expected.partial_fit(X, Y)
+    assert model.t_ == expected.t_
+    np.testing.assert_array_equal(model.loss_curve_, expected.loss_curve_)
+    for got, want in zip(model.coefs_, expected.coefs_):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_adaptive_with_early_stopping_divides_on_validation_plateaus(regression, capsys):
+    # tol=10: no validation epoch after the first improves enough, so every
+    # 3 epochs the rate is divided by 5 while it is above 1e-6: 7 times
+    # (0.05 / 5**7 = 6.4e-7; the loss scale is 1 with two outputs), then 3
+    # more epochs and the stop, the best epoch's network restored.
+    X, Y = regression
+    model = LGMRegressor(hidden_layer_sizes=(5,), solver="sgd", learning_rate="adaptive",
+                         learning_rate_init=0.05, tol=10.0, n_iter_no_change=2, max_iter=100,
+                         early_stopping=True, verbose=True, random_state=0,
+                         standardize_y=False)
+    model.fit(X, Y)
+    printed = capsys.readouterr().out
+    assert printed.count("Setting learning rate to") == 7
+    assert "Setting learning rate to 0.000003" in printed  # 0.05 / 5**6
+    assert model.n_iter_ == 25 and "Validation score did not improve" in printed
+    assert printed.index("Iteration 4,") < printed.index("Setting learning rate to 0.010000")
+    assert printed.index("Setting learning rate to 0.010000") < printed.index("Iteration 5,")
+    assert model.best_validation_score_ == max(model.validation_scores_)
+    # The restored network is the best epoch's (scores in scikit-learn's
+    # half squared error).
+    _, X_val, _, Y_val = train_test_split(X, Y, test_size=0.1,
+                                          random_state=np.random.RandomState(0))
+    assert -0.5 * model.lgm_.loss(X_val, Y_val) == model.best_validation_score_
 
 
 def test_adaptive_divides_the_rate_on_a_plateau(regression, capsys):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import lgmstm
+from lgmstm._training import SampleClock
 
 BACKENDS = ["cython", "numpy"]
 # The validation loss is summed in the compiled loop's order, model.loss in
@@ -176,11 +177,12 @@ def test_validation_fraction_holds_out_the_last_of_a_permutation(kind, rng):
 
 
 @pytest.mark.parametrize("kind", MODELS)
-def test_compiled_and_numpy_backends_agree(kind, rng):
+@pytest.mark.parametrize("schedule", ["invscaling", SampleClock(40)])
+def test_compiled_and_numpy_backends_agree(kind, schedule, rng):
     X, Y, validation_data, _ = problem(kind, rng, np.float64)
     arguments = dict(lr=0.05, batch_size=6, optimizer="momentum", shuffle=False, epochs=300,
                      validation_data=validation_data, early_stopping=True, patience=3,
-                     lr_schedule="invscaling", power_t=0.25)
+                     lr_schedule=schedule, power_t=0.25)
     compiled, numpy_ = make(kind, np.float64, "cython"), make(kind, np.float64, "numpy")
     compiled.fit(X, Y, **arguments)
     numpy_.fit(X, Y, **arguments)
@@ -251,14 +253,34 @@ class PlateauCount:
 
 
 class Adaptive(PlateauCount):
-    """scikit-learn's adaptive schedule on the training loss: lr / 5 after
-    patience epochs that do not fall below best - tol; stop below 1e-6."""
+    """scikit-learn's adaptive schedule on the training loss: after
+    patience epochs that do not fall below best - tol, lr / 5 while lr >
+    1e-6, else stop."""
 
     def end_epoch(self, loss):
         self.count(loss)
         if self.stale >= self.patience:
-            self.lr, self.stale = self.lr / 5, 0
-            self.stopped = self.lr < 1e-6
+            self.stale = 0
+            if self.lr <= 1e-6:
+                self.stopped = True
+            else:
+                self.lr /= 5
+
+
+class SampleClockRates:
+    """scikit-learn's invscaling on its clock of samples seen: every update
+    of an epoch at lr / (samples + 1)**power_t, samples those seen before
+    the epoch (samples_before, then n_samples more each epoch)."""
+
+    def __init__(self, lr, power_t, samples_before, n_samples):
+        self.lr, self.power_t, self.samples = lr, power_t, samples_before
+        self.n_samples, self.stopped = n_samples, False
+
+    def __call__(self, t):
+        return self.lr / (self.samples + 1) ** self.power_t
+
+    def end_epoch(self, loss):
+        self.samples += self.n_samples
 
 
 def fitted_linear(backend, X, Y, **arguments):
@@ -287,10 +309,45 @@ def test_invscaling_matches_a_hand_computation(backend, power_t, rng):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("power_t, samples_before", [(0.5, 0), (0.25, 30), (1.0, 7)])
+def test_sample_clock_matches_a_hand_computation(backend, power_t, samples_before, rng):
+    # The estimators' "invscaling" (scikit-learn's): a rate per epoch from
+    # the samples seen, those before the fit included.
+    X, Y = linear_problem(rng)
+    W, b, model, history = fitted_linear(backend, X, Y, epochs=6, lr=0.2, batch_size=5,
+                                         lr_schedule=SampleClock(samples_before),
+                                         power_t=power_t)
+    W_hand, b_hand, losses = hand_sgd(X, Y, W, b, 6, 5,
+                                      SampleClockRates(0.2, power_t, samples_before, len(X)))
+    np.testing.assert_allclose(model.params["layer0.weight"], W_hand, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(model.params["layer0.bias"], b_hand, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(history, losses, rtol=1e-13)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_sample_clock_is_epochs_at_scikit_learns_rates(kind, dtype, backend, optimizer, rng):
+    # One fit on the sample clock takes exactly the steps of one-epoch
+    # fits at the constant rates lr / (samples seen + 1)**power_t.
+    X, Y, _, _ = problem(kind, rng, dtype)
+    arguments = dict(batch_size=7, optimizer=optimizer, shuffle=False)
+    model = make(kind, dtype, backend)
+    model.fit(X, Y, epochs=5, lr=0.05, lr_schedule=SampleClock(30), power_t=0.25, **arguments)
+    by_hand, losses = make(kind, dtype, backend), []
+    for epoch in range(5):
+        losses.extend(by_hand.fit(X, Y, epochs=1, lr=0.05 / (30 + epoch * len(X) + 1) ** 0.25,
+                                  warm_start=True, **arguments))
+    np.testing.assert_array_equal(model.history_, losses)
+    assert_same_state(model, by_hand)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_adaptive_matches_a_hand_computation(backend, rng):
     X, Y = linear_problem(rng)
     # A tol this large: no epoch after the first counts as improving, so lr
-    # falls every two epochs, and training stops once it is below 1e-6.
+    # falls every two epochs, and the first plateau at lr <= 1e-6 stops.
     W, b, model, history = fitted_linear(backend, X, Y, epochs=100, lr=0.05, batch_size=4,
                                          lr_schedule="adaptive", patience=2, tol=1e-2)
     W_hand, b_hand, losses = hand_sgd(X, Y, W, b, 100, 4, Adaptive(0.05, 2, 1e-2))
@@ -301,19 +358,20 @@ def test_adaptive_matches_a_hand_computation(backend, rng):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_adaptive_stops_when_lr_falls_below_1e_6(backend, rng):
+def test_adaptive_stops_at_a_plateau_once_lr_is_at_most_1e_6(backend, rng):
     X, Y = linear_problem(rng)
-    # Epoch 0 improves; 1 and 2 do not (tol 10): lr 1e-5 -> 2e-6 -> 4e-7, stop.
+    # Epoch 0 improves; 1, 2 and 3 do not (tol 10): lr 1e-5 -> 2e-6 -> 4e-7,
+    # and the plateau at 4e-7 stops (scikit-learn's rule).
     _, _, model, history = fitted_linear(backend, X, Y, epochs=50, lr=1e-5,
                                          lr_schedule="adaptive", patience=1, tol=10.0)
-    assert len(history) == 3
+    assert len(history) == 4
 
 
-def threaded_fit(kind, stop_on_plateau=False):
+def threaded_fit(kind, stop_on_plateau=False, schedule="invscaling"):
     """A fit big enough that its batches run on more than one thread (the
     panel layout's sample groups: 4000 samples 16 -> 64 -> 10 in batches of
     2000; 256 sequences of 10 steps 6 -> 32 -> 10 in batches of 128), with
-    a validation set and early stopping with "invscaling", or (LGM,
+    a validation set and early stopping with schedule, or (LGM,
     stop_on_plateau) stop_on_plateau on the training loss. Below MIN_PARALLEL_WORK flops per region
     (csrc/lgmstm/_parallel.pxd) every setting would run one thread."""
     rng = np.random.default_rng(7)
@@ -330,18 +388,19 @@ def threaded_fit(kind, stop_on_plateau=False):
         validation_data, batch_size = (X_val, Y_val, lengths_val), 128
     control = (dict(stop_on_plateau=True, tol=1e-3) if stop_on_plateau else
                dict(validation_data=validation_data, early_stopping=True,
-                    lr_schedule="invscaling", power_t=0.1))
+                    lr_schedule=schedule, power_t=0.1))
     model.fit(X, Y, epochs=40, lr=0.05, batch_size=batch_size, optimizer="adam", patience=3,
               **control)
     return model
 
 
+@pytest.mark.parametrize("schedule", ["invscaling", SampleClock(10_000)])
 @pytest.mark.parametrize("kind", MODELS)
-def test_same_bits_for_any_thread_count(kind, threads, starts_a_second_thread):
+def test_same_bits_for_any_thread_count(kind, schedule, threads, starts_a_second_thread):
     results = []
     for n_threads in (1, 2, 3):
         with threads(n_threads):
-            results.append(threaded_fit(kind))
+            results.append(threaded_fit(kind, schedule=schedule))
     # Early stopping stopped the fit and restored an earlier epoch.
     assert results[0].best_epoch_ < len(results[0].history_) - 1
     for other in results[1:]:

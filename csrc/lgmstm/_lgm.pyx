@@ -41,7 +41,7 @@ from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_los
                            squared_error, weight_sum)
 from lgmstm._rows cimport gather_rows
 from lgmstm._tanh cimport tanh_rows
-from lgmstm._train cimport (CONSTANT, BatchStep, KeptMemory, Parameters, PointerTable, Program,
+from lgmstm._train cimport (INVSCALING, BatchStep, KeptMemory, Parameters, PointerTable, Program,
                             TrainingPlan, TrainingRun, UseLock, data_or_null, is_ready_matrix,
                             kernel_threads, parameters_of, plan_of, run_training)
 
@@ -541,7 +541,9 @@ cdef struct Batches:
     int loss                # the loss code (_loss.pxd)
     const double *weights   # the samples' weights (n_samples,), or NULL: all 1
     double *batch_weights   # scratch (batch_size,): a shuffled batch's weights
-    double sgd_lr           # > 0: SGD fused into the backward pass
+    # SGD fused into the backward pass: the optimizer's lr (a schedule changes
+    # it only between epochs), else NULL
+    const double *sgd_lr
     const void *X
     const void *Y
     void **workspace        # see Network.train
@@ -572,8 +574,9 @@ cdef double lgm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
     cdef const floating *X_rows
     cdef const floating *Y_rows
     cdef const double *weight_rows = NULL
-    cdef floating scale = <floating> -batches.sgd_lr if batches.sgd_lr > 0 else 1
-    cdef floating beta = 1 if batches.sgd_lr > 0 else 0
+    cdef double sgd_lr = batches.sgd_lr[0] if batches.sgd_lr != NULL else 0
+    cdef floating scale = <floating> -sgd_lr if sgd_lr > 0 else 1
+    cdef floating beta = 1 if sgd_lr > 0 else 0
     cdef bint finite = True
     cdef double loss
     if batches.in_panel_layout:
@@ -613,7 +616,7 @@ cdef double lgm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
     return network_gradients(
         X_rows, Y_rows, n_rows, batches.params, batches.targets, batches.sizes, n_layers,
         batches.output_tanh, batches.loss, weight_rows, batches.workspace + 3,
-        batches.workspace + 3 + n_layers, batches.partials, batches.sgd_lr, n_threads)
+        batches.workspace + 3 + n_layers, batches.partials, sgd_lr, n_threads)
 
 
 cdef double lgm_batch_step(void *batches, Py_ssize_t start, Py_ssize_t n_rows,
@@ -680,10 +683,11 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef Optimizer *optimizer = &run.optimizer
     cdef PointerTable validation_scratch
     cdef bint sgd = (optimizer.kind == SGD and run.clip_norm == 0
-                     and optimizer.weight_decay == 0 and run.control.schedule == CONSTANT)
+                     and optimizer.weight_decay == 0 and run.control.schedule != INVSCALING)
     cdef const double *weights = <const double *> data_or_null(run.weights)
-    # Plain SGD at a constant lr is fused into the backward pass; the others
-    # (and SGD with clipping, weight decay or a schedule) update after it. An
+    # Plain SGD at a rate that changes only between epochs is fused into the
+    # backward pass; the others (and SGD with clipping, weight decay or
+    # invscaling's rate per update) update after it. An
     # epoch's loss is its summed loss over the (weighted) count loss_scale
     # divides by.
     plan = plan_of(run, order, epoch_losses, n_epochs, n_samples,
@@ -708,7 +712,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.loss = network.loss
     batches.weights = weights
     batches.batch_weights = NULL
-    batches.sgd_lr = optimizer.lr if sgd else 0
+    batches.sgd_lr = &optimizer.lr if sgd else NULL
     batches.X = cnp.PyArray_DATA(<cnp.ndarray> run.X)
     batches.Y = cnp.PyArray_DATA(<cnp.ndarray> run.Y)
     batches.workspace = run.workspace.data

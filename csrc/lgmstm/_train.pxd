@@ -43,6 +43,8 @@ cdef enum Schedule:
     CONSTANT = 0
     INVSCALING = 1   # lr / step**power_t, step counted from 1
     ADAPTIVE = 2     # lr / 5 after patience epochs without improvement
+    SAMPLE_CLOCK = 3 # after each epoch lr / (samples seen + 1)**power_t (scikit-learn's
+                     # invscaling, the estimators' private schedule)
 
 
 cdef struct EpochControl:
@@ -51,7 +53,8 @@ cdef struct EpochControl:
     # gives one, else the training loss), early stopping. Kept in the
     # TrainingRun, so it carries from one block of epochs to the next.
     int schedule
-    double base_lr, power_t    # invscaling's lr / step**power_t
+    double base_lr, power_t    # invscaling's lr / step**power_t (SAMPLE_CLOCK's as above)
+    long long samples_before   # SAMPLE_CLOCK: samples trained before this fit
     bint monitoring            # the epoch's end has work: validation, adaptive, early stop
     bint early_stopping
     bint stop_on_plateau       # a plateau stops training at its epoch (early stopping: at the best)
@@ -62,7 +65,7 @@ cdef struct EpochControl:
     Py_ssize_t epochs_done     # INOUT epochs of the fit so far
     Py_ssize_t stale           # INOUT epochs since the loss last fell below best - tol
     long long best_step        # the optimizer's step after the best epoch
-    bint stopped               # OUT training stopped (early stop, or adaptive's lr < 1e-6)
+    bint stopped               # OUT training stopped (early stop, or adaptive's plateau at lr <= 1e-6)
     bint restored              # the kept arrays hold the best epoch's copy
     void **kept                # the arrays early stopping restores (params, moments, ...)
     void **best                # INOUT their copies after the best epoch

@@ -10,7 +10,8 @@ nogil code can use) and TrainingRun (the data and plan of one fit).
         update every parameter with its moments
                                             (a weight's decay added to its gradient)
     epoch_losses[epoch] = loss / loss_denominator
-    end_epoch: the validation loss, the adaptive schedule, early stopping
+    end_epoch: the validation loss, the adaptive schedule, early stopping,
+               the sample clock's lr for the next epoch
 """
 cimport cython
 cimport numpy as cnp
@@ -38,11 +39,13 @@ BLAS_THREADING_WORK = _BLAS_THREADING_WORK
 # describes them).
 OPTIMIZER_CODES = {"sgd": SGD, "momentum": MOMENTUM, "adam": ADAM}
 
-# The learning-rate schedules by name, as the compiled code numbers them.
-SCHEDULE_CODES = {"constant": CONSTANT, "invscaling": INVSCALING, "adaptive": ADAPTIVE}
+# The learning-rate schedules by name, as the compiled code numbers them
+# ("sample_clock" is the estimators' private one: lgmstm._training.SampleClock).
+SCHEDULE_CODES = {"constant": CONSTANT, "invscaling": INVSCALING, "adaptive": ADAPTIVE,
+                  "sample_clock": SAMPLE_CLOCK}
 
-# The adaptive schedule divides lr by this, and training stops when lr
-# falls below MIN_ADAPTIVE_LR (scikit-learn's MLP values).
+# The adaptive schedule divides lr by this at a plateau, and a plateau at
+# an lr of MIN_ADAPTIVE_LR or less stops training (scikit-learn's MLP values).
 cdef double LR_DIVISOR = 5.0
 cdef double MIN_LR = 1e-6
 ADAPTIVE_DIVISOR = LR_DIVISOR
@@ -384,12 +387,14 @@ cdef class TrainingRun:
             self.decayed[...] = np.asarray(decayed, dtype=bool)
 
     def set_control(self, *, int schedule=CONSTANT, double power_t=DEFAULT_POWER_T,
-                    bint early_stopping=False, bint stop_on_plateau=False,
-                    Py_ssize_t patience=DEFAULT_PATIENCE, double tol=DEFAULT_TOL,
-                    bint monitoring=False, kept=()):
+                    long long samples_before=0, bint early_stopping=False,
+                    bint stop_on_plateau=False, Py_ssize_t patience=DEFAULT_PATIENCE,
+                    double tol=DEFAULT_TOL, bint monitoring=False, kept=()):
         """What the driver does after each epoch (see end_epoch): the
         learning-rate schedule (SCHEDULE_CODES; invscaling's power_t, from
-        the lr the run was made with), patience and tol of the adaptive
+        the lr the run was made with; the sample clock's samples_before,
+        the samples trained before this fit, which sets the first epoch's
+        rate here), patience and tol of the adaptive
         schedule, of early stopping and of stop_on_plateau (stop after
         patience epochs without improvement, keeping the last epoch);
         monitoring: the epochs' ends have work (validation, adaptive, early
@@ -399,12 +404,15 @@ cdef class TrainingRun:
         self.control.schedule = schedule
         self.control.base_lr = self.optimizer.lr
         self.control.power_t = power_t
+        self.control.samples_before = samples_before
+        if schedule == SAMPLE_CLOCK:
+            self.optimizer.lr = sample_clock_lr(&self.control, samples_before)
         self.control.early_stopping = early_stopping
         self.control.stop_on_plateau = stop_on_plateau
         self.control.patience = patience
         self.control.tol = tol
         self.control.monitoring = (monitoring or early_stopping or stop_on_plateau
-                                   or schedule == ADAPTIVE)
+                                   or schedule == ADAPTIVE or schedule == SAMPLE_CLOCK)
         kept = list(kept) if early_stopping else []
         self.kept_table = PointerTable(kept)
         self.best_table = PointerTable([np.array(a, copy=True) for a in kept])
@@ -423,7 +431,7 @@ cdef class TrainingRun:
     @property
     def stopped(self):
         """Whether training stopped: early stopping, or the adaptive
-        schedule's lr fell below MIN_ADAPTIVE_LR."""
+        schedule's plateau at lr <= MIN_ADAPTIVE_LR."""
         return bool(self.control.stopped)
 
     @property
@@ -582,6 +590,12 @@ cdef void restore_best(EpochControl *control, Optimizer *optimizer) noexcept nog
     control.restored = True
 
 
+cdef inline double sample_clock_lr(const EpochControl *control, long long samples) noexcept nogil:
+    """The sample clock's rate after samples samples (scikit-learn's
+    invscaling, its t_): base_lr / (samples + 1)**power_t."""
+    return control.base_lr / pow(<double> (samples + 1), control.power_t)
+
+
 cdef bint end_epoch(const TrainingPlan *plan, void *program, Optimizer *optimizer,
                     Py_ssize_t epoch, int n_threads) noexcept nogil:
     """After epoch (of the plan's block): the validation loss, then the
@@ -589,10 +603,12 @@ cdef bint end_epoch(const TrainingPlan *plan, void *program, Optimizer *optimize
     against the best so far. The stale count restarts when the loss falls
     below best - tol; the best (and, early stopping, a copy of the kept
     arrays and the step) follows any loss below it. After patience stale
-    epochs the adaptive schedule divides lr by ADAPTIVE_DIVISOR (training
-    stops when lr < MIN_ADAPTIVE_LR), else early stopping and
-    stop_on_plateau stop; stopping early puts back the best epoch
-    (stop_on_plateau alone keeps the last). Returns whether training stops."""
+    epochs the adaptive schedule divides lr by ADAPTIVE_DIVISOR while lr >
+    MIN_ADAPTIVE_LR, else stops training (scikit-learn's rule); early
+    stopping and stop_on_plateau stop; stopping early puts back the best
+    epoch (stop_on_plateau alone keeps the last). The sample clock sets
+    the next epoch's lr from the samples trained so far (the plan's
+    n_samples an epoch). Returns whether training stops."""
     cdef EpochControl *control = plan.control
     cdef double monitored = plan.epoch_losses[epoch]
     cdef Py_ssize_t i
@@ -611,11 +627,15 @@ cdef bint end_epoch(const TrainingPlan *plan, void *program, Optimizer *optimize
                 memcpy(control.best[i], control.kept[i], control.kept_bytes[i])
             control.best_step = optimizer.step
     control.epochs_done += 1
+    if control.schedule == SAMPLE_CLOCK:
+        optimizer.lr = sample_clock_lr(
+            control, control.samples_before + control.epochs_done * <long long> plan.n_samples)
     if control.stale >= control.patience:
         if control.schedule == ADAPTIVE:
             control.stale = 0
-            optimizer.lr = optimizer.lr / LR_DIVISOR
-            control.stopped = optimizer.lr < MIN_LR
+            control.stopped = optimizer.lr <= MIN_LR
+            if not control.stopped:
+                optimizer.lr = optimizer.lr / LR_DIVISOR
         else:
             control.stopped = control.early_stopping or control.stop_on_plateau
         if control.stopped and control.early_stopping:
