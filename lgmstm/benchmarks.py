@@ -1056,10 +1056,12 @@ class _PolicyWorker:
              "from lgmstm.benchmarks import policy_worker; policy_worker()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env=_policy_environment(policy))
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.requests, self.replies = self.process.stdin, self.process.stdout
         self.hello = self._reply()
 
     def _reply(self):
-        line = self.process.stdout.readline()
+        line = self.replies.readline()
         if not line:
             raise RuntimeError(f"the {self.policy} wait-policy worker ended "
                                f"(exit status {self.process.wait()})")
@@ -1069,12 +1071,12 @@ class _PolicyWorker:
         request = {"case": item.case.name, "size": item.size.name, "dtype": item.dtype.name,
                    "threads": item.threads, "target_seconds": target_seconds,
                    "repeats": repeats}
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
+        self.requests.write(json.dumps(request) + "\n")
+        self.requests.flush()
         return self._reply()
 
     def close(self):
-        self.process.stdin.close()
+        self.requests.close()
         self.process.wait()
 
 
@@ -1097,7 +1099,7 @@ def compare_wait_policies(items, *, rounds=5, target_seconds=0.15, repeats=3, pr
         for done, item in enumerate(items):
             if progress:
                 progress(done, len(items), f"{item.group}: {item.threads}t")
-            per_round = {policy: [] for policy in workers}
+            per_round: dict[str, list[float]] = {policy: [] for policy in workers}
             for round_ in range(rounds):
                 order = list(workers) if round_ % 2 == 0 else list(workers)[::-1]
                 for policy in order:
