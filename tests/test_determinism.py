@@ -11,11 +11,12 @@ import lgmstm
 from lgmstm import kernels
 
 N_SAMPLES, N_IN, N_OUT = 517, 130, 70
-THREAD_COUNTS = [1, 2, 3]
+THREAD_COUNTS = [1, 2, 3, 5, 16]
 
 
 def under_each_setting(threads, compute):
-    """compute() under 1, 2 and 3 threads, and under threadpoolctl's limit of 1."""
+    """compute() under each of THREAD_COUNTS threads (more than the cores on
+    purpose: 5 and 16, issue 13), and under threadpoolctl's limit of 1."""
     results = {}
     for n in THREAD_COUNTS:
         with threads(n):

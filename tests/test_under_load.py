@@ -15,7 +15,7 @@ import pytest
 import lgmstm
 from lgmstm import _openmp, _train, benchmarks
 
-THREAD_COUNTS = [1, 2, 3]
+THREAD_COUNTS = [1, 2, 3, 5, 16]
 
 
 def _lgm_problem(dtype):
