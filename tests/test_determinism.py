@@ -11,14 +11,12 @@ import lgmstm
 from lgmstm import kernels
 
 N_SAMPLES, N_IN, N_OUT = 517, 130, 70
-THREAD_COUNTS = [1, 2, 3, 5, 16]
 
 
 def under_each_setting(threads, compute):
-    """compute() under each of THREAD_COUNTS threads (more than the cores on
-    purpose: 5 and 16, issue 13), and under threadpoolctl's limit of 1."""
+    """compute() under each of threads.counts threads, and under threadpoolctl's limit of 1."""
     results = {}
-    for n in THREAD_COUNTS:
+    for n in threads.counts:
         with threads(n):
             assert lgmstm.get_num_threads() == n
             results[f"{n} threads"] = compute()

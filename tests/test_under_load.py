@@ -15,8 +15,6 @@ import pytest
 import lgmstm
 from lgmstm import _openmp, _train, benchmarks
 
-THREAD_COUNTS = [1, 2, 3, 5, 16]
-
 
 def _lgm_problem(dtype):
     """The benchmark's odd LGM: 12 Mflop an epoch, enough to fork every region."""
@@ -63,7 +61,7 @@ def test_fits_switching_threads_give_the_bits_of_one_thread(threads, dtype, prob
     faster): the results are those of one thread, fit after fit."""
     make, X, Y = problem(dtype)
     results = {}
-    for n in THREAD_COUNTS:
+    for n in threads.counts:
         with threads(n):
             results[f"{n} threads"] = _trained(make, X, Y, fits=3, **options)
     _assert_same_bits(results)
