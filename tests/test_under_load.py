@@ -218,6 +218,46 @@ def test_the_users_wait_policy_stands(run_python, tmp_path, names):
     assert spins == names.get("GOMP_SPINCOUNT", "None")
 
 
+# What libgomp itself took: the libgomp the compiled modules loaded (found in
+# /proc/self/maps) prints its settings with omp_display_env (OpenMP 5.1), to stderr.
+_LIBGOMP_SETTINGS = """
+import ctypes, sys
+import lgmstm
+from lgmstm import _waiting
+lgmstm.get_num_threads()  # OpenMP initialised
+with open("/proc/self/maps") as maps:
+    paths = sorted({line.split()[-1] for line in maps if "libgomp" in line})
+if len(paths) != 1:
+    sys.exit(f"skip: libgomp mapped {len(paths)} times: {paths}")
+if "loaded before lgmstm" in _waiting.policy:
+    sys.exit("skip: " + _waiting.policy)
+library = ctypes.CDLL(paths[0])
+if not hasattr(library, "omp_display_env"):
+    sys.exit(f"skip: {paths[0]} has no omp_display_env")
+library.omp_display_env(1)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="no /proc/self/maps")
+@pytest.mark.skipif(not _openmp.openmp_enabled(), reason="a build without OpenMP")
+@pytest.mark.parametrize("names, spins", [
+    ({}, str(lgmstm._waiting.SPIN_COUNT)),  # lgmstm's default
+    ({"OMP_WAIT_POLICY": "passive"}, "0"),   # libgomp's passive: no spin
+    ({"GOMP_SPINCOUNT": "0"}, "0"),
+    ({"GOMP_SPINCOUNT": "250000"}, "250000"),
+    ({"OMP_WAIT_POLICY": "active", "GOMP_SPINCOUNT": "5"}, "5"),
+], ids=["unset", "passive", "spin 0", "spin 250000", "active, spin 5"])
+def test_libgomp_spins_as_lgmstm_or_the_user_said(run_python, tmp_path, names, spins):
+    result = run_python(["-c", _LIBGOMP_SETTINGS], tmp_path, env=_environment(**names))
+    if result.returncode != 0 and result.stderr.startswith("skip: "):
+        pytest.skip(result.stderr.strip()[len("skip: "):])
+    assert result.returncode == 0, result.stderr
+    settings = result.stderr.splitlines()
+    assert f"  GOMP_SPINCOUNT = '{spins}'" in settings, result.stderr
+    if "OMP_WAIT_POLICY" in names:
+        assert f"  OMP_WAIT_POLICY = '{names['OMP_WAIT_POLICY'].upper()}'" in settings
+
+
 def test_show_config_names_the_wait_policy_and_the_cpu(capsys):
     lgmstm.show_config()
     out = capsys.readouterr().out
