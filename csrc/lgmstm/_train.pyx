@@ -789,6 +789,13 @@ cdef ThreadChoice *choice_for(ThreadChoice *choices, int n_choices, int n_thread
     return choice
 
 
+cdef inline Py_ssize_t next_slice(const ThreadChoice *choice, Py_ssize_t epoch,
+                                  Py_ssize_t end, int *arm) noexcept nogil:
+    """The end of the slice from epoch (at most end), and its arm (OUT)."""
+    arm[0] = next_arm(choice)
+    return min(end, epoch + slice_epochs(choice, arm[0]))
+
+
 cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters,
                      const TrainingPlan *plan, Optimizer *optimizer,
                      int n_threads) noexcept nogil:
@@ -827,8 +834,7 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
         if plan.control != NULL and plan.control.stopped:
             return
     while epoch < plan.n_epochs:
-        arm = next_arm(choice)
-        stop = min(plan.n_epochs, epoch + slice_epochs(choice, arm))
+        stop = next_slice(choice, epoch, plan.n_epochs, &arm)
         seconds = train_epochs(step, program, parameters, plan, optimizer, epoch, stop,
                                n_threads if arm == MANY else 1, True)
         record_slice(choice, arm, seconds / (stop - epoch), seconds)
@@ -838,8 +844,8 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
 
 
 def _simulate_thread_choice(many, one, Py_ssize_t call_epochs=0):
-    """Test hook: the arms that run_epochs' choice (next_arm, record_slice,
-    slice_epochs) gives epochs whose times are made up.
+    """Test hook: the arms that run_epochs' choice (choice_for, next_slice,
+    record_slice) gives epochs whose times are made up.
 
     many, one: sequences of float, the seconds epoch i takes on all the
     threads (MANY) and on one (ONE), as many of each; call_epochs: the
@@ -868,8 +874,7 @@ def _simulate_thread_choice(many, one, Py_ssize_t call_epochs=0):
         if fresh:
             epoch += 1
         while epoch < call_end:
-            arm = next_arm(&choice)
-            stop = min(call_end, epoch + slice_epochs(&choice, arm))
+            stop = next_slice(&choice, epoch, call_end, &arm)
             seconds = 0
             for i in range(epoch, stop):
                 seconds += times_many[i] if arm == MANY else times_one[i]
