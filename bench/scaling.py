@@ -1,6 +1,6 @@
 """Thread scaling of the compiled training steps: 1, 2, 4, ... N threads.
 
-    python bench/scaling.py [--max-threads N] [--repeats R]
+    python bench/scaling.py [--max-threads N] [--repeats R] [--quick]
 
 Threads go up to N, by default the cores this process may run on
 (lgmstm._threads.available_cores: its CPU affinity, else os.cpu_count()),
@@ -10,7 +10,8 @@ threads' wait policy.
 
 The lgm_step and stm_step of lgmstm.benchmarks at its SCALING_SIZES: the
 medium sizes of the benchmark grid, and batch-parallel ones big enough to
-give every thread several chunks. Each
+give every thread several chunks (--quick: the grid's seed sizes instead, to
+check that the script runs). Each
 line: the case, threads, median seconds per training step, speed-up over one
 thread, parallel efficiency. Run it on an otherwise idle machine; unset
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE where they are set.
@@ -53,7 +54,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-threads", type=int, default=available_cores())
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true",
+                        help="the benchmark grid's seed sizes (tiny): a check that it runs")
     args = parser.parse_args()
+    for name, value in (("--max-threads", args.max_threads), ("--repeats", args.repeats)):
+        if value < 1:
+            parser.error(f"{name}: expected an integer of at least 1, got {value}")
+    sizes = benchmarks.SCALING_SIZES
+    if args.quick:
+        sizes = tuple(size for size in (*benchmarks.DENSE_SIZES, *benchmarks.RECURRENT_SIZES)
+                      if size.name in benchmarks.QUICK_SIZES)
     counts = [1]
     while counts[-1] * 2 <= args.max_threads:
         counts.append(counts[-1] * 2)
@@ -62,7 +72,7 @@ def main():
     config = config_info()
     print(f"lgmstm {lgmstm.__version__}; CPU: {describe_cpu(config['cpu'])}; "
           f"OpenMP waiting: {config['wait_policy']}")
-    for size in benchmarks.SCALING_SIZES:
+    for size in sizes:
         for dtype in (np.float64, np.float32):
             name, train = compiled_step(size, dtype)
             base = None

@@ -53,6 +53,18 @@ def beyond_unit(array: NDArray[Any]) -> bool:
 def all_finite(arrays: Iterable[NDArray[Any]]) -> bool:
     """Whether every value of these arrays is finite (no NaN or inf)."""
 
+THREAD_CHOICE_SETTINGS: Final[dict[str, float]]
+"""What run_epochs' choice of thread count is tuned by: slice_seconds,
+probe_share, switch_margin, switch_wins, shapes_kept."""
+
+def _simulate_thread_choice(
+    many: Sequence[float] | NDArray[np.float64],
+    one: Sequence[float] | NDArray[np.float64],
+    call_epochs: int = 0,
+) -> tuple[NDArray[np.int8], NDArray[np.int8]]:
+    """Test hook: per epoch of made-up times (seconds on all threads, on
+    one), the arm it ran on and the arm in use then (0 many, 1 one)."""
+
 def _mark_forked_child() -> None:
     """The kernels run on one thread from now on (called in a forked child)."""
 
@@ -203,6 +215,10 @@ class Program:
     @property
     def loss(self) -> int:
         """The loss code of _loss.pxd: 0 squared error, 1 softmax, 2 sigmoid."""
+    def kept_thread_choices(self) -> list[dict[str, Any]]:
+        """The choices of thread count kept for the program's fits, most
+        recently used first: n_threads, n_samples, batch_size, current
+        ("many" or "one"), seconds (per epoch on each, 0.0: not timed)."""
     def fit_ready(
         self,
         model: Any,  # its _optimizer_state is read and set, history_ etc. set

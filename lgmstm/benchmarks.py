@@ -1233,7 +1233,8 @@ def measure(items, *, target_seconds=0.15, repeats=5, progress=None, across_thre
     and then busy elsewhere for seconds) falls on all of them alike, not on
     whichever happened to run through it. Every timing starts after a pause,
     so that none pays for the threads another left spinning: OpenMP and
-    OpenBLAS workers spin a while (OpenBLAS about 0.1 s) before they sleep,
+    OpenBLAS workers spin a while before they sleep (OpenBLAS's 2^28 clock
+    ticks, OPENBLAS_THREAD_TIMEOUT's default: about 0.13 s at 2.1 GHz),
     and on 2 cores a spinning worker takes half the machine (the door's calls
     and iterations under SMALL_WORK_FLOPS wake no worker: a short pause,
     DOOR_SETTLE_SECONDS, between them).

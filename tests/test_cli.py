@@ -294,3 +294,27 @@ def test_bench_suite_runs(run_python, tmp_path):
                   "-q", "-p", "no:cacheprovider", "--rootdir", str(BENCH_SUITE)], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\d+ passed", result.stdout)
+
+
+@pytest.mark.skipif(not BENCH_SUITE.is_dir(), reason="no bench/ beside tests/")
+def test_scaling_script_runs_at_the_seed_sizes(run_python, tmp_path):
+    script = str(BENCH_SUITE / "scaling.py")
+    result = run_python([script, "--quick", "--max-threads", "2", "--repeats", "1"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    header, *lines = result.stdout.splitlines()
+    assert header.startswith(f"lgmstm {lgmstm.__version__}; CPU: ")
+    seeds = [size for size in (*benchmarks.DENSE_SIZES, *benchmarks.RECURRENT_SIZES)
+             if size.name in benchmarks.QUICK_SIZES]
+    assert len(lines) == len(seeds) * 2 * 2  # sizes, dtypes, threads 1 and 2
+    assert [int(line.split("threads")[1].split()[0]) for line in lines] == [1, 2] * (
+        len(seeds) * 2)
+    assert all(line.split()[-2] == "efficiency" for line in lines)
+
+
+@pytest.mark.skipif(not BENCH_SUITE.is_dir(), reason="no bench/ beside tests/")
+@pytest.mark.parametrize("argument", ["--max-threads", "--repeats"])
+def test_scaling_script_refuses_a_count_below_one(run_python, tmp_path, argument):
+    result = run_python([str(BENCH_SUITE / "scaling.py"), argument, "0"], tmp_path)
+    assert result.returncode == 2
+    assert f"{argument}: expected an integer of at least 1, got 0" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""

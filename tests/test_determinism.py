@@ -11,13 +11,12 @@ import lgmstm
 from lgmstm import kernels
 
 N_SAMPLES, N_IN, N_OUT = 517, 130, 70
-THREAD_COUNTS = [1, 2, 3]
 
 
 def under_each_setting(threads, compute):
-    """compute() under 1, 2 and 3 threads, and under threadpoolctl's limit of 1."""
+    """compute() under each of threads.counts threads, and under threadpoolctl's limit of 1."""
     results = {}
-    for n in THREAD_COUNTS:
+    for n in threads.counts:
         with threads(n):
             assert lgmstm.get_num_threads() == n
             results[f"{n} threads"] = compute()

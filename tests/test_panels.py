@@ -210,7 +210,7 @@ def test_lgm_panel_fit_same_bits_for_any_thread_count(threads, rng, dtype, case)
     n_samples, sizes = DENSE_CASES[case]
     X, Y = make_dense_data(rng, n_samples, sizes, dtype)
     results = []
-    for n in (1, 2, 3):
+    for n in threads.counts:
         with threads(n):
             model = lgmstm.LGM(sizes, dtype=dtype, seed=4)
             history = model.fit(X, Y, epochs=3, lr=0.05, optimizer="adam")
@@ -225,7 +225,7 @@ def test_stm_panel_fit_same_bits_for_any_thread_count(threads, rng, dtype, case)
     n_samples, n_steps, n_in, n_hidden, n_out = RECURRENT_CASES[case]
     X, Y = make_recurrent_data(rng, n_samples, n_steps, n_in, n_out, dtype)
     results = []
-    for n in (1, 2, 3):
+    for n in threads.counts:
         with threads(n):
             model = lgmstm.STM(n_in, n_hidden, n_out, stateful=True, dtype=dtype, seed=4)
             history = model.fit(X, Y, epochs=3, lr=0.05)

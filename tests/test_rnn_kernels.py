@@ -3,7 +3,6 @@ differences, thread counts and bad input."""
 import numpy as np
 import pytest
 
-import lgmstm
 from lgmstm import kernels, reference
 
 TOLERANCE = {np.float32: 2e-5, np.float64: 1e-12}
@@ -139,22 +138,18 @@ def test_packed_panels_are_used_where_expected():
 
 @pytest.mark.parametrize("n_hidden", [6, 40, 136],
                          ids=["narrow state", "wide state", "packed panels"])
-def test_same_bits_for_any_thread_count(n_hidden):
+def test_same_bits_for_any_thread_count(threads, n_hidden):
     # 200 samples make 4 chunks of 50, so 2 and 3 threads really share the work.
     p = make_problem((200, 12, 9, n_hidden), np.float64, seed=2)
     lengths = p["lengths"]
     lengths[:100] = 12
-    saved = lgmstm.get_num_threads()
     results = []
-    try:
-        for n_threads in (1, 2, 3):
-            lgmstm.set_num_threads(n_threads)
+    for n_threads in threads.counts:
+        with threads(n_threads):
             H = kernels.rnn_forward(p["X"], p["h0"], p["Wx"], p["Wh"], p["b"], lengths=lengths)
             grads = kernels.rnn_backward(p["X"], p["h0"], p["Wx"], p["Wh"], H, p["dH"],
                                          dh_last=p["dh_last"], lengths=lengths)
             results.append((H, *grads))
-    finally:
-        lgmstm.set_num_threads(saved)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)

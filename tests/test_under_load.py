@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 
 import lgmstm
-from lgmstm import benchmarks
-
-THREAD_COUNTS = [1, 2, 3]
+from lgmstm import _openmp, _train, benchmarks
 
 
 def _lgm_problem(dtype):
@@ -63,7 +61,7 @@ def test_fits_switching_threads_give_the_bits_of_one_thread(threads, dtype, prob
     faster): the results are those of one thread, fit after fit."""
     make, X, Y = problem(dtype)
     results = {}
-    for n in THREAD_COUNTS:
+    for n in threads.counts:
         with threads(n):
             results[f"{n} threads"] = _trained(make, X, Y, fits=3, **options)
     _assert_same_bits(results)
@@ -78,6 +76,114 @@ def test_the_same_bits_next_to_a_busy_process(threads):
     with benchmarks.cpu_load(), threads(2):
         loaded = _trained(make, X, Y, fits=2)
     _assert_same_bits({"1 thread": expected, "2 threads, loaded": loaded})
+
+
+# -- the choice itself (_train.run_epochs: next_arm, record_slice) -------------------------
+#
+# Made-up times per epoch through the compiled choice (_train._simulate_thread_choice):
+# arm 0 is all the threads (MANY), arm 1 one thread (ONE).
+
+MANY, ONE = 0, 1
+SETTINGS = _train.THREAD_CHOICE_SETTINGS
+EPOCHS = 4000
+EPOCH = 1e-5  # seconds: a slice (SETTINGS["slice_seconds"]) is 20 such epochs
+CALLS = pytest.mark.parametrize("call_epochs", [0, 1], ids=["one fit", "a partial_fit loop"])
+
+
+def _choose(many, one, call_epochs=0):
+    """Per epoch: the arm it ran on, the arm in use then, and its seconds."""
+    many, one = np.broadcast_to(many, EPOCHS), np.broadcast_to(one, EPOCHS)
+    arms, in_use = _train._simulate_thread_choice(many, one, call_epochs=call_epochs)
+    return arms, in_use, np.where(arms == MANY, many, one)
+
+
+@CALLS
+def test_the_choice_moves_to_one_thread_faster_by_more_than_the_margin(call_epochs):
+    faster = (1 - 2 * SETTINGS["switch_margin"]) * EPOCH
+    _, in_use, _ = _choose(EPOCH, faster, call_epochs)
+    assert in_use[0] == MANY
+    assert (in_use[EPOCHS // 10:] == ONE).all()
+    # Within the margin (noise, a thread's start-up): the threads stay.
+    barely = (1 - SETTINGS["switch_margin"] / 2) * EPOCH
+    _, in_use, _ = _choose(EPOCH, barely, call_epochs)
+    assert (in_use == MANY).all()
+
+
+@CALLS
+def test_the_choice_comes_back_when_the_threads_pay_again(call_epochs):
+    half = EPOCHS // 2
+    many = np.r_[np.full(half, 3 * EPOCH), np.full(EPOCHS - half, EPOCH)]  # a load that ends
+    _, in_use, _ = _choose(many, 2 * EPOCH, call_epochs)
+    assert (in_use[half // 5:half] == ONE).all()
+    assert (in_use[half + half // 5:] == MANY).all()
+
+
+@pytest.mark.parametrize("stalled", [500, 1001, 1717])
+@pytest.mark.parametrize("slower", [MANY, ONE], ids=["in use: many", "in use: one"])
+def test_one_slow_slice_does_not_move_the_choice(stalled, slower):
+    """A stall of one epoch (100 times as long) on the arm in use makes its
+    slice slower than the other arm: one probe wins, the next does not."""
+    fast, slow = np.full(EPOCHS, EPOCH), np.full(EPOCHS, 2 * EPOCH)
+    fast[stalled] = 100 * EPOCH
+    many, one = (fast, slow) if slower == MANY else (slow, fast)
+    arms, in_use, _ = _choose(many, one)
+    settled = EPOCHS // 10  # on ONE from here when it is the faster
+    assert (in_use[settled:] == slower).all()
+    assert arms[stalled] == slower
+
+
+@CALLS
+@pytest.mark.parametrize("ratio", [1.2, 2, 10])
+@pytest.mark.parametrize("slower", [MANY, ONE], ids=["probed: many", "probed: one"])
+def test_probes_cost_about_their_share(call_epochs, ratio, slower):
+    """Slices of the arm not in use cost at most about PROBE_SHARE of the
+    time on the arm in use, and they do run: else a choice could never
+    come back."""
+    many, one = (ratio * EPOCH, EPOCH) if slower == MANY else (EPOCH, ratio * EPOCH)
+    arms, in_use, seconds = _choose(many, one, call_epochs)
+    settled = EPOCHS // 10
+    arms, in_use, seconds = arms[settled:], in_use[settled:], seconds[settled:]
+    assert (in_use == 1 - slower).all()
+    probes = arms != in_use
+    share = seconds[probes].sum() / seconds[~probes].sum()
+    assert 0.3 * SETTINGS["probe_share"] < share < 1.1 * SETTINGS["probe_share"]
+
+
+def test_simulate_thread_choice_checks_its_times():
+    with pytest.raises(ValueError, match="as many times, got 3 and 2"):
+        _train._simulate_thread_choice([EPOCH] * 3, [EPOCH] * 2)
+
+
+@pytest.mark.skipif(not _openmp.openmp_enabled(), reason="a build without OpenMP: one thread")
+@pytest.mark.parametrize("problem", [_lgm_problem, _stm_problem], ids=["LGM", "STM"])
+@pytest.mark.parametrize("checked", [False, True], ids=["short fit", "checked path"])
+def test_each_shape_of_epoch_keeps_its_choice(threads, problem, checked):
+    """A partial_fit loop over full batches and a last smaller one: each
+    shape keeps its own times (else each call would start the choice
+    again, with an untimed epoch, and it would never time ONE)."""
+    make, X, Y = problem(np.dtype(np.float64))
+    model = make()
+    program = model._network.program
+    # sample_weight: a keyword the short fit leaves to the checked path
+    options = {"sample_weight": np.ones(len(X))} if checked else {}
+    full = 2 * len(X) // 3  # the full batches' size; the last batch's, len(X) - full
+    with threads(2):
+        for _ in range(3):
+            for part in (slice(0, full), slice(full, None)):
+                weights = {k: v[part] for k, v in options.items()}
+                model.partial_fit(X[part], Y[part], lr=0.01, **weights)
+        kept = program.kept_thread_choices()
+    assert [(c["n_threads"], c["n_samples"], c["batch_size"]) for c in kept] == [
+        (2, len(X) - full, len(X) - full), (2, full, full)]  # most recently used first
+    for choice in kept:
+        # The first call untimed, the second timed MANY, the third ONE.
+        assert all(seconds > 0 for seconds in choice["seconds"]), choice
+    with threads(2):
+        for n_samples in range(full + 1, full + 1 + SETTINGS["shapes_kept"]):
+            model.partial_fit(X[:n_samples], Y[:n_samples], lr=0.01, **{
+                k: v[:n_samples] for k, v in options.items()})
+    assert [c["n_samples"] for c in program.kept_thread_choices()] == list(
+        range(full + SETTINGS["shapes_kept"], full, -1))  # the least recently used gave way
 
 
 # -- the wait policy ------------------------------------------------------------------------
@@ -110,6 +216,46 @@ def test_the_users_wait_policy_stands(run_python, tmp_path, names):
     assert policy.endswith("(the user's)")
     assert all(f"{name}={value}" in policy for name, value in names.items())
     assert spins == names.get("GOMP_SPINCOUNT", "None")
+
+
+# What libgomp itself took: the libgomp the compiled modules loaded (found in
+# /proc/self/maps) prints its settings with omp_display_env (OpenMP 5.1), to stderr.
+_LIBGOMP_SETTINGS = """
+import ctypes, sys
+import lgmstm
+from lgmstm import _waiting
+lgmstm.get_num_threads()  # OpenMP initialised
+with open("/proc/self/maps") as maps:
+    paths = sorted({line.split()[-1] for line in maps if "libgomp" in line})
+if len(paths) != 1:
+    sys.exit(f"skip: libgomp mapped {len(paths)} times: {paths}")
+if "loaded before lgmstm" in _waiting.policy:
+    sys.exit("skip: " + _waiting.policy)
+library = ctypes.CDLL(paths[0])
+if not hasattr(library, "omp_display_env"):
+    sys.exit(f"skip: {paths[0]} has no omp_display_env")
+library.omp_display_env(1)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="no /proc/self/maps")
+@pytest.mark.skipif(not _openmp.openmp_enabled(), reason="a build without OpenMP")
+@pytest.mark.parametrize("names, spins", [
+    ({}, str(lgmstm._waiting.SPIN_COUNT)),  # lgmstm's default
+    ({"OMP_WAIT_POLICY": "passive"}, "0"),   # libgomp's passive: no spin
+    ({"GOMP_SPINCOUNT": "0"}, "0"),
+    ({"GOMP_SPINCOUNT": "250000"}, "250000"),
+    ({"OMP_WAIT_POLICY": "active", "GOMP_SPINCOUNT": "5"}, "5"),
+], ids=["unset", "passive", "spin 0", "spin 250000", "active, spin 5"])
+def test_libgomp_spins_as_lgmstm_or_the_user_said(run_python, tmp_path, names, spins):
+    result = run_python(["-c", _LIBGOMP_SETTINGS], tmp_path, env=_environment(**names))
+    if result.returncode != 0 and result.stderr.startswith("skip: "):
+        pytest.skip(result.stderr.strip()[len("skip: "):])
+    assert result.returncode == 0, result.stderr
+    settings = result.stderr.splitlines()
+    assert f"  GOMP_SPINCOUNT = '{spins}'" in settings, result.stderr
+    if "OMP_WAIT_POLICY" in names:
+        assert f"  OMP_WAIT_POLICY = '{names['OMP_WAIT_POLICY'].upper()}'" in settings
 
 
 def test_show_config_names_the_wait_policy_and_the_cpu(capsys):

@@ -36,6 +36,14 @@ cdef struct ThreadChoice:
     # What the times are for: MANY's thread count, and the epochs' shape
     int n_threads
     Py_ssize_t n_samples, batch_size
+    long long last_use         # when run_epochs last took it (a count; 0: unused)
+
+
+cdef enum:
+    # A program's choices of thread count, one per shape of epoch (run_epochs
+    # keeps each shape's times, the least recently used giving way): a
+    # partial_fit loop alternates full batches and a last smaller one.
+    THREAD_CHOICES_KEPT = 4
 
 
 cdef enum Schedule:
@@ -88,7 +96,8 @@ cdef class TrainingRun:
     cdef readonly object decayed   # uint8 (n_params,): 1 for a weight, which decays
     cdef Optimizer optimizer
     cdef bint keep_gil      # train holding the GIL: a short fit of little work (see run_training)
-    cdef ThreadChoice *thread_choice  # the program's (kept from fit to fit), or own_choice
+    cdef ThreadChoice *thread_choices  # the program's (kept from fit to fit), or own_choice
+    cdef int n_thread_choices          # THREAD_CHOICES_KEPT, or 1
     cdef ThreadChoice own_choice
     cdef object choice_owner
 
@@ -116,7 +125,8 @@ cdef struct TrainingPlan:
     bint step_updates        # the BatchStep applies plain SGD itself (grads unused)
     double loss_denominator  # an epoch's loss is its summed loss over this
     double *epoch_losses     # OUT (n_epochs,)
-    ThreadChoice *threads    # INOUT the run's choice of thread count
+    ThreadChoice *threads    # INOUT the run's choices of thread count (one per shape),
+    int n_thread_choices     # this many
     EpochControl *control    # INOUT the run's (schedule, validation, early stopping)
     ValidationStep validate  # the program's validation loss, or NULL
     double *validation_losses  # OUT (n_epochs,) when validate is not NULL
@@ -172,7 +182,7 @@ cdef class Program:
     cdef readonly int loss             # its loss code (_loss.pxd)
     cdef Py_ssize_t n_out              # outputs per sample (or step)
     cdef KeptMemory panel_memory       # the panel layout's workspace
-    cdef ThreadChoice thread_choice    # its fits' thread count, kept from fit to fit
+    cdef ThreadChoice thread_choices[THREAD_CHOICES_KEPT]  # its fits' thread counts, kept
     # The short fit's kept run and what it was made for.
     cdef public object run_factory
     cdef TrainingRun short_run   # the last call's (the model's arrays dropped when it returns)

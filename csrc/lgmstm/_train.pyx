@@ -354,9 +354,10 @@ cdef class TrainingRun:
         self.weights = weights
         if isinstance(program, Program):
             self.choice_owner = program
-            self.thread_choice = &(<Program> program).thread_choice
+            self.thread_choices = (<Program> program).thread_choices
+            self.n_thread_choices = THREAD_CHOICES_KEPT
         else:
-            self.thread_choice = &self.own_choice
+            self.thread_choices, self.n_thread_choices = &self.own_choice, 1
         self.lengths, self.initial_states, self.final_states = (
             lengths, initial_states, final_states)
         self.grads = PointerTable(grads)
@@ -569,7 +570,7 @@ cdef TrainingPlan plan_of(TrainingRun run, const Py_ssize_t *order, double *epoc
     plan.step_updates = step_updates
     plan.loss_denominator = loss_denominator
     plan.epoch_losses = epoch_losses
-    plan.threads = run.thread_choice
+    plan.threads, plan.n_thread_choices = run.thread_choices, run.n_thread_choices
     plan.control = &run.control
     plan.validate = NULL  # the program's, when run.validation is set
     plan.validation_losses = NULL
@@ -779,6 +780,42 @@ cdef void record_slice(ThreadChoice *choice, int arm, double per_epoch,
         choice.credit = 0
 
 
+cdef ThreadChoice *choice_for(ThreadChoice *choices, int n_choices, int n_threads,
+                              Py_ssize_t n_samples, Py_ssize_t batch_size,
+                              bint *fresh) noexcept nogil:
+    """The choice kept for epochs of this shape on n_threads, or (fresh) the
+    least recently used one, emptied for them: another shape's times (or
+    none) say nothing of these epochs'."""
+    cdef ThreadChoice *choice = NULL
+    cdef long long last_use = 0
+    cdef int i
+    for i in range(n_choices):
+        last_use = max(last_use, choices[i].last_use)
+    for i in range(n_choices):
+        if (choices[i].last_use > 0 and choices[i].n_threads == n_threads
+                and choices[i].n_samples == n_samples and choices[i].batch_size == batch_size):
+            choice = &choices[i]
+    fresh[0] = choice == NULL
+    if choice == NULL:
+        choice = &choices[0]
+        for i in range(1, n_choices):
+            if choices[i].last_use < choice.last_use:
+                choice = &choices[i]
+        memset(choice, 0, sizeof(ThreadChoice))
+        # MANY is timed first, then ONE.
+        choice.n_threads, choice.current, choice.last_arm = n_threads, MANY, MANY
+        choice.n_samples, choice.batch_size = n_samples, batch_size
+    choice.last_use = last_use + 1
+    return choice
+
+
+cdef inline Py_ssize_t next_slice(const ThreadChoice *choice, Py_ssize_t epoch,
+                                  Py_ssize_t end, int *arm) noexcept nogil:
+    """The end of the slice from epoch (at most end), and its arm (OUT)."""
+    arm[0] = next_arm(choice)
+    return min(end, epoch + slice_epochs(choice, arm[0]))
+
+
 cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters,
                      const TrainingPlan *plan, Optimizer *optimizer,
                      int n_threads) noexcept nogil:
@@ -786,7 +823,8 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
 
     On several threads the epochs go in slices of about SLICE_SECONDS,
     each on all n_threads (MANY) or on one (ONE), whichever plan.threads
-    last found faster, and now and then a slice times the other. A thread
+    last found faster for epochs of this shape (n_samples, batch_size),
+    and now and then a slice times the other. A thread
     that the machine does not run when a parallel region needs it (other
     processes have the cores) makes the region wait for it, and a
     multithreaded epoch can then take many times a one-thread epoch: the
@@ -794,23 +832,21 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
     they pay again. The results are the same: the thread count never
     changes what is computed (see _parallel.pxd).
     """
-    cdef ThreadChoice *choice = plan.threads
+    cdef ThreadChoice *choice
     cdef Py_ssize_t epoch = 0, stop
     cdef double seconds
     cdef int arm
+    cdef bint fresh
     if plan.control != NULL and plan.control.stopped:
         return
-    if n_threads <= 1 or choice == NULL:
+    if n_threads <= 1 or plan.threads == NULL:
         train_epochs(step, program, parameters, plan, optimizer, 0, plan.n_epochs, n_threads,
                      False)
         return
-    if (choice.n_threads != n_threads or choice.n_samples != plan.n_samples
-            or choice.batch_size != plan.batch_size):
-        # Times of other epochs (or none): MANY is timed first, then ONE.
-        memset(choice, 0, sizeof(ThreadChoice))
-        choice.n_threads, choice.current, choice.last_arm = n_threads, MANY, MANY
-        choice.n_samples, choice.batch_size = plan.n_samples, plan.batch_size
-        # The first epoch after that pays for its workspace's first touch (a
+    choice = choice_for(plan.threads, plan.n_thread_choices, n_threads, plan.n_samples,
+                        plan.batch_size, &fresh)
+    if fresh:
+        # The first epoch of a shape pays for its workspace's first touch (a
         # deep STM's took twice a steady one): untimed, so that it does not
         # make MANY look slower than ONE and put the fit on one thread.
         train_epochs(step, program, parameters, plan, optimizer, 0, 1, n_threads, False)
@@ -818,14 +854,60 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
         if plan.control != NULL and plan.control.stopped:
             return
     while epoch < plan.n_epochs:
-        arm = next_arm(choice)
-        stop = min(plan.n_epochs, epoch + slice_epochs(choice, arm))
+        stop = next_slice(choice, epoch, plan.n_epochs, &arm)
         seconds = train_epochs(step, program, parameters, plan, optimizer, epoch, stop,
                                n_threads if arm == MANY else 1, True)
         record_slice(choice, arm, seconds / (stop - epoch), seconds)
         epoch = stop
         if plan.control != NULL and plan.control.stopped:
             break
+
+
+def _simulate_thread_choice(many, one, Py_ssize_t call_epochs=0):
+    """Test hook: the arms that run_epochs' choice (choice_for, next_slice,
+    record_slice) gives epochs whose times are made up.
+
+    many, one: sequences of float, the seconds epoch i takes on all the
+    threads (MANY) and on one (ONE), as many of each; call_epochs: the
+    epochs of each call of run_epochs (a slice ends with its call), 0: one
+    call of them all. The choice is a fresh one, as run_epochs makes for a
+    shape it has not seen, whose first epoch runs on MANY untimed. Returns
+    two int8 arrays, per epoch 0 (MANY) or 1 (ONE): the arm the epoch ran
+    on, and the arm in use then (where they differ, the epoch was a probe).
+    """
+    cdef const double[::1] times_many = np.ascontiguousarray(many, np.float64)
+    cdef const double[::1] times_one = np.ascontiguousarray(one, np.float64)
+    cdef Py_ssize_t n_epochs = times_many.shape[0], epoch = 0, call_end, stop, i
+    cdef ThreadChoice choice
+    cdef double seconds
+    cdef int arm
+    cdef bint fresh
+    if times_one.shape[0] != n_epochs:
+        raise ValueError(f"many and one: expected as many times, got {n_epochs} "
+                         f"and {times_one.shape[0]}")
+    arms, in_use = np.zeros(n_epochs, np.int8), np.zeros(n_epochs, np.int8)
+    cdef signed char[::1] chosen = arms, current = in_use
+    memset(&choice, 0, sizeof(ThreadChoice))
+    while epoch < n_epochs:
+        call_end = n_epochs if call_epochs <= 0 else min(n_epochs, epoch + call_epochs)
+        choice_for(&choice, 1, 2, n_epochs, n_epochs, &fresh)
+        if fresh:
+            epoch += 1
+        while epoch < call_end:
+            stop = next_slice(&choice, epoch, call_end, &arm)
+            seconds = 0
+            for i in range(epoch, stop):
+                seconds += times_many[i] if arm == MANY else times_one[i]
+                chosen[i], current[i] = arm, choice.current
+            record_slice(&choice, arm, seconds / (stop - epoch), seconds)
+            epoch = stop
+    return arms, in_use
+
+
+# What run_epochs' choice of thread count is tuned by (see above), for the tests.
+THREAD_CHOICE_SETTINGS = {"slice_seconds": SLICE_SECONDS, "probe_share": PROBE_SHARE,
+                          "switch_margin": SWITCH_MARGIN, "switch_wins": SWITCH_WINS,
+                          "shapes_kept": THREAD_CHOICES_KEPT}
 
 
 cdef void run_training(TrainingRun run, BatchStep step, void *program,
@@ -901,6 +983,24 @@ cdef class Program:
         """n_epochs epochs on run (order: (n_epochs, n_samples) or NULL, in
         sample order); the losses to epoch_losses (OUT)."""
         raise NotImplementedError
+
+    def kept_thread_choices(self):
+        """The choices of thread count kept for this program's fits (see
+        run_epochs), most recently used first: per shape of epoch, a dict of
+        n_threads, n_samples, batch_size, "current" ("many" or "one") and
+        "seconds" (per epoch on many and on one, 0.0 where not timed yet)."""
+        cdef const ThreadChoice *choice
+        cdef int i
+        kept = []
+        for i in range(THREAD_CHOICES_KEPT):
+            choice = &self.thread_choices[i]
+            if choice.last_use > 0:
+                kept.append((-choice.last_use, {
+                    "n_threads": choice.n_threads, "n_samples": choice.n_samples,
+                    "batch_size": choice.batch_size,
+                    "current": "many" if choice.current == MANY else "one",
+                    "seconds": (choice.seconds[MANY], choice.seconds[ONE])}))
+        return [entry for _, entry in sorted(kept, key=lambda pair: pair[0])]
 
     def fit_ready(self, model, X, Y, h0, final_states, lr, batch_size, optimizer,
                   clip_norm, shuffle, warm_start, momentum, nesterov, beta1, beta2, eps,
