@@ -393,6 +393,11 @@ def command_bench_quality(args):
     return 0
 
 
+def _print_progress(done, total, label):
+    """A benchmark's progress line, to stderr."""
+    print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
+
+
 def format_loaded_table(rows, threads):
     """bench --loaded's rows (benchmarks.loaded_summary): a line per case, size and dtype."""
     columns = ["case", "size", "dtype", "1t", f"{threads}t", f"{threads}t/1t", "target", "met"]
@@ -410,12 +415,9 @@ def command_bench_loaded(args, threads, dtypes):
     items, notes = benchmarks.plan_loaded(quick=args.quick, dtypes=dtypes, threads=threads,
                                           only=args.only or ())
 
-    def progress(done, total, label):
-        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
-
     with benchmarks.cpu_load() as busy:
         measurements = benchmarks.measure(items, target_seconds=0.02 if args.quick else 0.15,
-                                          repeats=3 if args.quick else 5, progress=progress,
+                                          repeats=3 if args.quick else 5, progress=_print_progress,
                                           across_threads=True)
     rows = benchmarks.loaded_summary(measurements, threads)
     config = config_info()
@@ -439,7 +441,8 @@ def command_bench_loaded(args, threads, dtypes):
 
 
 def format_policy_table(rows):
-    """bench --passive's rows (benchmarks.compare_wait_policies): a line per case, size and dtype."""
+    """bench --passive's rows (benchmarks.compare_wait_policies): a line per
+    case, size and dtype."""
     columns = ["case", "size", "dtype", "threads", "default", "passive", "passive/default",
                "target", "met"]
     lines = [[row["case"], row["size"], row["dtype"], str(row["threads"]),
@@ -458,13 +461,10 @@ def command_bench_passive(args, threads, dtypes):
     items, notes = benchmarks.plan_policies(quick=args.quick, dtypes=dtypes, threads=threads,
                                             only=args.only or ())
 
-    def progress(done, total, label):
-        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
-
     rounds = 2 if args.quick else 5
     rows, workers = benchmarks.compare_wait_policies(
         items, rounds=rounds, target_seconds=0.02 if args.quick else 0.1,
-        repeats=3, progress=progress)
+        repeats=3, progress=_print_progress)
     config = config_info()
     print(f"lgmstm {lgmstm.__version__} training steps under each OpenMP wait policy, idle: "
           f"median time per step on {threads} thread(s) in two worker processes, timed in "
@@ -507,14 +507,11 @@ def command_bench(args):
     items, notes = benchmarks.plan(quick=args.quick, dtypes=dtypes, threads=threads,
                                    only=args.only or ())
 
-    def progress(done, total, label):
-        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
-
     print("measuring this machine's GEMM peak...", file=sys.stderr, flush=True)
     peaks = {dtype: benchmarks.gemm_peak(dtype, threads, n=512 if args.quick else 2048)
              for dtype in dtypes}
     measurements = benchmarks.measure(items, target_seconds=0.02 if args.quick else 0.15,
-                                      repeats=3 if args.quick else 5, progress=progress)
+                                      repeats=3 if args.quick else 5, progress=_print_progress)
     rows = benchmarks.summarise(measurements, peaks, threads)
     door = benchmarks.door_summary(measurements, only=args.only or (), dtypes=dtypes)
     ctrl_c = None

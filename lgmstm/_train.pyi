@@ -56,6 +56,8 @@ def all_finite(arrays: Iterable[NDArray[Any]]) -> bool:
 THREAD_CHOICE_SETTINGS: Final[dict[str, float]]
 """What run_epochs' choice of thread count is tuned by: slice_seconds,
 probe_share, switch_margin, switch_wins, shapes_kept."""
+WORKSPACES: Final[int]
+"""Panel workspaces a program keeps, one per layout (KeptMemory)."""
 
 def _simulate_thread_choice(
     many: Sequence[float] | NDArray[np.float64],
@@ -170,11 +172,12 @@ class TrainingRun:
     validation_losses: NDArray[np.float64] | None
     """OUT: a block's validation losses, one per epoch (or None)."""
     def set_control(self, *, schedule: int = ..., power_t: float = ...,
-                    samples_before: int = ..., early_stopping: bool = ...,
+                    samples_before: int = ..., min_lr: float = ..., early_stopping: bool = ...,
                     stop_on_plateau: bool = ..., patience: int = ..., tol: float = ...,
                     monitoring: bool = ..., kept: Iterable[NDArray[Any]] = ...) -> None:
         """The end-of-epoch control: schedule (the sample clock's
-        samples_before: samples trained before this fit), validation,
+        samples_before: samples trained before this fit; adaptive's min_lr:
+        a plateau at lr <= min_lr stops training), validation,
         early stopping, stopping on a plateau."""
     @property
     def lr(self) -> float:
@@ -215,6 +218,10 @@ class Program:
     @property
     def loss(self) -> int:
         """The loss code of _loss.pxd: 0 squared error, 1 softmax, 2 sigmoid."""
+    def kept_workspaces(self) -> dict[str, Any]:
+        """The panel workspaces kept for the program's fits: "layouts",
+        (n_bytes, n_steps, task width, n_groups) of each, most recently used
+        first; "allocations", how many were made."""
     def kept_thread_choices(self) -> list[dict[str, Any]]:
         """The choices of thread count kept for the program's fits, most
         recently used first: n_threads, n_samples, batch_size, current

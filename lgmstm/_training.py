@@ -293,6 +293,16 @@ class SampleClock(NamedTuple):
         return lr / float(self.samples_before + samples + 1) ** power_t
 
 
+class AdaptiveFloor(NamedTuple):
+    """The "adaptive" schedule with another floor: a plateau at lr <=
+    min_lr stops training (else lr / 5). The estimators' (private: fit
+    documents the names of SCHEDULES only), which give it scikit-learn's
+    1e-6 on learning_rate_init's scale, over the factor between that and
+    fit's lr (the loss scale, for SGD)."""
+
+    min_lr: float  # > 0
+
+
 class TrainingControl(NamedTuple):
     """What happens at the end of each epoch of a fit (the compiled
     driver's end_epoch, ReferenceTrainer's _end_epoch): the learning-rate
@@ -303,12 +313,13 @@ class TrainingControl(NamedTuple):
     power_t: float = POWER_T  # invscaling: lr / step**power_t; sample_clock: see SampleClock
     early_stopping: bool = False
     patience: int = PATIENCE  # stale epochs before adaptive's lr / 5 or a stop
-    tol: float = TOL  # an epoch improves when its loss < best - tol
+    tol: float = TOL  # an epoch improves when its loss <= best - tol (scikit-learn's rule)
     validating: bool = False  # the fit has a validation set
     # A plateau of patience stale epochs stops training at its last epoch
     # (early stopping instead puts back the best; adaptive divides lr instead).
     stop_on_plateau: bool = False
     samples_before: int = 0  # sample_clock: SampleClock.samples_before
+    min_lr: float = MIN_ADAPTIVE_LR  # adaptive: a plateau at lr <= min_lr stops training
 
     @property
     def monitoring(self) -> bool:
@@ -426,10 +437,13 @@ def check_fit_settings(*, epochs, lr, batch_size, optimizer, clip_norm, shuffle,
         raise TypeError(f"callback must be callable, got {callback!r}")
     seed = check_seed("seed", seed)
     early_stopping = check_bool("early_stopping", early_stopping)
-    samples_before = 0
+    samples_before, min_lr = 0, MIN_ADAPTIVE_LR
     if isinstance(lr_schedule, SampleClock):
         samples_before = check_int("samples_before", lr_schedule.samples_before, 0)
         lr_schedule = "sample_clock"
+    elif isinstance(lr_schedule, AdaptiveFloor):
+        min_lr = check_positive_float("min_lr", lr_schedule.min_lr)
+        lr_schedule = "adaptive"
     else:
         lr_schedule = check_choice("lr_schedule", lr_schedule, SCHEDULES)
     control = TrainingControl(
@@ -437,7 +451,7 @@ def check_fit_settings(*, epochs, lr, batch_size, optimizer, clip_norm, shuffle,
         check_positive_float("power_t", power_t, allow_zero=True), early_stopping,
         check_int("patience", patience, 1), check_positive_float("tol", tol, allow_zero=True),
         bool(validation_data) or validation_fraction is not None,
-        check_bool("stop_on_plateau", stop_on_plateau), samples_before)
+        check_bool("stop_on_plateau", stop_on_plateau), samples_before, min_lr)
     if validation_fraction is not None:
         if validation_data:
             raise ValueError("give validation_data or validation_fraction, not both")
@@ -807,7 +821,7 @@ class CompiledTrainer:
         self.run_data.validation = validation
         self.run_data.set_control(
             schedule=SCHEDULE_CODES[control.schedule], power_t=control.power_t,
-            samples_before=control.samples_before,
+            samples_before=control.samples_before, min_lr=control.min_lr,
             early_stopping=control.early_stopping, stop_on_plateau=control.stop_on_plateau,
             patience=control.patience, tol=control.tol, monitoring=control.monitoring,
             kept=self.trained_arrays)
@@ -943,7 +957,7 @@ class ReferenceTrainer:
         monitored = training_loss
         if self.validate is not None:
             validation_loss = monitored = self.validate()
-        self.stale = 0 if monitored < self.best_loss - control.tol else self.stale + 1
+        self.stale = 0 if monitored <= self.best_loss - control.tol else self.stale + 1
         if monitored < self.best_loss:
             self.best_loss, self.best_epoch = monitored, self.epochs_done
             if control.early_stopping:
@@ -955,7 +969,7 @@ class ReferenceTrainer:
         if self.stale >= control.patience:
             if control.schedule == "adaptive":
                 self.stale = 0
-                self.stopped = self.lr <= MIN_ADAPTIVE_LR
+                self.stopped = self.lr <= control.min_lr
                 if not self.stopped:
                     self.lr = self.lr / ADAPTIVE_DIVISOR
             else:

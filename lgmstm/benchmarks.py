@@ -1093,9 +1093,11 @@ def compare_wait_policies(items, *, rounds=5, target_seconds=0.15, repeats=3, pr
     passive / default, "target": PASSIVE_TARGET, "met"}; workers: each
     policy's wait policy as its lgmstm reported it, and its pid.
     """
-    workers = {policy: _PolicyWorker(policy) for policy in WAIT_POLICIES}
+    workers = {}
     rows = []
     try:
+        for policy in WAIT_POLICIES:  # each closed below, should the next fail to start
+            workers[policy] = _PolicyWorker(policy)
         for done, item in enumerate(items):
             if progress:
                 progress(done, len(items), f"{item.group}: {item.threads}t")

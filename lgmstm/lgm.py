@@ -626,8 +626,8 @@ class LGM(Model):
             samples' order). Both parts must be non-empty.
         early_stopping : bool, default False
             Needs a validation set. After ``patience`` epochs in a row
-            without the validation loss falling below ``best - tol``,
-            stop; at the end of the fit (stopped or not) the model holds
+            without the validation loss falling to ``best - tol`` or
+            below, stop; at the end of the fit (stopped or not) the model holds
             exactly the parameters, optimizer moments and step count it
             had after its best epoch (``best_epoch_``), the state a fit of
             ``best_epoch_ + 1`` epochs would leave (Ctrl-C or a divergence
@@ -636,15 +636,15 @@ class LGM(Model):
             Epochs without improvement before early stopping stops or the
             "adaptive" schedule divides lr by 5 (scikit-learn's n_iter_no_change).
         tol : float >= 0, default 1e-4
-            An epoch improves when its monitored loss falls below the best
-            so far minus tol.
+            An epoch improves when its monitored loss falls to the best so
+            far minus tol or below (scikit-learn's rule).
         lr_schedule : {"constant", "invscaling", "adaptive"}, default "constant"
             "invscaling": update t (counted from 1 over the optimizer's
             steps, warm starts included) uses ``lr / t**power_t``;
             "adaptive": lr is divided by 5 after ``patience`` epochs without
             the monitored loss (the validation loss, else the training loss)
-            falling below ``best - tol`` while lr > 1e-6, and such a plateau
-            at a smaller lr stops training (scikit-learn's MLP schedules,
+            falling to ``best - tol`` or below while lr > 1e-6, and such a
+            plateau at lr <= 1e-6 stops training (scikit-learn's MLP schedules,
             except that its "invscaling" counts samples seen and sets the
             rate once per epoch, as lgmstm.sklearn's estimators do). Either
             applies to every optimizer.
@@ -653,7 +653,7 @@ class LGM(Model):
         stop_on_plateau : bool, default False
             Stop after ``patience`` epochs in a row without the monitored
             loss (the validation loss, else the training loss) falling
-            below ``best - tol``, keeping that last epoch's parameters
+            to ``best - tol`` or below, keeping that last epoch's parameters
             (scikit-learn's MLP rule without early stopping). With
             early_stopping the best epoch is put back as usual; with
             "adaptive" the plateau divides lr instead.

@@ -42,8 +42,8 @@ except ImportError as exc:  # not installed, or older than 1.6
 from ._base import BACKENDS, BIT_GENERATORS, ESTIMATOR_KINDS, read_model_file
 from ._persist import ModelFile, read_sized, read_text_array, save_arrays, text_array
 from ._train import all_finite
-from ._training import (ADAPTIVE_DIVISOR, MIN_ADAPTIVE_LR, SampleClock, TrainingInterrupted,
-                        user_stacklevel)
+from ._training import (ADAPTIVE_DIVISOR, MIN_ADAPTIVE_LR, AdaptiveFloor, SampleClock,
+                        TrainingInterrupted, user_stacklevel)
 from ._validation import (
     MAX_DIM,
     check_bool,
@@ -179,7 +179,7 @@ _MLP_PARAMETERS = """\
         An int makes ``fit`` reproducible; None draws fresh randomness.
     tol : float >= 0, default 1e-4
         An epoch improves when its loss (with early_stopping, its validation
-        loss) is below the best so far minus tol.
+        loss) is at or below the best so far minus tol.
     verbose : bool, default False
         Print each epoch's loss, and why training stopped, to stdout.
     warm_start : bool, default False
@@ -729,7 +729,7 @@ class _Progress:
         settings = self.settings
         lr = settings.lr
         if self.incremental:
-            self._count(self._block(X, Y, 1, self._scheduled(lr), keep))
+            self._count(self._block(X, Y, 1, self._partial_fit_rate(lr), keep))
             return
         if self.validation is not None:
             self._stop_early(X, Y, lr, keep)
@@ -741,7 +741,7 @@ class _Progress:
         while done < settings.max_iter:
             epochs = min(settings.n_iter_no_change + 1 - self.plateau.count,
                          settings.max_iter - done)
-            losses = self._block(X, Y, epochs, self.rate, warm, **self._schedule())
+            losses = self._block(X, Y, epochs, self.rate, warm, **self._schedule_arguments())
             warm = True
             done += len(losses)
             self._count(losses)
@@ -766,7 +766,8 @@ class _Progress:
         assert self.validation is not None
         control = dict(validation_data=self.validation, early_stopping=True,
                        patience=settings.n_iter_no_change + 1,
-                       tol=settings.tol / self.curve_scale, **self._schedule(adaptive=True))
+                       tol=settings.tol / self.curve_scale,
+                       **self._schedule_arguments(adaptive=True))
         losses = self._block(X, Y, settings.max_iter, lr, warm, **control)
         self._count(losses, self._validated(control))
         if self.validation_plateau.count > settings.n_iter_no_change:
@@ -787,7 +788,7 @@ class _Progress:
         settings = self.settings
         losses = self._block(X, Y, settings.max_iter, lr, False, stop_on_plateau=True,
                              patience=settings.n_iter_no_change + 1,
-                             tol=settings.tol / self.curve_scale, **self._schedule())
+                             tol=settings.tol / self.curve_scale, **self._schedule_arguments())
         self._count(losses)
         if self.plateau.count > settings.n_iter_no_change:
             self._say(f"Training loss did not improve more than tol={settings.tol:f} for "
@@ -802,16 +803,23 @@ class _Progress:
         """learning_rate_init over LGM.fit's lr."""
         return self.estimator.learning_rate_init / self.settings.lr
 
-    def _scheduled(self, lr: float) -> float:
+    def _min_rate(self) -> float:
+        """scikit-learn's "adaptive" floor, 1e-6 on learning_rate_init's
+        scale, on LGM.fit's lr's: a plateau at a rate at or below it stops
+        training (for SGD, fit's lr is learning_rate_init over the loss
+        scale, 2 / n_outputs)."""
+        return MIN_ADAPTIVE_LR / self._lr_scale()
+
+    def _partial_fit_rate(self, lr: float) -> float:
         """The learning rate of the next epoch: scikit-learn's "invscaling"
         sets it to learning_rate_init / (t_ + 1) ** power_t after each epoch."""
         if self.settings.schedule == "invscaling":
             return SampleClock(self.estimator.t_).rate(lr, self.settings.power_t)
         return lr
 
-    def _schedule(self, adaptive: bool = False) -> dict[str, Any]:
+    def _schedule_arguments(self, adaptive: bool = False) -> dict[str, Any]:
         """LGM.fit's schedule arguments for the coming epochs: "invscaling"
-        as the SampleClock from t_ (the same rates as _scheduled, set by the
+        as the SampleClock from t_ (the same rates as _partial_fit_rate, set by the
         compiled driver after each epoch); "adaptive" when the network's
         fit applies it (adaptive: with early stopping, on the validation
         loss); else none, a constant rate."""
@@ -819,7 +827,7 @@ class _Progress:
         if settings.schedule == "invscaling":
             return dict(lr_schedule=SampleClock(self.estimator.t_), power_t=settings.power_t)
         if settings.schedule == "adaptive" and adaptive:
-            return dict(lr_schedule="adaptive")
+            return dict(lr_schedule=AdaptiveFloor(self._min_rate()))
         return {}
 
     def _adapt(self, plateau: _Plateau) -> bool:
@@ -828,7 +836,7 @@ class _Progress:
         is above 1e-6 it is divided by 5 and the count starts again
         (whether it was). With early stopping the network's fit applied the
         rule (end_epoch); here it is followed for the rate and its message."""
-        if self.settings.schedule != "adaptive" or self.rate <= MIN_ADAPTIVE_LR:
+        if self.settings.schedule != "adaptive" or self.rate <= self._min_rate():
             return False
         self.rate /= ADAPTIVE_DIVISOR
         plateau.count = 0

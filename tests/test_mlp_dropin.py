@@ -495,6 +495,45 @@ def test_adaptive_with_early_stopping_divides_on_validation_plateaus(regression,
     assert -0.5 * model.lgm_.loss(X_val, Y_val) == model.best_validation_score_
 
 
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_adaptive_floor_is_scikit_learns_with_one_output(early_stopping, capsys):
+    """With one output, SGD's rate inside the network is learning_rate_init
+    over the loss scale 2; the 1e-6 floor is scikit-learn's on
+    learning_rate_init's scale all the same. tol=1e3: no epoch after the
+    first improves, so every n_iter_no_change + 1 epochs the rate is divided
+    by 5 while above 1e-6 (1e-3 -> ... -> 1.6e-6 -> 3.2e-7: 5 times), then
+    the next plateau stops. scikit-learn's own run is the oracle: the same
+    rates announced, in the same epochs."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    y = np.tanh(X @ rng.normal(size=4))
+    settings = dict(hidden_layer_sizes=(3,), solver="sgd", learning_rate="adaptive",
+                    learning_rate_init=1e-3, momentum=0.0, tol=1e3, n_iter_no_change=1,
+                    max_iter=100, early_stopping=early_stopping, verbose=True,
+                    random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = MLPRegressor(activation="tanh", **settings).fit(X, y)
+        their_lines = capsys.readouterr().out.splitlines()
+        ours = LGMRegressor(**settings).fit(X, y)
+        our_lines = capsys.readouterr().out.splitlines()
+
+    def rates(lines):
+        """(epoch count so far, the rate announced) of each division
+        (scikit-learn says why on the same line)."""
+        epochs, found = 0, []
+        for line in lines:
+            if line.startswith("Iteration "):
+                epochs += 1
+            elif "Setting learning rate to " in line:
+                found.append((epochs, line.split("Setting learning rate to ")[1]))
+        return found
+
+    assert len(rates(their_lines)) == 5
+    assert rates(our_lines) == rates(their_lines)
+    assert ours.n_iter_ == theirs.n_iter_
+
+
 def test_adaptive_divides_the_rate_on_a_plateau(regression, capsys):
     X, Y = regression
     model = LGMRegressor(hidden_layer_sizes=(5,), solver="sgd", learning_rate="adaptive",

@@ -8,6 +8,7 @@ time.
 """
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -184,6 +185,43 @@ def test_each_shape_of_epoch_keeps_its_choice(threads, problem, checked):
                 k: v[:n_samples] for k, v in options.items()})
     assert [c["n_samples"] for c in program.kept_thread_choices()] == list(
         range(full + SETTINGS["shapes_kept"], full, -1))  # the least recently used gave way
+
+
+@pytest.mark.parametrize("problem", [_lgm_problem, _stm_problem], ids=["LGM", "STM"])
+def test_each_layout_keeps_its_workspace(problem):
+    """A partial_fit loop over full batches and a last smaller one keeps a
+    panel workspace per batch shape: after the first of each, no call makes
+    another (each used to free the other's and make its own, page faults
+    and zeroing included). The results are the bits of a model unpickled
+    afresh before every call (the same parameters and optimizer state,
+    fresh memory); a new shape takes the least recently used one's place."""
+    make, X, Y = problem(np.dtype(np.float64))
+    model, fresh = make(), make()
+    program = model._network.program
+    full = 2 * len(X) // 3
+    for _ in range(3):
+        for part in (slice(0, full), slice(full, None)):
+            model.partial_fit(X[part], Y[part], lr=0.01)
+            fresh = pickle.loads(pickle.dumps(fresh))
+            fresh.partial_fit(X[part], Y[part], lr=0.01)
+    kept = program.kept_workspaces()
+    assert kept["layouts"], "the problem trains in the panel layout"
+    assert len(kept["layouts"]) == 2 and kept["allocations"] == 2, kept
+    for name, value in model.params.items():
+        np.testing.assert_array_equal(value, fresh.params[name], err_msg=name)
+    # Batches of every size (several sizes share a layout: the padded width
+    # and the groups), against a least-recently-used list kept here.
+    recency, allocations = list(kept["layouts"]), 2
+    for n_samples in range(1, len(X) + 1):
+        model.partial_fit(X[:n_samples], Y[:n_samples], lr=0.01)
+        latest = program.kept_workspaces()["layouts"][0]
+        allocations += latest not in recency[:_train.WORKSPACES]
+        if latest in recency:
+            recency.remove(latest)
+        recency.insert(0, latest)
+        assert program.kept_workspaces() == {"layouts": recency[:_train.WORKSPACES],
+                                             "allocations": allocations}, n_samples
+    assert len(recency) > _train.WORKSPACES  # some gave way
 
 
 # -- the wait policy ------------------------------------------------------------------------

@@ -237,8 +237,10 @@ class InverseScaling:
 
 
 class PlateauCount:
-    """A constant rate, and the count of epochs in a row that do not fall
-    below best - tol (scikit-learn's MLP rules on the training loss)."""
+    """A constant rate, and the count of epochs in a row whose loss is above
+    best - tol (scikit-learn's MLP rules on the training loss, as its
+    _update_no_improvement_count writes them: a loss at best - tol is an
+    improvement)."""
 
     def __init__(self, lr, patience, tol):
         self.lr, self.patience, self.tol = lr, patience, tol
@@ -248,7 +250,7 @@ class PlateauCount:
         return self.lr
 
     def count(self, loss):
-        self.stale = 0 if loss < self.best - self.tol else self.stale + 1
+        self.stale = self.stale + 1 if loss > self.best - self.tol else 0
         self.best = min(self.best, loss)
 
 
@@ -686,6 +688,22 @@ def test_stop_on_plateau_same_bits_for_any_thread_count(threads, starts_a_second
         np.testing.assert_array_equal(other.history_, results[0].history_)
         assert_same_state(other, results[0])
     assert starts_a_second_thread("test_validation_control", 'threaded_fit("LGM", stop_on_plateau=True)')
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_loss_at_best_minus_tol_improves(kind, backend, rng):
+    """scikit-learn's rule at the boundary: at an lr too small to move any
+    parameter (W - 1e-300 dW == W), every epoch's loss is the first one's,
+    which is at best - 0: with tol=0 no epoch is stale and the fit never
+    stops; with any tol > 0 each is, and it stops after patience."""
+    X, Y, _, _ = problem(kind, rng, np.float64)
+    for tol, expected in ((0.0, 12), (1e-12, 1 + 3)):
+        model = make(kind, np.float64, backend)
+        history = model.fit(X, Y, epochs=12, lr=1e-300, stop_on_plateau=True, patience=3,
+                            tol=tol)
+        assert len(history) == expected, tol
+        assert np.all(history == history[0])
 
 
 def test_the_short_fit_declines_stop_on_plateau(rng):

@@ -44,6 +44,9 @@ cdef enum:
     # keeps each shape's times, the least recently used giving way): a
     # partial_fit loop alternates full batches and a last smaller one.
     THREAD_CHOICES_KEPT = 4
+    # A program's panel workspaces, one per layout (KeptMemory), for the same
+    # loops: a fresh block costs its page faults and zeroing at every call.
+    WORKSPACES_KEPT = 4
 
 
 cdef enum Schedule:
@@ -63,6 +66,7 @@ cdef struct EpochControl:
     int schedule
     double base_lr, power_t    # invscaling's lr / step**power_t (SAMPLE_CLOCK's as above)
     long long samples_before   # SAMPLE_CLOCK: samples trained before this fit
+    double min_lr              # ADAPTIVE: a plateau at lr <= min_lr stops training
     bint monitoring            # the epoch's end has work: validation, adaptive, early stop
     bint early_stopping
     bint stop_on_plateau       # a plateau stops training at its epoch (early stopping: at the best)
@@ -71,9 +75,9 @@ cdef struct EpochControl:
     double best_loss           # INOUT the lowest monitored loss so far (inf: none)
     Py_ssize_t best_epoch      # INOUT its epoch, counted over the fit (-1: none)
     Py_ssize_t epochs_done     # INOUT epochs of the fit so far
-    Py_ssize_t stale           # INOUT epochs since the loss last fell below best - tol
+    Py_ssize_t stale           # INOUT epochs since the loss last fell to best - tol or below
     long long best_step        # the optimizer's step after the best epoch
-    bint stopped               # OUT training stopped (early stop, or adaptive's plateau at lr <= 1e-6)
+    bint stopped               # OUT training stopped (early stop, or adaptive's plateau at lr <= min_lr)
     bint restored              # the kept arrays hold the best epoch's copy
     void **kept                # the arrays early stopping restores (params, moments, ...)
     void **best                # INOUT their copies after the best epoch
@@ -160,13 +164,21 @@ cdef Parameters parameters_of(PointerTable values, TrainingRun run, const Py_ssi
                               size_t itemsize)
 
 
+cdef struct KeptBlock:
+    void *allocated
+    void *start                 # NULL: the slot is free
+    size_t n_bytes
+    Py_ssize_t layout[3]        # (n_steps, task width, n_groups) it was made for
+    unsigned long long used     # the KeptMemory's call count when last handed out
+
+
 cdef class KeptMemory:
     """Zeroed scratch memory a program keeps from one training call to the
-    next with the same layout (see _train.pyx)."""
-    cdef void *allocated
-    cdef void *start
-    cdef size_t n_bytes
-    cdef Py_ssize_t layout[3]   # (n_steps, task width, n_groups) of the last call
+    next with the same layout, for up to WORKSPACES_KEPT layouts (see
+    _train.pyx)."""
+    cdef KeptBlock blocks[WORKSPACES_KEPT]
+    cdef unsigned long long calls
+    cdef Py_ssize_t allocations   # blocks made so far (for the tests)
     cdef void *get(self, size_t n_bytes, Py_ssize_t n_steps, Py_ssize_t task_width,
                    Py_ssize_t n_groups) except NULL
 

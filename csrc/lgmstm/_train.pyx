@@ -378,6 +378,7 @@ cdef class TrainingRun:
         self.validation = self.validation_losses = None
         memset(&self.control, 0, sizeof(EpochControl))
         self.control.schedule = CONSTANT
+        self.control.min_lr = MIN_LR
         self.control.best_loss = INFINITY
         self.control.best_epoch = -1
         self.decayed = np.zeros(self.grads.count, np.uint8)
@@ -388,14 +389,16 @@ cdef class TrainingRun:
             self.decayed[...] = np.asarray(decayed, dtype=bool)
 
     def set_control(self, *, int schedule=CONSTANT, double power_t=DEFAULT_POWER_T,
-                    long long samples_before=0, bint early_stopping=False,
+                    long long samples_before=0, double min_lr=MIN_LR,
+                    bint early_stopping=False,
                     bint stop_on_plateau=False, Py_ssize_t patience=DEFAULT_PATIENCE,
                     double tol=DEFAULT_TOL, bint monitoring=False, kept=()):
         """What the driver does after each epoch (see end_epoch): the
         learning-rate schedule (SCHEDULE_CODES; invscaling's power_t, from
         the lr the run was made with; the sample clock's samples_before,
         the samples trained before this fit, which sets the first epoch's
-        rate here), patience and tol of the adaptive
+        rate here; the adaptive schedule's min_lr, the lr at or below which
+        a plateau stops training), patience and tol of the adaptive
         schedule, of early stopping and of stop_on_plateau (stop after
         patience epochs without improvement, keeping the last epoch);
         monitoring: the epochs' ends have work (validation, adaptive, early
@@ -406,6 +409,7 @@ cdef class TrainingRun:
         self.control.base_lr = self.optimizer.lr
         self.control.power_t = power_t
         self.control.samples_before = samples_before
+        self.control.min_lr = min_lr
         if schedule == SAMPLE_CLOCK:
             self.optimizer.lr = sample_clock_lr(&self.control, samples_before)
         self.control.early_stopping = early_stopping
@@ -602,10 +606,11 @@ cdef bint end_epoch(const TrainingPlan *plan, void *program, Optimizer *optimize
     """After epoch (of the plan's block): the validation loss, then the
     monitored loss (the validation loss, or without one the training loss)
     against the best so far. The stale count restarts when the loss falls
-    below best - tol; the best (and, early stopping, a copy of the kept
-    arrays and the step) follows any loss below it. After patience stale
-    epochs the adaptive schedule divides lr by ADAPTIVE_DIVISOR while lr >
-    MIN_ADAPTIVE_LR, else stops training (scikit-learn's rule); early
+    to best - tol or below (scikit-learn's rule: a NaN is stale); the best
+    (and, early stopping, a copy of the kept arrays and the step) follows
+    any loss below it. After patience stale epochs the adaptive schedule
+    divides lr by ADAPTIVE_DIVISOR while lr > the control's min_lr
+    (MIN_ADAPTIVE_LR unless set), else stops training (scikit-learn's rule); early
     stopping and stop_on_plateau stop; stopping early puts back the best
     epoch (stop_on_plateau alone keeps the last). The sample clock sets
     the next epoch's lr from the samples trained so far (the plan's
@@ -616,7 +621,7 @@ cdef bint end_epoch(const TrainingPlan *plan, void *program, Optimizer *optimize
     if plan.validate != NULL:
         monitored = plan.validate(program, n_threads)
         plan.validation_losses[epoch] = monitored
-    if monitored < control.best_loss - control.tol:
+    if monitored <= control.best_loss - control.tol:
         control.stale = 0
     else:
         control.stale += 1
@@ -634,7 +639,7 @@ cdef bint end_epoch(const TrainingPlan *plan, void *program, Optimizer *optimize
     if control.stale >= control.patience:
         if control.schedule == ADAPTIVE:
             control.stale = 0
-            control.stopped = optimizer.lr <= MIN_LR
+            control.stopped = optimizer.lr <= control.min_lr
             if not control.stopped:
                 optimizer.lr = optimizer.lr / LR_DIVISOR
         else:
@@ -908,6 +913,8 @@ def _simulate_thread_choice(many, one, Py_ssize_t call_epochs=0):
 THREAD_CHOICE_SETTINGS = {"slice_seconds": SLICE_SECONDS, "probe_share": PROBE_SHARE,
                           "switch_margin": SWITCH_MARGIN, "switch_wins": SWITCH_WINS,
                           "shapes_kept": THREAD_CHOICES_KEPT}
+# How many panel workspaces a program keeps (KeptMemory), for the tests.
+WORKSPACES = WORKSPACES_KEPT
 
 
 cdef void run_training(TrainingRun run, BatchStep step, void *program,
@@ -926,32 +933,63 @@ cdef void run_training(TrainingRun run, BatchStep step, void *program,
 @cython.auto_pickle(False)
 cdef class KeptMemory:
     """Zeroed scratch memory that a program keeps from one training call to
-    the next, for as long as the calls have the same layout.
+    the next: a block per layout, for up to WORKSPACES_KEPT layouts, the
+    least recently used giving way.
 
     A fresh block costs its page faults and zeroing at every call (the
     STM's panel workspace is hundreds of KB, more than a short epoch's
-    arithmetic). A block kept with the same layout is as the last call
-    left it, as it is from one epoch to the next within a call.
+    arithmetic), and a partial_fit loop over mini-batches alternates two
+    layouts (the full batches and a last smaller one). A block kept is as
+    the last call of its layout left it, as it is from one epoch to the
+    next within a call.
     """
 
     def __dealloc__(self):
-        free(self.allocated)
+        cdef Py_ssize_t slot
+        for slot in range(WORKSPACES_KEPT):
+            free(self.blocks[slot].allocated)
 
     cdef void *get(self, size_t n_bytes, Py_ssize_t n_steps, Py_ssize_t task_width,
                    Py_ssize_t n_groups) except NULL:
-        """n_bytes starting on a panel boundary (see panel_calloc), zeroed
-        when the layout (the steps, task width and groups that fix where
-        everything lies; 0 steps for the LGM) differs from the last call's."""
-        if (self.start == NULL or n_bytes != self.n_bytes or n_steps != self.layout[0]
-                or task_width != self.layout[1] or n_groups != self.layout[2]):
-            free(self.allocated)
-            self.allocated = self.start = NULL
-            self.start = panel_calloc(n_bytes, &self.allocated)
-            if self.start == NULL:
-                raise MemoryError()
-            self.n_bytes = n_bytes
-            self.layout[0], self.layout[1], self.layout[2] = n_steps, task_width, n_groups
-        return self.start
+        """n_bytes starting on a panel boundary (see panel_calloc): the
+        block kept for this layout (the steps, task width and groups that
+        fix where everything lies; 0 steps for the LGM), else a zeroed one
+        in place of the least recently used (or a free slot)."""
+        cdef Py_ssize_t slot, oldest = 0
+        cdef KeptBlock *block
+        self.calls += 1
+        for slot in range(WORKSPACES_KEPT):
+            block = &self.blocks[slot]
+            if (block.start != NULL and block.n_bytes == n_bytes and block.layout[0] == n_steps
+                    and block.layout[1] == task_width and block.layout[2] == n_groups):
+                block.used = self.calls
+                return block.start
+            if block.used < self.blocks[oldest].used:
+                oldest = slot   # a free slot was never used: 0, the oldest of all
+        block = &self.blocks[oldest]
+        free(block.allocated)
+        block.allocated = block.start = NULL
+        block.used = 0
+        block.start = panel_calloc(n_bytes, &block.allocated)
+        if block.start == NULL:
+            raise MemoryError()
+        block.n_bytes = n_bytes
+        block.layout[0], block.layout[1], block.layout[2] = n_steps, task_width, n_groups
+        block.used = self.calls
+        self.allocations += 1
+        return block.start
+
+    def _kept(self):
+        """{"layouts": (n_bytes, n_steps, task width, n_groups) of each kept
+        block, the most recently used first; "allocations": the blocks made
+        so far}. For the tests."""
+        cdef Py_ssize_t slot
+        kept = [(self.blocks[slot].used, (self.blocks[slot].n_bytes,
+                 self.blocks[slot].layout[0], self.blocks[slot].layout[1],
+                 self.blocks[slot].layout[2]))
+                for slot in range(WORKSPACES_KEPT) if self.blocks[slot].start != NULL]
+        return {"layouts": [layout for _, layout in sorted(kept, reverse=True)],
+                "allocations": self.allocations}
 
 
 cdef size_t array_bytes(object array) noexcept:
@@ -983,6 +1021,15 @@ cdef class Program:
         """n_epochs epochs on run (order: (n_epochs, n_samples) or NULL, in
         sample order); the losses to epoch_losses (OUT)."""
         raise NotImplementedError
+
+    def kept_workspaces(self):
+        """The panel workspaces kept for this program's fits (see
+        KeptMemory): {"layouts": (n_bytes, n_steps, task width, n_groups)
+        of each, most recently used first; "allocations": how many were
+        made}."""
+        if self.panel_memory is None:
+            return {"layouts": [], "allocations": 0}
+        return self.panel_memory._kept()
 
     def kept_thread_choices(self):
         """The choices of thread count kept for this program's fits (see
