@@ -22,7 +22,7 @@ def marked_blocks(text):
     """(first line number, heading, code, run) of each ```python block: run is
     False for a block whose fence follows a NOT_RUN comment line."""
     lines = text.splitlines()
-    return [(start, heading, code, not lines[start - 3].startswith(NOT_RUN))
+    return [(start, heading, code, not (start >= 3 and lines[start - 3].startswith(NOT_RUN)))
             for start, heading, code in python_blocks(text)]
 
 
