@@ -7,12 +7,11 @@ line above its fence (it connects to a scheduler at tcp://scheduler:8786);
 it must still be valid Python, and it is the only one so marked.
 """
 import ast
-import os
 from pathlib import Path
 
 import pytest
 
-from test_readme import expected_output, line_matches, missing_extras, python_blocks
+from test_readme import assert_block_runs, python_blocks
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "dask.md"
 NOT_RUN = "<!-- not run:"
@@ -43,19 +42,7 @@ def test_one_block_is_shown_not_run():
                          ids=[f"line {start} ({heading})" for start, heading, _, run in BLOCKS
                               if run])
 def test_block_runs_alone(start, heading, code, run_python, tmp_path):
-    missing = missing_extras(code)
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}, not installed")
-    script = tmp_path / "block.py"
-    script.write_text(code, encoding="utf-8")
-    result = run_python([str(script)], tmp_path, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
-    where = f"docs/dask.md line {start} ({heading})"
-    assert result.returncode == 0, f"{where} failed:\n{result.stderr}"
-    expected = expected_output(code)
-    if expected:
-        printed = result.stdout.splitlines()
-        assert len(printed) == len(expected) and all(map(line_matches, printed, expected)), (
-            f"{where} printed\n{result.stdout}\nwhere the docs show\n" + "\n".join(expected))
+    assert_block_runs(code, f"docs/dask.md line {start} ({heading})", run_python, tmp_path)
 
 
 def test_a_marked_block_is_found():

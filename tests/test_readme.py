@@ -106,9 +106,11 @@ def test_the_readme_has_python_blocks():
     assert len(BLOCKS) >= 5
 
 
-@pytest.mark.parametrize("start, heading, code", BLOCKS,
-                         ids=[f"line {start} ({heading})" for start, heading, _ in BLOCKS])
-def test_block_runs_alone(start, heading, code, run_python, tmp_path):
+def assert_block_runs(code, where, run_python, tmp_path):
+    """Run a documentation block alone, in a fresh interpreter in tmp_path
+    (skipped when it needs an extra not installed): it must succeed and
+    print what its ``# ->`` lines show (line_matches). where: the block's
+    place, for the messages."""
     missing = missing_extras(code)
     if missing:
         pytest.skip(f"needs {', '.join(missing)}, not installed")
@@ -116,13 +118,18 @@ def test_block_runs_alone(start, heading, code, run_python, tmp_path):
     script.write_text(code, encoding="utf-8")
     result = run_python([str(script)], tmp_path,
                         env={**os.environ, "PYTHONIOENCODING": "utf-8", "MPLBACKEND": "Agg"})
-    where = f"README.md line {start} ({heading})"
     assert result.returncode == 0, f"{where} failed:\n{result.stderr}"
     expected = expected_output(code)
     if expected:
         printed = result.stdout.splitlines()
         assert len(printed) == len(expected) and all(map(line_matches, printed, expected)), (
-            f"{where} printed\n{result.stdout}\nwhere the README shows\n" + "\n".join(expected))
+            f"{where} printed\n{result.stdout}\nwhere the docs show\n" + "\n".join(expected))
+
+
+@pytest.mark.parametrize("start, heading, code", BLOCKS,
+                         ids=[f"line {start} ({heading})" for start, heading, _ in BLOCKS])
+def test_block_runs_alone(start, heading, code, run_python, tmp_path):
+    assert_block_runs(code, f"README.md line {start} ({heading})", run_python, tmp_path)
 
 
 @pytest.mark.parametrize("printed, expected, matches", [
