@@ -1046,6 +1046,13 @@ def policy_worker(lines=None, out=None):
         say({"seconds": measurement.seconds, "samples": measurement.samples})
 
 
+def _package_parent():
+    """The folder that holds this lgmstm: a child process started there
+    (``python -c``, whose path starts with its working folder) imports the
+    same lgmstm, not a source tree it happens to start in."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(lgmstm.__file__)))
+
+
 class _PolicyWorker:
     """A policy_worker process, started in the environment of a policy."""
 
@@ -1055,7 +1062,7 @@ class _PolicyWorker:
             [sys.executable, "-c",
              "from lgmstm.benchmarks import policy_worker; policy_worker()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env=_policy_environment(policy))
+            env=_policy_environment(policy), cwd=_package_parent())
         assert self.process.stdin is not None and self.process.stdout is not None
         self.requests, self.replies = self.process.stdin, self.process.stdout
         self.hello = self._reply()
@@ -1547,13 +1554,11 @@ def memory_check(size_name="medium", epochs=(20, 500)):
     and "ok": the longer fit took no more than the shorter one, within
     TRACED_TOLERANCE and RSS_TOLERANCE.
     """
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(lgmstm.__file__)))
     children = []
     for n_epochs in epochs:
         code = (f"from lgmstm.benchmarks import _memory_child; "
                 f"_memory_child({size_name!r}, {int(n_epochs)})")
-        # cwd is the folder that holds this lgmstm, so the child imports the same one.
-        children.append(subprocess.Popen([sys.executable, "-c", code], cwd=package_parent,
+        children.append(subprocess.Popen([sys.executable, "-c", code], cwd=_package_parent(),
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          text=True))
     runs = []
