@@ -483,7 +483,7 @@ def plan_fit(rng, X, Y, *, sample, **arguments) -> FitPlan:
     instead (plan.held_out, drawn from the shuffling's generator before any
     epoch's order; the batch size is then the training rows'); not both.
     early_stopping needs one of them. lr_schedule (a name of SCHEDULES,
-    or the estimators' SampleClock), power_t, patience, tol and
+    or the estimators' SampleClock or AdaptiveFloor), power_t, patience, tol and
     stop_on_plateau: see TrainingControl.
     """
     n_samples = X.shape[0]
@@ -525,7 +525,7 @@ class Trainer(Protocol):
     # epochs...): a replay of a block puts it back with the arrays.
     control_state: tuple
     validation_losses: NDArray[np.float64]  # the latest run's, one per epoch run (or empty)
-    stopped: bool  # early stopping, or the adaptive schedule's plateau at lr <= MIN_ADAPTIVE_LR
+    stopped: bool  # early stopping, or the adaptive schedule's plateau at lr <= its min_lr
     best_epoch: int | None  # the epoch (of the fit) of the lowest monitored loss
     diverged: bool  # set by run_epochs when a non-finite loss or parameter stopped it
 

@@ -833,7 +833,7 @@ class _Progress:
     def _adapt(self, plateau: _Plateau) -> bool:
         """scikit-learn's "adaptive" rule after an epoch whose count of
         epochs without improvement exceeds n_iter_no_change: while the rate
-        is above 1e-6 it is divided by 5 and the count starts again
+        is above the floor (_min_rate) it is divided by 5 and the count starts again
         (whether it was). With early stopping the network's fit applied the
         rule (end_epoch); here it is followed for the rate and its message."""
         if self.settings.schedule != "adaptive" or self.rate <= self._min_rate():

@@ -436,7 +436,7 @@ cdef class TrainingRun:
     @property
     def stopped(self):
         """Whether training stopped: early stopping, or the adaptive
-        schedule's plateau at lr <= MIN_ADAPTIVE_LR."""
+        schedule's plateau at lr <= its min_lr (MIN_ADAPTIVE_LR unless set)."""
         return bool(self.control.stopped)
 
     @property
