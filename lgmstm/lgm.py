@@ -717,9 +717,10 @@ class LGM(Model):
                                                                "sample_weight_val")
             X_val = naming_validation_data(self._inputs, X_val)
             Y_val = naming_validation_data(self._targets, Y_val, X_val.shape[0])
-            validation = check_validation_set(
-                X_val, Y_val, "sample", *[naming_validation_data(
-                    self._sample_weight, weight, X_val.shape[0]) for weight in weights_val])
+            if weights_val:
+                weights_val = [naming_validation_data(self._sample_weight, weights_val[0],
+                                                      X_val.shape[0])]
+            validation = check_validation_set(X_val, Y_val, "sample", *weights_val)
         plan = plan_fit(self._rng, X, Y, sample="sample", epochs=epochs, lr=lr,
                         batch_size=batch_size, optimizer=optimizer, clip_norm=clip_norm,
                         shuffle=shuffle, seed=seed, callback=callback, verbose=verbose,
@@ -737,11 +738,16 @@ class LGM(Model):
             validation = X[held], Y[held]
             X, Y = X[rows], Y[rows]
             weights = None if weights is None else weights[rows]
-        return train_model(
-            self, plan, lambda state: self._network.trainer(
-                X, Y, plan.batch_size, state, plan.lr, plan.clip_norm, plan.weight_decay,
-                weights, validation, plan.control),
-            callback)
+        return train_model(self, plan, self._trainer_maker(X, Y, weights, validation, plan),
+                           callback)
+
+    def _trainer_maker(self, X, Y, weights, validation, plan):
+        """make_trainer(state) for train_model. A method, not a lambda in
+        fit: a closure there would make fit allocate cells for the
+        variables it captures on every call, the short fit's too."""
+        return lambda state: self._network.trainer(
+            X, Y, plan.batch_size, state, plan.lr, plan.clip_norm, plan.weight_decay,
+            weights, validation, plan.control)
 
 
     def partial_fit(self, X: ArrayLike, Y: ArrayLike, *, lr: float,

@@ -1290,18 +1290,23 @@ class STM(Model):
             X_val, Y_val, lengths_val = validation
             validation = (X_val, Y_val, lengths_val,
                           self._row_weights(None, lengths_val, X_val.shape[1]))
+        return train_model(self, plan,
+                           self._trainer_maker(X, Y, lengths, weights, validation, plan),
+                           callback, finish=self._keep_final_states)
 
-        def keep_final_states(trainer: CompiledTrainer | _ReferenceTrainer) -> None:
-            if self._stateful and len(self.history_):
-                self._state = trainer.final_states
+    def _trainer_maker(self, X, Y, lengths, weights, validation, plan):
+        """make_trainer(state) for train_model. A method, not a lambda in
+        fit: a closure there would make fit allocate cells for the
+        variables it captures on every call, the short fit's too."""
+        return lambda state: self._network.trainer(
+            X, Y, lengths, self._initial_state(X.shape[0]), plan.batch_size, state, plan.lr,
+            plan.clip_norm, plan.weight_decay, weights, validation, plan.control)
 
-        return train_model(
-            self, plan,
-            lambda state: self._network.trainer(X, Y, lengths, self._initial_state(X.shape[0]),
-                                                plan.batch_size, state, plan.lr,
-                                                plan.clip_norm, plan.weight_decay, weights,
-                                                validation, plan.control),
-            callback, finish=keep_final_states)
+    def _keep_final_states(self, trainer: CompiledTrainer | _ReferenceTrainer) -> None:
+        """train_model's finish: a stateful STM keeps the final states of
+        the epochs it trained as its working memory."""
+        if self._stateful and len(self.history_):
+            self._state = trainer.final_states
 
     def partial_fit(self, X: ArrayLike, Y: ArrayLike, *, lr: float,
                     batch_size: int | None = None, optimizer: str = "sgd",

@@ -159,3 +159,15 @@ def test_a_training_thread_sends_readers_to_the_checked_path():
         release.set()
         trainer.join()
     assert model._network.predict_ready(x) is not None
+
+
+@pytest.mark.parametrize("method", [lgmstm.LGM.fit, lgmstm.LGM.partial_fit, lgmstm.LGM.predict,
+                                    lgmstm.STM.fit, lgmstm.STM.partial_fit, lgmstm.STM.predict,
+                                    lgmstm.STM.step])
+def test_public_calls_capture_no_variables_in_closures(method):
+    """A variable that a lambda, nested function or comprehension in a method
+    captures lives in a cell that Python allocates on every call, before the
+    first line runs: in fit, seven of them cost the short fit about a fifth
+    of a microsecond. The closures live in helper methods instead
+    (_trainer_maker)."""
+    assert method.__code__.co_cellvars == ()
