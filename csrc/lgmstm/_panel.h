@@ -290,6 +290,19 @@
         typedef LGMSTM_INDEX_##T index_vector_ __attribute__((vector_size(sizeof(V)))); \
         LGMSTM_TRANSPOSE_##LANES(V, index_vector_, r);                              \
     } while (0)
+/* The even and the odd lanes of r[0] then r[1], into r[0] and r[1]. */
+#define LGMSTM_DEINTERLEAVE(T, V, LANES, r)                                         \
+    do {                                                                            \
+        typedef LGMSTM_INDEX_##T index_vector_ __attribute__((vector_size(sizeof(V)))); \
+        index_vector_ even_, odd_;                                                  \
+        for (int i_ = 0; i_ < (LANES); ++i_) {                                      \
+            even_[i_] = 2 * i_;                                                     \
+            odd_[i_] = 2 * i_ + 1;                                                  \
+        }                                                                           \
+        V lo_ = (r)[0], hi_ = (r)[1];                                               \
+        (r)[0] = __builtin_shuffle(lo_, hi_, even_);                                \
+        (r)[1] = __builtin_shuffle(lo_, hi_, odd_);                                 \
+    } while (0)
 #else
 #define LGMSTM_TRANSPOSE(T, V, LANES, r)                                            \
     do {                                                                            \
@@ -302,6 +315,16 @@
                 tile_[b_][a_] = swap_;                                              \
             }                                                                       \
         memcpy((r), tile_, sizeof tile_);                                           \
+    } while (0)
+#define LGMSTM_DEINTERLEAVE(T, V, LANES, r)                                         \
+    do {                                                                            \
+        T pairs_[2 * (LANES)], split_[2][LANES];                                    \
+        memcpy(pairs_, (r), sizeof pairs_);                                         \
+        for (int i_ = 0; i_ < (LANES); ++i_) {                                      \
+            split_[0][i_] = pairs_[2 * i_];                                         \
+            split_[1][i_] = pairs_[2 * i_ + 1];                                     \
+        }                                                                           \
+        memcpy((r), split_, sizeof split_);                                         \
     } while (0)
 #endif
 
@@ -386,15 +409,38 @@
         LGMSTM_GATHER_STORE(V, LANES, r, 0, n_values);                              \
     } while (0)
 
+/* NL rows of one or two values one after another (rows NULL, row_stride
+ * n_values): the tile is one or two whole vectors of values, its lanes'
+ * values their lanes, or their even and odd lanes. It reads the rows only,
+ * where the short tile would read into the next NL rows: in a block of
+ * such rows, the same values in all. */
+#define LGMSTM_GATHER_PAIRS_TILE(T, V, LANES)                                       \
+    do {                                                                            \
+        V r[2];                                                                     \
+        const T *from_ = src + (first + l0) * n_values;                             \
+        memcpy(&r[0], from_, sizeof(V));                                            \
+        if (n_values == 1) {                                                        \
+            LGMSTM_CHECK_TILE(V, 1, r);                                             \
+        } else {                                                                    \
+            memcpy(&r[1], from_ + (LANES), sizeof(V));                              \
+            LGMSTM_CHECK_TILE(V, 2, r);                                             \
+            LGMSTM_DEINTERLEAVE(T, V, LANES, r);                                    \
+        }                                                                           \
+        LGMSTM_GATHER_STORE(V, 2, r, 0, n_values);                                  \
+    } while (0)
+
 /* Every value of the first `lanes` lanes from l0: rows of at least NL
  * values end on a tile that overlaps the one before (only its new values
- * stored), shorter ones take the short tile. */
+ * stored), shorter ones take the short tile (or the pairs tile). */
 #define LGMSTM_GATHER_LANES(T, V, LANES, lanes)                                     \
     do {                                                                            \
         T *at = dest + l0;                                                          \
         ptrdiff_t f = 0;                                                            \
         if (n_values < (LANES)) {                                                   \
-            LGMSTM_GATHER_SHORT_TILE(T, V, LANES, lanes);                           \
+            if ((lanes) == (LANES) && !rows && row_stride == n_values && n_values <= 2) \
+                LGMSTM_GATHER_PAIRS_TILE(T, V, LANES);                              \
+            else                                                                    \
+                LGMSTM_GATHER_SHORT_TILE(T, V, LANES, lanes);                       \
             break;                                                                  \
         }                                                                           \
         ptrdiff_t j0 = 0;                                                           \
