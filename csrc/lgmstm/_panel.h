@@ -218,7 +218,8 @@
  * dest[f ld + b width + l]. Lanes from n_lanes on are 0. A copy, so the
  * same bits whatever the ISA: tiles of NL lanes by NL values go through NL
  * vector registers and a transpose (GCC's __builtin_shuffle; elsewhere
- * through memory). Returns whether every value it read was finite (each
+ * through memory), consecutive rows of one or two values through one or
+ * two vectors and a deinterleave. Returns whether every value it read was finite (each
  * times 0 summed: NaN for an inf or a NaN), so that a caller need not
  * scan the samples again; it may read a little past a row (see below), so
  * a non-finite value of the block near the rows counts too.
@@ -328,23 +329,30 @@
     } while (0)
 #endif
 
-/* Vectors k of the transposed tile r from k = skip on, values j, j + 1, ...
- * of lanes l0 .. l0 + NL - 1, to their panel rows: at (dest[f ld + b width
- * + l0] for value j = b n_features + f) moves along with f. */
-#define LGMSTM_GATHER_STORE(V, LANES, r, skip, count)                               \
+/* at: from the panel row of a block's value j = b n_features + f at lane
+ * l0 (dest[f ld + b width + l0]) to value j + 1's. */
+#define LGMSTM_GATHER_NEXT_VALUE()                                                  \
     do {                                                                            \
-        for (int k_ = 0; k_ < (LANES); ++k_)                                        \
+        at += ld;                                                                   \
+        if (++f == n_features) {                                                    \
+            f = 0;                                                                  \
+            at += width - n_features * ld;                                          \
+        }                                                                           \
+    } while (0)
+
+/* Vectors skip <= k < count of the transposed tile r (of VECTORS), values
+ * j, j + 1, ... of lanes l0 .. l0 + NL - 1, to their panel rows from at.
+ * (The loop runs over constant k, so that r stays in registers.) */
+#define LGMSTM_GATHER_STORE(V, VECTORS, r, skip, count)                             \
+    do {                                                                            \
+        for (int k_ = 0; k_ < (VECTORS); ++k_)                                      \
             if (k_ >= (skip) && k_ < (count)) {                                     \
                 memcpy(at, &(r)[k_], sizeof(V));                                    \
-                at += ld;                                                           \
-                if (++f == n_features) {                                            \
-                    f = 0;                                                          \
-                    at += width - n_features * ld;                                  \
-                }                                                                   \
+                LGMSTM_GATHER_NEXT_VALUE();                                         \
             }                                                                       \
     } while (0)
 
-/* Adds each value of the NL vectors r times 0 to the accumulator zeros
+/* Adds each value of the LANES vectors r times 0 to the accumulator zeros
  * (products first: a sum of large finite values must not overflow; then
  * halving, so that the additions do not wait on each other). */
 #define LGMSTM_CHECK_TILE(V, LANES, r)                                              \
@@ -437,7 +445,8 @@
         T *at = dest + l0;                                                          \
         ptrdiff_t f = 0;                                                            \
         if (n_values < (LANES)) {                                                   \
-            if ((lanes) == (LANES) && !rows && row_stride == n_values && n_values <= 2) \
+            if ((lanes) == (LANES) && !rows && row_stride == n_values               \
+                    && (n_values == 1 || n_values == 2))                            \
                 LGMSTM_GATHER_PAIRS_TILE(T, V, LANES);                              \
             else                                                                    \
                 LGMSTM_GATHER_SHORT_TILE(T, V, LANES, lanes);                       \
@@ -484,11 +493,7 @@
             ptrdiff_t f = 0;                                                        \
             for (ptrdiff_t j = 0; j < n_values; ++j) {                              \
                 memset(at, 0, (size_t)(width - l0) * sizeof(T));                    \
-                at += ld;                                                           \
-                if (++f == n_features) {                                            \
-                    f = 0;                                                          \
-                    at += width - n_features * ld;                                  \
-                }                                                                   \
+                LGMSTM_GATHER_NEXT_VALUE();                                         \
             }                                                                       \
         }                                                                           \
         memcpy(lanes_, &zeros, sizeof(V));                                          \
