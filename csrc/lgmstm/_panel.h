@@ -218,7 +218,8 @@
  * dest[f ld + b width + l]. Lanes from n_lanes on are 0. A copy, so the
  * same bits whatever the ISA: tiles of NL lanes by NL values go through NL
  * vector registers and a transpose (GCC's __builtin_shuffle; elsewhere
- * through memory). Returns whether every value it read was finite (each
+ * through memory), consecutive rows of one or two values through one or
+ * two vectors and a deinterleave. Returns whether every value it read was finite (each
  * times 0 summed: NaN for an inf or a NaN), so that a caller need not
  * scan the samples again; it may read a little past a row (see below), so
  * a non-finite value of the block near the rows counts too.
@@ -290,6 +291,19 @@
         typedef LGMSTM_INDEX_##T index_vector_ __attribute__((vector_size(sizeof(V)))); \
         LGMSTM_TRANSPOSE_##LANES(V, index_vector_, r);                              \
     } while (0)
+/* The even and the odd lanes of r[0] then r[1], into r[0] and r[1]. */
+#define LGMSTM_DEINTERLEAVE(T, V, LANES, r)                                         \
+    do {                                                                            \
+        typedef LGMSTM_INDEX_##T index_vector_ __attribute__((vector_size(sizeof(V)))); \
+        index_vector_ even_, odd_;                                                  \
+        for (int i_ = 0; i_ < (LANES); ++i_) {                                      \
+            even_[i_] = 2 * i_;                                                     \
+            odd_[i_] = 2 * i_ + 1;                                                  \
+        }                                                                           \
+        V lo_ = (r)[0], hi_ = (r)[1];                                               \
+        (r)[0] = __builtin_shuffle(lo_, hi_, even_);                                \
+        (r)[1] = __builtin_shuffle(lo_, hi_, odd_);                                 \
+    } while (0)
 #else
 #define LGMSTM_TRANSPOSE(T, V, LANES, r)                                            \
     do {                                                                            \
@@ -303,71 +317,152 @@
             }                                                                       \
         memcpy((r), tile_, sizeof tile_);                                           \
     } while (0)
+#define LGMSTM_DEINTERLEAVE(T, V, LANES, r)                                         \
+    do {                                                                            \
+        T pairs_[2 * (LANES)], split_[2][LANES];                                    \
+        memcpy(pairs_, (r), sizeof pairs_);                                         \
+        for (int i_ = 0; i_ < (LANES); ++i_) {                                      \
+            split_[0][i_] = pairs_[2 * i_];                                         \
+            split_[1][i_] = pairs_[2 * i_ + 1];                                     \
+        }                                                                           \
+        memcpy((r), split_, sizeof split_);                                         \
+    } while (0)
 #endif
 
-/* Vectors k < count of the transposed tile r, values j0 + k of its lanes,
- * to their panel rows: value j = b n_features + f at dest[f ld + b width + l0]. */
-#define LGMSTM_GATHER_STORE(V, r, j0, count)                                        \
+/* at: from the panel row of a block's value j = b n_features + f at lane
+ * l0 (dest[f ld + b width + l0]) to value j + 1's. */
+#define LGMSTM_GATHER_NEXT_VALUE()                                                  \
     do {                                                                            \
-        ptrdiff_t b_ = (j0) / n_features, f_ = (j0) - b_ * n_features;              \
-        for (ptrdiff_t k_ = 0; k_ < (count); ++k_) {                                \
-            memcpy(dest + f_ * ld + b_ * width + l0, &(r)[k_], sizeof(V));          \
-            if (++f_ == n_features) {                                               \
-                f_ = 0;                                                             \
-                ++b_;                                                               \
-            }                                                                       \
+        at += ld;                                                                   \
+        if (++f == n_features) {                                                    \
+            f = 0;                                                                  \
+            at += width - n_features * ld;                                          \
         }                                                                           \
     } while (0)
 
-/* Adds each value of the NL vectors r times 0 to the accumulator zeros
- * (products first: a sum of large finite values must not overflow). */
-#define LGMSTM_CHECK_TILE(V, LANES, r)                                              \
+/* Vectors skip <= k < count of the transposed tile r (of VECTORS), values
+ * j, j + 1, ... of lanes l0 .. l0 + NL - 1, to their panel rows from at.
+ * (The loop runs over constant k, so that r stays in registers.) */
+#define LGMSTM_GATHER_STORE(V, VECTORS, r, skip, count)                             \
     do {                                                                            \
-        V products_ = (r)[0] * 0;                                                   \
-        for (int l_ = 1; l_ < (LANES); ++l_) products_ += (r)[l_] * 0;              \
-        zeros += products_;                                                         \
+        for (int k_ = 0; k_ < (VECTORS); ++k_)                                      \
+            if (k_ >= (skip) && k_ < (count)) {                                     \
+                memcpy(at, &(r)[k_], sizeof(V));                                    \
+                LGMSTM_GATHER_NEXT_VALUE();                                         \
+            }                                                                       \
     } while (0)
 
-/* The tile of values j0 .. j0 + NL - 1 of the NL rows (0 for a NULL row). */
-#define LGMSTM_GATHER_TILE(T, V, LANES, j0)                                         \
+/* Adds each value of the LANES vectors r times 0 to the accumulator zeros
+ * (products first: a sum of large finite values must not overflow; then
+ * halving, so that the additions do not wait on each other). */
+#define LGMSTM_CHECK_TILE(V, LANES, r)                                              \
+    do {                                                                            \
+        V products_[LANES];                                                         \
+        for (int l_ = 0; l_ < (LANES); ++l_) products_[l_] = (r)[l_] * 0;           \
+        for (int w_ = (LANES) / 2; w_ >= 1; w_ /= 2)                                \
+            for (int l_ = 0; l_ < w_; ++l_) products_[l_] += products_[l_ + w_];    \
+        zeros += products_[0];                                                      \
+    } while (0)
+
+/* Sample row of lane l0 + l. */
+#define LGMSTM_GATHER_ROW(l)                                                        \
+    (src + (rows ? rows[first + l0 + (l)] : first + l0 + (l)) * row_stride)
+
+/* The tile of values j0 .. j0 + NL - 1 of the first `lanes` lanes from l0
+ * (0 past them), its vectors from skip on stored. */
+#define LGMSTM_GATHER_TILE(T, V, LANES, lanes, j0, skip)                            \
     do {                                                                            \
         V r[LANES];                                                                 \
         for (int l = 0; l < (LANES); ++l) {                                         \
-            if (row[l])                                                             \
-                memcpy(&r[l], row[l] + (j0), sizeof(V));                            \
+            if (l < (lanes))                                                        \
+                memcpy(&r[l], LGMSTM_GATHER_ROW(l) + (j0), sizeof(V));              \
             else                                                                    \
                 r[l] = LGMSTM_SPLAT(V, (T)0);                                       \
         }                                                                           \
         LGMSTM_CHECK_TILE(V, LANES, r);                                             \
         LGMSTM_TRANSPOSE(T, V, LANES, r);                                           \
-        LGMSTM_GATHER_STORE(V, r, j0, LANES);                                       \
+        LGMSTM_GATHER_STORE(V, LANES, r, skip, LANES);                              \
     } while (0)
 
 /* Rows of fewer than NL values: each row's NL values from its start, those
  * past the row being the next rows' (read, never stored), where the block
- * holds them (before end); the rows near its end are copied value by value
- * into a zeroed vector. */
-#define LGMSTM_GATHER_SHORT_TILE(T, V, LANES)                                       \
+ * holds them (before end); the rows near its end (and the lanes past
+ * `lanes`) are copied value by value into zeros. Only a tile with such
+ * rows goes through memory (tile_); the others load r straight. */
+#define LGMSTM_GATHER_SHORT_TILE(T, V, LANES, lanes)                                \
     do {                                                                            \
         V r[LANES];                                                                 \
-        for (int l = 0; l < (LANES); ++l) {                                         \
-            if (row[l] && row[l] + (LANES) <= end) {                                \
-                memcpy(&r[l], row[l], sizeof(V));                                   \
-            } else {                                                                \
-                T values_[LANES] = {0};                                             \
-                for (ptrdiff_t j_ = 0; row[l] && j_ < n_values; ++j_)               \
-                    values_[j_] = row[l][j_];                                       \
-                memcpy(&r[l], values_, sizeof(V));                                  \
+        int near_end_ = (lanes) < (LANES);                                          \
+        for (int l = 0; l < (LANES); ++l)                                           \
+            near_end_ |= l < (lanes) && LGMSTM_GATHER_ROW(l) + (LANES) > end;       \
+        if (!near_end_) {                                                           \
+            for (int l = 0; l < (LANES); ++l)                                       \
+                memcpy(&r[l], LGMSTM_GATHER_ROW(l), sizeof(V));                     \
+        } else {                                                                    \
+            T tile_[LANES][LANES];                                                  \
+            for (int l = 0; l < (LANES); ++l) {                                     \
+                const T *row_ = l < (lanes) ? LGMSTM_GATHER_ROW(l) : NULL;          \
+                if (row_ && row_ + (LANES) <= end) {                                \
+                    memcpy(tile_[l], row_, sizeof(V));                              \
+                } else {                                                            \
+                    memset(tile_[l], 0, sizeof tile_[l]);                           \
+                    for (ptrdiff_t j_ = 0; row_ && j_ < n_values; ++j_)             \
+                        tile_[l][j_] = row_[j_];                                    \
+                }                                                                   \
             }                                                                       \
+            for (int l = 0; l < (LANES); ++l) memcpy(&r[l], tile_[l], sizeof(V));   \
         }                                                                           \
         LGMSTM_CHECK_TILE(V, LANES, r);                                             \
         LGMSTM_TRANSPOSE(T, V, LANES, r);                                           \
-        LGMSTM_GATHER_STORE(V, r, 0, n_values);                                     \
+        LGMSTM_GATHER_STORE(V, LANES, r, 0, n_values);                              \
     } while (0)
 
-/* Rows of at least NL values end on a tile that overlaps the one before
- * (the values both hold are written twice, the same); shorter ones take
- * the short tile (the block's end: its last sample's last value). */
+/* NL rows of one or two values one after another (rows NULL, row_stride
+ * n_values): the tile is one or two whole vectors of values, its lanes'
+ * values their lanes, or their even and odd lanes. It reads the rows only,
+ * where the short tile would read into the next NL rows: in a block of
+ * such rows, the same values in all. */
+#define LGMSTM_GATHER_PAIRS_TILE(T, V, LANES)                                       \
+    do {                                                                            \
+        V r[2];                                                                     \
+        const T *from_ = src + (first + l0) * n_values;                             \
+        memcpy(&r[0], from_, sizeof(V));                                            \
+        if (n_values == 1) {                                                        \
+            LGMSTM_CHECK_TILE(V, 1, r);                                             \
+        } else {                                                                    \
+            memcpy(&r[1], from_ + (LANES), sizeof(V));                              \
+            LGMSTM_CHECK_TILE(V, 2, r);                                             \
+            LGMSTM_DEINTERLEAVE(T, V, LANES, r);                                    \
+        }                                                                           \
+        LGMSTM_GATHER_STORE(V, 2, r, 0, n_values);                                  \
+    } while (0)
+
+/* Every value of the first `lanes` lanes from l0: rows of at least NL
+ * values end on a tile that overlaps the one before (only its new values
+ * stored), shorter ones take the short tile (or the pairs tile). */
+#define LGMSTM_GATHER_LANES(T, V, LANES, lanes)                                     \
+    do {                                                                            \
+        T *at = dest + l0;                                                          \
+        ptrdiff_t f = 0;                                                            \
+        if (n_values < (LANES)) {                                                   \
+            if ((lanes) == (LANES) && !rows && row_stride == n_values               \
+                    && (n_values == 1 || n_values == 2))                            \
+                LGMSTM_GATHER_PAIRS_TILE(T, V, LANES);                              \
+            else                                                                    \
+                LGMSTM_GATHER_SHORT_TILE(T, V, LANES, lanes);                       \
+            break;                                                                  \
+        }                                                                           \
+        ptrdiff_t j0 = 0;                                                           \
+        for (; j0 + (LANES) <= n_values; j0 += (LANES))                             \
+            LGMSTM_GATHER_TILE(T, V, LANES, lanes, j0, 0);                          \
+        if (j0 < n_values)                                                          \
+            LGMSTM_GATHER_TILE(T, V, LANES, lanes, n_values - (LANES),              \
+                               (LANES) - (n_values - j0));                          \
+    } while (0)
+
+/* Whole tiles of NL lanes, then the last lanes (NULL rows past them), then
+ * zeros to width. The short tile's end: the block's last sample's last
+ * value. */
 #define LGMSTM_DEFINE_GATHER_PANEL(NAME, T, V, LANES, TARGET)                       \
     TARGET static int NAME(const T *src, ptrdiff_t row_stride, const ptrdiff_t *rows, \
                             ptrdiff_t first, ptrdiff_t n_lanes, ptrdiff_t n_values, \
@@ -378,27 +473,28 @@
         V zeros = LGMSTM_SPLAT(V, (T)0);                                            \
         T lanes_[NL];                                                               \
         const T *end = src;                                                         \
-        if (n_values < NL)                                                          \
-            for (ptrdiff_t lane = 0; lane < n_lanes; ++lane) {                      \
-                const T *last = src + (rows ? rows[first + lane] : first + lane)    \
-                    * row_stride + n_values;                                        \
-                end = last > end ? last : end;                                      \
+        ptrdiff_t l0 = 0;                                                           \
+        if (n_values < NL && n_lanes > 0) {                                         \
+            if (rows)                                                               \
+                for (ptrdiff_t lane = 0; lane < n_lanes; ++lane) {                  \
+                    const T *last = src + rows[first + lane] * row_stride + n_values; \
+                    end = last > end ? last : end;                                  \
+                }                                                                   \
+            else                                                                    \
+                end = src + (first + n_lanes - 1) * row_stride + n_values;          \
+        }                                                                           \
+        for (; l0 + NL <= n_lanes; l0 += NL) LGMSTM_GATHER_LANES(T, V, LANES, NL);   \
+        if (l0 < n_lanes) {                                                         \
+            LGMSTM_GATHER_LANES(T, V, LANES, n_lanes - l0);                         \
+            l0 += NL;                                                               \
+        }                                                                           \
+        if (l0 < width) {                                                           \
+            T *at = dest + l0;                                                      \
+            ptrdiff_t f = 0;                                                        \
+            for (ptrdiff_t j = 0; j < n_values; ++j) {                              \
+                memset(at, 0, (size_t)(width - l0) * sizeof(T));                    \
+                LGMSTM_GATHER_NEXT_VALUE();                                         \
             }                                                                       \
-        for (ptrdiff_t l0 = 0; l0 < width; l0 += NL) {                              \
-            const T *row[NL];                                                       \
-            ptrdiff_t j0 = 0;                                                       \
-            for (int l = 0; l < NL; ++l) {                                          \
-                ptrdiff_t lane = l0 + l;                                            \
-                row[l] = lane >= n_lanes ? NULL                                     \
-                    : src + (rows ? rows[first + lane] : first + lane) * row_stride; \
-            }                                                                       \
-            if (n_values < NL) {                                                    \
-                LGMSTM_GATHER_SHORT_TILE(T, V, LANES);                              \
-                continue;                                                           \
-            }                                                                       \
-            for (; j0 + NL <= n_values; j0 += NL) LGMSTM_GATHER_TILE(T, V, LANES, j0); \
-            if (j0 < n_values)                                                      \
-                LGMSTM_GATHER_TILE(T, V, LANES, n_values - NL);                     \
         }                                                                           \
         memcpy(lanes_, &zeros, sizeof(V));                                          \
         for (int l = 0; l < NL; ++l)                                                \
