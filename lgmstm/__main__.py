@@ -530,9 +530,15 @@ def command_bench(args):
         print(format_table(rows, threads))
     if door:
         print("door (issue 12): median time of one call from Python (steady: of one epoch "
-              "inside a long fit); lgmstm/peer = lgmstm's time / that peer's; target: "
+              "inside a long fit; probe: of a fixed pure-Python loop); lgmstm/peer = lgmstm's time / that peer's; target: "
               "the issue's, met or MISSED on each thread count")
         print(format_door_table(door))
+        probes = [row["seconds"]["probe"] for row in door if "probe" in row["seconds"]]
+        if probes:
+            print(f"probe (a fixed pure-Python loop, timed in turns with each row's calls): "
+                  f"{_format_seconds(min(probes))} to {_format_seconds(max(probes))} over "
+                  f"the rows: the machine ran {max(probes) / min(probes):.2f}x slower at its "
+                  "slowest than at its fastest, and a row's absolute times with it")
         if ctrl_c is None:
             print("ctrl-c: not timed (SIGINT reaches only a main thread that has Python's "
                   "handler; this process ignores it)")

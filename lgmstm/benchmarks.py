@@ -655,7 +655,26 @@ DOOR_ROWS = (
              ("sklearn", _regressor_call("sklearn", "predict"))),
             versus="sklearn", target=Target(factor=1 / 4), module="sklearn"),
 )
-DOOR_PEERS = ("lgmstm", "numpy", "torch", "sklearn", "steady")
+
+
+def _probe(dtype):
+    """run(k): k runs of a fixed piece of pure-Python work (100 integer
+    additions in a loop), the same in every row: the door's "probe" peer.
+    Timed in turns with each row's calls, it shows how fast the machine
+    ran while that row was timed. A door call is an absolute time, and a
+    shared machine's speed changes under it: on this project's 2-core KVM
+    Xeon the probe has taken from 2.6 to 4.7 us (the host's other work,
+    for seconds at a time), every call of a row slowing alike."""
+    def run(k):
+        for _ in range(k):
+            total = 0
+            for i in range(100):
+                total += i
+    return run
+
+
+# The peers of the door table, in its column order; "probe" runs in every row.
+DOOR_PEERS = ("lgmstm", "numpy", "torch", "sklearn", "steady", "probe")
 # The pause before each timing of a door item (SETTLE_SECONDS elsewhere): a
 # door call is too small to wake any worker thread (lgmstm does not fork
 # under about a megaflop, BLAS threads no product this small, torch no op
@@ -738,7 +757,11 @@ def _deep_stm_step_flops(s):
 
 
 def _door_peer(name):
-    """The door's implementation `name`: that peer of each row that has it."""
+    """The door's implementation `name`: that peer of each row that has it
+    (the probe: of every row)."""
+    if name == "probe":
+        return Implementation(name, lambda row, dtype: _probe(dtype))
+
     def make(row, dtype):
         return dict(row.peers)[name](dtype)
     return Implementation(name, make, needs="torch" if name == "torch" else "",

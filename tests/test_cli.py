@@ -192,6 +192,8 @@ def test_bench_door_json(door_bench):
                      or ours <= bound["factor"] * times[row["versus"]] + bound["slack"]))
     steady = {row["row"] for row in rows if "steady" in row["seconds"]}
     assert steady <= {"lgm_fit_1", "lgm_partial_fit", "stm_fit_1", "stm_partial_fit"}
+    # The probe (the machine's speed while a row ran) is timed in every row that ran.
+    assert all(row["seconds"]["probe"] > 0 for row in rows if not row["skipped"])
 
 
 def test_bench_door_table(door_bench):
@@ -201,6 +203,9 @@ def test_bench_door_table(door_bench):
     assert header.split() == ["row", "threads", *benchmarks.DOOR_PEERS, "lgmstm/peer",
                               "target", "met", "call"]
     assert not any(line.startswith("case ") for line in lines)  # no other case ran
+    probes = [row["seconds"]["probe"] for row in report["door"] if not row["skipped"]]
+    summary = next(line for line in lines if line.startswith("probe ("))
+    assert f"{max(probes) / min(probes):.2f}x slower" in summary
     body = lines[lines.index(header) + 1:]
     for row in report["door"]:
         line = next(line for line in body if line.split()[:2] == [
