@@ -663,7 +663,7 @@ def _probe(dtype):
     Timed in turns with each row's calls, it shows how fast the machine
     ran while that row was timed. A door call is an absolute time, and a
     shared machine's speed changes under it: on this project's 2-core KVM
-    Xeon the probe has taken from 2.6 to 4.7 us (the host's other work,
+    Xeon the probe has taken from 2.3 to 5.4 us (the host's other work,
     for seconds at a time), every call of a row slowing alike."""
     def run(k):
         for _ in range(k):
