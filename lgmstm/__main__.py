@@ -530,8 +530,9 @@ def command_bench(args):
         print(format_table(rows, threads))
     if door:
         print("door (issue 12): median time of one call from Python (steady: of one epoch "
-              "inside a long fit; probe: of a fixed pure-Python loop); lgmstm/peer = lgmstm's time / that peer's; target: "
-              "the issue's, met or MISSED on each thread count")
+              "inside a long fit; probe: of a fixed pure-Python loop); lgmstm/peer = "
+              "lgmstm's time / that peer's; target: the issue's, met or MISSED on each "
+              "thread count")
         print(format_door_table(door))
         probes = [row["seconds"]["probe"] for row in door if "probe" in row["seconds"]]
         if probes:

@@ -219,8 +219,8 @@
  * same bits whatever the ISA: tiles of NL lanes by NL values go through NL
  * vector registers and a transpose (GCC's __builtin_shuffle; elsewhere
  * through memory), consecutive rows of one or two values through one or
- * two vectors and a deinterleave. Returns whether every value it read was finite (each
- * times 0 summed: NaN for an inf or a NaN), so that a caller need not
+ * two vectors and a deinterleave. Returns whether every value it read was
+ * finite (each times 0 summed: NaN for an inf or a NaN), so that a caller need not
  * scan the samples again; it may read a little past a row (see below), so
  * a non-finite value of the block near the rows counts too.
  *

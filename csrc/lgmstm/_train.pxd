@@ -77,7 +77,8 @@ cdef struct EpochControl:
     Py_ssize_t epochs_done     # INOUT epochs of the fit so far
     Py_ssize_t stale           # INOUT epochs since the loss last fell to best - tol or below
     long long best_step        # the optimizer's step after the best epoch
-    bint stopped               # OUT training stopped (early stop, or adaptive's plateau at lr <= min_lr)
+    bint stopped               # OUT training stopped (early stop, or adaptive's
+                               # plateau at lr <= min_lr)
     bint restored              # the kept arrays hold the best epoch's copy
     void **kept                # the arrays early stopping restores (params, moments, ...)
     void **best                # INOUT their copies after the best epoch
