@@ -24,16 +24,6 @@ cdef void dense_forward_steps(
         Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in, Py_ssize_t n_out,
         bint apply_tanh, int n_threads) noexcept nogil
 
-cdef double dense_forward_loss(
-        const floating *X, const floating *W, const floating *b,
-        floating *A,          # OUT (n_samples, n_out)
-        const floating *Y,    # IN (n_samples, n_out), the targets
-        floating *dA,         # OUT (n_samples, n_out)
-        Py_ssize_t n_samples, Py_ssize_t n_in, Py_ssize_t n_out,
-        bint apply_tanh, double grad_scale,
-        double *partials,     # scratch: one per chunk
-        int n_threads) noexcept nogil
-
 cdef void dense_backward(
         const floating *X, const floating *W, const floating *A,
         const floating *dA,   # IN (n_samples, n_out)
@@ -46,3 +36,15 @@ cdef void dense_backward(
         bint apply_tanh,
         bint input_tanh,      # dX also times (1 - X^2): the layer below's dZ
         int n_threads) noexcept nogil
+
+cdef double dense_stack_gradients(
+        const floating *X,    # IN (n_samples, sizes[0])
+        const floating *Y,    # IN (n_samples, sizes[n_layers]), the targets
+        Py_ssize_t n_samples,
+        void **params,        # IN W, b of each layer
+        void **targets,       # INOUT laid out as params
+        const Py_ssize_t *sizes, Py_ssize_t n_layers, bint output_tanh,
+        void **activations,   # OUT each layer's (n_samples, sizes[l + 1])
+        void **deltas,        # OUT each layer's dZ, shaped as activations
+        double *partials,     # scratch: one per 64 samples
+        floating grad_scale, floating grad_beta, int n_threads) noexcept nogil

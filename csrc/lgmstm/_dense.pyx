@@ -138,34 +138,6 @@ cdef inline void dense_forward_step_chunk(
                           apply_tanh)
 
 
-cdef double dense_forward_loss(
-        const floating *X, const floating *W, const floating *b, floating *A,
-        const floating *Y, floating *dA, Py_ssize_t n_samples, Py_ssize_t n_in,
-        Py_ssize_t n_out, bint apply_tanh, double grad_scale, double *partials,
-        int n_threads) noexcept nogil:
-    """The output layer: dense_forward, then, while each chunk is in cache,
-    dA = grad_scale * 2 (A - Y). Returns sum((A - Y)^2), summed per chunk
-    and then over chunks in order. partials: one double per chunk."""
-    cdef Py_ssize_t rows = gemm_task_rows(n_out, n_in)
-    cdef Py_ssize_t n_chunks = n_tasks(n_samples, rows)
-    cdef int n_used = threads_for(n_threads, n_chunks, 2.0 * n_samples * n_in * n_out)
-    cdef Py_ssize_t chunk
-    cdef double total = 0
-    if n_used == 1:
-        for chunk in range(n_chunks):
-            partials[chunk] = dense_forward_loss_chunk(
-                chunk, rows, X, W, b, A, Y, dA, n_samples, n_in, n_out,
-                apply_tanh, grad_scale)
-    else:
-        for chunk in prange(n_chunks, num_threads=n_used, schedule='static'):
-            partials[chunk] = dense_forward_loss_chunk(
-                chunk, rows, X, W, b, A, Y, dA, n_samples, n_in, n_out,
-                apply_tanh, grad_scale)
-    for chunk in range(n_chunks):
-        total += partials[chunk]
-    return total
-
-
 cdef inline double dense_forward_loss_chunk(
         Py_ssize_t chunk, Py_ssize_t rows, const floating *X, const floating *W,
         const floating *b, floating *A, const floating *Y, floating *dA,
@@ -232,6 +204,131 @@ cdef void dense_backward(
                            schedule='dynamic'):
             parameter_grad_task(task, n_stripes, stripe, X, dZ, dW, db,
                                 grad_scale, grad_beta, n_samples, n_in, n_out)
+
+
+cdef double dense_stack_gradients(
+        const floating *X, const floating *Y, Py_ssize_t n_samples, void **params,
+        void **targets, const Py_ssize_t *sizes, Py_ssize_t n_layers, bint output_tanh,
+        void **activations, void **deltas, double *partials, floating grad_scale,
+        floating grad_beta, int n_threads) noexcept nogil:
+    """A training step's forward pass, squared-error loss and backward pass
+    through a stack of dense layers (tanh below the last), in two parallel
+    regions for the whole stack: the sample tasks, then the weight tasks.
+
+    The same products as dense_forward and dense_backward layer by
+    layer (the output layer's fused with the loss, per chunk of rows), on the same rows, so the same bits: a
+    sample task takes `span` samples (the tallest of the layers' row
+    chunks, gemm_task_rows, all 64 times a power of two) through every
+    layer's forward chunks, the loss and every layer's delta chunks; a
+    weight task is one stripe of a layer's dW or one block of its db
+    (parameter_grad_task), each summed over the whole batch. Layer by
+    layer, a step of L layers takes 2 to 3 regions a layer, and each
+    region start and end wakes a thread: under OMP_WAIT_POLICY=passive on
+    a virtual machine, tens of microseconds each (issue 13).
+
+    params, targets, activations and deltas as in _lgm.network_gradients
+    (targets = grad_scale * gradient + grad_beta * targets); partials: one
+    double per 64 samples. Returns the summed squared error.
+    """
+    cdef Py_ssize_t n_out = sizes[n_layers]
+    cdef Py_ssize_t span = CHUNK_ROWS, layer, task, n_sample_tasks
+    cdef Py_ssize_t n_weight_tasks = 0, last_rows
+    cdef double forward_work = 0, total = 0
+    cdef int sample_threads, weight_threads
+    for layer in range(n_layers):
+        span = max(span, gemm_task_rows(sizes[layer + 1], sizes[layer]))
+        n_weight_tasks += (n_tasks(sizes[layer], weight_stripe_rows(sizes[layer],
+                                                                     sizes[layer + 1],
+                                                                     n_samples))
+                           + n_tasks(sizes[layer + 1], BLOCK_COLS))
+        forward_work += 2.0 * n_samples * sizes[layer] * sizes[layer + 1]
+    n_sample_tasks = n_tasks(n_samples, span)
+    # The sample tasks do the forward pass and dX (all but the first layer's).
+    sample_threads = threads_for(n_threads, n_sample_tasks, 2 * forward_work)
+    weight_threads = threads_for(n_threads, n_weight_tasks, forward_work)
+    if sample_threads == 1:
+        for task in range(n_sample_tasks):
+            stack_sample_task(task, span, X, Y, n_samples, params, sizes, n_layers,
+                              output_tanh, activations, deltas, partials)
+    else:
+        for task in prange(n_sample_tasks, num_threads=sample_threads, schedule='dynamic'):
+            stack_sample_task(task, span, X, Y, n_samples, params, sizes, n_layers,
+                              output_tanh, activations, deltas, partials)
+    if weight_threads == 1:
+        for task in range(n_weight_tasks):
+            stack_weight_task(task, X, n_samples, targets, sizes, n_layers, activations,
+                              deltas, grad_scale, grad_beta)
+    else:
+        for task in prange(n_weight_tasks, num_threads=weight_threads, schedule='dynamic'):
+            stack_weight_task(task, X, n_samples, targets, sizes, n_layers, activations,
+                              deltas, grad_scale, grad_beta)
+    last_rows = gemm_task_rows(n_out, sizes[n_layers - 1])
+    for task in range(n_tasks(n_samples, last_rows)):
+        total += partials[task]
+    return total
+
+
+cdef void stack_sample_task(
+        Py_ssize_t task, Py_ssize_t span, const floating *X, const floating *Y,
+        Py_ssize_t n_samples, void **params, const Py_ssize_t *sizes, Py_ssize_t n_layers,
+        bint output_tanh, void **activations, void **deltas,
+        double *partials) noexcept nogil:
+    """Samples [task * span, + span) of dense_stack_gradients through every
+    layer's forward chunks, the loss (its chunks' partials) and every
+    layer's delta chunks (dZ, and dX times the tanh derivative below)."""
+    cdef Py_ssize_t first = task * span, stop = min(first + span, n_samples)
+    cdef Py_ssize_t n_out = sizes[n_layers], layer, rows, chunk
+    cdef const floating *layer_input
+    cdef floating *dX
+    for layer in range(n_layers):
+        rows = gemm_task_rows(sizes[layer + 1], sizes[layer])
+        layer_input = X if layer == 0 else <floating *> activations[layer - 1]
+        for chunk in range(first // rows, n_tasks(stop, rows)):
+            if layer < n_layers - 1:
+                dense_forward_step_chunk(chunk, 1, rows, layer_input,
+                                         <floating *> params[2 * layer],
+                                         <floating *> params[2 * layer + 1],
+                                         <floating *> activations[layer], n_samples,
+                                         sizes[layer], sizes[layer + 1], True)
+            else:
+                partials[chunk] = dense_forward_loss_chunk(
+                    chunk, rows, layer_input, <floating *> params[2 * layer],
+                    <floating *> params[2 * layer + 1], <floating *> activations[layer], Y,
+                    <floating *> deltas[layer], n_samples, sizes[layer], n_out,
+                    output_tanh, 1.0 / max(1, n_samples * n_out))
+    for layer in range(n_layers - 1, -1, -1):
+        dX = NULL if layer == 0 else <floating *> deltas[layer - 1]
+        if dX == NULL and not (layer == n_layers - 1 and output_tanh):
+            continue   # dZ is dA already (dense_backward's n_chunks = 0)
+        rows = gemm_task_rows(sizes[layer + 1], sizes[layer])
+        for chunk in range(first // rows, n_tasks(stop, rows)):
+            delta_chunk(chunk, rows, X if layer == 0 else <floating *> activations[layer - 1],
+                        <floating *> params[2 * layer], <floating *> activations[layer],
+                        <floating *> deltas[layer], <floating *> deltas[layer], dX, n_samples,
+                        sizes[layer], sizes[layer + 1], layer == n_layers - 1 and output_tanh,
+                        layer > 0)
+
+
+cdef void stack_weight_task(
+        Py_ssize_t task, const floating *X, Py_ssize_t n_samples, void **targets,
+        const Py_ssize_t *sizes, Py_ssize_t n_layers, void **activations, void **deltas,
+        floating grad_scale, floating grad_beta) noexcept nogil:
+    """Weight task `task` of dense_stack_gradients: the layers' dW stripes
+    and db blocks, the last layer's first (the largest tasks come first
+    within a layer, parameter_grad_task's order)."""
+    cdef Py_ssize_t layer, stripe, n_stripes, n_layer_tasks
+    for layer in range(n_layers - 1, -1, -1):
+        stripe = weight_stripe_rows(sizes[layer], sizes[layer + 1], n_samples)
+        n_stripes = n_tasks(sizes[layer], stripe)
+        n_layer_tasks = n_stripes + n_tasks(sizes[layer + 1], BLOCK_COLS)
+        if task < n_layer_tasks:
+            parameter_grad_task(task, n_stripes, stripe,
+                                X if layer == 0 else <floating *> activations[layer - 1],
+                                <floating *> deltas[layer], <floating *> targets[2 * layer],
+                                <floating *> targets[2 * layer + 1], grad_scale, grad_beta,
+                                n_samples, sizes[layer], sizes[layer + 1])
+            return
+        task -= n_layer_tasks
 
 
 cdef inline void parameter_grad_task(

@@ -28,7 +28,7 @@ from cython.parallel cimport prange
 from libc.math cimport NAN
 from libc.stdlib cimport free, malloc
 
-from lgmstm._dense cimport dense_backward, dense_forward, dense_forward_loss
+from lgmstm._dense cimport dense_backward, dense_forward, dense_stack_gradients
 from lgmstm._optim cimport SGD, Optimizer
 from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
                             add_weight_gradient, finish_weight_gradient, gather_columns,
@@ -328,25 +328,23 @@ cdef double network_gradients(const floating *X, const floating *Y,
     cdef floating scale = <floating> -sgd_lr if sgd_lr > 0 else 1
     cdef floating beta = 1 if sgd_lr > 0 else 0
     cdef const floating *last_input
+    if loss == SQUARED_ERROR and weights == NULL:
+        # The hot path: the whole step in two parallel regions, the last
+        # layer and the loss fused per chunk of rows.
+        return dense_stack_gradients(X, Y, n_samples, params, targets, sizes, n_layers,
+                                     output_tanh, activations, deltas, partials, scale,
+                                     beta, n_threads)
     network_forward(X, n_samples, params, sizes, n_layers - 1, True,
                     activations, n_threads)
     last_input = X if n_layers == 1 else <floating *> activations[n_layers - 2]
-    if loss == SQUARED_ERROR and weights == NULL:
-        # The hot path: the last layer and the loss fused, per chunk of rows.
-        sum_squares = dense_forward_loss(
-            last_input, <floating *> params[2 * n_layers - 2],
-            <floating *> params[2 * n_layers - 1], <floating *> activations[n_layers - 1], Y,
-            <floating *> deltas[n_layers - 1], n_samples, sizes[n_layers - 1], n_out,
-            output_tanh, 1.0 / max(1, n_samples * n_out), partials, n_threads)
-    else:
-        dense_forward(last_input, <floating *> params[2 * n_layers - 2],
-                      <floating *> params[2 * n_layers - 1],
-                      <floating *> activations[n_layers - 1], n_samples,
-                      sizes[n_layers - 1], n_out, output_tanh, n_threads)
-        sum_squares = output_loss(
-            loss, <floating *> activations[n_layers - 1], Y, weights,
-            <floating *> deltas[n_layers - 1], n_samples, n_out,
-            loss_scale(loss, weight_sum(weights, n_samples), n_out), partials, n_threads)
+    dense_forward(last_input, <floating *> params[2 * n_layers - 2],
+                  <floating *> params[2 * n_layers - 1],
+                  <floating *> activations[n_layers - 1], n_samples,
+                  sizes[n_layers - 1], n_out, output_tanh, n_threads)
+    sum_squares = output_loss(
+        loss, <floating *> activations[n_layers - 1], Y, weights,
+        <floating *> deltas[n_layers - 1], n_samples, n_out,
+        loss_scale(loss, weight_sum(weights, n_samples), n_out), partials, n_threads)
     # Each layer's dX takes the hidden layer's tanh derivative as it is made
     # (input_tanh): the layer below gets its dZ, and no pass of its own.
     for layer in range(n_layers - 1, -1, -1):
