@@ -317,8 +317,9 @@ cdef double network_gradients(const floating *X, const floating *Y,
 
     With sgd_lr == 0, fills grads (laid out as params) with the gradient of
     the batch's mean loss (loss_scale). With sgd_lr > 0, grads is ignored and
-    each layer takes its SGD step params -= sgd_lr * grad as soon as its
-    gradient is known (its W is no longer needed by then).
+    each layer takes its SGD step params -= sgd_lr * grad once its W is no
+    longer needed: as soon as its gradient is known layer by layer, after
+    every sample task in dense_stack_gradients (the unweighted squared error).
     deltas[l] is scratch shaped like activations[l].
     """
     cdef Py_ssize_t n_out = sizes[n_layers]
