@@ -55,6 +55,8 @@ DENSE_CASES = {
     "blas": (300, [128, 160, 16]),
     # Row chunks of 128 and 64 samples by layer, and a last chunk of 3.
     "blas-deep": (515, [96, 200, 150, 40]),
+    # No hidden layer: the loss reads X, and no delta has a dX.
+    "blas-one-layer": (1000, [100, 60]),
 }
 # (n_samples, n_steps, n_in, n_hidden, n_out)
 RECURRENT_CASES = {
@@ -80,7 +82,7 @@ def test_dense_cases_cover_every_layout(dtype):
     assert layouts["seed"][0] == 1 and layouts["deep"][0] == 1
     assert layouts["two-groups"][0] == 2
     assert layouts["four-groups"][0] == 4
-    assert layouts["blas"] is None and layouts["blas-deep"] is None
+    assert all(layouts[name] is None for name in ("blas", "blas-deep", "blas-one-layer"))
     panel = 64 // np.dtype(dtype).itemsize
     for name, layout in layouts.items():
         if layout is not None:
@@ -207,7 +209,8 @@ def test_stm_fit_with_zero_steps_matches_numpy(rng, dtype, return_sequences, ass
     assert_fits_agree(results, dtype, assert_close)
 
 
-@pytest.mark.parametrize("case", ["seed", "two-groups", "four-groups", "blas", "blas-deep"])
+@pytest.mark.parametrize("case", ["seed", "two-groups", "four-groups", "blas", "blas-deep",
+                                  "blas-one-layer"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_lgm_fit_same_bits_for_any_thread_count(threads, rng, dtype, case, optimizer):
     # sgd takes the fused step (the weight tasks write the parameters).
