@@ -21,8 +21,19 @@ PATH = os.path.join(HERE, f"reference_bits-{make_reference_bits.fingerprint()}.n
 CASES = list(make_reference_bits.cases())
 
 
+def recorded_blas_version(path):
+    with open(make_reference_bits.blas_version_path(path)) as file:
+        return file.read().strip()
+
+
+BLAS_VERSION = str(make_reference_bits.kernels_blas().get("version"))
+
+
 @pytest.mark.skipif(not os.path.exists(PATH),
                     reason=f"no reference bits recorded for this CPU's kernels ({PATH})")
+@pytest.mark.skipif(os.path.exists(PATH) and recorded_blas_version(PATH) != BLAS_VERSION,
+                    reason=f"the reference bits for this CPU's kernels come from another BLAS "
+                           f"version than this one's ({BLAS_VERSION})")
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
 def test_same_bits_as_recorded(case):
     with np.load(PATH) as recorded:
@@ -36,8 +47,11 @@ def test_same_bits_as_recorded(case):
 
 def test_a_recording_exists_for_the_machine_that_made_them():
     # The committed files are not empty and cover every case.
-    files = [f for f in os.listdir(HERE) if f.startswith("reference_bits-")]
+    files = [f for f in os.listdir(HERE)
+             if f.startswith("reference_bits-") and f.endswith(".npz")]
     assert files
     for name in files:
+        # each says which BLAS version gives its bits
+        assert recorded_blas_version(os.path.join(HERE, name))
         with np.load(os.path.join(HERE, name)) as recorded:
             assert {k.split("/")[0] for k in recorded.files} == {c[0] for c in CASES}

@@ -7,8 +7,9 @@ run against an installed lgmstm (from outside the source root's lgmstm/, or
 with PYTHONPATH pointing at a built tree) writes
 ``reference_bits-<fingerprint>.npz``. The fingerprint names what decides the
 bits besides the code: the tanh clone and panel-kernel build this CPU runs
-and the BLAS kernels' architecture (see tests/test_reference_bits.py, which
-trains the same models and compares). The files committed were made from
+and the BLAS kernels' architecture; beside the file, ``.blas-version``
+names the BLAS version whose kernels give them (see
+tests/test_reference_bits.py, which trains the same models and compares). The files committed were made from
 main at eb780a7, and made again when the small STMs' predict moved to the
 panel layout (issue 12), which changed only the predictions of small STMs
 (and a stateful model's gradients, which start from the state its predict
@@ -89,14 +90,29 @@ def train(name, kind, architecture, dtype, x_shape, y_shape, fit):
     return {f"{name}/{k}": np.asarray(v) for k, v in out.items()}
 
 
+def kernels_blas():
+    """threadpoolctl's entry for the BLAS the kernels call ({} if none)."""
+    info = lgmstm._config.config_info()
+    return next((lib for lib in info["libraries"] if lib.get("used_by_kernels")), {})
+
+
 def fingerprint():
     """What besides the code decides the bits on this machine."""
     info = lgmstm._config.config_info()
-    blas = next((lib for lib in info["libraries"] if lib.get("used_by_kernels")), {})
+    blas = kernels_blas()
     name = "-".join(str(part) for part in (
         info["simd_clone"], info["panel_kernels"],
         blas.get("internal_api"), blas.get("architecture")))
     return re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_")
+
+
+def blas_version_path(bits_path):
+    """The file beside reference_bits-<fingerprint>.npz that holds the
+    version of the BLAS whose kernels give its bits: another version with
+    the same architecture name may sum in another order (OpenBLAS 0.3.21,
+    scipy 1.10's, did on a Xeon of family 6 model 167, where 0.3.30 gives
+    these bits)."""
+    return bits_path[: -len(".npz")] + ".blas-version"
 
 
 def record():
@@ -111,4 +127,6 @@ if __name__ == "__main__":
     folder = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(__file__)
     path = os.path.join(folder, f"reference_bits-{fingerprint()}.npz")
     np.savez_compressed(path, **record())
+    with open(blas_version_path(path), "w") as file:
+        file.write(f"{kernels_blas().get('version')}\n")
     print(path)
