@@ -216,9 +216,10 @@ cdef double dense_stack_gradients(
     regions for the whole stack: the sample tasks, then the weight tasks.
 
     The same products as dense_forward and dense_backward layer by
-    layer (the output layer's fused with the loss, per chunk of rows), on the same rows, so the same bits: a
-    sample task takes `span` samples (the tallest of the layers' row
-    chunks, gemm_task_rows, all 64 times a power of two) through every
+    layer (the output layer's fused with the loss, per chunk of rows), on
+    the same rows, so the same bits: a sample task takes `span` samples
+    (the tallest of the layers' row chunks, gemm_task_rows, all 64 times
+    a power of two) through every
     layer's forward chunks, the loss and every layer's delta chunks; a
     weight task is one stripe of a layer's dW or one block of its db
     (parameter_grad_task), each summed over the whole batch. Layer by

@@ -9,11 +9,12 @@ with PYTHONPATH pointing at a built tree) writes
 bits besides the code: the tanh clone and panel-kernel build this CPU runs
 and the BLAS kernels' architecture; beside the file, ``.blas-version``
 names the BLAS version whose kernels give them (see
-tests/test_reference_bits.py, which trains the same models and compares). The files committed were made from
-main at eb780a7, and made again when the small STMs' predict moved to the
-panel layout (issue 12), which changed only the predictions of small STMs
-(and a stateful model's gradients, which start from the state its predict
-left): every trained parameter and loss kept its bits.
+tests/test_reference_bits.py, which trains the same models and compares).
+The files committed were made from main at eb780a7, and made again when
+the small STMs' predict moved to the panel layout (issue 12), which changed
+only the predictions of small STMs (and a stateful model's gradients, which
+start from the state its predict left): every trained parameter and loss
+kept its bits.
 """
 import re
 import sys
@@ -90,16 +91,17 @@ def train(name, kind, architecture, dtype, x_shape, y_shape, fit):
     return {f"{name}/{k}": np.asarray(v) for k, v in out.items()}
 
 
-def kernels_blas():
-    """threadpoolctl's entry for the BLAS the kernels call ({} if none)."""
-    info = lgmstm._config.config_info()
+def kernels_blas(info=None):
+    """threadpoolctl's entry for the BLAS the kernels call ({} if none), from
+    lgmstm._config.config_info() (info, when the caller has it already)."""
+    info = lgmstm._config.config_info() if info is None else info
     return next((lib for lib in info["libraries"] if lib.get("used_by_kernels")), {})
 
 
 def fingerprint():
     """What besides the code decides the bits on this machine."""
     info = lgmstm._config.config_info()
-    blas = kernels_blas()
+    blas = kernels_blas(info)
     name = "-".join(str(part) for part in (
         info["simd_clone"], info["panel_kernels"],
         blas.get("internal_api"), blas.get("architecture")))
