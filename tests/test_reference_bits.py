@@ -1,4 +1,5 @@
-"""Training gives the same bits as the code at eb780a7 did.
+"""Training gives the same bits as the code that recorded them did (eb780a7,
+made again since: see tests/data/make_reference_bits.py for when and why).
 
 tests/data/make_reference_bits.py recorded them (its docstring has the
 command) for the kernels one CPU runs; on a CPU whose tanh clone, panel

@@ -11,7 +11,8 @@ Training takes one of two layouts, chosen from the shapes (panel_plan):
   enough for BLAS to run near its peak;
 - the panel layout of _panel.pxd (panel_network_gradients): small networks,
   whose products BLAS runs at a few GFLOP/s. Groups of samples go through
-  every layer in parallel tasks, then blocks of weight-gradient rows. The
+  the whole step in parallel tasks, each summing its own samples' weight
+  gradients, which are then added in group order. The
   panel layout takes unweighted losses only (and the cross-entropies over at
   most PANEL_LOSS_MAX_OUT outputs: _loss.panel_takes); sample weights train
   row-major.
@@ -30,9 +31,9 @@ from libc.stdlib cimport free, malloc
 
 from lgmstm._dense cimport dense_backward, dense_forward, dense_stack_gradients
 from lgmstm._optim cimport SGD, Optimizer
-from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, PANEL_WEIGHT_ROWS,
-                            add_weight_gradient, finish_weight_gradient, gather_columns,
-                            group_panels, padded_width, panel_product,
+from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, add_group_gradients,
+                            add_weight_gradient, finish_weight_gradient, gather_into_group,
+                            group_block, group_panels, padded_width, panel_product,
                             row_sums, sample_major_gradient, transpose_to_panels)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, CHUNK_ROWS, GIL_HELD_WORK,
                                SHORT_FIT_WORK, gemm_task_rows, n_tasks, threads_for)
@@ -408,125 +409,166 @@ def _training_layout(Py_ssize_t n_rows, const Py_ssize_t[::1] layer_sizes,
     return None
 
 
+cdef struct PanelBatch:
+    # The batch a panel-layout step gathers (each sample task its own group's
+    # columns), or X NULL when Xt and Yt already hold it.
+    const void *X
+    const void *Y
+    const Py_ssize_t *rows   # the batch's rows of X and Y, or NULL: the first n_rows
+
+
 cdef void panel_sample_task(
-        Py_ssize_t group, Py_ssize_t group_width, Py_ssize_t width, Py_ssize_t n_rows,
-        const floating *Xt, const floating *Yt, void **params, const Py_ssize_t *sizes,
+        Py_ssize_t group, Py_ssize_t group_width, Py_ssize_t n_rows, const PanelBatch *batch,
+        floating *Xt, floating *Yt, void **params, void **targets, const Py_ssize_t *sizes,
         Py_ssize_t n_layers, bint output_tanh, int loss, floating **activations,
-        floating **deltas, floating **deltas_t, double *partials) noexcept nogil:
-    """Forward, loss and every layer's dZ (and its sample-major copy) for one
-    group of samples (columns [group * group_width, + group_width))."""
-    cdef Py_ssize_t first = group * group_width, padded
+        floating **deltas, floating **deltas_t, floating **products, floating *group_grads,
+        floating scale, floating beta, double *partials, bint *finite) noexcept nogil:
+    """One group of samples through the whole step, in its own block of each
+    group-major buffer (group_block), group_width columns a row: gather
+    (when batch.X is set), forward, loss, every layer's dZ, and the group's
+    share of the gradients: into group_grads (every layer's W then b, packed)
+    when it is not NULL, else (the only group) targets = scale * gradient +
+    beta * targets."""
+    cdef Py_ssize_t first = group * group_width, padded, n_weights
     cdef Py_ssize_t n_valid = min(group_width, max(0, n_rows - first))
-    cdef Py_ssize_t n_out = sizes[n_layers]
-    cdef const floating *layer_input = Xt + first
+    cdef Py_ssize_t n_in = sizes[0], n_out = sizes[n_layers]
+    cdef floating *X_group = group_block(Xt, group, n_in, group_width)
+    cdef floating *Y_group = group_block(Yt, group, n_out, group_width)
+    cdef const floating *layer_input = X_group
+    cdef floating *layer_output
+    cdef floating *layer_deltas
+    cdef floating *weight_target
+    cdef floating *bias_target
+    cdef floating *product
     cdef Py_ssize_t layer
+    if batch.X != NULL:
+        finite[group] = (
+            gather_into_group(<const floating *> batch.X, batch.rows, n_rows, 1, n_in,
+                              X_group, group_width, group)
+            & gather_into_group(<const floating *> batch.Y, batch.rows, n_rows, 1, n_out,
+                                Y_group, group_width, group))
     for layer in range(n_layers):
+        layer_output = group_block(activations[layer], group, sizes[layer + 1], group_width)
         panel_product(sizes[layer + 1], group_width, sizes[layer],
                       <floating *> params[2 * layer], 1, sizes[layer + 1], layer_input,
-                      width, <floating *> params[2 * layer + 1], False, NULL, 0,
-                      activations[layer] + first, width)
+                      group_width, <floating *> params[2 * layer + 1], False, NULL, 0,
+                      layer_output, group_width)
         if output_tanh or layer < n_layers - 1:
-            tanh_rows(activations[layer] + first, sizes[layer + 1], group_width, width)
-        layer_input = activations[layer] + first
-    partials[group] = panel_output_loss(loss, activations[n_layers - 1] + first, Yt + first,
-                                        deltas[n_layers - 1] + first, n_out, 1, group_width,
-                                        n_valid, width, loss_scale(loss, n_rows, n_out),
-                                        output_tanh)
+            tanh_rows(layer_output, sizes[layer + 1], group_width, group_width)
+        layer_input = layer_output
+    partials[group] = panel_output_loss(
+        loss, layer_output, Y_group,
+        group_block(deltas[n_layers - 1], group, n_out, group_width), n_out, 1, group_width,
+        n_valid, group_width, loss_scale(loss, n_rows, n_out), output_tanh)
     # dZ below = (W dZ) (1 - A^2): hidden layers are tanh.
     for layer in range(n_layers - 1, 0, -1):
         panel_product(sizes[layer], group_width, sizes[layer + 1],
                       <floating *> params[2 * layer], sizes[layer + 1], 1,
-                      deltas[layer] + first, width, NULL, False,
-                      activations[layer - 1] + first, width, deltas[layer - 1] + first,
-                      width)
+                      group_block(deltas[layer], group, sizes[layer + 1], group_width),
+                      group_width, NULL, False,
+                      group_block(activations[layer - 1], group, sizes[layer], group_width),
+                      group_width,
+                      group_block(deltas[layer - 1], group, sizes[layer], group_width),
+                      group_width)
+    # The gradients, from the data this task made (its core's cache).
+    layer_input = X_group
     for layer in range(n_layers):
+        padded = padded_width(sizes[layer + 1], sizeof(floating))
+        n_weights = sizes[layer] * sizes[layer + 1]
+        layer_deltas = group_block(deltas[layer], group, sizes[layer + 1], group_width)
+        product = products[layer] + group * sizes[layer] * padded
         if sample_major_gradient(sizes[layer + 1], sizeof(floating)):
-            padded = padded_width(sizes[layer + 1], sizeof(floating))
-            transpose_to_panels(deltas[layer] + first, sizes[layer + 1], group_width,
-                                width, deltas_t[layer] + first * padded, padded)
-
-
-cdef void panel_weight_task(
-        Py_ssize_t task, Py_ssize_t width, const floating *Xt, void **targets,
-        const Py_ssize_t *sizes, Py_ssize_t n_layers, floating **activations,
-        floating **deltas, floating **deltas_t, floating **products, floating scale,
-        floating beta) noexcept nogil:
-    """targets = scale * gradient + beta * targets on one block of
-    PANEL_WEIGHT_ROWS rows of a layer's W, or (the last task) every bias;
-    each summed over the whole batch in column order. products[l] is
-    scratch (sizes[l], padded sizes[l + 1])."""
-    cdef Py_ssize_t layer, blocks, row, n_rows, padded
-    cdef const floating *layer_input
-    cdef floating *target
-    for layer in range(n_layers):
-        blocks = n_tasks(sizes[layer], PANEL_WEIGHT_ROWS)
-        if task < blocks:
-            row = task * PANEL_WEIGHT_ROWS
-            n_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, sizes[layer] - row)
-            padded = padded_width(sizes[layer + 1], sizeof(floating))
-            layer_input = Xt if layer == 0 else activations[layer - 1]
-            target = <floating *> targets[2 * layer] + row * sizes[layer + 1]
-            add_weight_gradient(n_rows, sizes[layer + 1], width, layer_input + row * width,
-                                width, deltas[layer], width, deltas_t[layer], True, scale,
-                                beta, products[layer] + row * padded, target)
-            finish_weight_gradient(n_rows, sizes[layer + 1], products[layer] + row * padded,
-                                   scale, beta, target)
-            return
-        task -= blocks
-    for layer in range(n_layers):
-        row_sums(sizes[layer + 1], width, deltas[layer], width, scale, beta,
-                 <floating *> targets[2 * layer + 1])
+            transpose_to_panels(layer_deltas, sizes[layer + 1], group_width, group_width,
+                                deltas_t[layer] + first * padded, padded)
+        if group_grads != NULL:
+            weight_target, bias_target = group_grads, group_grads + n_weights
+            group_grads += n_weights + sizes[layer + 1]
+        else:
+            weight_target = <floating *> targets[2 * layer]
+            bias_target = <floating *> targets[2 * layer + 1]
+        add_weight_gradient(sizes[layer], sizes[layer + 1], group_width, layer_input,
+                            group_width, layer_deltas, group_width,
+                            deltas_t[layer] + first * padded, True,
+                            1 if group_grads != NULL else scale,
+                            0 if group_grads != NULL else beta, product, weight_target)
+        finish_weight_gradient(sizes[layer], sizes[layer + 1], product,
+                               1 if group_grads != NULL else scale,
+                               0 if group_grads != NULL else beta, weight_target)
+        row_sums(sizes[layer + 1], group_width, layer_deltas, group_width,
+                 1 if group_grads != NULL else scale, 0 if group_grads != NULL else beta,
+                 bias_target)
+        layer_input = group_block(activations[layer], group, sizes[layer + 1], group_width)
 
 
 cdef double panel_network_gradients(
-        const floating *Xt, const floating *Yt, Py_ssize_t n_rows,
+        const PanelBatch *batch, floating *Xt, floating *Yt, Py_ssize_t n_rows,
         Py_ssize_t group_width, Py_ssize_t n_groups, void **params, void **targets,
-        const Py_ssize_t *sizes, Py_ssize_t n_layers, bint output_tanh, int loss,
-        floating **activations, floating **deltas, floating **deltas_t,
-        floating **products, floating scale, floating beta, int n_threads) noexcept nogil:
-    """network_gradients in the panel layout, unweighted; returns the summed loss.
+        const Py_ssize_t *sizes, const Py_ssize_t *counts, Py_ssize_t n_layers,
+        bint output_tanh, int loss, floating **activations, floating **deltas,
+        floating **deltas_t, floating **products, floating *group_grads, floating scale,
+        floating beta, int n_threads) noexcept nogil:
+    """network_gradients in the panel layout, unweighted; returns the summed
+    loss (NaN when the batch it gathered was not finite).
 
-    Xt (n_in, width) and Yt (n_out, width) hold a batch of n_rows samples,
-    width = n_groups * group_width; activations[l] and deltas[l] are
-    (sizes[l + 1], width), deltas_t[l] (width, padded sizes[l + 1]) and
-    products[l] (sizes[l], padded sizes[l + 1]). Sample tasks (a group through every layer) come
-    first, then weight tasks, which set targets = scale * gradient + beta *
-    targets: (1, 0) with targets = grads gives the gradients, (-lr, 1) with
-    targets = params an SGD step (every W has been used by then).
+    Xt (n_in, width) and Yt (n_out, width) hold a batch of n_rows samples, or
+    the sample tasks gather it there from batch; width = n_groups *
+    group_width. Xt, Yt, activations[l] and deltas[l] ((sizes[l + 1],
+    width)) are group-major: each group's rows are one run (group_block);
+    deltas_t[l] is (width, padded sizes[l + 1]), products[l] n_groups of
+    (sizes[l], padded sizes[l + 1]) and group_grads n_groups of every
+    parameter, packed (counts: each W's and b's values). Sets targets = scale * gradient + beta * targets:
+    (1, 0) with targets = grads gives the gradients, (-lr, 1) with targets
+    = params an SGD step.
+
+    A sample task takes a group through the whole step, its gradients too,
+    so that each thread works on the data it wrote; then the groups'
+    gradients are added in group order (one group: the task sets targets
+    itself). Group-major, not a row per unit across every group: with the
+    groups side by side in each row, each core's hardware prefetcher ran on
+    into the next group's columns, which the other core was writing, and
+    two threads took longer than one; so did weight tasks reading every
+    group's activations after the sample tasks had written them.
     """
-    cdef Py_ssize_t width = n_groups * group_width
-    cdef double work = step_flops(n_rows, sizes, n_layers)
-    cdef Py_ssize_t n_weight_tasks = 1
+    # The threads from the layout, not this batch's rows: a short last batch
+    # on fewer threads would move a group's buffers to another core and back.
+    cdef double work = step_flops(n_groups * group_width, sizes, n_layers)
     cdef double partials[MAX_PANEL_GROUPS]
+    cdef bint finite[MAX_PANEL_GROUPS]
     cdef double sum_squares = 0
-    cdef Py_ssize_t task
+    cdef bint all_finite = True
+    cdef Py_ssize_t task, n_params = 0, n_blocks
     cdef int sample_threads = threads_for(n_threads, n_groups, work)
-    cdef int weight_threads
-    for task in range(n_layers):
-        n_weight_tasks += n_tasks(sizes[task], PANEL_WEIGHT_ROWS)
-    # The weight gradients are a third of the step's work.
-    weight_threads = threads_for(n_threads, n_weight_tasks, work / 3)
+    cdef int sum_threads
+    for task in range(2 * n_layers):
+        n_params += counts[task]
     if sample_threads == 1:
         for task in range(n_groups):
-            panel_sample_task(task, group_width, width, n_rows, Xt, Yt, params, sizes,
+            panel_sample_task(task, group_width, n_rows, batch, Xt, Yt, params, targets, sizes,
                               n_layers, output_tanh, loss, activations, deltas, deltas_t,
-                              partials)
+                              products, group_grads + task * n_params if n_groups > 1 else NULL,
+                              scale, beta, partials, finite)
     else:
         for task in prange(n_groups, num_threads=sample_threads, schedule='static'):
-            panel_sample_task(task, group_width, width, n_rows, Xt, Yt, params, sizes,
+            panel_sample_task(task, group_width, n_rows, batch, Xt, Yt, params, targets, sizes,
                               n_layers, output_tanh, loss, activations, deltas, deltas_t,
-                              partials)
-    if weight_threads == 1:
-        for task in range(n_weight_tasks):
-            panel_weight_task(task, width, Xt, targets, sizes, n_layers, activations,
-                              deltas, deltas_t, products, scale, beta)
-    else:
-        for task in prange(n_weight_tasks, num_threads=weight_threads, schedule='dynamic'):
-            panel_weight_task(task, width, Xt, targets, sizes, n_layers, activations,
-                              deltas, deltas_t, products, scale, beta)
+                              products, group_grads + task * n_params if n_groups > 1 else NULL,
+                              scale, beta, partials, finite)
+    if n_groups > 1:
+        n_blocks = n_tasks(n_params, BLOCK_ELEMS)
+        sum_threads = threads_for(n_threads, n_blocks, <double> n_params * n_groups)
+        if sum_threads == 1:
+            for task in range(n_blocks):
+                add_group_gradients(task, n_groups, group_grads, n_params, targets, counts,
+                                    2 * n_layers, scale, beta)
+        else:
+            for task in prange(n_blocks, num_threads=sum_threads, schedule='static'):
+                add_group_gradients(task, n_groups, group_grads, n_params, targets, counts,
+                                    2 * n_layers, scale, beta)
     for task in range(n_groups):
         sum_squares += partials[task]
-    return sum_squares
+        if batch.X != NULL:
+            all_finite &= finite[task]
+    return sum_squares if all_finite else NAN
 
 
 cdef struct Batches:
@@ -535,6 +577,7 @@ cdef struct Batches:
     void **params
     void **targets          # where the backward pass writes: grads, or params (fused SGD)
     const Py_ssize_t *sizes
+    const Py_ssize_t *counts    # each parameter's values
     Py_ssize_t n_layers, n_in, n_out
     bint output_tanh
     int loss                # the loss code (_loss.pxd)
@@ -576,26 +619,24 @@ cdef double lgm_batch(floating *dtype, Batches *batches, Py_ssize_t start, Py_ss
     cdef double sgd_lr = batches.sgd_lr[0] if batches.sgd_lr != NULL else 0
     cdef floating scale = <floating> -sgd_lr if sgd_lr > 0 else 1
     cdef floating beta = 1 if sgd_lr > 0 else 0
-    cdef bint finite = True
-    cdef double loss
+    cdef PanelBatch batch
     if batches.in_panel_layout:
-        # One unshuffled batch is the same every epoch: transposed once, and
-        # checked (a non-finite value makes the batch's loss NaN: see
-        # Program.fit_ready, which may leave the check to this).
+        # One unshuffled batch is the same every epoch: transposed once (by
+        # the sample tasks, each its own group), and checked (a non-finite
+        # value makes the batch's loss NaN: see Program.fit_ready, which may
+        # leave the check to this).
+        batch.X = batch.Y = batch.rows = NULL
         if batches.gather_each_batch or not batches.gathered:
-            finite = gather_columns(X if rows != NULL else X + start * n_in, rows, n_rows, 1,
-                                    n_in, <floating *> batches.Xt, batches.group_width,
-                                    batches.n_groups)
-            finite &= gather_columns(Y if rows != NULL else Y + start * n_out, rows, n_rows, 1,
-                                     n_out, <floating *> batches.Yt, batches.group_width,
-                                     batches.n_groups)
+            batch.X = X if rows != NULL else X + start * n_in
+            batch.Y = Y if rows != NULL else Y + start * n_out
+            batch.rows = rows
             batches.gathered = True
-        loss = panel_network_gradients(
-            <floating *> batches.Xt, <floating *> batches.Yt, n_rows, batches.group_width,
-            batches.n_groups, batches.params, batches.targets, batches.sizes, n_layers,
-            batches.output_tanh, batches.loss, panel_rows, panel_rows + n_layers,
-            panel_rows + 2 * n_layers, panel_rows + 3 * n_layers, scale, beta, n_threads)
-        return loss if finite else NAN
+        return panel_network_gradients(
+            &batch, <floating *> batches.Xt, <floating *> batches.Yt, n_rows,
+            batches.group_width, batches.n_groups, batches.params, batches.targets,
+            batches.sizes, batches.counts, n_layers, batches.output_tanh, batches.loss, panel_rows,
+            panel_rows + n_layers, panel_rows + 2 * n_layers, panel_rows + 3 * n_layers,
+            panel_rows[4 * n_layers], scale, beta, n_threads)
     if rows != NULL:
         gather_rows(<const char *> X, rows, n_rows, n_in * sizeof(floating),
                     <char *> batches.workspace[0])
@@ -705,6 +746,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.params = network.params.data
     batches.targets = network.params.data if sgd else run.grads.data
     batches.sizes = sizes
+    batches.counts = network.count_data
     batches.n_layers = n_layers
     batches.n_in, batches.n_out = n_in, n_out
     batches.output_tanh = network.output_tanh
@@ -725,15 +767,18 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.panel_rows = NULL
     if batches.in_panel_layout:
         # Xt, Yt, then each layer's activations, deltas, sample-major deltas
-        # and weight-gradient products, in one zeroed block.
+        # and weight-gradient products (one per group), and the groups'
+        # gradients, in one zeroed block.
         width = batches.n_groups * batches.group_width
         n_values = (n_in + n_out) * width
         for layer in range(n_layers):
             padded = padded_width(sizes[layer + 1], sizeof(floating))
-            n_values += 2 * sizes[layer + 1] * width + (width + sizes[layer]) * padded
+            n_values += (2 * sizes[layer + 1] * width
+                         + (width + batches.n_groups * sizes[layer]) * padded
+                         + batches.n_groups * (sizes[layer] + 1) * sizes[layer + 1])
         batches.Xt = network.panel_memory.get(n_values * sizeof(floating), 0,
                                               batches.group_width, batches.n_groups)
-        panel_rows = <floating **> malloc(4 * n_layers * sizeof(floating *))
+        panel_rows = <floating **> malloc((4 * n_layers + 1) * sizeof(floating *))
         if panel_rows == NULL:
             raise MemoryError()
         batches.Yt = <floating *> batches.Xt + n_in * width
@@ -745,7 +790,8 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
             panel_rows[2 * n_layers + layer] = (panel_rows[n_layers + layer]
                                                 + sizes[layer + 1] * width)
             panel_rows[3 * n_layers + layer] = panel_rows[2 * n_layers + layer] + width * padded
-            next_rows = panel_rows[3 * n_layers + layer] + sizes[layer] * padded
+            next_rows = panel_rows[3 * n_layers + layer] + batches.n_groups * sizes[layer] * padded
+        panel_rows[4 * n_layers] = next_rows
         batches.panel_rows = <void **> panel_rows
     if weights != NULL:
         batches.batch_weights = <double *> malloc(max(1, run.batch_size) * sizeof(double))

@@ -2,20 +2,29 @@
 #
 # A batch is held transposed, one row per unit (feature) and one column per
 # sample. Its samples are cut into groups of task_width columns (whole
-# panels of LGMSTM_PANEL_BYTES; the last group is padded), and each group
-# takes n_blocks * task_width consecutive columns of every row: block b
-# (a sequence's step b; a dense batch has one block) of sample i is column
-#     (i // task_width) * n_blocks * task_width + b * task_width + i % task_width
-# so a task that owns a group finds all of its columns in one run. Padding
-# columns hold 0 in inputs and targets, and so do all gradients there: sums
-# over every column are sums over the samples.
+# panels of LGMSTM_PANEL_BYTES; the last group is padded), and a group has
+# n_blocks * task_width columns: block b (a sequence's step b; a dense batch
+# has one block) of its sample i at column b * task_width + i % task_width.
+# Padding columns hold 0 in inputs and targets, and so do all gradients
+# there: sums over every column are sums over the samples.
+#
+# The LGM and the STM keep each buffer group-major (group_block): a group's
+# rows, of its own columns only, one after another, so that the task that
+# owns a group reads and writes one run of memory that no other task
+# touches. With every row holding all the groups side by side (as the deep
+# STM's buffers still do, gather_columns), a core's hardware prefetcher ran
+# on from its group's columns into the next group's, which another core was
+# writing, and on 2 cores two threads took longer than one. (On the 2-core
+# Xeon of issue 13: two threads updating half of every row of a 100 x 208
+# float64 buffer each took 12.2 us a pass, one thread all of it 8.4 us; two
+# group-major halves, 4.0 us.)
 from cython cimport floating
 
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc
 from libc.string cimport memset
 
-from lgmstm._parallel cimport MIN_PARALLEL_WORK, n_tasks
+from lgmstm._parallel cimport BLOCK_ELEMS, MIN_PARALLEL_WORK, n_tasks
 
 cdef extern from "_panel.h" nogil:
     enum: LGMSTM_PANEL_BYTES
@@ -290,6 +299,55 @@ cdef inline bint gather_group(
     return gather_panel(source, sample_values, rows, first, n_valid, sample_values,
                         n_features, dest + group * group_cols, n_groups * group_cols,
                         task_width)
+
+
+cdef inline floating *group_block(floating *block, Py_ssize_t group, Py_ssize_t n_units,
+                                  Py_ssize_t group_cols) noexcept nogil:
+    """Where group `group` starts in a group-major block of n_units rows:
+    each group's rows (group_cols columns each, consecutive) one run."""
+    return block + group * n_units * group_cols
+
+
+cdef inline bint gather_into_group(
+        const floating *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
+        Py_ssize_t n_blocks, Py_ssize_t n_features, floating *dest,
+        Py_ssize_t task_width, Py_ssize_t group) noexcept nogil:
+    """The columns of one group of a batch, transposed into the group's own
+    block dest (n_features rows of n_blocks * task_width columns: see
+    group_block): source and rows as gather_columns. Whether every value it
+    read was finite."""
+    cdef Py_ssize_t sample_values = n_blocks * n_features
+    cdef Py_ssize_t first = group * task_width
+    cdef Py_ssize_t n_valid = max(0, min(task_width, n_rows - first))
+    return gather_panel(source, sample_values, rows, first, n_valid, sample_values,
+                        n_features, dest, n_blocks * task_width, task_width)
+
+
+cdef inline void add_group_gradients(
+        Py_ssize_t block, Py_ssize_t n_groups, const floating *group_grads,
+        Py_ssize_t n_params, void **targets, const Py_ssize_t *counts, Py_ssize_t n_arrays,
+        floating scale, floating beta) noexcept nogil:
+    """targets = scale * (the groups' gradients, added in group order) + beta
+    * targets, for parameters [block * BLOCK_ELEMS, + BLOCK_ELEMS) of the
+    packed order: targets[a] (counts[a] values) for a < n_arrays, one after
+    another. group_grads holds n_groups such packings, n_params apart: what
+    each group's task summed over its own samples. Element by element, so
+    the same for any split into blocks."""
+    cdef Py_ssize_t start = block * BLOCK_ELEMS
+    cdef Py_ssize_t stop = min(n_params, start + BLOCK_ELEMS)
+    cdef Py_ssize_t offset = 0, array, i, group
+    cdef floating *target
+    cdef floating total
+    for array in range(n_arrays):
+        if offset < stop and offset + counts[array] > start:
+            target = <floating *> targets[array]
+            for i in range(max(start, offset), min(stop, offset + counts[array])):
+                total = group_grads[i]
+                for group in range(1, n_groups):
+                    total = total + group_grads[group * n_params + i]
+                target[i - offset] = scale * total + (
+                    beta * target[i - offset] if beta != 0 else 0)
+        offset += counts[array]
 
 
 cdef inline void transpose_to_panels(const floating *source, Py_ssize_t n_units,

@@ -36,10 +36,11 @@ from lgmstm._loss cimport (SQUARED_ERROR, loss_count, loss_of_output, loss_scale
                            panel_output_loss, panel_takes, squared_error)
 from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK,
-                            PANEL_WEIGHT_ROWS, add_weight_gradient, finish_weight_gradient,
-                            gather_group, gather_panel, group_panels, padded_width,
-                            panel_calloc, panel_product, row_sums, sample_major_gradient,
-                            scatter_panel, states_into_panel, transpose_to_panels)
+                            add_group_gradients, add_weight_gradient, finish_weight_gradient,
+                            gather_into_group, gather_panel, group_block, group_panels,
+                            padded_width, panel_calloc, panel_product, row_sums,
+                            sample_major_gradient, scatter_panel, states_into_panel,
+                            transpose_to_panels)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
 from lgmstm._rnn cimport (all_full_length, forward_chunk_rows, panel_recurrent_backward,
@@ -703,31 +704,33 @@ cdef double stm_gradients(const floating *X, const floating *Y, const floating *
 
 cdef struct PanelLayout:
     # Sequences in groups of task_width columns (see _panel.pxd), each
-    # group carried through every step by one task.
+    # group carried through every step by one task. Every buffer is
+    # group-major (group_block): a group's rows are one run, of its
+    # columns only.
     Py_ssize_t n_steps, task_width, n_groups
-    Py_ssize_t cols           # inputs and dz: n_groups * n_steps * task_width
-    Py_ssize_t state_cols     # states, h0 first in each group:
-                              #   n_groups * (n_steps + 1) * task_width
-    Py_ssize_t read_cols      # outputs: cols, or n_groups * task_width for the last step only
+    Py_ssize_t cols           # a group's inputs and dz: n_steps * task_width
+    Py_ssize_t state_cols     # a group's states, its h0 first: (n_steps + 1) * task_width
+    Py_ssize_t read_cols      # a group's outputs: cols, or task_width for the last step only
     bint return_sequences
 
 
 cdef struct PanelBuffers:
-    void *inputs          # X (n_in, cols)
-    void *targets         # Y (n_out, read_cols)
-    void *states          # (n_hidden, state_cols): per group h0, then h_0..h_{T-1}
-    void *outputs         # readout (n_out, read_cols)
-    void *output_grads    # dL/d readout pre-activation (n_out, read_cols)
-    void *state_grads     # dz_t = dL/d state pre-activation (n_hidden, cols)
+    void *inputs          # X (n_in, cols) per group
+    void *targets         # Y (n_out, read_cols) per group
+    void *states          # (n_hidden, state_cols) per group: h0, then h_0..h_{T-1}
+    void *outputs         # readout (n_out, read_cols) per group
+    void *output_grads    # dL/d readout pre-activation (n_out, read_cols) per group
+    void *state_grads     # dz_t = dL/d state pre-activation (n_hidden, cols) per group
     # Sample-major copies for the weight gradients (add_weight_gradient), and
     # their products: padded widths hp = padded n_hidden, op = padded n_out.
-    void *state_grads_t   # (cols, hp)
-    void *output_grads_t  # (read_cols, op)
-    void *input_product   # (n_in, hp)
-    void *state_product   # (n_hidden, hp)
-    void *readout_product # (n_hidden, op)
+    void *state_grads_t   # (cols, hp) per group
+    void *output_grads_t  # (read_cols, op) per group
+    void *input_product   # (n_in, hp) per group
+    void *state_product   # (n_hidden, hp) per group
+    void *readout_product # (n_hidden, op) per group
+    void *group_grads     # every parameter (packed, in their order) per group
     # The batch's rows that the sequence tasks gather into inputs and targets,
-    # each its group's columns (see gather_columns), or batch_X NULL when
+    # each its group's columns (see gather_into_group), or batch_X NULL when
     # inputs and targets hold them already.
     const void *batch_X
     const void *batch_Y
@@ -756,9 +759,9 @@ cdef inline PanelLayout panel_layout(Py_ssize_t n_rows, Py_ssize_t n_steps,
     layout.n_steps = n_steps
     layout.task_width = per_group * panel
     layout.n_groups = max(1, n_tasks(n_panels, per_group))
-    layout.cols = layout.n_groups * n_steps * layout.task_width
-    layout.state_cols = layout.n_groups * (n_steps + 1) * layout.task_width
-    layout.read_cols = layout.cols if return_sequences else layout.n_groups * layout.task_width
+    layout.cols = n_steps * layout.task_width
+    layout.state_cols = (n_steps + 1) * layout.task_width
+    layout.read_cols = layout.cols if return_sequences else layout.task_width
     layout.return_sequences = return_sequences
     return layout
 
@@ -795,43 +798,55 @@ def _training_layout(Py_ssize_t n_rows, Py_ssize_t n_steps, const Py_ssize_t[::1
 
 cdef void panel_sequence_task(
         Py_ssize_t group, const PanelLayout *layout, Py_ssize_t n_rows,
-        void **params, const Py_ssize_t *sizes, bint output_tanh, int loss,
+        void **params, void **grads, const Py_ssize_t *sizes, bint output_tanh, int loss,
         double grad_scale, PanelBuffers *panel_buffers, const floating *h0,
         floating *final_states, double *partials) noexcept nogil:
-    """Forward, loss and the backward time loop of one group of sequences.
+    """One group of sequences through the whole step, in its own block of
+    each buffer: forward, loss, the backward time loop and the group's
+    share of the gradients.
 
     Sets the group's states, outputs, output gradients and dz, its loss
-    partial sum and its samples' final states. h0: (n_rows, n_hidden)
-    row-major or NULL (zeros); final_states: (n_rows, n_hidden).
+    partial sum, its samples' final states, and its gradients: into its
+    part of panel_buffers.group_grads (the parameters packed in their
+    order) when there are several groups, else into grads. h0: (n_rows,
+    n_hidden) row-major or NULL (zeros); final_states: (n_rows, n_hidden).
     """
     cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
     cdef Py_ssize_t n_steps = layout.n_steps, width = layout.task_width
     cdef Py_ssize_t first = group * width
     cdef Py_ssize_t n_valid = min(width, max(0, n_rows - first))
     cdef Py_ssize_t cols = layout.cols, ld_states = layout.state_cols
-    cdef Py_ssize_t ld_read = layout.read_cols
+    cdef Py_ssize_t n_read = layout.read_cols
     cdef bint every_step = layout.return_sequences
-    cdef Py_ssize_t n_read = n_steps * width if every_step else width
+    cdef Py_ssize_t hp = padded_width(n_hidden, sizeof(floating))
+    cdef Py_ssize_t op = padded_width(n_out, sizeof(floating))
     cdef const floating *Wh = <floating *> params[RECURRENT_WEIGHT]
     cdef const floating *W_out = <floating *> params[READOUT_WEIGHT]
-    cdef const floating *X = <floating *> panel_buffers.inputs + group * n_steps * width
-    cdef floating *H = <floating *> panel_buffers.states + group * (n_steps + 1) * width
-    cdef floating *dZ = <floating *> panel_buffers.state_grads + group * n_steps * width
-    cdef Py_ssize_t read_at = group * n_read
-    cdef floating *outputs = <floating *> panel_buffers.outputs + read_at
-    cdef floating *d_outputs = <floating *> panel_buffers.output_grads + read_at
+    cdef floating *X = group_block(<floating *> panel_buffers.inputs, group, n_in, cols)
+    cdef floating *Y = group_block(<floating *> panel_buffers.targets, group, n_out, n_read)
+    cdef floating *H = group_block(<floating *> panel_buffers.states, group, n_hidden,
+                                   ld_states)
+    cdef floating *dZ = group_block(<floating *> panel_buffers.state_grads, group, n_hidden,
+                                    cols)
+    cdef floating *outputs = group_block(<floating *> panel_buffers.outputs, group, n_out,
+                                         n_read)
+    cdef floating *d_outputs = group_block(<floating *> panel_buffers.output_grads, group,
+                                           n_out, n_read)
+    cdef floating *dZ_t = <floating *> panel_buffers.state_grads_t + group * cols * hp
+    cdef floating *d_outputs_t = <floating *> panel_buffers.output_grads_t + group * n_read * op
     # The states the readout reads: every step's, or the last step's.
     cdef floating *read_states = H + (width if every_step else n_steps * width)
-    cdef Py_ssize_t padded
+    cdef floating *targets[N_PARAMS]
+    cdef Py_ssize_t counts[N_PARAMS]
+    cdef Py_ssize_t index, n_params
     cdef bint finite = True
     if panel_buffers.batch_X != NULL:
-        finite = gather_group(<const floating *> panel_buffers.batch_X, panel_buffers.batch_rows,
-                              n_rows, n_steps, n_in, <floating *> panel_buffers.inputs, width,
-                              layout.n_groups, group)
-        finite &= gather_group(<const floating *> panel_buffers.batch_Y,
-                               panel_buffers.batch_rows, n_rows, n_steps if every_step else 1,
-                               n_out, <floating *> panel_buffers.targets, width,
-                               layout.n_groups, group)
+        finite = gather_into_group(<const floating *> panel_buffers.batch_X,
+                                   panel_buffers.batch_rows, n_rows, n_steps, n_in, X, width,
+                                   group)
+        finite &= gather_into_group(<const floating *> panel_buffers.batch_Y,
+                                    panel_buffers.batch_rows, n_rows,
+                                    n_steps if every_step else 1, n_out, Y, width, group)
     states_into_panel(h0, n_hidden, first, n_valid, n_hidden, H, ld_states, width)
     panel_recurrent_forward(X, cols, <floating *> params[INPUT_WEIGHT], Wh,
                             <floating *> params[BIAS], H, ld_states, n_in, n_hidden, n_steps,
@@ -839,103 +854,56 @@ cdef void panel_sequence_task(
     scatter_panel(H + n_steps * width, ld_states, n_valid, n_hidden,
                   final_states + first * n_hidden, n_hidden)
     panel_product(n_out, n_read, n_hidden, W_out, 1, n_out, read_states, ld_states,
-                  <floating *> params[READOUT_BIAS], False, NULL, 0, outputs, ld_read)
+                  <floating *> params[READOUT_BIAS], False, NULL, 0, outputs, n_read)
     if output_tanh:
-        tanh_rows(outputs, n_out, n_read, ld_read)
-    partials[group] = panel_output_loss(loss, outputs,
-                                        <floating *> panel_buffers.targets + read_at,
-                                        d_outputs, n_out, n_read // width, width, n_valid,
-                                        ld_read, grad_scale, output_tanh)
+        tanh_rows(outputs, n_out, n_read, n_read)
+    partials[group] = panel_output_loss(loss, outputs, Y, d_outputs, n_out, n_read // width,
+                                        width, n_valid, n_read, grad_scale, output_tanh)
     if not finite:  # the batch held a non-finite value: its loss is NaN (see fit_ready)
         partials[group] = NAN
     # Backward: dL/dh from the readout, then dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2).
-    panel_product(n_hidden, n_read, n_out, W_out, n_out, 1, d_outputs, ld_read, NULL,
+    panel_product(n_hidden, n_read, n_out, W_out, n_out, 1, d_outputs, n_read, NULL,
                   False, NULL, 0, dZ + (0 if every_step else (n_steps - 1) * width), cols)
     panel_recurrent_backward(Wh, H, ld_states, dZ, cols, n_hidden, n_steps, width, every_step)
     if sample_major_gradient(n_hidden, sizeof(floating)):
-        padded = padded_width(n_hidden, sizeof(floating))
-        transpose_to_panels(dZ, n_hidden, n_steps * width, cols,
-                            <floating *> panel_buffers.state_grads_t
-                            + group * n_steps * width * padded, padded)
+        transpose_to_panels(dZ, n_hidden, cols, cols, dZ_t, hp)
     if sample_major_gradient(n_out, sizeof(floating)):
-        padded = padded_width(n_out, sizeof(floating))
-        transpose_to_panels(d_outputs, n_out, n_read, ld_read,
-                            <floating *> panel_buffers.output_grads_t + read_at * padded,
-                            padded)
-
-
-cdef inline void grouped_weight_gradient(
-        const PanelLayout *layout, Py_ssize_t n_rows, Py_ssize_t n_out, Py_ssize_t n_cols,
-        const floating *states, const floating *deltas, Py_ssize_t ld_deltas,
-        const floating *deltas_t, floating *product, floating *target) noexcept nogil:
-    """target (n_rows, n_out) = the sum over groups of a group's states times
-    its deltas^T, n_cols columns each: states (rows ld state_cols, a group
-    every (n_steps + 1) * task_width columns, as each begins with its h0),
-    deltas (rows ld_deltas, a group every n_cols columns) and deltas_t their
-    sample-major copy (see add_weight_gradient)."""
-    cdef Py_ssize_t padded = padded_width(n_out, sizeof(floating))
-    cdef Py_ssize_t group
-    for group in range(layout.n_groups):
-        add_weight_gradient(n_rows, n_out, n_cols,
-                            states + group * (layout.n_steps + 1) * layout.task_width,
-                            layout.state_cols, deltas + group * n_cols, ld_deltas,
-                            deltas_t + group * n_cols * padded, group == 0, 1, 0, product,
-                            target)
-    finish_weight_gradient(n_rows, n_out, product, 1, 0, target)
-
-
-cdef void panel_weight_task(floating *dtype, Py_ssize_t task, const PanelLayout *layout,
-                            void **grads, const Py_ssize_t *sizes,
-                            PanelBuffers *panel_buffers) noexcept nogil:
-    """One block of PANEL_WEIGHT_ROWS rows of dWx, dWh or dW_out, or (the
-    last task) both biases, each summed over the whole batch in one order.
-    dtype only picks the fused specialisation."""
-    cdef const floating *X = <floating *> panel_buffers.inputs
-    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
-    cdef Py_ssize_t n_steps = layout.n_steps, width = layout.task_width
-    cdef Py_ssize_t cols = layout.cols, ld_states = layout.state_cols
-    cdef Py_ssize_t ld_read = layout.read_cols
-    cdef Py_ssize_t n_read = ld_read // layout.n_groups
-    cdef Py_ssize_t x_blocks = n_tasks(n_in, PANEL_WEIGHT_ROWS)
-    cdef Py_ssize_t h_blocks = n_tasks(n_hidden, PANEL_WEIGHT_ROWS)
-    cdef const floating *H = <floating *> panel_buffers.states
-    cdef const floating *d_outputs = <floating *> panel_buffers.output_grads
-    cdef const floating *dZ = <floating *> panel_buffers.state_grads
-    cdef Py_ssize_t read_offset = width if layout.return_sequences else n_steps * width
-    cdef Py_ssize_t row, n_block_rows
-    cdef const floating *states
-    cdef floating *target
-    cdef floating *product
-    if task < x_blocks:
-        row = task * PANEL_WEIGHT_ROWS
-        n_block_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, n_in - row)
-        target = <floating *> grads[INPUT_WEIGHT] + row * n_hidden
-        product = (<floating *> panel_buffers.input_product
-                   + row * padded_width(n_hidden, sizeof(floating)))
-        add_weight_gradient(n_block_rows, n_hidden, cols, X + row * cols, cols, dZ, cols,
-                            <floating *> panel_buffers.state_grads_t, True, 1, 0, product, target)
-        finish_weight_gradient(n_block_rows, n_hidden, product, 1, 0, target)
-    elif task < x_blocks + 2 * h_blocks:
-        # dWh pairs h_{t-1} with dz_t, dW_out the states read with the output
-        # gradients: per group, as the groups' states have h0 among them.
-        row = ((task - x_blocks) % h_blocks) * PANEL_WEIGHT_ROWS
-        n_block_rows = min(<Py_ssize_t> PANEL_WEIGHT_ROWS, n_hidden - row)
-        states = H + row * ld_states
-        if task < x_blocks + h_blocks:
-            grouped_weight_gradient(
-                layout, n_block_rows, n_hidden, n_steps * width, states, dZ, cols,
-                <floating *> panel_buffers.state_grads_t,
-                <floating *> panel_buffers.state_product + row * padded_width(n_hidden, sizeof(floating)),
-                <floating *> grads[RECURRENT_WEIGHT] + row * n_hidden)
-        else:
-            grouped_weight_gradient(
-                layout, n_block_rows, n_out, n_read, states + read_offset, d_outputs, ld_read,
-                <floating *> panel_buffers.output_grads_t,
-                <floating *> panel_buffers.readout_product + row * padded_width(n_out, sizeof(floating)),
-                <floating *> grads[READOUT_WEIGHT] + row * n_out)
+        transpose_to_panels(d_outputs, n_out, n_read, n_read, d_outputs_t, op)
+    # The gradients, from the data this task made (its core's cache).
+    param_counts(sizes, counts)
+    if layout.n_groups > 1:
+        n_params = 0
+        for index in range(N_PARAMS):
+            n_params += counts[index]
+        targets[0] = <floating *> panel_buffers.group_grads + group * n_params
+        for index in range(1, N_PARAMS):
+            targets[index] = targets[index - 1] + counts[index - 1]
     else:
-        row_sums(n_hidden, cols, dZ, cols, 1, 0, <floating *> grads[BIAS])
-        row_sums(n_out, ld_read, d_outputs, ld_read, 1, 0, <floating *> grads[READOUT_BIAS])
+        for index in range(N_PARAMS):
+            targets[index] = <floating *> grads[index]
+    # dWx pairs x_t with dz_t, dWh h_{t-1} (the group's h0 first) with dz_t,
+    # dW_out the states read with the output gradients.
+    add_weight_gradient(n_in, n_hidden, cols, X, cols, dZ, cols, dZ_t, True, 1, 0,
+                        group_block(<floating *> panel_buffers.input_product, group, n_in, hp),
+                        targets[INPUT_WEIGHT])
+    finish_weight_gradient(n_in, n_hidden,
+                           group_block(<floating *> panel_buffers.input_product, group, n_in,
+                                       hp), 1, 0, targets[INPUT_WEIGHT])
+    add_weight_gradient(n_hidden, n_hidden, cols, H, ld_states, dZ, cols, dZ_t, True, 1, 0,
+                        group_block(<floating *> panel_buffers.state_product, group, n_hidden,
+                                    hp), targets[RECURRENT_WEIGHT])
+    finish_weight_gradient(n_hidden, n_hidden,
+                           group_block(<floating *> panel_buffers.state_product, group,
+                                       n_hidden, hp), 1, 0, targets[RECURRENT_WEIGHT])
+    add_weight_gradient(n_hidden, n_out, n_read, read_states, ld_states, d_outputs, n_read,
+                        d_outputs_t, True, 1, 0,
+                        group_block(<floating *> panel_buffers.readout_product, group,
+                                    n_hidden, op), targets[READOUT_WEIGHT])
+    finish_weight_gradient(n_hidden, n_out,
+                           group_block(<floating *> panel_buffers.readout_product, group,
+                                       n_hidden, op), 1, 0, targets[READOUT_WEIGHT])
+    row_sums(n_hidden, cols, dZ, cols, 1, 0, targets[BIAS])
+    row_sums(n_out, n_read, d_outputs, n_read, 1, 0, targets[READOUT_BIAS])
 
 
 cdef double panel_stm_gradients(
@@ -944,42 +912,53 @@ cdef double panel_stm_gradients(
         PanelBuffers *panel_buffers, floating *final_states, int n_threads) noexcept nogil:
     """stm_gradients in the panel layout, for full-length sequences, unweighted.
 
-    panel_buffers.inputs and panel_buffers.targets hold the batch (gather_columns), or
-    the sequence tasks gather it there (panel_buffers.batch_X); h0 is
-    (n_rows, n_hidden) row-major or NULL (zeros). Fills grads and
+    panel_buffers.inputs and panel_buffers.targets hold the batch (gathered
+    before), or the sequence tasks gather it there (panel_buffers.batch_X);
+    h0 is (n_rows, n_hidden) row-major or NULL (zeros). Fills grads and
     final_states (n_rows, n_hidden) and returns the summed loss.
 
-    Sequence tasks (a group of samples through every step) come first, then
-    weight tasks (blocks of gradient rows, each summed over the whole batch):
-    neither depends on the thread count.
+    A sequence task takes a group of samples through every step and its
+    share of the gradients, so that each thread works on the data it wrote
+    (see panel_network_gradients in _lgm.pyx); then the groups' gradients
+    are added in group order. Neither depends on the thread count.
     """
-    cdef Py_ssize_t n_in = sizes[0], n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t n_hidden = sizes[1], n_out = sizes[2]
     cdef Py_ssize_t n_steps = layout.n_steps
-    cdef double work = step_cost(n_rows, n_steps, sizes)
-    cdef Py_ssize_t n_weight_tasks = (n_tasks(n_in, PANEL_WEIGHT_ROWS)
-                                      + 2 * n_tasks(n_hidden, PANEL_WEIGHT_ROWS) + 1)
+    # The threads from the layout, not this batch's rows (see _lgm.pyx).
+    cdef double work = step_cost(layout.n_groups * layout.task_width, n_steps, sizes)
     cdef int sequence_threads = threads_for(n_threads, layout.n_groups, work)
-    cdef int weight_threads = threads_for(n_threads, n_weight_tasks, work)
+    cdef int sum_threads
     cdef double grad_scale = loss_scale(
         loss, n_rows * (n_steps if layout.return_sequences else 1), n_out)
     cdef double partials[MAX_PANEL_GROUPS]
     cdef double sum_squares = 0
-    cdef Py_ssize_t task
+    cdef Py_ssize_t counts[N_PARAMS]
+    cdef Py_ssize_t task, n_params = 0, n_blocks
     if sequence_threads == 1:
         for task in range(layout.n_groups):
-            panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh, loss,
+            panel_sequence_task(task, layout, n_rows, params, grads, sizes, output_tanh, loss,
                                 grad_scale, panel_buffers, h0, final_states, partials)
     else:
         for task in prange(layout.n_groups, num_threads=sequence_threads,
                            schedule='static'):
-            panel_sequence_task(task, layout, n_rows, params, sizes, output_tanh, loss,
+            panel_sequence_task(task, layout, n_rows, params, grads, sizes, output_tanh, loss,
                                 grad_scale, panel_buffers, h0, final_states, partials)
-    if weight_threads == 1:
-        for task in range(n_weight_tasks):
-            panel_weight_task(<floating *> NULL, task, layout, grads, sizes, panel_buffers)
-    else:
-        for task in prange(n_weight_tasks, num_threads=weight_threads, schedule='dynamic'):
-            panel_weight_task(<floating *> NULL, task, layout, grads, sizes, panel_buffers)
+    if layout.n_groups > 1:
+        param_counts(sizes, counts)
+        for task in range(N_PARAMS):
+            n_params += counts[task]
+        n_blocks = n_tasks(n_params, BLOCK_ELEMS)
+        sum_threads = threads_for(n_threads, n_blocks, <double> n_params * layout.n_groups)
+        if sum_threads == 1:
+            for task in range(n_blocks):
+                add_group_gradients(task, layout.n_groups,
+                                    <const floating *> panel_buffers.group_grads, n_params,
+                                    grads, counts, N_PARAMS, <floating> 1, <floating> 0)
+        else:
+            for task in prange(n_blocks, num_threads=sum_threads, schedule='static'):
+                add_group_gradients(task, layout.n_groups,
+                                    <const floating *> panel_buffers.group_grads, n_params,
+                                    grads, counts, N_PARAMS, <floating> 1, <floating> 0)
     for task in range(layout.n_groups):
         sum_squares += partials[task]
     return sum_squares
@@ -1179,7 +1158,8 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef PanelLayout *layout = &batches.layout
     cdef PanelBuffers *panel_buffers = &batches.panel_buffers
     cdef floating *panel_start
-    cdef Py_ssize_t hidden_padded, out_padded
+    cdef Py_ssize_t hidden_padded, out_padded, n_groups
+    cdef Py_ssize_t n_params = (n_in + n_hidden + 1 + n_out) * n_hidden + n_out
     cdef PointerTable validation_buffers
     if run.workspace.count != N_BUFFERS + 4:
         raise ValueError(f"expected {N_BUFFERS + 4} workspace arrays, got {run.workspace.count}")
@@ -1224,30 +1204,38 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     if batches.in_panel_layout:
         hidden_padded = padded_width(n_hidden, sizeof(floating))
         out_padded = padded_width(n_out, sizeof(floating))
+        # Every buffer holds each group's own block (PanelBuffers).
         panel_start = <floating *> network.panel_memory.get(
-            (n_in * layout.cols + 3 * n_out * layout.read_cols
-             + n_hidden * (layout.cols + layout.state_cols)
-             + layout.cols * hidden_padded + layout.read_cols * out_padded
-             + (n_in + n_hidden) * hidden_padded + n_hidden * out_padded)
+            layout.n_groups * (n_in * layout.cols + 3 * n_out * layout.read_cols
+                               + n_hidden * (layout.cols + layout.state_cols)
+                               + layout.cols * hidden_padded + layout.read_cols * out_padded
+                               + (n_in + n_hidden) * hidden_padded + n_hidden * out_padded
+                               + n_params)
             * sizeof(floating), n_steps, layout.task_width, layout.n_groups)
+        n_groups = layout.n_groups
         panel_buffers.inputs = panel_start
         panel_buffers.batch_X = panel_buffers.batch_Y = NULL
-        panel_buffers.targets = panel_start + n_in * layout.cols
-        panel_buffers.outputs = <floating *> panel_buffers.targets + n_out * layout.read_cols
-        panel_buffers.output_grads = <floating *> panel_buffers.outputs + n_out * layout.read_cols
-        panel_buffers.states = <floating *> panel_buffers.output_grads + n_out * layout.read_cols
+        panel_buffers.targets = panel_start + n_groups * n_in * layout.cols
+        panel_buffers.outputs = (<floating *> panel_buffers.targets
+                                 + n_groups * n_out * layout.read_cols)
+        panel_buffers.output_grads = (<floating *> panel_buffers.outputs
+                                      + n_groups * n_out * layout.read_cols)
+        panel_buffers.states = (<floating *> panel_buffers.output_grads
+                                + n_groups * n_out * layout.read_cols)
         panel_buffers.state_grads = (<floating *> panel_buffers.states
-                                     + n_hidden * layout.state_cols)
+                                     + n_groups * n_hidden * layout.state_cols)
         panel_buffers.state_grads_t = (<floating *> panel_buffers.state_grads
-                                       + n_hidden * layout.cols)
+                                       + n_groups * n_hidden * layout.cols)
         panel_buffers.output_grads_t = (<floating *> panel_buffers.state_grads_t
-                                        + layout.cols * hidden_padded)
+                                        + n_groups * layout.cols * hidden_padded)
         panel_buffers.input_product = (<floating *> panel_buffers.output_grads_t
-                                       + layout.read_cols * out_padded)
+                                       + n_groups * layout.read_cols * out_padded)
         panel_buffers.state_product = (<floating *> panel_buffers.input_product
-                                       + n_in * hidden_padded)
+                                       + n_groups * n_in * hidden_padded)
         panel_buffers.readout_product = (<floating *> panel_buffers.state_product
-                                         + n_hidden * hidden_padded)
+                                         + n_groups * n_hidden * hidden_padded)
+        panel_buffers.group_grads = (<floating *> panel_buffers.readout_product
+                                     + n_groups * n_hidden * out_padded)
     if weights != NULL:
         batches.batch_weights = <double *> malloc(
             max(1, max_rows * (n_steps if network.return_sequences else 1)) * sizeof(double))

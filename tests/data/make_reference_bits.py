@@ -14,7 +14,10 @@ The files committed were made from main at eb780a7, and made again when
 the small STMs' predict moved to the panel layout (issue 12), which changed
 only the predictions of small STMs (and a stateful model's gradients, which
 start from the state its predict left): every trained parameter and loss
-kept its bits.
+kept its bits. Made again when the LGM's and the STM's panel-layout steps
+became group-major, each group summing its own weight gradients (issue 13):
+the cases of several sample groups (lgm-wide, the full-batch stm-seed ones)
+changed in the last bits, the others (one group) kept theirs.
 """
 import re
 import sys
