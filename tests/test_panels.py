@@ -209,33 +209,46 @@ def test_stm_fit_with_zero_steps_matches_numpy(rng, dtype, return_sequences, ass
     assert_fits_agree(results, dtype, assert_close)
 
 
-@pytest.mark.parametrize("case", ["seed", "two-groups", "four-groups", "blas", "blas-deep",
-                                  "blas-one-layer"])
+@pytest.mark.parametrize("case, batch_size", [
+    ("seed", None), ("two-groups", None), ("four-groups", None), ("blas", None),
+    ("blas-deep", None), ("blas-one-layer", None),
+    # Shuffled batches of 200 in two groups, and a last one of 133: the
+    # groups' threads come from the layout, not the batch.
+    ("two-groups", 200)])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_lgm_fit_same_bits_for_any_thread_count(threads, rng, dtype, case, optimizer):
-    # sgd takes the fused step (the weight tasks write the parameters).
+def test_lgm_fit_same_bits_for_any_thread_count(threads, rng, dtype, case, batch_size,
+                                                 optimizer):
+    # sgd takes the fused step (the groups' gradients are added into the parameters).
     n_samples, sizes = DENSE_CASES[case]
     X, Y = make_dense_data(rng, n_samples, sizes, dtype)
+    if batch_size is not None:
+        assert dense_layout(batch_size, sizes, dtype)[0] == 2
     results = []
     for n in threads.counts:
         with threads(n):
             model = lgmstm.LGM(sizes, dtype=dtype, seed=4)
-            history = model.fit(X, Y, epochs=3, lr=0.05, optimizer=optimizer)
+            history = model.fit(X, Y, epochs=3, lr=0.05, optimizer=optimizer,
+                                batch_size=batch_size)
             results.append([history, *model.params.values()])
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("case", ["seed", "small", "odd"])
-def test_stm_panel_fit_same_bits_for_any_thread_count(threads, rng, dtype, case):
+@pytest.mark.parametrize("case, batch_size", [
+    ("seed", None), ("small", None), ("odd", None),
+    # Shuffled batches of 80 sequences in two groups, and a last one of 20.
+    ("seed", 80)])
+def test_stm_panel_fit_same_bits_for_any_thread_count(threads, rng, dtype, case, batch_size):
     n_samples, n_steps, n_in, n_hidden, n_out = RECURRENT_CASES[case]
     X, Y = make_recurrent_data(rng, n_samples, n_steps, n_in, n_out, dtype)
+    if batch_size is not None:
+        assert recurrent_layout(batch_size, n_steps, [n_in, n_hidden, n_out], dtype)[0] == 2
     results = []
     for n in threads.counts:
         with threads(n):
             model = lgmstm.STM(n_in, n_hidden, n_out, stateful=True, dtype=dtype, seed=4)
-            history = model.fit(X, Y, epochs=3, lr=0.05)
+            history = model.fit(X, Y, epochs=3, lr=0.05, batch_size=batch_size)
             results.append([history, model.state, *model.params.values()])
     for other in results[1:]:
         for a, b in zip(results[0], other):

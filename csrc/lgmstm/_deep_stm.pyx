@@ -44,9 +44,9 @@ from lgmstm._loss cimport (SQUARED_ERROR, loss_count, loss_of_output, loss_scale
                            output_loss, output_loss_blocks, panel_output_loss, panel_takes,
                            squared_error)
 from lgmstm._optim cimport Optimizer
-from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, gather_columns, group_panels,
-                            padded_width, panel_product, row_dots, row_sums, scatter_panel,
-                            states_into_panel)
+from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, add_group_gradients,
+                            gather_into_group, group_block, group_panels, padded_width,
+                            panel_product, row_dots, row_sums, scatter_panel, states_into_panel)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, SHORT_FIT_WORK, gemm_task_rows,
                                n_tasks, threads_for)
 from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, all_full_length, backward_chunk,
@@ -156,17 +156,21 @@ cdef Layout layout_of(const Shape *shape, Py_ssize_t n_rows, Py_ssize_t n_steps)
 cdef struct DeepPanels:
     # The panel layout of a batch (_panel.pxd; deep_panels_of): sequences in
     # n_groups groups of task_width columns, each carried through every
-    # layer and step by one task; offsets in the panel workspace.
+    # layer and step by one task; offsets in the panel workspace. Every
+    # buffer below is group-major (_panel.group_block): a group's rows, of
+    # its own columns, one run.
     Py_ssize_t n_steps, task_width, n_groups
-    Py_ssize_t cols         # inputs and dz: n_groups * n_steps * task_width
-    Py_ssize_t state_cols   # states, h0 first in each group: n_groups * (n_steps + 1) * task_width
-    Py_ssize_t read_cols    # the readout's: cols, or n_groups * task_width (final states)
-    Py_ssize_t inputs       # X (n_in, cols)
-    Py_ssize_t targets      # Y (n_out, read_cols)
-    Py_ssize_t states       # layer k's (hidden[k], state_cols), one after another
-    Py_ssize_t state_grads  # layer k's dz (hidden[k], cols), one after another
-    Py_ssize_t activations  # readout layer j's (dense[j], read_cols), one after another
+    Py_ssize_t cols         # a group's inputs and dz: n_steps * task_width
+    Py_ssize_t state_cols   # a group's states, its h0 first: (n_steps + 1) * task_width
+    Py_ssize_t read_cols    # a group's readout: cols, or task_width (final states)
+    Py_ssize_t inputs       # X (n_in, cols) per group
+    Py_ssize_t targets      # Y (n_out, read_cols) per group
+    Py_ssize_t states       # layer k's (hidden[k], state_cols) per group, one layer after another
+    Py_ssize_t state_grads  # layer k's dz (hidden[k], cols) per group, likewise
+    Py_ssize_t activations  # readout layer j's (dense[j], read_cols) per group, likewise
     Py_ssize_t dense_grads  # their dz, likewise
+    Py_ssize_t group_grads  # every parameter (packed, in their order) per group
+    Py_ssize_t n_params     # the parameters' values
     Py_ssize_t n_values
 
 
@@ -176,6 +180,7 @@ cdef struct Batches:
     const Shape *shape
     void **params
     void **grads
+    const Py_ssize_t *counts    # each parameter's values
     Py_ssize_t n_steps
     const void *X
     const void *Y
@@ -471,6 +476,7 @@ cdef class DeepNetwork(Program):
         batches.shape = &self.shape
         batches.params = self.params.data
         batches.grads = NULL
+        batches.counts = self.counts
         batches.n_steps = n_steps
         batches.n_samples = n_samples
         batches.X = cnp.PyArray_DATA(<cnp.ndarray> X)
@@ -1049,23 +1055,30 @@ cdef inline DeepPanels deep_panels_of(const Shape *shape, Py_ssize_t n_rows,
     cdef Py_ssize_t panel = padded_width(1, itemsize)
     cdef Py_ssize_t n_panels = n_tasks(n_rows, panel)
     cdef Py_ssize_t per_group = group_panels(n_panels, panel_step_cost(shape, n_rows, n_steps))
-    cdef Py_ssize_t k, j, total_dense = 0
+    cdef Py_ssize_t k, j, groups, total_dense = 0
     for j in range(shape.n_dense):
         total_dense += shape.dense[j]
     panels.n_steps = n_steps
     panels.task_width = per_group * panel
     panels.n_groups = max(1, n_tasks(n_panels, per_group))
-    panels.cols = panels.n_groups * n_steps * panels.task_width
-    panels.state_cols = panels.n_groups * (n_steps + 1) * panels.task_width
-    panels.read_cols = (panels.cols if shape.return_sequences
-                        else panels.n_groups * panels.task_width)
+    panels.cols = n_steps * panels.task_width
+    panels.state_cols = (n_steps + 1) * panels.task_width
+    panels.read_cols = panels.cols if shape.return_sequences else panels.task_width
+    groups = panels.n_groups
     panels.inputs = 0
-    panels.targets = panels.inputs + shape.n_in * panels.cols
-    panels.states = panels.targets + shape.n_out * panels.read_cols
-    panels.state_grads = panels.states + shape.total_hidden * panels.state_cols
-    panels.activations = panels.state_grads + shape.total_hidden * panels.cols
-    panels.dense_grads = panels.activations + total_dense * panels.read_cols
-    panels.n_values = panels.dense_grads + total_dense * panels.read_cols
+    panels.targets = panels.inputs + groups * shape.n_in * panels.cols
+    panels.states = panels.targets + groups * shape.n_out * panels.read_cols
+    panels.state_grads = panels.states + groups * shape.total_hidden * panels.state_cols
+    panels.activations = panels.state_grads + groups * shape.total_hidden * panels.cols
+    panels.dense_grads = panels.activations + groups * total_dense * panels.read_cols
+    panels.group_grads = panels.dense_grads + groups * total_dense * panels.read_cols
+    panels.n_params = 0
+    for k in range(shape.n_layers):
+        panels.n_params += (layer_width(shape, k) + shape.hidden[k] + 1) * shape.hidden[k]
+    for j in range(shape.n_dense):
+        panels.n_params += ((shape.hidden[shape.n_layers - 1] if j == 0 else shape.dense[j - 1])
+                            + 1) * shape.dense[j]
+    panels.n_values = panels.group_grads + groups * panels.n_params
     return panels
 
 
@@ -1076,8 +1089,13 @@ cdef struct PanelStep:
     void *values          # the panel workspace (DeepPanels' offsets)
     void **params
     void **grads
+    const Py_ssize_t *counts  # each parameter's values
     const void *h0_rows   # (n_rows, total_hidden) row-major, or NULL
     void *final_rows      # (n_rows, total_hidden) OUT
+    # The batch that each group's task gathers (X NULL: the buffers hold it).
+    const void *X
+    const void *Y
+    const Py_ssize_t *rows
     Py_ssize_t n_rows
     double grad_scale
     double partials[MAX_PANEL_GROUPS]
@@ -1092,31 +1110,41 @@ cdef inline Py_ssize_t units_below(const PanelStep *step, Py_ssize_t k) noexcept
 
 
 cdef inline floating *panel_states(floating *values, const PanelStep *step,
-                                   Py_ssize_t k) noexcept nogil:
-    """Layer k's states (hidden[k], state_cols): per group h0, then every step's."""
-    return values + step.panels.states + units_below(step, k) * step.panels.state_cols
+                                   Py_ssize_t k, Py_ssize_t group) noexcept nogil:
+    """A group's states of layer k (hidden[k], state_cols): h0, then every step's."""
+    return group_block(values + step.panels.states
+                       + units_below(step, k) * step.panels.n_groups * step.panels.state_cols,
+                       group, step.shape.hidden[k], step.panels.state_cols)
 
 
 cdef inline floating *panel_state_grads(floating *values, const PanelStep *step,
-                                        Py_ssize_t k) noexcept nogil:
-    """Layer k's dL/dH, then its dz in place (hidden[k], cols)."""
-    return values + step.panels.state_grads + units_below(step, k) * step.panels.cols
+                                        Py_ssize_t k, Py_ssize_t group) noexcept nogil:
+    """A group's dL/dH of layer k, then its dz in place (hidden[k], cols)."""
+    return group_block(values + step.panels.state_grads
+                       + units_below(step, k) * step.panels.n_groups * step.panels.cols,
+                       group, step.shape.hidden[k], step.panels.cols)
 
 
 cdef inline floating *panel_dense(floating *values, const PanelStep *step, Py_ssize_t j,
-                                  bint grads) noexcept nogil:
-    """Readout layer j's activations (or their gradients) (dense[j], read_cols)."""
+                                  bint grads, Py_ssize_t group) noexcept nogil:
+    """A group's activations (or their gradients) of readout layer j (dense[j],
+    read_cols)."""
     cdef Py_ssize_t i, before = 0
     for i in range(j):
         before += step.shape.dense[i]
-    return values + (step.panels.dense_grads if grads else step.panels.activations) \
-        + before * step.panels.read_cols
+    return group_block(values + (step.panels.dense_grads if grads else step.panels.activations)
+                       + before * step.panels.n_groups * step.panels.read_cols,
+                       group, step.shape.dense[j], step.panels.read_cols)
 
 
 cdef void panel_sequence_task(floating *dtype, PanelStep *step, Py_ssize_t group) noexcept nogil:
-    """Forward, loss and every backward time loop of one group of sequences:
-    layer by layer (each input projection one product over all steps), the
-    readout's layers on the states read, then back down."""
+    """One group of sequences through the whole step, in its own block of
+    each buffer: gather (when step.X is set), forward, loss and every
+    backward time loop, layer by layer (each input projection one product
+    over all steps), the readout's layers on the states read, then back
+    down; and the group's share of every gradient: into its part of
+    group_grads (packed, in the parameters' order) when there are several
+    groups, else into step.grads."""
     cdef const Shape *shape = step.shape
     cdef const DeepPanels *panels = step.panels
     cdef floating *values = <floating *> step.values
@@ -1124,31 +1152,35 @@ cdef void panel_sequence_task(floating *dtype, PanelStep *step, Py_ssize_t group
     cdef Py_ssize_t first = group * width
     cdef Py_ssize_t n_valid = min(width, max(0, step.n_rows - first))
     cdef Py_ssize_t cols = panels.cols, ld_states = panels.state_cols
-    cdef Py_ssize_t ld_read = panels.read_cols, total = shape.total_hidden
+    cdef Py_ssize_t n_read = panels.read_cols, total = shape.total_hidden
     cdef bint every_step = shape.return_sequences
-    cdef Py_ssize_t n_read = n_steps * width if every_step else width
     cdef Py_ssize_t n_layers = shape.n_layers, n_dense = shape.n_dense
     cdef const floating *h0 = <const floating *> step.h0_rows
     cdef floating *finals = <floating *> step.final_rows
+    cdef floating *X = group_block(values + panels.inputs, group, shape.n_in, cols)
+    cdef floating *Y = group_block(values + panels.targets, group, shape.n_out, n_read)
     cdef floating *H = NULL
     cdef floating *dZ
     cdef floating *A = NULL
+    cdef floating *target
     cdef const floating *layer_input
-    cdef Py_ssize_t k, j, n_hidden, n_inputs, ld_input, offset = 0
+    cdef Py_ssize_t k, j, n_hidden, n_inputs, ld_input, offset = 0, param
     cdef Py_ssize_t n_top = shape.hidden[n_layers - 1]
+    if step.X != NULL:  # (fit checked the data: the finiteness it reports is not needed)
+        gather_into_group(<const floating *> step.X, step.rows, step.n_rows, n_steps,
+                          shape.n_in, X, width, group)
+        gather_into_group(<const floating *> step.Y, step.rows, step.n_rows,
+                          n_steps if every_step else 1, shape.n_out, Y, width, group)
     for k in range(n_layers):
         n_hidden = shape.hidden[k]
-        H = panel_states(values, step, k) + group * (n_steps + 1) * width
+        H = panel_states(values, step, k, group)
         # The layer's initial states: its columns offset .. of h0's rows.
         states_into_panel(h0 + offset if h0 != NULL else NULL, total, first, n_valid,
                           n_hidden, H, ld_states, width)
         if k == 0:
-            layer_input = <floating *> values + panels.inputs + group * n_steps * width
-            ld_input = cols
+            layer_input, ld_input = X, cols
         else:
-            layer_input = (panel_states(values, step, k - 1) + group * (n_steps + 1) * width
-                           + width)
-            ld_input = ld_states
+            layer_input, ld_input = panel_states(values, step, k - 1, group) + width, ld_states
         panel_recurrent_forward(layer_input, ld_input, <floating *> step.params[3 * k],
                                 <floating *> step.params[3 * k + 1],
                                 <floating *> step.params[3 * k + 2], H, ld_states,
@@ -1161,141 +1193,117 @@ cdef void panel_sequence_task(floating *dtype, PanelStep *step, Py_ssize_t group
     ld_input = ld_states
     n_inputs = n_top
     for j in range(n_dense):
-        A = panel_dense(values, step, j, False) + group * n_read
+        A = panel_dense(values, step, j, False, group)
         panel_product(shape.dense[j], n_read, n_inputs,
                       <floating *> step.params[3 * n_layers + 2 * j], 1, shape.dense[j],
                       layer_input, ld_input, <floating *> step.params[3 * n_layers + 2 * j + 1],
-                      False, NULL, 0, A, ld_read)
+                      False, NULL, 0, A, n_read)
         if shape.output_tanh or j < n_dense - 1:
-            tanh_rows(A, shape.dense[j], n_read, ld_read)
-        layer_input, ld_input, n_inputs = A, ld_read, shape.dense[j]
+            tanh_rows(A, shape.dense[j], n_read, n_read)
+        layer_input, ld_input, n_inputs = A, n_read, shape.dense[j]
     step.partials[group] = panel_output_loss(
-        shape.loss, A, <floating *> values + panels.targets + group * n_read,
-        panel_dense(values, step, n_dense - 1, True) + group * n_read, shape.n_out,
-        n_read // width, width, n_valid, ld_read, step.grad_scale, shape.output_tanh)
+        shape.loss, A, Y, panel_dense(values, step, n_dense - 1, True, group), shape.n_out,
+        n_read // width, width, n_valid, n_read, step.grad_scale, shape.output_tanh)
     # Backward: the readout's layers (dz_j = W_{j+1} dz_{j+1} tanh'), dL/dh of the top layer.
     for j in range(n_dense - 2, -1, -1):
         panel_product(shape.dense[j], n_read, shape.dense[j + 1],
                       <floating *> step.params[3 * n_layers + 2 * (j + 1)], shape.dense[j + 1],
-                      1, panel_dense(values, step, j + 1, True) + group * n_read, ld_read,
-                      NULL, False, panel_dense(values, step, j, False) + group * n_read,
-                      ld_read, panel_dense(values, step, j, True) + group * n_read, ld_read)
-    dZ = panel_state_grads(values, step, n_layers - 1) + group * n_steps * width
+                      1, panel_dense(values, step, j + 1, True, group), n_read,
+                      NULL, False, panel_dense(values, step, j, False, group),
+                      n_read, panel_dense(values, step, j, True, group), n_read)
+    dZ = panel_state_grads(values, step, n_layers - 1, group)
     panel_product(n_top, n_read, shape.dense[0], <floating *> step.params[3 * n_layers],
-                  shape.dense[0], 1, panel_dense(values, step, 0, True) + group * n_read,
-                  ld_read, NULL, False, NULL, 0,
+                  shape.dense[0], 1, panel_dense(values, step, 0, True, group),
+                  n_read, NULL, False, NULL, 0,
                   dZ + (0 if every_step else (n_steps - 1) * width), cols)
     # Each layer's time loop, top first: dz_t = (dL/dh_t + Wh dz_{t+1}) (1 - h_t^2);
     # the layer below's dL/dH = Wx dZ over all steps.
     for k in range(n_layers - 1, -1, -1):
         n_hidden = shape.hidden[k]
-        H = panel_states(values, step, k) + group * (n_steps + 1) * width
-        dZ = panel_state_grads(values, step, k) + group * n_steps * width
+        H = panel_states(values, step, k, group)
+        dZ = panel_state_grads(values, step, k, group)
         panel_recurrent_backward(<floating *> step.params[3 * k + 1], H, ld_states, dZ, cols,
                                  n_hidden, n_steps, width, every_step or k < n_layers - 1)
         if k > 0:
             panel_product(shape.hidden[k - 1], n_steps * width, n_hidden,
                           <floating *> step.params[3 * k], n_hidden, 1, dZ, cols, NULL,
-                          False, NULL, 0,
-                          panel_state_grads(values, step, k - 1) + group * n_steps * width,
-                          cols)
-
-
-cdef void grouped_dots(floating *dtype, const DeepPanels *panels, Py_ssize_t n_rows,
-                       Py_ssize_t n_out, Py_ssize_t group_cols, const floating *inputs,
-                       Py_ssize_t ld_inputs, Py_ssize_t input_stride,
-                       const floating *deltas, Py_ssize_t ld_deltas,
-                       floating *target) noexcept nogil:
-    """target (n_rows, n_out) = the sum over groups of inputs deltas^T, each
-    group's group_cols columns: inputs' group g at g * input_stride, the
-    deltas' at g * group_cols."""
-    cdef Py_ssize_t group
-    for group in range(panels.n_groups):
-        row_dots(n_rows, n_out, group_cols, inputs + group * input_stride, ld_inputs,
-                 deltas + group * group_cols, ld_deltas, 1, 0 if group == 0 else 1, target,
-                 n_out)
-
-
-cdef void panel_weight_task(floating *dtype, PanelStep *step, Py_ssize_t task) noexcept nogil:
-    """One parameter's gradient, summed over the batch in one order: per
-    layer Wx, Wh, b (tasks 3k..3k+2), then per readout layer W, b."""
-    cdef const Shape *shape = step.shape
-    cdef const DeepPanels *panels = step.panels
-    cdef floating *values = <floating *> step.values
-    cdef Py_ssize_t n_steps = panels.n_steps, width = panels.task_width
-    cdef Py_ssize_t cols = panels.cols, ld_states = panels.state_cols
-    cdef Py_ssize_t ld_read = panels.read_cols, n_layers = shape.n_layers
-    cdef Py_ssize_t group_states = (n_steps + 1) * width
-    cdef Py_ssize_t n_read = n_steps * width if shape.return_sequences else width
-    cdef Py_ssize_t k, j, n_hidden
-    cdef floating *target = <floating *> step.grads[task]
-    cdef const floating *dZ
-    if task < 3 * n_layers:
-        k = task // 3
-        n_hidden = shape.hidden[k]
-        dZ = panel_state_grads(values, step, k)
-        if task % 3 == 0 and k == 0:
-            row_dots(shape.n_in, n_hidden, cols, <floating *> values + panels.inputs, cols,
-                     dZ, cols, 1, 0, target, n_hidden)
-        elif task % 3 == 0:
-            grouped_dots(dtype, panels, shape.hidden[k - 1], n_hidden, n_steps * width,
-                         panel_states(values, step, k - 1) + width, ld_states, group_states,
-                         dZ, cols, target)
-        elif task % 3 == 1:  # h_{t-1} with dz_t: each group's states begin with h0
-            grouped_dots(dtype, panels, n_hidden, n_hidden, n_steps * width,
-                         panel_states(values, step, k), ld_states, group_states, dZ, cols,
-                         target)
+                          False, NULL, 0, panel_state_grads(values, step, k - 1, group), cols)
+    # The gradients, from the data this task made (its core's cache): per
+    # layer Wx (its input with dz_t), Wh (h_{t-1}, the group's h0 first, with
+    # dz_t), b; per readout layer W, b.
+    target = values + panels.group_grads + group * panels.n_params
+    for param in range(3 * n_layers + 2 * n_dense):
+        if panels.n_groups == 1:
+            target = <floating *> step.grads[param]
+        if param < 3 * n_layers:
+            k = param // 3
+            n_hidden = shape.hidden[k]
+            dZ = panel_state_grads(values, step, k, group)
+            if param % 3 == 0:
+                if k == 0:
+                    layer_input, ld_input = X, cols
+                else:
+                    layer_input = panel_states(values, step, k - 1, group) + width
+                    ld_input = ld_states
+                row_dots(layer_width(shape, k), n_hidden, cols, layer_input, ld_input, dZ, cols,
+                         1, 0, target, n_hidden)
+            elif param % 3 == 1:
+                row_dots(n_hidden, n_hidden, cols, panel_states(values, step, k, group),
+                         ld_states, dZ, cols, 1, 0, target, n_hidden)
+            else:
+                row_sums(n_hidden, cols, dZ, cols, 1, 0, target)
         else:
-            row_sums(n_hidden, cols, dZ, cols, 1, 0, target)
-        return
-    j = (task - 3 * n_layers) // 2
-    dZ = panel_dense(values, step, j, True)
-    if (task - 3 * n_layers) % 2 == 1:
-        row_sums(shape.dense[j], ld_read, dZ, ld_read, 1, 0, target)
-    elif j == 0:
-        grouped_dots(dtype, panels, shape.hidden[n_layers - 1], shape.dense[0], n_read,
-                     panel_states(values, step, n_layers - 1)
-                     + (width if shape.return_sequences else n_steps * width),
-                     ld_states, group_states, dZ, ld_read, target)
-    else:
-        row_dots(shape.dense[j - 1], shape.dense[j], ld_read,
-                 panel_dense(values, step, j - 1, False), ld_read, dZ, ld_read, 1, 0, target,
-                 shape.dense[j])
+            j = (param - 3 * n_layers) // 2
+            dZ = panel_dense(values, step, j, True, group)
+            if (param - 3 * n_layers) % 2 == 1:
+                row_sums(shape.dense[j], n_read, dZ, n_read, 1, 0, target)
+            elif j == 0:
+                row_dots(n_top, shape.dense[0], n_read,
+                         panel_states(values, step, n_layers - 1, group)
+                         + (width if every_step else n_steps * width), ld_states,
+                         dZ, n_read, 1, 0, target, shape.dense[0])
+            else:
+                row_dots(shape.dense[j - 1], shape.dense[j], n_read,
+                         panel_dense(values, step, j - 1, False, group), n_read, dZ, n_read,
+                         1, 0, target, shape.dense[j])
+        target += step.counts[param]
 
 
 cdef double deep_panel_batch(floating *dtype, Batches *batches, Py_ssize_t start,
                              Py_ssize_t n_rows, const Py_ssize_t *rows,
                              const floating *h0_rows, int n_threads) noexcept nogil:
     """deep_batch in the panel layout, for a batch of full-length sequences:
-    group tasks (a group of samples through every layer and step, and back),
-    then a task per parameter's gradient. Neither depends on the thread
-    count. Fills the gradients and the batch's final states (final_batch)."""
+    group tasks (a group of samples gathered, through every layer and step,
+    back, and its share of every gradient), then the groups' gradients
+    added in group order. Neither depends on the thread count. Fills the
+    gradients and the batch's final states (final_batch)."""
     cdef const Shape *shape = batches.shape
     cdef const DeepPanels *panels = &batches.panels
     cdef Py_ssize_t n_steps = batches.n_steps
     cdef bint shuffled = rows != NULL
     cdef PanelStep step
-    cdef double work = panel_step_cost(shape, n_rows, n_steps), sum_squares = 0
-    cdef Py_ssize_t n_params = 3 * shape.n_layers + 2 * shape.n_dense
+    # The threads from the layout, not this batch's rows (see _lgm.pyx).
+    cdef double work = panel_step_cost(shape, panels.n_groups * panels.task_width, n_steps)
+    cdef double sum_squares = 0
+    cdef Py_ssize_t n_arrays = 3 * shape.n_layers + 2 * shape.n_dense
+    cdef Py_ssize_t n_blocks = n_tasks(panels.n_params, BLOCK_ELEMS)
     cdef int group_threads = threads_for(n_threads, panels.n_groups, work)
-    cdef int weight_threads = threads_for(n_threads, n_params, work)
+    cdef int sum_threads = threads_for(n_threads, n_blocks,
+                                       <double> panels.n_params * panels.n_groups)
     cdef Py_ssize_t task
     cdef floating *values = <floating *> batches.panel_values
+    step.X = step.Y = step.rows = NULL
     if batches.gather_each_batch or not batches.gathered:
-        # Shuffled rows go straight from X and Y into the layout; one
-        # unshuffled batch is the same every epoch: transposed once.
-        gather_columns(<const floating *> batches.X + (0 if shuffled
-                                                       else start * n_steps * shape.n_in),
-                       rows, n_rows, n_steps, shape.n_in, values + panels.inputs,
-                       panels.task_width, panels.n_groups)
-        gather_columns(<const floating *> batches.Y + (
-                           0 if shuffled else
-                           start * (n_steps if shape.return_sequences else 1) * shape.n_out),
-                       rows, n_rows, n_steps if shape.return_sequences else 1, shape.n_out,
-                       values + panels.targets, panels.task_width, panels.n_groups)
+        # Shuffled rows go straight from X and Y into the layout, each
+        # group's by its task; one unshuffled batch is the same every
+        # epoch: transposed once.
+        step.X = <const floating *> batches.X + (0 if shuffled else start * n_steps * shape.n_in)
+        step.Y = <const floating *> batches.Y + (
+            0 if shuffled else start * (n_steps if shape.return_sequences else 1) * shape.n_out)
+        step.rows = rows
         batches.gathered = True
     step.shape, step.panels, step.values = shape, panels, values
-    step.params, step.grads = batches.params, batches.grads
+    step.params, step.grads, step.counts = batches.params, batches.grads, batches.counts
     step.h0_rows = h0_rows
     step.final_rows = <floating *> batches.values + batches.layout.final_batch
     step.n_rows = n_rows
@@ -1308,12 +1316,17 @@ cdef double deep_panel_batch(floating *dtype, Batches *batches, Py_ssize_t start
     else:
         for task in prange(panels.n_groups, num_threads=group_threads, schedule='static'):
             panel_sequence_task(dtype, &step, task)
-    if weight_threads == 1:
-        for task in range(n_params):
-            panel_weight_task(dtype, &step, task)
-    else:
-        for task in prange(n_params, num_threads=weight_threads, schedule='dynamic'):
-            panel_weight_task(dtype, &step, task)
+    if panels.n_groups > 1:
+        if sum_threads == 1:
+            for task in range(n_blocks):
+                add_group_gradients(task, panels.n_groups, values + panels.group_grads,
+                                    panels.n_params, batches.grads, batches.counts, n_arrays,
+                                    <floating> 1, <floating> 0)
+        else:
+            for task in prange(n_blocks, num_threads=sum_threads, schedule='static'):
+                add_group_gradients(task, panels.n_groups, values + panels.group_grads,
+                                    panels.n_params, batches.grads, batches.counts, n_arrays,
+                                    <floating> 1, <floating> 0)
     for task in range(panels.n_groups):
         sum_squares += step.partials[task]
     return sum_squares

@@ -8,13 +8,13 @@
 # Padding columns hold 0 in inputs and targets, and so do all gradients
 # there: sums over every column are sums over the samples.
 #
-# The LGM and the STM keep each buffer group-major (group_block): a group's
-# rows, of its own columns only, one after another, so that the task that
-# owns a group reads and writes one run of memory that no other task
-# touches. With every row holding all the groups side by side (as the deep
-# STM's buffers still do, gather_columns), a core's hardware prefetcher ran
-# on from its group's columns into the next group's, which another core was
-# writing, and on 2 cores two threads took longer than one. (On the 2-core
+# Every buffer is group-major (group_block): a group's rows, of its own
+# columns only, one after another, so that the task that owns a group (and
+# gathers it, gather_into_group) reads and writes one run of memory that no
+# other task touches. With every row holding all the groups side by side,
+# as before issue 13, a core's hardware prefetcher ran on from its group's
+# columns into the next group's, which another core was writing, and on 2
+# cores two threads took longer than one. (On the 2-core
 # Xeon of issue 13: two threads updating half of every row of a 100 x 208
 # float64 buffer each took 12.2 us a pass, one thread all of it 8.4 us; two
 # group-major halves, 4.0 us.)
@@ -125,8 +125,6 @@ cdef enum:
     PANEL_MAX_WORK = 33554432
     # Most sample groups a batch is cut into (group_panels).
     MAX_PANEL_GROUPS = 4
-    # Rows of a weight gradient per task of a panel-layout training step.
-    PANEL_WEIGHT_ROWS = 8
 
 
 cdef inline void *panel_calloc(size_t n_bytes, void **allocated) noexcept nogil:
@@ -260,47 +258,6 @@ cdef inline void states_into_panel(const floating *h0, Py_ssize_t row_stride,
             memset(H + j * ld, 0, width * sizeof(floating))
 
 
-cdef inline bint gather_columns(
-        const floating *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
-        Py_ssize_t n_blocks, Py_ssize_t n_features, floating *dest,
-        Py_ssize_t task_width, Py_ssize_t n_groups) noexcept nogil:
-    """Transpose a batch into the panel layout, padding included.
-
-    source: row-major samples of n_blocks * n_features values each (block b
-    holds step b's features); the batch is its rows `rows[i]`, or its first
-    n_rows rows when rows is NULL. dest: (n_features, n_groups * n_blocks *
-    task_width), sample i's feature f of block b at the column above, and 0
-    for i >= n_rows.
-
-    Each group is one gather_panel (_panel.h): tiles of as many samples as
-    a vector has lanes, by as many consecutive values, transposed in
-    registers (a sample by sample copy wrote every value to another line of
-    a matrix larger than L1, a feature by feature one read every value from
-    another line). Whether every value it read was finite (gather_panel).
-    """
-    cdef Py_ssize_t group
-    cdef bint finite = True
-    for group in range(n_groups):
-        finite &= gather_group(source, rows, n_rows, n_blocks, n_features, dest, task_width,
-                               n_groups, group)
-    return finite
-
-
-cdef inline bint gather_group(
-        const floating *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
-        Py_ssize_t n_blocks, Py_ssize_t n_features, floating *dest,
-        Py_ssize_t task_width, Py_ssize_t n_groups, Py_ssize_t group) noexcept nogil:
-    """gather_columns' columns of one group (a task gathers its own); whether
-    every value it read was finite."""
-    cdef Py_ssize_t group_cols = n_blocks * task_width
-    cdef Py_ssize_t sample_values = n_blocks * n_features
-    cdef Py_ssize_t first = group * task_width
-    cdef Py_ssize_t n_valid = max(0, min(task_width, n_rows - first))
-    return gather_panel(source, sample_values, rows, first, n_valid, sample_values,
-                        n_features, dest + group * group_cols, n_groups * group_cols,
-                        task_width)
-
-
 cdef inline floating *group_block(floating *block, Py_ssize_t group, Py_ssize_t n_units,
                                   Py_ssize_t group_cols) noexcept nogil:
     """Where group `group` starts in a group-major block of n_units rows:
@@ -312,10 +269,19 @@ cdef inline bint gather_into_group(
         const floating *source, const Py_ssize_t *rows, Py_ssize_t n_rows,
         Py_ssize_t n_blocks, Py_ssize_t n_features, floating *dest,
         Py_ssize_t task_width, Py_ssize_t group) noexcept nogil:
-    """The columns of one group of a batch, transposed into the group's own
-    block dest (n_features rows of n_blocks * task_width columns: see
-    group_block): source and rows as gather_columns. Whether every value it
-    read was finite."""
+    """The columns of one group of a batch, padding included, transposed
+    into the group's own block dest (n_features rows of n_blocks *
+    task_width columns: see group_block).
+
+    source: row-major samples of n_blocks * n_features values each (block b
+    holds step b's features); the batch is its rows `rows[i]`, or its first
+    n_rows rows when rows is NULL. The group's samples are the batch's
+    group * task_width onwards (0 past n_rows). One gather_panel (_panel.h):
+    tiles of as many samples as a vector has lanes, by as many consecutive
+    values, transposed in registers (a sample by sample copy wrote every
+    value to another line of a matrix larger than L1, a feature by feature
+    one read every value from another line). Whether every value it read
+    was finite."""
     cdef Py_ssize_t sample_values = n_blocks * n_features
     cdef Py_ssize_t first = group * task_width
     cdef Py_ssize_t n_valid = max(0, min(task_width, n_rows - first))
