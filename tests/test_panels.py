@@ -218,7 +218,8 @@ def test_stm_fit_with_zero_steps_matches_numpy(rng, dtype, return_sequences, ass
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_lgm_fit_same_bits_for_any_thread_count(threads, rng, dtype, case, batch_size,
                                                  optimizer):
-    # sgd takes the fused step (the groups' gradients are added into the parameters).
+    # sgd takes the fused step (the gradients go into the parameters: the one
+    # group's task writes them, or the sum over the groups does).
     n_samples, sizes = DENSE_CASES[case]
     X, Y = make_dense_data(rng, n_samples, sizes, dtype)
     if batch_size is not None:

@@ -19,8 +19,8 @@ beside the forward ones, which they follow.
 Small one-direction networks train batches of full-length sequences in the
 panel layout of _panel.pxd instead (deep_panel_batch): groups of samples
 carried through every layer, step and readout layer and back by one task,
-then a task per parameter's gradient, with the panel kernels in place of
-BLAS.
+which also sums its own samples' gradients (then added in group order),
+with the panel kernels in place of BLAS.
 
 Predict of one direction composes the same compiled passes in one call
 (DeepNetwork.predict_stacked), every step's readout apart (a step's bits);

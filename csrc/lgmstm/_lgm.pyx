@@ -516,9 +516,9 @@ cdef double panel_network_gradients(
     width)) are group-major: each group's rows are one run (group_block);
     deltas_t[l] is (width, padded sizes[l + 1]), products[l] n_groups of
     (sizes[l], padded sizes[l + 1]) and group_grads n_groups of every
-    parameter, packed (counts: each W's and b's values). Sets targets = scale * gradient + beta * targets:
-    (1, 0) with targets = grads gives the gradients, (-lr, 1) with targets
-    = params an SGD step.
+    parameter, packed (counts: each W's and b's values). Sets targets =
+    scale * gradient + beta * targets: (1, 0) with targets = grads gives the
+    gradients, (-lr, 1) with targets = params an SGD step.
 
     A sample task takes a group through the whole step, its gradients too,
     so that each thread works on the data it wrote; then the groups'
@@ -597,7 +597,8 @@ cdef struct Batches:
     const double *validation_weights   # (n_val,), or NULL: all 1
     void **validation_scratch
     # The panel layout (in_panel_layout), its groups, Xt, Yt and per layer its
-    # activations, deltas, sample-major deltas and products (panel_rows).
+    # activations, deltas, sample-major deltas and products (panel_rows[0 ..
+    # 4 n_layers - 1]), then the groups' gradient sums (panel_rows[4 n_layers]).
     bint in_panel_layout, gather_each_batch, gathered
     Py_ssize_t group_width, n_groups
     void *Xt

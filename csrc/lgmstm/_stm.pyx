@@ -11,10 +11,11 @@ Sample i runs lengths[i] steps; its outputs past them are 0 and take no loss.
 
 Training runs small networks' batches of full-length sequences in the panel
 layout of _panel.pxd (panel_stm_gradients): groups of samples carried
-through every step, then blocks of weight-gradient rows, with the panel
-kernels in place of BLAS. Other batches take the row-major passes, and so
-do weighted losses and cross-entropies over more than PANEL_LOSS_MAX_OUT
-outputs (_loss.panel_takes).
+through every step, each summing its own samples' weight gradients, which
+are then added in group order, with the panel kernels in place of BLAS.
+Other batches take the row-major passes, and so do weighted losses and
+cross-entropies over more than PANEL_LOSS_MAX_OUT outputs
+(_loss.panel_takes).
 
 Unchecked: call it through lgmstm.STM, which validates shapes, dtypes and
 layouts once and allocates every buffer.
@@ -836,7 +837,7 @@ cdef void panel_sequence_task(
     cdef floating *d_outputs_t = <floating *> panel_buffers.output_grads_t + group * n_read * op
     # The states the readout reads: every step's, or the last step's.
     cdef floating *read_states = H + (width if every_step else n_steps * width)
-    cdef floating *targets[N_PARAMS]
+    cdef floating *grad_targets[N_PARAMS]
     cdef Py_ssize_t counts[N_PARAMS]
     cdef Py_ssize_t index, n_params
     cdef bint finite = True
@@ -875,35 +876,35 @@ cdef void panel_sequence_task(
         n_params = 0
         for index in range(N_PARAMS):
             n_params += counts[index]
-        targets[0] = <floating *> panel_buffers.group_grads + group * n_params
+        grad_targets[0] = <floating *> panel_buffers.group_grads + group * n_params
         for index in range(1, N_PARAMS):
-            targets[index] = targets[index - 1] + counts[index - 1]
+            grad_targets[index] = grad_targets[index - 1] + counts[index - 1]
     else:
         for index in range(N_PARAMS):
-            targets[index] = <floating *> grads[index]
+            grad_targets[index] = <floating *> grads[index]
     # dWx pairs x_t with dz_t, dWh h_{t-1} (the group's h0 first) with dz_t,
     # dW_out the states read with the output gradients.
     add_weight_gradient(n_in, n_hidden, cols, X, cols, dZ, cols, dZ_t, True, 1, 0,
                         group_block(<floating *> panel_buffers.input_product, group, n_in, hp),
-                        targets[INPUT_WEIGHT])
+                        grad_targets[INPUT_WEIGHT])
     finish_weight_gradient(n_in, n_hidden,
                            group_block(<floating *> panel_buffers.input_product, group, n_in,
-                                       hp), 1, 0, targets[INPUT_WEIGHT])
+                                       hp), 1, 0, grad_targets[INPUT_WEIGHT])
     add_weight_gradient(n_hidden, n_hidden, cols, H, ld_states, dZ, cols, dZ_t, True, 1, 0,
                         group_block(<floating *> panel_buffers.state_product, group, n_hidden,
-                                    hp), targets[RECURRENT_WEIGHT])
+                                    hp), grad_targets[RECURRENT_WEIGHT])
     finish_weight_gradient(n_hidden, n_hidden,
                            group_block(<floating *> panel_buffers.state_product, group,
-                                       n_hidden, hp), 1, 0, targets[RECURRENT_WEIGHT])
+                                       n_hidden, hp), 1, 0, grad_targets[RECURRENT_WEIGHT])
     add_weight_gradient(n_hidden, n_out, n_read, read_states, ld_states, d_outputs, n_read,
                         d_outputs_t, True, 1, 0,
                         group_block(<floating *> panel_buffers.readout_product, group,
-                                    n_hidden, op), targets[READOUT_WEIGHT])
+                                    n_hidden, op), grad_targets[READOUT_WEIGHT])
     finish_weight_gradient(n_hidden, n_out,
                            group_block(<floating *> panel_buffers.readout_product, group,
-                                       n_hidden, op), 1, 0, targets[READOUT_WEIGHT])
-    row_sums(n_hidden, cols, dZ, cols, 1, 0, targets[BIAS])
-    row_sums(n_out, n_read, d_outputs, n_read, 1, 0, targets[READOUT_BIAS])
+                                       n_hidden, op), 1, 0, grad_targets[READOUT_WEIGHT])
+    row_sums(n_hidden, cols, dZ, cols, 1, 0, grad_targets[BIAS])
+    row_sums(n_out, n_read, d_outputs, n_read, 1, 0, grad_targets[READOUT_BIAS])
 
 
 cdef double panel_stm_gradients(
@@ -922,7 +923,7 @@ cdef double panel_stm_gradients(
     (see panel_network_gradients in _lgm.pyx); then the groups' gradients
     are added in group order. Neither depends on the thread count.
     """
-    cdef Py_ssize_t n_hidden = sizes[1], n_out = sizes[2]
+    cdef Py_ssize_t n_out = sizes[2]
     cdef Py_ssize_t n_steps = layout.n_steps
     # The threads from the layout, not this batch's rows (see _lgm.pyx).
     cdef double work = step_cost(layout.n_groups * layout.task_width, n_steps, sizes)
