@@ -1054,7 +1054,8 @@ cdef inline DeepPanels deep_panels_of(const Shape *shape, Py_ssize_t n_rows,
     cdef DeepPanels panels
     cdef Py_ssize_t panel = padded_width(1, itemsize)
     cdef Py_ssize_t n_panels = n_tasks(n_rows, panel)
-    cdef Py_ssize_t per_group = group_panels(n_panels, panel_step_cost(shape, n_rows, n_steps))
+    cdef Py_ssize_t per_group = group_panels(n_panels, n_steps * panel,
+                                             panel_step_cost(shape, n_rows, n_steps))
     cdef Py_ssize_t k, j, groups, total_dense = 0
     for j in range(shape.n_dense):
         total_dense += shape.dense[j]

@@ -31,10 +31,11 @@ from libc.stdlib cimport free, malloc
 
 from lgmstm._dense cimport dense_backward, dense_forward, dense_stack_gradients
 from lgmstm._optim cimport SGD, Optimizer
-from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, add_group_gradients,
-                            add_weight_gradient, finish_weight_gradient, gather_into_group,
-                            group_block, group_panels, padded_width, panel_product,
-                            row_sums, sample_major_gradient, transpose_to_panels)
+from lgmstm._panel cimport (GRADIENT_STRIPE_ROWS, MAX_PANEL_GROUPS, PANEL_MAX_WORK,
+                            add_group_gradients, add_weight_gradient, finish_weight_gradient,
+                            gather_into_group, group_block, group_panels, padded_width,
+                            panel_product, row_sums, sample_major_gradient,
+                            transpose_to_panels)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, CHUNK_ROWS, GIL_HELD_WORK,
                                SHORT_FIT_WORK, gemm_task_rows, n_tasks, threads_for)
 from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_loss,
@@ -380,7 +381,7 @@ cdef inline bint panel_plan(Py_ssize_t n_rows, const Py_ssize_t *sizes,
     and its sample groups (see _panel.pxd); from the shapes alone."""
     cdef double work = step_flops(n_rows, sizes, n_layers)
     cdef Py_ssize_t panel = padded_width(1, itemsize)
-    group_width[0] = panel * group_panels(n_tasks(n_rows, panel), work)
+    group_width[0] = panel * group_panels(n_tasks(n_rows, panel), panel, work)
     n_groups[0] = max(1, n_tasks(n_rows, group_width[0]))
     return work < PANEL_MAX_WORK
 
@@ -429,7 +430,7 @@ cdef void panel_sample_task(
     share of the gradients: into group_grads (every layer's W then b, packed)
     when it is not NULL, else (the only group) targets = scale * gradient +
     beta * targets."""
-    cdef Py_ssize_t first = group * group_width, padded, n_weights
+    cdef Py_ssize_t first = group * group_width, padded, n_weights, row, n_stripe
     cdef Py_ssize_t n_valid = min(group_width, max(0, n_rows - first))
     cdef Py_ssize_t n_in = sizes[0], n_out = sizes[n_layers]
     cdef floating *X_group = group_block(Xt, group, n_in, group_width)
@@ -486,14 +487,20 @@ cdef void panel_sample_task(
         else:
             weight_target = <floating *> targets[2 * layer]
             bias_target = <floating *> targets[2 * layer + 1]
-        add_weight_gradient(sizes[layer], sizes[layer + 1], group_width, layer_input,
-                            group_width, layer_deltas, group_width,
-                            deltas_t[layer] + first * padded, True,
-                            1 if group_grads != NULL else scale,
-                            0 if group_grads != NULL else beta, product, weight_target)
-        finish_weight_gradient(sizes[layer], sizes[layer + 1], product,
-                               1 if group_grads != NULL else scale,
-                               0 if group_grads != NULL else beta, weight_target)
+        row = 0
+        while row < sizes[layer]:
+            n_stripe = min(<Py_ssize_t> GRADIENT_STRIPE_ROWS, sizes[layer] - row)
+            add_weight_gradient(n_stripe, sizes[layer + 1], group_width,
+                                layer_input + row * group_width, group_width, layer_deltas,
+                                group_width, deltas_t[layer] + first * padded, True,
+                                1 if group_grads != NULL else scale,
+                                0 if group_grads != NULL else beta, product + row * padded,
+                                weight_target + row * sizes[layer + 1])
+            finish_weight_gradient(n_stripe, sizes[layer + 1], product + row * padded,
+                                   1 if group_grads != NULL else scale,
+                                   0 if group_grads != NULL else beta,
+                                   weight_target + row * sizes[layer + 1])
+            row += GRADIENT_STRIPE_ROWS
         row_sums(sizes[layer + 1], group_width, layer_deltas, group_width,
                  1 if group_grads != NULL else scale, 0 if group_grads != NULL else beta,
                  bias_target)

@@ -125,6 +125,15 @@ cdef enum:
     PANEL_MAX_WORK = 33554432
     # Most sample groups a batch is cut into (group_panels).
     MAX_PANEL_GROUPS = 4
+    # Fewest columns a group may have (group_panels): each group sums its
+    # own weight gradients, a pass over every parameter for its columns
+    # and one more to add the groups', which fewer columns do not pay for
+    # (an LGM 64 -> 256 -> 256 -> 10 on 16 samples in two groups of 8 took
+    # 2.5x the time of one group).
+    MIN_GROUP_COLUMNS = 32
+    # Rows of a weight gradient whose products a group sums at a time (in
+    # L1, add_weight_gradient's product and finish_weight_gradient).
+    GRADIENT_STRIPE_ROWS = 8
 
 
 cdef inline void *panel_calloc(size_t n_bytes, void **allocated) noexcept nogil:
@@ -141,18 +150,25 @@ cdef inline void *panel_calloc(size_t n_bytes, void **allocated) noexcept nogil:
     return <void *> start
 
 
-cdef inline Py_ssize_t group_panels(Py_ssize_t n_panels, double step_work) noexcept nogil:
+cdef inline Py_ssize_t group_panels(Py_ssize_t n_panels, Py_ssize_t panel_columns,
+                                    double step_work) noexcept nogil:
     """Panels per sample group (one parallel task each) for a batch of
-    n_panels panels whose training step costs step_work flops.
+    n_panels panels (panel_columns columns each: the panel's samples times
+    the blocks, a sequence's steps) whose training step costs step_work
+    flops.
 
-    One group while the step is too small to share out among threads;
+    One group while the step is too small to share out among threads, or
+    while two groups would have fewer than MIN_GROUP_COLUMNS columns each;
     otherwise MAX_PANEL_GROUPS groups of equal width when the panels divide
-    evenly, else 2 (at most one panel of padding more). From the shapes
-    alone, never the thread count.
+    evenly and each has that many columns, else 2 (at most one panel of
+    padding more). From the shapes alone, never the thread count.
     """
     cdef Py_ssize_t groups = 1
-    if step_work >= MIN_PARALLEL_WORK and n_panels >= 2:
-        groups = MAX_PANEL_GROUPS if n_panels % MAX_PANEL_GROUPS == 0 else 2
+    if (step_work >= MIN_PARALLEL_WORK and n_panels >= 2
+            and (n_panels // 2) * panel_columns >= MIN_GROUP_COLUMNS):
+        groups = (MAX_PANEL_GROUPS if n_panels % MAX_PANEL_GROUPS == 0
+                  and (n_panels // MAX_PANEL_GROUPS) * panel_columns >= MIN_GROUP_COLUMNS
+                  else 2)
     return max(1, n_tasks(n_panels, groups))
 
 

@@ -756,7 +756,8 @@ cdef inline PanelLayout panel_layout(Py_ssize_t n_rows, Py_ssize_t n_steps,
     cdef PanelLayout layout
     cdef Py_ssize_t panel = padded_width(1, itemsize)
     cdef Py_ssize_t n_panels = n_tasks(n_rows, panel)
-    cdef Py_ssize_t per_group = group_panels(n_panels, step_cost(n_rows, n_steps, sizes))
+    cdef Py_ssize_t per_group = group_panels(n_panels, n_steps * panel,
+                                             step_cost(n_rows, n_steps, sizes))
     layout.n_steps = n_steps
     layout.task_width = per_group * panel
     layout.n_groups = max(1, n_tasks(n_panels, per_group))
