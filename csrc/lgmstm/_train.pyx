@@ -839,7 +839,7 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
     """
     cdef ThreadChoice *choice
     cdef Py_ssize_t epoch = 0, stop
-    cdef double seconds
+    cdef double seconds, warm_up
     cdef int arm
     cdef bint fresh
     if plan.control != NULL and plan.control.stopped:
@@ -860,9 +860,22 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
             return
     while epoch < plan.n_epochs:
         stop = next_slice(choice, epoch, plan.n_epochs, &arm)
+        warm_up = 0
+        if arm != choice.last_arm and stop - epoch > 1:
+            # The first epoch after a change of arm wakes the threads that
+            # slept (tens of microseconds on a virtual machine) and moves
+            # the data into the caches of the cores that now take it: timed
+            # for the probes' cost, not for the arm's time per epoch (a
+            # 5-epoch probe of 2 threads paid that in its per-epoch time
+            # and lost to 1 thread it was 1.4x faster than).
+            warm_up = train_epochs(step, program, parameters, plan, optimizer, epoch,
+                                   epoch + 1, n_threads if arm == MANY else 1, True)
+            epoch += 1
+            if plan.control != NULL and plan.control.stopped:
+                break
         seconds = train_epochs(step, program, parameters, plan, optimizer, epoch, stop,
                                n_threads if arm == MANY else 1, True)
-        record_slice(choice, arm, seconds / (stop - epoch), seconds)
+        record_slice(choice, arm, seconds / (stop - epoch), seconds + warm_up)
         epoch = stop
         if plan.control != NULL and plan.control.stopped:
             break
@@ -884,7 +897,7 @@ def _simulate_thread_choice(many, one, Py_ssize_t call_epochs=0):
     cdef const double[::1] times_one = np.ascontiguousarray(one, np.float64)
     cdef Py_ssize_t n_epochs = times_many.shape[0], epoch = 0, call_end, stop, i
     cdef ThreadChoice choice
-    cdef double seconds
+    cdef double seconds, warm_up
     cdef int arm
     cdef bint fresh
     if times_one.shape[0] != n_epochs:
@@ -900,11 +913,16 @@ def _simulate_thread_choice(many, one, Py_ssize_t call_epochs=0):
             epoch += 1
         while epoch < call_end:
             stop = next_slice(&choice, epoch, call_end, &arm)
+            warm_up = 0
+            if arm != choice.last_arm and stop - epoch > 1:  # as run_epochs
+                warm_up = times_many[epoch] if arm == MANY else times_one[epoch]
+                chosen[epoch], current[epoch] = arm, choice.current
+                epoch += 1
             seconds = 0
             for i in range(epoch, stop):
                 seconds += times_many[i] if arm == MANY else times_one[i]
                 chosen[i], current[i] = arm, choice.current
-            record_slice(&choice, arm, seconds / (stop - epoch), seconds)
+            record_slice(&choice, arm, seconds / (stop - epoch), seconds + warm_up)
             epoch = stop
     return arms, in_use
 
