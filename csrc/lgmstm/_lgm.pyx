@@ -477,7 +477,7 @@ cdef void panel_sample_task(
         padded = padded_width(sizes[layer + 1], sizeof(floating))
         n_weights = sizes[layer] * sizes[layer + 1]
         layer_deltas = group_block(deltas[layer], group, sizes[layer + 1], group_width)
-        product = products[layer] + group * sizes[layer] * padded
+        product = products[layer] + group * GRADIENT_STRIPE_ROWS * padded
         if sample_major_gradient(sizes[layer + 1], sizeof(floating)):
             transpose_to_panels(layer_deltas, sizes[layer + 1], group_width, group_width,
                                 deltas_t[layer] + first * padded, padded)
@@ -494,9 +494,9 @@ cdef void panel_sample_task(
                                 layer_input + row * group_width, group_width, layer_deltas,
                                 group_width, deltas_t[layer] + first * padded, True,
                                 1 if group_grads != NULL else scale,
-                                0 if group_grads != NULL else beta, product + row * padded,
+                                0 if group_grads != NULL else beta, product,
                                 weight_target + row * sizes[layer + 1])
-            finish_weight_gradient(n_stripe, sizes[layer + 1], product + row * padded,
+            finish_weight_gradient(n_stripe, sizes[layer + 1], product,
                                    1 if group_grads != NULL else scale,
                                    0 if group_grads != NULL else beta,
                                    weight_target + row * sizes[layer + 1])
@@ -522,7 +522,7 @@ cdef double panel_network_gradients(
     group_width. Xt, Yt, activations[l] and deltas[l] ((sizes[l + 1],
     width)) are group-major: each group's rows are one run (group_block);
     deltas_t[l] is (width, padded sizes[l + 1]), products[l] n_groups of
-    (sizes[l], padded sizes[l + 1]) and group_grads n_groups of every
+    (GRADIENT_STRIPE_ROWS, padded sizes[l + 1]) and group_grads n_groups of every
     parameter, packed (counts: each W's and b's values). Sets targets =
     scale * gradient + beta * targets: (1, 0) with targets = grads gives the
     gradients, (-lr, 1) with targets = params an SGD step.
@@ -782,7 +782,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
         for layer in range(n_layers):
             padded = padded_width(sizes[layer + 1], sizeof(floating))
             n_values += (2 * sizes[layer + 1] * width
-                         + (width + batches.n_groups * sizes[layer]) * padded
+                         + (width + batches.n_groups * GRADIENT_STRIPE_ROWS) * padded
                          + batches.n_groups * (sizes[layer] + 1) * sizes[layer + 1])
         batches.Xt = network.panel_memory.get(n_values * sizeof(floating), 0,
                                               batches.group_width, batches.n_groups)
@@ -798,7 +798,8 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
             panel_rows[2 * n_layers + layer] = (panel_rows[n_layers + layer]
                                                 + sizes[layer + 1] * width)
             panel_rows[3 * n_layers + layer] = panel_rows[2 * n_layers + layer] + width * padded
-            next_rows = panel_rows[3 * n_layers + layer] + batches.n_groups * sizes[layer] * padded
+            next_rows = (panel_rows[3 * n_layers + layer]
+                         + batches.n_groups * GRADIENT_STRIPE_ROWS * padded)
         panel_rows[4 * n_layers] = next_rows
         batches.panel_rows = <void **> panel_rows
     if weights != NULL:

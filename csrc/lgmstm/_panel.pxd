@@ -158,7 +158,8 @@ cdef inline Py_ssize_t group_panels(Py_ssize_t n_panels, Py_ssize_t panel_column
     flops.
 
     One group while the step is too small to share out among threads, or
-    while two groups would have fewer than MIN_GROUP_COLUMNS columns each;
+    while the smaller of two groups would have fewer than MIN_GROUP_COLUMNS
+    columns;
     otherwise MAX_PANEL_GROUPS groups of equal width when the panels divide
     evenly and each has that many columns, else 2 (at most one panel of
     padding more). From the shapes alone, never the thread count.

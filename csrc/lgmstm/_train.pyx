@@ -834,8 +834,11 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
     processes have the cores) makes the region wait for it, and a
     multithreaded epoch can then take many times a one-thread epoch: the
     fit goes on one thread while that lasts, and back on n_threads once
-    they pay again. The results are the same: the thread count never
-    changes what is computed (see _parallel.pxd).
+    they pay again. The first epoch of a slice on the other arm than the
+    slice before is timed apart: it pays the threads' wake and the caches'
+    warm-up, and counts against the probes' credit, not in the arm's time
+    per epoch. The results are the same: the thread count never changes
+    what is computed (see _parallel.pxd).
     """
     cdef ThreadChoice *choice
     cdef Py_ssize_t epoch = 0, stop
@@ -889,7 +892,9 @@ def _simulate_thread_choice(many, one, Py_ssize_t call_epochs=0):
     threads (MANY) and on one (ONE), as many of each; call_epochs: the
     epochs of each call of run_epochs (a slice ends with its call), 0: one
     call of them all. The choice is a fresh one, as run_epochs makes for a
-    shape it has not seen, whose first epoch runs on MANY untimed. Returns
+    shape it has not seen, whose first epoch runs on MANY untimed; as
+    there, the first epoch of a slice on the other arm than the slice
+    before counts for the credit only. Returns
     two int8 arrays, per epoch 0 (MANY) or 1 (ONE): the arm the epoch ran
     on, and the arm in use then (where they differ, the epoch was a probe).
     """
