@@ -100,6 +100,20 @@ def test_recurrent_cases_cover_every_layout(dtype):
     assert layouts["blas"] is None
 
 
+def test_no_group_narrower_than_32_columns(dtype):
+    # Each group sums its own weight gradients: a pass over every parameter
+    # for its columns, which too few columns do not pay for (_panel.pxd,
+    # MIN_GROUP_COLUMNS = 32).
+    panel = 64 // np.dtype(dtype).itemsize
+    big = [64, 256, 256, 10]
+    # Two panels of samples: two groups would have one panel each.
+    assert dense_layout(2 * panel, big, dtype) == (1, 2 * panel)
+    # Eight panels: four groups of two panels only where that is 32 columns.
+    assert dense_layout(8 * panel, [32, 96, 10], dtype)[0] == (4 if 2 * panel >= 32 else 2)
+    # A sequence's steps are columns too: two panels of 50 steps, two groups.
+    assert recurrent_layout(2 * panel, 50, [8, 32, 4], dtype)[0] == 2
+
+
 def make_dense_data(rng, n_samples, sizes, dtype):
     X = rng.standard_normal((n_samples, sizes[0]))
     Y = np.tanh(X[:, : sizes[-1]] - 0.5 * X[:, -1:])
