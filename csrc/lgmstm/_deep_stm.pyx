@@ -44,9 +44,9 @@ from lgmstm._loss cimport (SQUARED_ERROR, loss_count, loss_of_output, loss_scale
                            output_loss, output_loss_blocks, panel_output_loss, panel_takes,
                            squared_error)
 from lgmstm._optim cimport Optimizer
-from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, add_group_gradients,
-                            gather_into_group, group_block, group_panels, padded_width,
-                            panel_product, row_dots, row_sums, scatter_panel, states_into_panel)
+from lgmstm._panel cimport (MAX_PANEL_GROUPS, PANEL_MAX_WORK, gather_into_group, group_block,
+                            group_panels, padded_width, panel_product, row_dots, row_sums,
+                            scatter_panel, states_into_panel, sum_group_gradients)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, SHORT_FIT_WORK, gemm_task_rows,
                                n_tasks, threads_for)
 from lgmstm._rnn cimport (BackwardPlan, add_weight_partials, all_full_length, backward_chunk,
@@ -1286,11 +1286,7 @@ cdef double deep_panel_batch(floating *dtype, Batches *batches, Py_ssize_t start
     # The threads from the layout, not this batch's rows (see _lgm.pyx).
     cdef double work = panel_step_cost(shape, panels.n_groups * panels.task_width, n_steps)
     cdef double sum_squares = 0
-    cdef Py_ssize_t n_arrays = 3 * shape.n_layers + 2 * shape.n_dense
-    cdef Py_ssize_t n_blocks = n_tasks(panels.n_params, BLOCK_ELEMS)
     cdef int group_threads = threads_for(n_threads, panels.n_groups, work)
-    cdef int sum_threads = threads_for(n_threads, n_blocks,
-                                       <double> panels.n_params * panels.n_groups)
     cdef Py_ssize_t task
     cdef floating *values = <floating *> batches.panel_values
     step.X = step.Y = step.rows = NULL
@@ -1318,16 +1314,9 @@ cdef double deep_panel_batch(floating *dtype, Batches *batches, Py_ssize_t start
         for task in prange(panels.n_groups, num_threads=group_threads, schedule='static'):
             panel_sequence_task(dtype, &step, task)
     if panels.n_groups > 1:
-        if sum_threads == 1:
-            for task in range(n_blocks):
-                add_group_gradients(task, panels.n_groups, values + panels.group_grads,
-                                    panels.n_params, batches.grads, batches.counts, n_arrays,
-                                    <floating> 1, <floating> 0)
-        else:
-            for task in prange(n_blocks, num_threads=sum_threads, schedule='static'):
-                add_group_gradients(task, panels.n_groups, values + panels.group_grads,
-                                    panels.n_params, batches.grads, batches.counts, n_arrays,
-                                    <floating> 1, <floating> 0)
+        sum_group_gradients(panels.n_groups, values + panels.group_grads, batches.grads,
+                            batches.counts, 3 * shape.n_layers + 2 * shape.n_dense,
+                            <floating> 1, <floating> 0, n_threads)
     for task in range(panels.n_groups):
         sum_squares += step.partials[task]
     return sum_squares

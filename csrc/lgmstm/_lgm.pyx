@@ -32,10 +32,9 @@ from libc.stdlib cimport free, malloc
 from lgmstm._dense cimport dense_backward, dense_forward, dense_stack_gradients
 from lgmstm._optim cimport SGD, Optimizer
 from lgmstm._panel cimport (GRADIENT_STRIPE_ROWS, MAX_PANEL_GROUPS, PANEL_MAX_WORK,
-                            add_group_gradients, add_weight_gradient, finish_weight_gradient,
-                            gather_into_group, group_block, group_panels, padded_width,
-                            panel_product, row_sums, sample_major_gradient,
-                            transpose_to_panels)
+                            add_weight_gradient, finish_weight_gradient, gather_into_group,
+                            group_block, group_panels, padded_width, panel_product, row_sums,
+                            sample_major_gradient, sum_group_gradients, transpose_to_panels)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, CHUNK_ROWS, GIL_HELD_WORK,
                                SHORT_FIT_WORK, gemm_task_rows, n_tasks, threads_for)
 from lgmstm._loss cimport (SQUARED_ERROR, loss_of_output, loss_scale, output_loss,
@@ -436,11 +435,14 @@ cdef void panel_sample_task(
     cdef floating *X_group = group_block(Xt, group, n_in, group_width)
     cdef floating *Y_group = group_block(Yt, group, n_out, group_width)
     cdef const floating *layer_input = X_group
-    cdef floating *layer_output
+    cdef floating *layer_output = NULL  # set by the first layer (n_layers >= 1)
     cdef floating *layer_deltas
     cdef floating *weight_target
     cdef floating *bias_target
     cdef floating *product
+    # A share of several groups is summed plainly; the only group's is the step.
+    cdef floating part_scale = 1 if group_grads != NULL else scale
+    cdef floating part_beta = 0 if group_grads != NULL else beta
     cdef Py_ssize_t layer
     if batch.X != NULL:
         finite[group] = (
@@ -493,17 +495,13 @@ cdef void panel_sample_task(
             add_weight_gradient(n_stripe, sizes[layer + 1], group_width,
                                 layer_input + row * group_width, group_width, layer_deltas,
                                 group_width, deltas_t[layer] + first * padded, True,
-                                1 if group_grads != NULL else scale,
-                                0 if group_grads != NULL else beta, product,
+                                part_scale, part_beta, product,
                                 weight_target + row * sizes[layer + 1])
-            finish_weight_gradient(n_stripe, sizes[layer + 1], product,
-                                   1 if group_grads != NULL else scale,
-                                   0 if group_grads != NULL else beta,
+            finish_weight_gradient(n_stripe, sizes[layer + 1], product, part_scale, part_beta,
                                    weight_target + row * sizes[layer + 1])
             row += GRADIENT_STRIPE_ROWS
         row_sums(sizes[layer + 1], group_width, layer_deltas, group_width,
-                 1 if group_grads != NULL else scale, 0 if group_grads != NULL else beta,
-                 bias_target)
+                 part_scale, part_beta, bias_target)
         layer_input = group_block(activations[layer], group, sizes[layer + 1], group_width)
 
 
@@ -543,9 +541,8 @@ cdef double panel_network_gradients(
     cdef bint finite[MAX_PANEL_GROUPS]
     cdef double sum_squares = 0
     cdef bint all_finite = True
-    cdef Py_ssize_t task, n_params = 0, n_blocks
+    cdef Py_ssize_t task, n_params = 0
     cdef int sample_threads = threads_for(n_threads, n_groups, work)
-    cdef int sum_threads
     for task in range(2 * n_layers):
         n_params += counts[task]
     if sample_threads == 1:
@@ -561,16 +558,8 @@ cdef double panel_network_gradients(
                               products, group_grads + task * n_params if n_groups > 1 else NULL,
                               scale, beta, partials, finite)
     if n_groups > 1:
-        n_blocks = n_tasks(n_params, BLOCK_ELEMS)
-        sum_threads = threads_for(n_threads, n_blocks, <double> n_params * n_groups)
-        if sum_threads == 1:
-            for task in range(n_blocks):
-                add_group_gradients(task, n_groups, group_grads, n_params, targets, counts,
-                                    2 * n_layers, scale, beta)
-        else:
-            for task in prange(n_blocks, num_threads=sum_threads, schedule='static'):
-                add_group_gradients(task, n_groups, group_grads, n_params, targets, counts,
-                                    2 * n_layers, scale, beta)
+        sum_group_gradients(n_groups, group_grads, targets, counts, 2 * n_layers, scale, beta,
+                            n_threads)
     for task in range(n_groups):
         sum_squares += partials[task]
         if batch.X != NULL:

@@ -24,7 +24,9 @@ from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc
 from libc.string cimport memset
 
-from lgmstm._parallel cimport BLOCK_ELEMS, MIN_PARALLEL_WORK, n_tasks
+from cython.parallel cimport prange
+
+from lgmstm._parallel cimport BLOCK_ELEMS, MIN_PARALLEL_WORK, n_tasks, threads_for
 
 cdef extern from "_panel.h" nogil:
     enum: LGMSTM_PANEL_BYTES
@@ -310,12 +312,9 @@ cdef inline void add_group_gradients(
         Py_ssize_t block, Py_ssize_t n_groups, const floating *group_grads,
         Py_ssize_t n_params, void **targets, const Py_ssize_t *counts, Py_ssize_t n_arrays,
         floating scale, floating beta) noexcept nogil:
-    """targets = scale * (the groups' gradients, added in group order) + beta
-    * targets, for parameters [block * BLOCK_ELEMS, + BLOCK_ELEMS) of the
-    packed order: targets[a] (counts[a] values) for a < n_arrays, one after
-    another. group_grads holds n_groups such packings, n_params apart: what
-    each group's task summed over its own samples. Element by element, so
-    the same for any split into blocks."""
+    """sum_group_gradients on parameters [block * BLOCK_ELEMS, + BLOCK_ELEMS)
+    of the packed order. Element by element, so the same for any split into
+    blocks."""
     cdef Py_ssize_t start = block * BLOCK_ELEMS
     cdef Py_ssize_t stop = min(n_params, start + BLOCK_ELEMS)
     cdef Py_ssize_t offset = 0, array, i, group
@@ -331,6 +330,31 @@ cdef inline void add_group_gradients(
                 target[i - offset] = scale * total + (
                     beta * target[i - offset] if beta != 0 else 0)
         offset += counts[array]
+
+
+cdef inline void sum_group_gradients(
+        Py_ssize_t n_groups, const floating *group_grads, void **targets,
+        const Py_ssize_t *counts, Py_ssize_t n_arrays, floating scale, floating beta,
+        int n_threads) noexcept nogil:
+    """targets = scale * (the groups' gradients, added in group order) + beta
+    * targets: targets[a] (counts[a] values) for a < n_arrays, packed one
+    after another; group_grads holds n_groups such packings, one after
+    another: what each group's task summed over its own samples. In blocks
+    of BLOCK_ELEMS parameters, on threads past a megaflop of additions."""
+    cdef Py_ssize_t n_params = 0, n_blocks, block
+    cdef int n_used
+    for block in range(n_arrays):
+        n_params += counts[block]
+    n_blocks = n_tasks(n_params, BLOCK_ELEMS)
+    n_used = threads_for(n_threads, n_blocks, <double> n_params * n_groups)
+    if n_used == 1:
+        for block in range(n_blocks):
+            add_group_gradients(block, n_groups, group_grads, n_params, targets, counts,
+                                n_arrays, scale, beta)
+    else:
+        for block in prange(n_blocks, num_threads=n_used, schedule='static'):
+            add_group_gradients(block, n_groups, group_grads, n_params, targets, counts,
+                                n_arrays, scale, beta)
 
 
 cdef inline void transpose_to_panels(const floating *source, Py_ssize_t n_units,

@@ -37,10 +37,10 @@ from lgmstm._loss cimport (SQUARED_ERROR, loss_count, loss_of_output, loss_scale
                            panel_output_loss, panel_takes, squared_error)
 from lgmstm._optim cimport Optimizer
 from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, MAX_PANEL_GROUPS, PANEL_MAX_WORK,
-                            add_group_gradients, add_weight_gradient, finish_weight_gradient,
-                            gather_into_group, gather_panel, group_block, group_panels,
-                            padded_width, panel_calloc, panel_product, row_sums,
-                            sample_major_gradient, scatter_panel, states_into_panel,
+                            add_weight_gradient, finish_weight_gradient, gather_into_group,
+                            gather_panel, group_block, group_panels, padded_width,
+                            panel_calloc, panel_product, row_sums, sample_major_gradient,
+                            scatter_panel, states_into_panel, sum_group_gradients,
                             transpose_to_panels)
 from lgmstm._parallel cimport (BLAS_THREADING_WORK, BLOCK_ELEMS, GIL_HELD_WORK, SHORT_FIT_WORK,
                                gemm_task_rows, n_tasks, threads_for)
@@ -730,6 +730,7 @@ cdef struct PanelBuffers:
     void *state_product   # (n_hidden, hp) per group
     void *readout_product # (n_hidden, op) per group
     void *group_grads     # every parameter (packed, in their order) per group
+    const Py_ssize_t *counts  # each parameter's values (Network.counts)
     # The batch's rows that the sequence tasks gather into inputs and targets,
     # each its group's columns (see gather_into_group), or batch_X NULL when
     # inputs and targets hold them already.
@@ -839,8 +840,8 @@ cdef void panel_sequence_task(
     # The states the readout reads: every step's, or the last step's.
     cdef floating *read_states = H + (width if every_step else n_steps * width)
     cdef floating *grad_targets[N_PARAMS]
-    cdef Py_ssize_t counts[N_PARAMS]
-    cdef Py_ssize_t index, n_params
+    cdef const Py_ssize_t *counts = panel_buffers.counts
+    cdef Py_ssize_t index, n_params = 0
     cdef bint finite = True
     if panel_buffers.batch_X != NULL:
         finite = gather_into_group(<const floating *> panel_buffers.batch_X,
@@ -872,9 +873,7 @@ cdef void panel_sequence_task(
     if sample_major_gradient(n_out, sizeof(floating)):
         transpose_to_panels(d_outputs, n_out, n_read, n_read, d_outputs_t, op)
     # The gradients, from the data this task made (its core's cache).
-    param_counts(sizes, counts)
     if layout.n_groups > 1:
-        n_params = 0
         for index in range(N_PARAMS):
             n_params += counts[index]
         grad_targets[0] = <floating *> panel_buffers.group_grads + group * n_params
@@ -929,13 +928,11 @@ cdef double panel_stm_gradients(
     # The threads from the layout, not this batch's rows (see _lgm.pyx).
     cdef double work = step_cost(layout.n_groups * layout.task_width, n_steps, sizes)
     cdef int sequence_threads = threads_for(n_threads, layout.n_groups, work)
-    cdef int sum_threads
     cdef double grad_scale = loss_scale(
         loss, n_rows * (n_steps if layout.return_sequences else 1), n_out)
     cdef double partials[MAX_PANEL_GROUPS]
     cdef double sum_squares = 0
-    cdef Py_ssize_t counts[N_PARAMS]
-    cdef Py_ssize_t task, n_params = 0, n_blocks
+    cdef Py_ssize_t task
     if sequence_threads == 1:
         for task in range(layout.n_groups):
             panel_sequence_task(task, layout, n_rows, params, grads, sizes, output_tanh, loss,
@@ -946,21 +943,9 @@ cdef double panel_stm_gradients(
             panel_sequence_task(task, layout, n_rows, params, grads, sizes, output_tanh, loss,
                                 grad_scale, panel_buffers, h0, final_states, partials)
     if layout.n_groups > 1:
-        param_counts(sizes, counts)
-        for task in range(N_PARAMS):
-            n_params += counts[task]
-        n_blocks = n_tasks(n_params, BLOCK_ELEMS)
-        sum_threads = threads_for(n_threads, n_blocks, <double> n_params * layout.n_groups)
-        if sum_threads == 1:
-            for task in range(n_blocks):
-                add_group_gradients(task, layout.n_groups,
-                                    <const floating *> panel_buffers.group_grads, n_params,
-                                    grads, counts, N_PARAMS, <floating> 1, <floating> 0)
-        else:
-            for task in prange(n_blocks, num_threads=sum_threads, schedule='static'):
-                add_group_gradients(task, layout.n_groups,
-                                    <const floating *> panel_buffers.group_grads, n_params,
-                                    grads, counts, N_PARAMS, <floating> 1, <floating> 0)
+        sum_group_gradients(layout.n_groups, <const floating *> panel_buffers.group_grads,
+                            grads, panel_buffers.counts, N_PARAMS, <floating> 1, <floating> 0,
+                            n_threads)
     for task in range(layout.n_groups):
         sum_squares += partials[task]
     return sum_squares
@@ -1161,7 +1146,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     cdef PanelBuffers *panel_buffers = &batches.panel_buffers
     cdef floating *panel_start
     cdef Py_ssize_t hidden_padded, out_padded, n_groups
-    cdef Py_ssize_t n_params = (n_in + n_hidden + 1 + n_out) * n_hidden + n_out
+    cdef Py_ssize_t n_params = 0, param
     cdef PointerTable validation_buffers
     if run.workspace.count != N_BUFFERS + 4:
         raise ValueError(f"expected {N_BUFFERS + 4} workspace arrays, got {run.workspace.count}")
@@ -1204,6 +1189,8 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
     batches.gather_each_batch = plan.order != NULL or n_tasks(n_samples, run.batch_size) > 1
     batches.gathered = False
     if batches.in_panel_layout:
+        for param in range(N_PARAMS):
+            n_params += network.counts[param]
         hidden_padded = padded_width(n_hidden, sizeof(floating))
         out_padded = padded_width(n_out, sizeof(floating))
         # Every buffer holds each group's own block (PanelBuffers).
@@ -1238,6 +1225,7 @@ cdef void train_network(floating *dtype, Network network, TrainingRun run,
                                          + n_groups * n_hidden * hidden_padded)
         panel_buffers.group_grads = (<floating *> panel_buffers.readout_product
                                      + n_groups * n_hidden * out_padded)
+        panel_buffers.counts = &network.counts[0]
     if weights != NULL:
         batches.batch_weights = <double *> malloc(
             max(1, max_rows * (n_steps if network.return_sequences else 1)) * sizeof(double))
