@@ -814,6 +814,15 @@ cdef ThreadChoice *choice_for(ThreadChoice *choices, int n_choices, int n_thread
     return choice
 
 
+cdef inline bint warms_up(const ThreadChoice *choice, int arm, Py_ssize_t epoch,
+                          Py_ssize_t stop) noexcept nogil:
+    """Whether the slice epoch .. stop - 1 on arm first runs one epoch timed
+    apart (for the credit only): it changes arm, which wakes the threads that
+    slept and moves the data into other cores' caches, and has an epoch
+    more to time."""
+    return arm != choice.last_arm and stop - epoch > 1
+
+
 cdef inline Py_ssize_t next_slice(const ThreadChoice *choice, Py_ssize_t epoch,
                                   Py_ssize_t end, int *arm) noexcept nogil:
     """The end of the slice from epoch (at most end), and its arm (OUT)."""
@@ -864,13 +873,11 @@ cdef void run_epochs(BatchStep step, void *program, const Parameters *parameters
     while epoch < plan.n_epochs:
         stop = next_slice(choice, epoch, plan.n_epochs, &arm)
         warm_up = 0
-        if arm != choice.last_arm and stop - epoch > 1:
-            # The first epoch after a change of arm wakes the threads that
-            # slept (tens of microseconds on a virtual machine) and moves
-            # the data into the caches of the cores that now take it: timed
-            # for the probes' cost, not for the arm's time per epoch (a
-            # 5-epoch probe of 2 threads paid that in its per-epoch time
-            # and lost to 1 thread it was 1.4x faster than).
+        if warms_up(choice, arm, epoch, stop):
+            # Timed for the probes' cost, not for the arm's time per epoch: a
+            # 5-epoch probe of 2 threads paid a wake of tens of microseconds
+            # in its per-epoch time and lost to 1 thread it was 1.4x faster
+            # than.
             warm_up = train_epochs(step, program, parameters, plan, optimizer, epoch,
                                    epoch + 1, n_threads if arm == MANY else 1, True)
             epoch += 1
@@ -919,7 +926,7 @@ def _simulate_thread_choice(many, one, Py_ssize_t call_epochs=0):
         while epoch < call_end:
             stop = next_slice(&choice, epoch, call_end, &arm)
             warm_up = 0
-            if arm != choice.last_arm and stop - epoch > 1:  # as run_epochs
+            if warms_up(&choice, arm, epoch, stop):
                 warm_up = times_many[epoch] if arm == MANY else times_one[epoch]
                 chosen[epoch], current[epoch] = arm, choice.current
                 epoch += 1
