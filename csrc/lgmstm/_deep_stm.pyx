@@ -325,7 +325,7 @@ cdef class DeepNetwork(Program):
         cdef DeepPanels panels
         if not uses_panels(&self.shape, n_rows, n_steps):
             return None
-        panels = deep_panels_of(&self.shape, n_rows, n_steps,
+        panels = deep_panels_of(&self.shape, self.counts, n_rows, n_steps,
                                 8 if self.type_num == cnp.NPY_DOUBLE else 4)
         return panels.n_groups, panels.task_width
 
@@ -498,7 +498,8 @@ cdef class DeepNetwork(Program):
                                    and uses_panels(&self.shape, max_rows, n_steps)
                                    and panel_takes(self.shape.loss, self.shape.n_out,
                                                    batches.weights))
-        batches.panels = deep_panels_of(&self.shape, max_rows, n_steps, batches.itemsize)
+        batches.panels = deep_panels_of(&self.shape, self.counts, max_rows, n_steps,
+                                        batches.itemsize)
         batches.gather_each_batch, batches.gathered = True, False
         batches.panel_values = NULL
         if batches.in_panel_layout:
@@ -1047,16 +1048,18 @@ cdef inline bint uses_panels(const Shape *shape, Py_ssize_t n_rows,
             and panel_step_cost(shape, n_rows, n_steps) < PANEL_MAX_WORK)
 
 
-cdef inline DeepPanels deep_panels_of(const Shape *shape, Py_ssize_t n_rows,
-                                      Py_ssize_t n_steps, size_t itemsize) noexcept nogil:
+cdef inline DeepPanels deep_panels_of(const Shape *shape, const Py_ssize_t *counts,
+                                      Py_ssize_t n_rows, Py_ssize_t n_steps,
+                                      size_t itemsize) noexcept nogil:
     """The layout of batches of up to n_rows sequences (groups as
-    _panel.group_panels says); buffer offsets in values of the dtype."""
+    _panel.group_panels says); buffer offsets in values of the dtype.
+    counts: each parameter's values (DeepNetwork.counts)."""
     cdef DeepPanels panels
     cdef Py_ssize_t panel = padded_width(1, itemsize)
     cdef Py_ssize_t n_panels = n_tasks(n_rows, panel)
     cdef Py_ssize_t per_group = group_panels(n_panels, n_steps * panel,
                                              panel_step_cost(shape, n_rows, n_steps))
-    cdef Py_ssize_t k, j, groups, total_dense = 0
+    cdef Py_ssize_t j, groups, total_dense = 0
     for j in range(shape.n_dense):
         total_dense += shape.dense[j]
     panels.n_steps = n_steps
@@ -1074,11 +1077,8 @@ cdef inline DeepPanels deep_panels_of(const Shape *shape, Py_ssize_t n_rows,
     panels.dense_grads = panels.activations + groups * total_dense * panels.read_cols
     panels.group_grads = panels.dense_grads + groups * total_dense * panels.read_cols
     panels.n_params = 0
-    for k in range(shape.n_layers):
-        panels.n_params += (layer_width(shape, k) + shape.hidden[k] + 1) * shape.hidden[k]
-    for j in range(shape.n_dense):
-        panels.n_params += ((shape.hidden[shape.n_layers - 1] if j == 0 else shape.dense[j - 1])
-                            + 1) * shape.dense[j]
+    for j in range(3 * shape.n_layers + 2 * shape.n_dense):
+        panels.n_params += counts[j]
     panels.n_values = panels.group_grads + groups * panels.n_params
     return panels
 
