@@ -472,7 +472,10 @@ def command_bench_passive(args, threads, dtypes):
           f"passive worker's time / the default worker's")
     print(f"CPU: {describe_cpu(config['cpu'])}")
     for policy, hello in workers.items():
-        print(f"{policy} worker (pid {hello['pid']}): {hello['wait_policy']}")
+        region = (f"; an empty parallel region on {threads} threads "
+                  f"{_format_seconds(hello['region_seconds'])}" if "region_seconds" in hello
+                  else "")
+        print(f"{policy} worker (pid {hello['pid']}): {hello['wait_policy']}{region}")
     if rows:
         print(format_policy_table(rows))
     for note in notes:

@@ -17,3 +17,6 @@ def get_max_threads() -> int:
 
 def set_num_threads(n: int) -> None:
     """Set OpenMP's thread count for the calling thread; n >= 1."""
+
+def region_seconds(n_threads: int, repeats: int) -> float:
+    """Seconds per parallel region of n_threads threads that do nothing."""

@@ -1048,7 +1048,11 @@ def policy_worker(lines=None, out=None):
     JSON line with the wait policy its kernels' threads got, then for each
     JSON line {"case", "size", "dtype", "threads", "target_seconds",
     "repeats"} read from stdin measures that compiled training step
-    (:func:`measure`) and prints {"seconds", "samples"}."""
+    (:func:`measure`) and prints {"seconds", "samples"}; for a line
+    {"region_threads", "repeats"}, prints {"region_seconds"}: the time of
+    one empty parallel region on that many threads (after as many to warm
+    up), what every region of a kernel pays to start and join its threads."""
+    from ._openmp import region_seconds
     from ._waiting import policy
 
     lines = sys.stdin if lines is None else lines
@@ -1061,6 +1065,11 @@ def policy_worker(lines=None, out=None):
     say({"wait_policy": policy, "pid": os.getpid()})
     for line in lines:
         request = json.loads(line)
+        if "region_threads" in request:
+            region_seconds(request["region_threads"], request["repeats"])
+            say({"region_seconds": region_seconds(request["region_threads"],
+                                                  request["repeats"])})
+            continue
         items, _ = plan_loaded(dtypes=(request["dtype"],), threads=request["threads"],
                                only=[(request["case"], request["size"])])
         item = next(item for item in items if item.threads == request["threads"])
@@ -1105,9 +1114,18 @@ class _PolicyWorker:
         self.requests.flush()
         return self._reply()
 
+    def region(self, n_threads, repeats):
+        self.requests.write(json.dumps({"region_threads": n_threads, "repeats": repeats}) + "\n")
+        self.requests.flush()
+        return self._reply()["region_seconds"]
+
     def close(self):
         self.requests.close()
         self.process.wait()
+
+
+# Empty parallel regions bench --passive times in each worker per round.
+REGION_REPEATS = 500
 
 
 def compare_wait_policies(items, *, rounds=5, target_seconds=0.15, repeats=3, progress=None):
@@ -1121,13 +1139,27 @@ def compare_wait_policies(items, *, rounds=5, target_seconds=0.15, repeats=3, pr
     "dtype", "threads", "seconds": {policy: median over rounds}, "rounds":
     {policy: [seconds of each round]}, "ratio": median over rounds of
     passive / default, "target": PASSIVE_TARGET, "met"}; workers: each
-    policy's wait policy as its lgmstm reported it, and its pid.
+    policy's wait policy as its lgmstm reported it, its pid, and (with any
+    items) "region_seconds": the median over rounds of the time of an empty
+    parallel region on the items' threads (REGION_REPEATS a round), which
+    under the passive policy is the cost of waking the sleeping threads.
     """
     workers = {}
     rows = []
     try:
         for policy in WAIT_POLICIES:  # each closed below, should the next fail to start
             workers[policy] = _PolicyWorker(policy)
+        # Timed first, while nothing has run in the workers yet: after a
+        # kernel that called BLAS, OpenBLAS's threads spin on, and a core
+        # that is spinning wakes sooner than an idle one.
+        if items:
+            regions: dict[str, list[float]] = {policy: [] for policy in workers}
+            for round_ in range(rounds):
+                for policy in (list(workers) if round_ % 2 == 0 else list(workers)[::-1]):
+                    regions[policy].append(workers[policy].region(items[0].threads,
+                                                                  REGION_REPEATS))
+            for policy, times in regions.items():
+                workers[policy].hello["region_seconds"] = statistics.median(times)
         for done, item in enumerate(items):
             if progress:
                 progress(done, len(items), f"{item.group}: {item.threads}t")

@@ -17,6 +17,23 @@ def test_build_has_openmp():
     assert _openmp.openmp_version() >= 200805  # OpenMP 3.0 or later
 
 
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_region_seconds_times_regions_of_that_many_threads(n_threads):
+    """bench --passive's probe: every region visits each of its n_threads
+    iterations once (it raises otherwise) and takes some time; the package's
+    thread count is left alone."""
+    before = lgmstm.get_num_threads()
+    seconds = _openmp.region_seconds(n_threads, 20)
+    assert isinstance(seconds, float) and seconds > 0
+    assert lgmstm.get_num_threads() == before
+
+
+@pytest.mark.parametrize("n_threads, repeats", [(0, 5), (2, 0), (-1, -1)])
+def test_region_seconds_refuses_counts_below_one(n_threads, repeats):
+    with pytest.raises(ValueError, match="n_threads and repeats must be >= 1"):
+        _openmp.region_seconds(n_threads, repeats)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 7])
 def test_set_then_get(threads, n):
     with threads(n):

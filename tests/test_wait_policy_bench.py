@@ -49,6 +49,13 @@ def test_worker_answers_each_request_with_a_timing():
         assert answer["seconds"] == statistics.median(answer["samples"])
 
 
+def test_worker_times_an_empty_region_on_the_threads_asked():
+    out = io.StringIO()
+    benchmarks.policy_worker(lines=[json.dumps({"region_threads": 2, "repeats": 5})], out=out)
+    hello, answer = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert set(answer) == {"region_seconds"} and answer["region_seconds"] >= 0
+
+
 def test_bench_passive_reports_both_workers_and_the_median_ratio(monkeypatch, tmp_path,
                                                                 capsys):
     monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # dropped for both workers
@@ -62,6 +69,10 @@ def test_bench_passive_reports_both_workers_and_the_median_ratio(monkeypatch, tm
     assert "lgmstm's default" in workers["default"]["wait_policy"]
     assert workers["passive"]["wait_policy"] == "OMP_WAIT_POLICY=passive (the user's)"
     assert workers["default"]["pid"] != workers["passive"]["pid"]
+    for policy in ("default", "passive"):  # one empty region's time per worker, reported
+        assert workers[policy]["region_seconds"] >= 0
+        assert f"{policy} worker (pid {workers[policy]['pid']}): " in printed
+    assert printed.count("an empty parallel region on 2 threads") == 2
     [row] = data["rows"]
     assert (row["case"], row["size"], row["dtype"], row["threads"]) == (
         "lgm_step", "seed", "float64", 2)
