@@ -436,10 +436,15 @@ class LGM(Model):
         if self._output not in PROBABILITY_OUTPUTS:
             raise ValueError("predict_log_proba needs a model made with output='softmax' or "
                              f"output='sigmoid', this one has output={self._output!r}")
+        return reference.log_probabilities(self._output, self._logits(X))
+
+    def _logits(self, X: ArrayLike) -> NDArray[Any]:
+        """The output layer's values before its activation (softmax or
+        sigmoid) on X, checked as by :meth:`predict`."""
         X = self._inputs(X)
         with self._lock.reading():
-            logits = self._network.predict(X, logits=True)
-        return reference.log_probabilities(self._output, logits)
+            logits: NDArray[Any] = self._network.predict(X, logits=True)
+        return logits
 
     def loss(self, X: ArrayLike, Y: ArrayLike, *, weight_decay: float = 0.0,
              sample_weight: ArrayLike | None = None) -> float:

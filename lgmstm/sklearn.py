@@ -55,6 +55,7 @@ from ._validation import (
     check_sample_weight,
 )
 from .lgm import LGM
+from .reference import log_probabilities
 
 __all__ = ["LGMRegressor", "LGMClassifier"]
 
@@ -234,12 +235,18 @@ _MLP_ATTRIBUTES = """\
         Training samples seen (scikit-learn's; the clock of "invscaling").
     best_loss_ : float or None
         The lowest of ``loss_curve_`` (None with early_stopping).
-    validation_scores_ : ndarray of shape (n_iter_,) or None
-        With early_stopping, each epoch's validation score: minus its
+    validation_scores_ : ndarray of shape (n_validated,) or None
+        With early_stopping, each validated epoch's score: minus its
         validation loss, in loss_curve_'s units (scikit-learn's is
-        ``score``'s accuracy or R^2); else None.
+        ``score``'s accuracy or R^2); else None. A warm fit's scores follow
+        those of the fits before it, so after fits only it has n_iter_
+        entries; :meth:`partial_fit`'s epochs do not validate (nor do
+        scikit-learn's) and add none.
     best_validation_score_ : float or None
-        The best of validation_scores_, that of the network kept.
+        The best of validation_scores_, that of the network kept: a warm
+        fit whose epochs all score at most the best before it goes back to
+        the network it started from (scikit-learn keeps its best
+        coefficients across warm fits too).
     n_layers_ : int
         Layers, the input and output layers included.
     out_activation_ : str
@@ -441,6 +448,13 @@ class _LGMEstimator(BaseEstimator):
             self.loss_curve_, self.n_iter_, self.t_ = np.empty(0), 0, 0
             self.best_loss_, self.validation_scores_, self.best_validation_score_ = \
                 np.inf, None, None
+        # A warm fit that validates keeps the best network of all the fits
+        # since the network was made, as scikit-learn does: its own best
+        # (restored by the network's early stopping) when it beat theirs,
+        # else the one it started from.
+        earlier = None
+        if keep and validation is not None and self.best_validation_score_ is not None:
+            earlier = (self.best_validation_score_, network.params)
         progress = _Progress(self, network, X.shape[0], settings, curve_scale, validation,
                              incremental, sample_weight)
         try:
@@ -448,6 +462,8 @@ class _LGMEstimator(BaseEstimator):
         finally:
             progress.keep()
             self.lgm_ = network
+            if earlier is not None and not progress.beat(earlier[0]):
+                network.load_params(earlier[1])
 
     def _ready_features(self, X: Any) -> bool:
         """Whether validate_data would take X unchanged, so that its cost can
@@ -878,9 +894,18 @@ class _Progress:
             return
         # scikit-learn: with early stopping the best training loss is not kept.
         estimator.best_loss_ = None
-        estimator.validation_scores_ = np.asarray(self.scores, dtype=np.float64)
-        if self.scores:
+        # A warm fit's scores carry on from the fits before it (None: a new network).
+        earlier = estimator.validation_scores_
+        estimator.validation_scores_ = np.concatenate(
+            [np.empty(0) if earlier is None else earlier, self.scores]).astype(np.float64)
+        if self.scores and self.beat(estimator.best_validation_score_):
             estimator.best_validation_score_ = -float(self.validation_plateau.best)
+
+    def beat(self, score: float | None) -> bool:
+        """Whether this fit's best validation score is above ``score`` (a
+        score of the fits before; None: there was none), as scikit-learn
+        keeps a new best network (strictly above, without tol)."""
+        return bool(self.scores) and (score is None or -self.validation_plateau.best > score)
 
 
 class LGMRegressor(RegressorMixin, _LGMEstimator):
@@ -1068,6 +1093,9 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             raise ValueError("loss='poisson' is not available: LGMRegressor trains the "
                              "squared error only; use loss='squared_error' (the default)")
         check_choice("loss", self.loss, ("squared_error",))
+        # The classifiers' outputs ("softmax", "sigmoid") train a cross-entropy.
+        output = check_choice("output", self.output, ("linear", "tanh"))
+        standardize_y = check_bool("standardize_y", self.standardize_y)
         dtype = self._start_fit(keep)
         X_valid: NDArray[Any]
         if keep and self._ready_targets(X, y):
@@ -1086,7 +1114,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
         else:
             self._y_1d = np.ndim(y_valid) == 1
             self.n_outputs_ = Y.shape[1]
-            if self.standardize_y:
+            if standardize_y:
                 # Weighted: a weight of 2 is the sample twice here too.
                 self.y_mean_ = np.average(Y, axis=0, weights=weights)
                 std = np.sqrt(np.average((Y - self.y_mean_) ** 2, axis=0, weights=weights))
@@ -1096,7 +1124,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
                 self.y_scale_ = np.ones(self.n_outputs_)
         # The loss is half the mean squared error, as scikit-learn's.
         self._fit_network(X_valid, ((Y - self.y_mean_) / self.y_scale_).astype(dtype),
-                          self.output, keep, incremental, _squared_error_scale(Y.shape[1]), 0.5,
+                          output, keep, incremental, _squared_error_scale(Y.shape[1]), 0.5,
                           sample_weight=weights)
         return self
 
@@ -1407,19 +1435,26 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         check_is_fitted(self)
         if self._tanh_network():
             scores = self._network_outputs(X)
+        elif self.lgm_.output == "sigmoid":
+            scores = self._logits(X)   # the log-odds themselves, at any size
         else:
             scores = self._log_outputs(X)
-            if self.lgm_.output == "sigmoid":
-                with np.errstate(divide="ignore"):
-                    scores = scores - np.log(-np.expm1(scores))
         return scores[:, 0] if scores.shape[1] == 1 and not self._multi_label else scores
+
+    def _checked_features(self, X: ArrayLike) -> NDArray[Any]:
+        if self._ready_features(X):
+            return np.asarray(X)
+        checked: NDArray[Any] = validate_data(self, X, reset=False, dtype=self.lgm_.dtype)
+        return checked
 
     def _log_outputs(self, X: ArrayLike) -> NDArray[Any]:
         """The network's log-probabilities (lgmstm.LGM.predict_log_proba)."""
-        if not self._ready_features(X):
-            X = validate_data(self, X, reset=False, dtype=self.lgm_.dtype)
-        log_proba: NDArray[Any] = self.lgm_.predict_log_proba(X)
+        log_proba: NDArray[Any] = self.lgm_.predict_log_proba(self._checked_features(X))
         return log_proba
+
+    def _logits(self, X: ArrayLike) -> NDArray[Any]:
+        """The network's logits, before its softmax or sigmoid."""
+        return self.lgm_._logits(self._checked_features(X))
 
     def predict(self, X: ArrayLike) -> NDArray[Any]:
         """The most probable class (for two classes: ``classes_[1]`` when its
@@ -1518,13 +1553,13 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         if self._tanh_network() or len(self.classes_) == 1:
             with np.errstate(divide="ignore"):
                 return np.log(self.predict_proba(X))
-        log_proba = self._log_outputs(X)
-        if log_proba.shape[1] == 1 and not self._multi_label:
-            # log(1 - p) = log(-expm1(log p)): exact where p is near 1 (-inf
-            # only where log p rounds to 0, at logits beyond the dtype's range).
-            with np.errstate(divide="ignore"):
-                return np.hstack([np.log(-np.expm1(log_proba)), log_proba])
-        return log_proba
+        if self.lgm_.output == "sigmoid" and not self._multi_label:
+            # log(1 - p) = log sigmoid(-z), from the logit z: finite at any z
+            # (from log p, it would be -inf wherever log p rounds to 0).
+            logits = self._logits(X)
+            return np.hstack([log_probabilities("sigmoid", -logits),
+                              log_probabilities("sigmoid", logits)])
+        return self._log_outputs(X)
 
 
 # fit's sample_weight, the same for both estimators.

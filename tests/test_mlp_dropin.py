@@ -399,6 +399,42 @@ def test_early_stopping_holds_out_a_stratified_split_and_restores_the_best(setti
     assert not np.isclose(scores[best], scores[best + 1], rtol=1e-6, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=5
+def test_warm_fits_with_early_stopping_carry_on_the_scores_and_keep_the_best_network(
+        regression):
+    """As scikit-learn: a warm fit's validation scores follow the earlier
+    fits' (one per epoch, as loss_curve_), best_validation_score_ is their
+    best, and the network kept is that best epoch's, also when it came from
+    an earlier fit (a second fit at a rate that diverges leaves the network
+    as the first fit left it, bit for bit)."""
+    X, y = regression
+    model = LGMRegressor(hidden_layer_sizes=(16,), max_iter=5, early_stopping=True,
+                         warm_start=True, learning_rate_init=0.01, random_state=0)
+    model.fit(X, y)
+    assert model.n_iter_ == 5   # still improving: a better fit can follow
+    first_scores = model.validation_scores_.copy()
+    first_predictions = model.predict(X)
+    first_best = model.best_validation_score_
+    assert first_best == first_scores.max()
+    model.set_params(learning_rate_init=1.0, max_iter=15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bad rate's divergence and convergence
+        model.fit(X, y)
+    assert len(model.validation_scores_) == model.n_iter_ == len(model.loss_curve_)
+    np.testing.assert_array_equal(model.validation_scores_[:len(first_scores)], first_scores)
+    assert model.validation_scores_[len(first_scores):].max() < first_best
+    assert model.best_validation_score_ == first_best == model.validation_scores_.max()
+    np.testing.assert_array_equal(model.predict(X), first_predictions)
+    # A warm fit that does better keeps its own best network and score.
+    model.set_params(learning_rate_init=0.01, max_iter=60)
+    model.fit(X, y)
+    assert model.best_validation_score_ == model.validation_scores_.max() > first_best
+    # partial_fit does not validate (scikit-learn's does not either): no score.
+    n_scores = len(model.validation_scores_)
+    model.partial_fit(X, y)
+    assert len(model.validation_scores_) == n_scores == model.n_iter_ - 1
+
+
 def test_schedules(regression):
     X, Y = regression
     settings = dict(hidden_layer_sizes=(5,), solver="sgd", momentum=0.0, alpha=0.0,

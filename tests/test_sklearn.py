@@ -232,6 +232,31 @@ def test_binary_probabilities(blobs):
     assert model.score(X, y) > 0.95  # measured 1.0 (separated blobs)
 
 
+@pytest.mark.parametrize("dtype, logit", [(np.float64, 800.0), (np.float32, 150.0)])
+def test_binary_scores_stay_finite_at_logits_past_exp_range(blobs, dtype, logit):
+    """Logits whose sigmoid rounds to 1 (past about 37 in float64, 17 in
+    float32) and whose exp overflows: decision_function is still the logit
+    and predict_log_proba log sigmoid(-z), log sigmoid(z), as NumPy computes
+    them from coefs_ and intercepts_."""
+    X, labels = blobs
+    keep = labels < 2
+    model = LGMClassifier(hidden_layer_sizes=(), dtype=dtype, max_iter=3,
+                          random_state=0).fit(X[keep], labels[keep])
+    model.coefs_ = [np.array([[logit / 2], [0.0]])]
+    model.intercepts_ = [np.zeros(1)]
+    X = np.array([[2.0, 0.0], [1.9, 1.0], [-2.0, 0.0], [-1.9, -1.0]], dtype=dtype)
+    logits = _logits(model, X.astype(np.float64))[:, 0]   # +-logit, +-0.95 logit
+    scores = model.decision_function(X)
+    assert scores.dtype == dtype and np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, logits, rtol=1e-6)
+    log_proba = model.predict_log_proba(X)
+    assert log_proba.dtype == dtype and np.isfinite(log_proba).all()
+    np.testing.assert_allclose(log_proba, np.column_stack([scipy.special.log_expit(-logits),
+                                                           scipy.special.log_expit(logits)]),
+                               rtol=1e-6, atol=np.finfo(dtype).tiny)  # -e^-z rounds to 0
+    np.testing.assert_array_equal(model.predict(X), [1, 1, 0, 0])
+
+
 def test_one_class(blobs):
     X, _ = blobs
     model = LGMClassifier(max_iter=2).fit(X, np.full(len(X), "only"))
@@ -289,6 +314,12 @@ def test_unfitted_and_wrong_features(regression_data):
     ({"n_iter_no_change": 0}, ValueError, "n_iter_no_change"),
     ({"backend": "torch"}, ValueError, "backend"),
     ({"output": "relu"}, ValueError, "output"),
+    # The classifiers' outputs would train a cross-entropy on the regression target.
+    ({"output": "sigmoid"}, ValueError, "output must be one of 'linear', 'tanh'; got 'sigmoid'"),
+    ({"output": "softmax"}, ValueError, "output must be one of 'linear', 'tanh'; got 'softmax'"),
+    ({"standardize_y": "False"}, TypeError, "standardize_y must be True or False, got str"),
+    ({"standardize_y": None}, TypeError, "standardize_y must be True or False, got None"),
+    ({"standardize_y": 0}, TypeError, "standardize_y must be True or False"),
 ])
 def test_invalid_hyper_parameters_fail_in_fit(regression_data, params, error, match):
     X, y = regression_data
