@@ -115,8 +115,10 @@ def _input_ndim(model: Model) -> tuple[int, str]:
 
 
 def _check_dask_array(name: str, value: Any, ndim: int | tuple[int, ...], meaning: str,
-                      ) -> da.Array:
-    """value as a dask array of ndim dimensions, chunked along samples only."""
+                      axes: Callable[[int], tuple[str, ...]] | None = None) -> da.Array:
+    """value as a dask array of ndim dimensions, of known size, chunked
+    along samples only. axes(ndim): the names of its axes, for the errors
+    (default: samples, then steps, then features)."""
     if not isinstance(value, da.Array):
         raise TypeError(
             f"{name} must be a dask.array.Array of shape {meaning}, got {_describe(value)}: "
@@ -125,17 +127,23 @@ def _check_dask_array(name: str, value: Any, ndim: int | tuple[int, ...], meanin
     if value.ndim not in dims:
         raise ValueError(f"{name} must have shape {meaning}, got a {value.ndim}-D dask array "
                          f"of shape {value.shape}")
-    if any(np.isnan(size) for size in value.chunks[0]):
-        raise ValueError(f"{name} has chunks of unknown size along samples (axis 0): call "
-                         f"{name}.compute_chunk_sizes() first")
+    names = (axes or _default_axes)(value.ndim)
+    for axis, chunks in enumerate(value.chunks):
+        if any(np.isnan(size) for size in chunks):
+            raise ValueError(f"{name} has chunks of unknown size along {names[axis]} (axis "
+                             f"{axis}): call {name}.compute_chunk_sizes() first")
     for axis in range(1, value.ndim):
         if len(value.chunks[axis]) != 1:
-            what = "features" if axis == value.ndim - 1 else "steps"
             raise ValueError(
                 f"{name} must be chunked along samples (axis 0) only, but it is split along "
-                f"{what} (axis {axis}: chunks {value.chunks[axis]}): rechunk it with "
+                f"{names[axis]} (axis {axis}: chunks {value.chunks[axis]}): rechunk it with "
                 f"{name}.rechunk({{{axis}: -1}})")
     return value
+
+
+def _default_axes(ndim: int) -> tuple[str, ...]:
+    return ("samples", "steps", "features")[:ndim - 1] + ("features",) if ndim > 1 \
+        else ("samples",)
 
 
 def _check_same_rows(name: str, value: da.Array, X: da.Array) -> None:
@@ -157,39 +165,62 @@ def _check_inputs(model: Model, X: Any, lengths: Any) -> tuple[da.Array, da.Arra
         return X, None
     if isinstance(model, LGM):
         raise TypeError("lengths is for an STM's sequences; this model is an LGM")
-    if not isinstance(lengths, da.Array):
-        raise TypeError(f"lengths must be a dask.array.Array of shape (n_samples,) chunked "
-                        f"as X's samples, got {_describe(lengths)}: wrap it with "
-                        f"dask.array.from_array(lengths, chunks=(X.chunks[0],))")
-    if lengths.ndim != 1:
-        raise ValueError(f"lengths must have shape (n_samples,), got {lengths.shape}")
+    lengths = _check_per_sample("lengths", lengths, X)
     check_integer_dtype("lengths", lengths.dtype, "an array of integers")
-    _check_same_rows("lengths", lengths, X)
     return X, lengths
+
+
+def _check_per_sample(name: str, value: Any, X: da.Array) -> da.Array:
+    """A dask array of one value per sample, chunked as X's samples."""
+    if not isinstance(value, da.Array):
+        raise TypeError(f"{name} must be a dask.array.Array of shape (n_samples,) chunked "
+                        f"as X's samples, got {_describe(value)}: wrap it with "
+                        f"dask.array.from_array({name}, chunks=(X.chunks[0],))")
+    value = _check_dask_array(name, value, 1, "(n_samples,)")
+    _check_same_rows(name, value, X)
+    return value
+
+
+def _target_axes(model: Model) -> Callable[[int], tuple[str, ...]]:
+    """The names of the axes of the model's targets Y, by Y's ndim."""
+    if isinstance(model, STM) and model.return_sequences:
+        return lambda ndim: ("samples", "steps", "outputs")[:ndim]
+    return lambda ndim: ("samples", "outputs")[:ndim]
+
+
+def _target_error(model: Model, Y_shape: tuple[int, ...], n_samples: int,
+                  n_steps: int) -> str | None:
+    """What is wrong with targets of shape Y_shape for the model's fit on
+    n_samples samples (of n_steps steps, for an STM; any for an LGM), or None: the model's
+    output shape, whose last axis may be left out for one output."""
+    if isinstance(model, LGM):
+        n_out = model.layer_sizes[-1]
+        shape: tuple[int, ...] = (n_samples, n_out)
+        if Y_shape == shape or (n_out == 1 and Y_shape == shape[:-1]):
+            return None
+        return (f"Y must have shape (n_samples, n_out) = {shape}"
+                f"{f' or (n_samples,) = {shape[:-1]}' if n_out == 1 else ''}, got {Y_shape}")
+    n_out = model.n_out
+    per_step, per_sequence = (n_samples, n_steps, n_out), (n_samples, n_out)
+    shape = per_step if model.return_sequences else per_sequence
+    if Y_shape == shape or (n_out == 1 and Y_shape == shape[:-1]):
+        return None
+    error: str = model._targets_error(Y_shape, shape, per_step, per_sequence)
+    return error
 
 
 def _check_targets(model: Model, Y: Any, X: da.Array) -> da.Array:
     """Y as the model's fit takes it for X: the model's output shape (the
     last axis may be left out for one output), a dtype it converts."""
-    n_samples = X.shape[0]
-    if isinstance(model, LGM):
-        n_out = model.layer_sizes[-1]
-        Y = _check_dask_array("Y", Y, (1, 2), "(n_samples, n_out)")
-        shape: tuple[int, ...] = (n_samples, n_out)
-    else:
-        n_out = model.n_out
-        per_step, per_sequence = (n_samples, X.shape[1], n_out), (n_samples, n_out)
-        shape = per_step if model.return_sequences else per_sequence
-        Y = _check_dask_array("Y", Y, (1, 2, 3), "(n_samples, n_steps, n_out)"
-                              if model.return_sequences else "(n_samples, n_out)")
+    meaning = ("(n_samples, n_steps, n_out)" if isinstance(model, STM) and model.return_sequences
+               else "(n_samples, n_out)")
+    Y = _check_dask_array("Y", Y, (1, 2, 3) if isinstance(model, STM) else (1, 2), meaning,
+                          _target_axes(model))
     check_number_dtype("Y", Y.dtype)
     _check_same_rows("Y", Y, X)
-    if Y.shape != shape and not (n_out == 1 and Y.shape == shape[:-1]):
-        if isinstance(model, STM):
-            raise ValueError(model._targets_error(Y.shape, shape, per_step, per_sequence))
-        raise ValueError(f"Y must have shape (n_samples, n_out) = {shape}"
-                         f"{f' or (n_samples,) = {shape[:-1]}' if n_out == 1 else ''}, "
-                         f"got {Y.shape}")
+    error = _target_error(model, Y.shape, X.shape[0], X.shape[1] if X.ndim == 3 else 0)
+    if error is not None:
+        raise ValueError(error)
     return Y
 
 
@@ -203,6 +234,13 @@ def _check_arguments(kind: type, method: str, where: str, arguments: dict[str, A
         inspect.signature(getattr(kind, method)).bind(None, None, None, **arguments)
     except TypeError as exc:
         raise TypeError(f"{where}: {exc}") from None
+    if isinstance(arguments.get("seed"), np.random.Generator):
+        # Each task would draw from its own copy of the generator: not the
+        # draws of the calls made here one after another, which share it.
+        raise TypeError(
+            f"{where}: seed must be an int or None here, got a numpy.random.Generator: its "
+            f"draws cannot be shared by tasks that run apart; pass an int, or None to use "
+            f"each model's own generator (which travels with the model)")
     fit = inspect.signature(LGM.fit if issubclass(kind, LGM) else STM.fit).parameters
     values = {name: parameter.default for name, parameter in fit.items()
               if parameter.default is not inspect.Parameter.empty}
@@ -301,6 +339,9 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
         STM, chunked along samples only.
     lengths : dask.array.Array of int, shape (n_samples,), optional
         An STM's sequence lengths, chunked as X's samples.
+    sample_weight : dask.array.Array, shape (n_samples,), optional
+        Each sample's weight, chunked as X's samples: each block's
+        partial_fit weighs its samples by their own weights.
     threads : int >= 1, optional
         OpenMP threads per block; by default the worker's share
         (:func:`task_threads`).
@@ -367,7 +408,7 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
 
 # -- fit_many -----------------------------------------------------------------------------
 # fit_many's defaults: how its tasks are cut (see _batches) and up to how
-# many bytes a pair of arrays travels inside each task that trains on it.
+# many bytes a dataset's arrays travel inside each task that trains on it.
 GUIDED_SHARE = 2
 GUIDED_TAIL_TASKS = 16
 GUIDED_HEAD = 4
@@ -379,12 +420,12 @@ EMBED_BYTES = 16 * 2**20
 GIL_SLICE = 0.2e-3
 
 
-def _pair(X: Any, Y: Any) -> tuple[Any, Any]:
-    return X, Y
+def _dataset(*arrays: Any) -> tuple[Any, ...]:
+    return arrays
 
 
-def _nbytes(data: tuple[Any, Any]) -> int:
-    """The bytes of a pair's arrays (anything else counts as large)."""
+def _nbytes(data: tuple[Any, ...]) -> int:
+    """The bytes of a dataset's arrays (anything else counts as large)."""
     sizes = [getattr(value, "nbytes", None) for value in data]
     if any(not isinstance(size, (int, np.integer)) for size in sizes):
         return EMBED_BYTES + 1
@@ -403,14 +444,13 @@ def _fit_batch(blobs: list[bytes], datasets: list[Any], arguments: dict[str, Any
     aligned: dict[int, Any] = {}   # each array as the kernels take it, once per task
     for blob, data in zip(blobs, datasets):
         model = pickle.loads(blob)
-        try:
-            X, Y = data
-        except (TypeError, ValueError):
-            raise TypeError(f"a dataset of fit_many must be an (X, Y) pair, got "
-                            f"{_describe(data)}") from None
-        X, Y = (_aligned(array, aligned) for array in (X, Y))
+        if (isinstance(data, (str, bytes)) or not isinstance(data, (tuple, list))
+                or len(data) not in (2, 3)):
+            raise TypeError(f"a dataset of fit_many must be an (X, Y) pair or an (X, Y, "
+                            f"sample_weight) triple, got {_describe(data)}")
+        X, Y, *weights = (_aligned(array, aligned) for array in data)
         with _running_on(threads):
-            model.fit(X, Y, **arguments)
+            model.fit(X, Y, **arguments, **({"sample_weight": weights[0]} if weights else {}))
         fitted.append(model)
     return pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -462,29 +502,52 @@ def _batches(n_models: int, models_per_task: int | None, n_slots: int) -> list[r
     return batches
 
 
-def _check_dataset(i: int, model: Model, data: Any) -> tuple[Any, Any] | distributed.Future:
+def _check_dataset(i: int, model: Model, data: Any) -> tuple[Any, ...] | distributed.Future:
+    """A dataset of fit_many: a future, or an (X, Y) pair or (X, Y,
+    sample_weight) triple whose arrays (those with a shape, and dtype)
+    models[i].fit would take: the model's input and output shapes, the
+    same samples, numbers. Futures, and values without a shape, are
+    checked by fit on the worker."""
     if isinstance(data, distributed.Future):
         return data
-    if isinstance(data, (str, bytes)) or not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"datasets[{i}] must be an (X, Y) pair (arrays or futures) or a "
-                        f"future of one, got {_describe(data)}")
-    X, Y = data
-    for name, value in (("X", X), ("Y", Y)):
+    if (isinstance(data, (str, bytes)) or not isinstance(data, (tuple, list))
+            or len(data) not in (2, 3)):
+        length = f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""
+        raise TypeError(f"datasets[{i}] must be an (X, Y) pair or an (X, Y, sample_weight) "
+                        f"triple (arrays or futures), or a future of one, got "
+                        f"{_describe(data)}{length}")
+    names = ("X", "Y", "sample_weight")[:len(data)]
+    for name, value in zip(names, data):
         if isinstance(value, da.Array):
             raise TypeError(
                 f"datasets[{i}]: {name} is a dask array; fit_many trains on data in memory: "
                 f"pass {name}.compute() or a future of it (client.compute({name})), or "
                 "stream it with partial_fit_dask")
+        dtype = getattr(value, "dtype", None)
+        if isinstance(dtype, np.dtype):
+            check_number_dtype(f"datasets[{i}]: {name}", dtype)
     ndim, meaning = _input_ndim(model)
-    X_shape, Y_shape = getattr(X, "shape", None), getattr(Y, "shape", None)
-    if X_shape is not None:
-        if len(X_shape) != ndim or X_shape[-1] != _n_in(model):
-            raise ValueError(f"datasets[{i}]: X must have shape {meaning} with n_in = "
-                             f"{_n_in(model)} for models[{i}], got {tuple(X_shape)}")
-        if Y_shape is not None and len(Y_shape) >= 1 and Y_shape[0] != X_shape[0]:
-            raise ValueError(f"datasets[{i}]: X has {X_shape[0]} samples but Y has "
-                             f"{Y_shape[0]}")
-    return X, Y
+    shapes = [getattr(value, "shape", None) for value in data]
+    X_shape = shapes[0]
+    if X_shape is None:
+        return tuple(data)
+    X_shape = tuple(X_shape)
+    if len(X_shape) != ndim or X_shape[-1] != _n_in(model):
+        raise ValueError(f"datasets[{i}]: X must have shape {meaning} with n_in = "
+                         f"{_n_in(model)} for models[{i}], got {X_shape}")
+    for name, shape in zip(names[1:], shapes[1:]):
+        if shape is not None and len(shape) >= 1 and shape[0] != X_shape[0]:
+            raise ValueError(f"datasets[{i}]: X has {X_shape[0]} samples but {name} has "
+                             f"{shape[0]}")
+    if shapes[1] is not None:
+        error = _target_error(model, tuple(shapes[1]), X_shape[0],
+                              X_shape[1] if len(X_shape) == 3 else 0)
+        if error is not None:
+            raise ValueError(f"datasets[{i}]: {error} for models[{i}]")
+    if len(data) == 3 and shapes[2] is not None and len(shapes[2]) != 1:
+        raise ValueError(f"datasets[{i}]: sample_weight must have shape (n_samples,) = "
+                         f"({X_shape[0]},), got {tuple(shapes[2])}")
+    return tuple(data)
 
 
 def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = None,
@@ -507,13 +570,14 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     Parameters
     ----------
     models : sequence of LGM or STM
-    datasets : sequence of (X, Y) pairs, or futures of pairs
-        One per model. X and Y are arrays in memory or futures of them (or
-        the whole pair a future); not dask arrays (see
-        :func:`partial_fit_dask`). Arrays go to the scheduler once per
-        distinct pair (the same two arrays, for many models, travel once)
-        and stay there, so that a lost worker's data can be sent again;
-        for data of more than a few hundred MB per pair, pass futures of
+    datasets : sequence of (X, Y) pairs or (X, Y, sample_weight) triples, or futures of them
+        One per model: ``fit(X, Y, sample_weight=sample_weight)``. The
+        arrays are in memory or futures of them (or the whole dataset a
+        future); not dask arrays (see :func:`partial_fit_dask`). Arrays go
+        to the scheduler once per distinct dataset (the same arrays, for
+        many models, travel once) and stay there, so that a lost worker's
+        data can be sent again;
+        for data of more than a few hundred MB per dataset, pass futures of
         tasks that load it (``client.submit(load, path)``), which can run
         again too.
     client : distributed.Client, optional
@@ -543,25 +607,32 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     ------
     TypeError, ValueError
         Before any task is submitted: models not LGMs/STMs, datasets not
-        pairs (or a dask array in one), a count, shape or sample mismatch
-        between a model and its data, fit_kwargs that fit does not take
-        (or without epochs/lr) or whose values fit refuses (those it
-        checks without data: lr, epochs, batch_size, optimizer and its
-        settings, callback, ...), no client. Errors of a ``fit`` on a worker
+        pairs or triples (or a dask array in one), a count mismatch, an
+        array whose shape does not fit its model (X's input, Y's outputs,
+        their samples, sample_weight's) or whose dtype is not a number's,
+        fit_kwargs that fit does not take (or without epochs/lr; or
+        sample_weight, which goes in the datasets) or whose values fit
+        refuses (those it checks without data: lr, epochs, batch_size,
+        optimizer and its settings, callback, ...; a seed that is a
+        numpy Generator, whose draws tasks cannot share), no client. Errors of a ``fit`` on a worker
         (e.g. NaN in data that was a future) are raised here when it
         fails, and the other models' tasks are cancelled.
     """
     if isinstance(models, (str, bytes)) or not isinstance(models, Sequence):
         raise TypeError(f"models must be a sequence of LGM/STM models, got {_describe(models)}")
     if isinstance(datasets, (str, bytes)) or not isinstance(datasets, Sequence):
-        raise TypeError(f"datasets must be a sequence of (X, Y) pairs, got "
+        raise TypeError(f"datasets must be a sequence of (X, Y) pairs or (X, Y, "
+                        f"sample_weight) triples, got "
                         f"{_describe(datasets)}")
     models = [_check_model(f"models[{i}]", model) for i, model in enumerate(models)]
     if len(datasets) != len(models):
-        raise ValueError(f"datasets must hold one (X, Y) pair per model: {len(models)} "
+        raise ValueError(f"datasets must hold one dataset per model: {len(models)} "
                          f"models, {len(datasets)} datasets")
     checked = [_check_dataset(i, model, data)
                for i, (model, data) in enumerate(zip(models, datasets))]
+    if "sample_weight" in fit_kwargs:
+        raise TypeError("fit_many's fit_kwargs: sample_weight is per model: give each dataset "
+                        "as an (X, Y, sample_weight) triple")
     for kind in {type(model) for model in models}:
         _check_arguments(kind, "fit", f"fit_many's fit_kwargs for {kind.__name__}.fit",
                          fit_kwargs)
@@ -580,16 +651,16 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     workers = client.scheduler_info()["workers"]
     n_slots = sum(worker["nthreads"] for worker in workers.values())
     batches = _batches(len(models), models_per_task, n_slots)
-    # A pair in memory travels inside each task that trains on it when its
-    # copies are small together: no task to hold it and no round trip
+    # A dataset in memory travels inside each task that trains on it when
+    # its copies are small together: no task to hold it and no round trip
     # before the fits start (the scheduler keeps it with the tasks, to run
-    # them again when a worker is lost). A larger pair goes once, to a task
+    # them again when a worker is lost). A larger one goes once, to a task
     # that holds it, replicated to every worker when several tasks train on
     # it (held by one worker, it would draw every task there: the scheduler
     # runs a task where its data is, and moves tasks away only slowly).
-    # A pair's identity: the same two arrays (or futures), in one pair object
-    # or in many ([(X, Y)] * n and [(X, Y) for ...] alike).
-    pair_of = [None if isinstance(data, distributed.Future) else (id(data[0]), id(data[1]))
+    # A dataset's identity: the same arrays (or futures), in one tuple or in
+    # many ([(X, Y)] * n and [(X, Y) for ...] alike).
+    pair_of = [None if isinstance(data, distributed.Future) else tuple(map(id, data))
                for data in checked]
     tasks_using: dict[Any, int] = {}
     for batch in batches:
@@ -604,7 +675,7 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
             per_model.append(tuple(data))
         else:
             if same not in data_futures:
-                data_futures[same] = client.submit(_pair, *data, key=f"lgmstm-data-{run}-{i}",
+                data_futures[same] = client.submit(_dataset, *data, key=f"lgmstm-data-{run}-{i}",
                                                    pure=False)
             per_model.append(data_futures[same])
     shared = [future for same, future in data_futures.items() if tasks_using[same] > 1]
@@ -674,20 +745,21 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
 
 # -- partial_fit_dask ---------------------------------------------------------------------
 def _partial_fit_block(blob: bytes, X: NDArray[Any], Y: NDArray[Any], lengths: Any,
-                       arguments: dict[str, Any], threads: int | None,
+                       weights: Any, arguments: dict[str, Any], threads: int | None,
                        ) -> tuple[bytes, float]:
     model = pickle.loads(blob)
+    per_sample = {name: value for name, value in (("lengths", lengths),
+                                                  ("sample_weight", weights))
+                  if value is not None}
     with _running_on(threads):
-        if lengths is not None:
-            model.partial_fit(X, Y, lengths=lengths, **arguments)
-        else:
-            model.partial_fit(X, Y, **arguments)
+        model.partial_fit(X, Y, **arguments, **per_sample)
     loss = float(model.history_[0]) if len(model.history_) else float("nan")
     return _snapshot(model), loss
 
 
 def partial_fit_dask(model: Model, X: da.Array, Y: da.Array, *, epochs: int,
-                     lengths: da.Array | None = None, client: Any = None,
+                     lengths: da.Array | None = None,
+                     sample_weight: da.Array | None = None, client: Any = None,
                      threads: int | None = None, verbose: bool = False,
                      **partial_fit_kwargs: Any) -> Model:
     """Stream the blocks of dask arrays through ``partial_fit``, in order.
@@ -696,6 +768,8 @@ def partial_fit_dask(model: Model, X: da.Array, Y: da.Array, *, epochs: int,
 
         model.partial_fit(X.blocks[i], Y.blocks[i], **partial_fit_kwargs)
 
+    (with ``lengths=lengths.blocks[i]`` and ``sample_weight=sample_weight.blocks[i]``
+    when given)
     so the result has the bits of that loop run here on the blocks in
     memory. With a distributed client, each ``partial_fit`` runs on a
     worker: the block is computed there (the next one meanwhile), the model
@@ -716,6 +790,9 @@ def partial_fit_dask(model: Model, X: da.Array, Y: da.Array, *, epochs: int,
         Passes over the blocks.
     lengths : dask.array.Array of int, shape (n_samples,), optional
         An STM's sequence lengths, chunked as X's samples.
+    sample_weight : dask.array.Array, shape (n_samples,), optional
+        Each sample's weight, chunked as X's samples: each block's
+        partial_fit weighs its samples by their own weights.
     client : distributed.Client, optional
         Default: the current client if there is one, else none (the loop
         runs here).
@@ -737,18 +814,26 @@ def partial_fit_dask(model: Model, X: da.Array, Y: da.Array, *, epochs: int,
     Raises
     ------
     TypeError, ValueError
-        Before any task: model not an LGM/STM; X, Y or lengths not dask
-        arrays, of the wrong shape (Y: the model's outputs, and X's steps
-        for an STM with return_sequences) or dtype, split along steps or
-        features, or chunked differently along samples; epochs not an
-        integer >= 0; arguments partial_fit does not take, or values it
-        refuses (lr, batch_size, optimizer and its settings, ...).
+        Before any task: model not an LGM/STM; X, Y, lengths or
+        sample_weight not dask arrays, of the wrong shape (Y: the model's
+        outputs, and X's steps for an STM with return_sequences) or dtype,
+        of unknown size, split along steps or features, or chunked
+        differently along samples; epochs not an integer >= 0; arguments
+        partial_fit does not take, or values it refuses (lr, batch_size,
+        optimizer and its settings, ...; a seed that is a numpy Generator,
+        whose draws tasks cannot share).
+
+    A block that fails on a worker raises its error here; the blocks
+    computed or prefetched for the call are released from the cluster.
     """
     model = _check_model("model", model)
     X, lengths = _check_inputs(model, X, lengths)
     Y = _check_targets(model, Y, X)
     if Y.shape[0] != X.shape[0]:  # pragma: no cover - the chunks were compared
         raise ValueError(f"X has {X.shape[0]} samples but Y has {Y.shape[0]}")
+    if sample_weight is not None:
+        sample_weight = _check_per_sample("sample_weight", sample_weight, X)
+        check_number_dtype("sample_weight", sample_weight.dtype)
     epochs = check_int("epochs", epochs, 0)
     _check_arguments(type(model), "partial_fit", f"partial_fit_dask: arguments of "
                      f"{type(model).__name__}.partial_fit", partial_fit_kwargs,
@@ -768,15 +853,16 @@ def partial_fit_dask(model: Model, X: da.Array, Y: da.Array, *, epochs: int,
     steps = [(epoch, i) for epoch in range(epochs) for i in blocks]
 
     def pieces(i: int) -> list[Any]:
-        return [X.blocks[i], Y.blocks[i], None if lengths is None else lengths.blocks[i]]
+        return [X.blocks[i], Y.blocks[i], *(None if value is None else value.blocks[i]
+                                            for value in (lengths, sample_weight))]
 
     blob = _snapshot(model)
     losses: list[float] = []
     if client is None:
         for epoch, i in steps:
-            X_block, Y_block, lengths_block = dask.compute(*pieces(i))
+            X_block, Y_block, lengths_block, weights_block = dask.compute(*pieces(i))
             blob, loss = _partial_fit_block(blob, X_block, Y_block, lengths_block,
-                                            partial_fit_kwargs, threads)
+                                            weights_block, partial_fit_kwargs, threads)
             losses.append(loss)
             _report(verbose, epoch, i, blocks, losses)
         return pickle.loads(blob)
@@ -786,14 +872,22 @@ def partial_fit_dask(model: Model, X: da.Array, Y: da.Array, *, epochs: int,
                 for piece in pieces(steps[step][1])]
 
     upcoming = compute(0) if steps else []
-    for k, (epoch, i) in enumerate(steps):
-        current, upcoming = upcoming, (compute(k + 1) if k + 1 < len(steps) else [])
-        future = client.submit(_partial_fit_block, blob, *current, partial_fit_kwargs,
-                               threads, pure=False)
-        blob, loss = future.result()
-        del future, current
-        losses.append(loss)
-        _report(verbose, epoch, i, blocks, losses)
+    held: list[Any] = upcoming   # the futures of the call, released on an error
+    try:
+        for k, (epoch, i) in enumerate(steps):
+            current, upcoming = upcoming, (compute(k + 1) if k + 1 < len(steps) else [])
+            future = client.submit(_partial_fit_block, blob, *current, partial_fit_kwargs,
+                                   threads, pure=False)
+            held = [future, *current, *upcoming]
+            blob, loss = future.result()
+            del future, current
+            losses.append(loss)
+            _report(verbose, epoch, i, blocks, losses)
+    except BaseException:
+        # The error's traceback holds this frame, and with it the futures:
+        # the blocks would stay in the cluster's memory until it is gone.
+        client.cancel([piece for piece in held if piece is not None])
+        raise
     return pickle.loads(blob)
 
 

@@ -421,6 +421,58 @@ def test_partial_fit_dask_stm_with_lengths_and_no_client():
     assert_same_model(result, expected)
 
 
+def test_fit_many_takes_each_models_sample_weight(client):
+    """(X, Y, sample_weight) triples: each model's fit with its own weights,
+    to the bits, beside a pair without."""
+    rng = np.random.default_rng(13)
+    X, Y = regression(rng, (120, 5), 1)
+    weights = [rng.uniform(0, 2, 120), np.r_[np.zeros(60), np.ones(60)]]
+    models = [lgmstm.LGM([5, 4, 1], seed=i) for i in range(3)]
+    datasets = [(X, Y, weights[0]), (X, Y, weights[1]), (X, Y)]
+    fitted = lgmstm_dask.fit_many(models, datasets, client=client, epochs=5, lr=0.05)
+    for model, data, result in zip(models, datasets, fitted):
+        expected = copy(model)
+        expected.fit(X, Y, epochs=5, lr=0.05,
+                     sample_weight=data[2] if len(data) == 3 else None)
+        assert_same_model(result, expected)
+    assert not np.array_equal(fitted[0].predict(X), fitted[2].predict(X))
+
+
+@pytest.mark.parametrize("with_client", [True, False], ids=["client", "no-client"])
+def test_partial_fit_dask_weighs_each_block_by_its_own_weights(client, with_client):
+    rng = np.random.default_rng(14)
+    X, Y = regression(rng, (300, 4), 2)
+    weights = rng.uniform(0, 3, 300)
+    model = lgmstm.LGM([4, 6, 2], seed=2)
+    result = lgmstm_dask.partial_fit_dask(
+        model, da.from_array(X, chunks=(120, 4)), da.from_array(Y, chunks=(120, 2)),
+        sample_weight=da.from_array(weights, chunks=120), epochs=2, lr=0.05,
+        client=client if with_client else None)
+    expected = copy(model)
+    for _ in range(2):
+        for a in (0, 120, 240):
+            expected.partial_fit(X[a:a + 120], Y[a:a + 120], lr=0.05,
+                                 sample_weight=weights[a:a + 120])
+    assert_same_model(result, expected)
+
+
+def test_partial_fit_dask_releases_its_blocks_when_a_block_fails(client, cluster):
+    """A block that fails on a worker (NaN in X, which partial_fit refuses)
+    raises here, and the blocks the call computed or prefetched do not stay
+    in the cluster's memory."""
+    X = np.zeros((40, 4))
+    X[25] = np.nan
+    before = scheduler_tasks(cluster)
+    with pytest.raises(ValueError, match=r"X and Y must be finite \(no NaN or inf\)"):
+        lgmstm_dask.partial_fit_dask(lgmstm.LGM([4, 2]), da.from_array(X, chunks=10),
+                                     da.zeros((40, 2), chunks=10), epochs=1, lr=0.1,
+                                     client=client)
+    deadline = time.monotonic() + 10
+    while scheduler_tasks(cluster) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert_nothing_submitted(cluster, before)
+
+
 def test_partial_fit_dask_on_the_default_client(client, capsys):
     rng = np.random.default_rng(11)
     X, Y = regression(rng, (120, 4), 1)
@@ -579,7 +631,36 @@ def test_bad_partial_fit_dask_input_submits_nothing(client, cluster):
          r"Y and X must be chunked alike along samples \(axis 0\): X has chunks \(5, 5\), "
          r"Y has \(4, 4, 2\)"),
         ((model, X, da.zeros((10, 2), chunks=(5, 1))), {}, ValueError,
-         r"Y must be chunked along samples \(axis 0\) only, but it is split along features"),
+         r"Y must be chunked along samples \(axis 0\) only, but it is split along outputs"),
+        # One output per step of an STM with return_sequences: Y's axis 1 is its steps.
+        ((lgmstm.STM(4, 3, 1, return_sequences=True), da.zeros((10, 6, 4), chunks=(5, 6, 4)),
+          da.zeros((10, 6), chunks=(5, 3))), {}, ValueError,
+         r"Y must be chunked along samples \(axis 0\) only, but it is split along steps "
+         r"\(axis 1: chunks \(3, 3\)\)"),
+        # Unknown sizes: computing them is the way out, not rechunking.
+        ((lgmstm.STM(4, 3, 2), da.zeros((10, 6, 4), chunks=(5, 6, 4)),
+          da.zeros((10, 2), chunks=5)),
+         {"lengths": da.from_array(np.full(10, 6), chunks=5)[da.arange(10, chunks=5) >= 0]},
+         ValueError, r"lengths has chunks of unknown size along samples \(axis 0\): call "
+         r"lengths.compute_chunk_sizes\(\) first"),
+        ((lgmstm.STM(4, 3, 2), da.zeros((10, 6, 4), chunks=(5, 6, 4))[:, da.arange(6) >= 0],
+          da.zeros((10, 2), chunks=5)), {}, ValueError,
+         r"X has chunks of unknown size along steps \(axis 1\)"),
+        # sample_weight: a dask array chunked as X, of numbers.
+        ((model, X, da.zeros((10, 2), chunks=5)), {"sample_weight": np.ones(10)}, TypeError,
+         r"sample_weight must be a dask.array.Array of shape \(n_samples,\) chunked as X's "
+         r"samples, got numpy.ndarray"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"sample_weight": da.ones(10, chunks=4)},
+         ValueError, r"sample_weight and X must be chunked alike along samples"),
+        ((model, X, da.zeros((10, 2), chunks=5)), {"sample_weight": da.ones((10, 1), chunks=5)},
+         ValueError, r"sample_weight must have shape \(n_samples,\), got a 2-D dask array"),
+        ((model, X, da.zeros((10, 2), chunks=5)),
+         {"sample_weight": da.from_array(np.full(10, "a"), chunks=5)}, TypeError,
+         "sample_weight must have dtype float32 or float64"),
+        # A generator's draws cannot be shared by tasks apart.
+        ((model, X, da.zeros((10, 2), chunks=5)), {"seed": np.random.default_rng(0)}, TypeError,
+         "partial_fit_dask: arguments of LGM.partial_fit: seed must be an int or None here, "
+         "got a numpy.random.Generator"),
         ((model, X, da.zeros((10, 2), chunks=5)), {"epochs": -1}, ValueError,
          "epochs must be >= 0, got -1"),
         ((model, X, da.zeros((10, 2), chunks=5)), {"epochs": 1, "learning_rate": 0.1},
@@ -631,7 +712,7 @@ def test_bad_fit_many_input_submits_nothing(client, cluster):
     before = scheduler_tasks(cluster)
     cases = [
         (([model, model], [(X, Y)]), {}, ValueError,
-         "one .X, Y. pair per model: 2 models, 1 datasets"),
+         "one dataset per model: 2 models, 1 datasets"),
         ((["model"], [(X, Y)]), {}, TypeError, r"models\[0\] must be an lgmstm.LGM"),
         (([model], [X]), {}, TypeError, r"datasets\[0\] must be an \(X, Y\) pair"),
         (([model], [(da.from_array(X), Y)]), {}, TypeError,
@@ -639,6 +720,28 @@ def test_bad_fit_many_input_submits_nothing(client, cluster):
         (([model], [(np.zeros((10, 3)), Y)]), {}, ValueError,
          r"datasets\[0\]: X must have shape \(n_samples, n_in\) with n_in = 4"),
         (([model], [(X, Y[:9])]), {}, ValueError, "X has 10 samples but Y has 9"),
+        # Y's outputs, the dtypes and the weights, before any task, as X's inputs.
+        (([model], [(X, np.zeros((10, 3)))]), {}, ValueError,
+         r"datasets\[0\]: Y must have shape \(n_samples, n_out\) = \(10, 1\) or "
+         r"\(n_samples,\) = \(10,\), got \(10, 3\) for models\[0\]"),
+        (([lgmstm.STM(4, 3, 2, return_sequences=True)], [(np.zeros((10, 5, 4)), np.zeros((10, 2)))]),
+         {}, ValueError, r"datasets\[0\]: Y must be 3-dimensional, of shape \(n_samples, "
+         r"n_steps, n_out\) = \(10, 5, 2\)"),
+        (([model], [(np.full((10, 4), "a"), Y)]), {}, TypeError,
+         r"datasets\[0\]: X must have dtype float32 or float64 .* got dtype <U1"),
+        (([model], [(X, Y, np.ones(9))]), {}, ValueError,
+         "X has 10 samples but sample_weight has 9"),
+        (([model], [(X, Y, np.ones((10, 1)))]), {}, ValueError,
+         r"datasets\[0\]: sample_weight must have shape \(n_samples,\) = \(10,\), "
+         r"got \(10, 1\)"),
+        (([model], [(X, Y, np.ones(10), np.ones(10))]), {}, TypeError,
+         r"datasets\[0\] must be an \(X, Y\) pair or an \(X, Y, sample_weight\) triple .* "
+         r"of length 4"),
+        (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "sample_weight": np.ones(10)},
+         TypeError, r"sample_weight is per model: give each dataset as an \(X, Y, "
+         r"sample_weight\) triple"),
+        (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "seed": np.random.default_rng(0)},
+         TypeError, "fit_many's fit_kwargs for LGM.fit: seed must be an int or None here"),
         (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "lengths": None}, TypeError,
          "fit_many's fit_kwargs for LGM.fit: .*lengths"),
         (([model], [(X, Y)]), {"lr": 0.1}, TypeError, "missing a required argument: 'epochs'"),
@@ -655,7 +758,7 @@ def test_bad_fit_many_input_submits_nothing(client, cluster):
          "fit_many's fit_kwargs for LGM.fit: callback must be callable"),
         (([model], [(X, Y)]), {"epochs": 1, "lr": 0.1, "early_stopping": True}, ValueError,
          "early_stopping=True needs a validation set"),
-        (([lgmstm.STM(4, 3, 1)], [(np.zeros((10, 5, 4)), np.zeros((10, 1)))]),
+        (([lgmstm.STM(4, 3, 1)], [(np.zeros((10, 5, 4)), np.zeros((10, 5, 1)))]),
          {"epochs": 1, "lr": 0.1, "validation_fraction": 1.5}, ValueError,
          "fit_many's fit_kwargs for STM.fit: validation_fraction must be"),
     ]
