@@ -67,6 +67,8 @@ _ATTRIBUTE = "attribute."
 def _hidden_sizes(sizes: int | Sequence[int]) -> list[int]:
     if isinstance(sizes, numbers.Integral) and not isinstance(sizes, (bool, np.bool_)):
         sizes = [int(sizes)]
+    elif isinstance(sizes, np.ndarray) and sizes.ndim == 1:   # array-like, as scikit-learn's
+        sizes = sizes.tolist()
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
         raise ValueError(
             f"hidden_layer_sizes must be an int or a sequence of ints, got {sizes!r}")
@@ -117,7 +119,11 @@ def _mean_weight(sample_weight: NDArray[np.float64] | None) -> float:
 
 def _sample_weight(sample_weight: ArrayLike | None, n_samples: int) -> NDArray[np.float64] | None:
     """fit's sample_weight, checked: None, or n_samples finite weights >= 0,
-    not all zero, as float64 (a ValueError naming sample_weight otherwise)."""
+    not all zero, as float64 (a ValueError naming sample_weight otherwise);
+    a single number weighs every sample alike, as in scikit-learn."""
+    if (isinstance(sample_weight, numbers.Real)
+            and not isinstance(sample_weight, (bool, np.bool_))):
+        sample_weight = np.full(n_samples, float(sample_weight))
     return check_sample_weight(sample_weight, ((n_samples,),), "(n_samples,)")
 
 
@@ -139,7 +145,7 @@ class _Plateau:
 
 
 _MLP_PARAMETERS = """\
-    hidden_layer_sizes : int or sequence of int, default (100,)
+    hidden_layer_sizes : int, or sequence or 1-D array of int, default (100,)
         Units of each hidden layer, each >= 1; ``()`` fits no hidden layer.
     activation : "tanh", default "tanh"
         The hidden layers' activation: lgmstm's networks are tanh networks
@@ -181,8 +187,9 @@ _MLP_PARAMETERS = """\
     tol : float >= 0, default 1e-4
         An epoch improves when its loss (with early_stopping, its validation
         loss) is at or below the best so far minus tol.
-    verbose : bool, default False
-        Print each epoch's loss, and why training stopped, to stdout.
+    verbose : bool or int >= 0, default False
+        Print each epoch's loss, and why training stopped, to stdout (when
+        true or non-zero).
     warm_start : bool, default False
         When fitted, ``fit`` trains the network it has, for up to max_iter
         more epochs, going on with its optimizer state (scikit-learn starts
@@ -327,9 +334,7 @@ class _LGMEstimator(BaseEstimator):
     def _goes_on(self, warm: bool) -> bool:
         """Whether this fit continues ``lgm_``: warm (warm_start, partial_fit)
         and fitted; the check of the warm_start hyper-parameter."""
-        if not isinstance(warm, (bool, np.bool_)):
-            raise ValueError(f"warm_start must be a bool, got {warm!r}")
-        return bool(warm) and self.__sklearn_is_fitted__()
+        return check_bool("warm_start", warm) and self.__sklearn_is_fitted__()
 
     def __sklearn_is_fitted__(self) -> bool:
         # Fitted when fit trained a network; a fit that failed after
@@ -362,7 +367,8 @@ class _LGMEstimator(BaseEstimator):
         max_iter = check_int("max_iter", self.max_iter, 1, maximum=MAX_DIM)
         shuffle = check_bool("shuffle", self.shuffle)
         tol = check_positive_float("tol", self.tol, allow_zero=True)
-        check_bool("verbose", self.verbose)
+        if not isinstance(self.verbose, (bool, np.bool_)):
+            check_int("verbose", self.verbose, 0)   # scikit-learn's: a bool or an int >= 0
         momentum = check_fraction("momentum", self.momentum)
         nesterov = check_bool("nesterovs_momentum", self.nesterovs_momentum)
         early_stopping = check_bool("early_stopping", self.early_stopping)
@@ -1021,7 +1027,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             Finite numbers; converted to ``dtype``.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Finite numbers.
-        sample_weight : array-like of shape (n_samples,), optional
+        sample_weight : array-like of shape (n_samples,) or float, optional
             Each sample's weight (with ``standardize_y``, also in the
             target's mean and standard deviation). %(sample_weight)s
 
@@ -1071,7 +1077,7 @@ class LGMRegressor(RegressorMixin, _LGMEstimator):
             Finite numbers; the features of the first call.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Finite numbers; the outputs of the first call.
-        sample_weight : array-like of shape (n_samples,), optional
+        sample_weight : array-like of shape (n_samples,) or float, optional
             Each sample's weight, as :meth:`fit` takes it.
 
         Returns
@@ -1246,7 +1252,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             Finite numbers; converted to ``dtype``.
         y : array-like of shape (n_samples,)
             Class labels (numbers or strings).
-        sample_weight : array-like of shape (n_samples,), optional
+        sample_weight : array-like of shape (n_samples,) or float, optional
             Each sample's weight. %(sample_weight)s
 
         Returns
@@ -1313,7 +1319,7 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
             Finite numbers; the features of the first call.
         y : array-like of shape (n_samples,)
             Class labels, each one of ``classes_``.
-        sample_weight : array-like of shape (n_samples,), optional
+        sample_weight : array-like of shape (n_samples,) or float, optional
             Each sample's weight, as :meth:`fit` takes it.
         classes : array-like of shape (n_classes,), optional
             Every class label: needed on the first call; later, when given,
@@ -1564,7 +1570,8 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
 
 # fit's sample_weight, the same for both estimators.
 _SAMPLE_WEIGHT = """As scikit-learn's MLP (>= 1.7) takes it:
-            finite, >= 0, not all zero; None weighs every sample 1. Each
+            finite, >= 0, not all zero; None weighs every sample 1, and a
+            single number every sample alike. Each
             batch minimises the weighted mean of its samples' losses (so, in
             a full batch, a weight of 2 is the sample twice and a weight of
             0 leaves it out); alpha's penalty is divided by the batch's
@@ -1692,7 +1699,15 @@ def _to_json(value: Any, name: str) -> Any:
         return {"$scalar": value.dtype.str, "value": value.item()}
     if type(value) is np.random.RandomState:
         return {"$RandomState": value.get_state(legacy=False)}
+    if isinstance(value, type) and value in _PYTHON_TYPES.values():   # dtype=float
+        return {"$python_type": value.__name__}
+    if type(value) is np.ndarray and value.dtype.kind in "biuf":   # hidden_layer_sizes
+        return {"$array": value.dtype.str, "value": value.tolist()}
     raise TypeError(f"{name} = {value!r} cannot be saved without pickle"[:300])
+
+
+# Python's types a hyper-parameter may name (dtype=float), by name.
+_PYTHON_TYPES: dict[str, type] = {"float": float, "int": int, "bool": bool}
 
 
 def _from_json(data: Any, name: str) -> Any:
@@ -1716,6 +1731,12 @@ def _from_json(data: Any, name: str) -> Any:
                     return dtype.type(data["value"])
             if tag == "$RandomState" and isinstance(body, dict) and len(data) == 1:
                 return _random_state(body)
+            if tag == "$python_type" and body in _PYTHON_TYPES and len(data) == 1:
+                return _PYTHON_TYPES[body]
+            if tag == "$array" and isinstance(body, str) and set(data) == {tag, "value"}:
+                dtype = np.dtype(body)
+                if dtype.kind in "biuf" and isinstance(data["value"], (list, int, float)):
+                    return np.array(data["value"], dtype=dtype)
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{name}: {data!r}: {exc}"[:300]) from None
     raise ValueError(f"{name} holds {data!r}, which lgmstm does not write"[:300])

@@ -747,7 +747,7 @@ def test_warm_start_must_be_a_bool():
     for Estimator in (sklearn_module.LGMRegressor, sklearn_module.LGMClassifier):
         model = Estimator(max_iter=1).fit(X, y)
         for value in ("yes", 1, None):
-            with pytest.raises(ValueError, match="warm_start must be a bool"):
+            with pytest.raises(TypeError, match="warm_start must be True or False"):
                 model.set_params(warm_start=value).fit(X, y)
 
 

@@ -435,6 +435,38 @@ def test_warm_fits_with_early_stopping_carry_on_the_scores_and_keep_the_best_net
     assert len(model.validation_scores_) == n_scores == model.n_iter_ - 1
 
 
+def test_mlp_argument_forms_scikit_learn_takes(regression, tmp_path, capsys):
+    """Forms of arguments MLPRegressor takes that lgmstm took otherwise: a
+    verbose count, hidden sizes as an array, one weight for every sample (the
+    bits of that weight given per sample; up to rounding, the unweighted
+    fit's at alpha=0), dtype=float (saved and loaded back as it was)."""
+    X, Y = regression
+    model = LGMRegressor(hidden_layer_sizes=np.array([4, 3]), max_iter=3, alpha=0.0,
+                         verbose=2, dtype=float, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, Y, sample_weight=2.0)
+        per_sample = clone(model).fit(X, Y, sample_weight=np.full(len(X), 2.0))
+        unweighted = clone(model).fit(X, Y)
+    assert "Iteration 3, loss = " in capsys.readouterr().out
+    assert [w.shape for w in model.coefs_] == [(3, 4), (4, 3), (3, 2)]
+    np.testing.assert_array_equal(model.predict(X), per_sample.predict(X))
+    np.testing.assert_allclose(model.predict(X), unweighted.predict(X), rtol=1e-12, atol=1e-12)
+    model.save(tmp_path / "m.npz")
+    loaded = LGMRegressor.load(tmp_path / "m.npz")
+    assert loaded.get_params()["dtype"] is float
+    np.testing.assert_array_equal(loaded.hidden_layer_sizes, [4, 3], strict=True)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    for params, error, match in [({"verbose": -1}, ValueError, "verbose must be >= 0"),
+                                 ({"verbose": "yes"}, TypeError, "verbose"),
+                                 ({"hidden_layer_sizes": np.array([[4]])}, ValueError,
+                                  "hidden_layer_sizes must be an int or a sequence")]:
+        with pytest.raises(error, match=match):
+            clone(model).set_params(**params).fit(X, Y)
+    with pytest.raises(ValueError, match="sample_weight must be >= 0"):
+        clone(model).fit(X, Y, sample_weight=-1.0)
+
+
 def test_schedules(regression):
     X, Y = regression
     settings = dict(hidden_layer_sizes=(5,), solver="sgd", momentum=0.0, alpha=0.0,
