@@ -260,8 +260,14 @@ class Model:
         values = {}
         for name, param in current.items():
             value = params[name]
-            array = value if isinstance(value, np.ndarray) else np.asarray(value)
-            if array.dtype not in (np.float32, np.float64):
+            try:
+                array = value if isinstance(value, np.ndarray) else np.asarray(value)
+            except (TypeError, ValueError) as exc:   # a ragged sequence
+                raise ValueError(f"parameter {name} must be an array of shape {param.shape}, "
+                                 f"got {type(value).__name__} that is not one: {exc}"[:300]
+                                 ) from None
+            # float32 or float64, in either byte order.
+            if array.dtype.kind != "f" or array.dtype.itemsize not in (4, 8):
                 raise TypeError(f"parameter {name} must be an array of float32 or float64 "
                                 f"(converted to the model's {self.dtype}), got dtype "
                                 f"{array.dtype}")
@@ -270,7 +276,13 @@ class Model:
                                  f"{array.shape}")
             if not np.isfinite(array).all():
                 raise ValueError(f"parameter {name} must be finite, got NaN or inf")
-            values[name] = array
+            with np.errstate(over="ignore"):
+                converted = array.astype(self.dtype)
+            if not np.isfinite(converted).all():   # float64 values past float32's range
+                raise ValueError(f"parameter {name} must be finite in the model's dtype "
+                                 f"{self.dtype}, got values beyond its range (largest "
+                                 f"magnitude {np.abs(array).max():g})")
+            values[name] = converted
         with self._lock.training():
             for name, param in current.items():
                 param[...] = values[name]

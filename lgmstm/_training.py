@@ -173,7 +173,9 @@ class OptimizerState:
                 for k, v in settings.items()):
             raise ValueError(f"the optimizer's settings must map names to numbers, "
                              f"got {settings!r}"[:200])
-        step = check_int("the optimizer state's step", step, 0)
+        # At most 2**53: the step's powers of beta1 and beta2 (Adam's bias
+        # corrections) are taken in float64, and the kernels count it in 64 bits.
+        step = check_int("the optimizer state's step", step, 0, maximum=2**53)
         state = cls.fresh(name, params)
         if len(moments) != len(state.moments):
             raise ValueError(f"{name} keeps {len(state.moments)} moments, the optimizer "
@@ -188,6 +190,9 @@ class OptimizerState:
                     raise ValueError(
                         f"moment {k} of parameter {i} must be an array of shape "
                         f"{array.shape} and dtype {array.dtype}, got {value!r}"[:200])
+                if not np.isfinite(value).all():   # what training leaves is finite
+                    raise ValueError(f"moment {k} of parameter {i} of the optimizer state "
+                                     f"must be finite, got NaN or inf")
                 array[...] = value
         state.step, state.settings = step, {k: float(v) for k, v in settings.items()}
         return state
@@ -569,14 +574,21 @@ def train_model(model, plan: FitPlan, make_trainer: Callable[[OptimizerState], T
         trainer = make_trainer(state)
         model._optimizer_state = state
         validation: list[NDArray[np.float64]] = []
+        blocks: list[NDArray[np.float64]] = []
         finished = False
         try:
             model.history_ = run_epochs(trainer, plan.epochs, callback=callback,
                                         progress=_Progress(model.kind, plan.epochs, plan.verbose),
-                                        order_for=plan.order_for, validation=validation)
+                                        order_for=plan.order_for, validation=validation,
+                                        blocks=blocks)
             finished = True
         except TrainingInterrupted as exc:
             model.history_ = exc.history
+            raise
+        except BaseException:
+            # An error in the callback (or the progress report): the model
+            # holds the epochs that ran, and history_ their losses.
+            model.history_ = np.concatenate(blocks) if blocks else np.empty(0)
             raise
         finally:
             if finished and plan.control.early_stopping and not trainer.diverged:
@@ -590,8 +602,12 @@ def train_model(model, plan: FitPlan, make_trainer: Callable[[OptimizerState], T
     return model.history_
 
 
-def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for, validation=None):
+def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for, validation=None,
+               blocks=None):
     """Drive trainer.run over blocks of epochs; return the per-epoch losses.
+
+    blocks: a list that receives each block's losses as it finishes (what
+    the caller keeps when something raises in the middle).
 
     order_for(n) gives the sample orders of the next n epochs (or None).
     With a callback each block is one epoch, so returning False stops at once.
@@ -608,7 +624,8 @@ def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for, val
     block is replayed from a snapshot one epoch at a time up to the last
     finite epoch (the replay takes the same steps, so it is exact).
     """
-    blocks = []  # per-block losses: nothing is allocated for epochs not run
+    if blocks is None:
+        blocks = []  # per-block losses: nothing is allocated for epochs not run
     done, block = 0, 1
     with _deferred_interrupt() as interrupt:
         while done < n_epochs and not interrupt.requested:

@@ -1,6 +1,7 @@
 """lgmstm.LGM: construction, predict/loss/gradients against an independent
 NumPy network and finite differences, the two backends against each other,
 fit, a real regression task, and save/load."""
+import copy
 import os
 
 import numpy as np
@@ -319,6 +320,27 @@ def test_a_failing_callback_leaves_the_model_usable(rng):
     with pytest.raises(KeyboardInterrupt):
         model.fit(X, Y, epochs=5, lr=0.1, callback=callback)
     assert len(model.fit(X, Y, epochs=2, lr=0.1)) == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_error_in_the_callback_keeps_the_epochs_that_ran(rng, backend):
+    """As after Ctrl-C: the model holds the epochs finished before the
+    callback raised, and history_ their losses, those of a fit of that many
+    epochs."""
+    X, Y = make_data(rng, 40, SIZES)
+    model = lgmstm.LGM(SIZES, seed=0, backend=backend)
+    model.fit(X, Y, epochs=1, lr=0.1)
+    expected = copy.deepcopy(model)
+    expected_history = expected.fit(X, Y, epochs=3, lr=0.1)
+
+    def callback(epoch, loss):
+        if epoch == 2:
+            raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        model.fit(X, Y, epochs=5, lr=0.1, callback=callback)
+    np.testing.assert_array_equal(model.history_, expected_history, strict=True)
+    assert_params_equal(model.params, expected.params)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -69,6 +69,9 @@ BAD = {
     "strings": (lambda p: {**p, "layer1.bias": ["a", "b"]}, TypeError,
                 "parameter layer1.bias .* got dtype <U1"),
     "not-a-mapping": (lambda p: list(p.values()), TypeError, "params must be a mapping"),
+    "ragged": (lambda p: {**p, "layer1.bias": [[0.0], [0.0, 1.0]]}, ValueError,
+               r"parameter layer1.bias must be an array of shape \(2,\), got list that is "
+               "not one"),
 }
 
 
@@ -81,6 +84,34 @@ def test_bad_params_are_refused_and_nothing_is_written(case):
         model.load_params(make_bad(other_params(model)))
     for name, value in before.items():
         np.testing.assert_array_equal(model.params[name], value, strict=True)
+
+
+def test_values_past_float32s_range_are_refused_not_made_inf():
+    """1e300 is finite in float64 and inf in a float32 model: refused, the
+    model as it was (it would predict wrong values, and save a file that
+    load refuses)."""
+    model = lgmstm.LGM([4, 6, 2], dtype=np.float32, seed=0)
+    before = model.params
+    params = {name: value.astype(np.float64) for name, value in before.items()}
+    params["layer0.weight"][1, 2] = -1e300
+    with pytest.raises(ValueError, match=r"parameter layer0.weight must be finite in the "
+                       r"model's dtype float32, got values beyond its range \(largest "
+                       r"magnitude 1e\+300\)"):
+        model.load_params(params)
+    for name, value in before.items():
+        np.testing.assert_array_equal(model.params[name], value, strict=True)
+    params["layer0.weight"][1, 2] = 3e38   # within float32's range: converted
+    model.load_params(params)
+    assert model.params["layer0.weight"][1, 2] == np.float32(3e38)
+
+
+def test_big_endian_arrays_are_read_as_their_values():
+    model = lgmstm.LGM([2, 2], seed=0)
+    weight = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=">f8")
+    model.load_params({"layer0.weight": weight, "layer0.bias": np.zeros(2, ">f4")})
+    np.testing.assert_array_equal(model.params["layer0.weight"], [[1.0, 2.0], [3.0, 4.0]],
+                                  strict=False)
+    assert model.params["layer0.weight"].dtype == np.float64
 
 
 def test_stm_errors_name_its_parameters():

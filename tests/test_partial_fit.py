@@ -400,6 +400,10 @@ SPOILED_MEMORY = {
     "optimizer-negative-step": {"memory.optimizer": np.asarray(
         '{"name": "adam", "settings": {}, "step": -1}')},
     "optimizer-no-step": {"memory.optimizer": np.asarray('{"name": "adam", "settings": {}}')},
+    # Past what the kernels count (2**63: a crash in every warm fit, were it loaded).
+    "optimizer-huge-step": {"memory.optimizer": np.asarray(
+        '{"name": "adam", "settings": {}, "step": 9223372036854775808}')},
+    "moment-nan": {"memory.optimizer.moment1.layer0.bias": np.full(6, np.nan)},
     "optimizer-deep-json": {"memory.optimizer": np.asarray("[" * 100000)},
     "moment-missing": {"memory.optimizer.moment1.layer0.bias": None},
     "moment-shape": {"memory.optimizer.moment0.layer0.bias": np.zeros(7)},
