@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import NamedTuple
 
@@ -296,7 +297,7 @@ def plot(rows, path):
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xscale="log", yscale="log", xlabel="GEMM flops per iteration (problem size)",
                title=f"lgmstm vs {'the NumPy reference' if peer == 'numpy' else 'PyTorch'}")
-        if ax.has_data():
+        if ax.get_legend_handles_labels()[0]:   # not for the line at 1 alone
             ax.legend(fontsize="small")
     axes[0].set_ylabel("speed-up (time of peer / time of lgmstm)")
     figure.savefig(path, dpi=120)
@@ -314,10 +315,18 @@ GROUPS = (DASK_CASE, QUALITY_CASE)
 def _selection(text):
     if text in GROUPS:
         return text, None
+    case, _, size = text.partition(":")
+    if case in GROUPS:
+        raise argparse.ArgumentTypeError(f"{case} runs as a whole: it has no sizes, got "
+                                         f"{size!r}")
+    if text.endswith(":"):
+        raise argparse.ArgumentTypeError(f"no size after {case}: (give CASE or CASE:SIZE)")
     try:
         return benchmarks.parse_selection(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{error}, {', '.join(GROUPS)}") from None
+        # The groups are cases of --only too, not sizes of one.
+        also = f", {', '.join(GROUPS)}" if case not in {c.name for c in benchmarks.CASES} else ""
+        raise argparse.ArgumentTypeError(f"{error}{also}") from None
 
 
 def command_bench_dask(args):
@@ -338,6 +347,7 @@ def command_bench_dask(args):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"dask": results}, f, indent=1, default=str)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -390,6 +400,7 @@ def command_bench_quality(args):
         with open(args.json, "w") as f:
             json.dump({"config": config_info(), "quick": args.quick, "quality": rows}, f,
                       indent=1)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -490,9 +501,15 @@ def command_bench_passive(args, threads, dtypes):
 
 
 def command_bench(args):
+    group = next((case for case, _ in args.only or () if case in GROUPS), None)
+    modes = [name for name, on in (("--loaded", args.loaded), ("--passive", args.passive),
+                                   (f"--only {group}", group is not None)) if on]
+    if args.plot and modes:
+        print(f"lgmstm bench: --plot plots the timing table's speed-ups; {modes[0]} has no "
+              "such table (its figures are in its output and --json)", file=sys.stderr)
+        return 2
     if args.plot and _matplotlib_missing("bench"):
         return 1
-    group = next((case for case, _ in args.only or () if case in GROUPS), None)
     if group is not None:
         if len(args.only) > 1:
             print(f"lgmstm bench: --only {group} runs alone", file=sys.stderr)
@@ -551,9 +568,11 @@ def command_bench(args):
                              + ", ".join(f"{t * 1e3:.0f}" for t in run["seconds"]) + " ms"
                              + ("" if run["consistent"] else " (model NOT consistent)")
                              for run in ctrl_c["runs"])
+            times = ("no fit was interrupted" if ctrl_c["median"] is None else
+                     f"median {ctrl_c['median'] * 1e3:.0f} ms, largest "
+                     f"{ctrl_c['max'] * 1e3:.0f} ms")
             print(f"ctrl-c: from SIGINT to TrainingInterrupted in a long fit: {runs}; "
-                  f"median {ctrl_c['median'] * 1e3:.0f} ms, largest {ctrl_c['max'] * 1e3:.0f} "
-                  f"ms (target: the README's 'within about 0.1 s', the largest within "
+                  f"{times} (target: the README's 'within about 0.1 s', the largest within "
                   f"{ctrl_c['target']:g} s, and the model consistent): "
                   f"{'met' if ctrl_c['met'] else 'MISSED'}")
     notes += benchmarks.peak_notes(rows, peaks)
@@ -597,14 +616,45 @@ def _positive_int(text):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {value}")
     return value
 
 
+# The most threads --threads takes (a team of more only waits on its own cores).
+MAX_THREADS = 1024
+
+
 def _writable_path(text):
+    """A file this run can write at the end: checked now, before the work
+    (not a folder; its folder exists and takes a new file)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a file name, got ''")
     folder = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(folder):
         raise argparse.ArgumentTypeError(f"folder {folder} does not exist")
+    if os.path.isdir(text) or text.endswith(os.sep):
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    try:   # the one sure test of a folder's permissions (and of /proc's)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lgmstm-check-"):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write in {folder}: "
+                                         f"{error.strerror or error}") from None
     return text
+
+
+# The formats --plot writes, from PATH's suffix (matplotlib's own, always there).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _plot_path(text):
+    path = _writable_path(text)
+    if os.path.splitext(path)[1].lower() not in PLOT_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"{text}: a plot is written as {', '.join(PLOT_SUFFIXES)} from the file's "
+            f"suffix; name one")
+    return path
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -624,7 +674,8 @@ def build_parser(prog="python -m lgmstm"):
                     "with compiled OpenMP kernels. Without a command, runs the demo.")
     parser.add_argument("--version", action="version", version=f"lgmstm {lgmstm.__version__}")
     parser.add_argument("--quick", action="store_true",
-                        help="for the demo: a few epochs only, done in seconds")
+                        help="the command's quick form (the demo: a few epochs only, done in "
+                             "seconds; bench: see bench --help)")
     parser.set_defaults(command_parser=parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
                                      parser_class=_CommandParser)
@@ -637,9 +688,9 @@ def build_parser(prog="python -m lgmstm"):
     # SUPPRESS: a --quick given before the command is not reset by the command's default.
     demo.add_argument("--quick", action="store_true", default=argparse.SUPPRESS,
                       help="a few epochs only: done in seconds")
-    demo.add_argument("--plot", type=_writable_path, metavar="PATH",
+    demo.add_argument("--plot", type=_plot_path, metavar="PATH",
                       help="also draw the held-out sunspot forecasts and both models' "
-                           "training loss to a PNG at PATH (needs lgmstm[plot])")
+                           "training loss to PATH, a .png, .pdf or .svg (needs lgmstm[plot])")
     bench = commands.add_parser(
         "bench", help="time the kernels and models against NumPy and PyTorch",
         description="Time every benchmark case (dense and RNN kernels, training steps) of "
@@ -667,8 +718,10 @@ def build_parser(prog="python -m lgmstm"):
                             "lgmstm[sklearn])")
     bench.add_argument("--json", type=_writable_path, metavar="PATH",
                        help="also write the results as JSON to PATH")
-    bench.add_argument("--plot", type=_writable_path, metavar="PATH",
-                       help="also plot the speed-ups to a PNG at PATH (needs lgmstm[plot])")
+    bench.add_argument("--plot", type=_plot_path, metavar="PATH",
+                       help="also plot the speed-ups of the timing table to PATH, a .png, "
+                            ".pdf or .svg (needs lgmstm[plot]; not with --loaded, --passive "
+                            "or the dask and quality groups, which have no such table)")
     bench.add_argument("--loaded", action="store_true",
                        help="instead: time the training steps (lgm_step, stm_step) on 1 and N "
                             "threads next to a CPU-bound process of the benchmark's own, and "
@@ -696,7 +749,16 @@ def main(argv=None):
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, and keep Python from
+        # complaining again as it flushes stdout on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as error:   # output that cannot be written: a full disk, /dev/full
+        print(f"lgmstm {args.command or 'demo'}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

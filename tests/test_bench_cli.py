@@ -309,10 +309,11 @@ def test_only_quality_prints_the_table(monkeypatch, capsys, tmp_path):
     assert out[0].startswith("quality (issue 14): lgmstm.sklearn against scikit-learn's MLP")
     assert "1 seeds, 3 epochs each" in out[0]
     assert out[1].split() == ["data", "metric", "lgmstm", "scikit-learn", "MLP", "target"]
-    assert len(out) == 2 + 7
-    for line in out[2:]:
+    assert len(out) == 2 + 7 + 1
+    assert out[-1] == f"wrote {tmp_path / 'q.json'}"
+    for line in out[2:-1]:
         assert " +- " in line and line.split()[-1] in ("met", "MISSED")
-    early = [line for line in out[2:] if line.split()[1] == "early_stopping"]
+    early = [line for line in out[2:-1] if line.split()[1] == "early_stopping"]
     assert len(early) == 2
     for line in early:
         assert "== best_validation_score_ (bits) (1/1 seeds)" in line
