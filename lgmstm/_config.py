@@ -1,6 +1,7 @@
 """show_config(): what this lgmstm was built with and what it runs on."""
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import sysconfig
@@ -98,14 +99,23 @@ def config_info():
 
     scipy_blas = scipy.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     libraries = []
-    for library in threadpool_info():
+    found = threadpool_info()
+    # The kernels call BLAS through scipy.linalg.cython_blas, the NumPy
+    # reference through numpy. A wheel's BLAS lies in scipy's own folders
+    # (scipy.libs/, or scipy/.dylibs/): where one does, it is the kernels'
+    # (numpy's may be the same OpenBLAS version); else tell them by version.
+    scipy_home = os.path.dirname(os.path.abspath(scipy.__file__))
+    homes = (scipy_home + os.sep, scipy_home + ".libs" + os.sep)
+    blas = [library for library in found if library["user_api"] == "blas"]
+    inside = [library for library in blas
+              if os.path.abspath(library.get("filepath") or "").startswith(homes)]
+    for library in found:
         entry = {key: library.get(key) for key in
                  ("user_api", "internal_api", "version", "num_threads", "architecture",
                   "filepath")}
         if library["user_api"] == "blas":
-            # The kernels call BLAS through scipy.linalg.cython_blas, the
-            # NumPy reference through numpy: tell the two apart by version.
-            entry["used_by_kernels"] = library.get("version") == scipy_blas.get("version")
+            entry["used_by_kernels"] = (library in inside if inside else
+                                        library.get("version") == scipy_blas.get("version"))
         libraries.append(entry)
     compiler, flags = _compiler()
     return {

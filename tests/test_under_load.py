@@ -305,6 +305,31 @@ def test_show_config_names_the_wait_policy_and_the_cpu(capsys):
     assert cpu["cores"] == lgmstm._threads.available_cores()
 
 
+def test_config_marks_the_blas_scipy_calls_as_the_kernels(monkeypatch):
+    """The library cython_blas resolves to, whichever of numpy's and
+    scipy's share a version: a wheel's lies in scipy's folders. Checked
+    against the library threadpoolctl finds for scipy's own BLAS call."""
+    import scipy
+    from threadpoolctl import threadpool_info
+
+    blas = [entry for entry in lgmstm._config.config_info()["libraries"]
+            if entry["user_api"] == "blas"]
+    marked = [entry["filepath"] for entry in blas if entry["used_by_kernels"]]
+    assert len(marked) == 1, blas
+    homes = [os.path.dirname(scipy.__file__) + suffix for suffix in ("", ".libs")]
+    in_scipy = [entry["filepath"] for entry in blas
+                if any(entry["filepath"].startswith(home + os.sep) for home in homes)]
+    if in_scipy:   # a wheel: scipy's copy, even were numpy's the same version
+        assert marked == in_scipy
+        # numpy's library given the same version: still only scipy's is marked.
+        versions = {entry["filepath"]: entry["version"] for entry in threadpool_info()}
+        same = [{**entry, "version": versions[marked[0]]} for entry in threadpool_info()]
+        monkeypatch.setattr("threadpoolctl.threadpool_info", lambda: same)
+        blas = [entry for entry in lgmstm._config.config_info()["libraries"]
+                if entry["user_api"] == "blas"]
+        assert [entry["filepath"] for entry in blas if entry["used_by_kernels"]] == marked
+
+
 # -- bench --loaded ---------------------------------------------------------------------------
 
 def test_loaded_plans_the_compiled_training_steps_on_1_and_n_threads():
