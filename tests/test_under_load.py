@@ -306,9 +306,9 @@ def test_show_config_names_the_wait_policy_and_the_cpu(capsys):
 
 
 def test_config_marks_the_blas_scipy_calls_as_the_kernels(monkeypatch):
-    """The library cython_blas resolves to, whichever of numpy's and
-    scipy's share a version: a wheel's lies in scipy's folders. Checked
-    against the library threadpoolctl finds for scipy's own BLAS call."""
+    """One BLAS library is marked as the kernels': in a wheel, the one in
+    scipy's folders (scipy.libs), also when numpy's has the same version
+    (where marking by version would mark both)."""
     import scipy
     from threadpoolctl import threadpool_info
 
