@@ -32,6 +32,7 @@ large one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import math
@@ -135,6 +136,13 @@ def save_arrays(path, kind, dtype, config, params, memory, history=None, estimat
         arrays["validation_history"] = np.asarray(validation_history, np.float64)
         arrays["best_epoch"] = np.asarray(-1 if best_epoch is None else best_epoch, np.int64)
     arrays.update({f"estimator.{k}": v for k, v in (estimator or {}).items()})
+    # A link is followed: its target is replaced, the link stays. A device,
+    # a pipe or a socket is refused, not replaced by a file (a folder fails
+    # below, named).
+    path = os.path.realpath(path) if os.path.islink(path) else path
+    if os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path)):
+        raise OSError(errno.EEXIST, f"cannot save to {path}: it exists and is not a regular "
+                                    f"file (a device, a pipe or a socket)", path)
     directory = os.path.dirname(os.path.abspath(path))
     # Not mkstemp: its files are 0600; this one gets the umask's mode, as a
     # plain np.savez(path) would.

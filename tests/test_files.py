@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import struct
 import tracemalloc
 import traceback
@@ -89,6 +91,30 @@ def test_save_onto_a_folder_names_the_target(tmp_path):
     assert raised.value.filename == str(target) and "folder" in str(raised.value)
     assert ".lgmstm-" not in "".join(traceback.format_exception(raised.value))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a folder"]
+
+
+def test_save_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "v1.npz"
+    trained("LGM").save(target)
+    link = tmp_path / "current.npz"
+    link.symlink_to(target)
+    model = trained("STM")
+    model.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    np.testing.assert_array_equal(lgmstm.load(target).predict(SEQUENCES),
+                                  model.predict(SEQUENCES))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_save_onto_a_pipe_refuses_and_leaves_it(tmp_path):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(OSError, match="it exists and is not a regular file") as raised:
+        trained("LGM").save(pipe)
+    assert raised.value.filename == str(pipe)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
 
 
 # -- NaN and inf are refused ------------------------------------------------------------
