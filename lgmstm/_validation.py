@@ -373,6 +373,11 @@ def check_streams(streams, n_streams: int | None) -> np.ndarray:
     n_streams None (no working memory held): the type and shape are checked,
     the range cannot be.
     """
+    if isinstance(streams, (list, tuple)):
+        flags = [isinstance(item, (bool, np.bool_)) for item in streams]
+        if any(flags) and not all(flags):   # [True, 2] would read as indices [1, 2]
+            raise TypeError("streams mixes booleans and integers: give stream indices or a "
+                            "boolean mask")
     array = _as_ndarray("streams", streams, "stream indices or booleans")
     if array.ndim != 1:
         raise ValueError(f"streams must be a 1-dimensional sequence of stream indices or a "
@@ -386,6 +391,8 @@ def check_streams(streams, n_streams: int | None) -> np.ndarray:
     if n_streams is not None:
         _check_within("streams", array, (array < 0) | (array >= n_streams),
                       f"[0, n_streams) = [0, {n_streams})")
+    else:   # no memory held: no upper bound to check, but an index is never negative
+        _check_within("streams", array, array < 0, "[0, n_streams)")
     return np.unique(array.astype(np.intp))
 
 

@@ -693,12 +693,13 @@ class STM(Model):
             boolean mask: their rows of :attr:`state` become zero, the other
             streams keep their memory. When the state is already empty every
             stream is fresh and this does nothing (the type of ``streams`` is
-            still checked; its range cannot be).
+            still checked, and that no index is negative; the end of the
+            range cannot be).
 
         Raises
         ------
         TypeError
-            streams holds neither integers nor booleans.
+            streams holds neither integers nor booleans, or a list mixes both.
         ValueError
             streams is not 1-dimensional, an index is outside [0, n_streams),
             or a mask's length is not n_streams.
