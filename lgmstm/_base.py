@@ -6,6 +6,7 @@ model as plain data and saves it; and the one reader of saved files
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping
 from os import PathLike
 from typing import Any, ClassVar, NoReturn, TypeVar
@@ -337,6 +338,12 @@ class Model:
             self._optimizer_state = None
 
     # -- pickling: plain data only (the lock and compiled networks are rebuilt) -----
+    def __copy__(self) -> Any:
+        """copy.copy: a model of its own, as copy.deepcopy gives (a shallow
+        copy would share the random generator, so that training one moved
+        the other's shuffling)."""
+        return copy.deepcopy(self)
+
     def __getstate__(self) -> dict[str, Any]:
         with self._lock.reading():
             state = self._optimizer_state

@@ -343,6 +343,26 @@ def test_an_error_in_the_callback_keeps_the_epochs_that_ran(rng, backend):
     assert_params_equal(model.params, expected.params)
 
 
+@pytest.mark.parametrize("kind", ["LGM", "STM"])
+def test_a_copy_shuffles_on_its_own(kind):
+    """copy.copy gives a model of its own: its generator (fit's default
+    shuffling) is a copy, so the two train alike from the copy on, and
+    training one does not move the other's draws."""
+    rng = np.random.default_rng(3)
+    if kind == "LGM":
+        model, X, Y = lgmstm.LGM(SIZES, seed=0), *make_data(rng, 40, SIZES)
+    else:
+        model = lgmstm.STM(3, 4, 2, seed=0)
+        X, Y = rng.uniform(-1, 1, (40, 5, 3)), rng.uniform(-0.5, 0.5, (40, 5, 2))
+    twin = copy.copy(model)
+    assert twin._rng is not model._rng
+    settings = dict(epochs=3, lr=0.1, batch_size=8)
+    model.fit(X, Y, **settings)
+    twin.fit(X, Y, **settings)
+    np.testing.assert_array_equal(model.history_, twin.history_, strict=True)
+    assert_params_equal(model.params, twin.params)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_epochs(rng, backend):
     X, Y = make_data(rng, 40, SIZES)
