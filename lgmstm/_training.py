@@ -244,7 +244,11 @@ def beyond_tanh(Y: Any) -> bool:
 
 
 def warn_beyond_tanh(Y: Any) -> None:
-    """The TargetRangeWarning of fit and partial_fit, pointing at the user's call."""
+    """The TargetRangeWarning of fit and partial_fit, pointing at the user's
+    call; none for targets with NaN or inf (the scan counts them beyond [-1,
+    1]), which fit refuses next."""
+    if not np.isfinite(Y).all():
+        return
     warnings.warn(
         f"Y holds targets outside [-1, 1] (from {float(Y.min()):.4g} to "
         f"{float(Y.max()):.4g}), which output='tanh' cannot reach: for unbounded "

@@ -231,6 +231,22 @@ def test_stm_warns_once_when_targets_are_out_of_reach(backend, return_sequences,
     assert record == []
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call", LGM_CALLS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_targets_get_the_error_alone(backend, call, bad):
+    """NaN or inf in Y: fit's ValueError, without a range warning first
+    (whose 'from nan to nan' would only confuse)."""
+    X, Y = _lgm_data()
+    Y[2] = bad
+    model = lgmstm.LGM([3, 4, 1], seed=0, backend=backend)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="must be finite"):
+            LGM_CALLS[call](model, X, Y)
+    assert only(record, TargetRangeWarning) == []
+
+
 def test_range_warning_is_a_user_warning():
     assert issubclass(TargetRangeWarning, UserWarning)
 
