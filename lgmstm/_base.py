@@ -139,7 +139,8 @@ class Model:
 
     @property
     def output(self) -> str:
-        """The last layer's activation, "tanh" or "linear" (read-only)."""
+        """The last layer's activation: "tanh" or "linear" (squared error),
+        "softmax" or "sigmoid" (cross-entropy) (read-only)."""
         return self._output
 
     @output.setter

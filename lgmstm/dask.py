@@ -283,8 +283,9 @@ def row_quantum(model: Model, n_steps: int = 1) -> int:
     Blocks that start at multiples of this number run the tasks one
     ``model.predict`` over the whole array would; :func:`predict`
     rechunks other blocks (a copy of each). 64 or a multiple of it for an
-    LGM and for an STM on the BLAS path, 1 for an STM of up to 32 hidden
-    units (its panel layout predicts each sample alone); 1 for the NumPy
+    LGM, for a deep STM and for an STM on the BLAS path; 1 for a
+    single-layer STM in the panel layout (up to 64 inputs, 32 hidden units
+    and 32 outputs: it predicts each sample alone); 1 for the NumPy
     backend, which promises no whole-array bits. ``n_steps``: an STM's
     steps per sequence (the quantum does not depend on it: the readout runs
     every step apart, in tasks of samples).
@@ -339,9 +340,6 @@ def predict(model: Model, X: da.Array, *, lengths: da.Array | None = None,
         STM, chunked along samples only.
     lengths : dask.array.Array of int, shape (n_samples,), optional
         An STM's sequence lengths, chunked as X's samples.
-    sample_weight : dask.array.Array, shape (n_samples,), optional
-        Each sample's weight, chunked as X's samples: each block's
-        partial_fit weighs its samples by their own weights.
     threads : int >= 1, optional
         OpenMP threads per block; by default the worker's share
         (:func:`task_threads`).
@@ -586,10 +584,12 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
         OpenMP threads per model; by default the worker's share
         (:func:`task_threads`).
     models_per_task : int >= 1, optional
-        Models fitted one after another in one task. By default about four
-        tasks per thread slot of the cluster, which keeps the scheduler's
-        cost (a few ms per task) a small part of many small fits, and the
-        load balanced; 1 for a few long fits, or to see each model finish.
+        Models fitted one after another in one task. By default guided
+        sizes, large tasks first and small ones last (about six tasks per
+        thread slot of the cluster; see docs/dask.md), which keeps the
+        scheduler's cost (a few ms per task) a small part of many small
+        fits and the load balanced; 1 for a few long fits, or to see each
+        model finish.
     verbose : bool, default False
         Print the count of models fitted to stderr as tasks finish.
     progress : callable(n_done, n_total), optional
