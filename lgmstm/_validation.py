@@ -342,7 +342,9 @@ def check_lengths(lengths, n_samples: int, n_steps: int) -> np.ndarray:
                          f"got {array.shape}")
     _check_within("lengths", array, (array < 0) | (array > n_steps),
                   f"[0, n_steps] = [0, {n_steps}]")
-    return np.ascontiguousarray(array, dtype=np.intp)
+    # A copy, always: the kernels read the lengths while they write their
+    # results, and the caller's array might share memory with out=.
+    return np.array(array, dtype=np.intp, order="C", copy=True)
 
 
 def _check_integers(name: str, array: np.ndarray, meaning: str) -> None:

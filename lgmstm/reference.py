@@ -281,9 +281,10 @@ def recurrent_backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, need_dX=True):
         grad = carry if dH is None else dH[:, t] + carry
         if dh_last is not None:
             grad = grad + dh_last * (lengths == t + 1)[:, None]
+        # Selected, not multiplied by 0: past a sequence's end dH, H (and X
+        # below) are not read, and NaN or inf there would survive a product.
         dz = dZ[:, t]
-        np.multiply(grad, 1 - H[:, t] * H[:, t], out=dz)
-        dz *= valid[:, t, None]
+        dz[...] = np.where(valid[:, t, None], grad * (1 - H[:, t] * H[:, t]), 0)
         carry = dz @ Wh.T
     dh0 = carry
     if dh_last is not None:
@@ -292,9 +293,10 @@ def recurrent_backward(X, h0, Wx, Wh, H, dH, dh_last, lengths, need_dX=True):
     previous = np.concatenate(
         [np.zeros((n_samples, 1, n_hidden), dtype) if h0 is None else h0[:, None], H[:, :-1]],
         axis=1)[:, :n_steps]
+    previous = np.where(valid[:, :, None], previous, 0)
     n_rows = n_samples * n_steps  # explicit: -1 cannot be inferred when a size is 0
     dZ_rows = dZ.reshape(n_rows, n_hidden)
-    dWx = X.reshape(n_rows, n_in).T @ dZ_rows
+    dWx = np.where(valid[:, :, None], X, 0).reshape(n_rows, n_in).T @ dZ_rows
     dWh = previous.reshape(n_rows, n_hidden).T @ dZ_rows
     db = dZ_rows.sum(axis=0)
     dX = dZ @ Wx.T if need_dX else None

@@ -238,6 +238,30 @@ def test_fit_on_both_backends_agrees(name, dtype):
                                    **tolerance(dtype))
 
 
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+@pytest.mark.parametrize("kind", [dict(n_hidden=[3, 2]), dict(n_hidden=3, bidirectional=True),
+                                  dict(n_hidden=3, readout=[4]), dict(n_hidden=3)])
+def test_nan_past_the_lengths_is_never_read(backend, kind):
+    """predict, loss and gradients with NaN in the padded steps: those of
+    zero padding, for either backend (the reference's backward pass once
+    carried the NaN through a product with 0)."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((3, 4, 2)), rng.uniform(-0.5, 0.5, (3, 4, 2))
+    lengths = np.array([4, 1, 2])
+    padded = np.arange(4) >= lengths[:, None]
+    X[padded] = 0.0
+    model = lgmstm.STM(2, kind["n_hidden"], 2, seed=0, backend=backend,
+                       **{k: v for k, v in kind.items() if k != "n_hidden"})
+    clean = model.gradients(X, Y, lengths=lengths)
+    X_nan = X.copy()
+    X_nan[padded] = np.nan
+    np.testing.assert_array_equal(model.predict(X_nan, lengths=lengths),
+                                  model.predict(X, lengths=lengths))
+    assert model.loss(X_nan, Y, lengths=lengths) == model.loss(X, Y, lengths=lengths)
+    for name, value in model.gradients(X_nan, Y, lengths=lengths).items():
+        np.testing.assert_array_equal(value, clean[name], err_msg=name)
+
+
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_padded_sequences_equal_each_alone(name, dtype):
     model = make(name, dtype)

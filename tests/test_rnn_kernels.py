@@ -87,15 +87,42 @@ def test_padding_semantics(module):
     np.testing.assert_array_equal(dh0[2], p["dh_last"][2])
 
 
-def test_compiled_kernels_never_read_padded_inputs():
+@pytest.mark.parametrize("module", [kernels, reference])
+def test_padded_inputs_are_never_read(module):
+    """NaN or inf past each sequence's end, in X, in the states H handed to
+    the backward pass and in dH: no effect on anything (both modules: the
+    reference selects the valid steps, where a product with 0 would keep a
+    NaN), the results those of clean padding."""
     p = make_problem((9, 7, 3, 4), np.float64)
     lengths = np.array([7, 0, 2, 7, 7, 5, 0, 1, 3])
-    X = p["X"].copy()
-    X[np.arange(7) >= lengths[:, None]] = np.nan
-    H = kernels.rnn_forward(X, p["h0"], p["Wx"], p["Wh"], p["b"], lengths=lengths)
-    grads = kernels.rnn_backward(X, p["h0"], p["Wx"], p["Wh"], H, p["dH"],
-                                 dh_last=p["dh_last"], lengths=lengths)
-    assert all(np.isfinite(a).all() for a in (H, *grads))
+    padded = np.arange(7) >= lengths[:, None]
+    clean_H = module.rnn_forward(p["X"], p["h0"], p["Wx"], p["Wh"], p["b"], lengths=lengths)
+    clean = module.rnn_backward(p["X"], p["h0"], p["Wx"], p["Wh"], clean_H, p["dH"],
+                                dh_last=p["dh_last"], lengths=lengths)
+    X, dH = p["X"].copy(), p["dH"].copy()
+    X[padded], dH[padded] = np.nan, np.inf
+    H = module.rnn_forward(X, p["h0"], p["Wx"], p["Wh"], p["b"], lengths=lengths)
+    np.testing.assert_array_equal(H, clean_H)
+    H[padded] = np.nan
+    grads = module.rnn_backward(X, p["h0"], p["Wx"], p["Wh"], H, dH,
+                                dh_last=p["dh_last"], lengths=lengths)
+    for got, want in zip(grads, clean):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("module", [kernels, reference])
+def test_out_may_share_memory_with_lengths(module):
+    """lengths read from the memory out= is written to: read before, as if
+    apart (the kernels once wrote states over the lengths they read next)."""
+    p = make_problem((4, 3, 2, 2), np.float64)
+    given = np.array([3, 1, 2, 0])
+    expected = module.rnn_forward(p["X"], None, p["Wx"], p["Wh"], p["b"], lengths=given)
+    memory = np.zeros(4 * 3 * 2)
+    lengths = memory[:4].view(np.intp)
+    lengths[:] = given
+    out = memory.reshape(4, 3, 2)
+    H = module.rnn_forward(p["X"], None, p["Wx"], p["Wh"], p["b"], lengths=lengths, out=out)
+    np.testing.assert_array_equal(H, expected)
 
 
 def loss_of(X, h0, Wx, Wh, b, lengths, G, g_last):
