@@ -623,7 +623,8 @@ def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for, val
 
     Ctrl-C stops training after the current block and raises
     KeyboardInterrupt, the model holding the parameters of the last
-    finished epoch. A non-finite loss or parameter stops training with a
+    finished epoch; while the callback runs, it interrupts the callback at
+    once (the epoch is finished). A non-finite loss or parameter stops training with a
     DivergenceWarning, the model holding the last finite parameters: the
     block is replayed from a snapshot one epoch at a time up to the last
     finite epoch (the replay takes the same steps, so it is exact).
@@ -661,7 +662,18 @@ def run_epochs(trainer: Trainer, n_epochs, *, callback, progress, order_for, val
             last = float(block_losses[-1])
             progress.update(done, last, final=done == n_epochs or trainer.stopped)
             if callback is not None:
-                if callback(done - 1, last) is False:
+                # Ctrl-C in the callback (the user's code, which may wait
+                # on anything) interrupts it at once, the epoch done.
+                interrupt.in_callback = True
+                try:
+                    stop = callback(done - 1, last) is False
+                except KeyboardInterrupt as exc:
+                    losses = np.concatenate(blocks)
+                    raise TrainingInterrupted(losses) from (
+                        None if isinstance(exc, TrainingInterrupted) else exc)
+                finally:
+                    interrupt.in_callback = False
+                if stop:
                     break
             else:
                 block = int(min(max(1, count * BLOCK_SECONDS / max(elapsed, 1e-6)), 2 * count + 1))
@@ -734,9 +746,12 @@ class _deferred_interrupt:
 
     def __init__(self) -> None:
         self.requested = False
+        self.in_callback = False   # then Ctrl-C raises, as Python's own handler does
         self.previous: Any = None
 
     def _request_stop(self, signum, frame):
+        if self.in_callback:
+            raise KeyboardInterrupt
         self.requested = True
 
     def __enter__(self) -> _deferred_interrupt:

@@ -123,6 +123,33 @@ def test_ctrl_c_stops_fit_after_the_epoch_it_arrives_in(model, backend):
     assert_same_params(instance, fresh)
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signals reach the main thread only")
+def test_ctrl_c_interrupts_a_callback_that_waits():
+    """Ctrl-C while the callback waits (on a lock, a queue, input) stops the
+    wait at once, and the fit with the epochs done: the callback never
+    returns (it once ran on to its end, Ctrl-C deferred like an epoch's)."""
+    X, Y = model_data(MODELS[0], 200)
+    instance = MODELS[0].make(seed=2)
+    never, returned = threading.Event(), []
+
+    def callback(epoch, loss):
+        if epoch == 1:
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            never.wait(30)
+            returned.append(epoch)
+
+    with pytest.raises(lgmstm.TrainingInterrupted) as interrupted:
+        instance.fit(X, Y, epochs=5, lr=0.01, callback=callback)
+    assert returned == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert len(instance.history_) == 2
+    np.testing.assert_array_equal(interrupted.value.history, instance.history_)
+    fresh = MODELS[0].make(seed=2)
+    np.testing.assert_array_equal(fresh.fit(X, Y, epochs=2, lr=0.01), instance.history_)
+    assert_same_params(instance, fresh)
+
+
 # -- atomic save ----------------------------------------------------------------
 
 def _garbage_then(error):
