@@ -499,6 +499,14 @@ def plan_fit(rng, X, Y, *, sample, **arguments) -> FitPlan:
     if n_samples == 0:
         raise ValueError(f"X must hold at least one {sample} to fit, got shape {X.shape}")
     if not _train.all_finite((X, Y)):
+        # Which one, and where: found only now, once the fast scan failed.
+        for name, values in (("X", X), ("Y", Y)):
+            bad = np.flatnonzero(~np.isfinite(np.asarray(values).reshape(-1)))
+            if bad.size:
+                where = np.unravel_index(bad[0], np.shape(values))
+                raise ValueError(f"X and Y must be finite (no NaN or inf) to fit, got "
+                                 f"{name}[{', '.join(map(str, where))}] = "
+                                 f"{np.asarray(values)[where]}")
         raise ValueError("X and Y must be finite (no NaN or inf) to fit")
     checked = check_fit_settings(**arguments)
     if checked.seed is not None:

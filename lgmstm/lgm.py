@@ -362,11 +362,13 @@ class LGM(Model):
     def _targets(self, Y: ArrayLike, n_samples: int) -> NDArray[Any]:
         n_out = self._layer_sizes[-1]
         Y = as_array("Y", Y, (1, 2) if n_out == 1 else 2)
+        given = Y.shape
         if Y.ndim == 1:
             Y = Y.reshape(-1, 1)
         if Y.shape != (n_samples, n_out):
-            raise ValueError(f"Y must have shape (n_samples, n_out) = {(n_samples, n_out)}, "
-                             f"got {Y.shape}")
+            alone = f" or (n_samples,) = ({n_samples},)" if n_out == 1 else ""
+            raise ValueError(f"Y must have shape (n_samples, n_out) = {(n_samples, n_out)}"
+                             f"{alone}, got {given}")
         Y = np.ascontiguousarray(Y, dtype=self._dtype)
         check_targets(self._output, Y)
         return Y

@@ -290,6 +290,31 @@ SHAPE_CASES = [
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_out, shape, message", [
+    (1, (10,), r"Y must have shape \(n_samples, n_out\) = \(50, 1\) or \(n_samples,\) = "
+               r"\(50,\), got \(10,\)$"),
+    (2, (50, 3), r"Y must have shape \(n_samples, n_out\) = \(50, 2\), got \(50, 3\)$"),
+])
+def test_lgm_target_shape_messages_name_the_shape_given(backend, n_out, shape, message):
+    model = lgmstm.LGM([3, 4, n_out], backend=backend)
+    with pytest.raises(ValueError, match=message):
+        model.fit(np.zeros((50, 3)), np.zeros(shape), epochs=1, lr=0.1)
+
+
+@pytest.mark.parametrize("where, message", [
+    ("X", r"got X\[7, 2\] = nan$"), ("Y", r"got Y\[3, 0\] = inf$")])
+def test_non_finite_data_is_named_with_its_place(where, message):
+    X, Y = np.zeros((10, 3)), np.zeros((10, 1))
+    if where == "X":
+        X[7, 2] = np.nan
+    else:
+        Y[3, 0] = np.inf
+    with pytest.raises(ValueError, match=r"X and Y must be finite \(no NaN or inf\) to fit, "
+                       + message):
+        lgmstm.LGM([3, 1]).fit(X, Y, epochs=1, lr=0.1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", ["fit", "partial_fit", "loss", "gradients"])
 @pytest.mark.parametrize("return_sequences, n_out, shape, message", SHAPE_CASES)
 def test_stm_target_shape_messages(backend, method, return_sequences, n_out, shape,

@@ -284,7 +284,8 @@ cdef class _Training(_LockContext):
         with lock.condition:
             if lock.trainer != 0:
                 raise RuntimeError("this model is already being trained "
-                                   + ("(fit called from its own callback)" if lock.trainer == me
+                                   + ("(called from its own callback, inside the fit)"
+                                      if lock.trainer == me
                                       else "by another thread"))
             lock.trainer = me
             lock.trainers_waiting += 1
