@@ -696,6 +696,11 @@ class STM(Model):
             still checked, and that no index is negative; the end of the
             range cannot be).
 
+        Waits for a fit in another thread to finish (a stateful fit ends by
+        keeping its final states); called from a fit's callback, it resets
+        the memory the fit started from, and the fit's final states then
+        replace it.
+
         Raises
         ------
         TypeError
@@ -704,17 +709,20 @@ class STM(Model):
             streams is not 1-dimensional, an index is outside [0, n_streams),
             or a mask's length is not n_streams.
         """
-        if streams is None:
-            self._state = None
-            return
-        held = self._layer_states(self._state)
-        rows = check_streams(streams, None if held is None else held[0].shape[0])
-        if held is not None and rows.size:
-            # Copy, then swap: a step in another thread may be reading the old one.
-            fresh = [h.copy() for h in held]
-            for h in fresh:
-                h[rows] = 0
-            self._state = fresh if self._stacked else fresh[0]
+        # As a reader: a stateful fit in another thread ends first (it would
+        # write its final states over the reset), as step waits for it.
+        with self._lock.reading():
+            if streams is None:
+                self._state = None
+                return
+            held = self._layer_states(self._state)
+            rows = check_streams(streams, None if held is None else held[0].shape[0])
+            if held is not None and rows.size:
+                # Copy, then swap: a step in another thread may be reading the old one.
+                fresh = [h.copy() for h in held]
+                for h in fresh:
+                    h[rows] = 0
+                self._state = fresh if self._stacked else fresh[0]
 
     def __repr__(self) -> str:
         n_hidden = self._sizes if self._stacked else self._n_hidden

@@ -450,6 +450,32 @@ def test_training_and_prediction_release_the_gil(what):
     _assert_gil_released(MODEL_WORK[what](), what)
 
 
+def test_reset_state_waits_for_a_stateful_fit_in_another_thread():
+    """reset_state while another thread fits a stateful STM: it waits for the
+    fit, then forgets (one serial order: fit, then reset), where it once
+    reset the memory under the fit, whose final states then replaced it."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((8, 20, 4)), rng.uniform(-0.5, 0.5, (8, 20, 2))
+    model = lgmstm.STM(4, 16, 2, stateful=True, seed=0)
+    model.predict(X)   # a working memory to forget
+    started, resetting = threading.Event(), threading.Event()
+
+    def callback(epoch, loss):
+        if epoch == 0:
+            started.set()
+            resetting.wait(10)
+            time.sleep(0.1)   # reset_state is under way in the other thread
+
+    worker = threading.Thread(target=lambda: model.fit(X, Y, epochs=3, lr=0.01,
+                                                       callback=callback))
+    worker.start()
+    assert started.wait(30)
+    resetting.set()
+    model.reset_state()   # waits for the fit
+    worker.join()
+    assert model.state is None
+
+
 # -- fork ------------------------------------------------------------------------------
 
 def _child_work(seed):
