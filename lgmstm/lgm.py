@@ -602,7 +602,9 @@ class LGM(Model):
             Seeds the shuffling; None draws from the model's own generator.
         callback : callable(epoch, loss) -> bool or None, optional
             Called after every epoch (0-based) with that epoch's loss;
-            returning False stops training.
+            returning False stops training. It may use the model in its own
+            thread (predict, save, ...); another thread's call waits for the
+            fit, so a callback must not wait for one. Ctrl-C interrupts it.
         verbose : bool, default False
             Print epoch, loss and epochs/s to stderr about once a second.
         warm_start : bool, default False

@@ -965,9 +965,12 @@ class STM(Model):
             h <- tanh(x[i] Wx + h Wh + b),    y[i] = f(h W_out + b_out)
 
         (also with ``return_sequences=False``: the readout of this step). The
-        working memory is the same bits as that of :meth:`predict` over the
-        whole sequence, and so are the outputs (predict reads every step out
-        apart, as a step does). Works on any STM, stateful or not: it reads
+        working memory is that of :meth:`predict` over the whole sequence,
+        and so are the outputs (predict reads every step out apart, as a
+        step does): the same bits for a single-layer STM in the panel
+        layout (up to 64 inputs, 32 hidden units and 32 outputs); a wider
+        or deep STM projects its inputs with BLAS, which may round a row in
+        its last bit by where it falls in the product. Works on any STM, stateful or not: it reads
         :attr:`state` and keeps the new one (:meth:`predict` of a stateful
         model continues from it, and :meth:`reset_state` restarts some
         streams or all). Steps of one model from several threads at once
@@ -1191,7 +1194,9 @@ class STM(Model):
             Seeds the shuffling; None draws from the model's own generator.
         callback : callable(epoch, loss) -> bool or None, optional
             Called after every epoch (0-based) with that epoch's loss;
-            returning False stops training.
+            returning False stops training. It may use the model in its own
+            thread (predict, save, ...); another thread's call waits for the
+            fit, so a callback must not wait for one. Ctrl-C interrupts it.
         verbose : bool, default False
             Print epoch, loss and epochs/s to stderr about once a second.
         lengths : array-like of int, shape (n_samples,), optional
