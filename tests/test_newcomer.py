@@ -6,6 +6,7 @@ and help() shows what is converted and the types."""
 import inspect
 import pickle
 import re
+import threading
 import warnings
 
 import numpy as np
@@ -245,6 +246,25 @@ def test_non_finite_targets_get_the_error_alone(backend, call, bad):
         with pytest.raises(ValueError, match="must be finite"):
             LGM_CALLS[call](model, X, Y)
     assert only(record, TargetRangeWarning) == []
+
+
+@pytest.mark.parametrize("method", ["partial_fit", "fit-short"])
+def test_range_warning_once_when_the_model_is_busy(method):
+    """A call that finds the model held by another thread's predict falls
+    back to the checked path and waits: still one warning (the short path
+    once warned before it found the model busy, then again)."""
+    X, Y = _lgm_data(scale=300.0)
+    model = lgmstm.LGM([3, 4, 1], seed=0)
+    call = {"partial_fit": lambda: model.partial_fit(X, Y, lr=0.01),
+            "fit-short": lambda: model.fit(X, Y, epochs=1, lr=0.01)}[method]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with model._lock.reading():   # as a predict in another thread
+            worker = threading.Thread(target=call)
+            worker.start()
+            worker.join(0.3)          # it waits for the model
+        worker.join()
+    assert len(only(record, TargetRangeWarning)) == 1
 
 
 def test_range_warning_is_a_user_warning():

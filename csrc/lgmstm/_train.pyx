@@ -1175,15 +1175,17 @@ cdef class Program:
             return None
         if h0 is not None and not array_finite(<cnp.ndarray> h0):
             return None
-        if self.output_tanh and scan_beyond_unit(<cnp.ndarray> Y, cnp.PyArray_SIZE(
-                <cnp.ndarray> Y)):
-            # Before training, as the checked path warns: raised as an
-            # error, it leaves the model as it was.
-            from lgmstm._training import warn_beyond_tanh
-            warn_beyond_tanh(Y)
         if not self.lock.try_train():
-            return None
+            return None   # the checked path waits, and warns as below
         try:
+            if self.output_tanh and scan_beyond_unit(<cnp.ndarray> Y, cnp.PyArray_SIZE(
+                    <cnp.ndarray> Y)):
+                # Before training, as the checked path warns: raised as an
+                # error, it leaves the model as it was. Only once the model
+                # is held: a call that falls back to the checked path for
+                # want of it would warn twice.
+                from lgmstm._training import warn_beyond_tanh
+                warn_beyond_tanh(Y)
             state = model._optimizer_state
             same = (state is not None and state is self.short_state
                     and optimizer == self.short_optimizer
