@@ -966,11 +966,10 @@ class STM(Model):
 
         (also with ``return_sequences=False``: the readout of this step). The
         working memory is that of :meth:`predict` over the whole sequence,
-        and so are the outputs (predict reads every step out apart, as a
-        step does): the same bits for a single-layer STM in the panel
-        layout (up to 64 inputs, 32 hidden units and 32 outputs); a wider
-        or deep STM projects its inputs with BLAS, which may round a row in
-        its last bit by where it falls in the product. Works on any STM, stateful or not: it reads
+        and so are the outputs (predict projects every step's inputs and
+        reads every step out apart, as a step does): the same bits for a
+        single-layer STM; a deep STM's layers project a sequence's inputs
+        at once, which BLAS may round differently in the last bit. Works on any STM, stateful or not: it reads
         :attr:`state` and keeps the new one (:meth:`predict` of a stateful
         model continues from it, and :meth:`reset_state` restarts some
         streams or all). Steps of one model from several threads at once

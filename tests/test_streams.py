@@ -55,27 +55,16 @@ def X(dtype, sizes):
     return np.random.default_rng(7).standard_normal((5, 11, sizes[0])).astype(dtype)
 
 
-# A BLAS product may round a row by the product's row count: in the input
-# projection x Wx + b, one gemm per run of valid rows, on older OpenBLAS
-# builds (scipy 1.10's) a final state after padded steps differs in the last
-# bit from that of the unpadded sequence. (The readout runs every step apart,
-# _dense.dense_forward_steps, so a step's outputs are those of predict.)
+# A BLAS product may round a row by its place in the product. The
+# single-layer STM's predict projects each step's inputs apart, over every
+# sample of a chunk (_rnn.forward_chunk, steps_apart), as step does; the deep
+# STM's layers project each run of valid rows at once, and older OpenBLAS
+# builds (scipy 1.10's) round those rows by the product's row count.
 PROJECTION_BUG = (
-    "compiled input projection x Wx + b, on models too wide for the panel layout: one "
-    "BLAS gemm per run of valid rows "
-    "(_rnn.forward_chunk -> _dense.dense_forward_rows), and older OpenBLAS builds "
-    "(scipy 1.10's) round a row differently by the row count of the product, so the "
-    "final state after padded steps may differ in the last bit from that of the "
-    "unpadded sequence")
-
-
-@pytest.fixture
-def known_projection_bug(request, backend, sizes):
-    """Marks a test that compares states over runs of different numbers of
-    rows as failing where PROJECTION_BUG bites (not strict: this machine's
-    scipy-openblas 0.3.30 rounds these rows alike)."""
-    if backend == "cython" and predicts_with_blas(sizes):
-        request.applymarker(pytest.mark.xfail(reason=PROJECTION_BUG, strict=False))
+    "the deep STM's input projection x Wx + b, on layers too wide for the panel layout: "
+    "one BLAS gemm per run of valid rows (_rnn.forward_chunk without steps_apart), and "
+    "older OpenBLAS builds (scipy 1.10's) round a row differently by the row count of "
+    "the product")
 
 
 def outputs_up_to(model, X, t):
@@ -113,9 +102,9 @@ def test_step_equals_predict(make, X, dtype):
 
 
 # Older OpenBLAS builds (scipy < 1.11, CI's oldest-dependencies job) round
-# the rows of the input projection by the product's row count (a step's
-# rows against all steps' rows), as PROJECTION_BUG says; with 48 inputs (the
-# second layer's) they did, in the last bit. This machine's do not.
+# the rows of the deep STM's input projection by the product's row count (a
+# step's rows against all steps' rows), as PROJECTION_BUG says; with 48
+# inputs (the second layer's) they did, in the last bit. This machine's do not.
 OLD_OPENBLAS = tuple(int(part) for part in scipy.__version__.split(".")[:2]) < (1, 11)
 
 
@@ -171,7 +160,7 @@ def test_initial_state_and_return_state_compose(make, X, dtype):
     assert_bits(model.predict(X, initial_state=zeros.tolist()), whole)
 
 
-def test_final_state_of_a_padded_sequence(make, X, known_projection_bug):
+def test_final_state_of_a_padded_sequence(make, X):
     model = make()
     lengths = np.array([11, 0, 3, 7, 1])
     _, final = model.predict(X, lengths=lengths, return_state=True)
@@ -183,6 +172,26 @@ def test_final_state_of_a_padded_sequence(make, X, known_projection_bug):
             assert_bits(started[i], unpadded[i])
     assert_bits(started[1], start[1])  # length 0: the initial state
     assert not final[1].any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes, n_streams", [((68, 89, 1), 36), ((65, 33, 1), 6),
+                                              ((70, 130, 40), 70), ((8, 256, 3), 3)])
+def test_wide_stm_steps_to_predicts_bits(sizes, n_streams, dtype, threads):
+    """STMs too wide for the panel layout, whose inputs BLAS projects: the
+    states and outputs of step, step by step, are predict's bits over the
+    whole sequence (more than a chunk of streams too: 70 > 64), on 1 and 2
+    threads. Their projection once ran over all of a sequence's steps in
+    predict and over the streams in step, which BLAS rounds differently."""
+    X = np.random.default_rng(9).standard_normal((n_streams, 12, sizes[0])).astype(dtype)
+    for n_threads in (1, 2):
+        with threads(n_threads):
+            model = STM(*sizes, dtype=dtype, seed=3)
+            assert predicts_with_blas(sizes)
+            outputs, final = model.predict(X * 0.3, return_state=True)
+            steps = np.stack([model.step(X[:, t] * 0.3) for t in range(X.shape[1])], axis=1)
+            assert_bits(model.state, final)
+            assert_bits(steps, outputs)
 
 
 def test_step_refuses_another_number_of_streams(make, X):

@@ -232,7 +232,7 @@ cdef void stacked_forward(floating *dtype, const Shape *shape, PointerTable para
                              <floating *> params.data[3 * k + 1],
                              <floating *> params.data[3 * k + 2], length_of, H, last, work,
                              rows, n_samples, n_steps, n_inputs, n_hidden,
-                             forward_chunk_rows(n_hidden), n_threads)
+                             forward_chunk_rows(n_hidden), False, n_threads)
         inputs = H
     n_inputs = shape.hidden[n_layers - 1]
     if not shape.return_sequences:
@@ -679,7 +679,7 @@ cdef void forward_task(floating *dtype, Step *step, Py_ssize_t k, Py_ssize_t tas
                   <floating *> step.params[param], <floating *> step.params[param + 1],
                   <floating *> step.params[param + 2], step.lengths, H, final,
                   <const floating *> step.packed[d], scratch_of(values, layout, D, k, d),
-                  step.orders + d * n_rows, n_rows, n_steps, width, n_hidden)
+                  step.orders + d * n_rows, n_rows, n_steps, width, n_hidden, False)
     # The next layer's input: forward states, then reverse ones in step order.
     if d == 0:
         if D > 1:

@@ -11,6 +11,12 @@ cdef void dense_forward_rows(
         Py_ssize_t n_rows, Py_ssize_t n_in, Py_ssize_t n_out,
         bint apply_tanh) noexcept nogil
 
+# dense_forward_rows on rows ldx (X) and lda (A) values apart.
+cdef void dense_forward_strided(
+        const floating *X, Py_ssize_t ldx, const floating *W, const floating *b,
+        floating *A, Py_ssize_t lda, Py_ssize_t n_rows, Py_ssize_t n_in, Py_ssize_t n_out,
+        bint apply_tanh) noexcept nogil
+
 cdef void dense_forward(
         const floating *X, const floating *W, const floating *b,
         floating *A,          # OUT (n_samples, n_out)

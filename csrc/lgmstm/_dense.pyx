@@ -76,7 +76,7 @@ cdef void dense_forward_rows(
     dense_forward_strided(X, n_in, W, b, A, n_out, n_rows, n_in, n_out, apply_tanh)
 
 
-cdef inline void dense_forward_strided(
+cdef void dense_forward_strided(
         const floating *X, Py_ssize_t ldx, const floating *W, const floating *b,
         floating *A, Py_ssize_t lda, Py_ssize_t n_rows, Py_ssize_t n_in, Py_ssize_t n_out,
         bint apply_tanh) noexcept nogil:

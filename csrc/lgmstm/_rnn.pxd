@@ -31,6 +31,7 @@ cdef void rnn_forward_pass(
         Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
         Py_ssize_t n_hidden,
         Py_ssize_t chunk_rows,  # samples per chunk: forward_chunk_rows or training_chunk_rows
+        bint steps_apart,       # predict's: each step's inputs projected apart (forward_chunk)
         int n_threads) noexcept nogil
 
 cdef void rnn_backward_pass(
@@ -89,7 +90,7 @@ cdef void forward_chunk(
         const floating *b, const Py_ssize_t *lengths, floating *H,
         floating *h_last, const floating *packed, floating *scratch,
         Py_ssize_t *order, Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
-        Py_ssize_t n_hidden) noexcept nogil
+        Py_ssize_t n_hidden, bint steps_apart) noexcept nogil
 cdef void backward_chunk(
         Py_ssize_t chunk, Py_ssize_t chunk_rows, const floating *Wx,
         const floating *Wh_t, const floating *packed, const floating *H,

@@ -28,7 +28,7 @@ from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy, memset
 
 from lgmstm._blas cimport gemm
-from lgmstm._dense cimport dense_forward_rows
+from lgmstm._dense cimport dense_forward_rows, dense_forward_strided
 from lgmstm._panel cimport (LGMSTM_PANEL_BYTES, PACKED_SCRATCH_PER_ROW, pack_panels,
                             packed_product, packed_size, transpose_columns,
                             use_packed_product)
@@ -251,17 +251,30 @@ cdef void forward_chunk(
         const floating *b, const Py_ssize_t *lengths, floating *H,
         floating *h_last, const floating *packed, floating *scratch,
         Py_ssize_t *order, Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
-        Py_ssize_t n_hidden) noexcept nogil:
+        Py_ssize_t n_hidden, bint steps_apart) noexcept nogil:
     """States of one chunk of samples; h_last (if not NULL) gets their final states.
-    packed: see prepare_recurrent_weight."""
+    packed: see prepare_recurrent_weight.
+
+    The input projection X Wx + b: by default one product over each run of
+    the chunk's valid rows (fewer, larger products: training's); with
+    steps_apart (predict's), one product per step over every sample of the
+    chunk, so that a row's place in its product, which BLAS's rounding
+    depends on, is its sample's place in the chunk, as in a step() of the
+    same streams: predict's states are then step's bits. It reads X past
+    the lengths there, and the states of those steps are zeroed below."""
     cdef Py_ssize_t start = chunk * chunk_rows
     cdef Py_ssize_t stop = min(start + chunk_rows, n_samples)
     cdef Py_ssize_t nh = n_hidden
     cdef size_t row_bytes = nh * sizeof(floating)
-    cdef Py_ssize_t first, last, i
+    cdef Py_ssize_t first, last, i, t
     cdef floating *product_rows
+    if steps_apart:
+        for t in range(n_steps):
+            dense_forward_strided(X + (start * n_steps + t) * n_in, n_steps * n_in, Wx, b,
+                                  H + (start * n_steps + t) * nh, n_steps * nh, stop - start,
+                                  n_in, nh, False)
     first = start
-    while first < stop:
+    while first < stop and not steps_apart:
         last = run_end(lengths, n_steps, first, stop)
         dense_forward_rows(X + first * n_steps * n_in, Wx, b, H + first * n_steps * nh,
                            (last - first) * n_steps + lengths[last], n_in, nh, False)
@@ -616,8 +629,10 @@ cdef void rnn_forward_pass(
         const floating *Wh, const floating *b, const Py_ssize_t *lengths,
         floating *H, floating *h_last, floating *scratch, Py_ssize_t *order,
         Py_ssize_t n_samples, Py_ssize_t n_steps, Py_ssize_t n_in,
-        Py_ssize_t n_hidden, Py_ssize_t chunk_rows, int n_threads) noexcept nogil:
+        Py_ssize_t n_hidden, Py_ssize_t chunk_rows, bint steps_apart,
+        int n_threads) noexcept nogil:
     """H (and h_last unless NULL) for the whole batch; h0 NULL means zeros.
+    steps_apart: see forward_chunk.
 
     scratch: scratch_size(..., backward=False) values; order: n_samples
     indices; chunk_rows: samples per chunk (forward_chunk_rows, or
@@ -632,11 +647,13 @@ cdef void rnn_forward_pass(
     if n_used == 1:
         for chunk in range(n_chunks):
             forward_chunk(chunk, chunk_rows, X, h0, Wx, Wh, b, lengths, H, h_last,
-                          packed, scratch, order, n_samples, n_steps, n_in, n_hidden)
+                          packed, scratch, order, n_samples, n_steps, n_in, n_hidden,
+                          steps_apart)
     else:
         for chunk in prange(n_chunks, num_threads=n_used, schedule='static'):
             forward_chunk(chunk, chunk_rows, X, h0, Wx, Wh, b, lengths, H, h_last,
-                          packed, scratch, order, n_samples, n_steps, n_in, n_hidden)
+                          packed, scratch, order, n_samples, n_steps, n_in, n_hidden,
+                          steps_apart)
 
 
 cdef void rnn_backward_pass(
@@ -704,7 +721,7 @@ def forward(const floating[:, :, ::1] X, object h0, const floating[:, ::1] Wx,
         rnn_forward_pass(&X[0, 0, 0], h0_data, &Wx[0, 0], &Wh[0, 0], &b[0],
                          &lengths[0], &H[0, 0, 0], NULL, &scratch[0], &order[0],
                          X.shape[0], X.shape[1], X.shape[2], Wx.shape[1],
-                         forward_chunk_rows(Wx.shape[1]), n_threads)
+                         forward_chunk_rows(Wx.shape[1]), False, n_threads)
 
 
 def backward(const floating[:, :, ::1] X, object h0, const floating[:, ::1] Wx,

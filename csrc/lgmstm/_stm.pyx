@@ -445,9 +445,10 @@ cdef void stm_forward(const floating *X, const floating *h0,
                       Py_ssize_t chunk_rows, bint steps_apart, int n_threads) noexcept nogil:
     """Fill STATES, FINAL_STATES and OUTPUTS; outputs of padded steps are 0.
     chunk_rows: the time loop's samples per chunk (see rnn_forward_pass).
-    steps_apart (predict's): every step's readout apart (dense_forward_steps),
-    so that each output's bits are those of a step() over the same samples;
-    else one product over all the rows (training's: fewer, larger products)."""
+    steps_apart (predict's): every step's input projection and readout
+    apart (forward_chunk, dense_forward_steps), so that each state's and
+    output's bits are those of a step() over the same samples; else one
+    product over all the rows (training's: fewer, larger products)."""
     cdef Py_ssize_t n_hidden = sizes[1], n_out = sizes[2]
     cdef floating *outputs = <floating *> buffers[OUTPUTS]
     rnn_forward_pass(X, h0, <floating *> params[INPUT_WEIGHT],
@@ -455,7 +456,7 @@ cdef void stm_forward(const floating *X, const floating *h0,
                      lengths, <floating *> buffers[STATES],
                      <floating *> buffers[FINAL_STATES], <floating *> buffers[SCRATCH],
                      <Py_ssize_t *> buffers[ORDER], n_samples, n_steps, sizes[0],
-                     n_hidden, chunk_rows, n_threads)
+                     n_hidden, chunk_rows, steps_apart, n_threads)
     if return_sequences and steps_apart:
         dense_forward_steps(<floating *> buffers[STATES], <floating *> params[READOUT_WEIGHT],
                             <floating *> params[READOUT_BIAS], outputs, n_samples, n_steps,
