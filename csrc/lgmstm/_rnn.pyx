@@ -273,12 +273,13 @@ cdef void forward_chunk(
             dense_forward_strided(X + (start * n_steps + t) * n_in, n_steps * n_in, Wx, b,
                                   H + (start * n_steps + t) * nh, n_steps * nh, stop - start,
                                   n_in, nh, False)
-    first = start
-    while first < stop and not steps_apart:
-        last = run_end(lengths, n_steps, first, stop)
-        dense_forward_rows(X + first * n_steps * n_in, Wx, b, H + first * n_steps * nh,
-                           (last - first) * n_steps + lengths[last], n_in, nh, False)
-        first = last + 1
+    else:
+        first = start
+        while first < stop:
+            last = run_end(lengths, n_steps, first, stop)
+            dense_forward_rows(X + first * n_steps * n_in, Wx, b, H + first * n_steps * nh,
+                               (last - first) * n_steps + lengths[last], n_in, nh, False)
+            first = last + 1
     order += start
     sort_by_length(lengths, start, stop, order)
     product_rows = scratch + product_rows_offset(n_samples, nh) + start * PACKED_SCRATCH_PER_ROW
