@@ -7,7 +7,6 @@ model as plain data and saves it; and the one reader of saved files
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from os import PathLike
 from typing import Any, ClassVar, NoReturn, TypeVar
@@ -26,7 +25,7 @@ from ._persist import (
     text_array,
 )
 from ._training import OptimizerState, UseLock
-from ._validation import check_choice, check_float_dtype, check_seed, check_targets
+from ._validation import asarray_whole, check_choice, check_float_dtype, check_seed, check_targets
 
 BACKENDS = ("cython", "numpy")
 # A model's output: the last layer's function and the loss fit minimises
@@ -83,10 +82,6 @@ def glorot_uniform(rng, n_in, n_out, dtype):
     """Weights drawn from U(-l, l), l = sqrt(6 / (n_in + n_out))."""
     limit = np.sqrt(6.0 / (n_in + n_out))
     return rng.uniform(-limit, limit, size=(n_in, n_out)).astype(dtype)
-
-
-# What NumPy < 1.24 warns of as it makes an object array of a ragged sequence.
-_RAGGED_WARNING = getattr(np, "exceptions", np).VisibleDeprecationWarning
 
 
 class Model:
@@ -268,11 +263,8 @@ class Model:
         for name, param in current.items():
             value = params[name]
             try:
-                with warnings.catch_warnings():
-                    # NumPy < 1.24 makes an object array of a ragged sequence, warning.
-                    warnings.simplefilter("error", _RAGGED_WARNING)
-                    array = value if isinstance(value, np.ndarray) else np.asarray(value)
-            except (TypeError, ValueError, _RAGGED_WARNING) as exc:   # a ragged sequence
+                array = value if isinstance(value, np.ndarray) else asarray_whole(value)
+            except (TypeError, ValueError) as exc:   # a ragged sequence
                 raise ValueError(f"parameter {name} must be an array of shape {param.shape}, "
                                  f"got {type(value).__name__} that is not one: {exc}"[:300]
                                  ) from None

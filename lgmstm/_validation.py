@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 from typing import Any
 
@@ -33,13 +34,28 @@ def _describe(value) -> str:
     return f"{type(value).__name__} {value!r}"[:120]
 
 
+# What NumPy < 1.24 warns of, where later ones raise ValueError, as it makes
+# an object array of a ragged sequence.
+_RAGGED_WARNING = getattr(np, "exceptions", np).VisibleDeprecationWarning
+
+
+def asarray_whole(value) -> np.ndarray:
+    """np.asarray(value), a ragged sequence a ValueError on every NumPy."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", _RAGGED_WARNING)
+        try:
+            return np.asarray(value)
+        except _RAGGED_WARNING as exc:
+            raise ValueError(str(exc)) from None
+
+
 def _as_ndarray(name: str, value, elements: str) -> np.ndarray:
     """np.asarray(value), refusing strings and what NumPy cannot make an array
     of with a TypeError that says the array should hold `elements`."""
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be an array of {elements}, got {_describe(value)}")
     try:
-        return np.asarray(value)
+        return asarray_whole(value)
     except (ValueError, TypeError) as exc:
         raise TypeError(f"{name} must be an array of {elements}: {exc}") from None
 
