@@ -142,8 +142,8 @@ def _check_dask_array(name: str, value: Any, ndim: int | tuple[int, ...], meanin
 
 
 def _default_axes(ndim: int) -> tuple[str, ...]:
-    return ("samples", "steps", "features")[:ndim - 1] + ("features",) if ndim > 1 \
-        else ("samples",)
+    return {1: ("samples",), 2: ("samples", "features"),
+            3: ("samples", "steps", "features")}[ndim]
 
 
 def _check_same_rows(name: str, value: da.Array, X: da.Array) -> None:
@@ -196,16 +196,14 @@ def _target_error(model: Model, Y_shape: tuple[int, ...], n_samples: int,
     if isinstance(model, LGM):
         n_out = model.layer_sizes[-1]
         shape: tuple[int, ...] = (n_samples, n_out)
-        if Y_shape == shape or (n_out == 1 and Y_shape == shape[:-1]):
-            return None
-        return (f"Y must have shape (n_samples, n_out) = {shape}"
-                f"{f' or (n_samples,) = {shape[:-1]}' if n_out == 1 else ''}, got {Y_shape}")
-    n_out = model.n_out
-    per_step, per_sequence = (n_samples, n_steps, n_out), (n_samples, n_out)
-    shape = per_step if model.return_sequences else per_sequence
+    else:
+        n_out = model.n_out
+        per_step, per_sequence = (n_samples, n_steps, n_out), (n_samples, n_out)
+        shape = per_step if model.return_sequences else per_sequence
     if Y_shape == shape or (n_out == 1 and Y_shape == shape[:-1]):
         return None
-    error: str = model._targets_error(Y_shape, shape, per_step, per_sequence)
+    error: str = (model._targets_error(Y_shape, n_samples) if isinstance(model, LGM)
+                  else model._targets_error(Y_shape, shape, per_step, per_sequence))
     return error
 
 
@@ -430,6 +428,13 @@ def _nbytes(data: tuple[Any, ...]) -> int:
     return int(sum(sizes))  # type: ignore[arg-type]
 
 
+def _is_dataset(data: Any) -> bool:
+    """Whether data has a dataset's form: an (X, Y) pair or an (X, Y,
+    sample_weight) triple (a tuple or a list)."""
+    return (not isinstance(data, (str, bytes)) and isinstance(data, (tuple, list))
+            and len(data) in (2, 3))
+
+
 def _fit_batch(blobs: list[bytes], datasets: list[Any], arguments: dict[str, Any],
                threads: int | None) -> bytes:
     """One task: fit each model on its data, in order; the fitted models
@@ -442,8 +447,7 @@ def _fit_batch(blobs: list[bytes], datasets: list[Any], arguments: dict[str, Any
     aligned: dict[int, Any] = {}   # each array as the kernels take it, once per task
     for blob, data in zip(blobs, datasets):
         model = pickle.loads(blob)
-        if (isinstance(data, (str, bytes)) or not isinstance(data, (tuple, list))
-                or len(data) not in (2, 3)):
+        if not _is_dataset(data):   # from a future: not checked before
             raise TypeError(f"a dataset of fit_many must be an (X, Y) pair or an (X, Y, "
                             f"sample_weight) triple, got {_describe(data)}")
         X, Y, *weights = (_aligned(array, aligned) for array in data)
@@ -508,8 +512,7 @@ def _check_dataset(i: int, model: Model, data: Any) -> tuple[Any, ...] | distrib
     checked by fit on the worker."""
     if isinstance(data, distributed.Future):
         return data
-    if (isinstance(data, (str, bytes)) or not isinstance(data, (tuple, list))
-            or len(data) not in (2, 3)):
+    if not _is_dataset(data):
         length = f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""
         raise TypeError(f"datasets[{i}] must be an (X, Y) pair or an (X, Y, sample_weight) "
                         f"triple (arrays or futures), or a future of one, got "

@@ -366,12 +366,17 @@ class LGM(Model):
         if Y.ndim == 1:
             Y = Y.reshape(-1, 1)
         if Y.shape != (n_samples, n_out):
-            alone = f" or (n_samples,) = ({n_samples},)" if n_out == 1 else ""
-            raise ValueError(f"Y must have shape (n_samples, n_out) = {(n_samples, n_out)}"
-                             f"{alone}, got {given}")
+            raise ValueError(self._targets_error(given, n_samples))
         Y = np.ascontiguousarray(Y, dtype=self._dtype)
         check_targets(self._output, Y)
         return Y
+
+    def _targets_error(self, given: tuple[int, ...], n_samples: int) -> str:
+        """The message for targets of shape `given` where n_samples rows of
+        the model's outputs are needed (one output may leave its axis out)."""
+        n_out = self._layer_sizes[-1]
+        alone = f" or (n_samples,) = ({n_samples},)" if n_out == 1 else ""
+        return f"Y must have shape (n_samples, n_out) = {(n_samples, n_out)}{alone}, got {given}"
 
     @staticmethod
     def _sample_weight(sample_weight: ArrayLike | None,
