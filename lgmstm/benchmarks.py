@@ -1128,6 +1128,11 @@ class _PolicyWorker:
 REGION_REPEATS = 500
 
 
+def _in_turn(workers, round_):
+    """The policies' order in a round: as listed, then reversed, in turns."""
+    return list(workers) if round_ % 2 == 0 else list(workers)[::-1]
+
+
 def compare_wait_policies(items, *, rounds=5, target_seconds=0.15, repeats=3, progress=None):
     """Each item timed in a worker process of each policy (WAIT_POLICIES),
     in turns: per round one timing in each, the order alternating, so that
@@ -1155,7 +1160,7 @@ def compare_wait_policies(items, *, rounds=5, target_seconds=0.15, repeats=3, pr
         if items:
             regions: dict[str, list[float]] = {policy: [] for policy in workers}
             for round_ in range(rounds):
-                for policy in (list(workers) if round_ % 2 == 0 else list(workers)[::-1]):
+                for policy in _in_turn(workers, round_):
                     regions[policy].append(workers[policy].region(items[0].threads,
                                                                   REGION_REPEATS))
             for policy, times in regions.items():
@@ -1165,8 +1170,7 @@ def compare_wait_policies(items, *, rounds=5, target_seconds=0.15, repeats=3, pr
                 progress(done, len(items), f"{item.group}: {item.threads}t")
             per_round: dict[str, list[float]] = {policy: [] for policy in workers}
             for round_ in range(rounds):
-                order = list(workers) if round_ % 2 == 0 else list(workers)[::-1]
-                for policy in order:
+                for policy in _in_turn(workers, round_):
                     per_round[policy].append(
                         workers[policy].time(item, target_seconds, repeats)["seconds"])
             ratios = [passive / default for passive, default
