@@ -482,13 +482,19 @@ class _LGMEstimator(BaseEstimator):
                 and X.flags.c_contiguous and not hasattr(self, "feature_names_in_")
                 and all_finite((X,)))
 
-    def _network_outputs(self, X: ArrayLike) -> NDArray[Any]:
+    def _checked_features(self, X: ArrayLike) -> NDArray[Any]:
+        """X as the network takes it: as it is when validate_data would take
+        it unchanged (see _ready_features, which skips that cost), else
+        checked (the estimator fitted, and X validated)."""
         if self._ready_features(X):
-            fast: NDArray[Any] = self.lgm_.predict(X)
-            return fast
+            return X  # type: ignore[return-value]  # an ndarray, _ready_features says
         check_is_fitted(self)
-        X_valid = validate_data(self, X, reset=False, dtype=self.lgm_.dtype)
-        outputs: NDArray[Any] = self.lgm_.predict(X_valid)
+        checked: NDArray[Any] = validate_data(self, X, reset=False, dtype=self.lgm_.dtype)
+        return checked
+
+    def _network_outputs(self, X: ArrayLike) -> NDArray[Any]:
+        X = self._checked_features(X)   # first: before fit, NotFittedError, not lgm_'s absence
+        outputs: NDArray[Any] = self.lgm_.predict(X)
         return outputs
 
     # -- scikit-learn's view of the network ----------------------------------------------
@@ -1446,12 +1452,6 @@ class LGMClassifier(ClassifierMixin, _LGMEstimator):
         else:
             scores = self._log_outputs(X)
         return scores[:, 0] if scores.shape[1] == 1 and not self._multi_label else scores
-
-    def _checked_features(self, X: ArrayLike) -> NDArray[Any]:
-        if self._ready_features(X):
-            return np.asarray(X)
-        checked: NDArray[Any] = validate_data(self, X, reset=False, dtype=self.lgm_.dtype)
-        return checked
 
     def _log_outputs(self, X: ArrayLike) -> NDArray[Any]:
         """The network's log-probabilities (lgmstm.LGM.predict_log_proba)."""
