@@ -193,7 +193,9 @@ def check_int(name: str, value, minimum: int, allow_none: bool = False,
               maximum: int | None = None):
     if value is None and allow_none:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if type(value) is int:   # the common case, without the ABC check below
+        pass
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer >= {minimum}, got {_describe(value)}")
     value = int(value)
     if value < minimum:
@@ -510,7 +512,9 @@ def rnn_backward_args(X, h0, Wx, Wh, H, dH, dh_last, lengths):
 
 
 def check_bool(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
+    if value is True or value is False:
+        return value
+    if not isinstance(value, np.bool_):
         raise TypeError(f"{name} must be True or False, got {_describe(value)}")
     return bool(value)
 

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 from numpy.typing import NDArray
@@ -414,6 +414,9 @@ EMBED_BYTES = 16 * 2**20
 # about 9 ms of CPU per 200 small models, taken from the workers where they
 # share its cores; about every 4 such models, the heads start as soon.
 GIL_SLICE = 0.2e-3
+# How long fit_many leaves the CPU to the client's event loop after it
+# sends the heads (see fit_many), before it copies the other models.
+HEAD_WAIT = 3e-3
 
 
 def _dataset(*arrays: Any) -> tuple[Any, ...]:
@@ -502,6 +505,24 @@ def _batches(n_models: int, models_per_task: int | None, n_slots: int) -> list[r
         batches.append(range(start, start + size))
         start += size
     return batches
+
+
+def _cluster_shape(client: distributed.Client) -> tuple[int, int]:
+    """The cluster's workers and thread slots: the totals a synchronous
+    client keeps (distributed refreshes them every
+    ``distributed.client.scheduler-info-interval``, 2 s), where it has
+    them, else asked of the scheduler. The question is a round trip
+    through the client's event loop (0.5-3 ms on a 2-core machine) before
+    the first task goes, while every slot waits; an answer a moment old
+    only cuts the tasks a little differently."""
+    cached = getattr(client, "_scheduler_identity", None)
+    if isinstance(cached, Mapping):
+        n_workers, n_slots = cached.get("n_workers"), cached.get("total_threads")
+        if (type(n_workers) is int and type(n_slots) is int
+                and n_workers > 0 and n_slots > 0):
+            return n_workers, n_slots
+    workers = client.scheduler_info()["workers"]
+    return len(workers), sum(worker["nthreads"] for worker in workers.values())
 
 
 def _check_dataset(i: int, model: Model, data: Any) -> tuple[Any, ...] | distributed.Future:
@@ -651,8 +672,7 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
         return []
 
     run = uuid.uuid4().hex
-    workers = client.scheduler_info()["workers"]
-    n_slots = sum(worker["nthreads"] for worker in workers.values())
+    n_workers, n_slots = _cluster_shape(client)
     batches = _batches(len(models), models_per_task, n_slots)
     # A dataset in memory travels inside each task that trains on it when
     # its copies are small together: no task to hold it and no round trip
@@ -682,7 +702,7 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
                                                    pure=False)
             per_model.append(data_futures[same])
     shared = [future for same, future in data_futures.items() if tasks_using[same] > 1]
-    if shared and len(workers) > 1:
+    if shared and n_workers > 1:
         client.replicate(shared)
 
     def submit(tasks: range, yield_gil: bool, **options: Any) -> list[distributed.Future]:
@@ -712,9 +732,17 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     # scheduler) needs: the copying lets it go every GIL_SLICE, so that the
     # heads start a few ms after the call, not after every copy (held
     # throughout, the GIL reaches the loop only at Python's 5 ms switch
-    # interval, and the heads started some 12 ms later here).
+    # interval, and the heads started some 12 ms later here). Before the
+    # copying, fit_many sleeps HEAD_WAIT: the event loop takes a few ms of
+    # CPU to send the heads (and, on a LocalCluster, to schedule them), and
+    # where the workers share the machine's cores with this process, the
+    # copying took that CPU from it: the heads started about 1.2 ms later
+    # per slot on 2 cores (medians of 12 calls of the benchmark's, measured
+    # in the tasks); a wait that the heads outlast costs nothing.
     heads, seconds = (min(k * max(1, n_slots), len(batches)) for k in (1, 2))
     futures = submit(range(heads), yield_gil=False)
+    if heads < len(batches):
+        time.sleep(HEAD_WAIT)
     for tasks in (range(heads, seconds), range(seconds, len(batches))):
         if tasks:
             futures += submit(tasks, yield_gil=True, fifo_timeout=0)

@@ -232,6 +232,32 @@ def test_fit_many_cuts_guided_batches(n_models, n_slots):
         assert sizes == [13, 12, 44, 33, 25, 19, 14, 10, 8, 6, 6, 5, 5]
 
 
+def test_fit_many_reads_the_clusters_shape_from_the_client(client):
+    """The workers and thread slots that cut fit_many's tasks: the totals
+    the client keeps, without a round trip to the scheduler; asked of the
+    scheduler when the client has none (or none that make sense)."""
+    workers = client.scheduler_info()["workers"]
+    actual = (len(workers), sum(worker["nthreads"] for worker in workers.values()))
+    assert actual == (2, 2)
+    asked = []
+
+    class Asking:
+        def __init__(self, cached):
+            self._scheduler_identity = cached
+
+        def scheduler_info(self):
+            asked.append(True)
+            return client.scheduler_info()
+
+    assert lgmstm_dask._cluster_shape(client) == actual
+    assert lgmstm_dask._cluster_shape(Asking({"n_workers": 2, "total_threads": 2})) == actual
+    assert not asked
+    for cached in ({}, {"n_workers": 0, "total_threads": 0}, {"n_workers": 2},
+                   {"n_workers": True, "total_threads": 2}, None):
+        assert lgmstm_dask._cluster_shape(Asking(cached)) == actual
+    assert len(asked) == 5
+
+
 def test_fit_many_cuts_fixed_batches_when_told():
     assert [list(b) for b in lgmstm_dask._batches(7, 3, 2)] == [[0, 1, 2], [3, 4, 5], [6]]
 
