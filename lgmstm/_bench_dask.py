@@ -3,7 +3,9 @@
 - fit_many: 200 seed-size STMs (10 -> 5 -> 2; 100 sequences of 20 steps;
   100 full-batch SGD epochs each) on 2 worker processes of 1 thread, at
   least 1.7x as fast as the same fits one after another in this process on
-  1 thread; the scheduler's overhead per model under 5% of a model's fit.
+  1 thread; the scheduler's overhead per model under 5% of a model's fit
+  (and, reported, not judged, the same overhead on one worker process,
+  which leaves a core to the client and the scheduler on 2 cores).
 - predict: an LGM over a float64 file on disk (2 GB by default), chunks of
   64 MB, at least 80% of the in-memory single-process rate per core, with
   each worker's peak memory growing by less than 4 chunks.
@@ -117,12 +119,12 @@ QUIET_CLUSTER = {
 }
 
 
-def _cluster(**options: Any) -> Any:
+def _cluster(n_workers: int = 2, **options: Any) -> Any:
     import dask
     from distributed import Client, LocalCluster
 
     with dask.config.set(QUIET_CLUSTER):   # read as the scheduler and the nannies start
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=40, **options)
         return cluster, Client(cluster, set_as_default=False)
 
@@ -248,28 +250,14 @@ def _median_index(values: list[float]) -> int:
     return sorted(range(len(values)), key=values.__getitem__)[len(values) // 2]
 
 
-def bench_fit_many(client: Any, n_models: int, repeats: int, out: Callable[[str], Any],
-                   ) -> list[dict[str, Any]]:
-    """fit_many against the same fits one after another here on 1 thread.
-
-    The two alternate (:func:`_interleaved`): each fit_many call is judged
-    against the one-after-another runs just before and after it, and the
-    figures are the medians over the calls.
-
-    Two figures of overhead per model, as shares of a model's fit (the
-    one-after-another time over the models):
-
-    - judged (the issue's target): the workers' time without a fit task
-      running (:func:`_idle_time`): the waits the scheduling causes.
-    - reported beside it: everything beyond the ideal,
-      ``(wall * slots - one-after-another) / models``, which also counts
-      the CPU that the scheduler, the client and the workers' event loops
-      take from the fits where they share the workers' cores (as on a
-      2-core machine running 2 workers: the idle-time figure does not see
-      it, since a fit slowed by them still counts as running), and the
-      copying of models into and out of tasks. It equals
-      ``slots / speed-up - 1``.
-    """
+def _fit_many_runs(client: Any, n_models: int, repeats: int,
+                   ) -> tuple[list[float], list[tuple[float, dict[str, float]]], float, int]:
+    """fit_many of n_models seed STMs on the client's cluster, alternating
+    with the same fits one after another here on 1 thread
+    (:func:`_interleaved`), all warm. Returns each call's one-after-another
+    time (the mean of the runs beside it), each call's wall time and its
+    workers' time without a fit (:func:`_idle_time`), the first call's wall
+    time (on fresh workers it imports lgmstm there too), and the workers."""
     from distributed import get_task_stream
 
     from . import dask as lgmstm_dask
@@ -300,14 +288,40 @@ def bench_fit_many(client: Any, n_models: int, repeats: int, out: Callable[[str]
     lgmstm.set_num_threads(1)
     try:
         one_after_another()  # warm
-        # The first call on fresh workers also imports lgmstm there:
-        # reported, not judged (the one-after-another figure is taken warm too).
         started = time.perf_counter()
         lgmstm_dask.fit_many(models, [data] * n_models, client=client, **settings)
         cold = time.perf_counter() - started
         alones, runs = _interleaved(one_after_another, on_the_cluster, repeats)
     finally:
         lgmstm.set_num_threads(threads)
+    return alones, runs, cold, n_workers
+
+
+def bench_fit_many(client: Any, n_models: int, repeats: int, out: Callable[[str], Any],
+                   ) -> list[dict[str, Any]]:
+    """fit_many against the same fits one after another here on 1 thread.
+
+    The two alternate (:func:`_fit_many_runs`): each fit_many call is judged
+    against the one-after-another runs just before and after it, and the
+    figures are the medians over the calls. The first call on fresh
+    workers, which import lgmstm then, is reported, not judged (the
+    one-after-another figure is taken warm too).
+
+    Two figures of overhead per model, as shares of a model's fit (the
+    one-after-another time over the models):
+
+    - judged (the issue's target): the workers' time without a fit task
+      running (:func:`_idle_time`): the waits the scheduling causes.
+    - reported beside it: everything beyond the ideal,
+      ``(wall * slots - one-after-another) / models``, which also counts
+      the CPU that the scheduler, the client and the workers' event loops
+      take from the fits where they share the workers' cores (as on a
+      2-core machine running 2 workers: the idle-time figure does not see
+      it, since a fit slowed by them still counts as running), and the
+      copying of models into and out of tasks. It equals
+      ``slots / speed-up - 1``.
+    """
+    alones, runs, cold, n_workers = _fit_many_runs(client, n_models, repeats)
     speedups = [alone / wall for alone, (wall, _) in zip(alones, runs)]
     shares = [sum(idle.values()) / alone for alone, (_, idle) in zip(alones, runs)]
     median = _median_index(shares)
@@ -477,6 +491,33 @@ def bench_partial_fit(folder: str, memory_limit: int, chunk_bytes: int,
              "memory_warnings": len(warnings), "seconds": wall}]
 
 
+def bench_fit_many_free_core(n_models: int, repeats: int, out: Callable[[str], Any],
+                             ) -> list[dict[str, Any]]:
+    """fit_many's overhead per model as :func:`bench_fit_many` judges it,
+    on a cluster of one worker process of 1 thread: on 2 cores, one core
+    then stays free for this process (the client, and the scheduler of a
+    LocalCluster), where on 2 workers the three share both. Reported, not
+    judged: what sharing the cores costs the scheduling (Dask's task
+    latency and the workers' time between tasks grow with it), beside the
+    judged figure."""
+    cluster, client = _cluster(n_workers=1)
+    try:
+        alones, runs, _, _ = _fit_many_runs(client, n_models, repeats)
+    finally:
+        client.close()
+        cluster.close()
+    shares = [sum(idle.values()) / alone for alone, (_, idle) in zip(alones, runs)]
+    median = _median_index(shares)
+    idle = runs[median][1]
+    out(f"dask fit_many overhead per model on 1 worker process x 1 thread (a core left to "
+        f"the client and the scheduler; reported, not judged): {shares[median]:.1%} of a "
+        f"model's fit; the worker's time without a fit, ms: before the first "
+        f"{idle['start'] * 1e3:.0f}, between tasks {idle['between'] * 1e3:.0f}, after the "
+        f"last {idle['end'] * 1e3:.0f} (each call: {' '.join(f'{x:.1%}' for x in shares)})")
+    return [{"target": "fit_many overhead share, 1 worker (reported)", "value": shares[median],
+             "met": None, "each": shares, "idle_seconds": idle}]
+
+
 def run(*, n_models: int = 200, predict_bytes: int = 2 * GB, worker_memory: int = 512 * MB,
         predict_chunk_bytes: int = 64 * MB, partial_fit_chunk_bytes: int = 32 * MB,
         repeats: int = 3, folder: str | None = None,
@@ -499,6 +540,7 @@ def run(*, n_models: int = 200, predict_bytes: int = 2 * GB, worker_memory: int 
     finally:
         client.close()
         cluster.close()
+    results += bench_fit_many_free_core(n_models, repeats, out)
     with tempfile.TemporaryDirectory(dir=folder) as files:
         results += bench_partial_fit(files, worker_memory, partial_fit_chunk_bytes, out)
     return results

@@ -838,6 +838,34 @@ def test_the_benchs_idle_time_counts_the_workers_time_without_a_fit():
     assert idle == pytest.approx({"start": 0.5 + 1.0 + 4.0, "between": 0.25, "end": 1.5})
 
 
+def test_the_benchs_free_core_figure_is_the_idle_time_of_one_worker(monkeypatch):
+    """The reported figure on one worker process: the worker's time without
+    a fit over the one-after-another time, for the median call, each part
+    printed. A small run (4 models, 2 calls) on a real one-worker cluster."""
+    import lgmstm._bench_dask as bench
+
+    measured = {}
+    runs_of = bench._fit_many_runs
+
+    def kept(client, n_models, repeats):
+        measured["workers"] = len(client.scheduler_info()["workers"])
+        measured["runs"] = runs_of(client, n_models, repeats)
+        return measured["runs"]
+
+    monkeypatch.setattr(bench, "_fit_many_runs", kept)
+    lines = []
+    [result] = bench.bench_fit_many_free_core(4, 2, lines.append)
+    alones, runs, _, n_workers = measured["runs"]
+    assert measured["workers"] == n_workers == 1 and len(alones) == len(runs) == 2
+    shares = [sum(idle.values()) / alone for alone, (_, idle) in zip(alones, runs)]
+    assert result["each"] == shares and result["met"] is None
+    assert result["value"] == shares[bench._median_index(shares)] > 0
+    [line] = lines
+    assert f"{result['value']:.1%} of a model's fit" in line
+    for part in ("start", "between", "end"):
+        assert f"{result['idle_seconds'][part] * 1e3:.0f}" in line
+
+
 def test_the_benchs_memory_check_names_each_sign_of_trouble():
     from lgmstm._bench_dask import memory_trouble
 
