@@ -63,17 +63,6 @@ BIT_GENERATORS: dict[str, type[np.random.BitGenerator]] = {
                       np.random.Philox, np.random.SFC64)}
 
 
-def _generator_state(rng: np.random.Generator) -> Mapping[str, Any] | np.random.Generator:
-    """What a pickle keeps of a model's generator: its bit generator's
-    state (plain data, which unpickles in half the time numpy's pickle of
-    a Generator takes), or the Generator itself for a bit generator that
-    generator_from_state does not know."""
-    bit_generator = rng.bit_generator
-    if BIT_GENERATORS.get(type(bit_generator).__name__) is type(bit_generator):
-        return bit_generator.state
-    return rng
-
-
 def generator_from_state(state: Any) -> np.random.Generator:
     """A Generator in the state ``bit_generator.state`` gave (as JSON
     data); ValueError when it is not the state of a known bit generator."""
@@ -364,15 +353,12 @@ class Model:
                                               for arrays in state.moments]}
             return {**self._arguments(), "dtype": self.dtype.name, "backend": self.backend,
                     "params": [p.copy() for p in self._params], **self._memory(),
-                    "history_": self.history_, "rng": _generator_state(self._rng),
-                    "optimizer": optimizer,
+                    "history_": self.history_, "rng": self._rng, "optimizer": optimizer,
                     "validation_history_": self.validation_history_,
                     "best_epoch_": self.best_epoch_}
 
     def __setstate__(self, pickled: dict[str, Any]) -> None:
-        rng = pickled["rng"]   # a Generator in pickles before its state was taken
-        self._construct(pickled, pickled["dtype"], pickled["backend"],
-                        rng if isinstance(rng, np.random.Generator) else generator_from_state(rng))
+        self._construct(pickled, pickled["dtype"], pickled["backend"], pickled["rng"])
         for param, value in zip(self._params, pickled["params"]):
             param[...] = value
         self.history_ = pickled["history_"]
