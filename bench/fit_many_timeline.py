@@ -59,6 +59,9 @@ def main():
     parser.add_argument("--calls", type=int, default=12)
     parser.add_argument("--models", type=int, default=200)
     args = parser.parse_args()
+    for name, value in (("--calls", args.calls), ("--models", args.models)):
+        if value < 1:
+            parser.error(f"{name}: expected an integer of at least 1, got {value}")
     cluster, client = _cluster()
     try:
         rng = np.random.default_rng(0)

@@ -317,6 +317,31 @@ def test_scaling_script_runs_at_the_seed_sizes(run_python, tmp_path):
 
 
 @pytest.mark.skipif(not BENCH_SUITE.is_dir(), reason="no bench/ beside tests/")
+def test_fit_many_timeline_script_times_each_workers_tasks(run_python, tmp_path):
+    """Two calls of fit_many on 8 models: each call's line gives each of the
+    2 workers' task count (together, the tasks fit_many cuts), then the
+    medians."""
+    pytest.importorskip("distributed")
+    import lgmstm.dask as lgmstm_dask
+
+    script = str(BENCH_SUITE / "fit_many_timeline.py")
+    result = run_python([script, "--calls", "2", "--models", "8"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    *calls, medians = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in calls] == ["call 0", "call 1"]
+    n_tasks = len(lgmstm_dask._batches(8, None, 2))
+    for line in calls:
+        counts = [int(n) for n in re.findall(r"(\d+) tasks: first [\d.]+, between [\d.]+, "
+                                              r"last [\d.]+", line)]
+        assert len(counts) <= 2 and sum(counts) == n_tasks, line
+    assert re.fullmatch(r"medians per worker, ms: first [\d.]+, between [\d.]+, last [\d.]+",
+                        medians)
+    result = run_python([script, "--calls", "0"], tmp_path)
+    assert result.returncode == 2
+    assert "--calls: expected an integer of at least 1, got 0" in result.stderr
+
+
+@pytest.mark.skipif(not BENCH_SUITE.is_dir(), reason="no bench/ beside tests/")
 @pytest.mark.parametrize("argument", ["--max-threads", "--repeats"])
 def test_scaling_script_refuses_a_count_below_one(run_python, tmp_path, argument):
     result = run_python([str(BENCH_SUITE / "scaling.py"), argument, "0"], tmp_path)
