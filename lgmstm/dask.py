@@ -584,7 +584,12 @@ def fit_many(models: Sequence[Model], datasets: Sequence[Any], *, client: Any = 
     on the cluster, and returns the fitted models in order. Each is the
     model you passed, as it was at the call (its parameters, optimizer
     state and generator), trained on a worker: the same bits as that
-    ``fit`` run here. The models passed in are not changed.
+    ``fit`` run here. The models passed in are not changed. Models made
+    with one Generator (``seed=rng`` for each) are copied one by one, each
+    with a copy of it as it was at the call: they draw the same shuffles,
+    where fitted here one after another they would draw in turn from it;
+    give each its own seed (``rng.spawn``, or an int each) for different
+    ones.
 
     A worker that dies loses no model: the scheduler runs its tasks again
     elsewhere, from the same copies, to the same bits.

@@ -176,6 +176,31 @@ def test_fit_many_equals_fitting_each_model_here(client, embed_bytes, monkeypatc
                                       strict=True)
 
 
+def test_fit_many_gives_models_that_share_a_generator_a_copy_each(client):
+    """As documented: models made with one Generator each take a copy of it
+    as it was at the call, and so draw the same shuffles (here, fitted one
+    after another, they draw in turn from the one generator)."""
+    rng = np.random.default_rng(8)
+    X, Y = regression(rng, (40, 4), 1)
+    shared = np.random.default_rng(9)
+    models = [lgmstm.LGM([4, 6, 1], seed=shared) for _ in range(2)]
+    settings = dict(epochs=3, lr=0.05, batch_size=8)
+    originals = [copy(model) for model in models]
+    fitted = lgmstm_dask.fit_many(models, [(X, Y)] * 2, client=client, **settings)
+    for original, result in zip(originals, fitted):
+        expected = copy(original)               # a copy of its own of the generator
+        expected.fit(X, Y, **settings)
+        assert_same_model(result, expected)
+    np.testing.assert_equal(fitted[0]._rng.bit_generator.state,
+                            fitted[1]._rng.bit_generator.state)
+    in_turn = pickle.loads(pickle.dumps(models))   # unchanged, still sharing one generator
+    for model in in_turn:
+        model.fit(X, Y, **settings)
+    assert in_turn[0]._rng is in_turn[1]._rng
+    assert not np.array_equal(in_turn[1].params["layer0.weight"],
+                              fitted[1].params["layer0.weight"])
+
+
 @pytest.mark.parametrize("embed_bytes", [0, 3 * 200 * 7 * 8], ids=["held", "too-many-copies"])
 def test_fit_many_sends_the_same_two_arrays_once(client, embed_bytes, monkeypatch):
     # Pairs made apart around the same two arrays are one pair: held by one
