@@ -80,6 +80,9 @@ def main():
             ended = time.time()
             line = []
             for spans in client.run(take_spans).values():
+                if not spans:   # fewer tasks than workers
+                    line.append("0 tasks")
+                    continue
                 spans.sort()
                 first, last = spans[0][0] - began, ended - spans[-1][1]
                 between = sum(b[0] - a[1] for a, b in zip(spans, spans[1:]))

@@ -508,20 +508,19 @@ def _batches(n_models: int, models_per_task: int | None, n_slots: int) -> list[r
 
 
 def _cluster_shape(client: distributed.Client) -> tuple[int, int]:
-    """The cluster's workers and thread slots: the totals a synchronous
-    client keeps (distributed refreshes them every
-    ``distributed.client.scheduler-info-interval``, 2 s), where it has
-    them, else asked of the scheduler. The question is a round trip
-    through the client's event loop (0.5-3 ms on a 2-core machine) before
-    the first task goes, while every slot waits; an answer a moment old
-    only cuts the tasks a little differently."""
-    cached = getattr(client, "_scheduler_identity", None)
-    if isinstance(cached, Mapping):
-        n_workers, n_slots = cached.get("n_workers"), cached.get("total_threads")
-        if (type(n_workers) is int and type(n_slots) is int
-                and n_workers > 0 and n_slots > 0):
-            return n_workers, n_slots
-    workers = client.scheduler_info()["workers"]
+    """The cluster's workers and thread slots. For a client made from a
+    cluster object (``Client(LocalCluster(...))``), the cluster's own copy
+    of them (``cluster.scheduler_info``, which the scheduler's events on
+    workers joining and leaving keep up to date); else, or while it holds
+    no worker, asked of the scheduler: a round trip through the client's
+    event loop (0.5-3 ms on a 2-core machine, where that loop also runs a
+    LocalCluster's scheduler) before the first task goes, while every slot
+    waits."""
+    cluster = getattr(client, "cluster", None)
+    known = getattr(cluster, "scheduler_info", None) if cluster is not None else None
+    workers = known.get("workers") if isinstance(known, Mapping) else None
+    if not isinstance(workers, Mapping) or not workers:
+        workers = client.scheduler_info()["workers"]
     return len(workers), sum(worker["nthreads"] for worker in workers.values())
 
 

@@ -333,9 +333,12 @@ def test_fit_many_timeline_script_times_each_workers_tasks(run_python, tmp_path)
     for line in calls:
         counts = [int(n) for n in re.findall(r"(\d+) tasks: first [\d.]+, between [\d.]+, "
                                               r"last [\d.]+", line)]
-        assert len(counts) <= 2 and sum(counts) == n_tasks, line
+        assert len(counts) + line.count("0 tasks") == 2 and sum(counts) == n_tasks, line
     assert re.fullmatch(r"medians per worker, ms: first [\d.]+, between [\d.]+, last [\d.]+",
                         medians)
+    result = run_python([script, "--calls", "1", "--models", "1"], tmp_path)   # 1 task
+    assert result.returncode == 0, result.stderr
+    assert "1 tasks: first" in result.stdout and "; 0 tasks" in result.stdout
     result = run_python([script, "--calls", "0"], tmp_path)
     assert result.returncode == 2
     assert "--calls: expected an integer of at least 1, got 0" in result.stderr

@@ -257,30 +257,61 @@ def test_fit_many_cuts_guided_batches(n_models, n_slots):
         assert sizes == [13, 12, 44, 33, 25, 19, 14, 10, 8, 6, 6, 5, 5]
 
 
-def test_fit_many_reads_the_clusters_shape_from_the_client(client):
-    """The workers and thread slots that cut fit_many's tasks: the totals
-    the client keeps, without a round trip to the scheduler; asked of the
-    scheduler when the client has none (or none that make sense)."""
+def test_fit_many_reads_the_clusters_shape_from_its_cluster_object(client):
+    """The workers and thread slots that cut fit_many's tasks: a cluster
+    object's own copy (kept up to date by the scheduler's events), without
+    a round trip; asked of the scheduler for a client without a cluster
+    object, or while the copy holds no worker."""
     workers = client.scheduler_info()["workers"]
     actual = (len(workers), sum(worker["nthreads"] for worker in workers.values()))
     assert actual == (2, 2)
     asked = []
 
+    class Cluster:
+        def __init__(self, info):
+            self.scheduler_info = info
+
     class Asking:
-        def __init__(self, cached):
-            self._scheduler_identity = cached
+        def __init__(self, cluster):
+            self.cluster = cluster
 
         def scheduler_info(self):
             asked.append(True)
             return client.scheduler_info()
 
     assert lgmstm_dask._cluster_shape(client) == actual
-    assert lgmstm_dask._cluster_shape(Asking({"n_workers": 2, "total_threads": 2})) == actual
+    three = {"workers": {"a": {"nthreads": 4}, "b": {"nthreads": 2}, "c": {"nthreads": 1}}}
+    assert lgmstm_dask._cluster_shape(Asking(Cluster(three))) == (3, 7)
     assert not asked
-    for cached in ({}, {"n_workers": 0, "total_threads": 0}, {"n_workers": 2},
-                   {"n_workers": True, "total_threads": 2}, None):
-        assert lgmstm_dask._cluster_shape(Asking(cached)) == actual
-    assert len(asked) == 5
+    for cluster in (None, Cluster({"workers": {}}), Cluster({}), Cluster(None)):
+        assert lgmstm_dask._cluster_shape(Asking(cluster)) == actual
+    assert len(asked) == 4
+
+
+def test_fit_many_uses_the_workers_a_cluster_was_scaled_to(monkeypatch):
+    """Scaled from 1 worker to 2 just before the call: fit_many cuts its
+    tasks for 2 slots and copies a held dataset to both workers, which
+    both train (the client's own periodic copy of the totals lags: it said
+    1 worker here)."""
+    monkeypatch.setattr(lgmstm_dask, "EMBED_BYTES", 0)      # held by a task
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=40) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as scaled:
+        cluster.scale(2)
+        scaled.wait_for_workers(2)
+        assert lgmstm_dask._cluster_shape(scaled) == (2, 2)
+        X, Y = regression(np.random.default_rng(10), (200, 6), 1)
+        models = [lgmstm.LGM([6, 8, 1], seed=i) for i in range(8)]
+        with distributed.get_task_stream(client=scaled) as stream:
+            fitted = lgmstm_dask.fit_many(models, [(X, Y)] * 8, client=scaled, epochs=30,
+                                          lr=0.01)
+    workers = {task["worker"] for task in stream.data if "lgmstm-fit" in str(task["key"])}
+    assert len(workers) == 2
+    assert sum(1 for task in stream.data
+               if "lgmstm-fit" in str(task["key"])) == len(lgmstm_dask._batches(8, None, 2))
+    expected = copy(models[5])
+    expected.fit(X, Y, epochs=30, lr=0.01)
+    assert_same_model(fitted[5], expected)
 
 
 def test_fit_many_cuts_fixed_batches_when_told():
@@ -886,9 +917,10 @@ def test_the_benchs_free_core_figure_is_the_idle_time_of_one_worker(monkeypatch)
     assert result["each"] == shares and result["met"] is None
     assert result["value"] == shares[bench._median_index(shares)] > 0
     [line] = lines
-    assert f"{result['value']:.1%} of a model's fit" in line
-    for part in ("start", "between", "end"):
-        assert f"{result['idle_seconds'][part] * 1e3:.0f}" in line
+    idle = {part: f"{seconds * 1e3:.0f}" for part, seconds in result["idle_seconds"].items()}
+    assert (f"{result['value']:.1%} of a model's fit; the worker's time without a fit, ms: "
+            f"before the first {idle['start']}, between tasks {idle['between']}, after the "
+            f"last {idle['end']} (each call: {shares[0]:.1%} {shares[1]:.1%})") in line
 
 
 def test_the_benchs_memory_check_names_each_sign_of_trouble():
