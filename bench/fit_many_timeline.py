@@ -18,11 +18,9 @@ import argparse
 import statistics
 import time
 
-import numpy as np
-
 import lgmstm
 import lgmstm.dask as lgmstm_dask
-from lgmstm._bench_dask import _cluster
+from lgmstm._bench_dask import _cluster, seed_fits
 
 
 def record_fit_tasks():
@@ -64,19 +62,15 @@ def main():
             parser.error(f"{name}: expected an integer of at least 1, got {value}")
     cluster, client = _cluster()
     try:
-        rng = np.random.default_rng(0)
-        X = rng.uniform(-1, 1, (100, 20, 10))
-        Y = np.tanh(X[..., :2] + X[..., 2:4])
-        models = [lgmstm.STM(10, 5, 2, seed=i) for i in range(args.models)]
+        models, data, settings = seed_fits(args.models)
         lgmstm.set_num_threads(1)
-        lgmstm_dask.fit_many(models, [(X, Y)] * args.models, client=client, epochs=100, lr=0.01)
+        lgmstm_dask.fit_many(models, [data] * args.models, client=client, **settings)
         client.run(record_fit_tasks)
         parts = {"first": [], "between": [], "last": []}
         for call in range(args.calls):
             time.sleep(0.3)   # the cluster at rest, as after the benchmark's runs here
             began = time.time()
-            lgmstm_dask.fit_many(models, [(X, Y)] * args.models, client=client, epochs=100,
-                                 lr=0.01)
+            lgmstm_dask.fit_many(models, [data] * args.models, client=client, **settings)
             ended = time.time()
             line = []
             for spans in client.run(take_spans).values():

@@ -250,6 +250,24 @@ def _median_index(values: list[float]) -> int:
     return sorted(range(len(values)), key=values.__getitem__)[len(values) // 2]
 
 
+def seed_fits(n_models: int) -> tuple[list[Any], tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+    """The fits fit_many's figures time: n_models seed-size STMs (10 -> 5
+    -> 2, seeds 0, 1, ...), their one dataset (100 sequences of 20 steps)
+    and fit's settings (100 full-batch SGD epochs)."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (100, 20, 10))
+    Y = np.tanh(X[..., :2] + X[..., 2:4])
+    models = [lgmstm.STM(10, 5, 2, seed=i) for i in range(n_models)]
+    return models, (X, Y), dict(epochs=100, lr=0.01)
+
+
+def _idle_shares(alones: list[float], runs: list[tuple[float, dict[str, float]]],
+                 ) -> list[float]:
+    """Each fit_many call's workers' time without a fit, over the
+    one-after-another time beside it (:func:`_fit_many_runs`)."""
+    return [sum(idle.values()) / alone for alone, (_, idle) in zip(alones, runs)]
+
+
 def _fit_many_runs(client: Any, n_models: int, repeats: int,
                    ) -> tuple[list[float], list[tuple[float, dict[str, float]]], float, int]:
     """fit_many of n_models seed STMs on the client's cluster, alternating
@@ -262,18 +280,13 @@ def _fit_many_runs(client: Any, n_models: int, repeats: int,
 
     from . import dask as lgmstm_dask
 
-    rng = np.random.default_rng(0)
-    X = rng.uniform(-1, 1, (100, 20, 10))
-    Y = np.tanh(X[..., :2] + X[..., 2:4])
-    data = (X, Y)
-    models = [lgmstm.STM(10, 5, 2, seed=i) for i in range(n_models)]
-    settings: dict[str, Any] = dict(epochs=100, lr=0.01)
+    models, data, settings = seed_fits(n_models)
     n_workers = len(client.scheduler_info()["workers"])
 
     def one_after_another() -> float:
         started = time.perf_counter()
         for model in models:
-            pickle.loads(pickle.dumps(model)).fit(X, Y, **settings)
+            pickle.loads(pickle.dumps(model)).fit(*data, **settings)
         return time.perf_counter() - started
 
     def on_the_cluster() -> tuple[float, dict[str, float]]:
@@ -323,7 +336,7 @@ def bench_fit_many(client: Any, n_models: int, repeats: int, out: Callable[[str]
     """
     alones, runs, cold, n_workers = _fit_many_runs(client, n_models, repeats)
     speedups = [alone / wall for alone, (wall, _) in zip(alones, runs)]
-    shares = [sum(idle.values()) / alone for alone, (_, idle) in zip(alones, runs)]
+    shares = _idle_shares(alones, runs)
     median = _median_index(shares)
     speedup = statistics.median(speedups)
     share = shares[median]
@@ -506,7 +519,7 @@ def bench_fit_many_free_core(n_models: int, repeats: int, out: Callable[[str], A
     finally:
         client.close()
         cluster.close()
-    shares = [sum(idle.values()) / alone for alone, (_, idle) in zip(alones, runs)]
+    shares = _idle_shares(alones, runs)
     median = _median_index(shares)
     idle = runs[median][1]
     out(f"dask fit_many overhead per model on 1 worker process x 1 thread (a core left to "

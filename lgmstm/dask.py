@@ -516,8 +516,7 @@ def _cluster_shape(client: distributed.Client) -> tuple[int, int]:
     event loop (0.5-3 ms on a 2-core machine, where that loop also runs a
     LocalCluster's scheduler) before the first task goes, while every slot
     waits."""
-    cluster = getattr(client, "cluster", None)
-    known = getattr(cluster, "scheduler_info", None) if cluster is not None else None
+    known = getattr(getattr(client, "cluster", None), "scheduler_info", None)
     workers = known.get("workers") if isinstance(known, Mapping) else None
     if not isinstance(workers, Mapping) or not workers:
         workers = client.scheduler_info()["workers"]
